@@ -1,0 +1,17 @@
+// Bundles the CLI into dist/kiln.mjs so that `kiln` starts fast (no TypeScript transform at run time).
+import { build } from 'esbuild';
+import { cpSync, mkdirSync } from 'node:fs';
+await build({
+  entryPoints: ['src/cli/main.ts'],
+  outfile: 'dist/kiln.mjs',
+  bundle: true,
+  platform: 'node',
+  target: 'node20',
+  format: 'esm',
+  packages: 'external',
+  sourcemap: 'linked',
+  logLevel: 'warning',
+});
+// Files the guest image build copies verbatim (the guest init and friends).
+mkdirSync('dist/guest', { recursive: true });
+cpSync('src/image/guest', 'dist/guest', { recursive: true });

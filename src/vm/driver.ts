@@ -1,0 +1,109 @@
+import type { Arch } from '../core/arch.ts';
+
+/**
+ * The port every VM driver implements: the real QEMU driver (src/vm/qemu-driver.ts) and any in-memory
+ * fake used by scheduler tests. All of them pass test/vm-conformance.ts.
+ */
+
+/** What runs inside the guest. */
+export interface GuestJob {
+  /** argv[0] is looked up on the guest's PATH. */
+  command: string[];
+  env: Record<string, string>;
+  /** Working directory inside the guest; defaults to the scratch disk's mount point (/work). */
+  cwd?: string;
+}
+
+/** A guest image as the driver needs it: files on disk plus the digest to verify them against. */
+export interface GuestImageRef {
+  digest: string;
+  arch: Arch;
+  kernelPath: string;
+  initrdPath: string;
+  /** sha256 of each file, checked before boot so a corrupt image never boots. */
+  kernelSha256: string;
+  initrdSha256: string;
+  /** Optional root disk (full CI images); booted read-only under a per-VM overlay. */
+  rootDiskPath?: string;
+  rootDiskSha256?: string;
+  /** Extra kernel command-line words the image needs. */
+  cmdline?: string[];
+}
+
+export interface VmSpec {
+  /** Caller-chosen id; unique per driver. Letters, digits, '-' and '_' only. */
+  id: string;
+  arch: Arch;
+  cpus: number;
+  memoryBytes: number;
+  diskBytes: number;
+  image: GuestImageRef;
+  job: GuestJob;
+  /** Whole-job limit from boot start; on expiry the VM is killed and the result is `timed_out`. */
+  timeoutMs: number;
+  /** 'none' (default): the guest has no route out. 'user': outbound NAT through QEMU user networking. */
+  network?: 'none' | 'user';
+  /** Host TCP services exposed to the guest at fixed addresses (guest ip:port -> host 127.0.0.1:port). */
+  forwards?: { guestAddr: string; guestPort: number; hostPort: number }[];
+}
+
+export interface VmOutput {
+  stdout(chunk: Buffer): void;
+  stderr(chunk: Buffer): void;
+}
+
+export type VmPhase = 'preparing' | 'booting' | 'running' | 'stopping' | 'stopped';
+
+export interface VmTimings {
+  /** Host-side work before the VMM starts (disks, cgroups, sockets). */
+  prepareMs: number;
+  /** VMM start to the guest init's first message. */
+  bootMs: number;
+  /** Guest's own uptime when its init answered, as the guest reports it. */
+  guestUptimeAtInitMs?: number;
+  /** Job start to exit status received. */
+  runMs: number;
+  /** Exit status received (or kill decided) to everything removed. */
+  teardownMs: number;
+}
+
+export type VmResult =
+  | { outcome: 'exited'; exitCode: number; timings: VmTimings }
+  | { outcome: 'timed_out'; timings: VmTimings }
+  | { outcome: 'killed'; reason: string; timings: VmTimings }
+  | { outcome: 'boot_failed'; code: string; message: string; consoleTail: string[]; timings: VmTimings }
+  | { outcome: 'crashed'; code: string; message: string; consoleTail: string[]; timings: VmTimings };
+
+export interface RunningVm {
+  readonly id: string;
+  /** Settles once the VM is gone and all its host resources are removed. Never rejects. */
+  readonly done: Promise<VmResult>;
+  phase(): VmPhase;
+  /** Stops the VM (idempotent); `done` then settles with outcome 'killed'. */
+  kill(reason: string): Promise<void>;
+}
+
+export interface VmInfo {
+  id: string;
+  arch: Arch;
+  phase: VmPhase;
+}
+
+export interface DriverCapabilities {
+  /** Guest architectures this host can run, and how. */
+  arches: { arch: Arch; accel: 'kvm' | 'tcg' | 'none'; note?: string }[];
+  cpus: number;
+  memoryBytes: number;
+  diskFreeBytes: number;
+}
+
+export interface VmDriver {
+  readonly name: string;
+  capabilities(): Promise<DriverCapabilities>;
+  /** Starts a VM and returns once it is launched; output streams to `out` as the guest produces it. */
+  start(spec: VmSpec, out: VmOutput): Promise<RunningVm>;
+  /** VMs this driver instance runs now. */
+  list(): VmInfo[];
+  /** Removes what earlier, dead instances left behind (processes, cgroups, sockets, disks). */
+  sweep(): Promise<{ removed: string[] }>;
+}

@@ -67,7 +67,7 @@ function indexSource(children: ResolvedChild[], spec: Partial<SourceSpec> = {}):
 const opts = (o: Partial<ComposeOptions> = {}): ComposeOptions => ({ ...DEFAULT_COMPOSE_OPTIONS, now: new Date('2025-01-02T03:04:05.678Z'), ...o });
 const indexJson = (c: { bytes: Uint8Array }) => JSON.parse(new TextDecoder().decode(c.bytes)) as { mediaType: string; manifests: Record<string, unknown>[]; annotations?: Record<string, string> };
 
-test('plain OCI manifests become an OCI index in input order with platforms from the configs', () => {
+void test('plain OCI manifests become an OCI index in input order with platforms from the configs', () => {
   const a = image('amd64'), b = image('aarch64', { variant: 'v8' });
   const c = compose([plain(a), plain(b)], opts());
   const j = indexJson(c);
@@ -78,7 +78,7 @@ test('plain OCI manifests become an OCI index in input order with platforms from
   assert.equal(c.digest, sha256Digest(c.bytes));
 });
 
-test('deterministic: same inputs give the same bytes; annotation order does not matter', () => {
+void test('deterministic: same inputs give the same bytes; annotation order does not matter', () => {
   const a = image('amd64'), b = image('arm64');
   const x = compose([plain(a), plain(b)], opts({ annotations: { b: '2', a: '1' } }));
   const y = compose([plain(a), plain(b)], opts({ annotations: { a: '1', b: '2' } }));
@@ -86,7 +86,7 @@ test('deterministic: same inputs give the same bytes; annotation order does not 
   assert.ok(!new TextDecoder().decode(x.bytes).includes(' '));
 });
 
-test('auto picks a Docker list only for all-Docker children without annotations or attestations', () => {
+void test('auto picks a Docker list only for all-Docker children without annotations or attestations', () => {
   const a = image('amd64', { docker: true }), b = image('arm64', { docker: true });
   assert.equal(compose([plain(a), plain(b)], opts()).mediaType, MediaType.dockerList);
   assert.equal(compose([plain(a), plain(b)], opts({ annotations: { 'org.opencontainers.image.source': 'x' } })).mediaType, MediaType.ociIndex);
@@ -94,7 +94,7 @@ test('auto picks a Docker list only for all-Docker children without annotations 
   assert.equal(compose([plain(image('amd64')), plain(image('arm64'))], opts({ indexType: 'auto' })).mediaType, MediaType.ociIndex);
 });
 
-test('docker index type refuses annotations and OCI children; mixed families refused unless allowed', () => {
+void test('docker index type refuses annotations and OCI children; mixed families refused unless allowed', () => {
   const a = image('amd64', { docker: true }), b = image('arm64', { docker: true }), o = image('arm64');
   assert.throws(() => compose([plain(a), plain(b)], opts({ indexType: 'docker', annotations: { k: 'v' } })), (e) => isKilnError(e, 'oci.annotations_on_docker_list') && !!e.hint);
   assert.throws(() => compose([plain(a), plain(b)], opts({ indexType: 'docker', created: 'now' })), (e) => isKilnError(e, 'oci.annotations_on_docker_list'));
@@ -103,7 +103,7 @@ test('docker index type refuses annotations and OCI children; mixed families ref
   assert.equal(compose([plain(a), plain(o)], opts({ allowMixed: true })).mediaType, MediaType.ociIndex);
 });
 
-test('provenance-style index sources are unwrapped; attestations kept last with their annotations', () => {
+void test('provenance-style index sources are unwrapped; attestations kept last with their annotations', () => {
   const a = image('amd64'), b = image('arm64');
   const sa = indexSource([a, attestation(a)]), sb = indexSource([b, attestation(b)]);
   const c = compose([sa, sb], opts());
@@ -116,7 +116,7 @@ test('provenance-style index sources are unwrapped; attestations kept last with 
   assert.equal(indexJson(dropped).manifests.length, 2);
 });
 
-test('orphan attestations are dropped with a warning; a platforms filter picks from a multi-image index', () => {
+void test('orphan attestations are dropped with a warning; a platforms filter picks from a multi-image index', () => {
   const a = image('amd64'), b = image('arm64');
   const src = indexSource([a, b, attestation(a), attestation(b)], { platforms: [parsePlatform('linux/arm64')] });
   const c = compose([src], opts());
@@ -126,7 +126,7 @@ test('orphan attestations are dropped with a warning; a platforms filter picks f
   assert.throws(() => compose([indexSource([a], { platforms: [parsePlatform('linux/s390x')] })], opts()), (e) => isKilnError(e, 'oci.platform_not_found') && e.message.includes('s390x'));
 });
 
-test('duplicate platforms rejected naming both sources; the same digest twice listed once', () => {
+void test('duplicate platforms rejected naming both sources; the same digest twice listed once', () => {
   const a = image('amd64'), a2 = image('x86_64', { created: '2024-01-01T00:00:00Z' });
   assert.throws(
     () => compose([plain(a), plain(a2)], opts()),
@@ -138,12 +138,12 @@ test('duplicate platforms rejected naming both sources; the same digest twice li
   assert.equal(compose([plain(a), plain(a2)], opts({ allowDuplicatePlatforms: true })).entries.length, 2);
 });
 
-test('arm64 and arm64/v8 collide; arm/v6 and arm/v7 do not', () => {
+void test('arm64 and arm64/v8 collide; arm/v6 and arm/v7 do not', () => {
   assert.throws(() => compose([plain(image('arm64')), plain(image('arm64', { variant: 'v8' }))], opts()), (e) => isKilnError(e, 'oci.platform_duplicate'));
   assert.equal(compose([plain(image('arm', { variant: 'v6' })), plain(image('arm', { variant: 'v7' }))], opts()).entries.length, 2);
 });
 
-test('platform override: fills variant, may not contradict the config unless forced', () => {
+void test('platform override: fills variant, may not contradict the config unless forced', () => {
   const a = image('arm');
   const c = compose([plain(a, { platform: parsePlatform('linux/arm/v7') })], opts());
   assert.deepEqual(indexJson(c).manifests[0]?.platform, { architecture: 'arm', os: 'linux', variant: 'v7' });
@@ -155,11 +155,11 @@ test('platform override: fills variant, may not contradict the config unless for
   assert.equal(compose([plain(noPlat, { platform: parsePlatform('linux/amd64') })], opts()).entries[0]?.platform.architecture, 'amd64');
 });
 
-test('arm without variant warns', () => {
+void test('arm without variant warns', () => {
   assert.ok(compose([plain(image('arm'))], opts()).warnings.some((w) => w.includes('without a variant')));
 });
 
-test('created: none, now, max-child ignoring placeholders, source-date-epoch, literal, invalid', () => {
+void test('created: none, now, max-child ignoring placeholders, source-date-epoch, literal, invalid', () => {
   const a = image('amd64', { created: '1970-01-01T00:00:00Z' }), b = image('arm64', { created: '2024-05-01T10:00:00Z' }), z = image('386', { created: '0001-01-01T00:00:00Z' });
   const created = (o: Partial<ComposeOptions>) => indexJson(compose([plain(a), plain(b), plain(z)], opts(o))).annotations?.[CREATED_KEY];
   assert.equal(created({}), undefined);
@@ -176,7 +176,7 @@ test('created: none, now, max-child ignoring placeholders, source-date-epoch, li
   assert.throws(() => compose([plain(a)], opts({ annotations: { [CREATED_KEY]: 'nope' } })), (e) => isKilnError(e, 'oci.created_invalid'));
 });
 
-test('annotations: reserved unknown keys warn; descriptor annotations force OCI', () => {
+void test('annotations: reserved unknown keys warn; descriptor annotations force OCI', () => {
   const c = compose([plain(image('amd64'))], opts({ annotations: { 'org.opencontainers.image.colour': 'red' } }));
   assert.ok(c.warnings.some((w) => w.includes('colour')));
   const d = compose([plain(image('amd64', { docker: true }), { annotations: { note: 'x' } })], opts());
@@ -184,14 +184,14 @@ test('annotations: reserved unknown keys warn; descriptor annotations force OCI'
   assert.deepEqual(indexJson(d).manifests[0]?.annotations, { note: 'x' });
 });
 
-test('the 4 MiB limit is enforced before anything is pushed', () => {
+void test('the 4 MiB limit is enforced before anything is pushed', () => {
   const big = 'x'.repeat(MAX_INDEX_BYTES);
   assert.throws(() => compose([plain(image('amd64'))], opts({ annotations: { pad: big } })), (e) => isKilnError(e, 'oci.index_too_large'));
   const justUnder = compose([plain(image('amd64'))], opts({ annotations: { pad: 'x'.repeat(1000) } }));
   assert.ok(justUnder.size < MAX_INDEX_BYTES);
 });
 
-test('schema1, nested indexes and non-images are refused with the source named', () => {
+void test('schema1, nested indexes and non-images are refused with the source named', () => {
   const s1 = fetched({ schemaVersion: 1, mediaType: MediaType.dockerSchema1Signed });
   assert.throws(() => compose([{ position: 1, spec: { ref: 'r' }, ref: parseImageRef('x.io/a'), top: s1, children: [{ manifest: s1 }] }], opts()), (e) => isKilnError(e, 'oci.source_unsupported') && e.message.includes('source 1 (r)'));
   const inner = fetched({ schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [] });

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import { isKilnError } from '../core/errors.ts';
 import { formatPlatform, parsePlatform, platformFromConfig, platformJson, platformKey } from './platform.ts';
 
-test('parses and normalises aliases', () => {
+void test('parses and normalises aliases', () => {
   assert.deepEqual(parsePlatform('linux/x86_64'), { os: 'linux', architecture: 'amd64' });
   assert.deepEqual(parsePlatform('linux/aarch64'), { os: 'linux', architecture: 'arm64' });
   assert.deepEqual(parsePlatform('linux/armhf'), { os: 'linux', architecture: 'arm', variant: 'v7' });
@@ -14,13 +14,13 @@ test('parses and normalises aliases', () => {
   assert.equal(formatPlatform(parsePlatform('linux/arm/v7')), 'linux/arm/v7');
 });
 
-test('rejects malformed platforms', () => {
+void test('rejects malformed platforms', () => {
   for (const bad of ['linux', 'linux/', '/amd64', 'a/b/c/d', 'linux/am d64']) {
     assert.throws(() => parsePlatform(bad), (e) => isKilnError(e, 'oci.platform_invalid'), bad);
   }
 });
 
-test('duplicate key treats arm64 ≡ arm64/v8 and arm ≡ arm/v7 but keeps os.version apart', () => {
+void test('duplicate key treats arm64 ≡ arm64/v8 and arm ≡ arm/v7 but keeps os.version apart', () => {
   assert.equal(platformKey(parsePlatform('linux/arm64')), platformKey(parsePlatform('linux/arm64/v8')));
   assert.equal(platformKey(parsePlatform('linux/arm')), platformKey(parsePlatform('linux/arm/v7')));
   assert.notEqual(platformKey(parsePlatform('linux/arm/v6')), platformKey(parsePlatform('linux/arm/v7')));
@@ -28,7 +28,7 @@ test('duplicate key treats arm64 ≡ arm64/v8 and arm ≡ arm/v7 but keeps os.ve
   assert.equal(platformKey(parsePlatform('linux/x86_64')), platformKey(parsePlatform('linux/amd64')));
 });
 
-test('config platforms: aliases normalised, variants kept, incomplete ones undefined', () => {
+void test('config platforms: aliases normalised, variants kept, incomplete ones undefined', () => {
   assert.deepEqual(platformFromConfig({ os: 'linux', architecture: 'aarch64', variant: 'v8' }), { os: 'linux', architecture: 'arm64', variant: 'v8' });
   assert.equal(platformFromConfig({ os: 'linux' }), undefined);
   assert.equal(platformFromConfig({ os: '', architecture: 'amd64' }), undefined);

@@ -1,0 +1,171 @@
+/**
+ * The agent protocol: typed, schema-validated messages over one WebSocket per host, in both directions.
+ * The agent dials the server (`/v1/agent/connect`, join token in the Authorization header), sends `hello`
+ * with its capacity and what it runs, and the server answers `welcome` after reconciling. Shared by server
+ * and agent; nothing here does I/O. See docs/ARCHITECTURE.md ("Agent protocol").
+ */
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
+import { TypeCompiler } from '@sinclair/typebox/compiler';
+import { KilnError } from './errors.ts';
+
+export const PROTOCOL_VERSION = 1;
+/** Largest WebSocket message either side accepts. */
+export const MAX_MESSAGE_BYTES = 1024 * 1024;
+/** Largest raw log chunk in one `job.log` message (base64 grows it by a third). */
+export const MAX_LOG_CHUNK_BYTES = 256 * 1024;
+
+const Id = Type.Integer({ minimum: 1 });
+const Attempt = Type.Integer({ minimum: 1, maximum: 1000 });
+const Name = Type.String({ minLength: 1, maxLength: 200 });
+
+export const HostCapacity = Type.Object(
+  {
+    name: Type.String({ minLength: 1, maxLength: 100, pattern: '^[A-Za-z0-9._-]+$' }),
+    arch: Type.Union([Type.Literal('amd64'), Type.Literal('arm64')]),
+    cpus: Type.Integer({ minimum: 1, maximum: 4096 }),
+    memoryBytes: Type.Integer({ minimum: 1 }),
+    diskBytes: Type.Integer({ minimum: 0 }),
+    accel: Type.Union([Type.Literal('kvm'), Type.Literal('tcg'), Type.Literal('none')]),
+    labels: Type.Array(Type.String({ minLength: 1, maxLength: 100 }), { maxItems: 64 }),
+    driver: Type.String({ maxLength: 50 }),
+    agentVersion: Type.String({ maxLength: 50 }),
+  },
+  { additionalProperties: false },
+);
+export type HostCapacity = Static<typeof HostCapacity>;
+
+export const VmTimingsMsg = Type.Object({
+  prepareMs: Type.Number(),
+  bootMs: Type.Number(),
+  runMs: Type.Number(),
+  teardownMs: Type.Number(),
+  guestUptimeAtInitMs: Type.Optional(Type.Number()),
+});
+
+export const JobResultMsg = Type.Object(
+  {
+    jobId: Id,
+    attempt: Attempt,
+    outcome: Type.Union([
+      Type.Literal('exited'),
+      Type.Literal('timed_out'),
+      Type.Literal('killed'),
+      Type.Literal('boot_failed'),
+      Type.Literal('crashed'),
+      Type.Literal('launch_failed'),
+    ]),
+    exitCode: Type.Optional(Type.Integer({ minimum: 0, maximum: 255 })),
+    code: Type.Optional(Type.String({ maxLength: 100 })),
+    message: Type.Optional(Type.String({ maxLength: 4000 })),
+    timings: Type.Optional(VmTimingsMsg),
+  },
+  { additionalProperties: false },
+);
+export type JobResultMsg = Static<typeof JobResultMsg>;
+
+export const RunningJobMsg = Type.Object(
+  { jobId: Id, attempt: Attempt, phase: Type.Union([Type.Literal('booting'), Type.Literal('running')]) },
+  { additionalProperties: false },
+);
+export type RunningJobMsg = Static<typeof RunningJobMsg>;
+
+export const AgentMessage = Type.Union([
+  Type.Object(
+    {
+      type: Type.Literal('hello'),
+      protocol: Type.Integer(),
+      host: HostCapacity,
+      running: Type.Array(RunningJobMsg, { maxItems: 10_000 }),
+      finished: Type.Array(JobResultMsg, { maxItems: 10_000 }),
+    },
+    { additionalProperties: false },
+  ),
+  Type.Object(
+    { type: Type.Literal('job.phase'), jobId: Id, attempt: Attempt, phase: Type.Union([Type.Literal('booting'), Type.Literal('running')]) },
+    { additionalProperties: false },
+  ),
+  Type.Object(
+    {
+      type: Type.Literal('job.log'),
+      jobId: Id,
+      attempt: Attempt,
+      seq: Type.Integer({ minimum: 0 }),
+      stream: Type.Union([Type.Literal('stdout'), Type.Literal('stderr')]),
+      data: Type.String({ maxLength: Math.ceil(MAX_LOG_CHUNK_BYTES / 3) * 4, contentEncoding: 'base64' }),
+    },
+    { additionalProperties: false },
+  ),
+  Type.Object({ type: Type.Literal('job.done'), result: JobResultMsg }, { additionalProperties: false }),
+]);
+export type AgentMessage = Static<typeof AgentMessage>;
+
+export const LaunchSpec = Type.Object(
+  {
+    arch: Type.Union([Type.Literal('amd64'), Type.Literal('arm64')]),
+    cpus: Type.Integer({ minimum: 1 }),
+    memoryBytes: Type.Integer({ minimum: 1 }),
+    diskBytes: Type.Integer({ minimum: 1 }),
+    image: Type.String({ maxLength: 200 }),
+    command: Type.Array(Type.String(), { minItems: 1 }),
+    env: Type.Record(Type.String(), Type.String()),
+    cwd: Type.Optional(Type.String()),
+    timeoutMs: Type.Integer({ minimum: 1 }),
+    network: Type.Union([Type.Literal('none'), Type.Literal('user')]),
+  },
+  { additionalProperties: false },
+);
+export type LaunchSpec = Static<typeof LaunchSpec>;
+
+export const ServerMessage = Type.Union([
+  Type.Object(
+    { type: Type.Literal('welcome'), protocol: Type.Integer(), hostId: Id, hostName: Name, serverId: Type.String() },
+    { additionalProperties: false },
+  ),
+  Type.Object({ type: Type.Literal('launch'), jobId: Id, attempt: Attempt, spec: LaunchSpec }, { additionalProperties: false }),
+  Type.Object({ type: Type.Literal('stop'), jobId: Id, attempt: Attempt, reason: Type.String() }, { additionalProperties: false }),
+  Type.Object({ type: Type.Literal('done.ack'), jobId: Id, attempt: Attempt }, { additionalProperties: false }),
+  Type.Object({ type: Type.Literal('error'), code: Type.String(), message: Type.String() }, { additionalProperties: false }),
+]);
+export type ServerMessage = Static<typeof ServerMessage>;
+
+export type AgentMessageOf<T extends AgentMessage['type']> = Extract<AgentMessage, { type: T }>;
+export type ServerMessageOf<T extends ServerMessage['type']> = Extract<ServerMessage, { type: T }>;
+
+/** A decoder for one direction: parses JSON, validates against the schema, throws `protocol.*` errors. */
+export interface MessageDecoder<T> {
+  decode(raw: string | Buffer): T;
+}
+
+function makeDecoder<S extends TSchema>(schema: S, side: string): MessageDecoder<Static<S>> {
+  const check = TypeCompiler.Compile(schema);
+  return {
+    decode(raw) {
+      const size = typeof raw === 'string' ? Buffer.byteLength(raw) : raw.length;
+      if (size > MAX_MESSAGE_BYTES) {
+        throw new KilnError('protocol.too_large', `${side} message of ${size} bytes exceeds ${MAX_MESSAGE_BYTES}`);
+      }
+      let value: unknown;
+      try {
+        value = JSON.parse(typeof raw === 'string' ? raw : raw.toString('utf8'));
+      } catch {
+        throw new KilnError('protocol.bad_json', `${side} message is not JSON`);
+      }
+      if (!check.Check(value)) {
+        const first = check.Errors(value).First();
+        const type = typeof value === 'object' && value !== null && 'type' in value ? String((value as { type: unknown }).type) : '?';
+        throw new KilnError(
+          'protocol.bad_message',
+          `${side} message (type ${type.slice(0, 40)}) does not match the protocol${first ? `: ${first.path || '/'} ${first.message}` : ''}`,
+        );
+      }
+      return value;
+    },
+  };
+}
+
+export const makeAgentMessageDecoder = (): MessageDecoder<AgentMessage> => makeDecoder(AgentMessage, 'agent');
+export const makeServerMessageDecoder = (): MessageDecoder<ServerMessage> => makeDecoder(ServerMessage, 'server');
+
+export function encodeMessage(m: AgentMessage | ServerMessage): string {
+  return JSON.stringify(m);
+}

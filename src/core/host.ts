@@ -1,0 +1,40 @@
+/** A host as the control plane sees it. */
+import type { Arch } from './arch.ts';
+import type { HostState } from './host-state.ts';
+
+export interface Resources {
+  cpus: number;
+  memoryBytes: number;
+  diskBytes: number;
+}
+
+export interface Host {
+  id: number;
+  name: string;
+  state: HostState;
+  cordoned: boolean;
+  drainRequested: boolean;
+  arch: Arch;
+  capacity: Resources;
+  accel: 'kvm' | 'tcg' | 'none';
+  labels: string[];
+  driver: string;
+  agentVersion: string;
+  serverId: string | null;
+  connectedAt: string | null;
+  lastSeenAt: string;
+  createdAt: string;
+}
+
+export const TOKEN_ROLES = ['admin', 'operator', 'read-only', 'agent'] as const;
+export type TokenRole = (typeof TOKEN_ROLES)[number];
+
+export interface Token {
+  id: number;
+  name: string;
+  role: TokenRole;
+  tenant: string;
+  createdAt: string;
+  lastUsedAt: string | null;
+  revokedAt: string | null;
+}

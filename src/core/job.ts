@@ -1,0 +1,56 @@
+/** The job as the control plane and its clients see it (the row type lives in src/store/schema.ts). */
+import type { JobState } from './job-state.ts';
+import type { Requirements } from './requirements.ts';
+
+export interface JobSpec {
+  tenant: string;
+  requirements: Requirements;
+  /** The labels the job was submitted with, if any (kept for display and for GitHub matching). */
+  labels: string[];
+  image: string;
+  command: string[];
+  env: Record<string, string>;
+  cwd?: string;
+  timeoutMs: number;
+  network: 'none' | 'user';
+  priority: number;
+  submittedBy?: number;
+}
+
+export interface Job extends JobSpec {
+  id: number;
+  state: JobState;
+  attempt: number;
+  hostId: number | null;
+  exitCode: number | null;
+  error: { code: string; message: string } | null;
+  cancelRequested: boolean;
+  logBytes: number;
+  logTruncated: boolean;
+  createdAt: string;
+  placedAt: string | null;
+  bootingAt: string | null;
+  runningAt: string | null;
+  finishedAt: string | null;
+}
+
+export interface JobTransition {
+  attempt: number;
+  state: JobState;
+  hostId: number | null;
+  detail: string | null;
+  at: string;
+}
+
+export type LogStream = 'stdout' | 'stderr' | 'kiln';
+
+export interface LogChunk {
+  /** Cursor: strictly increasing per job in storage order. */
+  id: number;
+  attempt: number;
+  stream: LogStream;
+  data: Buffer;
+}
+
+export const DEFAULT_IMAGE = 'default';
+export const DEFAULT_TIMEOUT_MS = 60 * 60 * 1000;

@@ -1,0 +1,155 @@
+/** Host queries: register on connect, heartbeat, ownership by a server replica, operator actions. */
+import { sql } from 'kysely';
+import type { Arch } from '../core/arch.ts';
+import type { HostCapacity } from '../core/agent-protocol.ts';
+import type { Host } from '../core/host.ts';
+import { nextHostState, type HostState } from '../core/host-state.ts';
+import type { Db, Tx } from './store.ts';
+import type { HostRow } from './schema.ts';
+
+type Q = Db | Tx;
+const iso = (d: Date | null): string | null => (d ? new Date(d).toISOString() : null);
+
+export function hostFromRow(r: HostRow): Host {
+  return {
+    id: r.id,
+    name: r.name,
+    state: r.state as HostState,
+    cordoned: r.cordoned,
+    drainRequested: r.drain_requested,
+    arch: r.arch as Arch,
+    capacity: { cpus: r.cpus, memoryBytes: r.memory_bytes, diskBytes: r.disk_bytes },
+    accel: r.accel === 'kvm' ? 'kvm' : r.accel === 'tcg' ? 'tcg' : 'none',
+    labels: r.labels,
+    driver: r.driver,
+    agentVersion: r.agent_version,
+    serverId: r.server_id,
+    connectedAt: iso(r.connected_at),
+    lastSeenAt: iso(r.last_seen_at) ?? '',
+    createdAt: iso(r.created_at) ?? '',
+  };
+}
+
+/** Registers (or re-registers) a host as connected to `serverId`. The host's name is its identity. */
+export async function connectHost(db: Db, cap: HostCapacity, serverId: string): Promise<Host> {
+  return db.transaction().execute(async (tx) => {
+    const existing = await tx.selectFrom('hosts').selectAll().where('name', '=', cap.name).forUpdate().executeTakeFirst();
+    const state = nextHostState((existing?.state as HostState | undefined) ?? 'offline', { type: 'connect', draining: existing?.drain_requested ?? false });
+    const values = {
+      state,
+      arch: cap.arch,
+      cpus: cap.cpus,
+      memory_bytes: cap.memoryBytes,
+      disk_bytes: cap.diskBytes,
+      accel: cap.accel,
+      labels: JSON.stringify(cap.labels),
+      driver: cap.driver,
+      agent_version: cap.agentVersion,
+      server_id: serverId,
+      connected_at: sql<Date>`now()`,
+      last_seen_at: sql<Date>`now()`,
+    };
+    const row = existing
+      ? await tx.updateTable('hosts').set(values).where('id', '=', existing.id).returningAll().executeTakeFirstOrThrow()
+      : await tx.insertInto('hosts').values({ name: cap.name, ...values }).returningAll().executeTakeFirstOrThrow();
+    return hostFromRow(row);
+  });
+}
+
+/** Marks a host offline, but only if `serverId` still owns it (it may have reconnected elsewhere). */
+export async function disconnectHost(db: Q, hostId: number, serverId: string): Promise<boolean> {
+  const r = await db
+    .updateTable('hosts')
+    .set({ state: sql`CASE WHEN state = 'asleep' THEN 'asleep' ELSE 'offline' END`, server_id: null })
+    .where('id', '=', hostId)
+    .where('server_id', '=', serverId)
+    .executeTakeFirst();
+  return Number(r.numUpdatedRows) > 0;
+}
+
+export async function touchHosts(db: Q, serverId: string, hostIds: number[]): Promise<void> {
+  if (hostIds.length === 0) return;
+  await db.updateTable('hosts').set({ last_seen_at: sql`now()` }).where('server_id', '=', serverId).where('id', 'in', hostIds).execute();
+}
+
+/** Hosts whose replica stopped vouching for them: connected once, not seen for `staleMs`. */
+export async function staleHosts(db: Q, staleMs: number): Promise<Host[]> {
+  const rows = await db
+    .selectFrom('hosts')
+    .selectAll()
+    .where('state', 'in', ['online', 'draining'])
+    .where(sql<boolean>`last_seen_at < now() - make_interval(secs => ${staleMs}::double precision / 1000)`)
+    .execute();
+  return rows.map(hostFromRow);
+}
+
+/** Marks a stale host offline unless it was seen again meanwhile. */
+export async function expireHost(db: Q, hostId: number, staleMs: number): Promise<boolean> {
+  const r = await db
+    .updateTable('hosts')
+    .set({ state: 'offline', server_id: null })
+    .where('id', '=', hostId)
+    .where('state', 'in', ['online', 'draining'])
+    .where(sql<boolean>`last_seen_at < now() - make_interval(secs => ${staleMs}::double precision / 1000)`)
+    .executeTakeFirst();
+  return Number(r.numUpdatedRows) > 0;
+}
+
+/** Locks the hosts this replica owns among `hostIds` and says which may take jobs now. */
+export async function lockSchedulableHosts(tx: Tx, hostIds: number[], serverId: string): Promise<Set<number>> {
+  if (hostIds.length === 0) return new Set();
+  const rows = await tx
+    .selectFrom('hosts')
+    .select('id')
+    .where('id', 'in', hostIds)
+    .where('server_id', '=', serverId)
+    .where('state', '=', 'online')
+    .where('cordoned', '=', false)
+    .orderBy('id')
+    .forUpdate()
+    .execute();
+  return new Set(rows.map((r) => r.id));
+}
+
+export async function listHosts(db: Q): Promise<Host[]> {
+  return (await db.selectFrom('hosts').selectAll().orderBy('name').execute()).map(hostFromRow);
+}
+
+export async function findHost(db: Q, ref: string): Promise<Host | undefined> {
+  const byId = /^\d+$/.test(ref) ? Number(ref) : undefined;
+  let q = db.selectFrom('hosts').selectAll();
+  q = byId !== undefined ? q.where((eb) => eb.or([eb('id', '=', byId), eb('name', '=', ref)])) : q.where('name', '=', ref);
+  const r = await q.executeTakeFirst();
+  return r ? hostFromRow(r) : undefined;
+}
+
+export async function updateHostFlags(
+  db: Q,
+  id: number,
+  change: { cordoned?: boolean; drainRequested?: boolean; state?: HostState },
+): Promise<Host | undefined> {
+  const r = await db
+    .updateTable('hosts')
+    .set({
+      ...(change.cordoned !== undefined ? { cordoned: change.cordoned } : {}),
+      ...(change.drainRequested !== undefined ? { drain_requested: change.drainRequested } : {}),
+      ...(change.state !== undefined ? { state: change.state } : {}),
+    })
+    .where('id', '=', id)
+    .returningAll()
+    .executeTakeFirst();
+  return r ? hostFromRow(r) : undefined;
+}
+
+export async function deleteHost(db: Q, id: number): Promise<boolean> {
+  const r = await db.deleteFrom('hosts').where('id', '=', id).executeTakeFirst();
+  return Number(r.numDeletedRows) > 0;
+}
+
+export async function heartbeatServer(db: Q, serverId: string, url: string | null): Promise<void> {
+  await db
+    .insertInto('servers')
+    .values({ id: serverId, url, last_seen_at: sql`now()` })
+    .onConflict((oc) => oc.column('id').doUpdateSet({ last_seen_at: sql`now()`, url }))
+    .execute();
+}

@@ -1,0 +1,380 @@
+/** Job queries: submit, read, claim (SKIP LOCKED), transitions with a timestamp each, cancel, requeue. */
+import { sql } from 'kysely';
+import type { Arch } from '../core/arch.ts';
+import type { Job, JobSpec, JobTransition } from '../core/job.ts';
+import { ACTIVE_STATES, JOB_STATE_LIST, canTransition, nextJobState, type JobEvent, type JobState } from '../core/job-state.ts';
+import type { Db, Tx } from './store.ts';
+import type { JobRow } from './schema.ts';
+
+type Q = Db | Tx;
+
+const iso = (d: Date | null): string | null => (d ? new Date(d).toISOString() : null);
+
+export function jobFromRow(r: JobRow): Job {
+  return {
+    id: r.id,
+    tenant: r.tenant,
+    state: r.state as JobState,
+    attempt: r.attempt,
+    requirements: {
+      arch: r.arch as Arch,
+      cpus: r.cpus,
+      memoryBytes: r.memory_bytes,
+      diskBytes: r.disk_bytes,
+      hostLabels: r.host_labels,
+    },
+    labels: r.labels,
+    image: r.image,
+    command: r.command,
+    env: r.env,
+    ...(r.cwd === null ? {} : { cwd: r.cwd }),
+    timeoutMs: r.timeout_ms,
+    network: r.network === 'user' ? 'user' : 'none',
+    priority: r.priority,
+    ...(r.submitted_by === null ? {} : { submittedBy: r.submitted_by }),
+    hostId: r.host_id,
+    exitCode: r.exit_code,
+    error: r.error_code ? { code: r.error_code, message: r.error_message ?? '' } : null,
+    cancelRequested: r.cancel_requested,
+    logBytes: r.log_bytes,
+    logTruncated: r.log_truncated,
+    createdAt: iso(r.created_at) ?? '',
+    placedAt: iso(r.placed_at),
+    bootingAt: iso(r.booting_at),
+    runningAt: iso(r.running_at),
+    finishedAt: iso(r.finished_at),
+  };
+}
+
+export async function insertJobs(db: Db, specs: JobSpec[]): Promise<Job[]> {
+  if (specs.length === 0) return [];
+  return db.transaction().execute(async (tx) => {
+    const rows = await tx
+      .insertInto('jobs')
+      .values(
+        specs.map((s) => ({
+          tenant: s.tenant,
+          state: 'queued',
+          arch: s.requirements.arch,
+          cpus: s.requirements.cpus,
+          memory_bytes: s.requirements.memoryBytes,
+          disk_bytes: s.requirements.diskBytes,
+          host_labels: JSON.stringify(s.requirements.hostLabels),
+          labels: JSON.stringify(s.labels),
+          image: s.image,
+          command: JSON.stringify(s.command),
+          env: JSON.stringify(s.env),
+          cwd: s.cwd ?? null,
+          timeout_ms: s.timeoutMs,
+          network: s.network,
+          priority: s.priority,
+          submitted_by: s.submittedBy ?? null,
+        })),
+      )
+      .returningAll()
+      .execute();
+    await tx
+      .insertInto('job_events')
+      .values(rows.map((r) => ({ job_id: r.id, attempt: 1, state: 'queued', host_id: null, detail: null })))
+      .execute();
+    return rows.map(jobFromRow);
+  });
+}
+
+export async function getJob(db: Q, id: number): Promise<Job | undefined> {
+  const r = await db.selectFrom('jobs').selectAll().where('id', '=', id).executeTakeFirst();
+  return r ? jobFromRow(r) : undefined;
+}
+
+export interface JobFilter {
+  states?: JobState[];
+  tenant?: string;
+  hostId?: number;
+  /** Only jobs with id < beforeId (pagination, newest first). */
+  beforeId?: number;
+  limit: number;
+}
+
+export async function listJobs(db: Q, f: JobFilter): Promise<Job[]> {
+  let q = db.selectFrom('jobs').selectAll().orderBy('id', 'desc').limit(f.limit);
+  if (f.states && f.states.length > 0) q = q.where('state', 'in', f.states);
+  if (f.tenant !== undefined) q = q.where('tenant', '=', f.tenant);
+  if (f.hostId !== undefined) q = q.where('host_id', '=', f.hostId);
+  if (f.beforeId !== undefined) q = q.where('id', '<', f.beforeId);
+  return (await q.execute()).map(jobFromRow);
+}
+
+export async function jobTransitions(db: Q, id: number): Promise<JobTransition[]> {
+  const rows = await db.selectFrom('job_events').selectAll().where('job_id', '=', id).orderBy('id').execute();
+  return rows.map((r) => ({ attempt: r.attempt, state: r.state as JobState, hostId: r.host_id, detail: r.detail, at: iso(r.at) ?? '' }));
+}
+
+export async function countJobsByState(db: Q): Promise<Record<JobState, number>> {
+  const rows = await db.selectFrom('jobs').select(['state', sql<number>`count(*)::int`.as('n')]).groupBy('state').execute();
+  const out = Object.fromEntries(JOB_STATE_LIST.map((s) => [s, 0])) as Record<JobState, number>;
+  for (const r of rows) out[r.state as JobState] = r.n;
+  return out;
+}
+
+/** What one arch's free capacity could hold at best: the claim query skips jobs that cannot fit anywhere. */
+export interface ClaimWindow {
+  arch: Arch;
+  maxCpus: number;
+  maxMemoryBytes: number;
+  maxDiskBytes: number;
+}
+
+/**
+ * Locks up to `limit` queued jobs that some free host could hold, skipping rows other replicas hold
+ * (FOR UPDATE SKIP LOCKED). Order is fair across tenants: each tenant's oldest job first (round robin by
+ * rank within tenant), then priority, then age.
+ */
+export async function claimQueuedJobs(tx: Tx, limit: number, windows: ClaimWindow[]): Promise<Job[]> {
+  if (windows.length === 0 || limit <= 0) return [];
+  const fits = sql.join(
+    windows.map(
+      (w) => sql`(arch = ${w.arch} AND cpus <= ${w.maxCpus} AND memory_bytes <= ${w.maxMemoryBytes} AND disk_bytes <= ${w.maxDiskBytes})`,
+    ),
+    sql` OR `,
+  );
+  const r = await sql<JobRow & { rank: number }>`
+    SELECT j.*, c.rank FROM jobs j
+    JOIN (
+      SELECT id, row_number() OVER (PARTITION BY tenant ORDER BY priority DESC, id) AS rank, priority
+      FROM jobs WHERE state = 'queued' AND (${fits})
+      ORDER BY rank, priority DESC, id
+      LIMIT ${limit * 2}
+    ) c ON c.id = j.id
+    WHERE j.state = 'queued'
+    ORDER BY c.rank, c.priority DESC, j.id
+    LIMIT ${limit}
+    FOR UPDATE OF j SKIP LOCKED`.execute(tx);
+  return r.rows.map(jobFromRow);
+}
+
+/** Active jobs per tenant, and the limits of tenants that have one (rows locked so replicas agree). */
+export async function tenantUsage(tx: Tx, tenants: string[]): Promise<Map<string, { active: number; limit: number | null }>> {
+  const out = new Map<string, { active: number; limit: number | null }>();
+  if (tenants.length === 0) return out;
+  const limits = await tx.selectFrom('tenants').selectAll().where('name', 'in', tenants).forUpdate().execute();
+  const limited = limits.filter((l) => l.max_concurrent !== null);
+  for (const l of limited) out.set(l.name, { active: 0, limit: l.max_concurrent });
+  if (limited.length === 0) return out;
+  const counts = await tx
+    .selectFrom('jobs')
+    .select(['tenant', sql<number>`count(*)::int`.as('n')])
+    .where('tenant', 'in', limited.map((l) => l.name))
+    .where('state', 'in', [...ACTIVE_STATES])
+    .groupBy('tenant')
+    .execute();
+  for (const c of counts) {
+    const e = out.get(c.tenant);
+    if (e) e.active = c.n;
+  }
+  return out;
+}
+
+export async function setTenantLimit(db: Q, tenant: string, maxConcurrent: number | null): Promise<void> {
+  await db
+    .insertInto('tenants')
+    .values({ name: tenant, max_concurrent: maxConcurrent })
+    .onConflict((oc) => oc.column('name').doUpdateSet({ max_concurrent: maxConcurrent }))
+    .execute();
+}
+
+/** Marks claimed jobs placed on hosts, in one statement, and records the transitions. */
+export async function markPlaced(tx: Tx, placements: { jobId: number; hostId: number }[]): Promise<number[]> {
+  if (placements.length === 0) return [];
+  const payload = JSON.stringify(placements.map((p) => ({ id: p.jobId, host: p.hostId })));
+  const r = await sql<{ id: number; attempt: number; host_id: number }>`
+    UPDATE jobs SET state = 'placed', host_id = v.host, placed_at = now()
+    FROM jsonb_to_recordset(${payload}::jsonb) AS v(id bigint, host bigint)
+    WHERE jobs.id = v.id AND jobs.state = 'queued'
+    RETURNING jobs.id, jobs.attempt, jobs.host_id`.execute(tx);
+  if (r.rows.length > 0) {
+    await tx
+      .insertInto('job_events')
+      .values(r.rows.map((x) => ({ job_id: x.id, attempt: x.attempt, state: 'placed', host_id: x.host_id, detail: null })))
+      .execute();
+  }
+  return r.rows.map((x) => x.id);
+}
+
+const STATE_TIME: Partial<Record<JobState, 'placed_at' | 'booting_at' | 'running_at' | 'finished_at'>> = {
+  placed: 'placed_at',
+  booting: 'booting_at',
+  running: 'running_at',
+  succeeded: 'finished_at',
+  failed: 'finished_at',
+  cancelled: 'finished_at',
+  timed_out: 'finished_at',
+  lost: 'finished_at',
+};
+
+/** States from which `event` is allowed (derived from the pure state machine). */
+export function statesAccepting(event: JobEvent): JobState[] {
+  return JOB_STATE_LIST.filter((s) => canTransition(s, event));
+}
+
+export interface TransitionFields {
+  exitCode?: number;
+  error?: { code: string; message: string };
+  detail?: string;
+}
+
+/**
+ * Applies `event` to the job if it is still on `attempt` and in a state that accepts the event. Returns
+ * the job after the change, or undefined when the event no longer applies (already finished, requeued, …):
+ * callers treat that as "someone else got there first", which is what makes duplicates harmless.
+ */
+export async function transitionJob(
+  db: Db,
+  jobId: number,
+  attempt: number | undefined,
+  event: JobEvent,
+  fields: TransitionFields = {},
+): Promise<{ job: Job; from: JobState } | undefined> {
+  return db.transaction().execute(async (tx) => {
+    let q = tx.selectFrom('jobs').selectAll().where('id', '=', jobId).forUpdate();
+    if (attempt !== undefined) q = q.where('attempt', '=', attempt);
+    const row = await q.executeTakeFirst();
+    if (!row || !canTransition(row.state as JobState, event)) return undefined;
+    const from = row.state as JobState;
+    const to = nextJobState(from, event);
+    const col = STATE_TIME[to];
+    const updated = await tx
+      .updateTable('jobs')
+      .set({
+        state: to,
+        ...(col ? { [col]: sql`now()` } : {}),
+        ...(fields.exitCode !== undefined ? { exit_code: fields.exitCode } : {}),
+        ...(fields.error ? { error_code: fields.error.code, error_message: fields.error.message.slice(0, 4000) } : {}),
+      })
+      .where('id', '=', jobId)
+      .returningAll()
+      .executeTakeFirstOrThrow();
+    await tx
+      .insertInto('job_events')
+      .values({ job_id: jobId, attempt: row.attempt, state: to, host_id: row.host_id, detail: fields.detail ?? null })
+      .execute();
+    return { job: jobFromRow(updated), from };
+  });
+}
+
+/**
+ * Marks an active job lost; when it had not started running, requeues it as a new attempt at once.
+ * Returns the job after the change, or undefined when it was no longer active on that attempt.
+ */
+export async function loseJob(db: Db, jobId: number, attempt: number, reason: string): Promise<{ job: Job; requeued: boolean } | undefined> {
+  return db.transaction().execute(async (tx) => {
+    const row = await tx.selectFrom('jobs').selectAll().where('id', '=', jobId).where('attempt', '=', attempt).forUpdate().executeTakeFirst();
+    if (!row || !canTransition(row.state as JobState, { type: 'lose', reason })) return undefined;
+    const requeue = (row.state === 'placed' || row.state === 'booting') && !row.cancel_requested;
+    await tx
+      .insertInto('job_events')
+      .values({ job_id: jobId, attempt: row.attempt, state: 'lost', host_id: row.host_id, detail: reason })
+      .execute();
+    let updated: JobRow;
+    if (requeue) {
+      updated = await tx
+        .updateTable('jobs')
+        .set({ state: 'queued', attempt: row.attempt + 1, host_id: null, placed_at: null, booting_at: null, running_at: null })
+        .where('id', '=', jobId)
+        .returningAll()
+        .executeTakeFirstOrThrow();
+      await tx
+        .insertInto('job_events')
+        .values({ job_id: jobId, attempt: row.attempt + 1, state: 'queued', host_id: null, detail: 'requeued: never started' })
+        .execute();
+    } else {
+      updated = await tx
+        .updateTable('jobs')
+        .set({ state: 'lost', finished_at: sql`now()`, error_code: 'job.lost', error_message: reason })
+        .where('id', '=', jobId)
+        .returningAll()
+        .executeTakeFirstOrThrow();
+    }
+    return { job: jobFromRow(updated), requeued: requeue };
+  });
+}
+
+export interface ActiveJobRef {
+  id: number;
+  attempt: number;
+  hostId: number;
+  state: JobState;
+  cpus: number;
+  memoryBytes: number;
+  diskBytes: number;
+  cancelRequested: boolean;
+  tenant: string;
+}
+
+export async function activeJobsOnHosts(db: Q, hostIds: number[]): Promise<ActiveJobRef[]> {
+  if (hostIds.length === 0) return [];
+  const rows = await db
+    .selectFrom('jobs')
+    .select(['id', 'attempt', 'host_id', 'state', 'cpus', 'memory_bytes', 'disk_bytes', 'cancel_requested', 'tenant'])
+    .where('state', 'in', [...ACTIVE_STATES])
+    .where('host_id', 'in', hostIds)
+    .execute();
+  return rows.map((r) => ({
+    id: r.id,
+    attempt: r.attempt,
+    hostId: r.host_id ?? 0,
+    state: r.state as JobState,
+    cpus: r.cpus,
+    memoryBytes: r.memory_bytes,
+    diskBytes: r.disk_bytes,
+    cancelRequested: r.cancel_requested,
+    tenant: r.tenant,
+  }));
+}
+
+/**
+ * Cancels a job: a queued job becomes cancelled at once; an active one is flagged so the replica that owns
+ * its host stops the VM (the agent's result then settles it as cancelled).
+ */
+export async function requestCancel(db: Db, jobId: number): Promise<{ job: Job; stopHost: number | null } | undefined> {
+  return db.transaction().execute(async (tx) => {
+    const row = await tx.selectFrom('jobs').selectAll().where('id', '=', jobId).forUpdate().executeTakeFirst();
+    if (!row) return undefined;
+    if (row.state === 'queued') {
+      const updated = await tx
+        .updateTable('jobs')
+        .set({ state: 'cancelled', finished_at: sql`now()`, cancel_requested: true })
+        .where('id', '=', jobId)
+        .returningAll()
+        .executeTakeFirstOrThrow();
+      await tx
+        .insertInto('job_events')
+        .values({ job_id: jobId, attempt: row.attempt, state: 'cancelled', host_id: null, detail: 'cancelled before placement' })
+        .execute();
+      return { job: jobFromRow(updated), stopHost: null };
+    }
+    if ((ACTIVE_STATES as readonly string[]).includes(row.state)) {
+      const updated = await tx.updateTable('jobs').set({ cancel_requested: true }).where('id', '=', jobId).returningAll().executeTakeFirstOrThrow();
+      return { job: jobFromRow(updated), stopHost: row.host_id };
+    }
+    return { job: jobFromRow(row), stopHost: null };
+  });
+}
+
+/** Active jobs past their deadline (timeout from placement, plus grace for the agent to report first). */
+export async function overdueJobs(db: Q, graceMs: number, limit = 500): Promise<ActiveJobRef[]> {
+  const r = await sql<JobRow>`
+    SELECT * FROM jobs WHERE state IN ('placed','booting','running')
+      AND placed_at + make_interval(secs => (timeout_ms + ${graceMs})::double precision / 1000) < now()
+    ORDER BY id LIMIT ${limit}`.execute(db);
+  return r.rows.map((x) => ({
+    id: x.id,
+    attempt: x.attempt,
+    hostId: x.host_id ?? 0,
+    state: x.state as JobState,
+    cpus: x.cpus,
+    memoryBytes: x.memory_bytes,
+    diskBytes: x.disk_bytes,
+    cancelRequested: x.cancel_requested,
+    tenant: x.tenant,
+  }));
+}

@@ -1,0 +1,96 @@
+/** Job logs: chunks stored in order with a per-job byte cap; reading by cursor for `logs -f`. */
+import { sql } from 'kysely';
+import type { LogChunk, LogStream } from '../core/job.ts';
+import type { Db, Tx } from './store.ts';
+
+const STREAM_CODE: Record<LogStream, number> = { stdout: 1, stderr: 2, kiln: 3 };
+const STREAM_NAME: Record<number, LogStream> = { 1: 'stdout', 2: 'stderr', 3: 'kiln' };
+
+export interface IncomingChunk {
+  jobId: number;
+  attempt: number;
+  seq: number;
+  stream: 'stdout' | 'stderr';
+  data: Buffer;
+}
+
+/**
+ * Appends chunks (any jobs, in arrival order). Chunks past a job's cap are dropped; the first time a job
+ * hits its cap a `kiln` note says so and the job is flagged `log_truncated`. Replays (same job, attempt,
+ * seq) are ignored. Returns the job ids that got new data.
+ */
+export async function appendLogs(tx: Tx, chunks: IncomingChunk[], capBytes: number): Promise<number[]> {
+  if (chunks.length === 0) return [];
+  const jobIds = [...new Set(chunks.map((c) => c.jobId))];
+  const jobs = await tx
+    .selectFrom('jobs')
+    .select(['id', 'attempt', 'log_bytes', 'log_truncated'])
+    .where('id', 'in', jobIds)
+    .forUpdate()
+    .execute();
+  const budget = new Map(jobs.map((j) => [j.id, { used: j.log_bytes, truncated: j.log_truncated, attempt: j.attempt, grew: 0 }]));
+  // The agent numbers each attempt's chunks from 0 upwards, so anything at or below the stored maximum is a replay.
+  const maxSeq = await tx
+    .selectFrom('job_logs')
+    .select(['job_id', 'attempt', sql<number>`max(seq)`.as('seq')])
+    .where('job_id', 'in', jobIds)
+    .where('stream', '<>', STREAM_CODE.kiln)
+    .groupBy(['job_id', 'attempt'])
+    .execute();
+  const seen = new Map(maxSeq.map((m) => [`${m.job_id}:${m.attempt}`, Number(m.seq)]));
+  const rows: { job_id: number; attempt: number; seq: number; stream: number; data: Buffer }[] = [];
+  for (const c of chunks) {
+    const b = budget.get(c.jobId);
+    if (!b || b.truncated || c.attempt !== b.attempt) continue;
+    const key = `${c.jobId}:${c.attempt}`;
+    if (c.seq <= (seen.get(key) ?? -1)) continue;
+    seen.set(key, c.seq);
+    if (b.used + c.data.length > capBytes) {
+      const room = Math.max(0, capBytes - b.used);
+      if (room > 0) rows.push({ job_id: c.jobId, attempt: c.attempt, seq: c.seq, stream: STREAM_CODE[c.stream], data: c.data.subarray(0, room) });
+      b.used += room;
+      b.grew += room;
+      b.truncated = true;
+      const note = Buffer.from(`kiln: log limit of ${capBytes} bytes reached; later output of this job was not stored\n`);
+      rows.push({ job_id: c.jobId, attempt: c.attempt, seq: Number.MAX_SAFE_INTEGER, stream: STREAM_CODE.kiln, data: note });
+      continue;
+    }
+    rows.push({ job_id: c.jobId, attempt: c.attempt, seq: c.seq, stream: STREAM_CODE[c.stream], data: c.data });
+    b.used += c.data.length;
+    b.grew += c.data.length;
+  }
+  if (rows.length === 0) return [];
+  for (let i = 0; i < rows.length; i += 500) {
+    await tx
+      .insertInto('job_logs')
+      .values(rows.slice(i, i + 500))
+      .onConflict((oc) => oc.columns(['job_id', 'attempt', 'seq']).doNothing())
+      .execute();
+  }
+  const changed = [...budget.entries()].filter(([, b]) => b.grew > 0 || b.truncated);
+  if (changed.length > 0) {
+    const payload = JSON.stringify(changed.map(([id, b]) => ({ id, used: b.used, truncated: b.truncated })));
+    await sql`
+      UPDATE jobs SET log_bytes = v.used, log_truncated = v.truncated
+      FROM jsonb_to_recordset(${payload}::jsonb) AS v(id bigint, used bigint, truncated boolean)
+      WHERE jobs.id = v.id`.execute(tx);
+  }
+  return changed.map(([id]) => id);
+}
+
+export async function readLogs(db: Db, jobId: number, afterId: number, limit: number): Promise<LogChunk[]> {
+  const rows = await db
+    .selectFrom('job_logs')
+    .select(['id', 'attempt', 'stream', 'data'])
+    .where('job_id', '=', jobId)
+    .where('id', '>', afterId)
+    .orderBy('id')
+    .limit(limit)
+    .execute();
+  return rows.map((r) => ({
+    id: r.id,
+    attempt: r.attempt,
+    stream: STREAM_NAME[r.stream] ?? 'kiln',
+    data: Buffer.isBuffer(r.data) ? r.data : Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength),
+  }));
+}

@@ -1,0 +1,12 @@
+/**
+ * Every migration, in order. To add tables: write `NNNN-what.ts` beside this file exporting
+ * `up(db: Kysely<unknown>)` (raw SQL through Kysely's `sql` is fine and reads best), add it below, add row
+ * types to ../schema.ts, then refresh the committed snapshot (see ../schema.sql's header). Names sort in
+ * order; never edit a migration that has shipped.
+ */
+import type { Migration } from 'kysely';
+import * as m0001 from './0001-control-plane.ts';
+
+export const MIGRATIONS: Record<string, Migration> = {
+  '0001-control-plane': m0001,
+};

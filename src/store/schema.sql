@@ -1,0 +1,135 @@
+-- kiln database schema, generated from src/store/migrations by src/store/schema-snapshot.ts.
+-- Do not edit. After adding a migration: KILN_UPDATE_SCHEMA_SNAPSHOT=1 node scripts/test.mjs schema-snapshot
+
+TABLE hosts
+  id bigint NOT NULL DEFAULT nextval('hosts_id_seq'::regclass)
+  name text NOT NULL
+  state text NOT NULL
+  cordoned boolean NOT NULL DEFAULT false
+  drain_requested boolean NOT NULL DEFAULT false
+  arch text NOT NULL
+  cpus integer NOT NULL
+  memory_bytes bigint NOT NULL
+  disk_bytes bigint NOT NULL
+  accel text NOT NULL
+  labels jsonb NOT NULL DEFAULT '[]'::jsonb
+  driver text NOT NULL
+  agent_version text NOT NULL
+  server_id text
+  connected_at timestamp with time zone
+  last_seen_at timestamp with time zone NOT NULL DEFAULT now()
+  created_at timestamp with time zone NOT NULL DEFAULT now()
+  CONSTRAINT hosts_name_key UNIQUE (name)
+  CONSTRAINT hosts_pkey PRIMARY KEY (id)
+  CONSTRAINT hosts_state_check CHECK ((state = ANY (ARRAY['online'::text, 'draining'::text, 'asleep'::text, 'waking'::text, 'offline'::text])))
+  CREATE UNIQUE INDEX hosts_name_key ON hosts USING btree (name)
+  CREATE UNIQUE INDEX hosts_pkey ON hosts USING btree (id)
+
+TABLE job_events
+  id bigint NOT NULL DEFAULT nextval('job_events_id_seq'::regclass)
+  job_id bigint NOT NULL
+  attempt integer NOT NULL
+  state text NOT NULL
+  host_id bigint
+  detail text
+  at timestamp with time zone NOT NULL DEFAULT now()
+  CONSTRAINT job_events_job_id_fkey FOREIGN KEY (job_id) REFERENCES jobs(id) ON DELETE CASCADE
+  CONSTRAINT job_events_pkey PRIMARY KEY (id)
+  CREATE INDEX job_events_job ON job_events USING btree (job_id, id)
+  CREATE UNIQUE INDEX job_events_pkey ON job_events USING btree (id)
+
+TABLE job_logs
+  id bigint NOT NULL DEFAULT nextval('job_logs_id_seq'::regclass)
+  job_id bigint NOT NULL
+  attempt integer NOT NULL
+  seq bigint NOT NULL
+  stream smallint NOT NULL
+  data bytea NOT NULL
+  CONSTRAINT job_logs_job_id_attempt_seq_key UNIQUE (job_id, attempt, seq)
+  CONSTRAINT job_logs_job_id_fkey FOREIGN KEY (job_id) REFERENCES jobs(id) ON DELETE CASCADE
+  CONSTRAINT job_logs_pkey PRIMARY KEY (id)
+  CREATE UNIQUE INDEX job_logs_job_id_attempt_seq_key ON job_logs USING btree (job_id, attempt, seq)
+  CREATE UNIQUE INDEX job_logs_pkey ON job_logs USING btree (id)
+
+TABLE jobs
+  id bigint NOT NULL DEFAULT nextval('jobs_id_seq'::regclass)
+  tenant text NOT NULL DEFAULT 'default'::text
+  state text NOT NULL
+  attempt integer NOT NULL DEFAULT 1
+  arch text NOT NULL
+  cpus integer NOT NULL
+  memory_bytes bigint NOT NULL
+  disk_bytes bigint NOT NULL
+  host_labels jsonb NOT NULL DEFAULT '[]'::jsonb
+  labels jsonb NOT NULL DEFAULT '[]'::jsonb
+  image text NOT NULL
+  command jsonb NOT NULL
+  env jsonb NOT NULL DEFAULT '{}'::jsonb
+  cwd text
+  timeout_ms integer NOT NULL
+  network text NOT NULL DEFAULT 'none'::text
+  priority integer NOT NULL DEFAULT 0
+  host_id bigint
+  exit_code integer
+  error_code text
+  error_message text
+  cancel_requested boolean NOT NULL DEFAULT false
+  log_bytes bigint NOT NULL DEFAULT 0
+  log_truncated boolean NOT NULL DEFAULT false
+  submitted_by bigint
+  created_at timestamp with time zone NOT NULL DEFAULT now()
+  placed_at timestamp with time zone
+  booting_at timestamp with time zone
+  running_at timestamp with time zone
+  finished_at timestamp with time zone
+  CONSTRAINT jobs_cpus_check CHECK ((cpus > 0))
+  CONSTRAINT jobs_disk_bytes_check CHECK ((disk_bytes > 0))
+  CONSTRAINT jobs_memory_bytes_check CHECK ((memory_bytes > 0))
+  CONSTRAINT jobs_pkey PRIMARY KEY (id)
+  CONSTRAINT jobs_state_check CHECK ((state = ANY (ARRAY['queued'::text, 'placed'::text, 'booting'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text, 'timed_out'::text, 'lost'::text])))
+  CREATE INDEX jobs_active_host ON jobs USING btree (host_id) WHERE (state = ANY (ARRAY['placed'::text, 'booting'::text, 'running'::text]))
+  CREATE UNIQUE INDEX jobs_pkey ON jobs USING btree (id)
+  CREATE INDEX jobs_queued ON jobs USING btree (priority DESC, id) WHERE (state = 'queued'::text)
+  CREATE INDEX jobs_tenant_state ON jobs USING btree (tenant, state)
+
+TABLE kiln_migrations
+  name character varying NOT NULL
+  timestamp character varying NOT NULL
+  CONSTRAINT kiln_migrations_pkey PRIMARY KEY (name)
+  CREATE UNIQUE INDEX kiln_migrations_pkey ON kiln_migrations USING btree (name)
+
+TABLE kiln_migrations_lock
+  id character varying NOT NULL
+  is_locked integer NOT NULL DEFAULT 0
+  CONSTRAINT kiln_migrations_lock_pkey PRIMARY KEY (id)
+  CREATE UNIQUE INDEX kiln_migrations_lock_pkey ON kiln_migrations_lock USING btree (id)
+
+TABLE servers
+  id text NOT NULL
+  url text
+  started_at timestamp with time zone NOT NULL DEFAULT now()
+  last_seen_at timestamp with time zone NOT NULL DEFAULT now()
+  CONSTRAINT servers_pkey PRIMARY KEY (id)
+  CREATE UNIQUE INDEX servers_pkey ON servers USING btree (id)
+
+TABLE tenants
+  name text NOT NULL
+  max_concurrent integer
+  CONSTRAINT tenants_max_concurrent_check CHECK (((max_concurrent IS NULL) OR (max_concurrent >= 0)))
+  CONSTRAINT tenants_pkey PRIMARY KEY (name)
+  CREATE UNIQUE INDEX tenants_pkey ON tenants USING btree (name)
+
+TABLE tokens
+  id bigint NOT NULL DEFAULT nextval('tokens_id_seq'::regclass)
+  name text NOT NULL
+  role text NOT NULL
+  tenant text NOT NULL DEFAULT 'default'::text
+  secret_hash text NOT NULL
+  created_at timestamp with time zone NOT NULL DEFAULT now()
+  last_used_at timestamp with time zone
+  revoked_at timestamp with time zone
+  CONSTRAINT tokens_pkey PRIMARY KEY (id)
+  CONSTRAINT tokens_role_check CHECK ((role = ANY (ARRAY['admin'::text, 'operator'::text, 'read-only'::text, 'agent'::text])))
+  CONSTRAINT tokens_secret_hash_key UNIQUE (secret_hash)
+  CREATE UNIQUE INDEX tokens_pkey ON tokens USING btree (id)
+  CREATE UNIQUE INDEX tokens_secret_hash_key ON tokens USING btree (secret_hash)

@@ -1,0 +1,122 @@
+/**
+ * Row types: the tables as the database holds them. Domain types (src/core, server) are built from these in
+ * the query modules; nothing outside src/store should need these names except through those functions.
+ * A migration that adds a table adds its row type here.
+ */
+import type { ColumnType, Generated, Insertable, Selectable } from 'kysely';
+
+type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
+type NullableTimestamp = ColumnType<Date | null, Date | string | null | undefined, Date | string | null>;
+type Json<T> = ColumnType<T, string, string>;
+
+export interface JobsTable {
+  id: Generated<number>;
+  tenant: string;
+  state: string;
+  attempt: Generated<number>;
+  arch: string;
+  cpus: number;
+  memory_bytes: number;
+  disk_bytes: number;
+  host_labels: Json<string[]>;
+  labels: Json<string[]>;
+  image: string;
+  command: Json<string[]>;
+  env: Json<Record<string, string>>;
+  cwd: string | null;
+  timeout_ms: number;
+  network: string;
+  priority: Generated<number>;
+  host_id: number | null;
+  exit_code: number | null;
+  error_code: string | null;
+  error_message: string | null;
+  cancel_requested: Generated<boolean>;
+  log_bytes: Generated<number>;
+  log_truncated: Generated<boolean>;
+  submitted_by: number | null;
+  created_at: Generated<Date>;
+  placed_at: NullableTimestamp;
+  booting_at: NullableTimestamp;
+  running_at: NullableTimestamp;
+  finished_at: NullableTimestamp;
+}
+
+export interface JobEventsTable {
+  id: Generated<number>;
+  job_id: number;
+  attempt: number;
+  state: string;
+  host_id: number | null;
+  detail: string | null;
+  at: Generated<Date>;
+}
+
+export interface JobLogsTable {
+  id: Generated<number>;
+  job_id: number;
+  attempt: number;
+  seq: number;
+  /** 1 stdout, 2 stderr, 3 kiln's own note (e.g. "log limit reached"). */
+  stream: number;
+  data: Uint8Array;
+}
+
+export interface HostsTable {
+  id: Generated<number>;
+  name: string;
+  state: string;
+  cordoned: Generated<boolean>;
+  drain_requested: Generated<boolean>;
+  arch: string;
+  cpus: number;
+  memory_bytes: number;
+  disk_bytes: number;
+  accel: string;
+  labels: Json<string[]>;
+  driver: string;
+  agent_version: string;
+  server_id: string | null;
+  connected_at: NullableTimestamp;
+  last_seen_at: Timestamp;
+  created_at: Generated<Date>;
+}
+
+export interface TokensTable {
+  id: Generated<number>;
+  name: string;
+  role: string;
+  tenant: string;
+  secret_hash: string;
+  created_at: Generated<Date>;
+  last_used_at: NullableTimestamp;
+  revoked_at: NullableTimestamp;
+}
+
+export interface TenantsTable {
+  name: string;
+  max_concurrent: number | null;
+}
+
+export interface ServersTable {
+  id: string;
+  url: string | null;
+  started_at: Generated<Date>;
+  last_seen_at: Timestamp;
+}
+
+export interface Database {
+  jobs: JobsTable;
+  job_events: JobEventsTable;
+  job_logs: JobLogsTable;
+  hosts: HostsTable;
+  tokens: TokensTable;
+  tenants: TenantsTable;
+  servers: ServersTable;
+}
+
+export type JobRow = Selectable<JobsTable>;
+export type NewJobRow = Insertable<JobsTable>;
+export type HostRow = Selectable<HostsTable>;
+export type TokenRow = Selectable<TokensTable>;
+export type JobEventRow = Selectable<JobEventsTable>;

@@ -1,0 +1,191 @@
+// The storage suite: the same tests against PGlite and a real PostgreSQL server.
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { storeKinds, makeTestStore } from './test-stores.ts';
+import type { Store } from '../../src/store/store.ts';
+import { migrate } from '../../src/store/store.ts';
+import { insertJobs, getJob, listJobs, claimQueuedJobs, markPlaced, transitionJob, jobTransitions, loseJob, requestCancel, tenantUsage, setTenantLimit, activeJobsOnHosts, countJobsByState } from '../../src/store/jobs.ts';
+import { appendLogs, readLogs } from '../../src/store/logs.ts';
+import { connectHost, disconnectHost, lockSchedulableHosts, listHosts, updateHostFlags, findHost } from '../../src/store/hosts.ts';
+import { createToken, findTokenBySecret, revokeToken } from '../../src/store/tokens.ts';
+import { DEFAULT_REQUIREMENTS } from '../../src/core/requirements.ts';
+import type { JobSpec } from '../../src/core/job.ts';
+import type { HostCapacity } from '../../src/core/agent-protocol.ts';
+
+const spec = (over: Partial<JobSpec> = {}): JobSpec => ({
+  tenant: 'default',
+  requirements: DEFAULT_REQUIREMENTS,
+  labels: [],
+  image: 'default',
+  command: ['echo', 'hi'],
+  env: { A: 'b c' },
+  timeoutMs: 60_000,
+  network: 'none',
+  priority: 0,
+  ...over,
+});
+const cap = (name: string, over: Partial<HostCapacity> = {}): HostCapacity => ({
+  name, arch: 'amd64', cpus: 8, memoryBytes: 32 * 1024 ** 3, diskBytes: 500 * 1024 ** 3, accel: 'tcg', labels: [], driver: 'memory', agentVersion: '0.1.0', ...over,
+});
+const wide = [{ arch: 'amd64' as const, maxCpus: 1e6, maxMemoryBytes: 1e15, maxDiskBytes: 1e15 }, { arch: 'arm64' as const, maxCpus: 1e6, maxMemoryBytes: 1e15, maxDiskBytes: 1e15 }];
+
+for (const { kind, skip } of storeKinds()) {
+  describe(`store on ${kind}`, { skip }, () => {
+    let store: Store;
+    before(async () => {
+      store = await makeTestStore(kind);
+    });
+    after(async () => {
+      await store?.close();
+    });
+
+    test('migrations are idempotent', async () => {
+      await migrate(store.db);
+      await migrate(store.db);
+    });
+
+    test('jobs: submit, read, transitions each with a timestamp, result fields', async () => {
+      const [job] = await insertJobs(store.db, [spec({ command: ['printf', 'ünï côdé'], cwd: '/w' })]);
+      assert.ok(job);
+      assert.equal(job.state, 'queued');
+      assert.deepEqual(job.command, ['printf', 'ünï côdé']);
+      assert.equal(job.cwd, '/w');
+      const host = await connectHost(store.db, cap('t-jobs'), 's1');
+      await store.withTransaction((tx) => markPlaced(tx, [{ jobId: job.id, hostId: host.id }]));
+      assert.equal((await transitionJob(store.db, job.id, 1, { type: 'boot' }))?.job.state, 'booting');
+      assert.equal((await transitionJob(store.db, job.id, 1, { type: 'start' }))?.job.state, 'running');
+      // a stale attempt or an event the state does not accept changes nothing
+      assert.equal(await transitionJob(store.db, job.id, 2, { type: 'exit', exitCode: 0 }), undefined);
+      assert.equal(await transitionJob(store.db, job.id, 1, { type: 'boot' }), undefined);
+      const done = await transitionJob(store.db, job.id, 1, { type: 'exit', exitCode: 3 }, { exitCode: 3 });
+      assert.equal(done?.job.state, 'failed');
+      assert.equal(done?.job.exitCode, 3);
+      const got = await getJob(store.db, job.id);
+      assert.ok(got?.placedAt && got.bootingAt && got.runningAt && got.finishedAt);
+      const events = await jobTransitions(store.db, job.id);
+      assert.deepEqual(events.map((e) => e.state), ['queued', 'placed', 'booting', 'running', 'failed']);
+      assert.ok(events.every((e) => !Number.isNaN(Date.parse(e.at))));
+      assert.ok((await listJobs(store.db, { states: ['failed'], limit: 10 })).some((j) => j.id === job.id));
+      assert.equal((await listJobs(store.db, { states: ['failed'], tenant: 'nobody', limit: 10 })).length, 0);
+      const counts = await countJobsByState(store.db);
+      assert.ok(counts.failed >= 1);
+    });
+
+    test('claims: fair across tenants, skip what cannot fit, never claim a job twice', async () => {
+      const a = await insertJobs(store.db, Array.from({ length: 30 }, () => spec({ tenant: 'burst' })));
+      const [b] = await insertJobs(store.db, [spec({ tenant: 'single' })]);
+      const [arm] = await insertJobs(store.db, [spec({ tenant: 'single', requirements: { ...DEFAULT_REQUIREMENTS, arch: 'arm64' } })]);
+      assert.ok(b && arm);
+      const first = await store.withTransaction((tx) => claimQueuedJobs(tx, 4, wide.slice(0, 1)));
+      assert.ok(first.some((j) => j.id === b.id), 'the single job of another tenant comes in the first claims');
+      assert.ok(!first.some((j) => j.id === arm.id), 'an arm64 job is not claimed when only amd64 room exists');
+      // two claims at once see disjoint rows (SKIP LOCKED); PGlite serialises them, which is also disjoint
+      const ids = new Set(a.map((j) => j.id));
+      const host = await connectHost(store.db, cap('t-claims'), 's1');
+      const claimAndPlace = () =>
+        store.withTransaction(async (tx) => {
+          const got = (await claimQueuedJobs(tx, 10, wide)).filter((j) => ids.has(j.id));
+          await markPlaced(tx, got.map((j) => ({ jobId: j.id, hostId: host.id })));
+          return got.map((j) => j.id);
+        });
+      const [x, y] = await Promise.all([claimAndPlace(), claimAndPlace()]);
+      assert.equal(new Set([...x, ...y]).size, x.length + y.length, 'no job claimed by both');
+      // placing already-placed jobs again changes nothing
+      const again = await store.withTransaction((tx) => markPlaced(tx, x.map((jobId) => ({ jobId, hostId: host.id }))));
+      assert.deepEqual(again, []);
+    });
+
+    test('tenant limits are read under lock', async () => {
+      await setTenantLimit(store.db, 'limited', 2);
+      const usage = await store.withTransaction((tx) => tenantUsage(tx, ['limited', 'unlimited']));
+      assert.deepEqual(usage.get('limited'), { active: 0, limit: 2 });
+      assert.equal(usage.has('unlimited'), false);
+    });
+
+    test('lost jobs: requeued as a new attempt when never started, lost when they ran', async () => {
+      const host = await connectHost(store.db, cap('t-lost'), 's1');
+      const [p, r] = await insertJobs(store.db, [spec({ tenant: 'lost' }), spec({ tenant: 'lost' })]);
+      assert.ok(p && r);
+      await store.withTransaction((tx) => markPlaced(tx, [{ jobId: p.id, hostId: host.id }, { jobId: r.id, hostId: host.id }]));
+      await transitionJob(store.db, r.id, 1, { type: 'start' });
+      const lp = await loseJob(store.db, p.id, 1, 'host went away');
+      assert.equal(lp?.requeued, true);
+      assert.equal(lp?.job.state, 'queued');
+      assert.equal(lp?.job.attempt, 2);
+      assert.equal(lp?.job.hostId, null);
+      const lr = await loseJob(store.db, r.id, 1, 'host went away');
+      assert.equal(lr?.requeued, false);
+      assert.equal(lr?.job.state, 'lost');
+      assert.equal(await loseJob(store.db, p.id, 1, 'again'), undefined, 'a stale attempt is not lost twice');
+      assert.deepEqual((await jobTransitions(store.db, p.id)).map((e) => `${e.attempt}:${e.state}`), ['1:queued', '1:placed', '1:lost', '2:queued']);
+    });
+
+    test('cancel: queued at once, active jobs flagged for their host', async () => {
+      const host = await connectHost(store.db, cap('t-cancel'), 's1');
+      const [q, a] = await insertJobs(store.db, [spec({ tenant: 'c' }), spec({ tenant: 'c' })]);
+      assert.ok(q && a);
+      assert.equal((await requestCancel(store.db, q.id))?.job.state, 'cancelled');
+      await store.withTransaction((tx) => markPlaced(tx, [{ jobId: a.id, hostId: host.id }]));
+      const c = await requestCancel(store.db, a.id);
+      assert.equal(c?.job.state, 'placed');
+      assert.equal(c?.stopHost, host.id);
+      const active = await activeJobsOnHosts(store.db, [host.id]);
+      assert.equal(active.find((j) => j.id === a.id)?.cancelRequested, true);
+      assert.equal(await requestCancel(store.db, 999_999), undefined);
+    });
+
+    test('logs: order kept, replays ignored, the cap says when it was hit', async () => {
+      const [job] = await insertJobs(store.db, [spec({ tenant: 'logs' })]);
+      assert.ok(job);
+      const bin = Buffer.from([0, 255, 10, 13, 128]);
+      await store.withTransaction((tx) =>
+        appendLogs(tx, [
+          { jobId: job.id, attempt: 1, seq: 0, stream: 'stdout', data: Buffer.from('hello ') },
+          { jobId: job.id, attempt: 1, seq: 1, stream: 'stderr', data: bin },
+          { jobId: job.id, attempt: 1, seq: 0, stream: 'stdout', data: Buffer.from('hello ') },
+        ], 20),
+      );
+      await store.withTransaction((tx) => appendLogs(tx, [{ jobId: job.id, attempt: 1, seq: 2, stream: 'stdout', data: Buffer.from('0123456789abcdef') }], 20));
+      const chunks = await readLogs(store.db, job.id, 0, 100);
+      assert.deepEqual(chunks.map((c) => c.stream), ['stdout', 'stderr', 'stdout', 'kiln']);
+      assert.deepEqual(chunks[1]?.data, bin);
+      assert.equal(Buffer.concat(chunks.filter((c) => c.stream !== 'kiln').map((c) => c.data)).length, 20);
+      assert.match(chunks[3]?.data.toString() ?? '', /log limit of 20 bytes reached/);
+      const after = await getJob(store.db, job.id);
+      assert.equal(after?.logTruncated, true);
+      assert.equal(after?.logBytes, 20);
+      assert.equal((await readLogs(store.db, job.id, chunks[1]?.id ?? 0, 100)).length, 2);
+    });
+
+    test('hosts: identity by name, owned by one replica, schedulable only online and uncordoned', async () => {
+      const h = await connectHost(store.db, cap('t-host'), 's1');
+      assert.equal(h.state, 'online');
+      const again = await connectHost(store.db, cap('t-host', { cpus: 16 }), 's2');
+      assert.equal(again.id, h.id);
+      assert.equal(again.capacity.cpus, 16);
+      assert.equal(await disconnectHost(store.db, h.id, 's1'), false, 'a replica that lost the host cannot mark it offline');
+      const locked = await store.withTransaction((tx) => lockSchedulableHosts(tx, [h.id], 's2'));
+      assert.deepEqual([...locked], [h.id]);
+      await updateHostFlags(store.db, h.id, { cordoned: true });
+      assert.equal((await store.withTransaction((tx) => lockSchedulableHosts(tx, [h.id], 's2'))).size, 0);
+      await updateHostFlags(store.db, h.id, { drainRequested: true, state: 'draining', cordoned: false });
+      assert.equal(await disconnectHost(store.db, h.id, 's2'), true);
+      const back = await connectHost(store.db, cap('t-host'), 's1');
+      assert.equal(back.state, 'draining', 'draining survives a reconnect');
+      assert.ok((await listHosts(store.db)).some((x) => x.name === 't-host'));
+      assert.equal((await findHost(store.db, String(h.id)))?.name, 't-host');
+      assert.equal((await findHost(store.db, 't-host'))?.id, h.id);
+    });
+
+    test('tokens: stored hashed, found by secret, revocable', async () => {
+      const { token, secret } = await createToken(store.db, { name: 'ci', role: 'operator' });
+      assert.match(secret, /^kiln_api_/);
+      const rows = await store.db.selectFrom('tokens').select('secret_hash').where('id', '=', token.id).execute();
+      assert.notEqual(rows[0]?.secret_hash, secret);
+      assert.equal((await findTokenBySecret(store.db, secret))?.role, 'operator');
+      assert.equal(await findTokenBySecret(store.db, `${secret}x`), undefined);
+      await revokeToken(store.db, token.id);
+      assert.equal(await findTokenBySecret(store.db, secret), undefined);
+    });
+  });
+}

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { makeAgentMessageDecoder, makeServerMessageDecoder, encodeMessage, MAX_MESSAGE_BYTES } from './agent-protocol.ts';
 import { isKilnError } from './errors.ts';
 
-test('protocol: valid messages round-trip; malformed ones are protocol errors', () => {
+void test('protocol: valid messages round-trip; malformed ones are protocol errors', () => {
   const a = makeAgentMessageDecoder();
   const msg = { type: 'job.log' as const, jobId: 3, attempt: 1, seq: 0, stream: 'stdout' as const, data: Buffer.from('hi').toString('base64') };
   assert.deepEqual(a.decode(encodeMessage(msg)), msg);

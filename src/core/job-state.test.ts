@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { JOB_STATE_LIST, nextJobState, isTerminal, canTransition, type JobEvent } from './job-state.ts';
 import { HOST_STATE_LIST, nextHostState, acceptsJobs } from './host-state.ts';
 
-test('job states: the happy path and every outcome', () => {
+void test('job states: the happy path and every outcome', () => {
   let s = nextJobState('queued', { type: 'place', hostId: 'h' });
   assert.equal(s, 'placed');
   s = nextJobState(s, { type: 'boot' });
@@ -17,7 +17,7 @@ test('job states: the happy path and every outcome', () => {
   assert.equal(nextJobState('lost', { type: 'requeue' }), 'queued');
 });
 
-test('job states: terminal states accept nothing but lost → queued', () => {
+void test('job states: terminal states accept nothing but lost → queued', () => {
   const events: JobEvent[] = [
     { type: 'place', hostId: 'h' }, { type: 'boot' }, { type: 'start' }, { type: 'exit', exitCode: 0 },
     { type: 'fail', code: 'x' }, { type: 'cancel' }, { type: 'time_out' }, { type: 'lose', reason: 'r' }, { type: 'requeue' },
@@ -30,7 +30,7 @@ test('job states: terminal states accept nothing but lost → queued', () => {
   assert.throws(() => nextJobState('queued', { type: 'start' }), /cannot take event/);
 });
 
-test('host states: connect honours draining; only online uncordoned hosts take jobs', () => {
+void test('host states: connect honours draining; only online uncordoned hosts take jobs', () => {
   assert.equal(nextHostState('offline', { type: 'connect', draining: false }), 'online');
   assert.equal(nextHostState('offline', { type: 'connect', draining: true }), 'draining');
   assert.equal(nextHostState('online', { type: 'drain' }), 'draining');

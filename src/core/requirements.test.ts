@@ -5,7 +5,7 @@ import { isKilnError } from './errors.ts';
 
 const GiB = 1024 ** 3;
 
-test('labels: the grammar of DESIGN.md', () => {
+void test('labels: the grammar of DESIGN.md', () => {
   assert.deepEqual(parseLabels(['kiln']), DEFAULT_REQUIREMENTS);
   assert.equal(parseLabels(['kiln-arm64']).arch, 'arm64');
   const r = parseLabels(['self-hosted', 'kiln-4cpu-16gb']);
@@ -19,7 +19,7 @@ test('labels: the grammar of DESIGN.md', () => {
   assert.equal(formatKilnLabel(a), 'kiln-arm64-8cpu-32gb');
 });
 
-test('labels: unknown kiln labels and conflicts are user errors naming the label', () => {
+void test('labels: unknown kiln labels and conflicts are user errors naming the label', () => {
   for (const bad of [['kiln-huge'], ['kiln-4cpu-4cpu'], ['kiln-16gb-4cpu'], ['kiln-0cpu'], ['kiln-riscv64'], ['kiln-'], ['kiln-arm64-x']]) {
     assert.throws(() => parseLabels(bad), (e) => isKilnError(e, 'label.unknown') && e.message.includes(bad[0] ?? ''), bad.join());
   }

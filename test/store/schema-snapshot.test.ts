@@ -8,7 +8,7 @@ import { dumpSchema } from '../../src/store/schema-snapshot.ts';
 const snapshotPath = new URL('../../src/store/schema.sql', import.meta.url);
 
 for (const { kind, skip } of storeKinds()) {
-  test(`schema snapshot matches the migrations (${kind})`, { skip }, async () => {
+  void test(`schema snapshot matches the migrations (${kind})`, { skip }, async () => {
     const store = await makeTestStore(kind);
     try {
       const dump = await dumpSchema(store.db);

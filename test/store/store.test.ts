@@ -30,7 +30,7 @@ const cap = (name: string, over: Partial<HostCapacity> = {}): HostCapacity => ({
 const wide = [{ arch: 'amd64' as const, maxCpus: 1e6, maxMemoryBytes: 1e15, maxDiskBytes: 1e15 }, { arch: 'arm64' as const, maxCpus: 1e6, maxMemoryBytes: 1e15, maxDiskBytes: 1e15 }];
 
 for (const { kind, skip } of storeKinds()) {
-  describe(`store on ${kind}`, { skip }, () => {
+  void describe(`store on ${kind}`, { skip }, () => {
     let store: Store;
     before(async () => {
       store = await makeTestStore(kind);
@@ -39,12 +39,12 @@ for (const { kind, skip } of storeKinds()) {
       await store?.close();
     });
 
-    test('migrations are idempotent', async () => {
+    void test('migrations are idempotent', async () => {
       await migrate(store.db);
       await migrate(store.db);
     });
 
-    test('jobs: submit, read, transitions each with a timestamp, result fields', async () => {
+    void test('jobs: submit, read, transitions each with a timestamp, result fields', async () => {
       const [job] = await insertJobs(store.db, [spec({ command: ['printf', 'ünï côdé'], cwd: '/w' })]);
       assert.ok(job);
       assert.equal(job.state, 'queued');
@@ -71,7 +71,7 @@ for (const { kind, skip } of storeKinds()) {
       assert.ok(counts.failed >= 1);
     });
 
-    test('claims: fair across tenants, skip what cannot fit, never claim a job twice', async () => {
+    void test('claims: fair across tenants, skip what cannot fit, never claim a job twice', async () => {
       const a = await insertJobs(store.db, Array.from({ length: 30 }, () => spec({ tenant: 'burst' })));
       const [b] = await insertJobs(store.db, [spec({ tenant: 'single' })]);
       const [arm] = await insertJobs(store.db, [spec({ tenant: 'single', requirements: { ...DEFAULT_REQUIREMENTS, arch: 'arm64' } })]);
@@ -95,14 +95,14 @@ for (const { kind, skip } of storeKinds()) {
       assert.deepEqual(again, []);
     });
 
-    test('tenant limits are read under lock', async () => {
+    void test('tenant limits are read under lock', async () => {
       await setTenantLimit(store.db, 'limited', 2);
       const usage = await store.withTransaction((tx) => tenantUsage(tx, ['limited', 'unlimited']));
       assert.deepEqual(usage.get('limited'), { active: 0, limit: 2 });
       assert.equal(usage.has('unlimited'), false);
     });
 
-    test('lost jobs: requeued as a new attempt when never started, lost when they ran', async () => {
+    void test('lost jobs: requeued as a new attempt when never started, lost when they ran', async () => {
       const host = await connectHost(store.db, cap('t-lost'), 's1');
       const [p, r] = await insertJobs(store.db, [spec({ tenant: 'lost' }), spec({ tenant: 'lost' })]);
       assert.ok(p && r);
@@ -120,7 +120,7 @@ for (const { kind, skip } of storeKinds()) {
       assert.deepEqual((await jobTransitions(store.db, p.id)).map((e) => `${e.attempt}:${e.state}`), ['1:queued', '1:placed', '1:lost', '2:queued']);
     });
 
-    test('cancel: queued at once, active jobs flagged for their host', async () => {
+    void test('cancel: queued at once, active jobs flagged for their host', async () => {
       const host = await connectHost(store.db, cap('t-cancel'), 's1');
       const [q, a] = await insertJobs(store.db, [spec({ tenant: 'c' }), spec({ tenant: 'c' })]);
       assert.ok(q && a);
@@ -134,7 +134,7 @@ for (const { kind, skip } of storeKinds()) {
       assert.equal(await requestCancel(store.db, 999_999), undefined);
     });
 
-    test('logs: order kept, replays ignored, the cap says when it was hit', async () => {
+    void test('logs: order kept, replays ignored, the cap says when it was hit', async () => {
       const [job] = await insertJobs(store.db, [spec({ tenant: 'logs' })]);
       assert.ok(job);
       const bin = Buffer.from([0, 255, 10, 13, 128]);
@@ -157,7 +157,7 @@ for (const { kind, skip } of storeKinds()) {
       assert.equal((await readLogs(store.db, job.id, chunks[1]?.id ?? 0, 100)).length, 2);
     });
 
-    test('hosts: identity by name, owned by one replica, schedulable only online and uncordoned', async () => {
+    void test('hosts: identity by name, owned by one replica, schedulable only online and uncordoned', async () => {
       const h = await connectHost(store.db, cap('t-host'), 's1');
       assert.equal(h.state, 'online');
       const again = await connectHost(store.db, cap('t-host', { cpus: 16 }), 's2');
@@ -177,7 +177,7 @@ for (const { kind, skip } of storeKinds()) {
       assert.equal((await findHost(store.db, 't-host'))?.id, h.id);
     });
 
-    test('tokens: stored hashed, found by secret, revocable', async () => {
+    void test('tokens: stored hashed, found by secret, revocable', async () => {
       const { token, secret } = await createToken(store.db, { name: 'ci', role: 'operator' });
       assert.match(secret, /^kiln_api_/);
       const rows = await store.db.selectFrom('tokens').select('secret_hash').where('id', '=', token.id).execute();

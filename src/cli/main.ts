@@ -2,6 +2,9 @@
 import { Command, CommanderError } from 'commander';
 import { isKilnError } from '../core/errors.ts';
 import { makeOutput, printError, type Output } from './output.ts';
+import { registerImage } from './image.ts';
+import { registerRun } from './run.ts';
+import { registerManifest } from './manifest.ts';
 import { registerSetup } from './setup.ts';
 
 const program = new Command();
@@ -16,6 +19,9 @@ program
   .exitOverride();
 
 registerSetup(program, out);
+registerManifest(program, out);
+registerRun(program, out);
+registerImage(program, out);
 
 try {
   await program.parseAsync(process.argv);

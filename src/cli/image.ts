@@ -1,0 +1,86 @@
+import type { Command } from 'commander';
+import { parseArch, archFromNode, type Arch } from '../core/arch.ts';
+import { KilnError } from '../core/errors.ts';
+import { formatSize } from '../core/sizes.ts';
+import { buildMinimalImage } from '../image/build-minimal.ts';
+import { makeImageStore, PROFILES, shortId, type ImageManifest, type ImageStore, type Profile } from '../image/store.ts';
+import { join } from 'node:path';
+import { loadCommonConfig } from './config.ts';
+import { table, type Output } from './output.ts';
+
+export function hostArch(): Arch {
+  const a = archFromNode(process.arch);
+  if (!a) throw new KilnError('host.unsupported_arch', `kiln does not run on ${process.arch} hosts`, { hint: 'use an x86-64 or arm64 host' });
+  return a;
+}
+
+export function parseProfile(text: string): Profile {
+  if (!(PROFILES as readonly string[]).includes(text)) {
+    throw new KilnError('input.unknown_profile', `unknown image profile "${text}"`, { hint: `use one of: ${PROFILES.join(', ')}` });
+  }
+  return text as Profile;
+}
+
+export async function buildImage(dataDir: string, store: ImageStore, arch: Arch, profile: Profile, out: Output): Promise<ImageManifest> {
+  const started = Date.now();
+  if (profile !== 'minimal') {
+    throw new KilnError('image.profile_unavailable', `the ${profile} image profile is not available in this version`, { hint: 'use --profile minimal' });
+  }
+  const m = await buildMinimalImage({ arch, store, cacheDir: join(dataDir, 'cache'), progress: (l) => out.progress(l) });
+  out.done();
+  out.info(`built ${profile} image ${shortId(m.digest)} for ${arch} (kernel ${m.kernelVersion}, ${formatSize(m.kernel.size + m.initrd.size)}) in ${((Date.now() - started) / 1000).toFixed(1)}s`);
+  return m;
+}
+
+export function registerImage(program: Command, out: () => Output): void {
+  const image = program.command('image').description('build and manage guest images');
+  image
+    .command('build')
+    .description('build a guest image from Debian packages (content-addressed: same inputs, same digest)')
+    .option('--arch <arch>', 'guest architecture: amd64 or arm64 (default: the host)')
+    .option('--profile <profile>', 'image profile: minimal (kernel + busybox + kiln-init)', 'minimal')
+    .option('--data-dir <dir>', 'kiln data directory (env KILN_DATA_DIR)')
+    .action(async (o: { arch?: string; profile: string; dataDir?: string }) => {
+      const cfg = loadCommonConfig(o);
+      const arch = o.arch ? parseArch(o.arch) : hostArch();
+      const profile = parseProfile(o.profile);
+      const m = await buildImage(cfg.dataDir, makeImageStore(cfg.dataDir), arch, profile, out());
+      out().data(m.digest);
+    });
+  image
+    .command('ls')
+    .description('list guest images')
+    .option('--json', 'print JSON')
+    .option('--data-dir <dir>', 'kiln data directory (env KILN_DATA_DIR)')
+    .action((o: { json?: boolean; dataDir?: string }) => {
+      const cfg = loadCommonConfig(o);
+      const list = makeImageStore(cfg.dataDir).list();
+      if (o.json) return out().data(JSON.stringify(list, null, 2));
+      const rows = [['ID', 'ARCH', 'PROFILE', 'KERNEL', 'SIZE', 'CREATED']];
+      for (const m of list) {
+        const size = m.kernel.size + m.initrd.size + (m.rootDisk?.size ?? 0);
+        rows.push([shortId(m.digest), m.arch, m.profile, m.kernelVersion, formatSize(size), m.created.replace(/\.\d+Z$/, 'Z')]);
+      }
+      out().data(table(rows));
+    });
+  image
+    .command('rm')
+    .description('remove guest images')
+    .argument('<id...>', 'image ids (digest prefixes)')
+    .option('--data-dir <dir>', 'kiln data directory (env KILN_DATA_DIR)')
+    .action((ids: string[], o: { dataDir?: string }) => {
+      const cfg = loadCommonConfig(o);
+      const store = makeImageStore(cfg.dataDir);
+      const found = ids.map((id) => {
+        const m = /^[0-9a-f]{4,64}$|^sha256:/.test(id) ? store.list().filter((x) => x.digest.slice(7).startsWith(id.replace(/^sha256:/, ''))) : [];
+        if (m.length !== 1) {
+          throw new KilnError('image.not_found', m.length > 1 ? `image id "${id}" is ambiguous` : `no image "${id}"`, { hint: 'see `kiln image ls` for ids' });
+        }
+        return m[0]!;
+      });
+      for (const m of found) {
+        store.remove(m);
+        out().data(`removed ${shortId(m.digest)}`);
+      }
+    });
+}

@@ -1,0 +1,210 @@
+import type { Command } from 'commander';
+import { randomBytes } from 'node:crypto';
+import { parseArch, type Arch } from '../core/arch.ts';
+import { KilnError } from '../core/errors.ts';
+import { EXIT } from '../core/exit-codes.ts';
+import { formatDuration, parseDuration, parseSize } from '../core/sizes.ts';
+import { makeImageStore, shortId, type ImageManifest } from '../image/store.ts';
+import type { VmResult } from '../vm/driver.ts';
+import { makeQemuDriver } from '../vm/qemu-driver.ts';
+import { loadCommonConfig } from './config.ts';
+import { buildImage, hostArch } from './image.ts';
+import type { Output } from './output.ts';
+
+interface RunFlags {
+  arch?: string;
+  cpus: string;
+  memory: string;
+  disk: string;
+  timeout: string;
+  env: string[];
+  image?: string;
+  workdir?: string;
+  network: string;
+  verbose?: boolean;
+  dataDir?: string;
+}
+
+export interface RunRequest {
+  arch: Arch;
+  cpus: number;
+  memoryBytes: number;
+  diskBytes: number;
+  timeoutMs: number;
+  env: Record<string, string>;
+  image?: string;
+  cwd?: string;
+  network: 'none' | 'user';
+  command: string[];
+}
+
+/** Turns flags into a request, reporting bad input as KilnErrors before anything starts. */
+export function parseRunFlags(flags: RunFlags, command: string[], defaultArch: Arch): RunRequest {
+  const cpus = Number(flags.cpus);
+  if (!Number.isInteger(cpus) || cpus < 1) throw new KilnError('input.bad_cpus', `--cpus "${flags.cpus}" is not a whole number of CPUs`, { hint: 'e.g. --cpus 2' });
+  const env: Record<string, string> = {};
+  for (const kv of flags.env) {
+    const i = kv.indexOf('=');
+    if (i <= 0) throw new KilnError('input.bad_env', `--env "${kv}" is not NAME=VALUE`, { hint: 'e.g. --env GREETING="hello world"' });
+    env[kv.slice(0, i)] = kv.slice(i + 1);
+  }
+  if (flags.network !== 'none' && flags.network !== 'user') {
+    throw new KilnError('input.bad_network', `--network "${flags.network}" is not known`, { hint: 'use none (default: no route out) or user (outbound NAT)' });
+  }
+  if (command.length === 0) throw new KilnError('input.no_command', 'no command to run', { hint: 'put the command after --, e.g. `kiln run -- uname -a`' });
+  return {
+    arch: flags.arch ? parseArch(flags.arch) : defaultArch,
+    cpus,
+    memoryBytes: parseSize(flags.memory, '--memory'),
+    diskBytes: parseSize(flags.disk, '--disk'),
+    timeoutMs: parseDuration(flags.timeout, '--timeout'),
+    env,
+    ...(flags.image ? { image: flags.image } : {}),
+    ...(flags.workdir ? { cwd: flags.workdir } : {}),
+    network: flags.network,
+    command,
+  };
+}
+
+const collect = (v: string, acc: string[]) => [...acc, v];
+
+export function registerRun(program: Command, out: () => Output): void {
+  program
+    .command('run')
+    .description('run a command in a fresh, single-use microVM and stream its output')
+    .usage('[options] -- CMD [ARGS...]')
+    .option('--arch <arch>', 'guest architecture: amd64 or arm64 (default: the host)')
+    .option('--cpus <n>', 'virtual CPUs', '1')
+    .option('--memory <size>', 'guest memory', '512M')
+    .option('--disk <size>', 'scratch disk, mounted at /work (copy-on-write, deleted with the VM)', '10G')
+    .option('--timeout <duration>', 'kill the VM after this long (boot included)', '10m')
+    .option('-e, --env <NAME=VALUE>', 'environment variable for the command (repeatable)', collect, [])
+    .option('-w, --workdir <dir>', 'working directory in the guest', '/work')
+    .option('--image <id>', 'guest image id (see `kiln image ls`) or profile name; default: the newest minimal image')
+    .option('--network <mode>', 'none: no route out of the guest; user: outbound NAT', 'none')
+    .option('-v, --verbose', 'print a timing breakdown (prepare, boot, run, teardown)')
+    .option('--data-dir <dir>', 'kiln data directory (env KILN_DATA_DIR)')
+    .argument('[command...]', 'the command and its arguments')
+    .addHelpText(
+      'after',
+      `
+Exit status: the command's own (0-255), or
+  ${EXIT.vmFailed}  the VM failed to boot or died without reporting an exit status
+  ${EXIT.timedOut}  --timeout expired; the VM was killed
+  ${EXIT.kilnError}  kiln could not start the job (bad input, missing package, damaged image)
+  ${EXIT.notFound}  the command was not found in the guest
+  ${EXIT.sigint}/${EXIT.sigterm}  kiln was interrupted (SIGINT/SIGTERM); the VM was destroyed`,
+    )
+    .action(async (command: string[], flags: RunFlags) => {
+      process.exitCode = await runCommand(command, flags, out());
+    });
+}
+
+async function runCommand(command: string[], flags: RunFlags, o: Output): Promise<number> {
+  const cfg = loadCommonConfig(flags);
+  let req: RunRequest;
+  try {
+    req = parseRunFlags(flags, command, hostArch());
+  } catch (e) {
+    throw withExit(e, EXIT.kilnError);
+  }
+  const driver = makeQemuDriver({ dataDir: cfg.dataDir, accel: accelSetting(process.env.KILN_ACCEL) });
+  const store = makeImageStore(cfg.dataDir);
+  try {
+    const { removed } = await driver.sweep();
+    if (removed.length > 0) o.info(`removed ${removed.length} VM(s) an earlier kiln left behind`);
+    let image: ImageManifest | undefined = req.image ? store.resolve(req.image, req.arch) : store.newest('minimal', req.arch);
+    if (!image && req.image && req.image !== 'minimal') {
+      throw new KilnError('image.not_found', `no ${req.arch} image "${req.image}"`, { hint: 'see `kiln image ls`, or build one with `kiln image build`' });
+    }
+    if (!image) {
+      o.info(`no minimal ${req.arch} guest image yet: building it now (first run only)`);
+      image = await buildImage(cfg.dataDir, store, req.arch, 'minimal', o);
+    }
+    const accel = driver.accelFor(req.arch);
+    if (accel.accel === 'tcg') o.info(`emulated run: ${accel.reason}`);
+    else if (flags.verbose) o.info(`accelerator: ${accel.reason}`);
+
+    const id = `run-${randomBytes(5).toString('hex')}`;
+    const vm = await driver.start(
+      {
+        id,
+        arch: req.arch,
+        cpus: req.cpus,
+        memoryBytes: req.memoryBytes,
+        diskBytes: req.diskBytes,
+        image: store.toRef(image),
+        job: { command: req.command, env: req.env, ...(req.cwd ? { cwd: req.cwd } : {}) },
+        timeoutMs: req.timeoutMs,
+        network: req.network,
+      },
+      { stdout: (c) => process.stdout.write(c), stderr: (c) => process.stderr.write(c) },
+    );
+    let signalled: NodeJS.Signals | undefined;
+    const onSignal = (sig: NodeJS.Signals) => {
+      if (signalled) return;
+      signalled = sig;
+      void vm.kill(`kiln received ${sig}`);
+    };
+    const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+    for (const s of signals) process.on(s, onSignal);
+    const result = await vm.done;
+    for (const s of signals) process.off(s, onSignal);
+    if (flags.verbose) printTimings(o, result, shortId(image.digest));
+    if (signalled) {
+      o.info(`interrupted by ${signalled}: the VM was destroyed`);
+      return signalled === 'SIGINT' ? EXIT.sigint : EXIT.sigterm;
+    }
+    return exitCodeFor(result, req, o);
+  } catch (e) {
+    throw withExit(e, EXIT.kilnError);
+  }
+}
+
+function exitCodeFor(r: VmResult, req: RunRequest, o: Output): number {
+  switch (r.outcome) {
+    case 'exited':
+      return r.exitCode;
+    case 'timed_out':
+      o.warn(`the job timed out after ${formatDuration(req.timeoutMs)}; the VM was destroyed [vm.timeout]`);
+      return EXIT.timedOut;
+    case 'killed':
+      o.warn(`the VM was stopped: ${r.reason}`);
+      return EXIT.vmFailed;
+    case 'boot_failed':
+    case 'crashed':
+      o.warn(`${r.message} [${r.code}]`);
+      if (r.consoleTail.length > 0) {
+        o.warn('last lines of the guest console:');
+        for (const l of r.consoleTail) o.warn(`  | ${l}`);
+      }
+      return EXIT.vmFailed;
+    default: {
+      const never: never = r;
+      throw new Error(`unknown outcome ${JSON.stringify(never)}`);
+    }
+  }
+}
+
+function printTimings(o: Output, r: VmResult, image: string): void {
+  const t = r.timings;
+  const ms = (n: number) => `${Math.round(n)} ms`;
+  o.info(`timings (image ${image}):`);
+  o.info(`  prepare   ${ms(t.prepareMs)}`);
+  o.info(`  boot      ${ms(t.bootMs)}${t.guestUptimeAtInitMs !== undefined ? ` (guest uptime at init: ${ms(t.guestUptimeAtInitMs)})` : ''}`);
+  o.info(`  run       ${ms(t.runMs)}`);
+  o.info(`  teardown  ${ms(t.teardownMs)}`);
+}
+
+function accelSetting(v: string | undefined): 'auto' | 'kvm' | 'tcg' {
+  if (v === undefined || v === '' || v === 'auto') return 'auto';
+  if (v === 'kvm' || v === 'tcg') return v;
+  throw new KilnError('config.bad_accel', `KILN_ACCEL="${v}" is not known`, { hint: 'use auto, kvm or tcg' });
+}
+
+function withExit(e: unknown, code: number): unknown {
+  if (e instanceof KilnError && e.details?.exitCode === undefined) {
+    return new KilnError(e.code, e.message, { ...(e.hint ? { hint: e.hint } : {}), cause: e.cause, kind: e.kind, details: { ...e.details, exitCode: code } });
+  }
+  return e;
+}

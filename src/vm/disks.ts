@@ -1,0 +1,66 @@
+/**
+ * Per-VM disks: a copy-on-write qcow2 overlay of the requested size on a read-only, pre-formatted ext4
+ * base (one base per size, made once and shared), so a VM's scratch disk costs one small file.
+ */
+import { spawn } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, renameSync, rmSync, statfsSync, truncateSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { KilnError } from '../core/errors.ts';
+import { formatSize } from '../core/sizes.ts';
+
+function run(cmd: string, args: string[], pkg: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    p.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    p.on('error', (e: NodeJS.ErrnoException) =>
+      reject(
+        e.code === 'ENOENT'
+          ? new KilnError('host.missing_command', `\`${cmd}\` is not installed`, { hint: `install the Debian package ${pkg} (or run \`kiln setup\`)` })
+          : e,
+      ),
+    );
+    p.on('close', (code) =>
+      code === 0 ? resolve() : reject(new KilnError('vm.disk_failed', `${cmd} failed: ${err.trim()}`, { kind: 'internal' })),
+    );
+  });
+}
+
+export function freeBytes(dir: string): number {
+  const s = statfsSync(dir);
+  return Number(s.bavail) * Number(s.bsize);
+}
+
+/** The shared, read-only, formatted base for a scratch disk of `bytes`. Safe against concurrent callers. */
+export async function ensureScratchBase(cacheDir: string, bytes: number): Promise<string> {
+  mkdirSync(cacheDir, { recursive: true });
+  const base = join(cacheDir, `scratch-ext4-${bytes}.raw`);
+  if (existsSync(base)) return base;
+  const tmp = `${base}.${process.pid}.${Date.now()}.tmp`;
+  try {
+    writeFileSync(tmp, '');
+    truncateSync(tmp, bytes);
+    await run('mkfs.ext4', ['-q', '-F', '-m', '0', '-L', 'kiln-work', '-E', 'lazy_itable_init=1,lazy_journal_init=1,nodiscard', tmp], 'e2fsprogs');
+    chmodSync(tmp, 0o444);
+    renameSync(tmp, base);
+  } finally {
+    rmSync(tmp, { force: true });
+  }
+  return base;
+}
+
+export function checkDiskSpace(dir: string, bytes: number): void {
+  const free = freeBytes(dir);
+  if (free < bytes) {
+    throw new KilnError('input.disk_too_large', `a ${formatSize(bytes)} VM disk does not fit: ${formatSize(free)} is free under ${dir}`, {
+      hint: 'ask for a smaller --disk, or free space on that file system',
+    });
+  }
+}
+
+/** A copy-on-write overlay whose writes never touch `backing`. */
+export async function createOverlay(path: string, backing: string, backingFormat: 'raw' | 'qcow2', bytes?: number): Promise<void> {
+  const args = ['create', '-q', '-f', 'qcow2', '-F', backingFormat, '-b', backing, path];
+  if (bytes !== undefined) args.push(String(bytes));
+  await run('qemu-img', args, 'qemu-utils');
+}

@@ -1,0 +1,261 @@
+/**
+ * An in-memory VmDriver for scheduler tests and benchmarks. Nothing boots: the "guest" interprets a tiny
+ * shell-like command language, so a job can print, sleep, fail, time out and be killed exactly as the
+ * port promises (and as test/support/vm-conformance.ts checks for every driver).
+ *
+ * The job's command is either `sh -c SCRIPT` or an argv run as one statement. A script is statements
+ * separated by `;` or new lines, each words with '…' or "…" quoting:
+ *   echo [-n] WORDS… [>&2]   print (to stderr with a trailing >&2)
+ *   sleep SECONDS|infinity   wait (fractions allowed)
+ *   exit N                   stop with status N
+ *   true | false             status 0 | 1
+ *   uname -m                 the guest's machine name (x86_64 or aarch64)
+ *   pwd | env                working directory | environment, one KEY=VALUE a line
+ *   spew BYTES [stderr]      that many bytes of output, in 64 KiB chunks
+ *   append FILE WORDS…       appends a line to a host file (tests use it to count real executions)
+ * Anything else prints `sh: NAME: not found` on stderr and stops with status 127, as a shell would.
+ */
+import { appendFileSync, createReadStream, existsSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { unameMachine, type Arch } from '../core/arch.ts';
+import { KilnError } from '../core/errors.ts';
+import type { DriverCapabilities, RunningVm, VmDriver, VmInfo, VmOutput, VmPhase, VmResult, VmSpec, VmTimings } from './driver.ts';
+
+export interface MemoryDriverOptions {
+  name?: string;
+  arches?: Arch[];
+  cpus?: number;
+  memoryBytes?: number;
+  diskFreeBytes?: number;
+  /** Simulated boot time (VMM start to guest init). Default 0. */
+  bootMs?: number;
+}
+
+const ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
+
+export function makeMemoryDriver(opts: MemoryDriverOptions = {}): VmDriver {
+  const arches = opts.arches ?? ['amd64', 'arm64'];
+  const caps: DriverCapabilities = {
+    arches: arches.map((arch) => ({ arch, accel: 'tcg' as const, note: 'simulated in memory' })),
+    cpus: opts.cpus ?? 8,
+    memoryBytes: opts.memoryBytes ?? 32 * 1024 ** 3,
+    diskFreeBytes: opts.diskFreeBytes ?? 500 * 1024 ** 3,
+  };
+  const vms = new Map<string, { arch: Arch; phase: () => VmPhase }>();
+
+  return {
+    name: opts.name ?? 'memory',
+    async capabilities() {
+      return structuredClone(caps);
+    },
+    list(): VmInfo[] {
+      return [...vms.entries()].map(([id, v]) => ({ id, arch: v.arch, phase: v.phase() }));
+    },
+    async sweep() {
+      return { removed: [] };
+    },
+    async start(spec: VmSpec, out: VmOutput): Promise<RunningVm> {
+      if (!ID_RE.test(spec.id)) throw new KilnError('vm.bad_id', `VM id "${spec.id}" may use only letters, digits, - and _`);
+      if (vms.has(spec.id)) throw new KilnError('vm.duplicate_id', `a VM with id ${spec.id} is already running`);
+      if (!arches.includes(spec.arch)) {
+        throw new KilnError('vm.unsupported_arch', `this host cannot run ${spec.arch} guests`, { hint: `use one of: ${arches.join(', ')}` });
+      }
+      if (spec.cpus < 1 || spec.cpus > caps.cpus || spec.memoryBytes > caps.memoryBytes || spec.diskBytes > caps.diskFreeBytes) {
+        throw new KilnError('vm.too_large', `the VM (${spec.cpus} CPUs, ${spec.memoryBytes} bytes of memory) does not fit this host`, {
+          hint: `ask for at most ${caps.cpus} CPUs and ${caps.memoryBytes} bytes`,
+        });
+      }
+      if (spec.image.arch !== spec.arch) throw new KilnError('image.wrong_arch', `image ${spec.image.digest} is for ${spec.image.arch}, not ${spec.arch}`);
+      const t0 = performance.now();
+      await verifyImage(spec);
+      const vm = runGuest(spec, out, opts.bootMs ?? 0, t0, () => vms.delete(spec.id));
+      vms.set(spec.id, { arch: spec.arch, phase: vm.phase });
+      return vm;
+    },
+  };
+}
+
+/** Image files named by a real path are checked against their digests, as a real driver does. */
+async function verifyImage(spec: VmSpec): Promise<void> {
+  const files = [
+    [spec.image.kernelPath, spec.image.kernelSha256],
+    [spec.image.initrdPath, spec.image.initrdSha256],
+  ] as const;
+  for (const [path, sum] of files) {
+    if (!path || path.startsWith('memory:')) continue;
+    if (!existsSync(path)) throw new KilnError('image.missing', `image file ${path} does not exist`, { hint: 'rebuild the image' });
+    const h = createHash('sha256');
+    for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
+    if (h.digest('hex') !== sum) {
+      throw new KilnError('image.corrupt', `image file ${path} does not match its digest`, { hint: 'remove the image and build it again' });
+    }
+  }
+}
+
+function runGuest(spec: VmSpec, out: VmOutput, bootMs: number, t0: number, gone: () => void): RunningVm {
+  let phase: VmPhase = 'booting';
+  let settle!: (r: VmResult) => void;
+  const done = new Promise<VmResult>((r) => (settle = r));
+  const timers = new Set<NodeJS.Timeout>();
+  const wakers = new Set<() => void>();
+  let stopped: { outcome: 'timed_out' } | { outcome: 'killed'; reason: string } | undefined;
+  const tPrepared = performance.now();
+  let tBooted = tPrepared;
+  let tExit = tPrepared;
+
+  const wait = (ms: number) =>
+    new Promise<void>((resolve) => {
+      if (stopped) return resolve();
+      const wake = () => {
+        clearTimeout(t);
+        timers.delete(t);
+        wakers.delete(wake);
+        resolve();
+      };
+      const t = setTimeout(wake, Math.max(0, ms));
+      timers.add(t);
+      wakers.add(wake);
+    });
+  const stop = (why: NonNullable<typeof stopped>) => {
+    if (stopped || phase === 'stopped') return;
+    stopped = why;
+    phase = 'stopping';
+    for (const w of [...wakers]) w();
+  };
+  const deadline = setTimeout(() => stop({ outcome: 'timed_out' }), spec.timeoutMs);
+
+  const timings = (): VmTimings => ({
+    prepareMs: tPrepared - t0,
+    bootMs: tBooted - tPrepared,
+    guestUptimeAtInitMs: bootMs,
+    runMs: tExit - tBooted,
+    teardownMs: Math.max(0, performance.now() - tExit),
+  });
+
+  void (async () => {
+    await wait(bootMs);
+    tBooted = performance.now();
+    let status = 0;
+    if (!stopped) {
+      phase = 'running';
+      status = await interpret(spec, out, wait, () => stopped !== undefined);
+    }
+    tExit = performance.now();
+    phase = 'stopping';
+    clearTimeout(deadline);
+    for (const t of timers) clearTimeout(t);
+    await new Promise((r) => setImmediate(r));
+    phase = 'stopped';
+    gone();
+    if (stopped?.outcome === 'timed_out') settle({ outcome: 'timed_out', timings: timings() });
+    else if (stopped?.outcome === 'killed') settle({ outcome: 'killed', reason: stopped.reason, timings: timings() });
+    else settle({ outcome: 'exited', exitCode: status, timings: timings() });
+  })();
+
+  return {
+    id: spec.id,
+    done,
+    phase: () => phase,
+    async kill(reason) {
+      stop({ outcome: 'killed', reason });
+      await done;
+    },
+  };
+}
+
+export function splitWords(statement: string): string[] {
+  const words: string[] = [];
+  const re = /'([^']*)'|"((?:[^"\\]|\\.)*)"|(\S+)/g;
+  for (let m = re.exec(statement); m; m = re.exec(statement)) {
+    words.push(m[1] ?? (m[2] !== undefined ? m[2].replace(/\\(.)/g, '$1') : (m[3] ?? '')));
+  }
+  return words;
+}
+
+async function interpret(spec: VmSpec, out: VmOutput, wait: (ms: number) => Promise<void>, stopped: () => boolean): Promise<number> {
+  const argv = spec.job.command;
+  const statements = argv[0] === 'sh' && argv[1] === '-c' ? (argv[2] ?? '').split(/[;\n]/).map(splitWords) : [argv];
+  let status = 0;
+  const emit = (stream: 'stdout' | 'stderr', text: string | Buffer) => {
+    const b = typeof text === 'string' ? Buffer.from(text) : text;
+    if (b.length > 0) out[stream](b);
+  };
+  for (const words of statements) {
+    if (stopped()) return status;
+    const [cmd, ...args] = words;
+    if (cmd === undefined) continue;
+    switch (cmd) {
+      case 'true':
+        status = 0;
+        break;
+      case 'false':
+        status = 1;
+        break;
+      case 'echo': {
+        let a = args;
+        let stream: 'stdout' | 'stderr' = 'stdout';
+        if (a[a.length - 1] === '>&2') {
+          stream = 'stderr';
+          a = a.slice(0, -1);
+        }
+        const noNewline = a[0] === '-n';
+        emit(stream, `${(noNewline ? a.slice(1) : a).join(' ')}${noNewline ? '' : '\n'}`);
+        status = 0;
+        break;
+      }
+      case 'sleep': {
+        const s = args[0] === 'infinity' ? Infinity : Number(args[0]);
+        if (!Number.isFinite(s) && s !== Infinity) {
+          emit('stderr', `sleep: invalid time interval '${args[0] ?? ''}'\n`);
+          status = 1;
+          break;
+        }
+        await wait(s === Infinity ? 2 ** 31 - 1 : s * 1000);
+        status = 0;
+        break;
+      }
+      case 'exit':
+        return Number(args[0] ?? status) & 255;
+      case 'uname':
+        emit('stdout', args[0] === '-m' ? `${unameMachine(spec.arch)}\n` : `Linux kiln-memory 0.0.0 ${unameMachine(spec.arch)}\n`);
+        status = 0;
+        break;
+      case 'pwd':
+        emit('stdout', `${spec.job.cwd ?? '/work'}\n`);
+        status = 0;
+        break;
+      case 'env':
+        emit('stdout', Object.entries(spec.job.env).map(([k, v]) => `${k}=${v}\n`).join(''));
+        status = 0;
+        break;
+      case 'spew': {
+        let left = Math.max(0, Number(args[0] ?? 0));
+        const stream = args[1] === 'stderr' ? 'stderr' : 'stdout';
+        const block = Buffer.alloc(64 * 1024, 'y');
+        while (left > 0 && !stopped()) {
+          const n = Math.min(left, block.length);
+          emit(stream, block.subarray(0, n));
+          left -= n;
+          await new Promise((r) => setImmediate(r));
+        }
+        status = 0;
+        break;
+      }
+      case 'append': {
+        const [file, ...rest] = args;
+        if (!file) {
+          emit('stderr', 'append: missing file\n');
+          status = 2;
+          break;
+        }
+        appendFileSync(file, `${rest.join(' ')}\n`);
+        status = 0;
+        break;
+      }
+      default:
+        emit('stderr', `sh: ${cmd}: not found\n`);
+        return 127;
+    }
+  }
+  return status;
+}

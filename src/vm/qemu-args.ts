@@ -1,0 +1,107 @@
+/** Pure construction of QEMU command lines for kiln's guests (microvm on x86-64, virt on arm64). */
+import type { Arch } from '../core/arch.ts';
+
+export interface QemuLaunch {
+  id: string;
+  arch: Arch;
+  accel: 'kvm' | 'tcg';
+  cpus: number;
+  memoryMiB: number;
+  kernel: string;
+  initrd: string;
+  /** Extra kernel command-line words (after kiln's own). */
+  cmdline?: string[];
+  /** Unix sockets kiln listens on; QEMU connects to each at start-up. */
+  sockets: { qmp: string; ctl: string; stdout: string; stderr: string };
+  consoleLog: string;
+  pidFile: string;
+  scratchDisk?: string;
+  rootDisk?: string;
+  network?: { restrict: boolean; forwards: { guestAddr: string; guestPort: number; hostPort: number }[] };
+}
+
+export function qemuBinary(arch: Arch): string {
+  return arch === 'amd64' ? 'qemu-system-x86_64' : 'qemu-system-aarch64';
+}
+
+export function qemuPackage(arch: Arch): string {
+  return arch === 'amd64' ? 'qemu-system-x86' : 'qemu-system-arm';
+}
+
+export function consoleDevice(arch: Arch): string {
+  return arch === 'amd64' ? 'ttyS0' : 'ttyAMA0';
+}
+
+export function kernelCmdline(l: Pick<QemuLaunch, 'arch' | 'cmdline'>): string {
+  return [`console=${consoleDevice(l.arch)}`, 'quiet', 'panic=-1', 'reboot=t', 'rdinit=/init', ...(l.cmdline ?? [])].join(' ');
+}
+
+export function buildQemuArgs(l: QemuLaunch): string[] {
+  const machine =
+    l.arch === 'amd64' ? ['-M', 'microvm,x-option-roms=off,isa-serial=on,acpi=on'] : ['-M', 'virt,gic-version=max'];
+  const accel = l.accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,thread=multi,tb-size=128', '-cpu', 'max'];
+  const args = [
+    '-name',
+    `guest=kiln-vm-${l.id},process=kiln-vm-${l.id}`,
+    ...machine,
+    ...accel,
+    '-m',
+    `${l.memoryMiB}M`,
+    '-smp',
+    String(l.cpus),
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-no-reboot',
+    '-pidfile',
+    l.pidFile,
+    '-kernel',
+    l.kernel,
+    '-initrd',
+    l.initrd,
+    '-append',
+    kernelCmdline(l),
+    '-chardev',
+    `file,id=con,path=${l.consoleLog}`,
+    '-serial',
+    'chardev:con',
+    '-chardev',
+    `socket,id=qmp,path=${l.sockets.qmp}`,
+    '-mon',
+    'chardev=qmp,mode=control',
+    '-device',
+    'virtio-serial-device,max_ports=4',
+    '-chardev',
+    `socket,id=ctl,path=${l.sockets.ctl}`,
+    '-device',
+    'virtserialport,chardev=ctl,name=kiln.ctl',
+    '-chardev',
+    `socket,id=out,path=${l.sockets.stdout}`,
+    '-device',
+    'virtserialport,chardev=out,name=kiln.stdout',
+    '-chardev',
+    `socket,id=err,path=${l.sockets.stderr}`,
+    '-device',
+    'virtserialport,chardev=err,name=kiln.stderr',
+    '-object',
+    'rng-random,id=rng0,filename=/dev/urandom',
+    '-device',
+    'virtio-rng-device,rng=rng0',
+  ];
+  // Block devices: the scratch disk is always /dev/vda; a root disk (full images) comes second, /dev/vdb.
+  // virtio-mmio slots are probed in reverse order of creation on both machines, so create them in reverse.
+  const disks: string[][] = [];
+  if (l.scratchDisk) disks.push(['scratch', l.scratchDisk, 'qcow2']);
+  if (l.rootDisk) disks.push(['root', l.rootDisk, 'qcow2']);
+  for (const [name, file, format] of disks) {
+    args.push('-drive', `id=${name},file=${file},format=${format},if=none,cache=unsafe,discard=unmap`);
+    args.push('-device', `virtio-blk-device,drive=${name}`);
+  }
+  if (l.network) {
+    const fwd = l.network.forwards.map((f) => `,guestfwd=tcp:${f.guestAddr}:${f.guestPort}-tcp:127.0.0.1:${f.hostPort}`).join('');
+    args.push('-netdev', `user,id=n0,restrict=${l.network.restrict ? 'on' : 'off'}${fwd}`);
+    args.push('-device', 'virtio-net-device,netdev=n0');
+  }
+  return args;
+}

@@ -1,0 +1,382 @@
+/**
+ * Real parts for the OCI tests: docker-registry instances on loopback with configs written here, images
+ * built by buildah, skopeo as the independent checker, and a token-server double (the one edge we fake).
+ * Everything started here is registered for cleanup; `cleanup()` in an after-hook stops it all.
+ */
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { createHash, createPrivateKey, createPublicKey, randomUUID, sign } from 'node:crypto';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+
+const execFileP = promisify(execFile);
+
+export class Harness {
+  private readonly cleanups: (() => Promise<void>)[] = [];
+  private readonly procs = new Set<ChildProcess>();
+  private buildahRoot?: string;
+
+  async tempDir(prefix = 'kiln-oci-'): Promise<string> {
+    const d = await mkdtemp(join(tmpdir(), prefix));
+    this.cleanups.push(() => rm(d, { recursive: true, force: true }));
+    return d;
+  }
+
+  /** Stops every process and removes every temp dir this harness made. */
+  async cleanup(): Promise<void> {
+    for (const c of this.cleanups.reverse()) await c().catch(() => undefined);
+    this.cleanups.length = 0;
+  }
+
+  /** PIDs still running that this harness started (a test asserts this is empty after cleanup). */
+  livePids(): number[] {
+    return [...this.procs].filter((p) => p.exitCode === null && p.signalCode === null).map((p) => p.pid ?? -1);
+  }
+
+  async startRegistry(opts: { port?: number; proxy?: { remoteurl: string; username?: string; password?: string }; token?: TokenServer } = {}): Promise<Registry> {
+    const dir = await this.tempDir('kiln-registry-');
+    const port = opts.port ?? (await freePort());
+    const lines = [
+      'version: 0.1',
+      'log: {level: error, accesslog: {disabled: true}}',
+      `storage: {filesystem: {rootdirectory: ${join(dir, 'data')}}, delete: {enabled: true}}`,
+      `http: {addr: "127.0.0.1:${port}", secret: kiln-test}`,
+    ];
+    if (opts.proxy) {
+      lines.push(`proxy: {remoteurl: "${opts.proxy.remoteurl}"${opts.proxy.username ? `, username: "${opts.proxy.username}", password: "${opts.proxy.password ?? ''}"` : ''}}`);
+    }
+    if (opts.token) {
+      lines.push(`auth: {token: {realm: "${opts.token.realm}", service: "${opts.token.service}", issuer: "${opts.token.issuer}", rootcertbundle: "${opts.token.certFile}"}}`);
+    }
+    const config = join(dir, 'config.yml');
+    await writeFile(config, `${lines.join('\n')}\n`);
+    const reg = new Registry(`127.0.0.1:${port}`, config, this.procs);
+    this.cleanups.push(() => reg.stop());
+    await reg.start();
+    return reg;
+  }
+
+  async startTokenServer(users: Record<string, string>): Promise<TokenServer> {
+    const dir = await this.tempDir('kiln-token-');
+    const ts = await TokenServer.start(dir, users);
+    this.cleanups.push(() => ts.stop());
+    return ts;
+  }
+
+  private async buildahArgs(): Promise<string[]> {
+    if (!this.buildahRoot) {
+      this.buildahRoot = await this.tempDir('kiln-buildah-');
+      const root = this.buildahRoot;
+      // vfs layers can be read-only for the owner; buildah rm cleans containers, rm -rf the rest.
+      this.cleanups.push(async () => {
+        await execFileP('buildah', ['--root', join(root, 'root'), '--runroot', join(root, 'run'), '--storage-driver', 'vfs', 'rm', '--all']).catch(() => undefined);
+      });
+    }
+    return ['--root', join(this.buildahRoot, 'root'), '--runroot', join(this.buildahRoot, 'run'), '--storage-driver', 'vfs'];
+  }
+
+  async buildah(args: string[]): Promise<string> {
+    const { stdout } = await execFileP('buildah', [...(await this.buildahArgs()), ...args], { maxBuffer: 16 * 1024 * 1024 });
+    return stdout.trim();
+  }
+
+  /**
+   * Builds a tiny single-platform image with buildah (from scratch, one file) and returns its local name.
+   * `bytes` pads the layer (random content, so it does not compress away).
+   */
+  async buildImage(o: { arch: string; os?: string; variant?: string; content?: string; bytes?: number; timestamp?: number }): Promise<string> {
+    const dir = await this.tempDir('kiln-ctx-');
+    await writeFile(join(dir, 'hello.txt'), o.content ?? `hello from ${o.os ?? 'linux'}/${o.arch}${o.variant ? `/${o.variant}` : ''} ${randomUUID()}\n`);
+    if (o.bytes) {
+      const { randomBytes } = await import('node:crypto');
+      await writeFile(join(dir, 'pad.bin'), randomBytes(o.bytes));
+    }
+    const ctr = await this.buildah(['from', 'scratch']);
+    try {
+      await this.buildah(['copy', ctr, dir, '/']);
+      const cfg = ['config', '--arch', o.arch, '--os', o.os ?? 'linux'];
+      if (o.variant) cfg.push('--variant', o.variant);
+      await this.buildah([...cfg, ctr]);
+      const name = `localhost/kiln-test-${randomUUID().slice(0, 8)}`;
+      await this.buildah(['commit', '-q', ...(o.timestamp !== undefined ? ['--timestamp', String(o.timestamp)] : []), ctr, name]);
+      return name;
+    } finally {
+      await this.buildah(['rm', ctr]).catch(() => undefined);
+    }
+  }
+
+  /** Pushes a buildah image to `dest` (docker://… or oci:…) and returns the pushed manifest digest. */
+  async buildahPush(image: string, dest: string, format: 'oci' | 'v2s2' = 'oci', extra: string[] = []): Promise<string> {
+    const dir = await this.tempDir('kiln-digest-');
+    const file = join(dir, 'digest');
+    await this.buildah(['push', '-q', '--tls-verify=false', '--format', format, '--digestfile', file, ...extra, image, dest]);
+    return (await readFile(file, 'utf8')).trim();
+  }
+}
+
+export class Registry {
+  private proc: ChildProcess | undefined;
+  output = '';
+  constructor(
+    readonly host: string,
+    readonly configFile: string,
+    private readonly procs: Set<ChildProcess>,
+  ) {}
+
+  get url(): string {
+    return `http://${this.host}`;
+  }
+
+  get pid(): number | undefined {
+    return this.proc?.pid;
+  }
+
+  async start(): Promise<void> {
+    const p = spawn('docker-registry', ['serve', this.configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.proc = p;
+    this.procs.add(p);
+    const keep = (d: Buffer) => (this.output = (this.output + d.toString()).slice(-8000));
+    p.stdout?.on('data', keep);
+    p.stderr?.on('data', keep);
+    await waitFor(async () => {
+      if (p.exitCode !== null) throw new Error(`docker-registry exited with ${p.exitCode}: ${this.output}`);
+      const r = await fetch(`${this.url}/v2/`).catch(() => undefined);
+      return r !== undefined && (r.status === 200 || r.status === 401);
+    }, 15_000, `registry ${this.host} to answer`);
+  }
+
+  async stop(): Promise<void> {
+    const p = this.proc;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    const exited = new Promise<void>((r) => p.once('exit', () => r()));
+    p.kill('SIGTERM');
+    const t = setTimeout(() => p.kill('SIGKILL'), 3000);
+    await exited;
+    clearTimeout(t);
+  }
+}
+
+/** Polls `check` until it returns true, at most `ms`; no fixed sleeps. */
+export async function waitFor(check: () => Promise<boolean> | boolean, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  let delay = 10;
+  for (;;) {
+    if (await check()) return;
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, delay));
+    delay = Math.min(delay * 2, 200);
+  }
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createNetServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// skopeo, the independent checker
+
+export async function skopeo(args: string[]): Promise<string> {
+  const { stdout } = await execFileP('skopeo', args, { maxBuffer: 64 * 1024 * 1024 });
+  return stdout;
+}
+
+/** The raw manifest bytes at a reference, as skopeo sees them. */
+export async function skopeoRaw(ref: string, creds?: string): Promise<{ bytes: Buffer; digest: string; json: Record<string, unknown> }> {
+  const { stdout } = await execFileP('skopeo', ['inspect', '--raw', '--tls-verify=false', ...(creds ? ['--creds', creds] : []), `docker://${ref}`], {
+    encoding: 'buffer',
+    maxBuffer: 64 * 1024 * 1024,
+  });
+  const bytes = stdout;
+  return { bytes, digest: `sha256:${createHash('sha256').update(bytes).digest('hex')}`, json: JSON.parse(bytes.toString('utf8')) as Record<string, unknown> };
+}
+
+/** The image config a client on `platform` gets through the index (skopeo --override-*). */
+export async function skopeoConfigFor(ref: string, platform: { os: string; arch: string; variant?: string }, creds?: string): Promise<Record<string, unknown>> {
+  const args = ['--override-os', platform.os, '--override-arch', platform.arch];
+  if (platform.variant) args.push('--override-variant', platform.variant);
+  const out = await skopeo([...args, 'inspect', '--config', '--tls-verify=false', ...(creds ? ['--creds', creds] : []), `docker://${ref}`]);
+  return JSON.parse(out) as Record<string, unknown>;
+}
+
+/**
+ * The manifest digest a client on `platform` resolves through the index: skopeo picks the instance and copies
+ * it to a `dir:` layout (which stores the manifest bytes unchanged); we hash what it wrote.
+ */
+export async function skopeoDigestFor(ref: string, platform: { os: string; arch: string; variant?: string }): Promise<string> {
+  const args = ['--override-os', platform.os, '--override-arch', platform.arch];
+  if (platform.variant) args.push('--override-variant', platform.variant);
+  const dir = await mkdtemp(join(tmpdir(), 'kiln-pick-'));
+  try {
+    await skopeo([...args, 'copy', '-q', '--src-tls-verify=false', `docker://${ref}`, `dir:${dir}`]);
+    return `sha256:${createHash('sha256').update(await readFile(join(dir, 'manifest.json'))).digest('hex')}`;
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Token server double: issues JWTs the way Docker Hub's auth service does (distribution's token spec),
+// after checking Basic credentials, and records every request so tests can assert on scopes.
+
+export interface TokenRequest {
+  user: string | undefined;
+  service: string | null;
+  scopes: string[];
+}
+
+function base32(bytes: Buffer): string {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+  let bits = 0;
+  let value = 0;
+  let out = '';
+  for (const b of bytes) {
+    value = (value << 8) | b;
+    bits += 8;
+    while (bits >= 5) {
+      out += alphabet[(value >>> (bits - 5)) & 31];
+      bits -= 5;
+    }
+  }
+  if (bits > 0) out += alphabet[(value << (5 - bits)) & 31];
+  return out;
+}
+
+/** libtrust's key ID: base32 of the first 240 bits of sha256(DER SubjectPublicKeyInfo), in groups of 4. */
+function libtrustKeyId(spkiDer: Buffer): string {
+  const b = base32(createHash('sha256').update(spkiDer).digest().subarray(0, 30));
+  return (b.match(/.{4}/g) ?? []).join(':');
+}
+
+const b64url = (b: Buffer | string) => Buffer.from(b).toString('base64url');
+
+export class TokenServer {
+  readonly requests: TokenRequest[] = [];
+  readonly service = 'kiln-test-registry';
+  readonly issuer = 'kiln-test-token-issuer';
+  private constructor(
+    private readonly server: Server,
+    readonly realm: string,
+    readonly certFile: string,
+  ) {}
+
+  static async start(dir: string, users: Record<string, string>): Promise<TokenServer> {
+    const keyFile = join(dir, 'key.pem');
+    const certFile = join(dir, 'cert.pem');
+    await mkdir(dir, { recursive: true });
+    await execFileP('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', keyFile, '-out', certFile, '-days', '2', '-subj', '/CN=kiln-test-token']);
+    const key = createPrivateKey(await readFile(keyFile));
+    const kid = libtrustKeyId(createPublicKey(key).export({ type: 'spki', format: 'der' }));
+    let ts: TokenServer | undefined;
+    const server = createServer((req: IncomingMessage, res) => {
+      const url = new URL(req.url ?? '/', 'http://x');
+      const authz = req.headers.authorization ?? '';
+      let user: string | undefined;
+      if (authz.startsWith('Basic ')) {
+        const [u, ...p] = Buffer.from(authz.slice(6), 'base64').toString('utf8').split(':');
+        if (u === undefined || users[u] !== p.join(':')) {
+          res.writeHead(401, { 'content-type': 'application/json' }).end('{"details":"bad credentials"}');
+          ts?.requests.push({ user: `REJECTED:${u}`, service: url.searchParams.get('service'), scopes: url.searchParams.getAll('scope') });
+          return;
+        }
+        user = u;
+      }
+      const scopes = url.searchParams.getAll('scope');
+      ts?.requests.push({ user, service: url.searchParams.get('service'), scopes });
+      if (!user) {
+        res.writeHead(401, { 'content-type': 'application/json' }).end('{"details":"credentials required"}');
+        return;
+      }
+      const access = scopes.map((s) => {
+        const [type, ...rest] = s.split(':');
+        const actions = (rest.pop() ?? '').split(',').filter((a) => a === 'pull' || a === 'push');
+        return { type, name: rest.join(':'), actions };
+      });
+      const now = Math.floor(Date.now() / 1000);
+      const header = { typ: 'JWT', alg: 'ES256', kid };
+      const claims = { iss: ts?.issuer, sub: user, aud: ts?.service, exp: now + 300, nbf: now - 10, iat: now, jti: randomUUID(), access };
+      const signingInput = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(claims))}`;
+      const sig = sign('sha256', Buffer.from(signingInput), { key, dsaEncoding: 'ieee-p1363' });
+      const token = `${signingInput}.${b64url(sig)}`;
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ token, access_token: token, expires_in: 300 }));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const { port } = server.address() as AddressInfo;
+    ts = new TokenServer(server, `http://127.0.0.1:${port}/token`, certFile);
+    return ts;
+  }
+
+  async stop(): Promise<void> {
+    this.server.closeAllConnections();
+    await new Promise<void>((r) => this.server.close(() => r()));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// A provenance-style per-arch index, the way BuildKit pushes one by default: the image plus an
+// `unknown/unknown` attestation manifest that points at it. Written as an OCI layout next to the image
+// buildah wrote there, then copied to a registry by skopeo with digests preserved.
+
+export async function writeProvenanceIndex(h: Harness, image: string, platform: { os: string; architecture: string; variant?: string }): Promise<{ layout: string; imageDigest: string; attestationDigest: string }> {
+  const layout = await h.tempDir('kiln-layout-');
+  const imageDigest = await h.buildahPush(image, `oci:${layout}:img`, 'oci');
+  const put = async (bytes: Buffer): Promise<{ digest: string; size: number }> => {
+    const hex = createHash('sha256').update(bytes).digest('hex');
+    await mkdir(join(layout, 'blobs', 'sha256'), { recursive: true });
+    await writeFile(join(layout, 'blobs', 'sha256', hex), bytes);
+    return { digest: `sha256:${hex}`, size: bytes.length };
+  };
+  const imageBytes = await readFile(join(layout, 'blobs', 'sha256', imageDigest.slice(7)));
+  const statement = Buffer.from(JSON.stringify({ _type: 'https://in-toto.io/Statement/v0.1', predicateType: 'https://slsa.dev/provenance/v0.2', subject: [{ name: 'img', digest: { sha256: imageDigest.slice(7) } }], predicate: { builder: { id: 'kiln-test' } } }));
+  const layer = await put(statement);
+  const config = await put(Buffer.from(JSON.stringify({ architecture: 'unknown', os: 'unknown', config: {}, rootfs: { type: 'layers', diff_ids: [layer.digest] } })));
+  const att = await put(
+    Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.manifest.v1+json',
+        config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
+        layers: [{ mediaType: 'application/vnd.in-toto+json', ...layer, annotations: { 'in-toto.io/predicate-type': 'https://slsa.dev/provenance/v0.2' } }],
+      }),
+    ),
+  );
+  const index = await put(
+    Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.index.v1+json',
+        manifests: [
+          { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: imageDigest, size: imageBytes.length, platform },
+          {
+            mediaType: 'application/vnd.oci.image.manifest.v1+json',
+            ...att,
+            platform: { architecture: 'unknown', os: 'unknown' },
+            annotations: { 'vnd.docker.reference.digest': imageDigest, 'vnd.docker.reference.type': 'attestation-manifest' },
+          },
+        ],
+      }),
+    ),
+  );
+  await writeFile(
+    join(layout, 'index.json'),
+    JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.index.v1+json', ...index, annotations: { 'org.opencontainers.image.ref.name': 'prov' } }] }),
+  );
+  return { layout, imageDigest, attestationDigest: att.digest };
+}
+
+/** Copies an OCI layout's `prov` index to a registry with digests preserved; returns the index digest. */
+export async function pushLayoutIndex(h: Harness, layout: string, dest: string): Promise<string> {
+  const dir = await h.tempDir('kiln-digest-');
+  const file = join(dir, 'digest');
+  await skopeo(['copy', '-q', '--all', '--preserve-digests', '--dest-tls-verify=false', '--digestfile', file, `oci:${layout}:prov`, `docker://${dest}`]);
+  return (await readFile(file, 'utf8')).trim();
+}

@@ -60,7 +60,7 @@ export async function connectHost(db: Db, cap: HostCapacity, serverId: string): 
 export async function disconnectHost(db: Q, hostId: number, serverId: string): Promise<boolean> {
   const r = await db
     .updateTable('hosts')
-    .set({ state: sql`CASE WHEN state = 'asleep' THEN 'asleep' ELSE 'offline' END`, server_id: null })
+    .set({ state: sql`CASE WHEN state = 'asleep' THEN 'asleep' ELSE 'offline' END`, server_id: null, last_seen_at: sql`now()` })
     .where('id', '=', hostId)
     .where('server_id', '=', serverId)
     .executeTakeFirst();
@@ -72,12 +72,18 @@ export async function touchHosts(db: Q, serverId: string, hostIds: number[]): Pr
   await db.updateTable('hosts').set({ last_seen_at: sql`now()` }).where('server_id', '=', serverId).where('id', 'in', hostIds).execute();
 }
 
-/** Hosts whose replica stopped vouching for them: connected once, not seen for `staleMs`. */
-export async function staleHosts(db: Q, staleMs: number): Promise<Host[]> {
+/**
+ * Hosts not vouched for in `staleMs` that still hold active jobs: disconnected ones, and connected ones
+ * whose replica stopped touching them (it died).
+ */
+export async function lostHosts(db: Q, staleMs: number): Promise<Host[]> {
   const rows = await db
     .selectFrom('hosts')
     .selectAll()
-    .where('state', 'in', ['online', 'draining'])
+    .where('state', 'in', ['online', 'draining', 'offline'])
+    .where(({ exists, selectFrom }) =>
+      exists(selectFrom('jobs').select('jobs.id').whereRef('jobs.host_id', '=', 'hosts.id').where('jobs.state', 'in', ['placed', 'booting', 'running'])),
+    )
     .where(sql<boolean>`last_seen_at < now() - make_interval(secs => ${staleMs}::double precision / 1000)`)
     .execute();
   return rows.map(hostFromRow);
@@ -89,7 +95,7 @@ export async function expireHost(db: Q, hostId: number, staleMs: number): Promis
     .updateTable('hosts')
     .set({ state: 'offline', server_id: null })
     .where('id', '=', hostId)
-    .where('state', 'in', ['online', 'draining'])
+    .where('state', 'in', ['online', 'draining', 'offline'])
     .where(sql<boolean>`last_seen_at < now() - make_interval(secs => ${staleMs}::double precision / 1000)`)
     .executeTakeFirst();
   return Number(r.numUpdatedRows) > 0;

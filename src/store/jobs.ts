@@ -231,16 +231,24 @@ export async function transitionJob(
   db: Db,
   jobId: number,
   attempt: number | undefined,
-  event: JobEvent,
+  event: JobEvent | ((current: Job) => { event: JobEvent; fields?: TransitionFields } | undefined),
   fields: TransitionFields = {},
 ): Promise<{ job: Job; from: JobState } | undefined> {
   return db.transaction().execute(async (tx) => {
     let q = tx.selectFrom('jobs').selectAll().where('id', '=', jobId).forUpdate();
     if (attempt !== undefined) q = q.where('attempt', '=', attempt);
     const row = await q.executeTakeFirst();
-    if (!row || !canTransition(row.state as JobState, event)) return undefined;
+    if (!row) return undefined;
+    let ev: JobEvent;
+    if (typeof event === 'function') {
+      const chosen = event(jobFromRow(row));
+      if (!chosen) return undefined;
+      ev = chosen.event;
+      fields = { ...fields, ...chosen.fields };
+    } else ev = event;
+    if (!canTransition(row.state as JobState, ev)) return undefined;
     const from = row.state as JobState;
-    const to = nextJobState(from, event);
+    const to = nextJobState(from, ev);
     const col = STATE_TIME[to];
     const updated = await tx
       .updateTable('jobs')
@@ -259,6 +267,20 @@ export async function transitionJob(
       .execute();
     return { job: jobFromRow(updated), from };
   });
+}
+
+/** Current state, attempt and cancel flag of jobs, for the replica that runs them. */
+export async function jobStatuses(db: Q, ids: number[]): Promise<{ id: number; attempt: number; state: JobState; cancelRequested: boolean; hostId: number | null }[]> {
+  const out: { id: number; attempt: number; state: JobState; cancelRequested: boolean; hostId: number | null }[] = [];
+  for (let i = 0; i < ids.length; i += 5000) {
+    const rows = await db
+      .selectFrom('jobs')
+      .select(['id', 'attempt', 'state', 'cancel_requested', 'host_id'])
+      .where('id', 'in', ids.slice(i, i + 5000))
+      .execute();
+    for (const r of rows) out.push({ id: r.id, attempt: r.attempt, state: r.state as JobState, cancelRequested: r.cancel_requested, hostId: r.host_id });
+  }
+  return out;
 }
 
 /**

@@ -1,0 +1,111 @@
+/** Hosts API: list, get, drain, cordon, uncordon, remove. */
+import { Type } from '@sinclair/typebox';
+import { KilnError } from '../../core/errors.ts';
+import { nextHostState } from '../../core/host-state.ts';
+import type { Host } from '../../core/host.ts';
+import { deleteHost, findHost, listHosts, updateHostFlags } from '../../store/hosts.ts';
+import { activeJobsOnHosts } from '../../store/jobs.ts';
+import type { ApiDeps } from './deps.ts';
+import type { RouteDef } from './routes.ts';
+
+const RefParams = Type.Object({ ref: Type.String({ minLength: 1, maxLength: 100 }) });
+
+export function hostRoutes(deps: ApiDeps): RouteDef[] {
+  const db = deps.ctx.store.db;
+  const need = async (ref: string): Promise<Host> => {
+    const h = await findHost(db, ref);
+    if (!h) throw new KilnError('host.not_found', `no host named or numbered "${ref}"`, { hint: 'list hosts with `kiln hosts ls`' });
+    return h;
+  };
+  const withUsage = async (hosts: Host[]) => {
+    const active = await activeJobsOnHosts(db, hosts.map((h) => h.id));
+    return hosts.map((h) => {
+      const mine = active.filter((j) => j.hostId === h.id);
+      return {
+        ...h,
+        jobs: mine.length,
+        used: {
+          cpus: mine.reduce((s, j) => s + j.cpus, 0),
+          memoryBytes: mine.reduce((s, j) => s + j.memoryBytes, 0),
+          diskBytes: mine.reduce((s, j) => s + j.diskBytes, 0),
+        },
+      };
+    });
+  };
+  const change = async (ref: string, what: 'drain' | 'cordon' | 'uncordon') => {
+    const h = await need(ref);
+    let updated: Host | undefined;
+    if (what === 'drain') {
+      const state = h.state === 'offline' || h.state === 'asleep' || h.state === 'waking' ? h.state : nextHostState(h.state, { type: 'drain' });
+      updated = await updateHostFlags(db, h.id, { drainRequested: true, state });
+    } else if (what === 'cordon') {
+      updated = await updateHostFlags(db, h.id, { cordoned: true });
+    } else {
+      const state = h.state === 'draining' ? nextHostState(h.state, { type: 'undrain' }) : h.state;
+      updated = await updateHostFlags(db, h.id, { cordoned: false, drainRequested: false, state });
+    }
+    if (!updated) throw new KilnError('host.not_found', `host "${ref}" was removed meanwhile`);
+    const link = deps.registry.get(h.id);
+    if (link) link.schedulable = updated.state === 'online' && !updated.cordoned;
+    deps.ctx.events.emit('host.state', { hostId: h.id, name: h.name, state: updated.state });
+    if (what === 'uncordon') deps.kick();
+    return updated;
+  };
+  return [
+    {
+      method: 'GET',
+      url: '/v1/hosts',
+      tag: 'hosts',
+      summary: 'List hosts with their state, capacity and what is in use',
+      permission: 'read',
+      schema: {},
+      handler: async () => ({ hosts: await withUsage(await listHosts(db)) }),
+    },
+    {
+      method: 'GET',
+      url: '/v1/hosts/:ref',
+      tag: 'hosts',
+      summary: 'One host, by name or id',
+      permission: 'read',
+      schema: { params: RefParams },
+      handler: async (req) => (await withUsage([await need((req.params as { ref: string }).ref)]))[0],
+    },
+    ...(['drain', 'cordon', 'uncordon'] as const).map(
+      (what): RouteDef => ({
+        method: 'POST',
+        url: `/v1/hosts/:ref/${what}`,
+        tag: 'hosts',
+        summary:
+          what === 'drain'
+            ? 'Drain a host: no new jobs, running ones finish (survives reconnects)'
+            : what === 'cordon'
+              ? 'Cordon a host: no new jobs; it stays online'
+              : 'Undo drain and cordon',
+        permission: 'operate',
+        schema: { params: RefParams },
+        handler: async (req) => change((req.params as { ref: string }).ref, what),
+      }),
+    ),
+    {
+      method: 'DELETE',
+      url: '/v1/hosts/:ref',
+      tag: 'hosts',
+      summary: 'Forget a host; refused while it runs jobs unless force=true (its agent is disconnected)',
+      permission: 'admin',
+      schema: { params: RefParams, querystring: Type.Object({ force: Type.Optional(Type.Boolean()) }, { additionalProperties: false }) },
+      async handler(req) {
+        const h = await need((req.params as { ref: string }).ref);
+        const force = (req.query as { force?: boolean }).force === true;
+        const active = await activeJobsOnHosts(db, [h.id]);
+        if (!force && (active.length > 0 || h.state === 'online' || h.state === 'draining')) {
+          throw new KilnError('host.busy', `host ${h.name} is ${h.state} with ${active.length} job(s)`, {
+            hint: 'drain it and stop its agent first, or pass --force',
+          });
+        }
+        deps.registry.get(h.id)?.close(4001, 'host removed');
+        await deleteHost(db, h.id);
+        return { removed: h.name };
+      },
+    },
+  ];
+}

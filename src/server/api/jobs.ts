@@ -1,0 +1,278 @@
+/** Jobs API: submit (one or a batch), list and filter, get, cancel, logs (optionally followed live). */
+import { Type, type Static } from '@sinclair/typebox';
+import { parseArch } from '../../core/arch.ts';
+import { KilnError } from '../../core/errors.ts';
+import { DEFAULT_IMAGE, DEFAULT_TIMEOUT_MS, type Job, type JobSpec } from '../../core/job.ts';
+import { JOB_STATE_LIST, isTerminal, type JobState } from '../../core/job-state.ts';
+import type { Token } from '../../core/host.ts';
+import { parseLabels, validateRequirements, DEFAULT_REQUIREMENTS, type Requirements } from '../../core/requirements.ts';
+import { parseDuration, parseSize } from '../../core/sizes.ts';
+import { getJob, insertJobs, jobTransitions, listJobs, requestCancel } from '../../store/jobs.ts';
+import { readLogs } from '../../store/logs.ts';
+import type { ApiDeps } from './deps.ts';
+import type { RouteDef } from './routes.ts';
+
+const SizeOrBytes = Type.Union([Type.Integer({ minimum: 1 }), Type.String({ maxLength: 20 })]);
+
+export const JobSubmit = Type.Object(
+  {
+    labels: Type.Optional(Type.Array(Type.String({ maxLength: 100 }), { maxItems: 20 })),
+    arch: Type.Optional(Type.String({ maxLength: 20 })),
+    cpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 256 })),
+    memory: Type.Optional(SizeOrBytes),
+    disk: Type.Optional(SizeOrBytes),
+    image: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+    command: Type.Array(Type.String({ maxLength: 100_000 }), { minItems: 1, maxItems: 1000 }),
+    env: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', maxLength: 200 }), Type.String({ maxLength: 100_000 }))),
+    cwd: Type.Optional(Type.String({ maxLength: 1000 })),
+    timeout: Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), Type.String({ maxLength: 20 })])),
+    network: Type.Optional(Type.Union([Type.Literal('none'), Type.Literal('user')])),
+    priority: Type.Optional(Type.Integer({ minimum: -100, maximum: 100 })),
+    tenant: Type.Optional(Type.String({ minLength: 1, maxLength: 100, pattern: '^[A-Za-z0-9._-]+$' })),
+  },
+  { additionalProperties: false },
+);
+export type JobSubmit = Static<typeof JobSubmit>;
+
+const JobOut = Type.Object({
+  id: Type.Integer(),
+  tenant: Type.String(),
+  state: Type.String({ enum: JOB_STATE_LIST }),
+  attempt: Type.Integer(),
+  requirements: Type.Object({ arch: Type.String(), cpus: Type.Integer(), memoryBytes: Type.Integer(), diskBytes: Type.Integer(), hostLabels: Type.Array(Type.String()) }),
+  labels: Type.Array(Type.String()),
+  image: Type.String(),
+  command: Type.Array(Type.String()),
+  hostId: Type.Union([Type.Integer(), Type.Null()]),
+  exitCode: Type.Union([Type.Integer(), Type.Null()]),
+  error: Type.Union([Type.Object({ code: Type.String(), message: Type.String() }), Type.Null()]),
+  logTruncated: Type.Boolean(),
+  createdAt: Type.String(),
+  finishedAt: Type.Union([Type.String(), Type.Null()]),
+});
+
+/** Turns a submission into a job spec, collecting every problem at once. Pure. */
+export function resolveSubmission(body: JobSubmit, token: Pick<Token, 'id' | 'role' | 'tenant'>): JobSpec {
+  const problems: string[] = [];
+  const attempt = <T>(f: () => T): T | undefined => {
+    try {
+      return f();
+    } catch (e) {
+      problems.push(e instanceof Error ? e.message : String(e));
+      return undefined;
+    }
+  };
+  let req: Requirements = body.labels && body.labels.length > 0 ? (attempt(() => parseLabels(body.labels ?? [])) ?? DEFAULT_REQUIREMENTS) : { ...DEFAULT_REQUIREMENTS };
+  if (body.arch !== undefined) req = { ...req, arch: attempt(() => parseArch(body.arch ?? '')) ?? req.arch };
+  if (body.cpus !== undefined) req = { ...req, cpus: body.cpus };
+  if (body.memory !== undefined) {
+    const m = body.memory;
+    req = { ...req, memoryBytes: (typeof m === 'number' ? m : attempt(() => parseSize(m, 'memory'))) ?? req.memoryBytes };
+  }
+  if (body.disk !== undefined) {
+    const d = body.disk;
+    req = { ...req, diskBytes: (typeof d === 'number' ? d : attempt(() => parseSize(d, 'disk'))) ?? req.diskBytes };
+  }
+  attempt(() => validateRequirements(req));
+  const t = body.timeout;
+  const timeoutMs = t === undefined ? DEFAULT_TIMEOUT_MS : typeof t === 'number' ? t : (attempt(() => parseDuration(t, 'timeout')) ?? DEFAULT_TIMEOUT_MS);
+  if (timeoutMs > 7 * 24 * 3600 * 1000) problems.push('timeout must be at most 7 days');
+  if (body.tenant !== undefined && body.tenant !== token.tenant && token.role !== 'admin') problems.push('only admin tokens may submit for another tenant');
+  if (problems.length > 0) throw new KilnError('job.bad_request', problems.join('; '), { hint: 'fix the fields named above and submit again' });
+  return {
+    tenant: body.tenant ?? token.tenant,
+    requirements: req,
+    labels: body.labels ?? [],
+    image: body.image ?? DEFAULT_IMAGE,
+    command: body.command,
+    env: body.env ?? {},
+    ...(body.cwd !== undefined ? { cwd: body.cwd } : {}),
+    timeoutMs,
+    network: body.network ?? 'none',
+    priority: body.priority ?? 0,
+    submittedBy: token.id,
+  };
+}
+
+export function jobJson(j: Job): Job {
+  return j;
+}
+
+export function jobRoutes(deps: ApiDeps): RouteDef[] {
+  const { ctx } = deps;
+  const db = ctx.store.db;
+  const submit = async (specs: JobSpec[]): Promise<Job[]> => {
+    const jobs = await insertJobs(db, specs);
+    ctx.metrics.submitted.inc(jobs.length);
+    for (const job of jobs) ctx.events.emit('job.submitted', { job });
+    deps.kick();
+    return jobs;
+  };
+  const IdParams = Type.Object({ id: Type.Integer({ minimum: 1 }) });
+  const need = async (id: number): Promise<Job> => {
+    const j = await getJob(db, id);
+    if (!j) throw new KilnError('job.not_found', `job ${id} does not exist`, { hint: 'list jobs with `kiln jobs ls`' });
+    return j;
+  };
+  return [
+    {
+      method: 'POST',
+      url: '/v1/jobs',
+      tag: 'jobs',
+      summary: 'Submit a job (requirements as fields, or labels such as kiln-arm64-8cpu-32gb)',
+      permission: 'submit',
+      schema: { body: JobSubmit, response: JobOut },
+      async handler(req, reply, token) {
+        const [job] = await submit([resolveSubmission(req.body as JobSubmit, token!)]);
+        return reply.code(201).send(job);
+      },
+    },
+    {
+      method: 'POST',
+      url: '/v1/jobs/batch',
+      tag: 'jobs',
+      summary: 'Submit up to 1,000 jobs at once; all or none are accepted',
+      permission: 'submit',
+      schema: { body: Type.Object({ jobs: Type.Array(JobSubmit, { minItems: 1, maxItems: 1000 }) }, { additionalProperties: false }) },
+      async handler(req, reply, token) {
+        const body = req.body as { jobs: JobSubmit[] };
+        const specs = body.jobs.map((j, i) => {
+          try {
+            return resolveSubmission(j, token!);
+          } catch (e) {
+            throw new KilnError('job.bad_request', `jobs[${i}]: ${(e as Error).message}`);
+          }
+        });
+        const jobs = await submit(specs);
+        return reply.code(201).send({ ids: jobs.map((j) => j.id) });
+      },
+    },
+    {
+      method: 'GET',
+      url: '/v1/jobs',
+      tag: 'jobs',
+      summary: 'List jobs, newest first',
+      permission: 'read',
+      schema: {
+        querystring: Type.Object(
+          {
+            state: Type.Optional(Type.String({ description: 'comma-separated states' })),
+            tenant: Type.Optional(Type.String()),
+            host: Type.Optional(Type.Integer()),
+            before: Type.Optional(Type.Integer()),
+            limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
+          },
+          { additionalProperties: false },
+        ),
+        response: Type.Object({ jobs: Type.Array(JobOut) }),
+      },
+      async handler(req) {
+        const q = req.query as { state?: string; tenant?: string; host?: number; before?: number; limit?: number };
+        const states = q.state ? q.state.split(',').map((s) => s.trim()) : undefined;
+        const bad = states?.filter((s) => !JOB_STATE_LIST.includes(s as JobState));
+        if (bad && bad.length > 0) throw new KilnError('request.bad_state', `unknown job state ${bad.join(', ')}`, { hint: `states: ${JOB_STATE_LIST.join(', ')}` });
+        return {
+          jobs: await listJobs(db, {
+            ...(states ? { states: states as JobState[] } : {}),
+            ...(q.tenant !== undefined ? { tenant: q.tenant } : {}),
+            ...(q.host !== undefined ? { hostId: q.host } : {}),
+            ...(q.before !== undefined ? { beforeId: q.before } : {}),
+            limit: q.limit ?? 100,
+          }),
+        };
+      },
+    },
+    {
+      method: 'GET',
+      url: '/v1/jobs/:id',
+      tag: 'jobs',
+      summary: 'One job, with a timestamp per state transition',
+      permission: 'read',
+      schema: { params: IdParams },
+      async handler(req) {
+        const { id } = req.params as { id: number };
+        const job = await need(id);
+        return { ...job, transitions: await jobTransitions(db, id) };
+      },
+    },
+    {
+      method: 'POST',
+      url: '/v1/jobs/:id/cancel',
+      tag: 'jobs',
+      summary: 'Cancel a job: queued jobs at once, running ones by stopping their VM',
+      permission: 'submit',
+      schema: { params: IdParams },
+      async handler(req) {
+        const { id } = req.params as { id: number };
+        const r = await requestCancel(db, id);
+        if (!r) throw new KilnError('job.not_found', `job ${id} does not exist`);
+        if (r.job.state === 'cancelled' && r.stopHost === null) ctx.events.emit('job.state', { job: r.job, from: 'queued', to: 'cancelled' });
+        if (r.stopHost !== null) deps.stop(r.stopHost, r.job.id, r.job.attempt, 'cancelled');
+        return r.job;
+      },
+    },
+    {
+      method: 'GET',
+      url: '/v1/jobs/:id/logs',
+      tag: 'jobs',
+      summary: 'The job log as NDJSON chunks ({id, attempt, stream, data: base64}), then {end, state, exitCode}; follow=true streams live',
+      permission: 'read',
+      produces: 'application/x-ndjson',
+      schema: {
+        params: IdParams,
+        querystring: Type.Object({ after: Type.Optional(Type.Integer({ minimum: 0 })), follow: Type.Optional(Type.Boolean()) }, { additionalProperties: false }),
+      },
+      async handler(req, reply) {
+        const { id } = req.params as { id: number };
+        const q = req.query as { after?: number; follow?: boolean };
+        await need(id);
+        reply.hijack();
+        const res = reply.raw;
+        res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
+        let closed = false;
+        res.on('close', () => (closed = true));
+        let after = q.after ?? 0;
+        const write = (o: unknown) => new Promise<void>((r) => (res.write(`${JSON.stringify(o)}\n`) ? r() : res.once('drain', r)));
+        try {
+          for (;;) {
+            if (closed) return;
+            const chunks = await readLogs(db, id, after, 500);
+            for (const c of chunks) await write({ id: c.id, attempt: c.attempt, stream: c.stream, data: c.data.toString('base64') });
+            if (chunks.length > 0) after = chunks[chunks.length - 1]!.id;
+            if (chunks.length === 500) continue;
+            const job = await need(id);
+            if (isTerminal(job.state) || !q.follow) {
+              // Logs are stored before a job becomes final: drain what is left, then end.
+              for (let more = await readLogs(db, id, after, 500); more.length > 0; more = await readLogs(db, id, after, 500)) {
+                for (const c of more) await write({ id: c.id, attempt: c.attempt, stream: c.stream, data: c.data.toString('base64') });
+                after = more[more.length - 1]!.id;
+              }
+              await write({ end: true, state: job.state, exitCode: job.exitCode, error: job.error, logTruncated: job.logTruncated });
+              return;
+            }
+            await waitForChange(deps, id, 1000);
+          }
+        } catch (e) {
+          ctx.log.warn({ err: e, jobId: id }, 'log stream ended with an error');
+        } finally {
+          res.end();
+        }
+      },
+    },
+  ];
+}
+
+/** Resolves when the job has new logs or changes state here, or after `ms` (other replicas' changes). */
+function waitForChange(deps: ApiDeps, jobId: number, ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(t);
+      offLogs();
+      offState();
+      resolve();
+    };
+    const t = setTimeout(done, ms);
+    const offLogs = deps.ctx.events.on('job.logs', (e) => e.jobId === jobId && done());
+    const offState = deps.ctx.events.on('job.state', (e) => e.job.id === jobId && done());
+  });
+}

@@ -1,0 +1,55 @@
+/**
+ * Who may do what. API tokens carry a role; agent tokens may only open the agent connection.
+ * Lookups are cached briefly so a burst of requests does not hash-and-query per request forever.
+ */
+import { KilnError } from '../core/errors.ts';
+import type { Token, TokenRole } from '../core/host.ts';
+import { findTokenBySecret } from '../store/tokens.ts';
+import type { Db } from '../store/store.ts';
+
+export type Permission = 'read' | 'submit' | 'operate' | 'admin' | 'agent';
+
+const GRANTS: Record<TokenRole, readonly Permission[]> = {
+  admin: ['read', 'submit', 'operate', 'admin'],
+  operator: ['read', 'submit', 'operate'],
+  'read-only': ['read'],
+  agent: ['agent'],
+};
+
+export function allows(role: TokenRole, p: Permission): boolean {
+  return GRANTS[role].includes(p);
+}
+
+export interface Authenticator {
+  authenticate(header: string | undefined, need: Permission): Promise<Token>;
+  forget(): void;
+}
+
+export function makeAuthenticator(db: Db, cacheMs = 5_000): Authenticator {
+  const cache = new Map<string, { token: Token | undefined; at: number }>();
+  return {
+    forget: () => cache.clear(),
+    async authenticate(header, need) {
+      const m = header ? /^Bearer\s+(\S+)$/i.exec(header) : null;
+      if (!m?.[1]) {
+        throw new KilnError('auth.missing', 'this request needs a token', { hint: 'pass `Authorization: Bearer <token>` (the CLI reads KILN_TOKEN)' });
+      }
+      const secret = m[1];
+      const now = Date.now();
+      let hit = cache.get(secret);
+      if (!hit || now - hit.at > cacheMs) {
+        hit = { token: await findTokenBySecret(db, secret), at: now };
+        if (cache.size > 10_000) cache.clear();
+        cache.set(secret, hit);
+      }
+      const token = hit.token;
+      if (!token) throw new KilnError('auth.invalid', 'the token is unknown or revoked', { hint: 'create a new one with `kiln tokens create`' });
+      if (!allows(token.role, need)) {
+        throw new KilnError('auth.forbidden', `a ${token.role} token may not do this (needs ${need})`, {
+          hint: need === 'agent' ? 'agents need a token made with `kiln tokens create --role agent`' : 'use a token with a stronger role',
+        });
+      }
+      return token;
+    },
+  };
+}

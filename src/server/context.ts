@@ -1,0 +1,40 @@
+/** What the parts of one server instance share; built once in server.ts and passed down explicitly. */
+import type { Logger } from 'pino';
+import type { Store } from '../store/store.ts';
+import type { ServerEventBus } from './events.ts';
+import type { Metrics } from './metrics.ts';
+import type { Authenticator } from './auth.ts';
+
+export interface ServerOptions {
+  /** Longest a job's stored log may grow, in bytes; the rest is dropped with a note. */
+  logLimitBytes: number;
+  /** How long a disconnected host keeps its jobs before they are marked lost. */
+  hostLostAfterMs: number;
+  /** How often a replica polls the database for work other replicas created. */
+  pollMs: number;
+  /** Grace after a job's own timeout before the server times it out itself (the agent normally does). */
+  timeoutGraceMs: number;
+  /** Jobs claimed per scheduling pass. */
+  batchSize: number;
+  /** WebSocket ping interval; a host that misses two is dropped. */
+  heartbeatMs: number;
+}
+
+export const DEFAULT_SERVER_OPTIONS: ServerOptions = {
+  logLimitBytes: 16 * 1024 * 1024,
+  hostLostAfterMs: 30_000,
+  pollMs: 250,
+  timeoutGraceMs: 30_000,
+  batchSize: 1000,
+  heartbeatMs: 5_000,
+};
+
+export interface ServerContext {
+  serverId: string;
+  store: Store;
+  log: Logger;
+  events: ServerEventBus;
+  metrics: Metrics;
+  auth: Authenticator;
+  options: ServerOptions;
+}

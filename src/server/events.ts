@@ -1,0 +1,50 @@
+/**
+ * Typed events for everything the control plane changes, so tests (and the log follower) await them
+ * instead of sleeping. One emitter per server instance; never a module-level singleton.
+ */
+import { EventEmitter, once } from 'node:events';
+import type { Job } from '../core/job.ts';
+import type { JobState } from '../core/job-state.ts';
+import type { HostState } from '../core/host-state.ts';
+
+export interface ServerEvents {
+  'job.submitted': { job: Job };
+  'job.state': { job: Job; from: JobState; to: JobState };
+  'job.placed': { jobId: number; attempt: number; hostId: number; latencyMs: number };
+  'job.logs': { jobId: number };
+  'host.state': { hostId: number; name: string; state: HostState };
+  'host.connected': { hostId: number; name: string };
+  'host.disconnected': { hostId: number; name: string };
+  'agent.rejected': { code: string; message: string };
+  'leader.changed': { leader: boolean };
+}
+
+export class ServerEventBus {
+  readonly #ee = new EventEmitter();
+  constructor() {
+    this.#ee.setMaxListeners(0);
+  }
+  emit<K extends keyof ServerEvents>(name: K, payload: ServerEvents[K]): void {
+    this.#ee.emit(name, payload);
+  }
+  on<K extends keyof ServerEvents>(name: K, fn: (payload: ServerEvents[K]) => void): () => void {
+    this.#ee.on(name, fn);
+    return () => this.#ee.off(name, fn);
+  }
+  /** Resolves with the first event for which `pred` holds; rejects after `timeoutMs`. */
+  async waitFor<K extends keyof ServerEvents>(name: K, pred: (p: ServerEvents[K]) => boolean = () => true, timeoutMs = 10_000): Promise<ServerEvents[K]> {
+    const ac = new AbortController();
+    const timer = setTimeout(() => ac.abort(), timeoutMs);
+    try {
+      for (;;) {
+        const [p] = (await once(this.#ee, name, { signal: ac.signal })) as [ServerEvents[K]];
+        if (pred(p)) return p;
+      }
+    } catch (e) {
+      if (ac.signal.aborted) throw new Error(`timed out after ${timeoutMs} ms waiting for event ${name}`);
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}

@@ -1,0 +1,79 @@
+/**
+ * The hosts connected to this replica: one link per agent WebSocket, with the capacity ledger the
+ * scheduler places against. A host is connected to one replica at a time; only that replica places jobs
+ * on it (the store checks ownership under a row lock, so a stale link can never over-commit a host).
+ */
+import type { Arch } from '../core/arch.ts';
+import type { ServerMessage } from '../core/agent-protocol.ts';
+import type { Resources } from '../core/host.ts';
+import type { HostSlot } from './scheduler/placement.ts';
+
+export interface ActiveJob {
+  attempt: number;
+  cpus: number;
+  memoryBytes: number;
+  diskBytes: number;
+}
+
+export interface HostLink {
+  readonly hostId: number;
+  readonly name: string;
+  readonly arch: Arch;
+  readonly labels: string[];
+  readonly capacity: Resources;
+  /** Jobs this replica believes occupy the host (placed, booting or running), by job id. */
+  readonly active: Map<number, ActiveJob>;
+  /** Jobs a stop was sent for and not yet confirmed. */
+  readonly stopping: Set<number>;
+  schedulable: boolean;
+  ready: boolean;
+  send(m: ServerMessage): void;
+  close(code: number, reason: string): void;
+}
+
+export class HostRegistry {
+  readonly links = new Map<number, HostLink>();
+
+  add(link: HostLink): HostLink | undefined {
+    const old = this.links.get(link.hostId);
+    this.links.set(link.hostId, link);
+    return old === link ? undefined : old;
+  }
+
+  remove(link: HostLink): boolean {
+    if (this.links.get(link.hostId) !== link) return false;
+    this.links.delete(link.hostId);
+    return true;
+  }
+
+  get(hostId: number): HostLink | undefined {
+    return this.links.get(hostId);
+  }
+
+  used(link: HostLink): Resources {
+    const u = { cpus: 0, memoryBytes: 0, diskBytes: 0 };
+    for (const j of link.active.values()) {
+      u.cpus += j.cpus;
+      u.memoryBytes += j.memoryBytes;
+      u.diskBytes += j.diskBytes;
+    }
+    return u;
+  }
+
+  /** Hosts the scheduler may place on, with what is free on each. */
+  slots(): HostSlot[] {
+    const out: HostSlot[] = [];
+    for (const l of this.links.values()) {
+      if (!l.ready || !l.schedulable) continue;
+      const u = this.used(l);
+      out.push({
+        id: l.hostId,
+        arch: l.arch,
+        labels: l.labels,
+        capacity: l.capacity,
+        free: { cpus: l.capacity.cpus - u.cpus, memoryBytes: l.capacity.memoryBytes - u.memoryBytes, diskBytes: l.capacity.diskBytes - u.diskBytes },
+      });
+    }
+    return out;
+  }
+}

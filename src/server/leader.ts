@@ -1,0 +1,89 @@
+/**
+ * Periodic work that must run once across all replicas, done by whichever replica holds the leader
+ * advisory lock: hosts that stopped reporting lose their jobs (requeued if they never started), jobs past
+ * their deadline are timed out. A replica that dies loses the lock with its database connection.
+ */
+import { lostHosts, expireHost, heartbeatServer } from '../store/hosts.ts';
+import { activeJobsOnHosts, loseJob, overdueJobs, transitionJob } from '../store/jobs.ts';
+import type { ServerContext } from './context.ts';
+
+export const LEADER_LOCK_KEY = 0x6b696c6e; // "kiln"
+
+export interface Leader {
+  isLeader(): boolean;
+  start(): void;
+  stop(): Promise<void>;
+  /** Runs the periodic sweeps once (tests call it directly). */
+  sweep(): Promise<void>;
+}
+
+export function makeLeader(ctx: ServerContext, opts: { intervalMs?: number; url?: string | null } = {}): Leader {
+  const intervalMs = opts.intervalMs ?? 1000;
+  let lock: { release(): Promise<void>; lost: Promise<void> } | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  let busy = false;
+  let stopped = false;
+  const log = ctx.log.child({ part: 'leader' });
+
+  async function sweep(): Promise<void> {
+    for (const h of await lostHosts(ctx.store.db, ctx.options.hostLostAfterMs)) {
+      if (!(await expireHost(ctx.store.db, h.id, ctx.options.hostLostAfterMs))) continue;
+      for (const j of await activeJobsOnHosts(ctx.store.db, [h.id])) {
+        const r = await loseJob(ctx.store.db, j.id, j.attempt, `host ${h.name} stopped reporting`);
+        if (r) {
+          log.warn({ jobId: j.id, hostId: h.id, requeued: r.requeued }, 'job lost with its host');
+          ctx.events.emit('job.state', { job: r.job, from: j.state, to: r.job.state });
+        }
+      }
+      ctx.events.emit('host.state', { hostId: h.id, name: h.name, state: 'offline' });
+    }
+    for (const j of await overdueJobs(ctx.store.db, ctx.options.timeoutGraceMs)) {
+      const r = await transitionJob(ctx.store.db, j.id, j.attempt, { type: 'time_out' }, {
+        error: { code: 'job.timed_out', message: 'the job ran past its timeout and its host did not stop it' },
+      });
+      if (r) ctx.events.emit('job.state', { job: r.job, from: r.from, to: r.job.state });
+    }
+  }
+
+  async function tick(): Promise<void> {
+    if (busy || stopped) return;
+    busy = true;
+    try {
+      await heartbeatServer(ctx.store.db, ctx.serverId, opts.url ?? null);
+      if (!lock) {
+        lock = await ctx.store.tryAdvisoryLock(LEADER_LOCK_KEY);
+        if (lock) {
+          log.info('this replica is now the leader');
+          ctx.events.emit('leader.changed', { leader: true });
+          void lock.lost.then(() => {
+            if (stopped) return;
+            log.warn('lost the leader lock');
+            lock = undefined;
+            ctx.events.emit('leader.changed', { leader: false });
+          });
+        }
+      }
+      if (lock) await sweep();
+    } catch (e) {
+      log.warn({ err: e }, 'periodic work failed; retrying');
+    } finally {
+      busy = false;
+    }
+  }
+
+  return {
+    isLeader: () => lock !== undefined,
+    sweep,
+    start() {
+      timer = setInterval(() => void tick(), intervalMs);
+      void tick();
+    },
+    async stop() {
+      stopped = true;
+      clearInterval(timer);
+      while (busy) await new Promise((r) => setTimeout(r, 10));
+      await lock?.release();
+      lock = undefined;
+    },
+  };
+}

@@ -1,0 +1,40 @@
+/** Prometheus metrics for one server instance (its own registry: no global state). */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export interface Metrics {
+  registry: Registry;
+  submitted: Counter;
+  placements: Counter;
+  finished: Counter<'state'>;
+  placeLatency: Histogram;
+  hostsConnected: Gauge;
+  queueDepth: Gauge;
+  agentProtocolErrors: Counter<'code'>;
+}
+
+export function makeMetrics(queueDepth: () => Promise<number>): Metrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'kiln_' });
+  return {
+    registry,
+    submitted: new Counter({ name: 'kiln_jobs_submitted_total', help: 'Jobs accepted', registers: [registry] }),
+    placements: new Counter({ name: 'kiln_placements_total', help: 'Jobs placed on hosts by this replica', registers: [registry] }),
+    finished: new Counter({ name: 'kiln_jobs_finished_total', help: 'Jobs that reached a final state', labelNames: ['state'], registers: [registry] }),
+    placeLatency: new Histogram({
+      name: 'kiln_submit_to_placed_seconds',
+      help: 'Time from submission to placement',
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30],
+      registers: [registry],
+    }),
+    hostsConnected: new Gauge({ name: 'kiln_hosts_connected', help: 'Agents connected to this replica', registers: [registry] }),
+    queueDepth: new Gauge({
+      name: 'kiln_jobs_queued',
+      help: 'Jobs waiting for a host',
+      registers: [registry],
+      async collect() {
+        this.set(await queueDepth().catch(() => 0));
+      },
+    }),
+    agentProtocolErrors: new Counter({ name: 'kiln_agent_protocol_errors_total', help: 'Agent messages rejected', labelNames: ['code'], registers: [registry] }),
+  };
+}

@@ -1,0 +1,108 @@
+// Property tests of the pure placement over many random fleets and queues (seeded, so failures replay).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { placeJobs, firstFitDecreasing, fits, type HostSlot, type JobDemand } from './placement.ts';
+
+const GiB = 1024 ** 3;
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    return (s >>> 0) / 2 ** 32;
+  };
+}
+const pick = <T>(r: () => number, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)]!;
+
+function fleet(r: () => number, n: number): HostSlot[] {
+  return Array.from({ length: n }, (_, i) => {
+    const cpus = pick(r, [2, 4, 8, 16, 32]);
+    const mem = cpus * pick(r, [2, 4, 8]) * GiB;
+    const disk = pick(r, [50, 200, 1000]) * GiB;
+    const usedCpu = Math.floor(r() * cpus * 0.5);
+    return {
+      id: i + 1,
+      arch: r() < 0.6 ? 'amd64' : 'arm64',
+      labels: r() < 0.2 ? ['gpu'] : [],
+      capacity: { cpus, memoryBytes: mem, diskBytes: disk },
+      free: { cpus: cpus - usedCpu, memoryBytes: mem - usedCpu * GiB, diskBytes: disk },
+    };
+  });
+}
+
+function queue(r: () => number, n: number, dupes = false): JobDemand[] {
+  const jobs: JobDemand[] = Array.from({ length: n }, (_, i) => {
+    const cpus = pick(r, [1, 1, 2, 2, 4, 8, 16, 64]);
+    return {
+      id: i + 1,
+      tenant: pick(r, ['a', 'b', 'c']),
+      arch: r() < 0.5 ? 'amd64' : 'arm64',
+      cpus,
+      memoryBytes: cpus * pick(r, [1, 2, 4]) * GiB,
+      diskBytes: pick(r, [10, 20, 100]) * GiB,
+      hostLabels: r() < 0.1 ? ['gpu'] : [],
+    };
+  });
+  return dupes ? [...jobs, ...jobs.slice(0, n / 4)] : jobs;
+}
+
+void test('placement properties: never over-commits, never the wrong arch or labels, never places a job twice, leaves nothing placeable', () => {
+  for (let seed = 1; seed <= 300; seed++) {
+    const r = rng(seed);
+    const hosts = fleet(r, 1 + Math.floor(r() * 30));
+    const jobs = queue(r, Math.floor(r() * 200), seed % 3 === 0);
+    const limits = seed % 5 === 0 ? new Map([['a', 3]]) : undefined;
+    const before = structuredClone(hosts);
+    const { placements, free } = placeJobs(hosts, jobs, limits);
+    assert.deepEqual(hosts, before, 'inputs are not mutated');
+    const hostById = new Map(hosts.map((h) => [h.id, h]));
+    const jobById = new Map(jobs.map((j) => [j.id, j]));
+    const used = new Map(hosts.map((h) => [h.id, { cpus: 0, memoryBytes: 0, diskBytes: 0 }]));
+    const seen = new Set<number>();
+    for (const p of placements) {
+      assert.ok(!seen.has(p.jobId), `seed ${seed}: job ${p.jobId} placed twice`);
+      seen.add(p.jobId);
+      const h = hostById.get(p.hostId)!;
+      const j = jobById.get(p.jobId)!;
+      assert.equal(h.arch, j.arch, `seed ${seed}: wrong arch`);
+      assert.ok(j.hostLabels.every((l) => h.labels.includes(l)), `seed ${seed}: missing label`);
+      const u = used.get(h.id)!;
+      u.cpus += j.cpus;
+      u.memoryBytes += j.memoryBytes;
+      u.diskBytes += j.diskBytes;
+    }
+    for (const h of hosts) {
+      const u = used.get(h.id)!;
+      assert.ok(u.cpus <= h.free.cpus && u.memoryBytes <= h.free.memoryBytes && u.diskBytes <= h.free.diskBytes, `seed ${seed}: host ${h.id} over-committed`);
+      assert.deepEqual(free.get(h.id), { cpus: h.free.cpus - u.cpus, memoryBytes: h.free.memoryBytes - u.memoryBytes, diskBytes: h.free.diskBytes - u.diskBytes });
+    }
+    if (limits) assert.ok(placements.filter((p) => jobById.get(p.jobId)!.tenant === 'a').length <= 3, `seed ${seed}: tenant limit broken`);
+    // greedy completeness: an unplaced job (of an unlimited tenant) fits on no host that is left
+    for (const j of jobs) {
+      if (seen.has(j.id) || limits?.has(j.tenant)) continue;
+      const could = hosts.some((h) => h.arch === j.arch && j.hostLabels.every((l) => h.labels.includes(l)) && fits(free.get(h.id)!, j));
+      assert.ok(!could, `seed ${seed}: job ${j.id} left queued though a host has room`);
+    }
+  }
+});
+
+void test('placement packs: best fit keeps room for a large job; close to first-fit decreasing overall', () => {
+  const hosts: HostSlot[] = [
+    { id: 1, arch: 'amd64', labels: [], capacity: { cpus: 16, memoryBytes: 64 * GiB, diskBytes: 1000 * GiB }, free: { cpus: 16, memoryBytes: 64 * GiB, diskBytes: 1000 * GiB } },
+    { id: 2, arch: 'amd64', labels: [], capacity: { cpus: 4, memoryBytes: 16 * GiB, diskBytes: 1000 * GiB }, free: { cpus: 4, memoryBytes: 16 * GiB, diskBytes: 1000 * GiB } },
+  ];
+  const small: JobDemand = { id: 1, tenant: 't', arch: 'amd64', cpus: 2, memoryBytes: 4 * GiB, diskBytes: 10 * GiB, hostLabels: [] };
+  const big: JobDemand = { ...small, id: 2, cpus: 16, memoryBytes: 64 * GiB };
+  const { placements } = placeJobs(hosts, [small, big]);
+  assert.deepEqual(placements, [{ jobId: 1, hostId: 2 }, { jobId: 2, hostId: 1 }]);
+  let ratioSum = 0;
+  for (let seed = 1; seed <= 20; seed++) {
+    const r = rng(seed * 7919);
+    const hs = fleet(r, 50);
+    const js = queue(r, 2000);
+    ratioSum += placeJobs(hs, js).placements.length / firstFitDecreasing(hs, js).placements.length;
+  }
+  assert.ok(ratioSum / 20 >= 0.97, `mean packing ratio ${ratioSum / 20} below 0.97`);
+});

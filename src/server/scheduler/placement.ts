@@ -1,0 +1,127 @@
+/**
+ * Pure placement: which queued jobs go on which hosts. No I/O; the scheduler feeds it the hosts it owns
+ * (with what is free on each) and the jobs it claimed, in fair order.
+ *
+ * Policy: jobs are taken in the order given (the queue's fairness order); each goes to the feasible host
+ * (same arch, carries the job's host labels, room on every resource) where it fits tightest on its
+ * scarcest resource: the resource the job needs the largest share of, on that host. Tight fits leave big
+ * holes elsewhere intact, so large jobs still find room. A job that fits nowhere is skipped, not blocking
+ * smaller jobs behind it.
+ */
+import type { Arch } from '../../core/arch.ts';
+import type { Resources } from '../../core/host.ts';
+
+export interface HostSlot {
+  id: number;
+  arch: Arch;
+  labels: readonly string[];
+  capacity: Resources;
+  free: Resources;
+}
+
+export interface JobDemand {
+  id: number;
+  tenant: string;
+  arch: Arch;
+  cpus: number;
+  memoryBytes: number;
+  diskBytes: number;
+  hostLabels: readonly string[];
+}
+
+export interface Placement {
+  jobId: number;
+  hostId: number;
+}
+
+export interface PlacementResult {
+  placements: Placement[];
+  /** What is free on each host afterwards. */
+  free: Map<number, Resources>;
+}
+
+export function fits(free: Resources, j: JobDemand): boolean {
+  return j.cpus <= free.cpus && j.memoryBytes <= free.memoryBytes && j.diskBytes <= free.diskBytes;
+}
+
+export function hasLabels(host: { labels: readonly string[] }, j: JobDemand): boolean {
+  return j.hostLabels.every((l) => host.labels.includes(l));
+}
+
+/** Lower is a better (tighter) fit. Assumes the job fits. */
+export function fitScore(h: HostSlot, free: Resources, j: JobDemand): [number, number] {
+  const shares = [
+    { need: j.cpus / h.capacity.cpus, left: (free.cpus - j.cpus) / h.capacity.cpus },
+    { need: j.memoryBytes / h.capacity.memoryBytes, left: (free.memoryBytes - j.memoryBytes) / h.capacity.memoryBytes },
+    { need: h.capacity.diskBytes > 0 ? j.diskBytes / h.capacity.diskBytes : 0, left: h.capacity.diskBytes > 0 ? (free.diskBytes - j.diskBytes) / h.capacity.diskBytes : 0 },
+  ];
+  let scarcest = shares[0]!;
+  for (const s of shares) if (s.need > scarcest.need) scarcest = s;
+  return [scarcest.left, shares[0]!.left + shares[1]!.left + shares[2]!.left];
+}
+
+/**
+ * Places `jobs` (in order) on `hosts`. `tenantRoom` caps how many more jobs each listed tenant may start
+ * (per-tenant concurrency limits); tenants not listed are unlimited.
+ */
+export function placeJobs(hosts: readonly HostSlot[], jobs: readonly JobDemand[], tenantRoom?: ReadonlyMap<string, number>): PlacementResult {
+  const free = new Map<number, Resources>(hosts.map((h) => [h.id, { ...h.free }]));
+  const byArch = new Map<Arch, HostSlot[]>();
+  for (const h of hosts) {
+    const list = byArch.get(h.arch) ?? [];
+    list.push(h);
+    byArch.set(h.arch, list);
+  }
+  const room = new Map(tenantRoom ?? []);
+  const placed = new Set<number>();
+  const placements: Placement[] = [];
+  for (const j of jobs) {
+    if (placed.has(j.id)) continue;
+    const left = room.get(j.tenant);
+    if (left !== undefined && left <= 0) continue;
+    let best: HostSlot | undefined;
+    let bestScore: [number, number] = [Infinity, Infinity];
+    for (const h of byArch.get(j.arch) ?? []) {
+      const f = free.get(h.id)!;
+      if (!fits(f, j) || (j.hostLabels.length > 0 && !hasLabels(h, j))) continue;
+      const s = fitScore(h, f, j);
+      if (s[0] < bestScore[0] || (s[0] === bestScore[0] && (s[1] < bestScore[1] || (s[1] === bestScore[1] && h.id < (best?.id ?? Infinity))))) {
+        best = h;
+        bestScore = s;
+      }
+    }
+    if (!best) continue;
+    const f = free.get(best.id)!;
+    f.cpus -= j.cpus;
+    f.memoryBytes -= j.memoryBytes;
+    f.diskBytes -= j.diskBytes;
+    placed.add(j.id);
+    placements.push({ jobId: j.id, hostId: best.id });
+    if (left !== undefined) room.set(j.tenant, left - 1);
+  }
+  return { placements, free };
+}
+
+/**
+ * The offline yardstick for packing efficiency: first-fit decreasing (largest jobs first by their
+ * normalised size, each on the first host with room). Knows the whole job list in advance, which the
+ * online scheduler does not.
+ */
+export function firstFitDecreasing(hosts: readonly HostSlot[], jobs: readonly JobDemand[]): PlacementResult {
+  const maxCpu = Math.max(1, ...hosts.map((h) => h.capacity.cpus));
+  const maxMem = Math.max(1, ...hosts.map((h) => h.capacity.memoryBytes));
+  const size = (j: JobDemand) => Math.max(j.cpus / maxCpu, j.memoryBytes / maxMem);
+  const sorted = [...jobs].sort((a, b) => size(b) - size(a) || a.id - b.id);
+  const free = new Map<number, Resources>(hosts.map((h) => [h.id, { ...h.free }]));
+  const placements: Placement[] = [];
+  for (const j of sorted) {
+    const h = hosts.find((x) => x.arch === j.arch && fits(free.get(x.id)!, j) && hasLabels(x, j));
+    if (!h) continue;
+    const f = free.get(h.id)!;
+    f.cpus -= j.cpus;
+    f.memoryBytes -= j.memoryBytes;
+    f.diskBytes -= j.diskBytes;
+    placements.push({ jobId: j.id, hostId: h.id });
+  }
+  return { placements, free };
+}

@@ -1,0 +1,162 @@
+/**
+ * The scheduling loop of one replica. Each pass, in one transaction: claim queued jobs that could fit on
+ * this replica's hosts (FOR UPDATE SKIP LOCKED, fair order across tenants), read tenant limits under lock,
+ * lock this replica's schedulable host rows, run the pure placement, mark the jobs placed. After commit it
+ * sends `launch` to the agents. Passes run when something changes (a submission here, capacity freed, a
+ * host joined) and on a short poll for work other replicas accepted.
+ */
+import type { LaunchSpec } from '../../core/agent-protocol.ts';
+import type { Arch } from '../../core/arch.ts';
+import type { Job } from '../../core/job.ts';
+import { isTerminal } from '../../core/job-state.ts';
+import { claimQueuedJobs, jobStatuses, markPlaced, tenantUsage, type ClaimWindow } from '../../store/jobs.ts';
+import { lockSchedulableHosts } from '../../store/hosts.ts';
+import type { ServerContext } from '../context.ts';
+import type { HostRegistry } from '../host-registry.ts';
+import { placeJobs, type JobDemand } from './placement.ts';
+
+export interface Scheduler {
+  /** Asks for a scheduling pass soon (coalesced). */
+  kick(): void;
+  /** Runs one pass now; resolves with the number of jobs placed. */
+  pass(): Promise<number>;
+  start(): void;
+  stop(): Promise<void>;
+}
+
+export function launchSpecOf(job: Job): LaunchSpec {
+  return {
+    arch: job.requirements.arch,
+    cpus: job.requirements.cpus,
+    memoryBytes: job.requirements.memoryBytes,
+    diskBytes: job.requirements.diskBytes,
+    image: job.image,
+    command: job.command,
+    env: job.env,
+    ...(job.cwd !== undefined ? { cwd: job.cwd } : {}),
+    timeoutMs: job.timeoutMs,
+    network: job.network,
+  };
+}
+
+export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Scheduler {
+  let wanted = false;
+  let running: Promise<void> | undefined;
+  let stopped = true;
+  let poll: NodeJS.Timeout | undefined;
+  let stopPoll: NodeJS.Timeout | undefined;
+  let stopPollBusy = false;
+  const log = ctx.log.child({ part: 'scheduler' });
+
+  async function pass(): Promise<number> {
+    const slots = registry.slots();
+    if (slots.length === 0) return 0;
+    const windows = new Map<Arch, ClaimWindow>();
+    for (const s of slots) {
+      const w = windows.get(s.arch) ?? { arch: s.arch, maxCpus: 0, maxMemoryBytes: 0, maxDiskBytes: 0 };
+      w.maxCpus = Math.max(w.maxCpus, s.free.cpus);
+      w.maxMemoryBytes = Math.max(w.maxMemoryBytes, s.free.memoryBytes);
+      w.maxDiskBytes = Math.max(w.maxDiskBytes, s.free.diskBytes);
+      windows.set(s.arch, w);
+    }
+    const live = [...windows.values()].filter((w) => w.maxCpus > 0);
+    if (live.length === 0) return 0;
+    const { placed, claimed } = await ctx.store.withTransaction(async (tx) => {
+      const jobs = await claimQueuedJobs(tx, ctx.options.batchSize, live);
+      if (jobs.length === 0) return { placed: [] as { job: Job; hostId: number }[], claimed: 0 };
+      const usage = await tenantUsage(tx, [...new Set(jobs.map((j) => j.tenant))]);
+      const room = new Map([...usage].map(([t, u]) => [t, Math.max(0, (u.limit ?? Infinity) - u.active)]));
+      const owned = await lockSchedulableHosts(tx, slots.map((s) => s.id), ctx.serverId);
+      const demands: JobDemand[] = jobs.map((j) => ({
+        id: j.id,
+        tenant: j.tenant,
+        arch: j.requirements.arch,
+        cpus: j.requirements.cpus,
+        memoryBytes: j.requirements.memoryBytes,
+        diskBytes: j.requirements.diskBytes,
+        hostLabels: j.requirements.hostLabels,
+      }));
+      const { placements } = placeJobs(slots.filter((s) => owned.has(s.id)), demands, room);
+      const ok = new Set(await markPlaced(tx, placements));
+      const byId = new Map(jobs.map((j) => [j.id, j]));
+      return { placed: placements.filter((p) => ok.has(p.jobId)).map((p) => ({ job: byId.get(p.jobId)!, hostId: p.hostId })), claimed: jobs.length };
+    });
+    const now = Date.now();
+    for (const { job, hostId } of placed) {
+      const link = registry.get(hostId);
+      const latencyMs = now - Date.parse(job.createdAt);
+      ctx.metrics.placeLatency.observe(latencyMs / 1000);
+      if (!link) continue; // the host left meanwhile: it reconciles (job lost, requeued) when it returns
+      const r = job.requirements;
+      link.active.set(job.id, { attempt: job.attempt, cpus: r.cpus, memoryBytes: r.memoryBytes, diskBytes: r.diskBytes });
+      link.send({ type: 'launch', jobId: job.id, attempt: job.attempt, spec: launchSpecOf(job) });
+      ctx.events.emit('job.placed', { jobId: job.id, attempt: job.attempt, hostId, latencyMs });
+    }
+    ctx.metrics.placements.inc(placed.length);
+    if (placed.length > 0) log.debug({ placed: placed.length, claimed }, 'placed jobs');
+    // A full batch means more may be waiting.
+    if (claimed >= ctx.options.batchSize && placed.length > 0) wanted = true;
+    return placed.length;
+  }
+
+  function kick(): void {
+    wanted = true;
+    if (running || stopped) return;
+    running = (async () => {
+      while (wanted && !stopped) {
+        wanted = false;
+        try {
+          await pass();
+        } catch (e) {
+          log.error({ err: e }, 'scheduling pass failed; retrying on the next poll');
+        }
+      }
+    })().finally(() => {
+      running = undefined;
+    });
+  }
+
+  /** Stops VMs whose jobs were cancelled, timed out or reassigned through another replica. */
+  async function checkStops(): Promise<void> {
+    if (stopPollBusy) return;
+    stopPollBusy = true;
+    try {
+      const ids: number[] = [];
+      for (const l of registry.links.values()) for (const id of l.active.keys()) ids.push(id);
+      if (ids.length === 0) return;
+      const statuses = new Map((await jobStatuses(ctx.store.db, ids)).map((s) => [s.id, s]));
+      for (const l of registry.links.values()) {
+        for (const [id, a] of l.active) {
+          if (l.stopping.has(id)) continue;
+          const s = statuses.get(id);
+          const gone = !s || s.attempt !== a.attempt || s.hostId !== l.hostId;
+          if (gone || isTerminal(s.state) || s.cancelRequested) {
+            l.stopping.add(id);
+            l.send({ type: 'stop', jobId: id, attempt: a.attempt, reason: s?.cancelRequested ? 'cancelled' : (s?.state ?? 'removed') });
+          }
+        }
+      }
+    } catch (e) {
+      log.warn({ err: e }, 'could not check for jobs to stop');
+    } finally {
+      stopPollBusy = false;
+    }
+  }
+
+  return {
+    kick,
+    pass,
+    start() {
+      stopped = false;
+      poll = setInterval(kick, ctx.options.pollMs);
+      stopPoll = setInterval(() => void checkStops(), Math.max(ctx.options.pollMs * 2, 500));
+      kick();
+    },
+    async stop() {
+      stopped = true;
+      clearInterval(poll);
+      clearInterval(stopPoll);
+      await running;
+    },
+  };
+}

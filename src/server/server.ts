@@ -1,0 +1,150 @@
+/**
+ * One `kiln server` replica: HTTP API (route table, OpenAPI at /openapi.json), the agent WebSocket, the
+ * scheduler, the leader's periodic work, metrics at /metrics. Built from explicit dependencies; the CLI
+ * (src/cli/server.ts, src/cli/up.ts) does the wiring.
+ */
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import { writeFileSync } from 'node:fs';
+import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import websocket from '@fastify/websocket';
+import type { Logger } from 'pino';
+import { KilnError } from '../core/errors.ts';
+import type { Store } from '../store/store.ts';
+import { countJobsByState } from '../store/jobs.ts';
+import { countTokens, createToken } from '../store/tokens.ts';
+import { attachAgentGateway, AGENT_MAX_PAYLOAD, type AgentGateway } from './agent-gateway.ts';
+import { makeAuthenticator } from './auth.ts';
+import { DEFAULT_SERVER_OPTIONS, type ServerContext, type ServerOptions } from './context.ts';
+import { ServerEventBus } from './events.ts';
+import { HostRegistry } from './host-registry.ts';
+import { errorBody } from './http-errors.ts';
+import { makeLeader, type Leader } from './leader.ts';
+import { makeLogWriter } from './log-writer.ts';
+import { makeMetrics } from './metrics.ts';
+import { makeScheduler, type Scheduler } from './scheduler/scheduler.ts';
+import { hostRoutes } from './api/hosts.ts';
+import { jobRoutes } from './api/jobs.ts';
+import { openApiDocument, registerRoutes, type RouteDef } from './api/routes.ts';
+import { tokenRoutes } from './api/tokens.ts';
+
+export const KILN_VERSION = '0.1.0';
+
+export interface MakeServerOptions {
+  store: Store;
+  logger: Logger;
+  options?: Partial<ServerOptions>;
+  /** An admin token secret to make sure exists (from config, e.g. KILN_ADMIN_TOKEN). */
+  adminToken?: string;
+  /** Where to write a generated admin token when the store has no tokens yet (mode 0600). */
+  bootstrapTokenFile?: string;
+  /** HTTP body limit in bytes. */
+  bodyLimit?: number;
+  /** Leader sweep interval. */
+  leaderIntervalMs?: number;
+}
+
+export interface KilnServer {
+  readonly app: FastifyInstance;
+  readonly serverId: string;
+  readonly events: ServerEventBus;
+  readonly registry: HostRegistry;
+  readonly scheduler: Scheduler;
+  readonly leader: Leader;
+  readonly ctx: ServerContext;
+  /** Set when this start created the first admin token (its secret, to show once). */
+  readonly bootstrapSecret: string | undefined;
+  listen(opts: { host: string; port: number }): Promise<string>;
+  close(): Promise<void>;
+}
+
+export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
+  const serverId = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
+  const log = o.logger.child({ serverId });
+  const events = new ServerEventBus();
+  const metrics = makeMetrics(async () => (await countJobsByState(o.store.db)).queued);
+  const ctx: ServerContext = {
+    serverId,
+    store: o.store,
+    log,
+    events,
+    metrics,
+    auth: makeAuthenticator(o.store.db),
+    options: { ...DEFAULT_SERVER_OPTIONS, ...o.options },
+  };
+
+  let bootstrapSecret: string | undefined;
+  if (o.adminToken) await createToken(o.store.db, { name: 'admin (from config)', role: 'admin', secret: o.adminToken });
+  if (o.bootstrapTokenFile && (await countTokens(o.store.db)) === 0) {
+    const { secret } = await createToken(o.store.db, { name: 'admin (first start)', role: 'admin' });
+    writeFileSync(o.bootstrapTokenFile, `${secret}\n`, { mode: 0o600 });
+    bootstrapSecret = secret;
+  }
+
+  const app = Fastify({
+    logger: false,
+    bodyLimit: o.bodyLimit ?? 1024 * 1024,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
+  });
+  await app.register(websocket, { options: { maxPayload: AGENT_MAX_PAYLOAD } });
+
+  app.setErrorHandler((e: FastifyError, req, reply) => {
+    let err: unknown = e;
+    if (e.validation) err = new KilnError('request.invalid', `${e.validationContext ?? 'request'} ${e.message.replace(/^(body|querystring|params)\s*/, '')}`);
+    else if (e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') err = new KilnError('request.too_large', `the request body exceeds ${o.bodyLimit ?? 1024 * 1024} bytes`);
+    else if (e.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') err = new KilnError('request.unsupported_media', 'send JSON (content-type: application/json)');
+    else if (e.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' || e.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || (e.statusCode === 400 && e instanceof SyntaxError))
+      err = new KilnError('request.bad_json', 'the request body is not valid JSON');
+    const { status, body } = errorBody(err);
+    if (status >= 500) log.error({ err: e, url: req.url }, 'request failed');
+    void reply.code(status).send(body);
+  });
+  app.setNotFoundHandler((req, reply) => {
+    void reply.code(404).send({ error: { code: 'route.not_found', message: `no route ${req.method} ${req.url.split('?')[0]}` } });
+  });
+
+  const registry = new HostRegistry();
+  const scheduler = makeScheduler(ctx, registry);
+  const logs = makeLogWriter(ctx);
+  const gateway: AgentGateway = attachAgentGateway(app, { ctx, registry, logs, kick: () => scheduler.kick() });
+  const apiDeps = { ctx, registry, kick: () => scheduler.kick(), stop: gateway.stop };
+  const routes: RouteDef[] = [...jobRoutes(apiDeps), ...hostRoutes(apiDeps), ...tokenRoutes(apiDeps)];
+  registerRoutes(app, ctx, routes);
+  const openapi = openApiDocument(routes, KILN_VERSION);
+  app.get('/openapi.json', async () => openapi);
+  app.get('/healthz', async () => ({ ok: true, serverId, leader: leader.isLeader() }));
+  app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
+
+  let url: string | undefined;
+  const leader = makeLeader(ctx, { intervalMs: o.leaderIntervalMs ?? 1000, url: null });
+  let closing: Promise<void> | undefined;
+
+  return {
+    app,
+    serverId,
+    events,
+    registry,
+    scheduler,
+    leader,
+    ctx,
+    bootstrapSecret,
+    async listen({ host, port }) {
+      const addr = await app.listen({ host, port });
+      url = addr.replace('[::1]', '127.0.0.1');
+      scheduler.start();
+      leader.start();
+      log.info({ url }, 'kiln server listening');
+      return url;
+    },
+    close() {
+      closing ??= (async () => {
+        await scheduler.stop();
+        await leader.stop();
+        await gateway.close();
+        await logs.close();
+        await app.close();
+      })();
+      return closing;
+    },
+  };
+}

@@ -4,6 +4,8 @@
  */
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { KilnError } from '../core/errors.ts';
+import { parseDuration } from '../core/sizes.ts';
 
 export interface CommonConfig {
   /** Where kiln keeps images, VM directories, the embedded database and caches. */
@@ -22,4 +24,27 @@ export function loadCommonConfig(flags: { dataDir?: string; logLevel?: string },
     dataDir: flags.dataDir ? resolve(flags.dataDir) : defaultDataDir(env),
     logLevel: flags.logLevel ?? env.KILN_LOG_LEVEL ?? 'info',
   };
+}
+
+export interface VmConfig {
+  accel: 'auto' | 'kvm' | 'tcg';
+  /** QEMU start to kiln-init's READY; undefined: the driver's default for the accelerator. */
+  bootTimeoutMs: number | undefined;
+}
+
+/** KILN_ACCEL (auto|kvm|tcg) and KILN_BOOT_TIMEOUT (a duration such as 90s). */
+export function loadVmConfig(env: NodeJS.ProcessEnv = process.env): VmConfig {
+  const problems: string[] = [];
+  const accelText = env.KILN_ACCEL ?? 'auto';
+  if (!['auto', 'kvm', 'tcg', ''].includes(accelText)) problems.push(`KILN_ACCEL="${accelText}" is not one of auto, kvm, tcg`);
+  let bootTimeoutMs: number | undefined;
+  if (env.KILN_BOOT_TIMEOUT) {
+    try {
+      bootTimeoutMs = parseDuration(env.KILN_BOOT_TIMEOUT, 'KILN_BOOT_TIMEOUT');
+    } catch (e) {
+      problems.push((e as Error).message);
+    }
+  }
+  if (problems.length > 0) throw new KilnError('config.invalid', problems.join('; '), { hint: 'fix the environment variables named above' });
+  return { accel: (accelText || 'auto') as VmConfig['accel'], bootTimeoutMs };
 }

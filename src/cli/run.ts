@@ -7,7 +7,7 @@ import { formatDuration, parseDuration, parseSize } from '../core/sizes.ts';
 import { makeImageStore, shortId, type ImageManifest } from '../image/store.ts';
 import type { VmResult } from '../vm/driver.ts';
 import { makeQemuDriver } from '../vm/qemu-driver.ts';
-import { loadCommonConfig } from './config.ts';
+import { loadCommonConfig, loadVmConfig } from './config.ts';
 import { buildImage, hostArch } from './image.ts';
 import type { Output } from './output.ts';
 
@@ -108,7 +108,8 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
   } catch (e) {
     throw withExit(e, EXIT.kilnError);
   }
-  const driver = makeQemuDriver({ dataDir: cfg.dataDir, accel: accelSetting(process.env.KILN_ACCEL) });
+  const vmCfg = loadVmConfig();
+  const driver = makeQemuDriver({ dataDir: cfg.dataDir, accel: vmCfg.accel, ...(vmCfg.bootTimeoutMs ? { bootTimeoutMs: vmCfg.bootTimeoutMs } : {}) });
   const store = makeImageStore(cfg.dataDir);
   try {
     const { removed } = await driver.sweep();
@@ -194,12 +195,6 @@ function printTimings(o: Output, r: VmResult, image: string): void {
   o.info(`  boot      ${ms(t.bootMs)}${t.guestUptimeAtInitMs !== undefined ? ` (guest uptime at init: ${ms(t.guestUptimeAtInitMs)})` : ''}`);
   o.info(`  run       ${ms(t.runMs)}`);
   o.info(`  teardown  ${ms(t.teardownMs)}`);
-}
-
-function accelSetting(v: string | undefined): 'auto' | 'kvm' | 'tcg' {
-  if (v === undefined || v === '' || v === 'auto') return 'auto';
-  if (v === 'kvm' || v === 'tcg') return v;
-  throw new KilnError('config.bad_accel', `KILN_ACCEL="${v}" is not known`, { hint: 'use auto, kvm or tcg' });
 }
 
 function withExit(e: unknown, code: number): unknown {

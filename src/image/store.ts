@@ -124,7 +124,15 @@ export function makeImageStore(dataDir: string): ImageStore {
       }
       writeFileSync(join(stagingDir, 'manifest.json'), `${JSON.stringify(m, null, 2)}\n`);
       rmSync(target, { recursive: true, force: true });
-      renameSync(stagingDir, target);
+      try {
+        renameSync(stagingDir, target);
+      } catch (e) {
+        // Another build of the same content finished first: keep theirs.
+        rmSync(stagingDir, { recursive: true, force: true });
+        const theirs = readManifest(target);
+        if (!theirs) throw e;
+        return theirs;
+      }
       return m;
     },
     remove(m) {

@@ -22,7 +22,7 @@ import { checkDiskSpace, createOverlay, ensureScratchBase, freeBytes } from './d
 import type { DriverCapabilities, RunningVm, VmDriver, VmInfo, VmOutput, VmPhase, VmResult, VmSpec, VmTimings } from './driver.ts';
 import { sha256File } from './files.ts';
 import { currentOwner, isAlive, ownerAlive, processCmdline, type Owner } from './process.ts';
-import { buildQemuArgs, qemuBinary, qemuPackage } from './qemu-args.ts';
+import { buildQemuArgs, hostTscKhz, qemuBinary, qemuPackage } from './qemu-args.ts';
 import { makeQmp, type Qmp } from './qmp.ts';
 
 export interface QemuDriverOptions {
@@ -55,6 +55,7 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
   const running = new Map<string, { arch: Arch; phase: () => VmPhase }>();
   let layout: CgroupLayout | undefined;
   let loweredOwnOom = false;
+  let tscKhz: number | undefined;
 
   const accelFor = (arch: Arch) => chooseAccel(arch, hostArch, realHostProbe, opts.accel ?? 'auto');
 
@@ -190,6 +191,7 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
         consoleLog: join(vmDir, 'console.log'),
         pidFile: join(vmDir, 'qemu.pid'),
         scratchDisk: disk,
+        ...(spec.arch === 'amd64' && hostArch === 'amd64' && accel.accel === 'tcg' ? { tscKhz: (tscKhz ??= hostTscKhz(readText('/proc/cpuinfo'))) } : {}),
         ...(spec.image.rootDiskPath ? { rootDisk: rootOverlay } : {}),
         ...(network ? { network } : {}),
       });

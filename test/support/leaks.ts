@@ -12,7 +12,7 @@ export function kilnQemuProcesses(): string[] {
     } catch {
       continue;
     }
-    if (/qemu-system/.test(cmd) && /kiln-vm=/.test(cmd)) found.push(`process ${pid}: ${cmd.slice(0, 160)}`);
+    if (/qemu-system/.test(cmd) && /kiln-vm-/.test(cmd)) found.push(`process ${pid}: ${cmd}`);
   }
   return found;
 }

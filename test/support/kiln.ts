@@ -1,0 +1,71 @@
+/** Shared helpers for tests that run real VMs: a per-file data directory over one shared image cache. */
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import type { Arch } from '../../src/core/arch.ts';
+import { makeImageStore, type ImageManifest } from '../../src/image/store.ts';
+import { kilnQemuProcesses, vmDirs } from './leaks.ts';
+
+export const REPO = resolve(import.meta.dirname, '../..');
+export const KILN_BIN = join(REPO, 'bin', 'kiln.js');
+/** Images and downloaded packages are shared by every test file of a run (and across runs on one machine). */
+export const SHARED_DIR = process.env.KILN_TEST_SHARED_DIR ?? '/tmp/kiln-test-shared';
+
+/** A fresh data directory whose images/ and cache/ point at the shared ones. */
+export function makeTestDataDir(): { dir: string; cleanup(): void } {
+  mkdirSync(join(SHARED_DIR, 'images'), { recursive: true });
+  mkdirSync(join(SHARED_DIR, 'cache'), { recursive: true });
+  const dir = mkdtempSync(join(tmpdir(), 'kt-'));
+  symlinkSync(join(SHARED_DIR, 'images'), join(dir, 'images'));
+  symlinkSync(join(SHARED_DIR, 'cache'), join(dir, 'cache'));
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** Builds (once) and returns the minimal image for `arch` through the real CLI. */
+export function ensureImage(arch: Arch): ImageManifest {
+  const store = makeImageStore(SHARED_DIR);
+  const have = store.newest('minimal', arch);
+  if (have) return have;
+  const r = spawnSync(process.execPath, [KILN_BIN, 'image', 'build', '--arch', arch, '--data-dir', SHARED_DIR], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`image build for ${arch} failed:\n${r.stderr}`);
+  const m = store.newest('minimal', arch);
+  if (!m) throw new Error('image build reported success but no image is stored');
+  return m;
+}
+
+export interface CliResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: Buffer;
+  stderr: Buffer;
+}
+
+export function kilnArgs(dataDir: string, args: string[]): string[] {
+  return [KILN_BIN, ...args.slice(0, 1), '--data-dir', dataDir, ...args.slice(1)];
+}
+
+/** Runs the real CLI to completion. */
+export function runKiln(dataDir: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
+  return new Promise((resolvePromise) => {
+    const p = spawn(process.execPath, kilnArgs(dataDir, args), { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    p.stdout.on('data', (d: Buffer) => out.push(d));
+    p.stderr.on('data', (d: Buffer) => err.push(d));
+    p.on('close', (code, signal) => resolvePromise({ code, signal, stdout: Buffer.concat(out), stderr: Buffer.concat(err) }));
+  });
+}
+
+/**
+ * Nothing of this data directory's VMs is left: no QEMU process naming it, no VM directory. (Cgroups are
+ * named by VM id only; the run-wide leak check in scripts/test.mjs covers them once all files are done.)
+ */
+export function assertNoLeaks(dataDir: string): void {
+  const leaks = [...kilnQemuProcesses().filter((l) => l.includes(`${dataDir}/`)), ...vmDirs([dataDir])];
+  if (leaks.length > 0) throw new Error(`left behind:\n  ${leaks.join('\n  ')}`);
+}
+
+export function hasBinary(name: string): boolean {
+  return ['/usr/bin', '/usr/sbin', '/bin', '/sbin', '/usr/local/bin'].some((d) => existsSync(join(d, name)));
+}

@@ -110,6 +110,7 @@ export async function pushComposition(client: RegistryClient, comp: Composition,
     if (typeof subject?.digest === 'string' && !put.subject) await updateReferrersTag(client, target, subject.digest, entry, emit);
   };
 
+  await client.probePush(target.registry, target.repository);
   const images = comp.entries.filter((e) => e.role === 'image');
   const attestations = comp.entries.filter((e) => e.role === 'attestation');
   // Images first: attestations with a subject point at them.

@@ -564,6 +564,16 @@ export class RegistryClient {
     await res.body.dump();
   }
 
+  /**
+   * Checks that the repository accepts pushes before any work: opens an upload session and cancels it. A
+   * pull-through mirror answers 405, missing push rights 401/403, each with its own error.
+   */
+  async probePush(registry: string, repository: string): Promise<void> {
+    const location = await this.startUpload(registry, repository);
+    const res = await this.send(registry, { method: 'DELETE', path: location, scopes: [repositoryScope(repository, 'pull,push')], ok: [200, 202, 204, 404, 405] }).catch(() => undefined);
+    await res?.body.dump();
+  }
+
   /** GET /v2/: the version check and auth probe. */
   async ping(registry: string): Promise<void> {
     const res = await this.send(registry, { method: 'GET', path: '/v2/', scopes: [], ok: [200] });

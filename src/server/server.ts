@@ -87,6 +87,8 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   });
   await app.register(websocket, { options: { maxPayload: AGENT_MAX_PAYLOAD } });
+  // The API speaks JSON only; anything else is a 415, not a string the schema then rejects.
+  app.removeContentTypeParser('text/plain');
 
   app.setErrorHandler((e: FastifyError, req, reply) => {
     let err: unknown = e;

@@ -1,0 +1,283 @@
+/**
+ * `kiln agent`: one per host. Dials the server (one WebSocket, join token in the Authorization header),
+ * says hello with its capacity and what it runs, then launches and stops VMs on command. Reconnects with
+ * backoff (rotating through the server URLs it was given, so any replica will do), and after every
+ * reconnect the server reconciles against the hello.
+ */
+import { EventEmitter, once } from 'node:events';
+import { hostname } from 'node:os';
+import type { Logger } from 'pino';
+import WebSocket from 'ws';
+import { archFromNode, type Arch } from '../core/arch.ts';
+import {
+  PROTOCOL_VERSION,
+  MAX_MESSAGE_BYTES,
+  encodeMessage,
+  makeServerMessageDecoder,
+  type AgentMessage,
+  type HostCapacity,
+  type JobResultMsg,
+  type ServerMessage,
+} from '../core/agent-protocol.ts';
+import { KilnError, toKilnError } from '../core/errors.ts';
+import type { VmDriver } from '../vm/driver.ts';
+import type { ImageResolver } from './images.ts';
+import { makeSupervisor, type Supervisor } from './supervisor.ts';
+
+export const AGENT_VERSION = '0.1.0';
+
+export interface AgentOptions {
+  /** Server base URLs (http:// or ws://); the agent rotates through them on failure. */
+  servers: string[];
+  token: string;
+  name?: string;
+  /** Host arch to advertise; defaults to this machine's. */
+  arch?: Arch;
+  labels?: string[];
+  /** Override what the driver reports (a host may keep some capacity for itself). */
+  cpus?: number;
+  memoryBytes?: number;
+  diskBytes?: number;
+  driver: VmDriver;
+  images: ImageResolver;
+  logger: Logger;
+  /** Reconnect backoff bounds. */
+  minBackoffMs?: number;
+  maxBackoffMs?: number;
+  /** Drop the connection when the server is silent this long (it pings every few seconds). */
+  silenceMs?: number;
+}
+
+export interface AgentEvents {
+  connected: [{ hostId: number; serverId: string }];
+  disconnected: [{ code: number; reason: string }];
+  rejected: [{ status: number; code: string; message: string }];
+  launched: [{ jobId: number; attempt: number }];
+  finished: [JobResultMsg];
+  'protocol-error': [{ code: string; message: string }];
+}
+
+export interface Agent {
+  readonly events: EventEmitter<AgentEvents>;
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  /** Resolves at the next `connected`. */
+  connected(timeoutMs?: number): Promise<{ hostId: number; serverId: string }>;
+  isConnected(): boolean;
+  capacity(): HostCapacity | undefined;
+}
+
+export function agentUrl(base: string): string {
+  const u = new URL(base);
+  u.protocol = u.protocol === 'https:' || u.protocol === 'wss:' ? 'wss:' : 'ws:';
+  u.pathname = `${u.pathname.replace(/\/$/, '')}/v1/agent/connect`;
+  return u.toString();
+}
+
+export function makeAgent(o: AgentOptions): Agent {
+  if (o.servers.length === 0) throw new KilnError('config.no_server', 'the agent needs a server URL', { hint: 'pass --server URL' });
+  const events = new EventEmitter<AgentEvents>();
+  const log = o.logger.child({ part: 'agent' });
+  const decoder = makeServerMessageDecoder();
+  let ws: WebSocket | undefined;
+  let welcomed = false;
+  let stopping = false;
+  let attempt = 0;
+  let serverIndex = 0;
+  let reconnectTimer: NodeJS.Timeout | undefined;
+  let silenceTimer: NodeJS.Timeout | undefined;
+  let cap: HostCapacity | undefined;
+  /** Messages produced while not connected (logs, phases); results are resent from the supervisor. */
+  let outbox: AgentMessage[] = [];
+  let outboxBytes = 0;
+  const OUTBOX_LIMIT = 64 * 1024 * 1024;
+  let dropped = 0;
+
+  const send = (m: AgentMessage) => {
+    if (ws && welcomed && ws.readyState === WebSocket.OPEN) {
+      ws.send(encodeMessage(m));
+      return;
+    }
+    if (m.type === 'job.done') return; // resent after the next welcome from the supervisor's unacked list
+    const size = m.type === 'job.log' ? m.data.length : 100;
+    if (outboxBytes + size > OUTBOX_LIMIT) {
+      dropped++;
+      return;
+    }
+    outbox.push(m);
+    outboxBytes += size;
+  };
+
+  const supervisor: Supervisor = makeSupervisor({
+    driver: o.driver,
+    images: o.images,
+    send,
+    log,
+    events: {
+      launched: (jobId, a) => events.emit('launched', { jobId, attempt: a }),
+      finished: (r) => events.emit('finished', r),
+    },
+  });
+
+  async function capacity(): Promise<HostCapacity> {
+    const c = await o.driver.capabilities();
+    const arch = o.arch ?? c.arches.find((a) => a.accel === 'kvm')?.arch ?? archFromNode(process.arch) ?? 'amd64';
+    const a = c.arches.find((x) => x.arch === arch);
+    return {
+      name: o.name ?? hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 100),
+      arch,
+      cpus: o.cpus ?? c.cpus,
+      memoryBytes: o.memoryBytes ?? c.memoryBytes,
+      diskBytes: o.diskBytes ?? c.diskFreeBytes,
+      accel: a?.accel ?? 'none',
+      labels: o.labels ?? [],
+      driver: o.driver.name,
+      agentVersion: AGENT_VERSION,
+    };
+  }
+
+  const resetSilence = () => {
+    if (silenceTimer) clearTimeout(silenceTimer);
+    silenceTimer = setTimeout(() => {
+      log.warn('the server went silent; reconnecting');
+      ws?.terminate();
+    }, o.silenceMs ?? 20_000);
+  };
+
+  function connect(): void {
+    if (stopping) return;
+    const base = o.servers[serverIndex % o.servers.length]!;
+    const url = agentUrl(base);
+    welcomed = false;
+    const sock = new WebSocket(url, { headers: { authorization: `Bearer ${o.token}` }, maxPayload: MAX_MESSAGE_BYTES + 1024, handshakeTimeout: 10_000 });
+    ws = sock;
+    sock.on('unexpected-response', (_req, res) => {
+      let body = '';
+      res.on('data', (d: Buffer) => (body += d.toString()));
+      res.on('end', () => {
+        let code = `http.${res.statusCode ?? 0}`;
+        let message = body.slice(0, 300);
+        try {
+          const e = (JSON.parse(body) as { error?: { code: string; message: string } }).error;
+          if (e) ({ code, message } = e);
+        } catch {
+          /* not our error body */
+        }
+        log.error({ status: res.statusCode, code, msg: message }, 'the server refused the agent');
+        events.emit('rejected', { status: res.statusCode ?? 0, code, message });
+        sock.terminate();
+      });
+    });
+    sock.on('open', () => {
+      log.info({ url }, 'connected; saying hello');
+      attempt = 0;
+      resetSilence();
+      sock.send(encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, host: cap!, running: supervisor.running(), finished: [] }));
+    });
+    sock.on('ping', resetSilence);
+    sock.on('message', (data) => {
+      resetSilence();
+      let m: ServerMessage;
+      try {
+        m = decoder.decode(data as Buffer);
+      } catch (e) {
+        const k = toKilnError(e);
+        log.error({ code: k.code, msg: k.message }, 'the server sent a message this agent does not understand');
+        events.emit('protocol-error', { code: k.code, message: k.message });
+        sock.close(1008, k.code);
+        return;
+      }
+      handle(sock, m);
+    });
+    sock.on('error', (e) => log.debug({ err: e.message }, 'connection error'));
+    sock.on('close', (code, reason) => {
+      if (silenceTimer) clearTimeout(silenceTimer);
+      if (ws !== sock) return;
+      const wasWelcomed = welcomed;
+      welcomed = false;
+      ws = undefined;
+      if (wasWelcomed) events.emit('disconnected', { code, reason: reason.toString() });
+      if (stopping) return;
+      if (code === 4001) {
+        log.error('the server removed this host; the agent stops');
+        void stop();
+        return;
+      }
+      serverIndex++;
+      const min = o.minBackoffMs ?? 200;
+      const max = o.maxBackoffMs ?? 10_000;
+      const delay = Math.min(max, min * 2 ** Math.min(attempt++, 10)) * (0.75 + Math.random() * 0.5);
+      log.info({ code, delayMs: Math.round(delay) }, 'disconnected; reconnecting');
+      reconnectTimer = setTimeout(connect, delay);
+    });
+  }
+
+  function handle(sock: WebSocket, m: ServerMessage): void {
+    switch (m.type) {
+      case 'welcome': {
+        welcomed = true;
+        log.info({ hostId: m.hostId, serverId: m.serverId }, 'the server accepted this host');
+        // Logs and phases produced while away go first, then results, so the server stores output before
+        // it makes a job final.
+        const queued = outbox;
+        outbox = [];
+        outboxBytes = 0;
+        for (const q of queued) sock.send(encodeMessage(q));
+        if (dropped > 0) log.warn({ dropped }, 'log chunks were dropped while disconnected (buffer full)');
+        dropped = 0;
+        for (const r of supervisor.unacked()) sock.send(encodeMessage({ type: 'job.done', result: r }));
+        events.emit('connected', { hostId: m.hostId, serverId: m.serverId });
+        return;
+      }
+      case 'launch':
+        supervisor.launch(m.jobId, m.attempt, m.spec);
+        return;
+      case 'stop':
+        supervisor.stop(m.jobId, m.attempt, m.reason);
+        return;
+      case 'done.ack':
+        supervisor.ack(m.jobId, m.attempt);
+        return;
+      case 'error':
+        log.error({ code: m.code, msg: m.message }, 'the server reported a protocol error');
+        events.emit('protocol-error', { code: m.code, message: m.message });
+        return;
+    }
+  }
+
+  async function stop(): Promise<void> {
+    if (stopping) return;
+    stopping = true;
+    if (reconnectTimer) clearTimeout(reconnectTimer);
+    if (silenceTimer) clearTimeout(silenceTimer);
+    await supervisor.stopAll('agent shutting down');
+    const s = ws;
+    if (s && s.readyState === WebSocket.OPEN) {
+      // Give the final results a moment to leave; the server reconciles anything that does not.
+      const closed = once(s, 'close').catch(() => {});
+      s.close(1001, 'agent shutting down');
+      await Promise.race([closed, new Promise((r) => setTimeout(r, 1000).unref())]);
+    }
+    s?.terminate();
+    ws = undefined;
+  }
+
+  return {
+    events,
+    async start() {
+      const swept = await o.driver.sweep();
+      if (swept.removed.length > 0) log.warn({ removed: swept.removed }, 'removed VMs a previous agent left behind');
+      cap = await capacity();
+      log.info({ host: cap }, 'agent starting');
+      connect();
+    },
+    stop,
+    async connected(timeoutMs = 10_000) {
+      const [c] = await once(events, 'connected', { signal: AbortSignal.timeout(timeoutMs) });
+      return c;
+    },
+    isConnected: () => welcomed,
+    capacity: () => cap,
+  };
+}
+

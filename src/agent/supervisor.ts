@@ -1,0 +1,184 @@
+/**
+ * Runs the VMs the server asks for, through the VmDriver port, and turns what they do into protocol
+ * messages: phases, log chunks (numbered per attempt, stdout and stderr kept in order), and a result that
+ * is kept until the server acknowledges it, so nothing is lost across a reconnect.
+ */
+import type { Logger } from 'pino';
+import { MAX_LOG_CHUNK_BYTES, type AgentMessage, type JobResultMsg, type LaunchSpec, type RunningJobMsg } from '../core/agent-protocol.ts';
+import { toKilnError } from '../core/errors.ts';
+import type { RunningVm, VmDriver, VmResult } from '../vm/driver.ts';
+import type { ImageResolver } from './images.ts';
+
+export interface SupervisorEvents {
+  launched(jobId: number, attempt: number): void;
+  finished(result: JobResultMsg): void;
+}
+
+interface Entry {
+  jobId: number;
+  attempt: number;
+  vm?: RunningVm;
+  phase: 'booting' | 'running';
+  seq: number;
+  pending?: { stream: 'stdout' | 'stderr'; bufs: Buffer[]; size: number };
+  result?: JobResultMsg;
+  stopReason?: string;
+}
+
+export interface Supervisor {
+  launch(jobId: number, attempt: number, spec: LaunchSpec): void;
+  stop(jobId: number, attempt: number, reason: string): void;
+  ack(jobId: number, attempt: number): void;
+  /** Everything not yet acknowledged, for hello: running VMs and finished ones whose result is unacked. */
+  running(): RunningJobMsg[];
+  /** Results waiting for an acknowledgement, to resend after a reconnect. */
+  unacked(): JobResultMsg[];
+  /** Stops every VM (agent shutdown). */
+  stopAll(reason: string): Promise<void>;
+  size(): number;
+}
+
+export function resultOf(jobId: number, attempt: number, r: VmResult): JobResultMsg {
+  const base = { jobId, attempt, timings: r.timings };
+  switch (r.outcome) {
+    case 'exited':
+      return { ...base, outcome: 'exited', exitCode: Math.max(0, Math.min(255, r.exitCode)) };
+    case 'timed_out':
+      return { ...base, outcome: 'timed_out' };
+    case 'killed':
+      return { ...base, outcome: 'killed', message: r.reason.slice(0, 4000) };
+    case 'boot_failed':
+    case 'crashed':
+      return { ...base, outcome: r.outcome, code: r.code, message: `${r.message}${r.consoleTail.length ? `\n${r.consoleTail.slice(-10).join('\n')}` : ''}`.slice(0, 4000) };
+  }
+}
+
+export function makeSupervisor(opts: {
+  driver: VmDriver;
+  images: ImageResolver;
+  /** Sends a message now or queues it for the next connection. */
+  send(m: AgentMessage): void;
+  log: Logger;
+  events?: Partial<SupervisorEvents>;
+  flushMs?: number;
+}): Supervisor {
+  const jobs = new Map<number, Entry>();
+  const flushMs = opts.flushMs ?? 10;
+  let timer: NodeJS.Timeout | undefined;
+
+  const flushEntry = (e: Entry) => {
+    const p = e.pending;
+    if (!p) return;
+    e.pending = undefined;
+    const data = Buffer.concat(p.bufs, p.size);
+    for (let off = 0; off < data.length; off += MAX_LOG_CHUNK_BYTES) {
+      opts.send({ type: 'job.log', jobId: e.jobId, attempt: e.attempt, seq: e.seq++, stream: p.stream, data: data.subarray(off, off + MAX_LOG_CHUNK_BYTES).toString('base64') });
+    }
+  };
+  const flushAll = () => {
+    timer = undefined;
+    for (const e of jobs.values()) flushEntry(e);
+  };
+  const output = (e: Entry, stream: 'stdout' | 'stderr', chunk: Buffer) => {
+    notePhase(e);
+    if (e.pending && e.pending.stream !== stream) flushEntry(e);
+    e.pending ??= { stream, bufs: [], size: 0 };
+    e.pending.bufs.push(Buffer.from(chunk));
+    e.pending.size += chunk.length;
+    if (e.pending.size >= MAX_LOG_CHUNK_BYTES) flushEntry(e);
+    else timer ??= setTimeout(flushAll, flushMs);
+  };
+  const notePhase = (e: Entry) => {
+    if (e.phase === 'running' || !e.vm || e.result) return;
+    if (e.vm.phase() === 'running' || e.vm.phase() === 'stopping') {
+      e.phase = 'running';
+      opts.send({ type: 'job.phase', jobId: e.jobId, attempt: e.attempt, phase: 'running' });
+    }
+  };
+  const phasePoll = setInterval(() => {
+    for (const e of jobs.values()) notePhase(e);
+  }, 200);
+  phasePoll.unref();
+
+  const finish = (e: Entry, result: JobResultMsg) => {
+    flushEntry(e);
+    e.result = result;
+    e.vm = undefined;
+    opts.log.child({ jobId: e.jobId }).info({ outcome: result.outcome, exitCode: result.exitCode }, 'job finished');
+    opts.send({ type: 'job.done', result });
+    opts.events?.finished?.(result);
+  };
+
+  return {
+    launch(jobId, attempt, spec) {
+      const existing = jobs.get(jobId);
+      if (existing && existing.attempt === attempt) return; // a repeated launch is harmless
+      const e: Entry = { jobId, attempt, phase: 'booting', seq: 0 };
+      jobs.set(jobId, e);
+      const jlog = opts.log.child({ jobId, attempt });
+      void (async () => {
+        try {
+          const image = await opts.images(spec.image, spec.arch);
+          if (e.stopReason) throw Object.assign(new Error(e.stopReason), { stopped: true });
+          const vm = await opts.driver.start(
+            {
+              id: `job-${jobId}-${attempt}`,
+              arch: spec.arch,
+              cpus: spec.cpus,
+              memoryBytes: spec.memoryBytes,
+              diskBytes: spec.diskBytes,
+              image,
+              job: { command: spec.command, env: spec.env, ...(spec.cwd !== undefined ? { cwd: spec.cwd } : {}) },
+              timeoutMs: spec.timeoutMs,
+              network: spec.network,
+            },
+            { stdout: (c) => output(e, 'stdout', c), stderr: (c) => output(e, 'stderr', c) },
+          );
+          e.vm = vm;
+          jlog.info({ vm: vm.id }, 'VM launched');
+          opts.send({ type: 'job.phase', jobId, attempt, phase: 'booting' });
+          opts.events?.launched?.(jobId, attempt);
+          notePhase(e);
+          if (e.stopReason) void vm.kill(e.stopReason);
+          finish(e, resultOf(jobId, attempt, await vm.done));
+        } catch (err) {
+          if ((err as { stopped?: boolean }).stopped) {
+            finish(e, { jobId, attempt, outcome: 'killed', message: e.stopReason ?? 'stopped' });
+            return;
+          }
+          const k = toKilnError(err, 'vm.launch_failed');
+          jlog.warn({ code: k.code, msg: k.message }, 'could not launch the VM');
+          finish(e, { jobId, attempt, outcome: 'launch_failed', code: k.code, message: `${k.message}${k.hint ? ` (${k.hint})` : ''}`.slice(0, 4000) });
+        }
+      })();
+    },
+    stop(jobId, attempt, reason) {
+      const e = jobs.get(jobId);
+      if (!e || e.attempt !== attempt || e.result) return;
+      e.stopReason = reason;
+      if (e.vm) void e.vm.kill(reason);
+    },
+    ack(jobId, attempt) {
+      const e = jobs.get(jobId);
+      if (e && e.attempt === attempt && e.result) jobs.delete(jobId);
+    },
+    running() {
+      return [...jobs.values()].map((e) => ({ jobId: e.jobId, attempt: e.attempt, phase: e.result ? 'running' : e.phase }));
+    },
+    unacked() {
+      return [...jobs.values()].flatMap((e) => (e.result ? [e.result] : []));
+    },
+    async stopAll(reason) {
+      clearInterval(phasePoll);
+      const waits: Promise<unknown>[] = [];
+      for (const e of jobs.values()) {
+        e.stopReason = reason;
+        if (e.vm) waits.push(e.vm.kill(reason), e.vm.done);
+      }
+      await Promise.all(waits);
+      if (timer) clearTimeout(timer);
+      flushAll();
+    },
+    size: () => jobs.size,
+  };
+}

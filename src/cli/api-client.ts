@@ -1,0 +1,96 @@
+/**
+ * HTTP client for the kiln API, used by the CLI commands and by `kiln run` (through submitAndFollow).
+ * Errors come back as KilnErrors carrying the server's code, message and hint.
+ */
+import { KilnError } from '../core/errors.ts';
+import type { Job, LogStream } from '../core/job.ts';
+
+export interface ApiClient {
+  readonly server: string;
+  request<T>(method: string, path: string, body?: unknown): Promise<T>;
+  /** Streams a job's log; resolves with the job's end state once it is final (follow) or at the end of what is stored. */
+  logs(jobId: number, opts: { follow: boolean; after?: number; onChunk(stream: LogStream, data: Buffer, attempt: number): void | Promise<void>; signal?: AbortSignal }): Promise<LogEnd>;
+}
+
+export interface LogEnd {
+  state: Job['state'];
+  exitCode: number | null;
+  error: { code: string; message: string } | null;
+  logTruncated: boolean;
+}
+
+export function makeApiClient(opts: { server: string; token: string | undefined }): ApiClient {
+  const base = opts.server.replace(/\/$/, '');
+  const headers = (json: boolean): Record<string, string> => ({
+    ...(opts.token ? { authorization: `Bearer ${opts.token}` } : {}),
+    ...(json ? { 'content-type': 'application/json' } : {}),
+  });
+  const fail = async (res: Response): Promise<never> => {
+    let body: { error?: { code: string; message: string; hint?: string } } = {};
+    try {
+      body = (await res.json()) as typeof body;
+    } catch {
+      /* not JSON */
+    }
+    const e = body.error;
+    throw new KilnError(e?.code ?? `http.${res.status}`, e?.message ?? `the server answered ${res.status}`, {
+      ...(e?.hint ? { hint: e.hint } : res.status === 401 ? { hint: 'set KILN_TOKEN (or pass --token) to a token from `kiln tokens create`' } : {}),
+      details: { status: res.status },
+    });
+  };
+  const reach = async (path: string, init: RequestInit): Promise<Response> => {
+    try {
+      return await fetch(`${base}${path}`, init);
+    } catch (e) {
+      throw new KilnError('client.unreachable', `cannot reach the kiln server at ${base}`, {
+        cause: e,
+        kind: 'unavailable',
+        hint: 'check KILN_SERVER / --server, and that `kiln server` or `kiln up` is running',
+      });
+    }
+  };
+  return {
+    server: base,
+    async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+      const res = await reach(path, { method, headers: headers(body !== undefined), ...(body !== undefined ? { body: JSON.stringify(body) } : {}) });
+      if (!res.ok) return fail(res);
+      return (await res.json()) as T;
+    },
+    async logs(jobId, o) {
+      const q = new URLSearchParams({ follow: String(o.follow), ...(o.after ? { after: String(o.after) } : {}) });
+      let after = o.after ?? 0;
+      // A follow survives a dropped connection (server restart, another replica): resume from the cursor.
+      for (let tries = 0; ; tries++) {
+        q.set('after', String(after));
+        const res = await reach(`/v1/jobs/${jobId}/logs?${q}`, { headers: headers(false), ...(o.signal ? { signal: o.signal } : {}) }).catch((e: unknown) => {
+          if (tries < 30 && o.follow && !o.signal?.aborted) return undefined;
+          throw e;
+        });
+        if (res && !res.ok) return fail(res);
+        if (res?.body) {
+          let rest = '';
+          const decoder = new TextDecoder();
+          try {
+            for await (const part of res.body as unknown as AsyncIterable<Uint8Array>) {
+              rest += decoder.decode(part, { stream: true });
+              let nl: number;
+              while ((nl = rest.indexOf('\n')) >= 0) {
+                const line = rest.slice(0, nl);
+                rest = rest.slice(nl + 1);
+                if (!line) continue;
+                const m = JSON.parse(line) as { id?: number; attempt?: number; stream?: LogStream; data?: string; end?: boolean } & Partial<LogEnd>;
+                if (m.end) return { state: m.state!, exitCode: m.exitCode ?? null, error: m.error ?? null, logTruncated: m.logTruncated ?? false };
+                await o.onChunk(m.stream ?? 'kiln', Buffer.from(m.data ?? '', 'base64'), m.attempt ?? 1);
+                after = m.id ?? after;
+              }
+            }
+          } catch (e) {
+            if (o.signal?.aborted) throw e;
+          }
+        }
+        if (!o.follow || tries >= 30) throw new KilnError('client.log_stream_ended', `the log stream of job ${jobId} ended early`, { kind: 'unavailable' });
+        await new Promise((r) => setTimeout(r, Math.min(2000, 100 * 2 ** tries)));
+      }
+    },
+  };
+}

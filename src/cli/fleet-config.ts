@@ -1,0 +1,198 @@
+/**
+ * Configuration of `kiln server`, `kiln agent`, `kiln up` and the fleet commands. Precedence: flag > env
+ * (KILN_*) > file (--config / KILN_CONFIG, YAML or JSON) > default. Every problem is reported at once;
+ * `redact` gives the copy that is logged at start-up (tokens and database passwords hidden).
+ * This is config code, so it is allowed to read process.env; nothing else under server/agent does.
+ */
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { parseArch, type Arch } from '../core/arch.ts';
+import { KilnError } from '../core/errors.ts';
+import { parseDuration, parseSize } from '../core/sizes.ts';
+import { loadCommonConfig, type CommonConfig } from './config.ts';
+
+type Env = NodeJS.ProcessEnv;
+
+export interface FileConfig {
+  dataDir?: string;
+  logLevel?: string;
+  server?: { listen?: string; databaseUrl?: string; adminToken?: string; logLimit?: string | number; hostLostAfter?: string };
+  agent?: { server?: string | string[]; token?: string; name?: string; labels?: string[]; cpus?: number; memory?: string; disk?: string; driver?: string; arch?: string };
+  client?: { server?: string; token?: string };
+}
+
+export function readConfigFile(path: string | undefined): FileConfig {
+  if (!path) return {};
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new KilnError('config.file_unreadable', `cannot read the config file ${path}`, { cause: e, hint: 'check the --config / KILN_CONFIG path' });
+  }
+  try {
+    const v: unknown = path.endsWith('.json') ? JSON.parse(text) : parseYaml(text);
+    if (v === null || v === undefined) return {};
+    if (typeof v !== 'object' || Array.isArray(v)) throw new Error('not a mapping');
+    return v as FileConfig;
+  } catch (e) {
+    throw new KilnError('config.file_invalid', `the config file ${path} is not valid ${path.endsWith('.json') ? 'JSON' : 'YAML'}: ${(e as Error).message}`);
+  }
+}
+
+class Problems {
+  readonly list: string[] = [];
+  try<T>(f: () => T): T | undefined {
+    try {
+      return f();
+    } catch (e) {
+      this.list.push(e instanceof Error ? e.message : String(e));
+      return undefined;
+    }
+  }
+  throwIfAny(what: string): void {
+    if (this.list.length > 0) {
+      throw new KilnError('config.invalid', `${what} configuration has ${this.list.length} problem(s): ${this.list.join('; ')}`, {
+        hint: 'fix the flags, KILN_* variables or config file entries named above',
+      });
+    }
+  }
+}
+
+const first = <T>(...xs: (T | undefined | '')[]): T | undefined => xs.find((x): x is T => x !== undefined && x !== '');
+
+export function parseListen(text: string): { host: string; port: number } {
+  const m = /^(?:(\[[^\]]+\]|[^:]*):)?(\d{1,5})$/.exec(text.trim());
+  const port = m ? Number(m[2]) : NaN;
+  if (!m || port > 65535) throw new KilnError('config.bad_listen', `listen address "${text}" is not HOST:PORT or PORT`);
+  return { host: m[1] ? m[1].replace(/^\[|\]$/g, '') : '127.0.0.1', port };
+}
+
+export interface ServerConfig extends CommonConfig {
+  listen: { host: string; port: number };
+  /** postgres://… for a server; undefined: the embedded store in dataDir/db. */
+  databaseUrl: string | undefined;
+  adminToken: string | undefined;
+  logLimitBytes: number;
+  hostLostAfterMs: number;
+}
+
+export interface ServerFlags {
+  dataDir?: string;
+  logLevel?: string;
+  config?: string;
+  listen?: string;
+  databaseUrl?: string;
+  logLimit?: string;
+}
+
+export const DEFAULT_PORT = 7370;
+
+export function loadServerConfig(flags: ServerFlags, env: Env = process.env, fileIn?: FileConfig): ServerConfig {
+  const p = new Problems();
+  const file = fileIn ?? p.try(() => readConfigFile(flags.config ?? env.KILN_CONFIG)) ?? {};
+  const common = loadCommonConfig({ dataDir: flags.dataDir ?? file.dataDir, logLevel: flags.logLevel ?? env.KILN_LOG_LEVEL ?? file.logLevel }, env);
+  if (!['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'].includes(common.logLevel)) p.list.push(`log level "${common.logLevel}" is not one of trace, debug, info, warn, error, silent`);
+  const listenText = first(flags.listen, env.KILN_LISTEN, file.server?.listen) ?? `127.0.0.1:${DEFAULT_PORT}`;
+  const listen = p.try(() => parseListen(listenText)) ?? { host: '127.0.0.1', port: DEFAULT_PORT };
+  const databaseUrl = first(flags.databaseUrl, env.KILN_DATABASE_URL, file.server?.databaseUrl);
+  if (databaseUrl && !/^postgres(ql)?:\/\//.test(databaseUrl)) p.list.push('the database URL must start with postgres://');
+  const logLimit = first<string | number>(flags.logLimit, env.KILN_LOG_LIMIT, file.server?.logLimit) ?? '16M';
+  const logLimitBytes = p.try(() => (typeof logLimit === 'number' ? logLimit : parseSize(logLimit, 'log limit'))) ?? 16 * 1024 * 1024;
+  const lostText = first(env.KILN_HOST_LOST_AFTER, file.server?.hostLostAfter) ?? '30s';
+  const hostLostAfterMs = p.try(() => parseDuration(lostText, 'host lost-after')) ?? 30_000;
+  const adminToken = first(env.KILN_ADMIN_TOKEN, file.server?.adminToken);
+  if (adminToken !== undefined && adminToken.length < 16) p.list.push('KILN_ADMIN_TOKEN must be at least 16 characters');
+  p.throwIfAny('server');
+  return { ...common, listen, databaseUrl, adminToken, logLimitBytes, hostLostAfterMs };
+}
+
+export interface AgentConfig extends CommonConfig {
+  servers: string[];
+  token: string;
+  name: string | undefined;
+  labels: string[];
+  arch: Arch | undefined;
+  cpus: number | undefined;
+  memoryBytes: number | undefined;
+  diskBytes: number | undefined;
+  driver: 'qemu' | 'memory';
+}
+
+export interface AgentFlags {
+  dataDir?: string;
+  logLevel?: string;
+  config?: string;
+  server?: string[];
+  token?: string;
+  name?: string;
+  label?: string[];
+  arch?: string;
+  cpus?: string;
+  memory?: string;
+  disk?: string;
+  driver?: string;
+}
+
+export function loadAgentConfig(flags: AgentFlags, env: Env = process.env, fileIn?: FileConfig): AgentConfig {
+  const p = new Problems();
+  const file = fileIn ?? p.try(() => readConfigFile(flags.config ?? env.KILN_CONFIG)) ?? {};
+  const common = loadCommonConfig({ dataDir: flags.dataDir ?? file.dataDir, logLevel: flags.logLevel ?? env.KILN_LOG_LEVEL ?? file.logLevel }, env);
+  const fileServers = file.agent?.server === undefined ? undefined : ([] as string[]).concat(file.agent.server);
+  const servers = (flags.server && flags.server.length > 0 ? flags.server : (env.KILN_SERVER?.split(',') ?? fileServers ?? []))
+    .flatMap((s) => s.split(','))
+    .map((s) => s.trim())
+    .filter(Boolean);
+  if (servers.length === 0) p.list.push('no server URL (pass --server URL, or set KILN_SERVER)');
+  for (const s of servers) {
+    try {
+      const u = new URL(s);
+      if (!['http:', 'https:', 'ws:', 'wss:'].includes(u.protocol)) throw new Error();
+    } catch {
+      p.list.push(`server URL "${s}" is not an http(s):// or ws(s):// URL`);
+    }
+  }
+  const token = first(flags.token, env.KILN_TOKEN, file.agent?.token);
+  if (!token) p.list.push('no join token (pass --token T from `kiln tokens create --role agent`, or set KILN_TOKEN)');
+  const name = first(flags.name, env.KILN_AGENT_NAME, file.agent?.name);
+  if (name !== undefined && !/^[A-Za-z0-9._-]{1,100}$/.test(name)) p.list.push(`host name "${name}" may use only letters, digits, . _ and -`);
+  const labels = flags.label && flags.label.length > 0 ? flags.label : (env.KILN_AGENT_LABELS?.split(',').map((s) => s.trim()).filter(Boolean) ?? file.agent?.labels ?? []);
+  const archText = first(flags.arch, env.KILN_AGENT_ARCH, file.agent?.arch);
+  const arch = archText ? p.try(() => parseArch(archText)) : undefined;
+  const cpusText = first<string | number>(flags.cpus, file.agent?.cpus);
+  const cpus = cpusText === undefined ? undefined : Number(cpusText);
+  if (cpus !== undefined && (!Number.isInteger(cpus) || cpus < 1)) p.list.push(`cpus "${cpusText}" is not a whole number`);
+  const memText = first(flags.memory, file.agent?.memory);
+  const memoryBytes = memText ? p.try(() => parseSize(memText, 'memory')) : undefined;
+  const diskText = first(flags.disk, file.agent?.disk);
+  const diskBytes = diskText ? p.try(() => parseSize(diskText, 'disk')) : undefined;
+  const driver = first(flags.driver, env.KILN_AGENT_DRIVER, file.agent?.driver) ?? 'qemu';
+  if (driver !== 'qemu' && driver !== 'memory') p.list.push(`driver "${driver}" is not qemu or memory`);
+  p.throwIfAny('agent');
+  return { ...common, servers, token: token!, name, labels, arch, cpus, memoryBytes, diskBytes, driver: driver as 'qemu' | 'memory' };
+}
+
+export interface ClientConfig {
+  /** undefined: no server named; `kiln run` then starts one in-process. */
+  server: string | undefined;
+  token: string | undefined;
+}
+
+export function loadClientConfig(flags: { server?: string; token?: string; config?: string }, env: Env = process.env, readToken?: () => string | undefined): ClientConfig {
+  const p = new Problems();
+  const file = p.try(() => readConfigFile(flags.config ?? env.KILN_CONFIG)) ?? {};
+  p.throwIfAny('client');
+  const server = first(flags.server, env.KILN_SERVER, file.client?.server);
+  const token = first(flags.token, env.KILN_TOKEN, file.client?.token) ?? readToken?.();
+  return { server, token };
+}
+
+/** A copy safe to log: secrets replaced, passwords removed from URLs. */
+export function redact<T extends object>(cfg: T): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(cfg)) {
+    if (/token|secret|password/i.test(k)) out[k] = v === undefined ? undefined : '[redacted]';
+    else if (typeof v === 'string' && /^[a-z]+:\/\/[^@/]*:[^@/]*@/.test(v)) out[k] = v.replace(/\/\/([^:@/]*):[^@/]*@/, '//$1:[redacted]@');
+    else out[k] = v;
+  }
+  return out;
+}

@@ -1,0 +1,73 @@
+/**
+ * Submitting a job and following it to the end: the one code path `kiln run` uses whether the server is
+ * remote (KILN_SERVER) or started in-process (startUp).
+ */
+import type { Writable } from 'node:stream';
+import { EXIT } from '../core/exit-codes.ts';
+import type { Job } from '../core/job.ts';
+import type { JobSubmit } from '../server/api/jobs.ts';
+import type { ApiClient, LogEnd } from './api-client.ts';
+
+export type { JobSubmit };
+
+export interface FollowIo {
+  stdout: Writable;
+  stderr: Writable;
+  /** Called once the server accepted the job. */
+  onSubmitted?(job: Job): void;
+  /** kiln's own notes (log limit reached, job requeued after a lost host). */
+  note?(line: string): void;
+  /** Aborting cancels the job on the server and waits for it to end. */
+  signal?: AbortSignal;
+}
+
+/** The process exit code for a finished job (see src/core/exit-codes.ts). */
+export function exitCodeOf(end: LogEnd): number {
+  switch (end.state) {
+    case 'succeeded':
+      return 0;
+    case 'failed':
+      return end.exitCode ?? EXIT.vmFailed;
+    case 'timed_out':
+      return EXIT.timedOut;
+    case 'cancelled':
+      return EXIT.sigint;
+    case 'lost':
+      return EXIT.vmFailed;
+    default:
+      return EXIT.kilnError;
+  }
+}
+
+const write = (w: Writable, b: Buffer): Promise<void> =>
+  new Promise((resolve, reject) => {
+    const ok = w.write(b, (e) => (e ? reject(e) : undefined));
+    if (ok) resolve();
+    else w.once('drain', resolve);
+  });
+
+/** Submits `job`, streams its stdout and stderr as they come, and resolves with its exit code and end. */
+export async function submitAndFollow(client: ApiClient, job: JobSubmit, io: FollowIo): Promise<{ exitCode: number; job: Job; end: LogEnd }> {
+  const submitted = await client.request<Job>('POST', '/v1/jobs', job);
+  io.onSubmitted?.(submitted);
+  let lastAttempt = 1;
+  const cancel = () => void client.request('POST', `/v1/jobs/${submitted.id}/cancel`).catch(() => {});
+  io.signal?.addEventListener('abort', cancel, { once: true });
+  try {
+    const end = await client.logs(submitted.id, {
+      follow: true,
+      async onChunk(stream, data, attempt) {
+        if (attempt !== lastAttempt) {
+          io.note?.(`job ${submitted.id}: its host was lost before it started; running it again (attempt ${attempt})`);
+          lastAttempt = attempt;
+        }
+        if (stream === 'stdout') await write(io.stdout, data);
+        else if (stream === 'stderr') await write(io.stderr, data);
+        else io.note?.(data.toString().trimEnd());
+      },
+    });
+    return { exitCode: exitCodeOf(end), job: submitted, end };
+  } finally {
+    io.signal?.removeEventListener('abort', cancel);
+  }
+}

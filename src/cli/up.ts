@@ -1,0 +1,149 @@
+/**
+ * `kiln up`: the server and one local agent in one process, on the embedded store. `startUp` is also what
+ * `kiln run` uses when KILN_SERVER is not set, so both paths go through the same API and scheduler.
+ */
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { hostname } from 'node:os';
+import type { Command } from 'commander';
+import type { Logger } from 'pino';
+import { makeAgent, type Agent } from '../agent/agent.ts';
+import type { ImageResolver } from '../agent/images.ts';
+import { makeServer, type KilnServer } from '../server/server.ts';
+import { openStore } from '../store/store.ts';
+import { createToken, makeSecret } from '../store/tokens.ts';
+import type { VmDriver } from '../vm/driver.ts';
+import { loadServerConfig, redact, type ServerFlags } from './fleet-config.ts';
+import { makeDriverFor, makeLogger } from './fleet-wiring.ts';
+import type { Output } from './output.ts';
+
+export interface UpOptions {
+  /** Directory for the embedded store; undefined keeps the store in memory (gone when the process ends). */
+  storeDir?: string;
+  /** A PostgreSQL URL instead of the embedded store. */
+  databaseUrl?: string;
+  host?: string;
+  /** 0 (default) picks a free port. */
+  port?: number;
+  driver: VmDriver;
+  images: ImageResolver;
+  logger: Logger;
+  agentName?: string;
+  labels?: string[];
+  /** Per-job stored log cap (default 16 MiB; `kiln run` passes a large one: it streams, the store is a copy). */
+  logLimitBytes?: number;
+  /** Where to write the admin token on first start (kiln up); in-process runs keep it in memory. */
+  bootstrapTokenFile?: string;
+  adminToken?: string;
+}
+
+export interface UpHandle {
+  /** Base URL of the API (http://127.0.0.1:PORT). */
+  url: string;
+  /** An admin token for this server (in memory; valid while it runs). */
+  token: string;
+  server: KilnServer;
+  agent: Agent;
+  close(): Promise<void>;
+}
+
+export async function startUp(o: UpOptions): Promise<UpHandle> {
+  const store = await openStore({ ...(o.databaseUrl ? { databaseUrl: o.databaseUrl } : {}), ...(o.storeDir ? { dataDir: o.storeDir } : {}) });
+  let server: KilnServer | undefined;
+  let agent: Agent | undefined;
+  try {
+    const adminToken = o.adminToken ?? makeSecret('admin');
+    server = await makeServer({
+      store,
+      logger: o.logger,
+      adminToken,
+      ...(o.bootstrapTokenFile ? { bootstrapTokenFile: o.bootstrapTokenFile } : {}),
+      options: { ...(o.logLimitBytes ? { logLimitBytes: o.logLimitBytes } : {}), pollMs: 500 },
+    });
+    const url = await server.listen({ host: o.host ?? '127.0.0.1', port: o.port ?? 0 });
+    const { secret: agentToken } = await createToken(store.db, { name: 'local agent (kiln up)', role: 'agent' });
+    agent = makeAgent({
+      servers: [url],
+      token: agentToken,
+      name: o.agentName ?? hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 100),
+      ...(o.labels ? { labels: o.labels } : {}),
+      driver: o.driver,
+      images: o.images,
+      logger: o.logger,
+    });
+    const connected = agent.connected(30_000);
+    await agent.start();
+    await connected;
+    const s = server;
+    const a = agent;
+    let closing: Promise<void> | undefined;
+    return {
+      url,
+      token: adminToken,
+      server: s,
+      agent: a,
+      close: () =>
+        (closing ??= (async () => {
+          await a.stop();
+          await s.close();
+          await store.close();
+        })()),
+    };
+  } catch (e) {
+    await agent?.stop().catch(() => {});
+    await server?.close().catch(() => {});
+    await store.close().catch(() => {});
+    throw e;
+  }
+}
+
+export function registerUp(program: Command, out: () => Output): void {
+  program
+    .command('up')
+    .description('run the server and one local agent in one process, on the embedded store (the quickest start)')
+    .option('--listen <host:port>', 'where the API listens (default 127.0.0.1:7370; env KILN_LISTEN)')
+    .option('--data-dir <dir>', 'kiln data directory (env KILN_DATA_DIR)')
+    .option('--config <file>', 'config file, YAML or JSON (env KILN_CONFIG)')
+    .option('--driver <kind>', 'VM driver: qemu (default) or memory (simulated, for trying the fleet without VMs)', 'qemu')
+    .option('--label <label...>', 'labels this host offers (pools)')
+    .option('--log-level <level>', 'log level (env KILN_LOG_LEVEL)')
+    .action(async (flags: ServerFlags & { driver: string; label?: string[] }) => {
+      const o = out();
+      const cfg = loadServerConfig(flags);
+      const logger = makeLogger(cfg.logLevel);
+      logger.info({ config: redact(cfg) }, 'kiln up starting');
+      mkdirSync(cfg.dataDir, { recursive: true });
+      const { driver, images } = makeDriverFor(flags.driver === 'memory' ? 'memory' : 'qemu', cfg.dataDir, logger);
+      const tokenFile = join(cfg.dataDir, 'admin.token');
+      const up = await startUp({
+        ...(cfg.databaseUrl ? { databaseUrl: cfg.databaseUrl } : { storeDir: join(cfg.dataDir, 'db') }),
+        host: cfg.listen.host,
+        port: cfg.listen.port,
+        driver,
+        images,
+        logger,
+        logLimitBytes: cfg.logLimitBytes,
+        bootstrapTokenFile: tokenFile,
+        ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
+        ...(flags.label ? { labels: flags.label } : {}),
+      });
+      o.info(`kiln is up at ${up.url} with one local agent (${driver.name} driver)`);
+      if (up.server.bootstrapSecret) o.info(`first start: an admin token was written to ${tokenFile} (the CLI reads it from there)`);
+      o.info(`try: kiln jobs ls   (Ctrl-C stops the server and the agent)`);
+      await waitForSignal();
+      o.info('stopping');
+      await up.close();
+    });
+}
+
+export function waitForSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const on = (s: NodeJS.Signals) => {
+      process.off('SIGINT', on);
+      process.off('SIGTERM', on);
+      resolve(s);
+    };
+    process.on('SIGINT', on);
+    process.on('SIGTERM', on);
+  });
+}

@@ -116,7 +116,7 @@ export function makeImageStore(dataDir: string): ImageStore {
     },
     commit(stagingDir, partial) {
       const digest = imageDigest(partial);
-      const m: ImageManifest = { digest, ...partial };
+      const m: ImageManifest = { ...partial, digest };
       const target = imageDir(digest);
       if (existsSync(join(target, 'manifest.json'))) {
         rmSync(stagingDir, { recursive: true, force: true });

@@ -6,6 +6,12 @@ import { registerImage } from './image.ts';
 import { registerRun } from './run.ts';
 import { registerManifest } from './manifest.ts';
 import { registerSetup } from './setup.ts';
+import { registerServer } from './server.ts';
+import { registerAgent } from './agent.ts';
+import { registerUp } from './up.ts';
+import { registerJobs } from './jobs.ts';
+import { registerHosts } from './hosts.ts';
+import { registerTokens } from './tokens.ts';
 
 const program = new Command();
 let output: Output | undefined;
@@ -22,6 +28,12 @@ registerSetup(program, out);
 registerManifest(program, out);
 registerRun(program, out);
 registerImage(program, out);
+registerServer(program, out);
+registerAgent(program, out);
+registerUp(program, out);
+registerJobs(program, out);
+registerHosts(program, out);
+registerTokens(program, out);
 
 try {
   await program.parseAsync(process.argv);

@@ -1,0 +1,68 @@
+/** `kiln agent --server URL --token T`: one per host. */
+import { mkdirSync } from 'node:fs';
+import type { Command } from 'commander';
+import { KilnError } from '../core/errors.ts';
+import { makeAgent } from '../agent/agent.ts';
+import { loadAgentConfig, redact, type AgentFlags } from './fleet-config.ts';
+import { makeDriverFor, makeLogger } from './fleet-wiring.ts';
+import type { Output } from './output.ts';
+import { waitForSignal } from './up.ts';
+
+const collect = (v: string, acc: string[] = []) => [...acc, v];
+
+export function registerAgent(program: Command, out: () => Output): void {
+  program
+    .command('agent')
+    .description('run the host agent: dials the server, reports capacity, runs VMs on command')
+    .option('--server <url>', 'server URL; repeat (or comma-separate) to list replicas (env KILN_SERVER)', collect)
+    .option('--token <token>', 'join token from `kiln tokens create --role agent` (env KILN_TOKEN)')
+    .option('--name <name>', 'host name in the fleet (default: the machine hostname; env KILN_AGENT_NAME)')
+    .option('--label <label>', 'a label this host offers, for jobs that ask for it; repeatable (env KILN_AGENT_LABELS)', collect)
+    .option('--arch <arch>', 'architecture to offer (default: the host’s own)')
+    .option('--cpus <n>', 'vCPUs to offer (default: all)')
+    .option('--memory <size>', 'memory to offer (default: all)')
+    .option('--disk <size>', 'disk to offer (default: free space)')
+    .option('--driver <kind>', 'VM driver: qemu (default) or memory (simulated; tests and demos)')
+    .option('--data-dir <dir>', 'kiln data directory (env KILN_DATA_DIR)')
+    .option('--config <file>', 'config file, YAML or JSON (env KILN_CONFIG)')
+    .option('--log-level <level>', 'log level (env KILN_LOG_LEVEL)')
+    .action(async (flags: AgentFlags) => {
+      const o = out();
+      const cfg = loadAgentConfig(flags);
+      const logger = makeLogger(cfg.logLevel);
+      logger.info({ config: redact(cfg) }, 'kiln agent starting');
+      mkdirSync(cfg.dataDir, { recursive: true });
+      const { driver, images } = makeDriverFor(cfg.driver, cfg.dataDir, logger);
+      const agent = makeAgent({
+        servers: cfg.servers,
+        token: cfg.token,
+        ...(cfg.name ? { name: cfg.name } : {}),
+        labels: cfg.labels,
+        ...(cfg.arch ? { arch: cfg.arch } : {}),
+        ...(cfg.cpus ? { cpus: cfg.cpus } : {}),
+        ...(cfg.memoryBytes ? { memoryBytes: cfg.memoryBytes } : {}),
+        ...(cfg.diskBytes ? { diskBytes: cfg.diskBytes } : {}),
+        driver,
+        images,
+        logger,
+      });
+      let everConnected = false;
+      const rejected = new Promise<KilnError>((resolve) =>
+        agent.events.once('rejected', (r) => {
+          if (!everConnected) resolve(new KilnError(r.code, `the server refused this agent: ${r.message}`, { hint: 'check --token: it must be an agent token from `kiln tokens create --role agent`' }));
+        }),
+      );
+      agent.events.on('connected', (c) => {
+        if (!everConnected) o.info(`connected to the fleet as host ${c.hostId} (server ${c.serverId})`);
+        everConnected = true;
+      });
+      await agent.start();
+      const first = await Promise.race([rejected, waitForSignal()]);
+      if (first instanceof KilnError) {
+        await agent.stop();
+        throw first;
+      }
+      o.info(`${first}: stopping the agent and its VMs`);
+      await agent.stop();
+    });
+}

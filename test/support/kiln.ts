@@ -41,8 +41,11 @@ export interface CliResult {
   stderr: Buffer;
 }
 
+/** `--data-dir` goes just before `--` (or at the end), where every subcommand accepts it. */
 export function kilnArgs(dataDir: string, args: string[]): string[] {
-  return [KILN_BIN, ...args.slice(0, 1), '--data-dir', dataDir, ...args.slice(1)];
+  const sep = args.indexOf('--');
+  const at = sep < 0 ? args.length : sep;
+  return [KILN_BIN, ...args.slice(0, at), '--data-dir', dataDir, ...args.slice(at)];
 }
 
 /** Runs the real CLI to completion. */

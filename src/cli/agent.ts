@@ -23,16 +23,17 @@ export function registerAgent(program: Command, out: () => Output): void {
     .option('--memory <size>', 'memory to offer (default: all)')
     .option('--disk <size>', 'disk to offer (default: free space)')
     .option('--driver <kind>', 'VM driver: qemu (default) or memory (simulated; tests and demos)')
+    .option('--sim-boot-ms <ms>', 'memory driver only: simulated boot time per VM')
     .option('--data-dir <dir>', 'kiln data directory (env KILN_DATA_DIR)')
     .option('--config <file>', 'config file, YAML or JSON (env KILN_CONFIG)')
     .option('--log-level <level>', 'log level (env KILN_LOG_LEVEL)')
-    .action(async (flags: AgentFlags) => {
+    .action(async (flags: AgentFlags & { simBootMs?: string }) => {
       const o = out();
       const cfg = loadAgentConfig(flags);
       const logger = makeLogger(cfg.logLevel);
       logger.info({ config: redact(cfg) }, 'kiln agent starting');
       mkdirSync(cfg.dataDir, { recursive: true });
-      const { driver, images } = makeDriverFor(cfg.driver, cfg.dataDir, logger);
+      const { driver, images } = makeDriverFor(cfg.driver, cfg.dataDir, logger, flags.simBootMs ? { bootMs: Number(flags.simBootMs) } : {});
       const agent = makeAgent({
         servers: cfg.servers,
         token: cfg.token,

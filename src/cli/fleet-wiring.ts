@@ -28,8 +28,13 @@ export function makeStoreImageResolver(dataDir: string): ImageResolver {
   };
 }
 
-export function makeDriverFor(kind: 'qemu' | 'memory', dataDir: string, logger: Logger): { driver: VmDriver; images: ImageResolver } {
-  if (kind === 'memory') return { driver: makeMemoryDriver(), images: memoryImageResolver };
+export function makeDriverFor(
+  kind: 'qemu' | 'memory',
+  dataDir: string,
+  logger: Logger,
+  sim: { bootMs?: number } = {},
+): { driver: VmDriver; images: ImageResolver } {
+  if (kind === 'memory') return { driver: makeMemoryDriver({ ...(sim.bootMs !== undefined ? { bootMs: sim.bootMs } : {}) }), images: memoryImageResolver };
   const vm = loadVmConfig();
   return {
     driver: makeQemuDriver({ dataDir, accel: vm.accel, ...(vm.bootTimeoutMs !== undefined ? { bootTimeoutMs: vm.bootTimeoutMs } : {}), logger }),

@@ -1,0 +1,92 @@
+/** Real kiln processes for tests: spawned through tsx from the sources, killed and reaped by the test. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer } from 'node:net';
+import { fileURLToPath } from 'node:url';
+
+const root = fileURLToPath(new URL('../../', import.meta.url));
+
+export interface KilnProcess {
+  proc: ChildProcess;
+  output(): string;
+  /** Resolves when a line matching `re` appears on stdout or stderr. */
+  waitForOutput(re: RegExp, timeoutMs?: number): Promise<string>;
+  kill(signal?: NodeJS.Signals): Promise<void>;
+}
+
+const live = new Set<ChildProcess>();
+
+export function spawnKiln(args: string[], env: Record<string, string> = {}): KilnProcess {
+  const proc = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], {
+    cwd: root,
+    env: { ...process.env, KILN_LOG_LEVEL: process.env.KILN_TEST_LOG ?? 'warn', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  live.add(proc);
+  proc.on('exit', () => live.delete(proc));
+  let text = '';
+  const waiters = new Set<() => void>();
+  const onData = (d: Buffer) => {
+    text += d.toString();
+    for (const w of [...waiters]) w();
+  };
+  proc.stdout!.on('data', onData);
+  proc.stderr!.on('data', onData);
+  return {
+    proc,
+    output: () => text,
+    waitForOutput(re, timeoutMs = 30_000) {
+      return new Promise((resolve, reject) => {
+        const check = () => {
+          const m = re.exec(text);
+          if (m) {
+            waiters.delete(check);
+            clearTimeout(t);
+            resolve(m[0]);
+          }
+        };
+        const t = setTimeout(() => {
+          waiters.delete(check);
+          reject(new Error(`no output matching ${re} within ${timeoutMs} ms; output so far:\n${text.slice(-3000)}`));
+        }, timeoutMs);
+        waiters.add(check);
+        check();
+        proc.once('exit', () => {
+          if (waiters.has(check)) {
+            waiters.delete(check);
+            clearTimeout(t);
+            reject(new Error(`process exited before printing ${re}; output:\n${text.slice(-3000)}`));
+          }
+        });
+      });
+    },
+    async kill(signal = 'SIGTERM') {
+      if (proc.exitCode !== null || proc.signalCode !== null) return;
+      const exited = once(proc, 'exit');
+      proc.kill(signal);
+      await exited;
+    },
+  };
+}
+
+/** Kills every process a test spawned and did not reap (after-hook). */
+export async function killAll(): Promise<void> {
+  await Promise.all(
+    [...live].map(async (p) => {
+      if (p.exitCode !== null || p.signalCode !== null) return;
+      const exited = once(p, 'exit');
+      p.kill('SIGKILL');
+      await exited;
+    }),
+  );
+}
+
+export async function freePort(): Promise<number> {
+  const s = createServer();
+  s.listen(0, '127.0.0.1');
+  await once(s, 'listening');
+  const port = (s.address() as { port: number }).port;
+  s.close();
+  await once(s, 'close');
+  return port;
+}

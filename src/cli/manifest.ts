@@ -54,7 +54,7 @@ export async function loadManifestCreateConfig(target: string | undefined, sourc
     } catch (e) {
       throw new KilnError('oci.spec_unreadable', `cannot read ${flags.file}: ${(e as Error).message}`, { cause: e, hint: 'check the path given to --file' });
     }
-    file = parseManifestSpecYaml(text, flags.file);
+    file = await parseManifestSpecYaml(text, flags.file);
   }
   const enumFlag = <T extends string>(name: string, v: string | undefined, allowed: readonly T[]): T | undefined => {
     if (v === undefined) return undefined;

@@ -83,6 +83,9 @@ export async function createManifest(req: ManifestCreateRequest, deps: ManifestC
   const emit = deps.onEvent ?? (() => undefined);
   const target = checkTarget(req);
   checkSourceRefs(req.sources, { target, allowCrossRegistry: req.allowCrossRegistry });
+  // Check the target takes pushes while the sources resolve (a mirror answers 405, missing rights 401/403).
+  const probe = req.dryRun ? undefined : deps.client.probePush(target.registry, target.repository);
+  probe?.catch(() => undefined);
   const sources = await resolveSources(deps.client, req.sources, {
     target,
     attestations: req.compose.attestations,
@@ -105,7 +108,8 @@ export async function createManifest(req: ManifestCreateRequest, deps: ManifestC
     pushed: false,
   };
   if (req.dryRun) return result;
-  result.report = await pushComposition(deps.client, comp, target, req.tags, { ...(req.concurrency ? { concurrency: req.concurrency } : {}), onEvent: emit });
+  await probe;
+  result.report = await pushComposition(deps.client, comp, target, req.tags, { ...(req.concurrency ? { concurrency: req.concurrency } : {}), onEvent: emit, probed: true });
   result.pushed = true;
   return result;
 }

@@ -26,6 +26,8 @@ export interface PushReport {
 
 export interface PushOptions {
   concurrency?: number;
+  /** The caller already checked the target accepts pushes (createManifest does it while resolving). */
+  probed?: boolean;
   onEvent?: (e: PushEvent) => void;
 }
 
@@ -59,12 +61,14 @@ export async function pushComposition(client: RegistryClient, comp: Composition,
         emit({ kind: 'blob', digest: blob.digest, how: 'skipped-foreign' });
         return;
       }
-      if (await client.hasBlob(target.registry, target.repository, blob.digest, [`repository:${target.repository}:pull,push`])) {
+      const src = entry.source.ref;
+      // Same registry: mount straight away (201 also when the target already has the blob), one round trip.
+      // Another registry: look first, so a blob already there is not uploaded again.
+      if (src.registry !== target.registry && (await client.hasBlob(target.registry, target.repository, blob.digest, [`repository:${target.repository}:pull,push`]))) {
         report.blobs.present++;
         emit({ kind: 'blob', digest: blob.digest, how: 'present' });
         return;
       }
-      const src = entry.source.ref;
       let location: string;
       if (src.registry === target.registry) {
         const m = await client.mountBlob(target.registry, target.repository, blob.digest, src.repository);
@@ -110,7 +114,7 @@ export async function pushComposition(client: RegistryClient, comp: Composition,
     if (typeof subject?.digest === 'string' && !put.subject) await updateReferrersTag(client, target, subject.digest, entry, emit);
   };
 
-  await client.probePush(target.registry, target.repository);
+  if (!opts.probed) await client.probePush(target.registry, target.repository);
   const images = comp.entries.filter((e) => e.role === 'image');
   const attestations = comp.entries.filter((e) => e.role === 'attestation');
   // Images first: attestations with a subject point at them.

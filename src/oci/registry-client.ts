@@ -2,10 +2,12 @@
  * A client for the OCI distribution API: manifests and blobs, token and basic auth, digest verification of
  * everything fetched, cross-repository mounts, chunked uploads, retries with backoff on 429/5xx and network
  * failures. One instance per command; close() releases its connections.
+ *
+ * Transport is Node's built-in fetch (no import cost at start-up, which matters for a CLI step that runs in
+ * a few hundred milliseconds); undici's Agent is loaded only for hosts with a custom CA or skipped TLS checks.
  */
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
-import { Agent, request, type Dispatcher } from 'undici';
 import { KilnError } from '../core/errors.ts';
 import { challengeScopes, mergeScopes, parseChallenges, repositoryScope, type Credential, type CredentialSource } from './auth.ts';
 import { isDigest, sha256Digest } from './digest.ts';
@@ -56,11 +58,34 @@ interface SendOptions {
   ok: number[];
 }
 
+/** A response body: consumed as a Node stream, or drained so the connection is reused. */
+export class ResponseBody {
+  constructor(private readonly web: ReadableStream<Uint8Array> | null) {}
+
+  node(): Readable {
+    return this.web ? Readable.fromWeb(this.web as import('node:stream/web').ReadableStream<Uint8Array>) : Readable.from([]);
+  }
+
+  async dump(): Promise<void> {
+    if (!this.web) return;
+    try {
+      const reader = this.web.getReader();
+      for (;;) if ((await reader.read()).done) break;
+    } catch {
+      /* the connection is gone; nothing to drain */
+    }
+  }
+}
+
 export interface Response {
   status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: Dispatcher.ResponseData['body'];
+  headers: Record<string, string | undefined>;
+  body: ResponseBody;
   url: URL;
+}
+
+interface TlsDispatcher {
+  close(): Promise<void>;
 }
 
 export interface RegistryErrorDetail {
@@ -68,18 +93,18 @@ export interface RegistryErrorDetail {
   message?: string;
 }
 
-function header(res: { headers: Record<string, string | string[] | undefined> }, name: string): string | undefined {
-  const v = res.headers[name];
-  return Array.isArray(v) ? v[0] : v;
+function header(res: { headers: Record<string, string | undefined> }, name: string): string | undefined {
+  return res.headers[name];
 }
 
-async function readCapped(body: Response['body'], max: number, what: string): Promise<Buffer> {
+async function readCapped(body: ResponseBody | Readable, max: number, what: string): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let n = 0;
-  for await (const c of body as AsyncIterable<Buffer>) {
+  const stream = body instanceof Readable ? body : body.node();
+  for await (const c of stream as AsyncIterable<Buffer>) {
     n += c.length;
     if (n > max) {
-      body.destroy();
+      stream.destroy();
       throw new KilnError('oci.response_too_large', `${what} is larger than ${max} bytes`, { hint: 'check that the reference names a manifest, not a layer' });
     }
     chunks.push(c);
@@ -128,7 +153,7 @@ export class RegistryClient {
   private readonly sleep: (ms: number) => Promise<void>;
   private readonly auth = new Map<string, AuthState>();
   private readonly tokens = new Map<string, { token: string; expires: number }>();
-  private readonly dispatchers = new Map<string, Agent>();
+  private readonly dispatchers = new Map<string, Promise<TlsDispatcher>>();
   readonly chunkSize: number;
 
   constructor(opts: RegistryClientOptions) {
@@ -140,7 +165,7 @@ export class RegistryClient {
   }
 
   async close(): Promise<void> {
-    await Promise.all([...this.dispatchers.values()].map((d) => d.close()));
+    await Promise.all([...this.dispatchers.values()].map(async (d) => (await d).close()));
     this.dispatchers.clear();
   }
 
@@ -148,15 +173,13 @@ export class RegistryClient {
     return `${schemeFor(registry, this.hosts)}://${apiHost(registry)}`;
   }
 
-  private dispatcher(host: string): Agent {
+  /** undici's Agent, only for hosts with TLS settings of their own (loaded on first use). */
+  private dispatcher(host: string): Promise<TlsDispatcher> | undefined {
+    const c = this.hosts[host];
+    if (!c?.ca && !c?.insecureSkipVerify) return undefined;
     let d = this.dispatchers.get(host);
     if (!d) {
-      const c = this.hosts[host];
-      d = new Agent({
-        connections: 16,
-        keepAliveTimeout: 10_000,
-        connect: { ...(c?.ca ? { ca: c.ca } : {}), ...(c?.insecureSkipVerify ? { rejectUnauthorized: false } : {}) },
-      });
+      d = import('undici').then(({ Agent }) => new Agent({ connect: { ...(c.ca ? { ca: c.ca } : {}), ...(c.insecureSkipVerify ? { rejectUnauthorized: false } : {}) } }));
       this.dispatchers.set(host, d);
     }
     return d;
@@ -257,13 +280,17 @@ export class RegistryClient {
       let reason: string;
       let retryAfter: string | undefined;
       try {
-        const res = await request(url, {
-          method: method as Dispatcher.HttpMethod,
-          headers,
-          body: body as Dispatcher.DispatchOptions['body'],
-          dispatcher: this.dispatcher(url.host),
-        });
-        const r: Response = { status: res.statusCode, headers: res.headers, body: res.body, url };
+        const dispatcher = await this.dispatcher(url.host);
+        const init: RequestInit & { duplex?: 'half'; dispatcher?: unknown } = { method, headers, redirect: 'manual' };
+        if (body !== undefined) {
+          init.body = (body instanceof Readable ? Readable.toWeb(body) : body) as unknown as NonNullable<RequestInit['body']>;
+          if (body instanceof Readable) init.duplex = 'half';
+        }
+        if (dispatcher) init.dispatcher = dispatcher;
+        const res = await fetch(url, init);
+        const hdrs: Record<string, string | undefined> = {};
+        res.headers.forEach((v, k) => (hdrs[k] = v));
+        const r: Response = { status: res.status, headers: hdrs, body: new ResponseBody(res.body), url };
         if (!RETRYABLE_STATUS.has(r.status) || attempt >= attempts) return r;
         retryAfter = header(r, 'retry-after');
         reason = `HTTP ${r.status}`;
@@ -433,13 +460,13 @@ export class RegistryClient {
       }
     }
     const len = header(res, 'content-length');
-    return { body: res.body as unknown as Readable, size: len ? Number(len) : undefined };
+    return { body: res.body.node(), size: len ? Number(len) : undefined };
   }
 
   /** Fetches a small blob (an image config) whole, verifying its digest. */
   async getBlobBytes(registry: string, repository: string, digest: string, max = MAX_JSON_BYTES): Promise<Uint8Array> {
     const { body } = await this.openBlob(registry, repository, digest);
-    const bytes = await readCapped(body as unknown as Response['body'], max, `blob ${digest}`);
+    const bytes = await readCapped(body, max, `blob ${digest}`);
     if (sha256Digest(bytes) !== digest) {
       throw new KilnError('oci.digest_mismatch', `${registry}/${repository}: blob ${digest} hashes to ${sha256Digest(bytes)}`, {
         hint: 'the registry returned corrupt content; retry, and report it if it persists',

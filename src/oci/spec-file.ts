@@ -2,7 +2,6 @@
  * The composer's input, from the command line and from a YAML file (modelled on manifest-tool's spec).
  * Pure: parses text the CLI read; reports every problem at once.
  */
-import { parse as parseYaml } from 'yaml';
 import { KilnError } from '../core/errors.ts';
 import type { AttestationMode, IndexType, SourceSpec } from './compose.ts';
 import { parsePlatform, type Platform } from './platform.ts';
@@ -60,14 +59,20 @@ function isRecord(v: unknown): v is Record<string, unknown> {
 
 const TOP_KEYS = new Set(['target', 'tags', 'index-type', 'attestations', 'created', 'annotations', 'sources', 'manifests', 'registry', 'registries']);
 
-/** Parses the YAML file; every problem found is listed in one error. */
-export function parseManifestSpecYaml(text: string, file: string): ManifestSpec {
+/** Parses the YAML file (the yaml module is loaded only when a file is given); see parseManifestSpec. */
+export async function parseManifestSpecYaml(text: string, file: string): Promise<ManifestSpec> {
+  const { parse } = await import('yaml');
   let doc: unknown;
   try {
-    doc = parseYaml(text);
+    doc = parse(text);
   } catch (e) {
     throw new KilnError('oci.spec_invalid', `${file} is not valid YAML: ${(e as Error).message}`, { cause: e, hint: 'fix the YAML syntax' });
   }
+  return parseManifestSpec(doc, file);
+}
+
+/** Validates a parsed spec document; every problem found is listed in one error. */
+export function parseManifestSpec(doc: unknown, file: string): ManifestSpec {
   const problems: string[] = [];
   const spec: ManifestSpec = { tags: [], sources: [], annotations: {}, registries: {}, caFiles: {} };
   if (!isRecord(doc)) {

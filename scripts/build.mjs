@@ -1,9 +1,14 @@
 // Bundles the CLI into dist/kiln.mjs so that `kiln` starts fast (no TypeScript transform at run time).
 import { build } from 'esbuild';
-import { cpSync, mkdirSync } from 'node:fs';
+import { cpSync, mkdirSync, rmSync } from 'node:fs';
+rmSync('dist', { recursive: true, force: true });
 await build({
   entryPoints: ['src/cli/main.ts'],
-  outfile: 'dist/kiln.mjs',
+  outdir: 'dist',
+  entryNames: 'kiln',
+  chunkNames: 'chunks/[name]-[hash]',
+  splitting: true,
+  outExtension: { '.js': '.mjs' },
   bundle: true,
   platform: 'node',
   target: 'node20',

@@ -16,8 +16,9 @@ import { sha256File, type ImageManifest, type ImageStore } from './store.ts';
 export const GUEST_MODULES = ['virtio_mmio', 'virtio_pci', 'virtio_blk', 'virtio_net', 'virtio_console', 'virtio_rng'];
 
 export function guestFile(name: string): string {
-  // From src/image/*.ts this is src/image/guest/; from the bundle dist/kiln.mjs it is dist/guest/.
-  const candidates = [new URL(`./guest/${name}`, import.meta.url), new URL(`../../src/image/guest/${name}`, import.meta.url)];
+  // From src/image/*.ts this is src/image/guest/; from the bundle (dist/kiln.mjs or a chunk in
+  // dist/chunks/) it is dist/guest/, which the build copies from src/image/guest/.
+  const candidates = [new URL(`./guest/${name}`, import.meta.url), new URL(`../guest/${name}`, import.meta.url)];
   for (const c of candidates) {
     const p = fileURLToPath(c);
     if (existsSync(p)) return p;

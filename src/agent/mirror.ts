@@ -25,6 +25,8 @@ export interface MirrorOptions {
   upstream?: { url: string; username?: string | undefined; password?: string | undefined };
   binary?: string;
   backoff?: { initialMs: number; maxMs: number; resetAfterMs: number };
+  /** status() re-measures the cache (a walk of the storage tree) at most this often; default 15 s. */
+  cacheSizeMaxAgeMs?: number;
   logger?: Logger;
 }
 
@@ -98,6 +100,7 @@ export class RegistryMirror extends EventEmitter<MirrorEvents> {
   private stopping = false;
   private output = '';
   private lastExit: MirrorStatus['lastExit'];
+  private cacheSize: { bytes: number; at: number } | undefined;
 
   constructor(opts: MirrorOptions) {
     super();
@@ -212,7 +215,7 @@ export class RegistryMirror extends EventEmitter<MirrorEvents> {
       state: this.state,
       healthy: await this.health(),
       restarts: this.restarts,
-      cacheBytes: await diskUsage(this.storageDir),
+      cacheBytes: await this.cacheBytes(),
       upstream: this.upstream.url,
       address: this.opts.listen,
     };
@@ -220,6 +223,12 @@ export class RegistryMirror extends EventEmitter<MirrorEvents> {
     if (this.proc?.pid !== undefined) s.pid = this.proc.pid;
     if (this.lastExit) s.lastExit = this.lastExit;
     return s;
+  }
+
+  private async cacheBytes(): Promise<number> {
+    const maxAge = this.opts.cacheSizeMaxAgeMs ?? 15_000;
+    if (!this.cacheSize || Date.now() - this.cacheSize.at >= maxAge) this.cacheSize = { bytes: await diskUsage(this.storageDir), at: Date.now() };
+    return this.cacheSize.bytes;
   }
 
   /** Stops supervising and the registry (TERM, then KILL after 5 s). */

@@ -155,6 +155,8 @@ export class RegistryClient {
   private readonly tokens = new Map<string, { token: string; expires: number }>();
   private readonly dispatchers = new Map<string, Promise<TlsDispatcher>>();
   readonly chunkSize: number;
+  /** Counters for progress output, tests and the benchmark. */
+  readonly stats = { requests: 0, chunksUploaded: 0 };
 
   constructor(opts: RegistryClientOptions) {
     this.opts = opts;
@@ -287,6 +289,7 @@ export class RegistryClient {
           if (body instanceof Readable) init.duplex = 'half';
         }
         if (dispatcher) init.dispatcher = dispatcher;
+        this.stats.requests++;
         const res = await fetch(url, init);
         const hdrs: Record<string, string | undefined> = {};
         res.headers.forEach((v, k) => (hdrs[k] = v));
@@ -558,6 +561,7 @@ export class RegistryClient {
       await res.body.dump();
       loc = this.location(res);
       offset += chunk.length;
+      this.stats.chunksUploaded++;
     };
     let chunked = false;
     for await (const c of content as AsyncIterable<Buffer>) {

@@ -326,7 +326,12 @@ export class TokenServer {
 // `unknown/unknown` attestation manifest that points at it. Written as an OCI layout next to the image
 // buildah wrote there, then copied to a registry by skopeo with digests preserved.
 
-export async function writeProvenanceIndex(h: Harness, image: string, platform: { os: string; architecture: string; variant?: string }): Promise<{ layout: string; imageDigest: string; attestationDigest: string }> {
+export async function writeProvenanceIndex(
+  h: Harness,
+  image: string,
+  platform: { os: string; architecture: string; variant?: string },
+  opts: { artifact?: boolean } = {},
+): Promise<{ layout: string; imageDigest: string; attestationDigest: string }> {
   const layout = await h.tempDir('kiln-layout-');
   const imageDigest = await h.buildahPush(image, `oci:${layout}:img`, 'oci');
   const put = async (bytes: Buffer): Promise<{ digest: string; size: number }> => {
@@ -338,17 +343,24 @@ export async function writeProvenanceIndex(h: Harness, image: string, platform: 
   const imageBytes = await readFile(join(layout, 'blobs', 'sha256', imageDigest.slice(7)));
   const statement = Buffer.from(JSON.stringify({ _type: 'https://in-toto.io/Statement/v0.1', predicateType: 'https://slsa.dev/provenance/v0.2', subject: [{ name: 'img', digest: { sha256: imageDigest.slice(7) } }], predicate: { builder: { id: 'kiln-test' } } }));
   const layer = await put(statement);
-  const config = await put(Buffer.from(JSON.stringify({ architecture: 'unknown', os: 'unknown', config: {}, rootfs: { type: 'layers', diff_ids: [layer.digest] } })));
-  const att = await put(
-    Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: 'application/vnd.oci.image.manifest.v1+json',
-        config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
-        layers: [{ mediaType: 'application/vnd.in-toto+json', ...layer, annotations: { 'in-toto.io/predicate-type': 'https://slsa.dev/provenance/v0.2' } }],
-      }),
-    ),
-  );
+  const inToto = { mediaType: 'application/vnd.in-toto+json', ...layer, annotations: { 'in-toto.io/predicate-type': 'https://slsa.dev/provenance/v0.2' } };
+  let attBody: Record<string, unknown>;
+  if (opts.artifact) {
+    // BuildKit ≥ 0.32: an OCI artifact with the empty config and a subject pointing at the image.
+    const empty = await put(Buffer.from('{}'));
+    attBody = {
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      artifactType: 'application/vnd.docker.attestation.manifest.v1+json',
+      config: { mediaType: 'application/vnd.oci.empty.v1+json', ...empty },
+      layers: [inToto],
+      subject: { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: imageDigest, size: imageBytes.length },
+    };
+  } else {
+    const config = await put(Buffer.from(JSON.stringify({ architecture: 'unknown', os: 'unknown', config: {}, rootfs: { type: 'layers', diff_ids: [layer.digest] } })));
+    attBody = { schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config }, layers: [inToto] };
+  }
+  const att = await put(Buffer.from(JSON.stringify(attBody)));
   const index = await put(
     Buffer.from(
       JSON.stringify({

@@ -142,6 +142,24 @@ void describe('kiln manifest create against real registries', () => {
     assert.equal((rawDropped.json.manifests as unknown[]).length, 2);
   });
 
+  void test('BuildKit 0.32-style attestations (OCI artifact with subject) get the referrers tag distribution lacks an API for', async () => {
+    const a = await writeProvenanceIndex(h, await h.buildImage({ arch: 's390x' }), { os: 'linux', architecture: 's390x' }, { artifact: true });
+    const ia = await pushLayoutIndex(h, a.layout, `${reg.host}/ci/prov-artifact:build`);
+    const target = `${reg.host}/app/prov-artifact`;
+    const r = await create(request(target, [{ ref: `${reg.host}/ci/prov-artifact@${ia}` }]));
+    const raw = await skopeoRaw(`${target}:v1`);
+    assert.equal(raw.digest, r.digest);
+    const ms = raw.json.manifests as { digest: string; artifactType?: string }[];
+    assert.deepEqual(ms.map((m) => m.digest), [a.imageDigest, a.attestationDigest]);
+    assert.equal(ms[1]?.artifactType, 'application/vnd.docker.attestation.manifest.v1+json');
+    const referrers = await skopeoRaw(`${target}:${a.imageDigest.replace(':', '-')}`);
+    assert.equal(referrers.json.mediaType, MediaType.ociIndex);
+    assert.deepEqual((referrers.json.manifests as { digest: string; artifactType: string }[]).map((m) => [m.digest, m.artifactType]), [[a.attestationDigest, 'application/vnd.docker.attestation.manifest.v1+json']]);
+    // Re-running does not duplicate the referrer.
+    await create(request(`${reg.host}/app/prov-artifact`, [{ ref: `${reg.host}/ci/prov-artifact@${ia}` }]));
+    assert.equal(((await skopeoRaw(`${target}:${a.imageDigest.replace(':', '-')}`)).json.manifests as unknown[]).length, 1);
+  });
+
   void test('sources on another registry are streamed in chunks with --allow-cross-registry, refused without it', async () => {
     const big = await h.buildImage({ arch: 'riscv64', bytes: 300 * 1024 });
     const bigDigest = await h.buildahPush(big, `docker://${other.host}/elsewhere/riscv:tmp`, 'oci');
@@ -151,8 +169,10 @@ void describe('kiln manifest create against real registries', () => {
     assert.notEqual(refused.code, 0);
     assert.match(refused.stderr, /source 2 .* is on 127\.0\.0\.1:\d+, but the target is on/);
     assert.match(refused.stderr, /how to fix: pass --allow-cross-registry/);
-    const r = await create(request(target, [{ ref: img.amd64! }, { ref: srcRef }], { allowCrossRegistry: true }), client({ chunkSize: 64 * 1024 }));
+    const c = client({ chunkSize: 64 * 1024 });
+    const r = await create(request(target, [{ ref: img.amd64! }, { ref: srcRef }], { allowCrossRegistry: true }), c);
     assert.ok((r.report?.blobs.streamed ?? 0) >= 2, JSON.stringify(r.report));
+    assert.ok(c.stats.chunksUploaded >= 4, `the 300 KiB layer went up in 64 KiB chunks (${c.stats.chunksUploaded})`);
     assert.equal((await skopeoRaw(`${target}:v1`)).digest, r.digest);
     assert.equal(await skopeoDigestFor(`${target}:v1`, { os: 'linux', arch: 'riscv64' }), bigDigest);
     const layout = await h.tempDir('kiln-copy-');

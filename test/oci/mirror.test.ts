@@ -32,6 +32,7 @@ void describe('registry mirror', () => {
       guestAddress: '10.0.2.2:5000',
       upstream: { url: hub.url, username: 'hub-user', password: 'hub-secret' },
       backoff: { initialMs: 50, maxMs: 400, resetAfterMs: 60_000 },
+      cacheSizeMaxAgeMs: 0,
     });
     await mirror.start();
     await mirror.waitHealthy(15_000);

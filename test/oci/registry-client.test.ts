@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { createServer, type RequestListener, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { writeFile } from 'node:fs/promises';
 import { after, before, describe, test } from 'node:test';
 import { isKilnError } from '../../src/core/errors.ts';
 import { makeDockerConfigCredentials } from '../../src/oci/auth.ts';
@@ -131,6 +132,33 @@ void describe('registry client', () => {
       for (const t of ['application/vnd.oci.image.index.v1+json', 'application/vnd.docker.distribution.manifest.list.v2+json', 'application/vnd.oci.image.manifest.v1+json', 'application/vnd.docker.distribution.manifest.v2+json']) {
         assert.ok(a.includes(t), `${t} in ${a}`);
       }
+    }
+  });
+
+  void test('a Basic challenge is answered with config.json credentials for that host only', async () => {
+    const seen: (string | undefined)[] = [];
+    const host = await serve((req, res) => {
+      seen.push(req.headers.authorization);
+      if (req.headers.authorization !== `Basic ${Buffer.from('bob:pa:ss').toString('base64')}`) {
+        return void res.writeHead(401, { 'www-authenticate': 'Basic realm="Registry Realm"', 'content-type': 'application/json' }).end('{"errors":[{"code":"UNAUTHORIZED"}]}');
+      }
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+    });
+    const dir = await h.tempDir('kiln-basic-');
+    const file = `${dir}/config.json`;
+    await writeFile(file, JSON.stringify({ auths: { [host]: { auth: Buffer.from('bob:pa:ss').toString('base64') } } }));
+    const c = new RegistryClient({ credentials: makeDockerConfigCredentials({ configFile: file }) });
+    const anon = new RegistryClient({ credentials: makeDockerConfigCredentials({ configFile: `${dir}/none.json` }) });
+    try {
+      await c.ping(host);
+      assert.equal(seen[0], undefined, 'no credentials before the registry asks');
+      assert.match(seen[1] ?? '', /^Basic /);
+      await c.ping(host);
+      assert.equal(seen.length, 3, 'the next request carries them up front');
+      await assert.rejects(anon.ping(host), (e) => isKilnError(e, 'oci.unauthorized') && (e.hint ?? '').includes('docker login'));
+    } finally {
+      await c.close();
+      await anon.close();
     }
   });
 

@@ -8,7 +8,7 @@
  */
 import { execFile, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { cpus } from 'node:os';
+import { cpus, loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { makeDockerConfigCredentials } from '../src/oci/auth.ts';
@@ -72,9 +72,6 @@ try {
       await client.close();
     }
   };
-  const startupRun = async () => {
-    await execFileP(process.execPath, [KILN, '--help'], { env: { PATH: process.env.PATH ?? '', HOME: home } });
-  };
   const buildahRun = async (i: number) => {
     const list = `localhost/bench-list-${i}`;
     await h.buildah(['manifest', 'create', list]);
@@ -95,7 +92,6 @@ try {
   const kiln: number[] = [];
   const buildah: number[] = [];
   const lib: number[] = [];
-  const startup: number[] = [];
   for (let i = 1; i <= RUNS; i++) {
     if (i % 2) {
       kiln.push(await timed(() => kilnRun(i)));
@@ -105,20 +101,18 @@ try {
       kiln.push(await timed(() => kilnRun(i)));
     }
     lib.push(await timed(() => libRun(i)));
-    startup.push(await timed(startupRun));
-    process.stderr.write(`run ${i}/${RUNS}: kiln ${kiln.at(-1)?.toFixed(0)} ms, buildah ${buildah.at(-1)?.toFixed(0)} ms, kiln in-process ${lib.at(-1)?.toFixed(0)} ms, kiln --help ${startup.at(-1)?.toFixed(0)} ms\n`);
+    process.stderr.write(`run ${i}/${RUNS}: kiln ${kiln.at(-1)?.toFixed(0)} ms, buildah ${buildah.at(-1)?.toFixed(0)} ms, kiln in-process ${lib.at(-1)?.toFixed(0)} ms\n`);
   }
   const cpuModel = (readFileSync('/proc/cpuinfo', 'utf8').match(/^model name\s*:\s*(.+)$/m)?.[1] ?? cpus()[0]?.model ?? 'unknown').trim();
   const buildahVersion = (await execFileP('buildah', ['--version'])).stdout.trim();
   const mk = median(kiln);
   const mb = median(buildah);
   console.log(`manifest create: 4-platform index from sources in another repository (${LAYER_BYTES / 1024 / 1024} MiB layer each), local docker-registry`);
-  console.log(`machine: nproc=${cpus().length}, cpu="${cpuModel}", node ${process.version}, ${buildahVersion}`);
+  console.log(`machine: nproc=${cpus().length}, cpu="${cpuModel}", load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}, node ${process.version}, ${buildahVersion}`);
   console.log(`runs: ${RUNS} each, alternating`);
   console.log(`kiln manifest create (CLI)      median ${mk.toFixed(0)} ms  (runs: ${kiln.map((x) => x.toFixed(0)).join(', ')})`);
   console.log(`buildah manifest create/add/push median ${mb.toFixed(0)} ms  (runs: ${buildah.map((x) => x.toFixed(0)).join(', ')})`);
   console.log(`kiln in-process (no CLI start)  median ${median(lib).toFixed(0)} ms  (runs: ${lib.map((x) => x.toFixed(0)).join(', ')})`);
-  console.log(`kiln --help (CLI start-up)     median ${median(startup).toFixed(0)} ms`);
   console.log(`ratio kiln/buildah: ${(mk / mb).toFixed(2)} (target ≤ 0.50)`);
   console.log(`ratio kiln in-process/buildah: ${(median(lib) / mb).toFixed(2)}`);
 } finally {

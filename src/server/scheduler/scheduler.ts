@@ -12,7 +12,7 @@ import { isTerminal } from '../../core/job-state.ts';
 import { claimQueuedJobs, jobStatuses, markPlaced, tenantUsage, type ClaimWindow } from '../../store/jobs.ts';
 import { lockSchedulableHosts } from '../../store/hosts.ts';
 import type { ServerContext } from '../context.ts';
-import type { HostRegistry } from '../host-registry.ts';
+import type { HostLink, HostRegistry } from '../host-registry.ts';
 import { placeJobs, type JobDemand } from './placement.ts';
 
 export interface Scheduler {
@@ -121,19 +121,18 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
     if (stopPollBusy) return;
     stopPollBusy = true;
     try {
-      const ids: number[] = [];
-      for (const l of registry.links.values()) for (const id of l.active.keys()) ids.push(id);
-      if (ids.length === 0) return;
-      const statuses = new Map((await jobStatuses(ctx.store.db, ids)).map((s) => [s.id, s]));
-      for (const l of registry.links.values()) {
-        for (const [id, a] of l.active) {
-          if (l.stopping.has(id)) continue;
-          const s = statuses.get(id);
-          const gone = !s || s.attempt !== a.attempt || s.hostId !== l.hostId;
-          if (gone || isTerminal(s.state) || s.cancelRequested) {
-            l.stopping.add(id);
-            l.send({ type: 'stop', jobId: id, attempt: a.attempt, reason: s?.cancelRequested ? 'cancelled' : (s?.state ?? 'removed') });
-          }
+      // Judge only what was active when the question was asked: jobs launched meanwhile are not in the answer.
+      const asked: { link: HostLink; id: number; attempt: number }[] = [];
+      for (const l of registry.links.values()) for (const [id, a] of l.active) asked.push({ link: l, id, attempt: a.attempt });
+      if (asked.length === 0) return;
+      const statuses = new Map((await jobStatuses(ctx.store.db, asked.map((x) => x.id))).map((s) => [s.id, s]));
+      for (const { link: l, id, attempt } of asked) {
+        if (l.stopping.has(id) || l.active.get(id)?.attempt !== attempt) continue;
+        const s = statuses.get(id);
+        const gone = !s || s.attempt !== attempt || s.hostId !== l.hostId;
+        if (gone || isTerminal(s.state) || s.cancelRequested) {
+          l.stopping.add(id);
+          l.send({ type: 'stop', jobId: id, attempt, reason: s?.cancelRequested ? 'cancelled' : gone ? 'the job is no longer placed on this host' : `the job is ${s.state}` });
         }
       }
     } catch (e) {

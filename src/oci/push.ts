@@ -5,7 +5,7 @@
  * tag back and compares digests.
  */
 import { KilnError, toKilnError } from '../core/errors.ts';
-import type { ComposedEntry, Composition } from './compose.ts';
+import { describeSource, type ComposedEntry, type Composition } from './compose.ts';
 import { mapLimit } from './limit.ts';
 import { MediaType, isNonDistributableLayer } from './media-types.ts';
 import type { ImageRef } from './reference.ts';
@@ -115,11 +115,26 @@ export async function pushComposition(client: RegistryClient, comp: Composition,
   };
 
   if (!opts.probed) await client.probePush(target.registry, target.repository);
+  // Errors name the source the child came from, and how its blobs got (or failed to get) there.
+  const pushNamed = async (entry: ComposedEntry): Promise<void> => {
+    try {
+      await pushChild(entry);
+    } catch (e) {
+      const k = toKilnError(e);
+      const what = `${describeSource(entry.source)}: copying ${entry.role} ${entry.digest} into ${target.registry}/${target.repository}`;
+      throw new KilnError(k.code, `${what}: ${k.message}`, {
+        ...(k.hint ? { hint: k.hint } : {}),
+        kind: k.kind,
+        cause: k,
+        details: { ...(k.details ?? {}), blobs: { ...report.blobs } },
+      });
+    }
+  };
   const images = comp.entries.filter((e) => e.role === 'image');
   const attestations = comp.entries.filter((e) => e.role === 'attestation');
   // Images first: attestations with a subject point at them.
-  await mapLimit(images, concurrency, pushChild);
-  await mapLimit(attestations, concurrency, pushChild);
+  await mapLimit(images, concurrency, pushNamed);
+  await mapLimit(attestations, concurrency, pushNamed);
 
   await client.putManifest(target.registry, target.repository, comp.digest, comp.bytes, comp.mediaType);
   emit({ kind: 'index', digest: comp.digest });

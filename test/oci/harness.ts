@@ -36,7 +36,7 @@ export class Harness {
     return [...this.procs].filter((p) => p.exitCode === null && p.signalCode === null).map((p) => p.pid ?? -1);
   }
 
-  async startRegistry(opts: { port?: number; proxy?: { remoteurl: string; username?: string; password?: string }; token?: TokenServer } = {}): Promise<Registry> {
+  async startRegistry(opts: { port?: number; proxy?: { remoteurl: string; username?: string; password?: string }; token?: TokenServer; allowForeignUrls?: boolean } = {}): Promise<Registry> {
     const dir = await this.tempDir('kiln-registry-');
     const port = opts.port ?? (await freePort());
     const lines = [
@@ -48,6 +48,7 @@ export class Harness {
     if (opts.proxy) {
       lines.push(`proxy: {remoteurl: "${opts.proxy.remoteurl}"${opts.proxy.username ? `, username: "${opts.proxy.username}", password: "${opts.proxy.password ?? ''}"` : ''}}`);
     }
+    if (opts.allowForeignUrls) lines.push("validation: {manifests: {urls: {allow: ['^https?://']}}}");
     if (opts.token) {
       lines.push(`auth: {token: {realm: "${opts.token.realm}", service: "${opts.token.service}", issuer: "${opts.token.issuer}", rootcertbundle: "${opts.token.certFile}"}}`);
     }
@@ -391,4 +392,28 @@ export async function pushLayoutIndex(h: Harness, layout: string, dest: string):
   const file = join(dir, 'digest');
   await skopeo(['copy', '-q', '--all', '--preserve-digests', '--dest-tls-verify=false', '--digestfile', file, `oci:${layout}:prov`, `docker://${dest}`]);
   return (await readFile(file, 'utf8')).trim();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Raw distribution-API writes for fixtures no builder makes (plain fetch, independent of kiln's client).
+
+export async function rawPushBlob(host: string, repo: string, bytes: Buffer): Promise<{ digest: string; size: number }> {
+  const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+  const start = await fetch(`http://${host}/v2/${repo}/blobs/uploads/`, { method: 'POST' });
+  await start.arrayBuffer();
+  if (start.status !== 202) throw new Error(`upload start answered ${start.status}`);
+  const loc = new URL(start.headers.get('location') ?? '', `http://${host}`);
+  loc.searchParams.set('digest', digest);
+  const put = await fetch(loc, { method: 'PUT', body: new Uint8Array(bytes), headers: { 'content-type': 'application/octet-stream' } });
+  await put.arrayBuffer();
+  if (put.status !== 201) throw new Error(`blob PUT answered ${put.status}`);
+  return { digest, size: bytes.length };
+}
+
+export async function rawPutManifest(host: string, repo: string, ref: string, body: unknown, mediaType: string): Promise<string> {
+  const bytes = Buffer.from(JSON.stringify(body));
+  const r = await fetch(`http://${host}/v2/${repo}/manifests/${ref}`, { method: 'PUT', body: new Uint8Array(bytes), headers: { 'content-type': mediaType } });
+  const text = await r.text();
+  if (r.status !== 201) throw new Error(`manifest PUT answered ${r.status}: ${text}`);
+  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
 }

@@ -13,7 +13,7 @@ import { createManifest, type ManifestCreateRequest } from '../../src/oci/manife
 import { MediaType } from '../../src/oci/media-types.ts';
 import { RegistryClient } from '../../src/oci/registry-client.ts';
 import { runKiln } from './cli.ts';
-import { Harness, pushLayoutIndex, skopeo, skopeoConfigFor, skopeoDigestFor, skopeoRaw, writeProvenanceIndex, type Registry } from './harness.ts';
+import { Harness, pushLayoutIndex, rawPushBlob, rawPutManifest, skopeo, skopeoConfigFor, skopeoDigestFor, skopeoRaw, writeProvenanceIndex, type Registry } from './harness.ts';
 
 const h = new Harness();
 let reg: Registry; // the target registry; sources live in other repositories on it
@@ -50,7 +50,7 @@ async function tagExists(ref: string): Promise<boolean> {
 void describe('kiln manifest create against real registries', () => {
   before(async () => {
     home = await h.tempDir('kiln-home-');
-    [reg, other] = await Promise.all([h.startRegistry(), h.startRegistry()]);
+    [reg, other] = await Promise.all([h.startRegistry({ allowForeignUrls: true }), h.startRegistry()]);
     const builds: [string, { arch: string; variant?: string; timestamp?: number }, 'oci' | 'v2s2'][] = [
       ['amd64', { arch: 'amd64', timestamp: 1700000000 }, 'oci'],
       ['arm64', { arch: 'arm64', variant: 'v8', timestamp: 1710000000 }, 'oci'],
@@ -177,6 +177,37 @@ void describe('kiln manifest create against real registries', () => {
     assert.equal(await skopeoDigestFor(`${target}:v1`, { os: 'linux', arch: 'riscv64' }), bigDigest);
     const layout = await h.tempDir('kiln-copy-');
     await skopeo(['copy', '-q', '--all', '--src-tls-verify=false', `docker://${target}:v1`, `oci:${layout}:x`]);
+  });
+
+  void test('foreign (non-distributable) layers are not copied; the child manifest still goes in', async () => {
+    const repo = 'ci/windowsish';
+    const config = await rawPushBlob(reg.host, repo, Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'windows', 'os.version': '10.0.17763.1', rootfs: { type: 'layers', diff_ids: [] } })));
+    const normal = await rawPushBlob(reg.host, repo, Buffer.from('a distributable layer'));
+    const foreignDigest = `sha256:${'f'.repeat(64)}`; // never uploaded anywhere
+    const childDigest = await rawPutManifest(
+      reg.host,
+      repo,
+      'v1',
+      {
+        schemaVersion: 2,
+        mediaType: MediaType.dockerManifest,
+        config: { mediaType: MediaType.dockerConfig, ...config },
+        layers: [
+          { mediaType: 'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip', size: 1234, digest: foreignDigest, urls: ['https://example.invalid/base.tar.gz'] },
+          { mediaType: 'application/vnd.docker.image.rootfs.diff.tar.gzip', ...normal },
+        ],
+      },
+      MediaType.dockerManifest,
+    );
+    const target = `${reg.host}/app/windowsish`;
+    const r = await create(request(target, [{ ref: `${reg.host}/${repo}@${childDigest}` }]));
+    assert.equal(r.report?.blobs.skippedForeign, 1);
+    assert.deepEqual(r.platforms, ['windows/amd64:10.0.17763.1']);
+    const raw = await skopeoRaw(`${target}:v1`);
+    assert.equal(raw.digest, r.digest);
+    assert.equal(raw.json.mediaType, MediaType.dockerList);
+    assert.deepEqual((raw.json.manifests as { platform: unknown }[])[0]?.platform, { architecture: 'amd64', os: 'windows', 'os.version': '10.0.17763.1' });
+    assert.equal((await skopeoRaw(`${target}@${childDigest}`)).digest, childDigest);
   });
 
   void test('duplicate platforms are rejected naming both sources; nothing is pushed', async () => {

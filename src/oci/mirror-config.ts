@@ -42,6 +42,18 @@ export function assertUpstreamUrl(url: string): URL {
   return u;
 }
 
+/**
+ * The address a guest on QEMU user networking (slirp) uses for a mirror listening on the host's loopback:
+ * slirp maps 10.0.2.2 to the host's 127.0.0.1. Undefined for non-loopback listen addresses (guests then use
+ * the listen address itself, e.g. a bridge address).
+ */
+export function slirpGuestAddress(listen: string): string | undefined {
+  assertHostPort(listen, 'mirror listen address');
+  const c = listen.lastIndexOf(':');
+  const host = listen.slice(0, c);
+  return /^127\./.test(host) || host === 'localhost' ? `10.0.2.2:${listen.slice(c + 1)}` : undefined;
+}
+
 /** The registry's config.yml in proxy mode. Never Debian's packaged one (it answers 401 and binds everywhere). */
 export function renderMirrorServerConfig(c: MirrorServerConfigInput): string {
   assertHostPort(c.listen, 'mirror listen address');

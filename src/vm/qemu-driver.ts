@@ -346,9 +346,16 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
     for (const id of ids) {
       if (running.has(id)) continue;
       const dir = join(vmsDir, id);
+      if (!existsSync(dir)) {
+        // A cgroup with no VM directory here may belong to a kiln with another data directory: never kill
+        // its processes; only remove it if it is empty and not freshly made (a launch in progress).
+        const stale = (cgroups.get(id) ?? []).filter((d) => cgroupPids(d).length === 0 && Date.now() - statSync(d).mtimeMs > 60_000);
+        if (stale.length > 0 && removeCgroupDirs(stale).length === 0) removed.push(id);
+        continue;
+      }
       const owner = readJson<Owner>(join(dir, 'owner.json'));
-      if (owner && owner.pid !== process.pid && ownerAlive(owner)) continue;
-      if (!owner && existsSync(dir) && Date.now() - statSync(dir).mtimeMs < 60_000) continue; // being created right now
+      if (owner && ownerAlive(owner)) continue; // a live kiln (maybe another driver in this process) owns it
+      if (!owner && Date.now() - statSync(dir).mtimeMs < 60_000) continue; // being created right now
       const pids = new Set<number>((cgroups.get(id) ?? []).flatMap(cgroupPids));
       const pidFile = Number(readText(join(dir, 'qemu.pid')).trim());
       if (pidFile > 0) pids.add(pidFile);

@@ -11,6 +11,8 @@
  *   true | false             status 0 | 1
  *   uname -m                 the guest's machine name (x86_64 or aarch64)
  *   pwd | env                working directory | environment, one KEY=VALUE a line
+ *   printenv NAME…           each named variable's value, one a line
+ *   printargs                the arguments after `sh -c SCRIPT NAME`, one a line
  *   spew BYTES [stderr]      that many bytes of output, in 64 KiB chunks
  *   append FILE WORDS…       appends a line to a host file (tests use it to count real executions)
  * Anything else prints `sh: NAME: not found` on stderr and stops with status 127, as a shell would.
@@ -56,7 +58,7 @@ export function makeMemoryDriver(opts: MemoryDriverOptions = {}): VmDriver {
     },
     async start(spec: VmSpec, out: VmOutput): Promise<RunningVm> {
       if (!ID_RE.test(spec.id)) throw new KilnError('vm.bad_id', `VM id "${spec.id}" may use only letters, digits, - and _`);
-      if (vms.has(spec.id)) throw new KilnError('vm.duplicate_id', `a VM with id ${spec.id} is already running`);
+      if (vms.has(spec.id)) throw new KilnError('vm.exists', `a VM with id ${spec.id} already exists`, { kind: 'internal' });
       if (!arches.includes(spec.arch)) {
         throw new KilnError('vm.unsupported_arch', `this host cannot run ${spec.arch} guests`, { hint: `use one of: ${arches.join(', ')}` });
       }
@@ -222,6 +224,14 @@ async function interpret(spec: VmSpec, out: VmOutput, wait: (ms: number) => Prom
         break;
       case 'pwd':
         emit('stdout', `${spec.job.cwd ?? '/work'}\n`);
+        status = 0;
+        break;
+      case 'printenv':
+        emit('stdout', args.map((n) => `${spec.job.env[n] ?? ''}\n`).join(''));
+        status = 0;
+        break;
+      case 'printargs':
+        emit('stdout', (argv[0] === 'sh' && argv[1] === '-c' ? argv.slice(4) : []).map((a) => `${a}\n`).join(''));
         status = 0;
         break;
       case 'env':

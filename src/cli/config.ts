@@ -48,3 +48,8 @@ export function loadVmConfig(env: NodeJS.ProcessEnv = process.env): VmConfig {
   if (problems.length > 0) throw new KilnError('config.invalid', problems.join('; '), { hint: 'fix the environment variables named above' });
   return { accel: (accelText || 'auto') as VmConfig['accel'], bootTimeoutMs };
 }
+
+/** The control-plane server `kiln run` submits to instead of running the VM itself (KILN_SERVER). */
+export function remoteServer(env: NodeJS.ProcessEnv = process.env): string | undefined {
+  return env.KILN_SERVER?.trim() || undefined;
+}

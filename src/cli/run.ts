@@ -7,7 +7,7 @@ import { formatDuration, parseDuration, parseSize } from '../core/sizes.ts';
 import { makeImageStore, shortId, type ImageManifest } from '../image/store.ts';
 import type { VmResult } from '../vm/driver.ts';
 import { makeQemuDriver } from '../vm/qemu-driver.ts';
-import { loadCommonConfig, loadVmConfig } from './config.ts';
+import { loadCommonConfig, loadVmConfig, remoteServer } from './config.ts';
 import { buildImage, hostArch } from './image.ts';
 import type { Output } from './output.ts';
 
@@ -108,6 +108,7 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
   } catch (e) {
     throw withExit(e, EXIT.kilnError);
   }
+  if (remoteServer()) return runOnServer(req, cfg.dataDir, o);
   const vmCfg = loadVmConfig();
   const driver = makeQemuDriver({ dataDir: cfg.dataDir, accel: vmCfg.accel, ...(vmCfg.bootTimeoutMs ? { bootTimeoutMs: vmCfg.bootTimeoutMs } : {}) });
   const store = makeImageStore(cfg.dataDir);
@@ -159,6 +160,45 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
     return exitCodeFor(result, req, o);
   } catch (e) {
     throw withExit(e, EXIT.kilnError);
+  }
+}
+
+/** With KILN_SERVER set, the job goes through the control plane's API and runs on one of its hosts. */
+async function runOnServer(req: RunRequest, dataDir: string, o: Output): Promise<number> {
+  const [{ clientFrom }, { submitAndFollow }] = await Promise.all([import('./fleet-client.ts'), import('./submit.ts')]);
+  const client = clientFrom({ dataDir });
+  const ac = new AbortController();
+  let signalled: NodeJS.Signals | undefined;
+  const onSignal = (sig: NodeJS.Signals) => {
+    signalled ??= sig;
+    ac.abort();
+  };
+  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+  for (const s of signals) process.on(s, onSignal);
+  try {
+    const r = await submitAndFollow(
+      client,
+      {
+        arch: req.arch,
+        cpus: req.cpus,
+        memory: req.memoryBytes,
+        disk: req.diskBytes,
+        timeout: req.timeoutMs,
+        command: req.command,
+        env: req.env,
+        network: req.network,
+        ...(req.cwd ? { cwd: req.cwd } : {}),
+        ...(req.image ? { image: req.image } : {}),
+      },
+      { stdout: process.stdout, stderr: process.stderr, signal: ac.signal, onSubmitted: (j) => o.info(`job ${j.id} queued on ${remoteServer()}`), note: (l) => o.info(l) },
+    );
+    if (signalled) {
+      o.info(`interrupted by ${signalled}: the job was cancelled`);
+      return signalled === 'SIGINT' ? EXIT.sigint : EXIT.sigterm;
+    }
+    return r.exitCode;
+  } finally {
+    for (const s of signals) process.off(s, onSignal);
   }
 }
 

@@ -27,6 +27,9 @@ import { hostRoutes } from './api/hosts.ts';
 import { jobRoutes } from './api/jobs.ts';
 import { openApiDocument, registerRoutes, type RouteDef } from './api/routes.ts';
 import { tokenRoutes } from './api/tokens.ts';
+import { makeGitHubClient, type GitHubApi } from './github/api.ts';
+import type { GitHubConfig } from './github/config.ts';
+import { makeGitHubService, type GitHubService } from './github/service.ts';
 
 export const KILN_VERSION = '0.1.0';
 
@@ -42,6 +45,8 @@ export interface MakeServerOptions {
   bodyLimit?: number;
   /** Leader sweep interval. */
   leaderIntervalMs?: number;
+  /** GitHub Actions (src/server/github); `api` replaces the HTTP client (tests point it at a double). */
+  github?: { config: GitHubConfig; api?: GitHubApi; pollMs?: number };
 }
 
 export interface KilnServer {
@@ -52,6 +57,7 @@ export interface KilnServer {
   readonly scheduler: Scheduler;
   readonly leader: Leader;
   readonly ctx: ServerContext;
+  readonly github: GitHubService | undefined;
   /** Set when this start created the first admin token (its secret, to show once). */
   readonly bootstrapSecret: string | undefined;
   listen(opts: { host: string; port: number }): Promise<string>;
@@ -111,6 +117,22 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   const gateway: AgentGateway = attachAgentGateway(app, { ctx, registry, logs, kick: () => scheduler.kick() });
   const apiDeps = { ctx, registry, kick: () => scheduler.kick(), stop: gateway.stop };
   const routes: RouteDef[] = [...jobRoutes(apiDeps), ...hostRoutes(apiDeps), ...tokenRoutes(apiDeps)];
+  const gh = o.github;
+  const github: GitHubService | undefined = gh
+    ? makeGitHubService({
+        ctx,
+        config: gh.config,
+        api: gh.api ?? makeGitHubClient({ apiUrl: gh.config.apiUrl, appId: gh.config.appId, clientId: gh.config.clientId, privateKey: gh.config.privateKey.reveal(), log }),
+        isLeader: () => leader.isLeader(),
+        kick: () => scheduler.kick(),
+        stop: gateway.stop,
+        ...(gh.pollMs !== undefined ? { pollMs: gh.pollMs } : {}),
+      })
+    : undefined;
+  if (github) {
+    await github.register(app);
+    routes.push(...github.routes);
+  }
   registerRoutes(app, ctx, routes);
   const openapi = openApiDocument(routes, KILN_VERSION);
   app.get('/openapi.json', async () => openapi);
@@ -129,17 +151,20 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
     scheduler,
     leader,
     ctx,
+    github,
     bootstrapSecret,
     async listen({ host, port }) {
       const addr = await app.listen({ host, port });
       url = addr.replace('[::1]', '127.0.0.1');
       scheduler.start();
       leader.start();
+      github?.start();
       log.info({ url }, 'kiln server listening');
       return url;
     },
     close() {
       closing ??= (async () => {
+        await github?.stop();
         await scheduler.stop();
         await leader.stop();
         await gateway.close();

@@ -1,6 +1,116 @@
 -- kiln database schema, generated from src/store/migrations by src/store/schema-snapshot.ts.
 -- Do not edit. After adding a migration: KILN_UPDATE_SCHEMA_SNAPSHOT=1 node scripts/test.mjs schema-snapshot
 
+TABLE github_deliveries
+  delivery_id text NOT NULL
+  event text NOT NULL
+  action text
+  hook_id text
+  payload jsonb NOT NULL
+  status text NOT NULL DEFAULT 'pending'::text
+  outcome text
+  received_at timestamp with time zone NOT NULL DEFAULT now()
+  processed_at timestamp with time zone
+  CONSTRAINT github_deliveries_pkey PRIMARY KEY (delivery_id)
+  CONSTRAINT github_deliveries_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'done'::text, 'failed'::text])))
+  CREATE INDEX github_deliveries_pending ON github_deliveries USING btree (received_at) WHERE (status = 'pending'::text)
+  CREATE UNIQUE INDEX github_deliveries_pkey ON github_deliveries USING btree (delivery_id)
+
+TABLE github_job_actions
+  job_id bigint NOT NULL
+  run_attempt integer NOT NULL
+  action text NOT NULL
+  delivery_id text NOT NULL
+  at timestamp with time zone NOT NULL DEFAULT now()
+  CONSTRAINT github_job_actions_pkey PRIMARY KEY (job_id, run_attempt, action)
+  CREATE UNIQUE INDEX github_job_actions_pkey ON github_job_actions USING btree (job_id, run_attempt, action)
+
+TABLE github_jobs
+  job_id bigint NOT NULL
+  run_attempt integer NOT NULL
+  run_id bigint NOT NULL
+  repo text NOT NULL
+  owner text NOT NULL
+  owner_type text NOT NULL
+  private boolean NOT NULL
+  installation_id bigint
+  labels jsonb NOT NULL DEFAULT '[]'::jsonb
+  demand_key text
+  state text NOT NULL
+  decision text NOT NULL
+  reason_code text
+  reason text
+  checked_at timestamp with time zone
+  failures integer NOT NULL DEFAULT 0
+  next_attempt_at timestamp with time zone
+  runner_name text
+  conclusion text
+  workflow text
+  head_branch text
+  sender text
+  org text
+  queued_at timestamp with time zone
+  started_at timestamp with time zone
+  completed_at timestamp with time zone
+  created_at timestamp with time zone NOT NULL DEFAULT now()
+  updated_at timestamp with time zone NOT NULL DEFAULT now()
+  CONSTRAINT github_jobs_decision_check CHECK ((decision = ANY (ARRAY['pending'::text, 'accepted'::text, 'ignored'::text, 'refused'::text])))
+  CONSTRAINT github_jobs_pkey PRIMARY KEY (job_id, run_attempt)
+  CONSTRAINT github_jobs_state_check CHECK ((state = ANY (ARRAY['waiting'::text, 'queued'::text, 'in_progress'::text, 'completed'::text])))
+  CREATE INDEX github_jobs_demand ON github_jobs USING btree (demand_key, created_at) WHERE ((state = 'queued'::text) AND (decision = ANY (ARRAY['pending'::text, 'accepted'::text])))
+  CREATE UNIQUE INDEX github_jobs_pkey ON github_jobs USING btree (job_id, run_attempt)
+
+TABLE github_runners
+  id bigint NOT NULL DEFAULT nextval('github_runners_id_seq'::regclass)
+  name text NOT NULL
+  demand_key text NOT NULL
+  scope text NOT NULL
+  owner text NOT NULL
+  repo text
+  installation_id bigint NOT NULL
+  labels jsonb NOT NULL
+  for_job_id bigint
+  for_run_attempt integer
+  runner_id bigint
+  kiln_job_id bigint
+  state text NOT NULL
+  job_id bigint
+  run_attempt integer
+  surplus_since timestamp with time zone
+  last_error text
+  created_at timestamp with time zone NOT NULL DEFAULT now()
+  online_at timestamp with time zone
+  ended_at timestamp with time zone
+  CONSTRAINT github_runners_name_key UNIQUE (name)
+  CONSTRAINT github_runners_pkey PRIMARY KEY (id)
+  CONSTRAINT github_runners_scope_check CHECK ((scope = ANY (ARRAY['repo'::text, 'org'::text])))
+  CONSTRAINT github_runners_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'starting'::text, 'online'::text, 'busy'::text, 'stopping'::text, 'gone'::text])))
+  CREATE INDEX github_runners_kiln_job ON github_runners USING btree (kiln_job_id)
+  CREATE INDEX github_runners_live ON github_runners USING btree (demand_key) WHERE (state <> 'gone'::text)
+  CREATE UNIQUE INDEX github_runners_name_key ON github_runners USING btree (name)
+  CREATE UNIQUE INDEX github_runners_pkey ON github_runners USING btree (id)
+
+TABLE github_usage
+  job_id bigint NOT NULL
+  run_attempt integer NOT NULL
+  repo text NOT NULL
+  org text
+  sender text
+  labels jsonb NOT NULL DEFAULT '[]'::jsonb
+  workflow text
+  runner_name text
+  kiln_job_id bigint
+  host_id bigint
+  cpus integer
+  memory_bytes bigint
+  conclusion text
+  queued_at timestamp with time zone
+  started_at timestamp with time zone
+  completed_at timestamp with time zone
+  CONSTRAINT github_usage_pkey PRIMARY KEY (job_id, run_attempt)
+  CREATE UNIQUE INDEX github_usage_pkey ON github_usage USING btree (job_id, run_attempt)
+  CREATE INDEX github_usage_repo ON github_usage USING btree (repo, queued_at)
+
 TABLE hosts
   id bigint NOT NULL DEFAULT nextval('hosts_id_seq'::regclass)
   name text NOT NULL

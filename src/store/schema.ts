@@ -4,6 +4,7 @@
  * A migration that adds a table adds its row type here.
  */
 import type { ColumnType, Generated, Insertable, Selectable } from 'kysely';
+import type { GitHubTables } from './github-schema.ts';
 
 type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
 type NullableTimestamp = ColumnType<Date | null, Date | string | null | undefined, Date | string | null>;
@@ -105,7 +106,7 @@ export interface ServersTable {
   last_seen_at: Timestamp;
 }
 
-export interface Database {
+export interface Database extends GitHubTables {
   jobs: JobsTable;
   job_events: JobEventsTable;
   job_logs: JobLogsTable;

@@ -1,0 +1,90 @@
+/**
+ * Pure decisions about a GitHub job: is it kiln's (a kiln label is required: default labels alone never
+ * match), what machine it needs (the label grammar of src/core/requirements.ts), which runner labels and
+ * demand key serve it, whether its repository is allowed, whether a fork pull request may run, and the
+ * forward-only order of workflow_job actions.
+ */
+import { isKilnError } from '../../core/errors.ts';
+import { parseLabels, type Requirements } from '../../core/requirements.ts';
+
+export type LabelDecision =
+  | { kind: 'ignore' }
+  | { kind: 'refuse'; code: string; reason: string }
+  | { kind: 'accept'; requirements: Requirements; runnerLabels: string[]; labelKey: string };
+
+const isKilnLabel = (l: string): boolean => {
+  const x = l.trim().toLowerCase();
+  return x === 'kiln' || x.startsWith('kiln-');
+};
+
+/**
+ * Runner labels: GitHub's defaults for the arch plus every job label, so the runner is eligible for exactly
+ * the jobs that ask for this label set (GitHub matches job labels ⊆ runner labels, case-insensitively).
+ */
+export function classifyLabels(labels: readonly string[]): LabelDecision {
+  if (!labels.some(isKilnLabel)) return { kind: 'ignore' };
+  let requirements: Requirements;
+  try {
+    requirements = parseLabels(labels);
+  } catch (e) {
+    if (isKilnError(e)) return { kind: 'refuse', code: e.code, reason: e.message };
+    throw e;
+  }
+  const seen = new Map<string, string>();
+  for (const l of ['self-hosted', 'linux', requirements.arch === 'arm64' ? 'ARM64' : 'X64', ...labels.map((x) => x.trim())]) {
+    if (!seen.has(l.toLowerCase())) seen.set(l.toLowerCase(), l);
+  }
+  const runnerLabels = [...seen.values()];
+  const labelKey = [...seen.keys()].sort().join(',');
+  return { kind: 'accept', requirements, runnerLabels, labelKey };
+}
+
+/** Every job label is among the runner's labels, case-insensitively (GitHub's matching rule). */
+export function runnerMatches(jobLabels: readonly string[], runnerLabels: readonly string[]): boolean {
+  const have = new Set(runnerLabels.map((l) => l.toLowerCase()));
+  return jobLabels.every((l) => have.has(l.toLowerCase()));
+}
+
+/** `owner` or `owner/repo` entries; case-insensitive as GitHub names are. */
+export function listed(list: readonly string[], fullName: string): boolean {
+  const repo = fullName.toLowerCase();
+  const owner = repo.split('/')[0];
+  return list.some((a) => {
+    const x = a.toLowerCase();
+    return x === repo || x === owner || x === `${owner}/*`;
+  });
+}
+
+export type ForkDecision = { ok: true } | { ok: false; code: 'github.fork_pr'; reason: string };
+
+/**
+ * Fork pull requests on public repositories are refused unless the repository opts in: the run's head
+ * repository must be the repository itself. Private repositories cannot receive fork runs with secrets of
+ * their own, and are the owner's to decide, so they pass.
+ */
+export function forkDecision(o: { repo: string; isPrivate: boolean; headRepo: string | null | undefined; forkPrAllowed: readonly string[] }): ForkDecision {
+  if (o.isPrivate || listed(o.forkPrAllowed, o.repo)) return { ok: true };
+  if (o.headRepo && o.headRepo.toLowerCase() === o.repo.toLowerCase()) return { ok: true };
+  return {
+    ok: false,
+    code: 'github.fork_pr',
+    reason: `the run comes from ${o.headRepo ?? 'an unknown repository'}, a fork of the public repository ${o.repo}; fork pull requests are refused unless the repository is listed in github.forkPrAllowed`,
+  };
+}
+
+export const GH_JOB_STATES = ['waiting', 'queued', 'in_progress', 'completed'] as const;
+export type GhJobState = (typeof GH_JOB_STATES)[number];
+
+export function ghStateOfAction(action: string): GhJobState | undefined {
+  return (GH_JOB_STATES as readonly string[]).includes(action) ? (action as GhJobState) : undefined;
+}
+
+/** Forward-only: a state may only move to a later one; a late `queued` after `completed` is a no-op. */
+export function advances(from: GhJobState, to: GhJobState): boolean {
+  return GH_JOB_STATES.indexOf(to) > GH_JOB_STATES.indexOf(from);
+}
+
+/** Delay before provisioning attempt n+1 after n failures: exponential, capped. */
+export function backoffMs(failures: number, baseMs: number, maxMs: number): number {
+  return Math.min(maxMs, baseMs * 2 ** Math.max(0, failures - 1));
+}

@@ -117,6 +117,12 @@ export async function lockSchedulableHosts(tx: Tx, hostIds: number[], serverId: 
   return new Set(rows.map((r) => r.id));
 }
 
+export async function hostStates(db: Q, ids: number[]): Promise<{ id: number; state: HostState; cordoned: boolean; serverId: string | null }[]> {
+  if (ids.length === 0) return [];
+  const rows = await db.selectFrom('hosts').select(['id', 'state', 'cordoned', 'server_id']).where('id', 'in', ids).execute();
+  return rows.map((r) => ({ id: r.id, state: r.state as HostState, cordoned: r.cordoned, serverId: r.server_id }));
+}
+
 export async function listHosts(db: Q): Promise<Host[]> {
   return (await db.selectFrom('hosts').selectAll().orderBy('name').execute()).map(hostFromRow);
 }

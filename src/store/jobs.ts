@@ -48,37 +48,42 @@ export function jobFromRow(r: JobRow): Job {
 
 export async function insertJobs(db: Db, specs: JobSpec[]): Promise<Job[]> {
   if (specs.length === 0) return [];
-  return db.transaction().execute(async (tx) => {
-    const rows = await tx
-      .insertInto('jobs')
-      .values(
-        specs.map((s) => ({
-          tenant: s.tenant,
-          state: 'queued',
-          arch: s.requirements.arch,
-          cpus: s.requirements.cpus,
-          memory_bytes: s.requirements.memoryBytes,
-          disk_bytes: s.requirements.diskBytes,
-          host_labels: JSON.stringify(s.requirements.hostLabels),
-          labels: JSON.stringify(s.labels),
-          image: s.image,
-          command: JSON.stringify(s.command),
-          env: JSON.stringify(s.env),
-          cwd: s.cwd ?? null,
-          timeout_ms: s.timeoutMs,
-          network: s.network,
-          priority: s.priority,
-          submitted_by: s.submittedBy ?? null,
-        })),
+  const out: Job[] = [];
+  // One statement per 1,000 jobs: the jobs and their first transition are written together (atomically).
+  for (let i = 0; i < specs.length; i += 1000) {
+    const payload = JSON.stringify(
+      specs.slice(i, i + 1000).map((s) => ({
+        tenant: s.tenant,
+        arch: s.requirements.arch,
+        cpus: s.requirements.cpus,
+        memory_bytes: s.requirements.memoryBytes,
+        disk_bytes: s.requirements.diskBytes,
+        host_labels: s.requirements.hostLabels,
+        labels: s.labels,
+        image: s.image,
+        command: s.command,
+        env: s.env,
+        cwd: s.cwd ?? null,
+        timeout_ms: s.timeoutMs,
+        network: s.network,
+        priority: s.priority,
+        submitted_by: s.submittedBy ?? null,
+      })),
+    );
+    const r = await sql<JobRow>`
+      WITH ins AS (
+        INSERT INTO jobs (tenant, state, arch, cpus, memory_bytes, disk_bytes, host_labels, labels, image, command, env, cwd, timeout_ms, network, priority, submitted_by)
+        SELECT tenant, 'queued', arch, cpus, memory_bytes, disk_bytes, host_labels, labels, image, command, env, cwd, timeout_ms, network, priority, submitted_by
+        FROM jsonb_to_recordset(${payload}::jsonb) AS v(tenant text, arch text, cpus int, memory_bytes bigint, disk_bytes bigint, host_labels jsonb, labels jsonb,
+          image text, command jsonb, env jsonb, cwd text, timeout_ms int, network text, priority int, submitted_by bigint)
+        RETURNING *
+      ), ev AS (
+        INSERT INTO job_events (job_id, attempt, state) SELECT id, 1, 'queued' FROM ins
       )
-      .returningAll()
-      .execute();
-    await tx
-      .insertInto('job_events')
-      .values(rows.map((r) => ({ job_id: r.id, attempt: 1, state: 'queued', host_id: null, detail: null })))
-      .execute();
-    return rows.map(jobFromRow);
-  });
+      SELECT * FROM ins ORDER BY id`.execute(db);
+    out.push(...r.rows.map(jobFromRow));
+  }
+  return out;
 }
 
 export async function getJob(db: Q, id: number): Promise<Job | undefined> {
@@ -186,17 +191,16 @@ export async function setTenantLimit(db: Q, tenant: string, maxConcurrent: numbe
 export async function markPlaced(tx: Tx, placements: { jobId: number; hostId: number }[]): Promise<number[]> {
   if (placements.length === 0) return [];
   const payload = JSON.stringify(placements.map((p) => ({ id: p.jobId, host: p.hostId })));
-  const r = await sql<{ id: number; attempt: number; host_id: number }>`
-    UPDATE jobs SET state = 'placed', host_id = v.host, placed_at = now()
-    FROM jsonb_to_recordset(${payload}::jsonb) AS v(id bigint, host bigint)
-    WHERE jobs.id = v.id AND jobs.state = 'queued'
-    RETURNING jobs.id, jobs.attempt, jobs.host_id`.execute(tx);
-  if (r.rows.length > 0) {
-    await tx
-      .insertInto('job_events')
-      .values(r.rows.map((x) => ({ job_id: x.id, attempt: x.attempt, state: 'placed', host_id: x.host_id, detail: null })))
-      .execute();
-  }
+  const r = await sql<{ id: number }>`
+    WITH upd AS (
+      UPDATE jobs SET state = 'placed', host_id = v.host, placed_at = now()
+      FROM jsonb_to_recordset(${payload}::jsonb) AS v(id bigint, host bigint)
+      WHERE jobs.id = v.id AND jobs.state = 'queued'
+      RETURNING jobs.id, jobs.attempt, jobs.host_id
+    ), ev AS (
+      INSERT INTO job_events (job_id, attempt, state, host_id) SELECT id, attempt, 'placed', host_id FROM upd
+    )
+    SELECT id FROM upd`.execute(tx);
   return r.rows.map((x) => x.id);
 }
 
@@ -234,39 +238,45 @@ export async function transitionJob(
   event: JobEvent | ((current: Job) => { event: JobEvent; fields?: TransitionFields } | undefined),
   fields: TransitionFields = {},
 ): Promise<{ job: Job; from: JobState } | undefined> {
-  return db.transaction().execute(async (tx) => {
-    let q = tx.selectFrom('jobs').selectAll().where('id', '=', jobId).forUpdate();
+  // Optimistic: read, decide, then one statement that changes the row only if it is still in the state we
+  // read (and records the transition). A concurrent change makes it re-read; no explicit transaction.
+  for (let tries = 0; tries < 5; tries++) {
+    let q = db.selectFrom('jobs').selectAll().where('id', '=', jobId);
     if (attempt !== undefined) q = q.where('attempt', '=', attempt);
     const row = await q.executeTakeFirst();
     if (!row) return undefined;
     let ev: JobEvent;
+    let f = fields;
     if (typeof event === 'function') {
       const chosen = event(jobFromRow(row));
       if (!chosen) return undefined;
       ev = chosen.event;
-      fields = { ...fields, ...chosen.fields };
+      f = { ...fields, ...chosen.fields };
     } else ev = event;
-    if (!canTransition(row.state as JobState, ev)) return undefined;
     const from = row.state as JobState;
+    if (!canTransition(from, ev)) return undefined;
     const to = nextJobState(from, ev);
     const col = STATE_TIME[to];
-    const updated = await tx
-      .updateTable('jobs')
-      .set({
-        state: to,
-        ...(col ? { [col]: sql`now()` } : {}),
-        ...(fields.exitCode !== undefined ? { exit_code: fields.exitCode } : {}),
-        ...(fields.error ? { error_code: fields.error.code, error_message: fields.error.message.slice(0, 4000) } : {}),
-      })
-      .where('id', '=', jobId)
-      .returningAll()
-      .executeTakeFirstOrThrow();
-    await tx
-      .insertInto('job_events')
-      .values({ job_id: jobId, attempt: row.attempt, state: to, host_id: row.host_id, detail: fields.detail ?? null })
-      .execute();
-    return { job: jobFromRow(updated), from };
-  });
+    const r = await sql<JobRow>`
+      WITH upd AS (
+        UPDATE jobs SET state = ${to},
+          placed_at = ${col === 'placed_at' ? sql`now()` : sql`placed_at`},
+          booting_at = ${col === 'booting_at' ? sql`now()` : sql`booting_at`},
+          running_at = ${col === 'running_at' ? sql`now()` : sql`running_at`},
+          finished_at = ${col === 'finished_at' ? sql`now()` : sql`finished_at`},
+          exit_code = ${f.exitCode !== undefined ? f.exitCode : sql`exit_code`},
+          error_code = ${f.error ? f.error.code : sql`error_code`},
+          error_message = ${f.error ? f.error.message.slice(0, 4000) : sql`error_message`}
+        WHERE id = ${jobId} AND attempt = ${row.attempt} AND state = ${from} AND cancel_requested = ${row.cancel_requested}
+        RETURNING *
+      ), ev AS (
+        INSERT INTO job_events (job_id, attempt, state, host_id, detail) SELECT id, attempt, state, host_id, ${f.detail ?? null} FROM upd
+      )
+      SELECT * FROM upd`.execute(db);
+    const updated = r.rows[0];
+    if (updated) return { job: jobFromRow(updated), from };
+  }
+  return undefined;
 }
 
 /** Current state, attempt and cancel flag of jobs, for the replica that runs them. */

@@ -10,7 +10,7 @@ import type { Arch } from '../../core/arch.ts';
 import type { Job } from '../../core/job.ts';
 import { isTerminal } from '../../core/job-state.ts';
 import { claimQueuedJobs, jobStatuses, markPlaced, tenantUsage, type ClaimWindow } from '../../store/jobs.ts';
-import { lockSchedulableHosts } from '../../store/hosts.ts';
+import { hostStates, lockSchedulableHosts } from '../../store/hosts.ts';
 import type { ServerContext } from '../context.ts';
 import type { HostLink, HostRegistry } from '../host-registry.ts';
 import { placeJobs, type JobDemand } from './placement.ts';
@@ -66,7 +66,6 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
       if (jobs.length === 0) return { placed: [] as { job: Job; hostId: number }[], claimed: 0 };
       const usage = await tenantUsage(tx, [...new Set(jobs.map((j) => j.tenant))]);
       const room = new Map([...usage].map(([t, u]) => [t, Math.max(0, (u.limit ?? Infinity) - u.active)]));
-      const owned = await lockSchedulableHosts(tx, slots.map((s) => s.id), ctx.serverId);
       const demands: JobDemand[] = jobs.map((j) => ({
         id: j.id,
         tenant: j.tenant,
@@ -76,7 +75,17 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
         diskBytes: j.requirements.diskBytes,
         hostLabels: j.requirements.hostLabels,
       }));
-      const { placements } = placeJobs(slots.filter((s) => owned.has(s.id)), demands, room);
+      const planned = placeJobs(slots, demands, room).placements;
+      // Lock only the hosts the plan uses, and keep only placements on hosts this replica still owns and
+      // that still take jobs (another replica may have cordoned one); the rest stay queued for the next pass.
+      const owned = await lockSchedulableHosts(tx, [...new Set(planned.map((p) => p.hostId))], ctx.serverId);
+      for (const p of planned) {
+        if (owned.has(p.hostId)) continue;
+        const link = registry.get(p.hostId);
+        if (link) link.schedulable = false;
+        wanted = true;
+      }
+      const placements = planned.filter((p) => owned.has(p.hostId));
       const ok = new Set(await markPlaced(tx, placements));
       const byId = new Map(jobs.map((j) => [j.id, j]));
       return { placed: placements.filter((p) => ok.has(p.jobId)).map((p) => ({ job: byId.get(p.jobId)!, hostId: p.hostId })), claimed: jobs.length };
@@ -116,11 +125,27 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
     });
   }
 
+  /** Picks up drain/cordon changes made through other replicas. */
+  async function refreshHostFlags(): Promise<void> {
+    const ids = [...registry.links.keys()];
+    if (ids.length === 0) return;
+    let freed = false;
+    for (const h of await hostStates(ctx.store.db, ids)) {
+      const link = registry.get(h.id);
+      if (!link) continue;
+      const schedulable = h.state === 'online' && !h.cordoned && h.serverId === ctx.serverId;
+      if (schedulable && !link.schedulable) freed = true;
+      link.schedulable = schedulable;
+    }
+    if (freed) kick();
+  }
+
   /** Stops VMs whose jobs were cancelled, timed out or reassigned through another replica. */
   async function checkStops(): Promise<void> {
     if (stopPollBusy) return;
     stopPollBusy = true;
     try {
+      await refreshHostFlags();
       // Judge only what was active when the question was asked: jobs launched meanwhile are not in the answer.
       const asked: { link: HostLink; id: number; attempt: number }[] = [];
       for (const l of registry.links.values()) for (const [id, a] of l.active) asked.push({ link: l, id, attempt: a.attempt });

@@ -10,6 +10,7 @@ import { parseArch, type Arch } from '../core/arch.ts';
 import { KilnError } from '../core/errors.ts';
 import { parseDuration, parseSize } from '../core/sizes.ts';
 import { loadCommonConfig, type CommonConfig } from './config.ts';
+import { parseGitHubConfig, type GitHubConfig, type GitHubFileConfig } from '../server/github/config.ts';
 
 type Env = NodeJS.ProcessEnv;
 
@@ -19,6 +20,7 @@ export interface FileConfig {
   server?: { listen?: string; databaseUrl?: string; adminToken?: string; logLimit?: string | number; hostLostAfter?: string };
   agent?: { server?: string | string[]; token?: string; name?: string; labels?: string[]; cpus?: number; memory?: string; disk?: string; driver?: string; arch?: string };
   client?: { server?: string; token?: string };
+  github?: GitHubFileConfig;
 }
 
 export function readConfigFile(path: string | undefined): FileConfig {
@@ -74,6 +76,8 @@ export interface ServerConfig extends CommonConfig {
   adminToken: string | undefined;
   logLimitBytes: number;
   hostLostAfterMs: number;
+  /** GitHub App settings (KILN_GITHUB_* or the file's github: section); undefined when not configured. */
+  github: GitHubConfig | undefined;
 }
 
 export interface ServerFlags {
@@ -102,8 +106,9 @@ export function loadServerConfig(flags: ServerFlags, env: Env = process.env, fil
   const hostLostAfterMs = p.try(() => parseDuration(lostText, 'host lost-after')) ?? 30_000;
   const adminToken = first(env.KILN_ADMIN_TOKEN, file.server?.adminToken);
   if (adminToken !== undefined && adminToken.length < 16) p.list.push('KILN_ADMIN_TOKEN must be at least 16 characters');
+  const github = p.try(() => parseGitHubConfig(env, file.github));
   p.throwIfAny('server');
-  return { ...common, listen, databaseUrl, adminToken, logLimitBytes, hostLostAfterMs };
+  return { ...common, listen, databaseUrl, adminToken, logLimitBytes, hostLostAfterMs, github };
 }
 
 export interface AgentConfig extends CommonConfig {

@@ -9,7 +9,7 @@ import type { Command } from 'commander';
 import type { Logger } from 'pino';
 import { makeAgent, type Agent } from '../agent/agent.ts';
 import type { ImageResolver } from '../agent/images.ts';
-import { makeServer, type KilnServer } from '../server/server.ts';
+import { makeServer, type KilnServer, type MakeServerOptions } from '../server/server.ts';
 import { openStore } from '../store/store.ts';
 import { createToken, makeSecret } from '../store/tokens.ts';
 import type { VmDriver } from '../vm/driver.ts';
@@ -35,6 +35,7 @@ export interface UpOptions {
   /** Where to write the admin token on first start (kiln up); in-process runs keep it in memory. */
   bootstrapTokenFile?: string;
   adminToken?: string;
+  github?: MakeServerOptions['github'];
 }
 
 export interface UpHandle {
@@ -59,6 +60,7 @@ export async function startUp(o: UpOptions): Promise<UpHandle> {
       adminToken,
       ...(o.bootstrapTokenFile ? { bootstrapTokenFile: o.bootstrapTokenFile } : {}),
       options: { ...(o.logLimitBytes ? { logLimitBytes: o.logLimitBytes } : {}), pollMs: 500 },
+      ...(o.github ? { github: o.github } : {}),
     });
     const url = await server.listen({ host: o.host ?? '127.0.0.1', port: o.port ?? 0 });
     const { secret: agentToken } = await createToken(store.db, { name: 'local agent (kiln up)', role: 'agent' });
@@ -126,6 +128,7 @@ export function registerUp(program: Command, out: () => Output): void {
         bootstrapTokenFile: tokenFile,
         ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
         ...(flags.label ? { labels: flags.label } : {}),
+        ...(cfg.github ? { github: { config: cfg.github } } : {}),
       });
       o.info(`kiln is up at ${up.url} with one local agent (${driver.name} driver)`);
       if (up.server.bootstrapSecret) o.info(`first start: an admin token was written to ${tokenFile} (the CLI reads it from there)`);

@@ -24,12 +24,14 @@ import { connectHost, disconnectHost, touchHosts } from '../store/hosts.ts';
 import type { ServerContext } from './context.ts';
 import type { HostLink, HostRegistry } from './host-registry.ts';
 import type { LogWriter } from './log-writer.ts';
+import type { PhaseWriter } from './phase-writer.ts';
 import { errorBody } from './http-errors.ts';
 
 export interface GatewayDeps {
   ctx: ServerContext;
   registry: HostRegistry;
   logs: LogWriter;
+  phases: PhaseWriter;
   /** Something changed that may let the scheduler place more (capacity freed, host joined). */
   kick(): void;
 }
@@ -242,8 +244,8 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
     }
 
     async function phase(msg: AgentMessageOf<'job.phase'>): Promise<void> {
-      if (!link) return;
-      await applyPhase(link, msg.jobId, msg.attempt, msg.phase);
+      if (!link || link.active.get(msg.jobId)?.attempt !== msg.attempt) return;
+      deps.phases.push({ jobId: msg.jobId, attempt: msg.attempt, hostId: link.hostId, phase: msg.phase });
     }
 
     async function done(r: JobResultMsg): Promise<void> {
@@ -264,6 +266,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
   async function applyResult(l: HostLink, r: JobResultMsg): Promise<void> {
     // Everything the agent sent before the result is stored before the job is final, so a follower that
     // sees the final state has all the output.
+    await deps.phases.flush();
     await deps.logs.flush();
     const res = await transitionJob(ctx.store.db, r.jobId, r.attempt, (job) => (job.hostId === l.hostId ? resultEvent(r, job) : undefined));
     const held = l.active.get(r.jobId);

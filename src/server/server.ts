@@ -21,6 +21,7 @@ import { HostRegistry } from './host-registry.ts';
 import { errorBody } from './http-errors.ts';
 import { makeLeader, type Leader } from './leader.ts';
 import { makeLogWriter } from './log-writer.ts';
+import { makePhaseWriter } from './phase-writer.ts';
 import { makeMetrics } from './metrics.ts';
 import { makeScheduler, type Scheduler } from './scheduler/scheduler.ts';
 import { hostRoutes } from './api/hosts.ts';
@@ -114,7 +115,8 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   const registry = new HostRegistry();
   const scheduler = makeScheduler(ctx, registry);
   const logs = makeLogWriter(ctx);
-  const gateway: AgentGateway = attachAgentGateway(app, { ctx, registry, logs, kick: () => scheduler.kick() });
+  const phases = makePhaseWriter(ctx);
+  const gateway: AgentGateway = attachAgentGateway(app, { ctx, registry, logs, phases, kick: () => scheduler.kick() });
   const apiDeps = { ctx, registry, kick: () => scheduler.kick(), stop: gateway.stop };
   const routes: RouteDef[] = [...jobRoutes(apiDeps), ...hostRoutes(apiDeps), ...tokenRoutes(apiDeps)];
   const gh = o.github;
@@ -168,6 +170,7 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
         await scheduler.stop();
         await leader.stop();
         await gateway.close();
+        await phases.flush();
         await logs.close();
         await app.close();
       })();

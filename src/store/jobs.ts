@@ -410,3 +410,48 @@ export async function overdueJobs(db: Q, graceMs: number, limit = 500): Promise<
     tenant: x.tenant,
   }));
 }
+
+export interface PhaseUpdate {
+  jobId: number;
+  attempt: number;
+  hostId: number;
+  phase: 'booting' | 'running';
+}
+
+/**
+ * Applies many agent phase reports in one statement (they are the most frequent writes). Per job only the
+ * latest phase counts; a job that booted and started within one batch gets both transitions recorded.
+ * Legal source states come from the pure state machine. Returns the jobs that changed.
+ */
+export async function applyPhases(db: Q, updates: PhaseUpdate[]): Promise<{ job: Job; booted: boolean }[]> {
+  if (updates.length === 0) return [];
+  const latest = new Map<number, PhaseUpdate & { booted: boolean }>();
+  for (const u of updates) {
+    const prev = latest.get(u.jobId);
+    if (prev && prev.attempt === u.attempt && prev.phase === 'running') continue;
+    latest.set(u.jobId, { ...u, booted: prev?.attempt === u.attempt && prev.phase === 'booting' && u.phase === 'running' });
+  }
+  const payload = JSON.stringify([...latest.values()].map((u) => ({ id: u.jobId, attempt: u.attempt, host: u.hostId, phase: u.phase, booted: u.booted })));
+  const bootFrom = statesAccepting({ type: 'boot' });
+  const startFrom = statesAccepting({ type: 'start' });
+  const r = await sql<JobRow & { booted: boolean }>`
+    WITH v AS (
+      SELECT * FROM jsonb_to_recordset(${payload}::jsonb) AS v(id bigint, attempt int, host bigint, phase text, booted boolean)
+    ), upd AS (
+      UPDATE jobs j SET
+        state = v.phase,
+        booting_at = CASE WHEN v.phase = 'booting' OR v.booted THEN now() ELSE j.booting_at END,
+        running_at = CASE WHEN v.phase = 'running' THEN now() ELSE j.running_at END
+      FROM v
+      WHERE j.id = v.id AND j.attempt = v.attempt AND j.host_id = v.host
+        AND ((v.phase = 'booting' AND j.state = ANY(${sql.val(bootFrom)}::text[])) OR (v.phase = 'running' AND j.state = ANY(${sql.val(startFrom)}::text[])))
+      RETURNING j.*, v.booted
+    ), ev AS (
+      INSERT INTO job_events (job_id, attempt, state, host_id)
+      SELECT id, attempt, 'booting', host_id FROM upd WHERE booted
+      UNION ALL
+      SELECT id, attempt, state, host_id FROM upd
+    )
+    SELECT * FROM upd`.execute(db);
+  return r.rows.map((row) => ({ job: jobFromRow(row), booted: row.booted }));
+}

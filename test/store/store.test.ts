@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { storeKinds, makeTestStore } from './test-stores.ts';
 import type { Store } from '../../src/store/store.ts';
 import { migrate } from '../../src/store/store.ts';
-import { insertJobs, getJob, listJobs, claimQueuedJobs, markPlaced, transitionJob, jobTransitions, loseJob, requestCancel, tenantUsage, setTenantLimit, activeJobsOnHosts, countJobsByState } from '../../src/store/jobs.ts';
+import { insertJobs, getJob, listJobs, claimQueuedJobs, markPlaced, transitionJob, jobTransitions, loseJob, requestCancel, tenantUsage, applyPhases, setTenantLimit, activeJobsOnHosts, countJobsByState } from '../../src/store/jobs.ts';
 import { appendLogs, readLogs } from '../../src/store/logs.ts';
 import { connectHost, disconnectHost, lockSchedulableHosts, listHosts, updateHostFlags, findHost } from '../../src/store/hosts.ts';
 import { createToken, findTokenBySecret, revokeToken } from '../../src/store/tokens.ts';
@@ -93,6 +93,22 @@ for (const { kind, skip } of storeKinds()) {
       // placing already-placed jobs again changes nothing
       const again = await store.withTransaction((tx) => markPlaced(tx, x.map((jobId) => ({ jobId, hostId: host.id }))));
       assert.deepEqual(again, []);
+    });
+
+    void test('phases: batched, only from legal states, only from the job\'s host; both transitions kept', async () => {
+      const host = await connectHost(store.db, cap('t-phase'), 's1');
+      const [a, b] = await insertJobs(store.db, [spec({ tenant: 'ph' }), spec({ tenant: 'ph' })]);
+      assert.ok(a && b);
+      await store.withTransaction((tx) => markPlaced(tx, [{ jobId: a.id, hostId: host.id }, { jobId: b.id, hostId: host.id }]));
+      const changed = await applyPhases(store.db, [
+        { jobId: a.id, attempt: 1, hostId: host.id, phase: 'booting' },
+        { jobId: a.id, attempt: 1, hostId: host.id, phase: 'running' },
+        { jobId: b.id, attempt: 1, hostId: host.id + 1000, phase: 'running' },
+      ]);
+      assert.deepEqual(changed.map((c) => [c.job.id, c.job.state, c.booted]), [[a.id, 'running', true]]);
+      assert.deepEqual((await jobTransitions(store.db, a.id)).map((e) => e.state), ['queued', 'placed', 'booting', 'running']);
+      assert.equal((await getJob(store.db, b.id))?.state, 'placed');
+      assert.deepEqual(await applyPhases(store.db, [{ jobId: a.id, attempt: 1, hostId: host.id, phase: 'booting' }]), [], 'no going back');
     });
 
     void test('tenant limits are read under lock', async () => {

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { parseArch, archFromNode, type Arch } from '../core/arch.ts';
 import { KilnError } from '../core/errors.ts';
 import { formatSize } from '../core/sizes.ts';
+import { buildCiImage, CI_REPRODUCIBILITY_NOTE } from '../image/build-ci.ts';
 import { buildMinimalImage } from '../image/build-minimal.ts';
 import { makeImageStore, PROFILES, shortId, type ImageManifest, type ImageStore, type Profile } from '../image/store.ts';
 import { join } from 'node:path';
@@ -23,12 +24,15 @@ export function parseProfile(text: string): Profile {
 
 export async function buildImage(dataDir: string, store: ImageStore, arch: Arch, profile: Profile, out: Output): Promise<ImageManifest> {
   const started = Date.now();
-  if (profile !== 'minimal') {
-    throw new KilnError('image.profile_unavailable', `the ${profile} image profile is not available in this version`, { hint: 'use --profile minimal' });
-  }
-  const m = await buildMinimalImage({ arch, store, cacheDir: join(dataDir, 'cache'), progress: (l) => out.progress(l) });
+  const opts = { arch, store, cacheDir: join(dataDir, 'cache'), progress: (l: string) => out.progress(l) };
+  const m = profile === 'ci' ? await buildCiImage(opts) : await buildMinimalImage(opts);
   out.done();
-  out.info(`built ${profile} image ${shortId(m.digest)} for ${arch} (kernel ${m.kernelVersion}, ${formatSize(m.kernel.size + m.initrd.size)}) in ${((Date.now() - started) / 1000).toFixed(1)}s`);
+  const size = m.kernel.size + m.initrd.size + (m.rootDisk?.size ?? 0);
+  const parts = m.rootDisk
+    ? `kernel ${m.kernelVersion}, ${formatSize(size)}: root disk ${formatSize(m.rootDisk.size)} qcow2, ${m.packages.length} packages`
+    : `kernel ${m.kernelVersion}, ${formatSize(size)}`;
+  out.info(`built ${profile} image ${shortId(m.digest)} for ${arch} (${parts}) in ${((Date.now() - started) / 1000).toFixed(1)}s`);
+  if (profile === 'ci') out.info(`reproducibility: ${CI_REPRODUCIBILITY_NOTE}`);
   return m;
 }
 
@@ -38,7 +42,7 @@ export function registerImage(program: Command, out: () => Output): void {
     .command('build')
     .description('build a guest image from Debian packages (content-addressed: same inputs, same digest)')
     .option('--arch <arch>', 'guest architecture: amd64 or arm64 (default: the host)')
-    .option('--profile <profile>', 'image profile: minimal (kernel + busybox + kiln-init)', 'minimal')
+    .option('--profile <profile>', 'image profile: minimal (kernel + busybox + kiln-init) or ci (Debian with Docker, buildah, git, build-essential; needs root)', 'minimal')
     .option('--data-dir <dir>', 'kiln data directory (env KILN_DATA_DIR)')
     .action(async (o: { arch?: string; profile: string; dataDir?: string }) => {
       const cfg = loadCommonConfig(o);

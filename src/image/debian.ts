@@ -11,21 +11,39 @@ export interface CommandResult {
   stderr: string;
 }
 
-export function runCommand(cmd: string, args: string[], opts: { cwd?: string; onLine?: (line: string) => void } = {}): Promise<CommandResult> {
+export function runCommand(
+  cmd: string,
+  args: string[],
+  opts: { cwd?: string; onLine?: (line: string) => void; env?: NodeJS.ProcessEnv } = {},
+): Promise<CommandResult> {
   return new Promise((resolve, reject) => {
-    const p = spawn(cmd, args, { cwd: opts.cwd, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LC_ALL: 'C', DEBIAN_FRONTEND: 'noninteractive' } });
+    const p = spawn(cmd, args, {
+      cwd: opts.cwd,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, LC_ALL: 'C', DEBIAN_FRONTEND: 'noninteractive', ...opts.env },
+    });
     let stdout = '';
     let stderr = '';
-    let partial = '';
+    // Progress lines come from both streams (debootstrap reports on stderr); each keeps its own partial line.
+    const lines = () => {
+      let partial = '';
+      return (d: string) => {
+        if (!opts.onLine) return;
+        const ls = (partial + d).split(/\r?\n|\r/);
+        partial = ls.pop() ?? '';
+        for (const l of ls) if (l.trim()) opts.onLine(l.trim());
+      };
+    };
+    const outLines = lines();
+    const errLines = lines();
     p.stdout.setEncoding('utf8').on('data', (d: string) => {
       stdout += d;
-      if (opts.onLine) {
-        const lines = (partial + d).split(/\r?\n|\r/);
-        partial = lines.pop() ?? '';
-        for (const l of lines) if (l.trim()) opts.onLine(l.trim());
-      }
+      outLines(d);
     });
-    p.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    p.stderr.setEncoding('utf8').on('data', (d: string) => {
+      if (stderr.length < 1_000_000) stderr += d;
+      errLines(d);
+    });
     p.on('error', (e: NodeJS.ErrnoException) => {
       if (e.code === 'ENOENT') {
         reject(new KilnError('host.missing_command', `\`${cmd}\` is not installed`, { hint: 'run `kiln setup` to install what kiln needs' }));

@@ -15,6 +15,7 @@
  *   printargs                the arguments after `sh -c SCRIPT NAME`, one a line
  *   spew BYTES [stderr]      that many bytes of output, in 64 KiB chunks
  *   append FILE WORDS…       appends a line to a host file (tests use it to count real executions)
+ *   NAME ARGS…               a program the test registered in `programs` (e.g. a stand-in Actions runner)
  * Anything else prints `sh: NAME: not found` on stderr and stops with status 127, as a shell would.
  */
 import { appendFileSync, createReadStream, existsSync } from 'node:fs';
@@ -31,7 +32,12 @@ export interface MemoryDriverOptions {
   diskFreeBytes?: number;
   /** Simulated boot time (VMM start to guest init). Default 0. */
   bootMs?: number;
+  /** Extra guest programs, by name: tests stand in for software a real image would carry. */
+  programs?: Record<string, GuestProgram>;
 }
+
+/** A simulated guest program: resolves to its exit status; `signal` aborts when the VM is stopped. */
+export type GuestProgram = (p: { args: string[]; env: Record<string, string>; stdout(s: string): void; stderr(s: string): void; signal: AbortSignal }) => Promise<number>;
 
 const ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
 
@@ -70,7 +76,7 @@ export function makeMemoryDriver(opts: MemoryDriverOptions = {}): VmDriver {
       if (spec.image.arch !== spec.arch) throw new KilnError('image.wrong_arch', `image ${spec.image.digest} is for ${spec.image.arch}, not ${spec.arch}`);
       const t0 = performance.now();
       await verifyImage(spec);
-      const vm = runGuest(spec, out, opts.bootMs ?? 0, t0, () => vms.delete(spec.id));
+      const vm = runGuest(spec, out, opts.bootMs ?? 0, t0, () => vms.delete(spec.id), opts.programs ?? {});
       vms.set(spec.id, { arch: spec.arch, phase: vm.phase });
       return vm;
     },
@@ -94,7 +100,8 @@ async function verifyImage(spec: VmSpec): Promise<void> {
   }
 }
 
-function runGuest(spec: VmSpec, out: VmOutput, bootMs: number, t0: number, gone: () => void): RunningVm {
+function runGuest(spec: VmSpec, out: VmOutput, bootMs: number, t0: number, gone: () => void, programs: Record<string, GuestProgram>): RunningVm {
+  const abort = new AbortController();
   let phase: VmPhase = 'booting';
   let settle!: (r: VmResult) => void;
   const done = new Promise<VmResult>((r) => (settle = r));
@@ -122,6 +129,7 @@ function runGuest(spec: VmSpec, out: VmOutput, bootMs: number, t0: number, gone:
     if (stopped || phase === 'stopped') return;
     stopped = why;
     phase = 'stopping';
+    abort.abort();
     for (const w of [...wakers]) w();
   };
   const deadline = setTimeout(() => stop({ outcome: 'timed_out' }), spec.timeoutMs);
@@ -140,7 +148,7 @@ function runGuest(spec: VmSpec, out: VmOutput, bootMs: number, t0: number, gone:
     let status = 0;
     if (!stopped) {
       phase = 'running';
-      status = await interpret(spec, out, wait, () => stopped !== undefined);
+      status = await interpret(spec, out, wait, () => stopped !== undefined, programs, abort.signal);
     }
     tExit = performance.now();
     phase = 'stopping';
@@ -174,7 +182,14 @@ export function splitWords(statement: string): string[] {
   return words;
 }
 
-async function interpret(spec: VmSpec, out: VmOutput, wait: (ms: number) => Promise<void>, stopped: () => boolean): Promise<number> {
+async function interpret(
+  spec: VmSpec,
+  out: VmOutput,
+  wait: (ms: number) => Promise<void>,
+  stopped: () => boolean,
+  programs: Record<string, GuestProgram> = {},
+  signal: AbortSignal = new AbortController().signal,
+): Promise<number> {
   const argv = spec.job.command;
   const statements = argv[0] === 'sh' && argv[1] === '-c' ? (argv[2] ?? '').split(/[;\n]/).map(splitWords) : [argv];
   let status = 0;
@@ -262,9 +277,20 @@ async function interpret(spec: VmSpec, out: VmOutput, wait: (ms: number) => Prom
         status = 0;
         break;
       }
-      default:
-        emit('stderr', `sh: ${cmd}: not found\n`);
-        return 127;
+      default: {
+        const program = programs[cmd];
+        if (!program) {
+          emit('stderr', `sh: ${cmd}: not found\n`);
+          return 127;
+        }
+        try {
+          status = await program({ args, env: spec.job.env, stdout: (t) => emit('stdout', t), stderr: (t) => emit('stderr', t), signal });
+        } catch (e) {
+          emit('stderr', `${cmd}: ${(e as Error).message}\n`);
+          status = 1;
+        }
+        break;
+      }
     }
   }
   return status;

@@ -5,6 +5,7 @@ import { KilnError } from '../core/errors.ts';
 import { EXIT } from '../core/exit-codes.ts';
 import { formatDuration, parseDuration, parseSize } from '../core/sizes.ts';
 import { makeImageStore, shortId, type ImageManifest } from '../image/store.ts';
+import { assertHostPort } from '../oci/mirror-config.ts';
 import type { VmResult } from '../vm/driver.ts';
 import { makeQemuDriver } from '../vm/qemu-driver.ts';
 import { loadCommonConfig, loadVmConfig, remoteServer } from './config.ts';
@@ -21,6 +22,7 @@ interface RunFlags {
   image?: string;
   workdir?: string;
   network: string;
+  registryMirror?: string;
   verbose?: boolean;
   dataDir?: string;
 }
@@ -35,6 +37,7 @@ export interface RunRequest {
   image?: string;
   cwd?: string;
   network: 'none' | 'user';
+  registryMirror?: string;
   command: string[];
 }
 
@@ -51,6 +54,7 @@ export function parseRunFlags(flags: RunFlags, command: string[], defaultArch: A
   if (flags.network !== 'none' && flags.network !== 'user') {
     throw new KilnError('input.bad_network', `--network "${flags.network}" is not known`, { hint: 'use none (default: no route out) or user (outbound NAT)' });
   }
+  if (flags.registryMirror !== undefined) assertHostPort(flags.registryMirror, '--registry-mirror');
   if (command.length === 0) throw new KilnError('input.no_command', 'no command to run', { hint: 'put the command after --, e.g. `kiln run -- uname -a`' });
   return {
     arch: flags.arch ? parseArch(flags.arch) : defaultArch,
@@ -62,6 +66,7 @@ export function parseRunFlags(flags: RunFlags, command: string[], defaultArch: A
     ...(flags.image ? { image: flags.image } : {}),
     ...(flags.workdir ? { cwd: flags.workdir } : {}),
     network: flags.network,
+    ...(flags.registryMirror !== undefined ? { registryMirror: flags.registryMirror } : {}),
     command,
   };
 }
@@ -82,6 +87,7 @@ export function registerRun(program: Command, out: () => Output): void {
     .option('-w, --workdir <dir>', 'working directory in the guest', '/work')
     .option('--image <id>', 'guest image id (see `kiln image ls`) or profile name; default: the newest minimal image')
     .option('--network <mode>', 'none: no route out of the guest; user: outbound NAT', 'none')
+    .option('--registry-mirror <host:port>', 'registry mirror for Docker and buildah in the ci image, as the guest reaches it (e.g. 10.0.2.2:5000 with --network user)')
     .option('-v, --verbose', 'print a timing breakdown (prepare, boot, run, teardown)')
     .option('--data-dir <dir>', 'kiln data directory (env KILN_DATA_DIR)')
     .argument('[command...]', 'the command and its arguments')
@@ -139,6 +145,7 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
         job: { command: req.command, env: req.env, ...(req.cwd ? { cwd: req.cwd } : {}) },
         timeoutMs: req.timeoutMs,
         network: req.network,
+        ...(req.registryMirror ? { registryMirror: req.registryMirror } : {}),
       },
       { stdout: (c) => process.stdout.write(c), stderr: (c) => process.stderr.write(c) },
     );
@@ -231,6 +238,7 @@ function printTimings(o: Output, r: VmResult, image: string): void {
   const t = r.timings;
   const ms = (n: number) => `${Math.round(n)} ms`;
   o.info(`timings (image ${image}):`);
+  if (t.launchedAtMs !== undefined) o.info(`  start     ${ms(t.launchedAtMs - t.prepareMs)} (node start, config, image lookup)`);
   o.info(`  prepare   ${ms(t.prepareMs)}`);
   o.info(`  boot      ${ms(t.bootMs)}${t.guestUptimeAtInitMs !== undefined ? ` (guest uptime at init: ${ms(t.guestUptimeAtInitMs)})` : ''}`);
   o.info(`  run       ${ms(t.runMs)}`);

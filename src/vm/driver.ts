@@ -45,6 +45,11 @@ export interface VmSpec {
   network?: 'none' | 'user';
   /** Host TCP services exposed to the guest at fixed addresses (guest ip:port -> host 127.0.0.1:port). */
   forwards?: { guestAddr: string; guestPort: number; hostPort: number }[];
+  /**
+   * Registry mirror (host:port as the guest reaches it) for images that run Docker/buildah (the ci
+   * profile); passed as the kernel command-line word kiln.registry_mirror=<host:port>. Others ignore it.
+   */
+  registryMirror?: string;
 }
 
 export interface VmOutput {
@@ -57,6 +62,8 @@ export type VmPhase = 'preparing' | 'booting' | 'running' | 'stopping' | 'stoppe
 export interface VmTimings {
   /** Host-side work before the VMM starts (disks, cgroups, sockets). */
   prepareMs: number;
+  /** When the VMM was started, in ms since the owning process started (performance.now()). */
+  launchedAtMs?: number;
   /** VMM start to the guest init's first message. */
   bootMs: number;
   /** Guest's own uptime when its init answered, as the guest reports it. */

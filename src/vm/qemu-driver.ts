@@ -85,6 +85,9 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
     for (const k of Object.keys(spec.job.env)) {
       if (!isValidEnvName(k)) throw new KilnError('input.bad_env', `environment variable name "${k}" is not valid`, { hint: 'use letters, digits and _, not starting with a digit' });
     }
+    if (spec.registryMirror !== undefined && !/^[A-Za-z0-9.-]+:[0-9]{1,5}$/.test(spec.registryMirror)) {
+      throw new KilnError('input.bad_registry_mirror', `registry mirror "${spec.registryMirror}" is not host:port`, { hint: 'e.g. 10.0.2.2:5000 (the address as the guest reaches it)' });
+    }
     if (spec.job.command.length === 0 || spec.job.command[0] === '') {
       throw new KilnError('input.no_command', 'no command to run', { hint: 'put the command after --, e.g. `kiln run -- uname -a`' });
     }
@@ -186,7 +189,9 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
         memoryMiB: Math.ceil(spec.memoryBytes / MiB),
         kernel: spec.image.kernelPath,
         initrd: spec.image.initrdPath,
-        ...(spec.image.cmdline ? { cmdline: spec.image.cmdline } : {}),
+        ...(spec.image.cmdline || spec.registryMirror
+          ? { cmdline: [...(spec.image.cmdline ?? []), ...(spec.registryMirror ? [`kiln.registry_mirror=${spec.registryMirror}`] : [])] }
+          : {}),
         sockets: paths,
         consoleLog: join(vmDir, 'console.log'),
         pidFile: join(vmDir, 'qemu.pid'),
@@ -207,7 +212,7 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
 
     // ---- boot, run, teardown
     const proc = child;
-    const timings: VmTimings = { prepareMs: performance.now() - t0, bootMs: 0, runMs: 0, teardownMs: 0 };
+    const timings: VmTimings = { prepareMs: performance.now() - t0, launchedAtMs: performance.now(), bootMs: 0, runMs: 0, teardownMs: 0 };
     const tSpawn = performance.now();
     let tReady = 0;
     let tExit = 0;

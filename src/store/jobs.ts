@@ -132,7 +132,8 @@ export interface ClaimWindow {
 /**
  * Locks up to `limit` queued jobs that some free host could hold, skipping rows other replicas hold
  * (FOR UPDATE SKIP LOCKED). Order is fair across tenants: each tenant's oldest job first (round robin by
- * rank within tenant), then priority, then age.
+ * rank within tenant, counting what each tenant already runs; ties go to the tenant served longest ago),
+ * then priority, then age.
  */
 export async function claimQueuedJobs(tx: Tx, limit: number, windows: ClaimWindow[]): Promise<Job[]> {
   if (windows.length === 0 || limit <= 0) return [];
@@ -142,16 +143,23 @@ export async function claimQueuedJobs(tx: Tx, limit: number, windows: ClaimWindo
     ),
     sql` OR `,
   );
+  // rank = how many jobs the tenant would have running if this one started next: a tenant with jobs
+  // already running waits behind one with none, so a burst cannot starve a single job of another tenant.
   const r = await sql<JobRow & { rank: number }>`
+    WITH active AS (
+      SELECT tenant, count(*) AS n FROM jobs WHERE state IN ('placed','booting','running') GROUP BY tenant
+    )
     SELECT j.*, c.rank FROM jobs j
     JOIN (
-      SELECT id, row_number() OVER (PARTITION BY tenant ORDER BY priority DESC, id) AS rank, priority
-      FROM jobs WHERE state = 'queued' AND (${fits})
-      ORDER BY rank, priority DESC, id
+      SELECT q.id, row_number() OVER (PARTITION BY q.tenant ORDER BY q.priority DESC, q.id) + coalesce(a.n, 0) AS rank, q.priority,
+        t.last_placed_at AS served
+      FROM jobs q LEFT JOIN active a ON a.tenant = q.tenant LEFT JOIN tenants t ON t.name = q.tenant
+      WHERE q.state = 'queued' AND (${fits})
+      ORDER BY rank, served NULLS FIRST, priority DESC, id
       LIMIT ${limit * 2}
     ) c ON c.id = j.id
     WHERE j.state = 'queued'
-    ORDER BY c.rank, c.priority DESC, j.id
+    ORDER BY c.rank, c.served NULLS FIRST, c.priority DESC, j.id
     LIMIT ${limit}
     FOR UPDATE OF j SKIP LOCKED`.execute(tx);
   return r.rows.map(jobFromRow);
@@ -196,9 +204,12 @@ export async function markPlaced(tx: Tx, placements: { jobId: number; hostId: nu
       UPDATE jobs SET state = 'placed', host_id = v.host, placed_at = now()
       FROM jsonb_to_recordset(${payload}::jsonb) AS v(id bigint, host bigint)
       WHERE jobs.id = v.id AND jobs.state = 'queued'
-      RETURNING jobs.id, jobs.attempt, jobs.host_id
+      RETURNING jobs.id, jobs.attempt, jobs.host_id, jobs.tenant
     ), ev AS (
       INSERT INTO job_events (job_id, attempt, state, host_id) SELECT id, attempt, 'placed', host_id FROM upd
+    ), served AS (
+      INSERT INTO tenants (name, last_placed_at) SELECT DISTINCT tenant, now() FROM upd
+      ON CONFLICT (name) DO UPDATE SET last_placed_at = excluded.last_placed_at
     )
     SELECT id FROM upd`.execute(tx);
   return r.rows.map((x) => x.id);

@@ -225,6 +225,7 @@ TABLE servers
 TABLE tenants
   name text NOT NULL
   max_concurrent integer
+  last_placed_at timestamp with time zone
   CONSTRAINT tenants_max_concurrent_check CHECK (((max_concurrent IS NULL) OR (max_concurrent >= 0)))
   CONSTRAINT tenants_pkey PRIMARY KEY (name)
   CREATE UNIQUE INDEX tenants_pkey ON tenants USING btree (name)

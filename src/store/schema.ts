@@ -97,6 +97,7 @@ export interface TokensTable {
 export interface TenantsTable {
   name: string;
   max_concurrent: number | null;
+  last_placed_at: NullableTimestamp;
 }
 
 export interface ServersTable {

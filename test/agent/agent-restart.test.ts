@@ -5,7 +5,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import WebSocket from 'ws';
-import { startHarness } from '../server/harness.ts';
+import { startHarness, jobReaches } from '../server/harness.ts';
 import { spawnKiln, killAll } from './processes.ts';
 import { agentUrl } from '../../src/agent/agent.ts';
 import { loseJob } from '../../src/store/jobs.ts';
@@ -23,9 +23,9 @@ void test('agent SIGKILL mid-job, restart, reconcile: running work is lost, unst
     const agent = spawnKiln(agentArgs);
     await connected;
     const running = await h.client.request<Job>('POST', '/v1/jobs', { command: ['sleep', '30'], cpus: 1 });
-    await h.server.events.waitFor('job.state', (e) => e.job.id === running.id && e.to === 'running');
+    await jobReaches(h, running.id, ['running']);
     const booting = await h.client.request<Job>('POST', '/v1/jobs', { command: ['sh', '-c', 'echo again'], cpus: 1 });
-    await h.server.events.waitFor('job.state', (e) => e.job.id === booting.id && e.to === 'booting');
+    await jobReaches(h, booting.id, ['booting']);
 
     const offline = h.server.events.waitFor('host.disconnected', (e) => e.name === 'victim');
     await agent.kill('SIGKILL');
@@ -60,7 +60,7 @@ void test('on reconnect the server stops VMs it does not know about', async () =
   try {
     const agent = await h.addAgent('orphanage');
     const job = await h.client.request<Job>('POST', '/v1/jobs', { command: ['sleep', 'infinity'], cpus: 1 });
-    await h.server.events.waitFor('job.state', (e) => e.job.id === job.id && e.to === 'running');
+    await jobReaches(h, job.id, ['running']);
     // The server gives the job up while the agent is away (as the leader does for a host gone too long).
     const link = h.server.registry.get(job.hostId ?? (await h.client.request<Job>('GET', `/v1/jobs/${job.id}`)).hostId!);
     assert.ok(link);
@@ -83,7 +83,7 @@ void test('an agent that breaks the protocol is disconnected; accepted jobs are 
   try {
     await h.addAgent('good');
     const before = await h.client.request<Job>('POST', '/v1/jobs', { command: ['true'] });
-    await h.server.events.waitFor('job.state', (e) => e.job.id === before.id && e.to === 'succeeded');
+    await jobReaches(h, before.id, ['succeeded']);
     for (const bad of ['not json', JSON.stringify({ type: 'job.done', result: { jobId: 1 } }), JSON.stringify({ type: 'hello', protocol: 1, host: { name: 'x y' }, running: [], finished: [] })]) {
       const ws = new WebSocket(agentUrl(h.url), { headers: { authorization: `Bearer ${h.agentToken}` } });
       await once(ws, 'open');
@@ -97,7 +97,7 @@ void test('an agent that breaks the protocol is disconnected; accepted jobs are 
     const j = await h.client.request<Job>('GET', `/v1/jobs/${before.id}`);
     assert.equal(j.state, 'succeeded');
     const after = await h.client.request<Job>('POST', '/v1/jobs', { command: ['true'] });
-    await h.server.events.waitFor('job.state', (e) => e.job.id === after.id && e.to === 'succeeded');
+    await jobReaches(h, after.id, ['succeeded']);
   } finally {
     await h.close();
   }

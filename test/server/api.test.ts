@@ -2,7 +2,7 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { storeKinds } from '../store/test-stores.ts';
-import { startHarness, type Harness } from './harness.ts';
+import { startHarness, jobReaches, type Harness } from './harness.ts';
 import { makeApiClient } from '../../src/cli/api-client.ts';
 import { submitAndFollow } from '../../src/cli/submit.ts';
 import { Writable } from 'node:stream';
@@ -110,10 +110,9 @@ for (const { kind, skip } of storeKinds()) {
       const c1 = await h.client.request<Job>('POST', `/v1/jobs/${big.id}/cancel`);
       assert.equal(c1.state, 'cancelled');
       const running = await h.client.request<Job>('POST', '/v1/jobs', { command: ['sleep', 'infinity'], cpus: 1 });
-      await h.server.events.waitFor('job.state', (e) => e.job.id === running.id && e.to === 'running');
-      const done = h.server.events.waitFor('job.state', (e) => e.job.id === running.id && e.to === 'cancelled');
+      await jobReaches(h, running.id, ['running']);
       await h.client.request('POST', `/v1/jobs/${running.id}/cancel`);
-      await done;
+      await jobReaches(h, running.id, ['cancelled']);
     });
 
     void test('a job that runs past its timeout ends timed_out', async () => {
@@ -139,9 +138,8 @@ for (const { kind, skip } of storeKinds()) {
       const job = await h.client.request<Job>('POST', '/v1/jobs', { labels: ['kiln-arm64'], command: ['true'] });
       await h.server.scheduler.pass();
       assert.equal((await h.client.request<Job>('GET', `/v1/jobs/${job.id}`)).state, 'queued');
-      const done = h.server.events.waitFor('job.state', (e) => e.job.id === job.id && e.to === 'succeeded');
       await h.client.request('POST', '/v1/hosts/arm-1/uncordon');
-      await done;
+      await jobReaches(h, job.id, ['succeeded']);
       const api = (await (await fetch(`${h.url}/openapi.json`)).json()) as { openapi: string; paths: Record<string, unknown> };
       assert.equal(api.openapi, '3.1.0');
       assert.ok(api.paths['/v1/jobs/{id}/logs'] && api.paths['/v1/hosts/{ref}/drain']);

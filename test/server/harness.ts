@@ -9,6 +9,8 @@ import { createToken, makeSecret } from '../../src/store/tokens.ts';
 import { makeApiClient, type ApiClient } from '../../src/cli/api-client.ts';
 import { makeTestStore, type StoreKind } from '../store/test-stores.ts';
 import type { Store } from '../../src/store/store.ts';
+import type { Job } from '../../src/core/job.ts';
+import type { JobState } from '../../src/core/job-state.ts';
 
 export const quietLogger = () => pino({ level: process.env.KILN_TEST_LOG ?? 'silent' });
 
@@ -22,6 +24,28 @@ export interface Harness {
   agents: Agent[];
   addAgent(name: string, driver?: MemoryDriverOptions, more?: Partial<AgentOptions>): Promise<Agent>;
   close(): Promise<void>;
+}
+
+/** Resolves once the job is in one of `states` (checks after subscribing, so no event can slip by). */
+export async function jobReaches(h: Pick<Harness, 'server' | 'client'>, jobId: number, states: JobState[], timeoutMs = 20_000): Promise<Job> {
+  let resolveEv!: (j: Job) => void;
+  const viaEvent = new Promise<Job>((r) => (resolveEv = r));
+  const off = h.server.events.on('job.state', (e) => {
+    if (e.job.id === jobId && states.includes(e.to)) resolveEv(e.job);
+  });
+  try {
+    const now = await h.client.request<Job>('GET', `/v1/jobs/${jobId}`);
+    if (states.includes(now.state)) return now;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, rej) => (timer = setTimeout(() => rej(new Error(`job ${jobId} did not reach ${states.join('|')} in ${timeoutMs} ms`)), timeoutMs)));
+    try {
+      return await Promise.race([viaEvent, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  } finally {
+    off();
+  }
 }
 
 export async function startHarness(kind: StoreKind, options: Partial<ServerOptions> = {}): Promise<Harness> {

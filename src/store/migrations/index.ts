@@ -6,9 +6,11 @@
  */
 import type { Migration } from 'kysely';
 import * as m0001 from './0001-control-plane.ts';
+import * as m0002 from './0002-tenant-fairness.ts';
 import * as m0100 from './0100-github.ts';
 
 export const MIGRATIONS: Record<string, Migration> = {
   '0001-control-plane': m0001,
+  '0002-tenant-fairness': m0002,
   '0100-github': m0100,
 };

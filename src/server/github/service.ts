@@ -89,6 +89,9 @@ export interface GitHubService {
   resume(): void;
 }
 
+/** Milliseconds of a timestamp column (a Date from the driver, or its text), keeping the milliseconds. */
+const ms = (x: Date | string | null): number => (x === null ? 0 : new Date(x).getTime());
+
 const LIVE = ['pending', 'starting', 'online', 'busy', 'stopping'] as const;
 const AVAILABLE = ['pending', 'starting', 'online'] as const;
 const RUNNER_ENV = 'KILN_RUNNER_JITCONFIG';
@@ -459,7 +462,7 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
         const kj = r.kiln_job_id === null ? undefined : st.get(r.kiln_job_id);
         if (r.state === 'stopping') return retire(r, r.last_error ?? 'cleanup');
         if (kj && isTerminal(kj.state)) return retire(r, `its VM ended (${kj.state})`);
-        if (r.state === 'pending' && now() - Date.parse(String(r.created_at)) > 60_000 && r.runner_id === null) {
+        if (r.state === 'pending' && now() - ms(r.created_at) > 60_000 && r.runner_id === null) {
           // A pass died between persisting the name and registering: nothing on GitHub under this name yet
           // (or a 409 recovery handles it); let provisioning start over.
           return setRunner(r, 'gone', { last_error: 'registration interrupted' });
@@ -505,12 +508,12 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
         for (const r of runners) if (r.surplus_since) await db.updateTable('github_runners').set({ surplus_since: null }).where('id', '=', r.id).execute();
         continue;
       }
-      const order = [...runners].sort((a, b) => rank(a) - rank(b) || Date.parse(String(b.created_at)) - Date.parse(String(a.created_at)));
+      const order = [...runners].sort((a, b) => rank(a) - rank(b) || ms(b.created_at) - ms(a.created_at));
       for (const r of order.slice(0, surplus)) {
         await step(`retiring surplus runner ${r.name}`, async () => {
           if (r.state !== 'online') return retire(r, 'no queued job needs it any more');
           if (!r.surplus_since) return void (await db.updateTable('github_runners').set({ surplus_since: t }).where('id', '=', r.id).execute());
-          if (now() - Date.parse(String(r.surplus_since)) < config.idleGraceMs) return;
+          if (now() - ms(r.surplus_since) < config.idleGraceMs) return;
           const gh = r.runner_id === null ? null : await api.getRunner(runnerInst(r), scopeOf(r), r.runner_id);
           if (gh?.busy) return setRunner(r, 'busy');
           return retire(r, 'idle past the grace period with no queued job for it');
@@ -528,7 +531,7 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
         }
         if (claimed.has(`${j.job_id}/${j.run_attempt}`)) continue;
         await step(`provisioning a runner for GitHub job ${j.job_id}`, async () => {
-          if (!j.checked_at || now() - Date.parse(String(j.checked_at)) > 10_000) {
+          if (!j.checked_at || now() - ms(j.checked_at) > 10_000) {
             if (!(await stillQueued(j))) return;
           }
           need--;
@@ -643,7 +646,7 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
           return;
         }
         if (gh.busy) return retire(r, 'offline while busy (orphan)');
-        const since = Date.parse(String(r.online_at ?? r.created_at));
+        const since = ms(r.online_at ?? r.created_at);
         if (now() - since > config.bootTimeoutMs) {
           const neverOnline = r.state === 'starting';
           await retire(r, neverOnline ? 'the runner did not come online within the boot timeout' : 'the runner went offline');

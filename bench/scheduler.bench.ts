@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { createServer } from 'node:net';
 import { pino } from 'pino';
 import pg from 'pg';
+import { Agent as HttpAgent, setGlobalDispatcher } from 'undici';
 import { makeAgent, type Agent } from '../src/agent/agent.ts';
 import { memoryImageResolver } from '../src/agent/images.ts';
 import { makeMemoryDriver } from '../src/vm/memory-driver.ts';
@@ -264,10 +265,13 @@ async function runOne(kind: 'pglite' | 'postgres'): Promise<Record<string, numbe
   }
 }
 
+// Keep-alive connections, a bounded number of them: 200 jobs/s should not mean 200 new TCP connections/s.
+setGlobalDispatcher(new HttpAgent({ connections: 64, keepAliveTimeout: 30_000 }));
 spawnSync(process.execPath, ['scripts/build.mjs'], { stdio: 'inherit' });
 console.log(`machine: ${cpus()[0]?.model ?? '?'} × ${cpus().length} cores, ${(totalmem() / GiB).toFixed(0)} GiB, Node ${process.version}`);
 console.log(`targets: ≥ 5000 placements/s, p99 ≤ 50 ms, packing ≥ 0.97, RSS ≤ 300 MB`);
-const kinds: ('pglite' | 'postgres')[] = ['pglite', ...(pgUrl ? (['postgres'] as const) : [])];
+const only = process.env.BENCH_STORE;
+const kinds = (['pglite', ...(pgUrl ? (['postgres'] as const) : [])] as ('pglite' | 'postgres')[]).filter((k) => !only || k === only);
 if (!pgUrl) console.log('(PostgreSQL run skipped: set KILN_TEST_DATABASE_URL or KILN_BENCH_DATABASE_URL)');
 for (const k of kinds) {
   const r = await runOne(k);

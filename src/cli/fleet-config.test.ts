@@ -1,0 +1,41 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { loadAgentConfig, loadServerConfig, redact, parseListen } from './fleet-config.ts';
+import { isKilnError } from '../core/errors.ts';
+
+void test('server config: flag > env > file > default', () => {
+  const file = { server: { listen: '0.0.0.0:1000', logLimit: '1M' } };
+  const d = loadServerConfig({ dataDir: '/tmp/k' }, {}, {});
+  assert.deepEqual([d.listen, d.logLimitBytes, d.databaseUrl, d.hostLostAfterMs], [{ host: '127.0.0.1', port: 7370 }, 16 * 1024 ** 2, undefined, 30_000]);
+  assert.deepEqual(loadServerConfig({ dataDir: '/tmp/k' }, {}, file).listen, { host: '0.0.0.0', port: 1000 });
+  assert.deepEqual(loadServerConfig({ dataDir: '/tmp/k' }, { KILN_LISTEN: '2000' }, file).listen, { host: '127.0.0.1', port: 2000 });
+  assert.deepEqual(loadServerConfig({ dataDir: '/tmp/k', listen: '[::1]:3000' }, { KILN_LISTEN: '2000' }, file).listen, { host: '::1', port: 3000 });
+  assert.equal(loadServerConfig({ dataDir: '/tmp/k' }, {}, file).logLimitBytes, 1024 ** 2);
+  assert.equal(loadServerConfig({ dataDir: '/tmp/k' }, { KILN_DATABASE_URL: 'postgres://u:pw@h/db' }, {}).databaseUrl, 'postgres://u:pw@h/db');
+});
+
+void test('server config: every problem reported at once', () => {
+  assert.throws(
+    () => loadServerConfig({ dataDir: '/tmp/k', listen: 'nope', logLevel: 'loud' }, { KILN_DATABASE_URL: 'mysql://x', KILN_LOG_LIMIT: 'big', KILN_ADMIN_TOKEN: 'short' }, {}),
+    (e) => isKilnError(e, 'config.invalid') && /5 problem/.test(e.message) && /nope/.test(e.message) && /postgres:\/\//.test(e.message) && /big/.test(e.message) && /16 characters/.test(e.message) && /loud/.test(e.message),
+  );
+  assert.throws(() => parseListen('host:99999'));
+});
+
+void test('agent config: servers from flags or a comma list, problems together', () => {
+  const c = loadAgentConfig({ dataDir: '/tmp/k', label: ['gpu'] }, { KILN_SERVER: 'http://a:1, http://b:2', KILN_TOKEN: 'kiln_agt_x' }, {});
+  assert.deepEqual(c.servers, ['http://a:1', 'http://b:2']);
+  assert.deepEqual(c.labels, ['gpu']);
+  assert.equal(c.driver, 'qemu');
+  assert.throws(
+    () => loadAgentConfig({ dataDir: '/tmp/k', server: ['ftp://x'], name: 'bad name', driver: 'firecracker', arch: 'mips' }, {}, {}),
+    (e) => isKilnError(e, 'config.invalid') && /ftp:\/\/x/.test(e.message) && /join token/.test(e.message) && /bad name/.test(e.message) && /firecracker/.test(e.message) && /mips/.test(e.message),
+  );
+});
+
+void test('redact hides tokens and database passwords', () => {
+  const r = redact({ adminToken: 'kiln_api_secret', databaseUrl: 'postgres://kiln:hunter2@db:5432/kiln', listen: { host: 'h', port: 1 } });
+  assert.equal(r.adminToken, '[redacted]');
+  assert.equal(r.databaseUrl, 'postgres://kiln:[redacted]@db:5432/kiln');
+  assert.ok(!JSON.stringify(r).includes('hunter2') && !JSON.stringify(r).includes('kiln_api_secret'));
+});

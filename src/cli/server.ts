@@ -25,7 +25,7 @@ export function registerServer(program: Command, out: () => Output): void {
       const logger = makeLogger(cfg.logLevel);
       logger.info({ config: redact(cfg) }, 'kiln server starting');
       mkdirSync(cfg.dataDir, { recursive: true });
-      const store = await openStore(cfg.databaseUrl ? { databaseUrl: cfg.databaseUrl } : { dataDir: join(cfg.dataDir, 'db') });
+      const store = await openStore(cfg.databaseUrl ? { databaseUrl: cfg.databaseUrl, poolSize: 20 } : { dataDir: join(cfg.dataDir, 'db') });
       const tokenFile = join(cfg.dataDir, 'admin.token');
       const server = await makeServer({
         store,

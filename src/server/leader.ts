@@ -21,7 +21,7 @@ export function makeLeader(ctx: ServerContext, opts: { intervalMs?: number; url?
   const intervalMs = opts.intervalMs ?? 1000;
   let lock: { release(): Promise<void>; lost: Promise<void> } | undefined;
   let timer: NodeJS.Timeout | undefined;
-  let busy = false;
+  let busy: Promise<void> | undefined;
   let stopped = false;
   const log = ctx.log.child({ part: 'leader' });
 
@@ -45,9 +45,15 @@ export function makeLeader(ctx: ServerContext, opts: { intervalMs?: number; url?
     }
   }
 
-  async function tick(): Promise<void> {
-    if (busy || stopped) return;
-    busy = true;
+  function tick(): Promise<void> {
+    if (busy || stopped) return busy ?? Promise.resolve();
+    busy = tickOnce().finally(() => {
+      busy = undefined;
+    });
+    return busy;
+  }
+
+  async function tickOnce(): Promise<void> {
     try {
       await heartbeatServer(ctx.store.db, ctx.serverId, opts.url ?? null);
       if (!lock) {
@@ -66,8 +72,6 @@ export function makeLeader(ctx: ServerContext, opts: { intervalMs?: number; url?
       if (lock) await sweep();
     } catch (e) {
       log.warn({ err: e }, 'periodic work failed; retrying');
-    } finally {
-      busy = false;
     }
   }
 
@@ -81,7 +85,7 @@ export function makeLeader(ctx: ServerContext, opts: { intervalMs?: number; url?
     async stop() {
       stopped = true;
       clearInterval(timer);
-      while (busy) await new Promise((r) => setTimeout(r, 10));
+      await busy;
       await lock?.release();
       lock = undefined;
     },

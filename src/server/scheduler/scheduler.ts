@@ -49,6 +49,7 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
   const log = ctx.log.child({ part: 'scheduler' });
 
   async function pass(): Promise<number> {
+    const started = performance.now();
     const slots = registry.slots();
     if (slots.length === 0) return 0;
     const windows = new Map<Arch, ClaimWindow>();
@@ -102,7 +103,7 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
       ctx.events.emit('job.placed', { jobId: job.id, attempt: job.attempt, hostId, latencyMs });
     }
     ctx.metrics.placements.inc(placed.length);
-    if (placed.length > 0) log.debug({ placed: placed.length, claimed }, 'placed jobs');
+    if (placed.length > 0) log.debug({ placed: placed.length, claimed, ms: Math.round(performance.now() - started) }, 'placed jobs');
     // A full batch means more may be waiting.
     if (claimed >= ctx.options.batchSize && placed.length > 0) wanted = true;
     return placed.length;

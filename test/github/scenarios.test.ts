@@ -5,7 +5,8 @@
 import { describe, test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { isTerminal } from '../../src/core/job-state.ts';
-import { assertInvariants, runnerVms, startGitHubHarness, until, type GitHubHarness } from './support/harness.ts';
+import { assertInvariants, runnerVms, startGitHubHarness as startOn, until, type GitHubHarness } from './support/harness.ts';
+import { storeKinds, type StoreKind } from '../store/test-stores.ts';
 
 let h: GitHubHarness | undefined;
 afterEach(async () => {
@@ -20,7 +21,9 @@ const ghJob = async (x: GitHubHarness, id: number) => x.store.db.selectFrom('git
 const liveVms = async (x: GitHubHarness) => (await runnerVms(x)).filter((v) => !isTerminal(v.state));
 const settled = async (x: GitHubHarness) => (await liveVms(x)).length === 0 && [...x.double.runners.values()].filter((r) => r.name.startsWith('kiln-')).length === 0;
 
-void describe('GitHub scenarios', () => {
+for (const { kind, skip } of storeKinds()) {
+void describe(`GitHub scenarios (${kind})`, { skip }, () => {
+  const startGitHubHarness = (o: Parameters<typeof startOn>[0] = {}) => startOn({ kind: kind as StoreKind, ...o });
   void test('queued kiln job: a runner VM takes it, runs it, exits; the runner is deregistered; usage recorded', async () => {
     h = await startGitHubHarness();
     const job = await h.double.queueJob('acme/app', ['self-hosted', 'kiln-4cpu-8gb']);
@@ -228,3 +231,4 @@ void describe('GitHub scenarios', () => {
     assert.deepEqual(await assertInvariants(h), []);
   });
 });
+}

@@ -11,7 +11,7 @@ import { makeAgent, type Agent } from '../agent/agent.ts';
 import type { ImageResolver } from '../agent/images.ts';
 import { makeServer, type KilnServer, type MakeServerOptions } from '../server/server.ts';
 import { openStore } from '../store/store.ts';
-import { createToken, makeSecret } from '../store/tokens.ts';
+import { createToken, makeSecret, revokeToken } from '../store/tokens.ts';
 import type { VmDriver } from '../vm/driver.ts';
 import { loadServerConfig, redact, type ServerFlags } from './fleet-config.ts';
 import { makeDriverFor, makeLogger } from './fleet-wiring.ts';
@@ -53,15 +53,17 @@ export async function startUp(o: UpOptions): Promise<UpHandle> {
   let server: KilnServer | undefined;
   let agent: Agent | undefined;
   try {
-    const adminToken = o.adminToken ?? makeSecret('admin');
     server = await makeServer({
       store,
       logger: o.logger,
-      adminToken,
+      ...(o.adminToken ? { adminToken: o.adminToken } : {}),
       ...(o.bootstrapTokenFile ? { bootstrapTokenFile: o.bootstrapTokenFile } : {}),
       options: { ...(o.logLimitBytes ? { logLimitBytes: o.logLimitBytes } : {}), pollMs: 500 },
       ...(o.github ? { github: o.github } : {}),
     });
+    // The first-start token (if any) is written before this one exists; this one is for the caller.
+    const callerToken = o.adminToken ? undefined : await createToken(store.db, { name: 'kiln up (in-process caller)', role: 'admin', secret: makeSecret('admin') });
+    const adminToken = o.adminToken ?? callerToken!.secret;
     const url = await server.listen({ host: o.host ?? '127.0.0.1', port: o.port ?? 0 });
     const { secret: agentToken } = await createToken(store.db, { name: 'local agent (kiln up)', role: 'agent' });
     agent = makeAgent({
@@ -88,6 +90,8 @@ export async function startUp(o: UpOptions): Promise<UpHandle> {
         (closing ??= (async () => {
           await a.stop();
           await s.close();
+          // The caller's token lived in memory only; do not leave it valid in a persistent store.
+          if (callerToken) await revokeToken(store.db, callerToken.token.id).catch(() => undefined);
           await store.close();
         })()),
     };

@@ -1,0 +1,94 @@
+// The fleet commands through the real CLI: kiln up, tokens, hosts, jobs (submit, ls, logs -f, cancel),
+// and an agent with a bad token.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { spawnKiln, killAll, freePort } from '../agent/processes.ts';
+
+after(killAll);
+const root = fileURLToPath(new URL('../../', import.meta.url));
+
+function kiln(args: string[], env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], { cwd: root, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    p.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+void test('kiln up, then the fleet commands against it', { timeout: 180_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'kiln-cli-'));
+  try {
+    const port = await freePort();
+    const up = spawnKiln(['up', '--driver', 'memory', '--listen', `127.0.0.1:${port}`, '--data-dir', dir]);
+    await up.waitForOutput(/kiln is up at/);
+    const env = { KILN_SERVER: `http://127.0.0.1:${port}`, KILN_DATA_DIR: dir, KILN_TOKEN: '' };
+    assert.match(readFileSync(join(dir, 'admin.token'), 'utf8'), /^kiln_api_/);
+
+    let r = await kiln(['hosts', 'ls'], env);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /online/);
+
+    r = await kiln(['jobs', 'submit', '--', 'sh', '-c', 'echo out; echo err >&2; exit 7'], env);
+    assert.equal(r.code, 7, r.stderr);
+    assert.equal(r.stdout, 'out\n');
+    assert.match(r.stderr, /^err$/m);
+
+    r = await kiln(['jobs', 'submit', '--label', 'kiln-nope', '--', 'true'], env);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /unknown kiln label "kiln-nope"/);
+
+    r = await kiln(['jobs', 'submit', '--detach', '--', 'sh', '-c', 'sleep 0.3; echo late'], env);
+    assert.equal(r.code, 0, r.stderr);
+    const id = r.stdout.trim();
+    r = await kiln(['jobs', 'logs', '-f', id], env);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'late\n');
+
+    r = await kiln(['jobs', 'submit', '--detach', '--', 'sleep', 'infinity'], env);
+    const long = r.stdout.trim();
+    r = await kiln(['jobs', 'cancel', long], env);
+    assert.equal(r.code, 0, r.stderr);
+    r = await kiln(['jobs', 'logs', '-f', long], env);
+    assert.equal(r.code, 130, 'a cancelled job follows to exit code 130');
+
+    r = await kiln(['jobs', 'ls', '--state', 'succeeded,failed,cancelled'], env);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout.trim().split('\n').length, 4, r.stdout);
+
+    r = await kiln(['tokens', 'create', '--role', 'agent', '--name', 'x'], env);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout.trim(), /^kiln_agt_/);
+    r = await kiln(['tokens', 'create', '--role', 'read-only'], env);
+    const ro = r.stdout.trim();
+    r = await kiln(['jobs', 'submit', '--', 'true'], { ...env, KILN_TOKEN: ro });
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /read-only token may not/);
+
+    const host = (await kiln(['hosts', 'ls', '--json'], env)).stdout;
+    const name = (JSON.parse(host) as { name: string }[])[0]!.name;
+    for (const verb of ['drain', 'uncordon', 'cordon', 'uncordon']) {
+      r = await kiln(['hosts', verb, name], env);
+      assert.equal(r.code, 0, r.stderr);
+    }
+    r = await kiln(['hosts', 'rm', name], env);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /host\.busy|is online/);
+
+    r = await kiln(['agent', '--server', env.KILN_SERVER, '--token', ro, '--driver', 'memory', '--name', 'intruder'], {});
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /refused this agent/);
+
+    await up.kill('SIGTERM');
+    assert.equal(up.proc.exitCode, 0, up.output());
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -94,6 +94,12 @@ void test('an agent that breaks the protocol is disconnected; accepted jobs are 
       assert.equal(code, 1008);
       assert.match(msgs[0] ?? '', /"type":"error","code":"protocol\./);
     }
+    // an oversized message is refused by the WebSocket layer itself (1009: message too big)
+    const big = new WebSocket(agentUrl(h.url), { headers: { authorization: `Bearer ${h.agentToken}` } });
+    await once(big, 'open');
+    big.send(JSON.stringify({ type: 'hello', pad: 'x'.repeat(2 * 1024 * 1024) }));
+    const [bigCode] = (await once(big, 'close')) as [number];
+    assert.equal(bigCode, 1009);
     const j = await h.client.request<Job>('GET', `/v1/jobs/${before.id}`);
     assert.equal(j.state, 'succeeded');
     const after = await h.client.request<Job>('POST', '/v1/jobs', { command: ['true'] });

@@ -221,6 +221,31 @@ void describe(`GitHub scenarios (${kind})`, { skip }, () => {
     assert.deepEqual(await assertInvariants(h), []);
   });
 
+  void test('VM lost while its runner is busy: DELETE answers 422 until GitHub lets go, then the registration goes', async () => {
+    h = await startGitHubHarness({ jobMs: 60_000 });
+    const job = await h.double.queueJob('acme/app', ['kiln']);
+    await until('the runner is busy with the job', () => h!.double.jobs.get(job.id)?.status === 'in_progress');
+    const [vm] = await liveVms(h);
+    await h.client.request('POST', `/v1/jobs/${vm!.id}/cancel`);
+    await until('kiln tried to remove the busy runner', () => h!.double.calls.some((c) => c.method === 'DELETE' && c.status === 422));
+    assert.equal([...h.double.runners.values()].filter((r) => r.name.startsWith('kiln-')).length, 1, 'still registered while busy');
+    await h.double.failJob(job.id);
+    await until('the registration is removed', () => settled(h!));
+    assert.ok(h.double.calls.some((c) => c.method === 'DELETE' && c.status === 204));
+    assert.deepEqual(await assertInvariants(h), []);
+  });
+
+  void test('the JIT config is a credential: the jobs API never serves it back', async () => {
+    h = await startGitHubHarness({ agent: false });
+    await h.double.queueJob('acme/app', ['kiln']);
+    await until('a runner VM is queued', async () => (await runnerVms(h!)).length === 1);
+    const [vm] = await runnerVms(h);
+    const one = await h.client.request<{ env: Record<string, string> }>('GET', `/v1/jobs/${vm!.id}`);
+    assert.equal(one.env.KILN_RUNNER_JITCONFIG, '[redacted]');
+    const list = await h.client.request<{ jobs: { id: number; env?: Record<string, string> }[] }>('GET', '/v1/jobs');
+    assert.ok(list.jobs.every((j) => j.env?.KILN_RUNNER_JITCONFIG === undefined || j.env.KILN_RUNNER_JITCONFIG === '[redacted]'));
+  });
+
   void test('capacity full: jobs wait and run when capacity frees', async () => {
     h = await startGitHubHarness({ config: { maxRunners: 1 } });
     const a = await h.double.queueJob('acme/app', ['kiln']);

@@ -94,8 +94,12 @@ export function resolveSubmission(body: JobSubmit, token: Pick<Token, 'id' | 'ro
   };
 }
 
+/** Env values that are credentials (a GitHub runner's JIT config) are never served back by the API. */
+const SECRET_ENV = new Set(['KILN_RUNNER_JITCONFIG']);
+
 export function jobJson(j: Job): Job {
-  return j;
+  if (!Object.keys(j.env).some((k) => SECRET_ENV.has(k))) return j;
+  return { ...j, env: Object.fromEntries(Object.entries(j.env).map(([k, v]) => [k, SECRET_ENV.has(k) ? '[redacted]' : v])) };
 }
 
 export function jobRoutes(deps: ApiDeps): RouteDef[] {
@@ -172,13 +176,15 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
         const bad = states?.filter((s) => !JOB_STATE_LIST.includes(s as JobState));
         if (bad && bad.length > 0) throw new KilnError('request.bad_state', `unknown job state ${bad.join(', ')}`, { hint: `states: ${JOB_STATE_LIST.join(', ')}` });
         return {
-          jobs: await listJobs(db, {
+          jobs: (
+            await listJobs(db, {
             ...(states ? { states: states as JobState[] } : {}),
             ...(q.tenant !== undefined ? { tenant: q.tenant } : {}),
             ...(q.host !== undefined ? { hostId: q.host } : {}),
             ...(q.before !== undefined ? { beforeId: q.before } : {}),
-            limit: q.limit ?? 100,
-          }),
+              limit: q.limit ?? 100,
+            })
+          ).map(jobJson),
         };
       },
     },
@@ -192,7 +198,7 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
       async handler(req) {
         const { id } = req.params as { id: number };
         const job = await need(id);
-        return { ...job, transitions: await jobTransitions(db, id) };
+        return { ...jobJson(job), transitions: await jobTransitions(db, id) };
       },
     },
     {
@@ -208,7 +214,7 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
         if (!r) throw new KilnError('job.not_found', `job ${id} does not exist`);
         if (r.job.state === 'cancelled' && r.stopHost === null) ctx.events.emit('job.state', { job: r.job, from: 'queued', to: 'cancelled' });
         if (r.stopHost !== null) deps.stop(r.stopHost, r.job.id, r.job.attempt, 'cancelled');
-        return r.job;
+        return jobJson(r.job);
       },
     },
     {

@@ -113,6 +113,7 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
   let lastReconcile = 0;
   let lastRedeliver = 0;
   const redelivered = new Map<string, number>();
+  const stopTried = new Map<number, number>();
 
   // ---- intake --------------------------------------------------------------------------------------
   async function register(app: FastifyInstance): Promise<void> {
@@ -450,6 +451,7 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
       }
     }
     await setRunner({ ...r, state: 'stopping' }, 'gone');
+    stopTried.delete(r.id);
   }
 
   /** VMs that ended take their runner with them; runners that are gone take their VM with them. */
@@ -460,7 +462,12 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
     for (const r of rows) {
       await step(`cleaning up runner ${r.name}`, async () => {
         const kj = r.kiln_job_id === null ? undefined : st.get(r.kiln_job_id);
-        if (r.state === 'stopping') return retire(r, r.last_error ?? 'cleanup');
+        if (r.state === 'stopping') {
+          // A busy registration (422) is retried at the reconciler's pace, not on every pass.
+          if (now() - (stopTried.get(r.id) ?? 0) < config.reconcileMs) return;
+          stopTried.set(r.id, now());
+          return retire(r, r.last_error ?? 'cleanup');
+        }
         if (kj && isTerminal(kj.state)) return retire(r, `its VM ended (${kj.state})`);
         if (r.state === 'pending' && now() - ms(r.created_at) > 60_000 && r.runner_id === null) {
           // A pass died between persisting the name and registering: nothing on GitHub under this name yet

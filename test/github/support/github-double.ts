@@ -159,6 +159,15 @@ export class GitHubDouble {
     this.#wake();
   }
 
+  /** GitHub gives up on a running job (its runner died): the job fails, the runner is no longer busy. */
+  async failJob(jobId: number): Promise<void> {
+    const j = this.#job(jobId);
+    j.status = 'completed';
+    j.conclusion = 'failure';
+    for (const r of this.runners.values()) if (r.jobId === jobId) r.busy = false;
+    await this.sendWebhook(j, 'completed');
+  }
+
   /** The registration disappears on GitHub (the VM keeps running). */
   vanishRunner(id: number): void {
     this.runners.delete(id);

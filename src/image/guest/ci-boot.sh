@@ -40,7 +40,7 @@ if [ -n "$mirror" ] && [ -d /etc/kiln/mirror ]; then
   (cd /etc/kiln/mirror && find . -type f) | while read -r f; do
     t=${f#.}
     mkdir -p "${t%/*}"
-    sed "s/@KILN_MIRROR@/$mirror/g" "/etc/kiln/mirror/$f" > "$t"
+    sed "s/kiln-mirror-placeholder:65535/$mirror/g" "/etc/kiln/mirror/$f" > "$t"
   done
   step "ci-mirror $mirror"
 fi

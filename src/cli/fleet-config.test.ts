@@ -39,3 +39,15 @@ void test('redact hides tokens and database passwords', () => {
   assert.equal(r.databaseUrl, 'postgres://kiln:[redacted]@db:5432/kiln');
   assert.ok(!JSON.stringify(r).includes('hunter2') && !JSON.stringify(r).includes('kiln_api_secret'));
 });
+
+void test('exit codes of followed jobs', async () => {
+  const { exitCodeOf } = await import('./submit.ts');
+  const end = (state: string, exitCode: number | null, code?: string) => ({ state: state as never, exitCode, error: code ? { code, message: '' } : null, logTruncated: false });
+  assert.equal(exitCodeOf(end('succeeded', 0)), 0);
+  assert.equal(exitCodeOf(end('failed', 42)), 42);
+  assert.equal(exitCodeOf(end('failed', null, 'vm.boot_timeout')), 123);
+  assert.equal(exitCodeOf(end('failed', null, 'image.not_found')), 125);
+  assert.equal(exitCodeOf(end('timed_out', null)), 124);
+  assert.equal(exitCodeOf(end('cancelled', null)), 130);
+  assert.equal(exitCodeOf(end('lost', null)), 123);
+});

@@ -27,7 +27,9 @@ export function exitCodeOf(end: LogEnd): number {
     case 'succeeded':
       return 0;
     case 'failed':
-      return end.exitCode ?? EXIT.vmFailed;
+      if (end.exitCode !== null) return end.exitCode;
+      // The VM never ran the job: kiln's own problem on the host (image, size) or a VM that failed.
+      return /^(image|input|vm\.too_large|vm\.unsupported_arch|vm\.bad_id)/.test(end.error?.code ?? '') ? EXIT.kilnError : EXIT.vmFailed;
     case 'timed_out':
       return EXIT.timedOut;
     case 'cancelled':

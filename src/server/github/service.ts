@@ -348,8 +348,23 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
     const runner = e.runnerName ? await tx.selectFrom('github_runners').selectAll().where('name', '=', e.runnerName).executeTakeFirst() : undefined;
     const usage: Record<string, unknown> = { ...pickTimes({ ...(to === 'in_progress' ? { started_at: job.started_at } : { completed_at: job.completed_at, conclusion: e.conclusion }) }) };
     if (runner) {
-      if (to === 'in_progress' && (runner.state === 'starting' || runner.state === 'online' || runner.state === 'pending')) {
-        await tx.updateTable('github_runners').set({ state: 'busy', job_id: e.jobId, run_attempt: e.runAttempt, surplus_since: null }).where('id', '=', runner.id).execute();
+      if (to === 'in_progress' && (runner.for_job_id !== e.jobId || runner.for_run_attempt !== e.runAttempt)) {
+        // It took another job than the one it was started for (GitHub does not pin runners to jobs): it
+        // now stands for the job it took, and the runner that stood for that job, if any, stands for the
+        // one left behind, which stays in demand. (Also when this webhook arrives after the runner ended.)
+        await tx
+          .updateTable('github_runners')
+          .set({ for_job_id: runner.for_job_id, for_run_attempt: runner.for_run_attempt })
+          .where('for_job_id', '=', e.jobId)
+          .where('for_run_attempt', '=', e.runAttempt)
+          .where('state', 'in', [...AVAILABLE])
+          .where('id', '<>', runner.id)
+          .execute();
+        await tx.updateTable('github_runners').set({ for_job_id: e.jobId, for_run_attempt: e.runAttempt }).where('id', '=', runner.id).execute();
+      }
+      if (to === 'in_progress') await tx.updateTable('github_runners').set({ job_id: e.jobId, run_attempt: e.runAttempt }).where('id', '=', runner.id).execute();
+      if (to === 'in_progress' && (AVAILABLE as readonly string[]).includes(runner.state)) {
+        await tx.updateTable('github_runners').set({ state: 'busy', surplus_since: null }).where('id', '=', runner.id).execute();
         events.emit('runner.state', { name: runner.name, state: 'busy' });
       }
       usage.runner_name = runner.name;
@@ -438,18 +453,24 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
     if (r.stopHost !== null) d.stop(r.stopHost, r.job.id, r.job.attempt, reason);
   }
 
-  /** Takes a runner out: its VM is stopped, its registration deleted (404 is fine; busy: retried later). */
+  /**
+   * Takes a runner out: its registration first (so GitHub gives it no job meanwhile; 404 is fine), then its
+   * VM. A busy registration (422) means GitHub handed it a job just now: while its VM lives the runner is
+   * kept (busy); when the VM is already gone the removal is retried later.
+   */
   async function retire(r: GitHubRunnerRow, reason: string): Promise<void> {
     if (r.state !== 'stopping') await setRunner(r, 'stopping', { last_error: reason }, reason);
-    await cancelVm(r.kiln_job_id, reason);
     if (r.runner_id !== null) {
       try {
         await api.deleteRunner(runnerInst(r), scopeOf(r), r.runner_id);
       } catch (e) {
-        if (isKilnError(e, 'github.runner_busy')) return;
-        throw e;
+        if (!isKilnError(e, 'github.runner_busy')) throw e;
+        const vm = r.kiln_job_id === null ? undefined : await getJob(db, r.kiln_job_id);
+        if (vm && !isTerminal(vm.state) && !vm.cancelRequested) await setRunner({ ...r, state: 'stopping' }, 'busy', { last_error: null }, 'busy on GitHub; kept');
+        return;
       }
     }
+    await cancelVm(r.kiln_job_id, reason);
     await setRunner({ ...r, state: 'stopping' }, 'gone');
     stopTried.delete(r.id);
   }
@@ -504,6 +525,7 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
     for (const j of demand) if (j.demand_key) (byKey.get(j.demand_key) ?? byKey.set(j.demand_key, []).get(j.demand_key)!).push(j);
     const supply = new Map<string, GitHubRunnerRow[]>();
     for (const r of live) if ((AVAILABLE as readonly string[]).includes(r.state)) (supply.get(r.demand_key) ?? supply.set(r.demand_key, []).get(r.demand_key)!).push(r);
+    // Jobs an available runner already stands for; a busy runner stands for the job it took.
     const claimed = new Set(live.filter((r) => r.for_job_id !== null).map((r) => `${r.for_job_id}/${r.for_run_attempt}`));
     let budget = config.maxRunners - live.length;
 

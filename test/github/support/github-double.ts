@@ -68,6 +68,10 @@ interface Faults {
   neverConnect: boolean;
   /** Queued jobs are not offered to runners (they sit idle). */
   holdJobs: boolean;
+  /** Offer the newest matching job first (so a runner takes another job than the one it was made for). */
+  newestFirst: boolean;
+  /** Runners (by name) that are offered no job for now. */
+  heldRunners: Set<string>;
 }
 
 export class GitHubDouble {
@@ -80,7 +84,7 @@ export class GitHubDouble {
   readonly deliveries: DoubleDelivery[] = [];
   /** Installation ids that went stale (the App was reinstalled): old → current. */
   readonly staleInstallations = new Map<number, number>();
-  readonly faults: Faults = { jitConflict: 0, fail: [], neverConnect: false, holdJobs: false };
+  readonly faults: Faults = { jitConflict: 0, fail: [], neverConnect: false, holdJobs: false, newestFirst: false, heldRunners: new Set() };
   /** Every runner name ever registered (to check uniqueness). */
   readonly registeredNames: string[] = [];
   readonly tokens = new Map<string, { installationId: number; expiresAt: number }>();
@@ -381,7 +385,7 @@ export class GitHubDouble {
       const deadline = Date.now() + 2000;
       while (!closed) {
         if (this.runners.get(r.id) !== r) return reply(200, { exit: 'removed' });
-        const job = this.faults.holdJobs ? undefined : this.#assignable(r);
+        const job = this.faults.holdJobs || this.faults.heldRunners.has(r.name) ? undefined : this.#assignable(r);
         if (job) {
           r.busy = true;
           r.jobId = job.id;
@@ -423,7 +427,9 @@ export class GitHubDouble {
 
   #assignable(r: DoubleRunner): DoubleJob | undefined {
     const have = new Set(r.labels.map((l) => l.toLowerCase()));
-    for (const j of this.jobs.values()) {
+    const jobs = [...this.jobs.values()];
+    if (this.faults.newestFirst) jobs.reverse();
+    for (const j of jobs) {
       if (j.status !== 'queued') continue;
       const inScope = r.scope.includes('/') ? j.repo.toLowerCase() === r.scope.toLowerCase() : j.repo.toLowerCase().startsWith(`${r.scope.toLowerCase()}/`);
       if (inScope && j.labels.every((l) => have.has(l.toLowerCase()))) return j;

@@ -93,7 +93,8 @@ function rss(pid: number): { rssMB: number; peakMB: number } {
 
 async function startServer(kind: 'pglite' | 'postgres', dir: string, admin: string, dbUrl?: string): Promise<{ proc: ChildProcess; url: string }> {
   const port = await freePort();
-  const proc = spawn(process.execPath, ['bin/kiln.js', 'server', '--listen', `127.0.0.1:${port}`, '--data-dir', dir, '--log-level', process.env.BENCH_SERVER_LOG ?? 'warn'], {
+  const nodeArgs = process.env.BENCH_SERVER_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
+  const proc = spawn(process.execPath, [...nodeArgs, 'bin/kiln.js', 'server', '--listen', `127.0.0.1:${port}`, '--data-dir', dir, '--log-level', process.env.BENCH_SERVER_LOG ?? 'warn'], {
     env: { ...process.env, KILN_ADMIN_TOKEN: admin, ...(kind === 'postgres' && dbUrl ? { KILN_DATABASE_URL: dbUrl } : { KILN_DATABASE_URL: '' }) },
     stdio: ['ignore', 'ignore', 'pipe'],
   });

@@ -101,6 +101,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
     let queue: Promise<void> = Promise.resolve();
     let alive = true;
     let closed = false;
+    let helloSeen = false;
     const log = () => (link ? ctx.log.child({ hostId: link.hostId, host: link.name }) : ctx.log);
 
     const send = (m: ServerMessage) => {
@@ -132,8 +133,12 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
       try {
         if (isBinary) throw new KilnError('protocol.binary', 'agent messages are JSON text frames');
         msg = decoder.decode(data as Buffer);
-        if (!link && msg.type !== 'hello') throw new KilnError('protocol.no_hello', `the first message must be hello, not ${msg.type}`);
-        if (link && msg.type === 'hello') throw new KilnError('protocol.repeated_hello', 'hello may be sent once per connection');
+        if (!helloSeen && msg.type !== 'hello') throw new KilnError('protocol.no_hello', `the first message must be hello, not ${msg.type}`);
+        if (helloSeen && msg.type === 'hello') throw new KilnError('protocol.repeated_hello', 'hello may be sent once per connection');
+        if (msg.type === 'hello') helloSeen = true;
+        if (msg.type === 'hello' && msg.protocol !== PROTOCOL_VERSION) {
+          throw new KilnError('protocol.version', `agent speaks protocol ${msg.protocol}, the server ${PROTOCOL_VERSION}`, { hint: 'run the same kiln version on agents and servers' });
+        }
       } catch (e) {
         closed = true;
         reject(e);
@@ -183,9 +188,6 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
     }
 
     async function hello(msg: AgentMessageOf<'hello'>): Promise<void> {
-      if (msg.protocol !== PROTOCOL_VERSION) {
-        throw Object.assign(new KilnError('protocol.version', `agent speaks protocol ${msg.protocol}, the server ${PROTOCOL_VERSION}`), {});
-      }
       const host = await connectHost(ctx.store.db, msg.host, ctx.serverId);
       const hlog = ctx.log.child({ hostId: host.id, host: host.name });
       const l: HostLink = {

@@ -174,7 +174,8 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
     start() {
       stopped = false;
       poll = setInterval(kick, ctx.options.pollMs);
-      stopPoll = setInterval(() => void checkStops(), Math.max(ctx.options.pollMs * 2, 500));
+      // Local cancels stop VMs at once (the gateway); this catches changes made through other replicas.
+      stopPoll = setInterval(() => void checkStops(), Math.max(ctx.options.pollMs * 4, 1000));
       kick();
     },
     async stop() {

@@ -1,15 +1,19 @@
-/** Runs `fn` over `items` with at most `concurrency` in flight; results in input order; first error wins. */
+/**
+ * Runs `fn` over `items` with at most `concurrency` in flight; results in input order. After a failure no
+ * new item starts; once the in-flight ones settle, the failure of the earliest item is thrown, so the
+ * error a user sees does not depend on timing.
+ */
 export async function mapLimit<T, R>(items: readonly T[], concurrency: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
   const results = new Array<R>(items.length);
   let next = 0;
-  let failed: { e: unknown } | undefined;
+  let failed: { index: number; e: unknown } | undefined;
   const worker = async () => {
     while (next < items.length && !failed) {
       const i = next++;
       try {
         results[i] = await fn(items[i] as T, i);
       } catch (e) {
-        failed ??= { e };
+        if (!failed || i < failed.index) failed = { index: i, e };
       }
     }
   };

@@ -80,12 +80,21 @@ export function checkTarget(req: Pick<ManifestCreateRequest, 'target' | 'tags' |
 }
 
 export async function createManifest(req: ManifestCreateRequest, deps: ManifestCreateDeps): Promise<ManifestCreateResult> {
-  const emit = deps.onEvent ?? (() => undefined);
   const target = checkTarget(req);
   checkSourceRefs(req.sources, { target, allowCrossRegistry: req.allowCrossRegistry });
   // Check the target takes pushes while the sources resolve (a mirror answers 405, missing rights 401/403).
   const probe = req.dryRun ? undefined : deps.client.probePush(target.registry, target.repository);
   probe?.catch(() => undefined);
+  try {
+    return await composeAndPush(req, deps, target, probe);
+  } catch (e) {
+    await probe?.catch(() => undefined); // never leave the probe running behind an error
+    throw e;
+  }
+}
+
+async function composeAndPush(req: ManifestCreateRequest, deps: ManifestCreateDeps, target: ImageRef, probe: Promise<void> | undefined): Promise<ManifestCreateResult> {
+  const emit = deps.onEvent ?? (() => undefined);
   const sources = await resolveSources(deps.client, req.sources, {
     target,
     attestations: req.compose.attestations,

@@ -3,10 +3,12 @@
  * everything fetched, cross-repository mounts, chunked uploads, retries with backoff on 429/5xx and network
  * failures. One instance per command; close() releases its connections.
  *
- * Transport is Node's built-in fetch (no import cost at start-up, which matters for a CLI step that runs in
- * a few hundred milliseconds); undici's Agent is loaded only for hosts with a custom CA or skipped TLS checks.
+ * Transport is node:http/https with keep-alive agents (one per origin): already part of Node, so a CLI step
+ * that runs in a few hundred milliseconds pays no start-up cost for an HTTP library.
  */
 import { createHash } from 'node:crypto';
+import { Agent as HttpAgent, request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { Readable } from 'node:stream';
 import { KilnError } from '../core/errors.ts';
 import { challengeScopes, mergeScopes, parseChallenges, repositoryScope, type Credential, type CredentialSource } from './auth.ts';
@@ -36,6 +38,8 @@ export interface RegistryClientOptions {
   /** Called before each retry (the CLI shows it as progress). */
   onRetry?: (info: { method: string; url: string; attempt: number; delayMs: number; reason: string }) => void;
   userAgent?: string;
+  /** Socket inactivity limit per request (default 120 s); a timeout counts as a retryable network error. */
+  timeoutMs?: number;
 }
 
 export const DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024;
@@ -60,20 +64,22 @@ interface SendOptions {
 
 /** A response body: consumed as a Node stream, or drained so the connection is reused. */
 export class ResponseBody {
-  constructor(private readonly web: ReadableStream<Uint8Array> | null) {}
+  constructor(private readonly msg: IncomingMessage | undefined) {}
 
   node(): Readable {
-    return this.web ? Readable.fromWeb(this.web as import('node:stream/web').ReadableStream<Uint8Array>) : Readable.from([]);
+    return this.msg ?? Readable.from([]);
   }
 
   async dump(): Promise<void> {
-    if (!this.web) return;
-    try {
-      const reader = this.web.getReader();
-      for (;;) if ((await reader.read()).done) break;
-    } catch {
-      /* the connection is gone; nothing to drain */
-    }
+    const m = this.msg;
+    // Always read to the end (even a HEAD's empty body): only then does the socket go back to the pool.
+    if (!m || m.readableEnded || m.destroyed) return;
+    await new Promise<void>((resolve) => {
+      m.once('end', resolve);
+      m.once('close', resolve);
+      m.once('error', () => resolve());
+      m.resume();
+    });
   }
 }
 
@@ -82,10 +88,6 @@ export interface Response {
   headers: Record<string, string | undefined>;
   body: ResponseBody;
   url: URL;
-}
-
-interface TlsDispatcher {
-  close(): Promise<void>;
 }
 
 export interface RegistryErrorDetail {
@@ -153,7 +155,7 @@ export class RegistryClient {
   private readonly sleep: (ms: number) => Promise<void>;
   private readonly auth = new Map<string, AuthState>();
   private readonly tokens = new Map<string, { token: string; expires: number }>();
-  private readonly dispatchers = new Map<string, Promise<TlsDispatcher>>();
+  private readonly agents = new Map<string, HttpAgent>();
   readonly chunkSize: number;
   /** Counters for progress output, tests and the benchmark. */
   readonly stats = { requests: 0, chunksUploaded: 0 };
@@ -166,25 +168,47 @@ export class RegistryClient {
     this.chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
   }
 
+  private closed = false;
+
+  /** Ends every kept-alive connection; requests after this fail instead of opening new ones. */
   async close(): Promise<void> {
-    await Promise.all([...this.dispatchers.values()].map(async (d) => (await d).close()));
-    this.dispatchers.clear();
+    this.closed = true;
+    for (const a of this.agents.values()) a.destroy();
+    this.agents.clear();
   }
 
   baseUrl(registry: string): string {
     return `${schemeFor(registry, this.hosts)}://${apiHost(registry)}`;
   }
 
-  /** undici's Agent, only for hosts with TLS settings of their own (loaded on first use). */
-  private dispatcher(host: string): Promise<TlsDispatcher> | undefined {
-    const c = this.hosts[host];
-    if (!c?.ca && !c?.insecureSkipVerify) return undefined;
-    let d = this.dispatchers.get(host);
-    if (!d) {
-      d = import('undici').then(({ Agent }) => new Agent({ connect: { ...(c.ca ? { ca: c.ca } : {}), ...(c.insecureSkipVerify ? { rejectUnauthorized: false } : {}) } }));
-      this.dispatchers.set(host, d);
+  /** A keep-alive agent per origin; HTTPS ones carry the host's CA and verification settings. */
+  private agentFor(url: URL): HttpAgent {
+    if (this.closed) throw new KilnError('internal.client_closed', 'the registry client was used after close()', { kind: 'internal' });
+    const key = `${url.protocol}//${url.host}`;
+    let a = this.agents.get(key);
+    if (!a) {
+      const c = this.hosts[url.host];
+      a =
+        url.protocol === 'https:'
+          ? new HttpsAgent({ keepAlive: true, maxSockets: 16, ...(c?.ca ? { ca: c.ca } : {}), ...(c?.insecureSkipVerify ? { rejectUnauthorized: false } : {}) })
+          : new HttpAgent({ keepAlive: true, maxSockets: 16 });
+      this.agents.set(key, a);
     }
-    return d;
+    return a;
+  }
+
+  private exchange(method: string, url: URL, headers: Record<string, string>, body: Uint8Array | Readable | undefined): Promise<IncomingMessage> {
+    return new Promise((resolve, reject) => {
+      const h: OutgoingHttpHeaders = { ...headers };
+      if (body instanceof Uint8Array) h['content-length'] = String(body.byteLength);
+      const req = (url.protocol === 'https:' ? httpsRequest : httpRequest)(url, { method, headers: h, agent: this.agentFor(url) }, resolve);
+      req.on('error', reject);
+      req.setTimeout(this.opts.timeoutMs ?? 120_000, () => req.destroy(Object.assign(new Error(`no answer from ${url.host} in time`), { code: 'ETIMEDOUT' })));
+      if (body instanceof Readable) {
+        body.on('error', (e) => req.destroy(e));
+        body.pipe(req);
+      } else req.end(body === undefined || body.byteLength === 0 ? undefined : body);
+    });
   }
 
   // ---- auth ----
@@ -282,18 +306,11 @@ export class RegistryClient {
       let reason: string;
       let retryAfter: string | undefined;
       try {
-        const dispatcher = await this.dispatcher(url.host);
-        const init: RequestInit & { duplex?: 'half'; dispatcher?: unknown } = { method, headers, redirect: 'manual' };
-        if (body !== undefined) {
-          init.body = (body instanceof Readable ? Readable.toWeb(body) : body) as unknown as NonNullable<RequestInit['body']>;
-          if (body instanceof Readable) init.duplex = 'half';
-        }
-        if (dispatcher) init.dispatcher = dispatcher;
         this.stats.requests++;
-        const res = await fetch(url, init);
+        const res = await this.exchange(method, url, headers, body);
         const hdrs: Record<string, string | undefined> = {};
-        res.headers.forEach((v, k) => (hdrs[k] = v));
-        const r: Response = { status: res.status, headers: hdrs, body: new ResponseBody(res.body), url };
+        for (const [k, v] of Object.entries(res.headers)) hdrs[k] = Array.isArray(v) ? v.join(', ') : v;
+        const r: Response = { status: res.statusCode ?? 0, headers: hdrs, body: new ResponseBody(res), url };
         if (!RETRYABLE_STATUS.has(r.status) || attempt >= attempts) return r;
         retryAfter = header(r, 'retry-after');
         reason = `HTTP ${r.status}`;

@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { assertInvariants, runnerVms, startGitHubHarness, until } from './support/harness.ts';
+import { testDatabaseUrl } from '../store/test-stores.ts';
 import type { DoubleDelivery, DoubleJob } from './support/github-double.ts';
 
 function shuffle<T>(xs: T[], seed: number): T[] {
@@ -18,7 +19,8 @@ function shuffle<T>(xs: T[], seed: number): T[] {
 }
 
 test('2,000 shuffled deliveries with 10% duplicates: exactly the right VMs', { timeout: 240_000 }, async () => {
-  const h = await startGitHubHarness({ agent: false, config: { maxRunners: 1000, bootTimeoutMs: 600_000 } });
+  // PostgreSQL when there is one (CI), else the embedded store.
+  const h = await startGitHubHarness({ kind: testDatabaseUrl ? 'postgres' : 'pglite', agent: false, config: { maxRunners: 1000, bootTimeoutMs: 600_000 } });
   try {
     await h.server.github!.pause();
     const wanted: DoubleJob[] = [];

@@ -675,7 +675,10 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
           return;
         }
         if (gh.busy) return retire(r, 'offline while busy (orphan)');
-        const since = ms(r.online_at ?? r.created_at);
+        // The boot clock starts when the VM does: a runner VM still waiting for a host is not late.
+        const vm = r.kiln_job_id === null ? undefined : await getJob(db, r.kiln_job_id);
+        if (r.state === 'starting' && vm && (vm.state === 'queued' || vm.state === 'placed')) return;
+        const since = r.online_at ? ms(r.online_at) : ms(vm?.bootingAt ?? vm?.runningAt ?? r.created_at);
         if (now() - since > config.bootTimeoutMs) {
           const neverOnline = r.state === 'starting';
           await retire(r, neverOnline ? 'the runner did not come online within the boot timeout' : 'the runner went offline');

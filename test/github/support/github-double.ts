@@ -89,6 +89,8 @@ export class GitHubDouble {
   readonly registeredNames: string[] = [];
   readonly tokens = new Map<string, { installationId: number; expiresAt: number }>();
   webhookUrl: string | undefined;
+  /** The address runners are told to use (a VM reaches the host's loopback as 10.0.2.2). */
+  runnerUrl: string | undefined;
   #server: Server | undefined;
   #nextId = 1000;
   #waiters = new Set<() => void>();
@@ -350,7 +352,7 @@ export class GitHubDouble {
 
   jitConfig(r: DoubleRunner): string {
     const files = {
-      '.runner': Buffer.from(JSON.stringify({ agentId: r.id, agentName: r.name, serverUrl: this.url, workFolder: '_work' })).toString('base64'),
+      '.runner': Buffer.from(JSON.stringify({ agentId: r.id, agentName: r.name, serverUrl: this.runnerUrl ?? this.url, workFolder: '_work' })).toString('base64'),
       '.credentials': Buffer.from(JSON.stringify({ scheme: 'OAuthAccessToken', data: { secret: r.secret } })).toString('base64'),
     };
     return Buffer.from(JSON.stringify(files)).toString('base64');

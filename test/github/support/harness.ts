@@ -10,6 +10,8 @@ import { makeGitHubClient } from '../../../src/server/github/api.ts';
 import { makeAgent, type Agent } from '../../../src/agent/agent.ts';
 import { memoryImageResolver } from '../../../src/agent/images.ts';
 import { makeMemoryDriver } from '../../../src/vm/memory-driver.ts';
+import type { VmDriver } from '../../../src/vm/driver.ts';
+import type { ImageResolver } from '../../../src/agent/images.ts';
 import { createToken, makeSecret } from '../../../src/store/tokens.ts';
 import { makeApiClient, type ApiClient } from '../../../src/cli/api-client.ts';
 import { Secret, type GitHubConfig } from '../../../src/server/github/config.ts';
@@ -73,7 +75,7 @@ export interface GitHubHarness {
 }
 
 export async function startGitHubHarness(
-  o: { kind?: StoreKind; config?: Partial<GitHubConfig>; agent?: boolean; tokenTtlMs?: number; jobMs?: number; refreshAheadMs?: number; store?: Store } = {},
+  o: { kind?: StoreKind; config?: Partial<GitHubConfig>; agent?: boolean; tokenTtlMs?: number; jobMs?: number; refreshAheadMs?: number; store?: Store; driver?: VmDriver; images?: ImageResolver } = {},
 ): Promise<GitHubHarness> {
   const { publicKey } = appKeys();
   const double = new GitHubDouble({ publicKey, appId: APP_ID, webhookSecret: WEBHOOK_SECRET, ...(o.tokenTtlMs ? { tokenTtlMs: o.tokenTtlMs } : {}), ...(o.jobMs ? { jobMs: o.jobMs } : {}) });
@@ -115,8 +117,8 @@ export async function startGitHubHarness(
       servers: [url],
       token: secret,
       name: 'host-1',
-      driver: makeMemoryDriver({ cpus: 512, memoryBytes: 4096 * 1024 ** 3, programs: { [STAND_IN_NAME]: standInRunner } }),
-      images: memoryImageResolver,
+      driver: o.driver ?? makeMemoryDriver({ cpus: 512, memoryBytes: 4096 * 1024 ** 3, programs: { [STAND_IN_NAME]: standInRunner } }),
+      images: o.images ?? memoryImageResolver,
       logger,
       minBackoffMs: 50,
       maxBackoffMs: 500,

@@ -136,7 +136,8 @@ export class Registry {
   }
 
   async start(): Promise<void> {
-    const p = spawn('docker-registry', ['serve', this.configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // setpriv: the registry dies with the test process even if that crashes before its after-hook.
+    const p = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'docker-registry', 'serve', this.configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc = p;
     this.procs.add(p);
     const keep = (d: Buffer) => (this.output = (this.output + d.toString()).slice(-8000));

@@ -6,7 +6,7 @@
 export async function mapLimit<T, R>(items: readonly T[], concurrency: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
   const results = new Array<R>(items.length);
   let next = 0;
-  let failed: { index: number; e: unknown } | undefined;
+  let failed = undefined as { index: number; e: unknown } | undefined;
   const worker = async () => {
     while (next < items.length && !failed) {
       const i = next++;

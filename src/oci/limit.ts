@@ -6,18 +6,18 @@
 export async function mapLimit<T, R>(items: readonly T[], concurrency: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
   const results = new Array<R>(items.length);
   let next = 0;
-  let failed = undefined as { index: number; e: unknown } | undefined;
+  const state: { failed?: { index: number; e: unknown } } = {};
   const worker = async () => {
-    while (next < items.length && !failed) {
+    while (next < items.length && !state.failed) {
       const i = next++;
       try {
         results[i] = await fn(items[i] as T, i);
       } catch (e) {
-        if (!failed || i < failed.index) failed = { index: i, e };
+        if (!state.failed || i < state.failed.index) state.failed = { index: i, e };
       }
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, items.length)) }, worker));
-  if (failed) throw failed.e;
+  if (state.failed) throw state.failed.e;
   return results;
 }

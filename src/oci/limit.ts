@@ -7,13 +7,16 @@ export async function mapLimit<T, R>(items: readonly T[], concurrency: number, f
   const results = new Array<R>(items.length);
   let next = 0;
   const state: { failed?: { index: number; e: unknown } } = {};
+  const fail = (index: number, e: unknown) => {
+    if (!state.failed || index < state.failed.index) state.failed = { index, e };
+  };
   const worker = async () => {
     while (next < items.length && !state.failed) {
       const i = next++;
       try {
         results[i] = await fn(items[i] as T, i);
       } catch (e) {
-        if (!state.failed || i < state.failed.index) state.failed = { index: i, e };
+        fail(i, e);
       }
     }
   };

@@ -24,6 +24,7 @@ import {
   mayCarryCredentials,
   networkErrorCode,
   schemeFor,
+  tlsErrorCode,
   type HostConfigs,
   type RetryPolicy,
 } from './transport-policy.ts';
@@ -316,6 +317,13 @@ export class RegistryClient {
         reason = `HTTP ${r.status}`;
         await r.body.dump();
       } catch (e) {
+        const tls = tlsErrorCode(e);
+        if (tls) {
+          throw new KilnError('oci.tls_untrusted', `${url.host} presented a certificate kiln does not trust (${tls})`, {
+            hint: `give the registry's CA for ${url.host} (registry: ${url.host}: {ca: /path/ca.pem} in the --file), or install it in the system trust store`,
+            cause: e,
+          });
+        }
         const code = networkErrorCode(e);
         if (!code) throw e;
         if (attempt >= attempts) {

@@ -6,7 +6,8 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, createPrivateKey, createPublicKey, randomUUID, sign } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { createServer, get as httpGet, type IncomingMessage, type Server } from 'node:http';
+import { get as httpsGet } from 'node:https';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -36,14 +37,14 @@ export class Harness {
     return [...this.procs].filter((p) => p.exitCode === null && p.signalCode === null).map((p) => p.pid ?? -1);
   }
 
-  async startRegistry(opts: { port?: number; proxy?: { remoteurl: string; username?: string; password?: string }; token?: TokenServer; allowForeignUrls?: boolean } = {}): Promise<Registry> {
+  async startRegistry(opts: { port?: number; proxy?: { remoteurl: string; username?: string; password?: string }; token?: TokenServer; allowForeignUrls?: boolean; tls?: { certFile: string; keyFile: string } } = {}): Promise<Registry> {
     const dir = await this.tempDir('kiln-registry-');
     const port = opts.port ?? (await freePort());
     const lines = [
       'version: 0.1',
       'log: {level: error, accesslog: {disabled: true}}',
       `storage: {filesystem: {rootdirectory: ${join(dir, 'data')}}, delete: {enabled: true}}`,
-      `http: {addr: "127.0.0.1:${port}", secret: kiln-test}`,
+      `http: {addr: "127.0.0.1:${port}", secret: kiln-test${opts.tls ? `, tls: {certificate: "${opts.tls.certFile}", key: "${opts.tls.keyFile}"}` : ''}}`,
     ];
     if (opts.proxy) {
       lines.push(`proxy: {remoteurl: "${opts.proxy.remoteurl}"${opts.proxy.username ? `, username: "${opts.proxy.username}", password: "${opts.proxy.password ?? ''}"` : ''}}`);
@@ -54,7 +55,7 @@ export class Harness {
     }
     const config = join(dir, 'config.yml');
     await writeFile(config, `${lines.join('\n')}\n`);
-    const reg = new Registry(`127.0.0.1:${port}`, config, this.procs);
+    const reg = new Registry(`127.0.0.1:${port}`, config, this.procs, opts.tls !== undefined);
     this.cleanups.push(() => reg.stop());
     await reg.start();
     return reg;
@@ -125,10 +126,11 @@ export class Registry {
     readonly host: string,
     readonly configFile: string,
     private readonly procs: Set<ChildProcess>,
+    readonly tls = false,
   ) {}
 
   get url(): string {
-    return `http://${this.host}`;
+    return `${this.tls ? 'https' : 'http'}://${this.host}`;
   }
 
   get pid(): number | undefined {
@@ -145,8 +147,8 @@ export class Registry {
     p.stderr?.on('data', keep);
     await waitFor(async () => {
       if (p.exitCode !== null) throw new Error(`docker-registry exited with ${p.exitCode}: ${this.output}`);
-      const r = await fetch(`${this.url}/v2/`).catch(() => undefined);
-      return r !== undefined && (r.status === 200 || r.status === 401);
+      const status = await probeStatus(`${this.url}/v2/`);
+      return status === 200 || status === 401;
     }, 15_000, `registry ${this.host} to answer`);
   }
 
@@ -159,6 +161,25 @@ export class Registry {
     await exited;
     clearTimeout(t);
   }
+}
+
+/** GET a URL (HTTPS without verification: readiness only); undefined when nothing answers. */
+function probeStatus(url: string): Promise<number | undefined> {
+  return new Promise((resolve) => {
+    const req = (url.startsWith('https:') ? httpsGet : httpGet)(url, { rejectUnauthorized: false }, (res) => {
+      res.resume();
+      resolve(res.statusCode);
+    });
+    req.on('error', () => resolve(undefined));
+  });
+}
+
+/** A self-signed certificate for 127.0.0.1 (openssl), for a TLS registry. */
+export async function makeLoopbackCert(dir: string): Promise<{ certFile: string; keyFile: string }> {
+  const certFile = join(dir, 'tls-cert.pem');
+  const keyFile = join(dir, 'tls-key.pem');
+  await execFileP('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', keyFile, '-out', certFile, '-days', '2', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1']);
+  return { certFile, keyFile };
 }
 
 /** Polls `check` until it returns true, at most `ms`; no fixed sleeps. */

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { isKilnError } from '../core/errors.ts';
-import { DEFAULT_RETRY, RETRYABLE_STATUS, assertUrlAllowed, backoffMs, mayCarryCredentials, networkErrorCode, schemeFor } from './transport-policy.ts';
+import { DEFAULT_RETRY, RETRYABLE_STATUS, assertUrlAllowed, backoffMs, mayCarryCredentials, networkErrorCode, schemeFor, tlsErrorCode } from './transport-policy.ts';
 
 void test('loopback defaults to plain HTTP; everything else to HTTPS unless configured', () => {
   assert.equal(schemeFor('127.0.0.1:5000', {}), 'http');
@@ -37,4 +37,11 @@ void test('retry table and backoff', () => {
   assert.equal(backoffMs(2, DEFAULT_RETRY, 'Wed, 21 Oct 2015 07:28:00 GMT'), 400);
   assert.equal(networkErrorCode(Object.assign(new Error('x'), { cause: Object.assign(new Error('y'), { code: 'ECONNRESET' }) })), 'ECONNRESET');
   assert.equal(networkErrorCode(Object.assign(new Error('x'), { code: 'ENOENT' })), undefined);
+});
+
+void test('TLS trust failures are recognised (and are not network errors to retry)', () => {
+  const e = Object.assign(new Error('self-signed'), { code: 'DEPTH_ZERO_SELF_SIGNED_CERT' });
+  assert.equal(tlsErrorCode(e), 'DEPTH_ZERO_SELF_SIGNED_CERT');
+  assert.equal(networkErrorCode(e), undefined);
+  assert.equal(tlsErrorCode(Object.assign(new Error('x'), { code: 'ECONNRESET' })), undefined);
 });

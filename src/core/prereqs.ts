@@ -26,4 +26,5 @@ export const TEST_PREREQS: Prereq[] = [
   { pkg: 'postgresql', command: 'pg_ctlcluster', why: 'storage tests against a real PostgreSQL' },
   { pkg: 'chromium', command: 'chromium', why: 'dashboard tests in a real browser' },
   { pkg: 'cpio', command: 'cpio', why: 'independent check of guest initramfs archives' },
+  { pkg: 'openssl', command: 'openssl', why: 'test certificates for TLS registries and token servers' },
 ];

@@ -283,7 +283,9 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
     for (const p of Object.values(accepted)) void p.then((s) => s.on('error', () => undefined));
 
     const accelLabel = accel.accel === 'kvm' ? 'kvm' : 'tcg';
-    const bootTimeoutMs = opts.bootTimeoutMs ?? (accelLabel === 'kvm' ? 30_000 : spec.arch === 'amd64' ? 90_000 : 240_000);
+    // Images with a root disk (the ci profile) start Docker before READY: give them twice as long.
+    const bootTimeoutMs =
+      opts.bootTimeoutMs ?? (accelLabel === 'kvm' ? 30_000 : spec.arch === 'amd64' ? 90_000 : 240_000) * (spec.image.rootDiskPath ? 2 : 1);
     const bootTimer = setTimeout(() => stop({ kind: 'boot_timeout' }), Math.min(bootTimeoutMs, spec.timeoutMs));
     const jobTimer = setTimeout(() => stop({ kind: 'timed_out' }), spec.timeoutMs);
 

@@ -19,7 +19,8 @@ import {
 import { KilnError, toKilnError } from '../core/errors.ts';
 import type { Job } from '../core/job.ts';
 import type { JobEvent } from '../core/job-state.ts';
-import { activeJobsOnHosts, loseJob, transitionJob, type TransitionFields } from '../store/jobs.ts';
+import { activeJobsOnHosts, getJob, loseJob, transitionJob, type TransitionFields } from '../store/jobs.ts';
+import { launchSpecOf } from './scheduler/scheduler.ts';
 import { connectHost, disconnectHost, touchHosts } from '../store/hosts.ts';
 import type { ServerContext } from './context.ts';
 import type { HostLink, HostRegistry } from './host-registry.ts';
@@ -204,6 +205,14 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
         close: (code, reason) => socket.close(code, reason),
       };
       link = l;
+      // A stale connection of the same host on this replica is retired before reconciling, so nothing is
+      // launched through it meanwhile.
+      const stale = registry.get(host.id);
+      if (stale && stale !== l) {
+        registry.remove(stale);
+        stale.ready = false;
+        stale.close(4000, 'replaced by a newer connection from the same host');
+      }
       send({ type: 'welcome', protocol: PROTOCOL_VERSION, hostId: host.id, hostName: host.name, serverId: ctx.serverId });
       // 1. Results the agent finished while disconnected.
       for (const r of msg.finished) await applyResult(l, r);
@@ -238,6 +247,15 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
       const old = registry.add(l);
       if (old) old.close(4000, 'replaced by a newer connection from the same host');
       l.ready = true;
+      // A scheduling pass that was under way during the reconcile may have placed jobs here whose launch
+      // had nowhere to go: launch them now (agents ignore a repeated launch).
+      for (const j of await activeJobsOnHosts(ctx.store.db, [host.id])) {
+        if (l.active.has(j.id)) continue;
+        const job = await getJob(ctx.store.db, j.id);
+        if (!job || job.state !== 'placed' || job.attempt !== j.attempt) continue;
+        l.active.set(j.id, { attempt: j.attempt, cpus: j.cpus, memoryBytes: j.memoryBytes, diskBytes: j.diskBytes });
+        send({ type: 'launch', jobId: j.id, attempt: j.attempt, spec: launchSpecOf(job) });
+      }
       ctx.metrics.hostsConnected.set(registry.links.size);
       hlog.info({ arch: host.arch, cpus: host.capacity.cpus, kept: kept.size }, 'agent connected');
       ctx.events.emit('host.connected', { hostId: host.id, name: host.name });

@@ -117,7 +117,7 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   const logs = makeLogWriter(ctx);
   const phases = makePhaseWriter(ctx);
   const gateway: AgentGateway = attachAgentGateway(app, { ctx, registry, logs, phases, kick: () => scheduler.kick() });
-  const apiDeps = { ctx, registry, kick: () => scheduler.kick(), stop: gateway.stop };
+  const apiDeps = { ctx, registry, kick: () => scheduler.kick(), limitsChanged: () => scheduler.limitsChanged(), stop: gateway.stop };
   const routes: RouteDef[] = [...jobRoutes(apiDeps), ...hostRoutes(apiDeps), ...tokenRoutes(apiDeps)];
   const gh = o.github;
   const github: GitHubService | undefined = gh

@@ -187,6 +187,12 @@ export async function tenantUsage(tx: Tx, tenants: string[]): Promise<Map<string
   return out;
 }
 
+/** Whether any tenant has a concurrency limit (the scheduler skips the limit query when none does). */
+export async function anyTenantLimits(db: Q): Promise<boolean> {
+  const r = await db.selectFrom('tenants').select('name').where('max_concurrent', 'is not', null).limit(1).execute();
+  return r.length > 0;
+}
+
 export async function setTenantLimit(db: Q, tenant: string, maxConcurrent: number | null): Promise<void> {
   await db
     .insertInto('tenants')
@@ -195,15 +201,22 @@ export async function setTenantLimit(db: Q, tenant: string, maxConcurrent: numbe
     .execute();
 }
 
-/** Marks claimed jobs placed on hosts, in one statement, and records the transitions. */
-export async function markPlaced(tx: Tx, placements: { jobId: number; hostId: number }[]): Promise<number[]> {
+/**
+ * Marks claimed jobs placed on hosts, in one statement, and records the transitions. With `serverId`, only
+ * placements on hosts that replica owns and that take jobs (online, not cordoned) are made.
+ */
+export async function markPlaced(tx: Tx, placements: { jobId: number; hostId: number }[], serverId?: string): Promise<number[]> {
   if (placements.length === 0) return [];
   const payload = JSON.stringify(placements.map((p) => ({ id: p.jobId, host: p.hostId })));
+  const hostCheck =
+    serverId === undefined
+      ? sql``
+      : sql`AND EXISTS (SELECT 1 FROM hosts h WHERE h.id = v.host AND h.server_id = ${serverId} AND h.state = 'online' AND NOT h.cordoned)`;
   const r = await sql<{ id: number }>`
     WITH upd AS (
       UPDATE jobs SET state = 'placed', host_id = v.host, placed_at = now()
       FROM jsonb_to_recordset(${payload}::jsonb) AS v(id bigint, host bigint)
-      WHERE jobs.id = v.id AND jobs.state = 'queued'
+      WHERE jobs.id = v.id AND jobs.state = 'queued' ${hostCheck}
       RETURNING jobs.id, jobs.attempt, jobs.host_id, jobs.tenant
     ), ev AS (
       INSERT INTO job_events (job_id, attempt, state, host_id) SELECT id, attempt, 'placed', host_id FROM upd

@@ -6,6 +6,8 @@ export interface ApiDeps {
   registry: HostRegistry;
   /** Ask the scheduler for a pass. */
   kick(): void;
+  /** Tell the scheduler a tenant limit changed. */
+  limitsChanged(): void;
   /** Send stop to a job's agent if it is connected to this replica. */
   stop(hostId: number, jobId: number, attempt: number, reason: string): boolean;
 }

@@ -69,6 +69,7 @@ export function tokenRoutes(deps: ApiDeps): RouteDef[] {
         const name = (req.params as { name: string }).name;
         const { maxConcurrent } = req.body as { maxConcurrent: number | null };
         await setTenantLimit(db, name, maxConcurrent);
+        deps.limitsChanged();
         deps.kick();
         return { name, maxConcurrent };
       },

@@ -9,8 +9,8 @@ import type { LaunchSpec } from '../../core/agent-protocol.ts';
 import type { Arch } from '../../core/arch.ts';
 import type { Job } from '../../core/job.ts';
 import { isTerminal } from '../../core/job-state.ts';
-import { claimQueuedJobs, jobStatuses, markPlaced, tenantUsage, type ClaimWindow } from '../../store/jobs.ts';
-import { hostStates, lockSchedulableHosts } from '../../store/hosts.ts';
+import { anyTenantLimits, claimQueuedJobs, jobStatuses, markPlaced, tenantUsage, type ClaimWindow } from '../../store/jobs.ts';
+import { hostStates } from '../../store/hosts.ts';
 import type { ServerContext } from '../context.ts';
 import type { HostLink, HostRegistry } from '../host-registry.ts';
 import { placeJobs, type JobDemand } from './placement.ts';
@@ -18,6 +18,8 @@ import { placeJobs, type JobDemand } from './placement.ts';
 export interface Scheduler {
   /** Asks for a scheduling pass soon (coalesced). */
   kick(): void;
+  /** A tenant limit changed here (other replicas notice within a second). */
+  limitsChanged(): void;
   /** Runs one pass now; resolves with the number of jobs placed. */
   pass(): Promise<number>;
   start(): void;
@@ -48,6 +50,12 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
   let stopPollBusy = false;
   const log = ctx.log.child({ part: 'scheduler' });
 
+  let limitsCache: { at: number; value: boolean } | undefined;
+  const limitsExist = async (): Promise<boolean> => {
+    if (!limitsCache || Date.now() - limitsCache.at > 1000) limitsCache = { at: Date.now(), value: await anyTenantLimits(ctx.store.db) };
+    return limitsCache.value;
+  };
+
   async function pass(): Promise<number> {
     const started = performance.now();
     const slots = registry.slots();
@@ -62,10 +70,12 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
     }
     const live = [...windows.values()].filter((w) => w.maxCpus > 0);
     if (live.length === 0) return 0;
+    // Asked outside the transaction: the embedded store has one session, which the transaction holds.
+    const checkLimits = await limitsExist();
     const { placed, claimed } = await ctx.store.withTransaction(async (tx) => {
       const jobs = await claimQueuedJobs(tx, ctx.options.batchSize, live);
       if (jobs.length === 0) return { placed: [] as { job: Job; hostId: number }[], claimed: 0 };
-      const usage = await tenantUsage(tx, [...new Set(jobs.map((j) => j.tenant))]);
+      const usage = checkLimits ? await tenantUsage(tx, [...new Set(jobs.map((j) => j.tenant))]) : new Map<string, { active: number; limit: number | null }>();
       const room = new Map([...usage].map(([t, u]) => [t, Math.max(0, (u.limit ?? Infinity) - u.active)]));
       const demands: JobDemand[] = jobs.map((j) => ({
         id: j.id,
@@ -76,18 +86,16 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
         diskBytes: j.requirements.diskBytes,
         hostLabels: j.requirements.hostLabels,
       }));
-      const planned = placeJobs(slots, demands, room).placements;
-      // Lock only the hosts the plan uses, and keep only placements on hosts this replica still owns and
-      // that still take jobs (another replica may have cordoned one); the rest stay queued for the next pass.
-      const owned = await lockSchedulableHosts(tx, [...new Set(planned.map((p) => p.hostId))], ctx.serverId);
-      for (const p of planned) {
-        if (owned.has(p.hostId)) continue;
+      const placements = placeJobs(slots, demands, room).placements;
+      // The update itself keeps only placements on hosts this replica still owns and that still take jobs
+      // (another replica may have cordoned one); the rest stay queued for the next pass.
+      const ok = new Set(await markPlaced(tx, placements, ctx.serverId));
+      for (const p of placements) {
+        if (ok.has(p.jobId)) continue;
         const link = registry.get(p.hostId);
         if (link) link.schedulable = false;
         wanted = true;
       }
-      const placements = planned.filter((p) => owned.has(p.hostId));
-      const ok = new Set(await markPlaced(tx, placements));
       const byId = new Map(jobs.map((j) => [j.id, j]));
       return { placed: placements.filter((p) => ok.has(p.jobId)).map((p) => ({ job: byId.get(p.jobId)!, hostId: p.hostId })), claimed: jobs.length };
     });
@@ -170,6 +178,7 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
 
   return {
     kick,
+    limitsChanged: () => (limitsCache = undefined),
     pass,
     start() {
       stopped = false;

@@ -185,7 +185,8 @@ export class GitHubDouble {
     const payload = workflowJobPayload(action, job);
     const bad = check(webhookPointer(action), payload);
     if (bad) this.violations.push(`webhook ${action}: ${bad}`);
-    const d: DoubleDelivery = { id: this.#nextId++, guid: o.guid ?? randomUUID(), action, body: JSON.stringify(payload), statusCode: 0, deliveredAt: new Date().toISOString(), redelivery: false };
+    // statusCode -1: in flight (not listed as failed until the attempt ends).
+    const d: DoubleDelivery = { id: this.#nextId++, guid: o.guid ?? randomUUID(), action, body: JSON.stringify(payload), statusCode: -1, deliveredAt: new Date().toISOString(), redelivery: false };
     this.deliveries.push(d);
     if (o.drop) {
       d.statusCode = 502;
@@ -636,7 +637,7 @@ const ROUTES: Route[] = [
   }),
   route('get', '/app/hook/deliveries', 'jwt', function (c) {
     const failedOnly = c.query.get('status') === 'failure';
-    const list = [...this.deliveries].reverse().filter((d) => !failedOnly || d.statusCode < 200 || d.statusCode >= 300);
+    const list = [...this.deliveries].reverse().filter((d) => d.statusCode !== -1 && (!failedOnly || d.statusCode < 200 || d.statusCode >= 300));
     c.send(
       200,
       list.map((d) => ({
@@ -659,7 +660,7 @@ const ROUTES: Route[] = [
     const d = this.deliveries.find((x) => x.id === Number(c.params.delivery_id));
     if (!d) return c.error(404, 'Not Found');
     c.send(202, {});
-    const again: DoubleDelivery = { ...d, id: d.id + 1_000_000 + this.deliveries.length, redelivery: true, deliveredAt: new Date().toISOString(), statusCode: 0 };
+    const again: DoubleDelivery = { ...d, id: d.id + 1_000_000 + this.deliveries.length, redelivery: true, deliveredAt: new Date().toISOString(), statusCode: -1 };
     this.deliveries.push(again);
     again.statusCode = await this.post(again);
   }),

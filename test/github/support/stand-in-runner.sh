@@ -1,6 +1,7 @@
 # The stand-in Actions runner as a guest shell script (busybox sh, wget, base64, sed), for the real-VM test:
 # it decodes the JIT config (base64 JSON map of base64 files) as run.sh does, connects to the GitHub double,
 # takes one job, reports it done and exits 0; if its registration is removed it exits 0 as well.
+# (No `wget -T`: it crashes the static busybox of Debian 12.)
 set -u
 cfg=$(printf %s "$KILN_RUNNER_JITCONFIG" | base64 -d)
 field() { printf %s "$1" | sed -n "s/.*\"$2\":\"\([^\"]*\)\".*/\1/p"; }
@@ -9,7 +10,7 @@ creds=$(field "$cfg" '\.credentials' | base64 -d)
 id=$(printf %s "$runner" | sed -n 's/.*"agentId":\([0-9]*\).*/\1/p')
 url=$(field "$runner" serverUrl)
 secret=$(field "$creds" secret)
-post() { wget -q -T 30 -O - --header 'content-type: application/json' --post-data "$2" "$url$1"; }
+post() { wget -q -O - --header 'content-type: application/json' --post-data "$2" "$url$1"; }
 n=0
 until post /_runner/connect "{\"runnerId\":$id,\"secret\":\"$secret\"}" >/dev/null; do
   n=$((n + 1))

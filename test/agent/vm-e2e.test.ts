@@ -38,7 +38,9 @@ void test('a job through server and agent boots a real microVM and returns its o
     assert.equal(r.exitCode, 3);
     assert.equal(r.end.state, 'failed');
     await agent.kill('SIGTERM');
-    assert.deepEqual(findLeaks([data.dir]), []);
+    // Only what this test started: its data directory, and cgroups named after job VMs (other suites on
+    // the machine may be running VMs of their own).
+    assert.deepEqual(findLeaks([data.dir]).filter((l) => l.includes(data.dir) || /\/kiln\/job-/.test(l)), []);
   } finally {
     await h.close();
     data.cleanup();

@@ -17,15 +17,14 @@ import {
   type ServerMessage,
 } from '../core/agent-protocol.ts';
 import { KilnError, toKilnError } from '../core/errors.ts';
-import type { Job } from '../core/job.ts';
-import type { JobEvent } from '../core/job-state.ts';
-import { activeJobsOnHosts, getJob, loseJob, transitionJob, type TransitionFields } from '../store/jobs.ts';
+import { activeJobsOnHosts, getJob, loseJob, transitionJob } from '../store/jobs.ts';
 import { launchSpecOf } from './scheduler/scheduler.ts';
 import { connectHost, disconnectHost, touchHosts } from '../store/hosts.ts';
 import type { ServerContext } from './context.ts';
 import type { HostLink, HostRegistry } from './host-registry.ts';
 import type { LogWriter } from './log-writer.ts';
 import type { PhaseWriter } from './phase-writer.ts';
+import type { ResultWriter } from './result-writer.ts';
 import { errorBody } from './http-errors.ts';
 
 export interface GatewayDeps {
@@ -33,6 +32,7 @@ export interface GatewayDeps {
   registry: HostRegistry;
   logs: LogWriter;
   phases: PhaseWriter;
+  results: ResultWriter;
   /** Something changed that may let the scheduler place more (capacity freed, host joined). */
   kick(): void;
 }
@@ -41,29 +41,6 @@ export interface AgentGateway {
   /** Sends `stop` for a job if its host is connected here. */
   stop(hostId: number, jobId: number, attempt: number, reason: string): boolean;
   close(): Promise<void>;
-}
-
-/** Maps a VM result to the job event it causes. Pure. */
-export function resultEvent(r: JobResultMsg, job: Pick<Job, 'cancelRequested' | 'timeoutMs' | 'state'>): { event: JobEvent; fields?: TransitionFields } {
-  switch (r.outcome) {
-    case 'exited': {
-      const exitCode = r.exitCode ?? 255;
-      return { event: { type: 'exit', exitCode }, fields: { exitCode } };
-    }
-    case 'timed_out':
-      return { event: { type: 'time_out' }, fields: { error: { code: 'job.timed_out', message: `the job ran longer than its timeout of ${job.timeoutMs} ms` } } };
-    case 'killed':
-      if (job.cancelRequested) return { event: { type: 'cancel' }, fields: { detail: r.message ?? 'cancelled' } };
-      return { event: { type: 'fail', code: 'vm.killed' }, fields: { error: { code: r.code ?? 'vm.killed', message: r.message ?? 'the VM was stopped' } } };
-    case 'boot_failed':
-    case 'crashed':
-    case 'launch_failed':
-      if (job.cancelRequested) return { event: { type: 'cancel' } };
-      return {
-        event: { type: 'fail', code: r.code ?? `vm.${r.outcome}` },
-        fields: { error: { code: r.code ?? `vm.${r.outcome}`, message: r.message ?? `the VM ${r.outcome.replace('_', ' ')}` } },
-      };
-  }
 }
 
 export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): AgentGateway {
@@ -286,9 +263,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
   async function applyResult(l: HostLink, r: JobResultMsg): Promise<void> {
     // Everything the agent sent before the result is stored before the job is final, so a follower that
     // sees the final state has all the output.
-    await deps.phases.flush();
-    await deps.logs.flush();
-    const res = await transitionJob(ctx.store.db, r.jobId, r.attempt, (job) => (job.hostId === l.hostId ? resultEvent(r, job) : undefined));
+    const res = await deps.results.apply(l.hostId, r);
     const held = l.active.get(r.jobId);
     if (held && held.attempt === r.attempt) {
       l.active.delete(r.jobId);

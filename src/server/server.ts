@@ -22,6 +22,7 @@ import { errorBody } from './http-errors.ts';
 import { makeLeader, type Leader } from './leader.ts';
 import { makeLogWriter } from './log-writer.ts';
 import { makePhaseWriter } from './phase-writer.ts';
+import { makeResultWriter } from './result-writer.ts';
 import { makeMetrics } from './metrics.ts';
 import { makeScheduler, type Scheduler } from './scheduler/scheduler.ts';
 import { hostRoutes } from './api/hosts.ts';
@@ -116,7 +117,11 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   const scheduler = makeScheduler(ctx, registry);
   const logs = makeLogWriter(ctx);
   const phases = makePhaseWriter(ctx);
-  const gateway: AgentGateway = attachAgentGateway(app, { ctx, registry, logs, phases, kick: () => scheduler.kick() });
+  const results = makeResultWriter(ctx, async () => {
+    await phases.flush();
+    await logs.flush();
+  });
+  const gateway: AgentGateway = attachAgentGateway(app, { ctx, registry, logs, phases, results, kick: () => scheduler.kick() });
   const apiDeps = { ctx, registry, kick: () => scheduler.kick(), limitsChanged: () => scheduler.limitsChanged(), stop: gateway.stop };
   const routes: RouteDef[] = [...jobRoutes(apiDeps), ...hostRoutes(apiDeps), ...tokenRoutes(apiDeps)];
   const gh = o.github;

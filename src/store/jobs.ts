@@ -479,3 +479,86 @@ export async function applyPhases(db: Q, updates: PhaseUpdate[]): Promise<{ job:
     SELECT * FROM upd`.execute(db);
   return r.rows.map((row) => ({ job: jobFromRow(row), booted: row.booted }));
 }
+
+export interface TransitionRequest {
+  jobId: number;
+  attempt: number;
+  /** Decides the event from the job as stored (undefined: no change). */
+  choose(current: Job): { event: JobEvent; fields?: TransitionFields } | undefined;
+}
+
+/**
+ * Many transitions in two statements: one read, then one optimistic update (each row only if still in the
+ * state read) that also records the transitions. Decisions stay in the pure state machine; a row that
+ * changed meanwhile falls back to `transitionJob`. Results are in request order (undefined: no change).
+ */
+export async function transitionJobs(db: Db, reqs: TransitionRequest[]): Promise<({ job: Job; from: JobState } | undefined)[]> {
+  if (reqs.length === 0) return [];
+  const rows = new Map<number, JobRow>();
+  for (let i = 0; i < reqs.length; i += 5000) {
+    for (const r of await db.selectFrom('jobs').selectAll().where('id', 'in', reqs.slice(i, i + 5000).map((x) => x.jobId)).execute()) rows.set(r.id, r);
+  }
+  const planned: { req: TransitionRequest; from: JobState; rec: Record<string, unknown> }[] = [];
+  const out: ({ job: Job; from: JobState } | undefined)[] = reqs.map(() => undefined);
+  const index = new Map<TransitionRequest, number>(reqs.map((r, i) => [r, i]));
+  const seen = new Set<number>();
+  for (const req of reqs) {
+    const row = rows.get(req.jobId);
+    if (!row || row.attempt !== req.attempt || seen.has(req.jobId)) continue;
+    const chosen = req.choose(jobFromRow(row));
+    if (!chosen) continue;
+    const from = row.state as JobState;
+    if (!canTransition(from, chosen.event)) continue;
+    seen.add(req.jobId);
+    const to = nextJobState(from, chosen.event);
+    const f = chosen.fields ?? {};
+    planned.push({
+      req,
+      from,
+      rec: {
+        id: req.jobId,
+        attempt: req.attempt,
+        from,
+        cancel: row.cancel_requested,
+        to,
+        col: STATE_TIME[to] ?? null,
+        exit_code: f.exitCode ?? null,
+        error_code: f.error?.code ?? null,
+        error_message: f.error?.message.slice(0, 4000) ?? null,
+        detail: f.detail ?? null,
+      },
+    });
+  }
+  if (planned.length > 0) {
+    const payload = JSON.stringify(planned.map((p) => p.rec));
+    const r = await sql<JobRow & { from_state: string }>`
+      WITH v AS (
+        SELECT * FROM jsonb_to_recordset(${payload}::jsonb) AS v(id bigint, attempt int, "from" text, cancel boolean, "to" text, col text,
+          exit_code int, error_code text, error_message text, detail text)
+      ), upd AS (
+        UPDATE jobs SET
+          state = v."to",
+          placed_at = CASE WHEN v.col = 'placed_at' THEN now() ELSE jobs.placed_at END,
+          booting_at = CASE WHEN v.col = 'booting_at' THEN now() ELSE jobs.booting_at END,
+          running_at = CASE WHEN v.col = 'running_at' THEN now() ELSE jobs.running_at END,
+          finished_at = CASE WHEN v.col = 'finished_at' THEN now() ELSE jobs.finished_at END,
+          exit_code = coalesce(v.exit_code, jobs.exit_code),
+          error_code = coalesce(v.error_code, jobs.error_code),
+          error_message = coalesce(v.error_message, jobs.error_message)
+        FROM v
+        WHERE jobs.id = v.id AND jobs.attempt = v.attempt AND jobs.state = v."from" AND jobs.cancel_requested = v.cancel
+        RETURNING jobs.*, v."from" AS from_state, v.detail AS detail
+      ), ev AS (
+        INSERT INTO job_events (job_id, attempt, state, host_id, detail) SELECT id, attempt, state, host_id, detail FROM upd
+      )
+      SELECT * FROM upd`.execute(db);
+    const done = new Map(r.rows.map((x) => [x.id, x]));
+    for (const p of planned) {
+      const row = done.get(p.req.jobId);
+      const i = index.get(p.req)!;
+      if (row) out[i] = { job: jobFromRow(row), from: row.from_state as JobState };
+      else out[i] = await transitionJob(db, p.req.jobId, p.req.attempt, p.req.choose);
+    }
+  }
+  return out;
+}

@@ -4,12 +4,12 @@ import assert from 'node:assert/strict';
 import { storeKinds, makeTestStore } from './test-stores.ts';
 import type { Store } from '../../src/store/store.ts';
 import { migrate } from '../../src/store/store.ts';
-import { insertJobs, getJob, listJobs, claimQueuedJobs, markPlaced, transitionJob, jobTransitions, loseJob, requestCancel, tenantUsage, applyPhases, setTenantLimit, activeJobsOnHosts, countJobsByState } from '../../src/store/jobs.ts';
+import { insertJobs, getJob, listJobs, claimQueuedJobs, markPlaced, transitionJob, jobTransitions, loseJob, requestCancel, tenantUsage, applyPhases, transitionJobs, setTenantLimit, activeJobsOnHosts, countJobsByState } from '../../src/store/jobs.ts';
 import { appendLogs, readLogs } from '../../src/store/logs.ts';
 import { connectHost, disconnectHost, lockSchedulableHosts, listHosts, updateHostFlags, findHost } from '../../src/store/hosts.ts';
 import { createToken, findTokenBySecret, revokeToken } from '../../src/store/tokens.ts';
 import { DEFAULT_REQUIREMENTS } from '../../src/core/requirements.ts';
-import type { JobSpec } from '../../src/core/job.ts';
+import type { Job, JobSpec } from '../../src/core/job.ts';
 import type { HostCapacity } from '../../src/core/agent-protocol.ts';
 
 const spec = (over: Partial<JobSpec> = {}): JobSpec => ({
@@ -109,6 +109,24 @@ for (const { kind, skip } of storeKinds()) {
       assert.deepEqual((await jobTransitions(store.db, a.id)).map((e) => e.state), ['queued', 'placed', 'booting', 'running']);
       assert.equal((await getJob(store.db, b.id))?.state, 'placed');
       assert.deepEqual(await applyPhases(store.db, [{ jobId: a.id, attempt: 1, hostId: host.id, phase: 'booting' }]), [], 'no going back');
+    });
+
+    void test('batched transitions: one read, one update; stale attempts and illegal events change nothing', async () => {
+      const host = await connectHost(store.db, cap('t-batch'), 's1');
+      const jobs = await insertJobs(store.db, [spec({ tenant: 'b' }), spec({ tenant: 'b' }), spec({ tenant: 'b' })]);
+      await store.withTransaction((tx) => markPlaced(tx, jobs.map((j) => ({ jobId: j.id, hostId: host.id }))));
+      const [a, b, c] = jobs as [Job, Job, Job];
+      const out = await transitionJobs(store.db, [
+        { jobId: a.id, attempt: 1, choose: () => ({ event: { type: 'exit', exitCode: 0 }, fields: { exitCode: 0 } }) },
+        { jobId: b.id, attempt: 2, choose: () => ({ event: { type: 'exit', exitCode: 0 } }) },
+        { jobId: c.id, attempt: 1, choose: () => ({ event: { type: 'requeue' } }) },
+      ]);
+      assert.equal(out[0]?.job.state, 'succeeded');
+      assert.equal(out[0]?.from, 'placed');
+      assert.equal(out[1], undefined);
+      assert.equal(out[2], undefined);
+      assert.deepEqual((await jobTransitions(store.db, a.id)).map((e) => e.state), ['queued', 'placed', 'succeeded']);
+      assert.equal((await getJob(store.db, b.id))?.state, 'placed');
     });
 
     void test('tenant limits are read under lock', async () => {

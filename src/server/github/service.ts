@@ -10,6 +10,7 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter, once } from 'node:events';
 import type { FastifyInstance } from 'fastify';
+import { sql } from 'kysely';
 import { Type } from '@sinclair/typebox';
 import { KilnError, isKilnError, toKilnError } from '../../core/errors.ts';
 import { isTerminal } from '../../core/job-state.ts';
@@ -365,6 +366,7 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
       if (to === 'in_progress') await tx.updateTable('github_runners').set({ job_id: e.jobId, run_attempt: e.runAttempt }).where('id', '=', runner.id).execute();
       if (to === 'in_progress' && (AVAILABLE as readonly string[]).includes(runner.state)) {
         await tx.updateTable('github_runners').set({ state: 'busy', surplus_since: null }).where('id', '=', runner.id).execute();
+        await scrubJitConfig(tx, runner.kiln_job_id);
         events.emit('runner.state', { name: runner.name, state: 'busy' });
       }
       usage.runner_name = runner.name;
@@ -439,10 +441,20 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
 
   async function setRunner(r: GitHubRunnerRow, state: string, fields: Record<string, unknown> = {}, reason?: string): Promise<void> {
     await db.updateTable('github_runners').set({ state, ...fields, ...(state === 'gone' ? { ended_at: new Date(now()) } : {}) }).where('id', '=', r.id).execute();
+    if (state === 'online' || state === 'busy' || state === 'gone') await scrubJitConfig(db, r.kiln_job_id);
     if (state !== r.state) {
       log.info({ runner: r.name, from: r.state, to: state, ...(reason ? { reason } : {}) }, 'runner state');
       events.emit('runner.state', { name: r.name, state, ...(reason ? { reason } : {}) });
     }
+  }
+
+  /**
+   * The JIT config is a credential that lives in the runner VM's job env only until the runner has used it
+   * (online, busy) or will never use it (gone); then it is removed from the store.
+   */
+  async function scrubJitConfig(q: typeof db | Tx, kilnJobId: number | null): Promise<void> {
+    if (kilnJobId === null) return;
+    await sql`UPDATE jobs SET env = env - ${RUNNER_ENV}::text WHERE id = ${kilnJobId}`.execute(q);
   }
 
   async function cancelVm(kilnJobId: number | null, reason: string): Promise<void> {

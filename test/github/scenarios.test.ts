@@ -57,6 +57,8 @@ void describe(`GitHub scenarios (${kind})`, { skip }, () => {
     assert.equal(u.conclusion, 'success');
     assert.ok(u.queuedAt && u.startedAt && u.completedAt);
     assert.deepEqual(await assertInvariants(h), []);
+    const env = await h.store.db.selectFrom('jobs').select('env').where('tenant', '=', 'github').execute();
+    assert.ok(env.every((e) => !('KILN_RUNNER_JITCONFIG' in e.env)), 'the used JIT config is removed from the store');
     const jit = h.double.calls.filter((c) => c.path.endsWith('generate-jitconfig'));
     assert.deepEqual(jit.map((c) => c.status), [201]);
   });

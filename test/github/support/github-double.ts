@@ -87,6 +87,8 @@ export class GitHubDouble {
   readonly faults: Faults = { jitConflict: 0, fail: [], neverConnect: false, holdJobs: false, newestFirst: false, heldRunners: new Set() };
   /** Every runner name ever registered (to check uniqueness). */
   readonly registeredNames: string[] = [];
+  /** Every encoded JIT config handed out (credentials: tests check none reaches a log). */
+  readonly issuedJitConfigs: string[] = [];
   readonly tokens = new Map<string, { installationId: number; expiresAt: number }>();
   webhookUrl: string | undefined;
   /** The address runners are told to use (a VM reaches the host's loopback as 10.0.2.2). */
@@ -356,7 +358,9 @@ export class GitHubDouble {
       '.runner': Buffer.from(JSON.stringify({ agentId: r.id, agentName: r.name, serverUrl: this.runnerUrl ?? this.url, workFolder: '_work' })).toString('base64'),
       '.credentials': Buffer.from(JSON.stringify({ scheme: 'OAuthAccessToken', data: { secret: r.secret } })).toString('base64'),
     };
-    return Buffer.from(JSON.stringify(files)).toString('base64');
+    const encoded = Buffer.from(JSON.stringify(files)).toString('base64');
+    this.issuedJitConfigs.push(encoded);
+    return encoded;
   }
 
   // ---- the stand-in runner's side ------------------------------------------------------------------

@@ -153,6 +153,27 @@ void describe('webhook endpoint', () => {
   });
 });
 
+test('processed deliveries are pruned after the redelivery window of 3 days; recent ones stay', async () => {
+  const h = await startGitHubHarness({ agent: false });
+  try {
+    await h.server.github!.pause();
+    const old = new Date(Date.now() - 4 * 24 * 3600_000);
+    await h.store.db
+      .insertInto('github_deliveries')
+      .values([
+        { delivery_id: 'old-done', event: 'workflow_job', action: 'queued', hook_id: null, payload: '{}', status: 'done', received_at: old },
+        { delivery_id: 'recent-done', event: 'workflow_job', action: 'queued', hook_id: null, payload: '{}', status: 'done' },
+      ])
+      .execute();
+    h.server.github!.resume();
+    await until('the old delivery is pruned', async () => (await h.store.db.selectFrom('github_deliveries').select('delivery_id').where('delivery_id', '=', 'old-done').execute()).length === 0);
+    const left = await h.store.db.selectFrom('github_deliveries').select('delivery_id').execute();
+    assert.deepEqual(left.map((r) => r.delivery_id), ['recent-done']);
+  } finally {
+    await h.close();
+  }
+});
+
 test('an accepted delivery survives a crash before it is processed', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'kiln-gh-'));
   try {

@@ -729,6 +729,12 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
       .limit(200)
       .execute();
     for (const j of stale) await step(`re-checking GitHub job ${j.job_id}`, async () => void (await stillQueued(j)));
+    // Deliveries (payloads up to 25 MB) are kept as long as GitHub can redeliver them; the per-action keys
+    // that dedupe across hooks, longer.
+    await step('pruning old deliveries', async () => {
+      await db.deleteFrom('github_deliveries').where('status', '=', 'done').where('received_at', '<', new Date(now() - DELIVERY_RETENTION_MS)).execute();
+      await db.deleteFrom('github_job_actions').where('at', '<', new Date(now() - 10 * DELIVERY_RETENTION_MS)).execute();
+    });
   }
 
   /** Deliveries GitHub failed to make (kiln down, network) are asked for again; GitHub does not retry. */

@@ -179,6 +179,20 @@ void describe(`GitHub scenarios (${kind})`, { skip }, () => {
     assert.deepEqual(await assertInvariants(h), []);
   });
 
+  void scenario('runner offline but busy (orphan): its VM is destroyed, its registration removed once GitHub lets go', async () => {
+    h = await startGitHubHarness();
+    h.double.faults.holdJobs = true;
+    const job = await h.double.queueJob('acme/app', ['kiln']);
+    await until('runner online', async () => (await h!.store.db.selectFrom('github_runners').select('state').where('state', '=', 'online').execute()).length === 1);
+    const [r] = [...h.double.runners.values()];
+    Object.assign(r!, { hung: true, status: 'offline', busy: true, jobId: job.id });
+    await until('the VM is destroyed while the registration is still busy', async () => (await liveVms(h!)).length === 0);
+    assert.ok(h.double.runners.has(r!.id));
+    r!.busy = false;
+    await until('the registration is removed', () => !h!.double.runners.has(r!.id));
+    assert.deepEqual(await assertInvariants(h), []);
+  });
+
   void scenario('409 on the first generate-jitconfig: the stray registration is removed, a new name registered', async () => {
     h = await startGitHubHarness();
     h.double.faults.jitConflict = 1;

@@ -470,13 +470,15 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
    * VM. A busy registration (422) means GitHub handed it a job just now: while its VM lives the runner is
    * kept (busy); when the VM is already gone the removal is retried later.
    */
-  async function retire(r: GitHubRunnerRow, reason: string): Promise<void> {
+  async function retire(r: GitHubRunnerRow, reason: string, o: { orphan?: boolean } = {}): Promise<void> {
     if (r.state !== 'stopping') await setRunner(r, 'stopping', { last_error: reason }, reason);
     if (r.runner_id !== null) {
       try {
         await api.deleteRunner(runnerInst(r), scopeOf(r), r.runner_id);
       } catch (e) {
         if (!isKilnError(e, 'github.runner_busy')) throw e;
+        // An orphan (offline but busy) loses its VM now; its registration goes once GitHub lets go.
+        if (o.orphan) return cancelVm(r.kiln_job_id, reason);
         const vm = r.kiln_job_id === null ? undefined : await getJob(db, r.kiln_job_id);
         if (vm && !isTerminal(vm.state) && !vm.cancelRequested) await setRunner({ ...r, state: 'stopping' }, 'busy', { last_error: null }, 'busy on GitHub; kept');
         return;
@@ -686,7 +688,7 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
           if (!gh.busy && r.state === 'starting') return setRunner(r, 'online', { online_at: new Date(now()) });
           return;
         }
-        if (gh.busy) return retire(r, 'offline while busy (orphan)');
+        if (gh.busy) return retire(r, 'offline while busy (orphan)', { orphan: true });
         // The boot clock starts when the VM does: a runner VM still waiting for a host is not late.
         const vm = r.kiln_job_id === null ? undefined : await getJob(db, r.kiln_job_id);
         if (r.state === 'starting' && vm && (vm.state === 'queued' || vm.state === 'placed')) return;

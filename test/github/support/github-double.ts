@@ -32,6 +32,8 @@ export interface DoubleRunner {
   secret: string;
   jobId: number | null;
   sessions: number;
+  /** A hung runner process: it stays connected but GitHub sees it offline. */
+  hung?: boolean;
 }
 
 export interface DoubleJob extends PayloadJob {
@@ -381,7 +383,7 @@ export class GitHubDouble {
       // A long poll: the runner is online while it holds one; it goes offline when its VM dies.
       if (!r) return reply(200, { exit: 'removed' });
       r.sessions++;
-      r.status = 'online';
+      if (!r.hung) r.status = 'online';
       let closed = false;
       res.on('close', () => {
         closed = true;
@@ -392,7 +394,7 @@ export class GitHubDouble {
       const deadline = Date.now() + 2000;
       while (!closed) {
         if (this.runners.get(r.id) !== r) return reply(200, { exit: 'removed' });
-        const job = this.faults.holdJobs || this.faults.heldRunners.has(r.name) ? undefined : this.#assignable(r);
+        const job = this.faults.holdJobs || r.hung || this.faults.heldRunners.has(r.name) ? undefined : this.#assignable(r);
         if (job) {
           r.busy = true;
           r.jobId = job.id;

@@ -12,7 +12,8 @@ export function registerGitHub(program: Command, out: () => Output): void {
     .requiredOption('--url <url>', "the kiln server's public base URL (GitHub posts webhooks to <url>/v1/github/webhook)")
     .option('--name <name>', 'the App name (unique on GitHub)', 'kiln')
     .option('--repo-only', 'leave out the organization permission (repository-level runners only)')
-    .action((f: { url: string; name: string; repoOnly?: boolean }) => {
+    .option('--redirect-url <url>', 'where GitHub sends the browser with ?code=… once the App exists')
+    .action((f: { url: string; name: string; repoOnly?: boolean; redirectUrl?: string }) => {
       let u: URL;
       try {
         u = new URL(f.url);
@@ -20,7 +21,7 @@ export function registerGitHub(program: Command, out: () => Output): void {
         throw new KilnError('input.bad_url', `"${f.url}" is not a URL`, { hint: 'pass the https:// address GitHub can reach your kiln server at' });
       }
       if (u.protocol !== 'https:' && u.protocol !== 'http:') throw new KilnError('input.bad_url', `"${f.url}" is not an http(s) URL`);
-      out().data(JSON.stringify(appManifest({ name: f.name, url: f.url, organizationRunners: !f.repoOnly }), null, 2));
+      out().data(JSON.stringify(appManifest({ name: f.name, url: f.url, organizationRunners: !f.repoOnly, ...(f.redirectUrl ? { redirectUrl: f.redirectUrl } : {}) }), null, 2));
     });
   addClientOptions(gh.command('jobs').description("GitHub jobs kiln saw and its decision (accepted, ignored, refused with the reason)"))
     .option('--refused', 'only refused jobs')

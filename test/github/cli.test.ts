@@ -16,8 +16,10 @@ test('kiln github app-manifest prints the permissions, the event and the webhook
   assert.deepEqual(m.default_permissions, { administration: 'write', organization_self_hosted_runners: 'write', actions: 'read', metadata: 'read' });
   assert.deepEqual(m.default_events, ['workflow_job']);
   assert.equal(m.public, false);
-  const repoOnly = JSON.parse(kiln(['github', 'app-manifest', '--url', 'https://ci.example.com', '--repo-only']).stdout) as { default_permissions: Record<string, string> };
+  assert.equal((m as { redirect_url?: string }).redirect_url, undefined);
+  const repoOnly = JSON.parse(kiln(['github', 'app-manifest', '--url', 'https://ci.example.com', '--repo-only', '--redirect-url', 'https://ci.example.com/done']).stdout) as { default_permissions: Record<string, string>; redirect_url: string };
   assert.equal(repoOnly.default_permissions.organization_self_hosted_runners, undefined);
+  assert.equal(repoOnly.redirect_url, 'https://ci.example.com/done');
   const bad = kiln(['github', 'app-manifest', '--url', 'not a url']);
   assert.notEqual(bad.status, 0);
   assert.match(bad.stderr, /not a URL/);

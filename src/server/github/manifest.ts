@@ -6,6 +6,8 @@ export interface ManifestOptions {
   url: string;
   /** Org-level runners need the organization permission; it is included unless asked otherwise. */
   organizationRunners?: boolean;
+  /** Where GitHub sends the browser (with ?code=…) after the App is created from the manifest. */
+  redirectUrl?: string;
 }
 
 export const WEBHOOK_PATH = '/v1/github/webhook';
@@ -16,6 +18,7 @@ export function appManifest(o: ManifestOptions): Record<string, unknown> {
     name: o.name,
     url: base,
     hook_attributes: { url: `${base}${WEBHOOK_PATH}`, active: true },
+    ...(o.redirectUrl ? { redirect_url: o.redirectUrl } : {}),
     public: false,
     default_permissions: {
       administration: 'write',

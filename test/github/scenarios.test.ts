@@ -185,10 +185,13 @@ void describe(`GitHub scenarios (${kind})`, { skip }, () => {
     const job = await h.double.queueJob('acme/app', ['kiln']);
     await until('runner online', async () => (await h!.store.db.selectFrom('github_runners').select('state').where('state', '=', 'online').execute()).length === 1);
     const [r] = [...h.double.runners.values()];
+    // It took the job, then hung: GitHub sees it offline and busy.
     Object.assign(r!, { hung: true, status: 'offline', busy: true, jobId: job.id });
+    Object.assign(h.double.jobs.get(job.id)!, { status: 'in_progress', runnerId: r!.id, runnerName: r!.name });
+    await h.double.sendWebhook(h.double.jobs.get(job.id)!, 'in_progress');
     await until('the VM is destroyed while the registration is still busy', async () => (await liveVms(h!)).length === 0);
     assert.ok(h.double.runners.has(r!.id));
-    r!.busy = false;
+    await h.double.failJob(job.id);
     await until('the registration is removed', () => !h!.double.runners.has(r!.id));
     assert.deepEqual(await assertInvariants(h), []);
   });
@@ -206,14 +209,29 @@ void describe(`GitHub scenarios (${kind})`, { skip }, () => {
   });
 
   void scenario('installation token expiry: a 401 refreshes the token once and the call succeeds', async () => {
-    h = await startGitHubHarness({ tokenTtlMs: 400, refreshAheadMs: 0, config: { reconcileMs: 100 } });
+    h = await startGitHubHarness({ config: { reconcileMs: 100 } });
     h.double.faults.holdJobs = true;
     await h.double.queueJob('acme/app', ['kiln']);
+    await until('runner online', async () => (await h!.store.db.selectFrom('github_runners').select('state').where('state', '=', 'online').execute()).length === 1);
+    const mints = h.double.calls.filter((c) => c.path.endsWith('/access_tokens')).length;
+    const from = h.double.calls.length;
+    h.double.expireTokens();
     await until('a 401 was answered and then a success with a new token', () => {
-      const i = h!.double.calls.findIndex((c) => c.status === 401);
-      return i >= 0 && h!.double.calls.slice(i + 1).some((c) => c.status === 200 && c.path.includes('/actions/runners/'));
+      const later = h!.double.calls.slice(from);
+      const i = later.findIndex((c) => c.status === 401);
+      return i >= 0 && later.slice(i + 1).some((c) => c.status === 200 && c.path.includes('/actions/runners/'));
     });
-    assert.ok(h.double.calls.filter((c) => c.path.endsWith('/access_tokens')).length >= 2);
+    assert.equal(h.double.calls.filter((c) => c.path.endsWith('/access_tokens')).length, mints + 1, 'one new token');
+    assert.equal(h.double.calls.slice(from).filter((c) => c.status === 401).length, 1, 'refreshed once, not in a loop');
+  });
+
+  void scenario('installation tokens are refreshed ahead of expiry, before any 401', async () => {
+    // Tokens live 5 min + 1 s; kiln refreshes when less than 5 min are left.
+    h = await startGitHubHarness({ tokenTtlMs: 301_000, config: { reconcileMs: 100 } });
+    h.double.faults.holdJobs = true;
+    await h.double.queueJob('acme/app', ['kiln']);
+    await until('a second token was minted', () => h!.double.calls.filter((c) => c.path.endsWith('/access_tokens') && c.status === 201).length >= 2);
+    assert.equal(h.double.calls.filter((c) => c.status === 401).length, 0);
   });
 
   void scenario('stale installation id: re-resolved through GET /repos/{o}/{r}/installation', async () => {

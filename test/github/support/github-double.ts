@@ -318,6 +318,11 @@ export class GitHubDouble {
     return undefined;
   }
 
+  /** Every installation token expires now, earlier than the client expects (clock skew, revocation). */
+  expireTokens(): void {
+    for (const t of this.tokens.values()) t.expiresAt = Date.now();
+  }
+
   mintToken(installationId: number): { token: string; expires_at: string } {
     const token = `ghs_${randomBytes(18).toString('base64url')}`;
     const expiresAt = Date.now() + (this.#opts.tokenTtlMs ?? 3600_000);

@@ -112,6 +112,39 @@ async function ensureForeignExec(arch: Arch, progress: (l: string) => void): Pro
   }
 }
 
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Removes build directories that an interrupted build left (its process is gone), unmounting whatever
+ * debootstrap had mounted in them first. Directories of live builds are left alone.
+ */
+export async function sweepStaleBuilds(cacheDir: string, progress: (l: string) => void): Promise<string[]> {
+  const removed: string[] = [];
+  for (const name of readdirSync(cacheDir).sort()) {
+    if (!name.startsWith('build-ci-')) continue;
+    const dir = join(cacheDir, name);
+    let pid = 0;
+    try {
+      pid = Number(readFileSync(join(dir, 'owner.pid'), 'utf8').trim()) || 0;
+    } catch {
+      /* no owner file: a build that is only now starting, or a very old one */
+    }
+    if (pid > 0 ? pidAlive(pid) : Date.now() - statSync(dir).mtimeMs < 3_600_000) continue;
+    progress(`removing ${name}, left by an interrupted build`);
+    await unmountAll(dir);
+    rmSync(dir, { recursive: true, force: true });
+    removed.push(dir);
+  }
+  return removed;
+}
+
 /** Mount points under `root` (debootstrap mounts /proc and /sys in the target; a failed run can leave them). */
 function mountsUnder(root: string): string[] {
   let text = '';
@@ -264,7 +297,9 @@ export async function buildCiImage(opts: CiBuildOptions): Promise<ImageManifest>
   const kernelDeb = await downloadDeb(kernelPkg, arch, join(opts.cacheDir, 'debs', arch), progress);
 
   mkdirSync(opts.cacheDir, { recursive: true });
+  await sweepStaleBuilds(opts.cacheDir, progress);
   const work = mkdtempSync(join(opts.cacheDir, 'build-ci-'));
+  writeFileSync(join(work, 'owner.pid'), String(process.pid));
   const root = join(work, 'root');
   const staging = store.stagingDir();
   const t0 = Date.now();

@@ -17,11 +17,13 @@ import {
   type AgentMessage,
   type HostCapacity,
   type JobResultMsg,
+  type MirrorStatusMsg,
   type ServerMessage,
 } from '../core/agent-protocol.ts';
 import { KilnError, toKilnError } from '../core/errors.ts';
 import type { VmDriver } from '../vm/driver.ts';
 import type { ImageResolver } from './images.ts';
+import type { MirrorStatus, RegistryMirror } from './mirror.ts';
 import { makeSupervisor, type Supervisor } from './supervisor.ts';
 
 export const AGENT_VERSION = '0.1.0';
@@ -46,6 +48,42 @@ export interface AgentOptions {
   maxBackoffMs?: number;
   /** Drop the connection when the server is silent this long (it pings every few seconds). */
   silenceMs?: number;
+  /**
+   * The host's registry mirror (supervised here: started with the agent, stopped with it). Every VM gets a
+   * forward of `MIRROR_GUEST_ADDRESS` to the mirror's host port and that address as its registry mirror.
+   */
+  mirror?: RegistryMirror;
+  /** How often host.status is sent (default 15 s); mirror health changes are sent as they are seen. */
+  statusIntervalMs?: number;
+  /** How often the mirror's health is probed for changes (default 2 s). */
+  healthPollMs?: number;
+}
+
+/** Where every guest reaches the host's mirror (a guestfwd to the mirror's host port, even with the network closed). */
+export const MIRROR_GUEST_IP = '10.0.2.100';
+export const MIRROR_GUEST_PORT = 5000;
+export const MIRROR_GUEST_ADDRESS = `${MIRROR_GUEST_IP}:${MIRROR_GUEST_PORT}`;
+
+/** What the protocol carries of a mirror's status: no process output (it stays in the agent's log). */
+export function mirrorStatusMsg(s: MirrorStatus): MirrorStatusMsg {
+  const m: MirrorStatusMsg = { state: s.state, healthy: s.healthy, restarts: s.restarts, cacheBytes: s.cacheBytes, upstream: s.upstream, address: s.address };
+  if (s.guestAddress) m.guestAddress = s.guestAddress;
+  if (s.pid !== undefined) m.pid = s.pid;
+  if (s.lastExit) m.lastExit = { code: s.lastExit.code, signal: s.lastExit.signal, at: s.lastExit.at };
+  return m;
+}
+
+/** The host port of a mirror listening on loopback or all interfaces (guestfwd connects to 127.0.0.1). */
+export function mirrorHostPort(listen: string): number {
+  const c = listen.lastIndexOf(':');
+  const host = listen.slice(0, c).replace(/^\[|\]$/g, '');
+  const port = Number(listen.slice(c + 1));
+  if (!(/^127\./.test(host) || host === 'localhost' || host === '::1' || host === '0.0.0.0' || host === '::') || !Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new KilnError('mirror.listen_unreachable', `the mirror listens on ${listen}, which guests cannot be forwarded to`, {
+      hint: 'listen on loopback (e.g. --mirror-listen 127.0.0.1:5000): VMs reach it through a forward to 127.0.0.1',
+    });
+  }
+  return port;
 }
 
 export interface AgentEvents {
@@ -108,7 +146,11 @@ export function makeAgent(o: AgentOptions): Agent {
     outboxBytes += size;
   };
 
+  const mirrorPort = o.mirror ? mirrorHostPort(o.mirror.listen) : undefined;
   const supervisor: Supervisor = makeSupervisor({
+    ...(mirrorPort !== undefined
+      ? { vm: { forwards: [{ guestAddr: MIRROR_GUEST_IP, guestPort: MIRROR_GUEST_PORT, hostPort: mirrorPort }], registryMirror: MIRROR_GUEST_ADDRESS } }
+      : {}),
     driver: o.driver,
     images: o.images,
     send,
@@ -118,6 +160,36 @@ export function makeAgent(o: AgentOptions): Agent {
       finished: (r) => events.emit('finished', r),
     },
   });
+
+  // Mirror status: in hello, every statusIntervalMs, and when a health probe sees a change.
+  let lastMirror: MirrorStatusMsg | undefined;
+  let statusTimer: NodeJS.Timeout | undefined;
+  let healthTimer: NodeJS.Timeout | undefined;
+  let reporting: Promise<void> | undefined;
+  const mirrorStatus = async (): Promise<MirrorStatusMsg | undefined> => {
+    if (!o.mirror) return undefined;
+    lastMirror = mirrorStatusMsg(await o.mirror.status());
+    return lastMirror;
+  };
+  const reportStatus = (): Promise<void> =>
+    (reporting ??= (async () => {
+      try {
+        const mirror = await mirrorStatus();
+        if (ws && welcomed && ws.readyState === WebSocket.OPEN && !stopping) ws.send(encodeMessage({ type: 'host.status', ...(mirror ? { mirror } : {}) }));
+      } catch (e) {
+        log.warn({ err: e }, 'could not report the host status');
+      } finally {
+        reporting = undefined;
+      }
+    })());
+  const watchHealth = async () => {
+    if (!o.mirror || stopping) return;
+    const healthy = await o.mirror.health();
+    if (lastMirror && healthy !== lastMirror.healthy) {
+      log.info({ healthy }, 'mirror health changed');
+      await reportStatus();
+    }
+  };
 
   async function capacity(): Promise<HostCapacity> {
     const c = await o.driver.capabilities();
@@ -172,7 +244,11 @@ export function makeAgent(o: AgentOptions): Agent {
       log.info({ url }, 'connected; saying hello');
       attempt = 0;
       resetSilence();
-      sock.send(encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, host: cap!, running: supervisor.running(), finished: [] }));
+      void (async () => {
+        const mirror = await mirrorStatus().catch(() => lastMirror);
+        if (sock.readyState !== WebSocket.OPEN) return;
+        sock.send(encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, host: cap!, running: supervisor.running(), finished: [], ...(mirror ? { mirror } : {}) }));
+      })();
     });
     sock.on('ping', resetSilence);
     sock.on('message', (data) => {
@@ -250,6 +326,8 @@ export function makeAgent(o: AgentOptions): Agent {
     stopping = true;
     if (reconnectTimer) clearTimeout(reconnectTimer);
     if (silenceTimer) clearTimeout(silenceTimer);
+    if (statusTimer) clearInterval(statusTimer);
+    if (healthTimer) clearInterval(healthTimer);
     await supervisor.stopAll('agent shutting down');
     const s = ws;
     if (s && s.readyState === WebSocket.OPEN) {
@@ -260,6 +338,8 @@ export function makeAgent(o: AgentOptions): Agent {
     }
     s?.terminate();
     ws = undefined;
+    await reporting?.catch(() => undefined);
+    if (o.mirror) await o.mirror.stop();
   }
 
   return {
@@ -269,6 +349,15 @@ export function makeAgent(o: AgentOptions): Agent {
       if (swept.removed.length > 0) log.warn({ removed: swept.removed }, 'removed VMs a previous agent left behind');
       cap = await capacity();
       log.info({ host: cap }, 'agent starting');
+      if (o.mirror) {
+        const m = o.mirror;
+        await m.start();
+        // Not fatal: the mirror is supervised and reported unhealthy until its upstream answers.
+        await m.waitHealthy(10_000).catch((e: unknown) => log.warn({ code: toKilnError(e).code, msg: toKilnError(e).message }, 'the registry mirror is not healthy yet'));
+        m.on('exit', () => void reportStatus());
+        statusTimer = setInterval(() => void reportStatus(), o.statusIntervalMs ?? 15_000);
+        healthTimer = setInterval(() => void watchHealth(), o.healthPollMs ?? 2000);
+      }
       connect();
     },
     stop,

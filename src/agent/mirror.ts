@@ -115,6 +115,11 @@ export class RegistryMirror extends EventEmitter<MirrorEvents> {
     this.storageDir = join(this.dir, 'storage');
   }
 
+  /** host:port the registry listens on. */
+  get listen(): string {
+    return this.opts.listen;
+  }
+
   /** Writes the config (0600: it may hold upstream credentials) and starts supervising the registry. */
   async start(): Promise<void> {
     if (this.state !== 'stopped') return;

@@ -6,7 +6,7 @@
 import type { Logger } from 'pino';
 import { MAX_LOG_CHUNK_BYTES, type AgentMessage, type JobResultMsg, type LaunchSpec, type RunningJobMsg } from '../core/agent-protocol.ts';
 import { toKilnError } from '../core/errors.ts';
-import type { RunningVm, VmDriver, VmResult } from '../vm/driver.ts';
+import type { RunningVm, VmDriver, VmResult, VmSpec } from '../vm/driver.ts';
 import type { ImageResolver } from './images.ts';
 
 export interface SupervisorEvents {
@@ -59,6 +59,8 @@ export function makeSupervisor(opts: {
   /** Sends a message now or queues it for the next connection. */
   send(m: AgentMessage): void;
   log: Logger;
+  /** Host-wide additions to every VM (the registry mirror's forward and address). */
+  vm?: Pick<VmSpec, 'forwards' | 'registryMirror'>;
   events?: Partial<SupervisorEvents>;
   flushMs?: number;
 }): Supervisor {
@@ -131,6 +133,8 @@ export function makeSupervisor(opts: {
               job: { command: spec.command, env: spec.env, ...(spec.cwd !== undefined ? { cwd: spec.cwd } : {}) },
               timeoutMs: spec.timeoutMs,
               network: spec.network,
+              ...(opts.vm?.forwards ? { forwards: opts.vm.forwards } : {}),
+              ...(opts.vm?.registryMirror ? { registryMirror: opts.vm.registryMirror } : {}),
             },
             { stdout: (c) => output(e, 'stdout', c), stderr: (c) => output(e, 'stderr', c) },
           );

@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { KilnError } from '../core/errors.ts';
 import { makeAgent } from '../agent/agent.ts';
 import { loadAgentConfig, redact, type AgentFlags } from './fleet-config.ts';
-import { makeDriverFor, makeLogger } from './fleet-wiring.ts';
+import { makeDriverFor, makeLogger, makeMirrorFor } from './fleet-wiring.ts';
 import type { Output } from './output.ts';
 import { waitForSignal } from './up.ts';
 
@@ -24,6 +24,8 @@ export function registerAgent(program: Command, out: () => Output): void {
     .option('--disk <size>', 'disk to offer (default: free space)')
     .option('--driver <kind>', 'VM driver: qemu (default) or memory (simulated; tests and demos)')
     .option('--sim-boot-ms <ms>', 'memory driver only: simulated boot time per VM')
+    .option('--mirror-upstream <url>', 'run a registry mirror of this upstream for this host’s VMs, e.g. https://registry-1.docker.io (env KILN_MIRROR_UPSTREAM; credentials from KILN_MIRROR_USERNAME/KILN_MIRROR_PASSWORD)')
+    .option('--mirror-listen <host:port>', `where the mirror listens on the host (default 127.0.0.1:5000; env KILN_MIRROR_LISTEN)`)
     .option('--data-dir <dir>', 'kiln data directory (env KILN_DATA_DIR)')
     .option('--config <file>', 'config file, YAML or JSON (env KILN_CONFIG)')
     .option('--log-level <level>', 'log level (env KILN_LOG_LEVEL)')
@@ -34,6 +36,7 @@ export function registerAgent(program: Command, out: () => Output): void {
       logger.info({ config: redact(cfg) }, 'kiln agent starting');
       mkdirSync(cfg.dataDir, { recursive: true });
       const { driver, images } = makeDriverFor(cfg.driver, cfg.dataDir, logger, flags.simBootMs ? { bootMs: Number(flags.simBootMs) } : {});
+      const mirror = makeMirrorFor(cfg.mirror, cfg.dataDir, logger);
       const agent = makeAgent({
         servers: cfg.servers,
         token: cfg.token,
@@ -46,6 +49,7 @@ export function registerAgent(program: Command, out: () => Output): void {
         driver,
         images,
         logger,
+        ...(mirror ? { mirror, statusIntervalMs: cfg.mirror!.statusIntervalMs } : {}),
       });
       let everConnected = false;
       const rejected = new Promise<KilnError>((resolve) =>

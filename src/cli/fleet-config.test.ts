@@ -51,3 +51,26 @@ void test('exit codes of followed jobs', async () => {
   assert.equal(exitCodeOf(end('cancelled', null)), 130);
   assert.equal(exitCodeOf(end('lost', null)), 123);
 });
+
+void test('agent mirror config: flag > env > file, none without an upstream, credentials redacted, problems together', () => {
+  const env = { KILN_SERVER: 'http://a:1', KILN_TOKEN: 'kiln_agt_x' };
+  assert.equal(loadAgentConfig({ dataDir: '/tmp/k' }, env, {}).mirror, undefined);
+  const file = { agent: { mirror: { upstream: 'https://file.example', listen: '127.0.0.1:6000', username: 'u', password: 'file-pw' } } };
+  const f = loadAgentConfig({ dataDir: '/tmp/k' }, env, file).mirror;
+  assert.deepEqual(f, { upstream: 'https://file.example', listen: '127.0.0.1:6000', username: 'u', password: 'file-pw', statusIntervalMs: 15_000 });
+  const e = loadAgentConfig({ dataDir: '/tmp/k' }, { ...env, KILN_MIRROR_UPSTREAM: 'https://env.example', KILN_MIRROR_PASSWORD: 'env-pw' }, file).mirror;
+  assert.equal(e?.upstream, 'https://env.example');
+  assert.equal(e?.password, 'env-pw');
+  const c = loadAgentConfig({ dataDir: '/tmp/k', mirrorUpstream: 'https://registry-1.docker.io', mirrorListen: '127.0.0.1:5001' }, { ...env, KILN_MIRROR_UPSTREAM: 'https://env.example' }, file);
+  assert.deepEqual([c.mirror?.upstream, c.mirror?.listen], ['https://registry-1.docker.io', '127.0.0.1:5001']);
+  assert.equal(loadAgentConfig({ dataDir: '/tmp/k', mirrorUpstream: 'https://h.example' }, env, {}).mirror?.listen, '127.0.0.1:5000');
+  const logged = JSON.stringify(redact(c));
+  assert.equal(logged.includes('file-pw'), false);
+  assert.match(logged, /"password":"\[redacted\]"/);
+  assert.throws(
+    () => loadAgentConfig({ dataDir: '/tmp/k', mirrorUpstream: 'https://u:p@h.example/v2', mirrorListen: 'http://x' }, env, {}),
+    (err) => isKilnError(err, 'config.invalid') && /2 problem/.test(err.message) && /root http\(s\) URL/.test(err.message) && /host:port/.test(err.message),
+  );
+  assert.throws(() => loadAgentConfig({ dataDir: '/tmp/k' }, { ...env, KILN_MIRROR_PASSWORD: 'x' }, {}), (err) => isKilnError(err, 'config.invalid') && /no mirror upstream/.test(err.message));
+  assert.equal(loadServerConfig({ dataDir: '/tmp/k', mirrorUpstream: 'https://registry-1.docker.io' }, {}, {}).mirror?.listen, '127.0.0.1:5000');
+});

@@ -10,6 +10,7 @@ import { parseArch, type Arch } from '../core/arch.ts';
 import { KilnError } from '../core/errors.ts';
 import { parseDuration, parseSize } from '../core/sizes.ts';
 import { loadCommonConfig, type CommonConfig } from './config.ts';
+import { assertHostPort, assertUpstreamUrl } from '../oci/mirror-config.ts';
 import { parseGitHubConfig, type GitHubConfig, type GitHubFileConfig } from '../server/github/config.ts';
 
 type Env = NodeJS.ProcessEnv;
@@ -18,9 +19,52 @@ export interface FileConfig {
   dataDir?: string;
   logLevel?: string;
   server?: { listen?: string; databaseUrl?: string; adminToken?: string; logLimit?: string | number; hostLostAfter?: string };
-  agent?: { server?: string | string[]; token?: string; name?: string; labels?: string[]; cpus?: number; memory?: string; disk?: string; driver?: string; arch?: string };
+  agent?: { server?: string | string[]; token?: string; name?: string; labels?: string[]; cpus?: number; memory?: string; disk?: string; driver?: string; arch?: string; mirror?: MirrorFileConfig };
+  /** `kiln up`'s local agent reads the same section. */
+  mirror?: MirrorFileConfig;
   client?: { server?: string; token?: string };
   github?: GitHubFileConfig;
+}
+
+export interface MirrorFileConfig {
+  upstream?: string;
+  listen?: string;
+  username?: string;
+  password?: string;
+  statusInterval?: string;
+}
+
+/** The per-host registry mirror; undefined when no upstream is configured (then there is no mirror). */
+export interface MirrorConfig {
+  upstream: string;
+  listen: string;
+  username: string | undefined;
+  password: string | undefined;
+  statusIntervalMs: number;
+}
+
+export interface MirrorFlags {
+  mirrorUpstream?: string;
+  mirrorListen?: string;
+}
+
+export const DEFAULT_MIRROR_LISTEN = '127.0.0.1:5000';
+
+function loadMirrorConfig(flags: MirrorFlags, env: Env, file: MirrorFileConfig | undefined, p: Problems): MirrorConfig | undefined {
+  const upstream = first(flags.mirrorUpstream, env.KILN_MIRROR_UPSTREAM, file?.upstream);
+  const listen = first(flags.mirrorListen, env.KILN_MIRROR_LISTEN, file?.listen) ?? DEFAULT_MIRROR_LISTEN;
+  const username = first(env.KILN_MIRROR_USERNAME, file?.username);
+  const password = first(env.KILN_MIRROR_PASSWORD, file?.password);
+  const intervalText = first(env.KILN_MIRROR_STATUS_INTERVAL, file?.statusInterval) ?? '15s';
+  const statusIntervalMs = p.try(() => parseDuration(intervalText, 'mirror status interval')) ?? 15_000;
+  if (!upstream) {
+    if (username || password) p.list.push('mirror credentials are set but no mirror upstream (pass --mirror-upstream URL, or set KILN_MIRROR_UPSTREAM)');
+    return undefined;
+  }
+  p.try(() => assertUpstreamUrl(upstream));
+  p.try(() => assertHostPort(listen, 'mirror listen address'));
+  if (password && !username) p.list.push('KILN_MIRROR_PASSWORD is set without KILN_MIRROR_USERNAME');
+  return { upstream, listen, username, password, statusIntervalMs };
 }
 
 export function readConfigFile(path: string | undefined): FileConfig {
@@ -78,9 +122,11 @@ export interface ServerConfig extends CommonConfig {
   hostLostAfterMs: number;
   /** GitHub App settings (KILN_GITHUB_* or the file's github: section); undefined when not configured. */
   github: GitHubConfig | undefined;
+  /** kiln up's local agent's mirror (kiln server ignores it). */
+  mirror: MirrorConfig | undefined;
 }
 
-export interface ServerFlags {
+export interface ServerFlags extends MirrorFlags {
   dataDir?: string;
   logLevel?: string;
   config?: string;
@@ -107,8 +153,9 @@ export function loadServerConfig(flags: ServerFlags, env: Env = process.env, fil
   const adminToken = first(env.KILN_ADMIN_TOKEN, file.server?.adminToken);
   if (adminToken !== undefined && adminToken.length < 16) p.list.push('KILN_ADMIN_TOKEN must be at least 16 characters');
   const github = p.try(() => parseGitHubConfig(env, file.github));
+  const mirror = loadMirrorConfig(flags, env, file.mirror ?? file.agent?.mirror, p);
   p.throwIfAny('server');
-  return { ...common, listen, databaseUrl, adminToken, logLimitBytes, hostLostAfterMs, github };
+  return { ...common, listen, databaseUrl, adminToken, logLimitBytes, hostLostAfterMs, github, mirror };
 }
 
 export interface AgentConfig extends CommonConfig {
@@ -121,9 +168,10 @@ export interface AgentConfig extends CommonConfig {
   memoryBytes: number | undefined;
   diskBytes: number | undefined;
   driver: 'qemu' | 'memory';
+  mirror: MirrorConfig | undefined;
 }
 
-export interface AgentFlags {
+export interface AgentFlags extends MirrorFlags {
   dataDir?: string;
   logLevel?: string;
   config?: string;
@@ -172,8 +220,9 @@ export function loadAgentConfig(flags: AgentFlags, env: Env = process.env, fileI
   const diskBytes = diskText ? p.try(() => parseSize(diskText, 'disk')) : undefined;
   const driver = first(flags.driver, env.KILN_AGENT_DRIVER, file.agent?.driver) ?? 'qemu';
   if (driver !== 'qemu' && driver !== 'memory') p.list.push(`driver "${driver}" is not qemu or memory`);
+  const mirror = loadMirrorConfig(flags, env, file.agent?.mirror ?? file.mirror, p);
   p.throwIfAny('agent');
-  return { ...common, servers, token: token!, name, labels, arch, cpus, memoryBytes, diskBytes, driver: driver as 'qemu' | 'memory' };
+  return { ...common, servers, token: token!, name, labels, arch, cpus, memoryBytes, diskBytes, driver: driver as 'qemu' | 'memory', mirror };
 }
 
 export interface ClientConfig {
@@ -196,6 +245,7 @@ export function redact<T extends object>(cfg: T): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(cfg)) {
     if (/token|secret|password/i.test(k)) out[k] = v === undefined ? undefined : '[redacted]';
+    else if (v !== null && typeof v === 'object' && !Array.isArray(v)) out[k] = redact(v);
     else if (typeof v === 'string' && /^[a-z]+:\/\/[^@/]*:[^@/]*@/.test(v)) out[k] = v.replace(/\/\/([^:@/]*):[^@/]*@/, '//$1:[redacted]@');
     else out[k] = v;
   }

@@ -9,6 +9,23 @@ import { makeMemoryDriver } from '../vm/memory-driver.ts';
 import { makeQemuDriver } from '../vm/qemu-driver.ts';
 import type { VmDriver } from '../vm/driver.ts';
 import { loadVmConfig } from './config.ts';
+import { RegistryMirror } from '../agent/mirror.ts';
+import { MIRROR_GUEST_ADDRESS } from '../agent/agent.ts';
+import type { MirrorConfig } from './fleet-config.ts';
+
+/** The host's registry mirror from its config (undefined: none configured); the agent supervises it. */
+export function makeMirrorFor(cfg: MirrorConfig | undefined, dataDir: string, logger: Logger): RegistryMirror | undefined {
+  if (!cfg) return undefined;
+  return new RegistryMirror({
+    dataDir,
+    listen: cfg.listen,
+    guestAddress: MIRROR_GUEST_ADDRESS,
+    upstream: { url: cfg.upstream, username: cfg.username, password: cfg.password },
+    // Measure the cache at most as often as it is reported.
+    cacheSizeMaxAgeMs: Math.min(cfg.statusIntervalMs, 15_000),
+    logger: logger.child({ part: 'mirror' }),
+  });
+}
 
 /** Structured logs to stderr (JSON lines), so stdout stays for results. */
 export function makeLogger(level: string, name = 'kiln'): Logger {

@@ -1,9 +1,16 @@
 /** `kiln hosts ls|drain|cordon|uncordon|rm`. */
 import type { Command } from 'commander';
-import type { Host } from '../core/host.ts';
+import type { Host, HostMirror } from '../core/host.ts';
 import { formatSize } from '../core/sizes.ts';
 import { addClientOptions, clientFrom, type ClientFlags } from './fleet-client.ts';
 import { table, type Output } from './output.ts';
+
+/** `healthy 12.3M`, `down (3 restarts)`, or `-` when the host runs no mirror. */
+export function mirrorCell(m: HostMirror | null | undefined): string {
+  if (!m) return '-';
+  if (m.healthy) return `healthy ${formatSize(m.cacheBytes)}`;
+  return `down (${m.restarts} restart${m.restarts === 1 ? '' : 's'})`;
+}
 
 type HostOut = Host & { jobs: number; used: { cpus: number; memoryBytes: number } };
 
@@ -16,7 +23,7 @@ export function registerHosts(program: Command, out: () => Output): void {
       if (f.json) return out().data(JSON.stringify(list, null, 2));
       out().data(
         table([
-          ['ID', 'NAME', 'STATE', 'ARCH', 'ACCEL', 'CPUS', 'MEMORY', 'JOBS', 'LABELS'],
+          ['ID', 'NAME', 'STATE', 'ARCH', 'ACCEL', 'CPUS', 'MEMORY', 'JOBS', 'MIRROR', 'LABELS'],
           ...list.map((h) => [
             String(h.id),
             h.name,
@@ -26,6 +33,7 @@ export function registerHosts(program: Command, out: () => Output): void {
             `${h.used.cpus}/${h.capacity.cpus}`,
             `${formatSize(h.used.memoryBytes)}/${formatSize(h.capacity.memoryBytes)}`,
             String(h.jobs),
+            mirrorCell(h.mirror),
             h.labels.join(',') || '-',
           ]),
         ]),

@@ -9,12 +9,13 @@ import type { Command } from 'commander';
 import type { Logger } from 'pino';
 import { makeAgent, type Agent } from '../agent/agent.ts';
 import type { ImageResolver } from '../agent/images.ts';
+import type { RegistryMirror } from '../agent/mirror.ts';
 import { makeServer, type KilnServer, type MakeServerOptions } from '../server/server.ts';
 import { openStore } from '../store/store.ts';
 import { createToken, makeSecret, revokeToken } from '../store/tokens.ts';
 import type { VmDriver } from '../vm/driver.ts';
 import { loadServerConfig, redact, type ServerFlags } from './fleet-config.ts';
-import { makeDriverFor, makeLogger } from './fleet-wiring.ts';
+import { makeDriverFor, makeLogger, makeMirrorFor } from './fleet-wiring.ts';
 import type { Output } from './output.ts';
 
 export interface UpOptions {
@@ -36,6 +37,9 @@ export interface UpOptions {
   bootstrapTokenFile?: string;
   adminToken?: string;
   github?: MakeServerOptions['github'];
+  /** The local host's registry mirror, supervised by the local agent. */
+  mirror?: RegistryMirror;
+  mirrorStatusIntervalMs?: number;
 }
 
 export interface UpHandle {
@@ -74,6 +78,8 @@ export async function startUp(o: UpOptions): Promise<UpHandle> {
       driver: o.driver,
       images: o.images,
       logger: o.logger,
+      ...(o.mirror ? { mirror: o.mirror } : {}),
+      ...(o.mirrorStatusIntervalMs ? { statusIntervalMs: o.mirrorStatusIntervalMs } : {}),
     });
     const connected = agent.connected(30_000);
     await agent.start();
@@ -112,6 +118,8 @@ export function registerUp(program: Command, out: () => Output): void {
     .option('--config <file>', 'config file, YAML or JSON (env KILN_CONFIG)')
     .option('--driver <kind>', 'VM driver: qemu (default) or memory (simulated, for trying the fleet without VMs)', 'qemu')
     .option('--label <label...>', 'labels this host offers (pools)')
+    .option('--mirror-upstream <url>', 'run a registry mirror of this upstream for the local VMs (env KILN_MIRROR_UPSTREAM; credentials from KILN_MIRROR_USERNAME/KILN_MIRROR_PASSWORD)')
+    .option('--mirror-listen <host:port>', 'where the mirror listens (default 127.0.0.1:5000; env KILN_MIRROR_LISTEN)')
     .option('--log-level <level>', 'log level (env KILN_LOG_LEVEL)')
     .action(async (flags: ServerFlags & { driver: string; label?: string[] }) => {
       const o = out();
@@ -133,6 +141,7 @@ export function registerUp(program: Command, out: () => Output): void {
         ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
         ...(flags.label ? { labels: flags.label } : {}),
         ...(cfg.github ? { github: { config: cfg.github } } : {}),
+        ...(cfg.mirror ? { mirror: makeMirrorFor(cfg.mirror, cfg.dataDir, logger)!, mirrorStatusIntervalMs: cfg.mirror.statusIntervalMs } : {}),
       });
       o.info(`kiln is up at ${up.url} with one local agent (${driver.name} driver)`);
       if (up.server.bootstrapSecret) o.info(`first start: an admin token was written to ${tokenFile} (the CLI reads it from there)`);

@@ -34,6 +34,28 @@ export const HostCapacity = Type.Object(
 );
 export type HostCapacity = Static<typeof HostCapacity>;
 
+/** The host's registry mirror as its agent reports it (never upstream credentials). */
+export const MirrorStatusMsg = Type.Object(
+  {
+    state: Type.Union([Type.Literal('stopped'), Type.Literal('starting'), Type.Literal('running'), Type.Literal('backoff')]),
+    healthy: Type.Boolean(),
+    restarts: Type.Integer({ minimum: 0 }),
+    cacheBytes: Type.Integer({ minimum: 0 }),
+    upstream: Type.String({ maxLength: 500 }),
+    address: Type.String({ maxLength: 300 }),
+    guestAddress: Type.Optional(Type.String({ maxLength: 300 })),
+    pid: Type.Optional(Type.Integer({ minimum: 1 })),
+    lastExit: Type.Optional(
+      Type.Object(
+        { code: Type.Union([Type.Integer(), Type.Null()]), signal: Type.Union([Type.String({ maxLength: 20 }), Type.Null()]), at: Type.String({ maxLength: 40 }) },
+        { additionalProperties: false },
+      ),
+    ),
+  },
+  { additionalProperties: false },
+);
+export type MirrorStatusMsg = Static<typeof MirrorStatusMsg>;
+
 export const VmTimingsMsg = Type.Object({
   prepareMs: Type.Number(),
   bootMs: Type.Number(),
@@ -77,9 +99,13 @@ export const AgentMessage = Type.Union([
       host: HostCapacity,
       running: Type.Array(RunningJobMsg, { maxItems: 10_000 }),
       finished: Type.Array(JobResultMsg, { maxItems: 10_000 }),
+      /** Present when the host runs a registry mirror. */
+      mirror: Type.Optional(MirrorStatusMsg),
     },
     { additionalProperties: false },
   ),
+  /** Periodic host status (every 15 s and on mirror health changes). */
+  Type.Object({ type: Type.Literal('host.status'), mirror: Type.Optional(MirrorStatusMsg) }, { additionalProperties: false }),
   Type.Object(
     { type: Type.Literal('job.phase'), jobId: Id, attempt: Attempt, phase: Type.Union([Type.Literal('booting'), Type.Literal('running')]) },
     { additionalProperties: false },

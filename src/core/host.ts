@@ -24,6 +24,23 @@ export interface Host {
   connectedAt: string | null;
   lastSeenAt: string;
   createdAt: string;
+  /** The host's registry mirror as its agent last reported it; null when it runs none. */
+  mirror: HostMirror | null;
+}
+
+/** A registry mirror's status (src/agent/mirror.ts), as reported over the agent protocol. */
+export interface HostMirror {
+  state: 'stopped' | 'starting' | 'running' | 'backoff';
+  healthy: boolean;
+  restarts: number;
+  cacheBytes: number;
+  upstream: string;
+  address: string;
+  guestAddress?: string;
+  pid?: number;
+  lastExit?: { code: number | null; signal: string | null; at: string };
+  /** When the server stored this report. */
+  reportedAt?: string;
 }
 
 export const TOKEN_ROLES = ['admin', 'operator', 'read-only', 'agent'] as const;

@@ -19,7 +19,7 @@ import {
 import { KilnError, toKilnError } from '../core/errors.ts';
 import { activeJobsOnHosts, getJob, loseJob, transitionJob } from '../store/jobs.ts';
 import { launchSpecOf } from './scheduler/scheduler.ts';
-import { connectHost, disconnectHost, touchHosts } from '../store/hosts.ts';
+import { connectHost, disconnectHost, setHostMirror, touchHosts } from '../store/hosts.ts';
 import type { ServerContext } from './context.ts';
 import type { HostLink, HostRegistry } from './host-registry.ts';
 import type { LogWriter } from './log-writer.ts';
@@ -162,11 +162,13 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
           return done(msg.result);
         case 'job.log':
           return;
+        case 'host.status':
+          return hostStatus(msg);
       }
     }
 
     async function hello(msg: AgentMessageOf<'hello'>): Promise<void> {
-      const host = await connectHost(ctx.store.db, msg.host, ctx.serverId);
+      const host = await connectHost(ctx.store.db, msg.host, ctx.serverId, msg.mirror);
       const hlog = ctx.log.child({ hostId: host.id, host: host.name });
       const l: HostLink = {
         hostId: host.id,
@@ -238,6 +240,13 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
       ctx.events.emit('host.connected', { hostId: host.id, name: host.name });
       ctx.events.emit('host.state', { hostId: host.id, name: host.name, state: host.state });
       deps.kick();
+    }
+
+    async function hostStatus(msg: AgentMessageOf<'host.status'>): Promise<void> {
+      if (!link) return;
+      const l = link;
+      if (!(await setHostMirror(ctx.store.db, l.hostId, ctx.serverId, msg.mirror ?? null))) return;
+      ctx.events.emit('host.status', { hostId: l.hostId, name: l.name, mirror: msg.mirror ?? null });
     }
 
     async function phase(msg: AgentMessageOf<'job.phase'>): Promise<void> {

@@ -6,6 +6,7 @@ import { EventEmitter, once } from 'node:events';
 import type { Job } from '../core/job.ts';
 import type { JobState } from '../core/job-state.ts';
 import type { HostState } from '../core/host-state.ts';
+import type { HostMirror } from '../core/host.ts';
 
 export interface ServerEvents {
   'job.submitted': { job: Job };
@@ -15,6 +16,8 @@ export interface ServerEvents {
   'host.state': { hostId: number; name: string; state: HostState };
   'host.connected': { hostId: number; name: string };
   'host.disconnected': { hostId: number; name: string };
+  /** An agent reported its host's status (the registry mirror). */
+  'host.status': { hostId: number; name: string; mirror: HostMirror | null };
   'agent.rejected': { code: string; message: string };
   'leader.changed': { leader: boolean };
 }

@@ -10,10 +10,25 @@ export interface Metrics {
   hostsConnected: Gauge;
   queueDepth: Gauge;
   agentProtocolErrors: Counter<'code'>;
+  mirrorHealthy: Gauge<'host'>;
+  mirrorCacheBytes: Gauge<'host'>;
 }
 
-export function makeMetrics(queueDepth: () => Promise<number>): Metrics {
+/** A host's mirror as the store last heard of it (fleet-wide: every replica reports every host). */
+export interface MirrorSample {
+  host: string;
+  healthy: boolean;
+  cacheBytes: number;
+}
+
+export function makeMetrics(queueDepth: () => Promise<number>, mirrors: () => Promise<MirrorSample[]> = async () => []): Metrics {
   const registry = new Registry();
+  // Both mirror gauges come from one read of the store per scrape.
+  let sampled: Promise<MirrorSample[]> | undefined;
+  const sample = () =>
+    (sampled ??= mirrors()
+      .catch(() => [])
+      .finally(() => setImmediate(() => (sampled = undefined))));
   collectDefaultMetrics({ register: registry, prefix: 'kiln_' });
   return {
     registry,
@@ -36,5 +51,25 @@ export function makeMetrics(queueDepth: () => Promise<number>): Metrics {
       },
     }),
     agentProtocolErrors: new Counter({ name: 'kiln_agent_protocol_errors_total', help: 'Agent messages rejected', labelNames: ['code'], registers: [registry] }),
+    mirrorHealthy: new Gauge({
+      name: 'kiln_host_mirror_healthy',
+      help: 'Whether the host’s registry mirror answered its health check at the last report (1 or 0)',
+      labelNames: ['host'],
+      registers: [registry],
+      async collect() {
+        this.reset();
+        for (const m of await sample()) this.set({ host: m.host }, m.healthy ? 1 : 0);
+      },
+    }),
+    mirrorCacheBytes: new Gauge({
+      name: 'kiln_host_mirror_cache_bytes',
+      help: 'Bytes the host’s registry mirror cache occupies on disk at the last report',
+      labelNames: ['host'],
+      registers: [registry],
+      async collect() {
+        this.reset();
+        for (const m of await sample()) this.set({ host: m.host }, m.cacheBytes);
+      },
+    }),
   };
 }

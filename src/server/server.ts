@@ -24,6 +24,7 @@ import { makeLogWriter } from './log-writer.ts';
 import { makePhaseWriter } from './phase-writer.ts';
 import { makeResultWriter } from './result-writer.ts';
 import { makeMetrics } from './metrics.ts';
+import { listHosts } from '../store/hosts.ts';
 import { makeScheduler, type Scheduler } from './scheduler/scheduler.ts';
 import { hostRoutes } from './api/hosts.ts';
 import { jobRoutes } from './api/jobs.ts';
@@ -70,7 +71,10 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   const serverId = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
   const log = o.logger.child({ serverId });
   const events = new ServerEventBus();
-  const metrics = makeMetrics(async () => (await countJobsByState(o.store.db)).queued);
+  const metrics = makeMetrics(
+    async () => (await countJobsByState(o.store.db)).queued,
+    async () => (await listHosts(o.store.db)).flatMap((h) => (h.mirror ? [{ host: h.name, healthy: h.mirror.healthy && (h.state === 'online' || h.state === 'draining'), cacheBytes: h.mirror.cacheBytes }] : [])),
+  );
   const ctx: ServerContext = {
     serverId,
     store: o.store,

@@ -2,7 +2,7 @@
 import { sql } from 'kysely';
 import type { Arch } from '../core/arch.ts';
 import type { HostCapacity } from '../core/agent-protocol.ts';
-import type { Host } from '../core/host.ts';
+import type { Host, HostMirror } from '../core/host.ts';
 import { nextHostState, type HostState } from '../core/host-state.ts';
 import type { Db, Tx } from './store.ts';
 import type { HostRow } from './schema.ts';
@@ -27,11 +27,12 @@ export function hostFromRow(r: HostRow): Host {
     connectedAt: iso(r.connected_at),
     lastSeenAt: iso(r.last_seen_at) ?? '',
     createdAt: iso(r.created_at) ?? '',
+    mirror: r.mirror ?? null,
   };
 }
 
 /** Registers (or re-registers) a host as connected to `serverId`. The host's name is its identity. */
-export async function connectHost(db: Db, cap: HostCapacity, serverId: string): Promise<Host> {
+export async function connectHost(db: Db, cap: HostCapacity, serverId: string, mirror?: HostMirror): Promise<Host> {
   return db.transaction().execute(async (tx) => {
     const existing = await tx.selectFrom('hosts').selectAll().where('name', '=', cap.name).forUpdate().executeTakeFirst();
     const state = nextHostState((existing?.state as HostState | undefined) ?? 'offline', { type: 'connect', draining: existing?.drain_requested ?? false });
@@ -48,12 +49,20 @@ export async function connectHost(db: Db, cap: HostCapacity, serverId: string): 
       server_id: serverId,
       connected_at: sql<Date>`now()`,
       last_seen_at: sql<Date>`now()`,
+      mirror: mirror ? JSON.stringify({ ...mirror, reportedAt: new Date().toISOString() }) : null,
     };
     const row = existing
       ? await tx.updateTable('hosts').set(values).where('id', '=', existing.id).returningAll().executeTakeFirstOrThrow()
       : await tx.insertInto('hosts').values({ name: cap.name, ...values }).returningAll().executeTakeFirstOrThrow();
     return hostFromRow(row);
   });
+}
+
+/** Stores the mirror status a host's agent reported (null: it runs none), if `serverId` still owns the host. */
+export async function setHostMirror(db: Q, hostId: number, serverId: string, mirror: HostMirror | null): Promise<boolean> {
+  const value = mirror ? JSON.stringify({ ...mirror, reportedAt: new Date().toISOString() }) : null;
+  const r = await db.updateTable('hosts').set({ mirror: value, last_seen_at: sql`now()` }).where('id', '=', hostId).where('server_id', '=', serverId).executeTakeFirst();
+  return Number(r.numUpdatedRows) > 0;
 }
 
 /** Marks a host offline, but only if `serverId` still owns it (it may have reconnected elsewhere). */

@@ -129,6 +129,7 @@ TABLE hosts
   connected_at timestamp with time zone
   last_seen_at timestamp with time zone NOT NULL DEFAULT now()
   created_at timestamp with time zone NOT NULL DEFAULT now()
+  mirror jsonb
   CONSTRAINT hosts_name_key UNIQUE (name)
   CONSTRAINT hosts_pkey PRIMARY KEY (id)
   CONSTRAINT hosts_state_check CHECK ((state = ANY (ARRAY['online'::text, 'draining'::text, 'asleep'::text, 'waking'::text, 'offline'::text])))

@@ -4,6 +4,7 @@
  * A migration that adds a table adds its row type here.
  */
 import type { ColumnType, Generated, Insertable, Selectable } from 'kysely';
+import type { HostMirror } from '../core/host.ts';
 import type { GitHubTables } from './github-schema.ts';
 
 type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
@@ -81,6 +82,7 @@ export interface HostsTable {
   connected_at: NullableTimestamp;
   last_seen_at: Timestamp;
   created_at: Generated<Date>;
+  mirror: ColumnType<HostMirror | null, string | null | undefined, string | null>;
 }
 
 export interface TokensTable {

@@ -134,6 +134,8 @@ export async function migrate(db: Db): Promise<void> {
     provider: { getMigrations: async () => MIGRATIONS },
     migrationTableName: 'kiln_migrations',
     migrationLockTableName: 'kiln_migrations_lock',
+    // 0003 shipped after 0100 (GitHub's range): run missing migrations even when a later one is applied.
+    allowUnorderedMigrations: true,
   });
   const { error, results } = await migrator.migrateToLatest();
   if (error) {

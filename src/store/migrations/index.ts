@@ -2,15 +2,18 @@
  * Every migration, in order. To add tables: write `NNNN-what.ts` beside this file exporting
  * `up(db: Kysely<unknown>)` (raw SQL through Kysely's `sql` is fine and reads best), add it below, add row
  * types to ../schema.ts, then refresh the committed snapshot (see ../schema.sql's header). Names sort in
- * order; never edit a migration that has shipped.
+ * order; never edit a migration that has shipped. Core and GitHub numbers interleave (0003 after 0100), so
+ * the migrator runs unordered migrations that are missing.
  */
 import type { Migration } from 'kysely';
 import * as m0001 from './0001-control-plane.ts';
 import * as m0002 from './0002-tenant-fairness.ts';
+import * as m0003 from './0003-host-mirror.ts';
 import * as m0100 from './0100-github.ts';
 
 export const MIGRATIONS: Record<string, Migration> = {
   '0001-control-plane': m0001,
   '0002-tenant-fairness': m0002,
+  '0003-host-mirror': m0003,
   '0100-github': m0100,
 };

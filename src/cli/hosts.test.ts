@@ -1,0 +1,11 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mirrorCell } from './hosts.ts';
+
+void test('the MIRROR column of kiln hosts ls', () => {
+  const base = { state: 'running' as const, upstream: 'https://registry-1.docker.io', address: '127.0.0.1:5000' };
+  assert.equal(mirrorCell(null), '-');
+  assert.equal(mirrorCell({ ...base, healthy: true, restarts: 0, cacheBytes: 12.3 * 1024 * 1024 }), 'healthy 12.3M');
+  assert.equal(mirrorCell({ ...base, state: 'backoff', healthy: false, restarts: 3, cacheBytes: 0 }), 'down (3 restarts)');
+  assert.equal(mirrorCell({ ...base, healthy: false, restarts: 1, cacheBytes: 0 }), 'down (1 restart)');
+});

@@ -22,7 +22,7 @@ void test('a GitHub job runs in a real microVM through a stand-in runner', { ski
   const h = await startGitHubHarness({
     driver: makeQemuDriver({ dataDir: data.dir, accel: 'auto', logger: pino({ level: 'silent' }) }),
     images: makeStoreImageResolver(data.dir),
-    config: { runnerImage: 'default', runnerCommand: ['sh', '-c', script], bootTimeoutMs: 120_000, reconcileMs: 500 },
+    config: { runnerImage: 'default', runnerCommand: ['sh', '-c', script], bootTimeoutMs: 120_000, idleGraceMs: 60_000, reconcileMs: 500 },
   });
   try {
     h.double.runnerUrl = h.double.url.replace('127.0.0.1', '10.0.2.2');
@@ -30,9 +30,10 @@ void test('a GitHub job runs in a real microVM through a stand-in runner', { ski
     await until('the job completed on GitHub', () => h.double.jobs.get(job.id)?.status === 'completed', 240_000);
     await until('the VM is gone and the runner deregistered', async () => (await runnerVms(h)).every((v) => ['succeeded', 'failed', 'cancelled'].includes(v.state)) && h.double.runners.size === 0, 60_000);
     const [vm] = await runnerVms(h);
-    assert.equal(vm?.state, 'succeeded');
     const logs = await h.store.db.selectFrom('job_logs').select('data').where('job_id', '=', vm!.id).orderBy('seq').execute();
     const text = Buffer.concat(logs.map((l) => Buffer.from(l.data))).toString();
+    const row = await h.store.db.selectFrom('jobs').select(['exit_code', 'error_code', 'error_message']).where('id', '=', vm!.id).executeTakeFirstOrThrow();
+    assert.equal(vm?.state, 'succeeded', `${JSON.stringify(row)}\n${text}`);
     assert.match(text, new RegExp(`Running job ${job.id} on x86_64`));
     assert.deepEqual(await assertInvariants(h), []);
     assert.deepEqual(h.double.violations, []);

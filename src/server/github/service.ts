@@ -682,7 +682,16 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
       if (r.runner_id === null) continue;
       await step(`checking runner ${r.name}`, async () => {
         const gh = await api.getRunner(runnerInst(r), scopeOf(r), r.runner_id!);
-        if (!gh) return retire(r, 'its registration vanished on GitHub');
+        if (!gh) {
+          // After its one job GitHub removes an ephemeral runner while the runner is still exiting: give
+          // its VM the idle grace to end by itself. An idle runner that vanished loses its VM at once.
+          if (r.job_id !== null) {
+            if (!r.surplus_since) return void (await db.updateTable('github_runners').set({ surplus_since: new Date(now()) }).where('id', '=', r.id).execute());
+            if (now() - ms(r.surplus_since) < config.idleGraceMs) return;
+            return retire(r, 'its registration is gone and its VM did not end after its job');
+          }
+          return retire(r, 'its registration vanished on GitHub');
+        }
         if (gh.status === 'online') {
           if (gh.busy && r.state !== 'busy') return setRunner(r, 'busy');
           if (!gh.busy && r.state === 'starting') return setRunner(r, 'online', { online_at: new Date(now()) });

@@ -10,7 +10,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, type Server, type Socket } from 'node:net';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus as osCpus, totalmem } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
+import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { archFromNode, type Arch } from '../core/arch.ts';
 import { KilnError, toKilnError } from '../core/errors.ts';
@@ -56,6 +57,9 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
   let layout: CgroupLayout | undefined;
   let loweredOwnOom = false;
   let tscKhz: number | undefined;
+  /** Cgroup names are `<vm id>.<tag of the data directory>`: VM ids need only be unique per data directory. */
+  const dataTag = createHash('sha256').update(resolve(opts.dataDir)).digest('hex').slice(0, 8);
+  const cgroupName = (id: string) => `${id}.${dataTag}`;
 
   const accelFor = (arch: Arch) => chooseAccel(arch, hostArch, realHostProbe, opts.accel ?? 'auto');
 
@@ -179,7 +183,7 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
         spec.image.rootDiskPath ? createOverlay(rootOverlay, spec.image.rootDiskPath, 'qcow2') : undefined,
       ]);
       const overhead = opts.memoryOverheadBytes ?? 256 * MiB;
-      cgroup = createVmCgroup(layout, spec.id, { cpus: spec.cpus, memoryBytes: spec.memoryBytes + overhead, pids: 128 + 2 * spec.cpus });
+      cgroup = createVmCgroup(layout, cgroupName(spec.id), { cpus: spec.cpus, memoryBytes: spec.memoryBytes + overhead, pids: 128 + 2 * spec.cpus });
       const network = spec.network === 'user' || (spec.forwards?.length ?? 0) > 0 ? { restrict: spec.network !== 'user', forwards: spec.forwards ?? [] } : undefined;
       const args = buildQemuArgs({
         id: spec.id,
@@ -348,21 +352,22 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
   async function sweep(): Promise<{ removed: string[] }> {
     const removed: string[] = [];
     layout ??= detectCgroups();
-    const cgroups = listVmCgroups(layout);
+    // Cgroups are host-wide; ours carry this data directory's tag. Others may belong to another kiln.
+    const cgroups = new Map<string, string[]>();
+    for (const [name, dirs] of listVmCgroups(layout)) {
+      if (name.endsWith(`.${dataTag}`)) cgroups.set(name.slice(0, -dataTag.length - 1), dirs);
+      else {
+        // Not ours: never touch its processes; remove it only if empty and not freshly made (a launch in progress).
+        removeCgroupDirs(dirs.filter((d) => cgroupPids(d).length === 0 && Date.now() - statSync(d).mtimeMs > 60_000));
+      }
+    }
     const ids = new Set<string>([...(existsSync(vmsDir) ? readdirSync(vmsDir) : []), ...cgroups.keys()]);
     for (const id of ids) {
       if (running.has(id)) continue;
       const dir = join(vmsDir, id);
-      if (!existsSync(dir)) {
-        // A cgroup with no VM directory here may belong to a kiln with another data directory: never kill
-        // its processes; only remove it if it is empty and not freshly made (a launch in progress).
-        const stale = (cgroups.get(id) ?? []).filter((d) => cgroupPids(d).length === 0 && Date.now() - statSync(d).mtimeMs > 60_000);
-        if (stale.length > 0 && removeCgroupDirs(stale).length === 0) removed.push(id);
-        continue;
-      }
       const owner = readJson<Owner>(join(dir, 'owner.json'));
       if (owner && ownerAlive(owner)) continue; // a live kiln (maybe another driver in this process) owns it
-      if (!owner && Date.now() - statSync(dir).mtimeMs < 60_000) continue; // being created right now
+      if (!owner && existsSync(dir) && Date.now() - statSync(dir).mtimeMs < 60_000) continue; // being created right now
       const pids = new Set<number>((cgroups.get(id) ?? []).flatMap(cgroupPids));
       const pidFile = Number(readText(join(dir, 'qemu.pid')).trim());
       if (pidFile > 0) pids.add(pidFile);

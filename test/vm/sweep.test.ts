@@ -29,6 +29,14 @@ test("another data directory's sweep leaves a running VM alone", async () => {
     assert.deepEqual((await b.sweep()).removed, []);
     assert.deepEqual((await makeQemuDriver({ dataDir: mine.dir }).sweep()).removed, [], 'a live owner keeps its VMs even from a sweep of the same data directory');
     assert.equal(vm.phase(), 'running');
+    // VM ids need only be unique per data directory: the same id runs in the other one at the same time.
+    const twin = await b.start(
+      { id: `sweep-${process.pid}`, arch: 'amd64', cpus: 1, memoryBytes: 256 << 20, diskBytes: 256 << 20, image, job: { command: ['sh', '-c', 'exit 3'], env: {} }, timeoutMs: 300_000 },
+      { stdout: () => undefined, stderr: () => undefined },
+    );
+    const t = await twin.done;
+    assert.equal(t.outcome === 'exited' ? t.exitCode : t.outcome, 3);
+    assert.equal(vm.phase(), 'running', 'the twin in another data directory did not disturb this VM');
   } finally {
     await vm.kill('test done');
   }

@@ -1,15 +1,13 @@
 import type { Command } from 'commander';
 import { randomBytes } from 'node:crypto';
-import { parseArch, type Arch } from '../core/arch.ts';
+import { archFromNode, parseArch, type Arch } from '../core/arch.ts';
 import { KilnError } from '../core/errors.ts';
 import { EXIT } from '../core/exit-codes.ts';
 import { formatDuration, parseDuration, parseSize } from '../core/sizes.ts';
 import { makeImageStore, PROFILES, shortId, type ImageManifest } from '../image/store.ts';
-import { assertHostPort } from '../oci/mirror-config.ts';
 import type { VmResult } from '../vm/driver.ts';
 import { makeQemuDriver } from '../vm/qemu-driver.ts';
 import { loadCommonConfig, loadVmConfig, remoteServer } from './config.ts';
-import { buildImage, hostArch } from './image.ts';
 import type { Output } from './output.ts';
 
 interface RunFlags {
@@ -54,7 +52,7 @@ export function parseRunFlags(flags: RunFlags, command: string[], defaultArch: A
   if (flags.network !== 'none' && flags.network !== 'user') {
     throw new KilnError('input.bad_network', `--network "${flags.network}" is not known`, { hint: 'use none (default: no route out) or user (outbound NAT)' });
   }
-  if (flags.registryMirror !== undefined) assertHostPort(flags.registryMirror, '--registry-mirror');
+  // --registry-mirror is checked by the VM driver (input.bad_registry_mirror) before anything starts.
   if (command.length === 0) throw new KilnError('input.no_command', 'no command to run', { hint: 'put the command after --, e.g. `kiln run -- uname -a`' });
   return {
     arch: flags.arch ? parseArch(flags.arch) : defaultArch,
@@ -110,7 +108,9 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
   const cfg = loadCommonConfig(flags);
   let req: RunRequest;
   try {
-    req = parseRunFlags(flags, command, hostArch());
+    const host = archFromNode(process.arch);
+    if (!host) throw new KilnError('host.unsupported_arch', `kiln does not run on ${process.arch} hosts`, { hint: 'use an x86-64 or arm64 host' });
+    req = parseRunFlags(flags, command, host);
   } catch (e) {
     throw withExit(e, EXIT.kilnError);
   }
@@ -130,6 +130,8 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
     }
     if (!image) {
       o.info(`no minimal ${req.arch} guest image yet: building it now (first run only)`);
+      // Image building (and its debootstrap code) loads only when a build is needed.
+      const { buildImage } = await import('./image.ts');
       image = await buildImage(cfg.dataDir, store, req.arch, 'minimal', o);
     }
     const accel = driver.accelFor(req.arch);

@@ -26,6 +26,7 @@ import { makeApiClient, type ApiClient } from '../src/cli/api-client.ts';
 import { makeSecret } from '../src/store/tokens.ts';
 import { firstFitDecreasing, placeJobs, type HostSlot, type JobDemand } from '../src/server/scheduler/placement.ts';
 import type { Arch } from '../src/core/arch.ts';
+import { pickOne, seededRandom } from '../src/core/seeded-random.ts';
 
 const GiB = 1024 ** 3;
 const HOSTS = Number(process.env.BENCH_HOSTS ?? 1000);
@@ -34,16 +35,8 @@ const RATE = Number(process.env.BENCH_RATE ?? 200);
 const RATE_SECONDS = Number(process.env.BENCH_RATE_SECONDS ?? 10);
 const pgUrl = process.env.KILN_BENCH_DATABASE_URL ?? process.env.KILN_TEST_DATABASE_URL;
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return (s >>> 0) / 2 ** 32;
-  };
-}
-const pick = <T>(r: () => number, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)]!;
+const rng = seededRandom;
+const pick = pickOne;
 const pct = (xs: number[], p: number) => {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;

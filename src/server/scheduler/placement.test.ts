@@ -2,19 +2,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { placeJobs, firstFitDecreasing, fits, type HostSlot, type JobDemand } from './placement.ts';
+import { pickOne, seededRandom } from '../../core/seeded-random.ts';
 
 const GiB = 1024 ** 3;
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return (s >>> 0) / 2 ** 32;
-  };
-}
-const pick = <T>(r: () => number, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)]!;
+const rng = seededRandom;
+const pick = pickOne;
 
 function fleet(r: () => number, n: number): HostSlot[] {
   return Array.from({ length: n }, (_, i) => {

@@ -1,21 +1,6 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
-import { delimiter, join } from 'node:path';
 
-/** Finds an executable on PATH (no shell). */
-export function which(cmd: string, path = process.env.PATH ?? ''): string | undefined {
-  for (const dir of path.split(delimiter)) {
-    if (!dir) continue;
-    const p = join(dir, cmd);
-    try {
-      accessSync(p, constants.X_OK);
-      return p;
-    } catch {
-      /* not here */
-    }
-  }
-  return undefined;
-}
+export { which } from '../vm/files.ts';
 
 /** Runs a command with inherited output; resolves with its exit code. */
 export function runInherit(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<number> {

@@ -21,7 +21,7 @@ import { cgroupPids, createVmCgroup, detectCgroups, listVmCgroups, removeCgroupD
 import { encodeJob, isValidEnvName, makeLineSplitter, parseGuestLine } from './channel.ts';
 import { checkDiskSpace, createOverlay, ensureScratchBase, freeBytes } from './disks.ts';
 import type { DriverCapabilities, RunningVm, VmDriver, VmInfo, VmOutput, VmPhase, VmResult, VmSpec, VmTimings } from './driver.ts';
-import { sha256File } from './files.ts';
+import { sha256File, which } from './files.ts';
 import { currentOwner, isAlive, ownerAlive, processCmdline, type Owner } from './process.ts';
 import { buildQemuArgs, hostTscKhz, qemuBinary, qemuPackage } from './qemu-args.ts';
 import { makeQmp, type Qmp } from './qmp.ts';
@@ -456,12 +456,4 @@ function bootStep(console: string[], timedOut: boolean): string {
   if (init) return `kiln-init ${init.slice(init.indexOf('kiln-init: ') + 11)}`;
   if (console.length > 0) return 'kernel boot (kiln-init never started)';
   return timedOut ? 'kernel boot (no console output)' : 'starting QEMU';
-}
-
-function which(cmd: string): string | undefined {
-  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':')) {
-    const p = join(dir, cmd);
-    if (dir && existsSync(p)) return p;
-  }
-  return undefined;
 }

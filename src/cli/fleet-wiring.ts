@@ -2,7 +2,7 @@
 import { pino, type Logger } from 'pino';
 import type { Arch } from '../core/arch.ts';
 import { KilnError } from '../core/errors.ts';
-import { makeImageStore } from '../image/store.ts';
+import { imageBuildHint, makeImageStore } from '../image/store.ts';
 import type { ImageResolver } from '../agent/images.ts';
 import { memoryImageResolver } from '../agent/images.ts';
 import { makeMemoryDriver } from '../vm/memory-driver.ts';
@@ -38,7 +38,7 @@ export function makeStoreImageResolver(dataDir: string): ImageResolver {
   return async (image: string, arch: Arch) => {
     const m = store.resolve(image === 'default' ? 'minimal' : image, arch);
     if (!m) {
-      throw new KilnError('image.not_found', `no ${arch} image "${image}" on this host`, { hint: `build it on the host: kiln image build --arch ${arch}` });
+      throw new KilnError('image.not_found', `no ${arch} image "${image}" on this host`, { hint: `on that host, ${imageBuildHint(image === 'default' ? 'minimal' : image, arch)}` });
     }
     await store.verify(m);
     return store.toRef(m);

@@ -22,18 +22,44 @@ export function parseProfile(text: string): Profile {
   return text as Profile;
 }
 
-export async function buildImage(dataDir: string, store: ImageStore, arch: Arch, profile: Profile, out: Output): Promise<ImageManifest> {
+export interface RunnerSource {
+  source: string;
+  sha256: string;
+}
+
+export async function buildImage(dataDir: string, store: ImageStore, arch: Arch, profile: Profile, out: Output, runner?: RunnerSource): Promise<ImageManifest> {
   const started = Date.now();
   const opts = { arch, store, cacheDir: join(dataDir, 'cache'), progress: (l: string) => out.progress(l) };
-  const m = profile === 'ci' ? await buildCiImage(opts) : await buildMinimalImage(opts);
+  if (profile === 'runner' && !runner) parseRunnerFlags(profile, {});
+  const m = profile === 'minimal' ? await buildMinimalImage(opts) : await buildCiImage({ ...opts, ...(profile === 'runner' && runner ? { runner } : {}) });
   out.done();
   const size = m.kernel.size + m.initrd.size + (m.rootDisk?.size ?? 0);
   const parts = m.rootDisk
     ? `kernel ${m.kernelVersion}, ${formatSize(size)}: root disk ${formatSize(m.rootDisk.size)} qcow2, ${m.packages.length} packages`
     : `kernel ${m.kernelVersion}, ${formatSize(size)}`;
   out.info(`built ${profile} image ${shortId(m.digest)} for ${arch} (${parts}) in ${((Date.now() - started) / 1000).toFixed(1)}s`);
-  if (profile === 'ci') out.info(`reproducibility: ${CI_REPRODUCIBILITY_NOTE}`);
+  if (profile !== 'minimal') out.info(`reproducibility: ${CI_REPRODUCIBILITY_NOTE}`);
   return m;
+}
+
+/** The runner tarball flags: required with --profile runner, refused with the others. */
+export function parseRunnerFlags(profile: Profile, o: { runnerTarball?: string; runnerSha256?: string }): RunnerSource | undefined {
+  const tarball = o.runnerTarball ?? process.env.KILN_RUNNER_TARBALL;
+  const sha256 = o.runnerSha256 ?? process.env.KILN_RUNNER_SHA256;
+  if (profile !== 'runner') {
+    if (o.runnerTarball || o.runnerSha256) {
+      throw new KilnError('input.runner_flags', `--runner-tarball and --runner-sha256 belong to --profile runner, not ${profile}`, { hint: 'add --profile runner, or leave the runner flags out' });
+    }
+    return undefined;
+  }
+  if (!tarball || !sha256) {
+    throw new KilnError('input.runner_flags', 'the runner profile needs the Actions runner release tarball and its SHA-256', {
+      hint:
+        'pass --runner-tarball <path or https URL of actions-runner-linux-<x64|arm64>-<version>.tar.gz> --runner-sha256 <checksum from the release notes> ' +
+        '(or set KILN_RUNNER_TARBALL and KILN_RUNNER_SHA256)',
+    });
+  }
+  return { source: tarball, sha256 };
 }
 
 export function registerImage(program: Command, out: () => Output): void {
@@ -42,13 +68,20 @@ export function registerImage(program: Command, out: () => Output): void {
     .command('build')
     .description('build a guest image from Debian packages (content-addressed: same inputs, same digest)')
     .option('--arch <arch>', 'guest architecture: amd64 or arm64 (default: the host)')
-    .option('--profile <profile>', 'image profile: minimal (kernel + busybox + kiln-init) or ci (Debian with Docker, buildah, git, build-essential; needs root)', 'minimal')
+    .option(
+      '--profile <profile>',
+      'image profile: minimal (kernel + busybox + kiln-init), ci (Debian with Docker, buildah, git, build-essential; needs root) or runner (ci plus the GitHub Actions runner; needs root)',
+      'minimal',
+    )
+    .option('--runner-tarball <path|url>', 'runner profile: the Actions runner release tarball, a path or https URL (env KILN_RUNNER_TARBALL)')
+    .option('--runner-sha256 <hex>', 'runner profile: the tarball\'s SHA-256, checked before anything is unpacked (env KILN_RUNNER_SHA256)')
     .option('--data-dir <dir>', 'kiln data directory (env KILN_DATA_DIR)')
-    .action(async (o: { arch?: string; profile: string; dataDir?: string }) => {
+    .action(async (o: { arch?: string; profile: string; runnerTarball?: string; runnerSha256?: string; dataDir?: string }) => {
       const cfg = loadCommonConfig(o);
       const arch = o.arch ? parseArch(o.arch) : hostArch();
       const profile = parseProfile(o.profile);
-      const m = await buildImage(cfg.dataDir, makeImageStore(cfg.dataDir), arch, profile, out());
+      const runner = parseRunnerFlags(profile, o);
+      const m = await buildImage(cfg.dataDir, makeImageStore(cfg.dataDir), arch, profile, out(), runner);
       out().data(m.digest);
     });
   image

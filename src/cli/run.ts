@@ -4,7 +4,7 @@ import { archFromNode, parseArch, type Arch } from '../core/arch.ts';
 import { KilnError } from '../core/errors.ts';
 import { EXIT } from '../core/exit-codes.ts';
 import { formatDuration, parseDuration, parseSize } from '../core/sizes.ts';
-import { makeImageStore, PROFILES, shortId, type ImageManifest } from '../image/store.ts';
+import { imageBuildHint, makeImageStore, shortId, type ImageManifest } from '../image/store.ts';
 import type { VmResult } from '../vm/driver.ts';
 import { makeQemuDriver } from '../vm/qemu-driver.ts';
 import { loadCommonConfig, loadVmConfig, remoteServer } from './config.ts';
@@ -123,10 +123,7 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
     if (removed.length > 0) o.info(`removed ${removed.length} VM(s) an earlier kiln left behind`);
     let image: ImageManifest | undefined = req.image ? store.resolve(req.image, req.arch) : store.newest('minimal', req.arch);
     if (!image && req.image && req.image !== 'minimal') {
-      const hint = (PROFILES as readonly string[]).includes(req.image)
-        ? `build it with \`kiln image build --profile ${req.image} --arch ${req.arch}\`${req.image === 'ci' ? ' (as root)' : ''}`
-        : 'see `kiln image ls`, or build one with `kiln image build`';
-      throw new KilnError('image.not_found', `no ${req.arch} image "${req.image}"`, { hint });
+      throw new KilnError('image.not_found', `no ${req.arch} image "${req.image}"`, { hint: imageBuildHint(req.image, req.arch) });
     }
     if (!image) {
       o.info(`no minimal ${req.arch} guest image yet: building it now (first run only)`);

@@ -36,6 +36,7 @@ import { writeCpio } from './cpio.ts';
 import { debVersion, downloadDeb, extractDeb, resolveKernelPackage, runCommand } from './debian.ts';
 import { initramfsEntries, resolveGuestModules } from './initramfs.ts';
 import { sha256File, type ImageManifest } from './store.ts';
+import { fetchRunnerTarball, installActionsRunner } from './actions-runner.ts';
 
 /** What the ci image adds to debootstrap's minbase. */
 export const CI_PACKAGES = [
@@ -69,6 +70,40 @@ export const CI_REPRODUCIBILITY_NOTE =
 export interface CiBuildOptions extends BuildOptions {
   /** Overrides the host's apt sources (tests, offline mirrors). */
   source?: DebianSource;
+  /** Makes the runner profile: the ci image plus the GitHub Actions runner from this release tarball. */
+  runner?: { source: string; sha256: string };
+}
+
+/**
+ * What the Actions runner (a .NET program) needs beyond the ci image, per Debian suite: ICU, Kerberos,
+ * OpenSSL, zlib and LTTng (the list of the runner's own bin/installdependencies.sh).
+ */
+const RUNNER_PACKAGES: Record<string, string[]> = {
+  bookworm: ['libicu72', 'libkrb5-3', 'zlib1g', 'libssl3', 'liblttng-ust1'],
+  trixie: ['libicu76', 'libkrb5-3', 'zlib1g', 'libssl3t64', 'liblttng-ust1t64'],
+};
+
+export function runnerPackages(suite: string): string[] {
+  const p = RUNNER_PACKAGES[suite];
+  if (!p) {
+    throw new KilnError('image.unsupported_suite', `kiln does not know the Actions runner's dependencies on Debian "${suite}"`, {
+      hint: `build on a host whose apt sources use one of: ${Object.keys(RUNNER_PACKAGES).join(', ')}`,
+    });
+  }
+  return p;
+}
+
+/** Release tarballs are named actions-runner-linux-<x64|arm64>-<version>.tar.gz; both parts are checked when present. */
+export function runnerTarballInfo(source: string, arch: Arch): { version?: string } {
+  const m = /actions-runner-linux-([a-z0-9]+)-(\d+\.\d+\.\d+)\.tar\.gz$/.exec(source);
+  if (!m) return {};
+  const want = arch === 'amd64' ? 'x64' : 'arm64';
+  if (m[1] !== want) {
+    throw new KilnError('input.runner_arch', `${source} is the ${m[1]} runner, not the one for ${arch} (${want})`, {
+      hint: `use actions-runner-linux-${want}-${m[2]}.tar.gz for an ${arch} image`,
+    });
+  }
+  return { version: m[2]! };
 }
 
 export function hostDebianSource(): DebianSource {
@@ -230,14 +265,14 @@ function fixTimes(root: string, epoch: number): { bytes: number; dirs: string[] 
   return { bytes, dirs };
 }
 
-function installKilnFiles(root: string): void {
+function installKilnFiles(root: string, profile: 'ci' | 'runner'): void {
   const kilnDir = join(root, 'etc', 'kiln');
   mkdirSync(kilnDir, { recursive: true });
   writeFileSync(join(root, 'usr', 'sbin', 'kiln-init'), readFileSync(guestFile('kiln-init')), { mode: 0o755 });
   chmodSync(join(root, 'usr', 'sbin', 'kiln-init'), 0o755);
   writeFileSync(join(kilnDir, 'boot.sh'), readFileSync(guestFile('ci-boot.sh')), { mode: 0o644 });
   writeFileSync(join(kilnDir, 'after-job.sh'), readFileSync(guestFile('ci-after-job.sh')), { mode: 0o644 });
-  writeFileSync(join(kilnDir, 'profile'), 'ci\n');
+  writeFileSync(join(kilnDir, 'profile'), `${profile}\n`);
   const mirror = renderGuestMirrorConfigs({ address: MIRROR_PLACEHOLDER, fallbackToUpstream: true });
   for (const f of mirror.files) {
     const target = join(kilnDir, 'mirror', f.path);
@@ -290,8 +325,13 @@ export async function buildCiImage(opts: CiBuildOptions): Promise<ImageManifest>
       hint: 'run `sudo kiln image build --profile ci`',
     });
   }
+  const profile = opts.runner ? 'runner' : 'ci';
+  const runnerInfo = opts.runner ? runnerTarballInfo(opts.runner.source, arch) : undefined;
   const source = opts.source ?? hostDebianSource();
-  progress(`Debian ${source.suite} from ${source.uri} for ${arch}`);
+  const include = [...CI_PACKAGES, ...(opts.runner ? runnerPackages(source.suite) : [])];
+  progress(`Debian ${source.suite} from ${source.uri} for ${arch}${opts.runner ? `, with the Actions runner${runnerInfo?.version ? ` ${runnerInfo.version}` : ''}` : ''}`);
+  // A bad tarball or checksum should fail before minutes of debootstrap, not after.
+  const runnerTarball = opts.runner ? await fetchRunnerTarball({ ...opts.runner, cacheDir: join(opts.cacheDir, 'runner') }) : undefined;
   await ensureForeignExec(arch, progress);
   const kernelPkg = await resolveKernelPackage(arch);
   const kernelDeb = await downloadDeb(kernelPkg, arch, join(opts.cacheDir, 'debs', arch), progress);
@@ -315,13 +355,13 @@ export async function buildCiImage(opts: CiBuildOptions): Promise<ImageManifest>
 
     const debCache = join(opts.cacheDir, 'debootstrap', arch);
     mkdirSync(debCache, { recursive: true });
-    progress(`debootstrap ${source.suite} (${arch}, minbase + ${CI_PACKAGES.length} packages; ${arch === archFromNode(process.arch) ? 'about a minute' : 'several minutes through emulation'})`);
+    progress(`debootstrap ${source.suite} (${arch}, minbase + ${include.length} packages; ${arch === archFromNode(process.arch) ? 'about a minute' : 'several minutes through emulation'})`);
     try {
       await must(
         'debootstrap',
         runCommand(
           'debootstrap',
-          [`--arch=${arch}`, '--variant=minbase', `--include=${CI_PACKAGES.join(',')}`, '--components=main', `--cache-dir=${debCache}`, source.suite, root, source.uri],
+          [`--arch=${arch}`, '--variant=minbase', `--include=${include.join(',')}`, '--components=main', `--cache-dir=${debCache}`, source.suite, root, source.uri],
           { onLine: debootstrapProgress(progress) },
         ),
         `check that ${source.uri} is reachable and has ${source.suite} for ${arch}; debootstrap's log is kept in ${join(opts.cacheDir, `debootstrap-${arch}.log`)}`,
@@ -347,13 +387,18 @@ export async function buildCiImage(opts: CiBuildOptions): Promise<ImageManifest>
     cpSync(modRoot, join(root, 'lib', 'modules', kernelVersion), { recursive: true });
     // The root's own depmod (kmod is in CI_PACKAGES), through emulation for a foreign architecture.
     await must('depmod', runCommand('chroot', [root, '/usr/sbin/depmod', '-a', kernelVersion]), 'check that the root file system has kmod');
-    installKilnFiles(root);
+    installKilnFiles(root, profile);
+    if (opts.runner && runnerTarball) {
+      progress('installing the Actions runner');
+      await installActionsRunner({ rootDir: root, source: runnerTarball, sha256: opts.runner.sha256, cacheDir: join(opts.cacheDir, 'runner') });
+      packages.push(`actions-runner=${runnerInfo?.version ?? 'unknown'}+sha256.${opts.runner.sha256.toLowerCase()}`);
+    }
     scrubRoot(root);
     const { bytes: used, dirs } = fixTimes(root, epoch);
 
     // Room for what jobs install into the root (their own overlay); Docker's data goes to the scratch disk.
     const size = Math.ceil((used * 1.2 + 1024 * MiB) / (64 * MiB)) * 64 * MiB;
-    const uuid = uuidFrom(`kiln-ci-root ${arch} ${kernelVersion} ${packages.join(' ')}`);
+    const uuid = uuidFrom(`kiln-${profile}-root ${arch} ${kernelVersion} ${packages.join(' ')}`);
     const raw = join(work, 'root.raw');
     progress(`making the ext4 root disk (${formatSize(size)}, ${formatSize(used)} used)`);
     writeFileSync(raw, '');
@@ -388,7 +433,7 @@ export async function buildCiImage(opts: CiBuildOptions): Promise<ImageManifest>
     const file = async (name: string) => ({ name, sha256: await sha256File(join(staging, name)), size: statSync(join(staging, name)).size });
     return store.commit(staging, {
       arch,
-      profile: 'ci',
+      profile,
       kernelVersion,
       packages: [`${kernelPkg}=${await debVersion(kernelDeb)}`, ...packages],
       created: new Date().toISOString(),

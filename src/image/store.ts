@@ -12,7 +12,8 @@ import { sha256File } from '../vm/files.ts';
 
 export { sha256File };
 
-export const PROFILES = ['minimal', 'ci'] as const;
+/** minimal: kernel + busybox; ci: Debian with Docker and build tools; runner: ci plus the GitHub Actions runner. */
+export const PROFILES = ['minimal', 'ci', 'runner'] as const;
 export type Profile = (typeof PROFILES)[number];
 
 export interface ImageFile {
@@ -49,6 +50,13 @@ export function imageDigest(c: Content): string {
     cmdline: c.cmdline ?? [],
   });
   return `sha256:${createHash('sha256').update(canonical).digest('hex')}`;
+}
+
+/** How to get the image `ref` names: the build command for a profile name, else where to look. */
+export function imageBuildHint(ref: string, arch: Arch): string {
+  if (!(PROFILES as readonly string[]).includes(ref)) return 'see `kiln image ls`, or build one with `kiln image build`';
+  const runner = ref === 'runner' ? ' --runner-tarball <actions-runner-linux-*.tar.gz path or URL> --runner-sha256 <checksum>' : '';
+  return `build it with \`kiln image build --profile ${ref} --arch ${arch}${runner}\`${ref === 'minimal' ? '' : ' (as root)'}`;
 }
 
 export function shortId(digest: string): string {

@@ -43,7 +43,7 @@ test('KILN_GITHUB_* configure the server; the start-up log hides every secret; a
     const [runner] = [...double.runners.values()];
     assert.deepEqual(runner?.labels, ['self-hosted', 'linux', 'ARM64', 'kiln-arm64']);
     const vm = await store.db.selectFrom('jobs').select(['arch', 'network', 'image']).where('tenant', '=', 'github').executeTakeFirstOrThrow();
-    assert.deepEqual(vm, { arch: 'arm64', network: 'user', image: 'actions-runner' });
+    assert.deepEqual(vm, { arch: 'arm64', network: 'user', image: 'runner' });
     assert.equal(double.jobs.get(job.id)?.status, 'queued');
     const text = lines.join('');
     assert.match(text, /kiln server starting/);

@@ -1,8 +1,9 @@
 /**
- * The ci guest image for tests: built once per machine and inputs, through the real CLI, into the shared
- * test store. Concurrent test files (and runs) serialise on a flock per architecture; the cache key hashes
- * everything that goes into the image from this checkout (the build code and the guest files), so a change
- * to them rebuilds it, while an unchanged checkout reuses the image by digest.
+ * The ci (or runner) guest image for tests: built once per machine and inputs, through the real CLI, into
+ * the shared test store. Concurrent test files (and runs) serialise on a flock per profile and architecture;
+ * the cache key hashes everything that goes into the image from this checkout (the build code, the guest
+ * files and the extra build arguments), so a change to them rebuilds it, while an unchanged checkout reuses
+ * the image by digest.
  */
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -12,19 +13,21 @@ import type { Arch } from '../../src/core/arch.ts';
 import { makeImageStore, type ImageManifest } from '../../src/image/store.ts';
 import { KILN_BIN, REPO, SHARED_DIR } from '../support/kiln.ts';
 
-function inputsKey(arch: Arch): string {
-  const h = createHash('sha256').update(`ci ${arch}\n`);
-  const files = ['src/image/build-ci.ts', 'src/image/initramfs.ts', 'src/image/apt-sources.ts', 'src/oci/mirror-config.ts'];
+export type BuiltProfile = 'ci' | 'runner';
+
+function inputsKey(arch: Arch, profile: BuiltProfile, args: string[]): string {
+  const h = createHash('sha256').update(`${profile} ${arch} ${JSON.stringify(args)}\n`);
+  const files = ['src/image/build-ci.ts', 'src/image/actions-runner.ts', 'src/image/initramfs.ts', 'src/image/apt-sources.ts', 'src/oci/mirror-config.ts'];
   for (const f of readdirSync(join(REPO, 'src/image/guest')).sort()) files.push(`src/image/guest/${f}`);
   for (const f of files) h.update(`${f}\n`).update(readFileSync(join(REPO, f)));
   return h.digest('hex');
 }
 
 /** Called under the lock (see ensureCiImage): reuse the image recorded for these inputs, or build it. */
-export function buildUnderLock(arch: Arch): ImageManifest {
+export function buildUnderLock(arch: Arch, profile: BuiltProfile = 'ci', args: string[] = []): ImageManifest {
   const store = makeImageStore(SHARED_DIR);
-  const keyFile = join(SHARED_DIR, `ci-image-${arch}.json`);
-  const key = inputsKey(arch);
+  const keyFile = join(SHARED_DIR, `${profile}-image-${arch}.json`);
+  const key = inputsKey(arch, profile, args);
   try {
     const rec = JSON.parse(readFileSync(keyFile, 'utf8')) as { key: string; digest: string };
     const m = rec.key === key ? store.list().find((x) => x.digest === rec.digest) : undefined;
@@ -33,27 +36,27 @@ export function buildUnderLock(arch: Arch): ImageManifest {
     /* no record yet */
   }
   const started = Date.now();
-  const r = spawnSync(process.execPath, [KILN_BIN, 'image', 'build', '--profile', 'ci', '--arch', arch, '--data-dir', SHARED_DIR], {
+  const r = spawnSync(process.execPath, [KILN_BIN, 'image', 'build', '--profile', profile, '--arch', arch, ...args, '--data-dir', SHARED_DIR], {
     encoding: 'utf8',
     maxBuffer: 64 * 1024 * 1024,
   });
-  if (r.status !== 0) throw new Error(`ci image build for ${arch} failed:\n${r.stderr.split('\n').slice(-30).join('\n')}`);
+  if (r.status !== 0) throw new Error(`${profile} image build for ${arch} failed:\n${r.stderr.split('\n').slice(-30).join('\n')}`);
   const digest = r.stdout.trim().split('\n').pop() ?? '';
   const m = store.list().find((x) => x.digest === digest);
-  if (!m) throw new Error(`ci image build printed ${digest}, which is not in the store`);
+  if (!m) throw new Error(`${profile} image build printed ${digest}, which is not in the store`);
   writeFileSync(keyFile, JSON.stringify({ key, digest, built: new Date().toISOString(), seconds: Math.round((Date.now() - started) / 1000) }));
   return m;
 }
 
-/** The ci image for `arch`, built at most once at a time across every test process on this machine. */
-export function ensureCiImage(arch: Arch): ImageManifest {
+/** The ci (or runner) image for `arch`, built at most once at a time across every test process on this machine. */
+export function ensureCiImage(arch: Arch, profile: BuiltProfile = 'ci', args: string[] = []): ImageManifest {
   mkdirSync(join(SHARED_DIR, 'images'), { recursive: true });
-  const lock = join(SHARED_DIR, `ci-image-${arch}.lock`);
+  const lock = join(SHARED_DIR, `${profile}-image-${arch}.lock`);
   const r = spawnSync(
     'flock',
-    [lock, process.execPath, '--import', 'tsx', '--input-type=module', '-e', `import { buildUnderLock } from ${JSON.stringify(join(REPO, 'test/vm/ci-image-support.ts'))}; process.stdout.write(JSON.stringify(buildUnderLock(${JSON.stringify(arch)})));`],
+    [lock, process.execPath, '--import', 'tsx', '--input-type=module', '-e', `import { buildUnderLock } from ${JSON.stringify(join(REPO, 'test/vm/ci-image-support.ts'))}; process.stdout.write(JSON.stringify(buildUnderLock(${JSON.stringify(arch)}, ${JSON.stringify(profile)}, ${JSON.stringify(args)})));`],
     { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024, cwd: REPO },
   );
-  if (r.status !== 0) throw new Error(`could not get the ci image for ${arch}:\n${r.stderr}`);
+  if (r.status !== 0) throw new Error(`could not get the ${profile} image for ${arch}:\n${r.stderr}`);
   return JSON.parse(r.stdout) as ImageManifest;
 }

@@ -92,7 +92,7 @@ export const GITHUB_DEFAULTS = {
   runnerLevel: 'repo',
   runnerGroupId: 1,
   maxRunners: 20,
-  runnerImage: 'actions-runner',
+  runnerImage: 'runner',
   runnerCommand: ['/opt/kiln/start-runner'],
   runnerNamePrefix: 'kiln',
   tenant: 'github',

@@ -46,7 +46,7 @@ export function testGitHubConfig(apiUrl: string, over: Partial<GitHubConfig> = {
     runnerLevel: 'repo',
     runnerGroupId: 1,
     maxRunners: 100,
-    runnerImage: 'actions-runner',
+    runnerImage: 'runner',
     runnerCommand: [STAND_IN_NAME],
     runnerNamePrefix: 'kiln',
     tenant: 'github',

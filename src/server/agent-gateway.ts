@@ -21,7 +21,7 @@ import { activeJobsOnHosts, getJob, loseJob, transitionJob } from '../store/jobs
 import { launchSpecOf } from './scheduler/scheduler.ts';
 import { connectHost, disconnectHost, setHostMirror, touchHosts } from '../store/hosts.ts';
 import type { ServerContext } from './context.ts';
-import type { HostLink, HostRegistry } from './host-registry.ts';
+import { ActiveJobs, type HostLink, type HostRegistry } from './host-registry.ts';
 import type { LogWriter } from './log-writer.ts';
 import type { PhaseWriter } from './phase-writer.ts';
 import type { ResultWriter } from './result-writer.ts';
@@ -35,6 +35,8 @@ export interface GatewayDeps {
   results: ResultWriter;
   /** Something changed that may let the scheduler place more (capacity freed, host joined). */
   kick(): void;
+  /** A job ended on a host: a pass is worth it only if work was left waiting. */
+  capacityFreed(): void;
 }
 
 export interface AgentGateway {
@@ -176,7 +178,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
         arch: host.arch,
         labels: host.labels,
         capacity: host.capacity,
-        active: new Map(),
+        active: new ActiveJobs(),
         stopping: new Set(),
         schedulable: host.state === 'online' && !host.cordoned,
         ready: false,
@@ -284,7 +286,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
       ctx.log.child({ jobId: r.jobId, hostId: l.hostId }).info({ state: res.job.state, exitCode: res.job.exitCode }, 'job finished');
       ctx.events.emit('job.state', { job: res.job, from: res.from, to: res.job.state });
     }
-    deps.kick();
+    deps.capacityFreed();
   }
 
   return {

@@ -15,6 +15,38 @@ export interface ActiveJob {
   diskBytes: number;
 }
 
+/** The jobs on a host, keeping the sum of their resources as they come and go (the scheduler reads it every pass). */
+export class ActiveJobs extends Map<number, ActiveJob> {
+  readonly used: Resources = { cpus: 0, memoryBytes: 0, diskBytes: 0 };
+
+  override set(id: number, j: ActiveJob): this {
+    this.take(super.get(id), -1);
+    super.set(id, j);
+    this.take(j, 1);
+    return this;
+  }
+
+  override delete(id: number): boolean {
+    const j = super.get(id);
+    this.take(j, -1);
+    return super.delete(id);
+  }
+
+  override clear(): void {
+    super.clear();
+    this.used.cpus = 0;
+    this.used.memoryBytes = 0;
+    this.used.diskBytes = 0;
+  }
+
+  private take(j: ActiveJob | undefined, sign: 1 | -1): void {
+    if (!j) return;
+    this.used.cpus += sign * j.cpus;
+    this.used.memoryBytes += sign * j.memoryBytes;
+    this.used.diskBytes += sign * j.diskBytes;
+  }
+}
+
 export interface HostLink {
   readonly hostId: number;
   readonly name: string;
@@ -22,7 +54,7 @@ export interface HostLink {
   readonly labels: string[];
   readonly capacity: Resources;
   /** Jobs this replica believes occupy the host (placed, booting or running), by job id. */
-  readonly active: Map<number, ActiveJob>;
+  readonly active: ActiveJobs;
   /** Jobs a stop was sent for and not yet confirmed. */
   readonly stopping: Set<number>;
   schedulable: boolean;
@@ -50,22 +82,12 @@ export class HostRegistry {
     return this.links.get(hostId);
   }
 
-  used(link: HostLink): Resources {
-    const u = { cpus: 0, memoryBytes: 0, diskBytes: 0 };
-    for (const j of link.active.values()) {
-      u.cpus += j.cpus;
-      u.memoryBytes += j.memoryBytes;
-      u.diskBytes += j.diskBytes;
-    }
-    return u;
-  }
-
   /** Hosts the scheduler may place on, with what is free on each. */
   slots(): HostSlot[] {
     const out: HostSlot[] = [];
     for (const l of this.links.values()) {
       if (!l.ready || !l.schedulable) continue;
-      const u = this.used(l);
+      const u = l.active.used;
       out.push({
         id: l.hostId,
         arch: l.arch,

@@ -1,6 +1,10 @@
-/** Batches agents' phase reports (booting, running) into one statement per short interval. */
+/**
+ * Stores agents' phase reports (booting, running) through a group commit: one statement at a time, each
+ * taking every report that arrived while the previous one ran (see group-commit.ts).
+ */
 import { applyPhases, type PhaseUpdate } from '../store/jobs.ts';
 import type { ServerContext } from './context.ts';
+import { makeGroupCommit } from './group-commit.ts';
 
 export interface PhaseWriter {
   push(u: PhaseUpdate): void;
@@ -8,34 +12,26 @@ export interface PhaseWriter {
   flush(): Promise<void>;
 }
 
-export function makePhaseWriter(ctx: ServerContext, delayMs = 5): PhaseWriter {
-  let buf: PhaseUpdate[] = [];
-  let timer: NodeJS.Timeout | undefined;
-  let chain: Promise<void> = Promise.resolve();
-  const flush = (): Promise<void> => {
-    if (timer) clearTimeout(timer);
-    timer = undefined;
-    const batch = buf;
-    buf = [];
-    chain = chain.then(async () => {
-      if (batch.length === 0) return;
-      try {
-        for (const { job, booted } of await applyPhases(ctx.store.db, batch)) {
-          if (booted) ctx.events.emit('job.state', { job: { ...job, state: 'booting' }, from: 'placed', to: 'booting' });
-          ctx.events.emit('job.state', { job, from: job.state === 'running' ? (booted || job.bootingAt ? 'booting' : 'placed') : 'placed', to: job.state });
-        }
-      } catch (e) {
-        ctx.log.error({ err: e, updates: batch.length }, 'could not store job phases');
+export function makePhaseWriter(ctx: ServerContext): PhaseWriter {
+  const pending = new Set<Promise<unknown>>();
+  const write = makeGroupCommit(
+    async (batch: PhaseUpdate[]) => {
+      for (const { job, booted } of await applyPhases(ctx.store.db, batch)) {
+        if (booted) ctx.events.emit('job.state', { job: { ...job, state: 'booting' }, from: 'placed', to: 'booting' });
+        ctx.events.emit('job.state', { job, from: job.state === 'running' ? (booted || job.bootingAt ? 'booting' : 'placed') : 'placed', to: job.state });
       }
-    });
-    return chain;
-  };
+      return batch.map(() => undefined);
+    },
+    { maxInFlight: 1, maxItems: 2000 },
+  );
   return {
     push(u) {
-      buf.push(u);
-      if (buf.length >= 2000) void flush();
-      else timer ??= setTimeout(() => void flush(), delayMs);
+      const p = write([u]).catch((e: unknown) => ctx.log.error({ err: e, jobId: u.jobId }, 'could not store a job phase'));
+      pending.add(p);
+      void p.finally(() => pending.delete(p));
     },
-    flush,
+    async flush() {
+      await Promise.all([...pending]);
+    },
   };
 }

@@ -125,7 +125,7 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
     await phases.flush();
     await logs.flush();
   });
-  const gateway: AgentGateway = attachAgentGateway(app, { ctx, registry, logs, phases, results, kick: () => scheduler.kick() });
+  const gateway: AgentGateway = attachAgentGateway(app, { ctx, registry, logs, phases, results, kick: () => scheduler.kick(), capacityFreed: () => scheduler.capacityFreed() });
   const apiDeps = { ctx, registry, kick: () => scheduler.kick(), limitsChanged: () => scheduler.limitsChanged(), stop: gateway.stop };
   const routes: RouteDef[] = [...jobRoutes(apiDeps), ...hostRoutes(apiDeps), ...tokenRoutes(apiDeps)];
   const gh = o.github;

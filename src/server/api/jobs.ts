@@ -7,6 +7,7 @@ import { JOB_STATE_LIST, isTerminal, type JobState } from '../../core/job-state.
 import type { Token } from '../../core/host.ts';
 import { parseLabels, validateRequirements, DEFAULT_REQUIREMENTS, type Requirements } from '../../core/requirements.ts';
 import { parseDuration, parseSize } from '../../core/sizes.ts';
+import { makeGroupCommit } from '../group-commit.ts';
 import { getJob, insertJobs, jobTransitions, listJobs, requestCancel } from '../../store/jobs.ts';
 import { readLogs } from '../../store/logs.ts';
 import type { ApiDeps } from './deps.ts';
@@ -105,8 +106,10 @@ export function jobJson(j: Job): Job {
 export function jobRoutes(deps: ApiDeps): RouteDef[] {
   const { ctx } = deps;
   const db = ctx.store.db;
+  // Concurrent submissions share statements when the store is busy (see group-commit.ts).
+  const insert = makeGroupCommit((specs: JobSpec[]) => insertJobs(db, specs), { maxInFlight: ctx.store.kind === 'pglite' ? 1 : 4, maxItems: 1000 });
   const submit = async (specs: JobSpec[]): Promise<Job[]> => {
-    const jobs = await insertJobs(db, specs);
+    const jobs = await insert(specs);
     ctx.metrics.submitted.inc(jobs.length);
     for (const job of jobs) ctx.events.emit('job.submitted', { job });
     deps.kick();

@@ -48,16 +48,34 @@ export function hasLabels(host: { labels: readonly string[] }, j: JobDemand): bo
   return j.hostLabels.every((l) => host.labels.includes(l));
 }
 
-/** Lower is a better (tighter) fit. Assumes the job fits. */
+/**
+ * Lower is a better (tighter) fit. Assumes the job fits. [what is left of the scarcest resource (the one
+ * the job needs the largest share of; cpu, then memory, then disk on ties), the sum of what is left of
+ * all three], as shares of the host's capacity. Allocation-free: it runs for every job × host pair.
+ */
 export function fitScore(h: HostSlot, free: Resources, j: JobDemand): [number, number] {
-  const shares = [
-    { need: j.cpus / h.capacity.cpus, left: (free.cpus - j.cpus) / h.capacity.cpus },
-    { need: j.memoryBytes / h.capacity.memoryBytes, left: (free.memoryBytes - j.memoryBytes) / h.capacity.memoryBytes },
-    { need: h.capacity.diskBytes > 0 ? j.diskBytes / h.capacity.diskBytes : 0, left: h.capacity.diskBytes > 0 ? (free.diskBytes - j.diskBytes) / h.capacity.diskBytes : 0 },
-  ];
-  let scarcest = shares[0]!;
-  for (const s of shares) if (s.need > scarcest.need) scarcest = s;
-  return [scarcest.left, shares[0]!.left + shares[1]!.left + shares[2]!.left];
+  const out: [number, number] = [0, 0];
+  scoreInto(h, free, j, out);
+  return out;
+}
+
+function scoreInto(h: HostSlot, free: Resources, j: JobDemand, out: [number, number]): void {
+  const c = h.capacity;
+  const needCpu = j.cpus / c.cpus;
+  const leftCpu = (free.cpus - j.cpus) / c.cpus;
+  const needMem = j.memoryBytes / c.memoryBytes;
+  const leftMem = (free.memoryBytes - j.memoryBytes) / c.memoryBytes;
+  const needDisk = c.diskBytes > 0 ? j.diskBytes / c.diskBytes : 0;
+  const leftDisk = c.diskBytes > 0 ? (free.diskBytes - j.diskBytes) / c.diskBytes : 0;
+  let need = needCpu;
+  let left = leftCpu;
+  if (needMem > need) {
+    need = needMem;
+    left = leftMem;
+  }
+  if (needDisk > need) left = leftDisk;
+  out[0] = left;
+  out[1] = leftCpu + leftMem + leftDisk;
 }
 
 /**
@@ -65,13 +83,15 @@ export function fitScore(h: HostSlot, free: Resources, j: JobDemand): [number, n
  * (per-tenant concurrency limits); tenants not listed are unlimited.
  */
 export function placeJobs(hosts: readonly HostSlot[], jobs: readonly JobDemand[], tenantRoom?: ReadonlyMap<string, number>): PlacementResult {
-  const free = new Map<number, Resources>(hosts.map((h) => [h.id, { ...h.free }]));
-  const byArch = new Map<Arch, HostSlot[]>();
-  for (const h of hosts) {
+  const freeOf: Resources[] = hosts.map((h) => ({ ...h.free }));
+  const free = new Map<number, Resources>(hosts.map((h, i) => [h.id, freeOf[i]!]));
+  const byArch = new Map<Arch, { slot: HostSlot; index: number }[]>();
+  hosts.forEach((h, index) => {
     const list = byArch.get(h.arch) ?? [];
-    list.push(h);
+    list.push({ slot: h, index });
     byArch.set(h.arch, list);
-  }
+  });
+  const score: [number, number] = [0, 0];
   const room = new Map(tenantRoom ?? []);
   const placed = new Set<number>();
   const placements: Placement[] = [];
@@ -80,18 +100,27 @@ export function placeJobs(hosts: readonly HostSlot[], jobs: readonly JobDemand[]
     const left = room.get(j.tenant);
     if (left !== undefined && left <= 0) continue;
     let best: HostSlot | undefined;
-    let bestScore: [number, number] = [Infinity, Infinity];
-    for (const h of byArch.get(j.arch) ?? []) {
-      const f = free.get(h.id)!;
-      if (!fits(f, j) || (j.hostLabels.length > 0 && !hasLabels(h, j))) continue;
-      const s = fitScore(h, f, j);
-      if (s[0] < bestScore[0] || (s[0] === bestScore[0] && (s[1] < bestScore[1] || (s[1] === bestScore[1] && h.id < (best?.id ?? Infinity))))) {
-        best = h;
-        bestScore = s;
+    let bestFree: Resources | undefined;
+    let best0 = Infinity;
+    let best1 = Infinity;
+    const list = byArch.get(j.arch);
+    if (!list) continue;
+    for (let i = 0; i < list.length; i++) {
+      const h = list[i]!;
+      const f = freeOf[h.index]!;
+      if (!fits(f, j) || (j.hostLabels.length > 0 && !hasLabels(h.slot, j))) continue;
+      scoreInto(h.slot, f, j, score);
+      const s0 = score[0];
+      const s1 = score[1];
+      if (s0 < best0 || (s0 === best0 && (s1 < best1 || (s1 === best1 && h.slot.id < (best?.id ?? Infinity))))) {
+        best = h.slot;
+        bestFree = f;
+        best0 = s0;
+        best1 = s1;
       }
     }
-    if (!best) continue;
-    const f = free.get(best.id)!;
+    if (!best || !bestFree) continue;
+    const f = bestFree;
     f.cpus -= j.cpus;
     f.memoryBytes -= j.memoryBytes;
     f.diskBytes -= j.diskBytes;

@@ -18,6 +18,11 @@ import { placeJobs, type JobDemand } from './placement.ts';
 export interface Scheduler {
   /** Asks for a scheduling pass soon (coalesced). */
   kick(): void;
+  /**
+   * Capacity was freed (a job ended): asks for a pass only if the last one left claimable jobs unplaced.
+   * Work that arrives later kicks on its own (or, from other replicas, is found by the poll).
+   */
+  capacityFreed(): void;
   /** A tenant limit changed here (other replicas notice within a second). */
   limitsChanged(): void;
   /** Runs one pass now; resolves with the number of jobs placed. */
@@ -43,6 +48,10 @@ export function launchSpecOf(job: Job): LaunchSpec {
 
 export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Scheduler {
   let wanted = false;
+  /** Whether the last pass left jobs it could have claimed unplaced (unknown before the first pass). */
+  let backlog = true;
+  /** Capacity freed while a pass ran: that pass's claims predate it, so a leftover backlog gets another pass. */
+  let freedDuringPass = false;
   let running: Promise<void> | undefined;
   let stopped = true;
   let poll: NodeJS.Timeout | undefined;
@@ -58,8 +67,12 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
 
   async function pass(): Promise<number> {
     const started = performance.now();
+    freedDuringPass = false;
     const slots = registry.slots();
-    if (slots.length === 0) return 0;
+    if (slots.length === 0) {
+      backlog = true;
+      return 0;
+    }
     const windows = new Map<Arch, ClaimWindow>();
     for (const s of slots) {
       const w = windows.get(s.arch) ?? { arch: s.arch, maxCpus: 0, maxMemoryBytes: 0, maxDiskBytes: 0 };
@@ -69,7 +82,10 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
       windows.set(s.arch, w);
     }
     const live = [...windows.values()].filter((w) => w.maxCpus > 0);
-    if (live.length === 0) return 0;
+    if (live.length === 0) {
+      backlog = true;
+      return 0;
+    }
     // Asked outside the transaction: the embedded store has one session, which the transaction holds.
     const checkLimits = await limitsExist();
     const { placed, claimed } = await ctx.store.withTransaction(async (tx) => {
@@ -114,6 +130,8 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
     if (placed.length > 0) log.debug({ placed: placed.length, claimed, ms: Math.round(performance.now() - started) }, 'placed jobs');
     // A full batch means more may be waiting.
     if (claimed >= ctx.options.batchSize && placed.length > 0) wanted = true;
+    backlog = claimed > placed.length || claimed >= ctx.options.batchSize;
+    if (backlog && freedDuringPass) wanted = true;
     return placed.length;
   }
 
@@ -121,6 +139,8 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
     wanted = true;
     if (running || stopped) return;
     running = (async () => {
+      // Start at the end of this event-loop turn, so everything submitted in the same turn shares the pass.
+      await new Promise<void>((r) => setImmediate(r));
       while (wanted && !stopped) {
         wanted = false;
         try {
@@ -178,6 +198,10 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
 
   return {
     kick,
+    capacityFreed() {
+      if (backlog) kick();
+      else if (running) freedDuringPass = true;
+    },
     limitsChanged: () => (limitsCache = undefined),
     pass,
     start() {

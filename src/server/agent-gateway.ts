@@ -84,8 +84,22 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
     let helloSeen = false;
     const log = () => (link ? ctx.log.child({ hostId: link.hostId, host: link.name }) : ctx.log);
 
+    // Messages sent to one agent in the same synchronous run (a scheduling pass launching several jobs on
+    // it) leave in one write: the TCP socket under ws is corked until the next tick. (ws keeps that socket
+    // in `_socket`; without it, each message is written on its own.)
+    const tcp = (socket as unknown as { _socket?: { cork?: () => void; uncork?: () => void } })._socket;
+    let corked = false;
     const send = (m: ServerMessage) => {
-      if (socket.readyState === socket.OPEN) socket.send(encodeMessage(m));
+      if (socket.readyState !== socket.OPEN) return;
+      if (!corked && tcp?.cork && tcp.uncork) {
+        corked = true;
+        tcp.cork();
+        process.nextTick(() => {
+          corked = false;
+          tcp.uncork!();
+        });
+      }
+      socket.send(encodeMessage(m));
     };
     const reject = (e: unknown) => {
       const err = toKilnError(e);

@@ -2,7 +2,11 @@
  * Opening the store: embedded PGlite in the data directory by default, or a PostgreSQL server when a
  * `postgres://` URL is given. Both run the same migrations and the same queries (Kysely, PostgreSQL dialect).
  */
-import { mkdirSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, basename, join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { Kysely, Migrator, PostgresDialect, sql, type Transaction } from 'kysely';
 import pg from 'pg';
 import { KilnError } from '../core/errors.ts';
@@ -96,12 +100,65 @@ function makePgStore(url: string, poolSize: number): Store {
   };
 }
 
+/**
+ * The embedded PostgreSQL's settings beyond PGlite's own: kiln's tables are small and PGlite's files sit
+ * in the host's page cache anyway, so 16 MB of shared buffers (PostgreSQL's default is 128 MB, all of it
+ * WebAssembly memory that never shrinks) keep the server's memory low without slowing it measurably.
+ */
+const PGLITE_SETTINGS = ['-c', 'shared_buffers=16MB'];
+
+/**
+ * Creating a new embedded database (initdb) takes about 500 MB that the process never gives back, so it
+ * runs in a short-lived child process, into a sibling directory renamed into place only when complete:
+ * an interrupted creation leaves no half-made database behind.
+ */
+async function createPgliteDir(dataDir: string): Promise<void> {
+  const prefix = `.${basename(dataDir)}.init-`;
+  // What an interrupted creation left (its process is gone) goes first.
+  for (const f of readdirSync(dirname(dataDir))) {
+    if (!f.startsWith(prefix)) continue;
+    const pid = Number(f.slice(prefix.length));
+    let alive = false;
+    try {
+      process.kill(pid, 0);
+      alive = pid !== process.pid;
+    } catch {
+      /* gone */
+    }
+    if (!alive) rmSync(join(dirname(dataDir), f), { recursive: true, force: true });
+  }
+  const tmp = join(dirname(dataDir), `${prefix}${process.pid}`);
+  const entry = pathToFileURL(createRequire(import.meta.url).resolve('@electric-sql/pglite')).href;
+  const script = `const { PGlite } = await import(${JSON.stringify(entry)});
+const db = await PGlite.create({ dataDir: ${JSON.stringify(tmp)}, startParams: [...PGlite.defaultStartParams, ...${JSON.stringify(PGLITE_SETTINGS)}] });
+await db.query('SELECT 1');
+await db.close();`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  const code = await new Promise<number | null>((resolve) => {
+    child.on('error', () => resolve(-1));
+    child.on('exit', resolve);
+  });
+  if (code !== 0) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw new KilnError('store.open_failed', `could not create the embedded database in ${dataDir}: ${err.trim().split('\n').slice(-3).join(' | ') || `exit ${code}`}`, {
+      hint: 'check that the data directory is writable and the disk has room',
+    });
+  }
+  rmSync(dataDir, { recursive: true, force: true }); // empty: checked by the caller
+  renameSync(tmp, dataDir);
+}
+
 async function makePgliteStore(dataDir?: string): Promise<Store> {
   const { PGlite } = await import('@electric-sql/pglite');
-  if (dataDir) mkdirSync(dataDir, { recursive: true });
+  if (dataDir) {
+    mkdirSync(dataDir, { recursive: true });
+    if (!existsSync(join(dataDir, 'PG_VERSION')) && readdirSync(dataDir).length === 0) await createPgliteDir(dataDir);
+  }
   let pglite;
   try {
-    pglite = await PGlite.create(dataDir ? { dataDir } : {});
+    pglite = await PGlite.create({ ...(dataDir ? { dataDir } : {}), startParams: [...PGlite.defaultStartParams, ...PGLITE_SETTINGS] });
   } catch (e) {
     throw new KilnError('store.open_failed', `could not open the embedded database${dataDir ? ` in ${dataDir}` : ''}`, {
       cause: e,

@@ -32,6 +32,7 @@ import { openApiDocument, registerRoutes, type RouteDef } from './api/routes.ts'
 import { tokenRoutes } from './api/tokens.ts';
 import { makeGitHubClient, type GitHubApi } from './github/api.ts';
 import type { GitHubConfig } from './github/config.ts';
+import { webhookOpenApi } from './github/manifest.ts';
 import { makeGitHubService, type GitHubService } from './github/service.ts';
 
 export const KILN_VERSION = '0.1.0';
@@ -145,7 +146,7 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
     routes.push(...github.routes);
   }
   registerRoutes(app, ctx, routes);
-  const openapi = openApiDocument(routes, KILN_VERSION);
+  const openapi = openApiDocument(routes, KILN_VERSION, github ? webhookOpenApi() : {});
   app.get('/openapi.json', async () => openapi);
   app.get('/healthz', async () => ({ ok: true, serverId, leader: leader.isLeader() }));
   app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));

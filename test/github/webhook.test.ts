@@ -77,6 +77,16 @@ void describe('webhook endpoint', () => {
   });
   const deliveries = async () => (await h.store.db.selectFrom('github_deliveries').select('delivery_id').execute()).length;
 
+  void test('the webhook is described in /openapi.json, without a bearer token', async () => {
+    const doc = (await (await fetch(`${h.url}/openapi.json`)).json()) as { paths: Record<string, { post?: { security?: unknown[]; parameters?: { name: string }[]; responses?: Record<string, unknown> } }> };
+    const op = doc.paths[WEBHOOK_PATH]?.post;
+    assert.ok(op, 'the webhook path is in the document');
+    assert.deepEqual(op.security, []);
+    assert.deepEqual(op.parameters?.map((p) => p.name), ['X-GitHub-Event', 'X-GitHub-Delivery', 'X-Hub-Signature-256']);
+    assert.deepEqual(Object.keys(op.responses ?? {}).sort(), ['200', '202', '400', '401', '413', '415']);
+    assert.ok(doc.paths['/v1/github/jobs'], 'the GitHub API routes are there too');
+  });
+
   void test('every real example is accepted (2xx) and processed; none is kiln work', async () => {
     const ids: string[] = [];
     for (const e of realExamples()) {

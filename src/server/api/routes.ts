@@ -45,8 +45,11 @@ const ErrorSchema = {
 };
 
 /** OpenAPI 3.1 description of the route table. */
-export function openApiDocument(routes: RouteDef[], version: string): unknown {
-  const paths: Record<string, Record<string, unknown>> = {};
+/** OpenAPI path items for endpoints outside the route table (the GitHub webhook, with its raw body). */
+export type ExtraPaths = Record<string, Record<string, unknown>>;
+
+export function openApiDocument(routes: RouteDef[], version: string, extra: ExtraPaths = {}): unknown {
+  const paths: Record<string, Record<string, unknown>> = { ...extra };
   for (const r of routes) {
     const path = r.url.replace(/:(\w+)/g, '{$1}');
     const params: unknown[] = [];

@@ -29,3 +29,32 @@ export function appManifest(o: ManifestOptions): Record<string, unknown> {
     default_events: ['workflow_job'],
   };
 }
+
+/** The webhook endpoint as an OpenAPI path item (it sits outside the route table: it needs the raw body). */
+export function webhookOpenApi(): Record<string, Record<string, unknown>> {
+  const header = (name: string, description: string) => ({ name, in: 'header', required: true, schema: { type: 'string' }, description });
+  const answer = (description: string) => ({ description, content: { 'application/json': { schema: { type: 'object' } } } });
+  return {
+    [WEBHOOK_PATH]: {
+      post: {
+        summary: "GitHub App webhook: workflow_job deliveries (and ping), verified by X-Hub-Signature-256 on the raw body",
+        tags: ['github'],
+        security: [],
+        parameters: [
+          header('X-GitHub-Event', 'workflow_job or ping; other events are refused (400)'),
+          header('X-GitHub-Delivery', 'the delivery id; a repeated id is answered 200 {"duplicate": true} and not processed again'),
+          header('X-Hub-Signature-256', 'sha256=<HMAC-SHA256 of the raw body with the webhook secret>; the previous secret is accepted during a rotation'),
+        ],
+        requestBody: { required: true, content: { 'application/json': { schema: { type: 'object', description: 'the workflow_job event payload, at most 25 MB' } } } },
+        responses: {
+          '200': answer('ping answered, or a duplicate delivery'),
+          '202': answer('accepted: stored durably, processed asynchronously'),
+          '400': answer('a header is missing, the event is not workflow_job, or the body is not JSON'),
+          '401': answer('the signature matches no configured webhook secret'),
+          '413': answer('the body exceeds 25 MB'),
+          '415': answer('the content type is not application/json'),
+        },
+      },
+    },
+  };
+}

@@ -161,6 +161,23 @@ void describe('webhook endpoint', () => {
     const r = await h.store.db.selectFrom('github_deliveries').select(['delivery_id', 'outcome']).where('delivery_id', '=', other['x-github-delivery']).executeTakeFirstOrThrow();
     assert.equal(r.outcome, 'duplicate_action');
   });
+
+  void test('/metrics counts the deliveries by answer and reads GitHub jobs by decision from the store', async () => {
+    const text = await (await fetch(`${h.url}/metrics`)).text();
+    const value = (line: string) => Number(new RegExp(`^${line.replace(/[{}"]/g, (c) => `\\${c}`)} (\\d+)$`, 'm').exec(text)?.[1] ?? NaN);
+    const examples = realExamples().length;
+    // Earlier tests here: every example, three more accepted; one duplicate; eight refused (7 cases + not JSON).
+    assert.equal(value('kiln_github_webhook_deliveries_total{result="accepted"}'), examples + 2);
+    assert.equal(value('kiln_github_webhook_deliveries_total{result="duplicate"}'), 1);
+    assert.equal(value('kiln_github_webhook_deliveries_total{result="refused"}'), 8);
+    const jobs = await h.store.db.selectFrom('github_jobs').select(['decision', 'state']).execute();
+    const ignored = jobs.filter((j) => j.decision === 'ignored');
+    const byState = new Map<string, number>();
+    for (const j of ignored) byState.set(j.state, (byState.get(j.state) ?? 0) + 1);
+    assert.ok(byState.size > 0);
+    for (const [state, n] of byState) assert.equal(value(`kiln_github_jobs{decision="ignored",state="${state}"}`), n, state);
+    assert.equal(value('kiln_github_deliveries_pending'), 0);
+  });
 });
 
 test('processed deliveries are pruned after the redelivery window of 3 days; recent ones stay', async () => {

@@ -22,6 +22,7 @@ import type { RouteDef } from '../api/routes.ts';
 import { RETRYABLE, type GitHubApi, type Installation, type Scope } from './api.ts';
 import type { GitHubConfig } from './config.ts';
 import { WEBHOOK_PATH } from './manifest.ts';
+import { makeGitHubMetrics } from './metrics.ts';
 import { parseWorkflowJob, type WorkflowJobEvent } from './payload.ts';
 import { advances, backoffMs, classifyLabels, forkDecision, ghStateOfAction, listed, type GhJobState } from './policy.ts';
 import { verifySignature } from './signature.ts';
@@ -115,6 +116,7 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
   let lastRedeliver = 0;
   const redelivered = new Map<string, number>();
   const stopTried = new Map<number, number>();
+  const metrics = makeGitHubMetrics(ctx);
 
   // ---- intake --------------------------------------------------------------------------------------
   async function register(app: FastifyInstance): Promise<void> {
@@ -125,6 +127,7 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
         done(new KilnError('request.unsupported_media', 'GitHub webhooks are JSON (content type application/json)'), undefined),
       );
       child.setErrorHandler((e: unknown, _req, reply) => {
+        metrics.deliveries.inc({ result: 'refused' });
         const code = (e as { code?: string }).code;
         const { status, body } = errorBody(isKilnError(e) ? e : code === 'FST_ERR_CTP_BODY_TOO_LARGE' ? new KilnError('request.too_large', 'the delivery exceeds 25 MB') : e);
         if (status >= 500) log.error({ err: e }, 'webhook intake failed');
@@ -148,7 +151,10 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
             hint: 'the App webhook secret and KILN_GITHUB_WEBHOOK_SECRET must be the same',
           });
         }
-        if (event === 'ping') return reply.code(200).send({ ok: true });
+        if (event === 'ping') {
+          metrics.deliveries.inc({ result: 'ping' });
+          return reply.code(200).send({ ok: true });
+        }
         if (event !== 'workflow_job') throw new KilnError('request.unsupported_event', `kiln handles workflow_job events, not ${event}`, { hint: 'subscribe the App to "Workflow job" only' });
         let payload: unknown;
         try {
@@ -163,7 +169,11 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
           .onConflict((oc) => oc.column('delivery_id').doNothing())
           .returning('delivery_id')
           .executeTakeFirst();
-        if (!r) return reply.code(200).send({ duplicate: true });
+        if (!r) {
+          metrics.deliveries.inc({ result: 'duplicate' });
+          return reply.code(200).send({ duplicate: true });
+        }
+        metrics.deliveries.inc({ result: 'accepted' });
         kick();
         return reply.code(202).send({ accepted: true });
       });

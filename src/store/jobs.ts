@@ -193,6 +193,29 @@ export async function anyTenantLimits(db: Q): Promise<boolean> {
   return r.length > 0;
 }
 
+export interface TenantInfo {
+  name: string;
+  maxConcurrent: number | null;
+  active: number;
+  queued: number;
+}
+
+/** Every tenant with a limit or jobs queued or active: its limit and what it runs and waits for now. */
+export async function listTenants(db: Q): Promise<TenantInfo[]> {
+  const r = await sql<{ name: string; max_concurrent: number | null; active: number; queued: number }>`
+    WITH counts AS (
+      SELECT tenant,
+        count(*) FILTER (WHERE state IN ('placed','booting','running'))::int AS active,
+        count(*) FILTER (WHERE state = 'queued')::int AS queued
+      FROM jobs WHERE state IN ('queued','placed','booting','running') GROUP BY tenant
+    )
+    SELECT coalesce(t.name, c.tenant) AS name, t.max_concurrent, coalesce(c.active, 0) AS active, coalesce(c.queued, 0) AS queued
+    FROM tenants t FULL OUTER JOIN counts c ON c.tenant = t.name
+    WHERE t.max_concurrent IS NOT NULL OR c.tenant IS NOT NULL
+    ORDER BY 1`.execute(db);
+  return r.rows.map((x) => ({ name: x.name, maxConcurrent: x.max_concurrent, active: x.active, queued: x.queued }));
+}
+
 export async function setTenantLimit(db: Q, tenant: string, maxConcurrent: number | null): Promise<void> {
   await db
     .insertInto('tenants')

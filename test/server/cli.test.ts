@@ -72,6 +72,21 @@ void test('kiln up, then the fleet commands against it', { timeout: 180_000 }, a
     assert.notEqual(r.code, 0);
     assert.match(r.stderr, /read-only token may not/);
 
+    r = await kiln(['tenants', 'limit', 'team-a', '2'], env);
+    assert.equal(r.code, 0, r.stderr);
+    r = await kiln(['tenants', 'limit', 'team-a', 'lots'], env);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /"lots" is not a job count/);
+    r = await kiln(['tenants', 'limit', 'team-b', '1'], { ...env, KILN_TOKEN: ro });
+    assert.notEqual(r.code, 0, 'a read-only token may not set limits');
+    r = await kiln(['tenants', 'ls', '--json'], { ...env, KILN_TOKEN: ro });
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout), [{ name: 'team-a', maxConcurrent: 2, active: 0, queued: 0 }]);
+    r = await kiln(['tenants', 'limit', 'team-a', 'none'], env);
+    assert.equal(r.code, 0, r.stderr);
+    r = await kiln(['tenants', 'ls'], env);
+    assert.doesNotMatch(r.stdout, /team-a/, 'a tenant without a limit or work is not listed');
+
     const host = (await kiln(['hosts', 'ls', '--json'], env)).stdout;
     const name = (JSON.parse(host) as { name: string }[])[0]!.name;
     for (const verb of ['drain', 'uncordon', 'cordon', 'uncordon']) {

@@ -2,7 +2,7 @@
 import { Type } from '@sinclair/typebox';
 import { KilnError } from '../../core/errors.ts';
 import { TOKEN_ROLES, type TokenRole } from '../../core/host.ts';
-import { setTenantLimit } from '../../store/jobs.ts';
+import { listTenants, setTenantLimit } from '../../store/jobs.ts';
 import { createToken, listTokens, revokeToken } from '../../store/tokens.ts';
 import type { ApiDeps } from './deps.ts';
 import type { RouteDef } from './routes.ts';
@@ -56,6 +56,21 @@ export function tokenRoutes(deps: ApiDeps): RouteDef[] {
       },
     },
     {
+      method: 'GET',
+      url: '/v1/tenants',
+      tag: 'tenants',
+      summary: 'Tenants with a concurrency limit or work: the limit, jobs active (placed, booting, running) and queued',
+      permission: 'read',
+      schema: {
+        response: Type.Object({
+          tenants: Type.Array(Type.Object({ name: Type.String(), maxConcurrent: Type.Union([Type.Integer(), Type.Null()]), active: Type.Integer(), queued: Type.Integer() })),
+        }),
+      },
+      async handler() {
+        return { tenants: await listTenants(db) };
+      },
+    },
+    {
       method: 'PUT',
       url: '/v1/tenants/:name',
       tag: 'tenants',
@@ -63,7 +78,7 @@ export function tokenRoutes(deps: ApiDeps): RouteDef[] {
       permission: 'admin',
       schema: {
         params: Type.Object({ name: Type.String({ minLength: 1, maxLength: 100 }) }),
-        body: Type.Object({ maxConcurrent: Type.Union([Type.Integer({ minimum: 0 }), Type.Null()]) }, { additionalProperties: false }),
+        body: Type.Object({ maxConcurrent: Type.Union([Type.Null(), Type.Integer({ minimum: 0 })]) }, { additionalProperties: false }),
       },
       async handler(req) {
         const name = (req.params as { name: string }).name;

@@ -10,7 +10,7 @@ import { which } from '../../src/cli/exec.ts';
 import { makeStoreImageResolver } from '../../src/cli/fleet-wiring.ts';
 import { makeQemuDriver } from '../../src/vm/qemu-driver.ts';
 import { assertNoLeaks, ensureImage, makeTestDataDir } from '../support/kiln.ts';
-import { assertInvariants, runnerVms, startGitHubHarness, until } from './support/harness.ts';
+import { assertInvariants, runnerVms, startGitHubHarness, until, vmLogText } from './support/harness.ts';
 
 const onCi = process.env.CI === 'true' || process.env.CI === '1';
 const skip = !which('qemu-system-x86_64') && !onCi ? 'QEMU is not installed (kiln setup); skipped locally' : false;
@@ -30,8 +30,7 @@ void test('a GitHub job runs in a real microVM through a stand-in runner', { ski
     await until('the job completed on GitHub', () => h.double.jobs.get(job.id)?.status === 'completed', 240_000);
     await until('the VM is gone and the runner deregistered', async () => (await runnerVms(h)).every((v) => ['succeeded', 'failed', 'cancelled'].includes(v.state)) && h.double.runners.size === 0, 60_000);
     const [vm] = await runnerVms(h);
-    const logs = await h.store.db.selectFrom('job_logs').select('data').where('job_id', '=', vm!.id).orderBy('seq').execute();
-    const text = Buffer.concat(logs.map((l) => Buffer.from(l.data))).toString();
+    const text = await vmLogText(h, vm!.id);
     const row = await h.store.db.selectFrom('jobs').select(['exit_code', 'error_code', 'error_message']).where('id', '=', vm!.id).executeTakeFirstOrThrow();
     assert.equal(vm?.state, 'succeeded', `${JSON.stringify(row)}\n${text}`);
     assert.match(text, new RegExp(`Running job ${job.id} on x86_64`));

@@ -15,7 +15,7 @@ import { makeStoreImageResolver } from '../../src/cli/fleet-wiring.ts';
 import { makeQemuDriver } from '../../src/vm/qemu-driver.ts';
 import { assertNoLeaks, KILN_BIN, makeTestDataDir, SHARED_DIR } from '../support/kiln.ts';
 import { ensureCiImage } from '../vm/ci-image-support.ts';
-import { assertInvariants, runnerVms, startGitHubHarness, until } from './support/harness.ts';
+import { assertInvariants, runnerVms, startGitHubHarness, until, vmLogText } from './support/harness.ts';
 
 const onCi = process.env.CI === 'true' || process.env.CI === '1';
 const missing = ['qemu-system-x86_64', 'debootstrap', 'mkfs.ext4'].filter((c) => !which(c));
@@ -83,8 +83,7 @@ void test('a GitHub job runs in a runner-profile VM: start-runner hands the JIT 
     await until('the job completed on GitHub', () => h.double.jobs.get(job.id)?.status === 'completed', 15 * 60_000);
     await until('the VM is gone and the runner deregistered', async () => (await runnerVms(h)).every((v) => ['succeeded', 'failed', 'cancelled'].includes(v.state)) && h.double.runners.size === 0, 120_000);
     const [vm] = await runnerVms(h);
-    const logs = await h.store.db.selectFrom('job_logs').select('data').where('job_id', '=', vm!.id).orderBy('seq').execute();
-    const text = Buffer.concat(logs.map((l) => Buffer.from(l.data))).toString();
+    const text = await vmLogText(h, vm!.id);
     assert.equal(vm?.state, 'succeeded', text);
     assert.match(text, /stand-in runner in \/opt\/actions-runner as root; JIT config in the environment: 0/);
     assert.match(text, new RegExp(`Running job ${job.id} on x86_64`));

@@ -160,6 +160,12 @@ export async function runnerVms(h: GitHubHarness): Promise<{ id: number; state: 
   return rows.map((r) => ({ id: r.id, state: r.state as JobState }));
 }
 
+/** A runner VM's stored output (stdout and stderr as the job log holds them). */
+export async function vmLogText(h: GitHubHarness, jobId: number): Promise<string> {
+  const logs = await h.store.db.selectFrom('job_logs').select('data').where('job_id', '=', jobId).orderBy('seq').execute();
+  return Buffer.concat(logs.map((l) => Buffer.from(l.data))).toString();
+}
+
 /**
  * The invariants every scenario ends with: at most one VM per GitHub job attempt from provisioning; no kiln
  * runner registration without a live VM and no live VM without a registration; no secret in the logs.

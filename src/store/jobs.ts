@@ -1,6 +1,8 @@
 /** Job queries: submit, read, claim (SKIP LOCKED), transitions with a timestamp each, cancel, requeue. */
 import { sql } from 'kysely';
+import type { LaunchSpec } from '../core/agent-protocol.ts';
 import type { Arch } from '../core/arch.ts';
+import type { Requirements } from '../core/requirements.ts';
 import type { Job, JobSpec, JobTransition } from '../core/job.ts';
 import { ACTIVE_STATES, JOB_STATE_LIST, canTransition, nextJobState, type JobEvent, type JobState } from '../core/job-state.ts';
 import type { Db, Tx } from './store.ts';
@@ -46,13 +48,45 @@ export function jobFromRow(r: JobRow): Job {
   };
 }
 
+/** A job as it is stored right after its insert (the columns' defaults), from its spec. */
+function newJob(s: JobSpec, id: number, createdAt: string): Job {
+  return {
+    id,
+    tenant: s.tenant,
+    state: 'queued',
+    attempt: 1,
+    requirements: { ...s.requirements, hostLabels: [...s.requirements.hostLabels] },
+    labels: [...s.labels],
+    image: s.image,
+    command: [...s.command],
+    env: { ...s.env },
+    ...(s.cwd !== undefined && s.cwd !== null ? { cwd: s.cwd } : {}),
+    timeoutMs: s.timeoutMs,
+    network: s.network === 'user' ? 'user' : 'none',
+    priority: s.priority,
+    ...(s.submittedBy !== undefined && s.submittedBy !== null ? { submittedBy: s.submittedBy } : {}),
+    hostId: null,
+    exitCode: null,
+    error: null,
+    cancelRequested: false,
+    logBytes: 0,
+    logTruncated: false,
+    createdAt,
+    placedAt: null,
+    bootingAt: null,
+    runningAt: null,
+    finishedAt: null,
+  };
+}
+
 export async function insertJobs(db: Db, specs: JobSpec[]): Promise<Job[]> {
   if (specs.length === 0) return [];
   const out: Job[] = [];
   // One statement per 1,000 jobs: the jobs and their first transition are written together (atomically).
   for (let i = 0; i < specs.length; i += 1000) {
     const payload = JSON.stringify(
-      specs.slice(i, i + 1000).map((s) => ({
+      specs.slice(i, i + 1000).map((s, n) => ({
+        n,
         tenant: s.tenant,
         arch: s.requirements.arch,
         cpus: s.requirements.cpus,
@@ -70,18 +104,23 @@ export async function insertJobs(db: Db, specs: JobSpec[]): Promise<Job[]> {
         submitted_by: s.submittedBy ?? null,
       })),
     );
-    const r = await sql<JobRow>`
+    // Only the ids and the time come back: the rest of each new job is what was sent (reading whole rows
+    // back costs more than the insert on the embedded store).
+    const batch = specs.slice(i, i + 1000);
+    const r = await sql<{ id: number; created_at: Date }>`
       WITH ins AS (
         INSERT INTO jobs (tenant, state, arch, cpus, memory_bytes, disk_bytes, host_labels, labels, image, command, env, cwd, timeout_ms, network, priority, submitted_by)
         SELECT tenant, 'queued', arch, cpus, memory_bytes, disk_bytes, host_labels, labels, image, command, env, cwd, timeout_ms, network, priority, submitted_by
         FROM jsonb_to_recordset(${payload}::jsonb) AS v(tenant text, arch text, cpus int, memory_bytes bigint, disk_bytes bigint, host_labels jsonb, labels jsonb,
-          image text, command jsonb, env jsonb, cwd text, timeout_ms int, network text, priority int, submitted_by bigint)
-        RETURNING *
+          image text, command jsonb, env jsonb, cwd text, timeout_ms int, network text, priority int, submitted_by bigint, n int)
+        ORDER BY n
+        RETURNING id, created_at
       ), ev AS (
         INSERT INTO job_events (job_id, attempt, state) SELECT id, 1, 'queued' FROM ins
       )
-      SELECT * FROM ins ORDER BY id`.execute(db);
-    out.push(...r.rows.map(jobFromRow));
+      SELECT id, created_at FROM ins ORDER BY id`.execute(db);
+    if (r.rows.length !== batch.length) throw new Error(`inserted ${r.rows.length} jobs for ${batch.length} submissions`);
+    r.rows.forEach((row, k) => out.push(newJob(batch[k]!, row.id, iso(row.created_at) ?? '')));
   }
   return out;
 }
@@ -135,7 +174,16 @@ export interface ClaimWindow {
  * rank within tenant, counting what each tenant already runs; ties go to the tenant served longest ago),
  * then priority, then age.
  */
-export async function claimQueuedJobs(tx: Tx, limit: number, windows: ClaimWindow[]): Promise<Job[]> {
+/** What placement needs of a claimed job (the rest is read back only for the jobs actually placed). */
+export interface ClaimedJob {
+  id: number;
+  tenant: string;
+  attempt: number;
+  createdAt: string;
+  requirements: Requirements;
+}
+
+export async function claimQueuedJobs(tx: Tx, limit: number, windows: ClaimWindow[]): Promise<ClaimedJob[]> {
   if (windows.length === 0 || limit <= 0) return [];
   const fits = sql.join(
     windows.map(
@@ -145,11 +193,11 @@ export async function claimQueuedJobs(tx: Tx, limit: number, windows: ClaimWindo
   );
   // rank = how many jobs the tenant would have running if this one started next: a tenant with jobs
   // already running waits behind one with none, so a burst cannot starve a single job of another tenant.
-  const r = await sql<JobRow & { rank: number }>`
+  const r = await sql<Pick<JobRow, 'id' | 'tenant' | 'attempt' | 'arch' | 'cpus' | 'memory_bytes' | 'disk_bytes' | 'host_labels' | 'created_at'>>`
     WITH active AS (
       SELECT tenant, count(*) AS n FROM jobs WHERE state IN ('placed','booting','running') GROUP BY tenant
     )
-    SELECT j.*, c.rank FROM jobs j
+    SELECT j.id, j.tenant, j.attempt, j.arch, j.cpus, j.memory_bytes, j.disk_bytes, j.host_labels, j.created_at FROM jobs j
     JOIN (
       SELECT q.id, row_number() OVER (PARTITION BY q.tenant ORDER BY q.priority DESC, q.id) + coalesce(a.n, 0) AS rank, q.priority,
         t.last_placed_at AS served
@@ -162,7 +210,13 @@ export async function claimQueuedJobs(tx: Tx, limit: number, windows: ClaimWindo
     ORDER BY c.rank, c.served NULLS FIRST, c.priority DESC, j.id
     LIMIT ${limit}
     FOR UPDATE OF j SKIP LOCKED`.execute(tx);
-  return r.rows.map(jobFromRow);
+  return r.rows.map((x) => ({
+    id: x.id,
+    tenant: x.tenant,
+    attempt: x.attempt,
+    createdAt: iso(x.created_at) ?? '',
+    requirements: { arch: x.arch as Arch, cpus: x.cpus, memoryBytes: x.memory_bytes, diskBytes: x.disk_bytes, hostLabels: x.host_labels },
+  }));
 }
 
 /** Active jobs per tenant, and the limits of tenants that have one (rows locked so replicas agree). */
@@ -228,27 +282,52 @@ export async function setTenantLimit(db: Q, tenant: string, maxConcurrent: numbe
  * Marks claimed jobs placed on hosts, in one statement, and records the transitions. With `serverId`, only
  * placements on hosts that replica owns and that take jobs (online, not cordoned) are made.
  */
-export async function markPlaced(tx: Tx, placements: { jobId: number; hostId: number }[], serverId?: string): Promise<number[]> {
+/** A job just placed, with what its host needs to launch it. */
+export interface PlacedJob {
+  id: number;
+  attempt: number;
+  hostId: number;
+  launch: LaunchSpec;
+}
+
+export async function markPlaced(tx: Tx, placements: { jobId: number; hostId: number }[], serverId?: string): Promise<PlacedJob[]> {
   if (placements.length === 0) return [];
   const payload = JSON.stringify(placements.map((p) => ({ id: p.jobId, host: p.hostId })));
   const hostCheck =
     serverId === undefined
       ? sql``
       : sql`AND EXISTS (SELECT 1 FROM hosts h WHERE h.id = v.host AND h.server_id = ${serverId} AND h.state = 'online' AND NOT h.cordoned)`;
-  const r = await sql<{ id: number }>`
+  const r = await sql<Pick<JobRow, 'id' | 'attempt' | 'arch' | 'cpus' | 'memory_bytes' | 'disk_bytes' | 'image' | 'command' | 'env' | 'cwd' | 'timeout_ms' | 'network'> & { host_id: number }>`
     WITH upd AS (
       UPDATE jobs SET state = 'placed', host_id = v.host, placed_at = now()
       FROM jsonb_to_recordset(${payload}::jsonb) AS v(id bigint, host bigint)
       WHERE jobs.id = v.id AND jobs.state = 'queued' ${hostCheck}
-      RETURNING jobs.id, jobs.attempt, jobs.host_id, jobs.tenant
+      RETURNING jobs.id, jobs.attempt, jobs.host_id, jobs.tenant, jobs.arch, jobs.cpus, jobs.memory_bytes, jobs.disk_bytes, jobs.image, jobs.command, jobs.env,
+        jobs.cwd, jobs.timeout_ms, jobs.network
     ), ev AS (
       INSERT INTO job_events (job_id, attempt, state, host_id) SELECT id, attempt, 'placed', host_id FROM upd
     ), served AS (
       INSERT INTO tenants (name, last_placed_at) SELECT DISTINCT tenant, now() FROM upd
       ON CONFLICT (name) DO UPDATE SET last_placed_at = excluded.last_placed_at
     )
-    SELECT id FROM upd`.execute(tx);
-  return r.rows.map((x) => x.id);
+    SELECT id, attempt, host_id, arch, cpus, memory_bytes, disk_bytes, image, command, env, cwd, timeout_ms, network FROM upd`.execute(tx);
+  return r.rows.map((x) => ({
+    id: x.id,
+    attempt: x.attempt,
+    hostId: x.host_id,
+    launch: {
+      arch: x.arch as Arch,
+      cpus: x.cpus,
+      memoryBytes: x.memory_bytes,
+      diskBytes: x.disk_bytes,
+      image: x.image,
+      command: x.command,
+      env: x.env,
+      ...(x.cwd === null ? {} : { cwd: x.cwd }),
+      timeoutMs: x.timeout_ms,
+      network: x.network === 'user' ? 'user' : 'none',
+    },
+  }));
 }
 
 const STATE_TIME: Partial<Record<JobState, 'placed_at' | 'booting_at' | 'running_at' | 'finished_at'>> = {

@@ -10,6 +10,7 @@ import { connectHost, disconnectHost, lockSchedulableHosts, listHosts, updateHos
 import { createToken, findTokenBySecret, revokeToken } from '../../src/store/tokens.ts';
 import { DEFAULT_REQUIREMENTS } from '../../src/core/requirements.ts';
 import type { Job, JobSpec } from '../../src/core/job.ts';
+import { launchSpecOf } from '../../src/server/scheduler/scheduler.ts';
 import type { HostCapacity } from '../../src/core/agent-protocol.ts';
 
 const spec = (over: Partial<JobSpec> = {}): JobSpec => ({
@@ -42,6 +43,25 @@ for (const { kind, skip } of storeKinds()) {
     void test('migrations are idempotent', async () => {
       await migrate(store.db);
       await migrate(store.db);
+    });
+
+    void test('jobs: what insertJobs returns is what the store then holds, in submission order', async () => {
+      const specs = [
+        spec({ cwd: '/w', submittedBy: 7, network: 'user', env: { K: 'v w', JSON: '{"a":1}' }, labels: ['kiln-arm64'], priority: 3 }),
+        spec({ tenant: 'other', requirements: { ...DEFAULT_REQUIREMENTS, arch: 'arm64', hostLabels: ['gpu'] }, command: ['sh', '-c', 'exit 3'] }),
+        ...Array.from({ length: 30 }, (_, i) => spec({ command: ['echo', String(i)] })),
+      ];
+      const got = await insertJobs(store.db, specs);
+      assert.deepEqual(got.map((j) => j.command), specs.map((s) => s.command), 'results come back in submission order');
+      assert.ok(got.every((j, i) => i === 0 || j.id > got[i - 1]!.id), 'ids ascend in submission order');
+      for (const j of got) assert.deepEqual(j, await getJob(store.db, j.id));
+      // What a claim reads and what placing returns are what the host needs: the launch spec of the stored job.
+      const host = await connectHost(store.db, cap('t-launch', { arch: 'arm64' }), 's1');
+      const [claimed] = (await store.withTransaction((tx) => claimQueuedJobs(tx, 1000, wide))).filter((c) => c.id === got[1]!.id);
+      assert.deepEqual(claimed, { id: got[1]!.id, tenant: 'other', attempt: 1, createdAt: got[1]!.createdAt, requirements: got[1]!.requirements });
+      const placed = await store.withTransaction((tx) => markPlaced(tx, [{ jobId: got[0]!.id, hostId: host.id }, { jobId: got[1]!.id, hostId: host.id }]));
+      for (const p of placed) assert.deepEqual(p, { id: p.id, attempt: 1, hostId: host.id, launch: launchSpecOf((await getJob(store.db, p.id))!) });
+      assert.equal(placed.length, 2);
     });
 
     void test('jobs: submit, read, transitions each with a timestamp, result fields', async () => {

@@ -9,7 +9,7 @@ import type { LaunchSpec } from '../../core/agent-protocol.ts';
 import type { Arch } from '../../core/arch.ts';
 import type { Job } from '../../core/job.ts';
 import { isTerminal } from '../../core/job-state.ts';
-import { anyTenantLimits, claimQueuedJobs, jobStatuses, markPlaced, tenantUsage, type ClaimWindow } from '../../store/jobs.ts';
+import { anyTenantLimits, claimQueuedJobs, jobStatuses, markPlaced, tenantUsage, type ClaimWindow, type PlacedJob } from '../../store/jobs.ts';
 import { hostStates } from '../../store/hosts.ts';
 import type { ServerContext } from '../context.ts';
 import type { HostLink, HostRegistry } from '../host-registry.ts';
@@ -90,7 +90,7 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
     const checkLimits = await limitsExist();
     const { placed, claimed } = await ctx.store.withTransaction(async (tx) => {
       const jobs = await claimQueuedJobs(tx, ctx.options.batchSize, live);
-      if (jobs.length === 0) return { placed: [] as { job: Job; hostId: number }[], claimed: 0 };
+      if (jobs.length === 0) return { placed: [] as (PlacedJob & { createdAt: string })[], claimed: 0 };
       const usage = checkLimits ? await tenantUsage(tx, [...new Set(jobs.map((j) => j.tenant))]) : new Map<string, { active: number; limit: number | null }>();
       const room = new Map([...usage].map(([t, u]) => [t, Math.max(0, (u.limit ?? Infinity) - u.active)]));
       const demands: JobDemand[] = jobs.map((j) => ({
@@ -105,26 +105,27 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
       const placements = placeJobs(slots, demands, room).placements;
       // The update itself keeps only placements on hosts this replica still owns and that still take jobs
       // (another replica may have cordoned one); the rest stay queued for the next pass.
-      const ok = new Set(await markPlaced(tx, placements, ctx.serverId));
+      const done = await markPlaced(tx, placements, ctx.serverId);
+      const ok = new Set(done.map((d) => d.id));
       for (const p of placements) {
         if (ok.has(p.jobId)) continue;
         const link = registry.get(p.hostId);
         if (link) link.schedulable = false;
         wanted = true;
       }
-      const byId = new Map(jobs.map((j) => [j.id, j]));
-      return { placed: placements.filter((p) => ok.has(p.jobId)).map((p) => ({ job: byId.get(p.jobId)!, hostId: p.hostId })), claimed: jobs.length };
+      const createdAt = new Map(jobs.map((j) => [j.id, j.createdAt]));
+      return { placed: done.map((d) => ({ ...d, createdAt: createdAt.get(d.id)! })), claimed: jobs.length };
     });
     const now = Date.now();
-    for (const { job, hostId } of placed) {
-      const link = registry.get(hostId);
+    for (const job of placed) {
+      const link = registry.get(job.hostId);
       const latencyMs = now - Date.parse(job.createdAt);
       ctx.metrics.placeLatency.observe(latencyMs / 1000);
       if (!link) continue; // the host left meanwhile: it reconciles (job lost, requeued) when it returns
-      const r = job.requirements;
+      const r = job.launch;
       link.active.set(job.id, { attempt: job.attempt, cpus: r.cpus, memoryBytes: r.memoryBytes, diskBytes: r.diskBytes });
-      link.send({ type: 'launch', jobId: job.id, attempt: job.attempt, spec: launchSpecOf(job) });
-      ctx.events.emit('job.placed', { jobId: job.id, attempt: job.attempt, hostId, latencyMs });
+      link.send({ type: 'launch', jobId: job.id, attempt: job.attempt, spec: job.launch });
+      ctx.events.emit('job.placed', { jobId: job.id, attempt: job.attempt, hostId: job.hostId, latencyMs });
     }
     ctx.metrics.placements.inc(placed.length);
     if (placed.length > 0) log.debug({ placed: placed.length, claimed, ms: Math.round(performance.now() - started) }, 'placed jobs');
@@ -206,9 +207,13 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
     pass,
     start() {
       stopped = false;
-      poll = setInterval(kick, ctx.options.pollMs);
-      // Local cancels stop VMs at once (the gateway); this catches changes made through other replicas.
-      stopPoll = setInterval(() => void checkStops(), Math.max(ctx.options.pollMs * 4, 1000));
+      // The embedded store has no other replica: every submission and freed host kicks a pass here, so its
+      // polls are only a safety net, and they are slower (its statements run on this event loop).
+      const single = ctx.store.kind === 'pglite';
+      poll = setInterval(kick, single ? Math.max(ctx.options.pollMs, 1000) : ctx.options.pollMs);
+      // Local cancels stop VMs at once (the gateway); this catches changes made through other replicas and
+      // server-side timeouts (the leader's, a fallback 30 s past the agent's own).
+      stopPoll = setInterval(() => void checkStops(), single ? 5000 : Math.max(ctx.options.pollMs * 4, 1000));
       kick();
     },
     async stop() {

@@ -152,6 +152,8 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
       }
     })().finally(() => {
       running = undefined;
+      // A kick that landed after the loop's last check but before this ran found `running` still set.
+      if (wanted && !stopped) kick();
     });
   }
 

@@ -9,7 +9,7 @@
  */
 import { createHash } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, createReadStream, createWriteStream, existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, createReadStream, createWriteStream, existsSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -43,7 +43,7 @@ async function sha256Of(path: string): Promise<string> {
 }
 
 /** The tarball as a local file whose SHA-256 matches: a path is checked, a URL downloaded to `cacheDir`. */
-export async function fetchRunnerTarball(o: { source: string; sha256: string; cacheDir: string }): Promise<string> {
+export async function fetchRunnerTarball(o: { source: string; sha256: string; cacheDir: string; progress?: (line: string) => void }): Promise<string> {
   const want = o.sha256.toLowerCase();
   if (!/^[0-9a-f]{64}$/.test(want)) throw new KilnError('input.bad_checksum', `"${o.sha256}" is not a SHA-256 (64 hex digits)`, { hint: 'copy the checksum from the runner release notes' });
   let path = o.source;
@@ -51,6 +51,7 @@ export async function fetchRunnerTarball(o: { source: string; sha256: string; ca
     mkdirSync(o.cacheDir, { recursive: true });
     path = join(o.cacheDir, `actions-runner-${want}.tar.gz`);
     if (!existsSync(path)) {
+      o.progress?.(`downloading ${o.source}`);
       const res = await fetch(o.source).catch((e: unknown) => {
         throw new KilnError('image.download_failed', `could not download ${o.source}: ${(e as Error).message}`, { kind: 'unavailable' });
       });
@@ -63,6 +64,9 @@ export async function fetchRunnerTarball(o: { source: string; sha256: string; ca
         throw new KilnError('image.checksum_mismatch', `${o.source} has SHA-256 ${got}, not ${want}`, { hint: 'check the URL and the checksum from the runner release notes' });
       }
       renameSync(part, path);
+      o.progress?.(`downloaded ${(statSync(path).size / 1024 / 1024).toFixed(1)} MiB, SHA-256 matches; cached in ${o.cacheDir}`);
+    } else {
+      o.progress?.(`using the runner tarball cached in ${o.cacheDir}`);
     }
   } else if (!existsSync(path)) {
     throw new KilnError('image.not_found', `the runner tarball ${path} does not exist`, { hint: 'pass the path or https URL of actions-runner-linux-<arch>-<version>.tar.gz' });

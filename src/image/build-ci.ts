@@ -331,7 +331,7 @@ export async function buildCiImage(opts: CiBuildOptions): Promise<ImageManifest>
   const include = [...CI_PACKAGES, ...(opts.runner ? runnerPackages(source.suite) : [])];
   progress(`Debian ${source.suite} from ${source.uri} for ${arch}${opts.runner ? `, with the Actions runner${runnerInfo?.version ? ` ${runnerInfo.version}` : ''}` : ''}`);
   // A bad tarball or checksum should fail before minutes of debootstrap, not after.
-  const runnerTarball = opts.runner ? await fetchRunnerTarball({ ...opts.runner, cacheDir: join(opts.cacheDir, 'runner') }) : undefined;
+  const runnerTarball = opts.runner ? await fetchRunnerTarball({ ...opts.runner, cacheDir: join(opts.cacheDir, 'runner'), progress }) : undefined;
   await ensureForeignExec(arch, progress);
   const kernelPkg = await resolveKernelPackage(arch);
   const kernelDeb = await downloadDeb(kernelPkg, arch, join(opts.cacheDir, 'debs', arch), progress);

@@ -30,7 +30,7 @@ export interface RunnerSource {
 export async function buildImage(dataDir: string, store: ImageStore, arch: Arch, profile: Profile, out: Output, runner?: RunnerSource): Promise<ImageManifest> {
   const started = Date.now();
   const opts = { arch, store, cacheDir: join(dataDir, 'cache'), progress: (l: string) => out.progress(l) };
-  if (profile === 'runner' && !runner) parseRunnerFlags(profile, {});
+  if (profile === 'runner') runner ??= parseRunnerFlags(profile, {});
   const m = profile === 'minimal' ? await buildMinimalImage(opts) : await buildCiImage({ ...opts, ...(profile === 'runner' && runner ? { runner } : {}) });
   out.done();
   const size = m.kernel.size + m.initrd.size + (m.rootDisk?.size ?? 0);

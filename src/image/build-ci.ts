@@ -95,7 +95,7 @@ export function runnerPackages(suite: string): string[] {
 
 /** Release tarballs are named actions-runner-linux-<x64|arm64>-<version>.tar.gz; both parts are checked when present. */
 export function runnerTarballInfo(source: string, arch: Arch): { version?: string } {
-  const m = /actions-runner-linux-([a-z0-9]+)-(\d+\.\d+\.\d+)\.tar\.gz$/.exec(source);
+  const m = /actions-runner-linux-([a-z0-9]+)-(\d+\.\d+\.\d+)\.tar\.gz$/.exec(source.replace(/[?#].*$/, ''));
   if (!m) return {};
   const want = arch === 'amd64' ? 'x64' : 'arm64';
   if (m[1] !== want) {
@@ -322,7 +322,7 @@ export async function buildCiImage(opts: CiBuildOptions): Promise<ImageManifest>
   const { arch, store, progress } = opts;
   if (process.getuid?.() !== 0) {
     throw new KilnError('image.needs_root', 'building the ci image needs root (debootstrap installs packages into a chroot)', {
-      hint: 'run `sudo kiln image build --profile ci`',
+      hint: `run \`sudo kiln image build --profile ${opts.runner ? 'runner' : 'ci'}\` (with the same flags)`,
     });
   }
   const profile = opts.runner ? 'runner' : 'ci';

@@ -61,3 +61,15 @@ test('a host ledger keeps the sum of its jobs through set, replace, delete and c
   a.clear();
   assert.deepEqual(a.used, { cpus: 0, memoryBytes: 0, diskBytes: 0 });
 });
+
+test('a call that is not atomic is not run again: every caller of the failed group gets the error', async () => {
+  let runs = 0;
+  const run = makeGroupCommit(async (xs: number[]) => {
+    runs++;
+    if (xs.includes(13)) throw new Error('thirteen');
+    return xs;
+  }, { maxInFlight: 1, maxItems: 100, retryAlone: false });
+  const r = await Promise.allSettled([run([1]), run([13]), run([2])]);
+  assert.deepEqual(r.map((x) => x.status), ['rejected', 'rejected', 'rejected']);
+  assert.equal(runs, 1);
+});

@@ -11,6 +11,11 @@ export interface GroupCommitOptions {
   maxInFlight: number;
   /** Items per joined call. */
   maxItems: number;
+  /**
+   * Whether a failed joined call is retried per caller (default true). Only for calls that are atomic (one
+   * statement): a call that may have stored part of its work before failing must not be run again.
+   */
+  retryAlone?: boolean;
 }
 
 export function makeGroupCommit<I, O>(run: (items: I[]) => Promise<O[]>, o: GroupCommitOptions): (items: I[]) => Promise<O[]> {
@@ -23,14 +28,15 @@ export function makeGroupCommit<I, O>(run: (items: I[]) => Promise<O[]>, o: Grou
     const items = group.flatMap((w) => w.items);
     try {
       const out = await run(items);
+      if (out.length !== items.length) throw new Error(`group commit: ${out.length} results for ${items.length} items`);
       let at = 0;
       for (const w of group) {
         w.done(out.slice(at, at + w.items.length));
         at += w.items.length;
       }
     } catch (e) {
-      if (group.length === 1) group[0]!.fail(e);
-      else for (const w of group) await run(w.items).then(w.done, w.fail);
+      if (group.length === 1 || o.retryAlone === false) for (const w of group) w.fail(e);
+      else for (const w of group) await Promise.resolve().then(() => run(w.items)).then(w.done, w.fail);
     }
   }
 

@@ -30,7 +30,9 @@ export function makeResultWriter(ctx: ServerContext, before: () => Promise<void>
         })),
       );
     },
-    { maxInFlight: 1, maxItems: 1000 },
+    // transitionJobs is not one atomic statement (rows changed meanwhile fall back one by one), so a failed
+    // batch fails its callers rather than running again over what it already stored.
+    { maxInFlight: 1, maxItems: 1000, retryAlone: false },
   );
   return {
     async apply(hostId, r) {

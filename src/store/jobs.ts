@@ -241,6 +241,12 @@ export async function tenantUsage(tx: Tx, tenants: string[]): Promise<Map<string
   return out;
 }
 
+/** Whether any job is queued (the partial index on queued jobs answers it). */
+export async function anyQueued(db: Q): Promise<boolean> {
+  const r = await sql<{ x: boolean }>`SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued') AS x`.execute(db);
+  return r.rows[0]?.x === true;
+}
+
 /** Whether any tenant has a concurrency limit (the scheduler skips the limit query when none does). */
 export async function anyTenantLimits(db: Q): Promise<boolean> {
   const r = await db.selectFrom('tenants').select('name').where('max_concurrent', 'is not', null).limit(1).execute();

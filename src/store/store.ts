@@ -3,7 +3,7 @@
  * `postgres://` URL is given. Both run the same migrations and the same queries (Kysely, PostgreSQL dialect).
  */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, basename, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -138,7 +138,7 @@ await db.close();`;
   child.stderr.on('data', (d: Buffer) => (err += d.toString()));
   const code = await new Promise<number | null>((resolve) => {
     child.on('error', () => resolve(-1));
-    child.on('exit', resolve);
+    child.on('close', resolve);
   });
   if (code !== 0) {
     rmSync(tmp, { recursive: true, force: true });
@@ -146,8 +146,14 @@ await db.close();`;
       hint: 'check that the data directory is writable and the disk has room',
     });
   }
-  rmSync(dataDir, { recursive: true, force: true }); // empty: checked by the caller
-  renameSync(tmp, dataDir);
+  // Only an empty directory is replaced: if another process created the database meanwhile, keep its one.
+  try {
+    rmdirSync(dataDir);
+    renameSync(tmp, dataDir);
+  } catch (e) {
+    rmSync(tmp, { recursive: true, force: true });
+    if (!existsSync(join(dataDir, 'PG_VERSION'))) throw e;
+  }
 }
 
 async function makePgliteStore(dataDir?: string): Promise<Store> {

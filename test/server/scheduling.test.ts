@@ -94,3 +94,22 @@ void test('leader: a host silent for longer than the grace loses its jobs; unsta
     await h.close();
   }
 });
+
+void test('freed capacity places a job that fit no host before, without waiting for a poll', async () => {
+  // A poll an hour apart: only the job's end can place the waiting job.
+  const h = await startHarness('pglite', { pollMs: 3_600_000 });
+  try {
+    await h.addAgent('four', { arches: ['amd64'], cpus: 4 }, { arch: 'amd64' });
+    const a = await h.client.request<Job>('POST', '/v1/jobs', { command: ['sleep', '1'], cpus: 2 });
+    await jobReaches(h, a.id, ['running']);
+    const b = await h.client.request<Job>('POST', '/v1/jobs', { command: ['true'], cpus: 4 });
+    await h.server.scheduler.pass();
+    assert.equal((await h.client.request<Job>('GET', `/v1/jobs/${b.id}`)).state, 'queued', 'two of four CPUs are taken');
+    const started = Date.now();
+    await jobReaches(h, a.id, ['succeeded']);
+    await jobReaches(h, b.id, ['succeeded'], 10_000);
+    assert.ok(Date.now() - started < 10_000);
+  } finally {
+    await h.close();
+  }
+});

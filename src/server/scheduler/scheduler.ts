@@ -9,7 +9,7 @@ import type { LaunchSpec } from '../../core/agent-protocol.ts';
 import type { Arch } from '../../core/arch.ts';
 import type { Job } from '../../core/job.ts';
 import { isTerminal } from '../../core/job-state.ts';
-import { anyTenantLimits, claimQueuedJobs, jobStatuses, markPlaced, tenantUsage, type ClaimWindow, type PlacedJob } from '../../store/jobs.ts';
+import { anyQueued, anyTenantLimits, claimQueuedJobs, jobStatuses, markPlaced, tenantUsage, type ClaimWindow, type PlacedJob } from '../../store/jobs.ts';
 import { hostStates } from '../../store/hosts.ts';
 import type { ServerContext } from '../context.ts';
 import type { HostLink, HostRegistry } from '../host-registry.ts';
@@ -19,7 +19,7 @@ export interface Scheduler {
   /** Asks for a scheduling pass soon (coalesced). */
   kick(): void;
   /**
-   * Capacity was freed (a job ended): asks for a pass only if the last one left claimable jobs unplaced.
+   * Capacity was freed (a job ended): asks for a pass only if jobs were still queued after the last one.
    * Work that arrives later kicks on its own (or, from other replicas, is found by the poll).
    */
   capacityFreed(): void;
@@ -48,7 +48,7 @@ export function launchSpecOf(job: Job): LaunchSpec {
 
 export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Scheduler {
   let wanted = false;
-  /** Whether the last pass left jobs it could have claimed unplaced (unknown before the first pass). */
+  /** Whether jobs were still queued after the last pass (unknown before the first pass). */
   let backlog = true;
   /** Capacity freed while a pass ran: that pass's claims predate it, so a leftover backlog gets another pass. */
   let freedDuringPass = false;
@@ -88,9 +88,11 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
     }
     // Asked outside the transaction: the embedded store has one session, which the transaction holds.
     const checkLimits = await limitsExist();
-    const { placed, claimed } = await ctx.store.withTransaction(async (tx) => {
+    const { placed, claimed, waiting } = await ctx.store.withTransaction(async (tx) => {
       const jobs = await claimQueuedJobs(tx, ctx.options.batchSize, live);
-      if (jobs.length === 0) return { placed: [] as (PlacedJob & { createdAt: string })[], claimed: 0 };
+      // Jobs too big for any host's free room right now are not claimed; whether any such job waits decides
+      // if freed capacity is worth a pass (see capacityFreed).
+      if (jobs.length === 0) return { placed: [] as (PlacedJob & { createdAt: string })[], claimed: 0, waiting: await anyQueued(tx) };
       const usage = checkLimits ? await tenantUsage(tx, [...new Set(jobs.map((j) => j.tenant))]) : new Map<string, { active: number; limit: number | null }>();
       const room = new Map([...usage].map(([t, u]) => [t, Math.max(0, (u.limit ?? Infinity) - u.active)]));
       const demands: JobDemand[] = jobs.map((j) => ({
@@ -114,7 +116,8 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
         wanted = true;
       }
       const createdAt = new Map(jobs.map((j) => [j.id, j.createdAt]));
-      return { placed: done.map((d) => ({ ...d, createdAt: createdAt.get(d.id)! })), claimed: jobs.length };
+      const waiting = done.length < jobs.length || jobs.length >= ctx.options.batchSize || (await anyQueued(tx));
+      return { placed: done.map((d) => ({ ...d, createdAt: createdAt.get(d.id)! })), claimed: jobs.length, waiting };
     });
     const now = Date.now();
     for (const job of placed) {
@@ -131,7 +134,7 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
     if (placed.length > 0) log.debug({ placed: placed.length, claimed, ms: Math.round(performance.now() - started) }, 'placed jobs');
     // A full batch means more may be waiting.
     if (claimed >= ctx.options.batchSize && placed.length > 0) wanted = true;
-    backlog = claimed > placed.length || claimed >= ctx.options.batchSize;
+    backlog = waiting;
     if (backlog && freedDuringPass) wanted = true;
     return placed.length;
   }

@@ -15,7 +15,7 @@ import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { createServer } from 'node:net';
+import { freePort } from '../test/agent/processes.ts';
 import { pino } from 'pino';
 import pg from 'pg';
 import { Agent as HttpAgent, setGlobalDispatcher } from 'undici';
@@ -66,16 +66,6 @@ function makeBurst(): JobSpecB[] {
     const c = pick(r, [1, 1, 2, 2, 4, 8, 16]);
     return { arch: r() < 0.6 ? 'amd64' : 'arm64', cpus: c, memoryGiB: c * pick(r, [1, 2, 4]) };
   });
-}
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  s.listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const port = (s.address() as { port: number }).port;
-  s.close();
-  await once(s, 'close');
-  return port;
 }
 
 function rss(pid: number): { rssMB: number; peakMB: number } {

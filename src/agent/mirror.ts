@@ -12,6 +12,7 @@ import { accessSync, constants } from 'node:fs';
 import { chmod, lstat, mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
+import type { MirrorStatusMsg } from '../core/agent-protocol.ts';
 import { KilnError } from '../core/errors.ts';
 import { DOCKER_HUB_UPSTREAM, assertHostPort, assertUpstreamUrl, renderMirrorServerConfig } from '../oci/mirror-config.ts';
 
@@ -30,21 +31,10 @@ export interface MirrorOptions {
   logger?: Logger;
 }
 
-export type MirrorState = 'stopped' | 'starting' | 'running' | 'backoff';
+export type MirrorState = MirrorStatusMsg['state'];
 
-export interface MirrorStatus {
-  state: MirrorState;
-  healthy: boolean;
-  restarts: number;
-  /** Bytes the cache occupies on disk (allocated blocks). */
-  cacheBytes: number;
-  /** The upstream URL, never its credentials. */
-  upstream: string;
-  address: string;
-  guestAddress?: string;
-  pid?: number;
-  lastExit?: { code: number | null; signal: string | null; at: string; output: string };
-}
+/** What the agent reports (the protocol's message), plus the last exit's output, which stays on the host. */
+export type MirrorStatus = Omit<MirrorStatusMsg, 'lastExit'> & { lastExit?: NonNullable<MirrorStatusMsg['lastExit']> & { output: string } };
 
 export interface MirrorEvents {
   spawn: [pid: number];

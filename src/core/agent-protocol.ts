@@ -40,7 +40,9 @@ export const MirrorStatusMsg = Type.Object(
     state: Type.Union([Type.Literal('stopped'), Type.Literal('starting'), Type.Literal('running'), Type.Literal('backoff')]),
     healthy: Type.Boolean(),
     restarts: Type.Integer({ minimum: 0 }),
+    /** Bytes the cache occupies on disk (allocated blocks). */
     cacheBytes: Type.Integer({ minimum: 0 }),
+    /** The upstream URL, never its credentials. */
     upstream: Type.String({ maxLength: 500 }),
     address: Type.String({ maxLength: 300 }),
     guestAddress: Type.Optional(Type.String({ maxLength: 300 })),

@@ -1,4 +1,5 @@
 /** A host as the control plane sees it. */
+import type { MirrorStatusMsg } from './agent-protocol.ts';
 import type { Arch } from './arch.ts';
 import type { HostState } from './host-state.ts';
 
@@ -28,20 +29,11 @@ export interface Host {
   mirror: HostMirror | null;
 }
 
-/** A registry mirror's status (src/agent/mirror.ts), as reported over the agent protocol. */
-export interface HostMirror {
-  state: 'stopped' | 'starting' | 'running' | 'backoff';
-  healthy: boolean;
-  restarts: number;
-  cacheBytes: number;
-  upstream: string;
-  address: string;
-  guestAddress?: string;
-  pid?: number;
-  lastExit?: { code: number | null; signal: string | null; at: string };
+/** A registry mirror's status (src/agent/mirror.ts) as reported over the agent protocol and stored. */
+export type HostMirror = MirrorStatusMsg & {
   /** When the server stored this report. */
   reportedAt?: string;
-}
+};
 
 export const TOKEN_ROLES = ['admin', 'operator', 'read-only', 'agent'] as const;
 export type TokenRole = (typeof TOKEN_ROLES)[number];

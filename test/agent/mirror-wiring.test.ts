@@ -5,8 +5,6 @@
  * restarted and reported. An in-process agent shows every launched VM gets the forward and the address.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import { MIRROR_GUEST_ADDRESS, MIRROR_GUEST_IP, MIRROR_GUEST_PORT } from '../../src/agent/agent.ts';
 import { RegistryMirror } from '../../src/agent/mirror.ts';
@@ -16,23 +14,13 @@ import type { VmDriver, VmSpec } from '../../src/vm/driver.ts';
 import { makeMemoryDriver } from '../../src/vm/memory-driver.ts';
 import { Harness as OciHarness, freePort, skopeo, waitFor, type Registry } from '../oci/harness.ts';
 import { jobReaches, startHarness, type Harness } from '../server/harness.ts';
-import { killAll, spawnKiln, type KilnProcess } from './processes.ts';
+import { killAll, runKilnCommand, spawnKiln, type KilnProcess } from './processes.ts';
 
-const root = fileURLToPath(new URL('../../', import.meta.url));
 const oci = new OciHarness();
 let hub: Registry;
 let h: Harness;
 
-function kiln(args: string[], env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], { cwd: root, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    p.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const kiln = runKilnCommand;
 
 const alive = (pid: number) => {
   try {

@@ -2,26 +2,14 @@
 // and an agent with a bad token.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { spawnKiln, killAll, freePort } from '../agent/processes.ts';
+import { spawnKiln, killAll, freePort, runKilnCommand } from '../agent/processes.ts';
 
 after(killAll);
-const root = fileURLToPath(new URL('../../', import.meta.url));
 
-function kiln(args: string[], env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], { cwd: root, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    p.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const kiln = runKilnCommand;
 
 void test('kiln up, then the fleet commands against it', { timeout: 180_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'kiln-cli-'));

@@ -33,7 +33,7 @@ import { renderGuestMirrorConfigs } from '../oci/mirror-config.ts';
 import { pickDebianSource, type DebianSource } from './apt-sources.ts';
 import { guestFile, type BuildOptions } from './build-minimal.ts';
 import { writeCpio } from './cpio.ts';
-import { debVersion, downloadDeb, extractDeb, resolveKernelPackage, runCommand } from './debian.ts';
+import { debVersion, downloadDeb, resolveKernelPackage, runCommand, unpackKernel } from './debian.ts';
 import { initramfsEntries, resolveGuestModules } from './initramfs.ts';
 import { sha256File, type ImageManifest } from './store.ts';
 import { fetchRunnerTarball, installActionsRunner } from './actions-runner.ts';
@@ -345,13 +345,7 @@ export async function buildCiImage(opts: CiBuildOptions): Promise<ImageManifest>
   const t0 = Date.now();
   const secs = () => `${((Date.now() - t0) / 1000).toFixed(0)}s`;
   try {
-    progress(`unpacking ${kernelPkg}`);
-    await extractDeb(kernelDeb, join(work, 'kernel'));
-    const boot = join(work, 'kernel', 'boot');
-    const vmlinuz = readdirSync(boot).find((f) => f.startsWith('vmlinuz-'));
-    if (!vmlinuz) throw new KilnError('image.bad_kernel_package', `${kernelPkg} has no /boot/vmlinuz-*`, { hint: 'check the Debian archive this host uses' });
-    const kernelVersion = vmlinuz.slice('vmlinuz-'.length);
-    const modRoot = join(work, 'kernel', 'lib', 'modules', kernelVersion);
+    const { vmlinuzPath, kernelVersion, modRoot } = await unpackKernel(kernelDeb, kernelPkg, join(work, 'kernel'), progress);
 
     const debCache = join(opts.cacheDir, 'debootstrap', arch);
     mkdirSync(debCache, { recursive: true });
@@ -427,7 +421,7 @@ export async function buildCiImage(opts: CiBuildOptions): Promise<ImageManifest>
       extra: [{ type: 'dir', path: 'newroot' }],
     });
     writeFileSync(join(staging, 'initrd.cpio'), writeCpio(entries));
-    writeFileSync(join(staging, 'vmlinuz'), readFileSync(join(boot, vmlinuz)));
+    writeFileSync(join(staging, 'vmlinuz'), readFileSync(vmlinuzPath));
     for (const f of ['vmlinuz', 'initrd.cpio', 'root.qcow2']) chmodSync(join(staging, f), 0o444);
     progress('hashing');
     const file = async (name: string) => ({ name, sha256: await sha256File(join(staging, name)), size: statSync(join(staging, name)).size });

@@ -2,13 +2,13 @@
  * The minimal guest image: Debian's cloud kernel, a busybox initramfs with the virtio modules, and
  * kiln-init as PID 1. Built from Debian packages only; same packages in, same digest out.
  */
-import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Arch } from '../core/arch.ts';
 import { KilnError } from '../core/errors.ts';
 import { writeCpio } from './cpio.ts';
-import { debVersion, downloadDeb, extractDeb, resolveKernelPackage } from './debian.ts';
+import { debVersion, downloadDeb, extractDeb, resolveKernelPackage, unpackKernel } from './debian.ts';
 import { initramfsEntries, resolveGuestModules } from './initramfs.ts';
 import { sha256File, type ImageManifest, type ImageStore } from './store.ts';
 
@@ -45,16 +45,9 @@ export async function buildMinimalImage(opts: BuildOptions): Promise<ImageManife
   const work = mkdtempSync(join(opts.cacheDir, 'build-'));
   const staging = store.stagingDir();
   try {
-    progress(`unpacking ${kernelPkg}`);
-    await extractDeb(kernelDeb, join(work, 'kernel'));
+    const { vmlinuzPath, kernelVersion, modRoot } = await unpackKernel(kernelDeb, kernelPkg, join(work, 'kernel'), progress);
     progress('unpacking busybox-static');
     await extractDeb(busyboxDeb, join(work, 'busybox'));
-
-    const boot = join(work, 'kernel', 'boot');
-    const vmlinuz = readdirSync(boot).find((f) => f.startsWith('vmlinuz-'));
-    if (!vmlinuz) throw new KilnError('image.bad_kernel_package', `${kernelPkg} has no /boot/vmlinuz-*`, { hint: 'check the Debian archive this host uses' });
-    const kernelVersion = vmlinuz.slice('vmlinuz-'.length);
-    const modRoot = join(work, 'kernel', 'lib', 'modules', kernelVersion);
 
     progress('resolving kernel modules');
     const modules = resolveGuestModules(modRoot, kernelPkg);
@@ -67,7 +60,7 @@ export async function buildMinimalImage(opts: BuildOptions): Promise<ImageManife
       kernelVersion,
     });
     writeFileSync(join(staging, 'initrd.cpio'), writeCpio(entries));
-    copyFileSync(join(boot, vmlinuz), join(staging, 'vmlinuz'));
+    copyFileSync(vmlinuzPath, join(staging, 'vmlinuz'));
     progress('hashing');
     const file = async (name: string) => ({ name, sha256: await sha256File(join(staging, name)), size: statSync(join(staging, name)).size });
     const manifest = store.commit(staging, {

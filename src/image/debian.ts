@@ -101,3 +101,20 @@ export async function extractDeb(deb: string, into: string): Promise<void> {
   const r = await runCommand('dpkg-deb', ['-x', deb, into]);
   if (r.code !== 0) throw new KilnError('image.extract_failed', `could not unpack ${deb}: ${r.stderr.trim()}`, { hint: 'delete the file and run the build again' });
 }
+
+/** A kernel package unpacked into `<dir>`: its image file, version and module tree. */
+export interface UnpackedKernel {
+  vmlinuzPath: string;
+  kernelVersion: string;
+  modRoot: string;
+}
+
+export async function unpackKernel(deb: string, pkg: string, dir: string, progress: (line: string) => void): Promise<UnpackedKernel> {
+  progress(`unpacking ${pkg}`);
+  await extractDeb(deb, dir);
+  const boot = join(dir, 'boot');
+  const vmlinuz = readdirSync(boot).find((f) => f.startsWith('vmlinuz-'));
+  if (!vmlinuz) throw new KilnError('image.bad_kernel_package', `${pkg} has no /boot/vmlinuz-*`, { hint: 'check the Debian archive this host uses' });
+  const kernelVersion = vmlinuz.slice('vmlinuz-'.length);
+  return { vmlinuzPath: join(boot, vmlinuz), kernelVersion, modRoot: join(dir, 'lib', 'modules', kernelVersion) };
+}

@@ -144,6 +144,7 @@ async function runOne(kind: 'pglite' | 'postgres'): Promise<Record<string, numbe
       );
     }
     const connectS = (performance.now() - tConnect) / 1000;
+    const rssConnected = rss(proc.pid!).rssMB;
 
     // 1. Latency at a steady rate: short jobs, submitted one request each.
     const submitAt = new Map<number, number>();
@@ -172,6 +173,7 @@ async function runOne(kind: 'pglite' | 'postgres'): Promise<Record<string, numbe
       console.log(m.split('\n').filter((l) => /kiln_submit_to_placed|kiln_placements_total|event_loop_lag_p99|cpu_seconds/.test(l)).join('\n'));
     }
     while (finished.n < total) await new Promise((r) => setTimeout(r, 50));
+    const rssSteady = rss(proc.pid!).rssMB;
 
     // 2. Burst: 10,000 long jobs of mixed sizes, more than the fleet holds.
     const burst = makeBurst();
@@ -238,6 +240,7 @@ async function runOne(kind: 'pglite' | 'postgres'): Promise<Record<string, numbe
       'CPU share used: kiln / FFD': `${((placedCpus / capCpus) * 100).toFixed(1)}% / ${((cpuOf(ffd) / capCpus) * 100).toFixed(1)}%`,
       'offline best-fit (same policy, no timing) places': offlineBestFit.length,
       'server RSS now / peak (MB)': `${mem.rssMB} / ${mem.peakMB}`,
+      'server RSS after connect / steady / burst (MB)': `${rssConnected} / ${rssSteady} / ${mem.rssMB}`,
     };
   } finally {
     await Promise.all(agents.map((a) => a.stop()));

@@ -10,7 +10,8 @@ import type { HostMirror } from '../core/host.ts';
 
 export interface ServerEvents {
   'job.submitted': { job: Job };
-  'job.state': { job: Job; from: JobState; to: JobState };
+  /** The job as far as every listener needs it: read the rest from the store (most writers never load it). */
+  'job.state': { job: Pick<Job, 'id' | 'tenant' | 'attempt'>; from: JobState; to: JobState };
   'job.placed': { jobId: number; attempt: number; hostId: number; latencyMs: number };
   'job.logs': { jobId: number };
   'host.state': { hostId: number; name: string; state: HostState };

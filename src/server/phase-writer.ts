@@ -16,9 +16,10 @@ export function makePhaseWriter(ctx: ServerContext): PhaseWriter {
   const pending = new Set<Promise<unknown>>();
   const write = makeGroupCommit(
     async (batch: PhaseUpdate[]) => {
-      for (const { job, booted } of await applyPhases(ctx.store.db, batch)) {
-        if (booted) ctx.events.emit('job.state', { job: { ...job, state: 'booting' }, from: 'placed', to: 'booting' });
-        ctx.events.emit('job.state', { job, from: job.state === 'running' ? (booted || job.bootingAt ? 'booting' : 'placed') : 'placed', to: job.state });
+      for (const c of await applyPhases(ctx.store.db, batch)) {
+        const job = { id: c.id, tenant: c.tenant, attempt: c.attempt };
+        if (c.booted) ctx.events.emit('job.state', { job, from: 'placed', to: 'booting' });
+        ctx.events.emit('job.state', { job, from: c.booted ? 'booting' : c.from, to: c.state });
       }
       return batch.map(() => undefined);
     },

@@ -193,16 +193,22 @@ export async function claimQueuedJobs(tx: Tx, limit: number, windows: ClaimWindo
   );
   // rank = how many jobs the tenant would have running if this one started next: a tenant with jobs
   // already running waits behind one with none, so a burst cannot starve a single job of another tenant.
+  // Each tenant's queue is read from its head only (jobs_queued_tenant, in claim order): a pass never takes
+  // more than `limit` jobs of one tenant, so ranking more than that many of each would be wasted work.
   const r = await sql<Pick<JobRow, 'id' | 'tenant' | 'attempt' | 'arch' | 'cpus' | 'memory_bytes' | 'disk_bytes' | 'host_labels' | 'created_at'>>`
-    WITH active AS (
-      SELECT tenant, count(*) AS n FROM jobs WHERE state IN ('placed','booting','running') GROUP BY tenant
+    WITH qt AS (
+      SELECT DISTINCT tenant FROM jobs WHERE state = 'queued'
+    ), active AS (
+      SELECT tenant, count(*) AS n FROM jobs WHERE state IN ('placed','booting','running') AND tenant IN (SELECT tenant FROM qt) GROUP BY tenant
     )
     SELECT j.id, j.tenant, j.attempt, j.arch, j.cpus, j.memory_bytes, j.disk_bytes, j.host_labels, j.created_at FROM jobs j
     JOIN (
       SELECT q.id, row_number() OVER (PARTITION BY q.tenant ORDER BY q.priority DESC, q.id) + coalesce(a.n, 0) AS rank, q.priority,
         t.last_placed_at AS served
-      FROM jobs q LEFT JOIN active a ON a.tenant = q.tenant LEFT JOIN tenants t ON t.name = q.tenant
-      WHERE q.state = 'queued' AND (${fits})
+      FROM qt CROSS JOIN LATERAL (
+        SELECT id, tenant, priority FROM jobs WHERE state = 'queued' AND tenant = qt.tenant AND (${fits})
+        ORDER BY priority DESC, id LIMIT ${limit * 2}
+      ) q LEFT JOIN active a ON a.tenant = q.tenant LEFT JOIN tenants t ON t.name = q.tenant
       ORDER BY rank, served NULLS FIRST, priority DESC, id
       LIMIT ${limit * 2}
     ) c ON c.id = j.id
@@ -550,12 +556,24 @@ export interface PhaseUpdate {
   phase: 'booting' | 'running';
 }
 
+export interface PhaseChange {
+  id: number;
+  tenant: string;
+  attempt: number;
+  state: 'booting' | 'running';
+  /** The state it left (for a job that booted and started in one batch: placed, with `booted` set). */
+  from: JobState;
+  /** Both transitions happened in this batch: placed → booting → running. */
+  booted: boolean;
+}
+
 /**
  * Applies many agent phase reports in one statement (they are the most frequent writes). Per job only the
  * latest phase counts; a job that booted and started within one batch gets both transitions recorded.
- * Legal source states come from the pure state machine. Returns the jobs that changed.
+ * Legal source states come from the pure state machine. Returns the jobs that changed, slimmed to what
+ * their events carry.
  */
-export async function applyPhases(db: Q, updates: PhaseUpdate[]): Promise<{ job: Job; booted: boolean }[]> {
+export async function applyPhases(db: Q, updates: PhaseUpdate[]): Promise<PhaseChange[]> {
   if (updates.length === 0) return [];
   const latest = new Map<number, PhaseUpdate & { booted: boolean }>();
   for (const u of updates) {
@@ -566,7 +584,7 @@ export async function applyPhases(db: Q, updates: PhaseUpdate[]): Promise<{ job:
   const payload = JSON.stringify([...latest.values()].map((u) => ({ id: u.jobId, attempt: u.attempt, host: u.hostId, phase: u.phase, booted: u.booted })));
   const bootFrom = statesAccepting({ type: 'boot' });
   const startFrom = statesAccepting({ type: 'start' });
-  const r = await sql<JobRow & { booted: boolean }>`
+  const r = await sql<Pick<JobRow, 'id' | 'tenant' | 'attempt'> & { state: 'booting' | 'running'; booted: boolean; was_booting: boolean }>`
     WITH v AS (
       SELECT * FROM jsonb_to_recordset(${payload}::jsonb) AS v(id bigint, attempt int, host bigint, phase text, booted boolean)
     ), upd AS (
@@ -577,15 +595,16 @@ export async function applyPhases(db: Q, updates: PhaseUpdate[]): Promise<{ job:
       FROM v
       WHERE j.id = v.id AND j.attempt = v.attempt AND j.host_id = v.host
         AND ((v.phase = 'booting' AND j.state = ANY(${sql.val(bootFrom)}::text[])) OR (v.phase = 'running' AND j.state = ANY(${sql.val(startFrom)}::text[])))
-      RETURNING j.*, v.booted
+      RETURNING j.id, j.tenant, j.attempt, j.state, j.host_id, v.booted, (v.phase = 'running' AND j.booting_at IS NOT NULL AND NOT v.booted) AS was_booting
     ), ev AS (
       INSERT INTO job_events (job_id, attempt, state, host_id)
       SELECT id, attempt, 'booting', host_id FROM upd WHERE booted
       UNION ALL
       SELECT id, attempt, state, host_id FROM upd
     )
-    SELECT * FROM upd`.execute(db);
-  return r.rows.map((row) => ({ job: jobFromRow(row), booted: row.booted }));
+    SELECT id, tenant, attempt, state, booted, was_booting FROM upd`.execute(db);
+  // Only what the events need: reading back whole rows (env, command, labels) cost more than the update.
+  return r.rows.map((x) => ({ id: x.id, tenant: x.tenant, attempt: x.attempt, state: x.state, from: x.was_booting ? 'booting' : 'placed', booted: x.booted }));
 }
 
 export interface TransitionRequest {

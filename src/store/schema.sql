@@ -200,7 +200,7 @@ TABLE jobs
   CONSTRAINT jobs_state_check CHECK ((state = ANY (ARRAY['queued'::text, 'placed'::text, 'booting'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text, 'timed_out'::text, 'lost'::text])))
   CREATE INDEX jobs_active_host ON jobs USING btree (host_id) WHERE (state = ANY (ARRAY['placed'::text, 'booting'::text, 'running'::text]))
   CREATE UNIQUE INDEX jobs_pkey ON jobs USING btree (id)
-  CREATE INDEX jobs_queued ON jobs USING btree (priority DESC, id) WHERE (state = 'queued'::text)
+  CREATE INDEX jobs_queued_tenant ON jobs USING btree (tenant, priority DESC, id) WHERE (state = 'queued'::text)
   CREATE INDEX jobs_tenant_state ON jobs USING btree (tenant, state)
 
 TABLE kiln_migrations

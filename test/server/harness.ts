@@ -27,15 +27,15 @@ export interface Harness {
 }
 
 /** Resolves once the job is in one of `states` (checks after subscribing, so no event can slip by). */
-export async function jobReaches(h: Pick<Harness, 'server' | 'client'>, jobId: number, states: JobState[], timeoutMs = 20_000): Promise<Job> {
-  let resolveEv!: (j: Job) => void;
-  const viaEvent = new Promise<Job>((r) => (resolveEv = r));
+export async function jobReaches(h: Pick<Harness, 'server' | 'client'>, jobId: number, states: JobState[], timeoutMs = 20_000): Promise<void> {
+  let resolveEv!: () => void;
+  const viaEvent = new Promise<void>((r) => (resolveEv = r));
   const off = h.server.events.on('job.state', (e) => {
-    if (e.job.id === jobId && states.includes(e.to)) resolveEv(e.job);
+    if (e.job.id === jobId && states.includes(e.to)) resolveEv();
   });
   try {
     const now = await h.client.request<Job>('GET', `/v1/jobs/${jobId}`);
-    if (states.includes(now.state)) return now;
+    if (states.includes(now.state)) return;
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, rej) => (timer = setTimeout(() => rej(new Error(`job ${jobId} did not reach ${states.join('|')} in ${timeoutMs} ms`)), timeoutMs)));
     try {

@@ -125,7 +125,7 @@ for (const { kind, skip } of storeKinds()) {
         { jobId: a.id, attempt: 1, hostId: host.id, phase: 'running' },
         { jobId: b.id, attempt: 1, hostId: host.id + 1000, phase: 'running' },
       ]);
-      assert.deepEqual(changed.map((c) => [c.job.id, c.job.state, c.booted]), [[a.id, 'running', true]]);
+      assert.deepEqual(changed.map((c) => [c.id, c.state, c.from, c.booted]), [[a.id, 'running', 'placed', true]]);
       assert.deepEqual((await jobTransitions(store.db, a.id)).map((e) => e.state), ['queued', 'placed', 'booting', 'running']);
       assert.equal((await getJob(store.db, b.id))?.state, 'placed');
       assert.deepEqual(await applyPhases(store.db, [{ jobId: a.id, attempt: 1, hostId: host.id, phase: 'booting' }]), [], 'no going back');

@@ -9,11 +9,13 @@ import type { Migration } from 'kysely';
 import * as m0001 from './0001-control-plane.ts';
 import * as m0002 from './0002-tenant-fairness.ts';
 import * as m0003 from './0003-host-mirror.ts';
+import * as m0004 from './0004-queue-per-tenant.ts';
 import * as m0100 from './0100-github.ts';
 
 export const MIGRATIONS: Record<string, Migration> = {
   '0001-control-plane': m0001,
   '0002-tenant-fairness': m0002,
   '0003-host-mirror': m0003,
+  '0004-queue-per-tenant': m0004,
   '0100-github': m0100,
 };

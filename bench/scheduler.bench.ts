@@ -68,6 +68,12 @@ function makeBurst(): JobSpecB[] {
   });
 }
 
+/** CPU time the process has used (user + system), in ms: steadier than wall-clock times on a shared machine. */
+function cpuMs(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime, stime in clock ticks (USER_HZ = 100)
+}
+
 function rss(pid: number): { rssMB: number; peakMB: number } {
   const st = readFileSync(`/proc/${pid}/status`, 'utf8');
   const kb = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(st)?.[1] ?? 0) / 1024;
@@ -150,6 +156,7 @@ async function runOne(kind: 'pglite' | 'postgres'): Promise<Record<string, numbe
     const submitAt = new Map<number, number>();
     const answered: number[] = [];
     const total = RATE * RATE_SECONDS;
+    const cpuSteady0 = cpuMs(proc.pid!);
     const t0 = performance.now();
     const inflight: Promise<void>[] = [];
     for (let i = 0; i < total; i++) {
@@ -170,14 +177,16 @@ async function runOne(kind: 'pglite' | 'postgres'): Promise<Record<string, numbe
     const lat = [...submitAt].map(([id, s]) => launches.get(id)! - s);
     if (process.env.BENCH_DEBUG) {
       const m = await (await fetch(`${url}/metrics`)).text();
-      console.log(m.split('\n').filter((l) => /kiln_submit_to_placed|kiln_placements_total|event_loop_lag_p99|cpu_seconds/.test(l)).join('\n'));
+      console.log(m.split('\n').filter((l) => /kiln_submit_to_placed|kiln_placements_total|event_loop_lag_p99|cpu_seconds|heap_size_used|heap_size_total|external_memory|resident_memory/.test(l)).join('\n'));
     }
     while (finished.n < total) await new Promise((r) => setTimeout(r, 50));
     const rssSteady = rss(proc.pid!).rssMB;
+    const cpuSteady = cpuMs(proc.pid!) - cpuSteady0;
 
     // 2. Burst: 10,000 long jobs of mixed sizes, more than the fleet holds.
     const burst = makeBurst();
     const before = launches.size;
+    const cpuBurst0 = cpuMs(proc.pid!);
     const tBurst = performance.now();
     // All at once: ten batch requests of 1,000 jobs in flight together.
     const batches: Promise<{ ids: number[] }>[] = [];
@@ -206,6 +215,7 @@ async function runOne(kind: 'pglite' | 'postgres'): Promise<Record<string, numbe
     const firstT = Math.min(...burstTimes);
     const lastT = Math.max(...burstTimes);
     const mem = rss(proc.pid!);
+    const cpuBurst = cpuMs(proc.pid!) - cpuBurst0;
     void before;
 
     // The offline yardstick on the same hosts and jobs.
@@ -239,6 +249,7 @@ async function runOne(kind: 'pglite' | 'postgres'): Promise<Record<string, numbe
       'packing efficiency (placed/FFD)': (placed / ffd.length).toFixed(3),
       'CPU share used: kiln / FFD': `${((placedCpus / capCpus) * 100).toFixed(1)}% / ${((cpuOf(ffd) / capCpus) * 100).toFixed(1)}%`,
       'offline best-fit (same policy, no timing) places': offlineBestFit.length,
+      'server CPU per job: steady / burst (ms)': `${(cpuSteady / total).toFixed(2)} / ${(cpuBurst / JOBS).toFixed(2)}`,
       'server RSS now / peak (MB)': `${mem.rssMB} / ${mem.peakMB}`,
       'server RSS after connect / steady / burst (MB)': `${rssConnected} / ${rssSteady} / ${mem.rssMB}`,
     };

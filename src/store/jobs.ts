@@ -187,7 +187,8 @@ export async function claimQueuedJobs(tx: Tx, limit: number, windows: ClaimWindo
   if (windows.length === 0 || limit <= 0) return [];
   const fits = sql.join(
     windows.map(
-      (w) => sql`(arch = ${w.arch} AND cpus <= ${w.maxCpus} AND memory_bytes <= ${w.maxMemoryBytes} AND disk_bytes <= ${w.maxDiskBytes})`,
+      (w) =>
+        sql`(arch = ${sql.lit(w.arch)} AND cpus <= ${sql.lit(Math.floor(w.maxCpus))} AND memory_bytes <= ${sql.lit(Math.floor(w.maxMemoryBytes))} AND disk_bytes <= ${sql.lit(Math.floor(w.maxDiskBytes))})`,
     ),
     sql` OR `,
   );
@@ -195,27 +196,33 @@ export async function claimQueuedJobs(tx: Tx, limit: number, windows: ClaimWindo
   // already running waits behind one with none, so a burst cannot starve a single job of another tenant.
   // Each tenant's queue is read from its head only (jobs_queued_tenant, in claim order): a pass never takes
   // more than `limit` jobs of one tenant, so ranking more than that many of each would be wasted work.
-  const r = await sql<Pick<JobRow, 'id' | 'tenant' | 'attempt' | 'arch' | 'cpus' | 'memory_bytes' | 'disk_bytes' | 'host_labels' | 'created_at'>>`
+  // Candidates are locked one by one in rank order (the lateral lookup by primary key), stopping at
+  // `limit`: no plan here depends on table statistics, which the embedded store never gathers (it has no
+  // autovacuum), and without which a join back to `jobs` went quadratic. The leading comment keeps the
+  // embedded store from caching its plan (pglite-dialect.ts): one made for a short queue read far more of a
+  // long one (passes of 300 ms instead of 100 ms). The windows and limits are literals so that the planner
+  // sees them.
+  const r = await sql<Pick<JobRow, 'id' | 'tenant' | 'attempt' | 'arch' | 'cpus' | 'memory_bytes' | 'disk_bytes' | 'host_labels' | 'created_at'>>`/* planned each time */
     WITH qt AS (
       SELECT DISTINCT tenant FROM jobs WHERE state = 'queued'
     ), active AS (
       SELECT tenant, count(*) AS n FROM jobs WHERE state IN ('placed','booting','running') AND tenant IN (SELECT tenant FROM qt) GROUP BY tenant
     )
-    SELECT j.id, j.tenant, j.attempt, j.arch, j.cpus, j.memory_bytes, j.disk_bytes, j.host_labels, j.created_at FROM jobs j
-    JOIN (
+    SELECT j.* FROM (
       SELECT q.id, row_number() OVER (PARTITION BY q.tenant ORDER BY q.priority DESC, q.id) + coalesce(a.n, 0) AS rank, q.priority,
         t.last_placed_at AS served
       FROM qt CROSS JOIN LATERAL (
         SELECT id, tenant, priority FROM jobs WHERE state = 'queued' AND tenant = qt.tenant AND (${fits})
-        ORDER BY priority DESC, id LIMIT ${limit * 2}
+        ORDER BY priority DESC, id LIMIT ${sql.lit(limit * 2)}
       ) q LEFT JOIN active a ON a.tenant = q.tenant LEFT JOIN tenants t ON t.name = q.tenant
       ORDER BY rank, served NULLS FIRST, priority DESC, id
-      LIMIT ${limit * 2}
-    ) c ON c.id = j.id
-    WHERE j.state = 'queued'
-    ORDER BY c.rank, c.served NULLS FIRST, c.priority DESC, j.id
-    LIMIT ${limit}
-    FOR UPDATE OF j SKIP LOCKED`.execute(tx);
+      LIMIT ${sql.lit(limit * 2)}
+    ) c CROSS JOIN LATERAL (
+      SELECT j.id, j.tenant, j.attempt, j.arch, j.cpus, j.memory_bytes, j.disk_bytes, j.host_labels, j.created_at FROM jobs j
+      WHERE j.id = c.id AND j.state = 'queued' FOR UPDATE SKIP LOCKED
+    ) j
+    ORDER BY c.rank, c.served NULLS FIRST, c.priority DESC, c.id
+    LIMIT ${sql.lit(Math.floor(limit))}`.execute(tx);
   return r.rows.map((x) => ({
     id: x.id,
     tenant: x.tenant,

@@ -180,7 +180,9 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
     if (stopPollBusy) return;
     stopPollBusy = true;
     try {
-      await refreshHostFlags();
+      // The embedded store has no other replica: its drain, cordon and removal go through this process's
+      // API, which updates the links itself, so reading 1,000 host rows every 5 s would only block the loop.
+      if (ctx.store.kind !== 'pglite') await refreshHostFlags();
       // Judge only what was active when the question was asked: jobs launched meanwhile are not in the answer.
       const asked: { link: HostLink; id: number; attempt: number }[] = [];
       for (const l of registry.links.values()) for (const [id, a] of l.active) asked.push({ link: l, id, attempt: a.attempt });

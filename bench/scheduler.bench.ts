@@ -8,7 +8,8 @@
 //   - placements/s for a burst of 10,000 mixed jobs (first to last placement, as seen by the agents);
 //   - packing efficiency at saturation = jobs placed ÷ jobs an offline first-fit-decreasing places on the
 //     same hosts (measured in this run), and the CPU share each achieves;
-//   - the server's RSS (current and peak).
+//   - the server's RSS (current and peak, and after connecting, the steady rate and the burst);
+//   - the server's CPU time per job in each phase (steadier than the wall-clock figures on a shared machine).
 // Env: BENCH_HOSTS (1000), BENCH_JOBS (10000), BENCH_RATE (200), BENCH_RATE_SECONDS (10).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';

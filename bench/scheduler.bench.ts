@@ -152,6 +152,11 @@ async function runOne(kind: 'pglite' | 'postgres'): Promise<Record<string, numbe
     }
     const connectS = (performance.now() - tConnect) / 1000;
     const rssConnected = rss(proc.pid!).rssMB;
+    // What the connected fleet costs with nothing to schedule (heartbeats, status reports, polls).
+    const idleS = Number(process.env.BENCH_IDLE_SECONDS ?? 3);
+    const cpuIdle0 = cpuMs(proc.pid!);
+    await new Promise((r) => setTimeout(r, idleS * 1000));
+    const cpuIdlePct = ((cpuMs(proc.pid!) - cpuIdle0) / (idleS * 1000)) * 100;
 
     // 1. Latency at a steady rate: short jobs, submitted one request each.
     const submitAt = new Map<number, number>();
@@ -250,6 +255,7 @@ async function runOne(kind: 'pglite' | 'postgres'): Promise<Record<string, numbe
       'packing efficiency (placed/FFD)': (placed / ffd.length).toFixed(3),
       'CPU share used: kiln / FFD': `${((placedCpus / capCpus) * 100).toFixed(1)}% / ${((cpuOf(ffd) / capCpus) * 100).toFixed(1)}%`,
       'offline best-fit (same policy, no timing) places': offlineBestFit.length,
+      'server CPU with the fleet idle (% of a core)': cpuIdlePct.toFixed(0),
       'server CPU per job: steady / burst (ms)': `${(cpuSteady / total).toFixed(2)} / ${(cpuBurst / JOBS).toFixed(2)}`,
       'server RSS now / peak (MB)': `${mem.rssMB} / ${mem.peakMB}`,
       'server RSS after connect / steady / burst (MB)': `${rssConnected} / ${rssSteady} / ${mem.rssMB}`,

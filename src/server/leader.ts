@@ -1,11 +1,20 @@
 /**
  * Periodic work that must run once across all replicas, done by whichever replica holds the leader
  * advisory lock: hosts that stopped reporting lose their jobs (requeued if they never started), jobs past
- * their deadline are timed out. A replica that dies loses the lock with its database connection.
+ * their deadline are timed out. A replica that dies loses the lock with its database connection. On the
+ * embedded store it also does autovacuum's work (../store/upkeep.ts), when the server is quiet.
  */
 import { lostHosts, expireHost, heartbeatServer } from '../store/hosts.ts';
 import { activeJobsOnHosts, loseJob, overdueJobs, transitionJob } from '../store/jobs.ts';
+import { tablesDue, upkeep } from '../store/upkeep.ts';
 import type { ServerContext } from './context.ts';
+
+/** How often the embedded store's tables are checked for upkeep. */
+const UPKEEP_EVERY_MS = 30_000;
+/** Upkeep blocks the embedded store's event loop (tens of ms), so it waits for this much quiet... */
+const UPKEEP_QUIET_MS = 2_000;
+/** ...but not longer than this: a server that is never quiet still gets it. */
+const UPKEEP_AT_MOST_EVERY_MS = 10 * 60_000;
 
 export const LEADER_LOCK_KEY = 0x6b696c6e; // "kiln"
 
@@ -24,6 +33,18 @@ export function makeLeader(ctx: ServerContext, opts: { intervalMs?: number; url?
   let busy: Promise<void> | undefined;
   let stopped = false;
   const log = ctx.log.child({ part: 'leader' });
+  let lastUpkeep = performance.now();
+  let lastActivity = 0;
+  const offActivity: (() => void)[] = [];
+
+  async function upkeepIfDue(): Promise<void> {
+    const now = performance.now();
+    if (ctx.store.kind !== 'pglite' || now - lastUpkeep < UPKEEP_EVERY_MS) return;
+    if (now - lastActivity < UPKEEP_QUIET_MS && now - lastUpkeep < UPKEEP_AT_MOST_EVERY_MS) return;
+    lastUpkeep = now;
+    const done = await upkeep(ctx.store.db, await tablesDue(ctx.store.db));
+    if (done.length > 0) log.info({ tables: done }, 'embedded store upkeep (vacuum, statistics)');
+  }
 
   async function sweep(): Promise<void> {
     for (const h of await lostHosts(ctx.store.db, ctx.options.hostLostAfterMs)) {
@@ -69,7 +90,10 @@ export function makeLeader(ctx: ServerContext, opts: { intervalMs?: number; url?
           });
         }
       }
-      if (lock) await sweep();
+      if (lock) {
+        await sweep();
+        await upkeepIfDue();
+      }
     } catch (e) {
       log.warn({ err: e }, 'periodic work failed; retrying');
     }
@@ -79,12 +103,15 @@ export function makeLeader(ctx: ServerContext, opts: { intervalMs?: number; url?
     isLeader: () => lock !== undefined,
     sweep,
     start() {
+      const busy = () => (lastActivity = performance.now());
+      offActivity.push(ctx.events.on('job.placed', busy), ctx.events.on('job.state', busy), ctx.events.on('job.submitted', busy));
       timer = setInterval(() => void tick(), intervalMs);
       void tick();
     },
     async stop() {
       stopped = true;
       clearInterval(timer);
+      for (const off of offActivity.splice(0)) off();
       await busy;
       await lock?.release();
       lock = undefined;

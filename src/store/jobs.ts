@@ -183,8 +183,18 @@ export interface ClaimedJob {
   requirements: Requirements;
 }
 
-export async function claimQueuedJobs(tx: Tx, limit: number, windows: ClaimWindow[]): Promise<ClaimedJob[]> {
-  if (windows.length === 0 || limit <= 0) return [];
+export interface Claim {
+  jobs: ClaimedJob[];
+  /**
+   * Whether queued jobs other than these remained when the claim ran (too big for the windows, locked by
+   * another replica, or past the limit). Asked in the same statement, which saves a pass a round trip.
+   * Undefined when nothing was claimed: the statement then returns no row to carry it (ask `anyQueued`).
+   */
+  more?: boolean;
+}
+
+export async function claimQueuedJobs(tx: Tx, limit: number, windows: ClaimWindow[]): Promise<Claim> {
+  if (windows.length === 0 || limit <= 0) return { jobs: [] };
   const fits = sql.join(
     windows.map(
       (w) =>
@@ -202,13 +212,13 @@ export async function claimQueuedJobs(tx: Tx, limit: number, windows: ClaimWindo
   // embedded store from caching its plan (pglite-dialect.ts): one made for a short queue read far more of a
   // long one (passes of 300 ms instead of 100 ms). The windows and limits are literals so that the planner
   // sees them.
-  const r = await sql<Pick<JobRow, 'id' | 'tenant' | 'attempt' | 'arch' | 'cpus' | 'memory_bytes' | 'disk_bytes' | 'host_labels' | 'created_at'>>`/* planned each time */
+  const r = await sql<Pick<JobRow, 'id' | 'tenant' | 'attempt' | 'arch' | 'cpus' | 'memory_bytes' | 'disk_bytes' | 'host_labels' | 'created_at'> & { queued: number }>`/* planned each time */
     WITH qt AS (
       SELECT DISTINCT tenant FROM jobs WHERE state = 'queued'
     ), active AS (
       SELECT tenant, count(*) AS n FROM jobs WHERE state IN ('placed','booting','running') AND tenant IN (SELECT tenant FROM qt) GROUP BY tenant
     )
-    SELECT j.* FROM (
+    SELECT j.*, (SELECT count(*)::int FROM (SELECT 1 FROM jobs WHERE state = 'queued' LIMIT ${sql.lit(Math.floor(limit) + 1)}) h) AS queued FROM (
       SELECT q.id, row_number() OVER (PARTITION BY q.tenant ORDER BY q.priority DESC, q.id) + coalesce(a.n, 0) AS rank, q.priority,
         t.last_placed_at AS served
       FROM qt CROSS JOIN LATERAL (
@@ -223,13 +233,15 @@ export async function claimQueuedJobs(tx: Tx, limit: number, windows: ClaimWindo
     ) j
     ORDER BY c.rank, c.served NULLS FIRST, c.priority DESC, c.id
     LIMIT ${sql.lit(Math.floor(limit))}`.execute(tx);
-  return r.rows.map((x) => ({
+  const jobs = r.rows.map((x) => ({
     id: x.id,
     tenant: x.tenant,
     attempt: x.attempt,
     createdAt: iso(x.created_at) ?? '',
     requirements: { arch: x.arch as Arch, cpus: x.cpus, memoryBytes: x.memory_bytes, diskBytes: x.disk_bytes, hostLabels: x.host_labels },
   }));
+  // `queued` counts the claimed jobs too (at most limit + 1 of all): more than them means others remain.
+  return r.rows.length === 0 ? { jobs } : { jobs, more: r.rows[0]!.queued > jobs.length };
 }
 
 /** Active jobs per tenant, and the limits of tenants that have one (rows locked so replicas agree). */

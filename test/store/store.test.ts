@@ -57,7 +57,7 @@ for (const { kind, skip } of storeKinds()) {
       for (const j of got) assert.deepEqual(j, await getJob(store.db, j.id));
       // What a claim reads and what placing returns are what the host needs: the launch spec of the stored job.
       const host = await connectHost(store.db, cap('t-launch', { arch: 'arm64' }), 's1');
-      const [claimed] = (await store.withTransaction((tx) => claimQueuedJobs(tx, 1000, wide))).filter((c) => c.id === got[1]!.id);
+      const [claimed] = (await store.withTransaction((tx) => claimQueuedJobs(tx, 1000, wide))).jobs.filter((c) => c.id === got[1]!.id);
       assert.deepEqual(claimed, { id: got[1]!.id, tenant: 'other', attempt: 1, createdAt: got[1]!.createdAt, requirements: got[1]!.requirements });
       const placed = await store.withTransaction((tx) => markPlaced(tx, [{ jobId: got[0]!.id, hostId: host.id }, { jobId: got[1]!.id, hostId: host.id }]));
       for (const p of placed) assert.deepEqual(p, { id: p.id, attempt: 1, hostId: host.id, launch: launchSpecOf((await getJob(store.db, p.id))!) });
@@ -96,7 +96,9 @@ for (const { kind, skip } of storeKinds()) {
       const [b] = await insertJobs(store.db, [spec({ tenant: 'single' })]);
       const [arm] = await insertJobs(store.db, [spec({ tenant: 'single', requirements: { ...DEFAULT_REQUIREMENTS, arch: 'arm64' } })]);
       assert.ok(b && arm);
-      const first = await store.withTransaction((tx) => claimQueuedJobs(tx, 4, wide.slice(0, 1)));
+      const firstClaim = await store.withTransaction((tx) => claimQueuedJobs(tx, 4, wide.slice(0, 1)));
+      const first = firstClaim.jobs;
+      assert.equal(firstClaim.more, true, 'the claim says jobs beyond its batch remain queued');
       assert.ok(first.some((j) => j.id === b.id), 'the single job of another tenant comes in the first claims');
       assert.ok(!first.some((j) => j.id === arm.id), 'an arm64 job is not claimed when only amd64 room exists');
       // two claims at once see disjoint rows (SKIP LOCKED); PGlite serialises them, which is also disjoint
@@ -104,7 +106,7 @@ for (const { kind, skip } of storeKinds()) {
       const host = await connectHost(store.db, cap('t-claims'), 's1');
       const claimAndPlace = () =>
         store.withTransaction(async (tx) => {
-          const got = (await claimQueuedJobs(tx, 10, wide)).filter((j) => ids.has(j.id));
+          const got = (await claimQueuedJobs(tx, 10, wide)).jobs.filter((j) => ids.has(j.id));
           await markPlaced(tx, got.map((j) => ({ jobId: j.id, hostId: host.id })));
           return got.map((j) => j.id);
         });
@@ -113,6 +115,12 @@ for (const { kind, skip } of storeKinds()) {
       // placing already-placed jobs again changes nothing
       const again = await store.withTransaction((tx) => markPlaced(tx, x.map((jobId) => ({ jobId, hostId: host.id }))));
       assert.deepEqual(again, []);
+      // A claim that takes every queued job says none remains; one whose window leaves arm64 out says one does.
+      const all = await store.withTransaction((tx) => claimQueuedJobs(tx, 100_000, wide));
+      assert.ok(all.jobs.some((j) => j.id === arm.id));
+      assert.equal(all.more, false);
+      const amdOnly = await store.withTransaction((tx) => claimQueuedJobs(tx, 100_000, wide.slice(0, 1)));
+      assert.equal(amdOnly.more, true, 'the arm64 job is still queued');
     });
 
     void test('phases: batched, only from legal states, only from the job\'s host; both transitions kept', async () => {

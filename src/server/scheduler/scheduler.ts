@@ -89,7 +89,7 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
     // Asked outside the transaction: the embedded store has one session, which the transaction holds.
     const checkLimits = await limitsExist();
     const { placed, claimed, waiting } = await ctx.store.withTransaction(async (tx) => {
-      const jobs = await claimQueuedJobs(tx, ctx.options.batchSize, live);
+      const { jobs, more } = await claimQueuedJobs(tx, ctx.options.batchSize, live);
       // Jobs too big for any host's free room right now are not claimed; whether any such job waits decides
       // if freed capacity is worth a pass (see capacityFreed).
       if (jobs.length === 0) return { placed: [] as (PlacedJob & { createdAt: string })[], claimed: 0, waiting: await anyQueued(tx) };
@@ -116,7 +116,7 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
         wanted = true;
       }
       const createdAt = new Map(jobs.map((j) => [j.id, j.createdAt]));
-      const waiting = done.length < jobs.length || jobs.length >= ctx.options.batchSize || (await anyQueued(tx));
+      const waiting = done.length < jobs.length || jobs.length >= ctx.options.batchSize || more === true;
       return { placed: done.map((d) => ({ ...d, createdAt: createdAt.get(d.id)! })), claimed: jobs.length, waiting };
     });
     const now = Date.now();

@@ -21,6 +21,8 @@ export interface ServerEvents {
   'host.status': { hostId: number; name: string; mirror: HostMirror | null };
   'agent.rejected': { code: string; message: string };
   'leader.changed': { leader: boolean };
+  /** The leader vacuumed or analyzed tables of the embedded store (src/store/upkeep.ts). */
+  'store.upkeep': { tables: { table: string; what: string; ms: number }[] };
 }
 
 export class ServerEventBus {

@@ -9,12 +9,15 @@ import { activeJobsOnHosts, loseJob, overdueJobs, transitionJob } from '../store
 import { tablesDue, upkeep } from '../store/upkeep.ts';
 import type { ServerContext } from './context.ts';
 
-/** How often the embedded store's tables are checked for upkeep. */
-const UPKEEP_EVERY_MS = 30_000;
-/** Upkeep blocks the embedded store's event loop (tens of ms), so it waits for this much quiet... */
-const UPKEEP_QUIET_MS = 2_000;
-/** ...but not longer than this: a server that is never quiet still gets it. */
-const UPKEEP_AT_MOST_EVERY_MS = 10 * 60_000;
+export interface UpkeepTiming {
+  /** How often the embedded store's tables are checked for upkeep. */
+  everyMs: number;
+  /** Upkeep blocks the embedded store's event loop (tens of ms), so it waits for this much quiet... */
+  quietMs: number;
+  /** ...but not longer than this: a server that is never quiet still gets it. */
+  atMostEveryMs: number;
+}
+export const UPKEEP_TIMING: UpkeepTiming = { everyMs: 30_000, quietMs: 2_000, atMostEveryMs: 10 * 60_000 };
 
 export const LEADER_LOCK_KEY = 0x6b696c6e; // "kiln"
 
@@ -26,7 +29,8 @@ export interface Leader {
   sweep(): Promise<void>;
 }
 
-export function makeLeader(ctx: ServerContext, opts: { intervalMs?: number; url?: string | null } = {}): Leader {
+export function makeLeader(ctx: ServerContext, opts: { intervalMs?: number; url?: string | null; upkeep?: UpkeepTiming } = {}): Leader {
+  const up = opts.upkeep ?? UPKEEP_TIMING;
   const intervalMs = opts.intervalMs ?? 1000;
   let lock: { release(): Promise<void>; lost: Promise<void> } | undefined;
   let timer: NodeJS.Timeout | undefined;
@@ -39,11 +43,13 @@ export function makeLeader(ctx: ServerContext, opts: { intervalMs?: number; url?
 
   async function upkeepIfDue(): Promise<void> {
     const now = performance.now();
-    if (ctx.store.kind !== 'pglite' || now - lastUpkeep < UPKEEP_EVERY_MS) return;
-    if (now - lastActivity < UPKEEP_QUIET_MS && now - lastUpkeep < UPKEEP_AT_MOST_EVERY_MS) return;
+    if (ctx.store.kind !== 'pglite' || now - lastUpkeep < up.everyMs) return;
+    if (now - lastActivity < up.quietMs && now - lastUpkeep < up.atMostEveryMs) return;
     lastUpkeep = now;
     const done = await upkeep(ctx.store.db, await tablesDue(ctx.store.db));
-    if (done.length > 0) log.info({ tables: done }, 'embedded store upkeep (vacuum, statistics)');
+    if (done.length === 0) return;
+    log.info({ tables: done }, 'embedded store upkeep (vacuum, statistics)');
+    ctx.events.emit('store.upkeep', { tables: done });
   }
 
   async function sweep(): Promise<void> {

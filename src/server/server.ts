@@ -19,7 +19,7 @@ import { DEFAULT_SERVER_OPTIONS, type ServerContext, type ServerOptions } from '
 import { ServerEventBus } from './events.ts';
 import { HostRegistry } from './host-registry.ts';
 import { errorBody } from './http-errors.ts';
-import { makeLeader, type Leader } from './leader.ts';
+import { makeLeader, type Leader, type UpkeepTiming } from './leader.ts';
 import { makeLogWriter } from './log-writer.ts';
 import { makePhaseWriter } from './phase-writer.ts';
 import { makeResultWriter } from './result-writer.ts';
@@ -49,6 +49,8 @@ export interface MakeServerOptions {
   bodyLimit?: number;
   /** Leader sweep interval. */
   leaderIntervalMs?: number;
+  /** When the leader looks after the embedded store's tables (default UPKEEP_TIMING). */
+  upkeep?: UpkeepTiming;
   /** GitHub Actions (src/server/github); `api` replaces the HTTP client (tests point it at a double). */
   github?: { config: GitHubConfig; api?: GitHubApi; pollMs?: number };
 }
@@ -152,7 +154,7 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
 
   let url: string | undefined;
-  const leader = makeLeader(ctx, { intervalMs: o.leaderIntervalMs ?? 1000, url: null });
+  const leader = makeLeader(ctx, { intervalMs: o.leaderIntervalMs ?? 1000, url: null, ...(o.upkeep ? { upkeep: o.upkeep } : {}) });
   let closing: Promise<void> | undefined;
 
   return {

@@ -8,16 +8,26 @@ import { tablesDue, upkeep } from '../../src/store/upkeep.ts';
 import { insertJobs, markPlaced } from '../../src/store/jobs.ts';
 import { connectHost } from '../../src/store/hosts.ts';
 import { DEFAULT_REQUIREMENTS } from '../../src/core/requirements.ts';
+import { makeServer } from '../../src/server/server.ts';
+import { quietLogger } from '../server/harness.ts';
+import { makeSecret } from '../../src/store/tokens.ts';
+import { makeApiClient } from '../../src/cli/api-client.ts';
+
+async function churn(store: Awaited<ReturnType<typeof makeTestStore>>): Promise<void> {
+  const h = await connectHost(store.db, host, 's1');
+  for (let round = 0; round < 3; round++) {
+    const jobs = await insertJobs(store.db, Array.from({ length: 300 }, () => spec));
+    await store.withTransaction((tx) => markPlaced(tx, jobs.map((j) => ({ jobId: j.id, hostId: h.id }))));
+  }
+}
+
+const host = { name: 'h', arch: 'amd64' as const, cpus: 8, memoryBytes: 32 * 1024 ** 3, diskBytes: 500 * 1024 ** 3, accel: 'tcg' as const, labels: [], driver: 'memory', agentVersion: '0.1.0' };
+const spec = { tenant: 'default', requirements: DEFAULT_REQUIREMENTS, labels: [], image: 'default', command: ['true'], env: {}, timeoutMs: 60_000, network: 'none' as const, priority: 0 };
 
 void test('embedded store: churned tables are vacuumed and analyzed, then no longer due', async () => {
   const store = await makeTestStore('pglite');
   try {
-    const host = await connectHost(store.db, { name: 'h', arch: 'amd64', cpus: 8, memoryBytes: 32 * 1024 ** 3, diskBytes: 500 * 1024 ** 3, accel: 'tcg', labels: [], driver: 'memory', agentVersion: '0.1.0' }, 's1');
-    const spec = { tenant: 'default', requirements: DEFAULT_REQUIREMENTS, labels: [], image: 'default', command: ['true'], env: {}, timeoutMs: 60_000, network: 'none' as const, priority: 0 };
-    for (let round = 0; round < 3; round++) {
-      const jobs = await insertJobs(store.db, Array.from({ length: 300 }, () => spec));
-      await store.withTransaction((tx) => markPlaced(tx, jobs.map((j) => ({ jobId: j.id, hostId: host.id }))));
-    }
+    await churn(store);
     const due = await tablesDue(store.db);
     const jobs = due.find((t) => t.table === 'jobs');
     assert.deepEqual(jobs, { table: 'jobs', vacuum: true, analyze: true }, `900 placed jobs left 900 dead rows: ${JSON.stringify(due)}`);
@@ -32,6 +42,45 @@ void test('embedded store: churned tables are vacuumed and analyzed, then no lon
     const stats = await sql<{ n: number }>`SELECT count(*)::int AS n FROM pg_stats WHERE tablename = 'jobs'`.execute(store.db);
     assert.ok(stats.rows[0]!.n > 0, 'the planner has statistics now');
   } finally {
+    await store.close();
+  }
+});
+
+void test('the embedded server\'s leader does it once the server is quiet, not while jobs keep coming', async () => {
+  const store = await makeTestStore('pglite');
+  const admin = makeSecret('admin');
+  const server = await makeServer({ store, logger: quietLogger(), adminToken: admin, leaderIntervalMs: 50, upkeep: { everyMs: 100, quietMs: 400, atMostEveryMs: 60_000 } });
+  try {
+    await churn(store);
+    const runs: number[] = [];
+    server.events.on('store.upkeep', () => runs.push(performance.now()));
+    const url = await server.listen({ host: '127.0.0.1', port: 0 });
+    const client = makeApiClient({ server: url, token: admin });
+    await server.events.waitFor('store.upkeep', () => true, 20_000); // a quiet start: it runs at once
+    // Then submissions every 100 ms (never 400 ms of quiet) while the tables churn again, and 1.5 s more.
+    let busy = true;
+    await client.request('POST', '/v1/jobs', { command: ['true'] });
+    const busyFrom = performance.now();
+    const submitting = (async () => {
+      while (busy) {
+        await client.request('POST', '/v1/jobs', { command: ['true'] });
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    })();
+    await churn(store);
+    await new Promise((r) => setTimeout(r, 1500));
+    busy = false;
+    await submitting;
+    const quietFrom = performance.now();
+    assert.deepEqual(runs.filter((t) => t > busyFrom && t < quietFrom), [], 'nothing while jobs kept coming');
+    const { tables } = await server.events.waitFor('store.upkeep', () => true, 20_000);
+    const last = runs[runs.length - 1]!;
+    assert.ok(last - quietFrom >= 300, `after the quiet time (${Math.round(last - quietFrom)} ms)`);
+    assert.ok(tables.some((t) => t.table === 'jobs' && t.what === 'VACUUM (ANALYZE)'), JSON.stringify(tables));
+    const after = await sql<{ dead: number }>`SELECT n_dead_tup::int AS dead FROM pg_stat_user_tables WHERE relname = 'jobs'`.execute(store.db);
+    assert.equal(after.rows[0]!.dead, 0);
+  } finally {
+    await server.close();
     await store.close();
   }
 });

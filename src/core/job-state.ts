@@ -58,48 +58,45 @@ export function mayRequeue(lastActive: JobState): boolean {
 }
 
 /**
- * The next state for `event` in state `from`, or a KilnError `job.bad_transition`. Terminal states accept
- * nothing except lost → queued (requeue of work that never ran).
+ * The next state for `event` in state `from`, or undefined when the event is not allowed there. Terminal
+ * states accept nothing except lost → queued (requeue of work that never ran).
  */
-export function nextJobState(from: JobState, event: JobEvent): JobState {
-  const bad = (): never => {
-    throw new KilnError('job.bad_transition', `a ${from} job cannot take event "${event.type}"`, { kind: 'internal' });
-  };
+export function transitionTarget(from: JobState, event: JobEvent): JobState | undefined {
+  const live = from === 'placed' || from === 'booting' || from === 'running';
   switch (event.type) {
     case 'place':
-      return from === 'queued' ? 'placed' : bad();
+      return from === 'queued' ? 'placed' : undefined;
     case 'boot':
-      return from === 'placed' ? 'booting' : bad();
+      return from === 'placed' ? 'booting' : undefined;
     case 'start':
-      return from === 'placed' || from === 'booting' ? 'running' : bad();
+      return from === 'placed' || from === 'booting' ? 'running' : undefined;
     case 'exit':
-      return from === 'placed' || from === 'booting' || from === 'running'
-        ? event.exitCode === 0
-          ? 'succeeded'
-          : 'failed'
-        : bad();
+      return live ? (event.exitCode === 0 ? 'succeeded' : 'failed') : undefined;
     case 'fail':
-      return from === 'placed' || from === 'booting' || from === 'running' ? 'failed' : bad();
+      return live ? 'failed' : undefined;
     case 'cancel':
-      return isTerminal(from) ? bad() : 'cancelled';
+      return isTerminal(from) ? undefined : 'cancelled';
     case 'time_out':
-      return from === 'placed' || from === 'booting' || from === 'running' ? 'timed_out' : bad();
+      return live ? 'timed_out' : undefined;
     case 'lose':
-      return from === 'placed' || from === 'booting' || from === 'running' ? 'lost' : bad();
+      return live ? 'lost' : undefined;
     case 'requeue':
-      return from === 'lost' ? 'queued' : bad();
+      return from === 'lost' ? 'queued' : undefined;
     default:
       return assertNever(event);
   }
 }
 
+/** The next state for `event` in state `from`, or a KilnError `job.bad_transition`. */
+export function nextJobState(from: JobState, event: JobEvent): JobState {
+  const to = transitionTarget(from, event);
+  if (to === undefined) throw new KilnError('job.bad_transition', `a ${from} job cannot take event "${event.type}"`, { kind: 'internal' });
+  return to;
+}
+
+/** Whether `event` is allowed in state `from` (no exception: schedulers ask this thousands of times a second). */
 export function canTransition(from: JobState, event: JobEvent): boolean {
-  try {
-    nextJobState(from, event);
-    return true;
-  } catch {
-    return false;
-  }
+  return transitionTarget(from, event) !== undefined;
 }
 
 export function assertNever(x: never): never {

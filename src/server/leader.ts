@@ -109,8 +109,8 @@ export function makeLeader(ctx: ServerContext, opts: { intervalMs?: number; url?
     isLeader: () => lock !== undefined,
     sweep,
     start() {
-      const busy = () => (lastActivity = performance.now());
-      offActivity.push(ctx.events.on('job.placed', busy), ctx.events.on('job.state', busy), ctx.events.on('job.submitted', busy));
+      const active = () => (lastActivity = performance.now());
+      offActivity.push(ctx.events.on('job.placed', active), ctx.events.on('job.state', active), ctx.events.on('job.submitted', active));
       timer = setInterval(() => void tick(), intervalMs);
       void tick();
     },

@@ -101,7 +101,7 @@ export function makePgliteDialect(pglite: PGlite, opts: { planTtlMs?: number } =
   };
 
   const run = async (sql: string, params: unknown[]): Promise<Result> => {
-    if (/^\s*begin\b/i.test(sql)) inTransaction = true;
+    if (/^\s*(begin|start\s+transaction)\b/i.test(sql)) inTransaction = true;
     else if (/^\s*(commit|rollback)\b/i.test(sql)) inTransaction = false;
     const n = named.get(sql);
     if (n && !inTransaction && performance.now() - n.preparedAt > planTtlMs) {

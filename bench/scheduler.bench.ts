@@ -36,6 +36,9 @@ const RATE = Number(process.env.BENCH_RATE ?? 200);
 const RATE_SECONDS = Number(process.env.BENCH_RATE_SECONDS ?? 10);
 const pgUrl = process.env.KILN_BENCH_DATABASE_URL ?? process.env.KILN_TEST_DATABASE_URL;
 
+// Ctrl-C and kill end the process through 'exit', where the servers it started are killed.
+for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130));
+
 const rng = seededRandom;
 const pick = pickOne;
 const pct = (xs: number[], p: number) => {
@@ -88,6 +91,13 @@ async function startServer(kind: 'pglite' | 'postgres', dir: string, admin: stri
     env: { ...process.env, KILN_ADMIN_TOKEN: admin, ...(kind === 'postgres' && dbUrl ? { KILN_DATABASE_URL: dbUrl } : { KILN_DATABASE_URL: '' }) },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
+  // A bench stopped early (Ctrl-C, a closed pipe) takes its server and its data directory with it.
+  const killServer = () => {
+    proc.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  };
+  process.once('exit', killServer);
+  proc.once('exit', () => process.off('exit', killServer));
   let err = '';
   await new Promise<void>((resolve, reject) => {
     proc.stderr!.on('data', (d: Buffer) => {

@@ -6,6 +6,7 @@ import type { Host, HostMirror } from '../core/host.ts';
 import { nextHostState, type HostState } from '../core/host-state.ts';
 import type { Db, Tx } from './store.ts';
 import type { HostRow } from './schema.ts';
+import { idIn } from './id-list.ts';
 
 type Q = Db | Tx;
 const iso = (d: Date | null): string | null => (d ? new Date(d).toISOString() : null);
@@ -78,7 +79,7 @@ export async function disconnectHost(db: Q, hostId: number, serverId: string): P
 
 export async function touchHosts(db: Q, serverId: string, hostIds: number[]): Promise<void> {
   if (hostIds.length === 0) return;
-  await db.updateTable('hosts').set({ last_seen_at: sql`now()` }).where('server_id', '=', serverId).where('id', 'in', hostIds).execute();
+  await db.updateTable('hosts').set({ last_seen_at: sql`now()` }).where('server_id', '=', serverId).where(idIn('id', hostIds)).execute();
 }
 
 /**
@@ -116,7 +117,7 @@ export async function lockSchedulableHosts(tx: Tx, hostIds: number[], serverId: 
   const rows = await tx
     .selectFrom('hosts')
     .select('id')
-    .where('id', 'in', hostIds)
+    .where(idIn('id', hostIds))
     .where('server_id', '=', serverId)
     .where('state', '=', 'online')
     .where('cordoned', '=', false)
@@ -128,7 +129,7 @@ export async function lockSchedulableHosts(tx: Tx, hostIds: number[], serverId: 
 
 export async function hostStates(db: Q, ids: number[]): Promise<{ id: number; state: HostState; cordoned: boolean; serverId: string | null }[]> {
   if (ids.length === 0) return [];
-  const rows = await db.selectFrom('hosts').select(['id', 'state', 'cordoned', 'server_id']).where('id', 'in', ids).execute();
+  const rows = await db.selectFrom('hosts').select(['id', 'state', 'cordoned', 'server_id']).where(idIn('id', ids)).execute();
   return rows.map((r) => ({ id: r.id, state: r.state as HostState, cordoned: r.cordoned, serverId: r.server_id }));
 }
 

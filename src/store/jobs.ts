@@ -7,6 +7,7 @@ import type { Job, JobSpec, JobTransition } from '../core/job.ts';
 import { ACTIVE_STATES, JOB_STATE_LIST, canTransition, nextJobState, type JobEvent, type JobState } from '../core/job-state.ts';
 import type { Db, Tx } from './store.ts';
 import type { JobRow } from './schema.ts';
+import { idIn } from './id-list.ts';
 
 type Q = Db | Tx;
 
@@ -204,27 +205,36 @@ export async function claimQueuedJobs(tx: Tx, limit: number, windows: ClaimWindo
   );
   // rank = how many jobs the tenant would have running if this one started next: a tenant with jobs
   // already running waits behind one with none, so a burst cannot starve a single job of another tenant.
-  // Each tenant's queue is read from its head only (jobs_queued_tenant, in claim order): a pass never takes
-  // more than `limit` jobs of one tenant, so ranking more than that many of each would be wasted work.
-  // Candidates are locked one by one in rank order (the lateral lookup by primary key), stopping at
-  // `limit`: no plan here depends on table statistics, which the embedded store never gathers (it has no
-  // autovacuum), and without which a join back to `jobs` went quadratic. The leading comment keeps the
-  // embedded store from caching its plan (pglite-dialect.ts): one made for a short queue read far more of a
-  // long one (passes of 300 ms instead of 100 ms). The windows and limits are literals so that the planner
-  // sees them.
-  const r = await sql<Pick<JobRow, 'id' | 'tenant' | 'attempt' | 'arch' | 'cpus' | 'memory_bytes' | 'disk_bytes' | 'host_labels' | 'created_at'> & { queued: number }>`/* planned each time */
-    WITH qt AS (
-      SELECT DISTINCT tenant FROM jobs WHERE state = 'queued'
-    ), active AS (
-      SELECT tenant, count(*) AS n FROM jobs WHERE state IN ('placed','booting','running') AND tenant IN (SELECT tenant FROM qt) GROUP BY tenant
+  // Every step is an index walk whose cost does not depend on a plan guessed from table sizes (the embedded
+  // store gathers no statistics between upkeeps, and caches this plan: pglite-dialect.ts), so a plan made
+  // on an empty table stays right for a queue of 10,000:
+  //   - qt: the tenants with queued jobs, one index probe each (a loose scan of jobs_queued_tenant, not a
+  //     DISTINCT over every queued job);
+  //   - tq: per tenant, what it runs now, counted only when two or more tenants wait (with one tenant the
+  //     count shifts every rank equally), and when it was last served;
+  //   - each tenant's queue is read from its head only (jobs_queued_tenant, in claim order): a pass never
+  //     takes more than `limit` jobs of one tenant, so ranking more than that many of each would be wasted;
+  //   - candidates are locked one by one in rank order (the lateral lookup by primary key), stopping at
+  //     `limit`.
+  // The windows and limits are literals so that the planner sees them.
+  const r = await sql<Pick<JobRow, 'id' | 'tenant' | 'attempt' | 'arch' | 'cpus' | 'memory_bytes' | 'disk_bytes' | 'host_labels' | 'created_at'> & { queued: number }>`
+    WITH RECURSIVE qt AS (
+      (SELECT tenant FROM jobs WHERE state = 'queued' ORDER BY tenant LIMIT 1)
+      UNION ALL
+      SELECT (SELECT j.tenant FROM jobs j WHERE j.state = 'queued' AND j.tenant > qt.tenant ORDER BY j.tenant LIMIT 1) FROM qt WHERE qt.tenant IS NOT NULL
+    ), tq AS MATERIALIZED (
+      SELECT qt.tenant, t.last_placed_at AS served,
+        CASE WHEN (SELECT count(*) FROM qt WHERE tenant IS NOT NULL) > 1
+          THEN (SELECT count(*) FROM jobs a WHERE a.tenant = qt.tenant AND a.state IN ('placed','booting','running')) ELSE 0 END AS n
+      FROM qt LEFT JOIN tenants t ON t.name = qt.tenant
+      WHERE qt.tenant IS NOT NULL
     )
     SELECT j.*, (SELECT count(*)::int FROM (SELECT 1 FROM jobs WHERE state = 'queued' LIMIT ${sql.lit(Math.floor(limit) + 1)}) h) AS queued FROM (
-      SELECT q.id, row_number() OVER (PARTITION BY q.tenant ORDER BY q.priority DESC, q.id) + coalesce(a.n, 0) AS rank, q.priority,
-        t.last_placed_at AS served
-      FROM qt CROSS JOIN LATERAL (
-        SELECT id, tenant, priority FROM jobs WHERE state = 'queued' AND tenant = qt.tenant AND (${fits})
+      SELECT q.id, row_number() OVER (PARTITION BY tq.tenant ORDER BY q.priority DESC, q.id) + tq.n AS rank, q.priority, tq.served
+      FROM tq CROSS JOIN LATERAL (
+        SELECT id, priority FROM jobs WHERE state = 'queued' AND tenant = tq.tenant AND (${fits})
         ORDER BY priority DESC, id LIMIT ${sql.lit(limit * 2)}
-      ) q LEFT JOIN active a ON a.tenant = q.tenant LEFT JOIN tenants t ON t.name = q.tenant
+      ) q
       ORDER BY rank, served NULLS FIRST, priority DESC, id
       LIMIT ${sql.lit(limit * 2)}
     ) c CROSS JOIN LATERAL (
@@ -329,10 +339,12 @@ export async function markPlaced(tx: Tx, placements: { jobId: number; hostId: nu
       ? sql``
       : sql`AND EXISTS (SELECT 1 FROM hosts h WHERE h.id = v.host AND h.server_id = ${serverId} AND h.state = 'online' AND NOT h.cordoned)`;
   const r = await sql<Pick<JobRow, 'id' | 'attempt' | 'arch' | 'cpus' | 'memory_bytes' | 'disk_bytes' | 'image' | 'command' | 'env' | 'cwd' | 'timeout_ms' | 'network'> & { host_id: number }>`
-    WITH upd AS (
+    WITH v AS (
+      SELECT * FROM jsonb_to_recordset(${payload}::jsonb) AS v(id bigint, host bigint)
+    ), upd AS (
       UPDATE jobs SET state = 'placed', host_id = v.host, placed_at = now()
-      FROM jsonb_to_recordset(${payload}::jsonb) AS v(id bigint, host bigint)
-      WHERE jobs.id = v.id AND jobs.state = 'queued' ${hostCheck}
+      FROM v
+      WHERE jobs.id = ANY(ARRAY(SELECT id FROM v)) AND jobs.id = v.id AND jobs.state = 'queued' ${hostCheck}
       RETURNING jobs.id, jobs.attempt, jobs.host_id, jobs.tenant, jobs.arch, jobs.cpus, jobs.memory_bytes, jobs.disk_bytes, jobs.image, jobs.command, jobs.env,
         jobs.cwd, jobs.timeout_ms, jobs.network
     ), ev AS (
@@ -443,7 +455,7 @@ export async function jobStatuses(db: Q, ids: number[]): Promise<{ id: number; a
     const rows = await db
       .selectFrom('jobs')
       .select(['id', 'attempt', 'state', 'cancel_requested', 'host_id'])
-      .where('id', 'in', ids.slice(i, i + 5000))
+      .where(idIn('id', ids.slice(i, i + 5000)))
       .execute();
     for (const r of rows) out.push({ id: r.id, attempt: r.attempt, state: r.state as JobState, cancelRequested: r.cancel_requested, hostId: r.host_id });
   }
@@ -505,7 +517,7 @@ export async function activeJobsOnHosts(db: Q, hostIds: number[]): Promise<Activ
     .selectFrom('jobs')
     .select(['id', 'attempt', 'host_id', 'state', 'cpus', 'memory_bytes', 'disk_bytes', 'cancel_requested', 'tenant'])
     .where('state', 'in', [...ACTIVE_STATES])
-    .where('host_id', 'in', hostIds)
+    .where(idIn('host_id', hostIds))
     .execute();
   return rows.map((r) => ({
     id: r.id,
@@ -612,7 +624,7 @@ export async function applyPhases(db: Q, updates: PhaseUpdate[]): Promise<PhaseC
         booting_at = CASE WHEN v.phase = 'booting' OR v.booted THEN now() ELSE j.booting_at END,
         running_at = CASE WHEN v.phase = 'running' THEN now() ELSE j.running_at END
       FROM v
-      WHERE j.id = v.id AND j.attempt = v.attempt AND j.host_id = v.host
+      WHERE j.id = ANY(ARRAY(SELECT id FROM v)) AND j.id = v.id AND j.attempt = v.attempt AND j.host_id = v.host
         AND ((v.phase = 'booting' AND j.state = ANY(${sql.val(bootFrom)}::text[])) OR (v.phase = 'running' AND j.state = ANY(${sql.val(startFrom)}::text[])))
       RETURNING j.id, j.tenant, j.attempt, j.state, j.host_id, v.booted, (v.phase = 'running' AND j.booting_at IS NOT NULL AND NOT v.booted) AS was_booting
     ), ev AS (
@@ -642,7 +654,7 @@ export async function transitionJobs(db: Db, reqs: TransitionRequest[]): Promise
   if (reqs.length === 0) return [];
   const rows = new Map<number, JobRow>();
   for (let i = 0; i < reqs.length; i += 5000) {
-    for (const r of await db.selectFrom('jobs').selectAll().where('id', 'in', reqs.slice(i, i + 5000).map((x) => x.jobId)).execute()) rows.set(r.id, r);
+    for (const r of await db.selectFrom('jobs').selectAll().where(idIn('id', reqs.slice(i, i + 5000).map((x) => x.jobId))).execute()) rows.set(r.id, r);
   }
   const planned: { req: TransitionRequest; from: JobState; rec: Record<string, unknown> }[] = [];
   const out: ({ job: Job; from: JobState } | undefined)[] = reqs.map(() => undefined);
@@ -677,7 +689,8 @@ export async function transitionJobs(db: Db, reqs: TransitionRequest[]): Promise
   }
   if (planned.length > 0) {
     const payload = JSON.stringify(planned.map((p) => p.rec));
-    const r = await sql<JobRow & { from_state: string }>`
+    type Changed = Pick<JobRow, 'id' | 'state' | 'placed_at' | 'booting_at' | 'running_at' | 'finished_at' | 'exit_code' | 'error_code' | 'error_message'>;
+    const r = await sql<Changed & { from_state: string }>`
       WITH v AS (
         SELECT * FROM jsonb_to_recordset(${payload}::jsonb) AS v(id bigint, attempt int, "from" text, cancel boolean, "to" text, col text,
           exit_code int, error_code text, error_message text, detail text)
@@ -692,17 +705,19 @@ export async function transitionJobs(db: Db, reqs: TransitionRequest[]): Promise
           error_code = coalesce(v.error_code, jobs.error_code),
           error_message = coalesce(v.error_message, jobs.error_message)
         FROM v
-        WHERE jobs.id = v.id AND jobs.attempt = v.attempt AND jobs.state = v."from" AND jobs.cancel_requested = v.cancel
-        RETURNING jobs.*, v."from" AS from_state, v.detail AS detail
+        WHERE jobs.id = ANY(ARRAY(SELECT id FROM v)) AND jobs.id = v.id AND jobs.attempt = v.attempt AND jobs.state = v."from" AND jobs.cancel_requested = v.cancel
+        RETURNING jobs.id, jobs.attempt, jobs.state, jobs.host_id, jobs.placed_at, jobs.booting_at, jobs.running_at, jobs.finished_at, jobs.exit_code,
+          jobs.error_code, jobs.error_message, v."from" AS from_state, v.detail AS detail
       ), ev AS (
         INSERT INTO job_events (job_id, attempt, state, host_id, detail) SELECT id, attempt, state, host_id, detail FROM upd
       )
-      SELECT * FROM upd`.execute(db);
+      SELECT id, state, placed_at, booting_at, running_at, finished_at, exit_code, error_code, error_message, from_state FROM upd`.execute(db);
     const done = new Map(r.rows.map((x) => [x.id, x]));
     for (const p of planned) {
-      const row = done.get(p.req.jobId);
+      const changed = done.get(p.req.jobId);
       const i = index.get(p.req)!;
-      if (row) out[i] = { job: jobFromRow(row), from: row.from_state as JobState };
+      // The row as read, with what the update changed (reading whole rows back costs more than the update).
+      if (changed) out[i] = { job: jobFromRow({ ...rows.get(p.req.jobId)!, ...changed }), from: changed.from_state as JobState };
       else out[i] = await transitionJob(db, p.req.jobId, p.req.attempt, p.req.choose);
     }
   }

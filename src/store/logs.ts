@@ -2,6 +2,7 @@
 import { sql } from 'kysely';
 import type { LogChunk, LogStream } from '../core/job.ts';
 import type { Db, Tx } from './store.ts';
+import { idIn } from './id-list.ts';
 
 const STREAM_CODE: Record<LogStream, number> = { stdout: 1, stderr: 2, kiln: 3 };
 const STREAM_NAME: Record<number, LogStream> = { 1: 'stdout', 2: 'stderr', 3: 'kiln' };
@@ -25,7 +26,7 @@ export async function appendLogs(tx: Tx, chunks: IncomingChunk[], capBytes: numb
   const jobs = await tx
     .selectFrom('jobs')
     .select(['id', 'attempt', 'log_bytes', 'log_truncated'])
-    .where('id', 'in', jobIds)
+    .where(idIn('id', jobIds))
     .forUpdate()
     .execute();
   const budget = new Map(jobs.map((j) => [j.id, { used: j.log_bytes, truncated: j.log_truncated, attempt: j.attempt, grew: 0 }]));
@@ -33,7 +34,7 @@ export async function appendLogs(tx: Tx, chunks: IncomingChunk[], capBytes: numb
   const maxSeq = await tx
     .selectFrom('job_logs')
     .select(['job_id', 'attempt', sql<number>`max(seq)`.as('seq')])
-    .where('job_id', 'in', jobIds)
+    .where(idIn('job_id', jobIds))
     .where('stream', '<>', STREAM_CODE.kiln)
     .groupBy(['job_id', 'attempt'])
     .execute();
@@ -71,9 +72,10 @@ export async function appendLogs(tx: Tx, chunks: IncomingChunk[], capBytes: numb
   if (changed.length > 0) {
     const payload = JSON.stringify(changed.map(([id, b]) => ({ id, used: b.used, truncated: b.truncated })));
     await sql`
+      WITH v AS (SELECT * FROM jsonb_to_recordset(${payload}::jsonb) AS v(id bigint, used bigint, truncated boolean))
       UPDATE jobs SET log_bytes = v.used, log_truncated = v.truncated
-      FROM jsonb_to_recordset(${payload}::jsonb) AS v(id bigint, used bigint, truncated boolean)
-      WHERE jobs.id = v.id`.execute(tx);
+      FROM v
+      WHERE jobs.id = ANY(ARRAY(SELECT id FROM v)) AND jobs.id = v.id`.execute(tx);
   }
   return changed.map(([id]) => id);
 }

@@ -123,6 +123,33 @@ for (const { kind, skip } of storeKinds()) {
       assert.equal(amdOnly.more, true, 'the arm64 job is still queued');
     });
 
+    void test('claims: a tenant already running jobs waits behind one running none; priority, then age, within a tenant', async () => {
+      // A database of its own: the other tests leave queued jobs of their tenants behind.
+      const st = await makeTestStore(kind);
+      try {
+        const host = await connectHost(st.db, cap('t-rank'), 's1');
+        const place = (jobs: { id: number }[]) => st.withTransaction((tx) => markPlaced(tx, jobs.map((j) => ({ jobId: j.id, hostId: host.id }))));
+        const claim = async (n: number) => (await st.withTransaction((tx) => claimQueuedJobs(tx, n, wide))).jobs.map((j) => j.id);
+        await place(await insertJobs(st.db, Array.from({ length: 3 }, () => spec({ tenant: 'rank-busy' }))));
+        const busy = await insertJobs(st.db, Array.from({ length: 3 }, () => spec({ tenant: 'rank-busy' })));
+        const idle = await insertJobs(st.db, [spec({ tenant: 'rank-idle' }), spec({ tenant: 'rank-idle', priority: 5 }), spec({ tenant: 'rank-idle' })]);
+        // rank-idle runs nothing, so its three come before rank-busy's (which runs three already); within
+        // it, the job of priority 5 first, then by age.
+        assert.deepEqual(await claim(3), [idle[1]!.id, idle[0]!.id, idle[2]!.id]);
+        assert.deepEqual(await claim(6), [idle[1]!.id, idle[0]!.id, idle[2]!.id, ...busy.map((j) => j.id)]);
+        // Both run three now; rank-idle's one queued job ties with rank-busy's first, and the tie goes to
+        // the tenant served longest ago (rank-busy).
+        await place(idle);
+        const [late] = await insertJobs(st.db, [spec({ tenant: 'rank-idle' })]);
+        assert.deepEqual(await claim(10), [busy[0]!.id, late!.id, busy[1]!.id, busy[2]!.id]);
+        // One tenant alone: its jobs in age order.
+        await place([late!]);
+        assert.deepEqual(await claim(10), busy.map((j) => j.id));
+      } finally {
+        await st.close();
+      }
+    });
+
     void test('phases: batched, only from legal states, only from the job\'s host; both transitions kept', async () => {
       const host = await connectHost(store.db, cap('t-phase'), 's1');
       const [a, b] = await insertJobs(store.db, [spec({ tenant: 'ph' }), spec({ tenant: 'ph' })]);

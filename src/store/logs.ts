@@ -2,6 +2,7 @@
 import { sql } from 'kysely';
 import type { LogChunk, LogStream } from '../core/job.ts';
 import type { Db, Tx } from './store.ts';
+import { batchRows } from './batch-rows.ts';
 import { idIn } from './id-list.ts';
 
 const STREAM_CODE: Record<LogStream, number> = { stdout: 1, stderr: 2, kiln: 3 };
@@ -70,12 +71,11 @@ export async function appendLogs(tx: Tx, chunks: IncomingChunk[], capBytes: numb
   }
   const changed = [...budget.entries()].filter(([, b]) => b.grew > 0 || b.truncated);
   if (changed.length > 0) {
-    const payload = JSON.stringify(changed.map(([id, b]) => ({ id, used: b.used, truncated: b.truncated })));
+    const batch = batchRows('v', [['id', 'bigint'], ['used', 'bigint'], ['truncated', 'boolean']], changed.map(([id, b]) => ({ id, used: b.used, truncated: b.truncated })));
     await sql`
-      WITH v AS (SELECT * FROM jsonb_to_recordset(${payload}::jsonb) AS v(id bigint, used bigint, truncated boolean))
       UPDATE jobs SET log_bytes = v.used, log_truncated = v.truncated
-      FROM v
-      WHERE jobs.id = ANY(ARRAY(SELECT id FROM v)) AND jobs.id = v.id`.execute(tx);
+      FROM ${batch}
+      WHERE jobs.id = v.id`.execute(tx);
   }
   return changed.map(([id]) => id);
 }

@@ -166,6 +166,30 @@ for (const { kind, skip } of storeKinds()) {
       assert.deepEqual(await applyPhases(store.db, [{ jobId: a.id, attempt: 1, hostId: host.id, phase: 'booting' }]), [], 'no going back');
     });
 
+    void test('batches of every size: placing, phases, results and log sizes for 1, 8, 9 and 40 jobs at once', async () => {
+      // Up to 8 rows travel as a VALUES list, more as one JSON parameter (batch-rows.ts): both must agree.
+      const host = await connectHost(store.db, cap('t-sizes'), 's1');
+      for (const n of [1, 8, 9, 40]) {
+        const jobs = await insertJobs(store.db, Array.from({ length: n }, (_, i) => spec({ tenant: `sizes-${n}`, command: ['echo', String(i)] })));
+        const placed = await store.withTransaction((tx) => markPlaced(tx, jobs.map((j) => ({ jobId: j.id, hostId: host.id })), 's1'));
+        assert.deepEqual(placed.map((p) => [p.id, p.hostId, p.launch.command[1]]), jobs.map((j, i) => [j.id, host.id, String(i)]), `${n}: placed`);
+        const booted = await applyPhases(store.db, jobs.map((j) => ({ jobId: j.id, attempt: 1, hostId: host.id, phase: 'booting' as const })));
+        assert.equal(booted.length, n, `${n}: booting`);
+        const ran = await applyPhases(store.db, jobs.map((j) => ({ jobId: j.id, attempt: 1, hostId: host.id, phase: 'running' as const })));
+        assert.deepEqual(ran.map((c) => [c.id, c.state, c.from]), jobs.map((j) => [j.id, 'running', 'booting']), `${n}: running`);
+        await store.withTransaction((tx) =>
+          appendLogs(tx, jobs.map((j) => ({ jobId: j.id, attempt: 1, seq: 0, stream: 'stdout' as const, data: Buffer.from(`out ${j.id}\n`) })), 1 << 20),
+        );
+        const done = await transitionJobs(
+          store.db,
+          jobs.map((j, i) => ({ jobId: j.id, attempt: 1, choose: () => ({ event: { type: 'exit' as const, exitCode: i % 3 }, fields: { exitCode: i % 3 } }) })),
+        );
+        assert.deepEqual(done.map((d) => [d?.job.id, d?.job.state, d?.job.exitCode, d?.from, d?.job.command[1]]), jobs.map((j, i) => [j.id, i % 3 === 0 ? 'succeeded' : 'failed', i % 3, 'running', String(i)]), `${n}: results`);
+        const stored = await Promise.all(jobs.map((j) => getJob(store.db, j.id)));
+        assert.ok(stored.every((j) => j !== undefined && j.logBytes === `out ${j.id}\n`.length && j.finishedAt && j.runningAt && j.bootingAt && j.placedAt), `${n}: stored`);
+      }
+    });
+
     void test('batched transitions: one read, one update; stale attempts and illegal events change nothing', async () => {
       const host = await connectHost(store.db, cap('t-batch'), 's1');
       const jobs = await insertJobs(store.db, [spec({ tenant: 'b' }), spec({ tenant: 'b' }), spec({ tenant: 'b' })]);

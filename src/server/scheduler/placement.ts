@@ -83,14 +83,17 @@ function scoreInto(h: HostSlot, free: Resources, j: JobDemand, out: [number, num
  * (per-tenant concurrency limits); tenants not listed are unlimited.
  */
 export function placeJobs(hosts: readonly HostSlot[], jobs: readonly JobDemand[], tenantRoom?: ReadonlyMap<string, number>): PlacementResult {
-  const freeOf: Resources[] = hosts.map((h) => ({ ...h.free }));
-  const free = new Map<number, Resources>(hosts.map((h, i) => [h.id, freeOf[i]!]));
-  const byArch = new Map<Arch, { slot: HostSlot; index: number }[]>();
-  hosts.forEach((h, index) => {
-    const list = byArch.get(h.arch) ?? [];
-    list.push({ slot: h, index });
-    byArch.set(h.arch, list);
-  });
+  // A pass usually places a few jobs on a fleet of hundreds of hosts: what is free is copied only for the
+  // hosts that take a job, and hosts are grouped by arch as indices (no allocation per host).
+  const taken = new Map<number, Resources>();
+  const freeAt = (i: number): Resources => taken.get(i) ?? hosts[i]!.free;
+  const byArch = new Map<Arch, number[]>();
+  for (let i = 0; i < hosts.length; i++) {
+    const arch = hosts[i]!.arch;
+    const list = byArch.get(arch);
+    if (list) list.push(i);
+    else byArch.set(arch, [i]);
+  }
   const score: [number, number] = [0, 0];
   const room = new Map(tenantRoom ?? []);
   const placed = new Set<number>();
@@ -99,36 +102,44 @@ export function placeJobs(hosts: readonly HostSlot[], jobs: readonly JobDemand[]
     if (placed.has(j.id)) continue;
     const left = room.get(j.tenant);
     if (left !== undefined && left <= 0) continue;
-    let best: HostSlot | undefined;
-    let bestFree: Resources | undefined;
+    let best = -1;
     let best0 = Infinity;
     let best1 = Infinity;
     const list = byArch.get(j.arch);
     if (!list) continue;
-    for (let i = 0; i < list.length; i++) {
-      const h = list[i]!;
-      const f = freeOf[h.index]!;
-      if (!fits(f, j) || (j.hostLabels.length > 0 && !hasLabels(h.slot, j))) continue;
-      scoreInto(h.slot, f, j, score);
+    for (let k = 0; k < list.length; k++) {
+      const i = list[k]!;
+      const h = hosts[i]!;
+      const f = freeAt(i);
+      if (!fits(f, j) || (j.hostLabels.length > 0 && !hasLabels(h, j))) continue;
+      scoreInto(h, f, j, score);
       const s0 = score[0];
       const s1 = score[1];
-      if (s0 < best0 || (s0 === best0 && (s1 < best1 || (s1 === best1 && h.slot.id < (best?.id ?? Infinity))))) {
-        best = h.slot;
-        bestFree = f;
+      if (s0 < best0 || (s0 === best0 && (s1 < best1 || (s1 === best1 && h.id < (best < 0 ? Infinity : hosts[best]!.id))))) {
+        best = i;
         best0 = s0;
         best1 = s1;
       }
     }
-    if (!best || !bestFree) continue;
-    const f = bestFree;
+    if (best < 0) continue;
+    let f = taken.get(best);
+    if (!f) {
+      f = { ...hosts[best]!.free };
+      taken.set(best, f);
+    }
     f.cpus -= j.cpus;
     f.memoryBytes -= j.memoryBytes;
     f.diskBytes -= j.diskBytes;
     placed.add(j.id);
-    placements.push({ jobId: j.id, hostId: best.id });
+    placements.push({ jobId: j.id, hostId: hosts[best]!.id });
     if (left !== undefined) room.set(j.tenant, left - 1);
   }
-  return { placements, free };
+  return {
+    placements,
+    get free() {
+      return new Map(hosts.map((h, i) => [h.id, { ...freeAt(i) }]));
+    },
+  };
 }
 
 /**

@@ -200,7 +200,7 @@ export async function claimQueuedJobs(tx: Tx, limit: number, windows: ClaimWindo
   const fits = sql.join(
     windows.map(
       (w) =>
-        sql`(arch = ${sql.lit(w.arch)} AND cpus <= ${sql.lit(Math.floor(w.maxCpus))} AND memory_bytes <= ${sql.lit(Math.floor(w.maxMemoryBytes))} AND disk_bytes <= ${sql.lit(Math.floor(w.maxDiskBytes))})`,
+        sql`(arch = ${w.arch} AND cpus <= ${Math.floor(w.maxCpus)} AND memory_bytes <= ${Math.floor(w.maxMemoryBytes)} AND disk_bytes <= ${Math.floor(w.maxDiskBytes)})`,
     ),
     sql` OR `,
   );
@@ -217,7 +217,9 @@ export async function claimQueuedJobs(tx: Tx, limit: number, windows: ClaimWindo
   //     takes more than `limit` jobs of one tenant, so ranking more than that many of each would be wasted;
   //   - candidates are locked one by one in rank order (the lateral lookup by primary key), stopping at
   //     `limit`.
-  // The windows and limits are literals so that the planner sees them.
+  // The windows are parameters: free room changes with every placement, and as literals each new window
+  // was a new statement text, which the embedded store prepared and kept (~200 kB of its memory each, which
+  // WebAssembly never gives back). No plan here depends on them (each is a filter on an index walk).
   const r = await sql<Pick<JobRow, 'id' | 'tenant' | 'attempt' | 'arch' | 'cpus' | 'memory_bytes' | 'disk_bytes' | 'host_labels' | 'created_at'> & { queued: number }>`
     WITH RECURSIVE qt AS (
       (SELECT tenant FROM jobs WHERE state = 'queued' ORDER BY tenant LIMIT 1)

@@ -339,8 +339,8 @@ export async function markPlaced(tx: Tx, placements: { jobId: number; hostId: nu
   const batch = batchRows('v', [['id', 'bigint'], ['host', 'bigint']], placements.map((p) => ({ id: p.jobId, host: p.hostId })));
   // 'queued' goes as a parameter, not a literal: a literal lets the planner of a cached plan drive the join
   // from the queued-jobs index, which is nearly empty when the plan is made between bursts, and then test
-  // every queued job against every placement (1.2 s per pass at 10,000 queued). As a parameter, the batch
-  // drives the join, one primary-key probe per placement.
+  // every queued job against every placement (1.2 s per pass at 10,000 queued). As a parameter it cannot
+  // match that partial index, so the jobs are reached from the batch by primary key.
   // Per placement, one probe of the host by primary key (a lateral subquery with a limit runs once per row,
   // with its cheapest plan for one row: a plan cached for a handful of hosts cannot make it a scan of them
   // all per placement).

@@ -11,11 +11,12 @@
  * protocol through PGlite's public API and serializes values and parses rows with PGlite's own type
  * handlers, so results are the same either way. A cap keeps the set bounded.
  *
- * A cached plan is made for the tables as they were (PGlite gathers no statistics, so the planner goes by
- * their size), so each prepared statement is dropped and made again after PLAN_TTL_MS, between
- * transactions: a plan made for an empty table does not outlive the table's growth by more than that. A
- * statement whose plan must always fit the moment starts with a comment, which keeps it unprepared (the
- * scheduler's claim, whose best plan depends on how long the queue is).
+ * A cached plan is made for the tables as they were (PGlite gathers no statistics between upkeeps, so the
+ * planner goes by their size), so each prepared statement is dropped and made again after PLAN_TTL_MS,
+ * between transactions: a plan made for an empty table does not outlive the table's growth by more than
+ * that. The hot statements are written so that no plan the planner may pick for them goes wrong when a
+ * table grows (store/jobs.ts: the claim, placing, batch-rows.ts); a statement whose plan must always fit the
+ * moment can start with a comment, which keeps it unprepared.
  */
 import { parse as pgliteParse, protocol, type PGlite } from '@electric-sql/pglite';
 import { PostgresDialect } from 'kysely';

@@ -340,7 +340,9 @@ export async function markPlaced(tx: Tx, placements: { jobId: number; hostId: nu
   // 'queued' goes as a parameter, not a literal: a literal lets the planner of a cached plan drive the join
   // from the queued-jobs index, which is nearly empty when the plan is made between bursts, and then test
   // every queued job against every placement (1.2 s per pass at 10,000 queued). As a parameter it cannot
-  // match that partial index, so the jobs are reached from the batch by primary key.
+  // match that partial index in a cached (generic) plan, so the jobs are reached from the batch by primary
+  // key; a plan made for the values at hand (PostgreSQL's unnamed statements, a prepared statement's first
+  // runs) sees the index's size at that moment.
   // Per placement, one probe of the host by primary key (a lateral subquery with a limit runs once per row,
   // with its cheapest plan for one row: a plan cached for a handful of hosts cannot make it a scan of them
   // all per placement).
@@ -716,7 +718,9 @@ export async function transitionJobs(db: Db, reqs: TransitionRequest[]): Promise
   }
   if (planned.length > 0) {
     const batch = batchRows('v', TRANSITION_COLUMNS, planned.map((p) => p.rec));
-    type Changed = Pick<JobRow, 'id' | 'state' | 'placed_at' | 'booting_at' | 'running_at' | 'finished_at' | 'exit_code' | 'error_code' | 'error_message'>;
+    // What the update set, plus what other writers change meanwhile without a state change (log sizes); the
+    // rest is the row as read (its job spec; env is only ever scrubbed of a GitHub runner's config).
+    type Changed = Pick<JobRow, 'id' | 'state' | 'placed_at' | 'booting_at' | 'running_at' | 'finished_at' | 'exit_code' | 'error_code' | 'error_message' | 'log_bytes' | 'log_truncated'>;
     const r = await sql<Changed & { from_state: string }>`
       WITH v AS (
         SELECT * FROM ${batch}
@@ -733,11 +737,11 @@ export async function transitionJobs(db: Db, reqs: TransitionRequest[]): Promise
         FROM v
         WHERE jobs.id = v.id AND jobs.attempt = v.attempt AND jobs.state = v."from" AND jobs.cancel_requested = v.cancel
         RETURNING jobs.id, jobs.attempt, jobs.state, jobs.host_id, jobs.placed_at, jobs.booting_at, jobs.running_at, jobs.finished_at, jobs.exit_code,
-          jobs.error_code, jobs.error_message, v."from" AS from_state, v.detail AS detail
+          jobs.error_code, jobs.error_message, jobs.log_bytes, jobs.log_truncated, v."from" AS from_state, v.detail AS detail
       ), ev AS (
         INSERT INTO job_events (job_id, attempt, state, host_id, detail) SELECT id, attempt, state, host_id, detail FROM upd
       )
-      SELECT id, state, placed_at, booting_at, running_at, finished_at, exit_code, error_code, error_message, from_state FROM upd`.execute(db);
+      SELECT id, state, placed_at, booting_at, running_at, finished_at, exit_code, error_code, error_message, log_bytes, log_truncated, from_state FROM upd`.execute(db);
     const done = new Map(r.rows.map((x) => [x.id, x]));
     for (const p of planned) {
       const changed = done.get(p.req.jobId);

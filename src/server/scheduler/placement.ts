@@ -36,7 +36,7 @@ export interface Placement {
 
 export interface PlacementResult {
   placements: Placement[];
-  /** What is free on each host afterwards. */
+  /** What is free on each host afterwards (a new map, built when read: the scheduler never reads it). */
   free: Map<number, Resources>;
 }
 

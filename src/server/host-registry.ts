@@ -82,19 +82,27 @@ export class HostRegistry {
     return this.links.get(hostId);
   }
 
-  /** Hosts the scheduler may place on, with what is free on each. */
+  /** One slot object per link, updated in place (a pass reads every host; it allocated two objects per host). */
+  private readonly slotOf = new WeakMap<HostLink, HostSlot>();
+
+  /**
+   * Hosts the scheduler may place on, with what is free on each. The slots are updated in place by the next
+   * call: read them within one pass (placement copies what it changes).
+   */
   slots(): HostSlot[] {
     const out: HostSlot[] = [];
     for (const l of this.links.values()) {
       if (!l.ready || !l.schedulable) continue;
+      let slot = this.slotOf.get(l);
+      if (!slot) {
+        slot = { id: l.hostId, arch: l.arch, labels: l.labels, capacity: l.capacity, free: { cpus: 0, memoryBytes: 0, diskBytes: 0 } };
+        this.slotOf.set(l, slot);
+      }
       const u = l.active.used;
-      out.push({
-        id: l.hostId,
-        arch: l.arch,
-        labels: l.labels,
-        capacity: l.capacity,
-        free: { cpus: l.capacity.cpus - u.cpus, memoryBytes: l.capacity.memoryBytes - u.memoryBytes, diskBytes: l.capacity.diskBytes - u.diskBytes },
-      });
+      slot.free.cpus = l.capacity.cpus - u.cpus;
+      slot.free.memoryBytes = l.capacity.memoryBytes - u.memoryBytes;
+      slot.free.diskBytes = l.capacity.diskBytes - u.diskBytes;
+      out.push(slot);
     }
     return out;
   }

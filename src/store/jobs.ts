@@ -661,6 +661,62 @@ export interface TransitionRequest {
   choose(current: Job): { event: JobEvent; fields?: TransitionFields } | undefined;
 }
 
+export interface ExitRequest {
+  jobId: number;
+  attempt: number;
+  /** The host the result came from: the job must still be placed there. */
+  hostId: number;
+  exitCode: number;
+}
+
+export interface ExitChange {
+  job: Pick<Job, 'id' | 'tenant' | 'attempt' | 'state' | 'exitCode'>;
+  from: JobState;
+}
+
+/**
+ * Records VMs that exited, in one statement with no read first (the usual end of a job: `transitionJobs`
+ * needs a read because other results depend on the stored job). An exit's target state does not depend on
+ * the state it leaves (the pure state machine says so for every state that accepts it, checked here), so
+ * the update only needs the accepting states; the state left is read from the row as it was. Results in
+ * request order (undefined: no change: a stale attempt, another host, or a job already finished).
+ */
+export async function recordExits(db: Q, reqs: ExitRequest[]): Promise<(ExitChange | undefined)[]> {
+  if (reqs.length === 0) return [];
+  // Every exit is accepted from the same states (the active ones), and leads from each to one state.
+  const accepting = statesAccepting({ type: 'exit', exitCode: 0 });
+  const rows = reqs.map((q) => {
+    const event: JobEvent = { type: 'exit', exitCode: q.exitCode };
+    const targets = new Set(statesAccepting(event).map((s) => nextJobState(s, event)));
+    const to = [...targets][0];
+    if (targets.size !== 1 || !to || STATE_TIME[to] !== 'finished_at' || statesAccepting(event).join() !== accepting.join()) {
+      throw new Error(`exit ${q.exitCode} does not lead to one final state from the same states (${[...targets].join(', ')})`);
+    }
+    return { id: q.jobId, attempt: q.attempt, host: q.hostId, exit_code: q.exitCode, to };
+  });
+  const batch = batchRows('v', [['id', 'bigint'], ['attempt', 'int'], ['host', 'bigint'], ['exit_code', 'int'], ['to', 'text']], rows);
+  const r = await sql<Pick<JobRow, 'id' | 'tenant' | 'attempt' | 'state' | 'host_id' | 'exit_code'> & { from_state: string }>`
+    WITH v AS (
+      SELECT * FROM ${batch}
+    ), upd AS (
+      UPDATE jobs SET state = v."to", finished_at = now(), exit_code = v.exit_code
+      FROM v JOIN jobs old ON old.id = v.id
+      WHERE jobs.id = v.id AND jobs.attempt = v.attempt AND jobs.host_id = v.host AND jobs.state = ANY(${sql.val(accepting)}::text[])
+      RETURNING jobs.id, jobs.tenant, jobs.attempt, jobs.state, jobs.host_id, jobs.exit_code, old.state AS from_state
+    ), ev AS (
+      INSERT INTO job_events (job_id, attempt, state, host_id) SELECT id, attempt, state, host_id FROM upd
+    )
+    SELECT id, tenant, attempt, state, host_id, exit_code, from_state FROM upd`.execute(db);
+  const done = new Map(r.rows.map((x) => [x.id, x]));
+  // A job updates once however often it is named: the first request that matches it gets the change.
+  return reqs.map((q) => {
+    const x = done.get(q.jobId);
+    if (!x || x.attempt !== q.attempt || x.host_id !== q.hostId) return undefined;
+    done.delete(q.jobId);
+    return { job: { id: x.id, tenant: x.tenant, attempt: x.attempt, state: x.state as JobState, exitCode: x.exit_code }, from: x.from_state as JobState };
+  });
+}
+
 const TRANSITION_COLUMNS: BatchColumn[] = [
   ['id', 'bigint'],
   ['attempt', 'int'],

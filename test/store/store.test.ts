@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { storeKinds, makeTestStore } from './test-stores.ts';
 import type { Store } from '../../src/store/store.ts';
 import { migrate } from '../../src/store/store.ts';
-import { insertJobs, getJob, listJobs, claimQueuedJobs, markPlaced, transitionJob, jobTransitions, loseJob, requestCancel, tenantUsage, applyPhases, transitionJobs, setTenantLimit, activeJobsOnHosts, countJobsByState } from '../../src/store/jobs.ts';
+import { insertJobs, getJob, listJobs, claimQueuedJobs, markPlaced, recordExits, transitionJob, jobTransitions, loseJob, requestCancel, tenantUsage, applyPhases, transitionJobs, setTenantLimit, activeJobsOnHosts, countJobsByState } from '../../src/store/jobs.ts';
 import { appendLogs, readLogs } from '../../src/store/logs.ts';
 import { connectHost, disconnectHost, lockSchedulableHosts, listHosts, updateHostFlags, findHost } from '../../src/store/hosts.ts';
 import { createToken, findTokenBySecret, revokeToken } from '../../src/store/tokens.ts';
@@ -188,6 +188,40 @@ for (const { kind, skip } of storeKinds()) {
         const stored = await Promise.all(jobs.map((j) => getJob(store.db, j.id)));
         assert.ok(stored.every((j) => j !== undefined && j.logBytes === `out ${j.id}\n`.length && j.finishedAt && j.runningAt && j.bootingAt && j.placedAt), `${n}: stored`);
       }
+    });
+
+    void test('exits: one statement; only the job\'s attempt on its host, only from an active state; the state left is reported', async () => {
+      const host = await connectHost(store.db, cap('t-exit'), 's1');
+      const other = await connectHost(store.db, cap('t-exit-2'), 's1');
+      for (const n of [3, 12]) {
+        const jobs = await insertJobs(store.db, Array.from({ length: n }, () => spec({ tenant: `exit-${n}` })));
+        await store.withTransaction((tx) => markPlaced(tx, jobs.map((j) => ({ jobId: j.id, hostId: host.id }))));
+        // job 0 stays placed, job 1 boots, the rest run
+        await applyPhases(store.db, [{ jobId: jobs[1]!.id, attempt: 1, hostId: host.id, phase: 'booting' }]);
+        await applyPhases(store.db, jobs.slice(2).map((j) => ({ jobId: j.id, attempt: 1, hostId: host.id, phase: 'running' as const })));
+        const out = await recordExits(store.db, [
+          ...jobs.map((j, i) => ({ jobId: j.id, attempt: 1, hostId: host.id, exitCode: i === 0 ? 0 : i })),
+          { jobId: jobs[0]!.id, attempt: 2, hostId: host.id, exitCode: 0 }, // a stale attempt
+          { jobId: jobs[1]!.id, attempt: 1, hostId: other.id, exitCode: 0 }, // another host
+          { jobId: jobs[2]!.id, attempt: 1, hostId: host.id, exitCode: 2 }, // the same result twice in one batch
+        ]);
+        assert.deepEqual(
+          out.slice(0, n).map((c) => [c?.job.id, c?.job.state, c?.job.exitCode, c?.from, c?.job.tenant]),
+          jobs.map((j, i) => [j.id, i === 0 ? 'succeeded' : 'failed', i, i === 0 ? 'placed' : i === 1 ? 'booting' : 'running', `exit-${n}`]),
+        );
+        assert.deepEqual(out.slice(n), [undefined, undefined, undefined]);
+        const stored = await getJob(store.db, jobs[1]!.id);
+        assert.equal(stored?.state, 'failed');
+        assert.equal(stored?.exitCode, 1);
+        assert.ok(stored?.finishedAt);
+        assert.deepEqual((await jobTransitions(store.db, jobs[2]!.id)).map((e) => e.state), ['queued', 'placed', 'running', 'failed']);
+        // Once final, a repeated exit changes nothing.
+        assert.deepEqual(await recordExits(store.db, [{ jobId: jobs[2]!.id, attempt: 1, hostId: host.id, exitCode: 0 }]), [undefined]);
+        assert.equal((await getJob(store.db, jobs[2]!.id))?.state, 'failed');
+      }
+      // A queued job has no VM to exit.
+      const [queued] = await insertJobs(store.db, [spec({ tenant: 'exit-q' })]);
+      assert.deepEqual(await recordExits(store.db, [{ jobId: queued!.id, attempt: 1, hostId: host.id, exitCode: 0 }]), [undefined]);
     });
 
     void test('batched transitions: one read, one update; stale attempts and illegal events change nothing', async () => {

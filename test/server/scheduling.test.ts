@@ -5,7 +5,21 @@ import assert from 'node:assert/strict';
 import { storeKinds } from '../store/test-stores.ts';
 import { startHarness, jobReaches, type Harness } from './harness.ts';
 import { spawnKiln, killAll } from '../agent/processes.ts';
-import type { Job } from '../../src/core/job.ts';
+import type { Job, JobSpec } from '../../src/core/job.ts';
+import { DEFAULT_REQUIREMENTS } from '../../src/core/requirements.ts';
+import { insertJobs, setTenantLimit } from '../../src/store/jobs.ts';
+
+const RACY: JobSpec = {
+  tenant: 'racy',
+  requirements: { ...DEFAULT_REQUIREMENTS, arch: 'amd64', cpus: 1 },
+  labels: [],
+  image: 'default',
+  command: ['sleep', 'infinity'],
+  env: {},
+  timeoutMs: 600_000,
+  network: 'none',
+  priority: 0,
+};
 
 after(killAll);
 
@@ -53,6 +67,33 @@ for (const { kind, skip } of storeKinds()) {
       assert.equal(s.filter((x) => x === 'placed' || x === 'booting' || x === 'running').length, 2, s.join());
       for (const id of ids) await h.client.request('POST', `/v1/jobs/${id}/cancel`);
       await h.client.request('PUT', '/v1/tenants/capped', { maxConcurrent: null });
+    });
+
+    void test('a limit set while a pass is under way holds for the jobs that pass claims', async () => {
+      // The pass caches whether any tenant has a limit. Here it asks (and caches "none") before the limit
+      // and the jobs are committed, then claims the jobs. On the embedded store the held transaction makes
+      // that order certain: the pass waits for its session after asking.
+      await h.server.scheduler.pass();
+      let release!: () => void;
+      const gate = new Promise<void>((r) => (release = r));
+      let ids: number[] = [];
+      const held = h.store.withTransaction(async (tx) => {
+        await setTenantLimit(tx, 'racy', 2);
+        ids = (await insertJobs(tx, Array.from({ length: 5 }, () => ({ ...RACY })))).map((j) => j.id);
+        await gate;
+      });
+      const passing = h.server.scheduler.pass();
+      await new Promise((r) => setTimeout(r, 50));
+      // What the API does once the limit is stored.
+      h.server.scheduler.limitsChanged();
+      release();
+      await held;
+      await passing;
+      for (let i = 0; i < 3; i++) await h.server.scheduler.pass();
+      const states = await Promise.all(ids.map(async (id) => (await h.client.request<Job>('GET', `/v1/jobs/${id}`)).state));
+      assert.equal(states.filter((x) => x !== 'queued').length, 2, states.join());
+      for (const id of ids) await h.client.request('POST', `/v1/jobs/${id}/cancel`);
+      await h.client.request('PUT', '/v1/tenants/racy', { maxConcurrent: null });
     });
 
     void test('drain: no new jobs, running ones finish, kept across reconnect; undo with uncordon', async () => {

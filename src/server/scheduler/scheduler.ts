@@ -60,9 +60,15 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
   const log = ctx.log.child({ part: 'scheduler' });
 
   let limitsCache: { at: number; value: boolean } | undefined;
+  /** Counts limit changes made through this replica (a cached "no limits" from before one is stale). */
+  let limitsGen = 0;
   const limitsExist = async (): Promise<boolean> => {
-    if (!limitsCache || Date.now() - limitsCache.at > 1000) limitsCache = { at: Date.now(), value: await anyTenantLimits(ctx.store.db) };
-    return limitsCache.value;
+    if (limitsCache && Date.now() - limitsCache.at <= 1000) return limitsCache.value;
+    const gen = limitsGen;
+    const value = await anyTenantLimits(ctx.store.db);
+    // An answer that a limit set meanwhile may have outdated is used once, not cached.
+    if (gen === limitsGen) limitsCache = { at: Date.now(), value };
+    return value;
   };
 
   async function pass(): Promise<number> {
@@ -87,12 +93,16 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
       return 0;
     }
     // Asked outside the transaction: the embedded store has one session, which the transaction holds.
-    const checkLimits = await limitsExist();
+    const gen = limitsGen;
+    let checkLimits = await limitsExist();
     const { placed, claimed, waiting } = await ctx.store.withTransaction(async (tx) => {
       const { jobs, more } = await claimQueuedJobs(tx, ctx.options.batchSize, live);
       // Jobs too big for any host's free room right now are not claimed; whether any such job waits decides
       // if freed capacity is worth a pass (see capacityFreed).
       if (jobs.length === 0) return { placed: [] as (PlacedJob & { createdAt: string })[], claimed: 0, waiting: await anyQueued(tx) };
+      // A limit set through this replica after the question above was asked, and before jobs it claimed were
+      // submitted, must hold for them: ask again, in the transaction.
+      if (!checkLimits && gen !== limitsGen) checkLimits = await anyTenantLimits(tx);
       const usage = checkLimits ? await tenantUsage(tx, [...new Set(jobs.map((j) => j.tenant))]) : new Map<string, { active: number; limit: number | null }>();
       const room = new Map([...usage].map(([t, u]) => [t, Math.max(0, (u.limit ?? Infinity) - u.active)]));
       const demands: JobDemand[] = jobs.map((j) => ({
@@ -210,7 +220,10 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
       if (backlog) kick();
       else if (running) freedDuringPass = true;
     },
-    limitsChanged: () => (limitsCache = undefined),
+    limitsChanged: () => {
+      limitsCache = undefined;
+      limitsGen++;
+    },
     pass,
     start() {
       stopped = false;

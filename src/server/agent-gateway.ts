@@ -48,6 +48,8 @@ export interface AgentGateway {
 export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): AgentGateway {
   const { ctx, registry } = deps;
   const sockets = new Set<WebSocket>();
+  /** Each connection's last work (marking its host offline), done once its socket has closed. */
+  const finished = new Map<WebSocket, Promise<void>>();
 
   const heartbeat = setInterval(() => {
     const ids = [...registry.links.keys()];
@@ -153,6 +155,8 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
         });
     });
 
+    let ended!: () => void;
+    finished.set(socket, new Promise<void>((r) => (ended = r)));
     socket.on('close', () => {
       closed = true;
       clearInterval(ping);
@@ -165,6 +169,10 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
         await disconnectHost(ctx.store.db, l.hostId, ctx.serverId).catch((e: unknown) => log().warn({ err: e }, 'could not mark host offline'));
         ctx.events.emit('host.disconnected', { hostId: l.hostId, name: l.name });
         ctx.events.emit('host.state', { hostId: l.hostId, name: l.name, state: 'offline' });
+      });
+      void queue.catch(() => undefined).then(() => {
+        finished.delete(socket);
+        ended();
       });
     });
 
@@ -314,6 +322,16 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
     async close() {
       clearInterval(heartbeat);
       for (const s of sockets) s.close(1001, 'server shutting down');
+      // Hosts are marked offline as their sockets close, before the caller closes the store (they logged
+      // "could not mark host offline" by the thousand otherwise). An agent that does not answer the close
+      // within 2 s is cut off, and shutdown waits at most 5 s in all.
+      const cutOff = setTimeout(() => {
+        for (const s of sockets) s.terminate();
+      }, 2000);
+      let giveUp: NodeJS.Timeout | undefined;
+      await Promise.race([Promise.all(finished.values()), new Promise<void>((r) => (giveUp = setTimeout(r, 5000)))]);
+      clearTimeout(cutOff);
+      clearTimeout(giveUp);
     },
   };
 }

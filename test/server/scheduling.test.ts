@@ -8,6 +8,7 @@ import { spawnKiln, killAll } from '../agent/processes.ts';
 import type { Job, JobSpec } from '../../src/core/job.ts';
 import { DEFAULT_REQUIREMENTS } from '../../src/core/requirements.ts';
 import { insertJobs, setTenantLimit } from '../../src/store/jobs.ts';
+import { listHosts } from '../../src/store/hosts.ts';
 
 const RACY: JobSpec = {
   tenant: 'racy',
@@ -150,6 +151,22 @@ void test('freed capacity places a job that fit no host before, without waiting 
     await jobReaches(h, a.id, ['succeeded']);
     await jobReaches(h, b.id, ['succeeded'], 10_000);
     assert.ok(Date.now() - started < 10_000);
+  } finally {
+    await h.close();
+  }
+});
+
+void test('shutdown: the server marks its agents\' hosts offline before close() resolves (the store is closed next)', async () => {
+  const h = await startHarness('pglite');
+  try {
+    await h.addAgent('leaving-a', { arches: ['amd64'] }, { arch: 'amd64' });
+    await h.addAgent('leaving-b', { arches: ['arm64'] }, { arch: 'arm64' });
+    assert.deepEqual((await listHosts(h.store.db)).map((x) => x.state), ['online', 'online']);
+    await h.server.close();
+    assert.deepEqual((await listHosts(h.store.db)).map((x) => [x.name, x.state]).sort(), [
+      ['leaving-a', 'offline'],
+      ['leaving-b', 'offline'],
+    ]);
   } finally {
     await h.close();
   }

@@ -28,7 +28,7 @@ interface PoolClientShim {
 
 /** Uses of one statement text before it is prepared. */
 const PREPARE_AFTER = 3;
-/** At most this many prepared statements; texts seen after that run unprepared (none is ever dropped). */
+/** At most this many prepared statements; texts seen after that run unprepared (none is evicted to make room). */
 const MAX_PREPARED = 200;
 /** Texts counted for preparation at most (IN lists of every length would otherwise grow it forever). */
 const MAX_COUNTED = 2000;

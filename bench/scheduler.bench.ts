@@ -17,6 +17,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../test/agent/processes.ts';
+import { KILN_NODE_ARGS } from '../test/support/kiln.ts';
 import { pino } from 'pino';
 import pg from 'pg';
 import { Agent as HttpAgent, setGlobalDispatcher } from 'undici';
@@ -86,7 +87,8 @@ function rss(pid: number): { rssMB: number; peakMB: number } {
 
 async function startServer(kind: 'pglite' | 'postgres', dir: string, admin: string, dbUrl?: string): Promise<{ proc: ChildProcess; url: string }> {
   const port = await freePort();
-  const nodeArgs = process.env.BENCH_SERVER_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
+  // The server starts as the installed `kiln` does (bin/kiln.js's node flags), plus BENCH_SERVER_NODE_ARGS.
+  const nodeArgs = [...KILN_NODE_ARGS, ...(process.env.BENCH_SERVER_NODE_ARGS?.split(' ').filter(Boolean) ?? [])];
   const proc = spawn(process.execPath, [...nodeArgs, 'bin/kiln.js', 'server', '--listen', `127.0.0.1:${port}`, '--data-dir', dir, '--log-level', process.env.BENCH_SERVER_LOG ?? 'warn'], {
     env: { ...process.env, KILN_ADMIN_TOKEN: admin, ...(kind === 'postgres' && dbUrl ? { KILN_DATABASE_URL: dbUrl } : { KILN_DATABASE_URL: '' }) },
     stdio: ['ignore', 'ignore', 'pipe'],
@@ -288,6 +290,7 @@ async function runOne(kind: 'pglite' | 'postgres'): Promise<Record<string, numbe
 setGlobalDispatcher(new HttpAgent({ connections: 64, keepAliveTimeout: 30_000 }));
 spawnSync(process.execPath, ['scripts/build.mjs'], { stdio: 'inherit' });
 console.log(`machine: ${cpus()[0]?.model ?? '?'} × ${cpus().length} cores, ${(totalmem() / GiB).toFixed(0)} GiB, Node ${process.version}`);
+console.log(`server: node ${[...KILN_NODE_ARGS, process.env.BENCH_SERVER_NODE_ARGS ?? ''].join(' ').trim()} bin/kiln.js server`);
 console.log(`targets: ≥ 5000 placements/s, p99 ≤ 50 ms, packing ≥ 0.97, RSS ≤ 300 MB`);
 const only = process.env.BENCH_STORE;
 const kinds = (['pglite', ...(pgUrl ? (['postgres'] as const) : [])] as ('pglite' | 'postgres')[]).filter((k) => !only || k === only);

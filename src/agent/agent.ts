@@ -25,8 +25,8 @@ import type { VmDriver } from '../vm/driver.ts';
 import type { ImageResolver } from './images.ts';
 import type { MirrorStatus, RegistryMirror } from './mirror.ts';
 import { makeSupervisor, type Supervisor } from './supervisor.ts';
+import { KILN_VERSION } from '../core/version.ts';
 
-export const AGENT_VERSION = '0.1.0';
 
 export interface AgentOptions {
   /** Server base URLs (http:// or ws://); the agent rotates through them on failure. */
@@ -204,7 +204,7 @@ export function makeAgent(o: AgentOptions): Agent {
       accel: a?.accel ?? 'none',
       labels: o.labels ?? [],
       driver: o.driver.name,
-      agentVersion: AGENT_VERSION,
+      agentVersion: KILN_VERSION,
     };
   }
 

@@ -1,6 +1,7 @@
 /** The kiln CLI: one binary, subcommands wired here. */
 import { Command, CommanderError } from 'commander';
 import { isKilnError } from '../core/errors.ts';
+import { KILN_VERSION } from '../core/version.ts';
 import { makeOutput, printError, type Output } from './output.ts';
 
 const program = new Command();
@@ -10,6 +11,7 @@ const out = (): Output => (output ??= makeOutput({ quiet: program.opts<{ quiet?:
 program
   .name('kiln')
   .description('Run CI jobs in fresh, single-use microVMs on hardware you own.')
+  .version(KILN_VERSION, '-V, --version', "print kiln's version")
   .option('-q, --quiet', "don't print kiln's own progress lines")
   .showHelpAfterError()
   .exitOverride();

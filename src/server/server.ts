@@ -33,9 +33,8 @@ import { tokenRoutes } from './api/tokens.ts';
 import { makeGitHubClient, type GitHubApi } from './github/api.ts';
 import type { GitHubConfig } from './github/config.ts';
 import { webhookOpenApi } from './github/manifest.ts';
+import { KILN_VERSION } from '../core/version.ts';
 import { makeGitHubService, type GitHubService } from './github/service.ts';
-
-export const KILN_VERSION = '0.1.0';
 
 export interface MakeServerOptions {
   store: Store;

@@ -1,8 +1,12 @@
-/** Real kiln processes for tests: spawned through tsx from the sources, killed and reaped by the test. */
+/**
+ * Real kiln processes for tests: spawned through tsx from the sources with the node flags of the installed
+ * `kiln`, killed and reaped by the test.
+ */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { KILN_NODE_ARGS } from '../support/kiln.ts';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -17,7 +21,7 @@ export interface KilnProcess {
 const live = new Set<ChildProcess>();
 
 export function spawnKiln(args: string[], env: Record<string, string> = {}): KilnProcess {
-  const proc = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], {
+  const proc = spawn(process.execPath, [...KILN_NODE_ARGS, '--import', 'tsx', 'src/cli/main.ts', ...args], {
     cwd: root,
     env: { ...process.env, KILN_LOG_LEVEL: process.env.KILN_TEST_LOG ?? 'warn', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -84,7 +88,7 @@ export async function killAll(): Promise<void> {
 /** Runs one kiln command from the sources to its end and collects its output. */
 export function runKilnCommand(args: string[], env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const p = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], { cwd: root, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(process.execPath, [...KILN_NODE_ARGS, '--import', 'tsx', 'src/cli/main.ts', ...args], { cwd: root, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));

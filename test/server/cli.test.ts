@@ -5,7 +5,10 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { spawnKiln, killAll, freePort, runKilnCommand } from '../agent/processes.ts';
+import { KILN_BIN, KILN_NODE_ARGS, REPO } from '../support/kiln.ts';
+import { KILN_VERSION } from '../../src/core/version.ts';
 
 after(killAll);
 
@@ -94,4 +97,14 @@ void test('kiln up, then the fleet commands against it', { timeout: 180_000 }, a
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+void test('bin/kiln.js runs as a program, with the node flags of its first line', async () => {
+  const pkg = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { version: string };
+  assert.equal(KILN_VERSION, pkg.version);
+  assert.deepEqual(KILN_NODE_ARGS, ['--v8-pool-size=1']);
+  // Executed directly, as `kiln` after `npm link`: /usr/bin/env -S splits the flags off the first line.
+  const r = spawnSync(KILN_BIN, ['--version'], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, `${pkg.version}\n`);
 });

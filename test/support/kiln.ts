@@ -1,6 +1,6 @@
 /** Shared helpers for tests that run real VMs: a per-file data directory over one shared image cache. */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Arch } from '../../src/core/arch.ts';
@@ -9,6 +9,14 @@ import { kilnQemuProcesses, vmDirs } from './leaks.ts';
 
 export const REPO = resolve(import.meta.dirname, '../..');
 export const KILN_BIN = join(REPO, 'bin', 'kiln.js');
+/**
+ * The node flags of bin/kiln.js's first line (`#!/usr/bin/env -S node FLAGS`): tests and benches start kiln
+ * with them, as the installed `kiln` starts.
+ */
+export const KILN_NODE_ARGS: readonly string[] = readFileSync(KILN_BIN, 'utf8')
+  .split('\n', 1)[0]!
+  .split(/\s+/)
+  .filter((a) => a.startsWith('--'));
 /** Images and downloaded packages are shared by every test file of a run (and across runs on one machine). */
 export const SHARED_DIR = process.env.KILN_TEST_SHARED_DIR ?? '/tmp/kiln-test-shared';
 
@@ -45,7 +53,7 @@ export interface CliResult {
 export function kilnArgs(dataDir: string, args: string[]): string[] {
   const sep = args.indexOf('--');
   const at = sep < 0 ? args.length : sep;
-  return [KILN_BIN, ...args.slice(0, at), '--data-dir', dataDir, ...args.slice(at)];
+  return [...KILN_NODE_ARGS, KILN_BIN, ...args.slice(0, at), '--data-dir', dataDir, ...args.slice(at)];
 }
 
 /** Runs the real CLI to completion. */

@@ -84,13 +84,17 @@ export class HostRegistry {
 
   /** One slot object per link, updated in place (a pass reads every host; it allocated two objects per host). */
   private readonly slotOf = new WeakMap<HostLink, HostSlot>();
+  private readonly slotList: HostSlot[] = [];
 
   /**
    * Hosts the scheduler may place on, with what is free on each. The slots are updated in place by the next
-   * call: read them within one pass (placement copies what it changes).
+   * call, and so is the array: read them within one pass (placement copies what it changes). Passes run
+   * hundreds of times a second, and a new 1,000-entry array each time was the embedded server's largest
+   * source of garbage kept past the young generation (~2 MB/s at 200 jobs/s).
    */
   slots(): HostSlot[] {
-    const out: HostSlot[] = [];
+    const out = this.slotList;
+    let n = 0;
     for (const l of this.links.values()) {
       if (!l.ready || !l.schedulable) continue;
       let slot = this.slotOf.get(l);
@@ -102,8 +106,9 @@ export class HostRegistry {
       slot.free.cpus = l.capacity.cpus - u.cpus;
       slot.free.memoryBytes = l.capacity.memoryBytes - u.memoryBytes;
       slot.free.diskBytes = l.capacity.diskBytes - u.diskBytes;
-      out.push(slot);
+      out[n++] = slot;
     }
+    out.length = n;
     return out;
   }
 }

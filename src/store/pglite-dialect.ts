@@ -35,6 +35,8 @@ const MAX_COUNTED = 2000;
 /** How long a prepared statement (and so its plan) lives, by default. */
 const PLAN_TTL_MS = 10_000;
 const PREPARABLE = /^\s*(select|insert|update|delete|with)\b/i;
+/** What Kysely sends to open and end a transaction. */
+const TX_CONTROL = /^(begin|commit|rollback)$/i;
 
 /** Dialects made in this process (statement names must not collide if two share one PGlite). */
 let dialects = 0;
@@ -54,8 +56,21 @@ interface Named {
   description: BackendMessage[];
 }
 
-export function makePgliteDialect(pglite: PGlite, opts: { planTtlMs?: number } = {}): PostgresDialect {
+export interface PgliteDialectOptions {
+  /** How long a prepared statement (and so its plan) lives. */
+  planTtlMs?: number;
+  /**
+   * Whether to call PGlite's syncToFs() after each statement outside a transaction, as its query() does
+   * (default true). It does nothing on the directory and in-memory file systems (a Node directory is
+   * written through as PostgreSQL writes), yet each call allocates a lock's promises and closures: ~1 MB/s
+   * of garbage on the embedded server at 200 jobs/s. The store turns it off, since it opens only those.
+   */
+  syncToFs?: boolean;
+}
+
+export function makePgliteDialect(pglite: PGlite, opts: PgliteDialectOptions = {}): PostgresDialect {
   const planTtlMs = opts.planTtlMs ?? PLAN_TTL_MS;
+  const syncToFs = opts.syncToFs ?? true;
   const uses = new Map<string, number>();
   const prefix = `kiln_${++dialects}_`;
   /** Whether a transaction is open (Kysely sends begin/commit/rollback as queries through here). */
@@ -96,14 +111,21 @@ export function makePgliteDialect(pglite: PGlite, opts: { planTtlMs?: number } =
       return serialize ? serialize(v) : String(v);
     });
     const msgs = await exchange(async () => [...(await wire(ser.bind({ statement: n.name, values }))), ...(await wire(ser.execute({})))]);
-    // As query() does outside a transaction (a no-op on the directory and memory file systems kiln uses).
-    if (!inTransaction) await pglite.syncToFs();
+    // As query() does outside a transaction (see PgliteDialectOptions.syncToFs).
+    if (syncToFs && !inTransaction) await pglite.syncToFs();
     return pgliteParse.parseResults([...n.description, ...msgs], pglite.parsers)[0] as Result;
   };
 
   const run = async (sql: string, params: unknown[]): Promise<Result> => {
     if (/^\s*(begin|start\s+transaction)\b/i.test(sql)) inTransaction = true;
     else if (/^\s*(commit|rollback)\b/i.test(sql)) inTransaction = false;
+    if (TX_CONTROL.test(sql) && params.length === 0) {
+      // Kysely's begin/commit/rollback, two of every transaction's statements: one simple-query message,
+      // without query()'s parse, describe and bind, and its garbage.
+      await wire(ser.query(sql));
+      if (syncToFs && !inTransaction) await pglite.syncToFs();
+      return { command: sql.toUpperCase(), rows: [] };
+    }
     const n = named.get(sql);
     if (n && !inTransaction && performance.now() - n.preparedAt > planTtlMs) {
       // Outside a transaction, so DEALLOCATE cannot meet an aborted one; the next line prepares it anew.

@@ -171,7 +171,8 @@ async function makePgliteStore(dataDir?: string): Promise<Store> {
       hint: 'another kiln process may be using this data directory; stop it or pass a different --data-dir',
     });
   }
-  const db = new Kysely<Database>({ dialect: makePgliteDialect(pglite) });
+  // A directory or memory: syncToFs() has nothing to do on either.
+  const db = new Kysely<Database>({ dialect: makePgliteDialect(pglite, { syncToFs: false }) });
   let closed = false;
   return {
     kind: 'pglite',

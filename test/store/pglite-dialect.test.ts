@@ -71,6 +71,32 @@ void test('a prepared statement that fails raises the database error; its transa
   assert.equal((await db.selectFrom('t').select(sql<number>`count(*)::int`.as('n')).where('name', '=', 'tx').executeTakeFirstOrThrow()).n, 5);
 });
 
+void test('a commit that fails (a deferred constraint) raises the database error, keeps nothing, and the session goes on', async () => {
+  await sql`CREATE TABLE d (k int, CONSTRAINT d_k UNIQUE (k) DEFERRABLE INITIALLY DEFERRED)`.execute(db);
+  const d = db as unknown as Kysely<{ d: { k: number } }>;
+  await assert.rejects(
+    d.transaction().execute(async (tx) => {
+      await tx.insertInto('d').values({ k: 1 }).execute();
+      await tx.insertInto('d').values({ k: 1 }).execute(); // only checked at COMMIT
+    }),
+    (e: { code?: string }) => e.code === '23505',
+  );
+  assert.equal((await d.selectFrom('d').select(sql<number>`count(*)::int`.as('n')).executeTakeFirstOrThrow()).n, 0, 'nothing of it kept');
+  await d.transaction().execute(async (tx) => {
+    await tx.insertInto('d').values({ k: 2 }).execute();
+  });
+  assert.deepEqual(await d.selectFrom('d').select('k').execute(), [{ k: 2 }], 'the next transaction commits');
+  // A rollback on request ends the transaction too.
+  await assert.rejects(
+    d.transaction().execute(async (tx) => {
+      await tx.insertInto('d').values({ k: 3 }).execute();
+      throw new Error('changed my mind');
+    }),
+    /changed my mind/,
+  );
+  assert.deepEqual(await d.selectFrom('d').select('k').execute(), [{ k: 2 }]);
+});
+
 void test('prepared statements are made again after their time, and a statement that starts with a comment never is', async () => {
   const pg2 = await PGlite.create();
   const db2 = new Kysely<{ t: Row }>({ dialect: makePgliteDialect(pg2, { planTtlMs: 200 }) });

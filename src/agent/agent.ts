@@ -27,7 +27,6 @@ import type { MirrorStatus, RegistryMirror } from './mirror.ts';
 import { makeSupervisor, type Supervisor } from './supervisor.ts';
 import { KILN_VERSION } from '../core/version.ts';
 
-
 export interface AgentOptions {
   /** Server base URLs (http:// or ws://); the agent rotates through them on failure. */
   servers: string[];

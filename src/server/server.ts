@@ -10,6 +10,7 @@ import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import websocket from '@fastify/websocket';
 import type { Logger } from 'pino';
 import { KilnError } from '../core/errors.ts';
+import { KILN_VERSION } from '../core/version.ts';
 import type { Store } from '../store/store.ts';
 import { countJobsByState } from '../store/jobs.ts';
 import { countTokens, createToken } from '../store/tokens.ts';
@@ -33,7 +34,6 @@ import { tokenRoutes } from './api/tokens.ts';
 import { makeGitHubClient, type GitHubApi } from './github/api.ts';
 import type { GitHubConfig } from './github/config.ts';
 import { webhookOpenApi } from './github/manifest.ts';
-import { KILN_VERSION } from '../core/version.ts';
 import { makeGitHubService, type GitHubService } from './github/service.ts';
 
 export interface MakeServerOptions {

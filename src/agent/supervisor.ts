@@ -97,10 +97,6 @@ export function makeSupervisor(opts: {
       opts.send({ type: 'job.phase', jobId: e.jobId, attempt: e.attempt, phase: 'running' });
     }
   };
-  const phasePoll = setInterval(() => {
-    for (const e of jobs.values()) notePhase(e);
-  }, 200);
-  phasePoll.unref();
 
   const finish = (e: Entry, result: JobResultMsg) => {
     flushEntry(e);
@@ -136,7 +132,8 @@ export function makeSupervisor(opts: {
               ...(opts.vm?.forwards ? { forwards: opts.vm.forwards } : {}),
               ...(opts.vm?.registryMirror ? { registryMirror: opts.vm.registryMirror } : {}),
             },
-            { stdout: (c) => output(e, 'stdout', c), stderr: (c) => output(e, 'stderr', c) },
+            // The guest coming up is reported as it happens (before `e.vm` is set, notePhase below sees it).
+            { stdout: (c) => output(e, 'stdout', c), stderr: (c) => output(e, 'stderr', c), running: () => notePhase(e) },
           );
           e.vm = vm;
           jlog.info({ vm: vm.id }, 'VM launched');
@@ -173,7 +170,6 @@ export function makeSupervisor(opts: {
       return [...jobs.values()].flatMap((e) => (e.result ? [e.result] : []));
     },
     async stopAll(reason) {
-      clearInterval(phasePoll);
       const waits: Promise<unknown>[] = [];
       for (const e of jobs.values()) {
         e.stopReason = reason;

@@ -55,6 +55,8 @@ export interface VmSpec {
 export interface VmOutput {
   stdout(chunk: Buffer): void;
   stderr(chunk: Buffer): void;
+  /** Called once when the guest is up and the job starts (phase 'running'), so owners need not poll phase(). */
+  running?(): void;
 }
 
 export type VmPhase = 'preparing' | 'booting' | 'running' | 'stopping' | 'stopped';

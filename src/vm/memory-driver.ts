@@ -148,6 +148,7 @@ function runGuest(spec: VmSpec, out: VmOutput, bootMs: number, t0: number, gone:
     let status = 0;
     if (!stopped) {
       phase = 'running';
+      out.running?.();
       status = await interpret(spec, out, wait, () => stopped !== undefined, programs, abort.signal);
     }
     tExit = performance.now();

@@ -273,6 +273,7 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
             clearTimeout(bootTimer);
             log?.debug({ bootMs: tReady - tSpawn }, 'guest ready');
             s.write(encodeJob(spec.job, spec.network === 'user'));
+            out.running?.();
           } else if (msg.type === 'step') {
             lastStep = msg.name;
           } else if (msg.type === 'exit' && phase === 'running') {

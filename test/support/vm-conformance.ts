@@ -48,12 +48,22 @@ export function runVmDriverConformance(t: ConformanceTarget): void {
       timeoutMs: t.jobTimeoutMs,
       ...extra,
     });
-    const run = async (s: VmSpec): Promise<{ result: VmResult; stdout: Buffer; stderr: Buffer; vm: RunningVm }> => {
+    const run = async (s: VmSpec): Promise<{ result: VmResult; stdout: Buffer; stderr: Buffer; vm: RunningVm; runningCalls: number }> => {
       const out: Buffer[] = [];
       const err: Buffer[] = [];
-      const vm = await driver.start(s, { stdout: (c) => out.push(Buffer.from(c)), stderr: (c) => err.push(Buffer.from(c)) });
+      let runningCalls = 0;
+      let outputBeforeRunning = false;
+      const vm = await driver.start(s, {
+        stdout: (c) => {
+          if (runningCalls === 0) outputBeforeRunning = true;
+          out.push(Buffer.from(c));
+        },
+        stderr: (c) => err.push(Buffer.from(c)),
+        running: () => runningCalls++,
+      });
       const result = await vm.done;
-      return { result, stdout: Buffer.concat(out), stderr: Buffer.concat(err), vm };
+      assert.equal(outputBeforeRunning, false, 'the job wrote output before the driver reported the guest running');
+      return { result, stdout: Buffer.concat(out), stderr: Buffer.concat(err), vm, runningCalls };
     };
     const exitCode = (r: VmResult) => (r.outcome === 'exited' ? r.exitCode : `${r.outcome}${'message' in r ? `: ${r.message}` : ''}`);
 
@@ -71,8 +81,9 @@ export function runVmDriverConformance(t: ConformanceTarget): void {
 
     for (const code of [0, 1, 42]) {
       test(`exit code ${code} comes back as the job's exit code`, async () => {
-        const { result } = await run(spec({ command: t.commands.exit(code) }));
+        const { result, runningCalls } = await run(spec({ command: t.commands.exit(code) }));
         assert.equal(exitCode(result), code);
+        assert.equal(runningCalls, 1, 'the guest coming up is reported once');
       });
     }
 

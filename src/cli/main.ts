@@ -11,7 +11,6 @@ const out = (): Output => (output ??= makeOutput({ quiet: program.opts<{ quiet?:
 program
   .name('kiln')
   .description('Run CI jobs in fresh, single-use microVMs on hardware you own.')
-  .version(KILN_VERSION, '-V, --version', "print kiln's version")
   .option('-q, --quiet', "don't print kiln's own progress lines")
   .showHelpAfterError()
   .exitOverride();
@@ -37,10 +36,19 @@ const COMMANDS: { name: string; load: () => Promise<Register> }[] = [
   { name: 'github', load: async () => (await import('./github.ts')).registerGitHub },
 ];
 
+// `kiln --version` (or -V) only as the first argument: as a commander option it would also be taken after a
+// subcommand, so `kiln run python -V` would print kiln's version and run nothing.
+const VERSION_FLAGS = ['--version', '-V'];
+program.addHelpText('after', `\nkiln --version (-V) prints kiln's version (${KILN_VERSION}).`);
+
 try {
-  const wanted = COMMANDS.filter((c) => process.argv.slice(2).find((a) => !a.startsWith('-')) === c.name);
-  for (const c of wanted.length > 0 ? wanted : COMMANDS) (await c.load())(program, out);
-  await program.parseAsync(process.argv);
+  if (VERSION_FLAGS.includes(process.argv[2] ?? '')) {
+    process.stdout.write(`${KILN_VERSION}\n`);
+  } else {
+    const wanted = COMMANDS.filter((c) => process.argv.slice(2).find((a) => !a.startsWith('-')) === c.name);
+    for (const c of wanted.length > 0 ? wanted : COMMANDS) (await c.load())(program, out);
+    await program.parseAsync(process.argv);
+  }
 } catch (e) {
   if (e instanceof CommanderError) {
     process.exitCode = e.exitCode === 0 ? 0 : 2;

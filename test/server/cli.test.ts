@@ -107,4 +107,8 @@ void test('bin/kiln.js runs as a program, with the node flags of its first line'
   const r = spawnSync(KILN_BIN, ['--version'], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stdout, `${pkg.version}\n`);
+  // Only as kiln's own first argument: after a subcommand it belongs to that command (here, refused).
+  const after = spawnSync(KILN_BIN, ['jobs', 'ls', '-V'], { encoding: 'utf8' });
+  assert.equal(after.status, 2, after.stdout);
+  assert.match(after.stderr, /unknown option '-V'/);
 });

@@ -118,7 +118,8 @@ export function makePgliteDialect(pglite: PGlite, opts: PgliteDialectOptions = {
 
   const run = async (sql: string, params: unknown[]): Promise<Result> => {
     if (/^\s*(begin|start\s+transaction)\b/i.test(sql)) inTransaction = true;
-    else if (/^\s*(commit|rollback)\b/i.test(sql)) inTransaction = false;
+    // Not `rollback to savepoint …`, which leaves the transaction open.
+    else if (/^\s*(commit|rollback)\s*$/i.test(sql)) inTransaction = false;
     if (TX_CONTROL.test(sql) && params.length === 0) {
       // Kysely's begin/commit/rollback, two of every transaction's statements: one simple-query message,
       // without query()'s parse, describe and bind, and its garbage.

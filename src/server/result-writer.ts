@@ -7,17 +7,13 @@
  */
 import type { JobResultMsg } from '../core/agent-protocol.ts';
 import type { Job } from '../core/job.ts';
-import type { JobState } from '../core/job-state.ts';
-import { recordExits, transitionJobs } from '../store/jobs.ts';
+import { recordExits, transitionJobs, type ExitChange } from '../store/jobs.ts';
 import type { ServerContext } from './context.ts';
 import { makeGroupCommit } from './group-commit.ts';
 import { exitEvent, resultEvent } from './result-event.ts';
 
 /** What a stored result changed: the job's new state (what its events and logs need) and the state it left. */
-export interface ResultChange {
-  job: Pick<Job, 'id' | 'tenant' | 'attempt' | 'state' | 'exitCode'>;
-  from: JobState;
-}
+export type ResultChange = ExitChange;
 
 export interface ResultWriter {
   /** Stores a result from host `hostId`; resolves with the change it made (undefined: none applied). */

@@ -58,7 +58,10 @@ export function runVmDriverConformance(t: ConformanceTarget): void {
           if (runningCalls === 0) outputBeforeRunning = true;
           out.push(Buffer.from(c));
         },
-        stderr: (c) => err.push(Buffer.from(c)),
+        stderr: (c) => {
+          if (runningCalls === 0) outputBeforeRunning = true;
+          err.push(Buffer.from(c));
+        },
         running: () => runningCalls++,
       });
       const result = await vm.done;

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { accessSync, constants, createReadStream } from 'node:fs';
+import { accessSync, constants, createReadStream, readFileSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 
 export async function sha256File(path: string): Promise<string> {
@@ -21,4 +21,22 @@ export function which(cmd: string, path = process.env.PATH ?? ''): string | unde
     }
   }
   return undefined;
+}
+
+/** A file's text, or '' if it cannot be read. */
+export function readText(p: string): string {
+  try {
+    return readFileSync(p, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+/** A JSON file's value, or undefined if it is missing or not JSON. */
+export function readJson<T>(p: string): T | undefined {
+  try {
+    return JSON.parse(readFileSync(p, 'utf8')) as T;
+  } catch {
+    return undefined;
+  }
 }

@@ -41,3 +41,11 @@ export function isAlive(pid: number): boolean {
     return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
+
+/** A plain timer promise; `unref` lets the process exit while it is pending. */
+export function delay(ms: number, unref = false): Promise<void> {
+  return new Promise((r) => {
+    const t = setTimeout(r, ms);
+    if (unref) t.unref();
+  });
+}

@@ -1,0 +1,130 @@
+/**
+ * QEMU VM lifecycle, step 3 (wait): from launch to QEMU's exit. Streams the guest's output, waits for
+ * kiln-init's READY on kiln.ctl, sends the job, records its EXIT, and enforces the boot and job limits.
+ * Stopping is a QMP quit, then SIGKILL shortly after.
+ */
+import type { ChildProcess } from 'node:child_process';
+import type { Socket } from 'node:net';
+import type { Logger } from 'pino';
+import { encodeJob, makeLineSplitter, parseGuestLine } from './channel.ts';
+import type { VmOutput, VmPhase, VmSpec } from './driver.ts';
+import type { PreparedVm } from './qemu-prepare.ts';
+import { makeQmp, type Qmp } from './qmp.ts';
+
+export type StopReason = { kind: 'killed'; reason: string } | { kind: 'timed_out' } | { kind: 'boot_timeout' };
+
+/** What happened to a VM while it ran, read by the collect step once QEMU has exited. */
+export interface VmWatch {
+  phase: VmPhase;
+  /** performance.now() marks; 0 while not reached. */
+  tSpawn: number;
+  tReady: number;
+  tExit: number;
+  tStop: number;
+  guestUptimeAtInitMs?: number;
+  exitCode?: number;
+  stopReason?: StopReason;
+  lastStep: string;
+  /** The first 8 KiB QEMU wrote to stderr. */
+  qemuStderr: string;
+  bootTimeoutMs: number;
+  /** One promise per output stream, settled when QEMU's side of it closes. */
+  outputs: Promise<void>[];
+  /** Settles with QEMU's exit code once the process is gone (timers cleared). */
+  exited: Promise<number | null>;
+  stop(why: StopReason | undefined): void;
+}
+
+export interface WaitOptions {
+  accel: 'kvm' | 'tcg';
+  /** The driver's boot limit, if set; otherwise one from the accelerator and the image. */
+  bootTimeoutMs?: number;
+  log: Logger | undefined;
+}
+
+/** Default boot limit: images with a root disk (the ci profile) start Docker before READY, so they get twice as long. */
+export function defaultBootTimeoutMs(spec: VmSpec, accel: 'kvm' | 'tcg'): number {
+  return (accel === 'kvm' ? 30_000 : spec.arch === 'amd64' ? 90_000 : 240_000) * (spec.image.rootDiskPath ? 2 : 1);
+}
+
+export function watchVm(spec: VmSpec, vm: PreparedVm, proc: ChildProcess, out: VmOutput, o: WaitOptions): VmWatch {
+  const { accepted } = vm;
+  let qmp: Qmp | undefined;
+  const procExited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
+  const w: VmWatch = {
+    phase: 'booting',
+    tSpawn: performance.now(),
+    tReady: 0,
+    tExit: 0,
+    tStop: 0,
+    lastStep: '',
+    qemuStderr: '',
+    bootTimeoutMs: o.bootTimeoutMs ?? defaultBootTimeoutMs(spec, o.accel),
+    outputs: [],
+    exited: procExited.then((code) => {
+      clearTimeout(bootTimer);
+      clearTimeout(jobTimer);
+      return code;
+    }),
+    stop(why) {
+      if (w.phase === 'stopping' || w.phase === 'stopped') return;
+      w.stopReason ??= why;
+      w.phase = 'stopping';
+      w.tStop = performance.now();
+      // A graceful quit through the monitor, and SIGKILL shortly after if QEMU has not gone.
+      const kill = setTimeout(() => proc.kill('SIGKILL'), qmp ? 300 : 0);
+      void procExited.then(() => clearTimeout(kill));
+      qmp?.execute('quit').catch(() => proc.kill('SIGKILL'));
+    },
+  };
+  proc.stderr?.setEncoding('utf8').on('data', (d: string) => {
+    if (w.qemuStderr.length < 8192) w.qemuStderr += d;
+  });
+
+  const streamEnded = (s: Socket) => new Promise<void>((resolve) => (s.destroyed ? resolve() : s.once('close', () => resolve())));
+  void accepted.stdout.then((s) => {
+    s.on('data', (d: Buffer) => out.stdout(d));
+    w.outputs.push(streamEnded(s));
+  });
+  void accepted.stderr.then((s) => {
+    s.on('data', (d: Buffer) => out.stderr(d));
+    w.outputs.push(streamEnded(s));
+  });
+  void accepted.qmp.then(async (s) => {
+    try {
+      qmp = await makeQmp(s);
+      if (w.phase === 'stopping') void qmp.execute('quit').catch(() => proc.kill('SIGKILL'));
+    } catch {
+      /* QEMU went away during negotiation; procExited handles it */
+    }
+  });
+  void accepted.ctl.then((s) => {
+    s.on(
+      'data',
+      makeLineSplitter((line) => {
+        const msg = parseGuestLine(line);
+        if (msg.type === 'ready' && w.phase === 'booting') {
+          w.tReady = performance.now();
+          if (Number.isFinite(msg.uptimeMs)) w.guestUptimeAtInitMs = msg.uptimeMs;
+          w.phase = 'running';
+          clearTimeout(bootTimer);
+          o.log?.debug({ bootMs: w.tReady - w.tSpawn }, 'guest ready');
+          s.write(encodeJob(spec.job, spec.network === 'user'));
+          out.running?.();
+        } else if (msg.type === 'step') {
+          w.lastStep = msg.name;
+        } else if (msg.type === 'exit' && w.phase === 'running') {
+          w.exitCode = msg.code;
+          w.tExit = performance.now();
+          w.stop(undefined);
+        }
+      }),
+    );
+    s.on('error', () => undefined);
+  });
+  for (const p of Object.values(accepted)) void p.then((s) => s.on('error', () => undefined));
+
+  const bootTimer = setTimeout(() => w.stop({ kind: 'boot_timeout' }), Math.min(w.bootTimeoutMs, spec.timeoutMs));
+  const jobTimer = setTimeout(() => w.stop({ kind: 'timed_out' }), spec.timeoutMs);
+  return w;
+}

@@ -1,6 +1,7 @@
 /** `kiln jobs ls|get|cancel|logs|submit`. */
 import type { Command } from 'commander';
 import type { Job } from '../core/job.ts';
+import { KilnError } from '../core/errors.ts';
 import { formatSize } from '../core/sizes.ts';
 import { addClientOptions, clientFrom, type ClientFlags } from './fleet-client.ts';
 import { table, type Output } from './output.ts';
@@ -80,8 +81,13 @@ export function registerJobs(program: Command, out: () => Output): void {
     .option('--disk <size>', 'scratch disk, e.g. 10G')
     .option('--timeout <duration>', 'e.g. 10m')
     .option('--env <K=V>', 'environment variable (repeatable)', collect)
+    .option('--image <name>', 'guest image: minimal (default), ci, runner, or an image digest')
+    .option('--network <mode>', 'none (default): only the host registry mirror at 10.0.2.100:5000; user: the internet through the egress filter')
+    .option('--cwd <dir>', 'working directory inside the guest (default /work)')
+    .option('--priority <n>', 'higher runs first (-100 to 100)')
+    .option('--tenant <tenant>', 'tenant to account the job to')
     .option('--detach', 'print the job id and return')
-    .action(async (command: string[], f: ClientFlags & { label?: string[]; arch?: string; cpus?: string; memory?: string; disk?: string; timeout?: string; env?: string[]; detach?: boolean }) => {
+    .action(async (command: string[], f: ClientFlags & { label?: string[]; arch?: string; cpus?: string; memory?: string; disk?: string; timeout?: string; env?: string[]; image?: string; network?: string; cwd?: string; priority?: string; tenant?: string; detach?: boolean }) => {
       const o = out();
       const env = Object.fromEntries((f.env ?? []).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
       const body = {
@@ -93,6 +99,11 @@ export function registerJobs(program: Command, out: () => Output): void {
         ...(f.memory ? { memory: f.memory } : {}),
         ...(f.disk ? { disk: f.disk } : {}),
         ...(f.timeout ? { timeout: f.timeout } : {}),
+        ...(f.image ? { image: f.image } : {}),
+        ...(f.network ? { network: networkMode(f.network) } : {}),
+        ...(f.cwd ? { cwd: f.cwd } : {}),
+        ...(f.priority !== undefined ? { priority: integerFlag('--priority', f.priority) } : {}),
+        ...(f.tenant ? { tenant: f.tenant } : {}),
       };
       const client = clientFrom(f);
       if (f.detach) {
@@ -109,4 +120,14 @@ export function registerJobs(program: Command, out: () => Output): void {
         process.off('SIGINT', onSig);
       }
     });
+}
+
+function networkMode(v: string): 'none' | 'user' {
+  if (v !== 'none' && v !== 'user') throw new KilnError('input.bad_network', `--network "${v}" is not known`, { hint: 'use none (only the registry mirror) or user (the internet through the egress filter)' });
+  return v;
+}
+
+function integerFlag(flag: string, v: string): number {
+  if (!/^-?[0-9]{1,4}$/.test(v)) throw new KilnError('input.bad_number', `${flag} "${v}" is not a whole number`, { hint: `e.g. ${flag} 10` });
+  return Number(v);
 }

@@ -17,6 +17,9 @@ export const RUNTIME_PREREQS: Prereq[] = [
   { pkg: 'qemu-user-static', command: 'qemu-aarch64-static', why: 'building arm64 images on x86-64' },
   { pkg: 'binfmt-support', command: 'update-binfmts', why: 'building arm64 images on x86-64' },
   { pkg: 'docker-registry', command: 'docker-registry', why: 'the per-host registry mirror' },
+  { pkg: 'nftables', command: 'nft', why: 'the guest egress filter (guests with a network never reach the host or private ranges)' },
+  { pkg: 'socat', command: 'socat', why: 'one host connection per guest connection to the registry mirror' },
+  { pkg: 'iproute2', command: 'ip', why: "the host's own networks, closed to guests" },
 ];
 
 /** Only the test suite needs these: independent checkers and real servers. */

@@ -14,6 +14,11 @@ export interface CgroupLayout {
   controllers: Partial<Record<Controller, { root: string; version: 1 | 2 }>>;
   /** Why some controller is unavailable (not root, not mounted), for one warning line. */
   problems: string[];
+  /**
+   * The cgroup v2 hierarchy, even when no controller lives there (hybrid hosts mount it at
+   * /sys/fs/cgroup/unified): the egress filter matches a VM's sockets by their v2 cgroup.
+   */
+  v2Root?: string;
 }
 
 export interface CgroupLimits {
@@ -33,6 +38,7 @@ export function detectCgroups(mountsText = readSafe('/proc/mounts')): CgroupLayo
       for (const c of CONTROLLERS) if (opts.includes(c) && !layout.controllers[c]) layout.controllers[c] = { root: mountPoint, version: 1 };
     } else if (type === 'cgroup2') v2roots.push(mountPoint);
   }
+  if (v2roots[0]) layout.v2Root = v2roots[0];
   for (const root of v2roots) {
     const available = readSafe(join(root, 'cgroup.controllers')).split(/\s+/);
     for (const c of CONTROLLERS) if (!layout.controllers[c] && available.includes(c)) layout.controllers[c] = { root, version: 2 };
@@ -60,13 +66,18 @@ function kilnDir(root: string): string {
   return join(root, 'kiln');
 }
 
-/** Creates kiln/<id> in each hierarchy and writes the limits. Throws if a limit cannot be written. */
-export function createVmCgroup(layout: CgroupLayout, id: string, limits: CgroupLimits): VmCgroup {
-  const dirs = new Map<string, 1 | 2>();
+/**
+ * Creates kiln/<id> in each hierarchy and writes the limits. Throws if a limit cannot be written. With `v2`,
+ * the VM also gets kiln/<id> in the v2 hierarchy when no controller put it there (the egress filter's match).
+ */
+export function createVmCgroup(layout: CgroupLayout, id: string, limits: CgroupLimits, v2 = false): VmCgroup {
+  // 'plain': a v2 directory without controllers, only for the egress filter's match.
+  const dirs = new Map<string, 1 | 2 | 'plain'>();
   for (const c of CONTROLLERS) {
     const h = layout.controllers[c];
     if (h) dirs.set(join(kilnDir(h.root), id), h.version);
   }
+  if (v2 && layout.v2Root && !dirs.has(join(kilnDir(layout.v2Root), id))) dirs.set(join(kilnDir(layout.v2Root), id), 'plain');
   const created: string[] = [];
   try {
     for (const [dir, version] of dirs) {
@@ -139,7 +150,7 @@ export function removeCgroupDirs(dirs: string[]): string[] {
 /** VM ids that have a kiln cgroup in any hierarchy (for the start-up sweep). */
 export function listVmCgroups(layout: CgroupLayout): Map<string, string[]> {
   const out = new Map<string, string[]>();
-  const roots = new Set(Object.values(layout.controllers).map((h) => h.root));
+  const roots = new Set([...Object.values(layout.controllers).map((h) => h.root), ...(layout.v2Root ? [layout.v2Root] : [])]);
   for (const root of roots) {
     const k = kilnDir(root);
     if (!existsSync(k)) continue;

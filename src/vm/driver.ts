@@ -41,10 +41,18 @@ export interface VmSpec {
   job: GuestJob;
   /** Whole-job limit from boot start; on expiry the VM is killed and the result is `timed_out`. */
   timeoutMs: number;
-  /** 'none' (default): the guest has no route out. 'user': outbound NAT through QEMU user networking. */
+  /**
+   * 'none' (default): the guest has no route out. 'user': outbound NAT through QEMU user networking, through
+   * the egress filter (docs/network.md): the internet, never the host, its networks, private or link-local ranges.
+   */
   network?: 'none' | 'user';
-  /** Host TCP services exposed to the guest at fixed addresses (guest ip:port -> host 127.0.0.1:port). */
+  /**
+   * Host TCP services exposed to the guest at fixed addresses (guest 10.0.2.x:port -> host 127.0.0.1:port),
+   * with either network mode; each guest connection gets its own host connection.
+   */
   forwards?: { guestAddr: string; guestPort: number; hostPort: number }[];
+  /** What this VM's egress filter opens beyond the internet (CIDRs and host names), added to the driver's own list. */
+  egress?: { allow: string[] };
   /**
    * Registry mirror (host:port as the guest reaches it) for images that run Docker/buildah (the ci
    * profile); passed as the kernel command-line word kiln.registry_mirror=<host:port>. Others ignore it.

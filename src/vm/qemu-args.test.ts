@@ -34,11 +34,11 @@ test('arm64 uses virt and the PL011 console; KVM uses the host CPU', () => {
   assert.match(after(a, '-append')[0] ?? '', /console=ttyAMA0/);
 });
 
-test('network: restricted with forwards, or open', () => {
-  const closed = buildQemuArgs({ ...base, network: { restrict: true, forwards: [{ guestAddr: '10.0.2.100', guestPort: 5000, hostPort: 41234 }] } });
-  assert.deepEqual(after(closed, '-netdev'), ['user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:5000-tcp:127.0.0.1:41234']);
+test('network: restricted with per-connection forwards, or open; IPv4 only', () => {
+  const closed = buildQemuArgs({ ...base, network: { restrict: true, forwards: [{ guestAddr: '10.0.2.100', guestPort: 5000, socket: '/d/fwd0.sock' }] } });
+  assert.deepEqual(after(closed, '-netdev'), ['user,id=n0,ipv6=off,restrict=on,guestfwd=tcp:10.0.2.100:5000-cmd:socat - UNIX-CONNECT:/d/fwd0.sock']);
   const open = buildQemuArgs({ ...base, network: { restrict: false, forwards: [] } });
-  assert.deepEqual(after(open, '-netdev'), ['user,id=n0,restrict=off']);
+  assert.deepEqual(after(open, '-netdev'), ['user,id=n0,ipv6=off,restrict=off']);
 });
 
 test('the TSC rate is passed to x86-64 TCG guests only', () => {

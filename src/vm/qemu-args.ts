@@ -17,7 +17,11 @@ export interface QemuLaunch {
   pidFile: string;
   scratchDisk?: string;
   rootDisk?: string;
-  network?: { restrict: boolean; forwards: { guestAddr: string; guestPort: number; hostPort: number }[] };
+  /**
+   * A virtio-net NIC on QEMU user networking (IPv4 only). `restrict`: nothing leaves but the forwards.
+   * Each forward runs `socat` per guest connection, to a unix socket kiln relays (src/vm/forwards.ts).
+   */
+  network?: { restrict: boolean; forwards: { guestAddr: string; guestPort: number; socket: string }[] };
   /**
    * x86-64 under TCG only: the TSC rate to tell the guest kernel. Under TCG the guest reads the host's TSC,
    * and calibrating it against the emulated PIT fails now and then (about 1 boot in 5 measured here), after
@@ -113,8 +117,8 @@ export function buildQemuArgs(l: QemuLaunch): string[] {
     args.push('-device', `virtio-blk-device,drive=${name}`);
   }
   if (l.network) {
-    const fwd = l.network.forwards.map((f) => `,guestfwd=tcp:${f.guestAddr}:${f.guestPort}-tcp:127.0.0.1:${f.hostPort}`).join('');
-    args.push('-netdev', `user,id=n0,restrict=${l.network.restrict ? 'on' : 'off'}${fwd}`);
+    const fwd = l.network.forwards.map((f) => `,guestfwd=tcp:${f.guestAddr}:${f.guestPort}-cmd:socat - UNIX-CONNECT:${f.socket}`).join('');
+    args.push('-netdev', `user,id=n0,ipv6=off,restrict=${l.network.restrict ? 'on' : 'off'}${fwd}`);
     args.push('-device', 'virtio-net-device,netdev=n0');
   }
   return args;

@@ -19,6 +19,7 @@ import { KilnError, toKilnError } from '../core/errors.ts';
 import { chooseAccel, realHostProbe, type AccelChoice } from './accel.ts';
 import { detectCgroups, type CgroupLayout } from './cgroups.ts';
 import { freeBytes } from './disks.ts';
+import { applyEgress, egressProblem, parseAllowEntry } from './egress.ts';
 import type { DriverCapabilities, RunningVm, VmDriver, VmInfo, VmOutput, VmPhase, VmResult, VmSpec, VmTimings } from './driver.ts';
 import { readText, which } from './files.ts';
 import { hostTscKhz, qemuBinary, qemuPackage } from './qemu-args.ts';
@@ -37,6 +38,12 @@ export interface QemuDriverOptions {
   logger?: Logger;
   /** Extra memory the QEMU process may use beyond guest RAM before its cgroup limit. */
   memoryOverheadBytes?: number;
+  /**
+   * Guest egress (docs/network.md). `allow`: CIDRs and host names every VM of this driver may reach even though
+   * they are closed by default. `unfiltered`: no filter at all (guests reach the host's loopback and networks);
+   * only for hosts that cannot filter (not root), chosen explicitly and logged at every VM start.
+   */
+  egress?: { allow?: string[]; unfiltered?: boolean };
 }
 
 export interface QemuDriver extends VmDriver {
@@ -69,11 +76,31 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
     }
   };
 
+  for (const a of opts.egress?.allow ?? []) parseAllowEntry(a);
+
+  /** Whether this VM's network goes through the egress filter; throws if it should and cannot. */
+  const filterEgress = (spec: VmSpec, log: Logger | undefined): boolean => {
+    if (spec.network !== 'user') return false; // closed: slirp's restrict=on lets nothing out but the forwards
+    if (opts.egress?.unfiltered) {
+      log?.warn('guest egress is NOT filtered (egress unfiltered): this guest reaches the host and its networks');
+      return false;
+    }
+    layout ??= detectCgroups();
+    const problem = egressProblem(layout.v2Root, readText('/proc/mounts'));
+    if (problem) {
+      throw new KilnError('vm.egress_unavailable', `a guest with a network cannot be kept off the host here: ${problem}`, {
+        hint: 'run kiln as root on a host with cgroup v2 and nftables (`kiln setup`), or accept guests that reach the host and its networks with --egress unfiltered',
+      });
+    }
+    return true;
+  };
+
   async function start(spec: VmSpec, out: VmOutput): Promise<RunningVm> {
     validateVmSpec(spec, (id) => running.has(id) || vmDirExists(vmsDir, id));
     const t0 = performance.now();
     const log = opts.logger?.child({ vmId: spec.id });
     const accel = accelFor(spec.arch).accel;
+    const filtered = filterEgress(spec, log);
     const { host, paths } = makeVmDir(vmsDir, spec.id);
     lowerOwnOomScore();
 
@@ -89,14 +116,21 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
     let proc: ChildProcess;
     try {
       layout ??= detectCgroups();
+      const name = `${spec.id}.${dataTag}`;
       vm = await prepareVm(spec, host, paths, {
         dataDir: opts.dataDir,
         disksDir,
         layout,
-        cgroupName: `${spec.id}.${dataTag}`,
+        cgroupName: name,
         memoryOverheadBytes: opts.memoryOverheadBytes ?? 256 * MiB,
+        netCgroup: filtered,
         log,
       });
+      if (filtered && layout.v2Root) {
+        host.egressName = name;
+        const allow = [...(opts.egress?.allow ?? []), ...(spec.egress?.allow ?? [])];
+        await applyEgress(name, join(layout.v2Root, 'kiln', name), layout.v2Root, { allow }, readText('/etc/resolv.conf'));
+      }
       const args = qemuArgsFor(spec, vm, { accel, hostArch, tscKhz: () => (tscKhz ??= hostTscKhz(readText('/proc/cpuinfo'))) });
       log?.debug({ args }, 'starting QEMU');
       proc = launchQemu(spec.arch, args, vm);

@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import type { Arch } from '../core/arch.ts';
 import type { VmSpec } from './driver.ts';
+import { forwardSocketPath } from './forwards.ts';
 import type { PreparedVm } from './qemu-prepare.ts';
 import { buildQemuArgs, qemuBinary } from './qemu-args.ts';
 
@@ -27,8 +28,15 @@ export interface LaunchOptions {
   tscKhz: () => number | undefined;
 }
 
+/** A VM has a NIC when its network is open or something is forwarded to it; kiln-init then configures it. */
+export function hasNic(spec: VmSpec): boolean {
+  return spec.network === 'user' || (spec.forwards?.length ?? 0) > 0;
+}
+
 export function qemuArgsFor(spec: VmSpec, vm: PreparedVm, o: LaunchOptions): string[] {
-  const network = spec.network === 'user' || (spec.forwards?.length ?? 0) > 0 ? { restrict: spec.network !== 'user', forwards: spec.forwards ?? [] } : undefined;
+  const network = hasNic(spec)
+    ? { restrict: spec.network !== 'user', forwards: (spec.forwards ?? []).map((f, i) => ({ guestAddr: f.guestAddr, guestPort: f.guestPort, socket: forwardSocketPath(vm.host.vmDir, i) })) }
+    : undefined;
   const tscKhz = spec.arch === 'amd64' && o.hostArch === 'amd64' && o.accel === 'tcg' ? o.tscKhz() : undefined;
   return buildQemuArgs({
     id: spec.id,

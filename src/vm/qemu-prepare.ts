@@ -14,6 +14,8 @@ import { isValidEnvName } from './channel.ts';
 import { checkDiskSpace, createOverlay, ensureScratchBase } from './disks.ts';
 import type { VmSpec } from './driver.ts';
 import { sha256File } from './files.ts';
+import { forwardSocketPath, listenForward } from './forwards.ts';
+import { parseAllowEntry } from './egress.ts';
 import { currentOwner } from './process.ts';
 
 const MiB = 1024 * 1024;
@@ -30,6 +32,8 @@ export interface VmHostResources {
   vmDir: string;
   servers: Server[];
   cgroup?: VmCgroup;
+  /** Set once the VM's egress chain is installed (its `<id>.<tag>` name). */
+  egressName?: string;
 }
 
 export interface PreparedVm {
@@ -73,6 +77,12 @@ export function validateVmSpec(spec: VmSpec, exists: (id: string) => boolean): v
   if (spec.registryMirror !== undefined && !/^[A-Za-z0-9.-]+:[0-9]{1,5}$/.test(spec.registryMirror)) {
     throw new KilnError('input.bad_registry_mirror', `registry mirror "${spec.registryMirror}" is not host:port`, { hint: 'e.g. 10.0.2.2:5000 (the address as the guest reaches it)' });
   }
+  for (const f of spec.forwards ?? []) {
+    if (!Number.isInteger(f.hostPort) || f.hostPort < 1 || f.hostPort > 65535 || !Number.isInteger(f.guestPort) || f.guestPort < 1 || f.guestPort > 65535 || !/^10\.0\.2\.[0-9]{1,3}$/.test(f.guestAddr)) {
+      throw new KilnError('vm.bad_forward', `forward ${f.guestAddr}:${f.guestPort} -> 127.0.0.1:${f.hostPort} is not valid`, { kind: 'internal', hint: 'forwards go from a 10.0.2.x address to a host port (1-65535)' });
+    }
+  }
+  for (const a of spec.egress?.allow ?? []) parseAllowEntry(a);
   if (spec.job.command.length === 0 || spec.job.command[0] === '') {
     throw new KilnError('input.no_command', 'no command to run', { hint: 'put the command after --, e.g. `kiln run -- uname -a`' });
   }
@@ -90,8 +100,8 @@ export function makeVmDir(vmsDir: string, id: string): { host: VmHostResources; 
     stdout: join(vmDir, 'out.sock'),
     stderr: join(vmDir, 'err.sock'),
   };
-  if (paths.stdout.length > 100) {
-    throw new KilnError('vm.path_too_long', `the data directory path is too long for unix sockets (${vmDir})`, { hint: 'use a shorter --data-dir / KILN_DATA_DIR' });
+  if (paths.stdout.length > 100 || /[,\s'"\\]/.test(vmDir)) {
+    throw new KilnError('vm.path_too_long', `the data directory path is too long for unix sockets, or has a comma, space or quote (${vmDir})`, { hint: 'use a shorter --data-dir / KILN_DATA_DIR' });
   }
   mkdirSync(vmsDir, { recursive: true });
   mkdirSync(vmDir);
@@ -105,12 +115,15 @@ export interface PrepareOptions {
   layout: CgroupLayout;
   cgroupName: string;
   memoryOverheadBytes: number;
+  /** The VM also gets a cgroup v2 directory, for the egress filter's match. */
+  netCgroup: boolean;
   log: Logger | undefined;
 }
 
 /** Listens on the VM's sockets, verifies the image, makes the disks and the cgroup. Throws after partial work: tear `host` down. */
 export async function prepareVm(spec: VmSpec, host: VmHostResources, paths: VmSocketPaths, o: PrepareOptions): Promise<PreparedVm> {
   const accepted = {} as Record<keyof VmSocketPaths, Promise<Socket>>;
+  for (const [i, f] of (spec.forwards ?? []).entries()) host.servers.push(await listenForward(forwardSocketPath(host.vmDir, i), f.hostPort));
   for (const [name, p] of Object.entries(paths) as [keyof VmSocketPaths, string][]) {
     const server = createServer();
     host.servers.push(server);
@@ -144,7 +157,7 @@ export async function prepareVm(spec: VmSpec, host: VmHostResources, paths: VmSo
     ensureScratchBase(o.disksDir, spec.diskBytes).then((base) => createOverlay(scratchDisk, base, 'raw', spec.diskBytes)),
     spec.image.rootDiskPath && rootOverlay ? createOverlay(rootOverlay, spec.image.rootDiskPath, 'qcow2') : undefined,
   ]);
-  const cgroup = createVmCgroup(o.layout, o.cgroupName, { cpus: spec.cpus, memoryBytes: spec.memoryBytes + o.memoryOverheadBytes, pids: 128 + 2 * spec.cpus });
+  const cgroup = createVmCgroup(o.layout, o.cgroupName, { cpus: spec.cpus, memoryBytes: spec.memoryBytes + o.memoryOverheadBytes, pids: 128 + 2 * spec.cpus }, o.netCgroup);
   host.cgroup = cgroup;
   return { host, paths, accepted, cgroup, scratchDisk, ...(rootOverlay ? { rootOverlay } : {}) };
 }

@@ -9,6 +9,7 @@ import { cgroupPids, listVmCgroups, removeCgroupDirs, type CgroupLayout } from '
 import { readJson, readText } from './files.ts';
 import { delay, isAlive, ownerAlive, processCmdline, type Owner } from './process.ts';
 import { removeCgroupsPatiently } from './qemu-teardown.ts';
+import { egressVmNames, removeEgress } from './egress.ts';
 
 export interface SweepOptions {
   vmsDir: string;
@@ -31,7 +32,10 @@ export async function sweepVms(o: SweepOptions): Promise<{ removed: string[] }> 
       removeCgroupDirs(dirs.filter((d) => cgroupPids(d).length === 0 && Date.now() - statSync(d).mtimeMs > 60_000));
     }
   }
-  const ids = new Set<string>([...(existsSync(o.vmsDir) ? readdirSync(o.vmsDir) : []), ...cgroups.keys()]);
+  // Egress chains of this data directory's VMs (the nftables table is shared by every kiln on the host).
+  const egress = egressVmNames();
+  const chained = egress.names.filter((n) => n.endsWith(`.${o.dataTag}`)).map((n) => n.slice(0, -o.dataTag.length - 1));
+  const ids = new Set<string>([...(existsSync(o.vmsDir) ? readdirSync(o.vmsDir) : []), ...cgroups.keys(), ...chained]);
   for (const id of ids) {
     if (o.isRunning(id)) continue;
     const dir = join(o.vmsDir, id);
@@ -52,6 +56,7 @@ export async function sweepVms(o: SweepOptions): Promise<{ removed: string[] }> 
       }
     }
     await removeCgroupsPatiently(cgroups.get(id) ?? []);
+    removeEgress(`${id}.${o.dataTag}`, egress.items);
     rmSync(dir, { recursive: true, force: true });
     removed.push(id);
     o.logger?.info({ vmId: id }, 'removed what an earlier kiln left behind');

@@ -5,11 +5,13 @@
 import { rmSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { removeCgroupDirs } from './cgroups.ts';
+import { removeEgress } from './egress.ts';
 import { delay } from './process.ts';
 import type { VmHostResources } from './qemu-prepare.ts';
 
 export async function teardownVm(host: VmHostResources, log: Logger | undefined): Promise<void> {
   for (const s of host.servers) s.close();
+  if (host.egressName) removeEgress(host.egressName);
   if (host.cgroup) {
     const left = await removeCgroupsPatiently(host.cgroup.dirs);
     if (left.length > 0) log?.warn({ left }, 'cgroups could not be removed; the next sweep will retry');

@@ -8,6 +8,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { encodeJob, makeLineSplitter, parseGuestLine } from './channel.ts';
 import type { VmOutput, VmPhase, VmSpec } from './driver.ts';
+import { hasNic } from './qemu-launch.ts';
 import type { PreparedVm } from './qemu-prepare.ts';
 import { makeQmp, type Qmp } from './qmp.ts';
 
@@ -109,7 +110,7 @@ export function watchVm(spec: VmSpec, vm: PreparedVm, proc: ChildProcess, out: V
           w.phase = 'running';
           clearTimeout(bootTimer);
           o.log?.debug({ bootMs: w.tReady - w.tSpawn }, 'guest ready');
-          s.write(encodeJob(spec.job, spec.network === 'user'));
+          s.write(encodeJob(spec.job, hasNic(spec)));
           out.running?.();
         } else if (msg.type === 'step') {
           w.lastStep = msg.name;

@@ -1,0 +1,149 @@
+// Guest egress in real guests (TCG, the minimal image): what a guest with a network reaches and what it never
+// does, and the per-connection forward to a host service (the mirror's path) with the network closed.
+// Private and link-local destinations live in a network namespace this test creates (a veth pair whose far end
+// holds 10.213.7.2, 10.213.7.3 and 169.254.169.254); no outside address is ever touched.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createServer, type Server } from 'node:net';
+import { randomBytes } from 'node:crypto';
+import { makeImageStore } from '../../src/image/store.ts';
+import { egressProblem, egressVmNames } from '../../src/vm/egress.ts';
+import { detectCgroups } from '../../src/vm/cgroups.ts';
+import { makeQemuDriver } from '../../src/vm/qemu-driver.ts';
+import type { VmSpec } from '../../src/vm/driver.ts';
+import { assertNoLeaks, ensureImage, makeTestDataDir, SHARED_DIR } from '../support/kiln.ts';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+const problem = egressProblem(detectCgroups().v2Root, readFileSync('/proc/mounts', 'utf8')) ?? (spawnSync('socat', ['-V']).status === 0 ? undefined : 'socat is missing');
+const skip = problem ? `guest egress cannot be filtered here: ${problem}` : false;
+
+const tag = randomBytes(3).toString('hex');
+const ns = `kilneg-${tag}`;
+const vethHost = `keg${tag}h`;
+const vethNs = `keg${tag}n`;
+const BLOCKED_PRIVATE = '10.213.7.2';
+const ALLOWED = '10.213.7.3';
+const METADATA = '169.254.169.254';
+const data = makeTestDataDir();
+const servers: ChildProcess[] = [];
+let hostService: Server;
+let hostPort = 0;
+let parallelSeen = 0;
+
+const sh = (args: string[]) => {
+  const r = spawnSync(args[0]!, args.slice(1), { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${args.join(' ')}: ${r.stderr}`);
+};
+
+before(async () => {
+  if (skip) return;
+  // A host loopback service: answers after a short pause, so overlapping requests really overlap.
+  hostService = createServer((s) => {
+    parallelSeen++;
+    s.once('data', () => setTimeout(() => s.end('HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhost-loopback-secret\n'), 300));
+    s.on('error', () => undefined);
+  });
+  await new Promise<void>((r) => hostService.listen(0, '127.0.0.1', r));
+  hostPort = (hostService.address() as { port: number }).port;
+
+  sh(['ip', 'netns', 'add', ns]);
+  sh(['ip', 'link', 'add', vethHost, 'type', 'veth', 'peer', 'name', vethNs]);
+  sh(['ip', 'link', 'set', vethNs, 'netns', ns]);
+  sh(['ip', 'addr', 'add', '10.213.7.1/24', 'dev', vethHost]);
+  sh(['ip', 'link', 'set', vethHost, 'up']);
+  sh(['ip', 'route', 'add', `${METADATA}/32`, 'dev', vethHost]);
+  for (const a of [`${BLOCKED_PRIVATE}/24`, `${ALLOWED}/24`, `${METADATA}/32`]) sh(['ip', '-n', ns, 'addr', 'add', a, 'dev', vethNs]);
+  sh(['ip', '-n', ns, 'link', 'set', vethNs, 'up']);
+  sh(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
+  sh(['ip', '-n', ns, 'route', 'add', 'default', 'via', '10.213.7.1']);
+  for (const addr of [BLOCKED_PRIVATE, ALLOWED, METADATA]) {
+    const answer = join(data.dir, `answer-${addr}.http`);
+    writeFileSync(answer, `HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nanswer-from-${addr}\n`);
+    servers.push(spawn('ip', ['netns', 'exec', ns, 'socat', `TCP-LISTEN:80,bind=${addr},fork,reuseaddr`, `SYSTEM:cat ${answer}`], { stdio: 'ignore' }));
+  }
+  // The far side answers from the host before any guest asks (so "unreachable" below means the filter).
+  for (const addr of [BLOCKED_PRIVATE, ALLOWED, METADATA]) {
+    for (let i = 0; ; i++) {
+      const r = spawnSync('curl', ['-s', '-m', '2', `http://${addr}/`], { encoding: 'utf8' });
+      if (r.stdout.includes(`answer-from-${addr}`)) break;
+      if (i > 50) throw new Error(`the test's service at ${addr} never answered from the host`);
+      await new Promise((res) => setTimeout(res, 100));
+    }
+  }
+});
+
+after(() => {
+  hostService?.close();
+  for (const p of servers) p.kill('SIGKILL');
+  spawnSync('ip', ['link', 'del', vethHost]);
+  spawnSync('ip', ['netns', 'del', ns]);
+  data.cleanup();
+});
+
+async function runGuest(script: string, extra: Partial<VmSpec>, allow: string[] = []): Promise<{ out: string; err: string; exit: number | undefined }> {
+  const driver = makeQemuDriver({ dataDir: data.dir, egress: { allow } });
+  const ref = makeImageStore(SHARED_DIR).toRef(ensureImage('amd64'));
+  let out = '';
+  let err = '';
+  const vm = await driver.start(
+    {
+      id: `eg-${randomBytes(4).toString('hex')}`,
+      arch: 'amd64',
+      cpus: 1,
+      memoryBytes: 256 * 1024 * 1024,
+      diskBytes: 64 * 1024 * 1024,
+      image: ref,
+      job: { command: ['sh', '-c', script], env: {} },
+      timeoutMs: 240_000,
+      ...extra,
+    },
+    { stdout: (b) => (out += b.toString()), stderr: (b) => (err += b.toString()) },
+  );
+  const r = await vm.done;
+  assert.deepEqual(egressVmNames().names.filter((n) => n.startsWith(vm.id)), [], 'the VM left no egress chain behind');
+  return { out, err, exit: r.outcome === 'exited' ? r.exitCode : undefined };
+}
+
+/** A guest-side probe: prints "<name> ok <body>" or "<name> refused". */
+const probe = (name: string, url: string) => `if b=$(timeout 20 wget -q -O - ${url} 2>/dev/null); then echo "${name} ok $b"; else echo "${name} refused"; fi`;
+
+void test('a guest with a network reaches what the allowlist opens, never the host loopback, private or link-local addresses', { skip, timeout: 300_000 }, async () => {
+  const seenBefore = parallelSeen;
+  const r = await runGuest(
+    [
+      probe('loopback', `http://10.0.2.2:${hostPort}/`),
+      probe('private', `http://${BLOCKED_PRIVATE}/`),
+      probe('metadata', `http://${METADATA}/latest/meta-data/`),
+      probe('allowed', `http://${ALLOWED}/`),
+    ].join('; '),
+    { network: 'user' },
+    [`${ALLOWED}/32`],
+  );
+  assert.equal(r.exit, 0, r.out + r.err);
+  assert.match(r.out, /^loopback refused$/m);
+  assert.match(r.out, /^private refused$/m);
+  assert.match(r.out, /^metadata refused$/m);
+  assert.match(r.out, new RegExp(`^allowed ok answer-from-${ALLOWED.replace(/\./g, '\\.')}$`, 'm'));
+  assert.equal(parallelSeen, seenBefore, 'the host loopback service saw no connection');
+  assertNoLeaks(data.dir);
+});
+
+void test('with the network closed, a forwarded host service is the one reachable address, one host connection per guest connection', { skip, timeout: 300_000 }, async () => {
+  const seenBefore = parallelSeen;
+  const r = await runGuest(
+    [
+      `for i in 1 2 3 4; do (${probe('fwd$i', 'http://10.0.2.100:5000/')}) & done; wait`,
+      probe('loopback', `http://10.0.2.2:${hostPort}/`),
+      probe('allowed', `http://${ALLOWED}/`),
+    ].join('; '),
+    { forwards: [{ guestAddr: '10.0.2.100', guestPort: 5000, hostPort }] },
+  );
+  assert.equal(r.exit, 0, r.out + r.err);
+  for (const i of [1, 2, 3, 4]) assert.match(r.out, new RegExp(`^fwd${i} ok host-loopback-secret$`, 'm'), r.out);
+  assert.match(r.out, /^loopback refused$/m);
+  assert.match(r.out, /^allowed refused$/m, 'a closed network opens nothing, allowlist or not');
+  assert.equal(parallelSeen - seenBefore, 4, 'each guest connection had its own host connection');
+  assertNoLeaks(data.dir);
+});

@@ -26,6 +26,7 @@ import type { ImageResolver } from './images.ts';
 import type { MirrorStatus, RegistryMirror } from './mirror.ts';
 import { makeSupervisor, type Supervisor } from './supervisor.ts';
 import { KILN_VERSION } from '../core/version.ts';
+import { MIRROR_GUEST_ADDRESS, MIRROR_GUEST_IP, MIRROR_GUEST_PORT } from '../vm/forwards.ts';
 
 export interface AgentOptions {
   /** Server base URLs (http:// or ws://); the agent rotates through them on failure. */
@@ -58,10 +59,8 @@ export interface AgentOptions {
   healthPollMs?: number;
 }
 
-/** Where every guest reaches the host's mirror (a guestfwd to the mirror's host port, even with the network closed). */
-export const MIRROR_GUEST_IP = '10.0.2.100';
-export const MIRROR_GUEST_PORT = 5000;
-export const MIRROR_GUEST_ADDRESS = `${MIRROR_GUEST_IP}:${MIRROR_GUEST_PORT}`;
+/** Where every guest reaches the host's mirror (a forward to the mirror's host port, even with the network closed). */
+export { MIRROR_GUEST_ADDRESS, MIRROR_GUEST_IP, MIRROR_GUEST_PORT };
 
 /** What the protocol carries of a mirror's status: no process output (it stays in the agent's log). */
 export function mirrorStatusMsg(s: MirrorStatus): MirrorStatusMsg {

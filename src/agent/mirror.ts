@@ -21,7 +21,7 @@ export interface MirrorOptions {
   dataDir: string;
   /** host:port to listen on: loopback, or an address the host's VMs can reach. */
   listen: string;
-  /** The address VMs use (e.g. 10.0.2.2:5000 through QEMU user networking); reported in status(). */
+  /** The address VMs use (10.0.2.100:5000, forwarded to the mirror's host port); reported in status(). */
   guestAddress?: string;
   upstream?: { url: string; username?: string | undefined; password?: string | undefined };
   binary?: string;

@@ -5,6 +5,7 @@
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { KilnError } from '../core/errors.ts';
+import { parseAllowEntry } from '../vm/egress.ts';
 import { parseDuration } from '../core/sizes.ts';
 
 export interface CommonConfig {
@@ -30,9 +31,14 @@ export interface VmConfig {
   accel: 'auto' | 'kvm' | 'tcg';
   /** QEMU start to kiln-init's READY; undefined: the driver's default for the accelerator. */
   bootTimeoutMs: number | undefined;
+  /** Guest egress (docs/network.md): what every VM on this host may reach beyond the internet, or no filter at all. */
+  egress: { allow: string[]; unfiltered: boolean };
 }
 
-/** KILN_ACCEL (auto|kvm|tcg) and KILN_BOOT_TIMEOUT (a duration such as 90s). */
+/**
+ * KILN_ACCEL (auto|kvm|tcg), KILN_BOOT_TIMEOUT (a duration such as 90s), KILN_EGRESS_ALLOW (CIDRs and host
+ * names, comma-separated) and KILN_EGRESS (filtered, the default, or unfiltered).
+ */
 export function loadVmConfig(env: NodeJS.ProcessEnv = process.env): VmConfig {
   const problems: string[] = [];
   const accelText = env.KILN_ACCEL ?? 'auto';
@@ -45,8 +51,18 @@ export function loadVmConfig(env: NodeJS.ProcessEnv = process.env): VmConfig {
       problems.push((e as Error).message);
     }
   }
+  const allow = (env.KILN_EGRESS_ALLOW ?? '').split(/[\s,]+/).filter(Boolean);
+  for (const a of allow) {
+    try {
+      parseAllowEntry(a);
+    } catch (e) {
+      problems.push(`KILN_EGRESS_ALLOW: ${(e as Error).message}`);
+    }
+  }
+  const egressText = env.KILN_EGRESS || 'filtered';
+  if (egressText !== 'filtered' && egressText !== 'unfiltered') problems.push(`KILN_EGRESS="${egressText}" is not filtered or unfiltered`);
   if (problems.length > 0) throw new KilnError('config.invalid', problems.join('; '), { hint: 'fix the environment variables named above' });
-  return { accel: (accelText || 'auto') as VmConfig['accel'], bootTimeoutMs };
+  return { accel: (accelText || 'auto') as VmConfig['accel'], bootTimeoutMs, egress: { allow, unfiltered: egressText === 'unfiltered' } };
 }
 
 /** The control-plane server `kiln run` submits to instead of running the VM itself (KILN_SERVER). */

@@ -54,7 +54,7 @@ export function makeDriverFor(
   if (kind === 'memory') return { driver: makeMemoryDriver({ ...(sim.bootMs !== undefined ? { bootMs: sim.bootMs } : {}) }), images: memoryImageResolver };
   const vm = loadVmConfig();
   return {
-    driver: makeQemuDriver({ dataDir, accel: vm.accel, ...(vm.bootTimeoutMs !== undefined ? { bootTimeoutMs: vm.bootTimeoutMs } : {}), logger }),
+    driver: makeQemuDriver({ dataDir, accel: vm.accel, ...(vm.bootTimeoutMs !== undefined ? { bootTimeoutMs: vm.bootTimeoutMs } : {}), egress: vm.egress, logger }),
     images: makeStoreImageResolver(dataDir),
   };
 }

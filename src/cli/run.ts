@@ -6,6 +6,9 @@ import { EXIT } from '../core/exit-codes.ts';
 import { formatDuration, parseDuration, parseSize } from '../core/sizes.ts';
 import { imageBuildHint, makeImageStore, shortId, type ImageManifest } from '../image/store.ts';
 import type { VmResult } from '../vm/driver.ts';
+import type { VmSpec } from '../vm/driver.ts';
+import { parseAllowEntry } from '../vm/egress.ts';
+import { MIRROR_GUEST_ADDRESS, mirrorForward } from '../vm/forwards.ts';
 import { makeQemuDriver } from '../vm/qemu-driver.ts';
 import { loadCommonConfig, loadVmConfig, remoteServer } from './config.ts';
 import type { Output } from './output.ts';
@@ -21,6 +24,8 @@ interface RunFlags {
   workdir?: string;
   network: string;
   registryMirror?: string;
+  egressAllow?: string[];
+  egress?: string;
   verbose?: boolean;
   dataDir?: string;
 }
@@ -84,8 +89,10 @@ export function registerRun(program: Command, out: () => Output): void {
     .option('-e, --env <NAME=VALUE>', 'environment variable for the command (repeatable)', collect, [])
     .option('-w, --workdir <dir>', 'working directory in the guest', '/work')
     .option('--image <id>', 'guest image id (see `kiln image ls`) or profile name; default: the newest minimal image')
-    .option('--network <mode>', 'none: no route out of the guest; user: outbound NAT', 'none')
-    .option('--registry-mirror <host:port>', 'registry mirror for Docker and buildah in the ci image, as the guest reaches it (e.g. 10.0.2.2:5000 with --network user)')
+    .option('--network <mode>', 'none: no route out of the guest; user: the internet through the egress filter (never the host, its networks, private or link-local addresses)', 'none')
+    .option('--egress-allow <cidr|name>', 'with --network user: also reach this address, CIDR or host name, though closed by default (repeatable; env KILN_EGRESS_ALLOW)', collect, [])
+    .option('--egress <mode>', 'filtered (default) or unfiltered: no egress filter at all, for hosts where kiln is not root (env KILN_EGRESS)')
+    .option('--registry-mirror <host:port>', 'registry mirror for Docker and buildah in the ci image: one on the host\'s loopback (127.0.0.1:PORT) is forwarded to the guest at 10.0.2.100:5000, with or without --network; other addresses are passed as given')
     .option('-v, --verbose', 'print a timing breakdown (prepare, boot, run, teardown)')
     .option('--data-dir <dir>', 'kiln data directory (env KILN_DATA_DIR)')
     .argument('[command...]', 'the command and its arguments')
@@ -115,8 +122,10 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
     throw withExit(e, EXIT.kilnError);
   }
   if (remoteServer()) return runOnServer(req, cfg.dataDir, o);
-  const vmCfg = loadVmConfig();
-  const driver = makeQemuDriver({ dataDir: cfg.dataDir, accel: vmCfg.accel, ...(vmCfg.bootTimeoutMs ? { bootTimeoutMs: vmCfg.bootTimeoutMs } : {}) });
+  const vmCfg = loadVmConfig(flags.egress ? { ...process.env, KILN_EGRESS: flags.egress } : process.env);
+  const egress = { allow: [...vmCfg.egress.allow, ...(flags.egressAllow ?? [])], unfiltered: vmCfg.egress.unfiltered };
+  for (const a of egress.allow) parseAllowEntry(a);
+  const driver = makeQemuDriver({ dataDir: cfg.dataDir, accel: vmCfg.accel, ...(vmCfg.bootTimeoutMs ? { bootTimeoutMs: vmCfg.bootTimeoutMs } : {}), egress });
   const store = makeImageStore(cfg.dataDir);
   try {
     const { removed } = await driver.sweep();
@@ -147,7 +156,7 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
         job: { command: req.command, env: req.env, ...(req.cwd ? { cwd: req.cwd } : {}) },
         timeoutMs: req.timeoutMs,
         network: req.network,
-        ...(req.registryMirror ? { registryMirror: req.registryMirror } : {}),
+        ...mirrorSpec(req.registryMirror),
       },
       { stdout: (c) => process.stdout.write(c), stderr: (c) => process.stderr.write(c) },
     );
@@ -170,6 +179,13 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
   } catch (e) {
     throw withExit(e, EXIT.kilnError);
   }
+}
+
+/** A mirror on the host's loopback is forwarded to the guest at 10.0.2.100:5000; any other address is passed as given. */
+function mirrorSpec(mirror: string | undefined): Pick<VmSpec, 'forwards' | 'registryMirror'> {
+  if (!mirror) return {};
+  const fwd = mirrorForward(mirror);
+  return fwd ? { forwards: [fwd], registryMirror: MIRROR_GUEST_ADDRESS } : { registryMirror: mirror };
 }
 
 /** With KILN_SERVER set, the job goes through the control plane's API and runs on one of its hosts. */

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { parse } from 'yaml';
 import { isKilnError } from '../core/errors.ts';
-import { renderGuestMirrorConfigs, renderMirrorServerConfig, slirpGuestAddress } from './mirror-config.ts';
+import { renderGuestMirrorConfigs, renderMirrorServerConfig } from './mirror-config.ts';
 
 void test('server config: proxy mode, our listen address and storage, credentials only when given', () => {
   const doc = parse(renderMirrorServerConfig({ listen: '127.0.0.1:5000', storageDir: '/var/lib/kiln/mirror/storage', upstream: { url: 'https://registry-1.docker.io' }, secret: 's' })) as Record<string, Record<string, unknown>>;
@@ -34,10 +34,4 @@ void test('guest configs point every client at the mirror address and carry no c
   assert.equal(JSON.parse(g.files[0]?.content ?? '')['registry-mirrors'][0], 'http://10.0.2.2:5000');
   assert.doesNotMatch(renderGuestMirrorConfigs({ address: '10.0.2.2:5000', fallbackToUpstream: false }).containerdHostsToml, /server =/);
   assert.throws(() => renderGuestMirrorConfigs({ address: 'http://10.0.2.2:5000' }), (e) => isKilnError(e, 'mirror.address_invalid'));
-});
-
-void test('slirp guests reach a loopback mirror at 10.0.2.2', () => {
-  assert.equal(slirpGuestAddress('127.0.0.1:5000'), '10.0.2.2:5000');
-  assert.equal(slirpGuestAddress('localhost:5001'), '10.0.2.2:5001');
-  assert.equal(slirpGuestAddress('192.168.100.1:5000'), undefined);
 });

@@ -22,7 +22,7 @@ const HOSTPORT_RE = /^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0
 
 export function assertHostPort(address: string, what: string): void {
   if (!HOSTPORT_RE.test(address)) {
-    throw new KilnError('mirror.address_invalid', `${what} "${address}" is not host:port`, { hint: 'write it like 127.0.0.1:5000 or 10.0.2.2:5000 (no scheme, no path)' });
+    throw new KilnError('mirror.address_invalid', `${what} "${address}" is not host:port`, { hint: 'write it like 127.0.0.1:5000 or 10.0.2.100:5000 (no scheme, no path)' });
   }
 }
 
@@ -42,17 +42,6 @@ export function assertUpstreamUrl(url: string): URL {
   return u;
 }
 
-/**
- * The address a guest on QEMU user networking (slirp) uses for a mirror listening on the host's loopback:
- * slirp maps 10.0.2.2 to the host's 127.0.0.1. Undefined for non-loopback listen addresses (guests then use
- * the listen address itself, e.g. a bridge address).
- */
-export function slirpGuestAddress(listen: string): string | undefined {
-  assertHostPort(listen, 'mirror listen address');
-  const c = listen.lastIndexOf(':');
-  const host = listen.slice(0, c);
-  return /^127\./.test(host) || host === 'localhost' ? `10.0.2.2:${listen.slice(c + 1)}` : undefined;
-}
 
 /** The registry's config.yml in proxy mode. Never Debian's packaged one (it answers 401 and binds everywhere). */
 export function renderMirrorServerConfig(c: MirrorServerConfigInput): string {

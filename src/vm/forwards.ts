@@ -9,6 +9,20 @@
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 
+/**
+ * The one address every guest reaches the host's registry mirror at, with the network closed or open:
+ * a forward to the mirror's host port. Documented in README and docs/network.md.
+ */
+export const MIRROR_GUEST_IP = '10.0.2.100';
+export const MIRROR_GUEST_PORT = 5000;
+export const MIRROR_GUEST_ADDRESS = `${MIRROR_GUEST_IP}:${MIRROR_GUEST_PORT}`;
+
+/** The forward that puts a mirror listening on the host's loopback (127.x:port, localhost:port) at MIRROR_GUEST_ADDRESS; undefined for other addresses. */
+export function mirrorForward(listen: string): HostForward | undefined {
+  const m = /^(127\.[0-9.]+|localhost):([0-9]{1,5})$/.exec(listen);
+  return m ? { guestAddr: MIRROR_GUEST_IP, guestPort: MIRROR_GUEST_PORT, hostPort: Number(m[2]) } : undefined;
+}
+
 export interface HostForward {
   guestAddr: string;
   guestPort: number;

@@ -75,7 +75,7 @@ export function validateVmSpec(spec: VmSpec, exists: (id: string) => boolean): v
     if (!isValidEnvName(k)) throw new KilnError('input.bad_env', `environment variable name "${k}" is not valid`, { hint: 'use letters, digits and _, not starting with a digit' });
   }
   if (spec.registryMirror !== undefined && !/^[A-Za-z0-9.-]+:[0-9]{1,5}$/.test(spec.registryMirror)) {
-    throw new KilnError('input.bad_registry_mirror', `registry mirror "${spec.registryMirror}" is not host:port`, { hint: 'e.g. 10.0.2.2:5000 (the address as the guest reaches it)' });
+    throw new KilnError('input.bad_registry_mirror', `registry mirror "${spec.registryMirror}" is not host:port`, { hint: 'e.g. 10.0.2.100:5000 (the address as the guest reaches it)' });
   }
   for (const f of spec.forwards ?? []) {
     if (!Number.isInteger(f.hostPort) || f.hostPort < 1 || f.hostPort > 65535 || !Number.isInteger(f.guestPort) || f.guestPort < 1 || f.guestPort > 65535 || !/^10\.0\.2\.[0-9]{1,3}$/.test(f.guestAddr)) {

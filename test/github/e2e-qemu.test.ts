@@ -20,7 +20,8 @@ void test('a GitHub job runs in a real microVM through a stand-in runner', { ski
   ensureImage('amd64');
   const data = makeTestDataDir();
   const h = await startGitHubHarness({
-    driver: makeQemuDriver({ dataDir: data.dir, accel: 'auto', logger: pino({ level: 'silent' }) }),
+    // The double listens on the host's loopback, closed to guests by default: this test opens it on purpose.
+    driver: makeQemuDriver({ dataDir: data.dir, accel: 'auto', logger: pino({ level: 'silent' }), egress: { allow: ['127.0.0.1/32'] } }),
     images: makeStoreImageResolver(data.dir),
     config: { runnerImage: 'default', runnerCommand: ['sh', '-c', script], bootTimeoutMs: 120_000, idleGraceMs: 60_000, reconcileMs: 500 },
   });

@@ -72,7 +72,8 @@ void test('a GitHub job runs in a runner-profile VM: start-runner hands the JIT 
 
   const data = makeTestDataDir();
   const h = await startGitHubHarness({
-    driver: makeQemuDriver({ dataDir: data.dir, accel: 'auto', logger: pino({ level: 'silent' }) }),
+    // The double listens on the host's loopback, closed to guests by default: this test opens it on purpose.
+    driver: makeQemuDriver({ dataDir: data.dir, accel: 'auto', logger: pino({ level: 'silent' }), egress: { allow: ['127.0.0.1/32'] } }),
     images: makeStoreImageResolver(data.dir),
     // The defaults: the newest runner image for the arch, and /opt/kiln/start-runner.
     config: { runnerImage: 'runner', runnerCommand: ['/opt/kiln/start-runner'], bootTimeoutMs: 600_000, idleGraceMs: 120_000, reconcileMs: 500 },

@@ -12,7 +12,7 @@ import { isTerminal } from '../../core/job-state.ts';
 import { anyQueued, anyTenantLimits, claimQueuedJobs, jobStatuses, markPlaced, tenantUsage, type ClaimWindow, type PlacedJob } from '../../store/jobs.ts';
 import { hostStates } from '../../store/hosts.ts';
 import type { ServerContext } from '../context.ts';
-import type { HostLink, HostRegistry } from '../host-registry.ts';
+import type { HostLink, HostRegistry } from '../agents/host-registry.ts';
 import { placeJobs, type JobDemand } from './placement.ts';
 
 export interface Scheduler {

@@ -17,8 +17,8 @@ import {
   type ServerMessage,
 } from '../../core/agent-protocol.ts';
 import { KilnError, toKilnError } from '../../core/errors.ts';
+import { launchSpecOf } from '../../core/job.ts';
 import { activeJobsOnHosts, getJob, loseJob, transitionJob } from '../../store/jobs.ts';
-import { launchSpecOf } from '../scheduler/scheduler.ts';
 import { connectHost, disconnectHost, setHostMirror, touchHosts } from '../../store/hosts.ts';
 import type { ServerContext } from '../context.ts';
 import { ActiveJobs, type HostLink, type HostRegistry } from './host-registry.ts';

@@ -4,7 +4,7 @@
 // holds 10.213.7.2, 10.213.7.3 and 169.254.169.254); no outside address is ever touched.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { createServer, type Server } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { makeImageStore } from '../../src/image/store.ts';
@@ -13,29 +13,20 @@ import { detectCgroups } from '../../src/vm/cgroups.ts';
 import { makeQemuDriver } from '../../src/vm/qemu-driver.ts';
 import type { VmSpec } from '../../src/vm/driver.ts';
 import { assertNoLeaks, ensureImage, makeTestDataDir, SHARED_DIR } from '../support/kiln.ts';
-import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { startTestNetns, type TestNetns } from '../support/netns.ts';
+import { readFileSync } from 'node:fs';
 
 const problem = egressProblem(detectCgroups().v2Root, readFileSync('/proc/mounts', 'utf8')) ?? (spawnSync('socat', ['-V']).status === 0 ? undefined : 'socat is missing');
 const skip = problem ? `guest egress cannot be filtered here: ${problem}` : false;
 
-const tag = randomBytes(3).toString('hex');
-const ns = `kilneg-${tag}`;
-const vethHost = `keg${tag}h`;
-const vethNs = `keg${tag}n`;
 const BLOCKED_PRIVATE = '10.213.7.2';
 const ALLOWED = '10.213.7.3';
 const METADATA = '169.254.169.254';
 const data = makeTestDataDir();
-const servers: ChildProcess[] = [];
+let net: TestNetns | undefined;
 let hostService: Server;
 let hostPort = 0;
 let parallelSeen = 0;
-
-const sh = (args: string[]) => {
-  const r = spawnSync(args[0]!, args.slice(1), { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`${args.join(' ')}: ${r.stderr}`);
-};
 
 before(async () => {
   if (skip) return;
@@ -47,38 +38,12 @@ before(async () => {
   });
   await new Promise<void>((r) => hostService.listen(0, '127.0.0.1', r));
   hostPort = (hostService.address() as { port: number }).port;
-
-  sh(['ip', 'netns', 'add', ns]);
-  sh(['ip', 'link', 'add', vethHost, 'type', 'veth', 'peer', 'name', vethNs]);
-  sh(['ip', 'link', 'set', vethNs, 'netns', ns]);
-  sh(['ip', 'addr', 'add', '10.213.7.1/24', 'dev', vethHost]);
-  sh(['ip', 'link', 'set', vethHost, 'up']);
-  sh(['ip', 'route', 'add', `${METADATA}/32`, 'dev', vethHost]);
-  for (const a of [`${BLOCKED_PRIVATE}/24`, `${ALLOWED}/24`, `${METADATA}/32`]) sh(['ip', '-n', ns, 'addr', 'add', a, 'dev', vethNs]);
-  sh(['ip', '-n', ns, 'link', 'set', vethNs, 'up']);
-  sh(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
-  sh(['ip', '-n', ns, 'route', 'add', 'default', 'via', '10.213.7.1']);
-  for (const addr of [BLOCKED_PRIVATE, ALLOWED, METADATA]) {
-    const answer = join(data.dir, `answer-${addr}.http`);
-    writeFileSync(answer, `HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nanswer-from-${addr}\n`);
-    servers.push(spawn('ip', ['netns', 'exec', ns, 'socat', `TCP-LISTEN:80,bind=${addr},fork,reuseaddr`, `SYSTEM:cat ${answer}`], { stdio: 'ignore' }));
-  }
-  // The far side answers from the host before any guest asks (so "unreachable" below means the filter).
-  for (const addr of [BLOCKED_PRIVATE, ALLOWED, METADATA]) {
-    for (let i = 0; ; i++) {
-      const r = spawnSync('curl', ['-s', '-m', '2', `http://${addr}/`], { encoding: 'utf8' });
-      if (r.stdout.includes(`answer-from-${addr}`)) break;
-      if (i > 50) throw new Error(`the test's service at ${addr} never answered from the host`);
-      await new Promise((res) => setTimeout(res, 100));
-    }
-  }
+  net = await startTestNetns('10.213.7', [METADATA], Object.fromEntries([BLOCKED_PRIVATE, ALLOWED, METADATA].map((a) => [a, `answer-from-${a}\n`])));
 });
 
 after(() => {
   hostService?.close();
-  for (const p of servers) p.kill('SIGKILL');
-  spawnSync('ip', ['link', 'del', vethHost]);
-  spawnSync('ip', ['netns', 'del', ns]);
+  net?.close();
   data.cleanup();
 });
 

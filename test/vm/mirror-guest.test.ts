@@ -1,0 +1,82 @@
+// A real pull through the supervised per-host mirror from inside a real guest with its network closed: a
+// docker-registry plays Docker Hub, RegistryMirror runs the pull-through docker-registry in front of it,
+// and a minimal guest (TCG) fetches the manifest and every blob from 10.0.2.100:5000, many requests at once,
+// and checks each blob's sha256. The guest reaches the mirror through kiln's per-connection forward only.
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { after, before, test } from 'node:test';
+import { RegistryMirror } from '../../src/agent/mirror.ts';
+import { makeImageStore } from '../../src/image/store.ts';
+import { MIRROR_GUEST_ADDRESS, mirrorForward } from '../../src/vm/forwards.ts';
+import { makeQemuDriver } from '../../src/vm/qemu-driver.ts';
+import { Harness, freePort, type Registry } from '../oci/harness.ts';
+import { assertNoLeaks, ensureImage, hasBinary, makeTestDataDir, SHARED_DIR } from '../support/kiln.ts';
+
+const missing = ['docker-registry', 'buildah', 'socat'].filter((b) => !hasBinary(b));
+const skip = missing.length > 0 ? `${missing.join(', ')} not installed (kiln setup --with-test-deps)` : false;
+
+const oci = new Harness();
+const data = makeTestDataDir();
+let hub: Registry;
+let mirror: RegistryMirror;
+let mirrorListen: string;
+let manifestDigest: string;
+
+before(async () => {
+  if (skip) return;
+  hub = await oci.startRegistry();
+  const name = await oci.buildImage({ arch: 'amd64', bytes: 512 * 1024 });
+  manifestDigest = await oci.buildahPush(name, `docker://${hub.host}/library/hello:1`, 'oci');
+  mirrorListen = `127.0.0.1:${await freePort()}`;
+  mirror = new RegistryMirror({ dataDir: await oci.tempDir('kiln-mirror-'), listen: mirrorListen, guestAddress: MIRROR_GUEST_ADDRESS, upstream: { url: hub.url }, cacheSizeMaxAgeMs: 0 });
+  await mirror.start();
+  await mirror.waitHealthy(15_000);
+});
+
+after(async () => {
+  await mirror?.stop();
+  await oci.cleanup();
+  assert.deepEqual(oci.livePids(), []);
+  data.cleanup();
+});
+
+void test('a guest with the network closed pulls an image through the mirror at 10.0.2.100:5000, requests in parallel', { skip, timeout: 300_000 }, async () => {
+  const base = `http://${MIRROR_GUEST_ADDRESS}/v2/library/hello`;
+  const accept = "--header 'Accept: application/vnd.oci.image.manifest.v1+json' --header 'Accept: application/vnd.docker.distribution.manifest.v2+json'";
+  const script = [
+    'cd /tmp',
+    // Three manifest requests at once, then every blob at once.
+    `for i in 1 2 3; do timeout 60 wget -q -O m$i ${accept} ${base}/manifests/1 & done; wait`,
+    'for i in 1 2 3; do echo "manifest $i $(sha256sum < m$i | cut -d" " -f1)"; done',
+    `for d in $(grep -o 'sha256:[0-9a-f]*' m1 | sort -u); do timeout 60 wget -q -O "b-\${d#sha256:}" ${base}/blobs/$d & done; wait`,
+    'for f in b-*; do echo "blob ${f#b-} $(sha256sum < $f | cut -d" " -f1) $(wc -c < $f)"; done',
+  ].join('\n');
+  const driver = makeQemuDriver({ dataDir: data.dir });
+  let out = '';
+  let err = '';
+  const vm = await driver.start(
+    {
+      id: `mg-${randomBytes(4).toString('hex')}`,
+      arch: 'amd64',
+      cpus: 1,
+      memoryBytes: 256 * 1024 * 1024,
+      diskBytes: 64 * 1024 * 1024,
+      image: makeImageStore(SHARED_DIR).toRef(ensureImage('amd64')),
+      job: { command: ['sh', '-c', script], env: {} },
+      timeoutMs: 240_000,
+      forwards: [mirrorForward(mirrorListen)!],
+      registryMirror: MIRROR_GUEST_ADDRESS,
+    },
+    { stdout: (b) => (out += b.toString()), stderr: (b) => (err += b.toString()) },
+  );
+  const r = await vm.done;
+  assert.deepEqual(r.outcome === 'exited' ? r.exitCode : r, 0, out + err);
+  for (const i of [1, 2, 3]) assert.match(out, new RegExp(`^manifest ${i} ${manifestDigest.slice(7)}$`, 'm'), out);
+  const blobs = [...out.matchAll(/^blob ([0-9a-f]{64}) ([0-9a-f]{64}) (\d+)$/gm)];
+  assert.ok(blobs.length >= 2, `the config and at least one layer came through: ${out}`);
+  for (const [, want, got, size] of blobs) {
+    assert.equal(got, want, 'the blob the guest got has the digest it asked for');
+    assert.ok(Number(size) > 0);
+  }
+  assertNoLeaks(data.dir);
+});

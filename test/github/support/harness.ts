@@ -55,6 +55,7 @@ export function testGitHubConfig(apiUrl: string, over: Partial<GitHubConfig> = {
     idleGraceMs: 300,
     reconcileMs: 150,
     redeliverMs: 300,
+    apiCallsPerMinute: 100_000,
     recheckMs: 60_000,
     maxFailures: 3,
     backoffBaseMs: 100,

@@ -1,0 +1,78 @@
+/**
+ * The reconciler, for everything webhooks miss: each live runner is read from GitHub (online, busy,
+ * vanished, offline past the boot timeout), registrations with kiln's prefix that no live runner owns are
+ * removed, accepted jobs not read for a while are re-read, and old deliveries are pruned.
+ */
+import { KilnError } from '../../core/errors.ts';
+import { LIVE_RUNNER_STATES } from '../../core/runner-state.ts';
+import { pruneDeliveries } from '../../store/github-deliveries.ts';
+import { listStaleQueued } from '../../store/github-jobs.ts';
+import { listRunnersIn, recentRunnerScopes, updateRunner } from '../../store/github-runners.ts';
+import { reread } from './admission.ts';
+import type { RunnerVmWrites } from './job-writes.ts';
+import { runnerInstallation, runnerScope, type GitHubParts } from './parts.ts';
+import type { Provisioner } from './provisioner.ts';
+
+/** Deliveries (payloads up to 25 MB) are kept as long as GitHub can redeliver them. */
+export const DELIVERY_RETENTION_MS = 3 * 24 * 3600_000;
+
+export async function reconcile(p: GitHubParts, vms: RunnerVmWrites, prov: Provisioner): Promise<void> {
+  const { db, api, config, log } = p;
+  for (const r of await listRunnersIn(db, ['starting', 'online', 'busy'])) {
+    if (r.runnerId === null) continue;
+    const runnerId = r.runnerId;
+    await p.step(`checking runner ${r.name}`, async () => {
+      const gh = await api.getRunner(runnerInstallation(r), runnerScope(r), runnerId);
+      if (!gh) {
+        // After its one job GitHub removes an ephemeral runner while the runner is still exiting: give
+        // its VM the idle grace to end by itself. An idle runner that vanished loses its VM at once.
+        if (r.job !== null) {
+          if (r.surplusSince === null) return updateRunner(db, r.id, { surplusSince: p.now() });
+          if (p.now() - r.surplusSince < config.idleGraceMs) return;
+          return prov.retire(r, 'its registration is gone and its VM did not end after its job');
+        }
+        return prov.retire(r, 'its registration vanished on GitHub');
+      }
+      if (gh.status === 'online') {
+        if (gh.busy && r.state !== 'busy') return prov.setRunner(r, { type: 'took_job' });
+        if (!gh.busy && r.state === 'starting') return prov.setRunner(r, { type: 'came_online' }, { onlineAt: p.now() });
+        return;
+      }
+      if (gh.busy) return prov.retire(r, 'offline while busy (orphan)', { orphan: true });
+      // The boot clock starts when the VM does: a runner VM still waiting for a host is not late.
+      const vm = r.kilnJobId === null ? undefined : await vms.get(db, r.kilnJobId);
+      if (r.state === 'starting' && vm && (vm.state === 'queued' || vm.state === 'placed')) return;
+      const since = r.onlineAt ?? Date.parse(vm?.bootingAt ?? vm?.runningAt ?? new Date(r.createdAt).toISOString());
+      if (p.now() - since > config.bootTimeoutMs) {
+        const neverOnline = r.state === 'starting';
+        await prov.retire(r, neverOnline ? 'the runner did not come online within the boot timeout' : 'the runner went offline');
+        // Offline before it took a job, like never coming online, counts against the job it stood for.
+        if (r.state !== 'busy') {
+          await prov.runnerFailed(
+            r,
+            neverOnline
+              ? new KilnError('vm.boot_timeout', 'the runner VM did not come online in time', { kind: 'unavailable' })
+              : new KilnError('github.runner_offline', 'the runner went offline before it took a job', { kind: 'unavailable' }),
+          );
+        }
+      }
+    });
+  }
+  // Registrations with kiln's prefix that no live runner owns (a crash between steps): remove them.
+  const liveNames = new Set((await listRunnersIn(db, LIVE_RUNNER_STATES)).map((x) => x.name));
+  for (const s of await recentRunnerScopes(db, p.now() - 24 * 3600_000)) {
+    await p.step(`listing runners of ${s.owner}`, async () => {
+      const inst = runnerInstallation({ scope: s, installationId: s.installationId });
+      for (const gh of await api.listRunners(inst, runnerScope({ scope: s }))) {
+        if (!gh.name.startsWith(`${config.runnerNamePrefix}-`) || liveNames.has(gh.name) || gh.busy) continue;
+        log.warn({ runner: gh.name }, 'removing a kiln runner registration without a VM');
+        await api.deleteRunner(inst, runnerScope({ scope: s }), gh.id);
+      }
+    });
+  }
+  // Known-queued jobs: GitHub may have moved on without telling us (lost webhooks).
+  for (const j of await listStaleQueued(db, p.now() - config.recheckMs, 200)) {
+    await p.step(`re-checking GitHub job ${j.jobId}`, async () => void (await reread(p, vms, j)));
+  }
+  await p.step('pruning old deliveries', () => pruneDeliveries(db, new Date(p.now() - DELIVERY_RETENTION_MS), new Date(p.now() - 10 * DELIVERY_RETENTION_MS)));
+}

@@ -27,7 +27,7 @@ import { makeRunnerVmWrites } from './job-writes.ts';
 import { makeGitHubMetrics } from './metrics.ts';
 import { makeStep, type GitHubParts } from './parts.ts';
 import { makeProvisioner } from './provisioner.ts';
-import { reconcile } from './reconciler.ts';
+import { makeReconciler } from './reconciler.ts';
 import { makeRedelivery } from './redelivery.ts';
 import { githubRoutes } from './routes.ts';
 
@@ -71,6 +71,7 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
   const vms = makeRunnerVmWrites(ctx, d.stop);
   const prov = makeProvisioner(p, vms, d.kick);
   const redelivery = makeRedelivery(p);
+  const reconciler = makeReconciler(p, vms, prov);
 
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<void> | undefined;
@@ -110,7 +111,7 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
     const t = now();
     if (t - lastReconcile >= config.reconcileMs) {
       lastReconcile = t;
-      await reconcile(p, vms, prov);
+      await reconciler.reconcile();
     }
     if (t - lastRedeliver >= config.redeliverMs) {
       lastRedeliver = t;

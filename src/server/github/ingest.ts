@@ -8,7 +8,7 @@
 import { isKilnError } from '../../core/errors.ts';
 import { advances, ghStateOfAction, type GhDecision } from '../../core/github-job-state.ts';
 import { claimPendingDeliveries, markDeliveryDone, recordJobAction } from '../../store/github-deliveries.ts';
-import { getGhJobForUpdate, insertGhJob, openUsage, updateGhJob, type GhJob, type GhJobPatch } from '../../store/github-jobs.ts';
+import { fillUsage, getGhJobForUpdate, insertGhJob, openUsage, updateGhJob, type GhJob, type GhJobPatch } from '../../store/github-jobs.ts';
 import type { Tx } from '../../store/store.ts';
 import { bindRunner } from './binding.ts';
 import type { RunnerVmWrites } from './job-writes.ts';
@@ -54,7 +54,9 @@ async function applyDelivery(tx: Tx, p: GitHubParts, vms: RunnerVmWrites, delive
   if (!(await recordJobAction(tx, { ...key, action: e.action, deliveryId }))) return 'duplicate_action';
   const at = new Date(p.now()).toISOString();
   const times: GhJobPatch = {
-    ...(to === 'queued' || to === 'waiting' ? { queuedAt: e.createdAt ?? at } : {}),
+    // Every action's payload carries the job's creation (queue) time: a job whose queued delivery comes last
+    // still gets it.
+    ...(to === 'queued' || to === 'waiting' ? { queuedAt: e.createdAt ?? at } : e.createdAt ? { queuedAt: e.createdAt } : {}),
     ...(to === 'in_progress' ? { startedAt: e.startedAt ?? at, runnerName: e.runnerName } : {}),
     ...(to === 'completed' ? { completedAt: e.completedAt ?? at, conclusion: e.conclusion, ...(e.runnerName ? { runnerName: e.runnerName } : {}) } : {}),
   };
@@ -112,7 +114,10 @@ async function applyDelivery(tx: Tx, p: GitHubParts, vms: RunnerVmWrites, delive
       // runner and times the record lacks: fill them below, never move the state back.
       job = existing;
       outcome = 'stale';
-      if (to === 'queued' || to === 'waiting') return outcome;
+      if (to === 'queued' || to === 'waiting') {
+        if (job.decision !== 'ignored' && times.queuedAt) await fillUsage(tx, key, { queuedAt: times.queuedAt });
+        return outcome;
+      }
     }
   }
   if (job.decision !== 'ignored' && (to === 'in_progress' || to === 'completed')) {

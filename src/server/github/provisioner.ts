@@ -97,8 +97,9 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites, kickSchedul
         }
         const err = toKilnError(e);
         await setRunner({ ...row, name }, { type: 'ended', reason: err.message }, { lastError: `${err.code}: ${err.message}` });
-        // kiln's own throttle is not the job's fault: no failure counted, the next pass tries again.
-        if (err.code !== 'github.throttled') await failJob(j, err);
+        // A rate limit (GitHub's, or kiln's own budget) is not the job's fault: no failure counted, the
+        // next pass after the hold tries again.
+        if (err.code !== 'github.throttled' && err.code !== 'github.rate_limited') await failJob(j, err);
         return;
       }
     }

@@ -7,7 +7,7 @@ import { KilnError } from '../../core/errors.ts';
 import { LIVE_RUNNER_STATES } from '../../core/runner-state.ts';
 import { pruneDeliveries } from '../../store/github-deliveries.ts';
 import { listStaleQueued } from '../../store/github-jobs.ts';
-import { listRunnersIn, recentRunnerScopes, updateRunner } from '../../store/github-runners.ts';
+import { listRunnersIn, recentRunnerScopes } from '../../store/github-runners.ts';
 import { reread } from './admission.ts';
 import type { RunnerVmWrites } from './job-writes.ts';
 import { runnerInstallation, runnerScope, type GitHubParts } from './parts.ts';
@@ -16,23 +16,34 @@ import type { Provisioner } from './provisioner.ts';
 /** Deliveries (payloads up to 25 MB) are kept as long as GitHub can redeliver them. */
 export const DELIVERY_RETENTION_MS = 3 * 24 * 3600_000;
 
-export async function reconcile(p: GitHubParts, vms: RunnerVmWrites, prov: Provisioner): Promise<void> {
+export interface Reconciler {
+  reconcile(): Promise<void>;
+}
+
+export function makeReconciler(p: GitHubParts, vms: RunnerVmWrites, prov: Provisioner): Reconciler {
+  /** Runners whose registration vanished, since when (this leader's memory: a new leader starts the grace again). */
+  const vanished = new Map<number, number>();
+  return { reconcile: () => reconcile(p, vms, prov, vanished) };
+}
+
+async function reconcile(p: GitHubParts, vms: RunnerVmWrites, prov: Provisioner, vanished: Map<number, number>): Promise<void> {
   const { db, api, config, log } = p;
-  for (const r of await listRunnersIn(db, ['starting', 'online', 'busy'])) {
+  const checked = await listRunnersIn(db, ['starting', 'online', 'busy']);
+  for (const id of vanished.keys()) if (!checked.some((r) => r.id === id)) vanished.delete(id);
+  for (const r of checked) {
     if (r.runnerId === null) continue;
     const runnerId = r.runnerId;
     await p.step(`checking runner ${r.name}`, async () => {
       const gh = await api.getRunner(runnerInstallation(r), runnerScope(r), runnerId);
       if (!gh) {
         // After its one job GitHub removes an ephemeral runner while the runner is still exiting: give
-        // its VM the idle grace to end by itself. An idle runner that vanished loses its VM at once.
-        if (r.job !== null) {
-          if (r.surplusSince === null) return updateRunner(db, r.id, { surplusSince: p.now() });
-          if (p.now() - r.surplusSince < config.idleGraceMs) return;
-          return prov.retire(r, 'its registration is gone and its VM did not end after its job');
-        }
-        return prov.retire(r, 'its registration vanished on GitHub');
+        // its VM the idle grace to end by itself. That holds too when kiln has not heard of the job yet
+        // (its in_progress delivery late): such a runner ends with its VM, not as "vanished".
+        const since = vanished.get(r.id) ?? vanished.set(r.id, p.now()).get(r.id)!;
+        if (p.now() - since < config.idleGraceMs) return;
+        return prov.retire(r, r.job !== null ? 'its registration is gone and its VM did not end after its job' : 'its registration vanished on GitHub');
       }
+      vanished.delete(r.id);
       if (gh.status === 'online') {
         if (gh.busy && r.state !== 'busy') return prov.setRunner(r, { type: 'took_job' });
         if (!gh.busy && r.state === 'starting') return prov.setRunner(r, { type: 'came_online' }, { onlineAt: p.now() });

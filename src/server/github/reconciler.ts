@@ -1,13 +1,14 @@
 /**
- * The reconciler, for everything webhooks miss: each live runner is read from GitHub (online, busy,
- * vanished, offline past the boot timeout), registrations with kiln's prefix that no live runner owns are
- * removed, accepted jobs not read for a while are re-read, and old deliveries are pruned.
+ * The reconciler, for everything webhooks miss: each scope's runners are listed from GitHub and every live
+ * runner compared (online, busy, vanished, offline past the boot timeout); registrations with kiln's prefix
+ * that no live runner owns are removed; accepted jobs not read for a while are re-read, and old deliveries are pruned.
  */
 import { KilnError } from '../../core/errors.ts';
 import { LIVE_RUNNER_STATES } from '../../core/runner-state.ts';
 import { pruneDeliveries } from '../../store/github-deliveries.ts';
 import { listStaleQueued } from '../../store/github-jobs.ts';
-import { listRunnersIn, recentRunnerScopes } from '../../store/github-runners.ts';
+import { listRunnersIn, recentRunnerScopes, type RunnerScope } from '../../store/github-runners.ts';
+import type { GhRunner as GhApiRunner } from './api.ts';
 import { reread } from './admission.ts';
 import type { RunnerVmWrites } from './job-writes.ts';
 import { runnerInstallation, runnerScope, type GitHubParts } from './parts.ts';
@@ -28,13 +29,33 @@ export function makeReconciler(p: GitHubParts, vms: RunnerVmWrites, prov: Provis
 
 async function reconcile(p: GitHubParts, vms: RunnerVmWrites, prov: Provisioner, vanished: Map<number, number>): Promise<void> {
   const { db, api, config, log } = p;
+  // One listing per registration scope (paginated, 100 a page) instead of one read per runner: the
+  // reconciler's GitHub calls grow with scopes, not with runners.
+  const listedAt = p.now();
+  const listed = new Map<string, Map<number, GhApiRunner>>();
+  const scopeKey = (s: RunnerScope) => `${s.level}:${s.owner}/${s.repo ?? ''}`.toLowerCase();
+  const liveNames = new Set((await listRunnersIn(db, LIVE_RUNNER_STATES)).map((x) => x.name));
+  for (const s of await recentRunnerScopes(db, p.now() - 24 * 3600_000)) {
+    await p.step(`listing runners of ${s.owner}`, async () => {
+      const inst = runnerInstallation({ scope: s, installationId: s.installationId });
+      const all = await api.listRunners(inst, runnerScope({ scope: s }));
+      listed.set(scopeKey(s), new Map(all.map((g) => [g.id, g])));
+      // Registrations with kiln's prefix that no live runner owns (a crash between steps): remove them.
+      for (const gh of all) {
+        if (!gh.name.startsWith(`${config.runnerNamePrefix}-`) || liveNames.has(gh.name) || gh.busy) continue;
+        log.warn({ runner: gh.name }, 'removing a kiln runner registration without a VM');
+        await api.deleteRunner(inst, runnerScope({ scope: s }), gh.id);
+      }
+    });
+  }
   const checked = await listRunnersIn(db, ['starting', 'online', 'busy']);
   for (const id of vanished.keys()) if (!checked.some((r) => r.id === id)) vanished.delete(id);
   for (const r of checked) {
-    if (r.runnerId === null) continue;
-    const runnerId = r.runnerId;
+    const inScope = listed.get(scopeKey(r.scope));
+    // A scope whose listing failed, or a runner newer than the listing, waits for the next round.
+    if (r.runnerId === null || !inScope || r.createdAt >= listedAt) continue;
+    const gh = inScope.get(r.runnerId);
     await p.step(`checking runner ${r.name}`, async () => {
-      const gh = await api.getRunner(runnerInstallation(r), runnerScope(r), runnerId);
       if (!gh) {
         // After its one job GitHub removes an ephemeral runner while the runner is still exiting: give
         // its VM the idle grace to end by itself. That holds too when kiln has not heard of the job yet
@@ -66,18 +87,6 @@ async function reconcile(p: GitHubParts, vms: RunnerVmWrites, prov: Provisioner,
               : new KilnError('github.runner_offline', 'the runner went offline before it took a job', { kind: 'unavailable' }),
           );
         }
-      }
-    });
-  }
-  // Registrations with kiln's prefix that no live runner owns (a crash between steps): remove them.
-  const liveNames = new Set((await listRunnersIn(db, LIVE_RUNNER_STATES)).map((x) => x.name));
-  for (const s of await recentRunnerScopes(db, p.now() - 24 * 3600_000)) {
-    await p.step(`listing runners of ${s.owner}`, async () => {
-      const inst = runnerInstallation({ scope: s, installationId: s.installationId });
-      for (const gh of await api.listRunners(inst, runnerScope({ scope: s }))) {
-        if (!gh.name.startsWith(`${config.runnerNamePrefix}-`) || liveNames.has(gh.name) || gh.busy) continue;
-        log.warn({ runner: gh.name }, 'removing a kiln runner registration without a VM');
-        await api.deleteRunner(inst, runnerScope({ scope: s }), gh.id);
       }
     });
   }

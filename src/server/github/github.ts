@@ -15,7 +15,7 @@
 import type { FastifyInstance } from 'fastify';
 import { isTerminal } from '../../core/job-state.ts';
 import type { ServerContext } from '../context.ts';
-import type { RouteDef } from '../api/routes.ts';
+import type { RouteDef } from '../http/routes.ts';
 import { admitJobs } from './admission.ts';
 import type { GitHubApi } from './api.ts';
 import { withApiBudget } from './api-budget.ts';

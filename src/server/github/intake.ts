@@ -6,7 +6,7 @@
 import type { FastifyInstance } from 'fastify';
 import { KilnError, isKilnError } from '../../core/errors.ts';
 import { insertDelivery } from '../../store/github-deliveries.ts';
-import { errorBody } from '../http-errors.ts';
+import { errorBody } from '../http/http-errors.ts';
 import { WEBHOOK_PATH } from './manifest.ts';
 import type { GitHubParts } from './parts.ts';
 import { verifySignature } from './signature.ts';

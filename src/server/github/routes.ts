@@ -3,7 +3,7 @@ import { Type } from '@sinclair/typebox';
 import { listGhJobs, listUsage } from '../../store/github-jobs.ts';
 import { listRunnersForApi } from '../../store/github-runners.ts';
 import type { Db } from '../../store/store.ts';
-import type { RouteDef } from '../api/routes.ts';
+import type { RouteDef } from '../http/routes.ts';
 
 const iso = (x: number | null) => (x === null ? null : new Date(x).toISOString());
 

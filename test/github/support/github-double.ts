@@ -91,6 +91,8 @@ export class GitHubDouble {
   readonly faults: Faults = { jitConflict: 0, fail: [], neverConnect: false, holdJobs: false, newestFirst: false, heldRunners: new Set(), dropActions: new Set() };
   /** Every runner name ever registered (to check uniqueness). */
   readonly registeredNames: string[] = [];
+  /** When each runner name was registered (benchmarks: delivery → generate-jitconfig latency). */
+  readonly registeredAt = new Map<string, number>();
   /** Every encoded JIT config handed out (credentials: tests check none reaches a log). */
   readonly issuedJitConfigs: string[] = [];
   readonly tokens = new Map<string, { installationId: number; expiresAt: number }>();
@@ -359,6 +361,7 @@ export class GitHubDouble {
     const r: DoubleRunner = { id: this.#nextId++, name, scope, labels, status: 'offline', busy: false, secret: randomBytes(12).toString('hex'), jobId: null, sessions: 0 };
     this.runners.set(r.id, r);
     this.registeredNames.push(name);
+    this.registeredAt.set(name, Date.now());
     return r;
   }
 

@@ -8,12 +8,12 @@
  *   jobs. So a key needs as many available runners (pending, starting, online) as it has queued jobs.
  * - Registrations: no more new runners in a key than its queued jobs minus its available runners; never one
  *   for a job a live runner already stands for, for a job in backoff, or beyond the runner budget.
- * - Retirement: a runner is never retired while a queued job of its key may still need it. Only online
- *   runners beyond the key's queued jobs are surplus; they are retired after the idle grace (the provisioner
- *   first asks GitHub whether they took a job meanwhile). A runner not yet online is never retired as
- *   surplus: it may be the one that took a job whose in_progress delivery has not arrived, and retiring it
- *   only to register another is how bursts churned. (Runners that never come online end through the boot
- *   timeout in the reconciler.)
+ * - Retirement: a runner is never retired while a queued job of its key may still need it. Online runners
+ *   beyond the key's queued jobs are surplus; they are retired after the idle grace (the provisioner first
+ *   asks GitHub whether they took a job meanwhile). A runner not yet online is retired only when its key
+ *   has no queued job left at all (its job was cancelled or taken elsewhere): while the key has queued
+ *   jobs it may be the runner one of them needs, and retiring it only to register another is how bursts
+ *   churned. (Runners that never come online end through the boot timeout in the reconciler.)
  */
 import type { GhJobKey } from '../../store/github-jobs.ts';
 import type { RunnerState } from '../../core/runner-state.ts';
@@ -52,6 +52,8 @@ export interface Plan {
   clearSurplus: number[];
   /** Surplus runners idle past the grace: retire unless GitHub says they took a job. */
   retireIdle: number[];
+  /** Runners not yet online in keys with no queued job left: retire now. */
+  retireUnneeded: number[];
   /** Keys whose queued jobs wait for runner budget. */
   waiting: string[];
 }
@@ -61,7 +63,7 @@ const LIVE: ReadonlySet<RunnerState> = new Set(['pending', 'starting', 'online',
 const id = (k: GhJobKey) => `${k.jobId}/${k.runAttempt}`;
 
 export function planProvisioning(demand: readonly DemandJob[], runners: readonly PlanRunner[], budget: PlanBudget, now: number): Plan {
-  const plan: Plan = { start: [], markSurplus: [], clearSurplus: [], retireIdle: [], waiting: [] };
+  const plan: Plan = { start: [], markSurplus: [], clearSurplus: [], retireIdle: [], retireUnneeded: [], waiting: [] };
   const live = runners.filter((r) => LIVE.has(r.state));
   const jobsByKey = group(demand, (j) => j.demandKey);
   const availableByKey = group(
@@ -79,7 +81,9 @@ export function planProvisioning(demand: readonly DemandJob[], runners: readonly
     const queued = new Set((jobsByKey.get(key) ?? []).map((j) => id(j.key)));
     const order = [...online].sort((a, b) => rankForJob(a, queued) - rankForJob(b, queued) || b.createdAt - a.createdAt);
     const out = new Set(order.slice(0, Math.max(0, surplus)).map((r) => r.id));
+    if (want === 0) for (const r of avail) if (r.state !== 'online') plan.retireUnneeded.push(r.id);
     for (const r of avail) {
+      if (r.state !== 'online' && want === 0) continue;
       if (!out.has(r.id)) {
         if (r.surplusSince !== null) plan.clearSurplus.push(r.id);
         continue;

@@ -196,6 +196,10 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites, kickSchedul
     );
     for (const id of plan.clearSurplus) await updateRunner(db, id, { surplusSince: null });
     for (const id of plan.markSurplus) await updateRunner(db, id, { surplusSince: p.now() });
+    for (const id of plan.retireUnneeded) {
+      const r = byId.get(id)!;
+      await p.step(`retiring runner ${r.name}`, () => retire(r, 'no queued job of its label set is left'));
+    }
     for (const id of plan.retireIdle) {
       const r = byId.get(id)!;
       await p.step(`retiring surplus runner ${r.name}`, async () => {

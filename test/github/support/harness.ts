@@ -124,7 +124,8 @@ export async function startGitHubHarness(
       minBackoffMs: 50,
       maxBackoffMs: 500,
     });
-    const c = agent.connected();
+    // Generous: on a loaded shared machine the first connection can take more than the default 10 s.
+    const c = agent.connected(60_000);
     await agent.start();
     await c;
   }

@@ -170,7 +170,14 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites, kickSchedul
             await retire(r, `its VM ended (${kj.state}) before it took a job`);
             return runnerFailed(r, err);
           }
-          return retire(r, `its VM ended (${kj.state})`);
+          await retire(r, `its VM ended (${kj.state})`);
+          // A runner that ended well without kiln hearing of a job most likely ran one whose deliveries are
+          // late or lost: read the job it stood for now, before provisioning registers another for it.
+          if (kj.state === 'succeeded' && r.job === null && r.forJob !== null) {
+            const j = await getGhJob(db, r.forJob);
+            if (j && j.state === 'queued') await reread(p, vms, j);
+          }
+          return;
         }
         if (r.state === 'pending' && p.now() - r.createdAt > 60_000 && r.runnerId === null) {
           // A pass died between persisting the name and registering: nothing on GitHub under this name yet

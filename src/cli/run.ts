@@ -249,7 +249,7 @@ function printTimings(o: Output, r: VmResult, image: string): void {
   const ms = (n: number) => `${Math.round(n)} ms`;
   o.info(`timings (image ${image}, ${t.start === 'warm' ? 'warm start: restored from a snapshot' : 'cold start: booted'}):`);
   if (t.snapshotBuildMs !== undefined) o.info(`  snapshot  ${ms(t.snapshotBuildMs)} (built once for this image and VM shape)`);
-  if (t.launchedAtMs !== undefined) o.info(`  start     ${ms(t.launchedAtMs - t.prepareMs)} (node start, config, image lookup)`);
+  if (t.launchedAtMs !== undefined) o.info(`  start     ${ms(t.launchedAtMs - t.prepareMs - (t.snapshotBuildMs ?? 0))} (node start, config, image lookup)`);
   o.info(`  prepare   ${ms(t.prepareMs)}`);
   o.info(`  boot      ${ms(t.bootMs)}${t.guestUptimeAtInitMs !== undefined ? ` (guest uptime at init: ${ms(t.guestUptimeAtInitMs)})` : ''}`);
   o.info(`  run       ${ms(t.runMs)}`);

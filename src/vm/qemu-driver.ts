@@ -133,8 +133,9 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
     const t0 = performance.now();
     const accel = accelFor(spec.arch);
     let choice: WarmChoice | undefined;
-    // The ci image's registry mirror still travels on the kernel command line: those VMs boot cold.
-    if (warm && spec.warm !== false && !spec.registryMirror) {
+    // Images with a root disk (ci, runner) boot cold for now: their Docker engine id and registry mirror are
+    // not yet renewed after a restore (docs/ARCHITECTURE.md, "Warm starts").
+    if (warm && spec.warm !== false && !spec.registryMirror && !spec.image.rootDiskPath) {
       await verifyImage(spec);
       choice = await warm.choose(spec, accel.accel, launchBase(spec, accel.accel), out);
     }

@@ -11,8 +11,8 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createServer, type Server, type Socket } from 'node:net';
-import { readFileSync, rmSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import type { Arch } from '../core/arch.ts';
 import { KilnError } from '../core/errors.ts';
 import { parseGuestLine, makeLineSplitter } from './channel.ts';
@@ -31,16 +31,41 @@ export function snapshotDevices(hasRootDisk: boolean): string {
 
 const versionCache = new Map<string, { stamp: string; version: string }>();
 
-/** The first line of `qemu-system-* --version`, cached per binary (path, inode, mtime). */
-export function qemuVersion(binPath: string): string {
+/**
+ * The first line of `qemu-system-* --version`, cached per binary (path, inode, mtime, ctime, size) in
+ * memory and in `cacheFile`, so a run does not spawn QEMU just to learn its version.
+ */
+export function qemuVersion(binPath: string, cacheFile?: string): string {
   const st = statSync(binPath);
-  const stamp = `${st.ino}:${st.mtimeMs}:${st.size}`;
+  const stamp = `${binPath}:${st.ino}:${st.mtimeMs}:${st.ctimeMs}:${st.size}`;
   const hit = versionCache.get(binPath);
   if (hit?.stamp === stamp) return hit.version;
+  let onDisk: Record<string, { stamp: string; version: string }> = {};
+  if (cacheFile) {
+    try {
+      onDisk = JSON.parse(readFileSync(cacheFile, 'utf8')) as typeof onDisk;
+    } catch {
+      onDisk = {};
+    }
+    const d = onDisk[binPath];
+    if (d?.stamp === stamp && d.version) {
+      versionCache.set(binPath, d);
+      return d.version;
+    }
+  }
   const r = spawnSync(binPath, ['--version'], { encoding: 'utf8', timeout: 10_000 });
   const version = (r.stdout ?? '').split('\n')[0]?.trim() ?? '';
   if (!version) throw new KilnError('snapshot.qemu_version', `\`${binPath} --version\` printed nothing`, { kind: 'internal' });
   versionCache.set(binPath, { stamp, version });
+  if (cacheFile) {
+    try {
+      mkdirSync(dirname(cacheFile), { recursive: true });
+      writeFileSync(`${cacheFile}.${process.pid}`, JSON.stringify({ ...onDisk, [binPath]: { stamp, version } }));
+      renameSync(`${cacheFile}.${process.pid}`, cacheFile);
+    } catch {
+      /* the in-memory cache still holds */
+    }
+  }
   return version;
 }
 

@@ -42,7 +42,7 @@ export function makeWarmStarts(o: { store: SnapshotStore; disksDir: string; boot
     memoryBytes: spec.memoryBytes,
     diskBytes: spec.diskBytes,
     devices: snapshotDevices(spec.image.rootDiskPath !== undefined),
-    qemu: qemuVersion(which(qemuBinary(spec.arch)) ?? qemuBinary(spec.arch)),
+    qemu: qemuVersion(which(qemuBinary(spec.arch)) ?? qemuBinary(spec.arch), join(o.disksDir, '..', 'qemu-version.json')),
     init: WARM_INIT_VERSION,
     accel,
     ...(accel === 'kvm' ? { hostCpu: hostCpuModel() } : {}),

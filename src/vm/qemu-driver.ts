@@ -4,6 +4,8 @@
  *   boot     QEMU started inside the cgroup with a parent-death signal; kiln-init answers READY on kiln.ctl
  *   run      the job is sent; stdout/stderr stream back on their own ports; kiln-init reports EXIT <code>
  *   teardown QEMU stopped (QMP quit, then SIGKILL), sockets closed, cgroup and VM directory removed
+ * Warm starts (opts.snapshots): boot is replaced by a restore of a snapshot (src/vm/snapshot-*.ts), then the
+ * per-VM identity, then the job; a restore that fails before the job is sent tears down and boots cold.
  * Whatever happens (timeout, kill, crash, boot failure), `done` settles only after teardown.
  */
 import { spawn, type ChildProcess } from 'node:child_process';

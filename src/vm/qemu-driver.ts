@@ -125,7 +125,7 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
     memoryMiB: Math.ceil(spec.memoryBytes / MiB),
     kernel: spec.image.kernelPath,
     initrd: spec.image.initrdPath,
-    // Warm VMs never read the command line again: the registry mirror reaches them over the channel.
+    // A snapshot's kernel command line is the template's (never read again): a VM with a registry mirror boots cold.
     ...(spec.image.cmdline || (spec.registryMirror && spec.warm === false) ? { cmdline: [...(spec.image.cmdline ?? []), ...(spec.registryMirror && spec.warm === false ? [`kiln.registry_mirror=${spec.registryMirror}`] : [])] } : {}),
     ...(spec.arch === 'amd64' && hostArch === 'amd64' && accel === 'tcg' ? { tscKhz: (tscKhz ??= hostTscKhz(readText('/proc/cpuinfo'))) } : {}),
   });
@@ -437,9 +437,12 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
       } catch (e) {
         void restore.catch(() => undefined);
         void gone.catch(() => undefined);
-        stop({ kind: 'killed', reason: 'warm start failed' });
-        await done;
-        throw e;
+        // The job's own time ran out during the restore: that is its result, not a fault of the snapshot.
+        if (stopReason?.kind !== 'timed_out') {
+          stop({ kind: 'killed', reason: 'warm start failed' });
+          await done;
+          throw e;
+        }
       }
     }
 

@@ -12,6 +12,8 @@ export interface ServerEvents {
   'job.submitted': { job: Job };
   /** The job as far as every listener needs it: read the rest from the store (most writers never load it). */
   'job.state': { job: Pick<Job, 'id' | 'tenant' | 'attempt'>; from: JobState; to: JobState };
+  /** A job's VM must stop (a cancel of an active job): the replica its host is connected to sends `stop`. */
+  'job.stop': { jobId: number; attempt: number; hostId: number; reason: string };
   'job.placed': { jobId: number; attempt: number; hostId: number; latencyMs: number };
   'job.logs': { jobId: number };
   'host.state': { hostId: number; name: string; state: HostState };

@@ -5,9 +5,10 @@
  * embedded store it also does autovacuum's work (../store/upkeep.ts), when the server is quiet.
  */
 import { lostHosts, expireHost, heartbeatServer } from '../store/hosts.ts';
-import { activeJobsOnHosts, loseJob, overdueJobs, transitionJob } from '../store/jobs.ts';
+import { activeJobsOnHosts, overdueJobs } from '../store/jobs.ts';
 import { tablesDue, upkeep } from '../store/upkeep.ts';
 import type { ServerContext } from './context.ts';
+import type { JobCommands } from './jobs/job-commands.ts';
 
 export interface UpkeepTiming {
   /** How often the embedded store's tables are checked for upkeep. */
@@ -29,7 +30,7 @@ export interface Leader {
   sweep(): Promise<void>;
 }
 
-export function makeLeader(ctx: ServerContext, opts: { intervalMs?: number; url?: string | null; upkeep?: UpkeepTiming } = {}): Leader {
+export function makeLeader(ctx: ServerContext, jobs: JobCommands, opts: { intervalMs?: number; url?: string | null; upkeep?: UpkeepTiming } = {}): Leader {
   const up = opts.upkeep ?? UPKEEP_TIMING;
   const intervalMs = opts.intervalMs ?? 1000;
   let lock: { release(): Promise<void>; lost: Promise<void> } | undefined;
@@ -56,20 +57,12 @@ export function makeLeader(ctx: ServerContext, opts: { intervalMs?: number; url?
     for (const h of await lostHosts(ctx.store.db, ctx.options.hostLostAfterMs)) {
       if (!(await expireHost(ctx.store.db, h.id, ctx.options.hostLostAfterMs))) continue;
       for (const j of await activeJobsOnHosts(ctx.store.db, [h.id])) {
-        const r = await loseJob(ctx.store.db, j.id, j.attempt, `host ${h.name} stopped reporting`);
-        if (r) {
-          log.warn({ jobId: j.id, hostId: h.id, requeued: r.requeued }, 'job lost with its host');
-          ctx.events.emit('job.state', { job: r.job, from: j.state, to: r.job.state });
-        }
+        const r = await jobs.lose(j.id, j.attempt, `host ${h.name} stopped reporting`);
+        if (r) log.warn({ jobId: j.id, hostId: h.id, requeued: r.requeued }, 'job lost with its host');
       }
       ctx.events.emit('host.state', { hostId: h.id, name: h.name, state: 'offline' });
     }
-    for (const j of await overdueJobs(ctx.store.db, ctx.options.timeoutGraceMs)) {
-      const r = await transitionJob(ctx.store.db, j.id, j.attempt, { type: 'time_out' }, {
-        error: { code: 'job.timed_out', message: 'the job ran past its timeout and its host did not stop it' },
-      });
-      if (r) ctx.events.emit('job.state', { job: r.job, from: r.from, to: r.job.state });
-    }
+    for (const j of await overdueJobs(ctx.store.db, ctx.options.timeoutGraceMs)) await jobs.timeOut(j.id, j.attempt);
   }
 
   function tick(): Promise<void> {

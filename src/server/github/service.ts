@@ -14,7 +14,8 @@ import { sql } from 'kysely';
 import { Type } from '@sinclair/typebox';
 import { KilnError, isKilnError, toKilnError } from '../../core/errors.ts';
 import { isTerminal } from '../../core/job-state.ts';
-import { getJob, insertJobs, jobStatuses, requestCancel } from '../../store/jobs.ts';
+import { getJob, jobStatuses } from '../../store/jobs.ts';
+import type { JobCommands } from '../jobs/job-commands.ts';
 import type { GitHubJobRow, GitHubRunnerRow } from '../../store/github-schema.ts';
 import type { ServerContext } from '../context.ts';
 import { errorBody } from '../http/http-errors.ts';
@@ -69,10 +70,8 @@ export interface GitHubServiceDeps {
   config: GitHubConfig;
   api: GitHubApi;
   isLeader(): boolean;
-  /** Ask the scheduler for a pass (after submitting runner VMs). */
-  kick(): void;
-  /** Stop a job's VM when its agent is connected to this replica. */
-  stop(hostId: number, jobId: number, attempt: number, reason: string): boolean;
+  /** The door for job changes: runner VMs are submitted, cancelled and scrubbed through it. */
+  jobs: JobCommands;
   now?: () => number;
   /** How often the leader looks for work other replicas persisted (default 500 ms). */
   pollMs?: number;
@@ -464,15 +463,12 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
    */
   async function scrubJitConfig(q: typeof db | Tx, kilnJobId: number | null): Promise<void> {
     if (kilnJobId === null) return;
-    await sql`UPDATE jobs SET env = env - ${RUNNER_ENV}::text WHERE id = ${kilnJobId}`.execute(q);
+    await d.jobs.scrubSecretEnv(kilnJobId, RUNNER_ENV, q);
   }
 
   async function cancelVm(kilnJobId: number | null, reason: string): Promise<void> {
     if (kilnJobId === null) return;
-    const r = await requestCancel(db, kilnJobId);
-    if (!r) return;
-    if (r.job.state === 'cancelled' && r.stopHost === null) ctx.events.emit('job.state', { job: r.job, from: 'queued', to: 'cancelled' });
-    if (r.stopHost !== null) d.stop(r.stopHost, r.job.id, r.job.attempt, reason);
+    await d.jobs.cancel(kilnJobId, reason);
   }
 
   /**
@@ -645,8 +641,7 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
         return;
       }
     }
-    const [kilnJob] = await insertJobs(db, [
-      {
+    const kilnJob = await d.jobs.submitRunnerJob({
         tenant: config.tenant,
         requirements: c.requirements,
         labels: j.labels,
@@ -656,14 +651,10 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
         timeoutMs: config.runnerTimeoutMs,
         network: 'user',
         priority: 0,
-      },
-    ]);
-    if (!kilnJob) throw new KilnError('github.submit_failed', 'the runner VM could not be queued', { kind: 'internal' });
+      });
     await db.updateTable('github_runners').set({ runner_id: jit.runnerId, kiln_job_id: kilnJob.id, state: 'starting' }).where('id', '=', row.id).execute();
-    ctx.events.emit('job.submitted', { job: kilnJob });
     events.emit('runner.state', { name, state: 'starting' });
     log.info({ runner: name, ghJobId: j.job_id, jobId: kilnJob.id, labels: c.runnerLabels }, 'runner VM queued');
-    d.kick();
   }
 
   async function failAttempt(j: Pick<GitHubJobRow, 'job_id' | 'run_attempt' | 'failures'>, err: KilnError): Promise<void> {

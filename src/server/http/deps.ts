@@ -1,5 +1,6 @@
 import type { ServerContext } from '../context.ts';
 import type { HostRegistry } from '../agents/host-registry.ts';
+import type { JobCommands } from '../jobs/job-commands.ts';
 
 export interface ApiDeps {
   ctx: ServerContext;
@@ -8,6 +9,6 @@ export interface ApiDeps {
   kick(): void;
   /** Tell the scheduler a tenant limit changed. */
   limitsChanged(): void;
-  /** Send stop to a job's agent if it is connected to this replica. */
-  stop(hostId: number, jobId: number, attempt: number, reason: string): boolean;
+  /** The door for job changes (submit, cancel). */
+  jobs: JobCommands;
 }

@@ -7,9 +7,11 @@
  */
 import type { Arch } from '../../core/arch.ts';
 import { isTerminal } from '../../core/job-state.ts';
-import { anyQueued, anyTenantLimits, claimQueuedJobs, jobStatuses, markPlaced, tenantUsage, type ClaimWindow, type PlacedJob } from '../../store/jobs.ts';
+import { anyQueued, claimQueuedJobs, jobStatuses, type ClaimWindow, type PlacedJob } from '../../store/jobs.ts';
+import { anyTenantLimits, tenantUsage } from '../../store/tenants.ts';
 import { hostStates } from '../../store/hosts.ts';
 import type { ServerContext } from '../context.ts';
+import type { JobCommands, Placement } from '../jobs/job-commands.ts';
 import type { HostPool, PoolHost } from './host-pool.ts';
 import { placeJobs, type JobDemand } from './placement.ts';
 
@@ -29,7 +31,7 @@ export interface Scheduler {
   stop(): Promise<void>;
 }
 
-export function makeScheduler(ctx: ServerContext, registry: HostPool): Scheduler {
+export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobCommands): Scheduler {
   let wanted = false;
   /** Whether jobs were still queued after the last pass (unknown before the first pass). */
   let backlog = true;
@@ -40,6 +42,7 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool): Scheduler
   let poll: NodeJS.Timeout | undefined;
   let stopPoll: NodeJS.Timeout | undefined;
   let stopPollBusy = false;
+  let offSubmitted: (() => void) | undefined;
   const log = ctx.log.child({ part: 'scheduler' });
 
   let limitsCache: { at: number; value: boolean } | undefined;
@@ -100,7 +103,7 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool): Scheduler
       const placements = placeJobs(slots, demands, room).placements;
       // The update itself keeps only placements on hosts this replica still owns and that still take jobs
       // (another replica may have cordoned one); the rest stay queued for the next pass.
-      const done = await markPlaced(tx, placements, ctx.serverId);
+      const done = await door.place(tx, placements, ctx.serverId);
       const ok = new Set(done.map((d) => d.id));
       for (const p of placements) {
         if (ok.has(p.jobId)) continue;
@@ -113,17 +116,18 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool): Scheduler
       return { placed: done.map((d) => ({ ...d, createdAt: createdAt.get(d.id)! })), claimed: jobs.length, waiting };
     });
     const now = Date.now();
+    const report: Placement[] = [];
     for (const job of placed) {
       const link = registry.get(job.hostId);
       const latencyMs = now - Date.parse(job.createdAt);
-      ctx.metrics.placeLatency.observe(latencyMs / 1000);
-      if (!link) continue; // the host left meanwhile: it reconciles (job lost, requeued) when it returns
+      // Without a link the host left meanwhile: it reconciles (job lost, requeued) when it returns.
+      report.push({ jobId: job.id, attempt: job.attempt, hostId: job.hostId, latencyMs, launched: link !== undefined });
+      if (!link) continue;
       const r = job.launch;
       link.active.set(job.id, { attempt: job.attempt, cpus: r.cpus, memoryBytes: r.memoryBytes, diskBytes: r.diskBytes });
       link.send({ type: 'launch', jobId: job.id, attempt: job.attempt, spec: job.launch });
-      ctx.events.emit('job.placed', { jobId: job.id, attempt: job.attempt, hostId: job.hostId, latencyMs });
     }
-    ctx.metrics.placements.inc(placed.length);
+    door.placed(report);
     if (placed.length > 0) log.debug({ placed: placed.length, claimed, ms: Math.round(performance.now() - started) }, 'placed jobs');
     // A full batch means more may be waiting.
     if (claimed >= ctx.options.batchSize && placed.length > 0) wanted = true;
@@ -217,10 +221,13 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool): Scheduler
       // Local cancels stop VMs at once (the gateway); this catches changes made through other replicas and
       // server-side timeouts (the leader's, a fallback 30 s past the agent's own).
       stopPoll = setInterval(() => void checkStops(), single ? 5000 : Math.max(ctx.options.pollMs * 4, 1000));
+      // Work accepted here (the API, GitHub) gets a pass at the end of its event-loop turn.
+      offSubmitted = ctx.events.on('job.submitted', kick);
       kick();
     },
     async stop() {
       stopped = true;
+      offSubmitted?.();
       clearInterval(poll);
       clearInterval(stopPoll);
       await running;

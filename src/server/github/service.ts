@@ -20,7 +20,8 @@ import type { GitHubJobRow, GitHubRunnerRow } from '../../store/github-schema.ts
 import type { ServerContext } from '../context.ts';
 import { errorBody } from '../http/http-errors.ts';
 import type { RouteDef } from '../http/routes.ts';
-import { RETRYABLE, type GitHubApi, type Installation, type Scope } from './api.ts';
+import { isRetryable } from '../../core/error-catalogue.ts';
+import type { GitHubApi, Installation, Scope } from './api.ts';
 import type { GitHubConfig } from './config.ts';
 import { WEBHOOK_PATH } from './manifest.ts';
 import { makeGitHubMetrics } from './metrics.ts';
@@ -659,7 +660,7 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
 
   async function failAttempt(j: Pick<GitHubJobRow, 'job_id' | 'run_attempt' | 'failures'>, err: KilnError): Promise<void> {
     const failures = j.failures + 1;
-    const retry = RETRYABLE.has(err.code) || err.kind === 'unavailable' || err.code === 'vm.boot_timeout';
+    const retry = isRetryable(err);
     const next = new Date(now() + backoffMs(failures, config.backoffBaseMs, config.backoffMaxMs));
     await db
       .updateTable('github_jobs')

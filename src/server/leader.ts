@@ -9,6 +9,7 @@ import { activeJobsOnHosts, overdueJobs } from '../store/jobs.ts';
 import { tablesDue, upkeep } from '../store/upkeep.ts';
 import type { ServerContext } from './context.ts';
 import type { JobCommands } from './jobs/job-commands.ts';
+import { makeLoop } from './loop.ts';
 
 export interface UpkeepTiming {
   /** How often the embedded store's tables are checked for upkeep. */
@@ -35,7 +36,6 @@ export function makeLeader(ctx: ServerContext, jobs: JobCommands, opts: { interv
   const intervalMs = opts.intervalMs ?? 1000;
   let lock: { release(): Promise<void>; lost: Promise<void> } | undefined;
   let timer: NodeJS.Timeout | undefined;
-  let busy: Promise<void> | undefined;
   let stopped = false;
   const log = ctx.log.child({ part: 'leader' });
   let lastUpkeep = performance.now();
@@ -65,36 +65,27 @@ export function makeLeader(ctx: ServerContext, jobs: JobCommands, opts: { interv
     for (const j of await overdueJobs(ctx.store.db, ctx.options.timeoutGraceMs)) await jobs.timeOut(j.id, j.attempt);
   }
 
-  function tick(): Promise<void> {
-    if (busy || stopped) return busy ?? Promise.resolve();
-    busy = tickOnce().finally(() => {
-      busy = undefined;
-    });
-    return busy;
-  }
+  // Each tick: heartbeat, try for the lock, and the leader's work when held (failures are retried next tick).
+  const loop = makeLoop(tick, { onError: (e) => log.warn({ err: e }, 'periodic work failed; retrying') });
 
-  async function tickOnce(): Promise<void> {
-    try {
-      await heartbeatServer(ctx.store.db, ctx.serverId, opts.url ?? null);
-      if (!lock) {
-        lock = await ctx.store.tryAdvisoryLock(LEADER_LOCK_KEY);
-        if (lock) {
-          log.info('this replica is now the leader');
-          ctx.events.emit('leader.changed', { leader: true });
-          void lock.lost.then(() => {
-            if (stopped) return;
-            log.warn('lost the leader lock');
-            lock = undefined;
-            ctx.events.emit('leader.changed', { leader: false });
-          });
-        }
-      }
+  async function tick(): Promise<void> {
+    await heartbeatServer(ctx.store.db, ctx.serverId, opts.url ?? null);
+    if (!lock) {
+      lock = await ctx.store.tryAdvisoryLock(LEADER_LOCK_KEY);
       if (lock) {
-        await sweep();
-        await upkeepIfDue();
+        log.info('this replica is now the leader');
+        ctx.events.emit('leader.changed', { leader: true });
+        void lock.lost.then(() => {
+          if (stopped) return;
+          log.warn('lost the leader lock');
+          lock = undefined;
+          ctx.events.emit('leader.changed', { leader: false });
+        });
       }
-    } catch (e) {
-      log.warn({ err: e }, 'periodic work failed; retrying');
+    }
+    if (lock) {
+      await sweep();
+      await upkeepIfDue();
     }
   }
 
@@ -104,14 +95,14 @@ export function makeLeader(ctx: ServerContext, jobs: JobCommands, opts: { interv
     start() {
       const active = () => (lastActivity = performance.now());
       offActivity.push(ctx.events.on('job.placed', active), ctx.events.on('job.state', active), ctx.events.on('job.submitted', active));
-      timer = setInterval(() => void tick(), intervalMs);
-      void tick();
+      timer = setInterval(() => loop.kick(), intervalMs);
+      loop.start();
     },
     async stop() {
       stopped = true;
       clearInterval(timer);
       for (const off of offActivity.splice(0)) off();
-      await busy;
+      await loop.stop();
       await lock?.release();
       lock = undefined;
     },

@@ -123,14 +123,15 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   const registry = new HostRegistry();
   const jobs = makeJobCommands(ctx);
   const scheduler = makeScheduler(ctx, registry, jobs);
+  const leader = makeLeader(ctx, jobs, { intervalMs: o.leaderIntervalMs ?? 1000, url: null, ...(o.upkeep ? { upkeep: o.upkeep } : {}) });
   const logs = makeLogWriter(ctx);
   const phases = makePhaseWriter(ctx, jobs);
   const results = makeResultWriter(jobs, async () => {
     await phases.flush();
     await logs.flush();
   });
-  const gateway: AgentGateway = attachAgentGateway(app, { ctx, registry, logs, phases, results, jobs, kick: () => scheduler.kick(), capacityFreed: () => scheduler.capacityFreed() });
-  const apiDeps = { ctx, registry, jobs, kick: () => scheduler.kick(), limitsChanged: () => scheduler.limitsChanged() };
+  const gateway: AgentGateway = attachAgentGateway(app, { ctx, registry, logs, phases, results, jobs, scheduler });
+  const apiDeps = { ctx, registry, jobs, scheduler };
   const routes: RouteDef[] = [...jobRoutes(apiDeps), ...hostRoutes(apiDeps), ...tokenRoutes(apiDeps)];
   const gh = o.github;
   const github: GitHubService | undefined = gh
@@ -138,7 +139,7 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
         ctx,
         config: gh.config,
         api: gh.api ?? makeGitHubClient({ apiUrl: gh.config.apiUrl, appId: gh.config.appId, clientId: gh.config.clientId, privateKey: gh.config.privateKey.reveal(), log }),
-        isLeader: () => leader.isLeader(),
+        leader,
         jobs,
         ...(gh.pollMs !== undefined ? { pollMs: gh.pollMs } : {}),
       })
@@ -154,7 +155,6 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
 
   let url: string | undefined;
-  const leader = makeLeader(ctx, jobs, { intervalMs: o.leaderIntervalMs ?? 1000, url: null, ...(o.upkeep ? { upkeep: o.upkeep } : {}) });
   let closing: Promise<void> | undefined;
 
   return {

@@ -26,6 +26,7 @@ import type { LogWriter } from './log-writer.ts';
 import type { PhaseWriter } from './phase-writer.ts';
 import type { ResultWriter } from './result-writer.ts';
 import type { JobCommands } from '../jobs/job-commands.ts';
+import type { Scheduler } from '../scheduler/scheduler.ts';
 import { errorBody } from '../http/http-errors.ts';
 
 export interface GatewayDeps {
@@ -36,10 +37,8 @@ export interface GatewayDeps {
   results: ResultWriter;
   /** The door for job changes (jobs lost on reconnect, phases, finished jobs). */
   jobs: JobCommands;
-  /** Something changed that may let the scheduler place more (capacity freed, host joined). */
-  kick(): void;
-  /** A job ended on a host: a pass is worth it only if work was left waiting. */
-  capacityFreed(): void;
+  /** The scheduler: kicked when a host joins, told when a job ended (capacity freed). */
+  scheduler: Pick<Scheduler, 'kick' | 'capacityFreed'>;
 }
 
 export interface AgentGateway {
@@ -263,7 +262,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
       hlog.info({ arch: host.arch, cpus: host.capacity.cpus, kept: kept.size }, 'agent connected');
       ctx.events.emit('host.connected', { hostId: host.id, name: host.name });
       ctx.events.emit('host.state', { hostId: host.id, name: host.name, state: host.state });
-      deps.kick();
+      deps.scheduler.kick();
     }
 
     async function hostStatus(msg: AgentMessageOf<'host.status'>): Promise<void> {
@@ -297,7 +296,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
     }
     l.send({ type: 'done.ack', jobId: r.jobId, attempt: r.attempt });
     if (res) deps.jobs.finished(l.hostId, res);
-    deps.capacityFreed();
+    deps.scheduler.capacityFreed();
   }
 
   function stop(hostId: number, jobId: number, attempt: number, reason: string): boolean {

@@ -8,7 +8,6 @@
  * any two steps leaves rows a later pass finishes.
  */
 import { randomBytes } from 'node:crypto';
-import { EventEmitter, once } from 'node:events';
 import type { FastifyInstance } from 'fastify';
 import { sql } from 'kysely';
 import { Type } from '@sinclair/typebox';
@@ -18,6 +17,7 @@ import { getJob, jobStatuses } from '../../store/jobs.ts';
 import type { JobCommands } from '../jobs/job-commands.ts';
 import type { GitHubJobRow, GitHubRunnerRow } from '../../store/github-schema.ts';
 import type { ServerContext } from '../context.ts';
+import type { ServerEventBus } from '../events.ts';
 import { errorBody } from '../http/http-errors.ts';
 import type { RouteDef } from '../http/routes.ts';
 import { isRetryable } from '../../core/error-catalogue.ts';
@@ -29,48 +29,15 @@ import { parseWorkflowJob, type WorkflowJobEvent } from './payload.ts';
 import { advances, backoffMs, classifyLabels, forkDecision, ghStateOfAction, listed, type GhJobState } from './policy.ts';
 import { verifySignature } from './signature.ts';
 
-export interface GitHubEvents {
-  /** A delivery was processed (outcome: applied, duplicate_action, ignored, refused, stale, bad_payload). */
-  'delivery.processed': { deliveryId: string; outcome: string };
-  'job.refused': { jobId: number; runAttempt: number; code: string; reason: string };
-  'runner.state': { name: string; state: string; reason?: string };
-  'pass.done': { n: number };
-}
-
-export class GitHubEventBus {
-  readonly #ee = new EventEmitter();
-  constructor() {
-    this.#ee.setMaxListeners(0);
-  }
-  emit<K extends keyof GitHubEvents>(name: K, p: GitHubEvents[K]): void {
-    this.#ee.emit(name, p);
-  }
-  on<K extends keyof GitHubEvents>(name: K, fn: (p: GitHubEvents[K]) => void): () => void {
-    this.#ee.on(name, fn);
-    return () => this.#ee.off(name, fn);
-  }
-  async waitFor<K extends keyof GitHubEvents>(name: K, pred: (p: GitHubEvents[K]) => boolean = () => true, timeoutMs = 10_000): Promise<GitHubEvents[K]> {
-    const ac = new AbortController();
-    const t = setTimeout(() => ac.abort(), timeoutMs);
-    try {
-      for (;;) {
-        const [p] = (await once(this.#ee, name, { signal: ac.signal })) as [GitHubEvents[K]];
-        if (pred(p)) return p;
-      }
-    } catch (e) {
-      if (ac.signal.aborted) throw new Error(`timed out after ${timeoutMs} ms waiting for GitHub event ${name}`);
-      throw e;
-    } finally {
-      clearTimeout(t);
-    }
-  }
-}
+/** GitHub's events are on the server's bus (server/events.ts: delivery.processed, job.refused, runner.state, pass.done). */
+export type { ServerEvents as GitHubEvents } from '../events.ts';
 
 export interface GitHubServiceDeps {
   ctx: ServerContext;
   config: GitHubConfig;
   api: GitHubApi;
-  isLeader(): boolean;
+  /** Whether this replica is the leader (GitHub's work runs on the leader only). */
+  leader: { isLeader(): boolean };
   /** The door for job changes: runner VMs are submitted, cancelled and scrubbed through it. */
   jobs: JobCommands;
   now?: () => number;
@@ -79,7 +46,7 @@ export interface GitHubServiceDeps {
 }
 
 export interface GitHubService {
-  readonly events: GitHubEventBus;
+  readonly events: ServerEventBus;
   readonly routes: RouteDef[];
   register(app: FastifyInstance): Promise<void>;
   start(): void;
@@ -104,7 +71,7 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
   const db = ctx.store.db;
   const now = d.now ?? Date.now;
   const log = ctx.log.child({ part: 'github' });
-  const events = new GitHubEventBus();
+  const events = ctx.events;
   const secrets = () => config.webhookSecrets.map((s) => s.reveal());
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<void> | undefined;
@@ -202,7 +169,7 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
   }
 
   async function pass(): Promise<void> {
-    if (!d.isLeader()) return;
+    if (!d.leader.isLeader()) return;
     await ingest();
     await check();
     await syncWithVms();

@@ -5,10 +5,16 @@ import type { JobCommands } from '../jobs/job-commands.ts';
 export interface ApiDeps {
   ctx: ServerContext;
   registry: HostRegistry;
-  /** Ask the scheduler for a pass. */
-  kick(): void;
-  /** Tell the scheduler a tenant limit changed. */
-  limitsChanged(): void;
+  /** The scheduler (server/scheduler/scheduler.ts), as far as the routes use it. */
+  scheduler: SchedulerControl;
   /** The door for job changes (submit, cancel). */
   jobs: JobCommands;
+}
+
+/** What the routes ask of the scheduler (the routes do not import it: lint keeps http/ and scheduler/ apart). */
+export interface SchedulerControl {
+  /** Asks for a pass (a host can take jobs again). */
+  kick(): void;
+  /** A tenant limit changed here. */
+  limitsChanged(): void;
 }

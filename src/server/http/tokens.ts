@@ -84,8 +84,8 @@ export function tokenRoutes(deps: ApiDeps): RouteDef[] {
         const name = (req.params as { name: string }).name;
         const { maxConcurrent } = req.body as { maxConcurrent: number | null };
         await setTenantLimit(db, name, maxConcurrent);
-        deps.limitsChanged();
-        deps.kick();
+        deps.scheduler.limitsChanged();
+        deps.scheduler.kick();
         return { name, maxConcurrent };
       },
     },

@@ -12,6 +12,7 @@ import { anyTenantLimits, tenantUsage } from '../../store/tenants.ts';
 import { hostStates } from '../../store/hosts.ts';
 import type { ServerContext } from '../context.ts';
 import type { JobCommands, Placement } from '../jobs/job-commands.ts';
+import { makeLoop } from '../loop.ts';
 import type { HostPool, PoolHost } from './host-pool.ts';
 import { placeJobs, type JobDemand } from './placement.ts';
 
@@ -32,18 +33,18 @@ export interface Scheduler {
 }
 
 export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobCommands): Scheduler {
-  let wanted = false;
   /** Whether jobs were still queued after the last pass (unknown before the first pass). */
   let backlog = true;
   /** Capacity freed while a pass ran: that pass's claims predate it, so a leftover backlog gets another pass. */
   let freedDuringPass = false;
-  let running: Promise<void> | undefined;
-  let stopped = true;
   let poll: NodeJS.Timeout | undefined;
   let stopPoll: NodeJS.Timeout | undefined;
   let stopPollBusy = false;
   let offSubmitted: (() => void) | undefined;
   const log = ctx.log.child({ part: 'scheduler' });
+  // Passes run at the end of the kicking event-loop turn, so everything submitted in the same turn shares one.
+  const loop = makeLoop(async () => void (await pass()), { atTurnEnd: true, onError: (e) => log.error({ err: e }, 'scheduling pass failed; retrying on the next poll') });
+  const kick = (): void => loop.kick();
 
   let limitsCache: { at: number; value: boolean } | undefined;
   /** Counts limit changes made through this replica (a cached "no limits" from before one is stale). */
@@ -109,7 +110,7 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobC
         if (ok.has(p.jobId)) continue;
         const link = registry.get(p.hostId);
         if (link) link.schedulable = false;
-        wanted = true;
+        loop.kick();
       }
       const createdAt = new Map(jobs.map((j) => [j.id, j.createdAt]));
       const waiting = done.length < jobs.length || jobs.length >= ctx.options.batchSize || more === true;
@@ -130,31 +131,10 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobC
     door.placed(report);
     if (placed.length > 0) log.debug({ placed: placed.length, claimed, ms: Math.round(performance.now() - started) }, 'placed jobs');
     // A full batch means more may be waiting.
-    if (claimed >= ctx.options.batchSize && placed.length > 0) wanted = true;
+    if (claimed >= ctx.options.batchSize && placed.length > 0) loop.kick();
     backlog = waiting;
-    if (backlog && freedDuringPass) wanted = true;
+    if (backlog && freedDuringPass) loop.kick();
     return placed.length;
-  }
-
-  function kick(): void {
-    wanted = true;
-    if (running || stopped) return;
-    running = (async () => {
-      // Start at the end of this event-loop turn, so everything submitted in the same turn shares the pass.
-      await new Promise<void>((r) => setImmediate(r));
-      while (wanted && !stopped) {
-        wanted = false;
-        try {
-          await pass();
-        } catch (e) {
-          log.error({ err: e }, 'scheduling pass failed; retrying on the next poll');
-        }
-      }
-    })().finally(() => {
-      running = undefined;
-      // A kick that landed after the loop's last check but before this ran found `running` still set.
-      if (wanted && !stopped) kick();
-    });
   }
 
   /** Picks up drain/cordon changes made through other replicas. */
@@ -205,7 +185,7 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobC
     kick,
     capacityFreed() {
       if (backlog) kick();
-      else if (running) freedDuringPass = true;
+      else if (loop.busy) freedDuringPass = true;
     },
     limitsChanged: () => {
       limitsCache = undefined;
@@ -213,7 +193,6 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobC
     },
     pass,
     start() {
-      stopped = false;
       // The embedded store has no other replica: every submission and freed host kicks a pass here, so its
       // polls are only a safety net, and they are slower (its statements run on this event loop).
       const single = ctx.store.kind === 'pglite';
@@ -223,14 +202,13 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobC
       stopPoll = setInterval(() => void checkStops(), single ? 5000 : Math.max(ctx.options.pollMs * 4, 1000));
       // Work accepted here (the API, GitHub) gets a pass at the end of its event-loop turn.
       offSubmitted = ctx.events.on('job.submitted', kick);
-      kick();
+      loop.start();
     },
     async stop() {
-      stopped = true;
       offSubmitted?.();
       clearInterval(poll);
       clearInterval(stopPoll);
-      await running;
+      await loop.stop();
     },
   };
 }

@@ -3,7 +3,7 @@
  * the past, 9 min life) for /app/** and installation lookups; installation tokens for everything else,
  * cached per installation and refreshed ahead of expiry, refreshed once on a 401; a stale installation id
  * (404 minting a token) re-resolved once through GET /repos/{o}/{r}/installation. Errors are KilnErrors with
- * `github.*` codes; `RETRYABLE` says which ones a later pass should retry.
+ * `github.*` codes; the error catalogue (core/error-catalogue.ts) says which ones a later pass should retry.
  */
 import { createSign } from 'node:crypto';
 import type { Logger } from 'pino';
@@ -62,8 +62,6 @@ export interface GitHubApi {
   redeliver(deliveryId: number): Promise<void>;
 }
 
-/** Codes worth retrying on a later pass (graphile-worker style table, never message matching). */
-export const RETRYABLE = new Set(['github.unavailable', 'github.rate_limited', 'github.throttled', 'github.auth_failed']);
 
 export interface GitHubClientOptions {
   apiUrl: string;

@@ -20,7 +20,8 @@ import { admitJobs } from './admission.ts';
 import type { GitHubApi } from './api.ts';
 import { withApiBudget } from './api-budget.ts';
 import type { GitHubConfig } from './config.ts';
-import { GitHubEventBus } from './events.ts';
+import type { GitHubEventBus } from './events.ts';
+import type { JobCommands } from '../jobs/job-commands.ts';
 import { ingestDeliveries } from './ingest.ts';
 import { registerWebhook } from './intake.ts';
 import { makeRunnerVmWrites } from './job-writes.ts';
@@ -37,11 +38,10 @@ export interface GitHubServiceDeps {
   ctx: ServerContext;
   config: GitHubConfig;
   api: GitHubApi;
-  isLeader(): boolean;
-  /** Ask the scheduler for a pass (after submitting runner VMs). */
-  kick(): void;
-  /** Stop a job's VM when its agent is connected to this replica. */
-  stop(hostId: number, jobId: number, attempt: number, reason: string): boolean;
+  /** Whether this replica is the leader (GitHub's work runs on the leader only). */
+  leader: { isLeader(): boolean };
+  /** The door for job changes: runner VMs are submitted, cancelled and scrubbed through it. */
+  jobs: JobCommands;
   now?: () => number;
   /** How often the leader looks for work other replicas persisted (default 500 ms). */
   pollMs?: number;
@@ -64,12 +64,12 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
   const { ctx, config } = d;
   const now = d.now ?? Date.now;
   const log = ctx.log.child({ part: 'github' });
-  const events = new GitHubEventBus();
+  const events = ctx.events;
   const metrics = makeGitHubMetrics(ctx);
   const api = withApiBudget(d.api, { perMinute: config.apiCallsPerMinute, now, log, metrics, events });
   const p: GitHubParts = { ctx, db: ctx.store.db, config, api, log, events, metrics, now, step: makeStep(log) };
-  const vms = makeRunnerVmWrites(ctx, d.stop);
-  const prov = makeProvisioner(p, vms, d.kick);
+  const vms = makeRunnerVmWrites(ctx, d.jobs);
+  const prov = makeProvisioner(p, vms);
   const redelivery = makeRedelivery(p);
   const reconciler = makeReconciler(p, vms, prov);
 
@@ -103,7 +103,7 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
   }
 
   async function pass(): Promise<void> {
-    if (!d.isLeader()) return;
+    if (!d.leader.isLeader()) return;
     await ingestDeliveries(p, vms);
     await admitJobs(p, vms);
     await prov.syncWithVms();

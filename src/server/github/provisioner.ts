@@ -10,7 +10,8 @@ import { isAvailableRunner, nextRunnerState, LIVE_RUNNER_STATES, type RunnerEven
 import { getGhJob, listQueuedAccepted, updateGhJob, type GhJob } from '../../store/github-jobs.ts';
 import { goneRunnersWithLiveVms, insertRunner, listRunnersIn, updateRunner, type GhRunner, type GhRunnerPatch } from '../../store/github-runners.ts';
 import { reread } from './admission.ts';
-import { RETRYABLE, type Scope } from './api.ts';
+import { isRetryable } from '../../core/error-catalogue.ts';
+import type { Scope } from './api.ts';
 import { RUNNER_ENV, type RunnerVmWrites } from './job-writes.ts';
 import { jobInstallation, runnerInstallation, runnerScope, type GitHubParts } from './parts.ts';
 import { planProvisioning } from './planner.ts';
@@ -29,7 +30,7 @@ export interface Provisioner {
   provision(): Promise<void>;
 }
 
-export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites, kickScheduler: () => void): Provisioner {
+export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites): Provisioner {
   const { config, api, db, log, events } = p;
   const stopTried = new Map<number, number>();
 
@@ -46,7 +47,7 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites, kickSchedul
 
   async function failJob(j: Pick<GhJob, 'jobId' | 'runAttempt' | 'failures'>, err: KilnError, runner?: string): Promise<void> {
     const failures = j.failures + 1;
-    const retry = RETRYABLE.has(err.code) || err.kind === 'unavailable' || err.code.startsWith('vm.') || err.code.startsWith('image.') || err.code === 'github.runner_exited';
+    const retry = isRetryable(err) || err.code.startsWith('vm.') || err.code.startsWith('image.') || err.code === 'github.runner_exited';
     const next = p.now() + backoffMs(failures, config.backoffBaseMs, config.backoffMaxMs);
     await updateGhJob(db, j, { failures, nextAttemptAt: next, reasonCode: err.code, reason: err.message });
     p.metrics.runnerFailures.inc({ code: err.code });
@@ -116,7 +117,6 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites, kickSchedul
     });
     await setRunner({ ...row, name }, { type: 'registered' }, { runnerId: jit.runnerId, kilnJobId: kilnJob.id });
     log.info({ runner: name, ghJobId: j.jobId, jobId: kilnJob.id, labels: c.runnerLabels }, 'runner VM queued');
-    kickScheduler();
   }
 
   /**

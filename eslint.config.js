@@ -15,7 +15,8 @@ const boundary = (from, banned) => ({ files: [`src/${from}/**/*.ts`], rules: { '
 // bans): the scheduler places through a port (scheduler/host-pool.ts) and imports nothing of the agents, the
 // HTTP routes or GitHub; the agents' side (gateway, host registry, writers) may use the placement types and
 // the HTTP error table, not the routes or GitHub; the routes may read the host registry, not GitHub; GitHub
-// reaches the rest only through the server context. Only server.ts wires, and nothing imports it.
+// reaches the rest only through the server context. The job door (jobs/) is below them all: every part may
+// use it, and it imports none of them. Only server.ts wires, and nothing imports it.
 const SERVER = ['agent', 'vm', 'cli'];
 const WIRING = { group: ['**/server.ts'], message: 'only src/server/server.ts wires the server; depend on the context or a port instead' };
 const serverPart = (part, banned) => ({
@@ -46,6 +47,7 @@ export default tseslint.config(
   boundary('store', ['vm', 'agent', 'server', 'oci', 'cli']),
   boundary('agent', ['server', 'store', 'cli']),
   boundary('server', SERVER),
+  serverPart('jobs', ['agents', 'http', 'github', 'scheduler']),
   serverPart('scheduler', ['agents', 'http', 'github']),
   serverPart('agents', ['github', ['http', ['http-errors.ts']]]),
   serverPart('http', ['github', 'scheduler']),

@@ -6,7 +6,7 @@ import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { KilnError } from '../core/errors.ts';
 import { parseAllowEntry } from '../vm/egress.ts';
-import { parseDuration } from '../core/sizes.ts';
+import { parseDuration, parseSize } from '../core/sizes.ts';
 
 export interface CommonConfig {
   /** Where kiln keeps images, VM directories, the embedded database and caches. */
@@ -33,11 +33,14 @@ export interface VmConfig {
   bootTimeoutMs: number | undefined;
   /** Guest egress (docs/network.md): what every VM on this host may reach beyond the internet, or no filter at all. */
   egress: { allow: string[]; unfiltered: boolean };
+  /** Disk budget of the warm-start snapshot store (KILN_SNAPSHOT_BUDGET, a size); undefined: 4G. */
+  snapshotBudgetBytes: number | undefined;
 }
 
 /**
  * KILN_ACCEL (auto|kvm|tcg), KILN_BOOT_TIMEOUT (a duration such as 90s), KILN_EGRESS_ALLOW (CIDRs and host
- * names, comma-separated) and KILN_EGRESS (filtered, the default, or unfiltered).
+ * names, comma-separated), KILN_EGRESS (filtered, the default, or unfiltered) and KILN_SNAPSHOT_BUDGET (a size
+ * such as 4G).
  */
 export function loadVmConfig(env: NodeJS.ProcessEnv = process.env): VmConfig {
   const problems: string[] = [];
@@ -61,8 +64,21 @@ export function loadVmConfig(env: NodeJS.ProcessEnv = process.env): VmConfig {
   }
   const egressText = env.KILN_EGRESS || 'filtered';
   if (egressText !== 'filtered' && egressText !== 'unfiltered') problems.push(`KILN_EGRESS="${egressText}" is not filtered or unfiltered`);
+  let snapshotBudgetBytes: number | undefined;
+  if (env.KILN_SNAPSHOT_BUDGET) {
+    try {
+      snapshotBudgetBytes = parseSize(env.KILN_SNAPSHOT_BUDGET, 'KILN_SNAPSHOT_BUDGET');
+    } catch (e) {
+      problems.push((e as Error).message);
+    }
+  }
   if (problems.length > 0) throw new KilnError('config.invalid', problems.join('; '), { hint: 'fix the environment variables named above' });
-  return { accel: (accelText || 'auto') as VmConfig['accel'], bootTimeoutMs, egress: { allow, unfiltered: egressText === 'unfiltered' } };
+  return {
+    accel: (accelText || 'auto') as VmConfig['accel'],
+    bootTimeoutMs,
+    egress: { allow, unfiltered: egressText === 'unfiltered' },
+    snapshotBudgetBytes,
+  };
 }
 
 /** The control-plane server `kiln run` submits to instead of running the VM itself (KILN_SERVER). */

@@ -27,6 +27,7 @@ interface RunFlags {
   egressAllow?: string[];
   egress?: string;
   verbose?: boolean;
+  cold?: boolean;
   dataDir?: string;
 }
 
@@ -93,7 +94,8 @@ export function registerRun(program: Command, out: () => Output): void {
     .option('--egress-allow <cidr|name>', 'with --network user: also reach this address, CIDR or host name, though closed by default (repeatable; env KILN_EGRESS_ALLOW)', collect, [])
     .option('--egress <mode>', 'filtered (default) or unfiltered: no egress filter at all, for hosts where kiln is not root (env KILN_EGRESS)')
     .option('--registry-mirror <host:port>', 'registry mirror for Docker and buildah in the ci image: one on the host\'s loopback (127.0.0.1:PORT) is forwarded to the guest at 10.0.2.100:5000, with or without --network; other addresses are passed as given')
-    .option('-v, --verbose', 'print a timing breakdown (prepare, boot, run, teardown)')
+    .option('-v, --verbose', 'print a timing breakdown (prepare, boot, run, teardown) and whether the VM started warm or cold')
+    .option('--cold', 'boot the VM from scratch instead of restoring it from a warm-start snapshot')
     .option('--data-dir <dir>', 'kiln data directory (env KILN_DATA_DIR)')
     .argument('[command...]', 'the command and its arguments')
     .addHelpText(
@@ -125,7 +127,13 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
   const vmCfg = loadVmConfig(flags.egress ? { ...process.env, KILN_EGRESS: flags.egress } : process.env);
   const egress = { allow: [...vmCfg.egress.allow, ...(flags.egressAllow ?? [])], unfiltered: vmCfg.egress.unfiltered };
   for (const a of egress.allow) parseAllowEntry(a);
-  const driver = makeQemuDriver({ dataDir: cfg.dataDir, accel: vmCfg.accel, ...(vmCfg.bootTimeoutMs ? { bootTimeoutMs: vmCfg.bootTimeoutMs } : {}), egress });
+  const driver = makeQemuDriver({
+    dataDir: cfg.dataDir,
+    accel: vmCfg.accel,
+    ...(vmCfg.bootTimeoutMs ? { bootTimeoutMs: vmCfg.bootTimeoutMs } : {}),
+    egress,
+    snapshots: vmCfg.snapshotBudgetBytes !== undefined ? { budgetBytes: vmCfg.snapshotBudgetBytes } : {},
+  });
   const store = makeImageStore(cfg.dataDir);
   try {
     const { removed } = await driver.sweep();
@@ -157,8 +165,9 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
         timeoutMs: req.timeoutMs,
         network: req.network,
         ...mirrorSpec(req.registryMirror),
+        ...(flags.cold ? { warm: false } : {}),
       },
-      { stdout: (c) => process.stdout.write(c), stderr: (c) => process.stderr.write(c) },
+      { stdout: (c) => process.stdout.write(c), stderr: (c) => process.stderr.write(c), note: (line) => o.info(line) },
     );
     let signalled: NodeJS.Signals | undefined;
     const onSignal = (sig: NodeJS.Signals) => {
@@ -255,8 +264,9 @@ function exitCodeFor(r: VmResult, req: RunRequest, o: Output): number {
 function printTimings(o: Output, r: VmResult, image: string): void {
   const t = r.timings;
   const ms = (n: number) => `${Math.round(n)} ms`;
-  o.info(`timings (image ${image}):`);
-  if (t.launchedAtMs !== undefined) o.info(`  start     ${ms(t.launchedAtMs - t.prepareMs)} (node start, config, image lookup)`);
+  o.info(`timings (image ${image}, ${t.start === 'warm' ? 'warm start: restored from a snapshot' : 'cold start: booted'}):`);
+  if (t.snapshotBuildMs !== undefined) o.info(`  snapshot  ${ms(t.snapshotBuildMs)} (built once for this image and VM shape)`);
+  if (t.launchedAtMs !== undefined) o.info(`  start     ${ms(t.launchedAtMs - t.prepareMs - (t.snapshotBuildMs ?? 0))} (node start, config, image lookup)`);
   o.info(`  prepare   ${ms(t.prepareMs)}`);
   o.info(`  boot      ${ms(t.bootMs)}${t.guestUptimeAtInitMs !== undefined ? ` (guest uptime at init: ${ms(t.guestUptimeAtInitMs)})` : ''}`);
   o.info(`  run       ${ms(t.runMs)}`);

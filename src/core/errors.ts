@@ -1,8 +1,11 @@
 /**
  * One error type for everything kiln reports. `code` is stable (callers, HTTP and the agent protocol
- * branch on it); `message` says what happened; `hint` says what the user can do about it.
+ * branch on it); `message` says what happened; `hint` says what the user can do about it. A code's kind,
+ * HTTP status and retryability come from the catalogue (error-catalogue.ts).
  */
-export type ErrorKind = 'user' | 'internal' | 'unavailable';
+import { kindOf, type ErrorKind } from './error-catalogue.ts';
+
+export type { ErrorKind };
 
 export interface KilnErrorOptions {
   hint?: string;
@@ -22,7 +25,7 @@ export class KilnError extends Error {
     this.name = 'KilnError';
     this.code = code;
     this.hint = options.hint;
-    this.kind = options.kind ?? 'user';
+    this.kind = options.kind ?? kindOf(code);
     this.details = options.details;
   }
 }

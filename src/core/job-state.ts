@@ -52,6 +52,11 @@ export function isTerminal(s: JobState): boolean {
 export const ACTIVE_STATES: readonly JobState[] = ['placed', 'booting', 'running'];
 export const TERMINAL_STATES: readonly JobState[] = ['succeeded', 'failed', 'cancelled', 'timed_out', 'lost'];
 
+/** Whether a job in state `s` holds capacity on a host (one of ACTIVE_STATES). */
+export function holdsHost(s: JobState): boolean {
+  return s === 'placed' || s === 'booting' || s === 'running';
+}
+
 /** A lost job may be retried only if its command never started. */
 export function mayRequeue(lastActive: JobState): boolean {
   return lastActive === 'placed' || lastActive === 'booting';

@@ -5,6 +5,7 @@
  * tag back and compares digests.
  */
 import { KilnError, toKilnError } from '../core/errors.ts';
+import { isRetryable } from '../core/error-catalogue.ts';
 import { describeSource, type ComposedEntry, type Composition } from './compose.ts';
 import { mapLimit } from './limit.ts';
 import { MediaType, isNonDistributableLayer } from './media-types.ts';
@@ -88,7 +89,7 @@ export async function pushComposition(client: RegistryClient, comp: Composition,
           break;
         } catch (e) {
           const k = toKilnError(e);
-          if (k.kind !== 'unavailable' || attempt >= 3) throw k;
+          if (!isRetryable(k) || attempt >= 3) throw k;
           location = await client.startUpload(target.registry, target.repository);
         }
       }

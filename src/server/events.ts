@@ -1,6 +1,7 @@
 /**
  * Typed events for everything the control plane changes, so tests (and the log follower) await them
- * instead of sleeping. One emitter per server instance; never a module-level singleton.
+ * instead of sleeping. One bus per server instance, shared by all its parts (GitHub's included); never a
+ * module-level singleton.
  */
 import { EventEmitter, once } from 'node:events';
 import type { Job } from '../core/job.ts';
@@ -12,6 +13,8 @@ export interface ServerEvents {
   'job.submitted': { job: Job };
   /** The job as far as every listener needs it: read the rest from the store (most writers never load it). */
   'job.state': { job: Pick<Job, 'id' | 'tenant' | 'attempt'>; from: JobState; to: JobState };
+  /** A job's VM must stop (a cancel of an active job): the replica its host is connected to sends `stop`. */
+  'job.stop': { jobId: number; attempt: number; hostId: number; reason: string };
   'job.placed': { jobId: number; attempt: number; hostId: number; latencyMs: number };
   'job.logs': { jobId: number };
   'host.state': { hostId: number; name: string; state: HostState };
@@ -23,27 +26,38 @@ export interface ServerEvents {
   'leader.changed': { leader: boolean };
   /** The leader vacuumed or analyzed tables of the embedded store (src/store/upkeep.ts). */
   'store.upkeep': { tables: { table: string; what: string; ms: number }[] };
+  // GitHub Actions (server/github), on the same bus.
+  /** A delivery was processed (outcome: applied, duplicate_action, ignored, refused, stale, bad_payload). */
+  'delivery.processed': { deliveryId: string; outcome: string };
+  'job.refused': { jobId: number; runAttempt: number; code: string; reason: string };
+  'runner.state': { name: string; state: string; reason?: string };
+  /** A runner ended before it took a job; the job's failure count is now `failures`. */
+  'runner.failed': { name: string; jobId: number; runAttempt: number; code: string; failures: number };
+  /** kiln holds its GitHub calls until `untilMs` (GitHub's rate limit, or kiln's own budget). */
+  'api.throttled': { untilMs: number; reason: string };
+  'pass.done': { n: number };
 }
 
-export class ServerEventBus {
+/** A typed event bus over an event map `E` (name → payload). */
+export class EventBus<E extends object> {
   readonly #ee = new EventEmitter();
   constructor() {
     this.#ee.setMaxListeners(0);
   }
-  emit<K extends keyof ServerEvents>(name: K, payload: ServerEvents[K]): void {
+  emit<K extends keyof E & string>(name: K, payload: E[K]): void {
     this.#ee.emit(name, payload);
   }
-  on<K extends keyof ServerEvents>(name: K, fn: (payload: ServerEvents[K]) => void): () => void {
+  on<K extends keyof E & string>(name: K, fn: (payload: E[K]) => void): () => void {
     this.#ee.on(name, fn);
     return () => this.#ee.off(name, fn);
   }
   /** Resolves with the first event for which `pred` holds; rejects after `timeoutMs`. */
-  async waitFor<K extends keyof ServerEvents>(name: K, pred: (p: ServerEvents[K]) => boolean = () => true, timeoutMs = 10_000): Promise<ServerEvents[K]> {
+  async waitFor<K extends keyof E & string>(name: K, pred: (p: E[K]) => boolean = () => true, timeoutMs = 10_000): Promise<E[K]> {
     const ac = new AbortController();
     const timer = setTimeout(() => ac.abort(), timeoutMs);
     try {
       for (;;) {
-        const [p] = (await once(this.#ee, name, { signal: ac.signal })) as [ServerEvents[K]];
+        const [p] = (await once(this.#ee, name, { signal: ac.signal })) as [E[K]];
         if (pred(p)) return p;
       }
     } catch (e) {
@@ -54,3 +68,6 @@ export class ServerEventBus {
     }
   }
 }
+
+/** The server's bus: every part of one server instance emits and listens here. */
+export class ServerEventBus extends EventBus<ServerEvents> {}

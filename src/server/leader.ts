@@ -5,9 +5,11 @@
  * embedded store it also does autovacuum's work (../store/upkeep.ts), when the server is quiet.
  */
 import { lostHosts, expireHost, heartbeatServer } from '../store/hosts.ts';
-import { activeJobsOnHosts, loseJob, overdueJobs, transitionJob } from '../store/jobs.ts';
+import { activeJobsOnHosts, overdueJobs } from '../store/jobs.ts';
 import { tablesDue, upkeep } from '../store/upkeep.ts';
 import type { ServerContext } from './context.ts';
+import type { JobCommands } from './jobs/job-commands.ts';
+import { makeLoop } from './loop.ts';
 
 export interface UpkeepTiming {
   /** How often the embedded store's tables are checked for upkeep. */
@@ -29,12 +31,11 @@ export interface Leader {
   sweep(): Promise<void>;
 }
 
-export function makeLeader(ctx: ServerContext, opts: { intervalMs?: number; url?: string | null; upkeep?: UpkeepTiming } = {}): Leader {
+export function makeLeader(ctx: ServerContext, jobs: JobCommands, opts: { intervalMs?: number; url?: string | null; upkeep?: UpkeepTiming } = {}): Leader {
   const up = opts.upkeep ?? UPKEEP_TIMING;
   const intervalMs = opts.intervalMs ?? 1000;
   let lock: { release(): Promise<void>; lost: Promise<void> } | undefined;
   let timer: NodeJS.Timeout | undefined;
-  let busy: Promise<void> | undefined;
   let stopped = false;
   const log = ctx.log.child({ part: 'leader' });
   let lastUpkeep = performance.now();
@@ -56,52 +57,35 @@ export function makeLeader(ctx: ServerContext, opts: { intervalMs?: number; url?
     for (const h of await lostHosts(ctx.store.db, ctx.options.hostLostAfterMs)) {
       if (!(await expireHost(ctx.store.db, h.id, ctx.options.hostLostAfterMs))) continue;
       for (const j of await activeJobsOnHosts(ctx.store.db, [h.id])) {
-        const r = await loseJob(ctx.store.db, j.id, j.attempt, `host ${h.name} stopped reporting`);
-        if (r) {
-          log.warn({ jobId: j.id, hostId: h.id, requeued: r.requeued }, 'job lost with its host');
-          ctx.events.emit('job.state', { job: r.job, from: j.state, to: r.job.state });
-        }
+        const r = await jobs.lose(j.id, j.attempt, `host ${h.name} stopped reporting`);
+        if (r) log.warn({ jobId: j.id, hostId: h.id, requeued: r.requeued }, 'job lost with its host');
       }
       ctx.events.emit('host.state', { hostId: h.id, name: h.name, state: 'offline' });
     }
-    for (const j of await overdueJobs(ctx.store.db, ctx.options.timeoutGraceMs)) {
-      const r = await transitionJob(ctx.store.db, j.id, j.attempt, { type: 'time_out' }, {
-        error: { code: 'job.timed_out', message: 'the job ran past its timeout and its host did not stop it' },
-      });
-      if (r) ctx.events.emit('job.state', { job: r.job, from: r.from, to: r.job.state });
-    }
+    for (const j of await overdueJobs(ctx.store.db, ctx.options.timeoutGraceMs)) await jobs.timeOut(j.id, j.attempt);
   }
 
-  function tick(): Promise<void> {
-    if (busy || stopped) return busy ?? Promise.resolve();
-    busy = tickOnce().finally(() => {
-      busy = undefined;
-    });
-    return busy;
-  }
+  // Each tick: heartbeat, try for the lock, and the leader's work when held (failures are retried next tick).
+  const loop = makeLoop(tick, { onError: (e) => log.warn({ err: e }, 'periodic work failed; retrying') });
 
-  async function tickOnce(): Promise<void> {
-    try {
-      await heartbeatServer(ctx.store.db, ctx.serverId, opts.url ?? null);
-      if (!lock) {
-        lock = await ctx.store.tryAdvisoryLock(LEADER_LOCK_KEY);
-        if (lock) {
-          log.info('this replica is now the leader');
-          ctx.events.emit('leader.changed', { leader: true });
-          void lock.lost.then(() => {
-            if (stopped) return;
-            log.warn('lost the leader lock');
-            lock = undefined;
-            ctx.events.emit('leader.changed', { leader: false });
-          });
-        }
-      }
+  async function tick(): Promise<void> {
+    await heartbeatServer(ctx.store.db, ctx.serverId, opts.url ?? null);
+    if (!lock) {
+      lock = await ctx.store.tryAdvisoryLock(LEADER_LOCK_KEY);
       if (lock) {
-        await sweep();
-        await upkeepIfDue();
+        log.info('this replica is now the leader');
+        ctx.events.emit('leader.changed', { leader: true });
+        void lock.lost.then(() => {
+          if (stopped) return;
+          log.warn('lost the leader lock');
+          lock = undefined;
+          ctx.events.emit('leader.changed', { leader: false });
+        });
       }
-    } catch (e) {
-      log.warn({ err: e }, 'periodic work failed; retrying');
+    }
+    if (lock) {
+      await sweep();
+      await upkeepIfDue();
     }
   }
 
@@ -111,14 +95,14 @@ export function makeLeader(ctx: ServerContext, opts: { intervalMs?: number; url?
     start() {
       const active = () => (lastActivity = performance.now());
       offActivity.push(ctx.events.on('job.placed', active), ctx.events.on('job.state', active), ctx.events.on('job.submitted', active));
-      timer = setInterval(() => void tick(), intervalMs);
-      void tick();
+      timer = setInterval(() => loop.kick(), intervalMs);
+      loop.start();
     },
     async stop() {
       stopped = true;
       clearInterval(timer);
       for (const off of offActivity.splice(0)) off();
-      await busy;
+      await loop.stop();
       await lock?.release();
       lock = undefined;
     },

@@ -25,6 +25,7 @@ import { makeLogWriter } from './agents/log-writer.ts';
 import { makePhaseWriter } from './agents/phase-writer.ts';
 import { makeResultWriter } from './agents/result-writer.ts';
 import { makeMetrics } from './metrics.ts';
+import { makeJobCommands } from './jobs/job-commands.ts';
 import { listHosts } from '../store/hosts.ts';
 import { makeScheduler, type Scheduler } from './scheduler/scheduler.ts';
 import { hostRoutes } from './http/hosts.ts';
@@ -34,7 +35,7 @@ import { tokenRoutes } from './http/tokens.ts';
 import { makeGitHubClient, type GitHubApi } from './github/api.ts';
 import type { GitHubConfig } from './github/config.ts';
 import { webhookOpenApi } from './github/manifest.ts';
-import { makeGitHubService, type GitHubService } from './github/service.ts';
+import { makeGitHubService, type GitHubService } from './github/github.ts';
 
 export interface MakeServerOptions {
   store: Store;
@@ -120,15 +121,17 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   });
 
   const registry = new HostRegistry();
-  const scheduler = makeScheduler(ctx, registry);
+  const jobs = makeJobCommands(ctx);
+  const scheduler = makeScheduler(ctx, registry, jobs);
+  const leader = makeLeader(ctx, jobs, { intervalMs: o.leaderIntervalMs ?? 1000, url: null, ...(o.upkeep ? { upkeep: o.upkeep } : {}) });
   const logs = makeLogWriter(ctx);
-  const phases = makePhaseWriter(ctx);
-  const results = makeResultWriter(ctx, async () => {
+  const phases = makePhaseWriter(ctx, jobs);
+  const results = makeResultWriter(jobs, async () => {
     await phases.flush();
     await logs.flush();
   });
-  const gateway: AgentGateway = attachAgentGateway(app, { ctx, registry, logs, phases, results, kick: () => scheduler.kick(), capacityFreed: () => scheduler.capacityFreed() });
-  const apiDeps = { ctx, registry, kick: () => scheduler.kick(), limitsChanged: () => scheduler.limitsChanged(), stop: gateway.stop };
+  const gateway: AgentGateway = attachAgentGateway(app, { ctx, registry, logs, phases, results, jobs, scheduler });
+  const apiDeps = { ctx, registry, jobs, scheduler };
   const routes: RouteDef[] = [...jobRoutes(apiDeps), ...hostRoutes(apiDeps), ...tokenRoutes(apiDeps)];
   const gh = o.github;
   const github: GitHubService | undefined = gh
@@ -136,9 +139,8 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
         ctx,
         config: gh.config,
         api: gh.api ?? makeGitHubClient({ apiUrl: gh.config.apiUrl, appId: gh.config.appId, clientId: gh.config.clientId, privateKey: gh.config.privateKey.reveal(), log }),
-        isLeader: () => leader.isLeader(),
-        kick: () => scheduler.kick(),
-        stop: gateway.stop,
+        leader,
+        jobs,
         ...(gh.pollMs !== undefined ? { pollMs: gh.pollMs } : {}),
       })
     : undefined;
@@ -153,7 +155,6 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
 
   let url: string | undefined;
-  const leader = makeLeader(ctx, { intervalMs: o.leaderIntervalMs ?? 1000, url: null, ...(o.upkeep ? { upkeep: o.upkeep } : {}) });
   let closing: Promise<void> | undefined;
 
   return {

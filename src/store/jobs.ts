@@ -4,7 +4,7 @@ import type { LaunchSpec } from '../core/agent-protocol.ts';
 import type { Arch } from '../core/arch.ts';
 import type { Requirements } from '../core/requirements.ts';
 import type { Job, JobSpec, JobTransition } from '../core/job.ts';
-import { ACTIVE_STATES, JOB_STATE_LIST, canTransition, nextJobState, type JobEvent, type JobState } from '../core/job-state.ts';
+import { ACTIVE_STATES, JOB_STATE_LIST, canTransition, holdsHost, mayRequeue, nextJobState, type JobEvent, type JobState } from '../core/job-state.ts';
 import type { Db, Tx } from './store.ts';
 import type { JobRow } from './schema.ts';
 import { batchRows, type BatchColumn } from './batch-rows.ts';
@@ -257,69 +257,10 @@ export async function claimQueuedJobs(tx: Tx, limit: number, windows: ClaimWindo
   return r.rows.length === 0 ? { jobs } : { jobs, more: r.rows[0]!.queued > jobs.length };
 }
 
-/** Active jobs per tenant, and the limits of tenants that have one (rows locked so replicas agree). */
-export async function tenantUsage(tx: Tx, tenants: string[]): Promise<Map<string, { active: number; limit: number | null }>> {
-  const out = new Map<string, { active: number; limit: number | null }>();
-  if (tenants.length === 0) return out;
-  const limits = await tx.selectFrom('tenants').selectAll().where('name', 'in', tenants).forUpdate().execute();
-  const limited = limits.filter((l) => l.max_concurrent !== null);
-  for (const l of limited) out.set(l.name, { active: 0, limit: l.max_concurrent });
-  if (limited.length === 0) return out;
-  const counts = await tx
-    .selectFrom('jobs')
-    .select(['tenant', sql<number>`count(*)::int`.as('n')])
-    .where('tenant', 'in', limited.map((l) => l.name))
-    .where('state', 'in', [...ACTIVE_STATES])
-    .groupBy('tenant')
-    .execute();
-  for (const c of counts) {
-    const e = out.get(c.tenant);
-    if (e) e.active = c.n;
-  }
-  return out;
-}
-
 /** Whether any job is queued (the partial index on queued jobs answers it). */
 export async function anyQueued(db: Q): Promise<boolean> {
   const r = await sql<{ x: boolean }>`SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued') AS x`.execute(db);
   return r.rows[0]?.x === true;
-}
-
-/** Whether any tenant has a concurrency limit (the scheduler skips the limit query when none does). */
-export async function anyTenantLimits(db: Q): Promise<boolean> {
-  const r = await db.selectFrom('tenants').select('name').where('max_concurrent', 'is not', null).limit(1).execute();
-  return r.length > 0;
-}
-
-export interface TenantInfo {
-  name: string;
-  maxConcurrent: number | null;
-  active: number;
-  queued: number;
-}
-
-/** Every tenant with a limit or jobs queued or active: its limit and what it runs and waits for now. */
-export async function listTenants(db: Q): Promise<TenantInfo[]> {
-  const r = await sql<{ name: string; max_concurrent: number | null; active: number; queued: number }>`
-    WITH counts AS (
-      SELECT tenant,
-        count(*) FILTER (WHERE state IN ('placed','booting','running'))::int AS active,
-        count(*) FILTER (WHERE state = 'queued')::int AS queued
-      FROM jobs WHERE state IN ('queued','placed','booting','running') GROUP BY tenant
-    )
-    SELECT coalesce(t.name, c.tenant) AS name, t.max_concurrent, coalesce(c.active, 0) AS active, coalesce(c.queued, 0) AS queued
-    FROM tenants t FULL OUTER JOIN counts c ON c.tenant = t.name
-    WHERE t.max_concurrent IS NOT NULL OR c.tenant IS NOT NULL
-    ORDER BY 1`.execute(db);
-  return r.rows.map((x) => ({ name: x.name, maxConcurrent: x.max_concurrent, active: x.active, queued: x.queued }));
-}
-
-export async function setTenantLimit(db: Q, tenant: string, maxConcurrent: number | null): Promise<void> {
-  await db
-    .insertInto('tenants')
-    .values({ name: tenant, max_concurrent: maxConcurrent })
-    .onConflict((oc) => oc.column('name').doUpdateSet({ max_concurrent: maxConcurrent }))
-    .execute();
 }
 
 /**
@@ -475,39 +416,45 @@ export async function jobStatuses(db: Q, ids: number[]): Promise<{ id: number; a
 }
 
 /**
- * Marks an active job lost; when it had not started running, requeues it as a new attempt at once.
- * Returns the job after the change, or undefined when it was no longer active on that attempt.
+ * Marks an active job lost; when it had not started running (the state machine's `mayRequeue`) and no
+ * cancel was asked for, requeues it as a new attempt at once. Returns the job after the change and the state
+ * it left, or undefined when it was no longer active on that attempt.
  */
-export async function loseJob(db: Db, jobId: number, attempt: number, reason: string): Promise<{ job: Job; requeued: boolean } | undefined> {
+export async function loseJob(db: Db, jobId: number, attempt: number, reason: string): Promise<{ job: Job; from: JobState; requeued: boolean } | undefined> {
+  const lose: JobEvent = { type: 'lose', reason };
   return db.transaction().execute(async (tx) => {
     const row = await tx.selectFrom('jobs').selectAll().where('id', '=', jobId).where('attempt', '=', attempt).forUpdate().executeTakeFirst();
-    if (!row || !canTransition(row.state as JobState, { type: 'lose', reason })) return undefined;
-    const requeue = (row.state === 'placed' || row.state === 'booting') && !row.cancel_requested;
+    if (!row) return undefined;
+    const from = row.state as JobState;
+    if (!canTransition(from, lose)) return undefined;
+    const lost = nextJobState(from, lose);
+    const requeue = mayRequeue(from) && !row.cancel_requested;
     await tx
       .insertInto('job_events')
-      .values({ job_id: jobId, attempt: row.attempt, state: 'lost', host_id: row.host_id, detail: reason })
+      .values({ job_id: jobId, attempt: row.attempt, state: lost, host_id: row.host_id, detail: reason })
       .execute();
     let updated: JobRow;
     if (requeue) {
+      const again = nextJobState(lost, { type: 'requeue' });
       updated = await tx
         .updateTable('jobs')
-        .set({ state: 'queued', attempt: row.attempt + 1, host_id: null, placed_at: null, booting_at: null, running_at: null })
+        .set({ state: again, attempt: row.attempt + 1, host_id: null, placed_at: null, booting_at: null, running_at: null })
         .where('id', '=', jobId)
         .returningAll()
         .executeTakeFirstOrThrow();
       await tx
         .insertInto('job_events')
-        .values({ job_id: jobId, attempt: row.attempt + 1, state: 'queued', host_id: null, detail: 'requeued: never started' })
+        .values({ job_id: jobId, attempt: row.attempt + 1, state: again, host_id: null, detail: 'requeued: never started' })
         .execute();
     } else {
       updated = await tx
         .updateTable('jobs')
-        .set({ state: 'lost', finished_at: sql`now()`, error_code: 'job.lost', error_message: reason })
+        .set({ state: lost, finished_at: sql`now()`, error_code: 'job.lost', error_message: reason })
         .where('id', '=', jobId)
         .returningAll()
         .executeTakeFirstOrThrow();
     }
-    return { job: jobFromRow(updated), requeued: requeue };
+    return { job: jobFromRow(updated), from, requeued: requeue };
   });
 }
 
@@ -545,32 +492,42 @@ export async function activeJobsOnHosts(db: Q, hostIds: number[]): Promise<Activ
 }
 
 /**
- * Cancels a job: a queued job becomes cancelled at once; an active one is flagged so the replica that owns
- * its host stops the VM (the agent's result then settles it as cancelled).
+ * Cancels a job. The state machine says which states accept a cancel; of those, a job that holds no host yet
+ * (queued) becomes cancelled at once, and an active one is flagged so the replica that owns its host stops
+ * the VM (the agent's result then settles it as cancelled). `from` is the state the job was in.
  */
-export async function requestCancel(db: Db, jobId: number): Promise<{ job: Job; stopHost: number | null } | undefined> {
+export async function requestCancel(db: Db, jobId: number): Promise<{ job: Job; from: JobState; stopHost: number | null } | undefined> {
+  const cancel: JobEvent = { type: 'cancel' };
   return db.transaction().execute(async (tx) => {
     const row = await tx.selectFrom('jobs').selectAll().where('id', '=', jobId).forUpdate().executeTakeFirst();
     if (!row) return undefined;
-    if (row.state === 'queued') {
-      const updated = await tx
-        .updateTable('jobs')
-        .set({ state: 'cancelled', finished_at: sql`now()`, cancel_requested: true })
-        .where('id', '=', jobId)
-        .returningAll()
-        .executeTakeFirstOrThrow();
-      await tx
-        .insertInto('job_events')
-        .values({ job_id: jobId, attempt: row.attempt, state: 'cancelled', host_id: null, detail: 'cancelled before placement' })
-        .execute();
-      return { job: jobFromRow(updated), stopHost: null };
-    }
-    if ((ACTIVE_STATES as readonly string[]).includes(row.state)) {
+    const from = row.state as JobState;
+    if (!canTransition(from, cancel)) return { job: jobFromRow(row), from, stopHost: null };
+    if (holdsHost(from)) {
       const updated = await tx.updateTable('jobs').set({ cancel_requested: true }).where('id', '=', jobId).returningAll().executeTakeFirstOrThrow();
-      return { job: jobFromRow(updated), stopHost: row.host_id };
+      return { job: jobFromRow(updated), from, stopHost: row.host_id };
     }
-    return { job: jobFromRow(row), stopHost: null };
+    const to = nextJobState(from, cancel);
+    const updated = await tx
+      .updateTable('jobs')
+      .set({ state: to, finished_at: sql`now()`, cancel_requested: true })
+      .where('id', '=', jobId)
+      .returningAll()
+      .executeTakeFirstOrThrow();
+    await tx
+      .insertInto('job_events')
+      .values({ job_id: jobId, attempt: row.attempt, state: to, host_id: null, detail: 'cancelled before placement' })
+      .execute();
+    return { job: jobFromRow(updated), from, stopHost: null };
   });
+}
+
+/**
+ * Removes one key from a job's env (a credential the job no longer needs: a GitHub runner's JIT config once
+ * the runner used it or never will). No state change.
+ */
+export async function removeJobEnv(q: Q, jobId: number, key: string): Promise<void> {
+  await sql`UPDATE jobs SET env = env - ${key}::text WHERE id = ${jobId}`.execute(q);
 }
 
 /** Active jobs past their deadline (timeout from placement, plus grace for the agent to report first). */

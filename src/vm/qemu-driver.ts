@@ -2,10 +2,13 @@
  * The QEMU VM driver: one single-use VM per job. Each lifecycle step has its own file (see docs/ARCHITECTURE.md):
  *   prepare   qemu-prepare.ts   spec checked, VM directory, sockets, image verified, copy-on-write disks, cgroup
  *   launch    qemu-launch.ts    QEMU's command line; QEMU started inside the cgroup with a parent-death signal
+ *   restore   qemu-restore.ts   warm starts only: the snapshot's state loaded, the guest's own identity, the job
  *   wait      qemu-wait.ts      kiln-init answers READY on kiln.ctl; the job is sent; output streams; EXIT <code>
  *   collect   qemu-collect.ts   output drained, console tail read, the result built
  *   tear down qemu-teardown.ts  sockets closed, cgroup and VM directory removed
  *   sweep     qemu-sweep.ts     what dead kilns left behind removed at start-up
+ * Warm starts (opts.snapshots): boot is replaced by a restore of a snapshot (src/vm/snapshot-*.ts); a restore
+ * that fails before the job is sent tears down and boots cold.
  * Whatever happens (timeout, kill, crash, boot failure), `done` settles only after teardown.
  */
 import type { ChildProcess } from 'node:child_process';
@@ -24,11 +27,14 @@ import type { DriverCapabilities, RunningVm, VmDriver, VmInfo, VmOutput, VmPhase
 import { readText, which } from './files.ts';
 import { hostTscKhz, qemuBinary, qemuPackage } from './qemu-args.ts';
 import { collectVm, vmResult } from './qemu-collect.ts';
-import { launchQemu, qemuArgsFor } from './qemu-launch.ts';
-import { makeVmDir, prepareVm, validateVmSpec, vmDirExists, type PreparedVm, type VmHostResources } from './qemu-prepare.ts';
+import { launchBase, launchQemu, qemuArgsFor, type LaunchOptions } from './qemu-launch.ts';
+import { makeVmDir, prepareVm, validateVmSpec, verifyImage, vmDirExists, type PreparedVm, type VmHostResources } from './qemu-prepare.ts';
+import { restoreVm } from './qemu-restore.ts';
 import { sweepVms } from './qemu-sweep.ts';
 import { teardownVm } from './qemu-teardown.ts';
-import { watchVm } from './qemu-wait.ts';
+import { defaultBootTimeoutMs, watchVm } from './qemu-wait.ts';
+import { makeSnapshotStore } from './snapshot-store.ts';
+import { makeWarmStarts, type WarmChoice, type WarmStarts } from './snapshot-warm.ts';
 
 export interface QemuDriverOptions {
   dataDir: string;
@@ -44,10 +50,14 @@ export interface QemuDriverOptions {
    * only for hosts that cannot filter (not root), chosen explicitly and logged at every VM start.
    */
   egress?: { allow?: string[]; unfiltered?: boolean };
+  /** Warm starts from memory snapshots (src/vm/snapshot-*.ts); off unless set. */
+  snapshots?: { budgetBytes?: number };
 }
 
 export interface QemuDriver extends VmDriver {
   accelFor(arch: Arch): AccelChoice;
+  /** Warm-start snapshots of this driver's data directory, when enabled. */
+  readonly warm: WarmStarts | undefined;
 }
 
 const MiB = 1024 * 1024;
@@ -95,12 +105,59 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
     return true;
   };
 
+  const bootTimeoutFor = (spec: VmSpec, accel: 'kvm' | 'tcg') => opts.bootTimeoutMs ?? defaultBootTimeoutMs(spec, accel);
+  const warm = opts.snapshots
+    ? makeWarmStarts({ store: makeSnapshotStore(opts.dataDir, opts.snapshots), disksDir, bootTimeoutMs: bootTimeoutFor, ...(opts.logger ? { logger: opts.logger } : {}) })
+    : undefined;
+  const launchOptions = (accel: 'kvm' | 'tcg'): LaunchOptions => ({ accel, hostArch, tscKhz: () => (tscKhz ??= hostTscKhz(readText('/proc/cpuinfo'))) });
+
+  /**
+   * Why this spec boots cold even with warm starts on; undefined if it may restore. Images with a root disk
+   * (ci, runner) boot cold for now: their Docker engine id and registry mirror are not yet renewed after a
+   * restore (docs/ARCHITECTURE.md, "Warm starts"); nor are a registry mirror (kernel command line) or
+   * host forwards (the mirror's guestfwd entries are not part of the template's network state).
+   */
+  const coldReason = (spec: VmSpec): string | undefined => {
+    if (!warm || spec.warm === false) return 'warm starts are off';
+    if (spec.image.rootDiskPath) return 'images with a root disk boot cold';
+    if (spec.registryMirror) return 'a VM with a registry mirror boots cold';
+    if ((spec.forwards?.length ?? 0) > 0) return 'a VM with host forwards boots cold';
+    return undefined;
+  };
+
   async function start(spec: VmSpec, out: VmOutput): Promise<RunningVm> {
     validateVmSpec(spec, (id) => running.has(id) || vmDirExists(vmsDir, id));
     const t0 = performance.now();
+    const accel = accelFor(spec.arch).accel;
+    // Checked before any snapshot is built: a network that cannot be filtered fails the VM either way.
+    const filtered = filterEgress(spec, opts.logger?.child({ vmId: spec.id }));
+    let choice: WarmChoice | undefined;
+    const why = coldReason(spec);
+    if (warm && why === undefined) {
+      await verifyImage(spec);
+      choice = await warm.choose(spec, accel, launchBase(spec, launchOptions(accel), false), out);
+    } else if (warm && spec.warm !== false) {
+      opts.logger?.debug({ vmId: spec.id, why }, 'cold start');
+    }
+    if (choice) {
+      try {
+        return await attempt(spec, out, filtered, performance.now() - t0 - (choice.buildMs ?? 0), choice);
+      } catch (e) {
+        const why = toKilnError(e).message;
+        warm!.drop(choice, why);
+        warm!.counters.fallbacks++;
+        out.note?.(`warm start failed (${why}): booting cold; the snapshot was dropped and the next run rebuilds it`);
+      }
+    }
+    if (warm) warm.counters.cold++;
+    return attempt(spec, out, filtered, choice ? 0 : performance.now() - t0, undefined);
+  }
+
+  /** One launch of a VM: cold (boot) or warm (restore `snap`). A warm attempt that fails before the job is sent throws, after its teardown. */
+  async function attempt(spec: VmSpec, out: VmOutput, filtered: boolean, earlierPrepareMs: number, snap: WarmChoice | undefined): Promise<RunningVm> {
+    const tAttempt = performance.now();
     const log = opts.logger?.child({ vmId: spec.id });
     const accel = accelFor(spec.arch).accel;
-    const filtered = filterEgress(spec, log);
     const { host, paths } = makeVmDir(vmsDir, spec.id);
     lowerOwnOomScore();
 
@@ -124,6 +181,7 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
         cgroupName: name,
         memoryOverheadBytes: opts.memoryOverheadBytes ?? 256 * MiB,
         netCgroup: filtered,
+        ...(snap ? { snapshotDir: snap.dir } : {}),
         log,
       });
       if (filtered && layout.v2Root) {
@@ -131,7 +189,8 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
         const allow = [...(opts.egress?.allow ?? []), ...(spec.egress?.allow ?? [])];
         await applyEgress(name, join(layout.v2Root, 'kiln', name), layout.v2Root, { allow }, readText('/etc/resolv.conf'));
       }
-      const args = qemuArgsFor(spec, vm, { accel, hostArch, tscKhz: () => (tscKhz ??= hostTscKhz(readText('/proc/cpuinfo'))) });
+      // The egress chain is in place before QEMU starts, and QEMU (booting or restoring) starts in the VM's cgroup.
+      const args = qemuArgsFor(spec, vm, launchOptions(accel), snap?.dir);
       log?.debug({ args }, 'starting QEMU');
       proc = launchQemu(spec.arch, args, vm);
     } catch (e) {
@@ -140,8 +199,16 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
     }
 
     // ---- wait, collect, tear down
-    const timings: VmTimings = { prepareMs: performance.now() - t0, launchedAtMs: performance.now(), bootMs: 0, runMs: 0, teardownMs: 0 };
-    const w = watchVm(spec, vm, proc, out, { accel, ...(opts.bootTimeoutMs !== undefined ? { bootTimeoutMs: opts.bootTimeoutMs } : {}), log });
+    const timings: VmTimings = {
+      prepareMs: earlierPrepareMs + performance.now() - tAttempt,
+      launchedAtMs: performance.now(),
+      bootMs: 0,
+      runMs: 0,
+      teardownMs: 0,
+      start: snap ? 'warm' : 'cold',
+      ...(snap?.buildMs !== undefined ? { snapshotBuildMs: snap.buildMs } : {}),
+    };
+    const w = watchVm(spec, vm, proc, out, { accel, bootTimeoutMs: bootTimeoutFor(spec, accel), ...(snap ? { restoring: true } : {}), log });
     phase = () => w.phase;
 
     const done: Promise<VmResult> = (async () => {
@@ -153,6 +220,22 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
       log?.debug({ timings, code }, 'VM gone');
       return result;
     })();
+
+    // A warm VM: load the snapshot, start it, give it its own identity; only then the job (and its secrets).
+    if (snap) {
+      try {
+        await restoreVm(w, vm, spec.id, snap.dir, accel);
+        warm!.counters.warm++;
+        warm!.counters.restoreMsTotal += w.tReady - w.tSpawn;
+      } catch (e) {
+        // The job's own time ran out during the restore: that is its result, not a fault of the snapshot.
+        if (w.stopReason?.kind !== 'timed_out') {
+          w.stop({ kind: 'killed', reason: 'warm start failed' });
+          await done;
+          throw e;
+        }
+      }
+    }
 
     return {
       id: spec.id,
@@ -168,6 +251,7 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
   return {
     name: 'qemu',
     accelFor,
+    warm,
     async capabilities(): Promise<DriverCapabilities> {
       mkdirSync(opts.dataDir, { recursive: true });
       const arches: DriverCapabilities['arches'] = (['amd64', 'arm64'] as const).map((arch) => {
@@ -187,6 +271,9 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
       return start(spec, out);
     },
     list: (): VmInfo[] => [...running].map(([id, v]) => ({ id, arch: v.arch, phase: v.phase() })),
-    sweep: () => sweepVms({ vmsDir, layout: (layout ??= detectCgroups()), dataTag, isRunning: (id) => running.has(id), logger: opts.logger }),
+    sweep: () => {
+      warm?.store.sweep();
+      return sweepVms({ vmsDir, layout: (layout ??= detectCgroups()), dataTag, isRunning: (id) => running.has(id), logger: opts.logger });
+    },
   };
 }

@@ -1,6 +1,8 @@
 /**
- * QEMU VM lifecycle, step 2 (launch): the QEMU command line for a prepared VM, and QEMU started inside the
- * VM's cgroup through a small shell wrapper that also dies with kiln.
+ * QEMU VM lifecycle, step 2 (launch): the QEMU command line for a prepared VM (booting, or waiting for a
+ * warm-start snapshot's state), and QEMU started inside the VM's cgroup through a small shell wrapper that
+ * also dies with kiln. A restored QEMU is started the same way, so the egress filter (keyed by the cgroup)
+ * applies to it too.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
@@ -9,6 +11,7 @@ import type { VmSpec } from './driver.ts';
 import { forwardSocketPath } from './forwards.ts';
 import type { PreparedVm } from './qemu-prepare.ts';
 import { buildQemuArgs, qemuBinary } from './qemu-args.ts';
+import type { TemplateLaunch } from './snapshot-warm.ts';
 
 const MiB = 1024 * 1024;
 
@@ -33,12 +36,15 @@ export function hasNic(spec: VmSpec): boolean {
   return spec.network === 'user' || (spec.forwards?.length ?? 0) > 0;
 }
 
-export function qemuArgsFor(spec: VmSpec, vm: PreparedVm, o: LaunchOptions): string[] {
-  const network = hasNic(spec)
-    ? { restrict: spec.network !== 'user', forwards: (spec.forwards ?? []).map((f, i) => ({ guestAddr: f.guestAddr, guestPort: f.guestPort, socket: forwardSocketPath(vm.host.vmDir, i) })) }
-    : undefined;
+/**
+ * kiln's launch of this spec without per-VM files: what a warm-start template and a restore must share. A
+ * snapshot's kernel command line is the template's (never read again), so the registry mirror word is only
+ * added for a cold boot (`withMirror`); VMs with a mirror boot cold.
+ */
+export function launchBase(spec: VmSpec, o: LaunchOptions, withMirror: boolean): TemplateLaunch {
+  const mirror = withMirror && spec.registryMirror ? [`kiln.registry_mirror=${spec.registryMirror}`] : [];
   const tscKhz = spec.arch === 'amd64' && o.hostArch === 'amd64' && o.accel === 'tcg' ? o.tscKhz() : undefined;
-  return buildQemuArgs({
+  return {
     id: spec.id,
     arch: spec.arch,
     accel: o.accel,
@@ -46,14 +52,25 @@ export function qemuArgsFor(spec: VmSpec, vm: PreparedVm, o: LaunchOptions): str
     memoryMiB: Math.ceil(spec.memoryBytes / MiB),
     kernel: spec.image.kernelPath,
     initrd: spec.image.initrdPath,
-    ...(spec.image.cmdline || spec.registryMirror
-      ? { cmdline: [...(spec.image.cmdline ?? []), ...(spec.registryMirror ? [`kiln.registry_mirror=${spec.registryMirror}`] : [])] }
-      : {}),
+    ...(spec.image.cmdline || mirror.length > 0 ? { cmdline: [...(spec.image.cmdline ?? []), ...mirror] } : {}),
+    ...(tscKhz !== undefined ? { tscKhz } : {}),
+  };
+}
+
+/** QEMU's arguments for a prepared VM; with `snapshotDir`, a restore of that snapshot (RAM file mapped privately, `-incoming defer`). */
+export function qemuArgsFor(spec: VmSpec, vm: PreparedVm, o: LaunchOptions, snapshotDir?: string): string[] {
+  // A snapshot always has a NIC (the device set must match); it stays closed unless the job asks.
+  const network =
+    snapshotDir || hasNic(spec)
+      ? { restrict: spec.network !== 'user', forwards: (spec.forwards ?? []).map((f, i) => ({ guestAddr: f.guestAddr, guestPort: f.guestPort, socket: forwardSocketPath(vm.host.vmDir, i) })) }
+      : undefined;
+  return buildQemuArgs({
+    ...launchBase(spec, o, !snapshotDir),
+    ...(snapshotDir ? { ramFile: { path: join(snapshotDir, 'ram'), shared: false }, incomingDefer: true } : {}),
     sockets: vm.paths,
     consoleLog: join(vm.host.vmDir, 'console.log'),
     pidFile: join(vm.host.vmDir, 'qemu.pid'),
     scratchDisk: vm.scratchDisk,
-    ...(tscKhz !== undefined ? { tscKhz } : {}),
     ...(vm.rootOverlay ? { rootDisk: vm.rootOverlay } : {}),
     ...(network ? { network } : {}),
   });

@@ -1,6 +1,7 @@
 /**
  * QEMU VM lifecycle, step 1 (prepare): the spec checked, the VM directory, the unix sockets QEMU connects to,
- * the image verified against its digest, copy-on-write disks and the VM's cgroup. Nothing runs yet.
+ * the image verified against its digest (its seal), copy-on-write disks (on the image, or on a warm-start
+ * snapshot's saved overlays) and the VM's cgroup. Nothing runs yet.
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -13,10 +14,10 @@ import { createVmCgroup, type CgroupLayout, type VmCgroup } from './cgroups.ts';
 import { isValidEnvName } from './channel.ts';
 import { checkDiskSpace, createOverlay, ensureScratchBase } from './disks.ts';
 import type { VmSpec } from './driver.ts';
-import { sha256File } from './files.ts';
 import { forwardSocketPath, listenForward } from './forwards.ts';
 import { parseAllowEntry } from './egress.ts';
 import { currentOwner } from './process.ts';
+import { checkSealed } from './seal.ts';
 
 const MiB = 1024 * 1024;
 
@@ -117,6 +118,8 @@ export interface PrepareOptions {
   memoryOverheadBytes: number;
   /** The VM also gets a cgroup v2 directory, for the egress filter's match. */
   netCgroup: boolean;
+  /** A warm start: the snapshot's directory, whose saved disk overlays this VM's overlays go on (image already verified). */
+  snapshotDir?: string;
   log: Logger | undefined;
 }
 
@@ -134,32 +137,42 @@ export async function prepareVm(spec: VmSpec, host: VmHostResources, paths: VmSo
     });
   }
   if (o.layout.problems.length > 0) o.log?.warn({ problems: o.layout.problems }, 'VM resource limits are partly unavailable');
+  checkDiskSpace(o.dataDir, spec.diskBytes);
+  const scratchDisk = join(host.vmDir, 'scratch.qcow2');
+  const rootOverlay = spec.image.rootDiskPath ? join(host.vmDir, 'root.qcow2') : undefined;
+  const snap = o.snapshotDir;
+  await Promise.all([
+    // A warm VM's disks are new copy-on-write overlays on the snapshot's saved (read-only) overlays.
+    snap
+      ? createOverlay(scratchDisk, join(snap, 'scratch.qcow2'), 'qcow2')
+      : verifyImage(spec).then(() => ensureScratchBase(o.disksDir, spec.diskBytes)).then((base) => createOverlay(scratchDisk, base, 'raw', spec.diskBytes)),
+    spec.image.rootDiskPath && rootOverlay ? createOverlay(rootOverlay, snap ? join(snap, 'root.qcow2') : spec.image.rootDiskPath, 'qcow2') : undefined,
+  ]);
+  const cgroup = createVmCgroup(o.layout, o.cgroupName, { cpus: spec.cpus, memoryBytes: spec.memoryBytes + o.memoryOverheadBytes, pids: 128 + 2 * spec.cpus }, o.netCgroup);
+  host.cgroup = cgroup;
+  return { host, paths, accepted, cgroup, scratchDisk, ...(rootOverlay ? { rootOverlay } : {}) };
+}
+
+/** Checks the image's files against their digests (a stat check against their seal; hashed again only if changed). */
+export async function verifyImage(spec: VmSpec): Promise<void> {
   const verify = async (path: string, want: string, what: string) => {
-    let got: string;
+    let ok: boolean;
     try {
-      got = await sha256File(path);
+      ok = await checkSealed(path, want);
     } catch (e) {
       throw new KilnError('image.corrupt', `the image's ${what} (${path}) cannot be read`, { cause: e, hint: 'remove the image with `kiln image rm` and build it again' });
     }
-    if (got !== want) {
+    if (!ok) {
       throw new KilnError('image.corrupt', `the image's ${what} does not match its digest (image ${spec.image.digest.slice(7, 19)} is damaged)`, {
         hint: `remove it with \`kiln image rm ${spec.image.digest.slice(7, 19)}\` and build it again (\`kiln image build\`)`,
       });
     }
   };
-  checkDiskSpace(o.dataDir, spec.diskBytes);
-  const scratchDisk = join(host.vmDir, 'scratch.qcow2');
-  const rootOverlay = spec.image.rootDiskPath ? join(host.vmDir, 'root.qcow2') : undefined;
   await Promise.all([
     verify(spec.image.kernelPath, spec.image.kernelSha256, 'kernel'),
     verify(spec.image.initrdPath, spec.image.initrdSha256, 'initramfs'),
     spec.image.rootDiskPath && spec.image.rootDiskSha256 ? verify(spec.image.rootDiskPath, spec.image.rootDiskSha256, 'root disk') : undefined,
-    ensureScratchBase(o.disksDir, spec.diskBytes).then((base) => createOverlay(scratchDisk, base, 'raw', spec.diskBytes)),
-    spec.image.rootDiskPath && rootOverlay ? createOverlay(rootOverlay, spec.image.rootDiskPath, 'qcow2') : undefined,
   ]);
-  const cgroup = createVmCgroup(o.layout, o.cgroupName, { cpus: spec.cpus, memoryBytes: spec.memoryBytes + o.memoryOverheadBytes, pids: 128 + 2 * spec.cpus }, o.netCgroup);
-  host.cgroup = cgroup;
-  return { host, paths, accepted, cgroup, scratchDisk, ...(rootOverlay ? { rootOverlay } : {}) };
 }
 
 /** True if a VM directory with this id exists (a VM of this or an earlier kiln). */

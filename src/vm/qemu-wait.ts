@@ -1,7 +1,8 @@
 /**
  * QEMU VM lifecycle, step 3 (wait): from launch to QEMU's exit. Streams the guest's output, waits for
  * kiln-init's READY on kiln.ctl, sends the job, records its EXIT, and enforces the boot and job limits.
- * Stopping is a QMP quit, then SIGKILL shortly after.
+ * Stopping is a QMP quit, then SIGKILL shortly after. A restored VM sends no READY: the restore step
+ * (qemu-restore.ts) calls guestUp once the guest has taken its identity.
  */
 import type { ChildProcess } from 'node:child_process';
 import type { Socket } from 'node:net';
@@ -34,12 +35,20 @@ export interface VmWatch {
   /** Settles with QEMU's exit code once the process is gone (timers cleared). */
   exited: Promise<number | null>;
   stop(why: StopReason | undefined): void;
+  /** QEMU's monitor, once negotiated. */
+  qmp: Promise<Qmp>;
+  /** The guest is up: the job is sent on kiln.ctl (with NET when the VM has a NIC) and phase becomes running. */
+  guestUp(ctl: Socket): void;
+  /** Set by the restore step: called with kiln-init's answer to the identity lines (undefined: done). */
+  onIdentity?: (failed: string | undefined) => void;
 }
 
 export interface WaitOptions {
   accel: 'kvm' | 'tcg';
   /** The driver's boot limit, if set; otherwise one from the accelerator and the image. */
   bootTimeoutMs?: number;
+  /** A warm start: kiln-init's READY belongs to the template, not this VM; the restore step calls guestUp. */
+  restoring?: boolean;
   log: Logger | undefined;
 }
 
@@ -52,6 +61,7 @@ export function watchVm(spec: VmSpec, vm: PreparedVm, proc: ChildProcess, out: V
   const { accepted } = vm;
   let qmp: Qmp | undefined;
   const procExited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
+  let qmpConnected: (q: Qmp) => void = () => undefined;
   const w: VmWatch = {
     phase: 'booting',
     tSpawn: performance.now(),
@@ -77,6 +87,15 @@ export function watchVm(spec: VmSpec, vm: PreparedVm, proc: ChildProcess, out: V
       void procExited.then(() => clearTimeout(kill));
       qmp?.execute('quit').catch(() => proc.kill('SIGKILL'));
     },
+    qmp: new Promise<Qmp>((resolve) => (qmpConnected = resolve)),
+    guestUp(s) {
+      w.tReady = performance.now();
+      w.phase = 'running';
+      clearTimeout(bootTimer);
+      o.log?.debug({ bootMs: w.tReady - w.tSpawn, start: o.restoring ? 'warm' : 'cold' }, 'guest ready');
+      s.write(encodeJob(spec.job, hasNic(spec)));
+      out.running?.();
+    },
   };
   proc.stderr?.setEncoding('utf8').on('data', (d: string) => {
     if (w.qemuStderr.length < 8192) w.qemuStderr += d;
@@ -94,6 +113,7 @@ export function watchVm(spec: VmSpec, vm: PreparedVm, proc: ChildProcess, out: V
   void accepted.qmp.then(async (s) => {
     try {
       qmp = await makeQmp(s);
+      qmpConnected(qmp);
       if (w.phase === 'stopping') void qmp.execute('quit').catch(() => proc.kill('SIGKILL'));
     } catch {
       /* QEMU went away during negotiation; procExited handles it */
@@ -104,16 +124,13 @@ export function watchVm(spec: VmSpec, vm: PreparedVm, proc: ChildProcess, out: V
       'data',
       makeLineSplitter((line) => {
         const msg = parseGuestLine(line);
-        if (msg.type === 'ready' && w.phase === 'booting') {
-          w.tReady = performance.now();
+        if (msg.type === 'ready' && w.phase === 'booting' && !o.restoring) {
           if (Number.isFinite(msg.uptimeMs)) w.guestUptimeAtInitMs = msg.uptimeMs;
-          w.phase = 'running';
-          clearTimeout(bootTimer);
-          o.log?.debug({ bootMs: w.tReady - w.tSpawn }, 'guest ready');
-          s.write(encodeJob(spec.job, hasNic(spec)));
-          out.running?.();
+          w.guestUp(s);
         } else if (msg.type === 'step') {
           w.lastStep = msg.name;
+          if (msg.name === 'identity') w.onIdentity?.(undefined);
+          else if (msg.name.startsWith('identity-failed')) w.onIdentity?.(msg.name.slice('identity-failed:'.length) || 'unknown');
         } else if (msg.type === 'exit' && w.phase === 'running') {
           w.exitCode = msg.code;
           w.tExit = performance.now();

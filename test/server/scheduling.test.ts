@@ -7,7 +7,8 @@ import { startHarness, jobReaches, type Harness } from './harness.ts';
 import { spawnKiln, killAll } from '../agent/processes.ts';
 import type { Job, JobSpec } from '../../src/core/job.ts';
 import { DEFAULT_REQUIREMENTS } from '../../src/core/requirements.ts';
-import { insertJobs, setTenantLimit } from '../../src/store/jobs.ts';
+import { insertJobs } from '../../src/store/jobs.ts';
+import { setTenantLimit } from '../../src/store/tenants.ts';
 import { listHosts } from '../../src/store/hosts.ts';
 
 const RACY: JobSpec = {

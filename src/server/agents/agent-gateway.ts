@@ -18,13 +18,15 @@ import {
 } from '../../core/agent-protocol.ts';
 import { KilnError, toKilnError } from '../../core/errors.ts';
 import { launchSpecOf } from '../../core/job.ts';
-import { activeJobsOnHosts, getJob, loseJob, transitionJob } from '../../store/jobs.ts';
+import { activeJobsOnHosts, getJob } from '../../store/jobs.ts';
 import { connectHost, disconnectHost, setHostMirror, touchHosts } from '../../store/hosts.ts';
 import type { ServerContext } from '../context.ts';
 import { ActiveJobs, type HostLink, type HostRegistry } from './host-registry.ts';
 import type { LogWriter } from './log-writer.ts';
 import type { PhaseWriter } from './phase-writer.ts';
 import type { ResultWriter } from './result-writer.ts';
+import type { JobCommands } from '../jobs/job-commands.ts';
+import type { Scheduler } from '../scheduler/scheduler.ts';
 import { errorBody } from '../http/http-errors.ts';
 
 export interface GatewayDeps {
@@ -33,10 +35,10 @@ export interface GatewayDeps {
   logs: LogWriter;
   phases: PhaseWriter;
   results: ResultWriter;
-  /** Something changed that may let the scheduler place more (capacity freed, host joined). */
-  kick(): void;
-  /** A job ended on a host: a pass is worth it only if work was left waiting. */
-  capacityFreed(): void;
+  /** The door for job changes (jobs lost on reconnect, phases, finished jobs). */
+  jobs: JobCommands;
+  /** The scheduler: kicked when a host joins, told when a job ended (capacity freed). */
+  scheduler: Pick<Scheduler, 'kick' | 'capacityFreed'>;
 }
 
 export interface AgentGateway {
@@ -225,11 +227,8 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
       for (const j of await activeJobsOnHosts(ctx.store.db, [host.id])) {
         const a = running.get(j.id);
         if (!a || a.attempt !== j.attempt) {
-          const lost = await loseJob(ctx.store.db, j.id, j.attempt, 'the host came back without it');
-          if (lost) {
-            hlog.warn({ jobId: j.id, requeued: lost.requeued }, 'job lost on its host');
-            ctx.events.emit('job.state', { job: lost.job, from: j.state, to: lost.job.state });
-          }
+          const lost = await deps.jobs.lose(j.id, j.attempt, 'the host came back without it');
+          if (lost) hlog.warn({ jobId: j.id, requeued: lost.requeued }, 'job lost on its host');
           continue;
         }
         kept.add(j.id);
@@ -263,7 +262,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
       hlog.info({ arch: host.arch, cpus: host.capacity.cpus, kept: kept.size }, 'agent connected');
       ctx.events.emit('host.connected', { hostId: host.id, name: host.name });
       ctx.events.emit('host.state', { hostId: host.id, name: host.name, state: host.state });
-      deps.kick();
+      deps.scheduler.kick();
     }
 
     async function hostStatus(msg: AgentMessageOf<'host.status'>): Promise<void> {
@@ -284,14 +283,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
     }
   }
 
-  async function applyPhase(l: HostLink, jobId: number, attempt: number, phase: 'booting' | 'running'): Promise<void> {
-    const res = await transitionJob(ctx.store.db, jobId, attempt, (job) => {
-      if (job.hostId !== l.hostId) return undefined;
-      if (phase === 'booting') return job.state === 'placed' ? { event: { type: 'boot' } } : undefined;
-      return { event: { type: 'start' } };
-    });
-    if (res) ctx.events.emit('job.state', { job: res.job, from: res.from, to: res.job.state });
-  }
+  const applyPhase = (l: HostLink, jobId: number, attempt: number, phase: 'booting' | 'running') => deps.jobs.applyPhase(l.hostId, jobId, attempt, phase);
 
   async function applyResult(l: HostLink, r: JobResultMsg): Promise<void> {
     // Everything the agent sent before the result is stored before the job is final, so a follower that
@@ -303,23 +295,24 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
       l.stopping.delete(r.jobId);
     }
     l.send({ type: 'done.ack', jobId: r.jobId, attempt: r.attempt });
-    if (res) {
-      ctx.metrics.finished.inc({ state: res.job.state });
-      ctx.log.child({ jobId: r.jobId, hostId: l.hostId }).info({ state: res.job.state, exitCode: res.job.exitCode }, 'job finished');
-      ctx.events.emit('job.state', { job: res.job, from: res.from, to: res.job.state });
-    }
-    deps.capacityFreed();
+    if (res) deps.jobs.finished(l.hostId, res);
+    deps.scheduler.capacityFreed();
   }
 
+  function stop(hostId: number, jobId: number, attempt: number, reason: string): boolean {
+    const l = registry.get(hostId);
+    if (!l?.ready) return false;
+    l.stopping.add(jobId);
+    l.send({ type: 'stop', jobId, attempt, reason });
+    return true;
+  }
+  // A cancel through this replica (any caller of the job door) stops the VM at once when its host is here.
+  const offStop = ctx.events.on('job.stop', (e) => void stop(e.hostId, e.jobId, e.attempt, e.reason));
+
   return {
-    stop(hostId, jobId, attempt, reason) {
-      const l = registry.get(hostId);
-      if (!l?.ready) return false;
-      l.stopping.add(jobId);
-      l.send({ type: 'stop', jobId, attempt, reason });
-      return true;
-    },
+    stop,
     async close() {
+      offStop();
       clearInterval(heartbeat);
       for (const s of sockets) s.close(1001, 'server shutting down');
       // Hosts are marked offline as their sockets close, before the caller closes the store (they logged

@@ -2,9 +2,10 @@
  * Stores agents' phase reports (booting, running) through a group commit: one statement at a time, each
  * taking every report that arrived while the previous one ran (see group-commit.ts).
  */
-import { applyPhases, type PhaseUpdate } from '../../store/jobs.ts';
+import type { PhaseUpdate } from '../../store/jobs.ts';
 import type { ServerContext } from '../context.ts';
 import { makeGroupCommit } from '../group-commit.ts';
+import type { JobCommands } from '../jobs/job-commands.ts';
 
 export interface PhaseWriter {
   push(u: PhaseUpdate): void;
@@ -12,15 +13,11 @@ export interface PhaseWriter {
   flush(): Promise<void>;
 }
 
-export function makePhaseWriter(ctx: ServerContext): PhaseWriter {
+export function makePhaseWriter(ctx: ServerContext, jobs: JobCommands): PhaseWriter {
   const pending = new Set<Promise<unknown>>();
   const write = makeGroupCommit(
     async (batch: PhaseUpdate[]) => {
-      for (const c of await applyPhases(ctx.store.db, batch)) {
-        const job = { id: c.id, tenant: c.tenant, attempt: c.attempt };
-        if (c.booted) ctx.events.emit('job.state', { job, from: 'placed', to: 'booting' });
-        ctx.events.emit('job.state', { job, from: c.booted ? 'booting' : c.from, to: c.state });
-      }
+      await jobs.applyPhases(batch);
       return batch.map(() => undefined);
     },
     { maxInFlight: 1, maxItems: 2000 },

@@ -1,13 +1,20 @@
 import type { ServerContext } from '../context.ts';
 import type { HostRegistry } from '../agents/host-registry.ts';
+import type { JobCommands } from '../jobs/job-commands.ts';
 
 export interface ApiDeps {
   ctx: ServerContext;
   registry: HostRegistry;
-  /** Ask the scheduler for a pass. */
+  /** The scheduler (server/scheduler/scheduler.ts), as far as the routes use it. */
+  scheduler: SchedulerControl;
+  /** The door for job changes (submit, cancel). */
+  jobs: JobCommands;
+}
+
+/** What the routes ask of the scheduler (the routes do not import it: lint keeps http/ and scheduler/ apart). */
+export interface SchedulerControl {
+  /** Asks for a pass (a host can take jobs again). */
   kick(): void;
-  /** Tell the scheduler a tenant limit changed. */
+  /** A tenant limit changed here. */
   limitsChanged(): void;
-  /** Send stop to a job's agent if it is connected to this replica. */
-  stop(hostId: number, jobId: number, attempt: number, reason: string): boolean;
 }

@@ -48,7 +48,7 @@ export function hostRoutes(deps: ApiDeps): RouteDef[] {
     const link = deps.registry.get(h.id);
     if (link) link.schedulable = updated.state === 'online' && !updated.cordoned;
     deps.ctx.events.emit('host.state', { hostId: h.id, name: h.name, state: updated.state });
-    if (what === 'uncordon') deps.kick();
+    if (what === 'uncordon') deps.scheduler.kick();
     return updated;
   };
   return [

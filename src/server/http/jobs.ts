@@ -7,8 +7,8 @@ import { JOB_STATE_LIST, isTerminal, type JobState } from '../../core/job-state.
 import type { Token } from '../../core/host.ts';
 import { parseLabels, validateRequirements, DEFAULT_REQUIREMENTS, type Requirements } from '../../core/requirements.ts';
 import { parseDuration, parseSize } from '../../core/sizes.ts';
-import { makeGroupCommit } from '../group-commit.ts';
-import { getJob, insertJobs, jobTransitions, listJobs, requestCancel } from '../../store/jobs.ts';
+import { getJob, jobTransitions, listJobs } from '../../store/jobs.ts';
+import { SECRET_ENV_KEYS } from '../jobs/job-commands.ts';
 import { readLogs } from '../../store/logs.ts';
 import type { ApiDeps } from './deps.ts';
 import type { RouteDef } from './routes.ts';
@@ -96,25 +96,16 @@ export function resolveSubmission(body: JobSubmit, token: Pick<Token, 'id' | 'ro
 }
 
 /** Env values that are credentials (a GitHub runner's JIT config) are never served back by the API. */
-const SECRET_ENV = new Set(['KILN_RUNNER_JITCONFIG']);
-
 export function jobJson(j: Job): Job {
-  if (!Object.keys(j.env).some((k) => SECRET_ENV.has(k))) return j;
-  return { ...j, env: Object.fromEntries(Object.entries(j.env).map(([k, v]) => [k, SECRET_ENV.has(k) ? '[redacted]' : v])) };
+  if (!Object.keys(j.env).some((k) => SECRET_ENV_KEYS.has(k))) return j;
+  return { ...j, env: Object.fromEntries(Object.entries(j.env).map(([k, v]) => [k, SECRET_ENV_KEYS.has(k) ? '[redacted]' : v])) };
 }
 
 export function jobRoutes(deps: ApiDeps): RouteDef[] {
   const { ctx } = deps;
   const db = ctx.store.db;
-  // Concurrent submissions share statements when the store is busy (see group-commit.ts).
-  const insert = makeGroupCommit((specs: JobSpec[]) => insertJobs(db, specs), { maxInFlight: ctx.store.kind === 'pglite' ? 1 : 4, maxItems: 1000 });
-  const submit = async (specs: JobSpec[]): Promise<Job[]> => {
-    const jobs = await insert(specs);
-    ctx.metrics.submitted.inc(jobs.length);
-    for (const job of jobs) ctx.events.emit('job.submitted', { job });
-    deps.kick();
-    return jobs;
-  };
+  // Every job change goes through the door (jobs/job-commands.ts); the scheduler kicks on `job.submitted`.
+  const submit = (specs: JobSpec[]): Promise<Job[]> => deps.jobs.submit(specs);
   const IdParams = Type.Object({ id: Type.Integer({ minimum: 1 }) });
   const need = async (id: number): Promise<Job> => {
     const j = await getJob(db, id);
@@ -213,11 +204,9 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
       schema: { params: IdParams },
       async handler(req) {
         const { id } = req.params as { id: number };
-        const r = await requestCancel(db, id);
-        if (!r) throw new KilnError('job.not_found', `job ${id} does not exist`);
-        if (r.job.state === 'cancelled' && r.stopHost === null) ctx.events.emit('job.state', { job: r.job, from: 'queued', to: 'cancelled' });
-        if (r.stopHost !== null) deps.stop(r.stopHost, r.job.id, r.job.attempt, 'cancelled');
-        return jobJson(r.job);
+        const job = await deps.jobs.cancel(id);
+        if (!job) throw new KilnError('job.not_found', `job ${id} does not exist`);
+        return jobJson(job);
       },
     },
     {

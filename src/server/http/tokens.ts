@@ -2,7 +2,7 @@
 import { Type } from '@sinclair/typebox';
 import { KilnError } from '../../core/errors.ts';
 import { TOKEN_ROLES, type TokenRole } from '../../core/host.ts';
-import { listTenants, setTenantLimit } from '../../store/jobs.ts';
+import { listTenants, setTenantLimit } from '../../store/tenants.ts';
 import { createToken, listTokens, revokeToken } from '../../store/tokens.ts';
 import type { ApiDeps } from './deps.ts';
 import type { RouteDef } from './routes.ts';
@@ -84,8 +84,8 @@ export function tokenRoutes(deps: ApiDeps): RouteDef[] {
         const name = (req.params as { name: string }).name;
         const { maxConcurrent } = req.body as { maxConcurrent: number | null };
         await setTenantLimit(db, name, maxConcurrent);
-        deps.limitsChanged();
-        deps.kick();
+        deps.scheduler.limitsChanged();
+        deps.scheduler.kick();
         return { name, maxConcurrent };
       },
     },

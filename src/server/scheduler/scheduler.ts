@@ -7,9 +7,12 @@
  */
 import type { Arch } from '../../core/arch.ts';
 import { isTerminal } from '../../core/job-state.ts';
-import { anyQueued, anyTenantLimits, claimQueuedJobs, jobStatuses, markPlaced, tenantUsage, type ClaimWindow, type PlacedJob } from '../../store/jobs.ts';
+import { anyQueued, claimQueuedJobs, jobStatuses, type ClaimWindow, type PlacedJob } from '../../store/jobs.ts';
+import { anyTenantLimits, tenantUsage } from '../../store/tenants.ts';
 import { hostStates } from '../../store/hosts.ts';
 import type { ServerContext } from '../context.ts';
+import type { JobCommands, Placement } from '../jobs/job-commands.ts';
+import { makeLoop } from '../loop.ts';
 import type { HostPool, PoolHost } from './host-pool.ts';
 import { placeJobs, type JobDemand } from './placement.ts';
 
@@ -29,18 +32,19 @@ export interface Scheduler {
   stop(): Promise<void>;
 }
 
-export function makeScheduler(ctx: ServerContext, registry: HostPool): Scheduler {
-  let wanted = false;
+export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobCommands): Scheduler {
   /** Whether jobs were still queued after the last pass (unknown before the first pass). */
   let backlog = true;
   /** Capacity freed while a pass ran: that pass's claims predate it, so a leftover backlog gets another pass. */
   let freedDuringPass = false;
-  let running: Promise<void> | undefined;
-  let stopped = true;
   let poll: NodeJS.Timeout | undefined;
   let stopPoll: NodeJS.Timeout | undefined;
   let stopPollBusy = false;
+  let offSubmitted: (() => void) | undefined;
   const log = ctx.log.child({ part: 'scheduler' });
+  // Passes run at the end of the kicking event-loop turn, so everything submitted in the same turn shares one.
+  const loop = makeLoop(async () => void (await pass()), { atTurnEnd: true, onError: (e) => log.error({ err: e }, 'scheduling pass failed; retrying on the next poll') });
+  const kick = (): void => loop.kick();
 
   let limitsCache: { at: number; value: boolean } | undefined;
   /** Counts limit changes made through this replica (a cached "no limits" from before one is stale). */
@@ -100,57 +104,37 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool): Scheduler
       const placements = placeJobs(slots, demands, room).placements;
       // The update itself keeps only placements on hosts this replica still owns and that still take jobs
       // (another replica may have cordoned one); the rest stay queued for the next pass.
-      const done = await markPlaced(tx, placements, ctx.serverId);
+      const done = await door.place(tx, placements, ctx.serverId);
       const ok = new Set(done.map((d) => d.id));
       for (const p of placements) {
         if (ok.has(p.jobId)) continue;
         const link = registry.get(p.hostId);
         if (link) link.schedulable = false;
-        wanted = true;
+        loop.kick();
       }
       const createdAt = new Map(jobs.map((j) => [j.id, j.createdAt]));
       const waiting = done.length < jobs.length || jobs.length >= ctx.options.batchSize || more === true;
       return { placed: done.map((d) => ({ ...d, createdAt: createdAt.get(d.id)! })), claimed: jobs.length, waiting };
     });
     const now = Date.now();
+    const report: Placement[] = [];
     for (const job of placed) {
       const link = registry.get(job.hostId);
       const latencyMs = now - Date.parse(job.createdAt);
-      ctx.metrics.placeLatency.observe(latencyMs / 1000);
-      if (!link) continue; // the host left meanwhile: it reconciles (job lost, requeued) when it returns
+      // Without a link the host left meanwhile: it reconciles (job lost, requeued) when it returns.
+      report.push({ jobId: job.id, attempt: job.attempt, hostId: job.hostId, latencyMs, launched: link !== undefined });
+      if (!link) continue;
       const r = job.launch;
       link.active.set(job.id, { attempt: job.attempt, cpus: r.cpus, memoryBytes: r.memoryBytes, diskBytes: r.diskBytes });
       link.send({ type: 'launch', jobId: job.id, attempt: job.attempt, spec: job.launch });
-      ctx.events.emit('job.placed', { jobId: job.id, attempt: job.attempt, hostId: job.hostId, latencyMs });
     }
-    ctx.metrics.placements.inc(placed.length);
+    door.placed(report);
     if (placed.length > 0) log.debug({ placed: placed.length, claimed, ms: Math.round(performance.now() - started) }, 'placed jobs');
     // A full batch means more may be waiting.
-    if (claimed >= ctx.options.batchSize && placed.length > 0) wanted = true;
+    if (claimed >= ctx.options.batchSize && placed.length > 0) loop.kick();
     backlog = waiting;
-    if (backlog && freedDuringPass) wanted = true;
+    if (backlog && freedDuringPass) loop.kick();
     return placed.length;
-  }
-
-  function kick(): void {
-    wanted = true;
-    if (running || stopped) return;
-    running = (async () => {
-      // Start at the end of this event-loop turn, so everything submitted in the same turn shares the pass.
-      await new Promise<void>((r) => setImmediate(r));
-      while (wanted && !stopped) {
-        wanted = false;
-        try {
-          await pass();
-        } catch (e) {
-          log.error({ err: e }, 'scheduling pass failed; retrying on the next poll');
-        }
-      }
-    })().finally(() => {
-      running = undefined;
-      // A kick that landed after the loop's last check but before this ran found `running` still set.
-      if (wanted && !stopped) kick();
-    });
   }
 
   /** Picks up drain/cordon changes made through other replicas. */
@@ -201,7 +185,7 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool): Scheduler
     kick,
     capacityFreed() {
       if (backlog) kick();
-      else if (running) freedDuringPass = true;
+      else if (loop.busy) freedDuringPass = true;
     },
     limitsChanged: () => {
       limitsCache = undefined;
@@ -209,7 +193,6 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool): Scheduler
     },
     pass,
     start() {
-      stopped = false;
       // The embedded store has no other replica: every submission and freed host kicks a pass here, so its
       // polls are only a safety net, and they are slower (its statements run on this event loop).
       const single = ctx.store.kind === 'pglite';
@@ -217,13 +200,15 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool): Scheduler
       // Local cancels stop VMs at once (the gateway); this catches changes made through other replicas and
       // server-side timeouts (the leader's, a fallback 30 s past the agent's own).
       stopPoll = setInterval(() => void checkStops(), single ? 5000 : Math.max(ctx.options.pollMs * 4, 1000));
-      kick();
+      // Work accepted here (the API, GitHub) gets a pass at the end of its event-loop turn.
+      offSubmitted = ctx.events.on('job.submitted', kick);
+      loop.start();
     },
     async stop() {
-      stopped = true;
+      offSubmitted?.();
       clearInterval(poll);
       clearInterval(stopPoll);
-      await running;
+      await loop.stop();
     },
   };
 }

@@ -19,7 +19,8 @@ import {
 import { KilnError, toKilnError } from '../core/errors.ts';
 import { activeJobsOnHosts, getJob, loseJob, transitionJob } from '../store/jobs.ts';
 import { launchSpecOf } from './scheduler/scheduler.ts';
-import { connectHost, disconnectHost, setHostMirror, touchHosts } from '../store/hosts.ts';
+import { connectHost, disconnectHost, hostStates, setHostMirror, touchHosts } from '../store/hosts.ts';
+import { markAsleep, recordPowerError } from '../store/power.ts';
 import type { ServerContext } from './context.ts';
 import { ActiveJobs, type HostLink, type HostRegistry } from './host-registry.ts';
 import type { LogWriter } from './log-writer.ts';
@@ -37,6 +38,10 @@ export interface GatewayDeps {
   kick(): void;
   /** A job ended on a host: a pass is worth it only if work was left waiting. */
   capacityFreed(): void;
+  /** Host power (src/server/power): connects answer wakes; drained agents go to sleep. */
+  power?: {
+    connected(hostId: number, woke: { latencyMs: number; jobs: number } | undefined): void;
+  };
 }
 
 export interface AgentGateway {
@@ -84,6 +89,8 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
     let alive = true;
     let closed = false;
     let helloSeen = false;
+    /** The host went to sleep on this connection: its close leaves it asleep, not offline. */
+    let wentToSleep = false;
     const log = () => (link ? ctx.log.child({ hostId: link.hostId, host: link.name }) : ctx.log);
 
     // Messages sent to one agent in the same synchronous run (a scheduling pass launching several jobs on
@@ -168,7 +175,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
         log().info('agent disconnected');
         await disconnectHost(ctx.store.db, l.hostId, ctx.serverId).catch((e: unknown) => log().warn({ err: e }, 'could not mark host offline'));
         ctx.events.emit('host.disconnected', { hostId: l.hostId, name: l.name });
-        ctx.events.emit('host.state', { hostId: l.hostId, name: l.name, state: 'offline' });
+        ctx.events.emit('host.state', { hostId: l.hostId, name: l.name, state: wentToSleep ? 'asleep' : 'offline' });
       });
       void queue.catch(() => undefined).then(() => {
         finished.delete(socket);
@@ -188,11 +195,15 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
           return;
         case 'host.status':
           return hostStatus(msg);
+        case 'host.sleeping':
+          return sleeping(msg);
+        case 'power.error':
+          return powerError(msg);
       }
     }
 
     async function hello(msg: AgentMessageOf<'hello'>): Promise<void> {
-      const host = await connectHost(ctx.store.db, msg.host, ctx.serverId, msg.mirror);
+      const host = await connectHost(ctx.store.db, msg.host, ctx.serverId, msg.mirror, msg.power);
       const hlog = ctx.log.child({ hostId: host.id, host: host.name });
       const l: HostLink = {
         hostId: host.id,
@@ -261,9 +272,36 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
       }
       ctx.metrics.hostsConnected.set(registry.links.size);
       hlog.info({ arch: host.arch, cpus: host.capacity.cpus, kept: kept.size }, 'agent connected');
+      deps.power?.connected(host.id, host.woke);
+      if (host.woke) hlog.info({ latencyMs: Math.round(host.woke.latencyMs), reason: host.woke.reason }, 'the host woke');
       ctx.events.emit('host.connected', { hostId: host.id, name: host.name });
       ctx.events.emit('host.state', { hostId: host.id, name: host.name, state: host.state });
       deps.kick();
+    }
+
+    /** The agent drained for a sleep request and is about to run its sleep command. */
+    async function sleeping(msg: AgentMessageOf<'host.sleeping'>): Promise<void> {
+      if (!link) return;
+      const l = link;
+      l.schedulable = false;
+      if (!(await markAsleep(ctx.store.db, l.hostId, ctx.serverId, msg.requestId, msg.power))) return;
+      wentToSleep = true;
+      log().info('the host is going to sleep');
+      ctx.events.emit('power.asleep', { hostId: l.hostId, name: l.name });
+      ctx.events.emit('host.state', { hostId: l.hostId, name: l.name, state: 'asleep' });
+    }
+
+    async function powerError(msg: AgentMessageOf<'power.error'>): Promise<void> {
+      if (!link) return;
+      const l = link;
+      await recordPowerError(ctx.store.db, l.hostId, msg.action, msg.message);
+      log().error({ code: msg.code, msg: msg.message }, 'the host could not go to sleep');
+      ctx.events.emit('power.error', { hostId: l.hostId, name: l.name, action: msg.action, message: msg.message });
+      const [h] = await hostStates(ctx.store.db, [l.hostId]);
+      if (h && h.state === 'online' && !h.cordoned && h.serverId === ctx.serverId) {
+        l.schedulable = true;
+        deps.kick();
+      }
     }
 
     async function hostStatus(msg: AgentMessageOf<'host.status'>): Promise<void> {

@@ -8,7 +8,7 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { spawnKiln, type KilnProcess } from '../agent/processes.ts';
+import { spawnBuiltKiln, type KilnProcess } from '../agent/processes.ts';
 
 export interface PowerWorld {
   dir: string;
@@ -37,7 +37,7 @@ export function makePowerWorld(): PowerWorld {
         : { driver: 'command', sleepCommand: o.sleepCommand ?? 'kill -STOP "$KILN_AGENT_PID"', settle: '0s' };
       const config = join(dir, `${name}.json`);
       writeFileSync(config, JSON.stringify({ agent: { power } }));
-      const p = spawnKiln(['agent', '--driver', 'memory', '--name', name, '--cpus', String(o.cpus ?? 16), '--memory', '32G', '--config', config, ...servers.flatMap((s) => ['--server', s])], {
+      const p = spawnBuiltKiln(['agent', '--driver', 'memory', '--name', name, '--cpus', String(o.cpus ?? 16), '--memory', '32G', '--config', config, ...servers.flatMap((s) => ['--server', s])], {
         KILN_TOKEN: token,
         KILN_LOG_LEVEL: process.env.KILN_TEST_LOG ?? 'info',
       });

@@ -10,7 +10,7 @@
  */
 import { wakeBackoffMs, type PowerPolicy, DEFAULT_POWER_POLICY } from '../../core/power.ts';
 import { toKilnError } from '../../core/errors.ts';
-import type { HostLink, HostRegistry } from '../host-registry.ts';
+import type { HostPool, PoolHost } from '../scheduler/host-pool.ts';
 import type { ServerContext } from '../context.ts';
 import {
   cancelOrphanSleeps,
@@ -59,7 +59,7 @@ export interface PowerManager {
   connected(hostId: number, woke: { latencyMs: number; jobs: number } | undefined): void;
 }
 
-export function makePowerManager(ctx: ServerContext, deps: { registry: HostRegistry; isLeader: () => boolean; kick: () => void; options: PowerOptions }): PowerManager {
+export function makePowerManager(ctx: ServerContext, deps: { registry: HostPool; isLeader: () => boolean; kick: () => void; options: PowerOptions }): PowerManager {
   const o = deps.options;
   const policy = o.policy;
   const now = o.now ?? Date.now;
@@ -77,7 +77,7 @@ export function makePowerManager(ctx: ServerContext, deps: { registry: HostRegis
   let decision: PowerDecision | undefined;
   const offs: (() => void)[] = [];
 
-  const localLink = (hostId: number): HostLink | undefined => deps.registry.get(hostId);
+  const localLink = (hostId: number): PoolHost | undefined => deps.registry.get(hostId);
 
   function view(h: PowerHostRow, t: number): PowerHostView {
     if (h.activeJobs > 0 || h.state !== 'online') idleSince.delete(h.id);
@@ -109,7 +109,7 @@ export function makePowerManager(ctx: ServerContext, deps: { registry: HostRegis
       if (!link) continue; // it left meanwhile: the request expires (the host reconnecting cancels it)
       link.schedulable = false;
       link.send({ type: 'sleep', requestId: r.id });
-      log.info({ hostId: r.hostId, host: link.name, requestId: r.id, reason: r.reason }, 'asked the host to sleep');
+      log.info({ hostId: r.hostId, requestId: r.id, reason: r.reason }, 'asked the host to sleep');
     }
   }
 

@@ -4,7 +4,7 @@ import { KilnError } from '../../core/errors.ts';
 import type { PowerPolicy } from '../../core/power.ts';
 import { findHost } from '../../store/hosts.ts';
 import { listPowerRequests } from '../../store/power.ts';
-import type { RouteDef } from '../api/routes.ts';
+import type { RouteDef } from '../http/routes.ts';
 import type { ServerContext } from '../context.ts';
 import type { PowerManager } from './manager.ts';
 

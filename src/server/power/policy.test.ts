@@ -65,7 +65,7 @@ void test('the best-fitting host is woken: the one that takes the work, and of t
 });
 
 void test('marked hosts, hosts with a request under way and hosts without a way to wake are passed over', () => {
-  const hosts = [host(1, 'asleep', { markedUntilMs: 1000 }), host(2, 'asleep', { openRequest: 'wake' }), host(3, 'asleep', { canWake: false }), host(4, 'asleep')];
+  const hosts = [host(1, 'asleep', { markedUntilMs: 1000 }), host(2, 'asleep', { openRequest: 'wake' }), host(3, 'asleep', { canWake: false }), host(5, 'asleep', { cordoned: true }), host(6, 'asleep', { drainRequested: true }), host(4, 'asleep')];
   assert.deepEqual(decidePower(hosts, [jobs(1)], policy(), 500).wake.map((w) => w.hostId), [4]);
   // The mark expires.
   assert.deepEqual(decidePower(hosts.slice(0, 1), [jobs(1)], policy(), 1000).wake.map((w) => w.hostId), [1]);
@@ -177,7 +177,7 @@ void test('properties: only eligible hosts are woken or put to sleep, each once,
     for (const id of woken) {
       const h = byId.get(id)!;
       assert.equal(h.state, 'asleep', `seed ${seed}: woke a host that is ${h.state}`);
-      assert.ok(h.canWake && h.openRequest === undefined && (h.markedUntilMs === undefined || h.markedUntilMs <= now), `seed ${seed}: woke an ineligible host`);
+      assert.ok(h.canWake && !h.cordoned && !h.drainRequested && h.openRequest === undefined && (h.markedUntilMs === undefined || h.markedUntilMs <= now), `seed ${seed}: woke an ineligible host`);
       assert.ok(!d.sleep.includes(id));
     }
     for (const id of d.sleep) {

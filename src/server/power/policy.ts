@@ -110,7 +110,10 @@ export function decidePower(hosts: readonly PowerHostView[], demand: readonly Qu
   // 2. Wake, one host per need: each time the asleep host that takes the most of what is left.
   const wake: WakeDecision[] = [];
   const woken = new Set<number>();
-  const candidates = hosts.filter((h) => h.state === 'asleep' && h.canWake && h.openRequest === undefined && (h.markedUntilMs === undefined || h.markedUntilMs <= nowMs));
+  // A cordoned or operator-drained host would take nothing once awake: it is not woken for work.
+  const candidates = hosts.filter(
+    (h) => h.state === 'asleep' && h.canWake && !h.cordoned && !h.drainRequested && h.openRequest === undefined && (h.markedUntilMs === undefined || h.markedUntilMs <= nowMs),
+  );
   while (need.length > 0) {
     let best: { h: PowerHostView; placed: Set<number> } | undefined;
     for (const h of candidates) {

@@ -88,14 +88,20 @@ export async function setHostMirror(db: Q, hostId: number, serverId: string, mir
   return Number(r.numUpdatedRows) > 0;
 }
 
-/** Marks a host offline, but only if `serverId` still owns it (it may have reconnected elsewhere). */
-export async function disconnectHost(db: Q, hostId: number, serverId: string): Promise<boolean> {
-  const r = await db
+/**
+ * Marks a host offline, but only if `serverId` still owns it (it may have reconnected elsewhere) and, given
+ * `connectedAt` (the connection's own connect time), only if no newer connection of it has registered
+ * meanwhile: an agent that closes and reconnects at once (a sleep command that failed) may have its new
+ * hello stored before its old connection's close is handled.
+ */
+export async function disconnectHost(db: Q, hostId: number, serverId: string, connectedAt?: string | null): Promise<boolean> {
+  let q = db
     .updateTable('hosts')
     .set({ state: sql`CASE WHEN state = 'asleep' THEN 'asleep' ELSE 'offline' END`, server_id: null, last_seen_at: sql`now()` })
     .where('id', '=', hostId)
-    .where('server_id', '=', serverId)
-    .executeTakeFirst();
+    .where('server_id', '=', serverId);
+  if (connectedAt) q = q.where(sql<boolean>`date_trunc('milliseconds', connected_at) <= ${connectedAt}::timestamptz`);
+  const r = await q.executeTakeFirst();
   return Number(r.numUpdatedRows) > 0;
 }
 

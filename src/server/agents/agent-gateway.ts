@@ -91,6 +91,8 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
     let helloSeen = false;
     /** The host went to sleep on this connection: its close leaves it asleep, not offline. */
     let wentToSleep = false;
+    /** When this connection's hello was stored (a newer connection of the same host is never marked offline by this one's close). */
+    let connectedAt: string | null = null;
     const log = () => (link ? ctx.log.child({ hostId: link.hostId, host: link.name }) : ctx.log);
 
     // Messages sent to one agent in the same synchronous run (a scheduling pass launching several jobs on
@@ -173,7 +175,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
         if (!registry.remove(l)) return;
         ctx.metrics.hostsConnected.set(registry.links.size);
         log().info('agent disconnected');
-        await disconnectHost(ctx.store.db, l.hostId, ctx.serverId).catch((e: unknown) => log().warn({ err: e }, 'could not mark host offline'));
+        await disconnectHost(ctx.store.db, l.hostId, ctx.serverId, connectedAt).catch((e: unknown) => log().warn({ err: e }, 'could not mark host offline'));
         ctx.events.emit('host.disconnected', { hostId: l.hostId, name: l.name });
         ctx.events.emit('host.state', { hostId: l.hostId, name: l.name, state: wentToSleep ? 'asleep' : 'offline' });
       });
@@ -204,6 +206,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
 
     async function hello(msg: AgentMessageOf<'hello'>): Promise<void> {
       const host = await connectHost(ctx.store.db, msg.host, ctx.serverId, msg.mirror, msg.power);
+      connectedAt = host.connectedAt;
       const hlog = ctx.log.child({ hostId: host.id, host: host.name });
       const l: HostLink = {
         hostId: host.id,

@@ -34,7 +34,7 @@ import { tokenRoutes } from './http/tokens.ts';
 import { makeGitHubClient, type GitHubApi } from './github/api.ts';
 import type { GitHubConfig } from './github/config.ts';
 import { webhookOpenApi } from './github/manifest.ts';
-import { makeGitHubService, type GitHubService } from './github/service.ts';
+import { makeGitHubService, type GitHubService } from './github/github.ts';
 import { DEFAULT_POWER_OPTIONS, makePowerManager, type PowerManager, type PowerOptions } from './power/manager.ts';
 import { powerRoutes } from './power/routes.ts';
 

@@ -52,5 +52,7 @@ export default tseslint.config(
   serverPart('agents', ['github', ['http', ['http-errors.ts']]]),
   serverPart('http', ['github', 'scheduler']),
   serverPart('github', ['agents', 'scheduler']),
+  // Host power reaches the agents only through the scheduler's HostPool port; it uses the placement and the route table.
+  serverPart('power', ['agents', 'github']),
   { files: ['src/cli/**/*.ts', 'test/**/*.ts', 'bench/**/*.ts', 'scripts/**'], rules: { 'no-console': 'off' } },
 );

@@ -16,6 +16,7 @@ import {
   makeServerMessageDecoder,
   type AgentMessage,
   type HostCapacity,
+  type HostPowerMsg,
   type JobResultMsg,
   type MirrorStatusMsg,
   type ServerMessage,
@@ -25,6 +26,7 @@ import type { VmDriver } from '../vm/driver.ts';
 import type { ImageResolver } from './images.ts';
 import type { MirrorStatus, RegistryMirror } from './mirror.ts';
 import { makeSupervisor, type Supervisor } from './supervisor.ts';
+import { commandFailure, hostPowerReport, runPowerCommand, type AgentPowerOptions } from './power.ts';
 import { KILN_VERSION } from '../core/version.ts';
 import { MIRROR_GUEST_ADDRESS, MIRROR_GUEST_IP, MIRROR_GUEST_PORT } from '../vm/forwards.ts';
 
@@ -57,6 +59,8 @@ export interface AgentOptions {
   statusIntervalMs?: number;
   /** How often the mirror's health is probed for changes (default 2 s). */
   healthPollMs?: number;
+  /** The host's power driver (default none: the host never sleeps). See docs/power.md. */
+  power?: AgentPowerOptions;
 }
 
 /** Where every guest reaches the host's mirror (a forward to the mirror's host port, even with the network closed). */
@@ -91,6 +95,10 @@ export interface AgentEvents {
   launched: [{ jobId: number; attempt: number }];
   finished: [JobResultMsg];
   'protocol-error': [{ code: string; message: string }];
+  /** Drained and told the server; the sleep command runs next. */
+  sleeping: [{ requestId: number }];
+  /** The sleep command returned (the host woke up, or the command failed: `error`). */
+  awake: [{ requestId: number; error?: string }];
 }
 
 export interface Agent {
@@ -128,6 +136,11 @@ export function makeAgent(o: AgentOptions): Agent {
   let outboxBytes = 0;
   const OUTBOX_LIMIT = 64 * 1024 * 1024;
   let dropped = 0;
+  /** Set while the host sleeps: the connection stays closed until the sleep command returns. */
+  let asleep = false;
+  let powerReport: HostPowerMsg | undefined;
+  /** A sleep that failed, told to the server after the next welcome. */
+  let powerError: { requestId: number; message: string } | undefined;
 
   const send = (m: AgentMessage) => {
     if (ws && welcomed && ws.readyState === WebSocket.OPEN) {
@@ -245,7 +258,7 @@ export function makeAgent(o: AgentOptions): Agent {
       void (async () => {
         const mirror = await mirrorStatus().catch(() => lastMirror);
         if (sock.readyState !== WebSocket.OPEN) return;
-        sock.send(encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, host: cap!, running: supervisor.running(), finished: [], ...(mirror ? { mirror } : {}) }));
+        sock.send(encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, host: cap!, running: supervisor.running(), finished: [], ...(mirror ? { mirror } : {}), power: powerReport! }));
       })();
     });
     sock.on('ping', resetSilence);
@@ -271,7 +284,7 @@ export function makeAgent(o: AgentOptions): Agent {
       welcomed = false;
       ws = undefined;
       if (wasWelcomed) events.emit('disconnected', { code, reason: reason.toString() });
-      if (stopping) return;
+      if (stopping || asleep) return;
       if (code === 4001) {
         log.error('the server removed this host; the agent stops');
         void stop();
@@ -300,9 +313,16 @@ export function makeAgent(o: AgentOptions): Agent {
         if (dropped > 0) log.warn({ dropped }, 'log chunks were dropped while disconnected (buffer full)');
         dropped = 0;
         for (const r of supervisor.unacked()) sock.send(encodeMessage({ type: 'job.done', result: r }));
+        if (powerError) {
+          sock.send(encodeMessage({ type: 'power.error', action: 'sleep', requestId: powerError.requestId, code: 'power.sleep_failed', message: powerError.message }));
+          powerError = undefined;
+        }
         events.emit('connected', { hostId: m.hostId, serverId: m.serverId });
         return;
       }
+      case 'sleep':
+        void goToSleep(sock, m.requestId);
+        return;
       case 'launch':
         supervisor.launch(m.jobId, m.attempt, m.spec);
         return;
@@ -316,6 +336,55 @@ export function makeAgent(o: AgentOptions): Agent {
         log.error({ code: m.code, msg: m.message }, 'the server reported a protocol error');
         events.emit('protocol-error', { code: m.code, message: m.message });
         return;
+    }
+  }
+
+  /**
+   * The server asked this host to sleep: drain (the server places nothing new here; running jobs finish and
+   * their results are acknowledged), say so, close the connection, run the sleep command. When it returns
+   * (the host woke, or the command failed) wait `settleMs` and reconnect; a failure is reported after the
+   * next welcome with the command's output.
+   */
+  let sleepingFor: number | undefined;
+  async function goToSleep(sock: WebSocket, requestId: number): Promise<void> {
+    const p = o.power;
+    if (!p || p.driver === 'none' || !p.sleepCommand) {
+      sock.send(encodeMessage({ type: 'power.error', action: 'sleep', requestId, code: 'power.no_driver', message: 'this host has no power driver configured, so it cannot sleep' }));
+      return;
+    }
+    if (sleepingFor !== undefined) return;
+    sleepingFor = requestId;
+    try {
+      log.info({ requestId }, 'asked to sleep: draining');
+      while (!stopping && (supervisor.running().length > 0 || supervisor.unacked().length > 0)) await new Promise((r) => setTimeout(r, 100));
+      if (stopping || ws !== sock || sock.readyState !== WebSocket.OPEN) return;
+      asleep = true;
+      sock.send(encodeMessage({ type: 'host.sleeping', requestId, power: powerReport! }));
+      events.emit('sleeping', { requestId });
+      const closed = once(sock, 'close').catch(() => undefined);
+      sock.close(4002, 'host going to sleep');
+      await Promise.race([closed, new Promise((r) => setTimeout(r, 2000).unref())]);
+      sock.terminate();
+      const timeoutMs = p.commandTimeoutMs ?? 10 * 60_000;
+      log.info({ command: p.sleepCommand }, 'running the sleep command');
+      const r = await runPowerCommand(p.sleepCommand, { KILN_AGENT_PID: String(process.pid), KILN_HOST: cap?.name ?? '' }, timeoutMs);
+      const failed = r.code !== 0 || r.timedOut;
+      if (failed) {
+        const message = commandFailure('the sleep command', r, timeoutMs);
+        log.error({ msg: message }, 'could not put the host to sleep');
+        powerError = { requestId, message };
+        events.emit('awake', { requestId, error: message });
+      } else {
+        log.info('the sleep command returned: the host is awake again');
+        if ((p.settleMs ?? 0) > 0) await new Promise((r) => setTimeout(r, p.settleMs));
+        events.emit('awake', { requestId });
+      }
+    } finally {
+      sleepingFor = undefined;
+      if (asleep) {
+        asleep = false;
+        if (!stopping) connect();
+      }
     }
   }
 
@@ -346,7 +415,8 @@ export function makeAgent(o: AgentOptions): Agent {
       const swept = await o.driver.sweep();
       if (swept.removed.length > 0) log.warn({ removed: swept.removed }, 'removed VMs a previous agent left behind');
       cap = await capacity();
-      log.info({ host: cap }, 'agent starting');
+      powerReport = hostPowerReport(o.power);
+      log.info({ host: cap, power: powerReport }, 'agent starting');
       if (o.mirror) {
         const m = o.mirror;
         await m.start();

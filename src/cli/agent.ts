@@ -26,6 +26,8 @@ export function registerAgent(program: Command, out: () => Output): void {
     .option('--sim-boot-ms <ms>', 'memory driver only: simulated boot time per VM')
     .option('--mirror-upstream <url>', 'run a registry mirror of this upstream for this host’s VMs, e.g. https://registry-1.docker.io (env KILN_MIRROR_UPSTREAM; credentials from KILN_MIRROR_USERNAME/KILN_MIRROR_PASSWORD)')
     .option('--mirror-listen <host:port>', `where the mirror listens on the host (default 127.0.0.1:5000; env KILN_MIRROR_LISTEN)`)
+    .option('--power-driver <kind>', 'how this host sleeps and wakes: none (default), command or wol (env KILN_POWER_DRIVER; docs/power.md)')
+    .option('--power-sleep-command <cmd>', 'run through sh -c to put the host to sleep, e.g. "systemctl suspend" (env KILN_POWER_SLEEP_COMMAND)')
     .option('--data-dir <dir>', 'kiln data directory (env KILN_DATA_DIR)')
     .option('--config <file>', 'config file, YAML or JSON (env KILN_CONFIG)')
     .option('--log-level <level>', 'log level (env KILN_LOG_LEVEL)')
@@ -50,6 +52,7 @@ export function registerAgent(program: Command, out: () => Output): void {
         images,
         logger,
         ...(mirror ? { mirror, statusIntervalMs: cfg.mirror!.statusIntervalMs } : {}),
+        ...(cfg.power ? { power: cfg.power } : {}),
       });
       let everConnected = false;
       const rejected = new Promise<KilnError>((resolve) =>

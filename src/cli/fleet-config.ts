@@ -12,6 +12,9 @@ import { parseDuration, parseSize } from '../core/sizes.ts';
 import { loadCommonConfig, type CommonConfig } from './config.ts';
 import { assertHostPort, assertUpstreamUrl } from '../oci/mirror-config.ts';
 import { parseGitHubConfig, type GitHubConfig, type GitHubFileConfig } from '../server/github/config.ts';
+import type { PowerOptions } from '../server/power/manager.ts';
+import type { AgentPowerOptions } from '../agent/power.ts';
+import { loadAgentPower, loadPowerOptions, type AgentPowerFileConfig, type PowerFileConfig } from './power-config.ts';
 
 type Env = NodeJS.ProcessEnv;
 
@@ -19,7 +22,9 @@ export interface FileConfig {
   dataDir?: string;
   logLevel?: string;
   server?: { listen?: string; databaseUrl?: string; adminToken?: string; logLimit?: string | number; hostLostAfter?: string };
-  agent?: { server?: string | string[]; token?: string; name?: string; labels?: string[]; cpus?: number; memory?: string; disk?: string; driver?: string; arch?: string; mirror?: MirrorFileConfig };
+  agent?: { server?: string | string[]; token?: string; name?: string; labels?: string[]; cpus?: number; memory?: string; disk?: string; driver?: string; arch?: string; mirror?: MirrorFileConfig; power?: AgentPowerFileConfig };
+  /** Host power: the server's sleep policy and wake commands (docs/power.md). */
+  power?: PowerFileConfig;
   /** `kiln up`'s local agent reads the same section. */
   mirror?: MirrorFileConfig;
   client?: { server?: string; token?: string };
@@ -124,6 +129,8 @@ export interface ServerConfig extends CommonConfig {
   github: GitHubConfig | undefined;
   /** kiln up's local agent's mirror (kiln server ignores it). */
   mirror: MirrorConfig | undefined;
+  /** Host power: sleep policy and wake commands. */
+  power: PowerOptions;
 }
 
 export interface ServerFlags extends MirrorFlags {
@@ -154,8 +161,9 @@ export function loadServerConfig(flags: ServerFlags, env: Env = process.env, fil
   if (adminToken !== undefined && adminToken.length < 16) p.list.push('KILN_ADMIN_TOKEN must be at least 16 characters');
   const github = p.try(() => parseGitHubConfig(env, file.github));
   const mirror = loadMirrorConfig(flags, env, file.mirror ?? file.agent?.mirror, p);
+  const power = loadPowerOptions(file.power, env, p.list);
   p.throwIfAny('server');
-  return { ...common, listen, databaseUrl, adminToken, logLimitBytes, hostLostAfterMs, github, mirror };
+  return { ...common, listen, databaseUrl, adminToken, logLimitBytes, hostLostAfterMs, github, mirror, power };
 }
 
 export interface AgentConfig extends CommonConfig {
@@ -169,6 +177,8 @@ export interface AgentConfig extends CommonConfig {
   diskBytes: number | undefined;
   driver: 'qemu' | 'memory';
   mirror: MirrorConfig | undefined;
+  /** The host's power driver; undefined: none (it never sleeps). */
+  power: AgentPowerOptions | undefined;
 }
 
 export interface AgentFlags extends MirrorFlags {
@@ -184,6 +194,8 @@ export interface AgentFlags extends MirrorFlags {
   memory?: string;
   disk?: string;
   driver?: string;
+  powerDriver?: string;
+  powerSleepCommand?: string;
 }
 
 export function loadAgentConfig(flags: AgentFlags, env: Env = process.env, fileIn?: FileConfig): AgentConfig {
@@ -221,8 +233,9 @@ export function loadAgentConfig(flags: AgentFlags, env: Env = process.env, fileI
   const driver = first(flags.driver, env.KILN_AGENT_DRIVER, file.agent?.driver) ?? 'qemu';
   if (driver !== 'qemu' && driver !== 'memory') p.list.push(`driver "${driver}" is not qemu or memory`);
   const mirror = loadMirrorConfig(flags, env, file.agent?.mirror ?? file.mirror, p);
+  const power = loadAgentPower(flags, env, file.agent?.power, p.list);
   p.throwIfAny('agent');
-  return { ...common, servers, token: token!, name, labels, arch, cpus, memoryBytes, diskBytes, driver: driver as 'qemu' | 'memory', mirror };
+  return { ...common, servers, token: token!, name, labels, arch, cpus, memoryBytes, diskBytes, driver: driver as 'qemu' | 'memory', mirror, power };
 }
 
 export interface ClientConfig {

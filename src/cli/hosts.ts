@@ -1,4 +1,4 @@
-/** `kiln hosts ls|drain|cordon|uncordon|rm`. */
+/** `kiln hosts ls|drain|cordon|uncordon|wake|sleep|rm`. */
 import type { Command } from 'commander';
 import type { Host, HostMirror } from '../core/host.ts';
 import { formatSize } from '../core/sizes.ts';
@@ -14,6 +14,23 @@ export function mirrorCell(m: HostMirror | null | undefined): string {
 
 type HostOut = Host & { jobs: number; used: { cpus: number; memoryBytes: number } };
 
+/** `3s`, `12m`, `5h`, `2d`: how long since `iso`, for the STATE column. */
+export function sinceCell(iso: string | undefined, nowMs = Date.now()): string {
+  if (!iso) return '';
+  const s = Math.max(0, Math.floor((nowMs - Date.parse(iso)) / 1000));
+  if (s < 120) return `${s}s`;
+  if (s < 2 * 3600) return `${Math.floor(s / 60)}m`;
+  if (s < 2 * 86400) return `${Math.floor(s / 3600)}h`;
+  return `${Math.floor(s / 86400)}d`;
+}
+
+/** The STATE column: state, flags, and since when for the power states (asleep 2h, waking 40s). */
+export function stateCell(h: Pick<HostOut, 'state' | 'cordoned' | 'stateSince' | 'wakeMarkedUntil'>, nowMs = Date.now()): string {
+  let s = h.state + (h.cordoned ? ',cordoned' : '');
+  if (h.wakeMarkedUntil && Date.parse(h.wakeMarkedUntil) > nowMs) s += ',wake-failed';
+  return h.stateSince ? `${s} ${sinceCell(h.stateSince, nowMs)}` : s;
+}
+
 export function registerHosts(program: Command, out: () => Output): void {
   const hosts = program.command('hosts').description('list and manage the hosts of a fleet');
   addClientOptions(hosts.command('ls').description('list hosts'))
@@ -23,21 +40,26 @@ export function registerHosts(program: Command, out: () => Output): void {
       if (f.json) return out().data(JSON.stringify(list, null, 2));
       out().data(
         table([
-          ['ID', 'NAME', 'STATE', 'ARCH', 'ACCEL', 'CPUS', 'MEMORY', 'JOBS', 'MIRROR', 'LABELS'],
+          ['ID', 'NAME', 'STATE', 'ARCH', 'ACCEL', 'CPUS', 'MEMORY', 'JOBS', 'MIRROR', 'POWER', 'LABELS'],
           ...list.map((h) => [
             String(h.id),
             h.name,
-            h.state + (h.cordoned ? ',cordoned' : ''),
+            stateCell(h),
             h.arch,
             h.accel,
             `${h.used.cpus}/${h.capacity.cpus}`,
             `${formatSize(h.used.memoryBytes)}/${formatSize(h.capacity.memoryBytes)}`,
             String(h.jobs),
             mirrorCell(h.mirror),
+            (h.power?.driver ?? 'none') + (h.power?.lastError ? ' (error)' : ''),
             h.labels.join(',') || '-',
           ]),
         ]),
       );
+      for (const h of list) {
+        const e = h.power?.lastError;
+        if (e) out().info(`${h.name}: last ${e.action} failed at ${e.at}: ${e.message}`);
+      }
     });
   const action = (verb: 'drain' | 'cordon' | 'uncordon', text: string) =>
     addClientOptions(hosts.command(`${verb} <host>`).description(text)).action(async (ref: string, f: ClientFlags) => {
@@ -47,6 +69,14 @@ export function registerHosts(program: Command, out: () => Output): void {
   action('drain', 'stop placing jobs on a host and let running ones finish (kept across reconnects)');
   action('cordon', 'stop placing jobs on a host; it stays online');
   action('uncordon', 'undo drain and cordon');
+  addClientOptions(hosts.command('wake <host>').description('wake an asleep host (also one the power manager gave up on); see docs/power.md')).action(async (ref: string, f: ClientFlags) => {
+    const r = await clientFrom(f).request<{ host: string }>('POST', `/v1/hosts/${encodeURIComponent(ref)}/wake`);
+    out().info(`host ${r.host}: waking (kiln hosts ls shows when it is online)`);
+  });
+  addClientOptions(hosts.command('sleep <host>').description('put a host to sleep: it drains, then runs its sleep command')).action(async (ref: string, f: ClientFlags) => {
+    const r = await clientFrom(f).request<{ host: string }>('POST', `/v1/hosts/${encodeURIComponent(ref)}/sleep`);
+    out().info(`host ${r.host}: draining, then going to sleep`);
+  });
   addClientOptions(hosts.command('rm <host>').description('forget a host (refused while it runs jobs unless --force)'))
     .option('--force', 'remove even while it is connected; its agent is disconnected and stops')
     .action(async (ref: string, f: ClientFlags & { force?: boolean }) => {

@@ -34,6 +34,7 @@ export function registerServer(program: Command, out: () => Output): void {
         bootstrapTokenFile: tokenFile,
         ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
         ...(cfg.github ? { github: { config: cfg.github } } : {}),
+        power: cfg.power,
       });
       const url = await server.listen(cfg.listen);
       o.info(`kiln server ${server.serverId} listening at ${url} (${store.kind === 'pglite' ? `embedded store in ${join(cfg.dataDir, 'db')}` : 'PostgreSQL'})`);

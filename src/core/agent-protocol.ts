@@ -58,6 +58,18 @@ export const MirrorStatusMsg = Type.Object(
 );
 export type MirrorStatusMsg = Static<typeof MirrorStatusMsg>;
 
+/** How the host sleeps and wakes (src/core/power.ts), reported in hello and again just before it sleeps. */
+export const HostPowerMsg = Type.Object(
+  {
+    driver: Type.Union([Type.Literal('none'), Type.Literal('command'), Type.Literal('wol')]),
+    mac: Type.Optional(Type.String({ pattern: '^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$' })),
+    broadcast: Type.Optional(Type.String({ maxLength: 100 })),
+    port: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535 })),
+  },
+  { additionalProperties: false },
+);
+export type HostPowerMsg = Static<typeof HostPowerMsg>;
+
 export const VmTimingsMsg = Type.Object({
   prepareMs: Type.Number(),
   bootMs: Type.Number(),
@@ -103,6 +115,8 @@ export const AgentMessage = Type.Union([
       finished: Type.Array(JobResultMsg, { maxItems: 10_000 }),
       /** Present when the host runs a registry mirror. */
       mirror: Type.Optional(MirrorStatusMsg),
+      /** The host's power driver; absent: none (it never sleeps). */
+      power: Type.Optional(HostPowerMsg),
     },
     { additionalProperties: false },
   ),
@@ -124,6 +138,13 @@ export const AgentMessage = Type.Union([
     { additionalProperties: false },
   ),
   Type.Object({ type: Type.Literal('job.done'), result: JobResultMsg }, { additionalProperties: false }),
+  /** Drained for a sleep request: the agent closes its connection next and runs its sleep command. */
+  Type.Object({ type: Type.Literal('host.sleeping'), requestId: Id, power: HostPowerMsg }, { additionalProperties: false }),
+  /** A sleep the server asked for failed (or cannot be done); `message` carries the command's output. */
+  Type.Object(
+    { type: Type.Literal('power.error'), action: Type.Literal('sleep'), requestId: Type.Optional(Id), code: Type.String({ maxLength: 100 }), message: Type.String({ maxLength: 8000 }) },
+    { additionalProperties: false },
+  ),
 ]);
 export type AgentMessage = Static<typeof AgentMessage>;
 
@@ -152,6 +173,8 @@ export const ServerMessage = Type.Union([
   Type.Object({ type: Type.Literal('launch'), jobId: Id, attempt: Attempt, spec: LaunchSpec }, { additionalProperties: false }),
   Type.Object({ type: Type.Literal('stop'), jobId: Id, attempt: Attempt, reason: Type.String() }, { additionalProperties: false }),
   Type.Object({ type: Type.Literal('done.ack'), jobId: Id, attempt: Attempt }, { additionalProperties: false }),
+  /** Drain (no new jobs come; running ones finish), answer host.sleeping, then sleep. */
+  Type.Object({ type: Type.Literal('sleep'), requestId: Id }, { additionalProperties: false }),
   Type.Object({ type: Type.Literal('error'), code: Type.String(), message: Type.String() }, { additionalProperties: false }),
 ]);
 export type ServerMessage = Static<typeof ServerMessage>;

@@ -2,6 +2,7 @@
 import type { MirrorStatusMsg } from './agent-protocol.ts';
 import type { Arch } from './arch.ts';
 import type { HostState } from './host-state.ts';
+import type { HostPower } from './power.ts';
 
 export interface Resources {
   cpus: number;
@@ -27,6 +28,14 @@ export interface Host {
   createdAt: string;
   /** The host's registry mirror as its agent last reported it; null when it runs none. */
   mirror: HostMirror | null;
+  /** Since when the host is in its state (ISO time). */
+  stateSince: string;
+  /** How the host sleeps and wakes (its agent's report); null: never reported (none). */
+  power: HostPower | null;
+  /** Wakes that failed in a row; reset when the host connects. */
+  wakeFailures: number;
+  /** After failed wakes the power manager passes the host over until then (ISO time). */
+  wakeMarkedUntil: string | null;
 }
 
 /** A registry mirror's status (src/agent/mirror.ts) as reported over the agent protocol and stored. */

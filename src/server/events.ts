@@ -23,6 +23,11 @@ export interface ServerEvents {
   /** An agent reported its host's status (the registry mirror). */
   'host.status': { hostId: number; name: string; mirror: HostMirror | null };
   'agent.rejected': { code: string; message: string };
+  /** Host power (src/server/power): a wake was sent, a wake was given up, a host went to sleep, a power command failed. */
+  'power.wake_sent': { hostId: number; name: string; attempt: number };
+  'power.wake_failed': { hostId: number; name: string; message: string };
+  'power.asleep': { hostId: number; name: string };
+  'power.error': { hostId: number; name: string; action: 'sleep' | 'wake'; message: string };
   'leader.changed': { leader: boolean };
   /** The leader vacuumed or analyzed tables of the embedded store (src/store/upkeep.ts). */
   'store.upkeep': { tables: { table: string; what: string; ms: number }[] };

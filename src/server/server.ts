@@ -36,6 +36,8 @@ import { makeGitHubClient, type GitHubApi } from './github/api.ts';
 import type { GitHubConfig } from './github/config.ts';
 import { webhookOpenApi } from './github/manifest.ts';
 import { makeGitHubService, type GitHubService } from './github/github.ts';
+import { DEFAULT_POWER_OPTIONS, makePowerManager, type PowerManager, type PowerOptions } from './power/manager.ts';
+import { powerRoutes } from './power/routes.ts';
 
 export interface MakeServerOptions {
   store: Store;
@@ -53,6 +55,8 @@ export interface MakeServerOptions {
   upkeep?: UpkeepTiming;
   /** GitHub Actions (src/server/github); `api` replaces the HTTP client (tests point it at a double). */
   github?: { config: GitHubConfig; api?: GitHubApi; pollMs?: number };
+  /** Host power (src/server/power, docs/power.md): the sleep policy and how hosts are woken. */
+  power?: PowerOptions;
 }
 
 export interface KilnServer {
@@ -64,6 +68,7 @@ export interface KilnServer {
   readonly leader: Leader;
   readonly ctx: ServerContext;
   readonly github: GitHubService | undefined;
+  readonly power: PowerManager;
   /** Set when this start created the first admin token (its secret, to show once). */
   readonly bootstrapSecret: string | undefined;
   listen(opts: { host: string; port: number }): Promise<string>;
@@ -130,9 +135,10 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
     await phases.flush();
     await logs.flush();
   });
-  const gateway: AgentGateway = attachAgentGateway(app, { ctx, registry, logs, phases, results, jobs, scheduler });
+  const power = makePowerManager(ctx, { registry, isLeader: () => leader.isLeader(), kick: () => scheduler.kick(), options: o.power ?? DEFAULT_POWER_OPTIONS });
+  const gateway: AgentGateway = attachAgentGateway(app, { ctx, registry, logs, phases, results, jobs, scheduler, power });
   const apiDeps = { ctx, registry, jobs, scheduler };
-  const routes: RouteDef[] = [...jobRoutes(apiDeps), ...hostRoutes(apiDeps), ...tokenRoutes(apiDeps)];
+  const routes: RouteDef[] = [...jobRoutes(apiDeps), ...hostRoutes(apiDeps), ...tokenRoutes(apiDeps), ...powerRoutes({ ctx, power, policy: (o.power ?? DEFAULT_POWER_OPTIONS).policy })];
   const gh = o.github;
   const github: GitHubService | undefined = gh
     ? makeGitHubService({
@@ -166,12 +172,14 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
     leader,
     ctx,
     github,
+    power,
     bootstrapSecret,
     async listen({ host, port }) {
       const addr = await app.listen({ host, port });
       url = addr.replace('[::1]', '127.0.0.1');
       scheduler.start();
       leader.start();
+      power.start();
       github?.start();
       log.info({ url }, 'kiln server listening');
       return url;
@@ -180,6 +188,7 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
       closing ??= (async () => {
         await github?.stop();
         await scheduler.stop();
+        await power.stop();
         await leader.stop();
         await gateway.close();
         await phases.flush();

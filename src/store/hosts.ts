@@ -1,12 +1,13 @@
 /** Host queries: register on connect, heartbeat, ownership by a server replica, operator actions. */
 import { sql } from 'kysely';
 import type { Arch } from '../core/arch.ts';
-import type { HostCapacity } from '../core/agent-protocol.ts';
+import type { HostCapacity, HostPowerMsg } from '../core/agent-protocol.ts';
 import type { Host, HostMirror } from '../core/host.ts';
 import { nextHostState, type HostState } from '../core/host-state.ts';
 import type { Db, Tx } from './store.ts';
 import type { HostRow } from './schema.ts';
 import { idIn } from './id-list.ts';
+import { answerPowerRequests } from './power.ts';
 
 type Q = Db | Tx;
 const iso = (d: Date | null): string | null => (d ? new Date(d).toISOString() : null);
@@ -29,11 +30,28 @@ export function hostFromRow(r: HostRow): Host {
     lastSeenAt: iso(r.last_seen_at) ?? '',
     createdAt: iso(r.created_at) ?? '',
     mirror: r.mirror ?? null,
+    stateSince: iso(r.state_since) ?? '',
+    power: r.power ?? null,
+    wakeFailures: r.wake_failures,
+    wakeMarkedUntil: iso(r.wake_marked_until),
   };
 }
 
-/** Registers (or re-registers) a host as connected to `serverId`. The host's name is its identity. */
-export async function connectHost(db: Db, cap: HostCapacity, serverId: string, mirror?: HostMirror): Promise<Host> {
+/** A wake request that this connect answered. */
+export interface WakeAnswered {
+  requestId: number;
+  reason: string;
+  jobs: number;
+  /** Milliseconds from the request to this connect. */
+  latencyMs: number;
+}
+
+/**
+ * Registers (or re-registers) a host as connected to `serverId`. The host's name is its identity. A wake
+ * under way for it is answered (done) and its wake failures forgotten; a sleep not yet carried out is
+ * cancelled (the host came back before it slept).
+ */
+export async function connectHost(db: Db, cap: HostCapacity, serverId: string, mirror?: HostMirror, power?: HostPowerMsg): Promise<Host & { woke?: WakeAnswered }> {
   return db.transaction().execute(async (tx) => {
     const existing = await tx.selectFrom('hosts').selectAll().where('name', '=', cap.name).forUpdate().executeTakeFirst();
     const state = nextHostState((existing?.state as HostState | undefined) ?? 'offline', { type: 'connect', draining: existing?.drain_requested ?? false });
@@ -51,11 +69,15 @@ export async function connectHost(db: Db, cap: HostCapacity, serverId: string, m
       connected_at: sql<Date>`now()`,
       last_seen_at: sql<Date>`now()`,
       mirror: mirror ? JSON.stringify({ ...mirror, reportedAt: new Date().toISOString() }) : null,
+      power: JSON.stringify({ ...(power ?? { driver: 'none' }), ...(existing?.power?.lastError ? { lastError: existing.power.lastError } : {}) }),
+      wake_failures: 0,
+      wake_marked_until: null,
     };
     const row = existing
       ? await tx.updateTable('hosts').set(values).where('id', '=', existing.id).returningAll().executeTakeFirstOrThrow()
       : await tx.insertInto('hosts').values({ name: cap.name, ...values }).returningAll().executeTakeFirstOrThrow();
-    return hostFromRow(row);
+    const answered = await answerPowerRequests(tx, row.id);
+    return { ...hostFromRow(row), ...(answered ? { woke: answered } : {}) };
   });
 }
 
@@ -66,14 +88,20 @@ export async function setHostMirror(db: Q, hostId: number, serverId: string, mir
   return Number(r.numUpdatedRows) > 0;
 }
 
-/** Marks a host offline, but only if `serverId` still owns it (it may have reconnected elsewhere). */
-export async function disconnectHost(db: Q, hostId: number, serverId: string): Promise<boolean> {
-  const r = await db
+/**
+ * Marks a host offline, but only if `serverId` still owns it (it may have reconnected elsewhere) and, given
+ * `connectedAt` (the connection's own connect time), only if no newer connection of it has registered
+ * meanwhile: an agent that closes and reconnects at once (a sleep command that failed) may have its new
+ * hello stored before its old connection's close is handled.
+ */
+export async function disconnectHost(db: Q, hostId: number, serverId: string, connectedAt?: string | null): Promise<boolean> {
+  let q = db
     .updateTable('hosts')
     .set({ state: sql`CASE WHEN state = 'asleep' THEN 'asleep' ELSE 'offline' END`, server_id: null, last_seen_at: sql`now()` })
     .where('id', '=', hostId)
-    .where('server_id', '=', serverId)
-    .executeTakeFirst();
+    .where('server_id', '=', serverId);
+  if (connectedAt) q = q.where(sql<boolean>`date_trunc('milliseconds', connected_at) <= ${connectedAt}::timestamptz`);
+  const r = await q.executeTakeFirst();
   return Number(r.numUpdatedRows) > 0;
 }
 

@@ -1,5 +1,5 @@
 /**
- * A deterministic text dump of the migrated schema (tables, columns, constraints, indexes) from the
+ * A deterministic text dump of the migrated schema (tables, columns, constraints, indexes, triggers) from the
  * catalog. The committed copy is src/store/schema.sql; test/store/schema-snapshot.test.ts fails when the
  * migrations drift from it and rewrites it when run with KILN_UPDATE_SCHEMA_SNAPSHOT=1.
  */
@@ -18,6 +18,10 @@ export async function dumpSchema(db: Db): Promise<string> {
   const idx = await sql<{ tablename: string; indexname: string; indexdef: string }>`
     SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()
     ORDER BY tablename, indexname`.execute(db);
+  const trig = await sql<{ table_name: string; def: string }>`
+    SELECT c.relname AS table_name, pg_get_triggerdef(t.oid) AS def
+    FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = current_schema() AND NOT t.tgisinternal ORDER BY c.relname, t.tgname`.execute(db);
   const tables = [...new Set(cols.rows.map((c) => c.table_name))].sort();
   const out: string[] = [
     '-- kiln database schema, generated from src/store/migrations by src/store/schema-snapshot.ts.',
@@ -32,6 +36,7 @@ export async function dumpSchema(db: Db): Promise<string> {
     }
     for (const c of cons.rows.filter((x) => x.table_name === t)) out.push(`  CONSTRAINT ${c.name} ${c.def}`);
     for (const i of idx.rows.filter((x) => x.tablename === t)) out.push(`  ${i.indexdef.replace(/ ON [\w."]+\./, ' ON ')}`);
+    for (const g of trig.rows.filter((x) => x.table_name === t)) out.push(`  ${g.def.replace(/ ON [\w."]+\./, ' ON ')}`);
     out.push('');
   }
   return out.join('\n');

@@ -130,11 +130,16 @@ TABLE hosts
   last_seen_at timestamp with time zone NOT NULL DEFAULT now()
   created_at timestamp with time zone NOT NULL DEFAULT now()
   mirror jsonb
+  power jsonb
+  state_since timestamp with time zone NOT NULL DEFAULT now()
+  wake_failures integer NOT NULL DEFAULT 0
+  wake_marked_until timestamp with time zone
   CONSTRAINT hosts_name_key UNIQUE (name)
   CONSTRAINT hosts_pkey PRIMARY KEY (id)
   CONSTRAINT hosts_state_check CHECK ((state = ANY (ARRAY['online'::text, 'draining'::text, 'asleep'::text, 'waking'::text, 'offline'::text])))
   CREATE UNIQUE INDEX hosts_name_key ON hosts USING btree (name)
   CREATE UNIQUE INDEX hosts_pkey ON hosts USING btree (id)
+  CREATE TRIGGER hosts_state_since BEFORE UPDATE OF state ON hosts FOR EACH ROW WHEN ((old.state IS DISTINCT FROM new.state)) EXECUTE FUNCTION kiln_host_state_since()
 
 TABLE job_events
   id bigint NOT NULL DEFAULT nextval('job_events_id_seq'::regclass)
@@ -214,6 +219,30 @@ TABLE kiln_migrations_lock
   is_locked integer NOT NULL DEFAULT 0
   CONSTRAINT kiln_migrations_lock_pkey PRIMARY KEY (id)
   CREATE UNIQUE INDEX kiln_migrations_lock_pkey ON kiln_migrations_lock USING btree (id)
+
+TABLE power_requests
+  id bigint NOT NULL DEFAULT nextval('power_requests_id_seq'::regclass)
+  host_id bigint NOT NULL
+  kind text NOT NULL
+  state text NOT NULL
+  reason text NOT NULL
+  jobs integer NOT NULL DEFAULT 0
+  attempts integer NOT NULL DEFAULT 0
+  lease_owner text
+  lease_until timestamp with time zone
+  not_before timestamp with time zone NOT NULL DEFAULT now()
+  deadline timestamp with time zone
+  error text
+  created_at timestamp with time zone NOT NULL DEFAULT now()
+  sent_at timestamp with time zone
+  done_at timestamp with time zone
+  CONSTRAINT power_requests_host_id_fkey FOREIGN KEY (host_id) REFERENCES hosts(id) ON DELETE CASCADE
+  CONSTRAINT power_requests_kind_check CHECK ((kind = ANY (ARRAY['sleep'::text, 'wake'::text])))
+  CONSTRAINT power_requests_pkey PRIMARY KEY (id)
+  CONSTRAINT power_requests_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'sent'::text, 'done'::text, 'failed'::text, 'cancelled'::text])))
+  CREATE UNIQUE INDEX power_requests_open ON power_requests USING btree (host_id) WHERE (state = ANY (ARRAY['pending'::text, 'sent'::text]))
+  CREATE UNIQUE INDEX power_requests_pkey ON power_requests USING btree (id)
+  CREATE INDEX power_requests_recent ON power_requests USING btree (created_at)
 
 TABLE servers
   id text NOT NULL

@@ -5,6 +5,7 @@
  */
 import type { ColumnType, Generated, Insertable, Selectable } from 'kysely';
 import type { HostMirror } from '../core/host.ts';
+import type { HostPower } from '../core/power.ts';
 import type { GitHubTables } from './github-schema.ts';
 
 type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
@@ -83,6 +84,29 @@ export interface HostsTable {
   last_seen_at: Timestamp;
   created_at: Generated<Date>;
   mirror: ColumnType<HostMirror | null, string | null | undefined, string | null>;
+  power: ColumnType<HostPower | null, string | null | undefined, string | null>;
+  state_since: Generated<Date>;
+  wake_failures: Generated<number>;
+  wake_marked_until: NullableTimestamp;
+}
+
+export interface PowerRequestsTable {
+  id: Generated<number>;
+  host_id: number;
+  kind: 'sleep' | 'wake';
+  state: 'pending' | 'sent' | 'done' | 'failed' | 'cancelled';
+  /** demand | min_awake | idle | operator */
+  reason: string;
+  jobs: Generated<number>;
+  attempts: Generated<number>;
+  lease_owner: string | null;
+  lease_until: NullableTimestamp;
+  not_before: Generated<Date>;
+  deadline: NullableTimestamp;
+  error: string | null;
+  created_at: Generated<Date>;
+  sent_at: NullableTimestamp;
+  done_at: NullableTimestamp;
 }
 
 export interface TokensTable {
@@ -117,6 +141,7 @@ export interface Database extends GitHubTables {
   tokens: TokensTable;
   tenants: TenantsTable;
   servers: ServersTable;
+  power_requests: PowerRequestsTable;
 }
 
 export type JobRow = Selectable<JobsTable>;
@@ -124,3 +149,4 @@ export type NewJobRow = Insertable<JobsTable>;
 export type HostRow = Selectable<HostsTable>;
 export type TokenRow = Selectable<TokensTable>;
 export type JobEventRow = Selectable<JobEventsTable>;
+export type PowerRequestRow = Selectable<PowerRequestsTable>;

@@ -19,7 +19,8 @@ import {
 import { KilnError, toKilnError } from '../../core/errors.ts';
 import { launchSpecOf } from '../../core/job.ts';
 import { activeJobsOnHosts, getJob } from '../../store/jobs.ts';
-import { connectHost, disconnectHost, setHostMirror, touchHosts } from '../../store/hosts.ts';
+import { connectHost, disconnectHost, hostStates, setHostMirror, touchHosts } from '../../store/hosts.ts';
+import { markAsleep, recordPowerError } from '../../store/power.ts';
 import type { ServerContext } from '../context.ts';
 import { ActiveJobs, type HostLink, type HostRegistry } from './host-registry.ts';
 import type { LogWriter } from './log-writer.ts';
@@ -39,6 +40,10 @@ export interface GatewayDeps {
   jobs: JobCommands;
   /** The scheduler: kicked when a host joins, told when a job ended (capacity freed). */
   scheduler: Pick<Scheduler, 'kick' | 'capacityFreed'>;
+  /** Host power (src/server/power): connects answer wakes; drained agents go to sleep. */
+  power?: {
+    connected(hostId: number, woke: { latencyMs: number; jobs: number } | undefined): void;
+  };
 }
 
 export interface AgentGateway {
@@ -86,6 +91,10 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
     let alive = true;
     let closed = false;
     let helloSeen = false;
+    /** The host went to sleep on this connection: its close leaves it asleep, not offline. */
+    let wentToSleep = false;
+    /** When this connection's hello was stored (a newer connection of the same host is never marked offline by this one's close). */
+    let connectedAt: string | null = null;
     const log = () => (link ? ctx.log.child({ hostId: link.hostId, host: link.name }) : ctx.log);
 
     // Messages sent to one agent in the same synchronous run (a scheduling pass launching several jobs on
@@ -168,9 +177,9 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
         if (!registry.remove(l)) return;
         ctx.metrics.hostsConnected.set(registry.links.size);
         log().info('agent disconnected');
-        await disconnectHost(ctx.store.db, l.hostId, ctx.serverId).catch((e: unknown) => log().warn({ err: e }, 'could not mark host offline'));
+        await disconnectHost(ctx.store.db, l.hostId, ctx.serverId, connectedAt).catch((e: unknown) => log().warn({ err: e }, 'could not mark host offline'));
         ctx.events.emit('host.disconnected', { hostId: l.hostId, name: l.name });
-        ctx.events.emit('host.state', { hostId: l.hostId, name: l.name, state: 'offline' });
+        ctx.events.emit('host.state', { hostId: l.hostId, name: l.name, state: wentToSleep ? 'asleep' : 'offline' });
       });
       void queue.catch(() => undefined).then(() => {
         finished.delete(socket);
@@ -190,11 +199,16 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
           return;
         case 'host.status':
           return hostStatus(msg);
+        case 'host.sleeping':
+          return sleeping(msg);
+        case 'power.error':
+          return powerError(msg);
       }
     }
 
     async function hello(msg: AgentMessageOf<'hello'>): Promise<void> {
-      const host = await connectHost(ctx.store.db, msg.host, ctx.serverId, msg.mirror);
+      const host = await connectHost(ctx.store.db, msg.host, ctx.serverId, msg.mirror, msg.power);
+      connectedAt = host.connectedAt;
       const hlog = ctx.log.child({ hostId: host.id, host: host.name });
       const l: HostLink = {
         hostId: host.id,
@@ -260,9 +274,36 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
       }
       ctx.metrics.hostsConnected.set(registry.links.size);
       hlog.info({ arch: host.arch, cpus: host.capacity.cpus, kept: kept.size }, 'agent connected');
+      deps.power?.connected(host.id, host.woke);
+      if (host.woke) hlog.info({ latencyMs: Math.round(host.woke.latencyMs), reason: host.woke.reason }, 'the host woke');
       ctx.events.emit('host.connected', { hostId: host.id, name: host.name });
       ctx.events.emit('host.state', { hostId: host.id, name: host.name, state: host.state });
       deps.scheduler.kick();
+    }
+
+    /** The agent drained for a sleep request and is about to run its sleep command. */
+    async function sleeping(msg: AgentMessageOf<'host.sleeping'>): Promise<void> {
+      if (!link) return;
+      const l = link;
+      l.schedulable = false;
+      if (!(await markAsleep(ctx.store.db, l.hostId, ctx.serverId, msg.requestId, msg.power))) return;
+      wentToSleep = true;
+      log().info('the host is going to sleep');
+      ctx.events.emit('power.asleep', { hostId: l.hostId, name: l.name });
+      ctx.events.emit('host.state', { hostId: l.hostId, name: l.name, state: 'asleep' });
+    }
+
+    async function powerError(msg: AgentMessageOf<'power.error'>): Promise<void> {
+      if (!link) return;
+      const l = link;
+      await recordPowerError(ctx.store.db, l.hostId, msg.action, msg.message);
+      log().error({ code: msg.code, msg: msg.message }, 'the host could not go to sleep');
+      ctx.events.emit('power.error', { hostId: l.hostId, name: l.name, action: msg.action, message: msg.message });
+      const [h] = await hostStates(ctx.store.db, [l.hostId]);
+      if (h && h.state === 'online' && !h.cordoned && h.serverId === ctx.serverId) {
+        l.schedulable = true;
+        deps.scheduler.kick();
+      }
     }
 
     async function hostStatus(msg: AgentMessageOf<'host.status'>): Promise<void> {

@@ -1,0 +1,113 @@
+/**
+ * How the server wakes a host: the operator's wake command (IPMI, a cloud CLI, anything; run through
+ * `sh -c` with the host's name and reported addresses in the environment), or a Wake-on-LAN magic packet
+ * to the MAC and broadcast address the host's agent reported before it slept. Also the optional status
+ * command, run when a wake goes unanswered so the error says what the host's power looks like.
+ *
+ * Wake and status commands come from the server's configuration, never from an agent: an agent token must
+ * not be able to make the control plane run a command of its choosing.
+ */
+import { spawn } from 'node:child_process';
+import { createSocket } from 'node:dgram';
+import { KilnError } from '../../core/errors.ts';
+import { magicPacket, type HostPower } from '../../core/power.ts';
+
+export interface WakeCommands {
+  /** Run to wake a host whose driver is `command` (e.g. `ipmitool … chassis power on`). */
+  wakeCommand?: string;
+  /** Run when a wake goes unanswered; its output goes into the error. */
+  statusCommand?: string;
+  /** Longest a wake or status command may run (default 60 s). */
+  commandTimeoutMs?: number;
+}
+
+/** Whether the server has a way to wake a host with this power report. */
+export function canWake(power: HostPower | null, cmds: WakeCommands): boolean {
+  if (!power) return false;
+  if (power.driver === 'command') return cmds.wakeCommand !== undefined;
+  if (power.driver === 'wol') return power.mac !== undefined && power.broadcast !== undefined;
+  return false;
+}
+
+function hostEnv(host: { id: number; name: string; power: HostPower | null }): Record<string, string> {
+  return {
+    KILN_HOST: host.name,
+    KILN_HOST_ID: String(host.id),
+    ...(host.power?.mac ? { KILN_HOST_MAC: host.power.mac } : {}),
+    ...(host.power?.broadcast ? { KILN_HOST_BROADCAST: host.power.broadcast } : {}),
+  };
+}
+
+export function runCommand(command: string, env: Record<string, string>, timeoutMs: number): Promise<{ code: number | null; signal: string | null; output: string; timedOut: boolean }> {
+  return new Promise((resolve) => {
+    const p = spawn('/bin/sh', ['-c', command], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    const keep = (d: Buffer) => {
+      output = (output + d.toString()).slice(-4000);
+    };
+    p.stdout.on('data', keep);
+    p.stderr.on('data', keep);
+    let timedOut = false;
+    const t = setTimeout(() => {
+      timedOut = true;
+      p.kill('SIGKILL');
+    }, timeoutMs);
+    p.on('error', (e) => keep(Buffer.from(e.message)));
+    p.on('close', (code, signal) => {
+      clearTimeout(t);
+      resolve({ code, signal, output: output.trim(), timedOut });
+    });
+  });
+}
+
+const describe = (what: string, r: { code: number | null; signal: string | null; output: string; timedOut: boolean }, timeoutMs: number) =>
+  `${what} ${r.timedOut ? `did not finish within ${Math.round(timeoutMs / 1000)} s` : r.signal ? `was killed by ${r.signal}` : `exited ${r.code}`}${r.output ? `; its output: ${r.output}` : ' (no output)'}`;
+
+/** Sends the magic packet for `mac` to `broadcast:port` (UDP; broadcast allowed unless it is loopback). */
+export async function sendMagicPacket(mac: string, broadcast: string, port: number): Promise<void> {
+  const packet = magicPacket(mac);
+  const sock = createSocket(broadcast.includes(':') ? 'udp6' : 'udp4');
+  try {
+    await new Promise<void>((resolve, reject) => {
+      sock.once('error', reject);
+      sock.bind(0, () => {
+        if (!/^127\.|^::1$/.test(broadcast)) sock.setBroadcast(true);
+        sock.send(packet, port, broadcast, (e) => (e ? reject(e) : resolve()));
+      });
+    });
+  } finally {
+    sock.close();
+  }
+}
+
+/** Wakes one host; throws KilnError power.wake_failed with the command's output when it fails. */
+export async function wakeHost(host: { id: number; name: string; power: HostPower | null }, cmds: WakeCommands): Promise<void> {
+  const p = host.power;
+  if (p?.driver === 'wol' && p.mac && p.broadcast) {
+    try {
+      await sendMagicPacket(p.mac, p.broadcast, p.port ?? 9);
+    } catch (e) {
+      throw new KilnError('power.wake_failed', `could not send the Wake-on-LAN packet for ${host.name} to ${p.broadcast}:${p.port ?? 9}: ${(e as Error).message}`, { cause: e });
+    }
+    return;
+  }
+  if (p?.driver === 'command' && cmds.wakeCommand) {
+    const timeoutMs = cmds.commandTimeoutMs ?? 60_000;
+    const r = await runCommand(cmds.wakeCommand, hostEnv(host), timeoutMs);
+    if (r.code !== 0 || r.timedOut) {
+      throw new KilnError('power.wake_failed', describe(`the wake command for ${host.name}`, r, timeoutMs), { hint: 'check power.wakeCommand in the server config; it runs through sh -c with KILN_HOST set' });
+    }
+    return;
+  }
+  throw new KilnError('power.cannot_wake', `host ${host.name} cannot be woken: its power driver is ${p?.driver ?? 'none'}${p?.driver === 'command' ? ' and the server has no power.wakeCommand' : ''}`, {
+    hint: 'configure a power driver on its agent (docs/power.md), or start it by hand',
+  });
+}
+
+/** The status command's verdict on a host, for an error message; undefined when none is configured. */
+export async function hostPowerStatus(host: { id: number; name: string; power: HostPower | null }, cmds: WakeCommands): Promise<string | undefined> {
+  if (!cmds.statusCommand) return undefined;
+  const timeoutMs = cmds.commandTimeoutMs ?? 60_000;
+  const r = await runCommand(cmds.statusCommand, hostEnv(host), timeoutMs);
+  return describe('the status command', r, timeoutMs);
+}

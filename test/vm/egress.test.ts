@@ -47,8 +47,13 @@ after(() => {
   data.cleanup();
 });
 
-async function runGuest(script: string, extra: Partial<VmSpec>, allow: string[] = []): Promise<{ out: string; err: string; exit: number | undefined }> {
-  const driver = makeQemuDriver({ dataDir: data.dir, egress: { allow } });
+async function runGuest(
+  script: string,
+  extra: Partial<VmSpec>,
+  allow: string[] = [],
+  warm = false,
+): Promise<{ out: string; err: string; exit: number | undefined; start: 'warm' | 'cold' | undefined }> {
+  const driver = makeQemuDriver({ dataDir: data.dir, egress: { allow }, ...(warm ? { snapshots: {} } : {}) });
   const ref = makeImageStore(SHARED_DIR).toRef(ensureImage('amd64'));
   let out = '';
   let err = '';
@@ -68,7 +73,7 @@ async function runGuest(script: string, extra: Partial<VmSpec>, allow: string[] 
   );
   const r = await vm.done;
   assert.deepEqual(egressVmNames().names.filter((n) => n.startsWith(vm.id)), [], 'the VM left no egress chain behind');
-  return { out, err, exit: r.outcome === 'exited' ? r.exitCode : undefined };
+  return { out, err, exit: r.outcome === 'exited' ? r.exitCode : undefined, start: r.timings.start };
 }
 
 /** A guest-side probe: prints "<name> ok <body>" or "<name> refused". */
@@ -95,6 +100,29 @@ void test('a guest with a network reaches what the allowlist opens, never the ho
   assertNoLeaks(data.dir);
 });
 
+void test('a VM restored from a warm-start snapshot gets its egress chain and its NIC configured like a booted one', { skip, timeout: 400_000 }, async () => {
+  const seenBefore = parallelSeen;
+  const r = await runGuest(
+    [
+      `ip -4 addr show eth0 | grep -q 10.0.2.15 && echo nic configured`,
+      probe('loopback', `http://10.0.2.2:${hostPort}/`),
+      probe('private', `http://${BLOCKED_PRIVATE}/`),
+      probe('allowed', `http://${ALLOWED}/`),
+    ].join('; '),
+    { network: 'user' },
+    [`${ALLOWED}/32`],
+    true,
+  );
+  assert.equal(r.start, 'warm', 'the VM was restored, not booted');
+  assert.equal(r.exit, 0, r.out + r.err);
+  assert.match(r.out, /^nic configured$/m);
+  assert.match(r.out, /^loopback refused$/m);
+  assert.match(r.out, /^private refused$/m);
+  assert.match(r.out, new RegExp(`^allowed ok answer-from-${ALLOWED.replace(/\./g, '\\.')}$`, 'm'));
+  assert.equal(parallelSeen, seenBefore, 'the host loopback service saw no connection');
+  assertNoLeaks(data.dir);
+});
+
 void test('with the network closed, a forwarded host service is the one reachable address, one host connection per guest connection', { skip, timeout: 300_000 }, async () => {
   const seenBefore = parallelSeen;
   const r = await runGuest(
@@ -104,7 +132,10 @@ void test('with the network closed, a forwarded host service is the one reachabl
       probe('allowed', `http://${ALLOWED}/`),
     ].join('; '),
     { forwards: [{ guestAddr: '10.0.2.100', guestPort: 5000, hostPort }] },
+    [],
+    true,
   );
+  assert.equal(r.start, 'cold', 'a VM with forwards boots cold even with warm starts on');
   assert.equal(r.exit, 0, r.out + r.err);
   for (const i of [1, 2, 3, 4]) assert.match(r.out, new RegExp(`^fwd${i} ok host-loopback-secret$`, 'm'), r.out);
   assert.match(r.out, /^loopback refused$/m);

@@ -124,6 +124,11 @@ export interface ServerConfig extends CommonConfig {
   github: GitHubConfig | undefined;
   /** kiln up's local agent's mirror (kiln server ignores it). */
   mirror: MirrorConfig | undefined;
+  /**
+   * Test-only (KILN_TEST_HOLD_STARTS=1): the server never records nor answers a job's start request, so a
+   * test can SIGKILL it at the moment between "the guest is up" and "the command may start".
+   */
+  testHoldStarts: boolean;
 }
 
 export interface ServerFlags extends MirrorFlags {
@@ -155,7 +160,8 @@ export function loadServerConfig(flags: ServerFlags, env: Env = process.env, fil
   const github = p.try(() => parseGitHubConfig(env, file.github));
   const mirror = loadMirrorConfig(flags, env, file.mirror ?? file.agent?.mirror, p);
   p.throwIfAny('server');
-  return { ...common, listen, databaseUrl, adminToken, logLimitBytes, hostLostAfterMs, github, mirror };
+  const testHoldStarts = env.KILN_TEST_HOLD_STARTS === '1';
+  return { ...common, listen, databaseUrl, adminToken, logLimitBytes, hostLostAfterMs, github, mirror, testHoldStarts };
 }
 
 export interface AgentConfig extends CommonConfig {

@@ -1,13 +1,17 @@
 /**
  * Stores agents' phase reports (booting, running) through a group commit: one statement at a time, each
- * taking every report that arrived while the previous one ran (see group-commit.ts).
+ * taking every report that arrived while the previous one ran (see group-commit.ts). Start requests (the
+ * start lease) go through the same commit: a start is granted once the job is stored as running on that
+ * host and attempt (now, or by an earlier request whose answer was lost).
  */
-import { applyPhases, type PhaseUpdate } from '../store/jobs.ts';
+import { applyPhases, jobStatuses, type PhaseUpdate } from '../store/jobs.ts';
 import type { ServerContext } from './context.ts';
 import { makeGroupCommit } from './group-commit.ts';
 
 export interface PhaseWriter {
   push(u: PhaseUpdate): void;
+  /** Records a start (phase running); resolves true when the job is stored as running on u.hostId, u.attempt. */
+  start(u: PhaseUpdate): Promise<boolean>;
   /** Resolves once everything pushed so far is stored (results flush this first, to keep order). */
   flush(): Promise<void>;
 }
@@ -15,24 +19,42 @@ export interface PhaseWriter {
 export function makePhaseWriter(ctx: ServerContext): PhaseWriter {
   const pending = new Set<Promise<unknown>>();
   const write = makeGroupCommit(
-    async (batch: PhaseUpdate[]) => {
-      for (const c of await applyPhases(ctx.store.db, batch)) {
+    async (batch: PhaseUpdate[]): Promise<boolean[]> => {
+      const changed = await applyPhases(ctx.store.db, batch);
+      const running = new Set<string>();
+      for (const c of changed) {
         const job = { id: c.id, tenant: c.tenant, attempt: c.attempt };
         if (c.booted) ctx.events.emit('job.state', { job, from: 'placed', to: 'booting' });
         ctx.events.emit('job.state', { job, from: c.booted ? 'booting' : c.from, to: c.state });
+        if (c.state === 'running') running.add(`${c.id}:${c.attempt}`);
       }
-      return batch.map(() => undefined);
+      // A start asked again (its answer was lost with a connection): granted if it was stored before.
+      const again = batch.filter((u) => u.phase === 'running' && !running.has(`${u.jobId}:${u.attempt}`));
+      if (again.length > 0) {
+        for (const st of await jobStatuses(ctx.store.db, [...new Set(again.map((u) => u.jobId))])) {
+          if (st.state === 'running') running.add(`${st.id}:${st.attempt}:${st.hostId ?? 0}`);
+        }
+      }
+      return batch.map((u) => u.phase === 'running' && (running.has(`${u.jobId}:${u.attempt}`) || running.has(`${u.jobId}:${u.attempt}:${u.hostId}`)));
     },
     { maxInFlight: 1, maxItems: 2000 },
   );
+  const track = <T>(p: Promise<T>): Promise<T> => {
+    pending.add(p);
+    void p.finally(() => pending.delete(p)).catch(() => undefined);
+    return p;
+  };
   return {
     push(u) {
-      const p = write([u]).catch((e: unknown) => ctx.log.error({ err: e, jobId: u.jobId }, 'could not store a job phase'));
-      pending.add(p);
-      void p.finally(() => pending.delete(p));
+      void track(write([u]).catch((e: unknown) => ctx.log.error({ err: e, jobId: u.jobId }, 'could not store a job phase')));
+    },
+    start(u) {
+      // Test-only: hold every start (never stored, never answered), see KILN_TEST_HOLD_STARTS.
+      if (ctx.options.testHoldStarts) return new Promise<boolean>(() => {});
+      return track(write([u]).then(([ok]) => ok === true));
     },
     async flush() {
-      await Promise.all([...pending]);
+      await Promise.allSettled([...pending]);
     },
   };
 }

@@ -231,6 +231,7 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
     let stopReason: { kind: 'killed'; reason: string } | { kind: 'timed_out' } | { kind: 'boot_timeout' } | undefined;
     let qmp: Qmp | undefined;
     let lastStep = '';
+    let gated = false;
 
     const stop = (why: typeof stopReason) => {
       if (phase === 'stopping' || phase === 'stopped') return;
@@ -266,14 +267,22 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
         'data',
         makeLineSplitter((line) => {
           const msg = parseGuestLine(line);
-          if (msg.type === 'ready' && phase === 'booting') {
+          if (msg.type === 'ready' && phase === 'booting' && !gated) {
             tReady = performance.now();
             if (Number.isFinite(msg.uptimeMs)) timings.guestUptimeAtInitMs = msg.uptimeMs;
-            phase = 'running';
             clearTimeout(bootTimer);
             log?.debug({ bootMs: tReady - tSpawn }, 'guest ready');
-            s.write(encodeJob(spec.job, spec.network === 'user'));
-            out.running?.();
+            gated = true;
+            // The command is handed to the guest only once the owner allows it (the start lease).
+            void (out.mayStart?.() ?? Promise.resolve()).then(
+              () => {
+                if (phase !== 'booting') return;
+                phase = 'running';
+                s.write(encodeJob(spec.job, spec.network === 'user'));
+                out.running?.();
+              },
+              (e: unknown) => stop({ kind: 'killed', reason: e instanceof Error ? e.message : String(e) }),
+            );
           } else if (msg.type === 'step') {
             lastStep = msg.name;
           } else if (msg.type === 'exit' && phase === 'running') {

@@ -4,9 +4,9 @@
  * start lease) go through the same commit: a start is granted once the job is stored as running on that
  * host and attempt (now, or by an earlier request whose answer was lost).
  */
-import { applyPhases, jobStatuses, type PhaseUpdate } from '../store/jobs.ts';
-import type { ServerContext } from './context.ts';
-import { makeGroupCommit } from './group-commit.ts';
+import { applyPhases, jobStatuses, type PhaseUpdate } from '../../store/jobs.ts';
+import type { ServerContext } from '../context.ts';
+import { makeGroupCommit } from '../group-commit.ts';
 
 export interface PhaseWriter {
   push(u: PhaseUpdate): void;

@@ -3,8 +3,8 @@
  * resolves once its batch is stored, with how far that attempt's output is settled (what the gateway
  * acknowledges to the agent); it rejects when the batch could not be stored (the agent then resends).
  */
-import { appendLogs, chunkKey, type IncomingChunk } from '../store/logs.ts';
-import type { ServerContext } from './context.ts';
+import { appendLogs, chunkKey, type IncomingChunk } from '../../store/logs.ts';
+import type { ServerContext } from '../context.ts';
 
 export interface LogWriter {
   /** Resolves with the seq up to which the chunk's (job, attempt) output is settled, once its batch is stored. */

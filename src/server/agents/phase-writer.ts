@@ -44,13 +44,19 @@ export function makePhaseWriter(ctx: ServerContext): PhaseWriter {
     void p.finally(() => pending.delete(p)).catch(() => undefined);
     return p;
   };
+  // Test-only (KILN_TEST_HOLD_STARTS): a job's running record is never stored nor answered, so a test can
+  // SIGKILL the server between a job's start and its record, at a moment it can see in the log.
+  const hold = (u: PhaseUpdate) => ctx.log.warn({ jobId: u.jobId, attempt: u.attempt }, `test hook: holding the start of job ${u.jobId}`);
   return {
     push(u) {
+      if (u.phase === 'running' && ctx.options.testHoldStarts) return hold(u);
       void track(write([u]).catch((e: unknown) => ctx.log.error({ err: e, jobId: u.jobId }, 'could not store a job phase')));
     },
     start(u) {
-      // Test-only: hold every start (never stored, never answered), see KILN_TEST_HOLD_STARTS.
-      if (ctx.options.testHoldStarts) return new Promise<boolean>(() => {});
+      if (ctx.options.testHoldStarts) {
+        hold(u);
+        return new Promise<boolean>(() => {});
+      }
       return track(write([u]).then(([ok]) => ok === true));
     },
     async flush() {

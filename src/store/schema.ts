@@ -109,6 +109,14 @@ export interface ServersTable {
   last_seen_at: Timestamp;
 }
 
+export interface JobSubmissionsTable {
+  tenant: string;
+  idempotency_key: string;
+  request_hash: string;
+  job_id: number;
+  created_at: Generated<Date>;
+}
+
 export interface Database extends GitHubTables {
   jobs: JobsTable;
   job_events: JobEventsTable;
@@ -117,6 +125,7 @@ export interface Database extends GitHubTables {
   tokens: TokensTable;
   tenants: TenantsTable;
   servers: ServersTable;
+  job_submissions: JobSubmissionsTable;
 }
 
 export type JobRow = Selectable<JobsTable>;

@@ -12,6 +12,8 @@ const EXACT: Record<string, number> = {
   'token.not_found': 404,
   'route.not_found': 404,
   'job.not_cancellable': 409,
+  'job.idempotency_key_reused': 422,
+  'job.idempotency_key_busy': 409,
   'host.busy': 409,
   'host.bad_transition': 409,
   'server.shutting_down': 503,

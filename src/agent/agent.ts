@@ -25,6 +25,7 @@ import { KilnError, toKilnError } from '../core/errors.ts';
 import type { VmDriver } from '../vm/driver.ts';
 import type { ImageResolver } from './images.ts';
 import type { MirrorStatus, RegistryMirror } from './mirror.ts';
+import { makeOutputLog } from './output-log.ts';
 import { makeSupervisor, type Supervisor } from './supervisor.ts';
 import { commandFailure, hostPowerReport, runPowerCommand, type AgentPowerOptions } from './power.ts';
 import { KILN_VERSION } from '../core/version.ts';
@@ -60,6 +61,14 @@ export interface AgentOptions {
   healthPollMs?: number;
   /** The host's power driver (default none: the host never sleeps). See docs/power.md. */
   power?: AgentPowerOptions;
+  /**
+   * Where job output the server has not yet acknowledged spills to disk past `outputMemoryBytes` (the
+   * agent's data directory; `kiln agent` passes <data-dir>/output). Without one, output past the limit is
+   * dropped while disconnected, and counted in the log.
+   */
+  outputSpillDir?: string;
+  /** Unacknowledged output kept in memory before it spills (default 64 MiB). */
+  outputMemoryBytes?: number;
 }
 
 /** Where every guest reaches the host's mirror (a guestfwd to the mirror's host port, even with the network closed). */
@@ -132,11 +141,16 @@ export function makeAgent(o: AgentOptions): Agent {
   let reconnectTimer: NodeJS.Timeout | undefined;
   let silenceTimer: NodeJS.Timeout | undefined;
   let cap: HostCapacity | undefined;
-  /** Messages produced while not connected (logs, phases); results are resent from the supervisor. */
+  /**
+   * Phases produced while not connected. Output is kept in `output` until the server acknowledges it,
+   * start requests and results in the supervisor until answered: all are resent after the next welcome.
+   */
   let outbox: AgentMessage[] = [];
-  let outboxBytes = 0;
-  const OUTBOX_LIMIT = 64 * 1024 * 1024;
-  let dropped = 0;
+  const OUTBOX_LIMIT = 100_000;
+  const output = makeOutputLog({
+    ...(o.outputSpillDir ? { spillDir: o.outputSpillDir } : {}),
+    ...(o.outputMemoryBytes !== undefined ? { memoryLimitBytes: o.outputMemoryBytes } : {}),
+  });
   /** Set while the host sleeps: the connection stays closed until the sleep command returns. */
   let asleep = false;
   let powerReport: HostPowerMsg | undefined;
@@ -144,18 +158,13 @@ export function makeAgent(o: AgentOptions): Agent {
   let powerError: { requestId: number; message: string } | undefined;
 
   const send = (m: AgentMessage) => {
+    if (m.type === 'job.log') output.add(m);
     if (ws && welcomed && ws.readyState === WebSocket.OPEN) {
       ws.send(encodeMessage(m));
       return;
     }
-    if (m.type === 'job.done') return; // resent after the next welcome from the supervisor's unacked list
-    const size = m.type === 'job.log' ? m.data.length : 100;
-    if (outboxBytes + size > OUTBOX_LIMIT) {
-      dropped++;
-      return;
-    }
-    outbox.push(m);
-    outboxBytes += size;
+    if (m.type !== 'job.phase') return; // output, start requests and results are resent after the next welcome
+    if (outbox.length < OUTBOX_LIMIT) outbox.push(m);
   };
 
   const mirrorPort = o.mirror ? mirrorHostPort(o.mirror.listen) : undefined;
@@ -305,14 +314,16 @@ export function makeAgent(o: AgentOptions): Agent {
       case 'welcome': {
         welcomed = true;
         log.info({ hostId: m.hostId, serverId: m.serverId }, 'the server accepted this host');
-        // Logs and phases produced while away go first, then results, so the server stores output before
-        // it makes a job final.
+        // Phases and every unacknowledged output chunk go first (the server registered this host's jobs
+        // before it said welcome, so it takes them), then start requests, then results: the server stores
+        // output before it makes a job final.
         const queued = outbox;
         outbox = [];
-        outboxBytes = 0;
         for (const q of queued) sock.send(encodeMessage(q));
-        if (dropped > 0) log.warn({ dropped }, 'log chunks were dropped while disconnected (buffer full)');
-        dropped = 0;
+        for (const c of output.pending()) sock.send(encodeMessage(c));
+        const dropped = output.takeDropped();
+        if (dropped > 0) log.warn({ dropped }, 'output chunks were dropped: memory for unacknowledged output was full and there is no spill directory');
+        for (const q of supervisor.pendingStarts()) sock.send(encodeMessage(q));
         for (const r of supervisor.unacked()) sock.send(encodeMessage({ type: 'job.done', result: r }));
         if (powerError) {
           sock.send(encodeMessage({ type: 'power.error', action: 'sleep', requestId: powerError.requestId, code: 'power.sleep_failed', message: powerError.message }));
@@ -332,6 +343,16 @@ export function makeAgent(o: AgentOptions): Agent {
         return;
       case 'done.ack':
         supervisor.ack(m.jobId, m.attempt);
+        output.drop(m.jobId, m.attempt);
+        return;
+      case 'log.ack':
+        output.ack(m.jobId, m.attempt, m.seq);
+        return;
+      case 'start.ok':
+        supervisor.startAnswer(m.jobId, m.attempt, true);
+        return;
+      case 'start.refused':
+        supervisor.startAnswer(m.jobId, m.attempt, false, m.reason);
         return;
       case 'error':
         log.error({ code: m.code, msg: m.message }, 'the server reported a protocol error');
@@ -407,6 +428,7 @@ export function makeAgent(o: AgentOptions): Agent {
     s?.terminate();
     ws = undefined;
     await reporting?.catch(() => undefined);
+    output.close();
     if (o.mirror) await o.mirror.stop();
   }
 

@@ -1,4 +1,5 @@
 /** `kiln agent --server URL --token T`: one per host. */
+import { join } from 'node:path';
 import { mkdirSync } from 'node:fs';
 import type { Command } from 'commander';
 import { KilnError } from '../core/errors.ts';
@@ -51,6 +52,7 @@ export function registerAgent(program: Command, out: () => Output): void {
         driver,
         images,
         logger,
+        outputSpillDir: join(cfg.dataDir, 'output'),
         ...(mirror ? { mirror, statusIntervalMs: cfg.mirror!.statusIntervalMs } : {}),
         ...(cfg.power ? { power: cfg.power } : {}),
       });

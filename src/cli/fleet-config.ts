@@ -131,6 +131,11 @@ export interface ServerConfig extends CommonConfig {
   mirror: MirrorConfig | undefined;
   /** Host power: sleep policy and wake commands. */
   power: PowerOptions;
+  /**
+   * Test-only (KILN_TEST_HOLD_STARTS=1): the server never records nor answers a job's start request, so a
+   * test can SIGKILL it at the moment between "the guest is up" and "the command may start".
+   */
+  testHoldStarts: boolean;
 }
 
 export interface ServerFlags extends MirrorFlags {
@@ -163,7 +168,8 @@ export function loadServerConfig(flags: ServerFlags, env: Env = process.env, fil
   const mirror = loadMirrorConfig(flags, env, file.mirror ?? file.agent?.mirror, p);
   const power = loadPowerOptions(file.power, env, p.list);
   p.throwIfAny('server');
-  return { ...common, listen, databaseUrl, adminToken, logLimitBytes, hostLostAfterMs, github, mirror, power };
+  const testHoldStarts = env.KILN_TEST_HOLD_STARTS === '1';
+  return { ...common, listen, databaseUrl, adminToken, logLimitBytes, hostLostAfterMs, github, mirror, power, testHoldStarts };
 }
 
 export interface AgentConfig extends CommonConfig {

@@ -30,7 +30,7 @@ export function registerServer(program: Command, out: () => Output): void {
       const server = await makeServer({
         store,
         logger,
-        options: { logLimitBytes: cfg.logLimitBytes, hostLostAfterMs: cfg.hostLostAfterMs },
+        options: { logLimitBytes: cfg.logLimitBytes, hostLostAfterMs: cfg.hostLostAfterMs, ...(cfg.testHoldStarts ? { testHoldStarts: true } : {}) },
         bootstrapTokenFile: tokenFile,
         ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
         ...(cfg.github ? { github: { config: cfg.github } } : {}),

@@ -40,6 +40,10 @@ export interface UpOptions {
   /** The local host's registry mirror, supervised by the local agent. */
   mirror?: RegistryMirror;
   mirrorStatusIntervalMs?: number;
+  /** Where the local agent spills unacknowledged job output past its memory limit. */
+  outputSpillDir?: string;
+  /** Test-only: see ServerConfig.testHoldStarts. */
+  testHoldStarts?: boolean;
 }
 
 export interface UpHandle {
@@ -62,7 +66,7 @@ export async function startUp(o: UpOptions): Promise<UpHandle> {
       logger: o.logger,
       ...(o.adminToken ? { adminToken: o.adminToken } : {}),
       ...(o.bootstrapTokenFile ? { bootstrapTokenFile: o.bootstrapTokenFile } : {}),
-      options: { ...(o.logLimitBytes ? { logLimitBytes: o.logLimitBytes } : {}), pollMs: 500 },
+      options: { ...(o.logLimitBytes ? { logLimitBytes: o.logLimitBytes } : {}), ...(o.testHoldStarts ? { testHoldStarts: true } : {}), pollMs: 500 },
       ...(o.github ? { github: o.github } : {}),
     });
     // The first-start token (if any) is written before this one exists; this one is for the caller.
@@ -80,6 +84,7 @@ export async function startUp(o: UpOptions): Promise<UpHandle> {
       logger: o.logger,
       ...(o.mirror ? { mirror: o.mirror } : {}),
       ...(o.mirrorStatusIntervalMs ? { statusIntervalMs: o.mirrorStatusIntervalMs } : {}),
+      ...(o.outputSpillDir ? { outputSpillDir: o.outputSpillDir } : {}),
     });
     const connected = agent.connected(30_000);
     await agent.start();
@@ -138,6 +143,8 @@ export function registerUp(program: Command, out: () => Output): void {
         logger,
         logLimitBytes: cfg.logLimitBytes,
         bootstrapTokenFile: tokenFile,
+        outputSpillDir: join(cfg.dataDir, 'output'),
+        ...(cfg.testHoldStarts ? { testHoldStarts: true } : {}),
         ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
         ...(flags.label ? { labels: flags.label } : {}),
         ...(cfg.github ? { github: { config: cfg.github } } : {}),

@@ -18,6 +18,8 @@ export interface ServerOptions {
   batchSize: number;
   /** WebSocket ping interval; a host that misses two is dropped. */
   heartbeatMs: number;
+  /** Test-only: start requests are never recorded nor answered (see KILN_TEST_HOLD_STARTS). */
+  testHoldStarts?: boolean;
 }
 
 export const DEFAULT_SERVER_OPTIONS: ServerOptions = {

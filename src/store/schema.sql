@@ -167,6 +167,17 @@ TABLE job_logs
   CREATE UNIQUE INDEX job_logs_job_id_attempt_seq_key ON job_logs USING btree (job_id, attempt, seq)
   CREATE UNIQUE INDEX job_logs_pkey ON job_logs USING btree (id)
 
+TABLE job_submissions
+  tenant text NOT NULL
+  idempotency_key text NOT NULL
+  request_hash text NOT NULL
+  job_id bigint NOT NULL
+  created_at timestamp with time zone NOT NULL DEFAULT now()
+  CONSTRAINT job_submissions_job_id_fkey FOREIGN KEY (job_id) REFERENCES jobs(id) ON DELETE CASCADE
+  CONSTRAINT job_submissions_pkey PRIMARY KEY (tenant, idempotency_key)
+  CREATE INDEX job_submissions_created ON job_submissions USING btree (created_at)
+  CREATE UNIQUE INDEX job_submissions_pkey ON job_submissions USING btree (tenant, idempotency_key)
+
 TABLE jobs
   id bigint NOT NULL DEFAULT nextval('jobs_id_seq'::regclass)
   tenant text NOT NULL DEFAULT 'default'::text

@@ -133,6 +133,14 @@ export interface ServersTable {
   last_seen_at: Timestamp;
 }
 
+export interface JobSubmissionsTable {
+  tenant: string;
+  idempotency_key: string;
+  request_hash: string;
+  job_id: number;
+  created_at: Generated<Date>;
+}
+
 export interface Database extends GitHubTables {
   jobs: JobsTable;
   job_events: JobEventsTable;
@@ -142,6 +150,7 @@ export interface Database extends GitHubTables {
   tenants: TenantsTable;
   servers: ServersTable;
   power_requests: PowerRequestsTable;
+  job_submissions: JobSubmissionsTable;
 }
 
 export type JobRow = Selectable<JobsTable>;

@@ -144,6 +144,9 @@ function runGuest(spec: VmSpec, out: VmOutput, bootMs: number, t0: number, gone:
 
   void (async () => {
     await wait(bootMs);
+    if (!stopped && out.mayStart) {
+      await out.mayStart().catch((e: unknown) => stop({ outcome: 'killed', reason: e instanceof Error ? e.message : String(e) }));
+    }
     tBooted = performance.now();
     let status = 0;
     if (!stopped) {

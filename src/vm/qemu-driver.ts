@@ -295,6 +295,7 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
     let stopReason: { kind: 'killed'; reason: string } | { kind: 'timed_out' } | { kind: 'boot_timeout' } | undefined;
     let qmp: Qmp | undefined;
     let lastStep = '';
+    let gated = false;
 
     const stop = (why: typeof stopReason) => {
       if (phase === 'stopping' || phase === 'stopped') return;
@@ -321,12 +322,21 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
     const qmpReady = new Promise<Qmp>((resolve) => (qmpConnected = resolve));
     let identityAck: ((failed: string | undefined) => void) | undefined;
     const guestUp = (s: Socket) => {
+      if (gated) return;
+      gated = true;
       tReady = performance.now();
-      phase = 'running';
       clearTimeout(bootTimer);
       log?.debug({ bootMs: tReady - tSpawn, start: timings.start }, 'guest ready');
-      s.write(encodeJob(spec.job, spec.network === 'user'));
-      out.running?.();
+      // The command is handed to the guest only once the owner allows it (the start lease).
+      void (out.mayStart?.() ?? Promise.resolve()).then(
+        () => {
+          if (phase !== 'booting') return;
+          phase = 'running';
+          s.write(encodeJob(spec.job, spec.network === 'user'));
+          out.running?.();
+        },
+        (e: unknown) => stop({ kind: 'killed', reason: e instanceof Error ? e.message : String(e) }),
+      );
     };
     void accepted.qmp.then(async (s) => {
       try {

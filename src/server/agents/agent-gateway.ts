@@ -19,6 +19,7 @@ import {
 import { KilnError, toKilnError } from '../../core/errors.ts';
 import { launchSpecOf } from '../../core/job.ts';
 import { activeJobsOnHosts, getJob } from '../../store/jobs.ts';
+import { storedLogSeq } from '../../store/logs.ts';
 import { connectHost, disconnectHost, hostStates, setHostMirror, touchHosts } from '../../store/hosts.ts';
 import { markAsleep, recordPowerError } from '../../store/power.ts';
 import type { ServerContext } from '../context.ts';
@@ -122,6 +123,18 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
       socket.close(1008, err.code.slice(0, 100));
     };
 
+    // Output acknowledgements, one per attempt per turn of the event loop (the highest seq wins).
+    const acks = new Map<number, { attempt: number; seq: number }>();
+    const ackLog = (jobId: number, attempt: number, seq: number) => {
+      const prev = acks.get(jobId);
+      if (acks.size === 0) setImmediate(sendAcks);
+      if (!prev || prev.attempt !== attempt || prev.seq < seq) acks.set(jobId, { attempt, seq });
+    };
+    const sendAcks = () => {
+      for (const [jobId, a] of acks) send({ type: 'log.ack', jobId, attempt: a.attempt, seq: a.seq });
+      acks.clear();
+    };
+
     const ping = setInterval(() => {
       if (!alive) {
         log().warn('agent missed its heartbeat; dropping the connection');
@@ -151,10 +164,24 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
         reject(e);
         return;
       }
-      // Logs go straight to the writer's buffer (in order); everything else is processed in arrival order.
+      // Logs go straight to the writer's buffer (in order), and are acknowledged once stored; everything
+      // else is processed in arrival order.
       if (msg.type === 'job.log' && link) {
-        if (!link.active.has(msg.jobId)) return;
-        deps.logs.push({ jobId: msg.jobId, attempt: msg.attempt, seq: msg.seq, stream: msg.stream, data: Buffer.from(msg.data, 'base64') });
+        if (!link.active.has(msg.jobId)) return; // not this host's (any more): its result settles it
+        const { jobId, attempt } = msg;
+        deps.logs.push({ jobId, attempt, seq: msg.seq, stream: msg.stream, data: Buffer.from(msg.data, 'base64') }).then(
+          (seq) => {
+            if (seq !== undefined && seq >= 0) ackLog(jobId, attempt, seq);
+          },
+          () => {
+            // Not stored: the agent still holds it and resends everything unacknowledged when it reconnects.
+            if (!closed) socket.close(1011, 'could not store job output');
+          },
+        );
+        return;
+      }
+      if (msg.type === 'job.start' && link) {
+        start(link, msg.jobId, msg.attempt);
         return;
       }
       const m = msg;
@@ -196,6 +223,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
         case 'job.done':
           return done(msg.result);
         case 'job.log':
+        case 'job.start':
           return;
         case 'host.status':
           return hostStatus(msg);
@@ -232,7 +260,8 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
         stale.ready = false;
         stale.close(4000, 'replaced by a newer connection from the same host');
       }
-      send({ type: 'welcome', protocol: PROTOCOL_VERSION, hostId: host.id, hostName: host.name, serverId: ctx.serverId });
+      // `welcome` goes out only after the host's jobs are registered below: the agent resends the output it
+      // holds right after it, and output of a job not registered yet would be dropped.
       // 1. Results the agent finished while disconnected.
       for (const r of msg.finished) await applyResult(l, r);
       // 2. What the store says runs there versus what the agent runs.
@@ -260,6 +289,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
         hlog.warn({ jobId: r.jobId, attempt: r.attempt }, 'agent runs a job the server does not place there; stopping it');
         send({ type: 'stop', jobId: r.jobId, attempt: r.attempt, reason: 'unknown to the server' });
       }
+      send({ type: 'welcome', protocol: PROTOCOL_VERSION, hostId: host.id, hostName: host.name, serverId: ctx.serverId });
       const old = registry.add(l);
       if (old) old.close(4000, 'replaced by a newer connection from the same host');
       l.ready = true;
@@ -320,11 +350,46 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
 
     async function done(r: JobResultMsg): Promise<void> {
       if (!link) return;
+      if (!(await outputComplete(link, r))) {
+        log().warn({ jobId: r.jobId, attempt: r.attempt, logChunks: r.logChunks }, 'a result arrived before all of its output was stored; asking the agent to resend');
+        closed = true;
+        socket.close(1011, 'job output incomplete; resend');
+        return;
+      }
       await applyResult(link, r);
+      deps.logs.forget(r.jobId, r.attempt);
+    }
+
+    /** Grants or refuses a start lease once the job's running state is stored (see phase-writer.ts). */
+    function start(l: HostLink, jobId: number, attempt: number): void {
+      if (l.active.get(jobId)?.attempt !== attempt) {
+        send({ type: 'start.refused', jobId, attempt, reason: 'the job is not placed on this host (any more)' });
+        return;
+      }
+      deps.phases.start({ jobId, attempt, hostId: l.hostId, phase: 'running' }).then(
+        (ok) => send(ok ? { type: 'start.ok', jobId, attempt } : { type: 'start.refused', jobId, attempt, reason: 'the job is no longer placed on this host' }),
+        (e: unknown) => {
+          // Unknown whether it was stored: the agent asks again after it reconnects (a stored start is granted again).
+          log().error({ err: e, jobId }, 'could not record a job start');
+          if (!closed) socket.close(1011, 'could not record a job start');
+        },
+      );
     }
   }
 
   const applyPhase = (l: HostLink, jobId: number, attempt: number, phase: 'booting' | 'running') => deps.jobs.applyPhase(l.hostId, jobId, attempt, phase);
+
+  /**
+   * Whether every output chunk the agent sent for a result's attempt is stored (or settled): a job is never
+   * made final with holes in its output. Only for jobs active on this link (others: already settled).
+   */
+  async function outputComplete(l: HostLink, r: JobResultMsg): Promise<boolean> {
+    if (!r.logChunks || l.active.get(r.jobId)?.attempt !== r.attempt) return true;
+    await deps.logs.flush();
+    if (deps.logs.settled(r.jobId, r.attempt) >= r.logChunks - 1) return true;
+    const stored = await storedLogSeq(ctx.store.db, r.jobId, r.attempt);
+    return stored.truncated || stored.seq >= r.logChunks - 1;
+  }
 
   async function applyResult(l: HostLink, r: JobResultMsg): Promise<void> {
     // Everything the agent sent before the result is stored before the job is final, so a follower that

@@ -10,6 +10,7 @@ import { parseDuration, parseSize } from '../../core/sizes.ts';
 import { getJob, jobTransitions, listJobs } from '../../store/jobs.ts';
 import { SECRET_ENV_KEYS } from '../jobs/job-commands.ts';
 import { readLogs } from '../../store/logs.ts';
+import { checkIdempotencyKey, requestHash } from '../../store/submissions.ts';
 import type { ApiDeps } from './deps.ts';
 import type { RouteDef } from './routes.ts';
 
@@ -121,7 +122,16 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
       permission: 'submit',
       schema: { body: JobSubmit, response: JobOut },
       async handler(req, reply, token) {
-        const [job] = await submit([resolveSubmission(req.body as JobSubmit, token!)]);
+        const spec = resolveSubmission(req.body as JobSubmit, token!);
+        const keyHeader = req.headers['idempotency-key'];
+        if (keyHeader === undefined) {
+          const [job] = await submit([spec]);
+          return reply.code(201).send(job);
+        }
+        // A keyed submission: one job per key and tenant for IDEMPOTENCY_WINDOW_MS (store/submissions.ts).
+        const key = checkIdempotencyKey(Array.isArray(keyHeader) ? keyHeader.join(',') : keyHeader);
+        const { job, replayed } = await deps.jobs.submitKeyed(spec, key, requestHash(req.body));
+        if (replayed) return reply.code(201).header('idempotent-replayed', 'true').send(job);
         return reply.code(201).send(job);
       },
     },

@@ -136,6 +136,8 @@ export const LaunchSpec = Type.Object(
     image: Type.String({ maxLength: 200 }),
     command: Type.Array(Type.String(), { minItems: 1 }),
     env: Type.Record(Type.String(), Type.String()),
+    /** Names of env entries that are secrets: the agent masks their values in the output it sends. */
+    secretEnv: Type.Optional(Type.Array(Type.String(), { maxItems: 500 })),
     cwd: Type.Optional(Type.String()),
     timeoutMs: Type.Integer({ minimum: 1 }),
     network: Type.Union([Type.Literal('none'), Type.Literal('user')]),

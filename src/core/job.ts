@@ -10,6 +10,8 @@ export interface JobSpec {
   image: string;
   command: string[];
   env: Record<string, string>;
+  /** Names of `env` entries that are secrets: never returned by the API, masked in stored logs. */
+  secretEnv?: string[];
   cwd?: string;
   timeoutMs: number;
   network: 'none' | 'user';

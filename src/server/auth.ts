@@ -53,3 +53,14 @@ export function makeAuthenticator(db: Db, cacheMs = 5_000): Authenticator {
     },
   };
 }
+
+/** The tenant a token's reads and writes are confined to; undefined for admins (every tenant). */
+export function tenantScope(token: Pick<Token, 'role' | 'tenant'> | undefined): string | undefined {
+  return !token || token.role === 'admin' ? undefined : token.tenant;
+}
+
+/** Whether a token may see or act on a tenant's records (jobs, logs, GitHub records, usage). */
+export function mayAccessTenant(token: Pick<Token, 'role' | 'tenant'> | undefined, tenant: string): boolean {
+  const scope = tenantScope(token);
+  return scope === undefined || scope === tenant;
+}

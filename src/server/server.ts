@@ -20,6 +20,7 @@ import { DEFAULT_SERVER_OPTIONS, type ServerContext, type ServerOptions } from '
 import { ServerEventBus } from './events.ts';
 import { HostRegistry } from './host-registry.ts';
 import { errorBody } from './http-errors.ts';
+import { makeStrictValidatorCompiler } from './strict-input.ts';
 import { makeLeader, type Leader, type UpkeepTiming } from './leader.ts';
 import { makeLogWriter } from './log-writer.ts';
 import { makePhaseWriter } from './phase-writer.ts';
@@ -98,8 +99,9 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   const app = Fastify({
     logger: false,
     bodyLimit: o.bodyLimit ?? 1024 * 1024,
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   });
+  // Bodies are validated without coercion, strings checked for NUL and lone surrogates (strict-input.ts).
+  app.setValidatorCompiler(makeStrictValidatorCompiler());
   await app.register(websocket, { options: { maxPayload: AGENT_MAX_PAYLOAD } });
   // The API speaks JSON only; anything else is a 415, not a string the schema then rejects.
   app.removeContentTypeParser('text/plain');

@@ -25,6 +25,8 @@ export interface JobsTable {
   image: string;
   command: Json<string[]>;
   env: Json<Record<string, string>>;
+  /** Names of env entries that are secrets (migration 0010). */
+  secret_env: ColumnType<string[], string | undefined, string>;
   cwd: string | null;
   timeout_ms: number;
   network: string;
@@ -83,6 +85,11 @@ export interface HostsTable {
   last_seen_at: Timestamp;
   created_at: Generated<Date>;
   mirror: ColumnType<HostMirror | null, string | null | undefined, string | null>;
+  /** SHA-256 of the per-host credential issued at first registration (migration 0010). */
+  secret_hash: ColumnType<string | null, string | null | undefined, string | null>;
+  registered_cpus: ColumnType<number | null, number | null | undefined, number | null>;
+  registered_memory_bytes: ColumnType<number | null, number | null | undefined, number | null>;
+  registered_disk_bytes: ColumnType<number | null, number | null | undefined, number | null>;
 }
 
 export interface TokensTable {

@@ -19,6 +19,8 @@ import type { GitHubJobRow, GitHubRunnerRow } from '../../store/github-schema.ts
 import type { ServerContext } from '../context.ts';
 import { errorBody } from '../http-errors.ts';
 import type { RouteDef } from '../api/routes.ts';
+import { mayAccessTenant } from '../auth.ts';
+import type { Token } from '../../core/host.ts';
 import { RETRYABLE, type GitHubApi, type Installation, type Scope } from './api.ts';
 import type { GitHubConfig } from './config.ts';
 import { WEBHOOK_PATH } from './manifest.ts';
@@ -653,6 +655,7 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
         image: config.runnerImage,
         command: config.runnerCommand,
         env: { [RUNNER_ENV]: jit.encodedJitConfig, KILN_RUNNER_NAME: name },
+        secretEnv: [RUNNER_ENV],
         timeoutMs: config.runnerTimeoutMs,
         network: 'user',
         priority: 0,
@@ -778,6 +781,12 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
 
   // ---- API: decisions, runners, usage ---------------------------------------------------------------
   const iso = (x: Date | string | null) => (x === null ? null : new Date(x).toISOString());
+  // GitHub records (jobs, runners, usage) belong to the GitHub tenant: other tenants' tokens may not read them.
+  const githubTenantOnly = (token: Token | undefined) => {
+    if (!mayAccessTenant(token, config.tenant)) {
+      throw new KilnError('auth.forbidden', `GitHub records belong to tenant ${config.tenant}`, { hint: 'use an admin token or a token of that tenant' });
+    }
+  };
   const routes: RouteDef[] = [
     {
       method: 'GET',
@@ -791,7 +800,8 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
           { additionalProperties: false },
         ),
       },
-      async handler(req) {
+      async handler(req, _reply, token) {
+        githubTenantOnly(token);
         const q = req.query as { decision?: string; repo?: string; limit?: number };
         let s = db.selectFrom('github_jobs').selectAll().orderBy('created_at', 'desc').limit(q.limit ?? 100);
         if (q.decision) s = s.where('decision', '=', q.decision);
@@ -821,7 +831,8 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
       summary: "kiln's JIT runners: state, labels, VM (kiln job), the GitHub job they ran",
       permission: 'read',
       schema: { querystring: Type.Object({ all: Type.Optional(Type.Boolean()) }, { additionalProperties: false }) },
-      async handler(req) {
+      async handler(req, _reply, token) {
+        githubTenantOnly(token);
         const all = (req.query as { all?: boolean }).all === true;
         let s = db.selectFrom('github_runners').selectAll().orderBy('id', 'desc').limit(1000);
         if (!all) s = s.where('state', 'in', [...LIVE]);
@@ -853,7 +864,8 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
           { additionalProperties: false },
         ),
       },
-      async handler(req) {
+      async handler(req, _reply, token) {
+        githubTenantOnly(token);
         const q = req.query as { repo?: string; org?: string; limit?: number };
         let s = db.selectFrom('github_usage').selectAll().orderBy('queued_at', 'desc').limit(q.limit ?? 1000);
         if (q.repo) s = s.where('repo', '=', q.repo);

@@ -40,6 +40,7 @@ export function launchSpecOf(job: Job): LaunchSpec {
     image: job.image,
     command: job.command,
     env: job.env,
+    ...(job.secretEnv && job.secretEnv.length > 0 ? { secretEnv: job.secretEnv } : {}),
     ...(job.cwd !== undefined ? { cwd: job.cwd } : {}),
     timeoutMs: job.timeoutMs,
     network: job.network,

@@ -8,7 +8,7 @@
  */
 import { Ajv, type ValidateFunction } from 'ajv';
 import type { FastifySchemaCompiler } from 'fastify';
-import { KilnError } from '../core/errors.ts';
+import { KilnError } from '../../core/errors.ts';
 
 /** The first place in `value` holding a string (or key) that cannot be stored, as a JSON-ish path. */
 export function findUnstorableString(value: unknown, path = ''): string | undefined {

@@ -7,7 +7,7 @@ import { JOB_STATE_LIST, isTerminal, type JobState } from '../../core/job-state.
 import type { Token } from '../../core/host.ts';
 import { parseLabels, validateRequirements, DEFAULT_REQUIREMENTS, type Requirements } from '../../core/requirements.ts';
 import { parseDuration, parseSize } from '../../core/sizes.ts';
-import { mayAccessTenant, tenantScope } from '../auth.ts';
+import { mayAccessTenant, tenantScope } from './auth.ts';
 
 const MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000;
 /** A number is milliseconds; below this it is almost surely seconds meant as milliseconds (and no VM boots). */

@@ -6,7 +6,7 @@ import { listTenants, setTenantLimit } from '../../store/jobs.ts';
 import { createToken, listTokens, revokeToken } from '../../store/tokens.ts';
 import type { ApiDeps } from './deps.ts';
 import type { RouteDef } from './routes.ts';
-import { tenantScope } from '../auth.ts';
+import { tenantScope } from './auth.ts';
 
 export function tokenRoutes(deps: ApiDeps): RouteDef[] {
   const db = deps.ctx.store.db;

@@ -6,11 +6,14 @@
  */
 import { EventEmitter, once } from 'node:events';
 import { hostname } from 'node:os';
+import { join } from 'node:path';
 import type { Logger } from 'pino';
 import WebSocket from 'ws';
 import { archFromNode, type Arch } from '../core/arch.ts';
 import {
   PROTOCOL_VERSION,
+  CLOSE_HOST_REFUSED,
+  CLOSE_HOST_REMOVED,
   MAX_MESSAGE_BYTES,
   encodeMessage,
   makeServerMessageDecoder,
@@ -26,6 +29,7 @@ import type { ImageResolver } from './images.ts';
 import type { MirrorStatus, RegistryMirror } from './mirror.ts';
 import { makeSupervisor, type Supervisor } from './supervisor.ts';
 import { KILN_VERSION } from '../core/version.ts';
+import { readCredential, writeCredential } from './credential-file.ts';
 
 export interface AgentOptions {
   /** Server base URLs (http:// or ws://); the agent rotates through them on failure. */
@@ -56,6 +60,12 @@ export interface AgentOptions {
   statusIntervalMs?: number;
   /** How often the mirror's health is probed for changes (default 2 s). */
   healthPollMs?: number;
+  /**
+   * A directory (the data directory) where the host credential the server issues at first registration is
+   * kept, as `<name>.host-credential` (mode 0600), so the host is still itself after a restart. Unset: kept
+   * in memory only (lost with the process).
+   */
+  credentialDir?: string;
 }
 
 /** Where every guest reaches the host's mirror (a guestfwd to the mirror's host port, even with the network closed). */
@@ -124,6 +134,10 @@ export function makeAgent(o: AgentOptions): Agent {
   let reconnectTimer: NodeJS.Timeout | undefined;
   let silenceTimer: NodeJS.Timeout | undefined;
   let cap: HostCapacity | undefined;
+  /** The last error message the server sent (the reason for a refusal that follows). */
+  let refusal: string | undefined;
+  let credentialFile: string | undefined;
+  let credential: string | undefined;
   /** Messages produced while not connected (logs, phases); results are resent from the supervisor. */
   let outbox: AgentMessage[] = [];
   let outboxBytes = 0;
@@ -246,7 +260,9 @@ export function makeAgent(o: AgentOptions): Agent {
       void (async () => {
         const mirror = await mirrorStatus().catch(() => lastMirror);
         if (sock.readyState !== WebSocket.OPEN) return;
-        sock.send(encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, host: cap!, running: supervisor.running(), finished: [], ...(mirror ? { mirror } : {}) }));
+        sock.send(
+          encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, host: cap!, ...(credential ? { credential } : {}), running: supervisor.running(), finished: [], ...(mirror ? { mirror } : {}) }),
+        );
       })();
     });
     sock.on('ping', resetSilence);
@@ -273,7 +289,13 @@ export function makeAgent(o: AgentOptions): Agent {
       ws = undefined;
       if (wasWelcomed) events.emit('disconnected', { code, reason: reason.toString() });
       if (stopping) return;
-      if (code === 4001) {
+      if (code === CLOSE_HOST_REFUSED) {
+        log.error({ reason: reason.toString() }, 'the server refused this host (identity or capacity); the agent stops');
+        events.emit('rejected', { status: 0, code: reason.toString() || 'host.refused', message: refusal ?? 'the server refused this host' });
+        void stop();
+        return;
+      }
+      if (code === CLOSE_HOST_REMOVED) {
         log.error('the server removed this host; the agent stops');
         void stop();
         return;
@@ -291,6 +313,10 @@ export function makeAgent(o: AgentOptions): Agent {
     switch (m.type) {
       case 'welcome': {
         welcomed = true;
+        if (m.credential) {
+          credential = m.credential;
+          if (credentialFile) writeCredential(credentialFile, m.credential);
+        }
         log.info({ hostId: m.hostId, serverId: m.serverId }, 'the server accepted this host');
         // Logs and phases produced while away go first, then results, so the server stores output before
         // it makes a job final.
@@ -314,6 +340,7 @@ export function makeAgent(o: AgentOptions): Agent {
         supervisor.ack(m.jobId, m.attempt);
         return;
       case 'error':
+        refusal = m.message;
         log.error({ code: m.code, msg: m.message }, 'the server reported a protocol error');
         events.emit('protocol-error', { code: m.code, message: m.message });
         return;
@@ -347,6 +374,10 @@ export function makeAgent(o: AgentOptions): Agent {
       const swept = await o.driver.sweep();
       if (swept.removed.length > 0) log.warn({ removed: swept.removed }, 'removed VMs a previous agent left behind');
       cap = await capacity();
+      if (o.credentialDir) {
+        credentialFile = join(o.credentialDir, `${cap.name}.host-credential`);
+        credential = readCredential(credentialFile);
+      }
       log.info({ host: cap }, 'agent starting');
       if (o.mirror) {
         const m = o.mirror;

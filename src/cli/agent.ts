@@ -49,6 +49,7 @@ export function registerAgent(program: Command, out: () => Output): void {
         driver,
         images,
         logger,
+        credentialDir: cfg.dataDir,
         ...(mirror ? { mirror, statusIntervalMs: cfg.mirror!.statusIntervalMs } : {}),
       });
       let everConnected = false;

@@ -40,6 +40,8 @@ export interface UpOptions {
   /** The local host's registry mirror, supervised by the local agent. */
   mirror?: RegistryMirror;
   mirrorStatusIntervalMs?: number;
+  /** Where the local agent keeps its host credential (the data directory); unset: in memory. */
+  credentialDir?: string;
 }
 
 export interface UpHandle {
@@ -80,6 +82,7 @@ export async function startUp(o: UpOptions): Promise<UpHandle> {
       logger: o.logger,
       ...(o.mirror ? { mirror: o.mirror } : {}),
       ...(o.mirrorStatusIntervalMs ? { statusIntervalMs: o.mirrorStatusIntervalMs } : {}),
+      ...(o.credentialDir ? { credentialDir: o.credentialDir } : {}),
     });
     const connected = agent.connected(30_000);
     await agent.start();
@@ -138,6 +141,7 @@ export function registerUp(program: Command, out: () => Output): void {
         logger,
         logLimitBytes: cfg.logLimitBytes,
         bootstrapTokenFile: tokenFile,
+        credentialDir: cfg.dataDir,
         ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
         ...(flags.label ? { labels: flags.label } : {}),
         ...(cfg.github ? { github: { config: cfg.github } } : {}),

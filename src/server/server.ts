@@ -130,7 +130,7 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
     await logs.flush();
   });
   const gateway: AgentGateway = attachAgentGateway(app, { ctx, registry, logs, phases, results, kick: () => scheduler.kick(), capacityFreed: () => scheduler.capacityFreed() });
-  const apiDeps = { ctx, registry, kick: () => scheduler.kick(), limitsChanged: () => scheduler.limitsChanged(), stop: gateway.stop };
+  const apiDeps = { ctx, registry, kick: () => scheduler.kick(), limitsChanged: () => scheduler.limitsChanged(), stop: gateway.stop, closeToken: gateway.closeToken };
   const routes: RouteDef[] = [...jobRoutes(apiDeps), ...hostRoutes(apiDeps), ...tokenRoutes(apiDeps)];
   const gh = o.github;
   const github: GitHubService | undefined = gh

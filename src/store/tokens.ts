@@ -60,3 +60,10 @@ export async function countTokens(db: Db): Promise<number> {
   const r = await db.selectFrom('tokens').select(sql<number>`count(*)::int`.as('n')).executeTakeFirstOrThrow();
   return r.n;
 }
+
+/** Which of these token ids are revoked (or gone): their live agent connections are closed. */
+export async function revokedTokenIds(db: Db, ids: number[]): Promise<number[]> {
+  if (ids.length === 0) return [];
+  const live = new Set((await db.selectFrom('tokens').select('id').where('id', 'in', ids).where('revoked_at', 'is', null).execute()).map((r) => r.id));
+  return ids.filter((id) => !live.has(id));
+}

@@ -6,6 +6,15 @@ import { storeKinds } from '../store/test-stores.ts';
 import { startHarness, jobReaches, type Harness } from './harness.ts';
 import { makeApiClient, type ApiClient } from '../../src/cli/api-client.ts';
 import type { Job } from '../../src/core/job.ts';
+import { makeAgent, type Agent, type AgentOptions } from '../../src/agent/agent.ts';
+import { memoryImageResolver } from '../../src/agent/images.ts';
+import { makeMemoryDriver } from '../../src/vm/memory-driver.ts';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { once } from 'node:events';
+import { quietLogger } from './harness.ts';
+import { findHost } from '../../src/store/hosts.ts';
 
 const GiB = 1024 ** 3;
 
@@ -169,6 +178,96 @@ for (const { kind, skip } of storeKinds()) {
       await h.server.scheduler.pass();
       assert.equal((await h.client.request<Job>('GET', `/v1/jobs/${j.id}`)).state, 'queued');
       await h.client.request('POST', `/v1/jobs/${j.id}/cancel`);
+    });
+  });
+}
+
+/** An agent that is expected to be refused: resolves with the refusal's code. */
+async function refused(h: Harness, more: Partial<AgentOptions> & { name: string }): Promise<string> {
+  const a = makeAgent({ servers: [h.url], token: h.agentToken, driver: makeMemoryDriver({ cpus: 4 }), images: memoryImageResolver, logger: quietLogger(), minBackoffMs: 50, maxBackoffMs: 200, ...more });
+  const rejected = once(a.events, 'rejected') as Promise<[{ code: string; message: string }]>;
+  await a.start();
+  const [r] = await rejected;
+  await a.stop();
+  return r.code;
+}
+
+for (const { kind, skip } of storeKinds()) {
+  void describe(`host identity on ${kind}`, { skip }, () => {
+    let h: Harness;
+    const dirs: string[] = [];
+    const tmp = () => {
+      const d = mkdtempSync(join(tmpdir(), 'kiln-sec-'));
+      dirs.push(d);
+      return d;
+    };
+    before(async () => {
+      h = await startHarness(kind);
+    });
+    after(async () => {
+      await h?.close();
+      for (const d of dirs) rmSync(d, { recursive: true, force: true });
+    });
+
+    void test('defect 3: a hello with a connected host\'s name does not replace it; the host\'s own restart does', async () => {
+      const dir = tmp();
+      const first = await h.addAgent('bound-1', { cpus: 4 }, { credentialDir: dir });
+      const hostId = h.server.registry.links.size > 0 ? [...h.server.registry.links.values()].find((l) => l.name === 'bound-1')!.hostId : 0;
+      const job = await h.client.request<Job>('POST', '/v1/jobs', { command: ['sleep', '30'], cpus: 1, memory: '1G' });
+      await jobReaches(h, job.id, ['running']);
+      // An impostor (same agent token, same name, no credential) is refused; the real host keeps its job.
+      assert.equal(await refused(h, { name: 'bound-1' }), 'host.identity_refused');
+      assert.ok(h.server.registry.get(hostId), 'the real host is still connected');
+      assert.equal((await h.client.request<Job>('GET', `/v1/jobs/${job.id}`)).state, 'running');
+      const cred = statSync(join(dir, 'bound-1.host-credential'));
+      assert.equal(cred.mode & 0o777, 0o600);
+      // The real host restarting (its credential on disk) is itself again.
+      await first.stop();
+      const again = await h.addAgent('bound-1', { cpus: 4 }, { credentialDir: dir });
+      assert.ok(again.isConnected());
+      await h.client.request('POST', `/v1/jobs/${job.id}/cancel`);
+      // An operator's removal frees the name for another machine.
+      await again.stop();
+      await h.client.request('DELETE', '/v1/hosts/bound-1?force=true');
+      const other = await h.addAgent('bound-1', { cpus: 2 }, { credentialDir: tmp() });
+      assert.ok(other.isConnected());
+      await other.stop();
+    });
+
+    void test('defect 3: capacity claims are capped by policy and by what the host first reported', async () => {
+      assert.equal(await refused(h, { name: 'huge', driver: makeMemoryDriver({ cpus: 4 }), cpus: 4000 }), 'host.capacity_refused');
+      const dir = tmp();
+      const a = await h.addAgent('grows', { cpus: 4 }, { credentialDir: dir });
+      await a.stop();
+      assert.equal(await refused(h, { name: 'grows', driver: makeMemoryDriver({ cpus: 64 }), credentialDir: dir }), 'host.capacity_refused');
+      const smaller = await h.addAgent('grows', { cpus: 2 }, { credentialDir: dir });
+      assert.ok(smaller.isConnected());
+      await smaller.stop();
+    });
+
+    void test('defect 3: revoking an agent token closes its live connection', async () => {
+      const { token, secret } = await h.client.request<{ token: { id: number }; secret: string }>('POST', '/v1/tokens', { name: 'doomed', role: 'agent' });
+      const a: Agent = makeAgent({ servers: [h.url], token: secret, name: 'doomed-host', driver: makeMemoryDriver({ cpus: 2 }), images: memoryImageResolver, logger: quietLogger(), minBackoffMs: 50, maxBackoffMs: 200 });
+      const c = a.connected();
+      await a.start();
+      await c;
+      const gone = h.server.events.waitFor('host.disconnected', (e) => e.name === 'doomed-host', 10_000);
+      const rejected = once(a.events, 'rejected');
+      await h.client.request('DELETE', `/v1/tokens/${token.id}`);
+      await gone;
+      await rejected;
+      assert.equal(a.isConnected(), false);
+      await a.stop();
+    });
+
+    void test('defect 3: host references are unambiguous (all-digit names refused, digits are ids)', async () => {
+      assert.equal(await refused(h, { name: '1' }), 'host.bad_name');
+      const a = await h.addAgent('named-host', { cpus: 2 });
+      const link = [...h.server.registry.links.values()].find((l) => l.name === 'named-host')!;
+      const byId = await findHost(h.store.db, String(link.hostId));
+      assert.equal(byId?.name, 'named-host');
+      assert.equal(await findHost(h.store.db, '99999999999999999999'), undefined);
+      await a.stop();
     });
   });
 }

@@ -10,4 +10,6 @@ export interface ApiDeps {
   limitsChanged(): void;
   /** Send stop to a job's agent if it is connected to this replica. */
   stop(hostId: number, jobId: number, attempt: number, reason: string): boolean;
+  /** Close this replica's agent connections made with a revoked token (others notice within a heartbeat). */
+  closeToken(tokenId: number): void;
 }

@@ -53,6 +53,7 @@ export function tokenRoutes(deps: ApiDeps): RouteDef[] {
         const t = await revokeToken(db, (req.params as { id: number }).id);
         if (!t) throw new KilnError('token.not_found', 'no such token');
         deps.ctx.auth.forget();
+        deps.closeToken(t.id);
         return t;
       },
     },

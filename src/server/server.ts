@@ -5,7 +5,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
-import { writeFileSync } from 'node:fs';
+import { writePrivateFile } from './private-file.ts';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import websocket from '@fastify/websocket';
 import type { Logger } from 'pino';
@@ -92,7 +92,7 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   if (o.adminToken) await createToken(o.store.db, { name: 'admin (from config)', role: 'admin', secret: o.adminToken });
   if (o.bootstrapTokenFile && (await countTokens(o.store.db)) === 0) {
     const { secret } = await createToken(o.store.db, { name: 'admin (first start)', role: 'admin' });
-    writeFileSync(o.bootstrapTokenFile, `${secret}\n`, { mode: 0o600 });
+    writePrivateFile(o.bootstrapTokenFile, `${secret}\n`);
     bootstrapSecret = secret;
   }
 

@@ -482,11 +482,33 @@ export async function jobStatuses(db: Q, ids: number[]): Promise<{ id: number; a
  * Marks an active job lost; when it had not started running, requeues it as a new attempt at once.
  * Returns the job after the change, or undefined when it was no longer active on that attempt.
  */
+/**
+ * Attempts a job gets before it is failed instead of requeued: a job no host will start (an agent that
+ * refuses its launch and reconnects) would otherwise go round for ever, disturbing every placement there.
+ */
+export const MAX_JOB_ATTEMPTS = 5;
+
 export async function loseJob(db: Db, jobId: number, attempt: number, reason: string): Promise<{ job: Job; requeued: boolean } | undefined> {
   return db.transaction().execute(async (tx) => {
     const row = await tx.selectFrom('jobs').selectAll().where('id', '=', jobId).where('attempt', '=', attempt).forUpdate().executeTakeFirst();
     if (!row || !canTransition(row.state as JobState, { type: 'lose', reason })) return undefined;
-    const requeue = (row.state === 'placed' || row.state === 'booting') && !row.cancel_requested;
+    const neverStarted = (row.state === 'placed' || row.state === 'booting') && !row.cancel_requested;
+    const requeue = neverStarted && row.attempt < MAX_JOB_ATTEMPTS;
+    if (neverStarted && !requeue) {
+      await tx.insertInto('job_events').values({ job_id: jobId, attempt: row.attempt, state: 'failed', host_id: row.host_id, detail: reason }).execute();
+      const failed = await tx
+        .updateTable('jobs')
+        .set({
+          state: 'failed',
+          finished_at: sql`now()`,
+          error_code: 'job.too_many_attempts',
+          error_message: `the job was lost before it started ${row.attempt} times (the last: ${reason}); it is not requeued again`.slice(0, 4000),
+        })
+        .where('id', '=', jobId)
+        .returningAll()
+        .executeTakeFirstOrThrow();
+      return { job: jobFromRow(failed), requeued: false };
+    }
     await tx
       .insertInto('job_events')
       .values({ job_id: jobId, attempt: row.attempt, state: 'lost', host_id: row.host_id, detail: reason })

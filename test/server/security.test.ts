@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { once } from 'node:events';
 import { quietLogger } from './harness.ts';
 import { findHost } from '../../src/store/hosts.ts';
+import { insertJobs, MAX_JOB_ATTEMPTS } from '../../src/store/jobs.ts';
 
 const GiB = 1024 ** 3;
 
@@ -168,6 +169,21 @@ for (const { kind, skip } of storeKinds()) {
         const r = await raw(h, method, path, body);
         assert.ok(r.status >= 400 && r.status < 500, `${method} ${path} ${body ?? ''} → ${r.status} ${JSON.stringify(r.json)}`);
       }
+    });
+
+    void test('defect 6: a job no agent will launch fails after bounded attempts instead of requeueing for ever', async () => {
+      // Stored directly, as an older server accepted it (timeout 0 and an object env are refused at submit now).
+      const [poison] = await insertJobs(h.store.db, [
+        { tenant: 'default', requirements: { arch: 'amd64', cpus: 1, memoryBytes: GiB, diskBytes: GiB, hostLabels: [] }, labels: [], image: 'default', command: ['true'], env: {}, timeoutMs: 0, network: 'none', priority: 0 },
+      ]);
+      h.server.scheduler.kick();
+      await jobReaches(h, poison!.id, ['failed'], 60_000);
+      const j = await h.client.request<Job>('GET', `/v1/jobs/${poison!.id}`);
+      assert.equal(j.error?.code, 'job.too_many_attempts');
+      assert.equal(j.attempt, MAX_JOB_ATTEMPTS);
+      // The host is fine afterwards.
+      const ok = await h.client.request<Job>('POST', '/v1/jobs', { command: ['true'] });
+      await jobReaches(h, ok.id, ['succeeded']);
     });
 
     void test('defect 6: a tenant limit of 0 keeps its jobs queued', async () => {

@@ -27,10 +27,16 @@ export function tighten(path: string): void {
     return; // gone meanwhile
   }
   if (st.isSymbolicLink()) return;
-  if (st.isDirectory()) {
-    if ((st.mode & 0o077) !== 0) chmodSync(path, st.mode & 0o700);
-    for (const name of readdirSync(path)) tighten(join(path, name));
-  } else if (st.isFile() && (st.mode & 0o077) !== 0) {
-    chmodSync(path, st.mode & 0o700);
+  try {
+    if (st.isDirectory()) {
+      if ((st.mode & 0o077) !== 0) chmodSync(path, st.mode & 0o700);
+      for (const name of readdirSync(path)) tighten(join(path, name));
+    } else if (st.isFile() && (st.mode & 0o077) !== 0) {
+      chmodSync(path, st.mode & 0o700);
+    }
+  } catch (e) {
+    // Removed meanwhile (a VM directory being cleaned up), or not ours to change: leave it.
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT' && code !== 'EPERM' && code !== 'EACCES') throw e;
   }
 }

@@ -34,6 +34,7 @@ export function registerServer(program: Command, out: () => Output): void {
         options: { logLimitBytes: cfg.logLimitBytes, hostLostAfterMs: cfg.hostLostAfterMs },
         bootstrapTokenFile: tokenFile,
         ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
+        ...(cfg.metricsToken ? { metricsToken: cfg.metricsToken } : {}),
         ...(cfg.github ? { github: { config: cfg.github } } : {}),
       });
       const url = await server.listen(cfg.listen);

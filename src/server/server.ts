@@ -3,7 +3,7 @@
  * scheduler, the leader's periodic work, metrics at /metrics. Built from explicit dependencies; the CLI
  * (src/cli/server.ts, src/cli/up.ts) does the wiring.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { hostname } from 'node:os';
 import { writePrivateFile } from './private-file.ts';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
@@ -12,7 +12,7 @@ import type { Logger } from 'pino';
 import { KilnError } from '../core/errors.ts';
 import { KILN_VERSION } from '../core/version.ts';
 import type { Store } from '../store/store.ts';
-import { countJobsByState } from '../store/jobs.ts';
+import { countQueued } from '../store/jobs.ts';
 import { countTokens, createToken } from '../store/tokens.ts';
 import { attachAgentGateway, AGENT_MAX_PAYLOAD, type AgentGateway } from './agents/agent-gateway.ts';
 import { makeAuthenticator } from './http/auth.ts';
@@ -45,6 +45,8 @@ export interface MakeServerOptions {
   adminToken?: string;
   /** Where to write a generated admin token when the store has no tokens yet (mode 0600). */
   bootstrapTokenFile?: string;
+  /** When set, GET /metrics needs `Authorization: Bearer <metricsToken>` (KILN_METRICS_TOKEN). */
+  metricsToken?: string;
   /** HTTP body limit in bytes. */
   bodyLimit?: number;
   /** Leader sweep interval. */
@@ -75,7 +77,7 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   const log = o.logger.child({ serverId });
   const events = new ServerEventBus();
   const metrics = makeMetrics(
-    async () => (await countJobsByState(o.store.db)).queued,
+    async () => countQueued(o.store.db),
     async () => (await listHosts(o.store.db)).flatMap((h) => (h.mirror ? [{ host: h.name, healthy: h.mirror.healthy && (h.state === 'online' || h.state === 'draining'), cacheBytes: h.mirror.cacheBytes }] : [])),
   );
   const ctx: ServerContext = {
@@ -89,7 +91,10 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   };
 
   let bootstrapSecret: string | undefined;
-  if (o.adminToken) await createToken(o.store.db, { name: 'admin (from config)', role: 'admin', secret: o.adminToken });
+  if (o.adminToken) {
+    const { token } = await createToken(o.store.db, { name: 'admin (from config)', role: 'admin', secret: o.adminToken });
+    if (token.revokedAt) log.warn({ tokenId: token.id }, 'the configured admin token (KILN_ADMIN_TOKEN) was revoked and stays revoked; set a new one');
+  }
   if (o.bootstrapTokenFile && (await countTokens(o.store.db)) === 0) {
     const { secret } = await createToken(o.store.db, { name: 'admin (first start)', role: 'admin' });
     writePrivateFile(o.bootstrapTokenFile, `${secret}\n`);
@@ -152,7 +157,17 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   const openapi = openApiDocument(routes, KILN_VERSION, github ? webhookOpenApi() : {});
   app.get('/openapi.json', async () => openapi);
   app.get('/healthz', async () => ({ ok: true, serverId, leader: leader.isLeader() }));
-  app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
+  app.get('/metrics', async (req, reply) => {
+    // Optionally behind a token of its own (KILN_METRICS_TOKEN), compared in constant time.
+    if (o.metricsToken !== undefined) {
+      const given = Buffer.from(/^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '')?.[1] ?? '');
+      const want = Buffer.from(o.metricsToken);
+      if (given.length !== want.length || !timingSafeEqual(given, want)) {
+        return reply.code(401).send({ error: { code: 'auth.invalid', message: 'GET /metrics needs the metrics token', hint: 'send Authorization: Bearer <KILN_METRICS_TOKEN>' } });
+      }
+    }
+    return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
+  });
 
   let url: string | undefined;
   const leader = makeLeader(ctx, { intervalMs: o.leaderIntervalMs ?? 1000, url: null, ...(o.upkeep ? { upkeep: o.upkeep } : {}) });

@@ -282,6 +282,12 @@ export async function tenantUsage(tx: Tx, tenants: string[]): Promise<Map<string
   return out;
 }
 
+/** How many jobs are queued (/metrics): an index-only count of the queue, not a count of every job. */
+export async function countQueued(db: Q): Promise<number> {
+  const r = await sql<{ n: number }>`SELECT count(*)::int AS n FROM jobs WHERE state = 'queued'`.execute(db);
+  return r.rows[0]?.n ?? 0;
+}
+
 /** Whether any job is queued (the partial index on queued jobs answers it). */
 export async function anyQueued(db: Q): Promise<boolean> {
   const r = await sql<{ x: boolean }>`SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued') AS x`.execute(db);

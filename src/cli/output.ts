@@ -62,7 +62,6 @@ export function printError(e: unknown, stderr: NodeJS.WritableStream = process.s
  * control characters, escape sequences included, become `?`, so no host or job can drive the terminal.
  */
 export function printable(text: string): string {
-  // eslint-disable-next-line no-control-regex
   return text.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g, '?');
 }
 

@@ -6,11 +6,14 @@
  */
 import { EventEmitter, once } from 'node:events';
 import { hostname } from 'node:os';
+import { join } from 'node:path';
 import type { Logger } from 'pino';
 import WebSocket from 'ws';
 import { archFromNode, type Arch } from '../core/arch.ts';
 import {
   PROTOCOL_VERSION,
+  CLOSE_HOST_REFUSED,
+  CLOSE_HOST_REMOVED,
   MAX_MESSAGE_BYTES,
   encodeMessage,
   makeServerMessageDecoder,
@@ -29,6 +32,7 @@ import { makeOutputLog } from './output-log.ts';
 import { makeSupervisor, type Supervisor } from './supervisor.ts';
 import { commandFailure, hostPowerReport, runPowerCommand, type AgentPowerOptions } from './power.ts';
 import { KILN_VERSION } from '../core/version.ts';
+import { readCredential, writeCredential } from './credential-file.ts';
 
 export interface AgentOptions {
   /** Server base URLs (http:// or ws://); the agent rotates through them on failure. */
@@ -69,6 +73,12 @@ export interface AgentOptions {
   outputSpillDir?: string;
   /** Unacknowledged output kept in memory before it spills (default 64 MiB). */
   outputMemoryBytes?: number;
+  /**
+   * A directory (the data directory) where the host credential the server issues at first registration is
+   * kept, as `<name>.host-credential` (mode 0600), so the host is still itself after a restart. Unset: kept
+   * in memory only (lost with the process).
+   */
+  credentialDir?: string;
 }
 
 /** Where every guest reaches the host's mirror (a guestfwd to the mirror's host port, even with the network closed). */
@@ -141,6 +151,10 @@ export function makeAgent(o: AgentOptions): Agent {
   let reconnectTimer: NodeJS.Timeout | undefined;
   let silenceTimer: NodeJS.Timeout | undefined;
   let cap: HostCapacity | undefined;
+  /** The last error message the server sent (the reason for a refusal that follows). */
+  let refusal: string | undefined;
+  let credentialFile: string | undefined;
+  let credential: string | undefined;
   /**
    * Phases produced while not connected. Output is kept in `output` until the server acknowledges it,
    * start requests and results in the supervisor until answered: all are resent after the next welcome.
@@ -268,7 +282,9 @@ export function makeAgent(o: AgentOptions): Agent {
       void (async () => {
         const mirror = await mirrorStatus().catch(() => lastMirror);
         if (sock.readyState !== WebSocket.OPEN) return;
-        sock.send(encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, host: cap!, running: supervisor.running(), finished: [], ...(mirror ? { mirror } : {}), power: powerReport! }));
+        sock.send(
+          encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, host: cap!, ...(credential ? { credential } : {}), running: supervisor.running(), finished: [], ...(mirror ? { mirror } : {}), power: powerReport! }),
+        );
       })();
     });
     sock.on('ping', resetSilence);
@@ -295,7 +311,13 @@ export function makeAgent(o: AgentOptions): Agent {
       ws = undefined;
       if (wasWelcomed) events.emit('disconnected', { code, reason: reason.toString() });
       if (stopping || asleep) return;
-      if (code === 4001) {
+      if (code === CLOSE_HOST_REFUSED) {
+        log.error({ reason: reason.toString() }, 'the server refused this host (identity or capacity); the agent stops');
+        events.emit('rejected', { status: 0, code: reason.toString() || 'host.refused', message: refusal ?? 'the server refused this host' });
+        void stop();
+        return;
+      }
+      if (code === CLOSE_HOST_REMOVED) {
         log.error('the server removed this host; the agent stops');
         void stop();
         return;
@@ -313,6 +335,10 @@ export function makeAgent(o: AgentOptions): Agent {
     switch (m.type) {
       case 'welcome': {
         welcomed = true;
+        if (m.credential) {
+          credential = m.credential;
+          if (credentialFile) writeCredential(credentialFile, m.credential);
+        }
         log.info({ hostId: m.hostId, serverId: m.serverId }, 'the server accepted this host');
         // Phases and every unacknowledged output chunk go first (the server registered this host's jobs
         // before it said welcome, so it takes them), then start requests, then results: the server stores
@@ -355,6 +381,7 @@ export function makeAgent(o: AgentOptions): Agent {
         supervisor.startAnswer(m.jobId, m.attempt, false, m.reason);
         return;
       case 'error':
+        refusal = m.message;
         log.error({ code: m.code, msg: m.message }, 'the server reported a protocol error');
         events.emit('protocol-error', { code: m.code, message: m.message });
         return;
@@ -439,6 +466,10 @@ export function makeAgent(o: AgentOptions): Agent {
       if (swept.removed.length > 0) log.warn({ removed: swept.removed }, 'removed VMs a previous agent left behind');
       cap = await capacity();
       powerReport = hostPowerReport(o.power);
+      if (o.credentialDir) {
+        credentialFile = join(o.credentialDir, `${cap.name}.host-credential`);
+        credential = readCredential(credentialFile);
+      }
       log.info({ host: cap, power: powerReport }, 'agent starting');
       if (o.mirror) {
         const m = o.mirror;

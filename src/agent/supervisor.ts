@@ -10,6 +10,7 @@ import { MAX_LOG_CHUNK_BYTES, type AgentMessage, type JobResultMsg, type LaunchS
 import { toKilnError } from '../core/errors.ts';
 import type { RunningVm, VmDriver, VmResult, VmSpec } from '../vm/driver.ts';
 import type { ImageResolver } from './images.ts';
+import { makeSecretMasker, type Masker } from './secret-mask.ts';
 
 export interface SupervisorEvents {
   launched(jobId: number, attempt: number): void;
@@ -29,6 +30,8 @@ interface Entry {
   lease?: { granted(): void; refused(reason: string): void };
   /** The server granted the start (it has recorded the job running). */
   leased?: boolean;
+  /** Masks the job's secret env values in its output (secret-mask.ts). */
+  mask?: Masker;
 }
 
 export interface Supervisor {
@@ -82,7 +85,7 @@ export function makeSupervisor(opts: {
     const p = e.pending;
     if (!p) return;
     e.pending = undefined;
-    const data = Buffer.concat(p.bufs, p.size);
+    const data = e.mask ? e.mask(Buffer.concat(p.bufs, p.size)) : Buffer.concat(p.bufs, p.size);
     for (let off = 0; off < data.length; off += MAX_LOG_CHUNK_BYTES) {
       opts.send({ type: 'job.log', jobId: e.jobId, attempt: e.attempt, seq: e.seq++, stream: p.stream, data: data.subarray(off, off + MAX_LOG_CHUNK_BYTES).toString('base64') });
     }
@@ -145,7 +148,8 @@ export function makeSupervisor(opts: {
     launch(jobId, attempt, spec) {
       const existing = jobs.get(jobId);
       if (existing && existing.attempt === attempt) return; // a repeated launch is harmless
-      const e: Entry = { jobId, attempt, phase: 'booting', seq: 0 };
+      const mask = makeSecretMasker((spec.secretEnv ?? []).flatMap((k) => (spec.env[k] !== undefined ? [spec.env[k]] : [])));
+      const e: Entry = { jobId, attempt, phase: 'booting', seq: 0, ...(mask ? { mask } : {}) };
       jobs.set(jobId, e);
       const jlog = opts.log.child({ jobId, attempt });
       void (async () => {

@@ -1,5 +1,5 @@
 /** `kiln server`: one control-plane replica (embedded store by default, PostgreSQL with KILN_DATABASE_URL). */
-import { mkdirSync } from 'node:fs';
+import { makePrivateDataDir, tighten } from './private-dir.ts';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { makeServer } from '../server/server.ts';
@@ -24,8 +24,9 @@ export function registerServer(program: Command, out: () => Output): void {
       const cfg = loadServerConfig(flags);
       const logger = makeLogger(cfg.logLevel);
       logger.info({ config: redact(cfg) }, 'kiln server starting');
-      mkdirSync(cfg.dataDir, { recursive: true });
+      makePrivateDataDir(cfg.dataDir);
       const store = await openStore(cfg.databaseUrl ? { databaseUrl: cfg.databaseUrl, poolSize: 20 } : { dataDir: join(cfg.dataDir, 'db') });
+      tighten(cfg.dataDir);
       const tokenFile = join(cfg.dataDir, 'admin.token');
       const server = await makeServer({
         store,
@@ -33,6 +34,7 @@ export function registerServer(program: Command, out: () => Output): void {
         options: { logLimitBytes: cfg.logLimitBytes, hostLostAfterMs: cfg.hostLostAfterMs, ...(cfg.testHoldStarts ? { testHoldStarts: true } : {}) },
         bootstrapTokenFile: tokenFile,
         ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
+        ...(cfg.metricsToken ? { metricsToken: cfg.metricsToken } : {}),
         ...(cfg.github ? { github: { config: cfg.github } } : {}),
         power: cfg.power,
       });

@@ -2,7 +2,7 @@
  * `kiln up`: the server and one local agent in one process, on the embedded store. `startUp` is also what
  * `kiln run` uses when KILN_SERVER is not set, so both paths go through the same API and scheduler.
  */
-import { mkdirSync } from 'node:fs';
+import { makePrivateDataDir, tighten } from './private-dir.ts';
 import { join } from 'node:path';
 import { hostname } from 'node:os';
 import type { Command } from 'commander';
@@ -44,6 +44,8 @@ export interface UpOptions {
   outputSpillDir?: string;
   /** Test-only: see ServerConfig.testHoldStarts. */
   testHoldStarts?: boolean;
+  /** Where the local agent keeps its host credential (the data directory); unset: in memory. */
+  credentialDir?: string;
 }
 
 export interface UpHandle {
@@ -85,6 +87,7 @@ export async function startUp(o: UpOptions): Promise<UpHandle> {
       ...(o.mirror ? { mirror: o.mirror } : {}),
       ...(o.mirrorStatusIntervalMs ? { statusIntervalMs: o.mirrorStatusIntervalMs } : {}),
       ...(o.outputSpillDir ? { outputSpillDir: o.outputSpillDir } : {}),
+      ...(o.credentialDir ? { credentialDir: o.credentialDir } : {}),
     });
     const connected = agent.connected(30_000);
     await agent.start();
@@ -131,7 +134,7 @@ export function registerUp(program: Command, out: () => Output): void {
       const cfg = loadServerConfig(flags);
       const logger = makeLogger(cfg.logLevel);
       logger.info({ config: redact(cfg) }, 'kiln up starting');
-      mkdirSync(cfg.dataDir, { recursive: true });
+      makePrivateDataDir(cfg.dataDir);
       const { driver, images } = makeDriverFor(flags.driver === 'memory' ? 'memory' : 'qemu', cfg.dataDir, logger);
       const tokenFile = join(cfg.dataDir, 'admin.token');
       const up = await startUp({
@@ -145,11 +148,13 @@ export function registerUp(program: Command, out: () => Output): void {
         bootstrapTokenFile: tokenFile,
         outputSpillDir: join(cfg.dataDir, 'output'),
         ...(cfg.testHoldStarts ? { testHoldStarts: true } : {}),
+        credentialDir: cfg.dataDir,
         ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
         ...(flags.label ? { labels: flags.label } : {}),
         ...(cfg.github ? { github: { config: cfg.github } } : {}),
         ...(cfg.mirror ? { mirror: makeMirrorFor(cfg.mirror, cfg.dataDir, logger)!, mirrorStatusIntervalMs: cfg.mirror.statusIntervalMs } : {}),
       });
+      tighten(cfg.dataDir);
       o.info(`kiln is up at ${up.url} with one local agent (${driver.name} driver)`);
       if (up.server.bootstrapSecret) o.info(`first start: an admin token was written to ${tokenFile} (the CLI reads it from there)`);
       o.info(`try: kiln jobs ls   (Ctrl-C stops the server and the agent)`);

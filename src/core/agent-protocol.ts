@@ -117,6 +117,8 @@ export const AgentMessage = Type.Union([
       type: Type.Literal('hello'),
       protocol: Type.Integer(),
       host: HostCapacity,
+      /** The host credential the server issued at this host's first registration (in its welcome). */
+      credential: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
       running: Type.Array(RunningJobMsg, { maxItems: 10_000 }),
       finished: Type.Array(JobResultMsg, { maxItems: 10_000 }),
       /** Present when the host runs a registry mirror. */
@@ -168,6 +170,8 @@ export const LaunchSpec = Type.Object(
     image: Type.String({ maxLength: 200 }),
     command: Type.Array(Type.String(), { minItems: 1 }),
     env: Type.Record(Type.String(), Type.String()),
+    /** Names of env entries that are secrets: the agent masks their values in the output it sends. */
+    secretEnv: Type.Optional(Type.Array(Type.String(), { maxItems: 500 })),
     cwd: Type.Optional(Type.String()),
     timeoutMs: Type.Integer({ minimum: 1 }),
     network: Type.Union([Type.Literal('none'), Type.Literal('user')]),
@@ -178,7 +182,15 @@ export type LaunchSpec = Static<typeof LaunchSpec>;
 
 export const ServerMessage = Type.Union([
   Type.Object(
-    { type: Type.Literal('welcome'), protocol: Type.Integer(), hostId: Id, hostName: Name, serverId: Type.String() },
+    {
+      type: Type.Literal('welcome'),
+      protocol: Type.Integer(),
+      hostId: Id,
+      hostName: Name,
+      serverId: Type.String(),
+      /** Issued once, at the host's first registration: the agent keeps it and presents it in every hello. */
+      credential: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+    },
     { additionalProperties: false },
   ),
   Type.Object({ type: Type.Literal('launch'), jobId: Id, attempt: Attempt, spec: LaunchSpec }, { additionalProperties: false }),
@@ -243,3 +255,9 @@ export const makeServerMessageDecoder = (): MessageDecoder<ServerMessage> => mak
 export function encodeMessage(m: AgentMessage | ServerMessage): string {
   return JSON.stringify(m);
 }
+
+/** WebSocket close codes the server uses beyond the standard ones. */
+export const CLOSE_HOST_REMOVED = 4001;
+export const CLOSE_TOKEN_REVOKED = 4002;
+/** The server refused this host's identity or capacity claim: reconnecting will not help. */
+export const CLOSE_HOST_REFUSED = 4003;

@@ -3,16 +3,16 @@
  * scheduler, the leader's periodic work, metrics at /metrics. Built from explicit dependencies; the CLI
  * (src/cli/server.ts, src/cli/up.ts) does the wiring.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { hostname } from 'node:os';
-import { writeFileSync } from 'node:fs';
+import { writePrivateFile } from './private-file.ts';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import websocket from '@fastify/websocket';
 import type { Logger } from 'pino';
 import { KilnError } from '../core/errors.ts';
 import { KILN_VERSION } from '../core/version.ts';
 import type { Store } from '../store/store.ts';
-import { countJobsByState } from '../store/jobs.ts';
+import { countQueued } from '../store/jobs.ts';
 import { countTokens, createToken } from '../store/tokens.ts';
 import { attachAgentGateway, AGENT_MAX_PAYLOAD, type AgentGateway } from './agents/agent-gateway.ts';
 import { makeAuthenticator } from './http/auth.ts';
@@ -20,6 +20,7 @@ import { DEFAULT_SERVER_OPTIONS, type ServerContext, type ServerOptions } from '
 import { ServerEventBus } from './events.ts';
 import { HostRegistry } from './agents/host-registry.ts';
 import { errorBody } from './http/http-errors.ts';
+import { makeStrictValidatorCompiler } from './http/strict-input.ts';
 import { makeLeader, type Leader, type UpkeepTiming } from './leader.ts';
 import { makeLogWriter } from './agents/log-writer.ts';
 import { makePhaseWriter } from './agents/phase-writer.ts';
@@ -47,6 +48,8 @@ export interface MakeServerOptions {
   adminToken?: string;
   /** Where to write a generated admin token when the store has no tokens yet (mode 0600). */
   bootstrapTokenFile?: string;
+  /** When set, GET /metrics needs `Authorization: Bearer <metricsToken>` (KILN_METRICS_TOKEN). */
+  metricsToken?: string;
   /** HTTP body limit in bytes. */
   bodyLimit?: number;
   /** Leader sweep interval. */
@@ -80,7 +83,7 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   const log = o.logger.child({ serverId });
   const events = new ServerEventBus();
   const metrics = makeMetrics(
-    async () => (await countJobsByState(o.store.db)).queued,
+    async () => countQueued(o.store.db),
     async () => (await listHosts(o.store.db)).flatMap((h) => (h.mirror ? [{ host: h.name, healthy: h.mirror.healthy && (h.state === 'online' || h.state === 'draining'), cacheBytes: h.mirror.cacheBytes }] : [])),
   );
   const ctx: ServerContext = {
@@ -94,18 +97,22 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   };
 
   let bootstrapSecret: string | undefined;
-  if (o.adminToken) await createToken(o.store.db, { name: 'admin (from config)', role: 'admin', secret: o.adminToken });
+  if (o.adminToken) {
+    const { token } = await createToken(o.store.db, { name: 'admin (from config)', role: 'admin', secret: o.adminToken });
+    if (token.revokedAt) log.warn({ tokenId: token.id }, 'the configured admin token (KILN_ADMIN_TOKEN) was revoked and stays revoked; set a new one');
+  }
   if (o.bootstrapTokenFile && (await countTokens(o.store.db)) === 0) {
     const { secret } = await createToken(o.store.db, { name: 'admin (first start)', role: 'admin' });
-    writeFileSync(o.bootstrapTokenFile, `${secret}\n`, { mode: 0o600 });
+    writePrivateFile(o.bootstrapTokenFile, `${secret}\n`);
     bootstrapSecret = secret;
   }
 
   const app = Fastify({
     logger: false,
     bodyLimit: o.bodyLimit ?? 1024 * 1024,
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   });
+  // Bodies are validated without coercion, strings checked for NUL and lone surrogates (strict-input.ts).
+  app.setValidatorCompiler(makeStrictValidatorCompiler());
   await app.register(websocket, { options: { maxPayload: AGENT_MAX_PAYLOAD } });
   // The API speaks JSON only; anything else is a 415, not a string the schema then rejects.
   app.removeContentTypeParser('text/plain');
@@ -137,7 +144,7 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   });
   const power = makePowerManager(ctx, { registry, isLeader: () => leader.isLeader(), kick: () => scheduler.kick(), options: o.power ?? DEFAULT_POWER_OPTIONS });
   const gateway: AgentGateway = attachAgentGateway(app, { ctx, registry, logs, phases, results, jobs, scheduler, power });
-  const apiDeps = { ctx, registry, jobs, scheduler };
+  const apiDeps = { ctx, registry, jobs, scheduler, closeToken: gateway.closeToken };
   const routes: RouteDef[] = [...jobRoutes(apiDeps), ...hostRoutes(apiDeps), ...tokenRoutes(apiDeps), ...powerRoutes({ ctx, power, policy: (o.power ?? DEFAULT_POWER_OPTIONS).policy })];
   const gh = o.github;
   const github: GitHubService | undefined = gh
@@ -158,7 +165,17 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   const openapi = openApiDocument(routes, KILN_VERSION, github ? webhookOpenApi() : {});
   app.get('/openapi.json', async () => openapi);
   app.get('/healthz', async () => ({ ok: true, serverId, leader: leader.isLeader() }));
-  app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
+  app.get('/metrics', async (req, reply) => {
+    // Optionally behind a token of its own (KILN_METRICS_TOKEN), compared in constant time.
+    if (o.metricsToken !== undefined) {
+      const given = Buffer.from(/^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '')?.[1] ?? '');
+      const want = Buffer.from(o.metricsToken);
+      if (given.length !== want.length || !timingSafeEqual(given, want)) {
+        return reply.code(401).send({ error: { code: 'auth.invalid', message: 'GET /metrics needs the metrics token', hint: 'send Authorization: Bearer <KILN_METRICS_TOKEN>' } });
+      }
+    }
+    return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
+  });
 
   let url: string | undefined;
   let closing: Promise<void> | undefined;

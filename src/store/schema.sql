@@ -130,6 +130,10 @@ TABLE hosts
   last_seen_at timestamp with time zone NOT NULL DEFAULT now()
   created_at timestamp with time zone NOT NULL DEFAULT now()
   mirror jsonb
+  secret_hash text
+  registered_cpus integer
+  registered_memory_bytes bigint
+  registered_disk_bytes bigint
   power jsonb
   state_since timestamp with time zone NOT NULL DEFAULT now()
   wake_failures integer NOT NULL DEFAULT 0
@@ -209,6 +213,7 @@ TABLE jobs
   booting_at timestamp with time zone
   running_at timestamp with time zone
   finished_at timestamp with time zone
+  secret_env jsonb NOT NULL DEFAULT '[]'::jsonb
   CONSTRAINT jobs_cpus_check CHECK ((cpus > 0))
   CONSTRAINT jobs_disk_bytes_check CHECK ((disk_bytes > 0))
   CONSTRAINT jobs_memory_bytes_check CHECK ((memory_bytes > 0))

@@ -26,6 +26,8 @@ export interface JobsTable {
   image: string;
   command: Json<string[]>;
   env: Json<Record<string, string>>;
+  /** Names of env entries that are secrets (migration 0010). */
+  secret_env: ColumnType<string[], string | undefined, string>;
   cwd: string | null;
   timeout_ms: number;
   network: string;
@@ -88,6 +90,11 @@ export interface HostsTable {
   state_since: Generated<Date>;
   wake_failures: Generated<number>;
   wake_marked_until: NullableTimestamp;
+  /** SHA-256 of the per-host credential issued at first registration (migration 0010). */
+  secret_hash: ColumnType<string | null, string | null | undefined, string | null>;
+  registered_cpus: ColumnType<number | null, number | null | undefined, number | null>;
+  registered_memory_bytes: ColumnType<number | null, number | null | undefined, number | null>;
+  registered_disk_bytes: ColumnType<number | null, number | null | undefined, number | null>;
 }
 
 export interface PowerRequestsTable {

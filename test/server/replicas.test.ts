@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { storeKinds, makeTestDatabase } from '../store/test-stores.ts';
 import { spawnKiln, killAll, freePort, type KilnProcess } from '../agent/processes.ts';
 import { makeApiClient, type ApiClient } from '../../src/cli/api-client.ts';
@@ -59,7 +59,7 @@ void test('two replicas, one SIGKILLed under load: each job placed and run exact
         servers: i % 2 === 0 ? [urlA, urlB] : [urlB, urlA],
         token: agentToken,
         name: `host-${i}`,
-        driver: makeMemoryDriver({ cpus: 4 }),
+        driver: makeMemoryDriver({ cpus: 4, appendDir: dirname(journal) }),
         images: memoryImageResolver,
         logger: quietLogger(),
         minBackoffMs: 100,

@@ -8,6 +8,8 @@ import type { FastifyInstance } from 'fastify';
 import type { WebSocket } from '@fastify/websocket';
 import {
   PROTOCOL_VERSION,
+  CLOSE_HOST_REFUSED,
+  CLOSE_TOKEN_REVOKED,
   MAX_MESSAGE_BYTES,
   encodeMessage,
   makeAgentMessageDecoder,
@@ -16,12 +18,13 @@ import {
   type JobResultMsg,
   type ServerMessage,
 } from '../../core/agent-protocol.ts';
-import { KilnError, toKilnError } from '../../core/errors.ts';
+import { KilnError, isKilnError, toKilnError } from '../../core/errors.ts';
 import { launchSpecOf } from '../../core/job.ts';
 import { activeJobsOnHosts, getJob } from '../../store/jobs.ts';
 import { storedLogSeq } from '../../store/logs.ts';
-import { connectHost, disconnectHost, hostStates, setHostMirror, touchHosts } from '../../store/hosts.ts';
+import { disconnectHost, hostStates, registerHost, setHostMirror, touchHosts } from '../../store/hosts.ts';
 import { markAsleep, recordPowerError } from '../../store/power.ts';
+import { revokedTokenIds } from '../../store/tokens.ts';
 import type { ServerContext } from '../context.ts';
 import { ActiveJobs, type HostLink, type HostRegistry } from './host-registry.ts';
 import type { LogWriter } from './log-writer.ts';
@@ -48,6 +51,8 @@ export interface GatewayDeps {
 }
 
 export interface AgentGateway {
+  /** Closes this replica's connections that authenticated with a (now revoked) token. */
+  closeToken(tokenId: number): void;
   /** Sends `stop` for a job if its host is connected here. */
   stop(hostId: number, jobId: number, attempt: number, reason: string): boolean;
   close(): Promise<void>;
@@ -59,9 +64,26 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
   /** Each connection's last work (marking its host offline), done once its socket has closed. */
   const finished = new Map<WebSocket, Promise<void>>();
 
+  /** The agent token each connection authenticated with (revoking it closes the connection). */
+  const tokenOf = new WeakMap<object, number>();
+  const socketToken = new Map<WebSocket, number>();
+  const closeRevoked = (revoked: Iterable<number>) => {
+    const gone = new Set(revoked);
+    for (const [s, id] of socketToken) {
+      if (!gone.has(id)) continue;
+      ctx.log.warn({ tokenId: id }, 'agent token revoked; closing its connection');
+      s.close(CLOSE_TOKEN_REVOKED, 'token revoked');
+    }
+  };
+
   const heartbeat = setInterval(() => {
     const ids = [...registry.links.keys()];
     touchHosts(ctx.store.db, ctx.serverId, ids).catch((e: unknown) => ctx.log.warn({ err: e }, 'could not record host heartbeats'));
+    // Tokens revoked through another replica: their connections here close within a heartbeat.
+    const tokens = [...new Set(socketToken.values())];
+    revokedTokenIds(ctx.store.db, tokens)
+      .then(closeRevoked)
+      .catch((e: unknown) => ctx.log.warn({ err: e }, 'could not check agent tokens'));
   }, ctx.options.heartbeatMs);
 
   app.get(
@@ -70,7 +92,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
       websocket: true,
       preValidation: async (req, reply) => {
         try {
-          await ctx.auth.authenticate(req.headers.authorization, 'agent');
+          tokenOf.set(req, (await ctx.auth.authenticate(req.headers.authorization, 'agent')).id);
         } catch (e) {
           const { status, body } = errorBody(e);
           ctx.events.emit('agent.rejected', { code: body.error.code, message: body.error.message });
@@ -78,9 +100,14 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
         }
       },
     },
-    (socket) => {
+    (socket, req) => {
       sockets.add(socket);
-      socket.on('close', () => sockets.delete(socket));
+      const tokenId = tokenOf.get(req) ?? 0;
+      socketToken.set(socket, tokenId);
+      socket.on('close', () => {
+        sockets.delete(socket);
+        socketToken.delete(socket);
+      });
       handleConnection(socket);
     },
   );
@@ -235,7 +262,25 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
     }
 
     async function hello(msg: AgentMessageOf<'hello'>): Promise<void> {
-      const host = await connectHost(ctx.store.db, msg.host, ctx.serverId, msg.mirror, msg.power);
+      let registered: Awaited<ReturnType<typeof registerHost>>;
+      try {
+        registered = await registerHost(ctx.store.db, msg.host, ctx.serverId, msg.mirror, {
+          ...(msg.credential ? { credential: msg.credential } : {}),
+          policy: ctx.options.hostPolicy,
+        }, msg.power);
+      } catch (e) {
+        if (!isKilnError(e) || !e.code.startsWith('host.')) throw e;
+        // Another machine using this host's name, or a capacity claim past what it registered with: refused,
+        // and the agent is told not to retry (an operator has to act).
+        closed = true;
+        ctx.metrics.agentProtocolErrors.inc({ code: e.code });
+        ctx.log.warn({ code: e.code, msg: e.message, host: msg.host.name }, 'host refused');
+        ctx.events.emit('agent.rejected', { code: e.code, message: e.message });
+        send({ type: 'error', code: e.code, message: `${e.message}${e.hint ? ` (${e.hint})` : ''}`.slice(0, 1000) });
+        socket.close(CLOSE_HOST_REFUSED, e.code.slice(0, 100));
+        return;
+      }
+      const host = registered.host;
       connectedAt = host.connectedAt;
       const hlog = ctx.log.child({ hostId: host.id, host: host.name });
       const l: HostLink = {
@@ -289,7 +334,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
         hlog.warn({ jobId: r.jobId, attempt: r.attempt }, 'agent runs a job the server does not place there; stopping it');
         send({ type: 'stop', jobId: r.jobId, attempt: r.attempt, reason: 'unknown to the server' });
       }
-      send({ type: 'welcome', protocol: PROTOCOL_VERSION, hostId: host.id, hostName: host.name, serverId: ctx.serverId });
+      send({ type: 'welcome', protocol: PROTOCOL_VERSION, hostId: host.id, hostName: host.name, serverId: ctx.serverId, ...(registered.issued ? { credential: registered.issued } : {}) });
       const old = registry.add(l);
       if (old) old.close(4000, 'replaced by a newer connection from the same host');
       l.ready = true;
@@ -416,6 +461,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
   const offStop = ctx.events.on('job.stop', (e) => void stop(e.hostId, e.jobId, e.attempt, e.reason));
 
   return {
+    closeToken: (tokenId) => closeRevoked([tokenId]),
     stop,
     async close() {
       offStop();

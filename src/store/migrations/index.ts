@@ -10,6 +10,7 @@ import * as m0001 from './0001-control-plane.ts';
 import * as m0002 from './0002-tenant-fairness.ts';
 import * as m0003 from './0003-host-mirror.ts';
 import * as m0004 from './0004-queue-per-tenant.ts';
+import * as m0021 from './0021-viewer-role.ts';
 import * as m0100 from './0100-github.ts';
 
 export const MIGRATIONS: Record<string, Migration> = {
@@ -17,5 +18,6 @@ export const MIGRATIONS: Record<string, Migration> = {
   '0002-tenant-fairness': m0002,
   '0003-host-mirror': m0003,
   '0004-queue-per-tenant': m0004,
+  '0021-viewer-role': m0021,
   '0100-github': m0100,
 };

@@ -35,6 +35,10 @@ import { makeGitHubClient, type GitHubApi } from './github/api.ts';
 import type { GitHubConfig } from './github/config.ts';
 import { webhookOpenApi } from './github/manifest.ts';
 import { makeGitHubService, type GitHubService } from './github/service.ts';
+import { makeFigures, type Figures } from './reports/figures.ts';
+import { reportRoutes } from './reports/routes.ts';
+import { dashboardRoutes, registerDashboardAssets } from './dashboard/routes.ts';
+import { makeLiveHub, type LiveHub } from './dashboard/live.ts';
 
 export interface MakeServerOptions {
   store: Store;
@@ -52,6 +56,8 @@ export interface MakeServerOptions {
   upkeep?: UpkeepTiming;
   /** GitHub Actions (src/server/github); `api` replaces the HTTP client (tests point it at a double). */
   github?: { config: GitHubConfig; api?: GitHubApi; pollMs?: number };
+  /** The built dashboard (dist/dashboard); without it `/` says how to build it. */
+  dashboardDir?: string;
 }
 
 export interface KilnServer {
@@ -63,6 +69,10 @@ export interface KilnServer {
   readonly leader: Leader;
   readonly ctx: ServerContext;
   readonly github: GitHubService | undefined;
+  /** The wait/boot/pickup histograms (src/server/reports/figures.ts). */
+  readonly figures: Figures;
+  /** The dashboard's live feed. */
+  readonly live: LiveHub;
   /** Set when this start created the first admin token (its secret, to show once). */
   readonly bootstrapSecret: string | undefined;
   listen(opts: { host: string; port: number }): Promise<string>;
@@ -129,7 +139,9 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   });
   const gateway: AgentGateway = attachAgentGateway(app, { ctx, registry, logs, phases, results, kick: () => scheduler.kick(), capacityFreed: () => scheduler.capacityFreed() });
   const apiDeps = { ctx, registry, kick: () => scheduler.kick(), limitsChanged: () => scheduler.limitsChanged(), stop: gateway.stop };
-  const routes: RouteDef[] = [...jobRoutes(apiDeps), ...hostRoutes(apiDeps), ...tokenRoutes(apiDeps)];
+  const figures = makeFigures(ctx);
+  const live = makeLiveHub({ events, onGitHub: (fn) => (github ? combine([github.events.on('job.refused', fn), github.events.on('runner.state', fn)]) : () => {}) });
+  const routes: RouteDef[] = [...jobRoutes(apiDeps), ...hostRoutes(apiDeps), ...tokenRoutes(apiDeps), ...reportRoutes(apiDeps), ...dashboardRoutes(live)];
   const gh = o.github;
   const github: GitHubService | undefined = gh
     ? makeGitHubService({
@@ -143,6 +155,7 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
       })
     : undefined;
   if (github) {
+    github.events.on('job.started', (e) => figures.githubStarted(e));
     await github.register(app);
     routes.push(...github.routes);
   }
@@ -150,6 +163,7 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   const openapi = openApiDocument(routes, KILN_VERSION, github ? webhookOpenApi() : {});
   app.get('/openapi.json', async () => openapi);
   app.get('/healthz', async () => ({ ok: true, serverId, leader: leader.isLeader() }));
+  registerDashboardAssets(app, o.dashboardDir);
   app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
 
   let url: string | undefined;
@@ -165,6 +179,8 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
     leader,
     ctx,
     github,
+    figures,
+    live,
     bootstrapSecret,
     async listen({ host, port }) {
       const addr = await app.listen({ host, port });
@@ -177,6 +193,8 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
     },
     close() {
       closing ??= (async () => {
+        live.close();
+        figures.close();
         await github?.stop();
         await scheduler.stop();
         await leader.stop();
@@ -189,3 +207,5 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
     },
   };
 }
+
+const combine = (offs: (() => void)[]) => () => offs.forEach((off) => off());

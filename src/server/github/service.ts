@@ -31,6 +31,8 @@ export interface GitHubEvents {
   /** A delivery was processed (outcome: applied, duplicate_action, ignored, refused, stale, bad_payload). */
   'delivery.processed': { deliveryId: string; outcome: string };
   'job.refused': { jobId: number; runAttempt: number; code: string; reason: string };
+  /** A job kiln serves went in_progress: GitHub's created_at and in_progress times (the pickup figure). */
+  'job.started': { jobId: number; runAttempt: number; labels: string[]; createdAt: Date | null; startedAt: Date | null };
   'runner.state': { name: string; state: string; reason?: string };
   'pass.done': { n: number };
 }
@@ -345,6 +347,9 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
       if (existing.decision === 'ignored') outcome = 'ignored';
     }
     if (row.decision !== 'ignored' && (to === 'in_progress' || to === 'completed')) await bindRunner(tx, row, e, to);
+    if (to === 'in_progress' && row.decision !== 'ignored' && row.decision !== 'refused') {
+      events.emit('job.started', { jobId: e.jobId, runAttempt: e.runAttempt, labels: e.labels, createdAt: row.queued_at, startedAt: row.started_at });
+    }
     return outcome;
   }
 

@@ -127,11 +127,12 @@ export function reportRoutes(deps: ApiDeps): RouteDef[] {
         const w = (req.query as { window?: string }).window ?? '1h';
         let ms: number;
         try {
-          ms = parseDuration(w, 'window');
+          const days = /^(\d{1,4})d$/.exec(w.trim());
+          ms = days ? Number(days[1]) * 86_400_000 : parseDuration(w, 'window');
         } catch (e) {
-          throw new KilnError('request.bad_window', (e as Error).message, { hint: 'give a duration such as 15m, 1h or 7d' });
+          throw new KilnError('request.bad_window', `window "${w}" is not a duration`, { hint: 'give a duration such as 15m, 1h or 7d', cause: e });
         }
-        if (ms > 400 * 86_400_000) throw new KilnError('request.bad_window', 'the window may be at most 400 days', { hint: 'ask for a shorter window' });
+        if (ms > 3650 * 86_400_000) throw new KilnError('request.bad_window', 'the window may be at most 3650 days', { hint: 'ask for a shorter window' });
         const since = new Date(Date.now() - ms);
         const [jobs, pickup] = await Promise.all([timingPercentiles(db, since), pickupPercentiles(db, since)]);
         return { window: w, since: since.toISOString(), jobs, pickup };

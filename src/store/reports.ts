@@ -120,7 +120,7 @@ export async function usageSeries(db: Q, o: { since: Date; bucketSeconds: number
   const key = dimensionSql(o.by);
   const r = await sql<{ bucket: Date; key: string; jobs: string | number; failed: string | number; vm_minutes: number | null; wait_s: number | null }>`
     SELECT date_bin(make_interval(secs => ${o.bucketSeconds}), j.finished_at, TIMESTAMPTZ '2000-01-01') AS bucket, ${key} AS key,
-      count(*) AS jobs, count(*) FILTER (WHERE j.state <> 'succeeded') AS failed,
+      count(*) AS jobs, count(*) FILTER (WHERE j.state IN ('failed', 'timed_out', 'lost')) AS failed,
       COALESCE(sum(extract(epoch FROM j.finished_at - COALESCE(j.booting_at, j.running_at))) / 60, 0)::float8 AS vm_minutes,
       COALESCE(sum(extract(epoch FROM j.placed_at - j.created_at)), 0)::float8 AS wait_s
     FROM jobs j
@@ -163,10 +163,10 @@ export interface FailingGroup {
 export async function mostFailing(db: Q, since: Date, limit = 10): Promise<FailingGroup[]> {
   const r = await sql<{ what: string; total: string | number; failed: string | number }>`
     SELECT COALESCE(u.repo || ' · ' || COALESCE(u.workflow, '?'), j.tenant || ' · ' || left(j.command::text, 120)) AS what,
-      count(*) AS total, count(*) FILTER (WHERE j.state <> 'succeeded') AS failed
+      count(*) AS total, count(*) FILTER (WHERE j.state IN ('failed', 'timed_out', 'lost')) AS failed
     FROM jobs j LEFT JOIN github_usage u ON u.kiln_job_id = j.id
     WHERE j.finished_at >= ${since}
-    GROUP BY 1 HAVING count(*) FILTER (WHERE j.state <> 'succeeded') > 0
+    GROUP BY 1 HAVING count(*) FILTER (WHERE j.state IN ('failed', 'timed_out', 'lost')) > 0
     ORDER BY 3 DESC, 2 DESC LIMIT ${limit}`.execute(db);
   return r.rows.map((x) => ({ what: x.what, total: Number(x.total), failed: Number(x.failed) }));
 }

@@ -42,7 +42,7 @@ export function fleetPage(ctx: PageContext): Page {
           h('li', {}, h('strong', {}, `${cpu[0]}/${cpu[1]}`), ' CPUs in use'),
         ),
         table(
-          'Every host: state, architecture, accelerator, CPU and memory in use against capacity, running VMs, registry mirror, agent version',
+          'Hosts: CPU and memory in use of capacity, VMs, mirror',
           ['Host', 'State', 'Arch', 'Accel', 'CPUs', 'Memory', 'VMs', 'Mirror', 'Agent', 'Last seen'],
           hosts.map((x) => [
             h('span', { 'data-host': x.name }, x.name),

@@ -95,7 +95,7 @@ export function usagePage(ctx: PageContext): Page {
         table(
           `Totals by ${by}`,
           [by, 'Jobs', 'Failed', 'VM-minutes', 'Queue time'],
-          [...totals.entries()].sort((a, b) => b[1].jobs - a[1].jobs).map(([k, t]) => [k, t.jobs, t.failed, t.vmMinutes.toFixed(1), duration(t.waitSeconds)]),
+          [...totals.entries()].sort((a, b) => b[1].jobs - a[1].jobs).map(([k, t]) => [k, t.jobs, t.failed, t.vmMinutes.toFixed(2), duration(t.waitSeconds)]),
         ),
         table(
           'Slowest jobs',

@@ -1,15 +1,26 @@
 import tseslint from 'typescript-eslint';
 
-// Import boundaries (DESIGN.md): core <- everything; vm <- agent; store <- server; oci <- cli and agent;
-// cli wires. The server and the agent share only core.
-const boundary = (from, banned) => ({
-  files: [`src/${from}/**/*.ts`],
-  rules: {
-    'no-restricted-imports': [
-      'error',
-      { patterns: banned.map((b) => ({ group: [`**/${b}/*`, `**/${b}`], message: `src/${from} must not import src/${b} (see DESIGN.md)` })) },
-    ],
-  },
+// Import boundaries (DESIGN.md, docs/ARCHITECTURE.md): core <- everything; vm <- agent; store <- server;
+// oci <- cli and agent; cli wires. The server and the agent share only core.
+const ban = (from, what, except = []) => ({
+  // With exceptions the folder itself is not banned (gitignore semantics: a file in an excluded folder cannot
+  // be re-included).
+  group: [`**/${what}/*`, ...(except.length ? except.map((e) => `!**/${what}/${e}`) : [`**/${what}`])],
+  message: `src/${from} must not import ${what} (see docs/ARCHITECTURE.md)`,
+});
+const rule = (from, banned) => ['error', { patterns: banned.map((b) => (typeof b === 'string' ? ban(from, b) : ban(from, ...b))) }];
+const boundary = (from, banned) => ({ files: [`src/${from}/**/*.ts`], rules: { 'no-restricted-imports': rule(from, banned) } });
+
+// Inside src/server, by role (a later block replaces the rule for its files, so each repeats the server's own
+// bans): the scheduler places through a port (scheduler/host-pool.ts) and imports nothing of the agents, the
+// HTTP routes or GitHub; the agents' side (gateway, host registry, writers) may use the placement types and
+// the HTTP error table, not the routes or GitHub; the routes may read the host registry, not GitHub; GitHub
+// reaches the rest only through the server context. Only server.ts wires, and nothing imports it.
+const SERVER = ['agent', 'vm', 'cli'];
+const WIRING = { group: ['**/server.ts'], message: 'only src/server/server.ts wires the server; depend on the context or a port instead' };
+const serverPart = (part, banned) => ({
+  files: [`src/server/${part}/**/*.ts`],
+  rules: { 'no-restricted-imports': ['error', { patterns: [...rule(`server/${part}`, [...SERVER, ...banned])[1].patterns, WIRING] }] },
 });
 
 export default tseslint.config(
@@ -34,7 +45,15 @@ export default tseslint.config(
   boundary('oci', ['store', 'vm', 'agent', 'server', 'cli']),
   boundary('store', ['vm', 'agent', 'server', 'oci', 'cli']),
   boundary('agent', ['server', 'store', 'cli']),
-  boundary('server', ['agent', 'vm', 'cli']),
+  boundary('server', SERVER),
+  serverPart('scheduler', ['agents', 'http', 'github']),
+  serverPart('agents', ['github', ['http', ['http-errors.ts']]]),
+  serverPart('http', ['github', 'scheduler']),
+  serverPart('github', ['agents', 'scheduler']),
+  // Reports (figures, report routes) and the dashboard's server side (assets, live feed) use the route
+  // table's types and the store, never the agents' side, the scheduler or GitHub internals.
+  serverPart('reports', ['agents', 'scheduler', 'github']),
+  serverPart('dashboard', ['agents', 'scheduler', 'github', 'store']),
   // The dashboard's browser code (src/dashboard) talks to the server over HTTP only; it may use core's pure
   // functions and nothing that does I/O on the server side.
   boundary('dashboard', ['store', 'vm', 'image', 'agent', 'server', 'oci', 'cli']),

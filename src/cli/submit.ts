@@ -5,7 +5,7 @@
 import type { Writable } from 'node:stream';
 import { EXIT } from '../core/exit-codes.ts';
 import type { Job } from '../core/job.ts';
-import type { JobSubmit } from '../server/api/jobs.ts';
+import type { JobSubmit } from '../server/http/jobs.ts';
 import type { ApiClient, LogEnd } from './api-client.ts';
 
 export type { JobSubmit };

@@ -1,4 +1,5 @@
 /** The job as the control plane and its clients see it (the row type lives in src/store/schema.ts). */
+import type { LaunchSpec } from './agent-protocol.ts';
 import type { JobState } from './job-state.ts';
 import type { Requirements } from './requirements.ts';
 
@@ -54,3 +55,19 @@ export interface LogChunk {
 
 export const DEFAULT_IMAGE = 'default';
 export const DEFAULT_TIMEOUT_MS = 60 * 60 * 1000;
+
+/** What an agent needs to start a job's VM (the `launch` message's spec). */
+export function launchSpecOf(job: Job): LaunchSpec {
+  return {
+    arch: job.requirements.arch,
+    cpus: job.requirements.cpus,
+    memoryBytes: job.requirements.memoryBytes,
+    diskBytes: job.requirements.diskBytes,
+    image: job.image,
+    command: job.command,
+    env: job.env,
+    ...(job.cwd !== undefined ? { cwd: job.cwd } : {}),
+    timeoutMs: job.timeoutMs,
+    network: job.network,
+  };
+}

@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import type { Store } from '../store/store.ts';
 import type { ServerEventBus } from './events.ts';
 import type { Metrics } from './metrics.ts';
-import type { Authenticator } from './auth.ts';
+import type { Authenticator } from './http/auth.ts';
 
 export interface ServerOptions {
   /** Longest a job's stored log may grow, in bytes; the rest is dropped with a note. */

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { makeGroupCommit } from './group-commit.ts';
-import { ActiveJobs } from './host-registry.ts';
+import { ActiveJobs } from './agents/host-registry.ts';
 
 test('calls made in one event-loop turn share one run; each caller gets its own results, in order', async () => {
   const runs: number[][] = [];

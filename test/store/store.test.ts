@@ -9,8 +9,7 @@ import { appendLogs, readLogs } from '../../src/store/logs.ts';
 import { connectHost, disconnectHost, lockSchedulableHosts, listHosts, updateHostFlags, findHost } from '../../src/store/hosts.ts';
 import { createToken, findTokenBySecret, revokeToken } from '../../src/store/tokens.ts';
 import { DEFAULT_REQUIREMENTS } from '../../src/core/requirements.ts';
-import type { Job, JobSpec } from '../../src/core/job.ts';
-import { launchSpecOf } from '../../src/server/scheduler/scheduler.ts';
+import { launchSpecOf, type Job, type JobSpec } from '../../src/core/job.ts';
 import type { HostCapacity } from '../../src/core/agent-protocol.ts';
 
 const spec = (over: Partial<JobSpec> = {}): JobSpec => ({

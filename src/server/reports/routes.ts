@@ -22,8 +22,8 @@ import {
   type UsagePoint,
 } from '../../store/reports.ts';
 import type { Db } from '../../store/store.ts';
-import type { ApiDeps } from '../api/deps.ts';
-import type { RouteDef } from '../api/routes.ts';
+import type { ApiDeps } from '../http/deps.ts';
+import type { RouteDef } from '../http/routes.ts';
 
 export const PERIODS = { day: { seconds: 86_400, bucket: 3_600 }, week: { seconds: 7 * 86_400, bucket: 6 * 3_600 }, month: { seconds: 30 * 86_400, bucket: 86_400 } } as const;
 export type Period = keyof typeof PERIODS;

@@ -5,14 +5,12 @@
  * sends `launch` to the agents. Passes run when something changes (a submission here, capacity freed, a
  * host joined) and on a short poll for work other replicas accepted.
  */
-import type { LaunchSpec } from '../../core/agent-protocol.ts';
 import type { Arch } from '../../core/arch.ts';
-import type { Job } from '../../core/job.ts';
 import { isTerminal } from '../../core/job-state.ts';
 import { anyQueued, anyTenantLimits, claimQueuedJobs, jobStatuses, markPlaced, tenantUsage, type ClaimWindow, type PlacedJob } from '../../store/jobs.ts';
 import { hostStates } from '../../store/hosts.ts';
 import type { ServerContext } from '../context.ts';
-import type { HostLink, HostRegistry } from '../host-registry.ts';
+import type { HostPool, PoolHost } from './host-pool.ts';
 import { placeJobs, type JobDemand } from './placement.ts';
 
 export interface Scheduler {
@@ -31,22 +29,7 @@ export interface Scheduler {
   stop(): Promise<void>;
 }
 
-export function launchSpecOf(job: Job): LaunchSpec {
-  return {
-    arch: job.requirements.arch,
-    cpus: job.requirements.cpus,
-    memoryBytes: job.requirements.memoryBytes,
-    diskBytes: job.requirements.diskBytes,
-    image: job.image,
-    command: job.command,
-    env: job.env,
-    ...(job.cwd !== undefined ? { cwd: job.cwd } : {}),
-    timeoutMs: job.timeoutMs,
-    network: job.network,
-  };
-}
-
-export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Scheduler {
+export function makeScheduler(ctx: ServerContext, registry: HostPool): Scheduler {
   let wanted = false;
   /** Whether jobs were still queued after the last pass (unknown before the first pass). */
   let backlog = true;
@@ -194,7 +177,7 @@ export function makeScheduler(ctx: ServerContext, registry: HostRegistry): Sched
       // API, which updates the links itself, so reading 1,000 host rows every 5 s would only block the loop.
       if (ctx.store.kind !== 'pglite') await refreshHostFlags();
       // Judge only what was active when the question was asked: jobs launched meanwhile are not in the answer.
-      const asked: { link: HostLink; id: number; attempt: number }[] = [];
+      const asked: { link: PoolHost; id: number; attempt: number }[] = [];
       for (const l of registry.links.values()) for (const [id, a] of l.active) asked.push({ link: l, id, attempt: a.attempt });
       if (asked.length === 0) return;
       const statuses = new Map((await jobStatuses(ctx.store.db, asked.map((x) => x.id))).map((s) => [s.id, s]));

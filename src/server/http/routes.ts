@@ -5,7 +5,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { TSchema } from '@sinclair/typebox';
 import type { Token } from '../../core/host.ts';
-import type { Permission } from '../auth.ts';
+import type { Permission } from './auth.ts';
 import type { ServerContext } from '../context.ts';
 
 export interface RouteDef {

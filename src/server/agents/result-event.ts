@@ -1,8 +1,8 @@
 /** How a VM's result changes its job. Pure. */
-import type { JobResultMsg } from '../core/agent-protocol.ts';
-import type { Job } from '../core/job.ts';
-import type { JobEvent } from '../core/job-state.ts';
-import type { TransitionFields } from '../store/jobs.ts';
+import type { JobResultMsg } from '../../core/agent-protocol.ts';
+import type { Job } from '../../core/job.ts';
+import type { JobEvent } from '../../core/job-state.ts';
+import type { TransitionFields } from '../../store/jobs.ts';
 
 /**
  * The event of a result whose outcome does not depend on the stored job (a VM that exited: its exit code

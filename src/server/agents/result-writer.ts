@@ -5,11 +5,11 @@
  * (`transitionJobs`). Before each batch, the phases and logs received earlier are stored, so a job is never
  * final before its output.
  */
-import type { JobResultMsg } from '../core/agent-protocol.ts';
-import type { Job } from '../core/job.ts';
-import { recordExits, transitionJobs, type ExitChange } from '../store/jobs.ts';
-import type { ServerContext } from './context.ts';
-import { makeGroupCommit } from './group-commit.ts';
+import type { JobResultMsg } from '../../core/agent-protocol.ts';
+import type { Job } from '../../core/job.ts';
+import { recordExits, transitionJobs, type ExitChange } from '../../store/jobs.ts';
+import type { ServerContext } from '../context.ts';
+import { makeGroupCommit } from '../group-commit.ts';
 import { exitEvent, resultEvent } from './result-event.ts';
 
 /** What a stored result changed: the job's new state (what its events and logs need) and the state it left. */

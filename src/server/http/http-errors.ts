@@ -1,5 +1,5 @@
 /** The one table from error codes to HTTP statuses, and the `{ error: { code, message } }` body. */
-import { toKilnError, type KilnError } from '../core/errors.ts';
+import { toKilnError, type KilnError } from '../../core/errors.ts';
 
 const EXACT: Record<string, number> = {
   'auth.missing': 401,

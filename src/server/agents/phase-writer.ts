@@ -2,9 +2,9 @@
  * Stores agents' phase reports (booting, running) through a group commit: one statement at a time, each
  * taking every report that arrived while the previous one ran (see group-commit.ts).
  */
-import { applyPhases, type PhaseUpdate } from '../store/jobs.ts';
-import type { ServerContext } from './context.ts';
-import { makeGroupCommit } from './group-commit.ts';
+import { applyPhases, type PhaseUpdate } from '../../store/jobs.ts';
+import type { ServerContext } from '../context.ts';
+import { makeGroupCommit } from '../group-commit.ts';
 
 export interface PhaseWriter {
   push(u: PhaseUpdate): void;

@@ -15,17 +15,17 @@ import {
   type AgentMessageOf,
   type JobResultMsg,
   type ServerMessage,
-} from '../core/agent-protocol.ts';
-import { KilnError, toKilnError } from '../core/errors.ts';
-import { activeJobsOnHosts, getJob, loseJob, transitionJob } from '../store/jobs.ts';
-import { launchSpecOf } from './scheduler/scheduler.ts';
-import { connectHost, disconnectHost, setHostMirror, touchHosts } from '../store/hosts.ts';
-import type { ServerContext } from './context.ts';
+} from '../../core/agent-protocol.ts';
+import { KilnError, toKilnError } from '../../core/errors.ts';
+import { launchSpecOf } from '../../core/job.ts';
+import { activeJobsOnHosts, getJob, loseJob, transitionJob } from '../../store/jobs.ts';
+import { connectHost, disconnectHost, setHostMirror, touchHosts } from '../../store/hosts.ts';
+import type { ServerContext } from '../context.ts';
 import { ActiveJobs, type HostLink, type HostRegistry } from './host-registry.ts';
 import type { LogWriter } from './log-writer.ts';
 import type { PhaseWriter } from './phase-writer.ts';
 import type { ResultWriter } from './result-writer.ts';
-import { errorBody } from './http-errors.ts';
+import { errorBody } from '../http/http-errors.ts';
 
 export interface GatewayDeps {
   ctx: ServerContext;

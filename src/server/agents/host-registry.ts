@@ -2,11 +2,12 @@
  * The hosts connected to this replica: one link per agent WebSocket, with the capacity ledger the
  * scheduler places against. A host is connected to one replica at a time; only that replica places jobs
  * on it (the store checks ownership under a row lock, so a stale link can never over-commit a host).
+ * HostRegistry is the scheduler's HostPool (scheduler/host-pool.ts): server.ts hands it to the scheduler.
  */
-import type { Arch } from '../core/arch.ts';
-import type { ServerMessage } from '../core/agent-protocol.ts';
-import type { Resources } from '../core/host.ts';
-import type { HostSlot } from './scheduler/placement.ts';
+import type { Arch } from '../../core/arch.ts';
+import type { ServerMessage } from '../../core/agent-protocol.ts';
+import type { Resources } from '../../core/host.ts';
+import type { HostSlot } from '../scheduler/placement.ts';
 
 export interface ActiveJob {
   attempt: number;

@@ -1,5 +1,5 @@
 import type { ServerContext } from '../context.ts';
-import type { HostRegistry } from '../host-registry.ts';
+import type { HostRegistry } from '../agents/host-registry.ts';
 
 export interface ApiDeps {
   ctx: ServerContext;

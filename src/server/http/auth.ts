@@ -2,10 +2,10 @@
  * Who may do what. API tokens carry a role; agent tokens may only open the agent connection.
  * Lookups are cached briefly so a burst of requests does not hash-and-query per request forever.
  */
-import { KilnError } from '../core/errors.ts';
-import type { Token, TokenRole } from '../core/host.ts';
-import { findTokenBySecret } from '../store/tokens.ts';
-import type { Db } from '../store/store.ts';
+import { KilnError } from '../../core/errors.ts';
+import type { Token, TokenRole } from '../../core/host.ts';
+import { findTokenBySecret } from '../../store/tokens.ts';
+import type { Db } from '../../store/store.ts';
 
 export type Permission = 'read' | 'submit' | 'operate' | 'admin' | 'agent';
 

@@ -1,6 +1,6 @@
 /** Buffers incoming log chunks and stores them in batches, in arrival order, with the per-job cap. */
-import { appendLogs, type IncomingChunk } from '../store/logs.ts';
-import type { ServerContext } from './context.ts';
+import { appendLogs, type IncomingChunk } from '../../store/logs.ts';
+import type { ServerContext } from '../context.ts';
 
 export interface LogWriter {
   push(c: IncomingChunk): void;

@@ -5,13 +5,15 @@
  * emitted by exactly one replica, so the fleet's figures are the sum over replicas, as Prometheus adds them.
  * Job rows are read in one statement per event-loop turn, never per job.
  */
-import { Histogram } from 'prom-client';
+import { Counter, Gauge, Histogram } from 'prom-client';
+import { HOST_STATE_LIST } from '../../core/host-state.ts';
 import { parseLabels } from '../../core/requirements.ts';
 import { BOOT_BUCKETS, jobTimings, LabelSetLimiter, PICKUP_BUCKETS, pickupSeconds, WAIT_BUCKETS } from '../../core/timings.ts';
 import { jobTimesByIds } from '../../store/reports.ts';
+import { listHosts } from '../../store/hosts.ts';
 import type { ServerContext } from '../context.ts';
 
-export const FIGURE_METRICS = ['kiln_job_wait_seconds', 'kiln_job_boot_seconds', 'kiln_github_pickup_seconds'] as const;
+export const FIGURE_METRICS = ['kiln_job_wait_seconds', 'kiln_job_boot_seconds', 'kiln_github_pickup_seconds', 'kiln_hosts', 'kiln_job_boot_failures_total'] as const;
 
 export interface GitHubStart {
   labels: string[];
@@ -39,6 +41,23 @@ export function makeFigures(ctx: ServerContext): Figures {
     buckets: PICKUP_BUCKETS,
     registers,
   });
+  // Fleet-wide (read from the store at scrape time, so every replica reports every host, as the mirror gauges do).
+  new Gauge({
+    name: 'kiln_hosts',
+    help: 'Hosts by state (online, draining, asleep, waking, offline), cordoned ones included',
+    labelNames: ['state'],
+    registers,
+    async collect() {
+      const hosts = await listHosts(ctx.store.db).catch(() => undefined);
+      if (!hosts) return;
+      for (const st of HOST_STATE_LIST) this.set({ state: st }, hosts.filter((h) => h.state === st).length);
+    },
+  });
+  const bootFailures = new Counter({
+    name: 'kiln_job_boot_failures_total',
+    help: 'Job attempts that failed after placement but before their command ran (VM launch or boot failed)',
+    registers,
+  });
   const sets = new LabelSetLimiter(100);
   let pending = new Set<number>();
   let inFlight: Promise<void> = Promise.resolve();
@@ -60,6 +79,7 @@ export function makeFigures(ctx: ServerContext): Figures {
     inFlight = inFlight.then(() => observe(ids)).catch((e: unknown) => ctx.log.warn({ err: e }, 'could not read job times for the wait/boot figures'));
   };
   const off = ctx.events.on('job.state', (e) => {
+    if (e.to === 'failed' && (e.from === 'placed' || e.from === 'booting')) bootFailures.inc();
     if (e.to !== 'running') return;
     pending.add(e.job.id);
     if (!scheduled) {

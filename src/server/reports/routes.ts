@@ -58,7 +58,7 @@ export function topSeries(points: UsagePoint[], by: UsageDimension): UsagePoint[
   return [...out.values()];
 }
 
-const csvCell = (v: unknown): string => {
+export const csvCell = (v: unknown): string => {
   const s = v === null || v === undefined ? '' : v instanceof Date ? v.toISOString() : Array.isArray(v) ? v.join(' ') : String(v);
   // Quote always when needed; a leading = + - @ would run as a formula in a spreadsheet.
   const safe = /^[=+\-@]/.test(s) ? `'${s}` : s;

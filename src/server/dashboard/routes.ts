@@ -25,7 +25,7 @@ const NOT_BUILT = `<!doctype html><html lang="en"><head><meta charset="utf-8"><t
 /** Serves the built files from `dir` (read once at start); a page that says how to build them when absent. */
 export function registerDashboardAssets(app: FastifyInstance, dir: string | undefined): void {
   const files = new Map<string, { type: string; body: Buffer }>();
-  if (dir && existsSync(join(dir, 'index.html'))) {
+  if (dir && Object.keys(DASHBOARD_FILES).every((f) => existsSync(join(dir, f)))) {
     for (const [name, type] of Object.entries(DASHBOARD_FILES)) files.set(name, { type, body: readFileSync(join(dir, name)) });
   }
   const serve = (name: keyof typeof DASHBOARD_FILES) => async (_req: unknown, reply: import('fastify').FastifyReply) => {

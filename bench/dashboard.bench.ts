@@ -198,9 +198,10 @@ async function main(): Promise<void> {
         const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
         await ctx.addInitScript((t) => sessionStorage.setItem('kiln.token', t), viewer);
         const p = await ctx.newPage();
-        await p.goto(`${url}/#/${page}`);
-        await p.locator(ready).first().waitFor({ timeout: 60_000 });
-        await p.locator('[data-live="on"]').waitFor();
+        // under load the server answers slowly; a viewer that cannot open in 2 minutes fails the bench
+        await p.goto(`${url}/#/${page}`, { timeout: 120_000 });
+        await p.locator(ready).first().waitFor({ timeout: 120_000 });
+        await p.locator('[data-live="on"]').waitFor({ timeout: 120_000 });
         out.push(p);
       }
       return out;

@@ -69,12 +69,12 @@ const prepare: number[] = [];
 try {
   // One warm-up of each (page cache, the scratch disk base made once).
   await timed('qemu-system-x86_64', bare);
-  await timed(process.execPath, [kiln, 'run', '-q', '--data-dir', data, '--', 'true']);
+  await timed(process.execPath, [kiln, 'run', '-q', '--cold', '--data-dir', data, '--', 'true']);
   for (let i = 0; i < RUNS; i++) {
     const ra = await timed('qemu-system-x86_64', bare);
     if (ra.code !== 0) throw new Error(`bare QEMU failed: ${ra.stderr}`);
     a.push(ra.ms);
-    const rb = await timed(process.execPath, [kiln, 'run', '-v', '--data-dir', data, '--', 'true']);
+    const rb = await timed(process.execPath, [kiln, 'run', '-v', '--cold', '--data-dir', data, '--', 'true']);
     if (rb.code !== 0) throw new Error(`kiln run failed: ${rb.stderr}`);
     b.push(rb.ms);
     const up = /guest uptime at init: (\d+) ms/.exec(rb.stderr)?.[1];

@@ -5,7 +5,7 @@
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { KilnError } from '../core/errors.ts';
-import { parseDuration } from '../core/sizes.ts';
+import { parseDuration, parseSize } from '../core/sizes.ts';
 
 export interface CommonConfig {
   /** Where kiln keeps images, VM directories, the embedded database and caches. */
@@ -30,9 +30,11 @@ export interface VmConfig {
   accel: 'auto' | 'kvm' | 'tcg';
   /** QEMU start to kiln-init's READY; undefined: the driver's default for the accelerator. */
   bootTimeoutMs: number | undefined;
+  /** Disk budget of the warm-start snapshot store (KILN_SNAPSHOT_BUDGET, a size); undefined: 4G. */
+  snapshotBudgetBytes: number | undefined;
 }
 
-/** KILN_ACCEL (auto|kvm|tcg) and KILN_BOOT_TIMEOUT (a duration such as 90s). */
+/** KILN_ACCEL (auto|kvm|tcg), KILN_BOOT_TIMEOUT (a duration such as 90s) and KILN_SNAPSHOT_BUDGET (a size such as 4G). */
 export function loadVmConfig(env: NodeJS.ProcessEnv = process.env): VmConfig {
   const problems: string[] = [];
   const accelText = env.KILN_ACCEL ?? 'auto';
@@ -45,8 +47,16 @@ export function loadVmConfig(env: NodeJS.ProcessEnv = process.env): VmConfig {
       problems.push((e as Error).message);
     }
   }
+  let snapshotBudgetBytes: number | undefined;
+  if (env.KILN_SNAPSHOT_BUDGET) {
+    try {
+      snapshotBudgetBytes = parseSize(env.KILN_SNAPSHOT_BUDGET, 'KILN_SNAPSHOT_BUDGET');
+    } catch (e) {
+      problems.push((e as Error).message);
+    }
+  }
   if (problems.length > 0) throw new KilnError('config.invalid', problems.join('; '), { hint: 'fix the environment variables named above' });
-  return { accel: (accelText || 'auto') as VmConfig['accel'], bootTimeoutMs };
+  return { accel: (accelText || 'auto') as VmConfig['accel'], bootTimeoutMs, snapshotBudgetBytes };
 }
 
 /** The control-plane server `kiln run` submits to instead of running the VM itself (KILN_SERVER). */

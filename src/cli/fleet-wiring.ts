@@ -40,7 +40,7 @@ export function makeStoreImageResolver(dataDir: string): ImageResolver {
     if (!m) {
       throw new KilnError('image.not_found', `no ${arch} image "${image}" on this host`, { hint: `on that host, ${imageBuildHint(image === 'default' ? 'minimal' : image, arch)}` });
     }
-    await store.verify(m);
+    await store.check(m);
     return store.toRef(m);
   };
 }

@@ -6,6 +6,7 @@ import { buildCiImage, CI_REPRODUCIBILITY_NOTE } from '../image/build-ci.ts';
 import { buildMinimalImage } from '../image/build-minimal.ts';
 import { makeImageStore, PROFILES, shortId, type ImageManifest, type ImageStore, type Profile } from '../image/store.ts';
 import { join } from 'node:path';
+import { makeSnapshotStore } from '../vm/snapshot-store.ts';
 import { loadCommonConfig } from './config.ts';
 import { table, type Output } from './output.ts';
 
@@ -115,9 +116,38 @@ export function registerImage(program: Command, out: () => Output): void {
         }
         return m[0]!;
       });
+      const snapshots = makeSnapshotStore(cfg.dataDir);
       for (const m of found) {
         store.remove(m);
-        out().data(`removed ${shortId(m.digest)}`);
+        const snaps = snapshots.removeForImage(m.digest);
+        out().data(`removed ${shortId(m.digest)}${snaps.length > 0 ? ` and its ${snaps.length} warm-start snapshot(s)` : ''}`);
       }
+    });
+  image
+    .command('verify')
+    .description('hash every file of the images (and their warm-start snapshots) again; runs check only what changed since')
+    .argument('[id...]', 'image ids (digest prefixes) or profile names; default: every image')
+    .option('--data-dir <dir>', 'kiln data directory (env KILN_DATA_DIR)')
+    .action(async (ids: string[], o: { dataDir?: string }) => {
+      const cfg = loadCommonConfig(o);
+      const store = makeImageStore(cfg.dataDir);
+      const images = ids.length === 0 ? store.list() : ids.map((id) => {
+        const m = store.resolve(id, hostArch()) ?? store.list().find((x) => x.digest.slice(7).startsWith(id));
+        if (!m) throw new KilnError('image.not_found', `no image "${id}"`, { hint: 'see `kiln image ls` for ids' });
+        return m;
+      });
+      let bad = 0;
+      for (const m of images) {
+        try {
+          await store.verify(m);
+          out().data(`ok ${shortId(m.digest)}`);
+        } catch (e) {
+          bad++;
+          out().warn((e as Error).message);
+        }
+      }
+      const r = await makeSnapshotStore(cfg.dataDir).verifyAll();
+      for (const x of r.removed) out().warn(`snapshot ${x.id.slice(0, 12)} was damaged (${x.why}): removed; the next job rebuilds it`);
+      if (bad > 0) throw new KilnError('image.corrupt', `${bad} image(s) are damaged`, { hint: 'remove them with `kiln image rm` and build them again' });
     });
 }

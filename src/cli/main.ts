@@ -25,6 +25,7 @@ const COMMANDS: { name: string; load: () => Promise<Register> }[] = [
   { name: 'setup', load: async () => (await import('./setup.ts')).registerSetup },
   { name: 'run', load: async () => (await import('./run.ts')).registerRun },
   { name: 'image', load: async () => (await import('./image.ts')).registerImage },
+  { name: 'snapshots', load: async () => (await import('./snapshots.ts')).registerSnapshots },
   { name: 'up', load: async () => (await import('./up.ts')).registerUp },
   { name: 'server', load: async () => (await import('./server.ts')).registerServer },
   { name: 'agent', load: async () => (await import('./agent.ts')).registerAgent },

@@ -22,6 +22,7 @@ interface RunFlags {
   network: string;
   registryMirror?: string;
   verbose?: boolean;
+  cold?: boolean;
   dataDir?: string;
 }
 
@@ -86,7 +87,8 @@ export function registerRun(program: Command, out: () => Output): void {
     .option('--image <id>', 'guest image id (see `kiln image ls`) or profile name; default: the newest minimal image')
     .option('--network <mode>', 'none: no route out of the guest; user: outbound NAT', 'none')
     .option('--registry-mirror <host:port>', 'registry mirror for Docker and buildah in the ci image, as the guest reaches it (e.g. 10.0.2.2:5000 with --network user)')
-    .option('-v, --verbose', 'print a timing breakdown (prepare, boot, run, teardown)')
+    .option('-v, --verbose', 'print a timing breakdown (prepare, boot, run, teardown) and whether the VM started warm or cold')
+    .option('--cold', 'boot the VM from scratch instead of restoring it from a warm-start snapshot')
     .option('--data-dir <dir>', 'kiln data directory (env KILN_DATA_DIR)')
     .argument('[command...]', 'the command and its arguments')
     .addHelpText(
@@ -116,7 +118,12 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
   }
   if (remoteServer()) return runOnServer(req, cfg.dataDir, o);
   const vmCfg = loadVmConfig();
-  const driver = makeQemuDriver({ dataDir: cfg.dataDir, accel: vmCfg.accel, ...(vmCfg.bootTimeoutMs ? { bootTimeoutMs: vmCfg.bootTimeoutMs } : {}) });
+  const driver = makeQemuDriver({
+    dataDir: cfg.dataDir,
+    accel: vmCfg.accel,
+    ...(vmCfg.bootTimeoutMs ? { bootTimeoutMs: vmCfg.bootTimeoutMs } : {}),
+    snapshots: vmCfg.snapshotBudgetBytes !== undefined ? { budgetBytes: vmCfg.snapshotBudgetBytes } : {},
+  });
   const store = makeImageStore(cfg.dataDir);
   try {
     const { removed } = await driver.sweep();
@@ -148,8 +155,9 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
         timeoutMs: req.timeoutMs,
         network: req.network,
         ...(req.registryMirror ? { registryMirror: req.registryMirror } : {}),
+        ...(flags.cold ? { warm: false } : {}),
       },
-      { stdout: (c) => process.stdout.write(c), stderr: (c) => process.stderr.write(c) },
+      { stdout: (c) => process.stdout.write(c), stderr: (c) => process.stderr.write(c), note: (line) => o.info(line) },
     );
     let signalled: NodeJS.Signals | undefined;
     const onSignal = (sig: NodeJS.Signals) => {
@@ -239,8 +247,9 @@ function exitCodeFor(r: VmResult, req: RunRequest, o: Output): number {
 function printTimings(o: Output, r: VmResult, image: string): void {
   const t = r.timings;
   const ms = (n: number) => `${Math.round(n)} ms`;
-  o.info(`timings (image ${image}):`);
-  if (t.launchedAtMs !== undefined) o.info(`  start     ${ms(t.launchedAtMs - t.prepareMs)} (node start, config, image lookup)`);
+  o.info(`timings (image ${image}, ${t.start === 'warm' ? 'warm start: restored from a snapshot' : 'cold start: booted'}):`);
+  if (t.snapshotBuildMs !== undefined) o.info(`  snapshot  ${ms(t.snapshotBuildMs)} (built once for this image and VM shape)`);
+  if (t.launchedAtMs !== undefined) o.info(`  start     ${ms(t.launchedAtMs - t.prepareMs - (t.snapshotBuildMs ?? 0))} (node start, config, image lookup)`);
   o.info(`  prepare   ${ms(t.prepareMs)}`);
   o.info(`  boot      ${ms(t.bootMs)}${t.guestUptimeAtInitMs !== undefined ? ` (guest uptime at init: ${ms(t.guestUptimeAtInitMs)})` : ''}`);
   o.info(`  run       ${ms(t.runMs)}`);

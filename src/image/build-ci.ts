@@ -32,6 +32,7 @@ import { formatSize } from '../core/sizes.ts';
 import { renderGuestMirrorConfigs } from '../oci/mirror-config.ts';
 import { pickDebianSource, type DebianSource } from './apt-sources.ts';
 import { guestFile, type BuildOptions } from './build-minimal.ts';
+import { cloneFixBinary } from './guest-helper.ts';
 import { writeCpio } from './cpio.ts';
 import { debVersion, downloadDeb, resolveKernelPackage, runCommand, unpackKernel } from './debian.ts';
 import { initramfsEntries, resolveGuestModules } from './initramfs.ts';
@@ -265,11 +266,13 @@ function fixTimes(root: string, epoch: number): { bytes: number; dirs: string[] 
   return { bytes, dirs };
 }
 
-function installKilnFiles(root: string, profile: 'ci' | 'runner'): void {
+function installKilnFiles(root: string, profile: 'ci' | 'runner', arch: Arch): void {
   const kilnDir = join(root, 'etc', 'kiln');
   mkdirSync(kilnDir, { recursive: true });
   writeFileSync(join(root, 'usr', 'sbin', 'kiln-init'), readFileSync(guestFile('kiln-init')), { mode: 0o755 });
   chmodSync(join(root, 'usr', 'sbin', 'kiln-init'), 0o755);
+  writeFileSync(join(root, 'usr', 'sbin', 'kiln-clone-fix'), cloneFixBinary(arch), { mode: 0o755 });
+  chmodSync(join(root, 'usr', 'sbin', 'kiln-clone-fix'), 0o755);
   writeFileSync(join(kilnDir, 'boot.sh'), readFileSync(guestFile('ci-boot.sh')), { mode: 0o644 });
   writeFileSync(join(kilnDir, 'after-job.sh'), readFileSync(guestFile('ci-after-job.sh')), { mode: 0o644 });
   writeFileSync(join(kilnDir, 'profile'), `${profile}\n`);
@@ -381,7 +384,7 @@ export async function buildCiImage(opts: CiBuildOptions): Promise<ImageManifest>
     cpSync(modRoot, join(root, 'lib', 'modules', kernelVersion), { recursive: true });
     // The root's own depmod (kmod is in CI_PACKAGES), through emulation for a foreign architecture.
     await must('depmod', runCommand('chroot', [root, '/usr/sbin/depmod', '-a', kernelVersion]), 'check that the root file system has kmod');
-    installKilnFiles(root, profile);
+    installKilnFiles(root, profile, arch);
     if (opts.runner && runnerTarball) {
       progress('installing the Actions runner');
       await installActionsRunner({ rootDir: root, source: runnerTarball, sha256: opts.runner.sha256, cacheDir: join(opts.cacheDir, 'runner') });

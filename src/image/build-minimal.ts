@@ -9,6 +9,7 @@ import type { Arch } from '../core/arch.ts';
 import { KilnError } from '../core/errors.ts';
 import { writeCpio } from './cpio.ts';
 import { debVersion, downloadDeb, extractDeb, resolveKernelPackage, unpackKernel } from './debian.ts';
+import { cloneFixBinary } from './guest-helper.ts';
 import { initramfsEntries, resolveGuestModules } from './initramfs.ts';
 import { sha256File, type ImageManifest, type ImageStore } from './store.ts';
 
@@ -58,6 +59,7 @@ export async function buildMinimalImage(opts: BuildOptions): Promise<ImageManife
       modRoot,
       modules,
       kernelVersion,
+      extra: [{ type: 'file', path: 'sbin/kiln-clone-fix', data: cloneFixBinary(arch), mode: 0o755 }],
     });
     writeFileSync(join(staging, 'initrd.cpio'), writeCpio(entries));
     copyFileSync(vmlinuzPath, join(staging, 'vmlinuz'));

@@ -1,6 +1,7 @@
 /**
  * The guest image store: immutable, content-addressed images under <dataDir>/images/<digest-hex>/,
- * each with a small manifest.json. Images are verified against their digests before every boot.
+ * each with a small manifest.json. Images are hashed once, when they enter the store and on `kiln image
+ * verify`; each file's hash is sealed with its stat (src/vm/seal.ts), so a boot checks only that stat.
  */
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -9,6 +10,7 @@ import type { Arch } from '../core/arch.ts';
 import { KilnError } from '../core/errors.ts';
 import type { GuestImageRef } from '../vm/driver.ts';
 import { sha256File } from '../vm/files.ts';
+import { checkSealed, seal } from '../vm/seal.ts';
 
 export { sha256File };
 
@@ -74,8 +76,10 @@ export interface ImageStore {
   /** Moves a finished build directory into the store; returns the stored manifest (existing one if the digest is known). */
   commit(stagingDir: string, m: Omit<ImageManifest, 'digest'>): ImageManifest;
   remove(m: ImageManifest): void;
-  /** Checks every file against its recorded hash; throws image.corrupt naming the file. */
+  /** Hashes every file again and checks it against its recorded hash; throws image.corrupt naming the file. */
   verify(m: ImageManifest): Promise<void>;
+  /** The cheap check before a boot: each file's seal (hashing only a file whose stat changed). */
+  check(m: ImageManifest): Promise<void>;
   toRef(m: ImageManifest): GuestImageRef;
   stagingDir(): string;
 }
@@ -132,6 +136,7 @@ export function makeImageStore(dataDir: string): ImageStore {
       }
       writeFileSync(join(stagingDir, 'manifest.json'), `${JSON.stringify(m, null, 2)}\n`);
       rmSync(target, { recursive: true, force: true });
+      for (const f of [m.kernel, m.initrd, ...(m.rootDisk ? [m.rootDisk] : [])]) seal(join(stagingDir, f.name), f.sha256);
       try {
         renameSync(stagingDir, target);
       } catch (e) {
@@ -161,6 +166,17 @@ export function makeImageStore(dataDir: string): ImageStore {
         }
         if (actual !== f.sha256) {
           throw new KilnError('image.corrupt', `image ${shortId(m.digest)} is damaged: ${f.name} does not match its digest`, {
+            hint: `remove it with \`kiln image rm ${shortId(m.digest)}\` and build it again with \`kiln image build --arch ${m.arch} --profile ${m.profile}\``,
+          });
+        }
+        seal(p, f.sha256);
+      }
+    },
+    async check(m) {
+      for (const f of files(m)) {
+        const ok = await checkSealed(store.pathOf(m, f), f.sha256).catch(() => false);
+        if (!ok) {
+          throw new KilnError('image.corrupt', `image ${shortId(m.digest)} is damaged: ${f.name} is missing or does not match its digest`, {
             hint: `remove it with \`kiln image rm ${shortId(m.digest)}\` and build it again with \`kiln image build --arch ${m.arch} --profile ${m.profile}\``,
           });
         }

@@ -50,6 +50,11 @@ export interface VmSpec {
    * profile); passed as the kernel command-line word kiln.registry_mirror=<host:port>. Others ignore it.
    */
   registryMirror?: string;
+  /**
+   * Warm start (default true when the driver has a snapshot store): restore the VM from a memory snapshot
+   * of the booted image instead of booting it; false always boots cold (`kiln run --cold`).
+   */
+  warm?: boolean;
 }
 
 export interface VmOutput {
@@ -57,6 +62,8 @@ export interface VmOutput {
   stderr(chunk: Buffer): void;
   /** Called once when the guest is up and the job starts (phase 'running'), so owners need not poll phase(). */
   running?(): void;
+  /** One-line notes from the driver for the user (a warm start that fell back to cold, a snapshot being built). */
+  note?(line: string): void;
 }
 
 export type VmPhase = 'preparing' | 'booting' | 'running' | 'stopping' | 'stopped';
@@ -74,6 +81,10 @@ export interface VmTimings {
   runMs: number;
   /** Exit status received (or kill decided) to everything removed. */
   teardownMs: number;
+  /** Whether the VM was restored from a snapshot (warm) or booted (cold). */
+  start?: 'warm' | 'cold';
+  /** Time spent building the warm-start snapshot before this VM (first use of an image and shape). */
+  snapshotBuildMs?: number;
 }
 
 export type VmResult =

@@ -47,3 +47,15 @@ test('the TSC rate is passed to x86-64 TCG guests only', () => {
   assert.equal(hostTscKhz('processor\t: 0\ncpu MHz\t\t: 2596.138\n'), 2596138);
   assert.equal(hostTscKhz('Features: fp asimd'), undefined);
 });
+
+test('warm starts: RAM in a file (shared for a template, private for a restore) and -incoming defer', () => {
+  const tpl = buildQemuArgs({ ...base, ramFile: { path: '/d/snap,1/ram', shared: true } });
+  assert.equal(after(tpl, '-M')[0], 'microvm,x-option-roms=off,isa-serial=on,acpi=on,memory-backend=pc.ram');
+  assert.ok(tpl.includes(`memory-backend-file,id=pc.ram,size=${base.memoryMiB}M,mem-path=/d/snap,,1/ram,share=on`), 'commas in the path are escaped');
+  assert.ok(!tpl.includes('-incoming'));
+  const restored = buildQemuArgs({ ...base, arch: 'arm64', ramFile: { path: '/d/ram', shared: false }, incomingDefer: true });
+  assert.equal(after(restored, '-M')[0], 'virt,gic-version=max,memory-backend=pc.ram');
+  assert.ok(restored.includes(`memory-backend-file,id=pc.ram,size=${base.memoryMiB}M,mem-path=/d/ram,share=off`));
+  assert.deepEqual(after(restored, '-incoming'), ['defer']);
+  assert.ok(!buildQemuArgs(base).some((a) => a.includes('memory-backend')), 'cold VMs keep anonymous RAM');
+});

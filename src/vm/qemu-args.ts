@@ -24,6 +24,13 @@ export interface QemuLaunch {
    * which the kernel has no usable clocksource on microvm and hangs. Telling it the rate skips calibration.
    */
   tscKhz?: number;
+  /**
+   * Warm starts (src/vm/snapshot-*.ts): guest RAM in a file. A template maps it shared (its RAM lands in
+   * the file); a restored VM maps the snapshot's file privately (copy-on-write, the file never changes).
+   */
+  ramFile?: { path: string; shared: boolean };
+  /** Restored VMs: wait for the device state over QMP (migrate-incoming) instead of booting. */
+  incomingDefer?: boolean;
 }
 
 export function qemuBinary(arch: Arch): string {
@@ -51,8 +58,9 @@ export function hostTscKhz(cpuinfo: string): number | undefined {
 }
 
 export function buildQemuArgs(l: QemuLaunch): string[] {
+  const ram = l.ramFile ? ',memory-backend=pc.ram' : '';
   const machine =
-    l.arch === 'amd64' ? ['-M', 'microvm,x-option-roms=off,isa-serial=on,acpi=on'] : ['-M', 'virt,gic-version=max'];
+    l.arch === 'amd64' ? ['-M', `microvm,x-option-roms=off,isa-serial=on,acpi=on${ram}`] : ['-M', `virt,gic-version=max${ram}`];
   const accel = l.accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,thread=multi,tb-size=128', '-cpu', 'max'];
   const args = [
     '-name',
@@ -112,6 +120,10 @@ export function buildQemuArgs(l: QemuLaunch): string[] {
     args.push('-drive', `id=${name},file=${file},format=${format},if=none,cache=unsafe,discard=unmap`);
     args.push('-device', `virtio-blk-device,drive=${name}`);
   }
+  if (l.ramFile) {
+    args.push('-object', `memory-backend-file,id=pc.ram,size=${l.memoryMiB}M,mem-path=${l.ramFile.path.replaceAll(',', ',,')},share=${l.ramFile.shared ? 'on' : 'off'}`);
+  }
+  if (l.incomingDefer) args.push('-incoming', 'defer');
   if (l.network) {
     const fwd = l.network.forwards.map((f) => `,guestfwd=tcp:${f.guestAddr}:${f.guestPort}-tcp:127.0.0.1:${f.hostPort}`).join('');
     args.push('-netdev', `user,id=n0,restrict=${l.network.restrict ? 'on' : 'off'}${fwd}`);

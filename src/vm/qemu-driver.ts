@@ -4,6 +4,8 @@
  *   boot     QEMU started inside the cgroup with a parent-death signal; kiln-init answers READY on kiln.ctl
  *   run      the job is sent; stdout/stderr stream back on their own ports; kiln-init reports EXIT <code>
  *   teardown QEMU stopped (QMP quit, then SIGKILL), sockets closed, cgroup and VM directory removed
+ * Warm starts (opts.snapshots): boot is replaced by a restore of a snapshot (src/vm/snapshot-*.ts), then the
+ * per-VM identity, then the job; a restore that fails before the job is sent tears down and boots cold.
  * Whatever happens (timeout, kill, crash, boot failure), `done` settles only after teardown.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -21,10 +23,14 @@ import { cgroupPids, createVmCgroup, detectCgroups, listVmCgroups, removeCgroupD
 import { encodeJob, isValidEnvName, makeLineSplitter, parseGuestLine } from './channel.ts';
 import { checkDiskSpace, createOverlay, ensureScratchBase, freeBytes } from './disks.ts';
 import type { DriverCapabilities, RunningVm, VmDriver, VmInfo, VmOutput, VmPhase, VmResult, VmSpec, VmTimings } from './driver.ts';
-import { sha256File, which } from './files.ts';
+import { which } from './files.ts';
 import { currentOwner, isAlive, ownerAlive, processCmdline, type Owner } from './process.ts';
 import { buildQemuArgs, hostTscKhz, qemuBinary, qemuPackage } from './qemu-args.ts';
 import { makeQmp, type Qmp } from './qmp.ts';
+import { checkSealed } from './seal.ts';
+import { makeSnapshotStore } from './snapshot-store.ts';
+import { identityLines, restoreSnapshot } from './snapshot-template.ts';
+import { makeWarmStarts, type TemplateLaunch, type WarmChoice, type WarmStarts } from './snapshot-warm.ts';
 
 export interface QemuDriverOptions {
   dataDir: string;
@@ -34,10 +40,14 @@ export interface QemuDriverOptions {
   logger?: Logger;
   /** Extra memory the QEMU process may use beyond guest RAM before its cgroup limit. */
   memoryOverheadBytes?: number;
+  /** Warm starts from memory snapshots (src/vm/snapshot-*.ts); off unless set. */
+  snapshots?: { budgetBytes?: number };
 }
 
 export interface QemuDriver extends VmDriver {
   accelFor(arch: Arch): AccelChoice;
+  /** Warm-start snapshots of this driver's data directory, when enabled. */
+  readonly warm: WarmStarts | undefined;
 }
 
 const MiB = 1024 * 1024;
@@ -100,9 +110,75 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
     }
   };
 
+  const defaultBootTimeoutMs = (spec: VmSpec, accel: 'kvm' | 'tcg') =>
+    opts.bootTimeoutMs ?? (accel === 'kvm' ? 30_000 : spec.arch === 'amd64' ? 90_000 : 240_000) * (spec.image.rootDiskPath ? 2 : 1);
+  const warm = opts.snapshots
+    ? makeWarmStarts({ store: makeSnapshotStore(opts.dataDir, opts.snapshots), disksDir, bootTimeoutMs: defaultBootTimeoutMs, ...(opts.logger ? { logger: opts.logger } : {}) })
+    : undefined;
+
+  /** kiln's launch of this spec without per-VM files: what a template and a restore must share. */
+  const launchBase = (spec: VmSpec, accel: 'kvm' | 'tcg'): TemplateLaunch => ({
+    id: spec.id,
+    arch: spec.arch,
+    accel,
+    cpus: spec.cpus,
+    memoryMiB: Math.ceil(spec.memoryBytes / MiB),
+    kernel: spec.image.kernelPath,
+    initrd: spec.image.initrdPath,
+    // A snapshot's kernel command line is the template's (never read again): a VM with a registry mirror boots cold.
+    ...(spec.image.cmdline || (spec.registryMirror && spec.warm === false) ? { cmdline: [...(spec.image.cmdline ?? []), ...(spec.registryMirror && spec.warm === false ? [`kiln.registry_mirror=${spec.registryMirror}`] : [])] } : {}),
+    ...(spec.arch === 'amd64' && hostArch === 'amd64' && accel === 'tcg' ? { tscKhz: (tscKhz ??= hostTscKhz(readText('/proc/cpuinfo'))) } : {}),
+  });
+
   async function start(spec: VmSpec, out: VmOutput): Promise<RunningVm> {
     validate(spec);
     const t0 = performance.now();
+    const accel = accelFor(spec.arch);
+    let choice: WarmChoice | undefined;
+    // Images with a root disk (ci, runner) boot cold for now: their Docker engine id and registry mirror are
+    // not yet renewed after a restore (docs/ARCHITECTURE.md, "Warm starts").
+    if (warm && spec.warm !== false && !spec.registryMirror && !spec.image.rootDiskPath) {
+      await verifyImage(spec);
+      choice = await warm.choose(spec, accel.accel, launchBase(spec, accel.accel), out);
+    }
+    if (choice) {
+      try {
+        return await attempt(spec, out, performance.now() - t0 - (choice.buildMs ?? 0), choice);
+      } catch (e) {
+        const why = toKilnError(e).message;
+        warm!.drop(choice, why);
+        warm!.counters.fallbacks++;
+        out.note?.(`warm start failed (${why}): booting cold; the snapshot was dropped and the next run rebuilds it`);
+      }
+    }
+    if (warm) warm.counters.cold++;
+    return attempt(spec, out, choice ? 0 : performance.now() - t0, undefined);
+  }
+
+  const verifyImage = async (spec: VmSpec) => {
+    const verify = async (path: string, want: string, what: string) => {
+      let ok: boolean;
+      try {
+        ok = await checkSealed(path, want);
+      } catch (e) {
+        throw new KilnError('image.corrupt', `the image's ${what} (${path}) cannot be read`, { cause: e, hint: 'remove the image with `kiln image rm` and build it again' });
+      }
+      if (!ok) {
+        throw new KilnError('image.corrupt', `the image's ${what} does not match its digest (image ${spec.image.digest.slice(7, 19)} is damaged)`, {
+          hint: `remove it with \`kiln image rm ${spec.image.digest.slice(7, 19)}\` and build it again (\`kiln image build\`)`,
+        });
+      }
+    };
+    await Promise.all([
+      verify(spec.image.kernelPath, spec.image.kernelSha256, 'kernel'),
+      verify(spec.image.initrdPath, spec.image.initrdSha256, 'initramfs'),
+      spec.image.rootDiskPath && spec.image.rootDiskSha256 ? verify(spec.image.rootDiskPath, spec.image.rootDiskSha256, 'root disk') : undefined,
+    ]);
+  };
+
+  /** One launch of a VM: cold (boot) or warm (restore `snap`). A warm attempt that fails before the job is sent throws, after its teardown. */
+  async function attempt(spec: VmSpec, out: VmOutput, earlierPrepareMs: number, snap: WarmChoice | undefined): Promise<RunningVm> {
+    const tAttempt = performance.now();
     const log = opts.logger?.child({ vmId: spec.id });
     const accel = accelFor(spec.arch);
     const vmDir = join(vmsDir, spec.id);
@@ -159,48 +235,28 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
       }
       layout ??= detectCgroups();
       if (layout.problems.length > 0) log?.warn({ problems: layout.problems }, 'VM resource limits are partly unavailable');
-      const verify = async (path: string, want: string, what: string) => {
-        let got: string;
-        try {
-          got = await sha256File(path);
-        } catch (e) {
-          throw new KilnError('image.corrupt', `the image's ${what} (${path}) cannot be read`, { cause: e, hint: 'remove the image with `kiln image rm` and build it again' });
-        }
-        if (got !== want) {
-          throw new KilnError('image.corrupt', `the image's ${what} does not match its digest (image ${spec.image.digest.slice(7, 19)} is damaged)`, {
-            hint: `remove it with \`kiln image rm ${spec.image.digest.slice(7, 19)}\` and build it again (\`kiln image build\`)`,
-          });
-        }
-      };
       checkDiskSpace(opts.dataDir, spec.diskBytes);
       const disk = join(vmDir, 'scratch.qcow2');
       const rootOverlay = join(vmDir, 'root.qcow2');
       await Promise.all([
-        verify(spec.image.kernelPath, spec.image.kernelSha256, 'kernel'),
-        verify(spec.image.initrdPath, spec.image.initrdSha256, 'initramfs'),
-        spec.image.rootDiskPath && spec.image.rootDiskSha256 ? verify(spec.image.rootDiskPath, spec.image.rootDiskSha256, 'root disk') : undefined,
-        ensureScratchBase(disksDir, spec.diskBytes).then((base) => createOverlay(disk, base, 'raw', spec.diskBytes)),
-        spec.image.rootDiskPath ? createOverlay(rootOverlay, spec.image.rootDiskPath, 'qcow2') : undefined,
+        // A warm VM's disks are new copy-on-write overlays on the snapshot's saved (read-only) overlays.
+        snap
+          ? createOverlay(disk, join(snap.dir, 'scratch.qcow2'), 'qcow2')
+          : verifyImage(spec).then(() => ensureScratchBase(disksDir, spec.diskBytes)).then((base) => createOverlay(disk, base, 'raw', spec.diskBytes)),
+        spec.image.rootDiskPath ? createOverlay(rootOverlay, snap ? join(snap.dir, 'root.qcow2') : spec.image.rootDiskPath, 'qcow2') : undefined,
       ]);
       const overhead = opts.memoryOverheadBytes ?? 256 * MiB;
       cgroup = createVmCgroup(layout, cgroupName(spec.id), { cpus: spec.cpus, memoryBytes: spec.memoryBytes + overhead, pids: 128 + 2 * spec.cpus });
-      const network = spec.network === 'user' || (spec.forwards?.length ?? 0) > 0 ? { restrict: spec.network !== 'user', forwards: spec.forwards ?? [] } : undefined;
+      // A snapshot always has a NIC (the device set must match); it stays closed unless the job asks.
+      const network =
+        snap || spec.network === 'user' || (spec.forwards?.length ?? 0) > 0 ? { restrict: spec.network !== 'user', forwards: spec.forwards ?? [] } : undefined;
       const args = buildQemuArgs({
-        id: spec.id,
-        arch: spec.arch,
-        accel: accel.accel,
-        cpus: spec.cpus,
-        memoryMiB: Math.ceil(spec.memoryBytes / MiB),
-        kernel: spec.image.kernelPath,
-        initrd: spec.image.initrdPath,
-        ...(spec.image.cmdline || spec.registryMirror
-          ? { cmdline: [...(spec.image.cmdline ?? []), ...(spec.registryMirror ? [`kiln.registry_mirror=${spec.registryMirror}`] : [])] }
-          : {}),
+        ...launchBase(snap ? spec : { ...spec, warm: false }, accel.accel === 'kvm' ? 'kvm' : 'tcg'),
+        ...(snap ? { ramFile: { path: join(snap.dir, 'ram'), shared: false }, incomingDefer: true } : {}),
         sockets: paths,
         consoleLog: join(vmDir, 'console.log'),
         pidFile: join(vmDir, 'qemu.pid'),
         scratchDisk: disk,
-        ...(spec.arch === 'amd64' && hostArch === 'amd64' && accel.accel === 'tcg' ? { tscKhz: (tscKhz ??= hostTscKhz(readText('/proc/cpuinfo'))) } : {}),
         ...(spec.image.rootDiskPath ? { rootDisk: rootOverlay } : {}),
         ...(network ? { network } : {}),
       });
@@ -216,7 +272,15 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
 
     // ---- boot, run, teardown
     const proc = child;
-    const timings: VmTimings = { prepareMs: performance.now() - t0, launchedAtMs: performance.now(), bootMs: 0, runMs: 0, teardownMs: 0 };
+    const timings: VmTimings = {
+      prepareMs: earlierPrepareMs + performance.now() - tAttempt,
+      launchedAtMs: performance.now(),
+      bootMs: 0,
+      runMs: 0,
+      teardownMs: 0,
+      start: snap ? 'warm' : 'cold',
+      ...(snap?.buildMs !== undefined ? { snapshotBuildMs: snap.buildMs } : {}),
+    };
     const tSpawn = performance.now();
     let tReady = 0;
     let tExit = 0;
@@ -253,9 +317,21 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
       s.on('data', (d: Buffer) => out.stderr(d));
       outputs.push(streamEnded(s));
     });
+    let qmpConnected: (q: Qmp) => void = () => undefined;
+    const qmpReady = new Promise<Qmp>((resolve) => (qmpConnected = resolve));
+    let identityAck: ((failed: string | undefined) => void) | undefined;
+    const guestUp = (s: Socket) => {
+      tReady = performance.now();
+      phase = 'running';
+      clearTimeout(bootTimer);
+      log?.debug({ bootMs: tReady - tSpawn, start: timings.start }, 'guest ready');
+      s.write(encodeJob(spec.job, spec.network === 'user'));
+      out.running?.();
+    };
     void accepted.qmp.then(async (s) => {
       try {
         qmp = await makeQmp(s);
+        qmpConnected(qmp);
         if (phase === 'stopping') void qmp.execute('quit').catch(() => proc.kill('SIGKILL'));
       } catch {
         /* QEMU went away during negotiation; procExited handles it */
@@ -266,16 +342,13 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
         'data',
         makeLineSplitter((line) => {
           const msg = parseGuestLine(line);
-          if (msg.type === 'ready' && phase === 'booting') {
-            tReady = performance.now();
+          if (msg.type === 'ready' && phase === 'booting' && !snap) {
             if (Number.isFinite(msg.uptimeMs)) timings.guestUptimeAtInitMs = msg.uptimeMs;
-            phase = 'running';
-            clearTimeout(bootTimer);
-            log?.debug({ bootMs: tReady - tSpawn }, 'guest ready');
-            s.write(encodeJob(spec.job, spec.network === 'user'));
-            out.running?.();
+            guestUp(s);
           } else if (msg.type === 'step') {
             lastStep = msg.name;
+            if (msg.name === 'identity') identityAck?.(undefined);
+            else if (msg.name.startsWith('identity-failed')) identityAck?.(msg.name.slice('identity-failed:'.length) || 'unknown');
           } else if (msg.type === 'exit' && phase === 'running') {
             exitCode = msg.code;
             tExit = performance.now();
@@ -289,8 +362,7 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
 
     const accelLabel = accel.accel === 'kvm' ? 'kvm' : 'tcg';
     // Images with a root disk (the ci profile) start Docker before READY: give them twice as long.
-    const bootTimeoutMs =
-      opts.bootTimeoutMs ?? (accelLabel === 'kvm' ? 30_000 : spec.arch === 'amd64' ? 90_000 : 240_000) * (spec.image.rootDiskPath ? 2 : 1);
+    const bootTimeoutMs = defaultBootTimeoutMs(spec, accelLabel);
     const bootTimer = setTimeout(() => stop({ kind: 'boot_timeout' }), Math.min(bootTimeoutMs, spec.timeoutMs));
     const jobTimer = setTimeout(() => stop({ kind: 'timed_out' }), spec.timeoutMs);
 
@@ -339,6 +411,41 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
       };
     })();
 
+    // A warm VM: load the snapshot, start it, give it its own identity; only then the job (and its secrets).
+    if (snap) {
+      const restore = (async () => {
+        const q = await qmpReady;
+        await restoreSnapshot(q, join(snap.dir, 'state'), accelLabel === 'kvm' ? 5_000 : 20_000);
+        const ctl = await accepted.ctl;
+        const ack = new Promise<void>((resolve, reject) => {
+          identityAck = (failed) =>
+            failed === undefined ? resolve() : reject(new KilnError('snapshot.identity_failed', `the restored guest could not take its own identity (${failed})`, { kind: 'internal' }));
+          const t = setTimeout(() => reject(new KilnError('snapshot.identity_timeout', 'the restored guest did not answer on kiln.ctl within 20s', { kind: 'internal' })), 20_000);
+          t.unref();
+        });
+        ctl.write(identityLines(spec.id));
+        await ack;
+        guestUp(ctl);
+      })();
+      const gone = procExited.then((code) => {
+        throw new KilnError('snapshot.restore_failed', `QEMU exited (code ${code ?? 'signal'}) during the restore${qemuStderr ? `: ${qemuStderr.trim().split('\n').slice(-1)[0]}` : ''}`, { kind: 'internal' });
+      });
+      try {
+        await Promise.race([restore, gone]);
+        warm!.counters.warm++;
+        warm!.counters.restoreMsTotal += tReady - tSpawn;
+      } catch (e) {
+        void restore.catch(() => undefined);
+        void gone.catch(() => undefined);
+        // The job's own time ran out during the restore: that is its result, not a fault of the snapshot.
+        if (stopReason?.kind !== 'timed_out') {
+          stop({ kind: 'killed', reason: 'warm start failed' });
+          await done;
+          throw e;
+        }
+      }
+    }
+
     return {
       id: spec.id,
       done,
@@ -352,6 +459,7 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
 
   async function sweep(): Promise<{ removed: string[] }> {
     const removed: string[] = [];
+    warm?.store.sweep();
     layout ??= detectCgroups();
     // Cgroups are host-wide; ours carry this data directory's tag. Others may belong to another kiln.
     const cgroups = new Map<string, string[]>();
@@ -397,6 +505,7 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
   return {
     name: 'qemu',
     accelFor,
+    warm,
     async capabilities(): Promise<DriverCapabilities> {
       mkdirSync(opts.dataDir, { recursive: true });
       const arches: DriverCapabilities['arches'] = (['amd64', 'arm64'] as const).map((arch) => {

@@ -4,6 +4,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync }
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Arch } from '../../src/core/arch.ts';
+import { readCpio } from '../../src/image/cpio.ts';
 import { makeImageStore, type ImageManifest } from '../../src/image/store.ts';
 import { kilnQemuProcesses, vmDirs } from './leaks.ts';
 
@@ -30,15 +31,26 @@ export function makeTestDataDir(): { dir: string; cleanup(): void } {
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-/** Builds (once) and returns the minimal image for `arch` through the real CLI. */
+/**
+ * Builds (once) and returns the minimal image for `arch` through the real CLI. An image whose kiln-init is
+ * not this checkout's (an older build in the shared directory) does not count: tests run the current one.
+ */
 export function ensureImage(arch: Arch): ImageManifest {
   const store = makeImageStore(SHARED_DIR);
-  const have = store.newest('minimal', arch);
+  const init = readFileSync(join(REPO, 'src', 'image', 'guest', 'kiln-init'));
+  const current = (m: ImageManifest) => {
+    try {
+      return readCpio(readFileSync(store.pathOf(m, m.initrd))).some((e) => e.path === 'init' && e.data.equals(init));
+    } catch {
+      return false;
+    }
+  };
+  const have = store.list().find((m) => m.profile === 'minimal' && m.arch === arch && current(m));
   if (have) return have;
   const r = spawnSync(process.execPath, [KILN_BIN, 'image', 'build', '--arch', arch, '--data-dir', SHARED_DIR], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`image build for ${arch} failed:\n${r.stderr}`);
-  const m = store.newest('minimal', arch);
-  if (!m) throw new Error('image build reported success but no image is stored');
+  const m = store.list().find((x) => x.profile === 'minimal' && x.arch === arch && current(x));
+  if (!m) throw new Error('image build reported success but no image with this checkout\'s kiln-init is stored');
   return m;
 }
 

@@ -48,6 +48,8 @@ for (const { kind, skip } of storeKinds()) {
       });
       await until('both GitHub jobs completed', () => [gh1, gh2].every((j) => h!.double.jobs.get(j.id)?.status === 'completed'), 30_000);
       await until('the runner VMs ended', async () => (await runnerVms(h!)).every((v) => isTerminal(v.state)));
+      // GitHub may report completed before kiln has ingested the in_progress webhook: wait for both pickups.
+      await until('both in_progress webhooks are ingested', async () => (await h!.store.db.selectFrom('github_usage').select('job_id').where('started_at', 'is not', null).execute()).length === 2);
       const vms = await runnerVms(h);
       await h.server.figures.flush();
 

@@ -34,7 +34,7 @@ import { tokenRoutes } from './http/tokens.ts';
 import { makeGitHubClient, type GitHubApi } from './github/api.ts';
 import type { GitHubConfig } from './github/config.ts';
 import { webhookOpenApi } from './github/manifest.ts';
-import { makeGitHubService, type GitHubService } from './github/service.ts';
+import { makeGitHubService, type GitHubService } from './github/github.ts';
 import { makeFigures, type Figures } from './reports/figures.ts';
 import { reportRoutes } from './reports/routes.ts';
 import { dashboardRoutes, registerDashboardAssets } from './dashboard/routes.ts';

@@ -218,7 +218,7 @@ void describe(`GitHub scenarios (${kind})`, { skip }, () => {
     await until('a 401 was answered and then a success with a new token', () => {
       const later = h!.double.calls.slice(from);
       const i = later.findIndex((c) => c.status === 401);
-      return i >= 0 && later.slice(i + 1).some((c) => c.status === 200 && c.path.includes('/actions/runners/'));
+      return i >= 0 && later.slice(i + 1).some((c) => c.status === 200 && c.path.includes('/actions/runners'));
     });
     assert.equal(h.double.calls.filter((c) => c.path.endsWith('/access_tokens')).length, mints + 1, 'one new token');
     assert.equal(h.double.calls.slice(from).filter((c) => c.status === 401).length, 1, 'refreshed once, not in a loop');

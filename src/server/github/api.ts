@@ -31,6 +31,15 @@ export interface GhRunner {
   labels: string[];
 }
 
+/** A job as GitHub reports it on a re-read. */
+export interface GhJobStatus {
+  status: string;
+  runnerName: string | null;
+  conclusion: string | null;
+  startedAt: string | null;
+  completedAt: string | null;
+}
+
 export interface GhDelivery {
   id: number;
   guid: string;
@@ -42,7 +51,7 @@ export interface GhDelivery {
 }
 
 export interface GitHubApi {
-  getJob(inst: Installation, jobId: number): Promise<{ status: string; runnerName: string | null } | null>;
+  getJob(inst: Installation, jobId: number): Promise<GhJobStatus | null>;
   getRun(inst: Installation, runId: number): Promise<{ headRepo: string | null; event: string } | null>;
   generateJitConfig(inst: Installation, scope: Scope, body: { name: string; labels: string[]; runnerGroupId: number }): Promise<{ runnerId: number; encodedJitConfig: string }>;
   listRunners(inst: Installation, scope: Scope, name?: string): Promise<GhRunner[]>;
@@ -54,7 +63,7 @@ export interface GitHubApi {
 }
 
 /** Codes worth retrying on a later pass (graphile-worker style table, never message matching). */
-export const RETRYABLE = new Set(['github.unavailable', 'github.rate_limited', 'github.auth_failed']);
+export const RETRYABLE = new Set(['github.unavailable', 'github.rate_limited', 'github.throttled', 'github.auth_failed']);
 
 export interface GitHubClientOptions {
   apiUrl: string;
@@ -67,6 +76,23 @@ export interface GitHubClientOptions {
   refreshAheadMs?: number;
   /** Per-request timeout (default 15 s). */
   timeoutMs?: number;
+}
+
+/**
+ * How long GitHub asks kiln to wait, from a response (GitHub's REST rate-limit rules): `retry-after` seconds
+ * when present; else until `x-ratelimit-reset` when `x-ratelimit-remaining` is 0; else a minute for a 429 (a
+ * secondary limit without headers). Undefined: not a rate-limit answer. A 403 without these headers is a
+ * permission answer, not a limit.
+ */
+export function rateLimitWait(status: number, headers: { get(name: string): string | null }, nowMs: number): number | undefined {
+  if (status !== 403 && status !== 429) return undefined;
+  const retryAfter = Number(headers.get('retry-after') ?? NaN);
+  if (Number.isFinite(retryAfter) && retryAfter >= 0) return Math.max(1000, retryAfter * 1000);
+  if (headers.get('x-ratelimit-remaining') === '0') {
+    const reset = Number(headers.get('x-ratelimit-reset') ?? NaN) * 1000;
+    return Number.isFinite(reset) ? Math.max(1000, reset - nowMs) : 60_000;
+  }
+  return status === 429 ? 60_000 : undefined;
 }
 
 const b64url = (b: Buffer | string) => Buffer.from(b).toString('base64url');
@@ -127,9 +153,14 @@ export function makeGitHubClient(o: GitHubClientOptions): GitHubApi & { tokenMin
         parsed = text;
       }
     }
-    if (res.status >= 500 || res.status === 429 || (res.status === 403 && res.headers.get('x-ratelimit-remaining') === '0')) {
-      throw new KilnError(res.status >= 500 ? 'github.unavailable' : 'github.rate_limited', `GitHub API ${method} ${path.split('?')[0]} answered ${res.status}`, { kind: 'unavailable' });
+    const limitedFor = rateLimitWait(res.status, res.headers, now());
+    if (limitedFor !== undefined) {
+      throw new KilnError('github.rate_limited', `GitHub API ${method} ${path.split('?')[0]} answered ${res.status}: rate limited for ${Math.ceil(limitedFor / 1000)} s`, {
+        kind: 'unavailable',
+        details: { retryAfterMs: limitedFor },
+      });
     }
+    if (res.status >= 500) throw new KilnError('github.unavailable', `GitHub API ${method} ${path.split('?')[0]} answered ${res.status}`, { kind: 'unavailable' });
     return { status: res.status, body: parsed, link: res.headers.get('link') };
   }
 
@@ -196,8 +227,8 @@ export function makeGitHubClient(o: GitHubClientOptions): GitHubApi & { tokenMin
       const r = await inst(i, 'GET', `/repos/${i.owner}/${i.repo}/actions/jobs/${jobId}`);
       if (r.status === 404) return null;
       if (r.status !== 200) fail(`reading job ${jobId}`, r);
-      const b = r.body as { status: string; runner_name: string | null };
-      return { status: b.status, runnerName: b.runner_name ?? null };
+      const b = r.body as { status: string; runner_name?: string | null; conclusion?: string | null; started_at?: string | null; completed_at?: string | null };
+      return { status: b.status, runnerName: b.runner_name ?? null, conclusion: b.conclusion ?? null, startedAt: b.started_at ?? null, completedAt: b.completed_at ?? null };
     },
     async getRun(i, runId) {
       const r = await inst(i, 'GET', `/repos/${i.owner}/${i.repo}/actions/runs/${runId}`);

@@ -56,7 +56,10 @@ export interface GitHubConfig {
   bootTimeoutMs: number;
   idleGraceMs: number;
   reconcileMs: number;
+  /** Lost deliveries are looked for this often (default: four reconcile intervals). */
   redeliverMs: number;
+  /** Most GitHub API calls kiln makes in any minute (a ceiling no fault can push it past). */
+  apiCallsPerMinute: number;
   /** Known-queued jobs are re-read from GitHub this often. */
   recheckMs: number;
   maxFailures: number;
@@ -85,6 +88,8 @@ export interface GitHubFileConfig {
   bootTimeout?: string;
   idleGrace?: string;
   reconcileEvery?: string;
+  redeliverEvery?: string;
+  apiCallsPerMinute?: number;
 }
 
 export const GITHUB_DEFAULTS = {
@@ -100,7 +105,7 @@ export const GITHUB_DEFAULTS = {
   bootTimeoutMs: 5 * 60_000,
   idleGraceMs: 2 * 60_000,
   reconcileMs: 15_000,
-  redeliverMs: 60_000,
+  apiCallsPerMinute: 300,
   recheckMs: 60_000,
   maxFailures: 5,
   backoffBaseMs: 10_000,
@@ -108,6 +113,23 @@ export const GITHUB_DEFAULTS = {
 } as const;
 
 const list = (s: string | undefined): string[] | undefined => (s === undefined || s === '' ? undefined : s.split(',').map((x) => x.trim()).filter(Boolean));
+
+/**
+ * KILN_GITHUB_RUNNER_COMMAND: a JSON array of arguments (`["/opt/kiln/start-runner","--flag=a,b"]`), which can
+ * hold any character, or a comma-separated list for simple commands.
+ */
+function runnerCommand(text: string | undefined, problems: string[]): string[] | undefined {
+  if (text === undefined || text.trim() === '') return undefined;
+  if (!text.trimStart().startsWith('[')) return list(text);
+  try {
+    const v: unknown = JSON.parse(text);
+    if (Array.isArray(v) && v.length > 0 && v.every((x) => typeof x === 'string')) return v as string[];
+  } catch {
+    // reported below
+  }
+  problems.push('KILN_GITHUB_RUNNER_COMMAND starting with "[" must be a JSON array of strings, e.g. ["/opt/kiln/start-runner","--flag"]');
+  return undefined;
+}
 
 /**
  * Returns undefined when GitHub is not configured at all (no app id, key or secret anywhere); otherwise a
@@ -164,7 +186,8 @@ export function parseGitHubConfig(env: Record<string, string | undefined>, file:
   }
   const apiUrl = (env.KILN_GITHUB_API_URL ?? file.apiUrl ?? GITHUB_DEFAULTS.apiUrl).replace(/\/+$/, '');
   if (!/^https?:\/\//.test(apiUrl)) problems.push(`GitHub API URL "${apiUrl}" is not an http(s) URL`);
-  const cmd = list(env.KILN_GITHUB_RUNNER_COMMAND) ?? file.runnerCommand ?? [...GITHUB_DEFAULTS.runnerCommand];
+  const cmd = runnerCommand(env.KILN_GITHUB_RUNNER_COMMAND, problems) ?? file.runnerCommand ?? [...GITHUB_DEFAULTS.runnerCommand];
+  const reconcileMs = dur(env.KILN_GITHUB_RECONCILE_EVERY ?? file.reconcileEvery, 'reconcile interval', GITHUB_DEFAULTS.reconcileMs);
   const cfg: GitHubConfig = {
     appId: appId ?? '',
     clientId: env.KILN_GITHUB_CLIENT_ID ?? file.clientId,
@@ -183,8 +206,9 @@ export function parseGitHubConfig(env: Record<string, string | undefined>, file:
     runnerTimeoutMs: dur(env.KILN_GITHUB_RUNNER_TIMEOUT ?? file.runnerTimeout, 'runner timeout', GITHUB_DEFAULTS.runnerTimeoutMs),
     bootTimeoutMs: dur(env.KILN_GITHUB_BOOT_TIMEOUT ?? file.bootTimeout, 'runner boot timeout', GITHUB_DEFAULTS.bootTimeoutMs),
     idleGraceMs: dur(env.KILN_GITHUB_IDLE_GRACE ?? file.idleGrace, 'runner idle grace', GITHUB_DEFAULTS.idleGraceMs),
-    reconcileMs: dur(env.KILN_GITHUB_RECONCILE_EVERY ?? file.reconcileEvery, 'reconcile interval', GITHUB_DEFAULTS.reconcileMs),
-    redeliverMs: GITHUB_DEFAULTS.redeliverMs,
+    reconcileMs,
+    redeliverMs: dur(env.KILN_GITHUB_REDELIVER_EVERY ?? file.redeliverEvery, 'redelivery interval', 4 * reconcileMs),
+    apiCallsPerMinute: num(env.KILN_GITHUB_API_CALLS_PER_MINUTE ?? file.apiCallsPerMinute, 'GitHub API calls per minute', GITHUB_DEFAULTS.apiCallsPerMinute, 1),
     recheckMs: GITHUB_DEFAULTS.recheckMs,
     maxFailures: GITHUB_DEFAULTS.maxFailures,
     backoffBaseMs: GITHUB_DEFAULTS.backoffBaseMs,

@@ -1,14 +1,19 @@
 /**
- * GitHub metrics on the server's registry: webhook deliveries by answer (this replica), and, read from the
- * store at each scrape (fleet-wide), GitHub jobs by decision and state, runners by state, and deliveries
- * waiting to be processed.
+ * GitHub metrics on the server's registry: webhook deliveries by answer, runner failures before a job,
+ * give-ups and GitHub API calls (this replica), and, read from the store at each scrape (fleet-wide),
+ * GitHub jobs by decision and state, runners by state, and deliveries waiting to be processed.
  */
 import { Counter, Gauge } from 'prom-client';
-import { sql } from 'kysely';
+import { countPendingDeliveries } from '../../store/github-deliveries.ts';
+import { countGhJobsByDecisionAndState } from '../../store/github-jobs.ts';
+import { countRunnersByState } from '../../store/github-runners.ts';
 import type { ServerContext } from '../context.ts';
 
 export interface GitHubMetrics {
   deliveries: Counter<'result'>;
+  runnerFailures: Counter<'code'>;
+  giveUps: Counter;
+  apiCalls: Counter<'result'>;
 }
 
 export function makeGitHubMetrics(ctx: ServerContext): GitHubMetrics {
@@ -20,12 +25,7 @@ export function makeGitHubMetrics(ctx: ServerContext): GitHubMetrics {
     labelNames: ['decision', 'state'],
     registers,
     async collect() {
-      const rows = await db
-        .selectFrom('github_jobs')
-        .select(['decision', 'state', sql<number>`count(*)::int`.as('n')])
-        .groupBy(['decision', 'state'])
-        .execute()
-        .catch(() => []);
+      const rows = await countGhJobsByDecisionAndState(db).catch(() => []);
       this.reset();
       for (const r of rows) this.set({ decision: r.decision, state: r.state }, r.n);
     },
@@ -36,13 +36,7 @@ export function makeGitHubMetrics(ctx: ServerContext): GitHubMetrics {
     labelNames: ['state'],
     registers,
     async collect() {
-      const rows = await db
-        .selectFrom('github_runners')
-        .select(['state', sql<number>`count(*)::int`.as('n')])
-        .where('state', '<>', 'gone')
-        .groupBy('state')
-        .execute()
-        .catch(() => []);
+      const rows = await countRunnersByState(db).catch(() => []);
       this.reset();
       for (const r of rows) this.set({ state: r.state }, r.n);
     },
@@ -52,19 +46,30 @@ export function makeGitHubMetrics(ctx: ServerContext): GitHubMetrics {
     help: 'Webhook deliveries accepted and not yet processed',
     registers,
     async collect() {
-      const r = await db
-        .selectFrom('github_deliveries')
-        .select(sql<number>`count(*)::int`.as('n'))
-        .where('status', '=', 'pending')
-        .executeTakeFirst()
-        .catch(() => undefined);
-      this.set(r?.n ?? 0);
+      this.set(await countPendingDeliveries(db).catch(() => 0));
     },
   });
   return {
     deliveries: new Counter({
       name: 'kiln_github_webhook_deliveries_total',
       help: 'Webhook deliveries this replica answered, by result (accepted, duplicate, ping, refused)',
+      labelNames: ['result'],
+      registers,
+    }),
+    runnerFailures: new Counter({
+      name: 'kiln_github_runner_failures_total',
+      help: 'Runners that ended before taking their job (VM failed, launch refused, image missing, boot timeout, offline), by error code',
+      labelNames: ['code'],
+      registers,
+    }),
+    giveUps: new Counter({
+      name: 'kiln_github_jobs_given_up_total',
+      help: 'GitHub jobs kiln gave up on after the bounded number of runner attempts',
+      registers,
+    }),
+    apiCalls: new Counter({
+      name: 'kiln_github_api_calls_total',
+      help: 'GitHub API calls this replica made, by result (ok, rate_limited, throttled: held back by kiln\'s own budget)',
       labelNames: ['result'],
       registers,
     }),

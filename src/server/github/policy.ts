@@ -68,21 +68,11 @@ export function forkDecision(o: { repo: string; isPrivate: boolean; headRepo: st
   return {
     ok: false,
     code: 'github.fork_pr',
-    reason: `the run comes from ${o.headRepo ?? 'an unknown repository'}, a fork of the public repository ${o.repo}; fork pull requests are refused unless the repository is listed in github.forkPrAllowed`,
+    reason: `the run comes from ${o.headRepo ?? 'an unknown repository'}, a fork of the public repository ${o.repo}; fork pull requests are refused unless the repository is listed in KILN_GITHUB_FORK_PR_ALLOWED (github.forkPrAllowed in the config file)`,
   };
 }
 
-export const GH_JOB_STATES = ['waiting', 'queued', 'in_progress', 'completed'] as const;
-export type GhJobState = (typeof GH_JOB_STATES)[number];
-
-export function ghStateOfAction(action: string): GhJobState | undefined {
-  return (GH_JOB_STATES as readonly string[]).includes(action) ? (action as GhJobState) : undefined;
-}
-
-/** Forward-only: a state may only move to a later one; a late `queued` after `completed` is a no-op. */
-export function advances(from: GhJobState, to: GhJobState): boolean {
-  return GH_JOB_STATES.indexOf(to) > GH_JOB_STATES.indexOf(from);
-}
+export { GH_JOB_STATES, advances, ghStateOfAction, type GhJobState } from '../../core/github-job-state.ts';
 
 /** Delay before provisioning attempt n+1 after n failures: exponential, capped. */
 export function backoffMs(failures: number, baseMs: number, maxMs: number): number {

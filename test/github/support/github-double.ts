@@ -64,8 +64,10 @@ export interface DoubleOptions {
 interface Faults {
   /** The next N generate-jitconfig calls register the runner but answer 409 (a lost answer). */
   jitConflict: number;
-  /** Status to answer the next N requests whose path matches. */
-  fail: { re: RegExp; status: number; left: number }[];
+  /** Status (and headers, e.g. a rate limit's) to answer the next N requests whose path matches. */
+  fail: { re: RegExp; status: number; left: number; headers?: Record<string, string>; message?: string }[];
+  /** Webhooks for these actions are recorded as failed deliveries and not sent (lost, or sent later by a test). */
+  dropActions: Set<string>;
   /** Runners that never connect (boot failure): their stand-ins are refused. */
   neverConnect: boolean;
   /** Queued jobs are not offered to runners (they sit idle). */
@@ -79,16 +81,18 @@ interface Faults {
 export class GitHubDouble {
   url = '';
   readonly violations: string[] = [];
-  readonly calls: { method: string; path: string; status: number }[] = [];
+  readonly calls: { method: string; path: string; status: number; at: number }[] = [];
   readonly repos = new Map<string, DoubleRepo>();
   readonly runners = new Map<number, DoubleRunner>();
   readonly jobs = new Map<number, DoubleJob>();
   readonly deliveries: DoubleDelivery[] = [];
   /** Installation ids that went stale (the App was reinstalled): old → current. */
   readonly staleInstallations = new Map<number, number>();
-  readonly faults: Faults = { jitConflict: 0, fail: [], neverConnect: false, holdJobs: false, newestFirst: false, heldRunners: new Set() };
+  readonly faults: Faults = { jitConflict: 0, fail: [], neverConnect: false, holdJobs: false, newestFirst: false, heldRunners: new Set(), dropActions: new Set() };
   /** Every runner name ever registered (to check uniqueness). */
   readonly registeredNames: string[] = [];
+  /** When each runner name was registered (benchmarks: delivery → generate-jitconfig latency). */
+  readonly registeredAt = new Map<string, number>();
   /** Every encoded JIT config handed out (credentials: tests check none reaches a log). */
   readonly issuedJitConfigs: string[] = [];
   readonly tokens = new Map<string, { installationId: number; expiresAt: number }>();
@@ -192,7 +196,7 @@ export class GitHubDouble {
     // statusCode -1: in flight (not listed as failed until the attempt ends).
     const d: DoubleDelivery = { id: this.#nextId++, guid: o.guid ?? randomUUID(), action, body: JSON.stringify(payload), statusCode: -1, deliveredAt: new Date().toISOString(), redelivery: false };
     this.deliveries.push(d);
-    if (o.drop) {
+    if (o.drop || this.faults.dropActions.has(action)) {
       d.statusCode = 502;
       return d;
     }
@@ -244,7 +248,7 @@ export class GitHubDouble {
     if (u.pathname.startsWith('/_runner/')) return this.#runnerProtocol(u.pathname, raw, req, res);
     const route = ROUTES.find((r) => r.method === method && r.re.test(u.pathname));
     const send = (status: number, body?: unknown, headers: Record<string, string> = {}) => {
-      this.calls.push({ method: method.toUpperCase(), path: u.pathname, status });
+      this.calls.push({ method: method.toUpperCase(), path: u.pathname, status, at: Date.now() });
       if (route && body !== undefined) {
         const ptr = responsePointer(route.path, method, status);
         if (ptr) {
@@ -265,7 +269,7 @@ export class GitHubDouble {
     for (const f of this.faults.fail) {
       if (f.left > 0 && f.re.test(u.pathname)) {
         f.left--;
-        return send(f.status, { message: 'Server Error' });
+        return send(f.status, { message: f.message ?? 'Server Error', documentation_url: 'https://docs.github.com/rest' }, f.headers);
       }
     }
     let body: unknown = undefined;
@@ -357,6 +361,7 @@ export class GitHubDouble {
     const r: DoubleRunner = { id: this.#nextId++, name, scope, labels, status: 'offline', busy: false, secret: randomBytes(12).toString('hex'), jobId: null, sessions: 0 };
     this.runners.set(r.id, r);
     this.registeredNames.push(name);
+    this.registeredAt.set(name, Date.now());
     return r;
   }
 

@@ -55,6 +55,7 @@ export function testGitHubConfig(apiUrl: string, over: Partial<GitHubConfig> = {
     idleGraceMs: 300,
     reconcileMs: 150,
     redeliverMs: 300,
+    apiCallsPerMinute: 100_000,
     recheckMs: 60_000,
     maxFailures: 3,
     backoffBaseMs: 100,
@@ -124,7 +125,8 @@ export async function startGitHubHarness(
       minBackoffMs: 50,
       maxBackoffMs: 500,
     });
-    const c = agent.connected();
+    // Generous: on a loaded shared machine the first connection can take more than the default 10 s.
+    const c = agent.connected(60_000);
     await agent.start();
     await c;
   }

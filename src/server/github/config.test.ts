@@ -1,0 +1,30 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
+import { parseGitHubConfig } from './config.ts';
+import { forkDecision } from './policy.ts';
+
+const key = generateKeyPairSync('rsa', { modulusLength: 1024 }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+const base = { KILN_GITHUB_APP_ID: '7', KILN_GITHUB_PRIVATE_KEY: key, KILN_GITHUB_WEBHOOK_SECRET: 'secret-0123456789abcdef' };
+
+void test('config: the runner command by environment may be a JSON array, so an argument can hold a comma', () => {
+  assert.deepEqual(parseGitHubConfig({ ...base, KILN_GITHUB_RUNNER_COMMAND: '["/opt/run","--labels=a,b"]' })?.runnerCommand, ['/opt/run', '--labels=a,b']);
+  assert.deepEqual(parseGitHubConfig({ ...base, KILN_GITHUB_RUNNER_COMMAND: '/opt/run,--once' })?.runnerCommand, ['/opt/run', '--once']);
+  assert.throws(() => parseGitHubConfig({ ...base, KILN_GITHUB_RUNNER_COMMAND: '["/opt/run", 3]' }), (e: Error & { code?: string }) => e.code === 'config.invalid' && /JSON array of strings/.test(e.message));
+});
+
+void test('config: the redelivery interval follows the reconcile interval unless set; the API budget is settable', () => {
+  const c = parseGitHubConfig({ ...base, KILN_GITHUB_RECONCILE_EVERY: '5s' })!;
+  assert.equal(c.reconcileMs, 5_000);
+  assert.equal(c.redeliverMs, 20_000);
+  assert.equal(parseGitHubConfig(base)!.redeliverMs, 60_000);
+  assert.equal(parseGitHubConfig({ ...base, KILN_GITHUB_REDELIVER_EVERY: '2m' })!.redeliverMs, 120_000);
+  assert.equal(parseGitHubConfig(base)!.apiCallsPerMinute, 300);
+  assert.equal(parseGitHubConfig({ ...base, KILN_GITHUB_API_CALLS_PER_MINUTE: '50' })!.apiCallsPerMinute, 50);
+  assert.throws(() => parseGitHubConfig({ ...base, KILN_GITHUB_API_CALLS_PER_MINUTE: '0' }), /calls per minute/);
+});
+
+void test('the fork refusal names the environment variable that allows it', () => {
+  const f = forkDecision({ repo: 'acme/app', isPrivate: false, headRepo: 'evil/app', forkPrAllowed: [] });
+  assert.ok(!f.ok && /KILN_GITHUB_FORK_PR_ALLOWED/.test(f.reason));
+});

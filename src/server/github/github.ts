@@ -1,0 +1,151 @@
+/**
+ * GitHub Actions in kiln, stage by stage (docs/ARCHITECTURE.md, "GitHub Actions"):
+ *   intake.ts      signature, store the delivery, 202 (every replica)
+ *   ingest.ts      deliveries → job records; labels and allow-list
+ *   admission.ts   checks against GitHub (installation, fork PR, still queued); re-reads
+ *   planner.ts     pure: demand, runners, budget, now → start / surplus / retire
+ *   provisioner.ts carries the plan out; runner state changes; failures, backoff and give-up
+ *   reconciler.ts  what webhooks miss: runners read from GitHub, strays, stale jobs, pruning
+ *   redelivery.ts  lost deliveries asked for again
+ *   routes.ts      /v1/github/jobs, runners, usage
+ * This file wires them and runs the loop: everything after intake runs on the leader only, one pass at a
+ * time, so GitHub side effects have one writer. A pass is idempotent: a crash between any two steps leaves
+ * rows a later pass finishes.
+ */
+import type { FastifyInstance } from 'fastify';
+import { isTerminal } from '../../core/job-state.ts';
+import type { ServerContext } from '../context.ts';
+import type { RouteDef } from '../http/routes.ts';
+import { admitJobs } from './admission.ts';
+import type { GitHubApi } from './api.ts';
+import { withApiBudget } from './api-budget.ts';
+import type { GitHubConfig } from './config.ts';
+import { GitHubEventBus } from './events.ts';
+import { ingestDeliveries } from './ingest.ts';
+import { registerWebhook } from './intake.ts';
+import { makeRunnerVmWrites } from './job-writes.ts';
+import { makeGitHubMetrics } from './metrics.ts';
+import { makeStep, type GitHubParts } from './parts.ts';
+import { makeProvisioner } from './provisioner.ts';
+import { makeReconciler } from './reconciler.ts';
+import { makeRedelivery } from './redelivery.ts';
+import { githubRoutes } from './routes.ts';
+
+export { GitHubEventBus, type GitHubEvents } from './events.ts';
+
+export interface GitHubServiceDeps {
+  ctx: ServerContext;
+  config: GitHubConfig;
+  api: GitHubApi;
+  isLeader(): boolean;
+  /** Ask the scheduler for a pass (after submitting runner VMs). */
+  kick(): void;
+  /** Stop a job's VM when its agent is connected to this replica. */
+  stop(hostId: number, jobId: number, attempt: number, reason: string): boolean;
+  now?: () => number;
+  /** How often the leader looks for work other replicas persisted (default 500 ms). */
+  pollMs?: number;
+}
+
+export interface GitHubService {
+  readonly events: GitHubEventBus;
+  readonly routes: RouteDef[];
+  register(app: FastifyInstance): Promise<void>;
+  start(): void;
+  stop(): Promise<void>;
+  /** One full pass (tests call it; the loop calls it on kicks and timers). */
+  pass(): Promise<void>;
+  /** Holds the loop and waits for a pass in flight (tests: let a burst land before processing). */
+  pause(): Promise<void>;
+  resume(): void;
+}
+
+export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
+  const { ctx, config } = d;
+  const now = d.now ?? Date.now;
+  const log = ctx.log.child({ part: 'github' });
+  const events = new GitHubEventBus();
+  const metrics = makeGitHubMetrics(ctx);
+  const api = withApiBudget(d.api, { perMinute: config.apiCallsPerMinute, now, log, metrics, events });
+  const p: GitHubParts = { ctx, db: ctx.store.db, config, api, log, events, metrics, now, step: makeStep(log) };
+  const vms = makeRunnerVmWrites(ctx, d.stop);
+  const prov = makeProvisioner(p, vms, d.kick);
+  const redelivery = makeRedelivery(p);
+  const reconciler = makeReconciler(p, vms, prov);
+
+  let timer: NodeJS.Timeout | undefined;
+  let running: Promise<void> | undefined;
+  let again = false;
+  let paused = false;
+  let stopped = false;
+  let passes = 0;
+  let lastReconcile = 0;
+  let lastRedeliver = 0;
+
+  function kick(): void {
+    if (stopped || paused) return;
+    if (running) {
+      again = true;
+      return;
+    }
+    running = (async () => {
+      try {
+        do {
+          again = false;
+          await pass();
+        } while (again && !stopped && !paused);
+      } catch (e) {
+        log.warn({ err: e }, 'GitHub pass failed; retrying on the next tick');
+      } finally {
+        running = undefined;
+      }
+    })();
+  }
+
+  async function pass(): Promise<void> {
+    if (!d.isLeader()) return;
+    await ingestDeliveries(p, vms);
+    await admitJobs(p, vms);
+    await prov.syncWithVms();
+    await prov.provision();
+    const t = now();
+    if (t - lastReconcile >= config.reconcileMs) {
+      lastReconcile = t;
+      await reconciler.reconcile();
+    }
+    if (t - lastRedeliver >= config.redeliverMs) {
+      lastRedeliver = t;
+      await redelivery.recoverLostDeliveries();
+    }
+    events.emit('pass.done', { n: ++passes });
+  }
+
+  let offJobState: (() => void) | undefined;
+  return {
+    events,
+    routes: githubRoutes(ctx.store.db),
+    register: (app) => registerWebhook(app, p, kick),
+    pass,
+    start() {
+      timer = setInterval(() => kick(), d.pollMs ?? 500);
+      offJobState = ctx.events.on('job.state', (e) => {
+        if (e.job.tenant === config.tenant && isTerminal(e.to)) kick();
+      });
+      kick();
+    },
+    async stop() {
+      stopped = true;
+      clearInterval(timer);
+      offJobState?.();
+      while (running) await running;
+    },
+    async pause() {
+      paused = true;
+      while (running) await running;
+    },
+    resume() {
+      paused = false;
+      kick();
+    },
+  };
+}

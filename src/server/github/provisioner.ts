@@ -1,0 +1,233 @@
+/**
+ * The provisioner carries out a plan (planner.ts) and owns every runner state change: register a JIT runner
+ * and queue its VM, retire a runner (registration first, then VM), keep runners and their VMs in step, and
+ * count every way a runner ends before it took a job against that job (backoff, then a bounded give-up).
+ */
+import { randomBytes } from 'node:crypto';
+import { KilnError, isKilnError, toKilnError } from '../../core/errors.ts';
+import { isTerminal } from '../../core/job-state.ts';
+import { isAvailableRunner, nextRunnerState, LIVE_RUNNER_STATES, type RunnerEvent } from '../../core/runner-state.ts';
+import { getGhJob, listQueuedAccepted, updateGhJob, type GhJob } from '../../store/github-jobs.ts';
+import { goneRunnersWithLiveVms, insertRunner, listRunnersIn, updateRunner, type GhRunner, type GhRunnerPatch } from '../../store/github-runners.ts';
+import { reread } from './admission.ts';
+import { RETRYABLE, type Scope } from './api.ts';
+import { RUNNER_ENV, type RunnerVmWrites } from './job-writes.ts';
+import { jobInstallation, runnerInstallation, runnerScope, type GitHubParts } from './parts.ts';
+import { planProvisioning } from './planner.ts';
+import { backoffMs, classifyLabels } from './policy.ts';
+
+export interface Provisioner {
+  /** Applies a runner event (the state machine decides the state); logs and emits the change. */
+  setRunner(r: GhRunner, event: RunnerEvent, fields?: GhRunnerPatch): Promise<void>;
+  /** Takes a runner out: registration first (404 is fine), then its VM. */
+  retire(r: GhRunner, reason: string, o?: { orphan?: boolean }): Promise<void>;
+  /** A runner ended before it took a job: count it against the job it stood for. */
+  runnerFailed(r: GhRunner, err: KilnError): Promise<void>;
+  /** VMs that ended take their runner with them; runners that are gone take their VM with them. */
+  syncWithVms(): Promise<void>;
+  /** Plans and starts the runners queued jobs need; retires idle surplus. */
+  provision(): Promise<void>;
+}
+
+export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites, kickScheduler: () => void): Provisioner {
+  const { config, api, db, log, events } = p;
+  const stopTried = new Map<number, number>();
+
+  async function setRunner(r: GhRunner, event: RunnerEvent, fields: GhRunnerPatch = {}): Promise<void> {
+    const state = nextRunnerState(r.state, event);
+    await updateRunner(db, r.id, { state, ...fields, ...(state === 'gone' ? { endedAt: p.now() } : {}) });
+    if (state === 'online' || state === 'busy' || state === 'gone') await vms.scrubJitConfig(db, r.kilnJobId);
+    if (state !== r.state) {
+      const reason = event.type === 'retire' ? event.reason : event.type === 'ended' ? event.reason : undefined;
+      log.info({ runner: r.name, from: r.state, to: state, ...(reason ? { reason } : {}) }, 'runner state');
+      events.emit('runner.state', { name: r.name, state, ...(reason ? { reason } : {}) });
+    }
+  }
+
+  async function failJob(j: Pick<GhJob, 'jobId' | 'runAttempt' | 'failures'>, err: KilnError, runner?: string): Promise<void> {
+    const failures = j.failures + 1;
+    const retry = RETRYABLE.has(err.code) || err.kind === 'unavailable' || err.code.startsWith('vm.') || err.code.startsWith('image.') || err.code === 'github.runner_exited';
+    const next = p.now() + backoffMs(failures, config.backoffBaseMs, config.backoffMaxMs);
+    await updateGhJob(db, j, { failures, nextAttemptAt: next, reasonCode: err.code, reason: err.message });
+    p.metrics.runnerFailures.inc({ code: err.code });
+    log.warn({ ghJobId: j.jobId, runner, failures, code: err.code, reason: err.message, retryInMs: next - p.now() }, 'runner failed before taking its job');
+    if (runner) events.emit('runner.failed', { name: runner, jobId: j.jobId, runAttempt: j.runAttempt, code: err.code, failures });
+    if (!retry || failures >= config.maxFailures) {
+      const code = failures >= config.maxFailures ? 'github.provision_failed' : err.code;
+      const reason = `no runner could be started for this job after ${failures} attempt(s): ${err.message}`;
+      await updateGhJob(db, j, { decision: 'refused', reasonCode: code, reason });
+      p.metrics.giveUps.inc();
+      log.error({ ghJobId: j.jobId, code, reason }, 'GitHub job given up');
+      events.emit('job.refused', { jobId: j.jobId, runAttempt: j.runAttempt, code, reason });
+    }
+  }
+
+  async function runnerFailed(r: GhRunner, err: KilnError): Promise<void> {
+    if (r.forJob === null || r.job !== null) return;
+    const j = await getGhJob(db, r.forJob);
+    if (j && j.decision === 'accepted') await failJob(j, err, r.name);
+  }
+
+  async function startRunner(j: GhJob): Promise<void> {
+    const c = classifyLabels(j.labels);
+    if (c.kind !== 'accept') return;
+    const [owner = j.owner, repoName = ''] = j.repo.split('/');
+    const level: Scope['level'] = j.demandKey?.startsWith('org:') ? 'org' : 'repo';
+    const scope: Scope = { level, owner, repo: level === 'org' ? null : repoName };
+    const inst = jobInstallation(j);
+    const newName = () => `${config.runnerNamePrefix}-${randomBytes(6).toString('hex')}`;
+    let name = newName();
+    // Persist the intended name before calling GitHub: a lost answer then leaves a row the 409 path finds.
+    const row = await insertRunner(db, { name, demandKey: j.demandKey ?? '', scope, installationId: j.installationId ?? 0, labels: c.runnerLabels, forJob: j });
+    events.emit('runner.state', { name, state: 'pending' });
+    let jit: { runnerId: number; encodedJitConfig: string } | undefined;
+    for (let tries = 0; !jit; tries++) {
+      try {
+        jit = await api.generateJitConfig(inst, scope, { name, labels: c.runnerLabels, runnerGroupId: config.runnerGroupId });
+      } catch (e) {
+        if (isKilnError(e, 'github.runner_exists') && tries < 2) {
+          // The first call may have succeeded with its answer lost: remove that registration if it is
+          // ours and unused, then retry under a new name.
+          const [found] = await api.listRunners(inst, scope, name);
+          if (found && !found.busy) await api.deleteRunner(inst, scope, found.id).catch(() => undefined);
+          name = newName();
+          await updateRunner(db, row.id, { name });
+          log.info({ runner: name }, 'runner name taken on GitHub; retrying under a new name');
+          continue;
+        }
+        const err = toKilnError(e);
+        await setRunner({ ...row, name }, { type: 'ended', reason: err.message }, { lastError: `${err.code}: ${err.message}` });
+        // A rate limit (GitHub's, or kiln's own budget) is not the job's fault: no failure counted, the
+        // next pass after the hold tries again.
+        if (err.code !== 'github.throttled' && err.code !== 'github.rate_limited') await failJob(j, err);
+        return;
+      }
+    }
+    const kilnJob = await vms.submit({
+      tenant: config.tenant,
+      requirements: c.requirements,
+      labels: j.labels,
+      image: config.runnerImage,
+      command: config.runnerCommand,
+      env: { [RUNNER_ENV]: jit.encodedJitConfig, KILN_RUNNER_NAME: name },
+      timeoutMs: config.runnerTimeoutMs,
+      network: 'user',
+      priority: 0,
+    });
+    await setRunner({ ...row, name }, { type: 'registered' }, { runnerId: jit.runnerId, kilnJobId: kilnJob.id });
+    log.info({ runner: name, ghJobId: j.jobId, jobId: kilnJob.id, labels: c.runnerLabels }, 'runner VM queued');
+    kickScheduler();
+  }
+
+  /**
+   * Takes a runner out: its registration first (so GitHub gives it no job meanwhile; 404 is fine), then its
+   * VM. A busy registration (422) means GitHub handed it a job just now: while its VM lives the runner is
+   * kept (busy); when the VM is already gone the removal is retried later.
+   */
+  async function retire(r: GhRunner, reason: string, o: { orphan?: boolean } = {}): Promise<void> {
+    if (r.state !== 'stopping') await setRunner(r, { type: 'retire', reason }, { lastError: reason });
+    const stopping: GhRunner = { ...r, state: 'stopping' };
+    if (r.runnerId !== null) {
+      try {
+        await api.deleteRunner(runnerInstallation(r), runnerScope(r), r.runnerId);
+      } catch (e) {
+        if (!isKilnError(e, 'github.runner_busy')) throw e;
+        // An orphan (offline but busy) loses its VM now; its registration goes once GitHub lets go.
+        if (o.orphan) return vms.cancel(r.kilnJobId, reason);
+        const vm = r.kilnJobId === null ? undefined : await vms.get(db, r.kilnJobId);
+        if (vm && !isTerminal(vm.state) && !vm.cancelRequested) await setRunner(stopping, { type: 'took_job' }, { lastError: null });
+        return;
+      }
+    }
+    await vms.cancel(r.kilnJobId, reason);
+    await setRunner(stopping, { type: 'ended' });
+    stopTried.delete(r.id);
+  }
+
+  async function syncWithVms(): Promise<void> {
+    const rows = await listRunnersIn(db, LIVE_RUNNER_STATES);
+    const ids = rows.flatMap((r) => (r.kilnJobId === null ? [] : [r.kilnJobId]));
+    const st = new Map((await vms.statuses(ids)).map((s) => [s.id, s]));
+    for (const r of rows) {
+      await p.step(`cleaning up runner ${r.name}`, async () => {
+        const kj = r.kilnJobId === null ? undefined : st.get(r.kilnJobId);
+        if (r.state === 'stopping') {
+          // A busy registration (422) is retried at the reconciler's pace, not on every pass.
+          if (p.now() - (stopTried.get(r.id) ?? 0) < config.reconcileMs) return;
+          stopTried.set(r.id, p.now());
+          return retire(r, r.lastError ?? 'cleanup');
+        }
+        if (kj && isTerminal(kj.state)) {
+          // A VM that ended before its runner took a job (launch refused, image missing, the runner command
+          // failing, the VM lost) counts against the job: backoff, then a bounded give-up.
+          if (isAvailableRunner(r.state) && r.job === null && kj.state !== 'succeeded' && !kj.cancelRequested) {
+            const vm = await vms.get(db, kj.id);
+            const err = vm?.error
+              ? new KilnError(vm.error.code, `the runner VM failed before the runner took a job: ${vm.error.message}`)
+              : new KilnError('github.runner_exited', `the runner VM ended (${kj.state}${vm?.exitCode !== null && vm?.exitCode !== undefined ? `, exit status ${vm.exitCode}` : ''}) before the runner took a job`, {
+                  hint: 'check the runner image and command (KILN_GITHUB_RUNNER_IMAGE, KILN_GITHUB_RUNNER_COMMAND) and the VM log: kiln logs <job>',
+                });
+            await retire(r, `its VM ended (${kj.state}) before it took a job`);
+            return runnerFailed(r, err);
+          }
+          await retire(r, `its VM ended (${kj.state})`);
+          // A runner that ended well without kiln hearing of a job most likely ran one whose deliveries are
+          // late or lost: read the job it stood for now, before provisioning registers another for it.
+          if (kj.state === 'succeeded' && r.job === null && r.forJob !== null) {
+            const j = await getGhJob(db, r.forJob);
+            if (j && j.state === 'queued') await reread(p, vms, j);
+          }
+          return;
+        }
+        if (r.state === 'pending' && p.now() - r.createdAt > 60_000 && r.runnerId === null) {
+          // A pass died between persisting the name and registering: nothing on GitHub under this name yet
+          // (or a 409 recovery handles it); let provisioning start over.
+          return setRunner(r, { type: 'ended', reason: 'registration interrupted' }, { lastError: 'registration interrupted' });
+        }
+      });
+    }
+    // VMs whose runner is gone (the reconciler removed it): stop them.
+    for (const o of await goneRunnersWithLiveVms(db)) await p.step(`stopping the VM of ${o.name}`, () => vms.cancel(o.kilnJobId, 'its runner is gone'));
+  }
+
+  async function provision(): Promise<void> {
+    const demand = await listQueuedAccepted(db);
+    const live = await listRunnersIn(db, LIVE_RUNNER_STATES);
+    const byId = new Map(live.map((r) => [r.id, r]));
+    const jobs = new Map(demand.map((j) => [`${j.jobId}/${j.runAttempt}`, j]));
+    const plan = planProvisioning(
+      demand.flatMap((j) => (j.demandKey ? [{ key: { jobId: j.jobId, runAttempt: j.runAttempt }, demandKey: j.demandKey, nextAttemptAt: j.nextAttemptAt }] : [])),
+      live,
+      { maxRunners: config.maxRunners, idleGraceMs: config.idleGraceMs, spare: 0 },
+      p.now(),
+    );
+    for (const id of plan.clearSurplus) await updateRunner(db, id, { surplusSince: null });
+    for (const id of plan.markSurplus) await updateRunner(db, id, { surplusSince: p.now() });
+    for (const id of plan.retireUnneeded) {
+      const r = byId.get(id)!;
+      await p.step(`retiring runner ${r.name}`, () => retire(r, 'no queued job of its label set is left'));
+    }
+    for (const id of plan.retireIdle) {
+      const r = byId.get(id)!;
+      await p.step(`retiring surplus runner ${r.name}`, async () => {
+        const gh = r.runnerId === null ? null : await api.getRunner(runnerInstallation(r), runnerScope(r), r.runnerId);
+        if (gh?.busy) return setRunner(r, { type: 'took_job' });
+        return retire(r, 'idle past the grace period with no queued job for it');
+      });
+    }
+    if (plan.waiting.length > 0) log.debug({ keys: plan.waiting }, 'runner capacity full; queued jobs wait');
+    for (const k of plan.start) {
+      const j = jobs.get(`${k.jobId}/${k.runAttempt}`)!;
+      await p.step(`provisioning a runner for GitHub job ${k.jobId}`, async () => {
+        // A job last read from GitHub more than 10 s ago is read again: it may have been taken meanwhile.
+        if (j.checkedAt === null || p.now() - j.checkedAt > 10_000) {
+          if (!(await reread(p, vms, j))) return;
+        }
+        await startRunner(j);
+      });
+    }
+  }
+
+  return { setRunner, retire, runnerFailed, syncWithVms, provision };
+}
+

@@ -1,0 +1,98 @@
+/**
+ * The reconciler, for everything webhooks miss: each scope's runners are listed from GitHub and every live
+ * runner compared (online, busy, vanished, offline past the boot timeout); registrations with kiln's prefix
+ * that no live runner owns are removed; accepted jobs not read for a while are re-read, and old deliveries are pruned.
+ */
+import { KilnError } from '../../core/errors.ts';
+import { LIVE_RUNNER_STATES } from '../../core/runner-state.ts';
+import { pruneDeliveries } from '../../store/github-deliveries.ts';
+import { listStaleQueued } from '../../store/github-jobs.ts';
+import { listRunnersIn, recentRunnerScopes, type RunnerScope } from '../../store/github-runners.ts';
+import type { GhRunner as GhApiRunner } from './api.ts';
+import { reread } from './admission.ts';
+import type { RunnerVmWrites } from './job-writes.ts';
+import { runnerInstallation, runnerScope, type GitHubParts } from './parts.ts';
+import type { Provisioner } from './provisioner.ts';
+
+/** Deliveries (payloads up to 25 MB) are kept as long as GitHub can redeliver them. */
+export const DELIVERY_RETENTION_MS = 3 * 24 * 3600_000;
+
+export interface Reconciler {
+  reconcile(): Promise<void>;
+}
+
+export function makeReconciler(p: GitHubParts, vms: RunnerVmWrites, prov: Provisioner): Reconciler {
+  /** Runners whose registration vanished, since when (this leader's memory: a new leader starts the grace again). */
+  const vanished = new Map<number, number>();
+  return { reconcile: () => reconcile(p, vms, prov, vanished) };
+}
+
+async function reconcile(p: GitHubParts, vms: RunnerVmWrites, prov: Provisioner, vanished: Map<number, number>): Promise<void> {
+  const { db, api, config, log } = p;
+  // One listing per registration scope (paginated, 100 a page) instead of one read per runner: the
+  // reconciler's GitHub calls grow with scopes, not with runners.
+  const listedAt = p.now();
+  const listed = new Map<string, Map<number, GhApiRunner>>();
+  const scopeKey = (s: RunnerScope) => `${s.level}:${s.owner}/${s.repo ?? ''}`.toLowerCase();
+  const liveNames = new Set((await listRunnersIn(db, LIVE_RUNNER_STATES)).map((x) => x.name));
+  for (const s of await recentRunnerScopes(db, p.now() - 24 * 3600_000)) {
+    await p.step(`listing runners of ${s.owner}`, async () => {
+      const inst = runnerInstallation({ scope: s, installationId: s.installationId });
+      const all = await api.listRunners(inst, runnerScope({ scope: s }));
+      listed.set(scopeKey(s), new Map(all.map((g) => [g.id, g])));
+      // Registrations with kiln's prefix that no live runner owns (a crash between steps): remove them.
+      for (const gh of all) {
+        if (!gh.name.startsWith(`${config.runnerNamePrefix}-`) || liveNames.has(gh.name) || gh.busy) continue;
+        log.warn({ runner: gh.name }, 'removing a kiln runner registration without a VM');
+        await api.deleteRunner(inst, runnerScope({ scope: s }), gh.id);
+      }
+    });
+  }
+  const checked = await listRunnersIn(db, ['starting', 'online', 'busy']);
+  for (const id of vanished.keys()) if (!checked.some((r) => r.id === id)) vanished.delete(id);
+  for (const r of checked) {
+    const inScope = listed.get(scopeKey(r.scope));
+    // A scope whose listing failed, or a runner newer than the listing, waits for the next round.
+    if (r.runnerId === null || !inScope || r.createdAt >= listedAt) continue;
+    const gh = inScope.get(r.runnerId);
+    await p.step(`checking runner ${r.name}`, async () => {
+      if (!gh) {
+        // After its one job GitHub removes an ephemeral runner while the runner is still exiting: give
+        // its VM the idle grace to end by itself. That holds too when kiln has not heard of the job yet
+        // (its in_progress delivery late): such a runner ends with its VM, not as "vanished".
+        const since = vanished.get(r.id) ?? vanished.set(r.id, p.now()).get(r.id)!;
+        if (p.now() - since < config.idleGraceMs) return;
+        return prov.retire(r, r.job !== null ? 'its registration is gone and its VM did not end after its job' : 'its registration vanished on GitHub');
+      }
+      vanished.delete(r.id);
+      if (gh.status === 'online') {
+        if (gh.busy && r.state !== 'busy') return prov.setRunner(r, { type: 'took_job' });
+        if (!gh.busy && r.state === 'starting') return prov.setRunner(r, { type: 'came_online' }, { onlineAt: p.now() });
+        return;
+      }
+      if (gh.busy) return prov.retire(r, 'offline while busy (orphan)', { orphan: true });
+      // The boot clock starts when the VM does: a runner VM still waiting for a host is not late.
+      const vm = r.kilnJobId === null ? undefined : await vms.get(db, r.kilnJobId);
+      if (r.state === 'starting' && vm && (vm.state === 'queued' || vm.state === 'placed')) return;
+      const since = r.onlineAt ?? Date.parse(vm?.bootingAt ?? vm?.runningAt ?? new Date(r.createdAt).toISOString());
+      if (p.now() - since > config.bootTimeoutMs) {
+        const neverOnline = r.state === 'starting';
+        await prov.retire(r, neverOnline ? 'the runner did not come online within the boot timeout' : 'the runner went offline');
+        // Offline before it took a job, like never coming online, counts against the job it stood for.
+        if (r.state !== 'busy') {
+          await prov.runnerFailed(
+            r,
+            neverOnline
+              ? new KilnError('vm.boot_timeout', 'the runner VM did not come online in time', { kind: 'unavailable' })
+              : new KilnError('github.runner_offline', 'the runner went offline before it took a job', { kind: 'unavailable' }),
+          );
+        }
+      }
+    });
+  }
+  // Known-queued jobs: GitHub may have moved on without telling us (lost webhooks).
+  for (const j of await listStaleQueued(db, p.now() - config.recheckMs, 200)) {
+    await p.step(`re-checking GitHub job ${j.jobId}`, async () => void (await reread(p, vms, j)));
+  }
+  await p.step('pruning old deliveries', () => pruneDeliveries(db, new Date(p.now() - DELIVERY_RETENTION_MS), new Date(p.now() - 10 * DELIVERY_RETENTION_MS)));
+}

@@ -1,0 +1,88 @@
+/** The GitHub part's REST routes: kiln's decision per GitHub job, its runners, and usage records. */
+import { Type } from '@sinclair/typebox';
+import { listGhJobs, listUsage } from '../../store/github-jobs.ts';
+import { listRunnersForApi } from '../../store/github-runners.ts';
+import type { Db } from '../../store/store.ts';
+import type { RouteDef } from '../http/routes.ts';
+
+const iso = (x: number | null) => (x === null ? null : new Date(x).toISOString());
+
+export function githubRoutes(db: Db): RouteDef[] {
+  return [
+    {
+      method: 'GET',
+      url: '/v1/github/jobs',
+      tag: 'github',
+      summary: "GitHub jobs kiln has seen, with kiln's decision (accepted, ignored, refused and why)",
+      permission: 'read',
+      schema: {
+        querystring: Type.Object(
+          { decision: Type.Optional(Type.String({ enum: ['pending', 'accepted', 'ignored', 'refused'] })), repo: Type.Optional(Type.String()), limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })) },
+          { additionalProperties: false },
+        ),
+      },
+      async handler(req) {
+        const q = req.query as { decision?: string; repo?: string; limit?: number };
+        const jobs = await listGhJobs(db, { decision: q.decision, repo: q.repo, limit: q.limit ?? 100 });
+        return {
+          jobs: jobs.map((j) => ({
+            jobId: j.jobId,
+            runAttempt: j.runAttempt,
+            runId: j.runId,
+            repo: j.repo,
+            labels: j.labels,
+            state: j.state,
+            decision: j.decision,
+            reason: j.reasonCode ? { code: j.reasonCode, message: j.reason ?? '' } : null,
+            runnerName: j.runnerName,
+            workflow: j.workflow,
+            failures: j.failures,
+            nextAttemptAt: j.decision === 'accepted' && j.state === 'queued' ? iso(j.nextAttemptAt) : null,
+          })),
+        };
+      },
+    },
+    {
+      method: 'GET',
+      url: '/v1/github/runners',
+      tag: 'github',
+      summary: "kiln's JIT runners: state, labels, VM (kiln job), the GitHub job they ran",
+      permission: 'read',
+      schema: { querystring: Type.Object({ all: Type.Optional(Type.Boolean()) }, { additionalProperties: false }) },
+      async handler(req) {
+        const all = (req.query as { all?: boolean }).all === true;
+        return {
+          runners: (await listRunnersForApi(db, all)).map((r) => ({
+            name: r.name,
+            state: r.state,
+            scope: r.scope.level === 'org' ? r.scope.owner : `${r.scope.owner}/${r.scope.repo ?? ''}`,
+            labels: r.labels,
+            runnerId: r.runnerId,
+            kilnJobId: r.kilnJobId,
+            ghJobId: r.job?.jobId ?? null,
+            lastError: r.lastError,
+            createdAt: iso(r.createdAt),
+            endedAt: iso(r.endedAt),
+          })),
+        };
+      },
+    },
+    {
+      method: 'GET',
+      url: '/v1/github/usage',
+      tag: 'github',
+      summary: 'Usage records per GitHub job: repository, organization, sender, labels, workflow, times, host, VM size, conclusion',
+      permission: 'read',
+      schema: {
+        querystring: Type.Object(
+          { repo: Type.Optional(Type.String()), org: Type.Optional(Type.String()), limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000 })) },
+          { additionalProperties: false },
+        ),
+      },
+      async handler(req) {
+        const q = req.query as { repo?: string; org?: string; limit?: number };
+        return { usage: await listUsage(db, { repo: q.repo, org: q.org, limit: q.limit ?? 1000 }) };
+      },
+    },
+  ];
+}

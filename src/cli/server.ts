@@ -2,6 +2,7 @@
 import { makePrivateDataDir, tighten } from './private-dir.ts';
 import { join } from 'node:path';
 import type { Command } from 'commander';
+import { dashboardDir } from './dashboard-dir.ts';
 import { makeServer } from '../server/server.ts';
 import { openStore } from '../store/store.ts';
 import { loadServerConfig, redact, type ServerFlags } from './fleet-config.ts';
@@ -33,6 +34,7 @@ export function registerServer(program: Command, out: () => Output): void {
         logger,
         options: { logLimitBytes: cfg.logLimitBytes, hostLostAfterMs: cfg.hostLostAfterMs, ...(cfg.testHoldStarts ? { testHoldStarts: true } : {}) },
         bootstrapTokenFile: tokenFile,
+        ...(dashboardDir() ? { dashboardDir: dashboardDir()! } : {}),
         ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
         ...(cfg.metricsToken ? { metricsToken: cfg.metricsToken } : {}),
         ...(cfg.github ? { github: { config: cfg.github } } : {}),

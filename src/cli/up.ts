@@ -10,6 +10,7 @@ import type { Logger } from 'pino';
 import { makeAgent, type Agent } from '../agent/agent.ts';
 import type { ImageResolver } from '../agent/images.ts';
 import type { RegistryMirror } from '../agent/mirror.ts';
+import { dashboardDir } from './dashboard-dir.ts';
 import { makeServer, type KilnServer, type MakeServerOptions } from '../server/server.ts';
 import { openStore } from '../store/store.ts';
 import { createToken, makeSecret, revokeToken } from '../store/tokens.ts';
@@ -70,6 +71,7 @@ export async function startUp(o: UpOptions): Promise<UpHandle> {
       ...(o.bootstrapTokenFile ? { bootstrapTokenFile: o.bootstrapTokenFile } : {}),
       options: { ...(o.logLimitBytes ? { logLimitBytes: o.logLimitBytes } : {}), ...(o.testHoldStarts ? { testHoldStarts: true } : {}), pollMs: 500 },
       ...(o.github ? { github: o.github } : {}),
+      ...(dashboardDir() ? { dashboardDir: dashboardDir()! } : {}),
     });
     // The first-start token (if any) is written before this one exists; this one is for the caller.
     const callerToken = o.adminToken ? undefined : await createToken(store.db, { name: 'kiln up (in-process caller)', role: 'admin', secret: makeSecret('admin') });

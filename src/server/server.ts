@@ -39,6 +39,10 @@ import { webhookOpenApi } from './github/manifest.ts';
 import { makeGitHubService, type GitHubService } from './github/github.ts';
 import { DEFAULT_POWER_OPTIONS, makePowerManager, type PowerManager, type PowerOptions } from './power/manager.ts';
 import { powerRoutes } from './power/routes.ts';
+import { makeFigures, type Figures } from './reports/figures.ts';
+import { reportRoutes } from './reports/routes.ts';
+import { dashboardRoutes, registerDashboardAssets } from './dashboard/routes.ts';
+import { makeLiveHub, type LiveHub } from './dashboard/live.ts';
 
 export interface MakeServerOptions {
   store: Store;
@@ -60,6 +64,8 @@ export interface MakeServerOptions {
   github?: { config: GitHubConfig; api?: GitHubApi; pollMs?: number };
   /** Host power (src/server/power, docs/power.md): the sleep policy and how hosts are woken. */
   power?: PowerOptions;
+  /** The built dashboard (dist/dashboard); without it `/` says how to build it. */
+  dashboardDir?: string;
 }
 
 export interface KilnServer {
@@ -72,6 +78,10 @@ export interface KilnServer {
   readonly ctx: ServerContext;
   readonly github: GitHubService | undefined;
   readonly power: PowerManager;
+  /** The wait/boot/pickup histograms (src/server/reports/figures.ts). */
+  readonly figures: Figures;
+  /** The dashboard's live feed. */
+  readonly live: LiveHub;
   /** Set when this start created the first admin token (its secret, to show once). */
   readonly bootstrapSecret: string | undefined;
   listen(opts: { host: string; port: number }): Promise<string>;
@@ -146,6 +156,9 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   const gateway: AgentGateway = attachAgentGateway(app, { ctx, registry, logs, phases, results, jobs, scheduler, power });
   const apiDeps = { ctx, registry, jobs, scheduler, closeToken: gateway.closeToken };
   const routes: RouteDef[] = [...jobRoutes(apiDeps), ...hostRoutes(apiDeps), ...tokenRoutes(apiDeps), ...powerRoutes({ ctx, power, policy: (o.power ?? DEFAULT_POWER_OPTIONS).policy })];
+  const figures = makeFigures(ctx);
+  const live = makeLiveHub({ events, onGitHub: (fn) => (github ? combine([github.events.on('job.refused', fn), github.events.on('runner.state', fn)]) : () => {}) });
+  routes.push(...reportRoutes(apiDeps), ...dashboardRoutes(live));
   const gh = o.github;
   const github: GitHubService | undefined = gh
     ? makeGitHubService({
@@ -158,6 +171,7 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
       })
     : undefined;
   if (github) {
+    github.events.on('job.started', (e) => figures.githubStarted(e));
     await github.register(app);
     routes.push(...github.routes);
   }
@@ -165,6 +179,7 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   const openapi = openApiDocument(routes, KILN_VERSION, github ? webhookOpenApi() : {});
   app.get('/openapi.json', async () => openapi);
   app.get('/healthz', async () => ({ ok: true, serverId, leader: leader.isLeader() }));
+  registerDashboardAssets(app, o.dashboardDir);
   app.get('/metrics', async (req, reply) => {
     // Optionally behind a token of its own (KILN_METRICS_TOKEN), compared in constant time.
     if (o.metricsToken !== undefined) {
@@ -190,6 +205,8 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
     ctx,
     github,
     power,
+    figures,
+    live,
     bootstrapSecret,
     async listen({ host, port }) {
       const addr = await app.listen({ host, port });
@@ -203,6 +220,8 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
     },
     close() {
       closing ??= (async () => {
+        live.close();
+        figures.close();
         await github?.stop();
         await scheduler.stop();
         await power.stop();
@@ -216,3 +235,5 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
     },
   };
 }
+
+const combine = (offs: (() => void)[]) => () => offs.forEach((off) => off());

@@ -286,7 +286,7 @@ TABLE tokens
   last_used_at timestamp with time zone
   revoked_at timestamp with time zone
   CONSTRAINT tokens_pkey PRIMARY KEY (id)
-  CONSTRAINT tokens_role_check CHECK ((role = ANY (ARRAY['admin'::text, 'operator'::text, 'read-only'::text, 'agent'::text])))
+  CONSTRAINT tokens_role_check CHECK ((role = ANY (ARRAY['admin'::text, 'operator'::text, 'read-only'::text, 'viewer'::text, 'agent'::text])))
   CONSTRAINT tokens_secret_hash_key UNIQUE (secret_hash)
   CREATE UNIQUE INDEX tokens_pkey ON tokens USING btree (id)
   CREATE UNIQUE INDEX tokens_secret_hash_key ON tokens USING btree (secret_hash)

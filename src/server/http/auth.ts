@@ -13,6 +13,8 @@ const GRANTS: Record<TokenRole, readonly Permission[]> = {
   admin: ['read', 'submit', 'operate', 'admin'],
   operator: ['read', 'submit', 'operate'],
   'read-only': ['read'],
+  /** The dashboard's role for people watching the fleet: reads everything an operator sees, changes nothing. */
+  viewer: ['read'],
   agent: ['agent'],
 };
 

@@ -54,5 +54,12 @@ export default tseslint.config(
   serverPart('github', ['agents', 'scheduler']),
   // Host power reaches the agents only through the scheduler's HostPool port; it uses the placement and the route table.
   serverPart('power', ['agents', 'github']),
+  // Reports (figures, report routes) and the dashboard's server side (assets, live feed) use the route
+  // table's types and the store, never the agents' side, the scheduler or GitHub internals.
+  serverPart('reports', ['agents', 'scheduler', 'github']),
+  serverPart('dashboard', ['agents', 'scheduler', 'github', 'store']),
+  // The dashboard's browser code (src/dashboard) talks to the server over HTTP only; it may use core's pure
+  // functions and nothing that does I/O on the server side.
+  boundary('dashboard', ['store', 'vm', 'image', 'agent', 'server', 'oci', 'cli']),
   { files: ['src/cli/**/*.ts', 'test/**/*.ts', 'bench/**/*.ts', 'scripts/**'], rules: { 'no-console': 'off' } },
 );

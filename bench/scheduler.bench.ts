@@ -5,6 +5,8 @@
 // speak the real protocol over real WebSockets and run the in-memory VM driver. Prints:
 //   - p50/p99 submit→placed latency at a steady 200 jobs/s (submit = HTTP request sent; placed = the agent
 //     received `launch`);
+//   - p50/p99 submit→running at the same rate (running = the simulated guest starts the job's command: with
+//     the start lease, after the control plane has recorded that it may start);
 //   - placements/s for a burst of 10,000 mixed jobs (first to last placement, as seen by the agents);
 //   - packing efficiency at saturation = jobs placed ÷ jobs an offline first-fit-decreasing places on the
 //     same hosts (measured in this run), and the CPU share each achieves;
@@ -24,6 +26,7 @@ import { Agent as HttpAgent, setGlobalDispatcher } from 'undici';
 import { makeAgent, type Agent } from '../src/agent/agent.ts';
 import { memoryImageResolver } from '../src/agent/images.ts';
 import { makeMemoryDriver } from '../src/vm/memory-driver.ts';
+import type { VmDriver } from '../src/vm/driver.ts';
 import { makeApiClient, type ApiClient } from '../src/cli/api-client.ts';
 import { makeSecret } from '../src/store/tokens.ts';
 import { firstFitDecreasing, placeJobs, type HostSlot, type JobDemand } from '../src/server/scheduler/placement.ts';
@@ -112,6 +115,24 @@ async function startServer(kind: 'pglite' | 'postgres', dir: string, admin: stri
   return { proc, url: `http://127.0.0.1:${port}` };
 }
 
+/** Records when each job's command starts in its (simulated) guest: the driver's running() callback. */
+function timedStarts(d: VmDriver, starts: Map<number, number>): VmDriver {
+  return {
+    ...d,
+    capabilities: () => d.capabilities(),
+    list: () => d.list(),
+    sweep: () => d.sweep(),
+    start: (spec, out) =>
+      d.start(spec, {
+        ...out,
+        running: () => {
+          starts.set(Number(spec.id.split('-')[1]), performance.now());
+          out.running?.();
+        },
+      }),
+  };
+}
+
 async function runOne(kind: 'pglite' | 'postgres'): Promise<Record<string, number | string>> {
   const dir = mkdtempSync(join(tmpdir(), 'kiln-bench-'));
   const admin = makeSecret('admin');
@@ -131,6 +152,7 @@ async function runOne(kind: 'pglite' | 'postgres'): Promise<Record<string, numbe
   const client: ApiClient = makeApiClient({ server: url, token: admin });
   const agents: Agent[] = [];
   const launches = new Map<number, number>(); // jobId -> time the agent received launch
+  const starts = new Map<number, number>(); // jobId -> time the guest started the job's command
   const finished = { n: 0 };
   try {
     const { secret } = await client.request<{ secret: string }>('POST', '/v1/tokens', { name: 'bench', role: 'agent' });
@@ -148,7 +170,7 @@ async function runOne(kind: 'pglite' | 'postgres'): Promise<Record<string, numbe
             cpus: h.cpus,
             memoryBytes: h.memoryBytes,
             diskBytes: 10_000 * GiB,
-            driver: makeMemoryDriver({ arches: [h.arch], cpus: h.cpus, memoryBytes: h.memoryBytes, diskFreeBytes: 10_000 * GiB }),
+            driver: timedStarts(makeMemoryDriver({ arches: [h.arch], cpus: h.cpus, memoryBytes: h.memoryBytes, diskFreeBytes: 10_000 * GiB }), starts),
             images: memoryImageResolver,
             logger,
             silenceMs: 120_000,
@@ -193,6 +215,8 @@ async function runOne(kind: 'pglite' | 'postgres'): Promise<Record<string, numbe
     const achievedRate = total / ((performance.now() - t0) / 1000);
     while ([...submitAt.keys()].some((id) => !launches.has(id))) await new Promise((r) => setTimeout(r, 50));
     const lat = [...submitAt].map(([id, s]) => launches.get(id)! - s);
+    while ([...submitAt.keys()].some((id) => !starts.has(id))) await new Promise((r) => setTimeout(r, 50));
+    const latRun = [...submitAt].map(([id, s]) => starts.get(id)! - s);
     if (process.env.BENCH_DEBUG) {
       const m = await (await fetch(`${url}/metrics`)).text();
       console.log(m.split('\n').filter((l) => /kiln_submit_to_placed|kiln_placements_total|event_loop_lag_p99|cpu_seconds|heap_size_used|heap_size_total|external_memory|resident_memory/.test(l)).join('\n'));
@@ -257,6 +281,8 @@ async function runOne(kind: 'pglite' | 'postgres'): Promise<Record<string, numbe
       'steady rate achieved (jobs/s)': achievedRate.toFixed(0),
       'submit→placed p50 (ms)': pct(lat, 50).toFixed(1),
       'submit→placed p99 (ms)': pct(lat, 99).toFixed(1),
+      'submit→running p50 (ms)': pct(latRun, 50).toFixed(1),
+      'submit→running p99 (ms)': pct(latRun, 99).toFixed(1),
       'submit HTTP answer p50 / p99 (ms)': `${pct(answered, 50).toFixed(1)} / ${pct(answered, 99).toFixed(1)}`,
       'burst jobs': JOBS,
       'burst submit (s)': submitS.toFixed(2),

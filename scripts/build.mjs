@@ -20,3 +20,6 @@ await build({
 // Files the guest image build copies verbatim (the guest init and friends).
 mkdirSync('dist/guest', { recursive: true });
 cpSync('src/image/guest', 'dist/guest', { recursive: true });
+// The dashboard's browser bundle (src/dashboard → dist/dashboard), served at / by kiln server and kiln up.
+const { buildDashboard } = await import('./build-dashboard.mjs');
+await buildDashboard('dist/dashboard');

@@ -6,11 +6,14 @@
  */
 import { EventEmitter, once } from 'node:events';
 import { hostname } from 'node:os';
+import { join } from 'node:path';
 import type { Logger } from 'pino';
 import WebSocket from 'ws';
 import { archFromNode, type Arch } from '../core/arch.ts';
 import {
   PROTOCOL_VERSION,
+  CLOSE_HOST_REFUSED,
+  CLOSE_HOST_REMOVED,
   MAX_MESSAGE_BYTES,
   encodeMessage,
   makeServerMessageDecoder,
@@ -25,10 +28,12 @@ import { KilnError, toKilnError } from '../core/errors.ts';
 import type { VmDriver } from '../vm/driver.ts';
 import type { ImageResolver } from './images.ts';
 import type { MirrorStatus, RegistryMirror } from './mirror.ts';
+import { makeOutputLog } from './output-log.ts';
 import { makeSupervisor, type Supervisor } from './supervisor.ts';
 import { commandFailure, hostPowerReport, runPowerCommand, type AgentPowerOptions } from './power.ts';
 import { KILN_VERSION } from '../core/version.ts';
 import { MIRROR_GUEST_ADDRESS, MIRROR_GUEST_IP, MIRROR_GUEST_PORT } from '../vm/forwards.ts';
+import { readCredential, writeCredential } from './credential-file.ts';
 
 export interface AgentOptions {
   /** Server base URLs (http:// or ws://); the agent rotates through them on failure. */
@@ -61,6 +66,20 @@ export interface AgentOptions {
   healthPollMs?: number;
   /** The host's power driver (default none: the host never sleeps). See docs/power.md. */
   power?: AgentPowerOptions;
+  /**
+   * Where job output the server has not yet acknowledged spills to disk past `outputMemoryBytes` (the
+   * agent's data directory; `kiln agent` passes <data-dir>/output). Without one, output past the limit is
+   * dropped while disconnected, and counted in the log.
+   */
+  outputSpillDir?: string;
+  /** Unacknowledged output kept in memory before it spills (default 64 MiB). */
+  outputMemoryBytes?: number;
+  /**
+   * A directory (the data directory) where the host credential the server issues at first registration is
+   * kept, as `<name>.host-credential` (mode 0600), so the host is still itself after a restart. Unset: kept
+   * in memory only (lost with the process).
+   */
+  credentialDir?: string;
 }
 
 /** Where every guest reaches the host's mirror (a forward to the mirror's host port, even with the network closed). */
@@ -131,11 +150,20 @@ export function makeAgent(o: AgentOptions): Agent {
   let reconnectTimer: NodeJS.Timeout | undefined;
   let silenceTimer: NodeJS.Timeout | undefined;
   let cap: HostCapacity | undefined;
-  /** Messages produced while not connected (logs, phases); results are resent from the supervisor. */
+  /** The last error message the server sent (the reason for a refusal that follows). */
+  let refusal: string | undefined;
+  let credentialFile: string | undefined;
+  let credential: string | undefined;
+  /**
+   * Phases produced while not connected. Output is kept in `output` until the server acknowledges it,
+   * start requests and results in the supervisor until answered: all are resent after the next welcome.
+   */
   let outbox: AgentMessage[] = [];
-  let outboxBytes = 0;
-  const OUTBOX_LIMIT = 64 * 1024 * 1024;
-  let dropped = 0;
+  const OUTBOX_LIMIT = 100_000;
+  const output = makeOutputLog({
+    ...(o.outputSpillDir ? { spillDir: o.outputSpillDir } : {}),
+    ...(o.outputMemoryBytes !== undefined ? { memoryLimitBytes: o.outputMemoryBytes } : {}),
+  });
   /** Set while the host sleeps: the connection stays closed until the sleep command returns. */
   let asleep = false;
   let powerReport: HostPowerMsg | undefined;
@@ -143,18 +171,13 @@ export function makeAgent(o: AgentOptions): Agent {
   let powerError: { requestId: number; message: string } | undefined;
 
   const send = (m: AgentMessage) => {
+    if (m.type === 'job.log') output.add(m);
     if (ws && welcomed && ws.readyState === WebSocket.OPEN) {
       ws.send(encodeMessage(m));
       return;
     }
-    if (m.type === 'job.done') return; // resent after the next welcome from the supervisor's unacked list
-    const size = m.type === 'job.log' ? m.data.length : 100;
-    if (outboxBytes + size > OUTBOX_LIMIT) {
-      dropped++;
-      return;
-    }
-    outbox.push(m);
-    outboxBytes += size;
+    if (m.type !== 'job.phase') return; // output, start requests and results are resent after the next welcome
+    if (outbox.length < OUTBOX_LIMIT) outbox.push(m);
   };
 
   const mirrorPort = o.mirror ? mirrorHostPort(o.mirror.listen) : undefined;
@@ -258,7 +281,9 @@ export function makeAgent(o: AgentOptions): Agent {
       void (async () => {
         const mirror = await mirrorStatus().catch(() => lastMirror);
         if (sock.readyState !== WebSocket.OPEN) return;
-        sock.send(encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, host: cap!, running: supervisor.running(), finished: [], ...(mirror ? { mirror } : {}), power: powerReport! }));
+        sock.send(
+          encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, host: cap!, ...(credential ? { credential } : {}), running: supervisor.running(), finished: [], ...(mirror ? { mirror } : {}), power: powerReport! }),
+        );
       })();
     });
     sock.on('ping', resetSilence);
@@ -285,7 +310,13 @@ export function makeAgent(o: AgentOptions): Agent {
       ws = undefined;
       if (wasWelcomed) events.emit('disconnected', { code, reason: reason.toString() });
       if (stopping || asleep) return;
-      if (code === 4001) {
+      if (code === CLOSE_HOST_REFUSED) {
+        log.error({ reason: reason.toString() }, 'the server refused this host (identity or capacity); the agent stops');
+        events.emit('rejected', { status: 0, code: reason.toString() || 'host.refused', message: refusal ?? 'the server refused this host' });
+        void stop();
+        return;
+      }
+      if (code === CLOSE_HOST_REMOVED) {
         log.error('the server removed this host; the agent stops');
         void stop();
         return;
@@ -303,15 +334,21 @@ export function makeAgent(o: AgentOptions): Agent {
     switch (m.type) {
       case 'welcome': {
         welcomed = true;
+        if (m.credential) {
+          credential = m.credential;
+          if (credentialFile) writeCredential(credentialFile, m.credential);
+        }
         log.info({ hostId: m.hostId, serverId: m.serverId }, 'the server accepted this host');
-        // Logs and phases produced while away go first, then results, so the server stores output before
-        // it makes a job final.
+        // Phases and every unacknowledged output chunk go first (the server registered this host's jobs
+        // before it said welcome, so it takes them), then start requests, then results: the server stores
+        // output before it makes a job final.
         const queued = outbox;
         outbox = [];
-        outboxBytes = 0;
         for (const q of queued) sock.send(encodeMessage(q));
-        if (dropped > 0) log.warn({ dropped }, 'log chunks were dropped while disconnected (buffer full)');
-        dropped = 0;
+        for (const c of output.pending()) sock.send(encodeMessage(c));
+        const dropped = output.takeDropped();
+        if (dropped > 0) log.warn({ dropped }, 'output chunks were dropped: memory for unacknowledged output was full and there is no spill directory');
+        for (const q of supervisor.pendingStarts()) sock.send(encodeMessage(q));
         for (const r of supervisor.unacked()) sock.send(encodeMessage({ type: 'job.done', result: r }));
         if (powerError) {
           sock.send(encodeMessage({ type: 'power.error', action: 'sleep', requestId: powerError.requestId, code: 'power.sleep_failed', message: powerError.message }));
@@ -331,8 +368,19 @@ export function makeAgent(o: AgentOptions): Agent {
         return;
       case 'done.ack':
         supervisor.ack(m.jobId, m.attempt);
+        output.drop(m.jobId, m.attempt);
+        return;
+      case 'log.ack':
+        output.ack(m.jobId, m.attempt, m.seq);
+        return;
+      case 'start.ok':
+        supervisor.startAnswer(m.jobId, m.attempt, true);
+        return;
+      case 'start.refused':
+        supervisor.startAnswer(m.jobId, m.attempt, false, m.reason);
         return;
       case 'error':
+        refusal = m.message;
         log.error({ code: m.code, msg: m.message }, 'the server reported a protocol error');
         events.emit('protocol-error', { code: m.code, message: m.message });
         return;
@@ -406,6 +454,7 @@ export function makeAgent(o: AgentOptions): Agent {
     s?.terminate();
     ws = undefined;
     await reporting?.catch(() => undefined);
+    output.close();
     if (o.mirror) await o.mirror.stop();
   }
 
@@ -416,6 +465,10 @@ export function makeAgent(o: AgentOptions): Agent {
       if (swept.removed.length > 0) log.warn({ removed: swept.removed }, 'removed VMs a previous agent left behind');
       cap = await capacity();
       powerReport = hostPowerReport(o.power);
+      if (o.credentialDir) {
+        credentialFile = join(o.credentialDir, `${cap.name}.host-credential`);
+        credential = readCredential(credentialFile);
+      }
       log.info({ host: cap, power: powerReport }, 'agent starting');
       if (o.mirror) {
         const m = o.mirror;

@@ -1,13 +1,16 @@
 /**
  * Runs the VMs the server asks for, through the VmDriver port, and turns what they do into protocol
- * messages: phases, log chunks (numbered per attempt, stdout and stderr kept in order), and a result that
- * is kept until the server acknowledges it, so nothing is lost across a reconnect.
+ * messages: phases, log chunks (numbered per attempt, stdout and stderr kept in order; the agent keeps them
+ * until the server acknowledges them), and a result that is kept until the server acknowledges it, so nothing
+ * is lost across a reconnect. A job's command starts only once the server granted its start lease
+ * (`job.start` → `start.ok`): the driver's start gate waits for it.
  */
 import type { Logger } from 'pino';
 import { MAX_LOG_CHUNK_BYTES, type AgentMessage, type JobResultMsg, type LaunchSpec, type RunningJobMsg } from '../core/agent-protocol.ts';
 import { toKilnError } from '../core/errors.ts';
 import type { RunningVm, VmDriver, VmResult, VmSpec } from '../vm/driver.ts';
 import type { ImageResolver } from './images.ts';
+import { makeSecretMasker, type Masker } from './secret-mask.ts';
 
 export interface SupervisorEvents {
   launched(jobId: number, attempt: number): void;
@@ -23,12 +26,22 @@ interface Entry {
   pending?: { stream: 'stdout' | 'stderr'; bufs: Buffer[]; size: number };
   result?: JobResultMsg;
   stopReason?: string;
+  /** Waiting for the server's answer to `job.start`. */
+  lease?: { granted(): void; refused(reason: string): void };
+  /** The server granted the start (it has recorded the job running). */
+  leased?: boolean;
+  /** Masks the job's secret env values in its output (secret-mask.ts). */
+  mask?: Masker;
 }
 
 export interface Supervisor {
   launch(jobId: number, attempt: number, spec: LaunchSpec): void;
   stop(jobId: number, attempt: number, reason: string): void;
   ack(jobId: number, attempt: number): void;
+  /** The server's answer to a start-lease request. */
+  startAnswer(jobId: number, attempt: number, ok: boolean, reason?: string): void;
+  /** Start-lease requests still unanswered, to send again after a reconnect. */
+  pendingStarts(): AgentMessage[];
   /** Everything not yet acknowledged, for hello: running VMs and finished ones whose result is unacked. */
   running(): RunningJobMsg[];
   /** Results waiting for an acknowledgement, to resend after a reconnect. */
@@ -72,7 +85,7 @@ export function makeSupervisor(opts: {
     const p = e.pending;
     if (!p) return;
     e.pending = undefined;
-    const data = Buffer.concat(p.bufs, p.size);
+    const data = e.mask ? e.mask(Buffer.concat(p.bufs, p.size)) : Buffer.concat(p.bufs, p.size);
     for (let off = 0; off < data.length; off += MAX_LOG_CHUNK_BYTES) {
       opts.send({ type: 'job.log', jobId: e.jobId, attempt: e.attempt, seq: e.seq++, stream: p.stream, data: data.subarray(off, off + MAX_LOG_CHUNK_BYTES).toString('base64') });
     }
@@ -91,15 +104,39 @@ export function makeSupervisor(opts: {
     else timer ??= setTimeout(flushAll, flushMs);
   };
   const notePhase = (e: Entry) => {
-    if (e.phase === 'running' || !e.vm || e.result) return;
+    if (e.phase === 'running' || e.result) return;
+    if (e.leased) {
+      e.phase = 'running'; // the server recorded it when it granted the start
+      return;
+    }
+    if (!e.vm) return;
     if (e.vm.phase() === 'running' || e.vm.phase() === 'stopping') {
+      // A driver without a start gate: report it as before (no lease, so no at-most-once promise).
       e.phase = 'running';
       opts.send({ type: 'job.phase', jobId: e.jobId, attempt: e.attempt, phase: 'running' });
     }
   };
+  const askToStart = (e: Entry): Promise<void> =>
+    new Promise<void>((granted, refuse) => {
+      const refused = (reason: string) => refuse(new Error(reason));
+      if (e.stopReason) return refused(e.stopReason);
+      e.lease = {
+        granted: () => {
+          e.lease = undefined;
+          e.leased = true;
+          granted();
+        },
+        refused: (reason) => {
+          e.lease = undefined;
+          refused(reason);
+        },
+      };
+      opts.send({ type: 'job.start', jobId: e.jobId, attempt: e.attempt });
+    });
 
-  const finish = (e: Entry, result: JobResultMsg) => {
+  const finish = (e: Entry, r: JobResultMsg) => {
     flushEntry(e);
+    const result = { ...r, logChunks: e.seq };
     e.result = result;
     e.vm = undefined;
     opts.log.child({ jobId: e.jobId }).info({ outcome: result.outcome, exitCode: result.exitCode }, 'job finished');
@@ -111,7 +148,8 @@ export function makeSupervisor(opts: {
     launch(jobId, attempt, spec) {
       const existing = jobs.get(jobId);
       if (existing && existing.attempt === attempt) return; // a repeated launch is harmless
-      const e: Entry = { jobId, attempt, phase: 'booting', seq: 0 };
+      const mask = makeSecretMasker((spec.secretEnv ?? []).flatMap((k) => (spec.env[k] !== undefined ? [spec.env[k]] : [])));
+      const e: Entry = { jobId, attempt, phase: 'booting', seq: 0, ...(mask ? { mask } : {}) };
       jobs.set(jobId, e);
       const jlog = opts.log.child({ jobId, attempt });
       void (async () => {
@@ -133,7 +171,7 @@ export function makeSupervisor(opts: {
               ...(opts.vm?.registryMirror ? { registryMirror: opts.vm.registryMirror } : {}),
             },
             // The guest coming up is reported as it happens (before `e.vm` is set, notePhase below sees it).
-            { stdout: (c) => output(e, 'stdout', c), stderr: (c) => output(e, 'stderr', c), running: () => notePhase(e) },
+            { stdout: (c) => output(e, 'stdout', c), stderr: (c) => output(e, 'stderr', c), mayStart: () => askToStart(e), running: () => notePhase(e) },
           );
           e.vm = vm;
           jlog.info({ vm: vm.id }, 'VM launched');
@@ -157,7 +195,17 @@ export function makeSupervisor(opts: {
       const e = jobs.get(jobId);
       if (!e || e.attempt !== attempt || e.result) return;
       e.stopReason = reason;
+      e.lease?.refused(reason);
       if (e.vm) void e.vm.kill(reason);
+    },
+    startAnswer(jobId, attempt, ok, reason) {
+      const e = jobs.get(jobId);
+      if (!e || e.attempt !== attempt || !e.lease) return;
+      if (ok) e.lease.granted();
+      else e.lease.refused(reason ?? 'the server refused the start');
+    },
+    pendingStarts() {
+      return [...jobs.values()].filter((e) => e.lease).map((e) => ({ type: 'job.start', jobId: e.jobId, attempt: e.attempt }) as const);
     },
     ack(jobId, attempt) {
       const e = jobs.get(jobId);
@@ -173,6 +221,7 @@ export function makeSupervisor(opts: {
       const waits: Promise<unknown>[] = [];
       for (const e of jobs.values()) {
         e.stopReason = reason;
+        e.lease?.refused(reason);
         if (e.vm) waits.push(e.vm.kill(reason), e.vm.done);
       }
       await Promise.all(waits);

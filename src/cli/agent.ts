@@ -1,5 +1,7 @@
 /** `kiln agent --server URL --token T`: one per host. */
+import { join } from 'node:path';
 import { mkdirSync } from 'node:fs';
+import { makePrivateDataDir } from './private-dir.ts';
 import type { Command } from 'commander';
 import { KilnError } from '../core/errors.ts';
 import { makeAgent } from '../agent/agent.ts';
@@ -36,7 +38,7 @@ export function registerAgent(program: Command, out: () => Output): void {
       const cfg = loadAgentConfig(flags);
       const logger = makeLogger(cfg.logLevel);
       logger.info({ config: redact(cfg) }, 'kiln agent starting');
-      mkdirSync(cfg.dataDir, { recursive: true });
+      makePrivateDataDir(cfg.dataDir);
       const { driver, images } = makeDriverFor(cfg.driver, cfg.dataDir, logger, flags.simBootMs ? { bootMs: Number(flags.simBootMs) } : {});
       const mirror = makeMirrorFor(cfg.mirror, cfg.dataDir, logger);
       const agent = makeAgent({
@@ -51,6 +53,8 @@ export function registerAgent(program: Command, out: () => Output): void {
         driver,
         images,
         logger,
+        outputSpillDir: join(cfg.dataDir, 'output'),
+        credentialDir: cfg.dataDir,
         ...(mirror ? { mirror, statusIntervalMs: cfg.mirror!.statusIntervalMs } : {}),
         ...(cfg.power ? { power: cfg.power } : {}),
       });

@@ -2,12 +2,13 @@
  * HTTP client for the kiln API, used by the CLI commands and by `kiln run` (through submitAndFollow).
  * Errors come back as KilnErrors carrying the server's code, message and hint.
  */
+import { randomUUID } from 'node:crypto';
 import { KilnError } from '../core/errors.ts';
 import type { Job, LogStream } from '../core/job.ts';
 
 export interface ApiClient {
   readonly server: string;
-  request<T>(method: string, path: string, body?: unknown): Promise<T>;
+  request<T>(method: string, path: string, body?: unknown, extraHeaders?: Record<string, string>): Promise<T>;
   /** Streams a job's log; resolves with the job's end state once it is final (follow) or at the end of what is stored. */
   logs(jobId: number, opts: { follow: boolean; after?: number; onChunk(stream: LogStream, data: Buffer, attempt: number): void | Promise<void>; signal?: AbortSignal }): Promise<LogEnd>;
 }
@@ -17,6 +18,24 @@ export interface LogEnd {
   exitCode: number | null;
   error: { code: string; message: string } | null;
   logTruncated: boolean;
+}
+
+/**
+ * Submits one job with an `Idempotency-Key` (a fresh UUID) and retries on connection errors with the same
+ * key: a request cut before its answer (a server restart, a replica killed) may or may not have been
+ * stored, and the retry gets the job it stored, or stores it once (the server remembers a key for 24 h).
+ */
+export async function submitJob<T>(client: ApiClient, body: unknown, o: { tries?: number; backoffMs?: number; key?: string } = {}): Promise<T> {
+  const key = o.key ?? randomUUID();
+  const tries = o.tries ?? 6;
+  for (let i = 1; ; i++) {
+    try {
+      return await client.request<T>('POST', '/v1/jobs', body, { 'idempotency-key': key });
+    } catch (e) {
+      if (!(e instanceof KilnError) || e.code !== 'client.unreachable' || i >= tries) throw e;
+      await new Promise((r) => setTimeout(r, (o.backoffMs ?? 250) * 2 ** (i - 1)));
+    }
+  }
 }
 
 export function makeApiClient(opts: { server: string; token: string | undefined }): ApiClient {
@@ -51,8 +70,8 @@ export function makeApiClient(opts: { server: string; token: string | undefined 
   };
   return {
     server: base,
-    async request<T>(method: string, path: string, body?: unknown): Promise<T> {
-      const res = await reach(path, { method, headers: headers(body !== undefined), ...(body !== undefined ? { body: JSON.stringify(body) } : {}) });
+    async request<T>(method: string, path: string, body?: unknown, extraHeaders?: Record<string, string>): Promise<T> {
+      const res = await reach(path, { method, headers: { ...headers(body !== undefined), ...extraHeaders }, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) });
       if (!res.ok) return fail(res);
       return (await res.json()) as T;
     },

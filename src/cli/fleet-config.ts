@@ -21,7 +21,7 @@ type Env = NodeJS.ProcessEnv;
 export interface FileConfig {
   dataDir?: string;
   logLevel?: string;
-  server?: { listen?: string; databaseUrl?: string; adminToken?: string; logLimit?: string | number; hostLostAfter?: string };
+  server?: { listen?: string; databaseUrl?: string; adminToken?: string; metricsToken?: string; logLimit?: string | number; hostLostAfter?: string };
   agent?: { server?: string | string[]; token?: string; name?: string; labels?: string[]; cpus?: number; memory?: string; disk?: string; driver?: string; arch?: string; mirror?: MirrorFileConfig; power?: AgentPowerFileConfig };
   /** Host power: the server's sleep policy and wake commands (docs/power.md). */
   power?: PowerFileConfig;
@@ -123,6 +123,8 @@ export interface ServerConfig extends CommonConfig {
   /** postgres://… for a server; undefined: the embedded store in dataDir/db. */
   databaseUrl: string | undefined;
   adminToken: string | undefined;
+  /** GET /metrics needs this bearer token when set (KILN_METRICS_TOKEN). */
+  metricsToken: string | undefined;
   logLimitBytes: number;
   hostLostAfterMs: number;
   /** GitHub App settings (KILN_GITHUB_* or the file's github: section); undefined when not configured. */
@@ -131,6 +133,11 @@ export interface ServerConfig extends CommonConfig {
   mirror: MirrorConfig | undefined;
   /** Host power: sleep policy and wake commands. */
   power: PowerOptions;
+  /**
+   * Test-only (KILN_TEST_HOLD_STARTS=1): the server never records nor answers a job's start request, so a
+   * test can SIGKILL it at the moment between "the guest is up" and "the command may start".
+   */
+  testHoldStarts: boolean;
 }
 
 export interface ServerFlags extends MirrorFlags {
@@ -163,7 +170,10 @@ export function loadServerConfig(flags: ServerFlags, env: Env = process.env, fil
   const mirror = loadMirrorConfig(flags, env, file.mirror ?? file.agent?.mirror, p);
   const power = loadPowerOptions(file.power, env, p.list);
   p.throwIfAny('server');
-  return { ...common, listen, databaseUrl, adminToken, logLimitBytes, hostLostAfterMs, github, mirror, power };
+  const testHoldStarts = env.KILN_TEST_HOLD_STARTS === '1';
+  const metricsToken = first(env.KILN_METRICS_TOKEN, file.server?.metricsToken);
+  if (metricsToken !== undefined && metricsToken.length < 16) p.list.push('KILN_METRICS_TOKEN must be at least 16 characters');
+  return { ...common, listen, databaseUrl, adminToken, metricsToken, logLimitBytes, hostLostAfterMs, github, mirror, power, testHoldStarts };
 }
 
 export interface AgentConfig extends CommonConfig {
@@ -259,8 +269,19 @@ export function redact<T extends object>(cfg: T): Record<string, unknown> {
   for (const [k, v] of Object.entries(cfg)) {
     if (/token|secret|password/i.test(k)) out[k] = v === undefined ? undefined : '[redacted]';
     else if (v !== null && typeof v === 'object' && !Array.isArray(v)) out[k] = redact(v);
-    else if (typeof v === 'string' && /^[a-z]+:\/\/[^@/]*:[^@/]*@/.test(v)) out[k] = v.replace(/\/\/([^:@/]*):[^@/]*@/, '//$1:[redacted]@');
+    else if (typeof v === 'string') out[k] = redactUrl(v);
     else out[k] = v;
   }
+  return out;
+}
+
+/**
+ * A URL with its password hidden in every form: `user:pass@` (the password may hold `/` or `@`; everything
+ * up to the last `@` before the path is taken as credentials) and `?password=`/`sslpassword=` parameters.
+ */
+export function redactUrl(v: string): string {
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(v)) return v;
+  let out = v.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:@/?#]*):(.*)@(?=[^@]*$)/i, '$1:[redacted]@');
+  out = out.replace(/([?&](?:password|sslpassword|pass|passwd|sslkey)=)[^&#]*/gi, '$1[redacted]');
   return out;
 }

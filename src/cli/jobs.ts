@@ -5,6 +5,7 @@ import { KilnError } from '../core/errors.ts';
 import { formatSize } from '../core/sizes.ts';
 import { addClientOptions, clientFrom, type ClientFlags } from './fleet-client.ts';
 import { table, type Output } from './output.ts';
+import { submitJob } from './api-client.ts';
 import { exitCodeOf, submitAndFollow } from './submit.ts';
 
 const collect = (v: string, acc: string[] = []) => [...acc, v];
@@ -107,7 +108,7 @@ export function registerJobs(program: Command, out: () => Output): void {
       };
       const client = clientFrom(f);
       if (f.detach) {
-        const job = await client.request<Job>('POST', '/v1/jobs', body);
+        const job = await submitJob<Job>(client, body);
         return o.data(String(job.id));
       }
       const ac = new AbortController();

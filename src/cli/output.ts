@@ -50,14 +50,23 @@ export function makeOutput(opts: { quiet?: boolean; stdout?: NodeJS.WriteStream;
 /** Prints an error the wrangler way: what went wrong, then how to fix it. Returns the exit code. */
 export function printError(e: unknown, stderr: NodeJS.WritableStream = process.stderr): void {
   const err: KilnError = toKilnError(e);
-  stderr.write(`kiln: error: ${err.message} [${err.code}]\n`);
-  if (err.hint) stderr.write(`how to fix: ${err.hint}\n`);
+  stderr.write(`kiln: error: ${printable(err.message)} [${printable(err.code)}]\n`);
+  if (err.hint) stderr.write(`how to fix: ${printable(err.hint)}\n`);
   if (err.kind === 'internal' && err.cause instanceof Error && err.cause.stack && process.env.KILN_DEBUG) {
     stderr.write(`${err.cause.stack}\n`);
   }
 }
 
+/**
+ * Text from the fleet (host names and labels, job commands, error messages) shown on an operator's terminal:
+ * control characters, escape sequences included, become `?`, so no host or job can drive the terminal.
+ */
+export function printable(text: string): string {
+  return text.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g, '?');
+}
+
 export function table(rows: string[][]): string {
+  rows = rows.map((r) => r.map((c) => printable(c).replace(/[\t\n]/g, ' ')));
   const widths: number[] = [];
   for (const r of rows) r.forEach((c, i) => (widths[i] = Math.max(widths[i] ?? 0, c.length)));
   return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ')).join('\n');

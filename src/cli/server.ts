@@ -1,7 +1,8 @@
 /** `kiln server`: one control-plane replica (embedded store by default, PostgreSQL with KILN_DATABASE_URL). */
-import { mkdirSync } from 'node:fs';
+import { makePrivateDataDir, tighten } from './private-dir.ts';
 import { join } from 'node:path';
 import type { Command } from 'commander';
+import { dashboardDir } from './dashboard-dir.ts';
 import { makeServer } from '../server/server.ts';
 import { openStore } from '../store/store.ts';
 import { loadServerConfig, redact, type ServerFlags } from './fleet-config.ts';
@@ -24,15 +25,18 @@ export function registerServer(program: Command, out: () => Output): void {
       const cfg = loadServerConfig(flags);
       const logger = makeLogger(cfg.logLevel);
       logger.info({ config: redact(cfg) }, 'kiln server starting');
-      mkdirSync(cfg.dataDir, { recursive: true });
+      makePrivateDataDir(cfg.dataDir);
       const store = await openStore(cfg.databaseUrl ? { databaseUrl: cfg.databaseUrl, poolSize: 20 } : { dataDir: join(cfg.dataDir, 'db') });
+      tighten(cfg.dataDir);
       const tokenFile = join(cfg.dataDir, 'admin.token');
       const server = await makeServer({
         store,
         logger,
-        options: { logLimitBytes: cfg.logLimitBytes, hostLostAfterMs: cfg.hostLostAfterMs },
+        options: { logLimitBytes: cfg.logLimitBytes, hostLostAfterMs: cfg.hostLostAfterMs, ...(cfg.testHoldStarts ? { testHoldStarts: true } : {}) },
         bootstrapTokenFile: tokenFile,
+        ...(dashboardDir() ? { dashboardDir: dashboardDir()! } : {}),
         ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
+        ...(cfg.metricsToken ? { metricsToken: cfg.metricsToken } : {}),
         ...(cfg.github ? { github: { config: cfg.github } } : {}),
         power: cfg.power,
       });

@@ -2,7 +2,7 @@
  * `kiln up`: the server and one local agent in one process, on the embedded store. `startUp` is also what
  * `kiln run` uses when KILN_SERVER is not set, so both paths go through the same API and scheduler.
  */
-import { mkdirSync } from 'node:fs';
+import { makePrivateDataDir, tighten } from './private-dir.ts';
 import { join } from 'node:path';
 import { hostname } from 'node:os';
 import type { Command } from 'commander';
@@ -10,6 +10,7 @@ import type { Logger } from 'pino';
 import { makeAgent, type Agent } from '../agent/agent.ts';
 import type { ImageResolver } from '../agent/images.ts';
 import type { RegistryMirror } from '../agent/mirror.ts';
+import { dashboardDir } from './dashboard-dir.ts';
 import { makeServer, type KilnServer, type MakeServerOptions } from '../server/server.ts';
 import { openStore } from '../store/store.ts';
 import { createToken, makeSecret, revokeToken } from '../store/tokens.ts';
@@ -40,6 +41,12 @@ export interface UpOptions {
   /** The local host's registry mirror, supervised by the local agent. */
   mirror?: RegistryMirror;
   mirrorStatusIntervalMs?: number;
+  /** Where the local agent spills unacknowledged job output past its memory limit. */
+  outputSpillDir?: string;
+  /** Test-only: see ServerConfig.testHoldStarts. */
+  testHoldStarts?: boolean;
+  /** Where the local agent keeps its host credential (the data directory); unset: in memory. */
+  credentialDir?: string;
 }
 
 export interface UpHandle {
@@ -62,8 +69,9 @@ export async function startUp(o: UpOptions): Promise<UpHandle> {
       logger: o.logger,
       ...(o.adminToken ? { adminToken: o.adminToken } : {}),
       ...(o.bootstrapTokenFile ? { bootstrapTokenFile: o.bootstrapTokenFile } : {}),
-      options: { ...(o.logLimitBytes ? { logLimitBytes: o.logLimitBytes } : {}), pollMs: 500 },
+      options: { ...(o.logLimitBytes ? { logLimitBytes: o.logLimitBytes } : {}), ...(o.testHoldStarts ? { testHoldStarts: true } : {}), pollMs: 500 },
       ...(o.github ? { github: o.github } : {}),
+      ...(dashboardDir() ? { dashboardDir: dashboardDir()! } : {}),
     });
     // The first-start token (if any) is written before this one exists; this one is for the caller.
     const callerToken = o.adminToken ? undefined : await createToken(store.db, { name: 'kiln up (in-process caller)', role: 'admin', secret: makeSecret('admin') });
@@ -80,6 +88,8 @@ export async function startUp(o: UpOptions): Promise<UpHandle> {
       logger: o.logger,
       ...(o.mirror ? { mirror: o.mirror } : {}),
       ...(o.mirrorStatusIntervalMs ? { statusIntervalMs: o.mirrorStatusIntervalMs } : {}),
+      ...(o.outputSpillDir ? { outputSpillDir: o.outputSpillDir } : {}),
+      ...(o.credentialDir ? { credentialDir: o.credentialDir } : {}),
     });
     const connected = agent.connected(30_000);
     await agent.start();
@@ -126,7 +136,7 @@ export function registerUp(program: Command, out: () => Output): void {
       const cfg = loadServerConfig(flags);
       const logger = makeLogger(cfg.logLevel);
       logger.info({ config: redact(cfg) }, 'kiln up starting');
-      mkdirSync(cfg.dataDir, { recursive: true });
+      makePrivateDataDir(cfg.dataDir);
       const { driver, images } = makeDriverFor(flags.driver === 'memory' ? 'memory' : 'qemu', cfg.dataDir, logger);
       const tokenFile = join(cfg.dataDir, 'admin.token');
       const up = await startUp({
@@ -138,11 +148,15 @@ export function registerUp(program: Command, out: () => Output): void {
         logger,
         logLimitBytes: cfg.logLimitBytes,
         bootstrapTokenFile: tokenFile,
+        outputSpillDir: join(cfg.dataDir, 'output'),
+        ...(cfg.testHoldStarts ? { testHoldStarts: true } : {}),
+        credentialDir: cfg.dataDir,
         ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
         ...(flags.label ? { labels: flags.label } : {}),
         ...(cfg.github ? { github: { config: cfg.github } } : {}),
         ...(cfg.mirror ? { mirror: makeMirrorFor(cfg.mirror, cfg.dataDir, logger)!, mirrorStatusIntervalMs: cfg.mirror.statusIntervalMs } : {}),
       });
+      tighten(cfg.dataDir);
       o.info(`kiln is up at ${up.url} with one local agent (${driver.name} driver)`);
       if (up.server.bootstrapSecret) o.info(`first start: an admin token was written to ${tokenFile} (the CLI reads it from there)`);
       o.info(`try: kiln jobs ls   (Ctrl-C stops the server and the agent)`);

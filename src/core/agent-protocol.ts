@@ -8,7 +8,11 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { KilnError } from './errors.ts';
 
-export const PROTOCOL_VERSION = 1;
+/**
+ * 2: output is acknowledged (`log.ack`) and resent until it is; a job's command starts only once the server
+ * granted it (`job.start` → `start.ok`), see docs/ARCHITECTURE.md ("At-most-once starts").
+ */
+export const PROTOCOL_VERSION = 2;
 /** Largest WebSocket message either side accepts. */
 export const MAX_MESSAGE_BYTES = 1024 * 1024;
 /** Largest raw log chunk in one `job.log` message (base64 grows it by a third). */
@@ -94,6 +98,8 @@ export const JobResultMsg = Type.Object(
     code: Type.Optional(Type.String({ maxLength: 100 })),
     message: Type.Optional(Type.String({ maxLength: 4000 })),
     timings: Type.Optional(VmTimingsMsg),
+    /** How many output chunks (seq 0 … logChunks-1) the agent sent for this attempt: the server checks it stored them all. */
+    logChunks: Type.Optional(Type.Integer({ minimum: 0 })),
   },
   { additionalProperties: false },
 );
@@ -111,6 +117,8 @@ export const AgentMessage = Type.Union([
       type: Type.Literal('hello'),
       protocol: Type.Integer(),
       host: HostCapacity,
+      /** The host credential the server issued at this host's first registration (in its welcome). */
+      credential: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
       running: Type.Array(RunningJobMsg, { maxItems: 10_000 }),
       finished: Type.Array(JobResultMsg, { maxItems: 10_000 }),
       /** Present when the host runs a registry mirror. */
@@ -137,6 +145,11 @@ export const AgentMessage = Type.Union([
     },
     { additionalProperties: false },
   ),
+  /**
+   * The start lease: the guest is up and the job's command waits until the server has durably recorded that
+   * it starts (state running, on this host and attempt) and answered `start.ok`.
+   */
+  Type.Object({ type: Type.Literal('job.start'), jobId: Id, attempt: Attempt }, { additionalProperties: false }),
   Type.Object({ type: Type.Literal('job.done'), result: JobResultMsg }, { additionalProperties: false }),
   /** Drained for a sleep request: the agent closes its connection next and runs its sleep command. */
   Type.Object({ type: Type.Literal('host.sleeping'), requestId: Id, power: HostPowerMsg }, { additionalProperties: false }),
@@ -157,6 +170,8 @@ export const LaunchSpec = Type.Object(
     image: Type.String({ maxLength: 200 }),
     command: Type.Array(Type.String(), { minItems: 1 }),
     env: Type.Record(Type.String(), Type.String()),
+    /** Names of env entries that are secrets: the agent masks their values in the output it sends. */
+    secretEnv: Type.Optional(Type.Array(Type.String(), { maxItems: 500 })),
     cwd: Type.Optional(Type.String()),
     timeoutMs: Type.Integer({ minimum: 1 }),
     network: Type.Union([Type.Literal('none'), Type.Literal('user')]),
@@ -167,7 +182,15 @@ export type LaunchSpec = Static<typeof LaunchSpec>;
 
 export const ServerMessage = Type.Union([
   Type.Object(
-    { type: Type.Literal('welcome'), protocol: Type.Integer(), hostId: Id, hostName: Name, serverId: Type.String() },
+    {
+      type: Type.Literal('welcome'),
+      protocol: Type.Integer(),
+      hostId: Id,
+      hostName: Name,
+      serverId: Type.String(),
+      /** Issued once, at the host's first registration: the agent keeps it and presents it in every hello. */
+      credential: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+    },
     { additionalProperties: false },
   ),
   Type.Object({ type: Type.Literal('launch'), jobId: Id, attempt: Attempt, spec: LaunchSpec }, { additionalProperties: false }),
@@ -175,6 +198,11 @@ export const ServerMessage = Type.Union([
   Type.Object({ type: Type.Literal('done.ack'), jobId: Id, attempt: Attempt }, { additionalProperties: false }),
   /** Drain (no new jobs come; running ones finish), answer host.sleeping, then sleep. */
   Type.Object({ type: Type.Literal('sleep'), requestId: Id }, { additionalProperties: false }),
+  /** Every output chunk of (job, attempt) up to `seq` is stored: the agent may forget them. */
+  Type.Object({ type: Type.Literal('log.ack'), jobId: Id, attempt: Attempt, seq: Type.Integer({ minimum: 0 }) }, { additionalProperties: false }),
+  /** Answer to `job.start`: the command may start (`start.ok`) or must not (the VM is stopped). */
+  Type.Object({ type: Type.Literal('start.ok'), jobId: Id, attempt: Attempt }, { additionalProperties: false }),
+  Type.Object({ type: Type.Literal('start.refused'), jobId: Id, attempt: Attempt, reason: Type.String({ maxLength: 500 }) }, { additionalProperties: false }),
   Type.Object({ type: Type.Literal('error'), code: Type.String(), message: Type.String() }, { additionalProperties: false }),
 ]);
 export type ServerMessage = Static<typeof ServerMessage>;
@@ -227,3 +255,9 @@ export const makeServerMessageDecoder = (): MessageDecoder<ServerMessage> => mak
 export function encodeMessage(m: AgentMessage | ServerMessage): string {
   return JSON.stringify(m);
 }
+
+/** WebSocket close codes the server uses beyond the standard ones. */
+export const CLOSE_HOST_REMOVED = 4001;
+export const CLOSE_TOKEN_REVOKED = 4002;
+/** The server refused this host's identity or capacity claim: reconnecting will not help. */
+export const CLOSE_HOST_REFUSED = 4003;

@@ -35,6 +35,8 @@ const CODES: Readonly<Record<string, ErrorEntry>> = {
   'host.not_found': user(404),
   'token.not_found': user(404),
   'job.not_cancellable': user(409),
+  'job.idempotency_key_reused': user(422),
+  'job.idempotency_key_busy': unavailable(409),
   'host.busy': user(409),
   'host.bad_transition': user(409),
   'job.bad_transition': internal,

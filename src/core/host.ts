@@ -44,7 +44,7 @@ export type HostMirror = MirrorStatusMsg & {
   reportedAt?: string;
 };
 
-export const TOKEN_ROLES = ['admin', 'operator', 'read-only', 'agent'] as const;
+export const TOKEN_ROLES = ['admin', 'operator', 'read-only', 'viewer', 'agent'] as const;
 export type TokenRole = (typeof TOKEN_ROLES)[number];
 
 export interface Token {

@@ -11,6 +11,8 @@ export interface JobSpec {
   image: string;
   command: string[];
   env: Record<string, string>;
+  /** Names of `env` entries that are secrets: never returned by the API, masked in stored logs. */
+  secretEnv?: string[];
   cwd?: string;
   timeoutMs: number;
   network: 'none' | 'user';
@@ -66,6 +68,7 @@ export function launchSpecOf(job: Job): LaunchSpec {
     image: job.image,
     command: job.command,
     env: job.env,
+    ...(job.secretEnv && job.secretEnv.length > 0 ? { secretEnv: job.secretEnv } : {}),
     ...(job.cwd !== undefined ? { cwd: job.cwd } : {}),
     timeoutMs: job.timeoutMs,
     network: job.network,

@@ -1,6 +1,7 @@
 /** What the parts of one server instance share; built once in server.ts and passed down explicitly. */
 import type { Logger } from 'pino';
 import type { Store } from '../store/store.ts';
+import { DEFAULT_HOST_POLICY, type HostPolicy } from '../store/hosts.ts';
 import type { ServerEventBus } from './events.ts';
 import type { Metrics } from './metrics.ts';
 import type { Authenticator } from './http/auth.ts';
@@ -18,6 +19,10 @@ export interface ServerOptions {
   batchSize: number;
   /** WebSocket ping interval; a host that misses two is dropped. */
   heartbeatMs: number;
+  /** Test-only: start requests are never recorded nor answered (see KILN_TEST_HOLD_STARTS). */
+  testHoldStarts?: boolean;
+  /** The most a host may claim (docs/security.md, "Host identity"). */
+  hostPolicy: HostPolicy;
 }
 
 export const DEFAULT_SERVER_OPTIONS: ServerOptions = {
@@ -27,6 +32,7 @@ export const DEFAULT_SERVER_OPTIONS: ServerOptions = {
   timeoutGraceMs: 30_000,
   batchSize: 1000,
   heartbeatMs: 5_000,
+  hostPolicy: DEFAULT_HOST_POLICY,
 };
 
 export interface ServerContext {

@@ -7,6 +7,7 @@
 import { lostHosts, expireHost, heartbeatServer } from '../store/hosts.ts';
 import { activeJobsOnHosts, overdueJobs } from '../store/jobs.ts';
 import { tablesDue, upkeep } from '../store/upkeep.ts';
+import { purgeIdempotencyKeys } from '../store/submissions.ts';
 import type { ServerContext } from './context.ts';
 import type { JobCommands } from './jobs/job-commands.ts';
 import { makeLoop } from './loop.ts';
@@ -41,6 +42,15 @@ export function makeLeader(ctx: ServerContext, jobs: JobCommands, opts: { interv
   let lastUpkeep = performance.now();
   let lastActivity = 0;
   const offActivity: (() => void)[] = [];
+
+  let lastPurge = 0;
+  /** Idempotency keys past their window, once a minute. */
+  async function purgeKeysIfDue(): Promise<void> {
+    if (performance.now() - lastPurge < 60_000) return;
+    lastPurge = performance.now();
+    const n = await purgeIdempotencyKeys(ctx.store.db);
+    if (n > 0) log.debug({ keys: n }, 'forgot expired idempotency keys');
+  }
 
   async function upkeepIfDue(): Promise<void> {
     const now = performance.now();
@@ -85,6 +95,7 @@ export function makeLeader(ctx: ServerContext, jobs: JobCommands, opts: { interv
     }
     if (lock) {
       await sweep();
+      await purgeKeysIfDue();
       await upkeepIfDue();
     }
   }

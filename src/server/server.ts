@@ -3,16 +3,16 @@
  * scheduler, the leader's periodic work, metrics at /metrics. Built from explicit dependencies; the CLI
  * (src/cli/server.ts, src/cli/up.ts) does the wiring.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { hostname } from 'node:os';
-import { writeFileSync } from 'node:fs';
+import { writePrivateFile } from './private-file.ts';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import websocket from '@fastify/websocket';
 import type { Logger } from 'pino';
 import { KilnError } from '../core/errors.ts';
 import { KILN_VERSION } from '../core/version.ts';
 import type { Store } from '../store/store.ts';
-import { countJobsByState } from '../store/jobs.ts';
+import { countQueued } from '../store/jobs.ts';
 import { countTokens, createToken } from '../store/tokens.ts';
 import { attachAgentGateway, AGENT_MAX_PAYLOAD, type AgentGateway } from './agents/agent-gateway.ts';
 import { makeAuthenticator } from './http/auth.ts';
@@ -20,6 +20,7 @@ import { DEFAULT_SERVER_OPTIONS, type ServerContext, type ServerOptions } from '
 import { ServerEventBus } from './events.ts';
 import { HostRegistry } from './agents/host-registry.ts';
 import { errorBody } from './http/http-errors.ts';
+import { makeStrictValidatorCompiler } from './http/strict-input.ts';
 import { makeLeader, type Leader, type UpkeepTiming } from './leader.ts';
 import { makeLogWriter } from './agents/log-writer.ts';
 import { makePhaseWriter } from './agents/phase-writer.ts';
@@ -38,6 +39,10 @@ import { webhookOpenApi } from './github/manifest.ts';
 import { makeGitHubService, type GitHubService } from './github/github.ts';
 import { DEFAULT_POWER_OPTIONS, makePowerManager, type PowerManager, type PowerOptions } from './power/manager.ts';
 import { powerRoutes } from './power/routes.ts';
+import { makeFigures, type Figures } from './reports/figures.ts';
+import { reportRoutes } from './reports/routes.ts';
+import { dashboardRoutes, registerDashboardAssets } from './dashboard/routes.ts';
+import { makeLiveHub, type LiveHub } from './dashboard/live.ts';
 
 export interface MakeServerOptions {
   store: Store;
@@ -47,6 +52,8 @@ export interface MakeServerOptions {
   adminToken?: string;
   /** Where to write a generated admin token when the store has no tokens yet (mode 0600). */
   bootstrapTokenFile?: string;
+  /** When set, GET /metrics needs `Authorization: Bearer <metricsToken>` (KILN_METRICS_TOKEN). */
+  metricsToken?: string;
   /** HTTP body limit in bytes. */
   bodyLimit?: number;
   /** Leader sweep interval. */
@@ -57,6 +64,8 @@ export interface MakeServerOptions {
   github?: { config: GitHubConfig; api?: GitHubApi; pollMs?: number };
   /** Host power (src/server/power, docs/power.md): the sleep policy and how hosts are woken. */
   power?: PowerOptions;
+  /** The built dashboard (dist/dashboard); without it `/` says how to build it. */
+  dashboardDir?: string;
 }
 
 export interface KilnServer {
@@ -69,6 +78,10 @@ export interface KilnServer {
   readonly ctx: ServerContext;
   readonly github: GitHubService | undefined;
   readonly power: PowerManager;
+  /** The wait/boot/pickup histograms (src/server/reports/figures.ts). */
+  readonly figures: Figures;
+  /** The dashboard's live feed. */
+  readonly live: LiveHub;
   /** Set when this start created the first admin token (its secret, to show once). */
   readonly bootstrapSecret: string | undefined;
   listen(opts: { host: string; port: number }): Promise<string>;
@@ -80,7 +93,7 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   const log = o.logger.child({ serverId });
   const events = new ServerEventBus();
   const metrics = makeMetrics(
-    async () => (await countJobsByState(o.store.db)).queued,
+    async () => countQueued(o.store.db),
     async () => (await listHosts(o.store.db)).flatMap((h) => (h.mirror ? [{ host: h.name, healthy: h.mirror.healthy && (h.state === 'online' || h.state === 'draining'), cacheBytes: h.mirror.cacheBytes }] : [])),
   );
   const ctx: ServerContext = {
@@ -94,18 +107,22 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   };
 
   let bootstrapSecret: string | undefined;
-  if (o.adminToken) await createToken(o.store.db, { name: 'admin (from config)', role: 'admin', secret: o.adminToken });
+  if (o.adminToken) {
+    const { token } = await createToken(o.store.db, { name: 'admin (from config)', role: 'admin', secret: o.adminToken });
+    if (token.revokedAt) log.warn({ tokenId: token.id }, 'the configured admin token (KILN_ADMIN_TOKEN) was revoked and stays revoked; set a new one');
+  }
   if (o.bootstrapTokenFile && (await countTokens(o.store.db)) === 0) {
     const { secret } = await createToken(o.store.db, { name: 'admin (first start)', role: 'admin' });
-    writeFileSync(o.bootstrapTokenFile, `${secret}\n`, { mode: 0o600 });
+    writePrivateFile(o.bootstrapTokenFile, `${secret}\n`);
     bootstrapSecret = secret;
   }
 
   const app = Fastify({
     logger: false,
     bodyLimit: o.bodyLimit ?? 1024 * 1024,
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   });
+  // Bodies are validated without coercion, strings checked for NUL and lone surrogates (strict-input.ts).
+  app.setValidatorCompiler(makeStrictValidatorCompiler());
   await app.register(websocket, { options: { maxPayload: AGENT_MAX_PAYLOAD } });
   // The API speaks JSON only; anything else is a 415, not a string the schema then rejects.
   app.removeContentTypeParser('text/plain');
@@ -137,8 +154,11 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   });
   const power = makePowerManager(ctx, { registry, isLeader: () => leader.isLeader(), kick: () => scheduler.kick(), options: o.power ?? DEFAULT_POWER_OPTIONS });
   const gateway: AgentGateway = attachAgentGateway(app, { ctx, registry, logs, phases, results, jobs, scheduler, power });
-  const apiDeps = { ctx, registry, jobs, scheduler };
+  const apiDeps = { ctx, registry, jobs, scheduler, closeToken: gateway.closeToken };
   const routes: RouteDef[] = [...jobRoutes(apiDeps), ...hostRoutes(apiDeps), ...tokenRoutes(apiDeps), ...powerRoutes({ ctx, power, policy: (o.power ?? DEFAULT_POWER_OPTIONS).policy })];
+  const figures = makeFigures(ctx);
+  const live = makeLiveHub({ events, onGitHub: (fn) => (github ? combine([github.events.on('job.refused', fn), github.events.on('runner.state', fn)]) : () => {}) });
+  routes.push(...reportRoutes(apiDeps), ...dashboardRoutes(live));
   const gh = o.github;
   const github: GitHubService | undefined = gh
     ? makeGitHubService({
@@ -151,6 +171,7 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
       })
     : undefined;
   if (github) {
+    github.events.on('job.started', (e) => figures.githubStarted(e));
     await github.register(app);
     routes.push(...github.routes);
   }
@@ -158,7 +179,18 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   const openapi = openApiDocument(routes, KILN_VERSION, github ? webhookOpenApi() : {});
   app.get('/openapi.json', async () => openapi);
   app.get('/healthz', async () => ({ ok: true, serverId, leader: leader.isLeader() }));
-  app.get('/metrics', async (_req, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()));
+  registerDashboardAssets(app, o.dashboardDir);
+  app.get('/metrics', async (req, reply) => {
+    // Optionally behind a token of its own (KILN_METRICS_TOKEN), compared in constant time.
+    if (o.metricsToken !== undefined) {
+      const given = Buffer.from(/^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '')?.[1] ?? '');
+      const want = Buffer.from(o.metricsToken);
+      if (given.length !== want.length || !timingSafeEqual(given, want)) {
+        return reply.code(401).send({ error: { code: 'auth.invalid', message: 'GET /metrics needs the metrics token', hint: 'send Authorization: Bearer <KILN_METRICS_TOKEN>' } });
+      }
+    }
+    return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
+  });
 
   let url: string | undefined;
   let closing: Promise<void> | undefined;
@@ -173,6 +205,8 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
     ctx,
     github,
     power,
+    figures,
+    live,
     bootstrapSecret,
     async listen({ host, port }) {
       const addr = await app.listen({ host, port });
@@ -186,6 +220,8 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
     },
     close() {
       closing ??= (async () => {
+        live.close();
+        figures.close();
         await github?.stop();
         await scheduler.stop();
         await power.stop();
@@ -199,3 +235,5 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
     },
   };
 }
+
+const combine = (offs: (() => void)[]) => () => offs.forEach((off) => off());

@@ -8,6 +8,9 @@ import type { Db, Tx } from './store.ts';
 import type { HostRow } from './schema.ts';
 import { idIn } from './id-list.ts';
 import { answerPowerRequests } from './power.ts';
+import { randomBytes } from 'node:crypto';
+import { KilnError } from '../core/errors.ts';
+import { hashSecret } from './tokens.ts';
 
 type Q = Db | Tx;
 const iso = (d: Date | null): string | null => (d ? new Date(d).toISOString() : null);
@@ -46,14 +49,67 @@ export interface WakeAnswered {
   latencyMs: number;
 }
 
+/** What a host may claim (docs/security.md, "Host identity"). */
+export interface HostPolicy {
+  maxCpus: number;
+  maxMemoryBytes: number;
+  maxDiskBytes: number;
+}
+
+export const DEFAULT_HOST_POLICY: HostPolicy = { maxCpus: 1024, maxMemoryBytes: 16 * 1024 ** 4, maxDiskBytes: 1024 ** 5 };
+
+/** Host names that read as numbers would make `kiln hosts cordon 1` ambiguous (id 1, or a host named "1"). */
+export function checkHostName(name: string): void {
+  if (/^\d+$/.test(name)) {
+    throw new KilnError('host.bad_name', `host name "${name}" is all digits, which reads as a host id`, { hint: 'give the agent a --name with a letter in it' });
+  }
+}
+
 /**
- * Registers (or re-registers) a host as connected to `serverId`. The host's name is its identity. A wake
- * under way for it is answered (done) and its wake failures forgotten; a sleep not yet carried out is
+ * Registers (or re-registers) a host as connected to `serverId`. A host is bound to its first registration:
+ * that registration gets a credential (returned once as `issued`, stored hashed), and a later hello for the
+ * same name must present it; a host registered before credentials existed adopts one on its next hello.
+ * The capacity a host first reported caps what it may claim later (less is fine: disks fill up), and the
+ * policy caps every claim. An operator removes a host (`kiln hosts rm`) to let another machine take its name.
+ * A wake under way for it is answered (done) and its wake failures forgotten; a sleep not yet carried out is
  * cancelled (the host came back before it slept).
  */
-export async function connectHost(db: Db, cap: HostCapacity, serverId: string, mirror?: HostMirror, power?: HostPowerMsg): Promise<Host & { woke?: WakeAnswered }> {
+export async function registerHost(
+  db: Db,
+  cap: HostCapacity,
+  serverId: string,
+  mirror?: HostMirror,
+  identity: { credential?: string; policy?: HostPolicy; unchecked?: boolean } = {},
+  power?: HostPowerMsg,
+): Promise<{ host: Host & { woke?: WakeAnswered }; issued?: string }> {
+  checkHostName(cap.name);
+  const policy = identity.policy ?? DEFAULT_HOST_POLICY;
+  const over = [
+    cap.cpus > policy.maxCpus ? `${cap.cpus} CPUs (policy: at most ${policy.maxCpus})` : '',
+    cap.memoryBytes > policy.maxMemoryBytes ? `${cap.memoryBytes} bytes of memory (policy: at most ${policy.maxMemoryBytes})` : '',
+    cap.diskBytes > policy.maxDiskBytes ? `${cap.diskBytes} bytes of disk (policy: at most ${policy.maxDiskBytes})` : '',
+  ].filter(Boolean);
+  if (over.length > 0) throw new KilnError('host.capacity_refused', `host ${cap.name} claims ${over.join(', ')}`, { hint: 'cap what the agent offers with --cpus/--memory/--disk' });
   return db.transaction().execute(async (tx) => {
     const existing = await tx.selectFrom('hosts').selectAll().where('name', '=', cap.name).forUpdate().executeTakeFirst();
+    if (!identity.unchecked && existing?.secret_hash && (!identity.credential || hashSecret(identity.credential) !== existing.secret_hash)) {
+      throw new KilnError('host.identity_refused', `host ${cap.name} is registered to another machine (its credential ${identity.credential ? 'does not match' : 'is missing'})`, {
+        hint: `if this machine replaces it, an admin removes the old registration first: kiln hosts rm ${cap.name} --force`,
+      });
+    }
+    if (!identity.unchecked && existing && existing.registered_cpus !== null) {
+      const grew = [
+        cap.cpus > existing.registered_cpus ? `CPUs ${existing.registered_cpus} → ${cap.cpus}` : '',
+        existing.registered_memory_bytes !== null && cap.memoryBytes > existing.registered_memory_bytes ? `memory ${existing.registered_memory_bytes} → ${cap.memoryBytes} bytes` : '',
+        existing.registered_disk_bytes !== null && cap.diskBytes > existing.registered_disk_bytes ? `disk ${existing.registered_disk_bytes} → ${cap.diskBytes} bytes` : '',
+      ].filter(Boolean);
+      if (grew.length > 0) {
+        throw new KilnError('host.capacity_refused', `host ${cap.name} claims more than it registered with (${grew.join(', ')})`, {
+          hint: `an admin re-registers an upgraded host: kiln hosts rm ${cap.name} --force, then restart its agent`,
+        });
+      }
+    }
+    const issued = existing?.secret_hash ? undefined : makeHostCredential();
     const state = nextHostState((existing?.state as HostState | undefined) ?? 'offline', { type: 'connect', draining: existing?.drain_requested ?? false });
     const values = {
       state,
@@ -72,13 +128,27 @@ export async function connectHost(db: Db, cap: HostCapacity, serverId: string, m
       power: JSON.stringify({ ...(power ?? { driver: 'none' }), ...(existing?.power?.lastError ? { lastError: existing.power.lastError } : {}) }),
       wake_failures: 0,
       wake_marked_until: null,
+      ...(issued ? { secret_hash: hashSecret(issued) } : {}),
+      ...(existing?.registered_cpus == null ? { registered_cpus: cap.cpus, registered_memory_bytes: cap.memoryBytes, registered_disk_bytes: cap.diskBytes } : {}),
     };
     const row = existing
       ? await tx.updateTable('hosts').set(values).where('id', '=', existing.id).returningAll().executeTakeFirstOrThrow()
       : await tx.insertInto('hosts').values({ name: cap.name, ...values }).returningAll().executeTakeFirstOrThrow();
     const answered = await answerPowerRequests(tx, row.id);
-    return { ...hostFromRow(row), ...(answered ? { woke: answered } : {}) };
+    return { host: { ...hostFromRow(row), ...(answered ? { woke: answered } : {}) }, ...(issued ? { issued } : {}) };
   });
+}
+
+/**
+ * Registers a host without the identity and capacity checks (store tests and tools that register hosts
+ * directly); agents always go through `registerHost` with their credential.
+ */
+export async function connectHost(db: Db, cap: HostCapacity, serverId: string, mirror?: HostMirror, power?: HostPowerMsg): Promise<Host & { woke?: WakeAnswered }> {
+  return (await registerHost(db, cap, serverId, mirror, { unchecked: true }, power)).host;
+}
+
+function makeHostCredential(): string {
+  return `kiln_host_${randomBytes(24).toString('base64url')}`;
 }
 
 /** Stores the mirror status a host's agent reported (null: it runs none), if `serverId` still owns the host. */
@@ -165,11 +235,12 @@ export async function listHosts(db: Q): Promise<Host[]> {
   return (await db.selectFrom('hosts').selectAll().orderBy('name').execute()).map(hostFromRow);
 }
 
+/** A host by reference: all digits is an id (host names may not be all digits), anything else a name. */
 export async function findHost(db: Q, ref: string): Promise<Host | undefined> {
-  const byId = /^\d+$/.test(ref) ? Number(ref) : undefined;
-  let q = db.selectFrom('hosts').selectAll();
-  q = byId !== undefined ? q.where((eb) => eb.or([eb('id', '=', byId), eb('name', '=', ref)])) : q.where('name', '=', ref);
-  const r = await q.executeTakeFirst();
+  const byId = /^\d{1,15}$/.test(ref) ? Number(ref) : undefined;
+  if (byId === undefined && /^\d+$/.test(ref)) return undefined;
+  const q = db.selectFrom('hosts').selectAll();
+  const r = await (byId !== undefined ? q.where('id', '=', byId) : q.where('name', '=', ref)).executeTakeFirst();
   return r ? hostFromRow(r) : undefined;
 }
 

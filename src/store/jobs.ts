@@ -31,6 +31,7 @@ export function jobFromRow(r: JobRow): Job {
     image: r.image,
     command: r.command,
     env: r.env,
+    ...(r.secret_env && r.secret_env.length > 0 ? { secretEnv: r.secret_env } : {}),
     ...(r.cwd === null ? {} : { cwd: r.cwd }),
     timeoutMs: r.timeout_ms,
     network: r.network === 'user' ? 'user' : 'none',
@@ -62,6 +63,7 @@ function newJob(s: JobSpec, id: number, createdAt: string): Job {
     image: s.image,
     command: [...s.command],
     env: { ...s.env },
+    ...(s.secretEnv && s.secretEnv.length > 0 ? { secretEnv: [...s.secretEnv] } : {}),
     ...(s.cwd !== undefined && s.cwd !== null ? { cwd: s.cwd } : {}),
     timeoutMs: s.timeoutMs,
     network: s.network === 'user' ? 'user' : 'none',
@@ -99,6 +101,7 @@ export async function insertJobs(db: Db, specs: JobSpec[]): Promise<Job[]> {
         image: s.image,
         command: s.command,
         env: s.env,
+        secret_env: s.secretEnv ?? [],
         cwd: s.cwd ?? null,
         timeout_ms: s.timeoutMs,
         network: s.network,
@@ -111,10 +114,10 @@ export async function insertJobs(db: Db, specs: JobSpec[]): Promise<Job[]> {
     const batch = specs.slice(i, i + 1000);
     const r = await sql<{ id: number; created_at: Date }>`
       WITH ins AS (
-        INSERT INTO jobs (tenant, state, arch, cpus, memory_bytes, disk_bytes, host_labels, labels, image, command, env, cwd, timeout_ms, network, priority, submitted_by)
-        SELECT tenant, 'queued', arch, cpus, memory_bytes, disk_bytes, host_labels, labels, image, command, env, cwd, timeout_ms, network, priority, submitted_by
+        INSERT INTO jobs (tenant, state, arch, cpus, memory_bytes, disk_bytes, host_labels, labels, image, command, env, secret_env, cwd, timeout_ms, network, priority, submitted_by)
+        SELECT tenant, 'queued', arch, cpus, memory_bytes, disk_bytes, host_labels, labels, image, command, env, secret_env, cwd, timeout_ms, network, priority, submitted_by
         FROM jsonb_to_recordset(${payload}::jsonb) AS v(tenant text, arch text, cpus int, memory_bytes bigint, disk_bytes bigint, host_labels jsonb, labels jsonb,
-          image text, command jsonb, env jsonb, cwd text, timeout_ms int, network text, priority int, submitted_by bigint, n int)
+          image text, command jsonb, env jsonb, secret_env jsonb, cwd text, timeout_ms int, network text, priority int, submitted_by bigint, n int)
         ORDER BY n
         RETURNING id, created_at
       ), ev AS (
@@ -257,6 +260,12 @@ export async function claimQueuedJobs(tx: Tx, limit: number, windows: ClaimWindo
   return r.rows.length === 0 ? { jobs } : { jobs, more: r.rows[0]!.queued > jobs.length };
 }
 
+/** How many jobs are queued (/metrics): an index-only count of the queue, not a count of every job. */
+export async function countQueued(db: Q): Promise<number> {
+  const r = await sql<{ n: number }>`SELECT count(*)::int AS n FROM jobs WHERE state = 'queued'`.execute(db);
+  return r.rows[0]?.n ?? 0;
+}
+
 /** Whether any job is queued (the partial index on queued jobs answers it). */
 export async function anyQueued(db: Q): Promise<boolean> {
   const r = await sql<{ x: boolean }>`SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued') AS x`.execute(db);
@@ -291,7 +300,7 @@ export async function markPlaced(tx: Tx, placements: { jobId: number; hostId: nu
     serverId === undefined
       ? sql``
       : sql`CROSS JOIN LATERAL (SELECT 1 FROM hosts h WHERE h.id = v.host AND h.server_id = ${serverId} AND h.state = 'online' AND NOT h.cordoned LIMIT 1) h`;
-  const r = await sql<Pick<JobRow, 'id' | 'attempt' | 'arch' | 'cpus' | 'memory_bytes' | 'disk_bytes' | 'image' | 'command' | 'env' | 'cwd' | 'timeout_ms' | 'network'> & { host_id: number }>`
+  const r = await sql<Pick<JobRow, 'id' | 'attempt' | 'arch' | 'cpus' | 'memory_bytes' | 'disk_bytes' | 'image' | 'command' | 'env' | 'secret_env' | 'cwd' | 'timeout_ms' | 'network'> & { host_id: number }>`
     WITH v AS (
       SELECT * FROM ${batch}
     ), upd AS (
@@ -299,14 +308,14 @@ export async function markPlaced(tx: Tx, placements: { jobId: number; hostId: nu
       FROM v ${hostCheck}
       WHERE jobs.id = v.id AND jobs.state = ${'queued'}
       RETURNING jobs.id, jobs.attempt, jobs.host_id, jobs.tenant, jobs.arch, jobs.cpus, jobs.memory_bytes, jobs.disk_bytes, jobs.image, jobs.command, jobs.env,
-        jobs.cwd, jobs.timeout_ms, jobs.network
+        jobs.secret_env, jobs.cwd, jobs.timeout_ms, jobs.network
     ), ev AS (
       INSERT INTO job_events (job_id, attempt, state, host_id) SELECT id, attempt, 'placed', host_id FROM upd
     ), served AS (
       INSERT INTO tenants (name, last_placed_at) SELECT DISTINCT tenant, now() FROM upd
       ON CONFLICT (name) DO UPDATE SET last_placed_at = excluded.last_placed_at
     )
-    SELECT id, attempt, host_id, arch, cpus, memory_bytes, disk_bytes, image, command, env, cwd, timeout_ms, network FROM upd`.execute(tx);
+    SELECT id, attempt, host_id, arch, cpus, memory_bytes, disk_bytes, image, command, env, secret_env, cwd, timeout_ms, network FROM upd`.execute(tx);
   return r.rows.map((x) => ({
     id: x.id,
     attempt: x.attempt,
@@ -319,6 +328,7 @@ export async function markPlaced(tx: Tx, placements: { jobId: number; hostId: nu
       image: x.image,
       command: x.command,
       env: x.env,
+      ...(x.secret_env.length > 0 ? { secretEnv: x.secret_env } : {}),
       ...(x.cwd === null ? {} : { cwd: x.cwd }),
       timeoutMs: x.timeout_ms,
       network: x.network === 'user' ? 'user' : 'none',
@@ -420,6 +430,12 @@ export async function jobStatuses(db: Q, ids: number[]): Promise<{ id: number; a
  * cancel was asked for, requeues it as a new attempt at once. Returns the job after the change and the state
  * it left, or undefined when it was no longer active on that attempt.
  */
+/**
+ * Attempts a job gets before it is failed instead of requeued: a job no host will start (an agent that
+ * refuses its launch and reconnects) would otherwise go round for ever, disturbing every placement there.
+ */
+export const MAX_JOB_ATTEMPTS = 5;
+
 export async function loseJob(db: Db, jobId: number, attempt: number, reason: string): Promise<{ job: Job; from: JobState; requeued: boolean } | undefined> {
   const lose: JobEvent = { type: 'lose', reason };
   return db.transaction().execute(async (tx) => {
@@ -428,7 +444,23 @@ export async function loseJob(db: Db, jobId: number, attempt: number, reason: st
     const from = row.state as JobState;
     if (!canTransition(from, lose)) return undefined;
     const lost = nextJobState(from, lose);
-    const requeue = mayRequeue(from) && !row.cancel_requested;
+    const neverStarted = mayRequeue(from) && !row.cancel_requested;
+    const requeue = neverStarted && row.attempt < MAX_JOB_ATTEMPTS;
+    if (neverStarted && !requeue) {
+      await tx.insertInto('job_events').values({ job_id: jobId, attempt: row.attempt, state: 'failed', host_id: row.host_id, detail: reason }).execute();
+      const failed = await tx
+        .updateTable('jobs')
+        .set({
+          state: 'failed',
+          finished_at: sql`now()`,
+          error_code: 'job.too_many_attempts',
+          error_message: `the job was lost before it started ${row.attempt} times (the last: ${reason}); it is not requeued again`.slice(0, 4000),
+        })
+        .where('id', '=', jobId)
+        .returningAll()
+        .executeTakeFirstOrThrow();
+      return { job: jobFromRow(failed), from, requeued: false };
+    }
     await tx
       .insertInto('job_events')
       .values({ job_id: jobId, attempt: row.attempt, state: lost, host_id: row.host_id, detail: reason })

@@ -16,13 +16,28 @@ export interface IncomingChunk {
   data: Buffer;
 }
 
+export interface AppendResult {
+  /** Jobs that got new data (or were truncated). */
+  changed: number[];
+  /**
+   * Per `jobId:attempt` in the batch: every chunk up to this seq is settled (stored, or deliberately not:
+   * past the job's cap, or of an attempt that is no longer the job's), so the agent may forget it.
+   */
+  settled: Map<string, number>;
+}
+
+export const chunkKey = (jobId: number, attempt: number): string => `${jobId}:${attempt}`;
+
 /**
- * Appends chunks (any jobs, in arrival order). Chunks past a job's cap are dropped; the first time a job
- * hits its cap a `kiln` note says so and the job is flagged `log_truncated`. Replays (same job, attempt,
- * seq) are ignored. Returns the job ids that got new data.
+ * Appends chunks (any jobs, in arrival order). Each attempt's chunks are stored strictly in sequence: a
+ * chunk is taken only if it is the next one (seq = stored maximum + 1), replays are ignored, and a chunk
+ * after a hole is not stored (the agent resends from the hole after it reconnects), so the stored output is
+ * always a prefix and reads back in order. Chunks past a job's cap are dropped; the first time a job hits
+ * its cap a `kiln` note says so and the job is flagged `log_truncated`.
  */
-export async function appendLogs(tx: Tx, chunks: IncomingChunk[], capBytes: number): Promise<number[]> {
-  if (chunks.length === 0) return [];
+export async function appendLogs(tx: Tx, chunks: IncomingChunk[], capBytes: number): Promise<AppendResult> {
+  const settled = new Map<string, number>();
+  if (chunks.length === 0) return { changed: [], settled };
   const jobIds = [...new Set(chunks.map((c) => c.jobId))];
   const jobs = await tx
     .selectFrom('jobs')
@@ -43,10 +58,19 @@ export async function appendLogs(tx: Tx, chunks: IncomingChunk[], capBytes: numb
   const rows: { job_id: number; attempt: number; seq: number; stream: number; data: Buffer }[] = [];
   for (const c of chunks) {
     const b = budget.get(c.jobId);
-    if (!b || b.truncated || c.attempt !== b.attempt) continue;
-    const key = `${c.jobId}:${c.attempt}`;
-    if (c.seq <= (seen.get(key) ?? -1)) continue;
+    const key = chunkKey(c.jobId, c.attempt);
+    if (!b || b.truncated || c.attempt !== b.attempt) {
+      // Nowhere to store it, now or later: settled, so the agent stops resending it.
+      settled.set(key, Math.max(settled.get(key) ?? -1, c.seq));
+      continue;
+    }
+    const last = seen.get(key) ?? -1;
+    if (c.seq !== last + 1) {
+      if (c.seq <= last) settled.set(key, last);
+      continue; // a replay, or a chunk after a hole
+    }
     seen.set(key, c.seq);
+    settled.set(key, c.seq);
     if (b.used + c.data.length > capBytes) {
       const room = Math.max(0, capBytes - b.used);
       if (room > 0) rows.push({ job_id: c.jobId, attempt: c.attempt, seq: c.seq, stream: STREAM_CODE[c.stream], data: c.data.subarray(0, room) });
@@ -61,7 +85,7 @@ export async function appendLogs(tx: Tx, chunks: IncomingChunk[], capBytes: numb
     b.used += c.data.length;
     b.grew += c.data.length;
   }
-  if (rows.length === 0) return [];
+  if (rows.length === 0) return { changed: [], settled };
   for (let i = 0; i < rows.length; i += 500) {
     await tx
       .insertInto('job_logs')
@@ -77,7 +101,20 @@ export async function appendLogs(tx: Tx, chunks: IncomingChunk[], capBytes: numb
       FROM ${batch}
       WHERE jobs.id = v.id`.execute(tx);
   }
-  return changed.map(([id]) => id);
+  return { changed: changed.map(([id]) => id), settled };
+}
+
+/** The highest seq stored for an attempt's output (-1: none), and whether the job's output was truncated. */
+export async function storedLogSeq(db: Db, jobId: number, attempt: number): Promise<{ seq: number; truncated: boolean }> {
+  const job = await db.selectFrom('jobs').select(['log_truncated']).where('id', '=', jobId).executeTakeFirst();
+  const r = await db
+    .selectFrom('job_logs')
+    .select(sql<number | null>`max(seq)`.as('seq'))
+    .where('job_id', '=', jobId)
+    .where('attempt', '=', attempt)
+    .where('stream', '<>', STREAM_CODE.kiln)
+    .executeTakeFirst();
+  return { seq: r?.seq === null || r?.seq === undefined ? -1 : Number(r.seq), truncated: job?.log_truncated ?? false };
 }
 
 export async function readLogs(db: Db, jobId: number, afterId: number, limit: number): Promise<LogChunk[]> {

@@ -130,6 +130,10 @@ TABLE hosts
   last_seen_at timestamp with time zone NOT NULL DEFAULT now()
   created_at timestamp with time zone NOT NULL DEFAULT now()
   mirror jsonb
+  secret_hash text
+  registered_cpus integer
+  registered_memory_bytes bigint
+  registered_disk_bytes bigint
   power jsonb
   state_since timestamp with time zone NOT NULL DEFAULT now()
   wake_failures integer NOT NULL DEFAULT 0
@@ -167,6 +171,17 @@ TABLE job_logs
   CREATE UNIQUE INDEX job_logs_job_id_attempt_seq_key ON job_logs USING btree (job_id, attempt, seq)
   CREATE UNIQUE INDEX job_logs_pkey ON job_logs USING btree (id)
 
+TABLE job_submissions
+  tenant text NOT NULL
+  idempotency_key text NOT NULL
+  request_hash text NOT NULL
+  job_id bigint NOT NULL
+  created_at timestamp with time zone NOT NULL DEFAULT now()
+  CONSTRAINT job_submissions_job_id_fkey FOREIGN KEY (job_id) REFERENCES jobs(id) ON DELETE CASCADE
+  CONSTRAINT job_submissions_pkey PRIMARY KEY (tenant, idempotency_key)
+  CREATE INDEX job_submissions_created ON job_submissions USING btree (created_at)
+  CREATE UNIQUE INDEX job_submissions_pkey ON job_submissions USING btree (tenant, idempotency_key)
+
 TABLE jobs
   id bigint NOT NULL DEFAULT nextval('jobs_id_seq'::regclass)
   tenant text NOT NULL DEFAULT 'default'::text
@@ -198,6 +213,7 @@ TABLE jobs
   booting_at timestamp with time zone
   running_at timestamp with time zone
   finished_at timestamp with time zone
+  secret_env jsonb NOT NULL DEFAULT '[]'::jsonb
   CONSTRAINT jobs_cpus_check CHECK ((cpus > 0))
   CONSTRAINT jobs_disk_bytes_check CHECK ((disk_bytes > 0))
   CONSTRAINT jobs_memory_bytes_check CHECK ((memory_bytes > 0))
@@ -270,7 +286,7 @@ TABLE tokens
   last_used_at timestamp with time zone
   revoked_at timestamp with time zone
   CONSTRAINT tokens_pkey PRIMARY KEY (id)
-  CONSTRAINT tokens_role_check CHECK ((role = ANY (ARRAY['admin'::text, 'operator'::text, 'read-only'::text, 'agent'::text])))
+  CONSTRAINT tokens_role_check CHECK ((role = ANY (ARRAY['admin'::text, 'operator'::text, 'read-only'::text, 'viewer'::text, 'agent'::text])))
   CONSTRAINT tokens_secret_hash_key UNIQUE (secret_hash)
   CREATE UNIQUE INDEX tokens_pkey ON tokens USING btree (id)
   CREATE UNIQUE INDEX tokens_secret_hash_key ON tokens USING btree (secret_hash)

@@ -26,6 +26,8 @@ export interface JobsTable {
   image: string;
   command: Json<string[]>;
   env: Json<Record<string, string>>;
+  /** Names of env entries that are secrets (migration 0010). */
+  secret_env: ColumnType<string[], string | undefined, string>;
   cwd: string | null;
   timeout_ms: number;
   network: string;
@@ -88,6 +90,11 @@ export interface HostsTable {
   state_since: Generated<Date>;
   wake_failures: Generated<number>;
   wake_marked_until: NullableTimestamp;
+  /** SHA-256 of the per-host credential issued at first registration (migration 0010). */
+  secret_hash: ColumnType<string | null, string | null | undefined, string | null>;
+  registered_cpus: ColumnType<number | null, number | null | undefined, number | null>;
+  registered_memory_bytes: ColumnType<number | null, number | null | undefined, number | null>;
+  registered_disk_bytes: ColumnType<number | null, number | null | undefined, number | null>;
 }
 
 export interface PowerRequestsTable {
@@ -133,6 +140,14 @@ export interface ServersTable {
   last_seen_at: Timestamp;
 }
 
+export interface JobSubmissionsTable {
+  tenant: string;
+  idempotency_key: string;
+  request_hash: string;
+  job_id: number;
+  created_at: Generated<Date>;
+}
+
 export interface Database extends GitHubTables {
   jobs: JobsTable;
   job_events: JobEventsTable;
@@ -142,6 +157,7 @@ export interface Database extends GitHubTables {
   tenants: TenantsTable;
   servers: ServersTable;
   power_requests: PowerRequestsTable;
+  job_submissions: JobSubmissionsTable;
 }
 
 export type JobRow = Selectable<JobsTable>;

@@ -3,7 +3,7 @@
  * `postgres://` URL is given. Both run the same migrations and the same queries (Kysely, PostgreSQL dialect).
  */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, basename, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -156,6 +156,23 @@ await db.close();`;
   }
 }
 
+/** Why an embedded database directory cannot be opened, when it can be told from the outside (PGlite says only "failed to initialize"). */
+export function diagnoseDataDir(dataDir: string): string | undefined {
+  try {
+    accessSync(dataDir, constants.R_OK | constants.W_OK | constants.X_OK);
+  } catch {
+    return `the directory is not readable and writable by this user (uid ${process.getuid?.() ?? '?'})`;
+  }
+  const version = join(dataDir, 'PG_VERSION');
+  if (!existsSync(version)) return readdirSync(dataDir).length > 0 ? 'the directory is not empty and holds no database (no PG_VERSION file)' : undefined;
+  try {
+    accessSync(version, constants.R_OK);
+  } catch {
+    return 'its PG_VERSION file is not readable by this user';
+  }
+  return undefined;
+}
+
 async function makePgliteStore(dataDir?: string): Promise<Store> {
   const { PGlite } = await import('@electric-sql/pglite');
   if (dataDir) {
@@ -166,9 +183,14 @@ async function makePgliteStore(dataDir?: string): Promise<Store> {
   try {
     pglite = await PGlite.create({ ...(dataDir ? { dataDir } : {}), startParams: [...PGlite.defaultStartParams, ...PGLITE_SETTINGS] });
   } catch (e) {
-    throw new KilnError('store.open_failed', `could not open the embedded database${dataDir ? ` in ${dataDir}` : ''}`, {
+    // The real cause goes into the message: "another process uses it" is one cause among several (a
+    // damaged or foreign database, permissions, a full disk, a database from another PostgreSQL version).
+    const cause = (dataDir ? diagnoseDataDir(dataDir) : undefined) ?? (e instanceof Error ? e.message : String(e));
+    throw new KilnError('store.open_failed', `could not open the embedded database${dataDir ? ` in ${dataDir}` : ''}: ${cause.split('\n')[0]!.slice(0, 500) || 'unknown error'}`, {
       cause: e,
-      hint: 'another kiln process may be using this data directory; stop it or pass a different --data-dir',
+      hint: dataDir
+        ? `check that ${dataDir} is readable and writable and the disk has room; if another kiln process uses it, stop that process or pass a different --data-dir; if the database is damaged, move the directory aside`
+        : 'check that the process has memory to spare',
     });
   }
   // A directory or memory: syncToFs() has nothing to do on either.

@@ -36,7 +36,8 @@ export async function createToken(
   const row = await db
     .insertInto('tokens')
     .values({ name: t.name, role: t.role, tenant: t.tenant ?? 'default', secret_hash: hashSecret(secret) })
-    .onConflict((oc) => oc.column('secret_hash').doUpdateSet({ revoked_at: null }))
+    // The same secret again (KILN_ADMIN_TOKEN at every start) is the same token: a revoked one stays revoked.
+    .onConflict((oc) => oc.column('secret_hash').doUpdateSet((eb) => ({ name: eb.ref('tokens.name') })))
     .returningAll()
     .executeTakeFirstOrThrow();
   return { token: tokenFromRow(row), secret };
@@ -59,4 +60,16 @@ export async function revokeToken(db: Db, id: number): Promise<Token | undefined
 export async function countTokens(db: Db): Promise<number> {
   const r = await db.selectFrom('tokens').select(sql<number>`count(*)::int`.as('n')).executeTakeFirstOrThrow();
   return r.n;
+}
+
+/** Which of these token ids are revoked (or gone): their live agent connections are closed. */
+export async function revokedTokenIds(db: Db, ids: number[]): Promise<number[]> {
+  if (ids.length === 0) return [];
+  const live = new Set((await db.selectFrom('tokens').select('id').where('id', 'in', ids).where('revoked_at', 'is', null).execute()).map((r) => r.id));
+  return ids.filter((id) => !live.has(id));
+}
+
+/** Records that a token was used (the authenticator calls it at most once per cache period per token). */
+export async function touchToken(db: Db, id: number): Promise<void> {
+  await db.updateTable('tokens').set({ last_used_at: sql`now()` }).where('id', '=', id).execute();
 }

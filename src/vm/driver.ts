@@ -68,6 +68,13 @@ export interface VmSpec {
 export interface VmOutput {
   stdout(chunk: Buffer): void;
   stderr(chunk: Buffer): void;
+  /**
+   * The start gate: called once when the guest is up, before the job's command is handed to it. The command
+   * starts only after the promise resolves; if it rejects, the VM is stopped (outcome `killed`, with the
+   * rejection's message as the reason) and the command never runs. The agent waits here for the control
+   * plane's start lease (at-most-once starts).
+   */
+  mayStart?(): Promise<void>;
   /** Called once when the guest is up and the job starts (phase 'running'), so owners need not poll phase(). */
   running?(): void;
   /** One-line notes from the driver for the user (a warm start that fell back to cold, a snapshot being built). */

@@ -14,11 +14,14 @@
  *   printenv NAME…           each named variable's value, one a line
  *   printargs                the arguments after `sh -c SCRIPT NAME`, one a line
  *   spew BYTES [stderr]      that many bytes of output, in 64 KiB chunks
- *   append FILE WORDS…       appends a line to a host file (tests use it to count real executions)
+ *   append FILE WORDS…       appends a line to FILE inside the `appendDir` the test gave the driver (tests
+ *                            use it to count real executions); without `appendDir` (every driver the CLI
+ *                            makes) it refuses: a job on the memory driver touches nothing on the host
  *   NAME ARGS…               a program the test registered in `programs` (e.g. a stand-in Actions runner)
  * Anything else prints `sh: NAME: not found` on stderr and stops with status 127, as a shell would.
  */
 import { appendFileSync, createReadStream, existsSync } from 'node:fs';
+import { resolve, sep } from 'node:path';
 import { createHash } from 'node:crypto';
 import { unameMachine, type Arch } from '../core/arch.ts';
 import { KilnError } from '../core/errors.ts';
@@ -32,6 +35,11 @@ export interface MemoryDriverOptions {
   diskFreeBytes?: number;
   /** Simulated boot time (VMM start to guest init). Default 0. */
   bootMs?: number;
+  /**
+   * The one host directory `append` may write in (a test's own temp dir). Unset: `append` fails, so jobs
+   * on this driver never touch the host's files (docs/security.md).
+   */
+  appendDir?: string;
   /** Extra guest programs, by name: tests stand in for software a real image would carry. */
   programs?: Record<string, GuestProgram>;
 }
@@ -76,7 +84,7 @@ export function makeMemoryDriver(opts: MemoryDriverOptions = {}): VmDriver {
       if (spec.image.arch !== spec.arch) throw new KilnError('image.wrong_arch', `image ${spec.image.digest} is for ${spec.image.arch}, not ${spec.arch}`);
       const t0 = performance.now();
       await verifyImage(spec);
-      const vm = runGuest(spec, out, opts.bootMs ?? 0, t0, () => vms.delete(spec.id), opts.programs ?? {});
+      const vm = runGuest(spec, out, opts.bootMs ?? 0, t0, () => vms.delete(spec.id), opts.programs ?? {}, opts.appendDir === undefined ? undefined : resolve(opts.appendDir));
       vms.set(spec.id, { arch: spec.arch, phase: vm.phase });
       return vm;
     },
@@ -100,7 +108,7 @@ async function verifyImage(spec: VmSpec): Promise<void> {
   }
 }
 
-function runGuest(spec: VmSpec, out: VmOutput, bootMs: number, t0: number, gone: () => void, programs: Record<string, GuestProgram>): RunningVm {
+function runGuest(spec: VmSpec, out: VmOutput, bootMs: number, t0: number, gone: () => void, programs: Record<string, GuestProgram>, appendDir: string | undefined): RunningVm {
   const abort = new AbortController();
   let phase: VmPhase = 'booting';
   let settle!: (r: VmResult) => void;
@@ -144,12 +152,15 @@ function runGuest(spec: VmSpec, out: VmOutput, bootMs: number, t0: number, gone:
 
   void (async () => {
     await wait(bootMs);
+    if (!stopped && out.mayStart) {
+      await out.mayStart().catch((e: unknown) => stop({ outcome: 'killed', reason: e instanceof Error ? e.message : String(e) }));
+    }
     tBooted = performance.now();
     let status = 0;
     if (!stopped) {
       phase = 'running';
       out.running?.();
-      status = await interpret(spec, out, wait, () => stopped !== undefined, programs, abort.signal);
+      status = await interpret(spec, out, wait, () => stopped !== undefined, programs, abort.signal, appendDir);
     }
     tExit = performance.now();
     phase = 'stopping';
@@ -190,6 +201,7 @@ async function interpret(
   stopped: () => boolean,
   programs: Record<string, GuestProgram> = {},
   signal: AbortSignal = new AbortController().signal,
+  appendDir?: string,
 ): Promise<number> {
   const argv = spec.job.command;
   const statements = argv[0] === 'sh' && argv[1] === '-c' ? (argv[2] ?? '').split(/[;\n]/).map(splitWords) : [argv];
@@ -269,12 +281,13 @@ async function interpret(
       }
       case 'append': {
         const [file, ...rest] = args;
-        if (!file) {
-          emit('stderr', 'append: missing file\n');
+        const target = file && appendDir ? resolve(appendDir, file) : undefined;
+        if (!target || !target.startsWith(`${appendDir}${sep}`)) {
+          emit('stderr', appendDir ? `append: ${file ?? '(none)'} is outside the driver's append directory\n` : 'append: disabled (the memory driver writes no host files)\n');
           status = 2;
           break;
         }
-        appendFileSync(file, `${rest.join(' ')}\n`);
+        appendFileSync(target, `${rest.join(' ')}\n`);
         status = 0;
         break;
       }

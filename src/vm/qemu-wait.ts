@@ -37,7 +37,10 @@ export interface VmWatch {
   stop(why: StopReason | undefined): void;
   /** QEMU's monitor, once negotiated. */
   qmp: Promise<Qmp>;
-  /** The guest is up: the job is sent on kiln.ctl (with NET when the VM has a NIC) and phase becomes running. */
+  /**
+   * The guest is up: once the owner's start gate (`out.mayStart`) allows it, the job is sent on kiln.ctl (with
+   * NET when the VM has a NIC) and phase becomes running; a refused gate stops the VM (`killed`).
+   */
   guestUp(ctl: Socket): void;
   /** Set by the restore step: called with kiln-init's answer to the identity lines (undefined: done). */
   onIdentity?: (failed: string | undefined) => void;
@@ -62,6 +65,7 @@ export function watchVm(spec: VmSpec, vm: PreparedVm, proc: ChildProcess, out: V
   let qmp: Qmp | undefined;
   const procExited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
   let qmpConnected: (q: Qmp) => void = () => undefined;
+  let gated = false;
   const w: VmWatch = {
     phase: 'booting',
     tSpawn: performance.now(),
@@ -89,12 +93,21 @@ export function watchVm(spec: VmSpec, vm: PreparedVm, proc: ChildProcess, out: V
     },
     qmp: new Promise<Qmp>((resolve) => (qmpConnected = resolve)),
     guestUp(s) {
+      if (gated) return;
+      gated = true;
       w.tReady = performance.now();
-      w.phase = 'running';
       clearTimeout(bootTimer);
       o.log?.debug({ bootMs: w.tReady - w.tSpawn, start: o.restoring ? 'warm' : 'cold' }, 'guest ready');
-      s.write(encodeJob(spec.job, hasNic(spec)));
-      out.running?.();
+      // The command is handed to the guest only once the owner allows it (the start lease).
+      void (out.mayStart?.() ?? Promise.resolve()).then(
+        () => {
+          if (w.phase !== 'booting') return;
+          w.phase = 'running';
+          s.write(encodeJob(spec.job, hasNic(spec)));
+          out.running?.();
+        },
+        (e: unknown) => w.stop({ kind: 'killed', reason: e instanceof Error ? e.message : String(e) }),
+      );
     },
   };
   proc.stderr?.setEncoding('utf8').on('data', (d: string) => {

@@ -3,9 +3,10 @@
 // must take over leadership.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { storeKinds, makeTestDatabase } from '../store/test-stores.ts';
 import { spawnKiln, killAll, freePort, type KilnProcess } from '../agent/processes.ts';
 import { makeApiClient, type ApiClient } from '../../src/cli/api-client.ts';
@@ -58,7 +59,7 @@ void test('two replicas, one SIGKILLed under load: each job placed and run exact
         servers: i % 2 === 0 ? [urlA, urlB] : [urlB, urlA],
         token: agentToken,
         name: `host-${i}`,
-        driver: makeMemoryDriver({ cpus: 4 }),
+        driver: makeMemoryDriver({ cpus: 4, appendDir: dirname(journal) }),
         images: memoryImageResolver,
         logger: quietLogger(),
         minBackoffMs: 100,
@@ -107,5 +108,91 @@ void test('two replicas, one SIGKILLed under load: each job placed and run exact
     for (const s of servers) await s.kill('SIGTERM');
     await db.drop();
     if (existsSync(dir)) rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+function deferred(): { promise: Promise<void>; resolve(): void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+void test('a replica SIGKILLed while an agent streams numbered lines: every line is stored, in order, once', { skip: pgSkip, timeout: 120_000 }, async () => {
+  const db = await makeTestDatabase();
+  const dir = mkdtempSync(join(tmpdir(), 'kiln-replica-output-'));
+  const admin = makeSecret('admin');
+  const servers: KilnProcess[] = [];
+  let agent: Agent | undefined;
+  // The guest program prints lines 1-40, 41-60 and 61-80, each group when the test lets it.
+  const gates = [deferred(), deferred()];
+  const printed = [deferred(), deferred()];
+  const lines = async (p: { stdout(s: string): void }) => {
+    for (let i = 1; i <= 80; i++) {
+      p.stdout(`line ${i}\n`);
+      if (i === 40 || i === 60) {
+        const g = i === 40 ? 0 : 1;
+        printed[g]!.resolve();
+        await gates[g]!.promise;
+      }
+    }
+    return 0;
+  };
+  try {
+    const ports = [await freePort(), await freePort()];
+    for (const [i, port] of ports.entries()) {
+      const s = spawnKiln(['server', '--listen', `127.0.0.1:${port}`, '--data-dir', join(dir, `s${i}`)], { KILN_DATABASE_URL: db.url, KILN_ADMIN_TOKEN: admin });
+      servers.push(s);
+      await s.waitForOutput(/listening at/, 90_000);
+    }
+    const [urlA, urlB] = ports.map((p) => `http://127.0.0.1:${p}`) as [string, string];
+    const a = makeApiClient({ server: urlA, token: admin });
+    const b = makeApiClient({ server: urlB, token: admin });
+    const { secret } = await a.request<{ secret: string }>('POST', '/v1/tokens', { name: 'agents', role: 'agent' });
+    agent = makeAgent({
+      servers: [urlA, urlB],
+      token: secret,
+      name: 'streamer',
+      driver: makeMemoryDriver({ cpus: 2, programs: { lines } }),
+      images: memoryImageResolver,
+      logger: quietLogger(),
+      minBackoffMs: 100,
+      maxBackoffMs: 500,
+      outputSpillDir: join(dir, 'agent-output'),
+    });
+    const c = agent.connected();
+    await agent.start();
+    assert.equal((await c).serverId, ((await (await fetch(`${urlA}/healthz`)).json()) as { serverId: string }).serverId);
+    const job = await a.request<Job>('POST', '/v1/jobs', { command: ['lines'], cpus: 1 });
+    const stored = async () => {
+      let text = '';
+      await b.logs(job.id, { follow: false, onChunk: (_s, d) => void (text += d.toString()) });
+      return text;
+    };
+    await printed[0]!.promise;
+    await until('lines 1-40 to be stored', stored, (t) => t.includes('line 40\n'));
+    // Replica A stops reading: what the agent sends next sits unread in A's socket, then A dies with it.
+    servers[0]!.proc.kill('SIGSTOP');
+    gates[0]!.resolve();
+    await printed[1]!.promise;
+    // The agent sends output at most 10 ms after the guest prints it; give it time to leave for A.
+    await new Promise((r) => setTimeout(r, 300));
+    const moved = once(agent.events, 'connected');
+    await servers[0]!.kill('SIGKILL');
+    // Lines 61-80 are printed while the agent is away or reconnecting.
+    gates[1]!.resolve();
+    await moved;
+    const done = await until('the job to finish', () => b.request<Job>('GET', `/v1/jobs/${job.id}`), (j) => j.state === 'succeeded' || j.state === 'failed' || j.state === 'lost');
+    assert.equal(done.state, 'succeeded');
+    const want = Array.from({ length: 80 }, (_, i) => `line ${i + 1}`);
+    const got = (await stored()).trimEnd().split('\n');
+    const missing = want.filter((l) => !got.includes(l));
+    assert.deepEqual(missing, [], 'no line is missing');
+    assert.deepEqual(got, want, 'every line once, in order');
+  } finally {
+    for (const g of gates) g.resolve();
+    await agent?.stop();
+    for (const s of servers) await s.kill('SIGKILL');
+    await db.drop();
+    rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -6,7 +6,7 @@ import type { Store } from '../../src/store/store.ts';
 import { migrate } from '../../src/store/store.ts';
 import { insertJobs, getJob, listJobs, claimQueuedJobs, markPlaced, recordExits, transitionJob, jobTransitions, loseJob, requestCancel, applyPhases, transitionJobs, activeJobsOnHosts, countJobsByState } from '../../src/store/jobs.ts';
 import { setTenantLimit, tenantUsage } from '../../src/store/tenants.ts';
-import { appendLogs, readLogs } from '../../src/store/logs.ts';
+import { appendLogs, readLogs, storedLogSeq } from '../../src/store/logs.ts';
 import { connectHost, disconnectHost, lockSchedulableHosts, listHosts, updateHostFlags, findHost } from '../../src/store/hosts.ts';
 import { createToken, findTokenBySecret, revokeToken } from '../../src/store/tokens.ts';
 import { DEFAULT_REQUIREMENTS } from '../../src/core/requirements.ts';
@@ -302,6 +302,24 @@ for (const { kind, skip } of storeKinds()) {
       assert.equal(after?.logTruncated, true);
       assert.equal(after?.logBytes, 20);
       assert.equal((await readLogs(store.db, job.id, chunks[1]?.id ?? 0, 100)).length, 2);
+    });
+
+    void test('logs: a chunk after a hole is not stored until the hole is filled; replays settle; output stays in order', async () => {
+      const [job] = await insertJobs(store.db, [spec({ tenant: 'holes' })]);
+      assert.ok(job);
+      const c = (seq: number) => ({ jobId: job.id, attempt: 1, seq, stream: 'stdout' as const, data: Buffer.from(`line ${seq}\n`) });
+      const first = await store.withTransaction((tx) => appendLogs(tx, [c(0), c(1), c(3), c(4)], 1 << 20));
+      assert.equal(first.settled.get(`${job.id}:1`), 1, 'chunks 3 and 4 wait for 2');
+      assert.deepEqual(await storedLogSeq(store.db, job.id, 1), { seq: 1, truncated: false });
+      // The agent resends from the hole (after a reconnect): 2, 3, 4, with 1 again as a replay.
+      const second = await store.withTransaction((tx) => appendLogs(tx, [c(1), c(2), c(3), c(4)], 1 << 20));
+      assert.equal(second.settled.get(`${job.id}:1`), 4);
+      const text = (await readLogs(store.db, job.id, 0, 100)).map((x) => x.data.toString()).join('');
+      assert.equal(text, [0, 1, 2, 3, 4].map((i) => `line ${i}\n`).join(''));
+      // Output of an attempt that is not the job's is settled (never stored): the agent may forget it.
+      const stale = await store.withTransaction((tx) => appendLogs(tx, [{ ...c(7), attempt: 2 }], 1 << 20));
+      assert.equal(stale.settled.get(`${job.id}:2`), 7);
+      assert.deepEqual(stale.changed, []);
     });
 
     void test('hosts: identity by name, owned by one replica, schedulable only online and uncordoned', async () => {

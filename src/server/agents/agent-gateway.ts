@@ -8,6 +8,8 @@ import type { FastifyInstance } from 'fastify';
 import type { WebSocket } from '@fastify/websocket';
 import {
   PROTOCOL_VERSION,
+  CLOSE_HOST_REFUSED,
+  CLOSE_TOKEN_REVOKED,
   MAX_MESSAGE_BYTES,
   encodeMessage,
   makeAgentMessageDecoder,
@@ -16,11 +18,13 @@ import {
   type JobResultMsg,
   type ServerMessage,
 } from '../../core/agent-protocol.ts';
-import { KilnError, toKilnError } from '../../core/errors.ts';
+import { KilnError, isKilnError, toKilnError } from '../../core/errors.ts';
 import { launchSpecOf } from '../../core/job.ts';
 import { activeJobsOnHosts, getJob } from '../../store/jobs.ts';
-import { connectHost, disconnectHost, hostStates, setHostMirror, touchHosts } from '../../store/hosts.ts';
+import { storedLogSeq } from '../../store/logs.ts';
+import { disconnectHost, hostStates, registerHost, setHostMirror, touchHosts } from '../../store/hosts.ts';
 import { markAsleep, recordPowerError } from '../../store/power.ts';
+import { revokedTokenIds } from '../../store/tokens.ts';
 import type { ServerContext } from '../context.ts';
 import { ActiveJobs, type HostLink, type HostRegistry } from './host-registry.ts';
 import type { LogWriter } from './log-writer.ts';
@@ -47,6 +51,8 @@ export interface GatewayDeps {
 }
 
 export interface AgentGateway {
+  /** Closes this replica's connections that authenticated with a (now revoked) token. */
+  closeToken(tokenId: number): void;
   /** Sends `stop` for a job if its host is connected here. */
   stop(hostId: number, jobId: number, attempt: number, reason: string): boolean;
   close(): Promise<void>;
@@ -58,9 +64,26 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
   /** Each connection's last work (marking its host offline), done once its socket has closed. */
   const finished = new Map<WebSocket, Promise<void>>();
 
+  /** The agent token each connection authenticated with (revoking it closes the connection). */
+  const tokenOf = new WeakMap<object, number>();
+  const socketToken = new Map<WebSocket, number>();
+  const closeRevoked = (revoked: Iterable<number>) => {
+    const gone = new Set(revoked);
+    for (const [s, id] of socketToken) {
+      if (!gone.has(id)) continue;
+      ctx.log.warn({ tokenId: id }, 'agent token revoked; closing its connection');
+      s.close(CLOSE_TOKEN_REVOKED, 'token revoked');
+    }
+  };
+
   const heartbeat = setInterval(() => {
     const ids = [...registry.links.keys()];
     touchHosts(ctx.store.db, ctx.serverId, ids).catch((e: unknown) => ctx.log.warn({ err: e }, 'could not record host heartbeats'));
+    // Tokens revoked through another replica: their connections here close within a heartbeat.
+    const tokens = [...new Set(socketToken.values())];
+    revokedTokenIds(ctx.store.db, tokens)
+      .then(closeRevoked)
+      .catch((e: unknown) => ctx.log.warn({ err: e }, 'could not check agent tokens'));
   }, ctx.options.heartbeatMs);
 
   app.get(
@@ -69,7 +92,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
       websocket: true,
       preValidation: async (req, reply) => {
         try {
-          await ctx.auth.authenticate(req.headers.authorization, 'agent');
+          tokenOf.set(req, (await ctx.auth.authenticate(req.headers.authorization, 'agent')).id);
         } catch (e) {
           const { status, body } = errorBody(e);
           ctx.events.emit('agent.rejected', { code: body.error.code, message: body.error.message });
@@ -77,9 +100,14 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
         }
       },
     },
-    (socket) => {
+    (socket, req) => {
       sockets.add(socket);
-      socket.on('close', () => sockets.delete(socket));
+      const tokenId = tokenOf.get(req) ?? 0;
+      socketToken.set(socket, tokenId);
+      socket.on('close', () => {
+        sockets.delete(socket);
+        socketToken.delete(socket);
+      });
       handleConnection(socket);
     },
   );
@@ -122,6 +150,18 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
       socket.close(1008, err.code.slice(0, 100));
     };
 
+    // Output acknowledgements, one per attempt per turn of the event loop (the highest seq wins).
+    const acks = new Map<number, { attempt: number; seq: number }>();
+    const ackLog = (jobId: number, attempt: number, seq: number) => {
+      const prev = acks.get(jobId);
+      if (acks.size === 0) setImmediate(sendAcks);
+      if (!prev || prev.attempt !== attempt || prev.seq < seq) acks.set(jobId, { attempt, seq });
+    };
+    const sendAcks = () => {
+      for (const [jobId, a] of acks) send({ type: 'log.ack', jobId, attempt: a.attempt, seq: a.seq });
+      acks.clear();
+    };
+
     const ping = setInterval(() => {
       if (!alive) {
         log().warn('agent missed its heartbeat; dropping the connection');
@@ -151,10 +191,24 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
         reject(e);
         return;
       }
-      // Logs go straight to the writer's buffer (in order); everything else is processed in arrival order.
+      // Logs go straight to the writer's buffer (in order), and are acknowledged once stored; everything
+      // else is processed in arrival order.
       if (msg.type === 'job.log' && link) {
-        if (!link.active.has(msg.jobId)) return;
-        deps.logs.push({ jobId: msg.jobId, attempt: msg.attempt, seq: msg.seq, stream: msg.stream, data: Buffer.from(msg.data, 'base64') });
+        if (!link.active.has(msg.jobId)) return; // not this host's (any more): its result settles it
+        const { jobId, attempt } = msg;
+        deps.logs.push({ jobId, attempt, seq: msg.seq, stream: msg.stream, data: Buffer.from(msg.data, 'base64') }).then(
+          (seq) => {
+            if (seq !== undefined && seq >= 0) ackLog(jobId, attempt, seq);
+          },
+          () => {
+            // Not stored: the agent still holds it and resends everything unacknowledged when it reconnects.
+            if (!closed) socket.close(1011, 'could not store job output');
+          },
+        );
+        return;
+      }
+      if (msg.type === 'job.start' && link) {
+        start(link, msg.jobId, msg.attempt);
         return;
       }
       const m = msg;
@@ -196,6 +250,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
         case 'job.done':
           return done(msg.result);
         case 'job.log':
+        case 'job.start':
           return;
         case 'host.status':
           return hostStatus(msg);
@@ -207,7 +262,25 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
     }
 
     async function hello(msg: AgentMessageOf<'hello'>): Promise<void> {
-      const host = await connectHost(ctx.store.db, msg.host, ctx.serverId, msg.mirror, msg.power);
+      let registered: Awaited<ReturnType<typeof registerHost>>;
+      try {
+        registered = await registerHost(ctx.store.db, msg.host, ctx.serverId, msg.mirror, {
+          ...(msg.credential ? { credential: msg.credential } : {}),
+          policy: ctx.options.hostPolicy,
+        }, msg.power);
+      } catch (e) {
+        if (!isKilnError(e) || !e.code.startsWith('host.')) throw e;
+        // Another machine using this host's name, or a capacity claim past what it registered with: refused,
+        // and the agent is told not to retry (an operator has to act).
+        closed = true;
+        ctx.metrics.agentProtocolErrors.inc({ code: e.code });
+        ctx.log.warn({ code: e.code, msg: e.message, host: msg.host.name }, 'host refused');
+        ctx.events.emit('agent.rejected', { code: e.code, message: e.message });
+        send({ type: 'error', code: e.code, message: `${e.message}${e.hint ? ` (${e.hint})` : ''}`.slice(0, 1000) });
+        socket.close(CLOSE_HOST_REFUSED, e.code.slice(0, 100));
+        return;
+      }
+      const host = registered.host;
       connectedAt = host.connectedAt;
       const hlog = ctx.log.child({ hostId: host.id, host: host.name });
       const l: HostLink = {
@@ -232,7 +305,8 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
         stale.ready = false;
         stale.close(4000, 'replaced by a newer connection from the same host');
       }
-      send({ type: 'welcome', protocol: PROTOCOL_VERSION, hostId: host.id, hostName: host.name, serverId: ctx.serverId });
+      // `welcome` goes out only after the host's jobs are registered below: the agent resends the output it
+      // holds right after it, and output of a job not registered yet would be dropped.
       // 1. Results the agent finished while disconnected.
       for (const r of msg.finished) await applyResult(l, r);
       // 2. What the store says runs there versus what the agent runs.
@@ -260,6 +334,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
         hlog.warn({ jobId: r.jobId, attempt: r.attempt }, 'agent runs a job the server does not place there; stopping it');
         send({ type: 'stop', jobId: r.jobId, attempt: r.attempt, reason: 'unknown to the server' });
       }
+      send({ type: 'welcome', protocol: PROTOCOL_VERSION, hostId: host.id, hostName: host.name, serverId: ctx.serverId, ...(registered.issued ? { credential: registered.issued } : {}) });
       const old = registry.add(l);
       if (old) old.close(4000, 'replaced by a newer connection from the same host');
       l.ready = true;
@@ -320,11 +395,46 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
 
     async function done(r: JobResultMsg): Promise<void> {
       if (!link) return;
+      if (!(await outputComplete(link, r))) {
+        log().warn({ jobId: r.jobId, attempt: r.attempt, logChunks: r.logChunks }, 'a result arrived before all of its output was stored; asking the agent to resend');
+        closed = true;
+        socket.close(1011, 'job output incomplete; resend');
+        return;
+      }
       await applyResult(link, r);
+      deps.logs.forget(r.jobId, r.attempt);
+    }
+
+    /** Grants or refuses a start lease once the job's running state is stored (see phase-writer.ts). */
+    function start(l: HostLink, jobId: number, attempt: number): void {
+      if (l.active.get(jobId)?.attempt !== attempt) {
+        send({ type: 'start.refused', jobId, attempt, reason: 'the job is not placed on this host (any more)' });
+        return;
+      }
+      deps.phases.start({ jobId, attempt, hostId: l.hostId, phase: 'running' }).then(
+        (ok) => send(ok ? { type: 'start.ok', jobId, attempt } : { type: 'start.refused', jobId, attempt, reason: 'the job is no longer placed on this host' }),
+        (e: unknown) => {
+          // Unknown whether it was stored: the agent asks again after it reconnects (a stored start is granted again).
+          log().error({ err: e, jobId }, 'could not record a job start');
+          if (!closed) socket.close(1011, 'could not record a job start');
+        },
+      );
     }
   }
 
   const applyPhase = (l: HostLink, jobId: number, attempt: number, phase: 'booting' | 'running') => deps.jobs.applyPhase(l.hostId, jobId, attempt, phase);
+
+  /**
+   * Whether every output chunk the agent sent for a result's attempt is stored (or settled): a job is never
+   * made final with holes in its output. Only for jobs active on this link (others: already settled).
+   */
+  async function outputComplete(l: HostLink, r: JobResultMsg): Promise<boolean> {
+    if (!r.logChunks || l.active.get(r.jobId)?.attempt !== r.attempt) return true;
+    await deps.logs.flush();
+    if (deps.logs.settled(r.jobId, r.attempt) >= r.logChunks - 1) return true;
+    const stored = await storedLogSeq(ctx.store.db, r.jobId, r.attempt);
+    return stored.truncated || stored.seq >= r.logChunks - 1;
+  }
 
   async function applyResult(l: HostLink, r: JobResultMsg): Promise<void> {
     // Everything the agent sent before the result is stored before the job is final, so a follower that
@@ -351,6 +461,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
   const offStop = ctx.events.on('job.stop', (e) => void stop(e.hostId, e.jobId, e.attempt, e.reason));
 
   return {
+    closeToken: (tokenId) => closeRevoked([tokenId]),
     stop,
     async close() {
       offStop();

@@ -123,7 +123,7 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
   let offJobState: (() => void) | undefined;
   return {
     events,
-    routes: githubRoutes(ctx.store.db),
+    routes: githubRoutes(ctx.store.db, config.tenant),
     register: (app) => registerWebhook(app, p, kick),
     pass,
     start() {

@@ -124,6 +124,10 @@ async function applyDelivery(tx: Tx, p: GitHubParts, vms: RunnerVmWrites, delive
     const ours = await bindRunner(tx, p, vms, key, { runnerName: e.runnerName, ...usageTimes(times) });
     await settleUndecided(tx, p, job, ours);
   }
+  // Once per job attempt (actions are deduplicated above): the pickup figure (src/server/reports/figures.ts).
+  if (to === 'in_progress' && job.decision !== 'ignored' && job.decision !== 'refused') {
+    p.events.emit('job.started', { ...key, labels: job.labels, createdAt: times.queuedAt ?? job.queuedAt, startedAt: times.startedAt ?? job.startedAt });
+  }
   return outcome;
 }
 

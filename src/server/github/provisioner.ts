@@ -111,6 +111,7 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites): Provisione
       image: config.runnerImage,
       command: config.runnerCommand,
       env: { [RUNNER_ENV]: jit.encodedJitConfig, KILN_RUNNER_NAME: name },
+      secretEnv: [RUNNER_ENV],
       timeoutMs: config.runnerTimeoutMs,
       network: 'user',
       priority: 0,

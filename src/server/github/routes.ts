@@ -4,10 +4,19 @@ import { listGhJobs, listUsage } from '../../store/github-jobs.ts';
 import { listRunnersForApi } from '../../store/github-runners.ts';
 import type { Db } from '../../store/store.ts';
 import type { RouteDef } from '../http/routes.ts';
+import { mayAccessTenant } from '../http/auth.ts';
+import type { Token } from '../../core/host.ts';
+import { KilnError } from '../../core/errors.ts';
 
 const iso = (x: number | null) => (x === null ? null : new Date(x).toISOString());
 
-export function githubRoutes(db: Db): RouteDef[] {
+export function githubRoutes(db: Db, tenant: string): RouteDef[] {
+  // GitHub records (jobs, runners, usage) belong to the GitHub tenant: other tenants' tokens may not read them.
+  const githubTenantOnly = (token: Token | undefined) => {
+    if (!mayAccessTenant(token, tenant)) {
+      throw new KilnError('auth.forbidden', `GitHub records belong to tenant ${tenant}`, { hint: 'use an admin token or a token of that tenant' });
+    }
+  };
   return [
     {
       method: 'GET',
@@ -21,7 +30,8 @@ export function githubRoutes(db: Db): RouteDef[] {
           { additionalProperties: false },
         ),
       },
-      async handler(req) {
+      async handler(req, _reply, token) {
+        githubTenantOnly(token);
         const q = req.query as { decision?: string; repo?: string; limit?: number };
         const jobs = await listGhJobs(db, { decision: q.decision, repo: q.repo, limit: q.limit ?? 100 });
         return {
@@ -49,7 +59,8 @@ export function githubRoutes(db: Db): RouteDef[] {
       summary: "kiln's JIT runners: state, labels, VM (kiln job), the GitHub job they ran",
       permission: 'read',
       schema: { querystring: Type.Object({ all: Type.Optional(Type.Boolean()) }, { additionalProperties: false }) },
-      async handler(req) {
+      async handler(req, _reply, token) {
+        githubTenantOnly(token);
         const all = (req.query as { all?: boolean }).all === true;
         return {
           runners: (await listRunnersForApi(db, all)).map((r) => ({
@@ -79,7 +90,8 @@ export function githubRoutes(db: Db): RouteDef[] {
           { additionalProperties: false },
         ),
       },
-      async handler(req) {
+      async handler(req, _reply, token) {
+        githubTenantOnly(token);
         const q = req.query as { repo?: string; org?: string; limit?: number };
         return { usage: await listUsage(db, { repo: q.repo, org: q.org, limit: q.limit ?? 1000 }) };
       },

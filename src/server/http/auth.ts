@@ -4,7 +4,7 @@
  */
 import { KilnError } from '../../core/errors.ts';
 import type { Token, TokenRole } from '../../core/host.ts';
-import { findTokenBySecret } from '../../store/tokens.ts';
+import { findTokenBySecret, touchToken } from '../../store/tokens.ts';
 import type { Db } from '../../store/store.ts';
 
 export type Permission = 'read' | 'submit' | 'operate' | 'admin' | 'agent';
@@ -13,6 +13,8 @@ const GRANTS: Record<TokenRole, readonly Permission[]> = {
   admin: ['read', 'submit', 'operate', 'admin'],
   operator: ['read', 'submit', 'operate'],
   'read-only': ['read'],
+  /** The dashboard's role for people watching the fleet: reads everything an operator sees, changes nothing. */
+  viewer: ['read'],
   agent: ['agent'],
 };
 
@@ -39,6 +41,8 @@ export function makeAuthenticator(db: Db, cacheMs = 5_000): Authenticator {
       let hit = cache.get(secret);
       if (!hit || now - hit.at > cacheMs) {
         hit = { token: await findTokenBySecret(db, secret), at: now };
+        // lastUsedAt, at most once per cache period per token (not a write per request).
+        if (hit.token) touchToken(db, hit.token.id).catch(() => undefined);
         if (cache.size > 10_000) cache.clear();
         cache.set(secret, hit);
       }
@@ -52,4 +56,15 @@ export function makeAuthenticator(db: Db, cacheMs = 5_000): Authenticator {
       return token;
     },
   };
+}
+
+/** The tenant a token's reads and writes are confined to; undefined for admins (every tenant). */
+export function tenantScope(token: Pick<Token, 'role' | 'tenant'> | undefined): string | undefined {
+  return !token || token.role === 'admin' ? undefined : token.tenant;
+}
+
+/** Whether a token may see or act on a tenant's records (jobs, logs, GitHub records, usage). */
+export function mayAccessTenant(token: Pick<Token, 'role' | 'tenant'> | undefined, tenant: string): boolean {
+  const scope = tenantScope(token);
+  return scope === undefined || scope === tenant;
 }

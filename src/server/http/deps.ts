@@ -9,6 +9,8 @@ export interface ApiDeps {
   scheduler: SchedulerControl;
   /** The door for job changes (submit, cancel). */
   jobs: JobCommands;
+  /** Close this replica's agent connections made with a revoked token (others notice within a heartbeat). */
+  closeToken(tokenId: number): void;
 }
 
 /** What the routes ask of the scheduler (the routes do not import it: lint keeps http/ and scheduler/ apart). */

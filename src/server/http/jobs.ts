@@ -9,11 +9,24 @@ import { parseLabels, validateRequirements, DEFAULT_REQUIREMENTS, type Requireme
 import { parseDuration, parseSize } from '../../core/sizes.ts';
 import { getJob, jobTransitions, listJobs } from '../../store/jobs.ts';
 import { SECRET_ENV_KEYS } from '../jobs/job-commands.ts';
+import { mayAccessTenant, tenantScope } from './auth.ts';
+
+const MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000;
+/** A number is milliseconds; below this it is almost surely seconds meant as milliseconds (and no VM boots). */
+const MIN_TIMEOUT_MS = 100;
 import { readLogs } from '../../store/logs.ts';
+import { checkIdempotencyKey, requestHash } from '../../store/submissions.ts';
 import type { ApiDeps } from './deps.ts';
 import type { RouteDef } from './routes.ts';
 
-const SizeOrBytes = Type.Union([Type.Integer({ minimum: 1 }), Type.String({ maxLength: 20 })]);
+const SizeOrBytes = Type.Union([Type.Integer({ minimum: 1, maximum: 2 ** 50 }), Type.String({ minLength: 1, maxLength: 20 })]);
+
+/** Environment variables: names as a shell takes them, string values only (no other keys, no coercion). */
+export const ENV_NAME_PATTERN = '^[A-Za-z_][A-Za-z0-9_]*$';
+const EnvMap = Type.Object(
+  {},
+  { patternProperties: { [ENV_NAME_PATTERN]: Type.String({ maxLength: 100_000 }) }, additionalProperties: false, maxProperties: 500, propertyNames: { maxLength: 200 } },
+);
 
 export const JobSubmit = Type.Object(
   {
@@ -24,9 +37,10 @@ export const JobSubmit = Type.Object(
     disk: Type.Optional(SizeOrBytes),
     image: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
     command: Type.Array(Type.String({ maxLength: 100_000 }), { minItems: 1, maxItems: 1000 }),
-    env: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', maxLength: 200 }), Type.String({ maxLength: 100_000 }))),
+    env: Type.Optional(EnvMap),
+    secretEnv: Type.Optional(EnvMap),
     cwd: Type.Optional(Type.String({ maxLength: 1000 })),
-    timeout: Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), Type.String({ maxLength: 20 })])),
+    timeout: Type.Optional(Type.Union([Type.Integer({ minimum: MIN_TIMEOUT_MS, maximum: MAX_TIMEOUT_MS, description: 'milliseconds' }), Type.String({ minLength: 1, maxLength: 20, description: 'a duration: 90s, 30m, 2h' })])),
     network: Type.Optional(Type.Union([Type.Literal('none'), Type.Literal('user')])),
     priority: Type.Optional(Type.Integer({ minimum: -100, maximum: 100 })),
     tenant: Type.Optional(Type.String({ minLength: 1, maxLength: 100, pattern: '^[A-Za-z0-9._-]+$' })),
@@ -77,7 +91,12 @@ export function resolveSubmission(body: JobSubmit, token: Pick<Token, 'id' | 'ro
   attempt(() => validateRequirements(req));
   const t = body.timeout;
   const timeoutMs = t === undefined ? DEFAULT_TIMEOUT_MS : typeof t === 'number' ? t : (attempt(() => parseDuration(t, 'timeout')) ?? DEFAULT_TIMEOUT_MS);
-  if (timeoutMs > 7 * 24 * 3600 * 1000) problems.push('timeout must be at most 7 days');
+  if (!(timeoutMs >= MIN_TIMEOUT_MS)) problems.push(`timeout must be at least ${MIN_TIMEOUT_MS}ms (a number is milliseconds; "90s" gives a unit)`);
+  if (timeoutMs > MAX_TIMEOUT_MS) problems.push('timeout must be at most 7 days');
+  const env = body.env ?? {};
+  const secretEnv = body.secretEnv ?? {};
+  const both = Object.keys(secretEnv).filter((k) => Object.hasOwn(env, k));
+  if (both.length > 0) problems.push(`${both.join(', ')} given in both env and secretEnv`);
   if (body.tenant !== undefined && body.tenant !== token.tenant && token.role !== 'admin') problems.push('only admin tokens may submit for another tenant');
   if (problems.length > 0) throw new KilnError('job.bad_request', problems.join('; '), { hint: 'fix the fields named above and submit again' });
   return {
@@ -86,7 +105,8 @@ export function resolveSubmission(body: JobSubmit, token: Pick<Token, 'id' | 'ro
     labels: body.labels ?? [],
     image: body.image ?? DEFAULT_IMAGE,
     command: body.command,
-    env: body.env ?? {},
+    env: { ...env, ...secretEnv },
+    ...(Object.keys(secretEnv).length > 0 ? { secretEnv: Object.keys(secretEnv) } : {}),
     ...(body.cwd !== undefined ? { cwd: body.cwd } : {}),
     timeoutMs,
     network: body.network ?? 'none',
@@ -95,10 +115,17 @@ export function resolveSubmission(body: JobSubmit, token: Pick<Token, 'id' | 'ro
   };
 }
 
-/** Env values that are credentials (a GitHub runner's JIT config) are never served back by the API. */
+export const SECRET_PLACEHOLDER = '[secret]';
+
+/**
+ * A job as the API serves it: secret env values are write-only, replaced by a placeholder (the ones marked
+ * secret at submit, and credentials kiln itself puts there, such as a GitHub runner's JIT config).
+ */
 export function jobJson(j: Job): Job {
-  if (!Object.keys(j.env).some((k) => SECRET_ENV_KEYS.has(k))) return j;
-  return { ...j, env: Object.fromEntries(Object.entries(j.env).map(([k, v]) => [k, SECRET_ENV_KEYS.has(k) ? '[redacted]' : v])) };
+  const marked = new Set(j.secretEnv ?? []);
+  const keys = Object.keys(j.env);
+  if (!keys.some((k) => marked.has(k) || SECRET_ENV_KEYS.has(k))) return j;
+  return { ...j, env: Object.fromEntries(keys.map((k) => [k, marked.has(k) || SECRET_ENV_KEYS.has(k) ? SECRET_PLACEHOLDER : j.env[k]!])) };
 }
 
 export function jobRoutes(deps: ApiDeps): RouteDef[] {
@@ -107,9 +134,10 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
   // Every job change goes through the door (jobs/job-commands.ts); the scheduler kicks on `job.submitted`.
   const submit = (specs: JobSpec[]): Promise<Job[]> => deps.jobs.submit(specs);
   const IdParams = Type.Object({ id: Type.Integer({ minimum: 1 }) });
-  const need = async (id: number): Promise<Job> => {
+  // A job of another tenant is answered exactly like a missing one (its existence is not disclosed).
+  const need = async (id: number, token: Token | undefined): Promise<Job> => {
     const j = await getJob(db, id);
-    if (!j) throw new KilnError('job.not_found', `job ${id} does not exist`, { hint: 'list jobs with `kiln jobs ls`' });
+    if (!j || !mayAccessTenant(token, j.tenant)) throw new KilnError('job.not_found', `job ${id} does not exist`, { hint: 'list jobs with `kiln jobs ls`' });
     return j;
   };
   return [
@@ -121,8 +149,17 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
       permission: 'submit',
       schema: { body: JobSubmit, response: JobOut },
       async handler(req, reply, token) {
-        const [job] = await submit([resolveSubmission(req.body as JobSubmit, token!)]);
-        return reply.code(201).send(job);
+        const spec = resolveSubmission(req.body as JobSubmit, token!);
+        const keyHeader = req.headers['idempotency-key'];
+        if (keyHeader === undefined) {
+          const [job] = await submit([spec]);
+          return reply.code(201).send(jobJson(job!));
+        }
+        // A keyed submission: one job per key and tenant for IDEMPOTENCY_WINDOW_MS (store/submissions.ts).
+        const key = checkIdempotencyKey(Array.isArray(keyHeader) ? keyHeader.join(',') : keyHeader);
+        const { job, replayed } = await deps.jobs.submitKeyed(spec, key, requestHash(req.body));
+        if (replayed) return reply.code(201).header('idempotent-replayed', 'true').send(jobJson(job));
+        return reply.code(201).send(jobJson(job!));
       },
     },
     {
@@ -164,8 +201,13 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
         ),
         response: Type.Object({ jobs: Type.Array(JobOut) }),
       },
-      async handler(req) {
+      async handler(req, _reply, token) {
         const q = req.query as { state?: string; tenant?: string; host?: number; before?: number; limit?: number };
+        const scope = tenantScope(token);
+        if (scope !== undefined && q.tenant !== undefined && q.tenant !== scope) {
+          throw new KilnError('auth.forbidden', `a ${token!.role} token of tenant ${scope} may not list tenant ${q.tenant}'s jobs`, { hint: 'use an admin token, or leave out tenant' });
+        }
+        const tenant = scope ?? q.tenant;
         const states = q.state ? q.state.split(',').map((s) => s.trim()) : undefined;
         const bad = states?.filter((s) => !JOB_STATE_LIST.includes(s as JobState));
         if (bad && bad.length > 0) throw new KilnError('request.bad_state', `unknown job state ${bad.join(', ')}`, { hint: `states: ${JOB_STATE_LIST.join(', ')}` });
@@ -173,7 +215,7 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
           jobs: (
             await listJobs(db, {
             ...(states ? { states: states as JobState[] } : {}),
-            ...(q.tenant !== undefined ? { tenant: q.tenant } : {}),
+            ...(tenant !== undefined ? { tenant } : {}),
             ...(q.host !== undefined ? { hostId: q.host } : {}),
             ...(q.before !== undefined ? { beforeId: q.before } : {}),
               limit: q.limit ?? 100,
@@ -189,9 +231,9 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
       summary: 'One job, with a timestamp per state transition',
       permission: 'read',
       schema: { params: IdParams },
-      async handler(req) {
+      async handler(req, _reply, token) {
         const { id } = req.params as { id: number };
-        const job = await need(id);
+        const job = await need(id, token);
         return { ...jobJson(job), transitions: await jobTransitions(db, id) };
       },
     },
@@ -202,8 +244,9 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
       summary: 'Cancel a job: queued jobs at once, running ones by stopping their VM',
       permission: 'submit',
       schema: { params: IdParams },
-      async handler(req) {
+      async handler(req, _reply, token) {
         const { id } = req.params as { id: number };
+        await need(id, token);
         const job = await deps.jobs.cancel(id);
         if (!job) throw new KilnError('job.not_found', `job ${id} does not exist`);
         return jobJson(job);
@@ -220,10 +263,10 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
         params: IdParams,
         querystring: Type.Object({ after: Type.Optional(Type.Integer({ minimum: 0 })), follow: Type.Optional(Type.Boolean()) }, { additionalProperties: false }),
       },
-      async handler(req, reply) {
+      async handler(req, reply, token) {
         const { id } = req.params as { id: number };
         const q = req.query as { after?: number; follow?: boolean };
-        await need(id);
+        await need(id, token);
         reply.hijack();
         const res = reply.raw;
         res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
@@ -238,7 +281,7 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
             for (const c of chunks) await write({ id: c.id, attempt: c.attempt, stream: c.stream, data: c.data.toString('base64') });
             if (chunks.length > 0) after = chunks[chunks.length - 1]!.id;
             if (chunks.length === 500) continue;
-            const job = await need(id);
+            const job = await need(id, token);
             if (isTerminal(job.state) || !q.follow) {
               // Logs are stored before a job becomes final: drain what is left, then end.
               for (let more = await readLogs(db, id, after, 500); more.length > 0; more = await readLogs(db, id, after, 500)) {

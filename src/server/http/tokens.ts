@@ -6,6 +6,7 @@ import { listTenants, setTenantLimit } from '../../store/tenants.ts';
 import { createToken, listTokens, revokeToken } from '../../store/tokens.ts';
 import type { ApiDeps } from './deps.ts';
 import type { RouteDef } from './routes.ts';
+import { tenantScope } from './auth.ts';
 
 export function tokenRoutes(deps: ApiDeps): RouteDef[] {
   const db = deps.ctx.store.db;
@@ -52,6 +53,7 @@ export function tokenRoutes(deps: ApiDeps): RouteDef[] {
         const t = await revokeToken(db, (req.params as { id: number }).id);
         if (!t) throw new KilnError('token.not_found', 'no such token');
         deps.ctx.auth.forget();
+        deps.closeToken(t.id);
         return t;
       },
     },
@@ -66,8 +68,10 @@ export function tokenRoutes(deps: ApiDeps): RouteDef[] {
           tenants: Type.Array(Type.Object({ name: Type.String(), maxConcurrent: Type.Union([Type.Integer(), Type.Null()]), active: Type.Integer(), queued: Type.Integer() })),
         }),
       },
-      async handler() {
-        return { tenants: await listTenants(db) };
+      async handler(_req, _reply, token) {
+        const scope = tenantScope(token);
+        const all = await listTenants(db);
+        return { tenants: scope === undefined ? all : all.filter((t) => t.name === scope) };
       },
     },
     {
@@ -77,8 +81,8 @@ export function tokenRoutes(deps: ApiDeps): RouteDef[] {
       summary: "Set a tenant's concurrency limit (null: unlimited)",
       permission: 'admin',
       schema: {
-        params: Type.Object({ name: Type.String({ minLength: 1, maxLength: 100 }) }),
-        body: Type.Object({ maxConcurrent: Type.Union([Type.Null(), Type.Integer({ minimum: 0 })]) }, { additionalProperties: false }),
+        params: Type.Object({ name: Type.String({ minLength: 1, maxLength: 100, pattern: '^[A-Za-z0-9._-]+$' }) }),
+        body: Type.Object({ maxConcurrent: Type.Union([Type.Null(), Type.Integer({ minimum: 0, maximum: 1_000_000 })]) }, { additionalProperties: false }),
       },
       async handler(req) {
         const name = (req.params as { name: string }).name;

@@ -17,6 +17,7 @@ import type { JobState } from '../../core/job-state.ts';
 import {
   applyPhases,
   insertJobs,
+  jobStatuses,
   loseJob,
   markPlaced,
   recordExits,
@@ -29,6 +30,7 @@ import {
   type PlacedJob,
 } from '../../store/jobs.ts';
 import type { Db, Tx } from '../../store/store.ts';
+import { submitOnce } from '../../store/submissions.ts';
 import type { ServerContext } from '../context.ts';
 import { makeGroupCommit } from '../group-commit.ts';
 import { exitEvent, resultEvent } from './result-event.ts';
@@ -51,6 +53,11 @@ export const SECRET_ENV_KEYS: ReadonlySet<string> = new Set(['KILN_RUNNER_JITCON
 export interface JobCommands {
   /** Accepts jobs (joined with concurrent submissions into few statements); all or none are stored. */
   submit(specs: JobSpec[]): Promise<Job[]>;
+  /**
+   * Accepts one job under an idempotency key (POST /v1/jobs with `Idempotency-Key`): a repeat of the key
+   * within its window returns the job stored the first time (`replayed`), counted and announced once.
+   */
+  submitKeyed(spec: JobSpec, key: string, bodyHash: string): Promise<{ job: Job; replayed: boolean }>;
   /** Accepts one GitHub runner VM (the same path as every submission: counted, announced, scheduled). */
   submitRunnerJob(spec: JobSpec): Promise<Job>;
   /**
@@ -67,7 +74,7 @@ export interface JobCommands {
   /** After the placing transaction committed and launches went out: counts and announces the placements. */
   placed(placements: Placement[]): void;
   /** Stores a batch of agent phase reports (the phase writer's group commit). */
-  applyPhases(updates: PhaseUpdate[]): Promise<void>;
+  applyPhases(updates: PhaseUpdate[]): Promise<boolean[]>;
   /** Applies one phase a reconnecting agent reports for a job it kept running. */
   applyPhase(hostId: number, jobId: number, attempt: number, phase: 'booting' | 'running'): Promise<void>;
   /** Stores a batch of agent results (the result writer's group commit); announces nothing (see `finished`). */
@@ -93,6 +100,14 @@ export function makeJobCommands(ctx: ServerContext): JobCommands {
 
   return {
     submit,
+    async submitKeyed(spec, key, bodyHash) {
+      const r = await submitOnce(db, spec, key, bodyHash);
+      if (!r.replayed) {
+        ctx.metrics.submitted.inc(1);
+        ctx.events.emit('job.submitted', { job: r.job });
+      }
+      return r;
+    },
     async submitRunnerJob(spec) {
       const [job] = await submit([spec]);
       if (!job) throw new KilnError('github.submit_failed', 'the runner VM could not be queued', { kind: 'internal' });
@@ -126,11 +141,21 @@ export function makeJobCommands(ctx: ServerContext): JobCommands {
       ctx.metrics.placements.inc(placements.length);
     },
     async applyPhases(updates) {
+      const running = new Set<string>();
       for (const c of await applyPhases(db, updates)) {
         const job = { id: c.id, tenant: c.tenant, attempt: c.attempt };
         if (c.booted) stateChanged(job, 'placed', 'booting');
         stateChanged(job, c.booted ? 'booting' : c.from, c.state);
+        if (c.state === 'running') running.add(`${c.id}:${c.attempt}`);
       }
+      // A start asked again (its answer was lost with a connection): granted if it was stored before.
+      const again = updates.filter((u) => u.phase === 'running' && !running.has(`${u.jobId}:${u.attempt}`));
+      if (again.length > 0) {
+        for (const st of await jobStatuses(db, [...new Set(again.map((u) => u.jobId))])) {
+          if (st.state === 'running') running.add(`${st.id}:${st.attempt}:${st.hostId ?? 0}`);
+        }
+      }
+      return updates.map((u) => u.phase === 'running' && (running.has(`${u.jobId}:${u.attempt}`) || running.has(`${u.jobId}:${u.attempt}:${u.hostId}`)));
     },
     async applyPhase(hostId, jobId, attempt, phase) {
       const res = await transitionJob(db, jobId, attempt, (job) => {

@@ -76,7 +76,7 @@ export interface GitHubHarness {
 }
 
 export async function startGitHubHarness(
-  o: { kind?: StoreKind; config?: Partial<GitHubConfig>; agent?: boolean; tokenTtlMs?: number; jobMs?: number; refreshAheadMs?: number; store?: Store; driver?: VmDriver; images?: ImageResolver } = {},
+  o: { kind?: StoreKind; config?: Partial<GitHubConfig>; agent?: boolean; tokenTtlMs?: number; jobMs?: number; refreshAheadMs?: number; store?: Store; driver?: VmDriver; images?: ImageResolver; dashboardDir?: string } = {},
 ): Promise<GitHubHarness> {
   const { publicKey } = appKeys();
   const double = new GitHubDouble({ publicKey, appId: APP_ID, webhookSecret: WEBHOOK_SECRET, ...(o.tokenTtlMs ? { tokenTtlMs: o.tokenTtlMs } : {}), ...(o.jobMs ? { jobMs: o.jobMs } : {}) });
@@ -101,6 +101,7 @@ export async function startGitHubHarness(
     adminToken: admin,
     options: { pollMs: 100, heartbeatMs: 1000 },
     leaderIntervalMs: 100,
+    ...(o.dashboardDir ? { dashboardDir: o.dashboardDir } : {}),
     github: {
       config: testGitHubConfig(double.url, o.config),
       pollMs: 100,

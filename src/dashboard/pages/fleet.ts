@@ -1,0 +1,76 @@
+/// <reference lib="dom" />
+import { badge, gib, h, table, throttle, ago } from '../dom.ts';
+import { loadInto, type Page, type PageContext } from '../page.ts';
+
+export interface HostOut {
+  id: number;
+  name: string;
+  state: string;
+  cordoned: boolean;
+  arch: string;
+  accel: string;
+  capacity: { cpus: number; memoryBytes: number; diskBytes: number };
+  used: { cpus: number; memoryBytes: number; diskBytes: number };
+  jobs: number;
+  labels: string[];
+  driver: string;
+  agentVersion: string;
+  lastSeenAt: string;
+  mirror: { state?: string; healthy: boolean; cacheBytes: number } | null;
+}
+
+const meter = (used: number, cap: number, text: string) =>
+  h('span', { class: 'meter-cell' }, h('meter', { min: 0, max: cap, value: used, 'aria-label': text }), h('span', {}, text));
+
+export function fleetPage(ctx: PageContext): Page {
+  const body = h('div', { 'aria-busy': 'true' }, h('p', {}, 'Loading hosts…'));
+  const el = h('section', { 'aria-labelledby': 'fleet-h' }, h('h2', { id: 'fleet-h' }, 'Fleet'), body);
+  const load = () =>
+    loadInto(body, async () => {
+      const { hosts } = await ctx.api.get<{ hosts: HostOut[] }>('/v1/hosts');
+      const counts = new Map<string, number>();
+      for (const x of hosts) counts.set(x.state, (counts.get(x.state) ?? 0) + 1);
+      const cpu = hosts.reduce((a, x) => [a[0]! + x.used.cpus, a[1]! + x.capacity.cpus], [0, 0]);
+      return h(
+        'div',
+        {},
+        h(
+          'ul',
+          { class: 'stats', 'aria-label': 'hosts by state' },
+          h('li', {}, h('strong', {}, hosts.length), ' hosts'),
+          ['online', 'draining', 'asleep', 'waking', 'offline'].map((s) => h('li', {}, badge(s), ' ', h('strong', { 'data-state-count': s }, counts.get(s) ?? 0))),
+          h('li', {}, h('strong', {}, `${cpu[0]}/${cpu[1]}`), ' CPUs in use'),
+        ),
+        table(
+          'Hosts: CPU and memory in use of capacity, VMs, mirror',
+          ['Host', 'State', 'Arch', 'Accel', 'CPUs', 'Memory', 'VMs', 'Mirror', 'Agent', 'Last seen'],
+          hosts.map((x) => [
+            h('span', { 'data-host': x.name }, x.name),
+            h('span', { 'data-host-state': x.name }, badge(x.cordoned && x.state === 'online' ? 'cordoned' : x.state)),
+            x.arch,
+            x.accel,
+            meter(x.used.cpus, x.capacity.cpus, `${x.used.cpus}/${x.capacity.cpus}`),
+            meter(x.used.memoryBytes, x.capacity.memoryBytes, `${gib(x.used.memoryBytes)}/${gib(x.capacity.memoryBytes)}`),
+            x.jobs,
+            x.mirror ? h('span', { class: x.mirror.healthy ? 'ok' : 'bad' }, x.mirror.healthy ? 'healthy' : 'down', ' · ', gib(x.mirror.cacheBytes)) : '—',
+            `${x.driver} ${x.agentVersion}`,
+            ago(x.lastSeenAt),
+          ]),
+          { empty: 'No host has joined yet: start one with `kiln agent`.', wide: [3, 7, 8, 9] },
+        ),
+      );
+    });
+  void load();
+  // A host changing state shows within ~0.3 s; capacity in use (jobs coming and going) and the mirrors'
+  // periodic reports (every host every 15 s: ~70 a second on a fleet of 1,000) refresh at most every 5 s.
+  const reload = throttle(() => void load(), 5000);
+  const soon = throttle(() => void load(), 300);
+  return {
+    title: 'Fleet',
+    el,
+    onDelta(d) {
+      if (d.hosts.some((x) => x.event !== 'status')) soon();
+      else if (d.hosts.length > 0 || d.jobs.length > 0) reload();
+    },
+  };
+}

@@ -1,0 +1,108 @@
+/**
+ * The wait, boot and pickup histograms in /metrics (issue 21's "figures"). Observed when a job's command
+ * starts (`job.state` → running: wait = queued → placed, boot = placed → running, once per attempt that
+ * ran) and when a GitHub job goes in_progress (pickup = GitHub's created_at → in_progress). Each event is
+ * emitted by exactly one replica, so the fleet's figures are the sum over replicas, as Prometheus adds them.
+ * Job rows are read in one statement per event-loop turn, never per job.
+ */
+import { Counter, Gauge, Histogram } from 'prom-client';
+import { HOST_STATE_LIST } from '../../core/host-state.ts';
+import { parseLabels } from '../../core/requirements.ts';
+import { BOOT_BUCKETS, jobTimings, LabelSetLimiter, PICKUP_BUCKETS, pickupSeconds, WAIT_BUCKETS } from '../../core/timings.ts';
+import { jobTimesByIds } from '../../store/reports.ts';
+import { listHosts } from '../../store/hosts.ts';
+import type { ServerContext } from '../context.ts';
+
+export const FIGURE_METRICS = ['kiln_job_wait_seconds', 'kiln_job_boot_seconds', 'kiln_github_pickup_seconds', 'kiln_hosts', 'kiln_job_boot_failures_total'] as const;
+
+export interface GitHubStart {
+  labels: string[];
+  createdAt: Date | string | null;
+  startedAt: Date | string | null;
+}
+
+export interface Figures {
+  /** A GitHub job went in_progress (called by the GitHub service). */
+  githubStarted(s: GitHubStart): void;
+  /** Resolves once every job seen running so far is observed (tests read /metrics after it). */
+  flush(): Promise<void>;
+  close(): void;
+}
+
+export function makeFigures(ctx: ServerContext): Figures {
+  const registers = [ctx.metrics.registry];
+  const labelNames = ['arch', 'labels'] as const;
+  const wait = new Histogram({ name: 'kiln_job_wait_seconds', help: 'Queued to placed on a host, per job attempt that started', labelNames, buckets: WAIT_BUCKETS, registers });
+  const boot = new Histogram({ name: 'kiln_job_boot_seconds', help: 'Placed to the VM booted and the command running', labelNames, buckets: BOOT_BUCKETS, registers });
+  const pickup = new Histogram({
+    name: 'kiln_github_pickup_seconds',
+    help: "GitHub's created_at of a workflow job to its in_progress (the pickup latency a user feels)",
+    labelNames,
+    buckets: PICKUP_BUCKETS,
+    registers,
+  });
+  // Fleet-wide (read from the store at scrape time, so every replica reports every host, as the mirror gauges do).
+  new Gauge({
+    name: 'kiln_hosts',
+    help: 'Hosts by state (online, draining, asleep, waking, offline), cordoned ones included',
+    labelNames: ['state'],
+    registers,
+    async collect() {
+      const hosts = await listHosts(ctx.store.db).catch(() => undefined);
+      if (!hosts) return;
+      for (const st of HOST_STATE_LIST) this.set({ state: st }, hosts.filter((h) => h.state === st).length);
+    },
+  });
+  const bootFailures = new Counter({
+    name: 'kiln_job_boot_failures_total',
+    help: 'Job attempts that failed after placement but before their command ran (VM launch or boot failed)',
+    registers,
+  });
+  const sets = new LabelSetLimiter(100);
+  let pending = new Set<number>();
+  let inFlight: Promise<void> = Promise.resolve();
+  let scheduled = false;
+
+  const observe = async (ids: number[]) => {
+    for (const r of await jobTimesByIds(ctx.store.db, ids)) {
+      const t = jobTimings(r);
+      const labels = { arch: r.arch, labels: sets.key(r.labels) };
+      if (t.waitSeconds !== null) wait.observe(labels, t.waitSeconds);
+      if (t.bootSeconds !== null) boot.observe(labels, t.bootSeconds);
+    }
+  };
+  const drain = () => {
+    scheduled = false;
+    if (pending.size === 0) return;
+    const ids = [...pending];
+    pending = new Set();
+    inFlight = inFlight.then(() => observe(ids)).catch((e: unknown) => ctx.log.warn({ err: e }, 'could not read job times for the wait/boot figures'));
+  };
+  const off = ctx.events.on('job.state', (e) => {
+    if (e.to === 'failed' && (e.from === 'placed' || e.from === 'booting')) bootFailures.inc();
+    if (e.to !== 'running') return;
+    pending.add(e.job.id);
+    if (!scheduled) {
+      scheduled = true;
+      setImmediate(drain);
+    }
+  });
+  return {
+    githubStarted(s) {
+      const seconds = pickupSeconds(s.createdAt, s.startedAt);
+      if (seconds === null) return;
+      let arch = 'unknown';
+      try {
+        arch = parseLabels(s.labels).arch;
+      } catch {
+        // labels kiln refuses still have a pickup (someone else's runner may take the job)
+      }
+      pickup.observe({ arch, labels: sets.key(s.labels) }, seconds);
+    },
+    async flush() {
+      drain();
+      await inFlight;
+    },
+    close: off,
+  };
+}

@@ -1,0 +1,185 @@
+/**
+ * The dashboard in a real Chromium (Debian's package, driven over the DevTools protocol by playwright-core;
+ * nothing downloaded), against a real server on a real store with a memory-driver agent and GitHub
+ * configured against the GitHub double. Screenshots of every page go to the test's output directory
+ * ($KILN_TEST_OUTPUT_DIR or test-output/, under dashboard/), kept as CI artifacts.
+ */
+import { test, after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { buildDashboard } from '../../scripts/build-dashboard.mjs';
+import { makeMemoryDriver, type GuestProgram } from '../../src/vm/memory-driver.ts';
+import { createToken } from '../../src/store/tokens.ts';
+import { startGitHubHarness, until, type GitHubHarness } from '../github/support/harness.ts';
+import { standInRunner, STAND_IN_NAME } from '../github/support/stand-in-runner.ts';
+import { REPO, runKiln, makeTestDataDir } from '../support/kiln.ts';
+
+const CHROMIUM = process.env.KILN_CHROMIUM ?? '/usr/bin/chromium';
+const OUT = join(process.env.KILN_TEST_OUTPUT_DIR ?? join(REPO, 'test-output'), 'dashboard');
+const skip = existsSync(CHROMIUM) ? false : `${CHROMIUM} is missing (apt-get install chromium, or kiln setup --with-test-deps)`;
+
+let h: GitHubHarness;
+let browser: Browser;
+let assets: string;
+let viewer: string;
+let operator: string;
+const gates = new Map<string, () => void>();
+const gateOpen = new Map<string, Promise<void>>();
+const gate = (name: string) => {
+  if (!gateOpen.has(name)) gateOpen.set(name, new Promise<void>((r) => gates.set(name, r)));
+  return gateOpen.get(name)!;
+};
+
+/** `gate NAME` waits until the test opens it; `paint` prints coloured lines as a build tool would. */
+const programs: Record<string, GuestProgram> = {
+  [STAND_IN_NAME]: standInRunner,
+  gate: async ({ args, signal }) => {
+    await Promise.race([gate(args[0] ?? ''), new Promise((r) => signal.addEventListener('abort', r, { once: true }))]);
+    return 0;
+  },
+  paint: async ({ stdout, stderr }) => {
+    stdout('\x1b[1;32mPASS\x1b[0m unit tests\n');
+    stderr('\x1b[31mwarning:\x1b[0m deprecated flag\n');
+    return 0;
+  },
+};
+
+const shot = (page: Page, name: string) => page.screenshot({ path: join(OUT, `${name}.png`), fullPage: true });
+
+before(async () => {
+  if (skip) return;
+  mkdirSync(OUT, { recursive: true });
+  assets = mkdtempSync(join(tmpdir(), 'kiln-dashboard-'));
+  await buildDashboard(assets);
+  h = await startGitHubHarness({ dashboardDir: assets, driver: makeMemoryDriver({ cpus: 64, memoryBytes: 256 * 1024 ** 3, programs }) });
+  viewer = (await createToken(h.store.db, { name: 'wall screen', role: 'viewer' })).secret;
+  operator = (await createToken(h.store.db, { name: 'ops', role: 'operator' })).secret;
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu'] });
+});
+
+after(async () => {
+  if (skip) return;
+  for (const open of gates.values()) open();
+  await browser?.close();
+  await h?.close();
+  rmSync(assets, { recursive: true, force: true });
+});
+
+async function signedIn(page: Page, token: string): Promise<void> {
+  await page.goto(h.url);
+  await page.getByLabel('kiln token').fill(token);
+  await page.keyboard.press('Enter');
+  await page.locator('[data-live="on"]').waitFor();
+}
+
+test('the dashboard in Chromium: sign-in, live jobs and logs, a CLI drain, usage, GitHub', { skip }, async () => {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const consoleErrors: string[] = [];
+  page.on('console', (m) => m.type() === 'error' && consoleErrors.push(m.text()));
+  page.on('pageerror', (e) => consoleErrors.push(e.message));
+
+  // A bad token is refused with the server's reason; a viewer token signs in.
+  await page.goto(h.url);
+  await page.getByLabel('kiln token').fill('kiln_api_not-a-real-token');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('alert').filter({ hasText: 'Sign-in refused' }).waitFor();
+  assert.match(await page.getByRole('alert').innerText(), /unknown or revoked/);
+  await shot(page, 'sign-in-refused');
+  await signedIn(page, viewer);
+  assert.match(await page.locator('.who').innerText(), /wall screen \(viewer\)/);
+
+  // Fleet: the agent's host, online.
+  await page.locator('[data-host-state="host-1"] .badge', { hasText: 'online' }).waitFor();
+  await shot(page, 'fleet');
+
+  // A job submitted through the API appears on the jobs page and moves through its states, no reload.
+  await page.getByRole('link', { name: 'Jobs' }).click();
+  await page.getByRole('heading', { name: 'Jobs' }).waitFor();
+  await page.evaluate(() => ((window as unknown as { __noReload: boolean }).__noReload = true));
+  const job = await h.client.request<{ id: number }>('POST', '/v1/jobs', { labels: ['kiln-2cpu-4gb'], command: ['sh', '-c', 'echo building; paint; gate one; echo done'] });
+  await page.locator(`[data-job-state="${job.id}"] .badge`, { hasText: 'running' }).waitFor();
+  await shot(page, 'jobs');
+
+  // Its page: timeline, VM size and host, the live log with colours rendered.
+  await page.getByRole('link', { name: `#${job.id}` }).click();
+  await page.getByRole('heading', { name: `Job #${job.id}` }).waitFor();
+  const log = page.getByRole('log');
+  await log.getByText('PASS').waitFor();
+  assert.equal(await log.locator('.ansi-fg-2.ansi-bold').innerText(), 'PASS');
+  assert.equal(await log.locator('.stderr.ansi-fg-1').innerText(), 'warning:');
+  assert.doesNotMatch(await log.innerText(), /\x1b|\[0m/);
+  assert.match(await page.locator('.facts').first().innerText(), /amd64 · 2 CPU · 4 GiB memory/);
+  assert.match(await page.locator('.facts').first().innerText(), /host-1/);
+  gates.get('one')!();
+  await page.locator(`dd[data-job-state="${job.id}"] .badge`, { hasText: 'succeeded' }).waitFor();
+  await log.getByText('done').waitFor();
+  await page.getByText(/Log complete/).waitFor();
+  await shot(page, 'job');
+  assert.equal(await page.evaluate(() => (window as unknown as { __noReload?: boolean }).__noReload), true, 'the page was not reloaded');
+
+  // A GitHub job (through the double and a runner VM) and a refused one show on the GitHub page.
+  const gh = await h.double.queueJob('acme/app', ['self-hosted', 'kiln-4cpu-8gb']);
+  await h.double.queueJob('acme/app', ['self-hosted', 'kiln-bogus-label']);
+  await until('the GitHub job completed', () => h.double.jobs.get(gh.id)?.status === 'completed', 30_000);
+  await page.getByRole('link', { name: 'GitHub' }).click();
+  await page.getByRole('table', { name: /Refused GitHub jobs/ }).getByText('acme/app').first().waitFor();
+  await shot(page, 'github');
+
+  // A host drained through the CLI changes on the fleet page.
+  await page.getByRole('link', { name: 'Fleet' }).click();
+  await page.locator('[data-host-state="host-1"] .badge', { hasText: 'online' }).waitFor();
+  const data = makeTestDataDir();
+  try {
+    const r = await runKiln(data.dir, ['hosts', 'drain', 'host-1'], { KILN_SERVER: h.url, KILN_TOKEN: operator });
+    assert.equal(r.code, 0, r.stderr.toString());
+  } finally {
+    data.cleanup();
+  }
+  await page.locator('[data-host-state="host-1"] .badge', { hasText: 'draining' }).waitFor();
+  await shot(page, 'fleet-draining');
+
+  // Queue: a job no host can take says why.
+  const stuck = await h.client.request<{ id: number }>('POST', '/v1/jobs', { labels: ['kiln-arm64'], command: ['true'] });
+  await page.getByRole('link', { name: 'Queue' }).click();
+  await page.getByText(/no host of architecture arm64/).waitFor();
+  await shot(page, 'queue');
+  await h.client.request('POST', `/v1/jobs/${stuck.id}/cancel`);
+
+  // Usage: the jobs just run, in the chart and its table.
+  const { jobs } = await h.client.request<{ jobs: { state: string }[] }>('GET', '/v1/jobs?limit=1000');
+  const finished = jobs.filter((j) => ['succeeded', 'failed', 'cancelled', 'timed_out', 'lost'].includes(j.state)).length;
+  await page.getByRole('link', { name: 'Usage' }).click();
+  await page.locator(`[data-usage-total="${finished}"]`).waitFor();
+  assert.ok(finished >= 3, `${finished} finished jobs`);
+  assert.equal(await page.locator('.chart canvas').count(), 1, 'the chart is drawn');
+  await page.getByRole('table', { name: /Totals by repository/ }).getByText('acme/app').waitFor();
+  const download = page.waitForEvent('download');
+  await page.getByRole('button', { name: 'Export CSV' }).click();
+  const csvPath = join(OUT, 'usage.csv');
+  await (await download).saveAs(csvPath);
+  await shot(page, 'usage');
+  // The refused sign-in's 401 is the one failed request the browser reports.
+  assert.deepEqual(
+    consoleErrors.filter((e) => !/status of 401/.test(e)),
+    [],
+  );
+  await page.close();
+});
+
+test('on a phone: no sideways scrolling, the nav and tables fit', { skip }, async () => {
+  const ctx = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
+  const page = await ctx.newPage();
+  await signedIn(page, viewer);
+  for (const name of ['Fleet', 'Queue', 'Jobs', 'Usage']) {
+    await page.getByRole('link', { name }).click();
+    await page.getByRole('heading', { name, level: 2 }).waitFor();
+    await page.locator('main [aria-busy="false"]').first().waitFor();
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `${name} scrolls sideways by ${overflow}px on a phone`);
+    await shot(page, `phone-${name.toLowerCase()}`);
+  }
+  await ctx.close();
+});

@@ -143,10 +143,10 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
       try {
         return await attempt(spec, out, filtered, performance.now() - t0 - (choice.buildMs ?? 0), choice);
       } catch (e) {
-        const why = toKilnError(e).message;
-        warm!.drop(choice, why);
+        const failure = toKilnError(e).message;
+        warm!.drop(choice, failure);
         warm!.counters.fallbacks++;
-        out.note?.(`warm start failed (${why}): booting cold; the snapshot was dropped and the next run rebuilds it`);
+        out.note?.(`warm start failed (${failure}): booting cold; the snapshot was dropped and the next run rebuilds it`);
       }
     }
     if (warm) warm.counters.cold++;

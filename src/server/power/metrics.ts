@@ -1,6 +1,5 @@
 /** Power metrics, on the server's own registry: host-seconds per state, wakes, wake latency, jobs that waited. */
-import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
-import type { PowerHostRow } from '../../store/power.ts';
+import { Counter, Histogram, type Registry } from 'prom-client';
 
 export interface PowerMetrics {
   /** Host-seconds spent in each state, counted by the leader each pass (fleet-wide, on the leader). */
@@ -13,19 +12,9 @@ export interface PowerMetrics {
   jobWakeWait: Histogram;
 }
 
-export function makePowerMetrics(registry: Registry, hosts: () => Promise<PowerHostRow[]>): PowerMetrics {
-  new Gauge({
-    name: 'kiln_hosts',
-    help: 'Hosts in each state (fleet-wide, read from the store at scrape time)',
-    labelNames: ['state'],
-    registers: [registry],
-    async collect() {
-      this.reset();
-      const counts = new Map<string, number>([['online', 0], ['draining', 0], ['asleep', 0], ['waking', 0], ['offline', 0]]);
-      for (const h of await hosts().catch(() => [])) counts.set(h.state, (counts.get(h.state) ?? 0) + 1);
-      for (const [state, n] of counts) this.set({ state }, n);
-    },
-  });
+export function makePowerMetrics(registry: Registry): PowerMetrics {
+  // Hosts per state (`kiln_hosts`, asleep and waking included) is one of the figures (reports/figures.ts):
+  // registered there once, not here too (a second registration throws).
   return {
     stateSeconds: new Counter({ name: 'kiln_host_state_seconds_total', help: 'Host-seconds spent in each state (counted by the leader)', labelNames: ['state'], registers: [registry] }),
     wakes: new Counter({ name: 'kiln_power_wakes_total', help: 'Wake requests: requested, sent, retried, done (the host connected), failed (given up)', labelNames: ['result'], registers: [registry] }),

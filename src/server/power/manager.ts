@@ -65,7 +65,7 @@ export function makePowerManager(ctx: ServerContext, deps: { registry: HostPool;
   const now = o.now ?? Date.now;
   const tickMs = o.tickMs ?? 1000;
   const log = ctx.log.child({ part: 'power' });
-  const metrics = makePowerMetrics(ctx.metrics.registry);
+  const metrics = makePowerMetrics(ctx.metrics.registry, () => powerHosts(ctx.store.db));
   /** When each idle host was first seen idle by this replica as leader (a new leader starts counting anew). */
   const idleSince = new Map<number, number>();
   /** Hosts woken recently, for "jobs that waited for a wake" (jobs placed on them, submitted before they came up). */

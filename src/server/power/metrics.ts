@@ -1,5 +1,6 @@
 /** Power metrics, on the server's own registry: host-seconds per state, wakes, wake latency, jobs that waited. */
-import { Counter, Histogram, type Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import type { PowerHostRow } from '../../store/power.ts';
 
 export interface PowerMetrics {
   /** Host-seconds spent in each state, counted by the leader each pass (fleet-wide, on the leader). */
@@ -12,9 +13,8 @@ export interface PowerMetrics {
   jobWakeWait: Histogram;
 }
 
-export function makePowerMetrics(registry: Registry): PowerMetrics {
-  // Hosts per state (`kiln_hosts`, asleep and waking included) is one of the figures (reports/figures.ts):
-  // registered there once, not here too (a second registration throws).
+export function makePowerMetrics(registry: Registry, hosts: () => Promise<PowerHostRow[]>): PowerMetrics {
+  // Hosts per state (`kiln_hosts{state}`) is exported by the figures (server/reports/figures.ts).
   return {
     stateSeconds: new Counter({ name: 'kiln_host_state_seconds_total', help: 'Host-seconds spent in each state (counted by the leader)', labelNames: ['state'], registers: [registry] }),
     wakes: new Counter({ name: 'kiln_power_wakes_total', help: 'Wake requests: requested, sent, retried, done (the host connected), failed (given up)', labelNames: ['result'], registers: [registry] }),

@@ -9,6 +9,9 @@ import { idIn } from './id-list.ts';
 
 type Q = Db | Tx;
 
+/** `AND <col> = tenant` when a report is confined to one tenant (a non-admin token's), else nothing. */
+const tenantIs = (tenant: string | undefined, col = 'j.tenant') => (tenant === undefined ? sql`` : sql`AND ${sql.ref(col)} = ${tenant}`);
+
 export interface JobTimesRow {
   id: number;
   arch: string;
@@ -34,7 +37,7 @@ export interface TimingGroup {
 }
 
 /** Nearest-rank (percentile_disc) wait and boot seconds of the jobs whose command started since `since`. */
-export async function timingPercentiles(db: Q, since: Date): Promise<TimingGroup[]> {
+export async function timingPercentiles(db: Q, since: Date, tenant?: string): Promise<TimingGroup[]> {
   const r = await sql<{
     arch: string;
     labels: string;
@@ -50,7 +53,7 @@ export async function timingPercentiles(db: Q, since: Date): Promise<TimingGroup
       SELECT arch, labels::text AS labels,
         GREATEST(0, extract(epoch FROM placed_at - created_at))::float8 AS w,
         GREATEST(0, extract(epoch FROM running_at - placed_at))::float8 AS b
-      FROM jobs WHERE running_at >= ${since} AND placed_at IS NOT NULL
+      FROM jobs WHERE running_at >= ${since} AND placed_at IS NOT NULL ${tenantIs(tenant, 'tenant')}
     )
     SELECT arch, labels, count(*) AS n,
       percentile_disc(0.5) WITHIN GROUP (ORDER BY w) AS w50, percentile_disc(0.95) WITHIN GROUP (ORDER BY w) AS w95,
@@ -116,7 +119,7 @@ export interface UsagePoint {
 }
 
 /** Finished jobs per time bucket and dimension value: count, failures, VM-minutes (VM start to end), total wait. */
-export async function usageSeries(db: Q, o: { since: Date; bucketSeconds: number; by: UsageDimension }): Promise<UsagePoint[]> {
+export async function usageSeries(db: Q, o: { since: Date; bucketSeconds: number; by: UsageDimension; tenant?: string }): Promise<UsagePoint[]> {
   const key = dimensionSql(o.by);
   const r = await sql<{ bucket: Date; key: string; jobs: string | number; failed: string | number; vm_minutes: number | null; wait_s: number | null }>`
     SELECT date_bin(make_interval(secs => ${o.bucketSeconds}), j.finished_at, TIMESTAMPTZ '2000-01-01') AS bucket, ${key} AS key,
@@ -126,7 +129,7 @@ export async function usageSeries(db: Q, o: { since: Date; bucketSeconds: number
     FROM jobs j
       LEFT JOIN github_usage u ON u.kiln_job_id = j.id
       LEFT JOIN tokens t ON t.id = j.submitted_by
-    WHERE j.finished_at >= ${o.since}
+    WHERE j.finished_at >= ${o.since} ${tenantIs(o.tenant)}
     GROUP BY 1, 2 ORDER BY 1, 2`.execute(db);
   return r.rows.map((x) => ({ bucket: new Date(x.bucket), key: x.key, jobs: Number(x.jobs), failed: Number(x.failed), vmMinutes: Number(x.vm_minutes ?? 0), waitSeconds: Number(x.wait_s ?? 0) }));
 }
@@ -143,12 +146,12 @@ export interface SlowJob {
   waitSeconds: number;
 }
 
-export async function slowestJobs(db: Q, since: Date, limit = 10): Promise<SlowJob[]> {
+export async function slowestJobs(db: Q, since: Date, limit = 10, tenant?: string): Promise<SlowJob[]> {
   const r = await sql<{ id: string | number; tenant: string; state: string; labels: string[]; command: string[]; repo: string | null; workflow: string | null; run_s: number; wait_s: number }>`
     SELECT j.id, j.tenant, j.state, j.labels, j.command, u.repo, u.workflow,
       extract(epoch FROM j.finished_at - j.running_at)::float8 AS run_s, GREATEST(0, extract(epoch FROM j.placed_at - j.created_at))::float8 AS wait_s
     FROM jobs j LEFT JOIN github_usage u ON u.kiln_job_id = j.id
-    WHERE j.finished_at >= ${since} AND j.running_at IS NOT NULL
+    WHERE j.finished_at >= ${since} AND j.running_at IS NOT NULL ${tenantIs(tenant)}
     ORDER BY j.finished_at - j.running_at DESC LIMIT ${limit}`.execute(db);
   return r.rows.map((x) => ({ id: Number(x.id), tenant: x.tenant, state: x.state, labels: x.labels, command: x.command, repo: x.repo, workflow: x.workflow, runSeconds: x.run_s, waitSeconds: x.wait_s ?? 0 }));
 }
@@ -160,12 +163,12 @@ export interface FailingGroup {
 }
 
 /** Which jobs fail most: GitHub jobs by repository and workflow, others by tenant and command. */
-export async function mostFailing(db: Q, since: Date, limit = 10): Promise<FailingGroup[]> {
+export async function mostFailing(db: Q, since: Date, limit = 10, tenant?: string): Promise<FailingGroup[]> {
   const r = await sql<{ what: string; total: string | number; failed: string | number }>`
     SELECT COALESCE(u.repo || ' · ' || COALESCE(u.workflow, '?'), j.tenant || ' · ' || left(j.command::text, 120)) AS what,
       count(*) AS total, count(*) FILTER (WHERE j.state IN ('failed', 'timed_out', 'lost')) AS failed
     FROM jobs j LEFT JOIN github_usage u ON u.kiln_job_id = j.id
-    WHERE j.finished_at >= ${since}
+    WHERE j.finished_at >= ${since} ${tenantIs(tenant)}
     GROUP BY 1 HAVING count(*) FILTER (WHERE j.state IN ('failed', 'timed_out', 'lost')) > 0
     ORDER BY 3 DESC, 2 DESC LIMIT ${limit}`.execute(db);
   return r.rows.map((x) => ({ what: x.what, total: Number(x.total), failed: Number(x.failed) }));
@@ -191,7 +194,7 @@ export interface UsageRecord {
 }
 
 /** Finished jobs since `since`, oldest first, in pages by id (for the CSV export). */
-export async function usageRecords(db: Q, since: Date, afterId: number, limit: number): Promise<UsageRecord[]> {
+export async function usageRecords(db: Q, since: Date, afterId: number, limit: number, tenant?: string): Promise<UsageRecord[]> {
   const r = await sql<{
     id: string | number;
     tenant: string;
@@ -214,7 +217,7 @@ export async function usageRecords(db: Q, since: Date, afterId: number, limit: n
     SELECT j.id, j.tenant, j.state, j.arch, j.cpus, j.memory_bytes, j.labels, j.host_id, u.repo, u.org, u.sender, t.name AS token_name, u.workflow,
       j.created_at, j.placed_at, j.running_at, j.finished_at
     FROM jobs j LEFT JOIN github_usage u ON u.kiln_job_id = j.id LEFT JOIN tokens t ON t.id = j.submitted_by
-    WHERE j.finished_at >= ${since} AND j.id > ${afterId}
+    WHERE j.finished_at >= ${since} AND j.id > ${afterId} ${tenantIs(tenant)}
     ORDER BY j.id LIMIT ${limit}`.execute(db);
   return r.rows.map((x) => ({
     id: Number(x.id),
@@ -249,16 +252,18 @@ export interface QueuedJob {
 }
 
 /** The oldest queued jobs (the queue page lists these) and the queue's size by label set and tenant. */
-export async function queueSnapshot(db: Q, limit: number): Promise<{ oldest: QueuedJob[]; groups: { tenant: string; labels: string[]; arch: string; count: number; oldest: Date }[] }> {
-  const oldest = await db
+export async function queueSnapshot(db: Q, limit: number, tenant?: string): Promise<{ oldest: QueuedJob[]; groups: { tenant: string; labels: string[]; arch: string; count: number; oldest: Date }[] }> {
+  let q = db
     .selectFrom('jobs')
     .select(['id', 'tenant', 'arch', 'cpus', 'memory_bytes', 'disk_bytes', 'host_labels', 'labels', 'created_at'])
-    .where('state', '=', 'queued')
+    .where('state', '=', 'queued');
+  if (tenant !== undefined) q = q.where('tenant', '=', tenant);
+  const oldest = await q
     .orderBy('id')
     .limit(limit)
     .execute();
   const groups = await sql<{ tenant: string; labels: string; arch: string; n: string | number; oldest: Date }>`
-    SELECT tenant, labels::text AS labels, arch, count(*) AS n, min(created_at) AS oldest FROM jobs WHERE state = 'queued'
+    SELECT tenant, labels::text AS labels, arch, count(*) AS n, min(created_at) AS oldest FROM jobs WHERE state = 'queued' ${tenantIs(tenant, 'tenant')}
     GROUP BY tenant, labels::text, arch ORDER BY count(*) DESC LIMIT 200`.execute(db);
   return {
     oldest: oldest.map((r) => ({

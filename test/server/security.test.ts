@@ -52,11 +52,13 @@ for (const { kind, skip } of storeKinds()) {
     let aliceRead: ApiClient;
     let bob: ApiClient;
     let bobToken: string;
+    let aliceSecret: string;
     before(async () => {
       h = await startHarness(kind);
       await h.addAgent('amd-1', { arches: ['amd64'], cpus: 4, memoryBytes: 8 * GiB });
       const mk = async (name: string, role: string, tenant: string) => (await h.client.request<{ secret: string }>('POST', '/v1/tokens', { name, role, tenant })).secret;
-      alice = makeApiClient({ server: h.url, token: await mk('alice', 'operator', 'alice') });
+      aliceSecret = await mk('alice', 'operator', 'alice');
+      alice = makeApiClient({ server: h.url, token: aliceSecret });
       aliceRead = makeApiClient({ server: h.url, token: await mk('alice-ro', 'read-only', 'alice') });
       bobToken = await mk('bob', 'operator', 'bob');
       bob = makeApiClient({ server: h.url, token: bobToken });
@@ -91,6 +93,21 @@ for (const { kind, skip } of storeKinds()) {
       await bob.request('POST', `/v1/jobs/${b.id}/cancel`);
       await alice.request('POST', `/v1/jobs/${a.id}/cancel`);
       await jobReaches(h, b.id, ['cancelled']);
+      await jobReaches(h, a.id, ['cancelled']);
+      // Reports (the dashboard's data) are confined the same way: usage, the CSV, the queue.
+      const usage = await alice.request<{ series: { key: string }[]; slowest: { tenant: string }[] }>('GET', '/v1/reports/usage?by=tenant');
+      assert.deepEqual([...new Set(usage.series.map((x) => x.key))], ['alice']);
+      assert.ok(usage.slowest.every((x) => x.tenant === 'alice'), JSON.stringify(usage.slowest));
+      const adminUsage = await h.client.request<{ series: { key: string }[] }>('GET', '/v1/reports/usage?by=tenant');
+      assert.ok(adminUsage.series.some((x) => x.key === 'bob'));
+      const csv = await (await fetch(`${h.url}/v1/reports/usage.csv`, { headers: { authorization: `Bearer ${aliceSecret}` } })).text();
+      const rows = csv.trim().split('\n').slice(1);
+      assert.ok(rows.length > 0 && rows.every((r) => r.split(',')[1] === 'alice'), csv);
+      const waiting = await bob.request<Job>('POST', '/v1/jobs', { command: ['true'], cpus: 256, memory: '1G' });
+      const queue = await alice.request<{ jobs: { tenant: string }[]; groups: { tenant: string }[] }>('GET', '/v1/queue');
+      assert.ok([...queue.jobs, ...queue.groups].every((x) => x.tenant === 'alice'), JSON.stringify(queue));
+      assert.ok((await h.client.request<{ jobs: { id: number }[] }>('GET', '/v1/queue')).jobs.some((x) => x.id === waiting.id));
+      await bob.request('POST', `/v1/jobs/${waiting.id}/cancel`);
     });
 
     void test('defect 2: secret env values are write-only: never in an answer, masked in the stored log', async () => {

@@ -24,6 +24,7 @@ import {
 } from '../../store/reports.ts';
 import type { Db } from '../../store/store.ts';
 import type { ApiDeps } from '../http/deps.ts';
+import { tenantScope } from '../http/auth.ts';
 import type { RouteDef } from '../http/routes.ts';
 
 export const PERIODS = { day: { seconds: 86_400, bucket: 3_600 }, week: { seconds: 7 * 86_400, bucket: 6 * 3_600 }, month: { seconds: 30 * 86_400, bucket: 86_400 } } as const;
@@ -124,7 +125,7 @@ export function reportRoutes(deps: ApiDeps): RouteDef[] {
       summary: 'Wait (queued → placed), boot (placed → running) and GitHub pickup (created_at → in_progress) percentiles over a window, by arch and label set',
       permission: 'read',
       schema: { querystring: Type.Object({ window: Type.Optional(Type.String({ maxLength: 20, description: 'e.g. 15m, 1h, 7d (default 1h)' })) }, { additionalProperties: false }) },
-      async handler(req) {
+      async handler(req, _reply, token) {
         const w = (req.query as { window?: string }).window ?? '1h';
         let ms: number;
         try {
@@ -135,7 +136,8 @@ export function reportRoutes(deps: ApiDeps): RouteDef[] {
         }
         if (ms > 3650 * 86_400_000) throw new KilnError('request.bad_window', 'the window may be at most 3650 days', { hint: 'ask for a shorter window' });
         const since = new Date(Date.now() - ms);
-        const [jobs, pickup] = await Promise.all([timingPercentiles(db, since), pickupPercentiles(db, since)]);
+        // A non-admin token sees its tenant's jobs only (docs/security.md, Tenancy); GitHub pickup is aggregate only.
+        const [jobs, pickup] = await Promise.all([timingPercentiles(db, since, tenantScope(token)), pickupPercentiles(db, since)]);
         return { window: w, since: since.toISOString(), jobs, pickup };
       },
     },
@@ -146,14 +148,15 @@ export function reportRoutes(deps: ApiDeps): RouteDef[] {
       summary: 'Finished jobs, VM-minutes and queue time per time bucket by repository, organization, user, label set or tenant; the slowest and most failing jobs',
       permission: 'read',
       schema: { querystring: PeriodQuery },
-      async handler(req) {
+      async handler(req, _reply, token) {
         const q = req.query as { period?: Period; by?: UsageDimension };
+        const tenant = tenantScope(token);
         const by = q.by ?? 'repository';
         const p = periodOf(q);
         const [series, slowest, failing] = await Promise.all([
-          usageSeries(db, { since: p.since, bucketSeconds: p.bucket, by }),
-          slowestJobs(db, p.since),
-          mostFailing(db, p.since),
+          usageSeries(db, { since: p.since, bucketSeconds: p.bucket, by, ...(tenant !== undefined ? { tenant } : {}) }),
+          slowestJobs(db, p.since, 10, tenant),
+          mostFailing(db, p.since, 10, tenant),
         ]);
         return {
           period: q.period ?? 'day',
@@ -174,8 +177,9 @@ export function reportRoutes(deps: ApiDeps): RouteDef[] {
       permission: 'read',
       produces: 'text/csv',
       schema: { querystring: Type.Object({ period: PeriodQuery.properties.period }, { additionalProperties: false }) },
-      async handler(req, reply) {
+      async handler(req, reply, token) {
         const p = periodOf(req.query as { period?: Period });
+        const tenant = tenantScope(token);
         reply.hijack();
         const res = reply.raw;
         res.writeHead(200, { 'content-type': 'text/csv; charset=utf-8', 'content-disposition': `attachment; filename="kiln-usage.csv"`, 'cache-control': 'no-store' });
@@ -185,7 +189,7 @@ export function reportRoutes(deps: ApiDeps): RouteDef[] {
         try {
           await write(`${CSV_COLUMNS.join(',')}\n`);
           for (let after = 0; !closed; ) {
-            const page = await usageRecords(db, p.since, after, 2000);
+            const page = await usageRecords(db, p.since, after, 2000, tenant);
             if (page.length === 0) break;
             let out = '';
             for (const r of page) {
@@ -208,8 +212,10 @@ export function reportRoutes(deps: ApiDeps): RouteDef[] {
       tag: 'reports',
       summary: 'Waiting jobs by label set and tenant, and the oldest 200 with how long each waited and why it is not placed',
       permission: 'read',
-      async handler() {
-        const [snap, fleet, tenants] = await Promise.all([queueSnapshot(db, 200), fleetWithUsage(db), listTenants(db)]);
+      async handler(_req, _reply, token) {
+        const scope = tenantScope(token);
+        const [snap, fleet, all] = await Promise.all([queueSnapshot(db, 200, scope), fleetWithUsage(db), listTenants(db)]);
+        const tenants = scope === undefined ? all : all.filter((t) => t.name === scope);
         const byTenant = new Map(tenants.map((t) => [t.name, t]));
         const now = Date.now();
         return {

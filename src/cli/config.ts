@@ -82,6 +82,16 @@ export function loadVmConfig(env: NodeJS.ProcessEnv = process.env): VmConfig {
 }
 
 /** The control-plane server `kiln run` submits to instead of running the VM itself (KILN_SERVER). */
+/**
+ * Test-only: KILN_TEST_MEMORY_APPEND_DIR lets the simulated (memory) driver's `append` program write inside
+ * that one directory, so a test that runs `kiln up --driver memory` as a process can count real executions.
+ * Unset (always, outside tests), the memory driver touches no host file.
+ */
+export function memoryDriverTestAppendDir(env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const dir = env.KILN_TEST_MEMORY_APPEND_DIR;
+  return dir !== undefined && dir !== '' ? dir : undefined;
+}
+
 export function remoteServer(env: NodeJS.ProcessEnv = process.env): string | undefined {
   return env.KILN_SERVER?.trim() || undefined;
 }

@@ -8,7 +8,7 @@ import { memoryImageResolver } from '../agent/images.ts';
 import { makeMemoryDriver } from '../vm/memory-driver.ts';
 import { makeQemuDriver } from '../vm/qemu-driver.ts';
 import type { VmDriver } from '../vm/driver.ts';
-import { loadVmConfig } from './config.ts';
+import { loadVmConfig, memoryDriverTestAppendDir } from './config.ts';
 import { RegistryMirror } from '../agent/mirror.ts';
 import { MIRROR_GUEST_ADDRESS } from '../agent/agent.ts';
 import type { MirrorConfig } from './fleet-config.ts';
@@ -51,7 +51,10 @@ export function makeDriverFor(
   logger: Logger,
   sim: { bootMs?: number } = {},
 ): { driver: VmDriver; images: ImageResolver } {
-  if (kind === 'memory') return { driver: makeMemoryDriver({ ...(sim.bootMs !== undefined ? { bootMs: sim.bootMs } : {}) }), images: memoryImageResolver };
+  if (kind === 'memory') {
+    const appendDir = memoryDriverTestAppendDir();
+    return { driver: makeMemoryDriver({ ...(sim.bootMs !== undefined ? { bootMs: sim.bootMs } : {}), ...(appendDir ? { appendDir } : {}) }), images: memoryImageResolver };
+  }
   const vm = loadVmConfig();
   return {
     driver: makeQemuDriver({ dataDir, accel: vm.accel, ...(vm.bootTimeoutMs !== undefined ? { bootTimeoutMs: vm.bootTimeoutMs } : {}), egress: vm.egress, logger }),

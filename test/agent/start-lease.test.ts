@@ -36,7 +36,7 @@ for (const { kind, skip } of storeKinds()) {
       const port = await freePort();
       const url = `http://127.0.0.1:${port}`;
       const args = ['up', '--driver', 'memory', '--listen', `127.0.0.1:${port}`, '--data-dir', join(dir, 'kiln')];
-      const env = { KILN_ADMIN_TOKEN: admin, ...(db ? { KILN_DATABASE_URL: db.url } : {}) };
+      const env = { KILN_ADMIN_TOKEN: admin, KILN_TEST_MEMORY_APPEND_DIR: dir, ...(db ? { KILN_DATABASE_URL: db.url } : {}) };
       const first = spawnKiln(args, { ...env, KILN_TEST_HOLD_STARTS: '1' });
       await first.waitForOutput(/kiln is up at/, 90_000);
       const client = makeApiClient({ server: url, token: admin });

@@ -25,6 +25,8 @@ let h: GitHubHarness;
 let browser: Browser;
 let assets: string;
 let viewer: string;
+/** A viewer of the GitHub tenant: GitHub's records belong to it (tenancy, docs/security.md). */
+let githubViewer: string;
 let operator: string;
 const gates = new Map<string, () => void>();
 const gateOpen = new Map<string, Promise<void>>();
@@ -56,6 +58,7 @@ before(async () => {
   await buildDashboard(assets);
   h = await startGitHubHarness({ dashboardDir: assets, driver: makeMemoryDriver({ cpus: 64, memoryBytes: 256 * 1024 ** 3, programs }) });
   viewer = (await createToken(h.store.db, { name: 'wall screen', role: 'viewer' })).secret;
+  githubViewer = (await createToken(h.store.db, { name: 'github screen', role: 'viewer', tenant: 'github' })).secret;
   operator = (await createToken(h.store.db, { name: 'ops', role: 'operator' })).secret;
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu'] });
 });
@@ -124,9 +127,16 @@ test('the dashboard in Chromium: sign-in, live jobs and logs, a CLI drain, usage
   const gh = await h.double.queueJob('acme/app', ['self-hosted', 'kiln-4cpu-8gb']);
   await h.double.queueJob('acme/app', ['self-hosted', 'kiln-bogus-label']);
   await until('the GitHub job completed', () => h.double.jobs.get(gh.id)?.status === 'completed', 30_000);
-  await page.getByRole('link', { name: 'GitHub' }).click();
-  await page.getByRole('table', { name: /Refused GitHub jobs/ }).getByText('acme/app').first().waitFor();
-  await shot(page, 'github');
+  // GitHub's records belong to the GitHub tenant: the default tenant's viewer may not read them, its viewer may.
+  const ghPage = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  try {
+    await signedIn(ghPage, githubViewer);
+    await ghPage.getByRole('link', { name: 'GitHub' }).click();
+    await ghPage.getByRole('table', { name: /Refused GitHub jobs/ }).getByText('acme/app').first().waitFor();
+    await shot(ghPage, 'github');
+  } finally {
+    await ghPage.close();
+  }
 
   // A host drained through the CLI changes on the fleet page.
   await page.getByRole('link', { name: 'Fleet' }).click();

@@ -27,6 +27,8 @@ let assets: string;
 let viewer: string;
 /** A viewer of the GitHub tenant: GitHub's records belong to it (tenancy, docs/security.md). */
 let githubViewer: string;
+/** Usage across tenants (the default tenant's jobs and GitHub's runner VMs) is an admin's view. */
+let adminViewer: string;
 let operator: string;
 const gates = new Map<string, () => void>();
 const gateOpen = new Map<string, Promise<void>>();
@@ -59,6 +61,7 @@ before(async () => {
   h = await startGitHubHarness({ dashboardDir: assets, driver: makeMemoryDriver({ cpus: 64, memoryBytes: 256 * 1024 ** 3, programs }) });
   viewer = (await createToken(h.store.db, { name: 'wall screen', role: 'viewer' })).secret;
   githubViewer = (await createToken(h.store.db, { name: 'github screen', role: 'viewer', tenant: 'github' })).secret;
+  adminViewer = (await createToken(h.store.db, { name: 'fleet admin', role: 'admin' })).secret;
   operator = (await createToken(h.store.db, { name: 'ops', role: 'operator' })).secret;
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu'] });
 });
@@ -158,19 +161,23 @@ test('the dashboard in Chromium: sign-in, live jobs and logs, a CLI drain, usage
   await shot(page, 'queue');
   await h.client.request('POST', `/v1/jobs/${stuck.id}/cancel`);
 
-  // Usage: the jobs just run, in the chart and its table.
+  // Usage: the jobs just run (every tenant's: an admin's view), in the chart and its table.
+  const usagePage = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  usagePage.on('pageerror', (e) => consoleErrors.push(e.message));
+  await signedIn(usagePage, adminViewer);
   const { jobs } = await h.client.request<{ jobs: { state: string }[] }>('GET', '/v1/jobs?limit=1000');
   const finished = jobs.filter((j) => ['succeeded', 'failed', 'cancelled', 'timed_out', 'lost'].includes(j.state)).length;
-  await page.getByRole('link', { name: 'Usage' }).click();
-  await page.locator(`[data-usage-total="${finished}"]`).waitFor();
+  await usagePage.getByRole('link', { name: 'Usage' }).click();
+  await usagePage.locator(`[data-usage-total="${finished}"]`).waitFor();
   assert.ok(finished >= 3, `${finished} finished jobs`);
-  assert.equal(await page.locator('.chart canvas').count(), 1, 'the chart is drawn');
-  await page.getByRole('table', { name: /Totals by repository/ }).getByText('acme/app').waitFor();
-  const download = page.waitForEvent('download');
-  await page.getByRole('button', { name: 'Export CSV' }).click();
+  assert.equal(await usagePage.locator('.chart canvas').count(), 1, 'the chart is drawn');
+  await usagePage.getByRole('table', { name: /Totals by repository/ }).getByText('acme/app').waitFor();
+  const download = usagePage.waitForEvent('download');
+  await usagePage.getByRole('button', { name: 'Export CSV' }).click();
   const csvPath = join(OUT, 'usage.csv');
   await (await download).saveAs(csvPath);
-  await shot(page, 'usage');
+  await shot(usagePage, 'usage');
+  await usagePage.close();
   // The refused sign-in's 401 is the one failed request the browser reports.
   assert.deepEqual(
     consoleErrors.filter((e) => !/status of 401/.test(e)),

@@ -140,6 +140,9 @@ test('the dashboard in Chromium: sign-in, live jobs and logs, a CLI drain, usage
   } finally {
     await ghPage.close();
   }
+  const ghJobsAs = async (token: string) => ((await (await fetch(`${h.url}/v1/github/jobs`, { headers: { authorization: `Bearer ${token}` } })).json()) as { jobs: unknown[] }).jobs.length;
+  assert.equal(await ghJobsAs(viewer), 0, "another tenant's viewer lists no GitHub records");
+  assert.ok((await ghJobsAs(githubViewer)) >= 2, "the GitHub tenant's viewer lists its records");
 
   // A host drained through the CLI changes on the fleet page.
   await page.getByRole('link', { name: 'Fleet' }).click();

@@ -281,9 +281,9 @@ void describe(`GitHub scenarios (${kind})`, { skip }, () => {
     await until('a runner VM is queued', async () => (await runnerVms(h!)).length === 1);
     const [vm] = await runnerVms(h);
     const one = await h.client.request<{ env: Record<string, string> }>('GET', `/v1/jobs/${vm!.id}`);
-    assert.equal(one.env.KILN_RUNNER_JITCONFIG, '[redacted]');
+    assert.equal(one.env.KILN_RUNNER_JITCONFIG, '[secret]');
     const list = await h.client.request<{ jobs: { id: number; env?: Record<string, string> }[] }>('GET', '/v1/jobs');
-    assert.ok(list.jobs.every((j) => j.env?.KILN_RUNNER_JITCONFIG === undefined || j.env.KILN_RUNNER_JITCONFIG === '[redacted]'));
+    assert.ok(list.jobs.every((j) => j.env?.KILN_RUNNER_JITCONFIG === undefined || j.env.KILN_RUNNER_JITCONFIG === '[secret]'));
   });
 
   void scenario('a runner takes another job than the one it was made for: both jobs run, one VM each', async () => {

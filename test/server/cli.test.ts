@@ -70,9 +70,13 @@ void test('kiln up, then the fleet commands against it', { timeout: 180_000 }, a
     assert.match(r.stderr, /"lots" is not a job count/);
     r = await kiln(['tenants', 'limit', 'team-b', '1'], { ...env, KILN_TOKEN: ro });
     assert.notEqual(r.code, 0, 'a read-only token may not set limits');
-    r = await kiln(['tenants', 'ls', '--json'], { ...env, KILN_TOKEN: ro });
+    r = await kiln(['tenants', 'ls', '--json'], env);
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(JSON.parse(r.stdout), [{ name: 'team-a', maxConcurrent: 2, active: 0, queued: 0 }]);
+    // Tenancy: a token of the default tenant sees only its own tenant's row, not team-a's.
+    r = await kiln(['tenants', 'ls', '--json'], { ...env, KILN_TOKEN: ro });
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout), []);
     r = await kiln(['tenants', 'limit', 'team-a', 'none'], env);
     assert.equal(r.code, 0, r.stderr);
     r = await kiln(['tenants', 'ls'], env);

@@ -106,7 +106,8 @@ async function buildAndPush(arch: Arch): Promise<string> {
     'echo "digest=$(docker inspect --format "{{index .RepoDigests 0}}" "$reg/kiln/hello:$tag" | sed "s/.*@//")"',
   ].join('\n');
   const r = await runKiln(data.dir, [
-    'run', '--image', image(arch).digest, '--arch', arch, '--cpus', '2', '--memory', '1G', '--timeout', '20m', '--network', 'user', '--registry-mirror', reg,
+    // The test's registry listens on the host's loopback, which guest egress refuses unless allowlisted.
+    'run', '--image', image(arch).digest, '--arch', arch, '--cpus', '2', '--memory', '1G', '--timeout', '20m', '--network', 'user', '--egress-allow', '127.0.0.1/32', '--registry-mirror', reg,
     '--', 'sh', '-c', script, 'sh', reg, arch,
   ]);
   assert.equal(r.code, 0, text(r));

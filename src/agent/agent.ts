@@ -30,7 +30,8 @@ import type { ImageResolver } from './images.ts';
 import type { MirrorStatus, RegistryMirror } from './mirror.ts';
 import { makeOutputLog } from './output-log.ts';
 import { makeSupervisor, type Supervisor } from './supervisor.ts';
-import { commandFailure, hostPowerReport, runPowerCommand, type AgentPowerOptions } from './power.ts';
+import { hostPowerReport, type AgentPowerOptions } from './power.ts';
+import { commandFailure, runShellCommand } from '../proc/shell-command.ts';
 import { KILN_VERSION } from '../core/version.ts';
 import { MIRROR_GUEST_ADDRESS, MIRROR_GUEST_IP, MIRROR_GUEST_PORT } from '../vm/forwards.ts';
 import { readCredential, writeCredential } from './credential-file.ts';
@@ -415,7 +416,7 @@ export function makeAgent(o: AgentOptions): Agent {
       sock.terminate();
       const timeoutMs = p.commandTimeoutMs ?? 10 * 60_000;
       log.info({ command: p.sleepCommand }, 'running the sleep command');
-      const r = await runPowerCommand(p.sleepCommand, { KILN_AGENT_PID: String(process.pid), KILN_HOST: cap?.name ?? '' }, timeoutMs);
+      const r = await runShellCommand(p.sleepCommand, { KILN_AGENT_PID: String(process.pid), KILN_HOST: cap?.name ?? '' }, timeoutMs);
       const failed = r.code !== 0 || r.timedOut;
       if (failed) {
         const message = commandFailure('the sleep command', r, timeoutMs);

@@ -3,7 +3,6 @@
  * command such as `systemctl suspend`; `wol`: the same, woken by a magic packet to the MAC it reports),
  * running the sleep command with its output kept for the error, and what the agent reports to the server.
  */
-import { spawn } from 'node:child_process';
 import { networkInterfaces } from 'node:os';
 import type { HostPowerMsg } from '../core/agent-protocol.ts';
 import { KilnError } from '../core/errors.ts';
@@ -68,33 +67,4 @@ export function hostPowerReport(o: AgentPowerOptions | undefined): HostPowerMsg 
     });
   }
   return { driver: 'wol', mac: mac.toLowerCase(), broadcast, port: o.port ?? 9 };
-}
-
-/** Runs an operator's power command through `sh -c`; resolves with its exit code and the tail of its output. */
-export function runPowerCommand(command: string, env: Record<string, string>, timeoutMs: number): Promise<{ code: number | null; signal: string | null; output: string; timedOut: boolean }> {
-  return new Promise((resolve) => {
-    const p = spawn('/bin/sh', ['-c', command], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    const keep = (d: Buffer) => {
-      output = (output + d.toString()).slice(-4000);
-    };
-    p.stdout.on('data', keep);
-    p.stderr.on('data', keep);
-    let timedOut = false;
-    const t = setTimeout(() => {
-      timedOut = true;
-      p.kill('SIGKILL');
-    }, timeoutMs);
-    p.on('error', (e) => keep(Buffer.from(String(e.message))));
-    p.on('close', (code, signal) => {
-      clearTimeout(t);
-      resolve({ code, signal, output: output.trim(), timedOut });
-    });
-  });
-}
-
-/** One line for a failed command: how it ended and what it printed. */
-export function commandFailure(what: string, r: { code: number | null; signal: string | null; output: string; timedOut: boolean }, timeoutMs: number): string {
-  const how = r.timedOut ? `did not finish within ${Math.round(timeoutMs / 1000)} s` : r.signal ? `was killed by ${r.signal}` : `exited ${r.code}`;
-  return `${what} ${how}${r.output ? `; its output: ${r.output}` : ' (no output)'}`;
 }

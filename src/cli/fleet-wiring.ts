@@ -1,10 +1,6 @@
-/** Wiring shared by `kiln server`, `kiln agent` and `kiln up`: loggers, drivers, image resolvers. */
+/** Wiring shared by `kiln server`, `kiln agent` and `kiln up`: loggers, drivers with their image resolvers (src/agent/images.ts), mirrors. */
 import { pino, type Logger } from 'pino';
-import type { Arch } from '../core/arch.ts';
-import { KilnError } from '../core/errors.ts';
-import { imageBuildHint, makeImageStore } from '../image/store.ts';
-import type { ImageResolver } from '../agent/images.ts';
-import { memoryImageResolver } from '../agent/images.ts';
+import { makeStoreImageResolver, memoryImageResolver, type ImageResolver } from '../agent/images.ts';
 import { makeMemoryDriver } from '../vm/memory-driver.ts';
 import { makeQemuDriver } from '../vm/qemu-driver.ts';
 import type { VmDriver } from '../vm/driver.ts';
@@ -30,19 +26,6 @@ export function makeMirrorFor(cfg: MirrorConfig | undefined, dataDir: string, lo
 /** Structured logs to stderr (JSON lines), so stdout stays for results. */
 export function makeLogger(level: string, name = 'kiln'): Logger {
   return pino({ name, level, base: { pid: process.pid } }, pino.destination({ fd: 2, sync: false }));
-}
-
-/** Guest images from kiln's image store: `default` is the newest minimal image for the arch. */
-export function makeStoreImageResolver(dataDir: string): ImageResolver {
-  const store = makeImageStore(dataDir);
-  return async (image: string, arch: Arch) => {
-    const m = store.resolve(image === 'default' ? 'minimal' : image, arch);
-    if (!m) {
-      throw new KilnError('image.not_found', `no ${arch} image "${image}" on this host`, { hint: `on that host, ${imageBuildHint(image === 'default' ? 'minimal' : image, arch)}` });
-    }
-    await store.check(m);
-    return store.toRef(m);
-  };
 }
 
 export function makeDriverFor(

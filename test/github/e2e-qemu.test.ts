@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { pino } from 'pino';
 import { which } from '../../src/cli/exec.ts';
-import { makeStoreImageResolver } from '../../src/cli/fleet-wiring.ts';
+import { makeStoreImageResolver } from '../../src/agent/images.ts';
 import { makeQemuDriver } from '../../src/vm/qemu-driver.ts';
 import { assertNoLeaks, ensureImage, makeTestDataDir } from '../support/kiln.ts';
 import { assertInvariants, runnerVms, startGitHubHarness, until, vmLogText } from './support/harness.ts';

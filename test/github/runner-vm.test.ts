@@ -11,7 +11,7 @@ import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, w
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { which } from '../../src/cli/exec.ts';
-import { makeStoreImageResolver } from '../../src/cli/fleet-wiring.ts';
+import { makeStoreImageResolver } from '../../src/agent/images.ts';
 import { makeQemuDriver } from '../../src/vm/qemu-driver.ts';
 import { assertNoLeaks, KILN_BIN, makeTestDataDir, SHARED_DIR } from '../support/kiln.ts';
 import { ensureCiImage } from '../vm/ci-image-support.ts';

@@ -7,10 +7,10 @@
  * Wake and status commands come from the server's configuration, never from an agent: an agent token must
  * not be able to make the control plane run a command of its choosing.
  */
-import { spawn } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { KilnError } from '../../core/errors.ts';
 import { magicPacket, type HostPower } from '../../core/power.ts';
+import { commandFailure, runShellCommand } from '../../proc/shell-command.ts';
 
 export interface WakeCommands {
   /** Run to wake a host whose driver is `command` (e.g. `ipmitool … chassis power on`). */
@@ -37,31 +37,6 @@ function hostEnv(host: { id: number; name: string; power: HostPower | null }): R
     ...(host.power?.broadcast ? { KILN_HOST_BROADCAST: host.power.broadcast } : {}),
   };
 }
-
-export function runCommand(command: string, env: Record<string, string>, timeoutMs: number): Promise<{ code: number | null; signal: string | null; output: string; timedOut: boolean }> {
-  return new Promise((resolve) => {
-    const p = spawn('/bin/sh', ['-c', command], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    const keep = (d: Buffer) => {
-      output = (output + d.toString()).slice(-4000);
-    };
-    p.stdout.on('data', keep);
-    p.stderr.on('data', keep);
-    let timedOut = false;
-    const t = setTimeout(() => {
-      timedOut = true;
-      p.kill('SIGKILL');
-    }, timeoutMs);
-    p.on('error', (e) => keep(Buffer.from(e.message)));
-    p.on('close', (code, signal) => {
-      clearTimeout(t);
-      resolve({ code, signal, output: output.trim(), timedOut });
-    });
-  });
-}
-
-const describe = (what: string, r: { code: number | null; signal: string | null; output: string; timedOut: boolean }, timeoutMs: number) =>
-  `${what} ${r.timedOut ? `did not finish within ${Math.round(timeoutMs / 1000)} s` : r.signal ? `was killed by ${r.signal}` : `exited ${r.code}`}${r.output ? `; its output: ${r.output}` : ' (no output)'}`;
 
 /** Sends the magic packet for `mac` to `broadcast:port` (UDP; broadcast allowed unless it is loopback). */
 export async function sendMagicPacket(mac: string, broadcast: string, port: number): Promise<void> {
@@ -93,9 +68,9 @@ export async function wakeHost(host: { id: number; name: string; power: HostPowe
   }
   if (p?.driver === 'command' && cmds.wakeCommand) {
     const timeoutMs = cmds.commandTimeoutMs ?? 60_000;
-    const r = await runCommand(cmds.wakeCommand, hostEnv(host), timeoutMs);
+    const r = await runShellCommand(cmds.wakeCommand, hostEnv(host), timeoutMs);
     if (r.code !== 0 || r.timedOut) {
-      throw new KilnError('power.wake_failed', describe(`the wake command for ${host.name}`, r, timeoutMs), { hint: 'check power.wakeCommand in the server config; it runs through sh -c with KILN_HOST set' });
+      throw new KilnError('power.wake_failed', commandFailure(`the wake command for ${host.name}`, r, timeoutMs), { hint: 'check power.wakeCommand in the server config; it runs through sh -c with KILN_HOST set' });
     }
     return;
   }
@@ -108,6 +83,6 @@ export async function wakeHost(host: { id: number; name: string; power: HostPowe
 export async function hostPowerStatus(host: { id: number; name: string; power: HostPower | null }, cmds: WakeCommands): Promise<string | undefined> {
   if (!cmds.statusCommand) return undefined;
   const timeoutMs = cmds.commandTimeoutMs ?? 60_000;
-  const r = await runCommand(cmds.statusCommand, hostEnv(host), timeoutMs);
-  return describe('the status command', r, timeoutMs);
+  const r = await runShellCommand(cmds.statusCommand, hostEnv(host), timeoutMs);
+  return commandFailure('the status command', r, timeoutMs);
 }

@@ -8,7 +8,7 @@
  *   reconciler.ts  what webhooks miss: runners read from GitHub, strays, stale jobs, pruning
  *   redelivery.ts  lost deliveries asked for again
  *   routes.ts      /v1/github/jobs, runners, usage
- * This file wires them and runs the loop: everything after intake runs on the leader only, one pass at a
+ * This file wires them and runs them on the server's loop helper (../loop.ts): everything after intake runs on the leader only, one pass at a
  * time, so GitHub side effects have one writer. A pass is idempotent: a crash between any two steps leaves
  * rows a later pass finishes.
  */
@@ -31,6 +31,7 @@ import { makeProvisioner } from './provisioner.ts';
 import { makeReconciler } from './reconciler.ts';
 import { makeRedelivery } from './redelivery.ts';
 import { githubRoutes } from './routes.ts';
+import { makeLoop } from '../loop.ts';
 
 export { GitHubEventBus, type GitHubEvents } from './events.ts';
 
@@ -74,33 +75,13 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
   const reconciler = makeReconciler(p, vms, prov);
 
   let timer: NodeJS.Timeout | undefined;
-  let running: Promise<void> | undefined;
-  let again = false;
-  let paused = false;
-  let stopped = false;
   let passes = 0;
   let lastReconcile = 0;
   let lastRedeliver = 0;
-
-  function kick(): void {
-    if (stopped || paused) return;
-    if (running) {
-      again = true;
-      return;
-    }
-    running = (async () => {
-      try {
-        do {
-          again = false;
-          await pass();
-        } while (again && !stopped && !paused);
-      } catch (e) {
-        log.warn({ err: e }, 'GitHub pass failed; retrying on the next tick');
-      } finally {
-        running = undefined;
-      }
-    })();
-  }
+  // The server's one loop shape (../loop.ts): kicks during a pass coalesce into one more pass; a failed pass
+  // is logged and the next kick or tick tries again.
+  const loop = makeLoop(() => pass(), { onError: (e) => log.warn({ err: e }, 'GitHub pass failed; retrying on the next tick') });
+  const kick = (): void => loop.kick();
 
   async function pass(): Promise<void> {
     if (!d.leader.isLeader()) return;
@@ -127,25 +108,18 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
     register: (app) => registerWebhook(app, p, kick),
     pass,
     start() {
-      timer = setInterval(() => kick(), d.pollMs ?? 500);
+      timer = setInterval(kick, d.pollMs ?? 500);
       offJobState = ctx.events.on('job.state', (e) => {
         if (e.job.tenant === config.tenant && isTerminal(e.to)) kick();
       });
-      kick();
+      loop.start();
     },
     async stop() {
-      stopped = true;
       clearInterval(timer);
       offJobState?.();
-      while (running) await running;
+      await loop.stop();
     },
-    async pause() {
-      paused = true;
-      while (running) await running;
-    },
-    resume() {
-      paused = false;
-      kick();
-    },
+    pause: () => loop.pause(),
+    resume: () => loop.resume(),
   };
 }

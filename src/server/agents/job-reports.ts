@@ -1,0 +1,71 @@
+/**
+ * What an agent reports about its jobs: phases (booting, running), start requests (the start lease: a
+ * command runs only once its running state is stored), and results, applied only once every output chunk
+ * the agent sent for that attempt is stored.
+ */
+import type { AgentMessageOf, JobResultMsg } from '../../core/agent-protocol.ts';
+import { storedLogSeq } from '../../store/logs.ts';
+import type { Connection } from './agent-connection.ts';
+import type { GatewayDeps } from './agent-gateway.ts';
+import type { HostLink } from './host-registry.ts';
+
+export const applyPhase = (deps: GatewayDeps, l: HostLink, jobId: number, attempt: number, phase: 'booting' | 'running') => deps.jobs.applyPhase(l.hostId, jobId, attempt, phase);
+
+export async function phase(deps: GatewayDeps, c: Connection, msg: AgentMessageOf<'job.phase'>): Promise<void> {
+  if (!c.link || c.link.active.get(msg.jobId)?.attempt !== msg.attempt) return;
+  deps.phases.push({ jobId: msg.jobId, attempt: msg.attempt, hostId: c.link.hostId, phase: msg.phase });
+}
+
+/** Grants or refuses a start lease once the job's running state is stored (see phase-writer.ts). */
+export function start(deps: GatewayDeps, c: Connection, l: HostLink, jobId: number, attempt: number): void {
+  if (l.active.get(jobId)?.attempt !== attempt) {
+    c.send({ type: 'start.refused', jobId, attempt, reason: 'the job is not placed on this host (any more)' });
+    return;
+  }
+  deps.phases.start({ jobId, attempt, hostId: l.hostId, phase: 'running' }).then(
+    (ok) => c.send(ok ? { type: 'start.ok', jobId, attempt } : { type: 'start.refused', jobId, attempt, reason: 'the job is no longer placed on this host' }),
+    (e: unknown) => {
+      // Unknown whether it was stored: the agent asks again after it reconnects (a stored start is granted again).
+      c.log().error({ err: e, jobId }, 'could not record a job start');
+      if (!c.closed) c.close(1011, 'could not record a job start');
+    },
+  );
+}
+
+export async function done(deps: GatewayDeps, c: Connection, r: JobResultMsg): Promise<void> {
+  if (!c.link) return;
+  if (!(await outputComplete(deps, c.link, r))) {
+    c.log().warn({ jobId: r.jobId, attempt: r.attempt, logChunks: r.logChunks }, 'a result arrived before all of its output was stored; asking the agent to resend');
+    c.closed = true;
+    c.close(1011, 'job output incomplete; resend');
+    return;
+  }
+  await applyResult(deps, c.link, r);
+  deps.logs.forget(r.jobId, r.attempt);
+}
+
+/**
+ * Whether every output chunk the agent sent for a result's attempt is stored (or settled): a job is never
+ * made final with holes in its output. Only for jobs active on this link (others: already settled).
+ */
+async function outputComplete(deps: GatewayDeps, l: HostLink, r: JobResultMsg): Promise<boolean> {
+  if (!r.logChunks || l.active.get(r.jobId)?.attempt !== r.attempt) return true;
+  await deps.logs.flush();
+  if (deps.logs.settled(r.jobId, r.attempt) >= r.logChunks - 1) return true;
+  const stored = await storedLogSeq(deps.ctx.store.db, r.jobId, r.attempt);
+  return stored.truncated || stored.seq >= r.logChunks - 1;
+}
+
+export async function applyResult(deps: GatewayDeps, l: HostLink, r: JobResultMsg): Promise<void> {
+  // Everything the agent sent before the result is stored before the job is final, so a follower that
+  // sees the final state has all the output.
+  const res = await deps.results.apply(l.hostId, r);
+  const held = l.active.get(r.jobId);
+  if (held && held.attempt === r.attempt) {
+    l.active.delete(r.jobId);
+    l.stopping.delete(r.jobId);
+  }
+  l.send({ type: 'done.ack', jobId: r.jobId, attempt: r.attempt });
+  if (res) deps.jobs.finished(l.hostId, res);
+  deps.scheduler.capacityFreed();
+}

@@ -27,7 +27,7 @@ import { KILN_NODE_ARGS } from '../test/support/kiln.ts';
 import { makeAgent, type Agent } from '../src/agent/agent.ts';
 import { memoryImageResolver } from '../src/agent/images.ts';
 import { makeMemoryDriver } from '../src/vm/memory-driver.ts';
-import { makeApiClient } from '../src/cli/api-client.ts';
+import { makeApiClient } from '../test/support/test-client.ts';
 import { makeSecret } from '../src/store/tokens.ts';
 import { openStore } from '../src/store/store.ts';
 

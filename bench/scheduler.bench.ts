@@ -27,7 +27,7 @@ import { makeAgent, type Agent } from '../src/agent/agent.ts';
 import { memoryImageResolver } from '../src/agent/images.ts';
 import { makeMemoryDriver } from '../src/vm/memory-driver.ts';
 import type { VmDriver } from '../src/vm/driver.ts';
-import { makeApiClient, type ApiClient } from '../src/cli/api-client.ts';
+import { makeApiClient, type ApiClient } from '../test/support/test-client.ts';
 import { makeSecret } from '../src/store/tokens.ts';
 import { firstFitDecreasing, placeJobs, type HostSlot, type JobDemand } from '../src/server/scheduler/placement.ts';
 import type { Arch } from '../src/core/arch.ts';

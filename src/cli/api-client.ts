@@ -1,14 +1,22 @@
 /**
  * HTTP client for the kiln API, used by the CLI commands and by `kiln run` (through submitAndFollow).
- * Errors come back as KilnErrors carrying the server's code, message and hint.
+ * Calls are typed by the HTTP contract (core/http-contract.ts): a call names a route of `API` and passes
+ * its parameters, query and body; the answer is checked against the route's answer schema. Errors come back
+ * as KilnErrors carrying the server's code, message and hint.
  */
 import { randomUUID } from 'node:crypto';
+import type { Static } from '@sinclair/typebox';
+import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { KilnError } from '../core/errors.ts';
+import { API, decodeAnswer, ErrorAnswer, LogLine, routePath, type JobOut, type JobSubmit, type AnsweringRoute, type RouteInput } from '../core/http-contract.ts';
 import type { Job, LogStream } from '../core/job.ts';
 
 export interface ApiClient {
   readonly server: string;
-  request<T>(method: string, path: string, body?: unknown, extraHeaders?: Record<string, string>): Promise<T>;
+  /** Calls one route of the contract; resolves with its answer, checked against the route's answer schema. */
+  call<R extends AnsweringRoute>(route: R, input: RouteInput<R>, extraHeaders?: Record<string, string>): Promise<Static<R['schema']['response']>>;
+  /** A request outside the contract (tests send bad input on purpose); the answer is not checked: `unknown`. */
+  send(method: string, path: string, body?: unknown, extraHeaders?: Record<string, string>): Promise<unknown>;
   /** Streams a job's log; resolves with the job's end state once it is final (follow) or at the end of what is stored. */
   logs(jobId: number, opts: { follow: boolean; after?: number; onChunk(stream: LogStream, data: Buffer, attempt: number): void | Promise<void>; signal?: AbortSignal }): Promise<LogEnd>;
 }
@@ -25,18 +33,20 @@ export interface LogEnd {
  * key: a request cut before its answer (a server restart, a replica killed) may or may not have been
  * stored, and the retry gets the job it stored, or stores it once (the server remembers a key for 24 h).
  */
-export async function submitJob<T>(client: ApiClient, body: unknown, o: { tries?: number; backoffMs?: number; key?: string } = {}): Promise<T> {
+export async function submitJob(client: ApiClient, body: JobSubmit, o: { tries?: number; backoffMs?: number; key?: string } = {}): Promise<JobOut> {
   const key = o.key ?? randomUUID();
   const tries = o.tries ?? 6;
   for (let i = 1; ; i++) {
     try {
-      return await client.request<T>('POST', '/v1/jobs', body, { 'idempotency-key': key });
+      return await client.call(API.submitJob, { body }, { 'idempotency-key': key });
     } catch (e) {
       if (!(e instanceof KilnError) || e.code !== 'client.unreachable' || i >= tries) throw e;
       await new Promise((r) => setTimeout(r, (o.backoffMs ?? 250) * 2 ** (i - 1)));
     }
   }
 }
+
+const ErrorCheck = TypeCompiler.Compile(ErrorAnswer);
 
 export function makeApiClient(opts: { server: string; token: string | undefined }): ApiClient {
   const base = opts.server.replace(/\/$/, '');
@@ -45,13 +55,13 @@ export function makeApiClient(opts: { server: string; token: string | undefined 
     ...(json ? { 'content-type': 'application/json' } : {}),
   });
   const fail = async (res: Response): Promise<never> => {
-    let body: { error?: { code: string; message: string; hint?: string } } = {};
+    let e: ErrorAnswer['error'] | undefined;
     try {
-      body = (await res.json()) as typeof body;
+      const body: unknown = await res.json();
+      if (ErrorCheck.Check(body)) e = body.error;
     } catch {
       /* not JSON */
     }
-    const e = body.error;
     throw new KilnError(e?.code ?? `http.${res.status}`, e?.message ?? `the server answered ${res.status}`, {
       ...(e?.hint ? { hint: e.hint } : res.status === 401 ? { hint: 'set KILN_TOKEN (or pass --token) to a token from `kiln tokens create`' } : {}),
       details: { status: res.status },
@@ -68,12 +78,18 @@ export function makeApiClient(opts: { server: string; token: string | undefined 
       });
     }
   };
+  const send = async (method: string, path: string, body?: unknown, extraHeaders?: Record<string, string>): Promise<unknown> => {
+    const res = await reach(path, { method, headers: { ...headers(body !== undefined), ...extraHeaders }, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) });
+    if (!res.ok) return fail(res);
+    const answer: unknown = await res.json();
+    return answer;
+  };
   return {
     server: base,
-    async request<T>(method: string, path: string, body?: unknown, extraHeaders?: Record<string, string>): Promise<T> {
-      const res = await reach(path, { method, headers: { ...headers(body !== undefined), ...extraHeaders }, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) });
-      if (!res.ok) return fail(res);
-      return (await res.json()) as T;
+    send,
+    async call<R extends AnsweringRoute>(route: R, input: RouteInput<R>, extraHeaders?: Record<string, string>): Promise<Static<R['schema']['response']>> {
+      const path = routePath(route.url, input.params, input.query);
+      return decodeAnswer(`${route.method} ${route.url}`, route.schema.response, await send(route.method, path, input.body, extraHeaders));
     },
     async logs(jobId, o) {
       const q = new URLSearchParams({ follow: String(o.follow), ...(o.after ? { after: String(o.after) } : {}) });
@@ -97,10 +113,10 @@ export function makeApiClient(opts: { server: string; token: string | undefined 
                 const line = rest.slice(0, nl);
                 rest = rest.slice(nl + 1);
                 if (!line) continue;
-                const m = JSON.parse(line) as { id?: number; attempt?: number; stream?: LogStream; data?: string; end?: boolean } & Partial<LogEnd>;
-                if (m.end) return { state: m.state!, exitCode: m.exitCode ?? null, error: m.error ?? null, logTruncated: m.logTruncated ?? false };
-                await o.onChunk(m.stream ?? 'kiln', Buffer.from(m.data ?? '', 'base64'), m.attempt ?? 1);
-                after = m.id ?? after;
+                const m = decodeAnswer(`the log of job ${jobId}`, LogLine, JSON.parse(line));
+                if (m.end === true) return { state: m.state, exitCode: m.exitCode, error: m.error, logTruncated: m.logTruncated };
+                await o.onChunk(m.stream, Buffer.from(m.data, 'base64'), m.attempt);
+                after = m.id;
               }
             }
           } catch (e) {

@@ -1,6 +1,7 @@
 /** `kiln github app-manifest | jobs | runners | usage`. */
 import type { Command } from 'commander';
 import { KilnError } from '../core/errors.ts';
+import { API } from '../core/http-contract.ts';
 import { appManifest } from '../server/github/manifest.ts';
 import { addClientOptions, clientFrom, type ClientFlags } from './fleet-client.ts';
 import { table, type Output } from './output.ts';
@@ -26,22 +27,19 @@ export function registerGitHub(program: Command, out: () => Output): void {
   addClientOptions(gh.command('jobs').description("GitHub jobs kiln saw and its decision (accepted, ignored, refused with the reason)"))
     .option('--refused', 'only refused jobs')
     .action(async (f: ClientFlags & { refused?: boolean }) => {
-      const r = await clientFrom(f).request<{ jobs: { jobId: number; runAttempt: number; repo: string; labels: string[]; state: string; decision: string; reason: { code: string; message: string } | null }[] }>(
-        'GET',
-        `/v1/github/jobs${f.refused ? '?decision=refused' : ''}`,
-      );
+      const r = await clientFrom(f).call(API.githubJobs, { query: f.refused ? { decision: 'refused' } : {} });
       out().data(table([['JOB', 'REPO', 'LABELS', 'STATE', 'DECISION', 'REASON'], ...r.jobs.map((j) => [`${j.jobId}/${j.runAttempt}`, j.repo, j.labels.join(','), j.state, j.decision, j.reason ? `${j.reason.code}: ${j.reason.message}` : '-'])]));
     });
   addClientOptions(gh.command('runners').description("kiln's runners and their VMs"))
     .option('--all', 'include runners that are gone')
     .action(async (f: ClientFlags & { all?: boolean }) => {
-      const r = await clientFrom(f).request<{ runners: { name: string; state: string; scope: string; labels: string[]; kilnJobId: number | null; lastError: string | null }[] }>('GET', `/v1/github/runners${f.all ? '?all=true' : ''}`);
+      const r = await clientFrom(f).call(API.githubRunners, { query: f.all ? { all: true } : {} });
       out().data(table([['NAME', 'STATE', 'SCOPE', 'LABELS', 'VM JOB', 'NOTE'], ...r.runners.map((x) => [x.name, x.state, x.scope, x.labels.join(','), String(x.kilnJobId ?? '-'), x.lastError ?? '-'])]));
     });
   addClientOptions(gh.command('usage').description('usage records per GitHub job (JSON lines)'))
     .option('--repo <owner/repo>', 'one repository')
     .action(async (f: ClientFlags & { repo?: string }) => {
-      const r = await clientFrom(f).request<{ usage: unknown[] }>('GET', `/v1/github/usage${f.repo ? `?repo=${encodeURIComponent(f.repo)}` : ''}`);
+      const r = await clientFrom(f).call(API.githubUsage, { query: f.repo ? { repo: f.repo } : {} });
       for (const u of r.usage) out().data(JSON.stringify(u));
     });
 }

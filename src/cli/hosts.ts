@@ -1,6 +1,7 @@
 /** `kiln hosts ls|drain|cordon|uncordon|wake|sleep|rm`. */
 import type { Command } from 'commander';
-import type { Host, HostMirror } from '../core/host.ts';
+import type { HostMirror } from '../core/host.ts';
+import { API, type HostWithUsage } from '../core/http-contract.ts';
 import { formatSize } from '../core/sizes.ts';
 import { addClientOptions, clientFrom, type ClientFlags } from './fleet-client.ts';
 import { table, type Output } from './output.ts';
@@ -11,8 +12,6 @@ export function mirrorCell(m: HostMirror | null | undefined): string {
   if (m.healthy) return `healthy ${formatSize(m.cacheBytes)}`;
   return `down (${m.restarts} restart${m.restarts === 1 ? '' : 's'})`;
 }
-
-type HostOut = Host & { jobs: number; used: { cpus: number; memoryBytes: number } };
 
 /** `3s`, `12m`, `5h`, `2d`: how long since `iso`, for the STATE column. */
 export function sinceCell(iso: string | undefined, nowMs = Date.now()): string {
@@ -25,7 +24,7 @@ export function sinceCell(iso: string | undefined, nowMs = Date.now()): string {
 }
 
 /** The STATE column: state, flags, and since when for the power states (asleep 2h, waking 40s). */
-export function stateCell(h: Pick<HostOut, 'state' | 'cordoned' | 'stateSince' | 'wakeMarkedUntil'>, nowMs = Date.now()): string {
+export function stateCell(h: Pick<HostWithUsage, 'state' | 'cordoned' | 'stateSince' | 'wakeMarkedUntil'>, nowMs = Date.now()): string {
   let s = h.state + (h.cordoned ? ',cordoned' : '');
   if (h.wakeMarkedUntil && Date.parse(h.wakeMarkedUntil) > nowMs) s += ',wake-failed';
   return h.stateSince ? `${s} ${sinceCell(h.stateSince, nowMs)}` : s;
@@ -36,7 +35,7 @@ export function registerHosts(program: Command, out: () => Output): void {
   addClientOptions(hosts.command('ls').description('list hosts'))
     .option('--json', 'print JSON')
     .action(async (f: ClientFlags & { json?: boolean }) => {
-      const { hosts: list } = await clientFrom(f).request<{ hosts: HostOut[] }>('GET', '/v1/hosts');
+      const { hosts: list } = await clientFrom(f).call(API.listHosts, {});
       if (f.json) return out().data(JSON.stringify(list, null, 2));
       out().data(
         table([
@@ -63,24 +62,24 @@ export function registerHosts(program: Command, out: () => Output): void {
     });
   const action = (verb: 'drain' | 'cordon' | 'uncordon', text: string) =>
     addClientOptions(hosts.command(`${verb} <host>`).description(text)).action(async (ref: string, f: ClientFlags) => {
-      const h = await clientFrom(f).request<Host>('POST', `/v1/hosts/${encodeURIComponent(ref)}/${verb}`);
+      const h = await clientFrom(f).call({ drain: API.drainHost, cordon: API.cordonHost, uncordon: API.uncordonHost }[verb], { params: { ref } });
       out().info(`host ${h.name}: ${h.state}${h.cordoned ? ', cordoned' : ''}`);
     });
   action('drain', 'stop placing jobs on a host and let running ones finish (kept across reconnects)');
   action('cordon', 'stop placing jobs on a host; it stays online');
   action('uncordon', 'undo drain and cordon');
   addClientOptions(hosts.command('wake <host>').description('wake an asleep host (also one the power manager gave up on); see docs/power.md')).action(async (ref: string, f: ClientFlags) => {
-    const r = await clientFrom(f).request<{ host: string }>('POST', `/v1/hosts/${encodeURIComponent(ref)}/wake`);
+    const r = await clientFrom(f).call(API.wakeHost, { params: { ref } });
     out().info(`host ${r.host}: waking (kiln hosts ls shows when it is online)`);
   });
   addClientOptions(hosts.command('sleep <host>').description('put a host to sleep: it drains, then runs its sleep command')).action(async (ref: string, f: ClientFlags) => {
-    const r = await clientFrom(f).request<{ host: string }>('POST', `/v1/hosts/${encodeURIComponent(ref)}/sleep`);
+    const r = await clientFrom(f).call(API.sleepHost, { params: { ref } });
     out().info(`host ${r.host}: draining, then going to sleep`);
   });
   addClientOptions(hosts.command('rm <host>').description('forget a host (refused while it runs jobs unless --force)'))
     .option('--force', 'remove even while it is connected; its agent is disconnected and stops')
     .action(async (ref: string, f: ClientFlags & { force?: boolean }) => {
-      const r = await clientFrom(f).request<{ removed: string }>('DELETE', `/v1/hosts/${encodeURIComponent(ref)}${f.force ? '?force=true' : ''}`);
+      const r = await clientFrom(f).call(API.removeHost, { params: { ref }, query: f.force ? { force: true } : {} });
       out().info(`removed host ${r.removed}`);
     });
 }

@@ -1,6 +1,6 @@
 /** `kiln jobs ls|get|cancel|logs|submit`. */
 import type { Command } from 'commander';
-import type { Job } from '../core/job.ts';
+import { API } from '../core/http-contract.ts';
 import { KilnError } from '../core/errors.ts';
 import { formatSize } from '../core/sizes.ts';
 import { addClientOptions, clientFrom, type ClientFlags } from './fleet-client.ts';
@@ -26,8 +26,8 @@ export function registerJobs(program: Command, out: () => Output): void {
     .option('--limit <n>', 'at most this many', '50')
     .option('--json', 'print JSON')
     .action(async (f: ClientFlags & { state?: string; tenant?: string; host?: string; limit: string; json?: boolean }) => {
-      const q = new URLSearchParams({ limit: f.limit, ...(f.state ? { state: f.state } : {}), ...(f.tenant ? { tenant: f.tenant } : {}), ...(f.host ? { host: f.host } : {}) });
-      const { jobs: list } = await clientFrom(f).request<{ jobs: Job[] }>('GET', `/v1/jobs?${q}`);
+      const query = { limit: f.limit, ...(f.state ? { state: f.state } : {}), ...(f.tenant ? { tenant: f.tenant } : {}), ...(f.host ? { host: f.host } : {}) };
+      const { jobs: list } = await clientFrom(f).call(API.listJobs, { query });
       const o = out();
       if (f.json) return o.data(JSON.stringify(list, null, 2));
       o.data(
@@ -48,12 +48,12 @@ export function registerJobs(program: Command, out: () => Output): void {
     });
 
   addClientOptions(jobs.command('get <id>').description('one job with its state transitions')).action(async (id: string, f: ClientFlags) => {
-    const job = await clientFrom(f).request<Job>('GET', `/v1/jobs/${encodeURIComponent(id)}`);
+    const job = await clientFrom(f).call(API.getJob, { params: { id } });
     out().data(JSON.stringify(job, null, 2));
   });
 
   addClientOptions(jobs.command('cancel <id>').description('cancel a job (queued: at once; running: its VM is stopped)')).action(async (id: string, f: ClientFlags) => {
-    const job = await clientFrom(f).request<Job>('POST', `/v1/jobs/${encodeURIComponent(id)}/cancel`);
+    const job = await clientFrom(f).call(API.cancelJob, { params: { id } });
     out().info(`job ${job.id}: ${job.state === 'cancelled' ? 'cancelled' : `cancel requested (it is ${job.state}; its VM is being stopped)`}`);
   });
 
@@ -108,7 +108,7 @@ export function registerJobs(program: Command, out: () => Output): void {
       };
       const client = clientFrom(f);
       if (f.detach) {
-        const job = await submitJob<Job>(client, body);
+        const job = await submitJob(client, body);
         return o.data(String(job.id));
       }
       const ac = new AbortController();

@@ -5,7 +5,7 @@
 import type { Writable } from 'node:stream';
 import { EXIT } from '../core/exit-codes.ts';
 import type { Job } from '../core/job.ts';
-import type { JobSubmit } from '../server/http/jobs.ts';
+import { API, type JobOut, type JobSubmit } from '../core/http-contract.ts';
 import { submitJob, type ApiClient, type LogEnd } from './api-client.ts';
 
 export type { JobSubmit };
@@ -50,10 +50,10 @@ const write = (w: Writable, b: Buffer): Promise<void> =>
 
 /** Submits `job`, streams its stdout and stderr as they come, and resolves with its exit code and end. */
 export async function submitAndFollow(client: ApiClient, job: JobSubmit, io: FollowIo): Promise<{ exitCode: number; job: Job; end: LogEnd }> {
-  const submitted = await submitJob<Job>(client, job);
+  const submitted = await submitJob(client, job);
   io.onSubmitted?.(submitted);
   let lastAttempt = 1;
-  const cancel = () => void client.request('POST', `/v1/jobs/${submitted.id}/cancel`).catch(() => {});
+  const cancel = () => void client.call(API.cancelJob, { params: { id: submitted.id } }).catch(() => {});
   io.signal?.addEventListener('abort', cancel, { once: true });
   try {
     const end = await client.logs(submitted.id, {

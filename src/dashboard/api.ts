@@ -11,14 +11,9 @@ export class ApiError extends Error {
   }
 }
 
-export interface LiveDelta {
-  jobs: { id: number; state: string; tenant: string }[];
-  moreJobs: boolean;
-  submitted: number;
-  logs: number[];
-  hosts: { id: number; name: string; state?: string; event: string }[];
-  github: boolean;
-}
+/** One message of the live feed, as the HTTP contract describes it. */
+import type { LiveDelta } from '../core/http-contract.ts';
+export type { LiveDelta };
 
 export class Api {
   constructor(readonly token: string) {}

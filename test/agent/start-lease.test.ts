@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnKiln, killAll, freePort } from './processes.ts';
 import { storeKinds, makeTestDatabase } from '../store/test-stores.ts';
-import { makeApiClient } from '../../src/cli/api-client.ts';
+import { makeApiClient } from '../support/test-client.ts';
 import { makeSecret } from '../../src/store/tokens.ts';
 import type { Job } from '../../src/core/job.ts';
 

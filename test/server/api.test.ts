@@ -3,7 +3,7 @@ import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { storeKinds } from '../store/test-stores.ts';
 import { startHarness, jobReaches, type Harness } from './harness.ts';
-import { makeApiClient } from '../../src/cli/api-client.ts';
+import { makeApiClient } from '../support/test-client.ts';
 import { submitAndFollow } from '../../src/cli/submit.ts';
 import { Writable } from 'node:stream';
 import { once } from 'node:events';

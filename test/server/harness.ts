@@ -6,7 +6,7 @@ import { makeAgent, type Agent, type AgentOptions } from '../../src/agent/agent.
 import { memoryImageResolver } from '../../src/agent/images.ts';
 import { makeMemoryDriver, type MemoryDriverOptions } from '../../src/vm/memory-driver.ts';
 import { createToken, makeSecret } from '../../src/store/tokens.ts';
-import { makeApiClient, type ApiClient } from '../../src/cli/api-client.ts';
+import { makeApiClient, type ApiClient } from '../support/test-client.ts';
 import { makeTestStore, type StoreKind } from '../store/test-stores.ts';
 import type { Store } from '../../src/store/store.ts';
 import type { Job } from '../../src/core/job.ts';

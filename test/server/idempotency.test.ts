@@ -7,7 +7,7 @@ import { once } from 'node:events';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { startHarness } from './harness.ts';
 import { storeKinds } from '../store/test-stores.ts';
-import { makeApiClient, submitJob } from '../../src/cli/api-client.ts';
+import { makeApiClient, submitJob } from '../support/test-client.ts';
 import { KilnError } from '../../src/core/errors.ts';
 import type { Job } from '../../src/core/job.ts';
 
@@ -56,7 +56,7 @@ for (const { kind, skip } of storeKinds()) {
       try {
         const viaProxy = makeApiClient({ server: proxy.url, token: h.admin });
         const body = { command: ['echo', 'once'], cpus: 1 };
-        const job = await submitJob<Job>(viaProxy, body, { key: 'retry-me-1', backoffMs: 20 });
+        const job = await submitJob(viaProxy, body, { key: 'retry-me-1', backoffMs: 20 });
         assert.equal(proxy.cutsMade(), 1, 'the first answer was cut');
         const all = (await h.client.request<{ jobs: Job[] }>('GET', '/v1/jobs?limit=100')).jobs;
         assert.deepEqual(all.map((j) => j.id), [job.id], 'one job, though the server got the request twice');

@@ -12,7 +12,7 @@ import { storeKinds, makeTestStore, makeTestDatabase } from '../store/test-store
 import { killAll, freePort, runKilnCommand, spawnBuiltKiln, type KilnProcess } from '../agent/processes.ts';
 import { makeServer, type KilnServer } from '../../src/server/server.ts';
 import { createToken, makeSecret } from '../../src/store/tokens.ts';
-import { makeApiClient, type ApiClient } from '../../src/cli/api-client.ts';
+import { makeApiClient, type ApiClient } from '../support/test-client.ts';
 import { DEFAULT_POWER_POLICY, parseClock, parseDays, type PowerPolicy, type PowerPool } from '../../src/core/power.ts';
 import type { PowerOptions } from '../../src/server/power/manager.ts';
 import type { Store } from '../../src/store/store.ts';

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { storeKinds, makeTestDatabase } from '../store/test-stores.ts';
 import { spawnKiln, killAll, freePort, type KilnProcess } from '../agent/processes.ts';
-import { makeApiClient, type ApiClient } from '../../src/cli/api-client.ts';
+import { makeApiClient, type ApiClient } from '../support/test-client.ts';
 import { makeAgent, type Agent } from '../../src/agent/agent.ts';
 import { memoryImageResolver } from '../../src/agent/images.ts';
 import { makeMemoryDriver } from '../../src/vm/memory-driver.ts';

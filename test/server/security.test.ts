@@ -4,7 +4,7 @@ import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { storeKinds } from '../store/test-stores.ts';
 import { startHarness, jobReaches, type Harness } from './harness.ts';
-import { makeApiClient, type ApiClient } from '../../src/cli/api-client.ts';
+import { makeApiClient, type ApiClient } from '../support/test-client.ts';
 import type { Job } from '../../src/core/job.ts';
 import { makeAgent, type Agent, type AgentOptions } from '../../src/agent/agent.ts';
 import { memoryImageResolver } from '../../src/agent/images.ts';

@@ -11,7 +11,7 @@ import { DEFAULT_REQUIREMENTS } from '../../src/core/requirements.ts';
 import { makeServer } from '../../src/server/server.ts';
 import { quietLogger } from '../server/harness.ts';
 import { makeSecret } from '../../src/store/tokens.ts';
-import { makeApiClient } from '../../src/cli/api-client.ts';
+import { makeApiClient } from '../support/test-client.ts';
 
 async function churn(store: Awaited<ReturnType<typeof makeTestStore>>): Promise<void> {
   const h = await connectHost(store.db, host, 's1');

@@ -6,18 +6,9 @@
  */
 import type { ServerResponse } from 'node:http';
 import type { ServerEventBus } from '../events.ts';
+import type { LiveDelta } from '../../core/http-contract.ts';
 
-export interface LiveDelta {
-  /** Jobs whose state changed in this tick (at most `MAX_JOBS`; `moreJobs` says some were left out). */
-  jobs: { id: number; state: string; tenant: string }[];
-  moreJobs: boolean;
-  /** Jobs submitted in this tick. */
-  submitted: number;
-  /** Jobs with new log output. */
-  logs: number[];
-  hosts: { id: number; name: string; state?: string; event: string }[];
-  github: boolean;
-}
+export type { LiveDelta };
 
 export interface LiveSource {
   events: ServerEventBus;

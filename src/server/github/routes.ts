@@ -1,9 +1,9 @@
 /** The GitHub part's REST routes: kiln's decision per GitHub job, its runners, and usage records. */
-import { Type } from '@sinclair/typebox';
+import { API } from '../../core/http-contract.ts';
 import { listGhJobs, listUsage } from '../../store/github-jobs.ts';
 import { listRunnersForApi } from '../../store/github-runners.ts';
 import type { Db } from '../../store/store.ts';
-import type { RouteDef } from '../http/routes.ts';
+import { defineRoute, type RouteDef } from '../http/routes.ts';
 import { mayAccessTenant } from '../http/auth.ts';
 import type { Token } from '../../core/host.ts';
 
@@ -14,21 +14,12 @@ export function githubRoutes(db: Db, tenant: string): RouteDef[] {
   // empty, as every listing is scoped to the token's tenant (an admin's sees everything).
   const seesGitHub = (token: Token | undefined): boolean => mayAccessTenant(token, tenant);
   return [
-    {
-      method: 'GET',
-      url: '/v1/github/jobs',
-      tag: 'github',
-      summary: "GitHub jobs kiln has seen, with kiln's decision (accepted, ignored, refused and why)",
-      permission: 'read',
-      schema: {
-        querystring: Type.Object(
-          { decision: Type.Optional(Type.String({ enum: ['pending', 'accepted', 'ignored', 'refused'] })), repo: Type.Optional(Type.String()), limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })) },
-          { additionalProperties: false },
-        ),
-      },
-      async handler(req, _reply, token) {
+    defineRoute(
+      API.githubJobs,
+      { tag: 'github', summary: "GitHub jobs kiln has seen, with kiln's decision (accepted, ignored, refused and why)", permission: 'read' },
+      async (req, _reply, token) => {
         if (!seesGitHub(token)) return { jobs: [] };
-        const q = req.query as { decision?: string; repo?: string; limit?: number };
+        const q = req.query;
         const jobs = await listGhJobs(db, { decision: q.decision, repo: q.repo, limit: q.limit ?? 100 });
         return {
           jobs: jobs.map((j) => ({
@@ -47,50 +38,33 @@ export function githubRoutes(db: Db, tenant: string): RouteDef[] {
           })),
         };
       },
-    },
-    {
-      method: 'GET',
-      url: '/v1/github/runners',
-      tag: 'github',
-      summary: "kiln's JIT runners: state, labels, VM (kiln job), the GitHub job they ran",
-      permission: 'read',
-      schema: { querystring: Type.Object({ all: Type.Optional(Type.Boolean()) }, { additionalProperties: false }) },
-      async handler(req, _reply, token) {
-        if (!seesGitHub(token)) return { runners: [] };
-        const all = (req.query as { all?: boolean }).all === true;
-        return {
-          runners: (await listRunnersForApi(db, all)).map((r) => ({
-            name: r.name,
-            state: r.state,
-            scope: r.scope.level === 'org' ? r.scope.owner : `${r.scope.owner}/${r.scope.repo ?? ''}`,
-            labels: r.labels,
-            runnerId: r.runnerId,
-            kilnJobId: r.kilnJobId,
-            ghJobId: r.job?.jobId ?? null,
-            lastError: r.lastError,
-            createdAt: iso(r.createdAt),
-            endedAt: iso(r.endedAt),
-          })),
-        };
-      },
-    },
-    {
-      method: 'GET',
-      url: '/v1/github/usage',
-      tag: 'github',
-      summary: 'Usage records per GitHub job: repository, organization, sender, labels, workflow, times, host, VM size, conclusion',
-      permission: 'read',
-      schema: {
-        querystring: Type.Object(
-          { repo: Type.Optional(Type.String()), org: Type.Optional(Type.String()), limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000 })) },
-          { additionalProperties: false },
-        ),
-      },
-      async handler(req, _reply, token) {
+    ),
+    defineRoute(API.githubRunners, { tag: 'github', summary: "kiln's JIT runners: state, labels, VM (kiln job), the GitHub job they ran", permission: 'read' }, async (req, _reply, token) => {
+      if (!seesGitHub(token)) return { runners: [] };
+      const all = req.query.all === true;
+      return {
+        runners: (await listRunnersForApi(db, all)).map((r) => ({
+          name: r.name,
+          state: r.state,
+          scope: r.scope.level === 'org' ? r.scope.owner : `${r.scope.owner}/${r.scope.repo ?? ''}`,
+          labels: r.labels,
+          runnerId: r.runnerId,
+          kilnJobId: r.kilnJobId,
+          ghJobId: r.job?.jobId ?? null,
+          lastError: r.lastError,
+          createdAt: iso(r.createdAt),
+          endedAt: iso(r.endedAt),
+        })),
+      };
+    }),
+    defineRoute(
+      API.githubUsage,
+      { tag: 'github', summary: 'Usage records per GitHub job: repository, organization, sender, labels, workflow, times, host, VM size, conclusion', permission: 'read' },
+      async (req, _reply, token) => {
         if (!seesGitHub(token)) return { usage: [] };
-        const q = req.query as { repo?: string; org?: string; limit?: number };
+        const q = req.query;
         return { usage: await listUsage(db, { repo: q.repo, org: q.org, limit: q.limit ?? 1000 }) };
       },
-    },
+    ),
   ];
 }

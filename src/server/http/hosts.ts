@@ -1,14 +1,12 @@
 /** Hosts API: list, get, drain, cordon, uncordon, remove. */
-import { Type } from '@sinclair/typebox';
 import { KilnError } from '../../core/errors.ts';
 import { nextHostState } from '../../core/host-state.ts';
 import type { Host } from '../../core/host.ts';
 import { deleteHost, findHost, listHosts, updateHostFlags } from '../../store/hosts.ts';
 import { activeJobsOnHosts } from '../../store/jobs.ts';
 import type { ApiDeps } from './deps.ts';
-import type { RouteDef } from './routes.ts';
-
-const RefParams = Type.Object({ ref: Type.String({ minLength: 1, maxLength: 100 }) });
+import { defineRoute, type RouteDef } from './routes.ts';
+import { API } from '../../core/http-contract.ts';
 
 export function hostRoutes(deps: ApiDeps): RouteDef[] {
   const db = deps.ctx.store.db;
@@ -52,50 +50,21 @@ export function hostRoutes(deps: ApiDeps): RouteDef[] {
     return updated;
   };
   return [
-    {
-      method: 'GET',
-      url: '/v1/hosts',
-      tag: 'hosts',
-      summary: 'List hosts with their state, capacity and what is in use',
-      permission: 'read',
-      schema: {},
-      handler: async () => ({ hosts: await withUsage(await listHosts(db)) }),
-    },
-    {
-      method: 'GET',
-      url: '/v1/hosts/:ref',
-      tag: 'hosts',
-      summary: 'One host, by name or id',
-      permission: 'read',
-      schema: { params: RefParams },
-      handler: async (req) => (await withUsage([await need((req.params as { ref: string }).ref)]))[0],
-    },
-    ...(['drain', 'cordon', 'uncordon'] as const).map(
-      (what): RouteDef => ({
-        method: 'POST',
-        url: `/v1/hosts/:ref/${what}`,
-        tag: 'hosts',
-        summary:
-          what === 'drain'
-            ? 'Drain a host: no new jobs, running ones finish (survives reconnects)'
-            : what === 'cordon'
-              ? 'Cordon a host: no new jobs; it stays online'
-              : 'Undo drain and cordon',
-        permission: 'operate',
-        schema: { params: RefParams },
-        handler: async (req) => change((req.params as { ref: string }).ref, what),
-      }),
+    defineRoute(API.listHosts, { tag: 'hosts', summary: 'List hosts with their state, capacity and what is in use', permission: 'read' }, async () => ({
+      hosts: await withUsage(await listHosts(db)),
+    })),
+    defineRoute(API.getHost, { tag: 'hosts', summary: 'One host, by name or id', permission: 'read' }, async (req) => (await withUsage([await need(req.params.ref)]))[0]),
+    defineRoute(API.drainHost, { tag: 'hosts', summary: 'Drain a host: no new jobs, running ones finish (survives reconnects)', permission: 'operate' }, (req) =>
+      change(req.params.ref, 'drain'),
     ),
-    {
-      method: 'DELETE',
-      url: '/v1/hosts/:ref',
-      tag: 'hosts',
-      summary: 'Forget a host; refused while it runs jobs unless force=true (its agent is disconnected)',
-      permission: 'admin',
-      schema: { params: RefParams, querystring: Type.Object({ force: Type.Optional(Type.Boolean()) }, { additionalProperties: false }) },
-      async handler(req) {
-        const h = await need((req.params as { ref: string }).ref);
-        const force = (req.query as { force?: boolean }).force === true;
+    defineRoute(API.cordonHost, { tag: 'hosts', summary: 'Cordon a host: no new jobs; it stays online', permission: 'operate' }, (req) => change(req.params.ref, 'cordon')),
+    defineRoute(API.uncordonHost, { tag: 'hosts', summary: 'Undo drain and cordon', permission: 'operate' }, (req) => change(req.params.ref, 'uncordon')),
+    defineRoute(
+      API.removeHost,
+      { tag: 'hosts', summary: 'Forget a host; refused while it runs jobs unless force=true (its agent is disconnected)', permission: 'admin' },
+      async (req) => {
+        const h = await need(req.params.ref);
+        const force = req.query.force === true;
         const active = await activeJobsOnHosts(db, [h.id]);
         if (!force && (active.length > 0 || h.state === 'online' || h.state === 'draining')) {
           throw new KilnError('host.busy', `host ${h.name} is ${h.state} with ${active.length} job(s)`, {
@@ -106,6 +75,6 @@ export function hostRoutes(deps: ApiDeps): RouteDef[] {
         await deleteHost(db, h.id);
         return { removed: h.name };
       },
-    },
+    ),
   ];
 }

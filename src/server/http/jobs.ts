@@ -1,5 +1,4 @@
-/** Jobs API: submit (one or a batch), list and filter, get, cancel, logs (optionally followed live). */
-import { Type, type Static } from '@sinclair/typebox';
+/** Jobs API: submit (one or a batch), list and filter, get, cancel, logs (optionally followed live); schemas in core/http-contract.ts. */
 import { parseArch } from '../../core/arch.ts';
 import { KilnError } from '../../core/errors.ts';
 import { DEFAULT_IMAGE, DEFAULT_TIMEOUT_MS, type Job, type JobSpec } from '../../core/job.ts';
@@ -10,61 +9,11 @@ import { parseDuration, parseSize } from '../../core/sizes.ts';
 import { getJob, jobTransitions, listJobs } from '../../store/jobs.ts';
 import { SECRET_ENV_KEYS } from '../jobs/job-commands.ts';
 import { mayAccessTenant, tenantScope } from './auth.ts';
-
-const MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000;
-/** A number is milliseconds; below this it is almost surely seconds meant as milliseconds (and no VM boots). */
-const MIN_TIMEOUT_MS = 100;
+import { API, JOB_MAX_TIMEOUT_MS as MAX_TIMEOUT_MS, JOB_MIN_TIMEOUT_MS as MIN_TIMEOUT_MS, type JobSubmit, type LogLine } from '../../core/http-contract.ts';
 import { readLogs } from '../../store/logs.ts';
 import { checkIdempotencyKey, requestHash } from '../../store/submissions.ts';
 import type { ApiDeps } from './deps.ts';
-import type { RouteDef } from './routes.ts';
-
-const SizeOrBytes = Type.Union([Type.Integer({ minimum: 1, maximum: 2 ** 50 }), Type.String({ minLength: 1, maxLength: 20 })]);
-
-/** Environment variables: names as a shell takes them, string values only (no other keys, no coercion). */
-export const ENV_NAME_PATTERN = '^[A-Za-z_][A-Za-z0-9_]*$';
-const EnvMap = Type.Object(
-  {},
-  { patternProperties: { [ENV_NAME_PATTERN]: Type.String({ maxLength: 100_000 }) }, additionalProperties: false, maxProperties: 500, propertyNames: { maxLength: 200 } },
-);
-
-export const JobSubmit = Type.Object(
-  {
-    labels: Type.Optional(Type.Array(Type.String({ maxLength: 100 }), { maxItems: 20 })),
-    arch: Type.Optional(Type.String({ maxLength: 20 })),
-    cpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 256 })),
-    memory: Type.Optional(SizeOrBytes),
-    disk: Type.Optional(SizeOrBytes),
-    image: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
-    command: Type.Array(Type.String({ maxLength: 100_000 }), { minItems: 1, maxItems: 1000 }),
-    env: Type.Optional(EnvMap),
-    secretEnv: Type.Optional(EnvMap),
-    cwd: Type.Optional(Type.String({ maxLength: 1000 })),
-    timeout: Type.Optional(Type.Union([Type.Integer({ minimum: MIN_TIMEOUT_MS, maximum: MAX_TIMEOUT_MS, description: 'milliseconds' }), Type.String({ minLength: 1, maxLength: 20, description: 'a duration: 90s, 30m, 2h' })])),
-    network: Type.Optional(Type.Union([Type.Literal('none'), Type.Literal('user')])),
-    priority: Type.Optional(Type.Integer({ minimum: -100, maximum: 100 })),
-    tenant: Type.Optional(Type.String({ minLength: 1, maxLength: 100, pattern: '^[A-Za-z0-9._-]+$' })),
-  },
-  { additionalProperties: false },
-);
-export type JobSubmit = Static<typeof JobSubmit>;
-
-const JobOut = Type.Object({
-  id: Type.Integer(),
-  tenant: Type.String(),
-  state: Type.String({ enum: JOB_STATE_LIST }),
-  attempt: Type.Integer(),
-  requirements: Type.Object({ arch: Type.String(), cpus: Type.Integer(), memoryBytes: Type.Integer(), diskBytes: Type.Integer(), hostLabels: Type.Array(Type.String()) }),
-  labels: Type.Array(Type.String()),
-  image: Type.String(),
-  command: Type.Array(Type.String()),
-  hostId: Type.Union([Type.Integer(), Type.Null()]),
-  exitCode: Type.Union([Type.Integer(), Type.Null()]),
-  error: Type.Union([Type.Object({ code: Type.String(), message: Type.String() }), Type.Null()]),
-  logTruncated: Type.Boolean(),
-  createdAt: Type.String(),
-  finishedAt: Type.Union([Type.String(), Type.Null()]),
-});
+import { defineRoute, type RouteDef } from './routes.ts';
 
 /** Turns a submission into a job spec, collecting every problem at once. Pure. */
 export function resolveSubmission(body: JobSubmit, token: Pick<Token, 'id' | 'role' | 'tenant'>): JobSpec {
@@ -133,7 +82,6 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
   const db = ctx.store.db;
   // Every job change goes through the door (jobs/job-commands.ts); the scheduler kicks on `job.submitted`.
   const submit = (specs: JobSpec[]): Promise<Job[]> => deps.jobs.submit(specs);
-  const IdParams = Type.Object({ id: Type.Integer({ minimum: 1 }) });
   // A job of another tenant is answered exactly like a missing one (its existence is not disclosed).
   const need = async (id: number, token: Token | undefined): Promise<Job> => {
     const j = await getJob(db, id);
@@ -141,15 +89,11 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
     return j;
   };
   return [
-    {
-      method: 'POST',
-      url: '/v1/jobs',
-      tag: 'jobs',
-      summary: 'Submit a job (requirements as fields, or labels such as kiln-arm64-8cpu-32gb)',
-      permission: 'submit',
-      schema: { body: JobSubmit, response: JobOut },
-      async handler(req, reply, token) {
-        const spec = resolveSubmission(req.body as JobSubmit, token!);
+    defineRoute(
+      API.submitJob,
+      { tag: 'jobs', summary: 'Submit a job (requirements as fields, or labels such as kiln-arm64-8cpu-32gb)', permission: 'submit' },
+      async (req, reply, token) => {
+        const spec = resolveSubmission(req.body, token!);
         const keyHeader = req.headers['idempotency-key'];
         if (keyHeader === undefined) {
           const [job] = await submit([spec]);
@@ -161,111 +105,63 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
         if (replayed) return reply.code(201).header('idempotent-replayed', 'true').send(jobJson(job));
         return reply.code(201).send(jobJson(job!));
       },
-    },
-    {
-      method: 'POST',
-      url: '/v1/jobs/batch',
-      tag: 'jobs',
-      summary: 'Submit up to 1,000 jobs at once; all or none are accepted',
-      permission: 'submit',
-      schema: { body: Type.Object({ jobs: Type.Array(JobSubmit, { minItems: 1, maxItems: 1000 }) }, { additionalProperties: false }) },
-      async handler(req, reply, token) {
-        const body = req.body as { jobs: JobSubmit[] };
-        const specs = body.jobs.map((j, i) => {
-          try {
-            return resolveSubmission(j, token!);
-          } catch (e) {
-            throw new KilnError('job.bad_request', `jobs[${i}]: ${(e as Error).message}`);
-          }
-        });
-        const jobs = await submit(specs);
-        return reply.code(201).send({ ids: jobs.map((j) => j.id) });
-      },
-    },
-    {
-      method: 'GET',
-      url: '/v1/jobs',
-      tag: 'jobs',
-      summary: 'List jobs, newest first',
-      permission: 'read',
-      schema: {
-        querystring: Type.Object(
-          {
-            state: Type.Optional(Type.String({ description: 'comma-separated states' })),
-            tenant: Type.Optional(Type.String()),
-            host: Type.Optional(Type.Integer()),
-            before: Type.Optional(Type.Integer()),
-            limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
-          },
-          { additionalProperties: false },
-        ),
-        response: Type.Object({ jobs: Type.Array(JobOut) }),
-      },
-      async handler(req, _reply, token) {
-        const q = req.query as { state?: string; tenant?: string; host?: number; before?: number; limit?: number };
-        const scope = tenantScope(token);
-        if (scope !== undefined && q.tenant !== undefined && q.tenant !== scope) {
-          throw new KilnError('auth.forbidden', `a ${token!.role} token of tenant ${scope} may not list tenant ${q.tenant}'s jobs`, { hint: 'use an admin token, or leave out tenant' });
+    ),
+    defineRoute(API.submitJobs, { tag: 'jobs', summary: 'Submit up to 1,000 jobs at once; all or none are accepted', permission: 'submit' }, async (req, reply, token) => {
+      const specs = req.body.jobs.map((j, i) => {
+        try {
+          return resolveSubmission(j, token!);
+        } catch (e) {
+          throw new KilnError('job.bad_request', `jobs[${i}]: ${(e as Error).message}`);
         }
-        const tenant = scope ?? q.tenant;
-        const states = q.state ? q.state.split(',').map((s) => s.trim()) : undefined;
-        const bad = states?.filter((s) => !JOB_STATE_LIST.includes(s as JobState));
-        if (bad && bad.length > 0) throw new KilnError('request.bad_state', `unknown job state ${bad.join(', ')}`, { hint: `states: ${JOB_STATE_LIST.join(', ')}` });
-        return {
-          jobs: (
-            await listJobs(db, {
+      });
+      const jobs = await submit(specs);
+      return reply.code(201).send({ ids: jobs.map((j) => j.id) });
+    }),
+    defineRoute(API.listJobs, { tag: 'jobs', summary: 'List jobs, newest first', permission: 'read' }, async (req, _reply, token) => {
+      const q = req.query;
+      const scope = tenantScope(token);
+      if (scope !== undefined && q.tenant !== undefined && q.tenant !== scope) {
+        throw new KilnError('auth.forbidden', `a ${token!.role} token of tenant ${scope} may not list tenant ${q.tenant}'s jobs`, { hint: 'use an admin token, or leave out tenant' });
+      }
+      const tenant = scope ?? q.tenant;
+      const states = q.state ? q.state.split(',').map((s) => s.trim()) : undefined;
+      const bad = states?.filter((s) => !JOB_STATE_LIST.includes(s as JobState));
+      if (bad && bad.length > 0) throw new KilnError('request.bad_state', `unknown job state ${bad.join(', ')}`, { hint: `states: ${JOB_STATE_LIST.join(', ')}` });
+      return {
+        jobs: (
+          await listJobs(db, {
             ...(states ? { states: states as JobState[] } : {}),
             ...(tenant !== undefined ? { tenant } : {}),
             ...(q.host !== undefined ? { hostId: q.host } : {}),
             ...(q.before !== undefined ? { beforeId: q.before } : {}),
-              limit: q.limit ?? 100,
-            })
-          ).map(jobJson),
-        };
+            limit: q.limit ?? 100,
+          })
+        ).map(jobJson),
+      };
+    }),
+    defineRoute(API.getJob, { tag: 'jobs', summary: 'One job, with a timestamp per state transition', permission: 'read' }, async (req, _reply, token) => {
+      const { id } = req.params;
+      const job = await need(id, token);
+      return { ...jobJson(job), transitions: await jobTransitions(db, id) };
+    }),
+    defineRoute(API.cancelJob, { tag: 'jobs', summary: 'Cancel a job: queued jobs at once, running ones by stopping their VM', permission: 'submit' }, async (req, _reply, token) => {
+      const { id } = req.params;
+      await need(id, token);
+      const job = await deps.jobs.cancel(id);
+      if (!job) throw new KilnError('job.not_found', `job ${id} does not exist`);
+      return jobJson(job);
+    }),
+    defineRoute(
+      API.jobLogs,
+      {
+        tag: 'jobs',
+        summary: 'The job log as NDJSON chunks ({id, attempt, stream, data: base64}), then {end, state, exitCode}; follow=true streams live',
+        permission: 'read',
+        produces: 'application/x-ndjson',
       },
-    },
-    {
-      method: 'GET',
-      url: '/v1/jobs/:id',
-      tag: 'jobs',
-      summary: 'One job, with a timestamp per state transition',
-      permission: 'read',
-      schema: { params: IdParams },
-      async handler(req, _reply, token) {
-        const { id } = req.params as { id: number };
-        const job = await need(id, token);
-        return { ...jobJson(job), transitions: await jobTransitions(db, id) };
-      },
-    },
-    {
-      method: 'POST',
-      url: '/v1/jobs/:id/cancel',
-      tag: 'jobs',
-      summary: 'Cancel a job: queued jobs at once, running ones by stopping their VM',
-      permission: 'submit',
-      schema: { params: IdParams },
-      async handler(req, _reply, token) {
-        const { id } = req.params as { id: number };
-        await need(id, token);
-        const job = await deps.jobs.cancel(id);
-        if (!job) throw new KilnError('job.not_found', `job ${id} does not exist`);
-        return jobJson(job);
-      },
-    },
-    {
-      method: 'GET',
-      url: '/v1/jobs/:id/logs',
-      tag: 'jobs',
-      summary: 'The job log as NDJSON chunks ({id, attempt, stream, data: base64}), then {end, state, exitCode}; follow=true streams live',
-      permission: 'read',
-      produces: 'application/x-ndjson',
-      schema: {
-        params: IdParams,
-        querystring: Type.Object({ after: Type.Optional(Type.Integer({ minimum: 0 })), follow: Type.Optional(Type.Boolean()) }, { additionalProperties: false }),
-      },
-      async handler(req, reply, token) {
-        const { id } = req.params as { id: number };
-        const q = req.query as { after?: number; follow?: boolean };
+      async (req, reply, token) => {
+        const { id } = req.params;
+        const q = req.query;
         await need(id, token);
         reply.hijack();
         const res = reply.raw;
@@ -273,7 +169,7 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
         let closed = false;
         res.on('close', () => (closed = true));
         let after = q.after ?? 0;
-        const write = (o: unknown) => new Promise<void>((r) => (res.write(`${JSON.stringify(o)}\n`) ? r() : res.once('drain', r)));
+        const write = (o: LogLine) => new Promise<void>((r) => (res.write(`${JSON.stringify(o)}\n`) ? r() : res.once('drain', r)));
         try {
           for (;;) {
             if (closed) return;
@@ -298,8 +194,9 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
         } finally {
           res.end();
         }
+        return undefined;
       },
-    },
+    ),
   ];
 }
 

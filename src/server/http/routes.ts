@@ -1,10 +1,13 @@
 /**
  * A route table: every HTTP route is declared once with its permission and schemas; the same table
  * registers the routes with Fastify (which validates against the schemas) and produces /openapi.json.
+ * Routes of the REST API take their method, path and schemas from the HTTP contract (core/http-contract.ts),
+ * which the CLI's client shares; `defineRoute` types a handler's request and answer from it.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import type { TSchema } from '@sinclair/typebox';
+import type { Static, TSchema } from '@sinclair/typebox';
 import type { Token } from '../../core/host.ts';
+import { ErrorAnswer, type RouteAnswer, type RouteContract } from '../../core/http-contract.ts';
 import type { Permission } from './auth.ts';
 import type { ServerContext } from '../context.ts';
 
@@ -18,6 +21,29 @@ export interface RouteDef {
   /** Content type of a successful answer when it is not JSON. */
   produces?: string;
   handler(req: FastifyRequest, reply: FastifyReply, token: Token | undefined): Promise<unknown>;
+}
+
+/** A request as the contract's schemas describe it once Fastify has validated it. */
+export type ContractRequest<R extends RouteContract> = Omit<FastifyRequest, 'params' | 'query' | 'body'> & {
+  params: R['schema'] extends { params: infer P extends TSchema } ? Static<P> : unknown;
+  query: R['schema'] extends { querystring: infer Q extends TSchema } ? Static<Q> : unknown;
+  body: R['schema'] extends { body: infer B extends TSchema } ? Static<B> : unknown;
+};
+
+/** A route of the contract with its handler; the handler answers the contract's answer type (or sends its own reply). */
+export function defineRoute<R extends RouteContract>(
+  contract: R,
+  meta: Pick<RouteDef, 'summary' | 'tag' | 'permission' | 'produces'>,
+  handler: (req: ContractRequest<R>, reply: FastifyReply, token: Token | undefined) => Promise<RouteAnswer<R> | FastifyReply | undefined>,
+): RouteDef {
+  return {
+    method: contract.method,
+    url: contract.url,
+    schema: contract.schema,
+    ...meta,
+    // Fastify validated params, query and body against these very schemas before the handler runs.
+    handler: (req, reply, token) => handler(req as unknown as ContractRequest<R>, reply, token),
+  };
 }
 
 export function registerRoutes(app: FastifyInstance, ctx: ServerContext, routes: RouteDef[]): void {
@@ -38,11 +64,7 @@ export function registerRoutes(app: FastifyInstance, ctx: ServerContext, routes:
   }
 }
 
-const ErrorSchema = {
-  type: 'object',
-  properties: { error: { type: 'object', properties: { code: { type: 'string' }, message: { type: 'string' }, hint: { type: 'string' } }, required: ['code', 'message'] } },
-  required: ['error'],
-};
+const ErrorSchema = ErrorAnswer;
 
 /** OpenAPI 3.1 description of the route table. */
 /** OpenAPI path items for endpoints outside the route table (the GitHub webhook, with its raw body). */

@@ -1,14 +1,12 @@
 /** Power API: wake or sleep a host by hand; the policy, the leader's last decision and recent requests. */
-import { Type } from '@sinclair/typebox';
+import { API } from '../../core/http-contract.ts';
 import { KilnError } from '../../core/errors.ts';
 import type { PowerPolicy } from '../../core/power.ts';
 import { findHost } from '../../store/hosts.ts';
 import { listPowerRequests } from '../../store/power.ts';
-import type { RouteDef } from '../http/routes.ts';
+import { defineRoute, type RouteDef } from '../http/routes.ts';
 import type { ServerContext } from '../context.ts';
 import type { PowerManager } from './manager.ts';
-
-const RefParams = Type.Object({ ref: Type.String({ minLength: 1, maxLength: 100 }) });
 
 /** JSON has no Infinity: a schedule that keeps every host awake says "all". */
 const policyJson = (p: PowerPolicy) => ({
@@ -24,15 +22,11 @@ export function powerRoutes(deps: { ctx: ServerContext; power: PowerManager; pol
     return h;
   };
   return [
-    {
-      method: 'POST',
-      url: '/v1/hosts/:ref/wake',
-      tag: 'hosts',
-      summary: 'Wake an asleep host (also one the power manager gave up on); jobs wait for it meanwhile',
-      permission: 'operate',
-      schema: { params: RefParams },
-      async handler(req) {
-        const h = await need((req.params as { ref: string }).ref);
+    defineRoute(
+      API.wakeHost,
+      { tag: 'hosts', summary: 'Wake an asleep host (also one the power manager gave up on); jobs wait for it meanwhile', permission: 'operate' },
+      async (req) => {
+        const h = await need(req.params.ref);
         if (h.state !== 'asleep') {
           throw new KilnError('host.bad_transition', `host ${h.name} is ${h.state}, not asleep`, { hint: h.state === 'waking' ? 'it is being woken already' : 'only an asleep host can be woken' });
         }
@@ -40,16 +34,12 @@ export function powerRoutes(deps: { ctx: ServerContext; power: PowerManager; pol
         if (!r) throw new KilnError('host.bad_transition', `host ${h.name} has a sleep or wake under way`, { hint: 'wait for it to finish (kiln hosts ls)' });
         return { host: h.name, request: r };
       },
-    },
-    {
-      method: 'POST',
-      url: '/v1/hosts/:ref/sleep',
-      tag: 'hosts',
-      summary: 'Put a host to sleep: it drains (running jobs finish), then runs its sleep command',
-      permission: 'operate',
-      schema: { params: RefParams },
-      async handler(req) {
-        const h = await need((req.params as { ref: string }).ref);
+    ),
+    defineRoute(
+      API.sleepHost,
+      { tag: 'hosts', summary: 'Put a host to sleep: it drains (running jobs finish), then runs its sleep command', permission: 'operate' },
+      async (req) => {
+        const h = await need(req.params.ref);
         if (!h.power || h.power.driver === 'none') {
           throw new KilnError('host.bad_transition', `host ${h.name} has no power driver, so it cannot sleep`, { hint: 'configure power.driver and power.sleepCommand on its agent (docs/power.md)' });
         }
@@ -58,18 +48,10 @@ export function powerRoutes(deps: { ctx: ServerContext; power: PowerManager; pol
         if (!r) throw new KilnError('host.bad_transition', `host ${h.name} cannot sleep now (drained by an operator, disconnected, or a sleep or wake is under way)`, { hint: 'see `kiln hosts ls`' });
         return { host: h.name, request: r };
       },
-    },
-    {
-      method: 'GET',
-      url: '/v1/power',
-      tag: 'hosts',
-      summary: 'The sleep policy, the leader’s last decision and the most recent sleep and wake requests',
-      permission: 'read',
-      schema: { querystring: Type.Object({ limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })) }, { additionalProperties: false }) },
-      async handler(req) {
-        const limit = (req.query as { limit?: number }).limit ?? 100;
-        return { policy: policyJson(deps.policy), lastDecision: deps.power.lastDecision() ?? null, requests: await listPowerRequests(db, limit) };
-      },
-    },
+    ),
+    defineRoute(API.powerStatus, { tag: 'hosts', summary: 'The sleep policy, the leader’s last decision and the most recent sleep and wake requests', permission: 'read' }, async (req) => {
+      const limit = req.query.limit ?? 100;
+      return { policy: policyJson(deps.policy), lastDecision: deps.power.lastDecision() ?? null, requests: await listPowerRequests(db, limit) };
+    }),
   ];
 }

@@ -13,7 +13,7 @@ import { makeMemoryDriver } from '../../../src/vm/memory-driver.ts';
 import type { VmDriver } from '../../../src/vm/driver.ts';
 import type { ImageResolver } from '../../../src/agent/images.ts';
 import { createToken, makeSecret } from '../../../src/store/tokens.ts';
-import { makeApiClient, type ApiClient } from '../../../src/cli/api-client.ts';
+import { makeApiClient, type ApiClient } from '../../support/test-client.ts';
 import { Secret, type GitHubConfig } from '../../../src/server/github/config.ts';
 import { WEBHOOK_PATH } from '../../../src/server/github/manifest.ts';
 import { isTerminal, type JobState } from '../../../src/core/job-state.ts';

@@ -13,6 +13,7 @@ import { HOST_STATE_LIST } from './host-state.ts';
 import { TOKEN_ROLES } from './host.ts';
 import { JOB_STATE_LIST } from './job-state.ts';
 import { POWER_DRIVERS } from './power.ts';
+import { USAGE_DIMENSIONS } from './timings.ts';
 import { MirrorStatusMsg } from './agent-protocol.ts';
 
 const Nullable = <T extends TSchema>(t: T) => Type.Union([t, Type.Null()]);
@@ -262,6 +263,14 @@ export const GitHubUsageOut = Type.Object({
   completedAt: Nullable(Type.String()),
 });
 
+// ---- Reports and the dashboard ------------------------------------------------------------------------
+
+export const REPORT_PERIODS = ['day', 'week', 'month'] as const;
+export const TimingsQuery = Type.Object({ window: Type.Optional(Type.String({ maxLength: 20, description: 'e.g. 15m, 1h, 7d (default 1h)' })) }, { additionalProperties: false });
+export const PeriodQuery = Type.Object({ period: Type.Optional(OneOf(REPORT_PERIODS)), by: Type.Optional(OneOf(USAGE_DIMENSIONS)) }, { additionalProperties: false });
+export const CsvQuery = Type.Object({ period: Type.Optional(OneOf(REPORT_PERIODS)) }, { additionalProperties: false });
+export const WhoAmI = Type.Object({ name: Type.String(), role: OneOf(TOKEN_ROLES), tenant: Type.String() });
+
 // ---- Errors and the live feed --------------------------------------------------------------------------
 
 /** Every error answer: a stable code, a message, and how to fix it when kiln knows. */
@@ -297,7 +306,7 @@ export interface RouteContract {
 }
 const route = <S extends RouteSchemas>(method: RouteContract['method'], url: string, schema: S) => ({ method, url, schema });
 
-/** The REST routes the CLI calls (and the rest of the route table's), by name. */
+/** Every REST route of the route table, by name (the GitHub webhook and the agent endpoint are apart). */
 export const API = {
   submitJob: route('POST', '/v1/jobs', { body: JobSubmit, response: JobOut }),
   submitJobs: route('POST', '/v1/jobs/batch', { body: JobBatch, response: Type.Object({ ids: Type.Array(Type.Integer()) }) }),
@@ -322,6 +331,13 @@ export const API = {
   githubJobs: route('GET', '/v1/github/jobs', { querystring: GitHubJobsQuery, response: Type.Object({ jobs: Type.Array(GitHubJobOut) }) }),
   githubRunners: route('GET', '/v1/github/runners', { querystring: GitHubRunnersQuery, response: Type.Object({ runners: Type.Array(GitHubRunnerOut) }) }),
   githubUsage: route('GET', '/v1/github/usage', { querystring: GitHubUsageQuery, response: Type.Object({ usage: Type.Array(GitHubUsageOut) }) }),
+  // The dashboard's reads: answers described by the server's types for now (no answer schema yet).
+  timings: route('GET', '/v1/reports/timings', { querystring: TimingsQuery }),
+  usage: route('GET', '/v1/reports/usage', { querystring: PeriodQuery }),
+  usageCsv: route('GET', '/v1/reports/usage.csv', { querystring: CsvQuery }),
+  queue: route('GET', '/v1/queue', {}),
+  whoami: route('GET', '/v1/whoami', { response: WhoAmI }),
+  live: route('GET', '/v1/live', {}),
 } as const;
 
 /** Path and query values travel as text: a caller may pass a number's text as it was given (the server checks it). */
@@ -333,7 +349,7 @@ export type RouteInput<R extends RouteContract> = (R['schema'] extends { params:
 /** A route whose success is a JSON answer with a schema. */
 export type AnsweringRoute = RouteContract & { schema: { response: TSchema } };
 /** What a success of route R answers. */
-export type RouteAnswer<R extends RouteContract> = R extends AnsweringRoute ? Static<R['schema']['response']> : never;
+export type RouteAnswer<R extends RouteContract> = R extends AnsweringRoute ? Static<R['schema']['response']> : unknown;
 
 /** The path of a call: `:name` segments filled from the parameters, then the query (undefined values left out). */
 export function routePath(url: string, params: unknown, query: unknown): string {

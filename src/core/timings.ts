@@ -79,3 +79,7 @@ export function summarize(values: readonly number[]): Summary {
 export const WAIT_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800];
 export const BOOT_BUCKETS = [0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120];
 export const PICKUP_BUCKETS = [1, 2.5, 5, 10, 15, 20, 30, 45, 60, 90, 120, 300, 600, 1800];
+
+/** What usage reports group finished jobs by. */
+export const USAGE_DIMENSIONS = ['repository', 'organization', 'user', 'label', 'tenant'] as const;
+export type UsageDimension = (typeof USAGE_DIMENSIONS)[number];

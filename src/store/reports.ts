@@ -90,8 +90,8 @@ export async function pickupPercentiles(db: Q, since: Date): Promise<PickupGroup
   return r.rows.map((x) => ({ labels: JSON.parse(x.labels) as string[], count: Number(x.n), p50: x.p50, p95: x.p95, p99: x.p99 }));
 }
 
-export const USAGE_DIMENSIONS = ['repository', 'organization', 'user', 'label', 'tenant'] as const;
-export type UsageDimension = (typeof USAGE_DIMENSIONS)[number];
+import { USAGE_DIMENSIONS, type UsageDimension } from '../core/timings.ts';
+export { USAGE_DIMENSIONS, type UsageDimension };
 
 /** The SQL value a finished job is counted under, per dimension (GitHub's usage record where there is one). */
 function dimensionSql(by: UsageDimension) {

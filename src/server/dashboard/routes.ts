@@ -7,7 +7,8 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
-import type { RouteDef } from '../http/routes.ts';
+import { API } from '../../core/http-contract.ts';
+import { defineRoute, type RouteDef } from '../http/routes.ts';
 import type { LiveHub } from './live.ts';
 
 export const DASHBOARD_FILES = { 'index.html': 'text/html; charset=utf-8', 'app.js': 'text/javascript; charset=utf-8', 'app.css': 'text/css; charset=utf-8' } as const;
@@ -41,31 +42,26 @@ export function registerDashboardAssets(app: FastifyInstance, dir: string | unde
 
 export function dashboardRoutes(hub: LiveHub): RouteDef[] {
   return [
-    {
-      method: 'GET',
-      url: '/v1/whoami',
-      tag: 'dashboard',
-      summary: 'The token making the request: name, role, tenant (the dashboard signs in with it)',
-      permission: 'read',
-      schema: {},
-      async handler(_req, _reply, token) {
-        return { name: token!.name, role: token!.role, tenant: token!.tenant };
+    defineRoute(API.whoami, { tag: 'dashboard', summary: 'The token making the request: name, role, tenant (the dashboard signs in with it)', permission: 'read' }, async (_req, _reply, token) => ({
+      name: token!.name,
+      role: token!.role,
+      tenant: token!.tenant,
+    })),
+    defineRoute(
+      API.live,
+      {
+        tag: 'dashboard',
+        summary: 'Server-sent events: one `delta` every 500 ms while anything changed (job states, submissions, logs, hosts, GitHub)',
+        permission: 'read',
+        produces: 'text/event-stream',
       },
-    },
-    {
-      method: 'GET',
-      url: '/v1/live',
-      tag: 'dashboard',
-      summary: 'Server-sent events: one `delta` every 500 ms while anything changed (job states, submissions, logs, hosts, GitHub)',
-      permission: 'read',
-      produces: 'text/event-stream',
-      schema: {},
-      async handler(_req, reply) {
+      async (_req, reply) => {
         reply.hijack();
         reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', 'x-accel-buffering': 'no', connection: 'keep-alive' });
         reply.raw.socket?.setNoDelay(true);
         hub.add(reply.raw);
+        return undefined;
       },
-    },
+    ),
   ];
 }

@@ -2,7 +2,7 @@
  * Reports API: wait/boot/pickup percentiles over a window, usage over time by a dimension (with the
  * slowest and most failing jobs), the usage records as CSV, and the queue with why each job waits.
  */
-import { Type } from '@sinclair/typebox';
+import { API } from '../../core/http-contract.ts';
 import { KilnError } from '../../core/errors.ts';
 import { parseDuration } from '../../core/sizes.ts';
 import { jobTimings, labelSetKey } from '../../core/timings.ts';
@@ -16,7 +16,6 @@ import {
   queueSnapshot,
   slowestJobs,
   timingPercentiles,
-  USAGE_DIMENSIONS,
   usageRecords,
   usageSeries,
   type UsageDimension,
@@ -25,20 +24,12 @@ import {
 import type { Db } from '../../store/store.ts';
 import type { ApiDeps } from '../http/deps.ts';
 import { tenantScope } from '../http/auth.ts';
-import type { RouteDef } from '../http/routes.ts';
+import { defineRoute, type RouteDef } from '../http/routes.ts';
 
 export const PERIODS = { day: { seconds: 86_400, bucket: 3_600 }, week: { seconds: 7 * 86_400, bucket: 6 * 3_600 }, month: { seconds: 30 * 86_400, bucket: 86_400 } } as const;
 export type Period = keyof typeof PERIODS;
 /** Series beyond this many keys are summed into `(other)`, so a chart stays readable. */
 const TOP_KEYS = 8;
-
-const PeriodQuery = Type.Object(
-  {
-    period: Type.Optional(Type.Union([Type.Literal('day'), Type.Literal('week'), Type.Literal('month')])),
-    by: Type.Optional(Type.Union(USAGE_DIMENSIONS.map((d) => Type.Literal(d)))),
-  },
-  { additionalProperties: false },
-);
 
 /** Keeps the `TOP_KEYS` keys with most jobs; the rest become one `(other)` series. Label keys read as label sets. */
 export function topSeries(points: UsagePoint[], by: UsageDimension): UsagePoint[] {
@@ -118,15 +109,15 @@ export function reportRoutes(deps: ApiDeps): RouteDef[] {
     return { ...p, since: new Date(Date.now() - p.seconds * 1000) };
   };
   return [
-    {
-      method: 'GET',
-      url: '/v1/reports/timings',
-      tag: 'reports',
-      summary: 'Wait (queued → placed), boot (placed → running) and GitHub pickup (created_at → in_progress) percentiles over a window, by arch and label set',
-      permission: 'read',
-      schema: { querystring: Type.Object({ window: Type.Optional(Type.String({ maxLength: 20, description: 'e.g. 15m, 1h, 7d (default 1h)' })) }, { additionalProperties: false }) },
-      async handler(req, _reply, token) {
-        const w = (req.query as { window?: string }).window ?? '1h';
+    defineRoute(
+      API.timings,
+      {
+        tag: 'reports',
+        summary: 'Wait (queued → placed), boot (placed → running) and GitHub pickup (created_at → in_progress) percentiles over a window, by arch and label set',
+        permission: 'read',
+      },
+      async (req, _reply, token) => {
+        const w = req.query.window ?? '1h';
         let ms: number;
         try {
           const days = /^(\d{1,4})d$/.exec(w.trim());
@@ -140,16 +131,16 @@ export function reportRoutes(deps: ApiDeps): RouteDef[] {
         const [jobs, pickup] = await Promise.all([timingPercentiles(db, since, tenantScope(token)), pickupPercentiles(db, since)]);
         return { window: w, since: since.toISOString(), jobs, pickup };
       },
-    },
-    {
-      method: 'GET',
-      url: '/v1/reports/usage',
-      tag: 'reports',
-      summary: 'Finished jobs, VM-minutes and queue time per time bucket by repository, organization, user, label set or tenant; the slowest and most failing jobs',
-      permission: 'read',
-      schema: { querystring: PeriodQuery },
-      async handler(req, _reply, token) {
-        const q = req.query as { period?: Period; by?: UsageDimension };
+    ),
+    defineRoute(
+      API.usage,
+      {
+        tag: 'reports',
+        summary: 'Finished jobs, VM-minutes and queue time per time bucket by repository, organization, user, label set or tenant; the slowest and most failing jobs',
+        permission: 'read',
+      },
+      async (req, _reply, token) => {
+        const q = req.query;
         const tenant = tenantScope(token);
         const by = q.by ?? 'repository';
         const p = periodOf(q);
@@ -168,17 +159,17 @@ export function reportRoutes(deps: ApiDeps): RouteDef[] {
           failing,
         };
       },
-    },
-    {
-      method: 'GET',
-      url: '/v1/reports/usage.csv',
-      tag: 'reports',
-      summary: 'Every job finished in the period as CSV (times, wait/boot/run seconds, size, host, GitHub repository and user)',
-      permission: 'read',
-      produces: 'text/csv',
-      schema: { querystring: Type.Object({ period: PeriodQuery.properties.period }, { additionalProperties: false }) },
-      async handler(req, reply, token) {
-        const p = periodOf(req.query as { period?: Period });
+    ),
+    defineRoute(
+      API.usageCsv,
+      {
+        tag: 'reports',
+        summary: 'Every job finished in the period as CSV (times, wait/boot/run seconds, size, host, GitHub repository and user)',
+        permission: 'read',
+        produces: 'text/csv',
+      },
+      async (req, reply, token) => {
+        const p = periodOf(req.query);
         const tenant = tenantScope(token);
         reply.hijack();
         const res = reply.raw;
@@ -204,15 +195,13 @@ export function reportRoutes(deps: ApiDeps): RouteDef[] {
         } finally {
           res.end();
         }
+        return undefined;
       },
-    },
-    {
-      method: 'GET',
-      url: '/v1/queue',
-      tag: 'reports',
-      summary: 'Waiting jobs by label set and tenant, and the oldest 200 with how long each waited and why it is not placed',
-      permission: 'read',
-      async handler(_req, _reply, token) {
+    ),
+    defineRoute(
+      API.queue,
+      { tag: 'reports', summary: 'Waiting jobs by label set and tenant, and the oldest 200 with how long each waited and why it is not placed', permission: 'read' },
+      async (_req, _reply, token) => {
         const scope = tenantScope(token);
         const [snap, fleet, all] = await Promise.all([queueSnapshot(db, 200, scope), fleetWithUsage(db), listTenants(db)]);
         const tenants = scope === undefined ? all : all.filter((t) => t.name === scope);
@@ -236,7 +225,6 @@ export function reportRoutes(deps: ApiDeps): RouteDef[] {
           }),
         };
       },
-      schema: {},
-    },
+    ),
   ];
 }

@@ -12,7 +12,8 @@ import type { HostMirror } from '../core/host.ts';
 export interface ServerEvents {
   'job.submitted': { job: Job };
   /** The job as far as every listener needs it: read the rest from the store (most writers never load it). */
-  'job.state': { job: Pick<Job, 'id' | 'tenant' | 'attempt'>; from: JobState; to: JobState };
+  /** `job.error` is set when the change carries one (a failed or lost job); absent on other changes. */
+  'job.state': { job: Pick<Job, 'id' | 'tenant' | 'attempt'> & { error?: Job['error'] }; from: JobState; to: JobState };
   /** A job's VM must stop (a cancel of an active job): the replica its host is connected to sends `stop`. */
   'job.stop': { jobId: number; attempt: number; hostId: number; reason: string };
   'job.placed': { jobId: number; attempt: number; hostId: number; latencyMs: number };

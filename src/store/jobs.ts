@@ -426,16 +426,16 @@ export async function jobStatuses(db: Q, ids: number[]): Promise<{ id: number; a
 }
 
 /**
- * Marks an active job lost; when it had not started running (the state machine's `mayRequeue`) and no
- * cancel was asked for, requeues it as a new attempt at once. Returns the job after the change and the state
- * it left, or undefined when it was no longer active on that attempt.
- */
-/**
  * Attempts a job gets before it is failed instead of requeued: a job no host will start (an agent that
  * refuses its launch and reconnects) would otherwise go round for ever, disturbing every placement there.
  */
 export const MAX_JOB_ATTEMPTS = 5;
 
+/**
+ * Marks an active job lost; when it had not started running (the state machine's `mayRequeue`) and no
+ * cancel was asked for, requeues it as a new attempt at once (failing it instead after MAX_JOB_ATTEMPTS). Returns the job after the change and the state
+ * it left, or undefined when it was no longer active on that attempt.
+ */
 export async function loseJob(db: Db, jobId: number, attempt: number, reason: string): Promise<{ job: Job; from: JobState; requeued: boolean } | undefined> {
   const lose: JobEvent = { type: 'lose', reason };
   return db.transaction().execute(async (tx) => {

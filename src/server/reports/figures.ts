@@ -79,7 +79,9 @@ export function makeFigures(ctx: ServerContext): Figures {
     inFlight = inFlight.then(() => observe(ids)).catch((e: unknown) => ctx.log.warn({ err: e }, 'could not read job times for the wait/boot figures'));
   };
   const off = ctx.events.on('job.state', (e) => {
-    if (e.to === 'failed' && (e.from === 'placed' || e.from === 'booting')) bootFailures.inc();
+    // A job failed for being lost before it started too often (job.too_many_attempts) is not a boot failure:
+    // its hosts went away or refused it; each of those losses is already visible as a requeue.
+    if (e.to === 'failed' && (e.from === 'placed' || e.from === 'booting') && e.job.error?.code !== 'job.too_many_attempts') bootFailures.inc();
     if (e.to !== 'running') return;
     pending.add(e.job.id);
     if (!scheduled) {

@@ -195,6 +195,9 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
             tenant: Type.Optional(Type.String()),
             host: Type.Optional(Type.Integer()),
             before: Type.Optional(Type.Integer()),
+            q: Type.Optional(
+              Type.String({ maxLength: 200, description: 'search: a job id, or text in the command, labels, image, tenant or error message (not env)' }),
+            ),
             limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
           },
           { additionalProperties: false },
@@ -202,7 +205,7 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
         response: Type.Object({ jobs: Type.Array(JobOut) }),
       },
       async handler(req, _reply, token) {
-        const q = req.query as { state?: string; tenant?: string; host?: number; before?: number; limit?: number };
+        const q = req.query as { state?: string; tenant?: string; host?: number; before?: number; q?: string; limit?: number };
         const scope = tenantScope(token);
         if (scope !== undefined && q.tenant !== undefined && q.tenant !== scope) {
           throw new KilnError('auth.forbidden', `a ${token!.role} token of tenant ${scope} may not list tenant ${q.tenant}'s jobs`, { hint: 'use an admin token, or leave out tenant' });
@@ -218,6 +221,7 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
             ...(tenant !== undefined ? { tenant } : {}),
             ...(q.host !== undefined ? { hostId: q.host } : {}),
             ...(q.before !== undefined ? { beforeId: q.before } : {}),
+            ...(q.q !== undefined ? { text: q.q } : {}),
               limit: q.limit ?? 100,
             })
           ).map(jobJson),

@@ -36,8 +36,11 @@ export interface ServerEvents {
   /** A delivery was processed (outcome: applied, duplicate_action, ignored, refused, stale, bad_payload). */
   'delivery.processed': { deliveryId: string; outcome: string };
   'job.refused': { jobId: number; runAttempt: number; code: string; reason: string };
-  /** A job kiln serves went in_progress: GitHub's created_at and in_progress times (the pickup figure). */
-  'job.started': { jobId: number; runAttempt: number; labels: string[]; createdAt: string | null; startedAt: string | null };
+  /**
+   * A job kiln serves went in_progress: GitHub's created_at and in_progress times (the pickup figure), and when
+   * the runner that took it came online (null when not known, e.g. another runner took it).
+   */
+  'job.started': { jobId: number; runAttempt: number; labels: string[]; createdAt: string | null; startedAt: string | null; runnerOnlineAt: string | null };
   'runner.state': { name: string; state: string; reason?: string };
   /** A runner ended before it took a job; the job's failure count is now `failures`. */
   'runner.failed': { name: string; jobId: number; runAttempt: number; code: string; failures: number };

@@ -13,12 +13,21 @@ import { jobTimesByIds } from '../../store/reports.ts';
 import { listHosts } from '../../store/hosts.ts';
 import type { ServerContext } from '../context.ts';
 
-export const FIGURE_METRICS = ['kiln_job_wait_seconds', 'kiln_job_boot_seconds', 'kiln_github_pickup_seconds', 'kiln_hosts', 'kiln_job_boot_failures_total'] as const;
+export const FIGURE_METRICS = [
+  'kiln_job_wait_seconds',
+  'kiln_job_boot_seconds',
+  'kiln_github_pickup_seconds',
+  'kiln_github_runner_online_seconds',
+  'kiln_hosts',
+  'kiln_job_boot_failures_total',
+] as const;
 
 export interface GitHubStart {
   labels: string[];
   createdAt: Date | string | null;
   startedAt: Date | string | null;
+  /** When the runner that took the job came online (null: not known). */
+  runnerOnlineAt?: Date | string | null;
 }
 
 export interface Figures {
@@ -37,6 +46,13 @@ export function makeFigures(ctx: ServerContext): Figures {
   const pickup = new Histogram({
     name: 'kiln_github_pickup_seconds',
     help: "GitHub's created_at of a workflow job to its in_progress (the pickup latency a user feels)",
+    labelNames,
+    buckets: PICKUP_BUCKETS,
+    registers,
+  });
+  const runnerOnline = new Histogram({
+    name: 'kiln_github_runner_online_seconds',
+    help: "GitHub's created_at of a workflow job to the runner that took it coming online (0: a runner was already waiting); the rest of the pickup is GitHub assigning the job",
     labelNames,
     buckets: PICKUP_BUCKETS,
     registers,
@@ -99,7 +115,10 @@ export function makeFigures(ctx: ServerContext): Figures {
       } catch {
         // labels kiln refuses still have a pickup (someone else's runner may take the job)
       }
-      pickup.observe({ arch, labels: sets.key(s.labels) }, seconds);
+      const labels = { arch, labels: sets.key(s.labels) };
+      pickup.observe(labels, seconds);
+      const online = s.runnerOnlineAt ? pickupSeconds(s.createdAt, s.runnerOnlineAt) : null;
+      if (online !== null) runnerOnline.observe(labels, Math.min(online, seconds));
     },
     async flush() {
       drain();

@@ -122,7 +122,7 @@ export function reportRoutes(deps: ApiDeps): RouteDef[] {
       method: 'GET',
       url: '/v1/reports/timings',
       tag: 'reports',
-      summary: 'Wait (queued → placed), boot (placed → running) and GitHub pickup (created_at → in_progress) percentiles over a window, by arch and label set',
+      summary: 'Wait (queued → placed), boot (placed → running) and GitHub pickup (created_at → in_progress, and its first part created_at → runner online) percentiles over a window, by arch and label set',
       permission: 'read',
       schema: { querystring: Type.Object({ window: Type.Optional(Type.String({ maxLength: 20, description: 'e.g. 15m, 1h, 7d (default 1h)' })) }, { additionalProperties: false }) },
       async handler(req, _reply, token) {

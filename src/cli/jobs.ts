@@ -23,10 +23,17 @@ export function registerJobs(program: Command, out: () => Output): void {
     .option('--state <states>', 'only these states (comma-separated)')
     .option('--tenant <tenant>', 'only this tenant')
     .option('--host <id>', 'only jobs placed on this host id')
+    .option('--search <text>', 'a job id, or text in the command, labels, image, tenant or error message')
     .option('--limit <n>', 'at most this many', '50')
     .option('--json', 'print JSON')
-    .action(async (f: ClientFlags & { state?: string; tenant?: string; host?: string; limit: string; json?: boolean }) => {
-      const query = { limit: f.limit, ...(f.state ? { state: f.state } : {}), ...(f.tenant ? { tenant: f.tenant } : {}), ...(f.host ? { host: f.host } : {}) };
+    .action(async (f: ClientFlags & { state?: string; tenant?: string; host?: string; search?: string; limit: string; json?: boolean }) => {
+      const query = {
+        limit: f.limit,
+        ...(f.state ? { state: f.state } : {}),
+        ...(f.tenant ? { tenant: f.tenant } : {}),
+        ...(f.host ? { host: f.host } : {}),
+        ...(f.search ? { q: f.search } : {}),
+      };
       const { jobs: list } = await clientFrom(f).call(API.listJobs, { query });
       const o = out();
       if (f.json) return o.data(JSON.stringify(list, null, 2));

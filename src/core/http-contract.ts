@@ -103,6 +103,7 @@ export const JobListQuery = Type.Object(
     tenant: Type.Optional(Type.String()),
     host: Type.Optional(Type.Integer()),
     before: Type.Optional(Type.Integer()),
+    q: Type.Optional(Type.String({ maxLength: 200, description: 'search: a job id, or text in the command, labels, image, tenant or error message (not env)' })),
     limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
   },
   { additionalProperties: false },

@@ -12,7 +12,8 @@ import type { HostMirror } from '../core/host.ts';
 export interface ServerEvents {
   'job.submitted': { job: Job };
   /** The job as far as every listener needs it: read the rest from the store (most writers never load it). */
-  'job.state': { job: Pick<Job, 'id' | 'tenant' | 'attempt'>; from: JobState; to: JobState };
+  /** `job.error` is set when the change carries one (a failed or lost job); absent on other changes. */
+  'job.state': { job: Pick<Job, 'id' | 'tenant' | 'attempt'> & { error?: Job['error'] }; from: JobState; to: JobState };
   /** A job's VM must stop (a cancel of an active job): the replica its host is connected to sends `stop`. */
   'job.stop': { jobId: number; attempt: number; hostId: number; reason: string };
   'job.placed': { jobId: number; attempt: number; hostId: number; latencyMs: number };
@@ -35,8 +36,11 @@ export interface ServerEvents {
   /** A delivery was processed (outcome: applied, duplicate_action, ignored, refused, stale, bad_payload). */
   'delivery.processed': { deliveryId: string; outcome: string };
   'job.refused': { jobId: number; runAttempt: number; code: string; reason: string };
-  /** A job kiln serves went in_progress: GitHub's created_at and in_progress times (the pickup figure). */
-  'job.started': { jobId: number; runAttempt: number; labels: string[]; createdAt: string | null; startedAt: string | null };
+  /**
+   * A job kiln serves went in_progress: GitHub's created_at and in_progress times (the pickup figure), and when
+   * the runner that took it came online (null when not known, e.g. another runner took it).
+   */
+  'job.started': { jobId: number; runAttempt: number; labels: string[]; createdAt: string | null; startedAt: string | null; runnerOnlineAt: string | null };
   'runner.state': { name: string; state: string; reason?: string };
   /** A runner ended before it took a job; the job's failure count is now `failures`. */
   'runner.failed': { name: string; jobId: number; runAttempt: number; code: string; failures: number };

@@ -141,6 +141,11 @@ export interface JobFilter {
   hostId?: number;
   /** Only jobs with id < beforeId (pagination, newest first). */
   beforeId?: number;
+  /**
+   * Search text: a job id (`123` or `#123`), or a case-insensitive substring of the command's arguments, a
+   * label, the image, the tenant or the error message. Never env values (they may be secrets).
+   */
+  text?: string;
   limit: number;
 }
 
@@ -150,6 +155,13 @@ export async function listJobs(db: Q, f: JobFilter): Promise<Job[]> {
   if (f.tenant !== undefined) q = q.where('tenant', '=', f.tenant);
   if (f.hostId !== undefined) q = q.where('host_id', '=', f.hostId);
   if (f.beforeId !== undefined) q = q.where('id', '<', f.beforeId);
+  const text = f.text?.trim();
+  if (text) {
+    const like = `%${text.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
+    const id = /^#?(\d{1,15})$/.exec(text)?.[1];
+    const matches = sql<boolean>`(command::text ILIKE ${like} OR labels::text ILIKE ${like} OR image ILIKE ${like} OR tenant ILIKE ${like} OR coalesce(error_message, '') ILIKE ${like})`;
+    q = q.where(id !== undefined ? sql<boolean>`(id = ${Number(id)} OR ${matches})` : matches);
+  }
   return (await q.execute()).map(jobFromRow);
 }
 
@@ -426,16 +438,16 @@ export async function jobStatuses(db: Q, ids: number[]): Promise<{ id: number; a
 }
 
 /**
- * Marks an active job lost; when it had not started running (the state machine's `mayRequeue`) and no
- * cancel was asked for, requeues it as a new attempt at once. Returns the job after the change and the state
- * it left, or undefined when it was no longer active on that attempt.
- */
-/**
  * Attempts a job gets before it is failed instead of requeued: a job no host will start (an agent that
  * refuses its launch and reconnects) would otherwise go round for ever, disturbing every placement there.
  */
 export const MAX_JOB_ATTEMPTS = 5;
 
+/**
+ * Marks an active job lost; when it had not started running (the state machine's `mayRequeue`) and no
+ * cancel was asked for, requeues it as a new attempt at once (failing it instead after MAX_JOB_ATTEMPTS). Returns the job after the change and the state
+ * it left, or undefined when it was no longer active on that attempt.
+ */
 export async function loseJob(db: Db, jobId: number, attempt: number, reason: string): Promise<{ job: Job; from: JobState; requeued: boolean } | undefined> {
   const lose: JobEvent = { type: 'lose', reason };
   return db.transaction().execute(async (tx) => {

@@ -75,19 +75,42 @@ export interface PickupGroup {
   p50: number | null;
   p95: number | null;
   p99: number | null;
+  /**
+   * The first part of the pickup: created_at to the runner that took the job coming online (0 when one was
+   * already waiting), over the `count` jobs whose runner was kiln's and known; the rest is GitHub assigning it.
+   */
+  runnerOnline: { count: number; p50: number | null; p95: number | null; p99: number | null };
 }
 
-/** GitHub pickup (created_at → in_progress) of the GitHub jobs that started since `since`. */
+/**
+ * GitHub pickup (created_at → in_progress) of the GitHub jobs that started since `since`, and its first part,
+ * created_at → runner online (the runner seen online by the reconciler, else its VM starting the runner).
+ */
 export async function pickupPercentiles(db: Q, since: Date): Promise<PickupGroup[]> {
-  const r = await sql<{ labels: string; n: string | number; p50: number | null; p95: number | null; p99: number | null }>`
+  type Row = { labels: string; n: string | number; p50: number | null; p95: number | null; p99: number | null; on: string | number; o50: number | null; o95: number | null; o99: number | null };
+  const r = await sql<Row>`
     WITH t AS (
-      SELECT labels::text AS labels, GREATEST(0, extract(epoch FROM started_at - queued_at))::float8 AS s
-      FROM github_usage WHERE started_at >= ${since} AND queued_at IS NOT NULL
+      SELECT u.labels::text AS labels, GREATEST(0, extract(epoch FROM u.started_at - u.queued_at))::float8 AS s,
+        LEAST(GREATEST(0, extract(epoch FROM u.started_at - u.queued_at)),
+          GREATEST(0, extract(epoch FROM COALESCE(r.online_at, j.running_at) - u.queued_at)))::float8 AS o
+      FROM github_usage u
+      LEFT JOIN github_runners r ON r.name = u.runner_name
+      LEFT JOIN jobs j ON j.id = r.kiln_job_id
+      WHERE u.started_at >= ${since} AND u.queued_at IS NOT NULL
     )
     SELECT labels, count(*) AS n, percentile_disc(0.5) WITHIN GROUP (ORDER BY s) AS p50,
-      percentile_disc(0.95) WITHIN GROUP (ORDER BY s) AS p95, percentile_disc(0.99) WITHIN GROUP (ORDER BY s) AS p99
+      percentile_disc(0.95) WITHIN GROUP (ORDER BY s) AS p95, percentile_disc(0.99) WITHIN GROUP (ORDER BY s) AS p99,
+      count(o) AS on, percentile_disc(0.5) WITHIN GROUP (ORDER BY o) AS o50,
+      percentile_disc(0.95) WITHIN GROUP (ORDER BY o) AS o95, percentile_disc(0.99) WITHIN GROUP (ORDER BY o) AS o99
     FROM t GROUP BY labels ORDER BY count(*) DESC LIMIT 200`.execute(db);
-  return r.rows.map((x) => ({ labels: JSON.parse(x.labels) as string[], count: Number(x.n), p50: x.p50, p95: x.p95, p99: x.p99 }));
+  return r.rows.map((x) => ({
+    labels: JSON.parse(x.labels) as string[],
+    count: Number(x.n),
+    p50: x.p50,
+    p95: x.p95,
+    p99: x.p99,
+    runnerOnline: { count: Number(x.on), p50: x.o50, p95: x.o95, p99: x.o99 },
+  }));
 }
 
 import { USAGE_DIMENSIONS, type UsageDimension } from '../core/timings.ts';

@@ -108,6 +108,7 @@ TABLE github_usage
   started_at timestamp with time zone
   completed_at timestamp with time zone
   CONSTRAINT github_usage_pkey PRIMARY KEY (job_id, run_attempt)
+  CREATE INDEX github_usage_kiln_job ON github_usage USING btree (kiln_job_id) WHERE (kiln_job_id IS NOT NULL)
   CREATE UNIQUE INDEX github_usage_pkey ON github_usage USING btree (job_id, run_attempt)
   CREATE INDEX github_usage_repo ON github_usage USING btree (repo, queued_at)
 
@@ -220,6 +221,7 @@ TABLE jobs
   CONSTRAINT jobs_pkey PRIMARY KEY (id)
   CONSTRAINT jobs_state_check CHECK ((state = ANY (ARRAY['queued'::text, 'placed'::text, 'booting'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text, 'timed_out'::text, 'lost'::text])))
   CREATE INDEX jobs_active_host ON jobs USING btree (host_id) WHERE (state = ANY (ARRAY['placed'::text, 'booting'::text, 'running'::text]))
+  CREATE INDEX jobs_finished_at ON jobs USING btree (finished_at) WHERE (finished_at IS NOT NULL)
   CREATE UNIQUE INDEX jobs_pkey ON jobs USING btree (id)
   CREATE INDEX jobs_queued_tenant ON jobs USING btree (tenant, priority DESC, id) WHERE (state = 'queued'::text)
   CREATE INDEX jobs_tenant_state ON jobs USING btree (tenant, state)

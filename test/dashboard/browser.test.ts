@@ -126,6 +126,16 @@ test('the dashboard in Chromium: sign-in, live jobs and logs, a CLI drain, usage
   await shot(page, 'job');
   assert.equal(await page.evaluate(() => (window as unknown as { __noReload?: boolean }).__noReload), true, 'the page was not reloaded');
 
+  // Search is the server's (every stored job, not only the newest page): text in the command finds this job alone.
+  const other = await h.client.request<{ id: number }>('POST', '/v1/jobs', { command: ['sh', '-c', 'echo unrelated'] });
+  await page.getByRole('link', { name: 'Jobs' }).click();
+  await page.getByRole('searchbox').fill('gate one');
+  await page.getByRole('button', { name: 'Filter' }).click();
+  const results = page.getByRole('table', { name: /matching “gate one”/ });
+  await results.getByRole('link', { name: `#${job.id}` }).waitFor();
+  assert.equal(await results.locator('tbody tr').count(), 1, 'only the matching job');
+  assert.equal(await results.getByRole('link', { name: `#${other.id}` }).count(), 0);
+
   // A GitHub job (through the double and a runner VM) and a refused one show on the GitHub page.
   const gh = await h.double.queueJob('acme/app', ['self-hosted', 'kiln-4cpu-8gb']);
   await h.double.queueJob('acme/app', ['self-hosted', 'kiln-bogus-label']);

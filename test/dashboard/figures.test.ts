@@ -62,8 +62,10 @@ for (const { kind, skip } of storeKinds()) {
       assert.equal(histogramCount(text, 'kiln_job_wait_seconds', { arch: 'amd64', labels: '(none)' }), 1);
       assert.equal(histogramCount(text, 'kiln_github_pickup_seconds'), 2);
       assert.equal(histogramCount(text, 'kiln_github_pickup_seconds', { arch: 'amd64', labels: 'kiln-4cpu-8gb,self-hosted' }), 2);
+      // Both were taken by kiln's runners, whose online times are known: the pickup's first part has both.
+      assert.equal(histogramCount(text, 'kiln_github_runner_online_seconds', { arch: 'amd64', labels: 'kiln-4cpu-8gb,self-hosted' }), 2);
 
-      const t = await h.client.request<{ jobs: { arch: string; labels: string[]; count: number; wait: { p50: number; p99: number } }[]; pickup: { count: number; p50: number; p99: number }[] }>(
+      const t = await h.client.request<{ jobs: { arch: string; labels: string[]; count: number; wait: { p50: number; p99: number } }[]; pickup: { count: number; p50: number; p99: number; runnerOnline: { count: number; p50: number; p99: number } }[] }>(
         'GET',
         // the double's payloads carry GitHub's example times (2024), so the window reaches back that far
         '/v1/reports/timings?window=3650d',
@@ -78,6 +80,11 @@ for (const { kind, skip } of storeKinds()) {
         t.pickup.reduce((a, g) => a + g.count, 0),
         2,
       );
+      assert.equal(
+        t.pickup.reduce((a, g) => a + g.runnerOnline.count, 0),
+        2,
+      );
+      for (const g of t.pickup) assert.ok(g.runnerOnline.p50 >= 0 && g.runnerOnline.p50 <= g.p50, JSON.stringify(g));
       await assert.rejects(h.client.request('GET', '/v1/reports/timings?window=soon'), /window/);
       const q = await h.client.request<{ jobs: { id: number; why: { code: string } }[] }>('GET', '/v1/queue');
       assert.equal(q.jobs.find((j) => j.id === big.id)?.why.code, 'too_big');

@@ -189,6 +189,8 @@ for (const { kind, skip } of storeKinds()) {
     });
 
     void test('defect 6: a job no agent will launch fails after bounded attempts instead of requeueing for ever', async () => {
+      const bootFailures = async () => Number(/^kiln_job_boot_failures_total (\d+)/m.exec(await (await fetch(`${h.url}/metrics`)).text())?.[1] ?? NaN);
+      const failuresBefore = await bootFailures();
       // Stored directly, as an older server accepted it (timeout 0 and an object env are refused at submit now).
       const [poison] = await insertJobs(h.store.db, [
         { tenant: 'default', requirements: { arch: 'amd64', cpus: 1, memoryBytes: GiB, diskBytes: GiB, hostLabels: [] }, labels: [], image: 'default', command: ['true'], env: {}, timeoutMs: 0, network: 'none', priority: 0 },
@@ -198,6 +200,8 @@ for (const { kind, skip } of storeKinds()) {
       const j = await h.client.request<Job>('GET', `/v1/jobs/${poison!.id}`);
       assert.equal(j.error?.code, 'job.too_many_attempts');
       assert.equal(j.attempt, MAX_JOB_ATTEMPTS);
+      // Lost before it started, five times: not a VM boot failure in the figures.
+      assert.equal(await bootFailures(), failuresBefore);
       // The host is fine afterwards.
       const ok = await h.client.request<Job>('POST', '/v1/jobs', { command: ['true'] });
       await jobReaches(h, ok.id, ['succeeded']);

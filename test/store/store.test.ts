@@ -45,6 +45,22 @@ for (const { kind, skip } of storeKinds()) {
       await migrate(store.db);
     });
 
+    void test('jobs: search by id or text in command, labels, image, tenant; never env; LIKE characters are literal', async () => {
+      const [a, b, c] = await insertJobs(store.db, [
+        spec({ command: ['make', 'needle-target'], env: { SECRET: 'haystack-secret' }, tenant: 'srch' }),
+        spec({ labels: ['kiln-Needle-label'], tenant: 'srch' }),
+        spec({ command: ['echo', '100%_done'], tenant: 'srch' }),
+      ]);
+      const ids = async (text: string) => (await listJobs(store.db, { tenant: 'srch', text, limit: 100 })).map((j) => j.id).sort((x, y) => x - y);
+      assert.deepEqual(await ids('needle'), [a!.id, b!.id], 'case-insensitive, command and labels');
+      assert.deepEqual(await ids('haystack'), [], 'env values are not searched');
+      assert.deepEqual(await ids(`#${c!.id}`), [c!.id]);
+      assert.deepEqual(await ids('%_'), [c!.id], '% and _ match themselves');
+      assert.deepEqual(await ids('0%'), [c!.id]);
+      assert.deepEqual(await ids('_'), [c!.id]);
+      assert.deepEqual(await ids('srch'), [a!.id, b!.id, c!.id], 'tenant');
+    });
+
     void test('jobs: what insertJobs returns is what the store then holds, in submission order', async () => {
       const specs = [
         spec({ cwd: '/w', submittedBy: 7, network: 'user', env: { K: 'v w', JSON: '{"a":1}' }, labels: ['kiln-arm64'], priority: 3 }),

@@ -30,8 +30,8 @@ export async function reread(p: GitHubParts, vms: RunnerVmWrites, j: GhJob): Pro
   const forward = st && st !== 'waiting' && advances(j.state, st) ? { state: st } : {};
   await updateGhJob(p.db, j, { checkedAt: at, ...forward });
   if ((st === 'in_progress' || st === 'completed') && gj.runnerName) {
-    const ours = await bindRunner(p.db, p, vms, j, { runnerName: gj.runnerName, startedAt: gj.startedAt, completedAt: gj.completedAt, conclusion: gj.conclusion });
-    await settleUndecided(p.db, p, j, ours);
+    const bound = await bindRunner(p.db, p, vms, j, { runnerName: gj.runnerName, startedAt: gj.startedAt, completedAt: gj.completedAt, conclusion: gj.conclusion });
+    await settleUndecided(p.db, p, j, bound.ours);
   } else if (st === 'completed') {
     await settleUndecided(p.db, p, j, false);
   }

@@ -19,8 +19,15 @@ export interface TakenBy {
   conclusion?: string | null | undefined;
 }
 
-/** Returns whether the runner is one of kiln's. */
-export async function bindRunner(q: Db | Tx, p: GitHubParts, vms: RunnerVmWrites, job: GhJobKey, t: TakenBy): Promise<boolean> {
+/** What binding learnt: whether the runner is one of kiln's, and when it came online (null: not known). */
+export interface Bound {
+  ours: boolean;
+  /** When the runner came online: seen online by the reconciler, else its VM started the runner (ISO). */
+  onlineAt: string | null;
+}
+
+export async function bindRunner(q: Db | Tx, p: GitHubParts, vms: RunnerVmWrites, job: GhJobKey, t: TakenBy): Promise<Bound> {
+  let onlineAt: string | null = null;
   const usage: GhUsagePatch = {};
   if (t.startedAt) usage.startedAt = t.startedAt;
   if (t.completedAt) usage.completedAt = t.completedAt;
@@ -43,8 +50,10 @@ export async function bindRunner(q: Db | Tx, p: GitHubParts, vms: RunnerVmWrites
       usage.kilnJobId = runner.kilnJobId;
       const vm = await vms.get(q, runner.kilnJobId);
       if (vm) Object.assign(usage, { hostId: vm.hostId ?? undefined, cpus: vm.requirements.cpus, memoryBytes: vm.requirements.memoryBytes });
+      onlineAt = vm?.runningAt ?? null;
     }
+    if (runner.onlineAt !== null) onlineAt = new Date(runner.onlineAt).toISOString();
   }
   await fillUsage(q, job, usage);
-  return runner !== undefined;
+  return { ours: runner !== undefined, onlineAt };
 }

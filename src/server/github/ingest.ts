@@ -120,13 +120,15 @@ async function applyDelivery(tx: Tx, p: GitHubParts, vms: RunnerVmWrites, delive
       }
     }
   }
+  let runnerOnlineAt: string | null = null;
   if (job.decision !== 'ignored' && (to === 'in_progress' || to === 'completed')) {
-    const ours = await bindRunner(tx, p, vms, key, { runnerName: e.runnerName, ...usageTimes(times) });
-    await settleUndecided(tx, p, job, ours);
+    const bound = await bindRunner(tx, p, vms, key, { runnerName: e.runnerName, ...usageTimes(times) });
+    runnerOnlineAt = bound.onlineAt;
+    await settleUndecided(tx, p, job, bound.ours);
   }
   // Once per job attempt (actions are deduplicated above): the pickup figure (src/server/reports/figures.ts).
   if (to === 'in_progress' && job.decision !== 'ignored' && job.decision !== 'refused') {
-    p.events.emit('job.started', { ...key, labels: job.labels, createdAt: times.queuedAt ?? job.queuedAt, startedAt: times.startedAt ?? job.startedAt });
+    p.events.emit('job.started', { ...key, labels: job.labels, createdAt: times.queuedAt ?? job.queuedAt, startedAt: times.startedAt ?? job.startedAt, runnerOnlineAt });
   }
   return outcome;
 }

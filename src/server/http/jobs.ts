@@ -134,6 +134,7 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
             ...(tenant !== undefined ? { tenant } : {}),
             ...(q.host !== undefined ? { hostId: q.host } : {}),
             ...(q.before !== undefined ? { beforeId: q.before } : {}),
+            ...(q.q !== undefined ? { text: q.q } : {}),
             limit: q.limit ?? 100,
           })
         ).map(jobJson),

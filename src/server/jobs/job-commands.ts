@@ -87,7 +87,8 @@ export interface JobCommands {
 
 export function makeJobCommands(ctx: ServerContext): JobCommands {
   const db = ctx.store.db;
-  const stateChanged = (job: Pick<Job, 'id' | 'tenant' | 'attempt'>, from: JobState, to: JobState) => ctx.events.emit('job.state', { job, from, to });
+  const stateChanged = (job: Pick<Job, 'id' | 'tenant' | 'attempt'> & { error?: Job['error'] }, from: JobState, to: JobState) =>
+    ctx.events.emit('job.state', { job: { id: job.id, tenant: job.tenant, attempt: job.attempt, ...(job.error ? { error: job.error } : {}) }, from, to });
   // Concurrent submissions share statements when the store is busy (see group-commit.ts).
   const insert = makeGroupCommit((specs: JobSpec[]) => insertJobs(db, specs), { maxInFlight: ctx.store.kind === 'pglite' ? 1 : 4, maxItems: 1000 });
 

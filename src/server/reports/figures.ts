@@ -13,12 +13,21 @@ import { jobTimesByIds } from '../../store/reports.ts';
 import { listHosts } from '../../store/hosts.ts';
 import type { ServerContext } from '../context.ts';
 
-export const FIGURE_METRICS = ['kiln_job_wait_seconds', 'kiln_job_boot_seconds', 'kiln_github_pickup_seconds', 'kiln_hosts', 'kiln_job_boot_failures_total'] as const;
+export const FIGURE_METRICS = [
+  'kiln_job_wait_seconds',
+  'kiln_job_boot_seconds',
+  'kiln_github_pickup_seconds',
+  'kiln_github_runner_online_seconds',
+  'kiln_hosts',
+  'kiln_job_boot_failures_total',
+] as const;
 
 export interface GitHubStart {
   labels: string[];
   createdAt: Date | string | null;
   startedAt: Date | string | null;
+  /** When the runner that took the job came online (null: not known). */
+  runnerOnlineAt?: Date | string | null;
 }
 
 export interface Figures {
@@ -37,6 +46,13 @@ export function makeFigures(ctx: ServerContext): Figures {
   const pickup = new Histogram({
     name: 'kiln_github_pickup_seconds',
     help: "GitHub's created_at of a workflow job to its in_progress (the pickup latency a user feels)",
+    labelNames,
+    buckets: PICKUP_BUCKETS,
+    registers,
+  });
+  const runnerOnline = new Histogram({
+    name: 'kiln_github_runner_online_seconds',
+    help: "GitHub's created_at of a workflow job to the runner that took it coming online (0: a runner was already waiting); the rest of the pickup is GitHub assigning the job",
     labelNames,
     buckets: PICKUP_BUCKETS,
     registers,
@@ -79,7 +95,9 @@ export function makeFigures(ctx: ServerContext): Figures {
     inFlight = inFlight.then(() => observe(ids)).catch((e: unknown) => ctx.log.warn({ err: e }, 'could not read job times for the wait/boot figures'));
   };
   const off = ctx.events.on('job.state', (e) => {
-    if (e.to === 'failed' && (e.from === 'placed' || e.from === 'booting')) bootFailures.inc();
+    // A job failed for being lost before it started too often (job.too_many_attempts) is not a boot failure:
+    // its hosts went away or refused it; each of those losses is already visible as a requeue.
+    if (e.to === 'failed' && (e.from === 'placed' || e.from === 'booting') && e.job.error?.code !== 'job.too_many_attempts') bootFailures.inc();
     if (e.to !== 'running') return;
     pending.add(e.job.id);
     if (!scheduled) {
@@ -97,7 +115,10 @@ export function makeFigures(ctx: ServerContext): Figures {
       } catch {
         // labels kiln refuses still have a pickup (someone else's runner may take the job)
       }
-      pickup.observe({ arch, labels: sets.key(s.labels) }, seconds);
+      const labels = { arch, labels: sets.key(s.labels) };
+      pickup.observe(labels, seconds);
+      const online = s.runnerOnlineAt ? pickupSeconds(s.createdAt, s.runnerOnlineAt) : null;
+      if (online !== null) runnerOnline.observe(labels, Math.min(online, seconds));
     },
     async flush() {
       drain();

@@ -113,7 +113,7 @@ export function reportRoutes(deps: ApiDeps): RouteDef[] {
       API.timings,
       {
         tag: 'reports',
-        summary: 'Wait (queued → placed), boot (placed → running) and GitHub pickup (created_at → in_progress) percentiles over a window, by arch and label set',
+        summary: 'Wait (queued → placed), boot (placed → running) and GitHub pickup (created_at → in_progress, and its first part created_at → runner online) percentiles over a window, by arch and label set',
         permission: 'read',
       },
       async (req, _reply, token) => {

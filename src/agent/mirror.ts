@@ -14,11 +14,16 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { MirrorStatusMsg } from '../core/agent-protocol.ts';
 import { KilnError } from '../core/errors.ts';
-import { DOCKER_HUB_UPSTREAM, assertHostPort, assertUpstreamUrl, renderMirrorServerConfig } from '../oci/mirror-config.ts';
+import { DOCKER_HUB_UPSTREAM, assertHostPort, assertRegistryName, assertUpstreamUrl, renderMirrorServerConfig } from '../oci/mirror-config.ts';
 
 export interface MirrorOptions {
-  /** kiln's data directory; the mirror keeps config, secret and cache under `<dataDir>/mirror`. */
+  /**
+   * kiln's data directory; the mirror keeps config, secret and cache under `<dataDir>/mirror` (Docker Hub's)
+   * or `<dataDir>/mirror-<registry>` (another registry's).
+   */
   dataDir: string;
+  /** The registry this mirror stands in for in the guests: docker.io (default), or ghcr.io, quay.io, …. */
+  registry?: string;
   /** host:port to listen on: loopback, or an address the host's VMs can reach. */
   listen: string;
   /** The address VMs use (10.0.2.100:5000, forwarded to the mirror's host port); reported in status(). */
@@ -77,6 +82,7 @@ export async function diskUsage(dir: string): Promise<number> {
 
 export class RegistryMirror extends EventEmitter<MirrorEvents> {
   readonly dir: string;
+  readonly registry: string;
   readonly configFile: string;
   readonly storageDir: string;
   private readonly opts: MirrorOptions;
@@ -100,7 +106,9 @@ export class RegistryMirror extends EventEmitter<MirrorEvents> {
     assertUpstreamUrl(this.upstream.url);
     this.opts = opts;
     this.backoff = opts.backoff ?? DEFAULT_BACKOFF;
-    this.dir = join(opts.dataDir, 'mirror');
+    this.registry = opts.registry ?? 'docker.io';
+    if (this.registry !== 'docker.io') assertRegistryName(this.registry);
+    this.dir = join(opts.dataDir, this.registry === 'docker.io' ? 'mirror' : `mirror-${this.registry}`);
     this.configFile = join(this.dir, 'config.yml');
     this.storageDir = join(this.dir, 'storage');
   }
@@ -152,7 +160,7 @@ export class RegistryMirror extends EventEmitter<MirrorEvents> {
     p.once('spawn', () => {
       if (p.pid !== undefined) this.emit('spawn', p.pid);
       this.state = 'running';
-      this.opts.logger?.info({ pid: p.pid, listen: this.opts.listen, upstream: this.upstream.url }, 'mirror: registry started');
+      this.opts.logger?.info({ pid: p.pid, registry: this.registry, listen: this.opts.listen, upstream: this.upstream.url }, 'mirror: registry started');
     });
     p.once('close', (code, signal) => {
       if (this.proc === p) this.proc = undefined;
@@ -213,6 +221,7 @@ export class RegistryMirror extends EventEmitter<MirrorEvents> {
       cacheBytes: await this.cacheBytes(),
       upstream: this.upstream.url,
       address: this.opts.listen,
+      registry: this.registry,
     };
     if (this.opts.guestAddress) s.guestAddress = this.opts.guestAddress;
     if (this.proc?.pid !== undefined) s.pid = this.proc.pid;

@@ -76,7 +76,7 @@ function cli(args: string[]): Promise<{ code: number | null; stdout: string; std
 
 /** Submits a ci-image job through the CLI and follows it to its end. */
 function submit(network: 'none' | 'user', script: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return cli(['jobs', 'submit', '--image', imageDigest, '--cpus', '2', '--memory', '1G', '--disk', '3G', '--timeout', '15m', '--network', network, '--', 'sh', '-c', script]);
+  return cli(['jobs', 'submit', '--image', imageDigest, '--cpus', '2', '--memory', '1G', '--disk', '2G', '--timeout', '15m', '--network', network, '--', 'sh', '-c', script]);
 }
 
 const field = (out: string, name: string) => new RegExp(`^${name}=(.*)$`, 'm').exec(out)?.[1];

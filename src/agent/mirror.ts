@@ -13,6 +13,7 @@ import { chmod, lstat, mkdir, readFile, readdir, writeFile } from 'node:fs/promi
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { MirrorStatusMsg } from '../core/agent-protocol.ts';
+import { startUpstreamFront, type UpstreamFront } from './upstream-front.ts';
 import { KilnError } from '../core/errors.ts';
 import { DOCKER_HUB_UPSTREAM, assertHostPort, assertRegistryName, assertUpstreamUrl, renderMirrorServerConfig } from '../oci/mirror-config.ts';
 
@@ -97,6 +98,7 @@ export class RegistryMirror extends EventEmitter<MirrorEvents> {
   private output = '';
   private lastExit: MirrorStatus['lastExit'];
   private cacheSize: { bytes: number; at: number } | undefined;
+  private front: UpstreamFront | undefined;
 
   constructor(opts: MirrorOptions) {
     super();
@@ -130,7 +132,9 @@ export class RegistryMirror extends EventEmitter<MirrorEvents> {
       secret = randomBytes(24).toString('hex');
       await writeFile(secretFile, secret, { mode: 0o600 });
     }
-    const config = renderMirrorServerConfig({ listen: this.opts.listen, storageDir: this.storageDir, upstream: this.upstream, secret: secret.trim() });
+    // distribution reaches its upstream through kiln's front, which makes each cold blob cross once (upstream-front.ts).
+    this.front ??= await startUpstreamFront({ upstream: this.upstream.url, spoolDir: join(this.dir, 'front-spool'), ...(this.opts.logger ? { logger: this.opts.logger } : {}) });
+    const config = renderMirrorServerConfig({ listen: this.opts.listen, storageDir: this.storageDir, upstream: { ...this.upstream, url: this.front.url }, secret: secret.trim() });
     await writeFile(this.configFile, config, { mode: 0o600 });
     await chmod(this.configFile, 0o600);
     this.spawnOnce();
@@ -241,15 +245,21 @@ export class RegistryMirror extends EventEmitter<MirrorEvents> {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     const p = this.proc;
-    if (!p || p.exitCode !== null || p.signalCode !== null) {
-      this.state = 'stopped';
-      return;
+    if (p && p.exitCode === null && p.signalCode === null) {
+      const closed = new Promise<void>((r) => p.once('close', () => r()));
+      p.kill('SIGTERM');
+      const t = setTimeout(() => p.kill('SIGKILL'), 5000);
+      await closed;
+      clearTimeout(t);
     }
-    const closed = new Promise<void>((r) => p.once('close', () => r()));
-    p.kill('SIGTERM');
-    const t = setTimeout(() => p.kill('SIGKILL'), 5000);
-    await closed;
-    clearTimeout(t);
+    const front = this.front;
+    this.front = undefined;
+    await front?.close();
     this.state = 'stopped';
+  }
+
+  /** Blob fetches the upstream saw from this mirror, and requests that shared one (upstream-front.ts). */
+  frontStats(): { blobFetches: number; blobShared: number } {
+    return this.front?.stats() ?? { blobFetches: 0, blobShared: 0 };
   }
 }

@@ -22,6 +22,7 @@ import {
   type HostPowerMsg,
   type JobResultMsg,
   type MirrorStatusMsg,
+  type OtherMirrorStatusMsg,
   type ServerMessage,
 } from '../core/agent-protocol.ts';
 import { KilnError, toKilnError } from '../core/errors.ts';
@@ -33,7 +34,7 @@ import { makeSupervisor, type Supervisor } from './supervisor.ts';
 import { hostPowerReport, type AgentPowerOptions } from './power.ts';
 import { commandFailure, runShellCommand } from '../proc/shell-command.ts';
 import { KILN_VERSION } from '../core/version.ts';
-import { MIRROR_GUEST_ADDRESS, MIRROR_GUEST_IP, MIRROR_GUEST_PORT } from '../vm/forwards.ts';
+import { MIRROR_GUEST_ADDRESS, MIRROR_GUEST_IP, MIRROR_GUEST_PORT, mirrorVmSettings } from '../vm/forwards.ts';
 import { readCredential, writeCredential } from './credential-file.ts';
 
 export interface AgentOptions {
@@ -61,6 +62,11 @@ export interface AgentOptions {
    * forward of `MIRROR_GUEST_ADDRESS` to the mirror's host port and that address as its registry mirror.
    */
   mirror?: RegistryMirror;
+  /**
+   * More mirrors, one per registry (ghcr.io, quay.io, …; each RegistryMirror names its registry), supervised
+   * the same way. Every VM gets their forwards and addresses too (mirrorVmSettings in src/vm/forwards.ts).
+   */
+  mirrors?: RegistryMirror[];
   /** How often host.status is sent (default 15 s); mirror health changes are sent as they are seen. */
   statusIntervalMs?: number;
   /** How often the mirror's health is probed for changes (default 2 s). */
@@ -86,13 +92,20 @@ export interface AgentOptions {
 /** Where every guest reaches the host's mirror (a forward to the mirror's host port, even with the network closed). */
 export { MIRROR_GUEST_ADDRESS, MIRROR_GUEST_IP, MIRROR_GUEST_PORT };
 
-/** What the protocol carries of a mirror's status: no process output (it stays in the agent's log). */
-export function mirrorStatusMsg(s: MirrorStatus): MirrorStatusMsg {
-  const m: MirrorStatusMsg = { state: s.state, healthy: s.healthy, restarts: s.restarts, cacheBytes: s.cacheBytes, upstream: s.upstream, address: s.address };
-  if (s.guestAddress) m.guestAddress = s.guestAddress;
-  if (s.pid !== undefined) m.pid = s.pid;
-  if (s.lastExit) m.lastExit = { code: s.lastExit.code, signal: s.lastExit.signal, at: s.lastExit.at };
-  return m;
+/**
+ * What the protocol carries of a host's mirrors' status: the first mirror's, with the others in `others`; no
+ * process output (it stays in the agent's log).
+ */
+export function mirrorStatusMsg(s: MirrorStatus, others: MirrorStatus[] = []): MirrorStatusMsg {
+  const one = (x: MirrorStatus): OtherMirrorStatusMsg => {
+    const m: OtherMirrorStatusMsg = { state: x.state, healthy: x.healthy, restarts: x.restarts, cacheBytes: x.cacheBytes, upstream: x.upstream, address: x.address };
+    if (x.guestAddress) m.guestAddress = x.guestAddress;
+    if (x.pid !== undefined) m.pid = x.pid;
+    if (x.lastExit) m.lastExit = { code: x.lastExit.code, signal: x.lastExit.signal, at: x.lastExit.at };
+    if (x.registry) m.registry = x.registry;
+    return m;
+  };
+  return { ...one(s), ...(others.length > 0 ? { others: others.map(one) } : {}) };
 }
 
 /** The host port of a mirror listening on loopback or all interfaces (guestfwd connects to 127.0.0.1). */
@@ -181,11 +194,15 @@ export function makeAgent(o: AgentOptions): Agent {
     if (outbox.length < OUTBOX_LIMIT) outbox.push(m);
   };
 
-  const mirrorPort = o.mirror ? mirrorHostPort(o.mirror.listen) : undefined;
+  // Docker Hub's mirror first (it is the one `mirror` reports), then the other registries' in their order.
+  const mirrors = [...(o.mirror ? [o.mirror] : []), ...(o.mirrors ?? [])].sort((a, b) => Number(b.registry === 'docker.io') - Number(a.registry === 'docker.io'));
+  const seen = new Set<string>();
+  for (const m of mirrors) {
+    if (seen.has(m.registry)) throw new KilnError('mirror.registry_twice', `two mirrors for ${m.registry}`, { hint: 'list each registry once in --mirror-upstream' });
+    seen.add(m.registry);
+  }
   const supervisor: Supervisor = makeSupervisor({
-    ...(mirrorPort !== undefined
-      ? { vm: { forwards: [{ guestAddr: MIRROR_GUEST_IP, guestPort: MIRROR_GUEST_PORT, hostPort: mirrorPort }], registryMirror: MIRROR_GUEST_ADDRESS } }
-      : {}),
+    ...(mirrors.length > 0 ? { vm: mirrorVmSettings(mirrors.map((m) => ({ registry: m.registry, hostPort: mirrorHostPort(m.listen) }))) } : {}),
     driver: o.driver,
     images: o.images,
     send,
@@ -202,8 +219,9 @@ export function makeAgent(o: AgentOptions): Agent {
   let healthTimer: NodeJS.Timeout | undefined;
   let reporting: Promise<void> | undefined;
   const mirrorStatus = async (): Promise<MirrorStatusMsg | undefined> => {
-    if (!o.mirror) return undefined;
-    lastMirror = mirrorStatusMsg(await o.mirror.status());
+    const [first, ...others] = await Promise.all(mirrors.map((m) => m.status()));
+    if (!first) return undefined;
+    lastMirror = mirrorStatusMsg(first, others);
     return lastMirror;
   };
   const reportStatus = (): Promise<void> =>
@@ -218,10 +236,11 @@ export function makeAgent(o: AgentOptions): Agent {
       }
     })());
   const watchHealth = async () => {
-    if (!o.mirror || stopping) return;
-    const healthy = await o.mirror.health();
-    if (lastMirror && healthy !== lastMirror.healthy) {
-      log.info({ healthy }, 'mirror health changed');
+    if (mirrors.length === 0 || stopping) return;
+    const healthy = await Promise.all(mirrors.map((m) => m.health()));
+    const last = lastMirror ? [lastMirror.healthy, ...(lastMirror.others ?? []).map((x) => x.healthy)] : undefined;
+    if (last && healthy.some((h, i) => h !== last[i])) {
+      log.info({ healthy: Object.fromEntries(mirrors.map((m, i) => [m.registry, healthy[i]])) }, 'mirror health changed');
       await reportStatus();
     }
   };
@@ -456,7 +475,7 @@ export function makeAgent(o: AgentOptions): Agent {
     ws = undefined;
     await reporting?.catch(() => undefined);
     output.close();
-    if (o.mirror) await o.mirror.stop();
+    await Promise.all(mirrors.map((m) => m.stop()));
   }
 
   return {
@@ -471,12 +490,15 @@ export function makeAgent(o: AgentOptions): Agent {
         credential = readCredential(credentialFile);
       }
       log.info({ host: cap, power: powerReport }, 'agent starting');
-      if (o.mirror) {
-        const m = o.mirror;
-        await m.start();
-        // Not fatal: the mirror is supervised and reported unhealthy until its upstream answers.
-        await m.waitHealthy(10_000).catch((e: unknown) => log.warn({ code: toKilnError(e).code, msg: toKilnError(e).message }, 'the registry mirror is not healthy yet'));
-        m.on('exit', () => void reportStatus());
+      if (mirrors.length > 0) {
+        for (const m of mirrors) await m.start();
+        // Not fatal: a mirror is supervised and reported unhealthy until its upstream answers.
+        await Promise.all(
+          mirrors.map((m) =>
+            m.waitHealthy(10_000).catch((e: unknown) => log.warn({ registry: m.registry, code: toKilnError(e).code, msg: toKilnError(e).message }, 'a registry mirror is not healthy yet')),
+          ),
+        );
+        for (const m of mirrors) m.on('exit', () => void reportStatus());
         statusTimer = setInterval(() => void reportStatus(), o.statusIntervalMs ?? 15_000);
         healthTimer = setInterval(() => void watchHealth(), o.healthPollMs ?? 2000);
       }

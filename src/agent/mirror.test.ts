@@ -31,7 +31,7 @@ void test('status of a mirror never started: stopped, unhealthy, Docker Hub upst
   const dir = await mkdtemp(join(tmpdir(), 'kiln-mirror-'));
   try {
     const s = await new RegistryMirror({ dataDir: dir, listen: '127.0.0.1:5000', guestAddress: '10.0.2.2:5000' }).status();
-    assert.deepEqual(s, { state: 'stopped', healthy: false, restarts: 0, cacheBytes: 0, upstream: 'https://registry-1.docker.io', address: '127.0.0.1:5000', guestAddress: '10.0.2.2:5000' });
+    assert.deepEqual(s, { state: 'stopped', healthy: false, restarts: 0, cacheBytes: 0, upstream: 'https://registry-1.docker.io', address: '127.0.0.1:5000', registry: 'docker.io', guestAddress: '10.0.2.2:5000' });
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

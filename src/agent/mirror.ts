@@ -13,12 +13,18 @@ import { chmod, lstat, mkdir, readFile, readdir, writeFile } from 'node:fs/promi
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { MirrorStatusMsg } from '../core/agent-protocol.ts';
+import { startUpstreamFront, type UpstreamFront } from './upstream-front.ts';
 import { KilnError } from '../core/errors.ts';
-import { DOCKER_HUB_UPSTREAM, assertHostPort, assertUpstreamUrl, renderMirrorServerConfig } from '../oci/mirror-config.ts';
+import { DOCKER_HUB_UPSTREAM, assertHostPort, assertRegistryName, assertUpstreamUrl, renderMirrorServerConfig } from '../oci/mirror-config.ts';
 
 export interface MirrorOptions {
-  /** kiln's data directory; the mirror keeps config, secret and cache under `<dataDir>/mirror`. */
+  /**
+   * kiln's data directory; the mirror keeps config, secret and cache under `<dataDir>/mirror` (Docker Hub's)
+   * or `<dataDir>/mirror-<registry>` (another registry's).
+   */
   dataDir: string;
+  /** The registry this mirror stands in for in the guests: docker.io (default), or ghcr.io, quay.io, …. */
+  registry?: string;
   /** host:port to listen on: loopback, or an address the host's VMs can reach. */
   listen: string;
   /** The address VMs use (10.0.2.100:5000, forwarded to the mirror's host port); reported in status(). */
@@ -77,6 +83,7 @@ export async function diskUsage(dir: string): Promise<number> {
 
 export class RegistryMirror extends EventEmitter<MirrorEvents> {
   readonly dir: string;
+  readonly registry: string;
   readonly configFile: string;
   readonly storageDir: string;
   private readonly opts: MirrorOptions;
@@ -91,6 +98,7 @@ export class RegistryMirror extends EventEmitter<MirrorEvents> {
   private output = '';
   private lastExit: MirrorStatus['lastExit'];
   private cacheSize: { bytes: number; at: number } | undefined;
+  private front: UpstreamFront | undefined;
 
   constructor(opts: MirrorOptions) {
     super();
@@ -100,7 +108,9 @@ export class RegistryMirror extends EventEmitter<MirrorEvents> {
     assertUpstreamUrl(this.upstream.url);
     this.opts = opts;
     this.backoff = opts.backoff ?? DEFAULT_BACKOFF;
-    this.dir = join(opts.dataDir, 'mirror');
+    this.registry = opts.registry ?? 'docker.io';
+    if (this.registry !== 'docker.io') assertRegistryName(this.registry);
+    this.dir = join(opts.dataDir, this.registry === 'docker.io' ? 'mirror' : `mirror-${this.registry}`);
     this.configFile = join(this.dir, 'config.yml');
     this.storageDir = join(this.dir, 'storage');
   }
@@ -122,7 +132,9 @@ export class RegistryMirror extends EventEmitter<MirrorEvents> {
       secret = randomBytes(24).toString('hex');
       await writeFile(secretFile, secret, { mode: 0o600 });
     }
-    const config = renderMirrorServerConfig({ listen: this.opts.listen, storageDir: this.storageDir, upstream: this.upstream, secret: secret.trim() });
+    // distribution reaches its upstream through kiln's front, which makes each cold blob cross once (upstream-front.ts).
+    this.front ??= await startUpstreamFront({ upstream: this.upstream.url, spoolDir: join(this.dir, 'front-spool'), ...(this.opts.logger ? { logger: this.opts.logger } : {}) });
+    const config = renderMirrorServerConfig({ listen: this.opts.listen, storageDir: this.storageDir, upstream: { ...this.upstream, url: this.front.url }, secret: secret.trim() });
     await writeFile(this.configFile, config, { mode: 0o600 });
     await chmod(this.configFile, 0o600);
     this.spawnOnce();
@@ -152,7 +164,7 @@ export class RegistryMirror extends EventEmitter<MirrorEvents> {
     p.once('spawn', () => {
       if (p.pid !== undefined) this.emit('spawn', p.pid);
       this.state = 'running';
-      this.opts.logger?.info({ pid: p.pid, listen: this.opts.listen, upstream: this.upstream.url }, 'mirror: registry started');
+      this.opts.logger?.info({ pid: p.pid, registry: this.registry, listen: this.opts.listen, upstream: this.upstream.url }, 'mirror: registry started');
     });
     p.once('close', (code, signal) => {
       if (this.proc === p) this.proc = undefined;
@@ -213,6 +225,7 @@ export class RegistryMirror extends EventEmitter<MirrorEvents> {
       cacheBytes: await this.cacheBytes(),
       upstream: this.upstream.url,
       address: this.opts.listen,
+      registry: this.registry,
     };
     if (this.opts.guestAddress) s.guestAddress = this.opts.guestAddress;
     if (this.proc?.pid !== undefined) s.pid = this.proc.pid;
@@ -232,15 +245,21 @@ export class RegistryMirror extends EventEmitter<MirrorEvents> {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     const p = this.proc;
-    if (!p || p.exitCode !== null || p.signalCode !== null) {
-      this.state = 'stopped';
-      return;
+    if (p && p.exitCode === null && p.signalCode === null) {
+      const closed = new Promise<void>((r) => p.once('close', () => r()));
+      p.kill('SIGTERM');
+      const t = setTimeout(() => p.kill('SIGKILL'), 5000);
+      await closed;
+      clearTimeout(t);
     }
-    const closed = new Promise<void>((r) => p.once('close', () => r()));
-    p.kill('SIGTERM');
-    const t = setTimeout(() => p.kill('SIGKILL'), 5000);
-    await closed;
-    clearTimeout(t);
+    const front = this.front;
+    this.front = undefined;
+    await front?.close();
     this.state = 'stopped';
+  }
+
+  /** Blob fetches the upstream saw from this mirror, and requests that shared one (upstream-front.ts). */
+  frontStats(): { blobFetches: number; blobShared: number } {
+    return this.front?.stats() ?? { blobFetches: 0, blobShared: 0 };
   }
 }

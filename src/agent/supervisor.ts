@@ -73,7 +73,7 @@ export function makeSupervisor(opts: {
   send(m: AgentMessage): void;
   log: Logger;
   /** Host-wide additions to every VM (the registry mirror's forward and address). */
-  vm?: Pick<VmSpec, 'forwards' | 'registryMirror'>;
+  vm?: Pick<VmSpec, 'forwards' | 'registryMirror' | 'registryMirrors'>;
   events?: Partial<SupervisorEvents>;
   flushMs?: number;
 }): Supervisor {
@@ -169,6 +169,7 @@ export function makeSupervisor(opts: {
               network: spec.network,
               ...(opts.vm?.forwards ? { forwards: opts.vm.forwards } : {}),
               ...(opts.vm?.registryMirror ? { registryMirror: opts.vm.registryMirror } : {}),
+              ...(opts.vm?.registryMirrors?.length ? { registryMirrors: opts.vm.registryMirrors } : {}),
             },
             // The guest coming up is reported as it happens (before `e.vm` is set, notePhase below sees it).
             { stdout: (c) => output(e, 'stdout', c), stderr: (c) => output(e, 'stderr', c), mayStart: () => askToStart(e), running: () => notePhase(e) },

@@ -6,7 +6,7 @@ import type { Command } from 'commander';
 import { KilnError } from '../core/errors.ts';
 import { makeAgent } from '../agent/agent.ts';
 import { loadAgentConfig, redact, type AgentFlags } from './fleet-config.ts';
-import { makeDriverFor, makeLogger, makeMirrorFor } from './fleet-wiring.ts';
+import { makeDriverFor, makeLogger, makeMirrorsFor } from './fleet-wiring.ts';
 import type { Output } from './output.ts';
 import { waitForSignal } from './up.ts';
 
@@ -26,8 +26,12 @@ export function registerAgent(program: Command, out: () => Output): void {
     .option('--disk <size>', 'disk to offer (default: free space)')
     .option('--driver <kind>', 'VM driver: qemu (default) or memory (simulated; tests and demos)')
     .option('--sim-boot-ms <ms>', 'memory driver only: simulated boot time per VM')
-    .option('--mirror-upstream <url>', 'run a registry mirror of this upstream for this host’s VMs, e.g. https://registry-1.docker.io (env KILN_MIRROR_UPSTREAM; credentials from KILN_MIRROR_USERNAME/KILN_MIRROR_PASSWORD)')
-    .option('--mirror-listen <host:port>', `where the mirror listens on the host (default 127.0.0.1:5000; env KILN_MIRROR_LISTEN)`)
+    .option(
+      '--mirror-upstream <[registry=]url>',
+      'run a registry mirror of this upstream for this host’s VMs, e.g. https://registry-1.docker.io (Docker Hub), or ghcr.io=https://ghcr.io for another registry; repeatable, one mirror per registry (env KILN_MIRROR_UPSTREAM, comma-separated; credentials for the first from KILN_MIRROR_USERNAME/KILN_MIRROR_PASSWORD)',
+      collect,
+    )
+    .option('--mirror-listen <host:port>', `where the first mirror listens on the host (default 127.0.0.1:5000; the others on the next ports; env KILN_MIRROR_LISTEN)`)
     .option('--power-driver <kind>', 'how this host sleeps and wakes: none (default), command or wol (env KILN_POWER_DRIVER; docs/power.md)')
     .option('--power-sleep-command <cmd>', 'run through sh -c to put the host to sleep, e.g. "systemctl suspend" (env KILN_POWER_SLEEP_COMMAND)')
     .option('--data-dir <dir>', 'kiln data directory (env KILN_DATA_DIR)')
@@ -40,7 +44,7 @@ export function registerAgent(program: Command, out: () => Output): void {
       logger.info({ config: redact(cfg) }, 'kiln agent starting');
       makePrivateDataDir(cfg.dataDir);
       const { driver, images } = makeDriverFor(cfg.driver, cfg.dataDir, logger, flags.simBootMs ? { bootMs: Number(flags.simBootMs) } : {});
-      const mirror = makeMirrorFor(cfg.mirror, cfg.dataDir, logger);
+      const mirrors = makeMirrorsFor(cfg.mirror, cfg.dataDir, logger);
       const agent = makeAgent({
         servers: cfg.servers,
         token: cfg.token,
@@ -55,7 +59,7 @@ export function registerAgent(program: Command, out: () => Output): void {
         logger,
         outputSpillDir: join(cfg.dataDir, 'output'),
         credentialDir: cfg.dataDir,
-        ...(mirror ? { mirror, statusIntervalMs: cfg.mirror!.statusIntervalMs } : {}),
+        ...(mirrors.length > 0 ? { mirrors, statusIntervalMs: cfg.mirror!.statusIntervalMs } : {}),
         ...(cfg.power ? { power: cfg.power } : {}),
       });
       let everConnected = false;

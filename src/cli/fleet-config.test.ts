@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { loadAgentConfig, loadServerConfig, redact, parseListen } from './fleet-config.ts';
+import { loadAgentConfig, loadServerConfig, parseMirrorUpstream, redact, parseListen } from './fleet-config.ts';
 import { isKilnError } from '../core/errors.ts';
 
 void test('server config: flag > env > file > default', () => {
@@ -57,7 +57,7 @@ void test('agent mirror config: flag > env > file, none without an upstream, cre
   assert.equal(loadAgentConfig({ dataDir: '/tmp/k' }, env, {}).mirror, undefined);
   const file = { agent: { mirror: { upstream: 'https://file.example', listen: '127.0.0.1:6000', username: 'u', password: 'file-pw' } } };
   const f = loadAgentConfig({ dataDir: '/tmp/k' }, env, file).mirror;
-  assert.deepEqual(f, { upstream: 'https://file.example', listen: '127.0.0.1:6000', username: 'u', password: 'file-pw', statusIntervalMs: 15_000 });
+  assert.deepEqual(f, { registry: 'docker.io', upstream: 'https://file.example', listen: '127.0.0.1:6000', username: 'u', password: 'file-pw', others: [], statusIntervalMs: 15_000 });
   const e = loadAgentConfig({ dataDir: '/tmp/k' }, { ...env, KILN_MIRROR_UPSTREAM: 'https://env.example', KILN_MIRROR_PASSWORD: 'env-pw' }, file).mirror;
   assert.equal(e?.upstream, 'https://env.example');
   assert.equal(e?.password, 'env-pw');
@@ -73,4 +73,28 @@ void test('agent mirror config: flag > env > file, none without an upstream, cre
   );
   assert.throws(() => loadAgentConfig({ dataDir: '/tmp/k' }, { ...env, KILN_MIRROR_PASSWORD: 'x' }, {}), (err) => isKilnError(err, 'config.invalid') && /no mirror upstream/.test(err.message));
   assert.equal(loadServerConfig({ dataDir: '/tmp/k', mirrorUpstream: 'https://registry-1.docker.io' }, {}, {}).mirror?.listen, '127.0.0.1:5000');
+});
+
+void test('mirror config: other registries as REGISTRY=URL, repeated or comma-separated, Docker Hub first on the listen port, the others on the next', () => {
+  const env = { KILN_SERVER: 'http://a:1', KILN_TOKEN: 'kiln_agt_x' };
+  const c = loadAgentConfig({ dataDir: '/tmp/k', mirrorUpstream: ['ghcr.io=http://127.0.0.1:7001', 'http://127.0.0.1:7000', 'quay.io=https://quay.example'], mirrorListen: '127.0.0.1:6000' }, env, {}).mirror;
+  assert.deepEqual(c && { registry: c.registry, upstream: c.upstream, listen: c.listen, others: c.others }, {
+    registry: 'docker.io',
+    upstream: 'http://127.0.0.1:7000',
+    listen: '127.0.0.1:6000',
+    others: [
+      { registry: 'ghcr.io', upstream: 'http://127.0.0.1:7001', listen: '127.0.0.1:6001' },
+      { registry: 'quay.io', upstream: 'https://quay.example', listen: '127.0.0.1:6002' },
+    ],
+  });
+  const e = loadAgentConfig({ dataDir: '/tmp/k' }, { ...env, KILN_MIRROR_UPSTREAM: 'https://hub.example, ghcr.io=https://ghcr.io' }, {}).mirror;
+  assert.deepEqual([e?.registry, e?.others.map((o) => `${o.registry} ${o.listen}`)], ['docker.io', ['ghcr.io 127.0.0.1:5001']]);
+  const file = loadAgentConfig({ dataDir: '/tmp/k' }, env, { mirror: { upstream: ['ghcr.io=https://ghcr.io'] } }).mirror;
+  assert.deepEqual([file?.registry, file?.listen, file?.others], ['ghcr.io', '127.0.0.1:5000', []]);
+  assert.equal(parseMirrorUpstream('index.docker.io=https://hub.example').registry, 'docker.io');
+  assert.throws(
+    () => loadAgentConfig({ dataDir: '/tmp/k', mirrorUpstream: ['https://a.example', 'docker.io=https://b.example', 'GHCR.io/x=https://c.example', 'ghcr.io=ftp://x'] }, env, {}),
+    (err) => isKilnError(err, 'config.invalid') && /given twice/.test(err.message) && /root http\(s\) URL/.test(err.message) && /not a (URL|registry host name)/.test(err.message),
+  );
+  assert.throws(() => loadAgentConfig({ dataDir: '/tmp/k', mirrorUpstream: ['https://a.example', 'ghcr.io=https://g.example'], mirrorListen: '127.0.0.1:65535' }, env, {}), (err) => isKilnError(err, 'config.invalid') && /past 65535/.test(err.message));
 });

@@ -10,7 +10,7 @@ import { parseArch, type Arch } from '../core/arch.ts';
 import { KilnError } from '../core/errors.ts';
 import { parseDuration, parseSize } from '../core/sizes.ts';
 import { loadCommonConfig, type CommonConfig } from './config.ts';
-import { assertHostPort, assertUpstreamUrl } from '../oci/mirror-config.ts';
+import { assertHostPort, assertRegistryName, assertUpstreamUrl, isDockerHub } from '../oci/mirror-config.ts';
 import { parseGitHubConfig, type GitHubConfig, type GitHubFileConfig } from '../server/github/config.ts';
 import type { PowerOptions } from '../server/power/manager.ts';
 import type { AgentPowerOptions } from '../agent/power.ts';
@@ -32,31 +32,51 @@ export interface FileConfig {
 }
 
 export interface MirrorFileConfig {
-  upstream?: string;
+  /** An upstream URL (Docker Hub's role), or a list of them: `URL` for docker.io, `REGISTRY=URL` for another registry. */
+  upstream?: string | string[];
   listen?: string;
   username?: string;
   password?: string;
   statusInterval?: string;
 }
 
-/** The per-host registry mirror; undefined when no upstream is configured (then there is no mirror). */
+/**
+ * The per-host registry mirrors; undefined when no upstream is configured (then there is none). The first
+ * mirror (Docker Hub's when docker.io is listed) is `registry`/`upstream`/`listen` and gets the credentials;
+ * each other registry gets its own mirror in `others`, listening on the next ports.
+ */
 export interface MirrorConfig {
+  registry: string;
   upstream: string;
   listen: string;
   username: string | undefined;
   password: string | undefined;
+  others: { registry: string; upstream: string; listen: string }[];
   statusIntervalMs: number;
 }
 
 export interface MirrorFlags {
-  mirrorUpstream?: string;
+  /** Repeatable: `URL` (docker.io's upstream) or `REGISTRY=URL` (ghcr.io=https://ghcr.io). */
+  mirrorUpstream?: string | string[];
   mirrorListen?: string;
+}
+
+/** `URL` → docker.io's upstream; `REGISTRY=URL` → that registry's (the name before the first `=` that precedes `://`). */
+export function parseMirrorUpstream(entry: string): { registry: string; upstream: string } {
+  const m = /^([^=/:]+)=(.+)$/.exec(entry.trim());
+  const registry = m ? m[1]!.toLowerCase() : 'docker.io';
+  const upstream = m ? m[2]! : entry.trim();
+  assertRegistryName(registry);
+  assertUpstreamUrl(upstream);
+  return { registry: isDockerHub(registry) ? 'docker.io' : registry, upstream };
 }
 
 export const DEFAULT_MIRROR_LISTEN = '127.0.0.1:5000';
 
 function loadMirrorConfig(flags: MirrorFlags, env: Env, file: MirrorFileConfig | undefined, p: Problems): MirrorConfig | undefined {
-  const upstream = first(flags.mirrorUpstream, env.KILN_MIRROR_UPSTREAM, file?.upstream);
+  const listed = first(flags.mirrorUpstream, env.KILN_MIRROR_UPSTREAM?.split(/[\s,]+/).filter(Boolean), file?.upstream);
+  const entries = (typeof listed === 'string' ? [listed] : (listed ?? [])).filter((x) => x !== '');
+  const upstream = entries[0];
   const listen = first(flags.mirrorListen, env.KILN_MIRROR_LISTEN, file?.listen) ?? DEFAULT_MIRROR_LISTEN;
   const username = first(env.KILN_MIRROR_USERNAME, file?.username);
   const password = first(env.KILN_MIRROR_PASSWORD, file?.password);
@@ -66,10 +86,27 @@ function loadMirrorConfig(flags: MirrorFlags, env: Env, file: MirrorFileConfig |
     if (username || password) p.list.push('mirror credentials are set but no mirror upstream (pass --mirror-upstream URL, or set KILN_MIRROR_UPSTREAM)');
     return undefined;
   }
-  p.try(() => assertUpstreamUrl(upstream));
+  const parsed = entries.map((e) => p.try(() => parseMirrorUpstream(e))).filter((x) => x !== undefined);
+  // Docker Hub's mirror first: it keeps the listen port (and the guest address 10.0.2.100:5000).
+  parsed.sort((a, b) => Number(b.registry === 'docker.io') - Number(a.registry === 'docker.io'));
+  const names = parsed.map((x) => x.registry);
+  for (const [i, n] of names.entries()) if (names.indexOf(n) !== i) p.list.push(`the mirror upstream of ${n} is given twice (one mirror per registry)`);
+  if (parsed.length > 17) p.list.push(`at most 16 mirrors of registries other than docker.io (${parsed.length} upstreams given)`);
   p.try(() => assertHostPort(listen, 'mirror listen address'));
   if (password && !username) p.list.push('KILN_MIRROR_PASSWORD is set without KILN_MIRROR_USERNAME');
-  return { upstream, listen, username, password, statusIntervalMs };
+  const c = listen.lastIndexOf(':');
+  const [host, port] = [listen.slice(0, c), Number(listen.slice(c + 1))];
+  if (port + parsed.length - 1 > 65535) p.list.push(`the mirrors listen on ports ${port}-${port + parsed.length - 1}, past 65535`);
+  const [head, ...rest] = parsed;
+  return {
+    registry: head?.registry ?? 'docker.io',
+    upstream: head?.upstream ?? upstream,
+    listen,
+    username,
+    password,
+    others: rest.map((x, i) => ({ ...x, listen: `${host}:${port + 1 + i}` })),
+    statusIntervalMs,
+  };
 }
 
 export function readConfigFile(path: string | undefined): FileConfig {

@@ -7,20 +7,30 @@ import type { VmDriver } from '../vm/driver.ts';
 import { loadVmConfig, memoryDriverTestAppendDir } from './config.ts';
 import { RegistryMirror } from '../agent/mirror.ts';
 import { MIRROR_GUEST_ADDRESS } from '../agent/agent.ts';
+import { mirrorVmSettings } from '../vm/forwards.ts';
 import type { MirrorConfig } from './fleet-config.ts';
 
-/** The host's registry mirror from its config (undefined: none configured); the agent supervises it. */
-export function makeMirrorFor(cfg: MirrorConfig | undefined, dataDir: string, logger: Logger): RegistryMirror | undefined {
-  if (!cfg) return undefined;
-  return new RegistryMirror({
-    dataDir,
-    listen: cfg.listen,
-    guestAddress: MIRROR_GUEST_ADDRESS,
-    upstream: { url: cfg.upstream, username: cfg.username, password: cfg.password },
-    // Measure the cache at most as often as it is reported.
-    cacheSizeMaxAgeMs: Math.min(cfg.statusIntervalMs, 15_000),
-    logger: logger.child({ part: 'mirror' }),
-  });
+/**
+ * The host's registry mirrors from its config, one per registry, Docker Hub's first (empty: none configured);
+ * the agent supervises them and gives every VM their forwards and addresses.
+ */
+export function makeMirrorsFor(cfg: MirrorConfig | undefined, dataDir: string, logger: Logger): RegistryMirror[] {
+  if (!cfg) return [];
+  const settings = mirrorVmSettings([cfg, ...cfg.others].map((m, i) => ({ registry: m.registry, hostPort: i })));
+  const make = (m: { registry: string; upstream: string; listen: string }, upstream: { url: string; username?: string | undefined; password?: string | undefined }) => {
+    const guestAddress = m.registry === 'docker.io' ? MIRROR_GUEST_ADDRESS : settings.registryMirrors?.find((x) => x.registry === m.registry)?.address;
+    return new RegistryMirror({
+      dataDir,
+      registry: m.registry,
+      listen: m.listen,
+      ...(guestAddress ? { guestAddress } : {}),
+      upstream,
+      // Measure the cache at most as often as it is reported.
+      cacheSizeMaxAgeMs: Math.min(cfg.statusIntervalMs, 15_000),
+      logger: logger.child({ part: 'mirror', registry: m.registry }),
+    });
+  };
+  return [make(cfg, { url: cfg.upstream, username: cfg.username, password: cfg.password }), ...cfg.others.map((m) => make(m, { url: m.upstream }))];
 }
 
 /** Structured logs to stderr (JSON lines), so stdout stays for results. */

@@ -8,4 +8,7 @@ void test('the MIRROR column of kiln hosts ls', () => {
   assert.equal(mirrorCell({ ...base, healthy: true, restarts: 0, cacheBytes: 12.3 * 1024 * 1024 }), 'healthy 12.3M');
   assert.equal(mirrorCell({ ...base, state: 'backoff', healthy: false, restarts: 3, cacheBytes: 0 }), 'down (3 restarts)');
   assert.equal(mirrorCell({ ...base, healthy: false, restarts: 1, cacheBytes: 0 }), 'down (1 restart)');
+  const ghcr = { ...base, registry: 'ghcr.io', upstream: 'https://ghcr.io', address: '127.0.0.1:5001', restarts: 0, cacheBytes: 0 };
+  assert.equal(mirrorCell({ ...base, healthy: true, restarts: 0, cacheBytes: 1024, others: [{ ...ghcr, healthy: true }] }), 'healthy 1K +1');
+  assert.equal(mirrorCell({ ...base, healthy: true, restarts: 0, cacheBytes: 1024, others: [{ ...ghcr, healthy: true }, { ...ghcr, registry: 'quay.io', healthy: false }] }), 'healthy 1K +2, 1 down');
 });

@@ -6,11 +6,17 @@ import { formatSize } from '../core/sizes.ts';
 import { addClientOptions, clientFrom, type ClientFlags } from './fleet-client.ts';
 import { table, type Output } from './output.ts';
 
-/** `healthy 12.3M`, `down (3 restarts)`, or `-` when the host runs no mirror. */
+/**
+ * `healthy 12.3M`, `down (3 restarts)`, or `-` when the host runs no mirror; the host's mirrors of other
+ * registries add `+2` (`+2, 1 down`). `--json` has them all.
+ */
 export function mirrorCell(m: HostMirror | null | undefined): string {
   if (!m) return '-';
-  if (m.healthy) return `healthy ${formatSize(m.cacheBytes)}`;
-  return `down (${m.restarts} restart${m.restarts === 1 ? '' : 's'})`;
+  const others = m.others ?? [];
+  const down = others.filter((o) => !o.healthy).length;
+  const more = others.length > 0 ? ` +${others.length}${down > 0 ? `, ${down} down` : ''}` : '';
+  if (m.healthy) return `healthy ${formatSize(m.cacheBytes)}${more}`;
+  return `down (${m.restarts} restart${m.restarts === 1 ? '' : 's'})${more}`;
 }
 
 /** `3s`, `12m`, `5h`, `2d`: how long since `iso`, for the STATE column. */

@@ -16,7 +16,7 @@ import { openStore } from '../store/store.ts';
 import { createToken, makeSecret, revokeToken } from '../store/tokens.ts';
 import type { VmDriver } from '../vm/driver.ts';
 import { loadServerConfig, redact, type ServerFlags } from './fleet-config.ts';
-import { makeDriverFor, makeLogger, makeMirrorFor } from './fleet-wiring.ts';
+import { makeDriverFor, makeLogger, makeMirrorsFor } from './fleet-wiring.ts';
 import type { Output } from './output.ts';
 
 export interface UpOptions {
@@ -38,8 +38,8 @@ export interface UpOptions {
   bootstrapTokenFile?: string;
   adminToken?: string;
   github?: MakeServerOptions['github'];
-  /** The local host's registry mirror, supervised by the local agent. */
-  mirror?: RegistryMirror;
+  /** The local host's registry mirrors (one per registry), supervised by the local agent. */
+  mirrors?: RegistryMirror[];
   mirrorStatusIntervalMs?: number;
   /** Where the local agent spills unacknowledged job output past its memory limit. */
   outputSpillDir?: string;
@@ -86,7 +86,7 @@ export async function startUp(o: UpOptions): Promise<UpHandle> {
       driver: o.driver,
       images: o.images,
       logger: o.logger,
-      ...(o.mirror ? { mirror: o.mirror } : {}),
+      ...(o.mirrors?.length ? { mirrors: o.mirrors } : {}),
       ...(o.mirrorStatusIntervalMs ? { statusIntervalMs: o.mirrorStatusIntervalMs } : {}),
       ...(o.outputSpillDir ? { outputSpillDir: o.outputSpillDir } : {}),
       ...(o.credentialDir ? { credentialDir: o.credentialDir } : {}),
@@ -119,6 +119,8 @@ export async function startUp(o: UpOptions): Promise<UpHandle> {
   }
 }
 
+const collect = (v: string, acc: string[] = []) => [...acc, v];
+
 export function registerUp(program: Command, out: () => Output): void {
   program
     .command('up')
@@ -128,8 +130,12 @@ export function registerUp(program: Command, out: () => Output): void {
     .option('--config <file>', 'config file, YAML or JSON (env KILN_CONFIG)')
     .option('--driver <kind>', 'VM driver: qemu (default) or memory (simulated, for trying the fleet without VMs)', 'qemu')
     .option('--label <label...>', 'labels this host offers (pools)')
-    .option('--mirror-upstream <url>', 'run a registry mirror of this upstream for the local VMs (env KILN_MIRROR_UPSTREAM; credentials from KILN_MIRROR_USERNAME/KILN_MIRROR_PASSWORD)')
-    .option('--mirror-listen <host:port>', 'where the mirror listens (default 127.0.0.1:5000; env KILN_MIRROR_LISTEN)')
+    .option(
+      '--mirror-upstream <[registry=]url>',
+      'run a registry mirror of this upstream for the local VMs: a URL for Docker Hub, REGISTRY=URL (ghcr.io=https://ghcr.io) for another registry; repeatable (env KILN_MIRROR_UPSTREAM, comma-separated; credentials for the first from KILN_MIRROR_USERNAME/KILN_MIRROR_PASSWORD)',
+      collect,
+    )
+    .option('--mirror-listen <host:port>', 'where the first mirror listens (default 127.0.0.1:5000; the others on the next ports; env KILN_MIRROR_LISTEN)')
     .option('--log-level <level>', 'log level (env KILN_LOG_LEVEL)')
     .action(async (flags: ServerFlags & { driver: string; label?: string[] }) => {
       const o = out();
@@ -154,7 +160,7 @@ export function registerUp(program: Command, out: () => Output): void {
         ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
         ...(flags.label ? { labels: flags.label } : {}),
         ...(cfg.github ? { github: { config: cfg.github } } : {}),
-        ...(cfg.mirror ? { mirror: makeMirrorFor(cfg.mirror, cfg.dataDir, logger)!, mirrorStatusIntervalMs: cfg.mirror.statusIntervalMs } : {}),
+        ...(cfg.mirror ? { mirrors: makeMirrorsFor(cfg.mirror, cfg.dataDir, logger), mirrorStatusIntervalMs: cfg.mirror.statusIntervalMs } : {}),
       });
       tighten(cfg.dataDir);
       o.info(`kiln is up at ${up.url} with one local agent (${driver.name} driver)`);

@@ -38,26 +38,37 @@ export const HostCapacity = Type.Object(
 );
 export type HostCapacity = Static<typeof HostCapacity>;
 
-/** The host's registry mirror as its agent reports it (never upstream credentials). */
-export const MirrorStatusMsg = Type.Object(
-  {
-    state: Type.Union([Type.Literal('stopped'), Type.Literal('starting'), Type.Literal('running'), Type.Literal('backoff')]),
-    healthy: Type.Boolean(),
-    restarts: Type.Integer({ minimum: 0 }),
-    /** Bytes the cache occupies on disk (allocated blocks). */
-    cacheBytes: Type.Integer({ minimum: 0 }),
-    /** The upstream URL, never its credentials. */
-    upstream: Type.String({ maxLength: 500 }),
-    address: Type.String({ maxLength: 300 }),
-    guestAddress: Type.Optional(Type.String({ maxLength: 300 })),
-    pid: Type.Optional(Type.Integer({ minimum: 1 })),
-    lastExit: Type.Optional(
-      Type.Object(
-        { code: Type.Union([Type.Integer(), Type.Null()]), signal: Type.Union([Type.String({ maxLength: 20 }), Type.Null()]), at: Type.String({ maxLength: 40 }) },
-        { additionalProperties: false },
-      ),
+const mirrorStatusFields = {
+  state: Type.Union([Type.Literal('stopped'), Type.Literal('starting'), Type.Literal('running'), Type.Literal('backoff')]),
+  healthy: Type.Boolean(),
+  restarts: Type.Integer({ minimum: 0 }),
+  /** Bytes the cache occupies on disk (allocated blocks). */
+  cacheBytes: Type.Integer({ minimum: 0 }),
+  /** The upstream URL, never its credentials. */
+  upstream: Type.String({ maxLength: 500 }),
+  address: Type.String({ maxLength: 300 }),
+  guestAddress: Type.Optional(Type.String({ maxLength: 300 })),
+  pid: Type.Optional(Type.Integer({ minimum: 1 })),
+  lastExit: Type.Optional(
+    Type.Object(
+      { code: Type.Union([Type.Integer(), Type.Null()]), signal: Type.Union([Type.String({ maxLength: 20 }), Type.Null()]), at: Type.String({ maxLength: 40 }) },
+      { additionalProperties: false },
     ),
-  },
+  ),
+  /** The registry the mirror stands in for (docker.io when absent: agents before other registries). */
+  registry: Type.Optional(Type.String({ maxLength: 200 })),
+};
+
+/** One mirror of another registry on the host (ghcr.io, quay.io), reported beside the first. */
+export const OtherMirrorStatusMsg = Type.Object(mirrorStatusFields, { additionalProperties: false });
+export type OtherMirrorStatusMsg = Static<typeof OtherMirrorStatusMsg>;
+
+/**
+ * The host's registry mirror as its agent reports it (never upstream credentials): the first mirror
+ * (Docker Hub's when there is one), and the host's mirrors of other registries in `others`.
+ */
+export const MirrorStatusMsg = Type.Object(
+  { ...mirrorStatusFields, others: Type.Optional(Type.Array(OtherMirrorStatusMsg, { maxItems: 16 })) },
   { additionalProperties: false },
 );
 export type MirrorStatusMsg = Static<typeof MirrorStatusMsg>;

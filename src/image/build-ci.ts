@@ -29,7 +29,7 @@ import { join } from 'node:path';
 import { archFromNode, type Arch } from '../core/arch.ts';
 import { KilnError } from '../core/errors.ts';
 import { formatSize } from '../core/sizes.ts';
-import { renderGuestMirrorConfigs } from '../oci/mirror-config.ts';
+import { REGISTRY_ADDRESS_PLACEHOLDER, REGISTRY_NAME_PLACEHOLDER, renderGuestMirrorConfigs, renderGuestRegistryMirror } from '../oci/mirror-config.ts';
 import { pickDebianSource, type DebianSource } from './apt-sources.ts';
 import { guestFile, type BuildOptions } from './build-minimal.ts';
 import { cloneFixBinary } from './guest-helper.ts';
@@ -282,6 +282,16 @@ function installKilnFiles(root: string, profile: 'ci' | 'runner', arch: Arch): v
     mkdirSync(join(target, '..'), { recursive: true });
     writeFileSync(target, f.content, { mode: f.mode });
   }
+  // Templates for mirrors of other registries (ghcr.io, quay.io): ci-boot.sh fills in the name and address of
+  // each `kiln.mirror.<registry>=<address>` word (paths included), appends the BuildKit part, and adds the
+  // /etc/hosts line and Docker's insecure-registries entry the renderer describes.
+  const other = renderGuestRegistryMirror({ registry: REGISTRY_NAME_PLACEHOLDER, address: REGISTRY_ADDRESS_PLACEHOLDER });
+  for (const f of other.files) {
+    const target = join(kilnDir, 'mirror-registry', f.path);
+    mkdirSync(join(target, '..'), { recursive: true });
+    writeFileSync(target, f.content, { mode: f.mode });
+  }
+  writeFileSync(join(kilnDir, 'mirror-registry.buildkitd.toml'), other.buildkitdToml, { mode: 0o644 });
 }
 
 /** A UUID (RFC 4122 layout, version 5 style bits) derived from `seed`, so mkfs gets the same one for the same inputs. */

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { parse } from 'yaml';
 import { isKilnError } from '../core/errors.ts';
-import { renderGuestMirrorConfigs, renderMirrorServerConfig } from './mirror-config.ts';
+import { assertRegistryName, renderGuestMirrorConfigs, renderGuestRegistryMirror, renderMirrorServerConfig } from './mirror-config.ts';
 
 void test('server config: proxy mode, our listen address and storage, credentials only when given', () => {
   const doc = parse(renderMirrorServerConfig({ listen: '127.0.0.1:5000', storageDir: '/var/lib/kiln/mirror/storage', upstream: { url: 'https://registry-1.docker.io' }, secret: 's' })) as Record<string, Record<string, unknown>>;
@@ -34,4 +34,22 @@ void test('guest configs point every client at the mirror address and carry no c
   assert.equal(JSON.parse(g.files[0]?.content ?? '')['registry-mirrors'][0], 'http://10.0.2.2:5000');
   assert.doesNotMatch(renderGuestMirrorConfigs({ address: '10.0.2.2:5000', fallbackToUpstream: false }).containerdHostsToml, /server =/);
   assert.throws(() => renderGuestMirrorConfigs({ address: 'http://10.0.2.2:5000' }), (e) => isKilnError(e, 'mirror.address_invalid'));
+});
+
+void test('another registry: per-registry files, a BuildKit section, the /etc/hosts line and Docker entry; bad names refused', () => {
+  const g = renderGuestRegistryMirror({ registry: 'ghcr.io', address: '10.0.2.101:5000' });
+  assert.deepEqual(g.files.map((f) => f.path), ['/etc/containerd/certs.d/ghcr.io/hosts.toml', '/etc/containers/registries.conf.d/51-kiln-mirror-ghcr.io.conf']);
+  assert.match(g.files[0]!.content, /\[host\."http:\/\/10\.0\.2\.101:5000"\]\n\s+capabilities = \["pull", "resolve"\]/);
+  assert.doesNotMatch(g.files[0]!.content, /https:\/\/ghcr\.io/, 'no fallback to the registry itself: its name is the mirror in the guest');
+  assert.match(g.files[1]!.content, /prefix = "ghcr\.io"[\s\S]*\[\[registry\.mirror\]\]\nlocation = "10\.0\.2\.101:5000"\ninsecure = true/);
+  assert.match(g.buildkitdToml, /\[registry\."ghcr\.io"\]\n\s+mirrors = \["10\.0\.2\.101:5000"\]/);
+  assert.equal(g.hostsLine, '10.0.2.101\tghcr.io');
+  assert.equal(g.dockerInsecure, 'ghcr.io');
+  for (const bad of ['GHCR.IO', 'ghcr', 'ghcr.io:443', 'https://ghcr.io', 'ghcr.io/x', 'a b.io', '-x.io']) {
+    assert.throws(() => renderGuestRegistryMirror({ registry: bad, address: '10.0.2.101:5000' }), (e) => isKilnError(e, 'mirror.registry_invalid'), bad);
+  }
+  assert.throws(() => renderGuestRegistryMirror({ registry: 'docker.io', address: '10.0.2.101:5000' }), (e) => isKilnError(e, 'mirror.registry_invalid'));
+  assert.doesNotThrow(() => assertRegistryName('registry.example.com'));
+  // Short names are Docker Hub names for buildah too, as for Docker.
+  assert.match(renderGuestMirrorConfigs({ address: '10.0.2.100:5000' }).registriesConf, /^unqualified-search-registries = \["docker\.io"\]$/m);
 });

@@ -117,7 +117,9 @@ export function renderGuestMirrorConfigs(opts: { address: string; fallbackToUpst
     '',
   ].join('\n');
   const registriesConf = [
-    '# Written by kiln: pull docker.io through the host mirror.',
+    '# Written by kiln: pull docker.io through the host mirror; short names (hello:1) are Docker Hub names, as for Docker.',
+    'unqualified-search-registries = ["docker.io"]',
+    '',
     '[[registry]]',
     'prefix = "docker.io"',
     'location = "docker.io"',
@@ -137,6 +139,63 @@ export function renderGuestMirrorConfigs(opts: { address: string; fallbackToUpst
       { path: '/etc/buildkit/buildkitd.toml', content: buildkitdToml, mode: 0o644 },
       { path: '/etc/containerd/certs.d/docker.io/hosts.toml', content: containerdHostsToml, mode: 0o644 },
       { path: '/etc/containers/registries.conf.d/50-kiln-mirror.conf', content: registriesConf, mode: 0o644 },
+    ],
+  };
+}
+
+/** Registry names another mirror may serve (ghcr.io, quay.io, registry.example.com): a DNS name, no port. */
+const REGISTRY_NAME_RE = /^(?=.{1,200}$)[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+$/;
+const DOCKER_HUB_NAMES = new Set(['docker.io', 'index.docker.io', 'registry-1.docker.io', 'registry.hub.docker.com']);
+
+/**
+ * Checks a registry name an operator mirrors besides Docker Hub. `docker.io` (and its aliases) is the default
+ * registry and has its own, fixed guest address; other names are DNS names without a port or path.
+ */
+export function assertRegistryName(name: string): void {
+  if (DOCKER_HUB_NAMES.has(name)) return;
+  if (!REGISTRY_NAME_RE.test(name)) {
+    throw new KilnError('mirror.registry_invalid', `registry name "${name}" is not a registry host name`, {
+      hint: 'write it as the image references name it, e.g. ghcr.io or quay.io (lower case, no scheme, port or path)',
+    });
+  }
+}
+
+/** docker.io, or one of Docker Hub's other names. */
+export function isDockerHub(name: string): boolean {
+  return DOCKER_HUB_NAMES.has(name);
+}
+
+/** Placeholders the per-registry guest templates are rendered with at image build time (src/image/guest/ci-boot.sh fills them in). */
+export const REGISTRY_NAME_PLACEHOLDER = 'kiln-registry-placeholder.invalid';
+export const REGISTRY_ADDRESS_PLACEHOLDER = 'kiln-registry-address-placeholder:65534';
+
+/**
+ * Guest configs for a mirror of another registry (ghcr.io, quay.io) at `address` (host:port as the guest sees
+ * it). containerd, BuildKit and the containers tools (buildah, podman, skopeo) take a per-registry mirror.
+ * Docker 20.10 mirrors docker.io only, so the guest also points the registry's name at the address's IP
+ * (`hostsLine`, for /etc/hosts) and lists the name as an insecure registry (`dockerInsecure`): Docker then
+ * tries https://<name> and, refused (the mirror speaks plain HTTP, on 443 too), http://<name>; kiln forwards
+ * ports 80 and 443 of that IP to the mirror as well. No upstream fallback: the name is the mirror's in the guest.
+ */
+export function renderGuestRegistryMirror(opts: { registry: string; address: string }): { files: GuestFile[]; buildkitdToml: string; hostsLine: string; dockerInsecure: string } {
+  const { registry: r, address: a } = opts;
+  if (r !== REGISTRY_NAME_PLACEHOLDER) {
+    assertRegistryName(r);
+    if (isDockerHub(r)) throw new KilnError('mirror.registry_invalid', 'docker.io is mirrored through renderGuestMirrorConfigs', { kind: 'internal' });
+  }
+  assertHostPort(a, 'guest-visible mirror address');
+  const ip = a.slice(0, a.lastIndexOf(':'));
+  const header = `# Written by kiln: pull ${r} through the host mirror for it.`;
+  const buildkitdToml = ['', header, `[registry.${tomlString(r)}]`, `  mirrors = [${tomlString(a)}]`, '', `[registry.${tomlString(a)}]`, '  http = true', '  insecure = true', ''].join('\n');
+  const containerdHostsToml = [header, `server = ${tomlString(`http://${a}`)}`, '', `[host.${tomlString(`http://${a}`)}]`, '  capabilities = ["pull", "resolve"]', ''].join('\n');
+  const registriesConf = [header, '[[registry]]', `prefix = ${tomlString(r)}`, `location = ${tomlString(r)}`, '', '[[registry.mirror]]', `location = ${tomlString(a)}`, 'insecure = true', ''].join('\n');
+  return {
+    buildkitdToml,
+    hostsLine: `${ip}\t${r}`,
+    dockerInsecure: r,
+    files: [
+      { path: `/etc/containerd/certs.d/${r}/hosts.toml`, content: containerdHostsToml, mode: 0o644 },
+      { path: `/etc/containers/registries.conf.d/51-kiln-mirror-${r}.conf`, content: registriesConf, mode: 0o644 },
     ],
   };
 }

@@ -59,6 +59,13 @@ export interface VmSpec {
    */
   registryMirror?: string;
   /**
+   * Mirrors of other registries (ghcr.io, quay.io): the registry's name and the mirror's address as the guest
+   * reaches it (an IP:port that `forwards` serve); passed as kernel command-line words
+   * kiln.mirror.<registry>=<ip:port>. The ci profile configures containerd, BuildKit and buildah for them and
+   * points the name at the IP for Docker (docs/mirror.md). Other images ignore them.
+   */
+  registryMirrors?: { registry: string; address: string }[];
+  /**
    * Warm start (default true when the driver has a snapshot store): restore the VM from a memory snapshot
    * of the booted image instead of booting it; false always boots cold (`kiln run --cold`).
    */

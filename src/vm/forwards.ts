@@ -17,6 +17,39 @@ export const MIRROR_GUEST_IP = '10.0.2.100';
 export const MIRROR_GUEST_PORT = 5000;
 export const MIRROR_GUEST_ADDRESS = `${MIRROR_GUEST_IP}:${MIRROR_GUEST_PORT}`;
 
+/**
+ * What every VM of a host with registry mirrors gets: Docker Hub's mirror at MIRROR_GUEST_ADDRESS
+ * (10.0.2.100:5000); the k-th mirror of another registry at 10.0.2.(101+k), port 5000 for containerd, BuildKit
+ * and buildah, and ports 80 and 443 for Docker (which reaches it by the registry's name, pointed there in the
+ * guest). Every port is a forward to the mirror's host port on 127.0.0.1.
+ */
+export function mirrorVmSettings(mirrors: { registry: string; hostPort: number }[]): {
+  forwards: HostForward[];
+  registryMirror?: string;
+  registryMirrors?: { registry: string; address: string }[];
+} {
+  const forwards: HostForward[] = [];
+  const out: ReturnType<typeof mirrorVmSettings> = { forwards };
+  const others: { registry: string; address: string }[] = [];
+  for (const m of mirrors) {
+    if (m.registry === 'docker.io') {
+      if (out.registryMirror) throw new Error('two mirrors for docker.io');
+      forwards.push({ guestAddr: MIRROR_GUEST_IP, guestPort: MIRROR_GUEST_PORT, hostPort: m.hostPort });
+      out.registryMirror = MIRROR_GUEST_ADDRESS;
+      continue;
+    }
+    if (others.length >= OTHER_MIRRORS_MAX) throw new Error(`at most ${OTHER_MIRRORS_MAX} mirrors of registries other than docker.io`);
+    const ip = `10.0.2.${101 + others.length}`;
+    for (const guestPort of [MIRROR_GUEST_PORT, 80, 443]) forwards.push({ guestAddr: ip, guestPort, hostPort: m.hostPort });
+    others.push({ registry: m.registry, address: `${ip}:${MIRROR_GUEST_PORT}` });
+  }
+  if (others.length > 0) out.registryMirrors = others;
+  return out;
+}
+
+/** Guest addresses 10.0.2.101-10.0.2.116 serve mirrors of other registries. */
+export const OTHER_MIRRORS_MAX = 16;
+
 /** The forward that puts a mirror listening on the host's loopback (127.x:port, localhost:port) at MIRROR_GUEST_ADDRESS; undefined for other addresses. */
 export function mirrorForward(listen: string): HostForward | undefined {
   const m = /^(127\.[0-9.]+|localhost):([0-9]{1,5})$/.exec(listen);

@@ -120,7 +120,7 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
   const coldReason = (spec: VmSpec): string | undefined => {
     if (!warm || spec.warm === false) return 'warm starts are off';
     if (spec.image.rootDiskPath) return 'images with a root disk boot cold';
-    if (spec.registryMirror) return 'a VM with a registry mirror boots cold';
+    if (spec.registryMirror || (spec.registryMirrors?.length ?? 0) > 0) return 'a VM with a registry mirror boots cold';
     if ((spec.forwards?.length ?? 0) > 0) return 'a VM with host forwards boots cold';
     return undefined;
   };

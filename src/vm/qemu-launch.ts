@@ -42,7 +42,9 @@ export function hasNic(spec: VmSpec): boolean {
  * added for a cold boot (`withMirror`); VMs with a mirror boot cold.
  */
 export function launchBase(spec: VmSpec, o: LaunchOptions, withMirror: boolean): TemplateLaunch {
-  const mirror = withMirror && spec.registryMirror ? [`kiln.registry_mirror=${spec.registryMirror}`] : [];
+  const mirror = withMirror
+    ? [...(spec.registryMirror ? [`kiln.registry_mirror=${spec.registryMirror}`] : []), ...(spec.registryMirrors ?? []).map((m) => `kiln.mirror.${m.registry}=${m.address}`)]
+    : [];
   const tscKhz = spec.arch === 'amd64' && o.hostArch === 'amd64' && o.accel === 'tcg' ? o.tscKhz() : undefined;
   return {
     id: spec.id,

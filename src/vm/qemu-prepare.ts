@@ -78,6 +78,11 @@ export function validateVmSpec(spec: VmSpec, exists: (id: string) => boolean): v
   if (spec.registryMirror !== undefined && !/^[A-Za-z0-9.-]+:[0-9]{1,5}$/.test(spec.registryMirror)) {
     throw new KilnError('input.bad_registry_mirror', `registry mirror "${spec.registryMirror}" is not host:port`, { hint: 'e.g. 10.0.2.100:5000 (the address as the guest reaches it)' });
   }
+  for (const m of spec.registryMirrors ?? []) {
+    if (!/^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+$/.test(m.registry) || m.registry.length > 200 || !/^[0-9]{1,3}(?:\.[0-9]{1,3}){3}:[0-9]{1,5}$/.test(m.address)) {
+      throw new KilnError('input.bad_registry_mirror', `registry mirror ${m.registry}=${m.address} is not a registry name and an IP:port`, { hint: 'e.g. ghcr.io and 10.0.2.101:5000 (the address as the guest reaches it)' });
+    }
+  }
   for (const f of spec.forwards ?? []) {
     if (!Number.isInteger(f.hostPort) || f.hostPort < 1 || f.hostPort > 65535 || !Number.isInteger(f.guestPort) || f.guestPort < 1 || f.guestPort > 65535 || !/^10\.0\.2\.[0-9]{1,3}$/.test(f.guestAddr)) {
       throw new KilnError('vm.bad_forward', `forward ${f.guestAddr}:${f.guestPort} -> 127.0.0.1:${f.hostPort} is not valid`, { kind: 'internal', hint: 'forwards go from a 10.0.2.x address to a host port (1-65535)' });

@@ -38,12 +38,16 @@ export class Harness {
     return [...this.procs].filter((p) => p.exitCode === null && p.signalCode === null).map((p) => p.pid ?? -1);
   }
 
-  async startRegistry(opts: { port?: number; proxy?: { remoteurl: string; username?: string; password?: string }; token?: TokenServer; allowForeignUrls?: boolean; tls?: { certFile: string; keyFile: string } } = {}): Promise<Registry> {
+  /**
+   * `accessLog`: the registry logs every request (distribution's access log) and `Registry.requests()` parses
+   * them, so a test can count what reached it.
+   */
+  async startRegistry(opts: { port?: number; proxy?: { remoteurl: string; username?: string; password?: string }; token?: TokenServer; allowForeignUrls?: boolean; tls?: { certFile: string; keyFile: string }; accessLog?: boolean } = {}): Promise<Registry> {
     const dir = await this.tempDir('kiln-registry-');
     const port = opts.port ?? (await freePort());
     const lines = [
       'version: 0.1',
-      'log: {level: error, accesslog: {disabled: true}}',
+      `log: {level: error, accesslog: {disabled: ${opts.accessLog ? 'false' : 'true'}}}`,
       `storage: {filesystem: {rootdirectory: ${join(dir, 'data')}}, delete: {enabled: true}}`,
       `http: {addr: "127.0.0.1:${port}", secret: kiln-test${opts.tls ? `, tls: {certificate: "${opts.tls.certFile}", key: "${opts.tls.keyFile}"}` : ''}}`,
     ];
@@ -56,7 +60,7 @@ export class Harness {
     }
     const config = join(dir, 'config.yml');
     await writeFile(config, `${lines.join('\n')}\n`);
-    const reg = new Registry(`127.0.0.1:${port}`, config, this.procs, opts.tls !== undefined);
+    const reg = new Registry(`127.0.0.1:${port}`, config, this.procs, opts.tls !== undefined, opts.accessLog === true);
     this.cleanups.push(() => reg.stop());
     await reg.start();
     return reg;
@@ -111,6 +115,32 @@ export class Harness {
     }
   }
 
+  /**
+   * An image of `layers` layers (each `bytesPerLayer` of random data: nothing compresses, no two layers are
+   * alike) built from scratch, one commit per layer; returns its local name.
+   */
+  async buildLayeredImage(o: { arch: string; layers: number; bytesPerLayer: number }): Promise<string> {
+    const { randomBytes } = await import('node:crypto');
+    let from = 'scratch';
+    let name = '';
+    for (let i = 0; i < o.layers; i++) {
+      const dir = await this.tempDir('kiln-ctx-');
+      await writeFile(join(dir, `layer${i}.bin`), randomBytes(o.bytesPerLayer));
+      const ctr = await this.buildah(['from', from]);
+      try {
+        await this.buildah(['copy', ctr, join(dir, `layer${i}.bin`), `/layer${i}.bin`]);
+        await this.buildah(['config', '--arch', o.arch, '--os', 'linux', ctr]);
+        name = `localhost/kiln-test-${randomUUID().slice(0, 8)}`;
+        await this.buildah(['commit', '-q', ctr, name]);
+      } finally {
+        await this.buildah(['rm', ctr]).catch(() => undefined);
+      }
+      await rm(dir, { recursive: true, force: true });
+      from = name;
+    }
+    return name;
+  }
+
   /** Pushes a buildah image to `dest` (docker://… or oci:…) and returns the pushed manifest digest. */
   async buildahPush(image: string, dest: string, format: 'oci' | 'v2s2' = 'oci', extra: string[] = []): Promise<string> {
     const dir = await this.tempDir('kiln-digest-');
@@ -123,12 +153,24 @@ export class Harness {
 export class Registry {
   private proc: ChildProcess | undefined;
   output = '';
+  /** Every access-log line (only with `accessLog`), in order. */
+  private readonly accessLines: string[] = [];
+  private partial = '';
   constructor(
     readonly host: string,
     readonly configFile: string,
     private readonly procs: Set<ChildProcess>,
     readonly tls = false,
+    private readonly accessLog = false,
   ) {}
+
+  /** The requests the registry answered so far (its access log): method, path and status. */
+  requests(): { method: string; path: string; status: number }[] {
+    return this.accessLines.flatMap((l) => {
+      const m = /"([A-Z]+) (\S+) HTTP\/[0-9.]+" ([0-9]{3}) /.exec(l);
+      return m ? [{ method: m[1]!, path: m[2]!, status: Number(m[3]) }] : [];
+    });
+  }
 
   get url(): string {
     return `${this.tls ? 'https' : 'http'}://${this.host}`;
@@ -143,7 +185,13 @@ export class Registry {
     const p = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'docker-registry', 'serve', this.configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc = p;
     this.procs.add(p);
-    const keep = (d: Buffer) => (this.output = (this.output + d.toString()).slice(-8000));
+    const keep = (d: Buffer) => {
+      this.output = (this.output + d.toString()).slice(-8000);
+      if (!this.accessLog) return;
+      const lines = (this.partial + d.toString()).split('\n');
+      this.partial = lines.pop() ?? '';
+      this.accessLines.push(...lines.filter((l) => / HTTP\/[0-9.]+" [0-9]{3} /.test(l)));
+    };
     p.stdout?.on('data', keep);
     p.stderr?.on('data', keep);
     await waitFor(async () => {

@@ -121,3 +121,51 @@ void describe('registry mirror', () => {
     assert.equal((await skopeoRaw(`${mirrorHost}/library/hello:1`)).digest, digest);
   });
 });
+
+void describe('registry mirror: each blob crosses from the upstream once', () => {
+  const o = new Harness();
+  after(async () => {
+    await o.cleanup();
+    assert.deepEqual(o.livePids(), []);
+  });
+
+  // distribution 2.8 alone fetched every cold blob twice (it streams it to the client and stores it with a
+  // second GET); kiln's front (src/agent/upstream-front.ts) shares one fetch between them.
+  void test('three cold pulls at once of a 3-layer image: every blob GET reaches the upstream once, every copy intact', { timeout: 120_000 }, async () => {
+    const up = await o.startRegistry({ accessLog: true });
+    const image = await o.buildLayeredImage({ arch: 'amd64', layers: 3, bytesPerLayer: 2 * 1024 * 1024 });
+    await o.buildahPush(image, `docker://${up.host}/library/layers:1`, 'v2s2');
+    const m = await skopeoRaw(`${up.host}/library/layers:1`);
+    const j = m.json as { config: { digest: string }; layers: { digest: string }[] };
+    const blobs = [j.config.digest, ...j.layers.map((l) => l.digest)];
+    const from = up.requests().length;
+    const listen = `127.0.0.1:${await freePort()}`;
+    const mirror = new RegistryMirror({ dataDir: await o.tempDir('kiln-data-'), listen, upstream: { url: up.url } });
+    await mirror.start();
+    try {
+      await mirror.waitHealthy(15_000);
+      const dirs = await Promise.all([1, 2, 3].map(() => o.tempDir('kiln-copy-')));
+      // skopeo checks every blob's digest as it copies; a wrong byte fails the copy.
+      await Promise.all(dirs.map((d) => skopeo(['copy', '-q', '--src-tls-verify=false', `docker://${listen}/library/layers:1`, `oci:${d}:x`])));
+      const gets = new Map<string, number>();
+      for (const q of up.requests().slice(from)) {
+        const b = /\/blobs\/(sha256:[0-9a-f]{64})$/.exec(q.path)?.[1];
+        if (b && q.method === 'GET') gets.set(b, (gets.get(b) ?? 0) + 1);
+      }
+      assert.deepEqual(
+        blobs.map((b) => gets.get(b) ?? 0),
+        blobs.map(() => 1),
+        `upstream blob GETs: ${JSON.stringify([...gets])}`,
+      );
+      const s = mirror.frontStats();
+      assert.equal(s.blobFetches, blobs.length);
+      assert.ok(s.blobShared >= blobs.length, `each blob's second request (distribution's store) shared the fetch: ${JSON.stringify(s)}`);
+      // A later pull is served from the cache: no blob reaches the upstream.
+      const at = up.requests().length;
+      await skopeo(['copy', '-q', '--src-tls-verify=false', `docker://${listen}/library/layers@${m.digest}`, `oci:${await o.tempDir('kiln-copy-')}:x`]);
+      assert.deepEqual(up.requests().slice(at).filter((q) => q.path.includes('/blobs/')), []);
+    } finally {
+      await mirror.stop();
+    }
+  });
+});

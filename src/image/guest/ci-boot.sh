@@ -4,8 +4,9 @@
 # deleted with the VM and the disk limit holds for all of it.
 #
 # Registry mirror: the host passes `kiln.registry_mirror=<host:port>` (the address as the guest sees it)
-# on the kernel command line; the configs kiln rendered for it at image build time (src/oci/mirror-config.ts)
-# are put in place with that address. Without the word, no mirror is configured.
+# on the kernel command line (for docker.io), and `kiln.mirror.<registry>=<host:port>` for each other registry
+# mirrored; the configs kiln rendered for them at image build time (src/oci/mirror-config.ts) are put in place
+# with those names and addresses. Without the words, no mirror is configured.
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 mkdir -p /dev/mqueue && mount -t mqueue mqueue /dev/mqueue 2>/dev/null
 for m in overlay br_netfilter bridge veth nf_tables nft_chain_nat nft_compat xt_conntrack xt_MASQUERADE xt_addrtype ip_tables iptable_nat iptable_filter; do
@@ -31,9 +32,12 @@ else
 fi
 step ci-disk
 
+mirror=
+others=
 for w in $(cat /proc/cmdline); do
   case "$w" in
     kiln.registry_mirror=*) mirror=${w#kiln.registry_mirror=} ;;
+    kiln.mirror.*=*) others="$others ${w#kiln.mirror.}" ;;
   esac
 done
 if [ -n "$mirror" ] && [ -d /etc/kiln/mirror ]; then
@@ -43,6 +47,32 @@ if [ -n "$mirror" ] && [ -d /etc/kiln/mirror ]; then
     sed "s/kiln-mirror-placeholder:65535/$mirror/g" "/etc/kiln/mirror/$f" > "$t"
   done
   step "ci-mirror $mirror"
+fi
+# Mirrors of other registries: `kiln.mirror.<registry>=<ip:port>` (the host checked both). containerd and
+# buildah get per-registry files, BuildKit a section; Docker 20.10 mirrors docker.io only, so the registry's
+# name points at the mirror's IP (kiln forwards its ports 80 and 443 there too) and is an insecure registry.
+insecure=
+if [ -n "$others" ] && [ -d /etc/kiln/mirror-registry ]; then
+  for o in $others; do
+    r=${o%%=*}
+    a=${o#*=}
+    (cd /etc/kiln/mirror-registry && find . -type f) | while read -r f; do
+      t=$(echo "${f#.}" | sed "s/kiln-registry-placeholder.invalid/$r/g")
+      mkdir -p "${t%/*}"
+      sed -e "s/kiln-registry-placeholder.invalid/$r/g" -e "s/kiln-registry-address-placeholder:65534/$a/g" "/etc/kiln/mirror-registry/$f" > "$t"
+    done
+    mkdir -p /etc/buildkit
+    sed -e "s/kiln-registry-placeholder.invalid/$r/g" -e "s/kiln-registry-address-placeholder:65534/$a/g" /etc/kiln/mirror-registry.buildkitd.toml >> /etc/buildkit/buildkitd.toml
+    printf '%s\t%s\n' "${a%:*}" "$r" >> /etc/hosts
+    insecure="$insecure, \"$r\""
+    step "ci-mirror $r $a"
+  done
+  mkdir -p /etc/docker
+  if [ -n "$mirror" ] && [ -f /etc/docker/daemon.json ]; then
+    sed -i "s/^\( *\"$mirror\"\)\$/\1$insecure/" /etc/docker/daemon.json
+  else
+    printf '{\n  "insecure-registries": [%s]\n}\n' "${insecure#, }" > /etc/docker/daemon.json
+  fi
 fi
 
 # Docker's daemons must not inherit init's OOM immunity.

@@ -18,6 +18,11 @@ export interface ServerEvents {
   'job.placed': { jobId: number; attempt: number; hostId: number; latencyMs: number };
   'job.logs': { jobId: number };
   'host.state': { hostId: number; name: string; state: HostState };
+  /**
+   * A launch failed on a host: its VM could not be launched, did not boot or crashed, or (GitHub) a runner
+   * ended on it before it took its job. The scheduler de-prefers such hosts for a while (host-penalties.ts).
+   */
+  'host.launch_failed': { hostId: number; jobId: number; code: string };
   'host.connected': { hostId: number; name: string };
   'host.disconnected': { hostId: number; name: string };
   /** An agent reported its host's status (the registry mirror). */

@@ -168,6 +168,9 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites): Provisione
               : new KilnError('github.runner_exited', `the runner VM ended (${kj.state}${vm?.exitCode !== null && vm?.exitCode !== undefined ? `, exit status ${vm.exitCode}` : ''}) before the runner took a job`, {
                   hint: 'check the runner image and command (KILN_GITHUB_RUNNER_IMAGE, KILN_GITHUB_RUNNER_COMMAND) and the VM log: kiln logs <job>',
                 });
+            // A VM error (launch refused, no boot, crash) was reported against its host by the gateway; a
+            // runner that exited on its own before taking a job counts against the host here.
+            if (vm && !vm.error && vm.hostId !== null) events.emit('host.launch_failed', { hostId: vm.hostId, jobId: vm.id, code: err.code });
             await retire(r, `its VM ended (${kj.state}) before it took a job`);
             return runnerFailed(r, err);
           }

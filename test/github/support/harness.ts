@@ -46,6 +46,7 @@ export function testGitHubConfig(apiUrl: string, over: Partial<GitHubConfig> = {
     runnerLevel: 'repo',
     runnerGroupId: 1,
     maxRunners: 100,
+    spareRunners: 0,
     runnerImage: 'runner',
     runnerCommand: [STAND_IN_NAME],
     runnerNamePrefix: 'kiln',

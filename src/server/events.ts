@@ -29,7 +29,8 @@ export interface ServerEvents {
   'host.status': { hostId: number; name: string; mirror: HostMirror | null };
   'agent.rejected': { code: string; message: string };
   /** Host power (src/server/power): a wake was sent, a wake was given up, a host went to sleep, a power command failed. */
-  'power.wake_sent': { hostId: number; name: string; attempt: number };
+  /** `via`: the awake host that relayed the Wake-on-LAN packet (absent: the server sent the wake itself). */
+  'power.wake_sent': { hostId: number; name: string; attempt: number; via?: string };
   'power.wake_failed': { hostId: number; name: string; message: string };
   'power.asleep': { hostId: number; name: string };
   'power.error': { hostId: number; name: string; action: 'sleep' | 'wake'; message: string };

@@ -181,7 +181,9 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites): Provisione
         if (kj && isTerminal(kj.state)) {
           // A VM that ended before its runner took a job (launch refused, image missing, the runner command
           // failing, the VM lost) counts against the job: backoff, then a bounded give-up.
-          if (isAvailableRunner(r.state) && r.job === null && kj.state !== 'succeeded' && !kj.cancelRequested) {
+          // (A spare that idled to its VM's time limit did not fail: it is replaced, not backed off.)
+          const idleSpareTimedOut = r.forJob === null && kj.state === 'timed_out';
+          if (isAvailableRunner(r.state) && r.job === null && kj.state !== 'succeeded' && !kj.cancelRequested && !idleSpareTimedOut) {
             const vm = await vms.get(db, kj.id);
             const err = vm?.error
               ? new KilnError(vm.error.code, `the runner VM failed before the runner took a job: ${vm.error.message}`)

@@ -31,7 +31,7 @@ import type { ImageResolver } from './images.ts';
 import type { MirrorStatus, RegistryMirror } from './mirror.ts';
 import { makeOutputLog } from './output-log.ts';
 import { makeSupervisor, type Supervisor } from './supervisor.ts';
-import { hostPowerReport, type AgentPowerOptions } from './power.ts';
+import { hostPowerReport, sendMagicPacket, type AgentPowerOptions } from './power.ts';
 import { commandFailure, runShellCommand } from '../proc/shell-command.ts';
 import { KILN_VERSION } from '../core/version.ts';
 import { MIRROR_GUEST_ADDRESS, MIRROR_GUEST_IP, MIRROR_GUEST_PORT, mirrorVmSettings } from '../vm/forwards.ts';
@@ -379,6 +379,14 @@ export function makeAgent(o: AgentOptions): Agent {
       }
       case 'sleep':
         void goToSleep(sock, m.requestId);
+        return;
+      case 'wol':
+        // The server relays a wake through this awake host (same broadcast network as the asleep one). A
+        // packet that cannot be sent is only logged: the server retries the wake when the host stays away.
+        sendMagicPacket(m.mac, m.broadcast, m.port).then(
+          () => log.info({ mac: m.mac, broadcast: m.broadcast, port: m.port }, 'sent a Wake-on-LAN packet for a host on this network'),
+          (e: unknown) => log.warn({ mac: m.mac, broadcast: m.broadcast, port: m.port, err: (e as Error).message }, 'could not send the Wake-on-LAN packet the server asked for'),
+        );
         return;
       case 'launch':
         supervisor.launch(m.jobId, m.attempt, m.spec);

@@ -14,4 +14,10 @@ void test('protocol: valid messages round-trip; malformed ones are protocol erro
   assert.throws(() => a.decode('x'.repeat(MAX_MESSAGE_BYTES + 1)), (e) => isKilnError(e, 'protocol.too_large'));
   const s = makeServerMessageDecoder();
   assert.equal(s.decode(JSON.stringify({ type: 'stop', jobId: 1, attempt: 1, reason: 'cancel' })).type, 'stop');
+  // The Wake-on-LAN relay: a MAC, a broadcast address and a port, nothing else.
+  const wol = { type: 'wol', mac: 'aa:bb:cc:00:11:22', broadcast: '192.168.1.255', port: 9 };
+  assert.deepEqual(s.decode(JSON.stringify(wol)), wol);
+  assert.throws(() => s.decode(JSON.stringify({ ...wol, mac: 'not-a-mac' })), (e) => isKilnError(e, 'protocol.bad_message'));
+  assert.throws(() => s.decode(JSON.stringify({ ...wol, port: 70000 })), (e) => isKilnError(e, 'protocol.bad_message'));
+  assert.throws(() => s.decode(JSON.stringify({ ...wol, command: 'rm -rf /' })), (e) => isKilnError(e, 'protocol.bad_message'));
 });

@@ -209,6 +209,19 @@ export const ServerMessage = Type.Union([
   Type.Object({ type: Type.Literal('done.ack'), jobId: Id, attempt: Attempt }, { additionalProperties: false }),
   /** Drain (no new jobs come; running ones finish), answer host.sleeping, then sleep. */
   Type.Object({ type: Type.Literal('sleep'), requestId: Id }, { additionalProperties: false }),
+  /**
+   * Wake-on-LAN relay: send the magic packet for `mac` to `broadcast:port` from this (awake) host, which
+   * reported the same broadcast network as the asleep one (the server may not be on that network).
+   */
+  Type.Object(
+    {
+      type: Type.Literal('wol'),
+      mac: Type.String({ pattern: '^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$' }),
+      broadcast: Type.String({ minLength: 1, maxLength: 100 }),
+      port: Type.Integer({ minimum: 1, maximum: 65535 }),
+    },
+    { additionalProperties: false },
+  ),
   /** Every output chunk of (job, attempt) up to `seq` is stored: the agent may forget them. */
   Type.Object({ type: Type.Literal('log.ack'), jobId: Id, attempt: Attempt, seq: Type.Integer({ minimum: 0 }) }, { additionalProperties: false }),
   /** Answer to `job.start`: the command may start (`start.ok`) or must not (the VM is stopped). */

@@ -19,13 +19,19 @@ export interface ServerEvents {
   'job.placed': { jobId: number; attempt: number; hostId: number; latencyMs: number };
   'job.logs': { jobId: number };
   'host.state': { hostId: number; name: string; state: HostState };
+  /**
+   * A launch failed on a host: its VM could not be launched, did not boot or crashed, or (GitHub) a runner
+   * ended on it before it took its job. The scheduler de-prefers such hosts for a while (host-penalties.ts).
+   */
+  'host.launch_failed': { hostId: number; jobId: number; code: string };
   'host.connected': { hostId: number; name: string };
   'host.disconnected': { hostId: number; name: string };
   /** An agent reported its host's status (the registry mirror). */
   'host.status': { hostId: number; name: string; mirror: HostMirror | null };
   'agent.rejected': { code: string; message: string };
   /** Host power (src/server/power): a wake was sent, a wake was given up, a host went to sleep, a power command failed. */
-  'power.wake_sent': { hostId: number; name: string; attempt: number };
+  /** `via`: the awake host that relayed the Wake-on-LAN packet (absent: the server sent the wake itself). */
+  'power.wake_sent': { hostId: number; name: string; attempt: number; via?: string };
   'power.wake_failed': { hostId: number; name: string; message: string };
   'power.asleep': { hostId: number; name: string };
   'power.error': { hostId: number; name: string; action: 'sleep' | 'wake'; message: string };

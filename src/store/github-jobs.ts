@@ -198,6 +198,24 @@ export async function listQueuedAccepted(db: Q): Promise<GhJob[]> {
   return rows.map(ghJobFromRow);
 }
 
+/**
+ * The newest accepted job of each demand key seen since `since` (ms): the label sets kiln keeps spare runners
+ * for, and what such a runner is registered as (scope, installation, labels).
+ */
+export async function recentDemandKeys(db: Q, since: number): Promise<GhJob[]> {
+  const rows = await db
+    .selectFrom('github_jobs')
+    .selectAll()
+    .distinctOn('demand_key')
+    .where('decision', '=', 'accepted')
+    .where('demand_key', 'is not', null)
+    .where('created_at', '>', new Date(since))
+    .orderBy('demand_key')
+    .orderBy('created_at', 'desc')
+    .execute();
+  return rows.map(ghJobFromRow);
+}
+
 /** Accepted queued jobs not read from GitHub since `checkedBefore` (lost webhooks). */
 export async function listStaleQueued(db: Q, checkedBefore: number, limit: number): Promise<GhJob[]> {
   const rows = await db

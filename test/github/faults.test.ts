@@ -6,7 +6,7 @@
 import { describe, test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { KilnError } from '../../src/core/errors.ts';
-import { memoryImageResolver } from '../../src/agent/images.ts';
+import { memoryImageResolver, type ImageResolver } from '../../src/agent/images.ts';
 import { makeMemoryDriver, type GuestProgram } from '../../src/vm/memory-driver.ts';
 import { assertInvariants, runnerVms, startGitHubHarness as startOn, until, type GitHubHarness } from './support/harness.ts';
 import { standInRunner } from './support/stand-in-runner.ts';
@@ -90,6 +90,71 @@ for (const { kind, skip } of storeKinds()) {
       assert.deepEqual(await assertInvariants(h, { allowReprovision: true }), []);
     });
 
+    void test('one host lacks the runner image, another has it: after the first failure the job is served by the second host', async () => {
+      const missing: ImageResolver = async (image, arch) => {
+        if (image === 'runner') throw new KilnError('image.not_found', 'no image "runner" on this host');
+        return memoryImageResolver(image, arch);
+      };
+      // host-1 (registered first, so first in placement's tie-break between equal fits) cannot run the runner.
+      h = await startGitHubHarness({ config: { maxFailures: 3, backoffBaseMs: 50, backoffMaxMs: 200 }, images: missing, extraAgents: [{}] });
+      const failed: string[] = [];
+      h.server.github!.events.on('runner.failed', (e) => failed.push(e.code));
+      const hostIds = new Map((await h.client.request<{ hosts: { id: number; name: string }[] }>('GET', '/v1/hosts')).hosts.map((x) => [x.name, x.id]));
+      const job = await h.double.queueJob('acme/app', ['kiln']);
+      await until('the job ran', () => h!.double.jobs.get(job.id)?.status === 'completed', 30_000);
+      assert.deepEqual(failed, ['image.not_found'], 'one failed attempt on host-1, then host-2');
+      await until('settled', () => settled(h!));
+      const vms = await h.store.db.selectFrom('jobs').select(['id', 'host_id', 'state']).where('tenant', '=', 'github').orderBy('id').execute();
+      assert.deepEqual(
+        vms.map((v) => [v.host_id, v.state]),
+        [
+          [hostIds.get('host-1'), 'failed'],
+          [hostIds.get('host-2'), 'succeeded'],
+        ],
+      );
+      const u = (await usage(h)).find((x) => x.jobId === job.id)!;
+      assert.equal(u.hostId, hostIds.get('host-2'));
+      // The next job goes to host-2 at once: host-1 is still de-preferred.
+      const next = await h.double.queueJob('acme/app', ['kiln']);
+      await until('the next job ran', () => h!.double.jobs.get(next.id)?.status === 'completed', 30_000);
+      assert.equal(failed.length, 1, 'no new failure');
+      assert.match(h.logs(), /launch failed on host; other hosts preferred for a while/);
+      await until('settled', () => settled(h!));
+      assert.deepEqual(await assertInvariants(h, { allowReprovision: true }), []);
+    });
+
+    void test('a surplus of 1: an idle runner is kept ready per label set, the next job takes it, registrations stay within jobs + surplus', async () => {
+      h = await startGitHubHarness({ config: { spareRunners: 1 } });
+      const runners = async () => (await h!.client.request<{ runners: { name: string; state: string; ghJobId: number | null }[] }>('GET', '/v1/github/runners')).runners;
+      const first = await h.double.queueJob('acme/secret', ['kiln']);
+      await until('the first job ran', () => h!.double.jobs.get(first.id)?.status === 'completed', 30_000);
+      await until('one idle runner is online for the label set', async () => {
+        const live = await runners();
+        return live.length === 1 && live[0]!.state === 'online' && live[0]!.ghJobId === null;
+      });
+      const ready = (await runners())[0]!.name;
+      const regs = h.double.registeredNames.length;
+      assert.ok(regs <= 2, `${regs} registrations for 1 job and a surplus of 1`);
+      // The next job is taken by the runner that was already online, and a new spare takes its place.
+      const second = await h.double.queueJob('acme/secret', ['kiln']);
+      await until('the second job ran', () => h!.double.jobs.get(second.id)?.status === 'completed', 30_000);
+      assert.equal(h.double.jobs.get(second.id)?.runnerName, ready, 'the spare took the job');
+      await until('the surplus is restored', async () => {
+        const live = await runners();
+        return live.length === 1 && live[0]!.state === 'online' && live[0]!.name !== ready;
+      });
+      assert.ok(h.double.registeredNames.length <= 3, `${h.double.registeredNames.length} registrations for 2 jobs and a surplus of 1`);
+      // Kept, not retired after the idle grace (300 ms here): still the same one a while later.
+      const kept = (await runners())[0]!.name;
+      let passes = 0;
+      const off = h.server.github!.events.on('pass.done', () => passes++);
+      const t0 = Date.now();
+      await until('three idle graces and ten passes went by', () => Date.now() - t0 > 1_000 && passes >= 10);
+      off();
+      assert.deepEqual((await runners()).map((r) => [r.name, r.state]), [[kept, 'online']]);
+      assert.deepEqual(await assertInvariants(h), []);
+    });
+
     void test('a rate-limit answer holds every GitHub call until the reset, then kiln resumes', async () => {
       h = await startGitHubHarness();
       const reset = Math.ceil(Date.now() / 1000) + 2;
@@ -137,7 +202,7 @@ for (const { kind, skip } of storeKinds()) {
     });
 
     void test('a burst played through online, busy and done while the double sends its own deliveries: runners ≤ jobs, none retired while starting, every usage record complete', async () => {
-      const N = 60;
+      const N = 300;
       h = await startGitHubHarness({ config: { idleGraceMs: 2_000, bootTimeoutMs: 60_000 } });
       h.double.faults.newestFirst = true;
       const last = new Map<string, string>();

@@ -333,6 +333,52 @@ for (const { kind, skip } of storeKinds()) {
   });
 }
 
+// The relay: the asleep host's Wake-on-LAN packet is sent by an awake agent that reported the same broadcast
+// network (the server may not be on it). One packet arrives, from the relay (its log says so), not the server.
+for (const { kind, skip } of storeKinds()) {
+  if (kind === 'pglite')
+    void test(`Wake-on-LAN relay: an awake agent on the same network sends the magic packet (${kind})`, { skip, timeout: 300_000 }, async () => {
+      const udp = createSocket('udp4');
+      udp.bind(0, '127.0.0.1');
+      await once(udp, 'listening');
+      const port = udp.address().port;
+      const packets: Buffer[] = [];
+      udp.on('message', (m) => packets.push(m));
+      const wd = await start(kind, () => ({ policy: policy({}, { idleAfterMs: undefined }) }));
+      try {
+        const sleeper = await wd.w.spawnAgent('wol0', [wd.url], wd.agentToken, { cpus: 4, wol: { mac: 'AA:BB:CC:00:11:22', broadcast: '127.0.0.1', port } });
+        const relay = await wd.w.spawnAgent('wol1', [wd.url], wd.agentToken, { cpus: 4, wol: { mac: 'AA:BB:CC:00:11:33', broadcast: '127.0.0.1', port } });
+        const env = { KILN_SERVER: wd.url, KILN_TOKEN: wd.admin };
+        await until('both hosts online', () => wd.client.request<{ hosts: Host[] }>('GET', '/v1/hosts'), (r) => r.hosts.filter((h) => h.state === 'online').length === 2);
+        const asleep = collect(wd.server.events, 'power.asleep', 1);
+        assert.equal((await runKilnCommand(['hosts', 'sleep', 'wol0'], env)).code, 0);
+        await asleep;
+        const sent = collect(wd.server.events, 'power.wake_sent', 1);
+        const packet = once(udp, 'message') as Promise<[Buffer]>;
+        assert.equal((await runKilnCommand(['hosts', 'wake', 'wol0'], env)).code, 0);
+        const [e] = await sent;
+        assert.equal(e!.via, 'wol1', 'the wake went through the awake host on the same network');
+        const [msg] = await packet;
+        const mac = Buffer.from('aabbcc001122', 'hex');
+        assert.equal(msg.length, 102);
+        assert.ok(msg.subarray(0, 6).equals(Buffer.alloc(6, 0xff)));
+        for (let i = 0; i < 16; i++) assert.ok(msg.subarray(6 + i * 6, 12 + i * 6).equals(mac));
+        await relay.waitForOutput(/sent a Wake-on-LAN packet for a host on this network/, 30_000);
+        assert.doesNotMatch(sleeper.output(), /sent a Wake-on-LAN packet/);
+        // The wake is answered when the "NIC" wakes the host; no second packet was sent (first attempt: the
+        // relay only, not the server as well).
+        const up = collect(wd.server.events, 'host.connected', 1, (c) => c.name === 'wol0');
+        process.kill(sleeper.proc.pid!, 'SIGCONT');
+        await up;
+        assert.equal((await byName(wd.client, 'wol0')).state, 'online');
+        assert.equal(packets.length, 1, `${packets.length} packets`);
+      } finally {
+        udp.close();
+        await wd.close();
+      }
+    });
+}
+
 /** Polls another process's API until `pred` holds (the replicas are other processes: no events to await). */
 async function until<T>(what: string, f: () => Promise<T>, pred: (v: T) => boolean, timeoutMs = 180_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;

@@ -67,5 +67,9 @@ export async function applyResult(deps: GatewayDeps, l: HostLink, r: JobResultMs
   }
   l.send({ type: 'done.ack', jobId: r.jobId, attempt: r.attempt });
   if (res) deps.jobs.finished(l.hostId, res);
+  // A VM that could not be launched, did not boot or crashed here makes the scheduler prefer other hosts.
+  if (res?.job.state === 'failed' && (r.outcome === 'launch_failed' || r.outcome === 'boot_failed' || r.outcome === 'crashed')) {
+    deps.ctx.events.emit('host.launch_failed', { hostId: l.hostId, jobId: r.jobId, code: r.code ?? `vm.${r.outcome}` });
+  }
   deps.scheduler.capacityFreed();
 }

@@ -24,6 +24,14 @@ void test('config: the redelivery interval follows the reconcile interval unless
   assert.throws(() => parseGitHubConfig({ ...base, KILN_GITHUB_API_CALLS_PER_MINUTE: '0' }), /calls per minute/);
 });
 
+void test('config: spare runners per label set default to 0, are settable by environment and file, and must be whole numbers', () => {
+  assert.equal(parseGitHubConfig(base)!.spareRunners, 0);
+  assert.equal(parseGitHubConfig({ ...base, KILN_GITHUB_SPARE_RUNNERS: '2' })!.spareRunners, 2);
+  assert.equal(parseGitHubConfig(base, { spareRunners: 3 })!.spareRunners, 3);
+  assert.throws(() => parseGitHubConfig({ ...base, KILN_GITHUB_SPARE_RUNNERS: '-1' }), /spare runners/);
+  assert.throws(() => parseGitHubConfig({ ...base, KILN_GITHUB_SPARE_RUNNERS: '1.5' }), /spare runners/);
+});
+
 void test('the fork refusal names the environment variable that allows it', () => {
   const f = forkDecision({ repo: 'acme/app', isPrivate: false, headRepo: 'evil/app', forkPrAllowed: [] });
   assert.ok(!f.ok && /KILN_GITHUB_FORK_PR_ALLOWED/.test(f.reason));

@@ -45,6 +45,11 @@ export interface GitHubConfig {
   runnerGroupId: number;
   /** Most runners (VMs) kiln keeps at once for GitHub. */
   maxRunners: number;
+  /**
+   * Idle runners kept ready per label set (demand key) used in the last 24 h, beyond its queued jobs, so a
+   * job finds a runner already online (default 0). Within maxRunners and the API budget.
+   */
+  spareRunners: number;
   /** Guest image and command that start the Actions runner (the runner image profile). */
   runnerImage: string;
   runnerCommand: string[];
@@ -81,6 +86,7 @@ export interface GitHubFileConfig {
   runnerLevel?: string;
   runnerGroupId?: number;
   maxRunners?: number;
+  spareRunners?: number;
   runnerImage?: string;
   runnerCommand?: string[];
   tenant?: string;
@@ -97,6 +103,7 @@ export const GITHUB_DEFAULTS = {
   runnerLevel: 'repo',
   runnerGroupId: 1,
   maxRunners: 20,
+  spareRunners: 0,
   runnerImage: 'runner',
   runnerCommand: ['/opt/kiln/start-runner'],
   runnerNamePrefix: 'kiln',
@@ -199,6 +206,7 @@ export function parseGitHubConfig(env: Record<string, string | undefined>, file:
     runnerLevel: level === 'org' ? 'org' : 'repo',
     runnerGroupId: num(env.KILN_GITHUB_RUNNER_GROUP_ID ?? file.runnerGroupId, 'runner group id', GITHUB_DEFAULTS.runnerGroupId, 1),
     maxRunners: num(env.KILN_GITHUB_MAX_RUNNERS ?? file.maxRunners, 'max runners', GITHUB_DEFAULTS.maxRunners, 0),
+    spareRunners: num(env.KILN_GITHUB_SPARE_RUNNERS ?? file.spareRunners, 'spare runners per label set', GITHUB_DEFAULTS.spareRunners, 0),
     runnerImage: env.KILN_GITHUB_RUNNER_IMAGE ?? file.runnerImage ?? GITHUB_DEFAULTS.runnerImage,
     runnerCommand: cmd,
     runnerNamePrefix: GITHUB_DEFAULTS.runnerNamePrefix,

@@ -50,7 +50,8 @@ void test('planner: with more online runners than queued jobs, the ones standing
   const p = planProvisioning([job(1)], [a, b], budget, 0);
   assert.deepEqual(p.markSurplus, [b.id]);
   assert.deepEqual(p.start, []);
-  assert.deepEqual(planProvisioning([job(1)], [a, b], { ...budget, spare: 1 }, 0).markSurplus, []);
+  assert.deepEqual(planProvisioning([job(1)], [a, b], { ...budget, spare: 1 }, 0, new Map([['k', null]])).markSurplus, []);
+  assert.deepEqual(planProvisioning([job(1)], [a, b], { ...budget, spare: 1 }, 0).markSurplus, [b.id], 'the surplus holds only for the keys it is given');
 });
 
 /**
@@ -60,7 +61,11 @@ void test('planner: with more online runners than queued jobs, the ones standing
  * more runners start than queued jobs lack, the budget holds. At the end: every job ran, and registrations
  * are at most jobs + runner failures.
  */
-function simulate(seed: number, steps: number): { jobs: number; registrations: number; failures: number; idleRetired: number; unneededRetired: number; problems: string[] } {
+function simulate(
+  seed: number,
+  steps: number,
+  spare = 0,
+): { jobs: number; registrations: number; failures: number; idleRetired: number; unneededRetired: number; liveAtEnd: number; problems: string[] } {
   const rnd = seededRandom(seed);
   const keys = ['a', 'b', 'c'];
   const maxRunners = 4 + Math.floor(rnd() * 20);
@@ -81,6 +86,8 @@ function simulate(seed: number, steps: number): { jobs: number; registrations: n
   let idleRetired = 0;
   // Runners not yet online retired because their key had no queued job left.
   let unneededRetired = 0;
+  // The surplus applies to every key; a spare that dies before taking a job backs its key's spares off.
+  const spareBackoff = new Map<string, number | null>(spare > 0 ? keys.map((k) => [k, null]) : []);
 
   const advance = (k: Known, s: Known['state']) => {
     const order = ['queued', 'in_progress', 'completed'];
@@ -132,6 +139,7 @@ function simulate(seed: number, steps: number): { jobs: number; registrations: n
           failures++;
           const k = r.forJob ? known.get(r.forJob.jobId) : undefined;
           if (k) k.nextAttemptAt = now + 500;
+          else if (spare > 0) spareBackoff.set(r.demandKey, now + 500);
         } else r.state = 'online';
       } else if (r.state === 'online' && !r.ghBusy) {
         const q = [...gh.values()].filter((g) => g.status === 'queued' && g.key === r.demandKey);
@@ -154,17 +162,22 @@ function simulate(seed: number, steps: number): { jobs: number; registrations: n
       // A pass: plan on kiln's knowledge and carry it out.
       const demand = [...known.values()].filter((k) => k.state === 'queued').map((k) => job(k.id, k.key, k.nextAttemptAt));
       const list = [...runners.values()];
-      const plan = planProvisioning(demand, list, { maxRunners, idleGraceMs: 600, spare: 0 }, now);
+      const plan = planProvisioning(demand, list, { maxRunners, idleGraceMs: 600, spare }, now, spareBackoff);
       const live = list.filter((r) => r.state !== 'gone');
       const avail = (key: string) => live.filter((r) => r.demandKey === key && ['pending', 'starting', 'online'].includes(r.state));
       for (const key of keys) {
         const queued = demand.filter((d) => d.demandKey === key).length;
         const retired = plan.retireIdle.filter((id) => runners.get(id)!.demandKey === key).length;
-        if (avail(key).length - retired < Math.min(queued, avail(key).length)) problems.push(`seed ${seed} step ${i}: retired a runner a queued job of ${key} may need`);
+        if (avail(key).length - retired < Math.min(queued + spare, avail(key).length)) problems.push(`seed ${seed} step ${i}: retired a runner a queued job (or the surplus) of ${key} may need`);
         const started = plan.start.filter((s) => known.get(s.jobId)!.key === key).length;
         if (started > Math.max(0, queued - avail(key).length)) problems.push(`seed ${seed} step ${i}: ${started} runners started for ${queued} queued jobs of ${key} with ${avail(key).length} available`);
+        const spares = plan.startSpare.filter((k) => k === key).length;
+        if (spares > Math.max(0, Math.min(spare, queued + spare - avail(key).length - started))) problems.push(`seed ${seed} step ${i}: ${spares} spares started for ${key} (${queued} queued, ${avail(key).length} available, surplus ${spare})`);
+        const backoff = spareBackoff.get(key);
+        if (spares > 0 && backoff !== undefined && backoff !== null && backoff > now) problems.push(`seed ${seed} step ${i}: a spare started for ${key} during its backoff`);
       }
-      if (live.length + plan.start.length > maxRunners && plan.start.length > 0) problems.push(`seed ${seed} step ${i}: over the runner budget`);
+      const starts = plan.start.length + plan.startSpare.length;
+      if (live.length + starts > maxRunners && starts > 0) problems.push(`seed ${seed} step ${i}: over the runner budget`);
       const claimed = new Set(live.flatMap((r) => (r.forJob ? [r.forJob.jobId] : [])));
       for (const s of plan.start) if (claimed.has(s.jobId)) problems.push(`seed ${seed} step ${i}: a second runner for job ${s.jobId}`);
       for (const id of plan.clearSurplus) runners.get(id)!.surplusSince = null;
@@ -206,10 +219,17 @@ function simulate(seed: number, steps: number): { jobs: number; registrations: n
           ghBusy: false,
         });
       }
+      for (const key of plan.startSpare) {
+        registrations++;
+        const id = nextRunner++;
+        runners.set(id, { id, demandKey: key, state: 'starting', forJob: null, surplusSince: null, createdAt: now, diesEarly: rnd() < 0.1, ghBusy: false });
+      }
     }
   }
   if (!allRan()) problems.push(`seed ${seed}: ${[...gh.values()].filter((g) => g.status !== 'completed').length} jobs never ran`);
-  return { jobs: nextJob - 1, registrations, failures, idleRetired, unneededRetired, problems };
+  const liveAtEnd = [...runners.values()].filter((r) => r.state !== 'gone').length;
+  if (spare === 0 && liveAtEnd > 0 && [...runners.values()].some((r) => r.state === 'busy')) problems.push(`seed ${seed}: a runner is still busy at the end`);
+  return { jobs: nextJob - 1, registrations, failures, idleRetired, unneededRetired, liveAtEnd, problems };
 }
 
 void test('planner property: random interleavings of deliveries, re-reads and runner events', () => {
@@ -225,4 +245,47 @@ void test('planner property: random interleavings of deliveries, re-reads and ru
   }
   assert.ok(total.jobs > 2_000 && total.registrations > 2_000, `the simulation exercised the planner: ${JSON.stringify(total)}`);
   assert.ok(total.idleRetired + total.unneededRetired <= total.jobs * 0.03, `surplus stays rare: ${JSON.stringify(total)}`);
+});
+
+void test('planner property with a surplus: spares within queued + surplus per key, never in backoff, within the budget; every job runs', () => {
+  let spares = 0;
+  for (let seed = 1; seed <= 40; seed++) {
+    const r = simulate(seed * 101, 400, 1 + (seed % 2));
+    assert.deepEqual(r.problems.slice(0, 5), [], `seed ${seed}`);
+    // Every registration served a job, failed, idled past the grace, was retired unneeded, or is still alive
+    // (the spares kept ready at the end).
+    assert.ok(r.registrations <= r.jobs + r.failures + r.idleRetired + r.unneededRetired + r.liveAtEnd, `seed ${seed}: ${JSON.stringify(r)}`);
+    assert.ok(r.liveAtEnd <= 3 * (1 + (seed % 2)), `seed ${seed}: ${r.liveAtEnd} runners left for a surplus of ${1 + (seed % 2)} on 3 keys`);
+    spares += r.liveAtEnd;
+  }
+  assert.ok(spares > 0, 'spares were kept ready');
+});
+
+void test('planner: the configured surplus starts spares after the jobs, for the keys given, within the budget and not in backoff', () => {
+  const keys = new Map<string, number | null>([['k', null]]);
+  const sp = { ...budget, spare: 2 };
+  // No queued job: two spares.
+  assert.deepEqual(planProvisioning([], [], sp, 0, keys).startSpare, ['k', 'k']);
+  // One online spare already: one more.
+  assert.deepEqual(planProvisioning([], [runner('online', null)], sp, 0, keys).startSpare, ['k']);
+  // A queued job: the online spare serves it (GitHub gives it the job), two new spares take its place;
+  // none is surplus.
+  const p = planProvisioning([job(1)], [runner('online', null)], sp, 0, keys);
+  assert.deepEqual([p.start.map((k) => k.jobId), p.startSpare, p.markSurplus], [[], ['k', 'k'], []]);
+  // Two queued jobs and no runner: the jobs' runners, then the spares.
+  const two = planProvisioning([job(1), job(2)], [], sp, 0, keys);
+  assert.deepEqual([two.start.map((k) => k.jobId), two.startSpare], [[1, 2], ['k', 'k']]);
+  // The budget: the job's runner before any spare.
+  const tight = planProvisioning([job(1)], [], { ...sp, maxRunners: 1 }, 0, keys);
+  assert.deepEqual([tight.start.map((k) => k.jobId), tight.startSpare, tight.waiting], [[1], [], ['k']]);
+  // Backoff: the key's spares (or a job of the key) backing off start no spare.
+  assert.deepEqual(planProvisioning([], [], sp, 0, new Map([['k', 100]])).startSpare, []);
+  assert.deepEqual(planProvisioning([], [], sp, 100, new Map([['k', 100]])).startSpare, ['k', 'k']);
+  assert.deepEqual(planProvisioning([job(1, 'k', 500)], [], sp, 0, keys).startSpare, []);
+  // Keys not given (not used lately) keep no spare: an idle online runner there is surplus.
+  const idle = runner('online', null, { demandKey: 'old' });
+  const q = planProvisioning([], [idle], sp, 0, keys);
+  assert.deepEqual([q.markSurplus, q.startSpare], [[idle.id], ['k', 'k']]);
+  // Surplus 0 (the default): nothing is kept.
+  assert.deepEqual(planProvisioning([], [], budget, 0, keys).startSpare, []);
 });

@@ -8,6 +8,10 @@
  *   jobs. So a key needs as many available runners (pending, starting, online) as it has queued jobs.
  * - Registrations: no more new runners in a key than its queued jobs minus its available runners; never one
  *   for a job a live runner already stands for, for a job in backoff, or beyond the runner budget.
+ * - The surplus (`budget.spare`, KILN_GITHUB_SPARE_RUNNERS): a key in `spareKeys` (label sets used lately)
+ *   wants `spare` available runners beyond its queued jobs, started after every job's runner and within the
+ *   budget, none while a job of the key or the key's spares are in backoff (something keeps failing there).
+ *   Spares stand for no job; GitHub hands them the next queued job of their key.
  * - Retirement: a runner is never retired while a queued job of its key may still need it. Online runners
  *   beyond the key's queued jobs are surplus; they are retired after the idle grace (the provisioner first
  *   asks GitHub whether they took a job meanwhile). A runner not yet online is retired only when its key
@@ -39,13 +43,15 @@ export interface PlanBudget {
   maxRunners: number;
   /** Idle online surplus runners are kept this long before they are retired. */
   idleGraceMs: number;
-  /** Extra available runners a key may keep beyond its queued jobs before any is surplus. */
+  /** Available runners a key of `spareKeys` keeps ready beyond its queued jobs (the configured surplus). */
   spare: number;
 }
 
 export interface Plan {
   /** Jobs to start a runner for, in order (oldest first). */
   start: GhJobKey[];
+  /** Spare runners to start, one entry (its demand key) per runner, after the jobs' runners. */
+  startSpare: string[];
   /** Surplus online runners to mark (their idle grace starts now). */
   markSurplus: number[];
   /** Runners marked surplus that are needed again. */
@@ -62,8 +68,19 @@ const AVAILABLE: ReadonlySet<RunnerState> = new Set(['pending', 'starting', 'onl
 const LIVE: ReadonlySet<RunnerState> = new Set(['pending', 'starting', 'online', 'busy', 'stopping']);
 const id = (k: GhJobKey) => `${k.jobId}/${k.runAttempt}`;
 
-export function planProvisioning(demand: readonly DemandJob[], runners: readonly PlanRunner[], budget: PlanBudget, now: number): Plan {
-  const plan: Plan = { start: [], markSurplus: [], clearSurplus: [], retireIdle: [], retireUnneeded: [], waiting: [] };
+/**
+ * `spareKeys`: the keys the surplus applies to, each with the time before which no spare may start (a spare
+ * of the key failed: backoff), or null.
+ */
+export function planProvisioning(
+  demand: readonly DemandJob[],
+  runners: readonly PlanRunner[],
+  budget: PlanBudget,
+  now: number,
+  spareKeys: ReadonlyMap<string, number | null> = new Map(),
+): Plan {
+  const plan: Plan = { start: [], startSpare: [], markSurplus: [], clearSurplus: [], retireIdle: [], retireUnneeded: [], waiting: [] };
+  const spareOf = (key: string) => (budget.spare > 0 && spareKeys.has(key) ? budget.spare : 0);
   const live = runners.filter((r) => LIVE.has(r.state));
   const jobsByKey = group(demand, (j) => j.demandKey);
   const availableByKey = group(
@@ -73,7 +90,7 @@ export function planProvisioning(demand: readonly DemandJob[], runners: readonly
   const claimed = new Set(live.flatMap((r) => (r.forJob ? [id(r.forJob)] : [])));
 
   for (const [key, avail] of availableByKey) {
-    const want = (jobsByKey.get(key)?.length ?? 0) + budget.spare;
+    const want = (jobsByKey.get(key)?.length ?? 0) + spareOf(key);
     const online = avail.filter((r) => r.state === 'online');
     // Only online runners can be surplus, and only as many as the key has runners beyond its demand.
     const surplus = Math.min(online.length, avail.length - want);
@@ -94,6 +111,7 @@ export function planProvisioning(demand: readonly DemandJob[], runners: readonly
   }
 
   let room = budget.maxRunners - live.length;
+  const started = new Map<string, number>();
   for (const [key, jobs] of jobsByKey) {
     let need = jobs.length - (availableByKey.get(key)?.length ?? 0);
     for (const j of jobs) {
@@ -105,8 +123,27 @@ export function planProvisioning(demand: readonly DemandJob[], runners: readonly
         break;
       }
       plan.start.push(j.key);
+      started.set(key, (started.get(key) ?? 0) + 1);
       claimed.add(id(j.key));
       need--;
+      room--;
+    }
+  }
+  // The surplus, after every job's runner: each key of spareKeys up to its queued jobs + spare.
+  for (const key of [...spareKeys.keys()].sort()) {
+    const spare = spareOf(key);
+    if (spare === 0) continue;
+    const notBefore = spareKeys.get(key) ?? null;
+    const jobs = jobsByKey.get(key) ?? [];
+    if ((notBefore !== null && notBefore > now) || jobs.some((j) => j.nextAttemptAt !== null && j.nextAttemptAt > now)) continue;
+    const have = (availableByKey.get(key)?.length ?? 0) + (started.get(key) ?? 0);
+    const need = Math.min(spare, jobs.length + spare - have);
+    for (let k = 0; k < need; k++) {
+      if (room <= 0) {
+        if (!plan.waiting.includes(key)) plan.waiting.push(key);
+        break;
+      }
+      plan.startSpare.push(key);
       room--;
     }
   }

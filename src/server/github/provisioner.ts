@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { KilnError, isKilnError, toKilnError } from '../../core/errors.ts';
 import { isTerminal } from '../../core/job-state.ts';
 import { isAvailableRunner, nextRunnerState, LIVE_RUNNER_STATES, type RunnerEvent } from '../../core/runner-state.ts';
-import { getGhJob, listQueuedAccepted, updateGhJob, type GhJob } from '../../store/github-jobs.ts';
+import { getGhJob, listQueuedAccepted, recentDemandKeys, updateGhJob, type GhJob, type GhJobKey } from '../../store/github-jobs.ts';
 import { goneRunnersWithLiveVms, insertRunner, listRunnersIn, updateRunner, type GhRunner, type GhRunnerPatch } from '../../store/github-runners.ts';
 import { reread } from './admission.ts';
 import { isRetryable } from '../../core/error-catalogue.ts';
@@ -16,6 +16,9 @@ import { RUNNER_ENV, type RunnerVmWrites } from './job-writes.ts';
 import { jobInstallation, runnerInstallation, runnerScope, type GitHubParts } from './parts.ts';
 import { planProvisioning } from './planner.ts';
 import { backoffMs, classifyLabels } from './policy.ts';
+
+/** Label sets used within this window keep their spare runners (KILN_GITHUB_SPARE_RUNNERS). */
+export const SPARE_WINDOW_MS = 24 * 3600_000;
 
 export interface Provisioner {
   /** Applies a runner event (the state machine decides the state); logs and emits the change. */
@@ -33,11 +36,14 @@ export interface Provisioner {
 export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites): Provisioner {
   const { config, api, db, log, events } = p;
   const stopTried = new Map<number, number>();
+  /** Spare runners that ended before taking a job, per demand key: backoff for the key's spares (this leader's memory). */
+  const spareFailures = new Map<string, { failures: number; notBefore: number }>();
 
   async function setRunner(r: GhRunner, event: RunnerEvent, fields: GhRunnerPatch = {}): Promise<void> {
     const state = nextRunnerState(r.state, event);
     await updateRunner(db, r.id, { state, ...fields, ...(state === 'gone' ? { endedAt: p.now() } : {}) });
     if (state === 'online' || state === 'busy' || state === 'gone') await vms.scrubJitConfig(db, r.kilnJobId);
+    if (state === 'online') spareFailures.delete(r.demandKey);
     if (state !== r.state) {
       const reason = event.type === 'retire' ? event.reason : event.type === 'ended' ? event.reason : undefined;
       log.info({ runner: r.name, from: r.state, to: state, ...(reason ? { reason } : {}) }, 'runner state');
@@ -63,13 +69,24 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites): Provisione
     }
   }
 
+  /** A spare runner (standing for no job) ended before it took one: its key's spares back off. */
+  function spareFailed(r: Pick<GhRunner, 'demandKey' | 'name'>, err: KilnError): void {
+    const failures = (spareFailures.get(r.demandKey)?.failures ?? 0) + 1;
+    const retryInMs = backoffMs(failures, config.backoffBaseMs, config.backoffMaxMs);
+    spareFailures.set(r.demandKey, { failures, notBefore: p.now() + retryInMs });
+    p.metrics.runnerFailures.inc({ code: err.code });
+    log.warn({ runner: r.name, demandKey: r.demandKey, failures, code: err.code, reason: err.message, retryInMs }, 'spare runner failed before taking a job');
+  }
+
   async function runnerFailed(r: GhRunner, err: KilnError): Promise<void> {
-    if (r.forJob === null || r.job !== null) return;
+    if (r.job !== null) return;
+    if (r.forJob === null) return spareFailed(r, err);
     const j = await getGhJob(db, r.forJob);
     if (j && j.decision === 'accepted') await failJob(j, err, r.name);
   }
 
-  async function startRunner(j: GhJob): Promise<void> {
+  /** Registers a runner for `forJob` (null: a spare) with the labels and scope of job `j`, and queues its VM. */
+  async function startRunner(j: GhJob, forJob: GhJobKey | null = j): Promise<void> {
     const c = classifyLabels(j.labels);
     if (c.kind !== 'accept') return;
     const [owner = j.owner, repoName = ''] = j.repo.split('/');
@@ -79,7 +96,7 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites): Provisione
     const newName = () => `${config.runnerNamePrefix}-${randomBytes(6).toString('hex')}`;
     let name = newName();
     // Persist the intended name before calling GitHub: a lost answer then leaves a row the 409 path finds.
-    const row = await insertRunner(db, { name, demandKey: j.demandKey ?? '', scope, installationId: j.installationId ?? 0, labels: c.runnerLabels, forJob: j });
+    const row = await insertRunner(db, { name, demandKey: j.demandKey ?? '', scope, installationId: j.installationId ?? 0, labels: c.runnerLabels, forJob: forJob && { jobId: forJob.jobId, runAttempt: forJob.runAttempt } });
     events.emit('runner.state', { name, state: 'pending' });
     let jit: { runnerId: number; encodedJitConfig: string } | undefined;
     for (let tries = 0; !jit; tries++) {
@@ -100,7 +117,10 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites): Provisione
         await setRunner({ ...row, name }, { type: 'ended', reason: err.message }, { lastError: `${err.code}: ${err.message}` });
         // A rate limit (GitHub's, or kiln's own budget) is not the job's fault: no failure counted, the
         // next pass after the hold tries again.
-        if (err.code !== 'github.throttled' && err.code !== 'github.rate_limited') await failJob(j, err);
+        if (err.code !== 'github.throttled' && err.code !== 'github.rate_limited') {
+          if (forJob) await failJob(j, err);
+          else spareFailed(row, err);
+        }
         return;
       }
     }
@@ -117,7 +137,7 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites): Provisione
       priority: 0,
     });
     await setRunner({ ...row, name }, { type: 'registered' }, { runnerId: jit.runnerId, kilnJobId: kilnJob.id });
-    log.info({ runner: name, ghJobId: j.jobId, jobId: kilnJob.id, labels: c.runnerLabels }, 'runner VM queued');
+    log.info({ runner: name, ...(forJob ? { ghJobId: forJob.jobId } : { spare: true }), jobId: kilnJob.id, labels: c.runnerLabels }, 'runner VM queued');
   }
 
   /**
@@ -161,13 +181,18 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites): Provisione
         if (kj && isTerminal(kj.state)) {
           // A VM that ended before its runner took a job (launch refused, image missing, the runner command
           // failing, the VM lost) counts against the job: backoff, then a bounded give-up.
-          if (isAvailableRunner(r.state) && r.job === null && kj.state !== 'succeeded' && !kj.cancelRequested) {
+          // (A spare that idled to its VM's time limit did not fail: it is replaced, not backed off.)
+          const idleSpareTimedOut = r.forJob === null && kj.state === 'timed_out';
+          if (isAvailableRunner(r.state) && r.job === null && kj.state !== 'succeeded' && !kj.cancelRequested && !idleSpareTimedOut) {
             const vm = await vms.get(db, kj.id);
             const err = vm?.error
               ? new KilnError(vm.error.code, `the runner VM failed before the runner took a job: ${vm.error.message}`)
               : new KilnError('github.runner_exited', `the runner VM ended (${kj.state}${vm?.exitCode !== null && vm?.exitCode !== undefined ? `, exit status ${vm.exitCode}` : ''}) before the runner took a job`, {
                   hint: 'check the runner image and command (KILN_GITHUB_RUNNER_IMAGE, KILN_GITHUB_RUNNER_COMMAND) and the VM log: kiln logs <job>',
                 });
+            // A VM error (launch refused, no boot, crash) was reported against its host by the gateway; a
+            // runner that exited on its own before taking a job counts against the host here.
+            if (vm && !vm.error && vm.hostId !== null) events.emit('host.launch_failed', { hostId: vm.hostId, jobId: vm.id, code: err.code });
             await retire(r, `its VM ended (${kj.state}) before it took a job`);
             return runnerFailed(r, err);
           }
@@ -196,11 +221,14 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites): Provisione
     const live = await listRunnersIn(db, LIVE_RUNNER_STATES);
     const byId = new Map(live.map((r) => [r.id, r]));
     const jobs = new Map(demand.map((j) => [`${j.jobId}/${j.runAttempt}`, j]));
+    // The surplus applies to the label sets used in the last 24 h; each is registered like its newest job.
+    const templates = config.spareRunners > 0 ? new Map((await recentDemandKeys(db, p.now() - SPARE_WINDOW_MS)).map((j) => [j.demandKey ?? '', j])) : new Map<string, GhJob>();
     const plan = planProvisioning(
       demand.flatMap((j) => (j.demandKey ? [{ key: { jobId: j.jobId, runAttempt: j.runAttempt }, demandKey: j.demandKey, nextAttemptAt: j.nextAttemptAt }] : [])),
       live,
-      { maxRunners: config.maxRunners, idleGraceMs: config.idleGraceMs, spare: 0 },
+      { maxRunners: config.maxRunners, idleGraceMs: config.idleGraceMs, spare: config.spareRunners },
       p.now(),
+      new Map([...templates.keys()].map((k) => [k, spareFailures.get(k)?.notBefore ?? null])),
     );
     for (const id of plan.clearSurplus) await updateRunner(db, id, { surplusSince: null });
     for (const id of plan.markSurplus) await updateRunner(db, id, { surplusSince: p.now() });
@@ -220,12 +248,19 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites): Provisione
     for (const k of plan.start) {
       const j = jobs.get(`${k.jobId}/${k.runAttempt}`)!;
       await p.step(`provisioning a runner for GitHub job ${k.jobId}`, async () => {
-        // A job last read from GitHub more than 10 s ago is read again: it may have been taken meanwhile.
-        if (j.checkedAt === null || p.now() - j.checkedAt > 10_000) {
+        // A job not read from GitHub within the recheck interval (60 s) is read again: it may have been taken
+        // meanwhile. Not sooner: admission has just read it, and the reconciler re-reads every queued job at
+        // that interval anyway, so a slow pass (a burst, a loaded machine) no longer costs a second read per
+        // job (bench:github went from 4.56 to the figure in bench/RESULTS.md).
+        if (j.checkedAt === null || p.now() - j.checkedAt > config.recheckMs) {
           if (!(await reread(p, vms, j))) return;
         }
         await startRunner(j);
       });
+    }
+    for (const key of plan.startSpare) {
+      const t = templates.get(key)!;
+      await p.step(`starting a spare runner for ${key}`, () => startRunner(t, null));
     }
   }
 

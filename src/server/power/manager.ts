@@ -75,6 +75,8 @@ export function makePowerManager(ctx: ServerContext, deps: { registry: HostPool;
   let busy: Promise<void> | undefined;
   let stopped = true;
   let decision: PowerDecision | undefined;
+  /** The fleet as the last decision read it (Wake-on-LAN relays are picked from it). */
+  let fleet: PowerHostRow[] = [];
   const offs: (() => void)[] = [];
 
   const localLink = (hostId: number): PoolHost | undefined => deps.registry.get(hostId);
@@ -159,6 +161,7 @@ export function makePowerManager(ctx: ServerContext, deps: { registry: HostPool;
   async function decide(): Promise<void> {
     const t = now();
     const rows = await powerHosts(ctx.store.db);
+    fleet = rows;
     const elapsed = (performance.now() - accountedAt) / 1000;
     accountedAt = performance.now();
     for (const h of rows) metrics.stateSeconds.inc({ state: h.state }, elapsed);
@@ -186,6 +189,38 @@ export function makePowerManager(ctx: ServerContext, deps: { registry: HostPool;
     }
   }
 
+  /**
+   * A Wake-on-LAN relay for an asleep host: an online host connected to this replica, other than the asleep
+   * one, whose agent reported the same broadcast address (so it sits on the same network, where the packet
+   * must be sent; the server may be elsewhere). Retries rotate through the candidates.
+   */
+  function wolRelay(r: { hostId: number; attempts: number; power: PowerHostRow['power'] }): { link: PoolHost; name: string } | undefined {
+    const p = r.power;
+    if (p?.driver !== 'wol' || !p.mac || !p.broadcast) return undefined;
+    const found = fleet
+      .filter((h) => h.id !== r.hostId && h.state === 'online' && h.power?.driver === 'wol' && h.power.broadcast === p.broadcast && localLink(h.id) !== undefined)
+      .sort((a, b) => a.id - b.id);
+    const h = found[(Math.max(1, r.attempts) - 1) % Math.max(1, found.length)];
+    return h && { link: localLink(h.id)!, name: h.name };
+  }
+
+  /** Sends one wake: through a relay on the host's network when there is one, else from the server. */
+  async function send(r: { hostId: number; hostName: string; attempts: number; power: PowerHostRow['power'] }): Promise<string | undefined> {
+    const relay = wolRelay(r);
+    const p = r.power;
+    if (!relay || !p?.mac || !p.broadcast) {
+      await wakeHost({ id: r.hostId, name: r.hostName, power: p }, o);
+      return undefined;
+    }
+    relay.link.send({ type: 'wol', mac: p.mac, broadcast: p.broadcast, port: p.port ?? 9 });
+    // The last attempt is also sent from the server itself, in case every relay fails to reach the host
+    // (an error of its own is only logged: the relay's packet may well have gone out).
+    if (r.attempts >= policy.wakeAttempts) {
+      await wakeHost({ id: r.hostId, name: r.hostName, power: p }, o).catch((e: unknown) => log.debug({ hostId: r.hostId, err: (e as Error).message }, 'the server could not send the Wake-on-LAN packet itself'));
+    }
+    return relay.name;
+  }
+
   /** Leader: wakes due to be sent, each under a lease, all at once (one slow command does not hold the rest). */
   async function sendWakes(): Promise<void> {
     const leaseMs = (o.commandTimeoutMs ?? 60_000) + 30_000;
@@ -193,11 +228,11 @@ export function makePowerManager(ctx: ServerContext, deps: { registry: HostPool;
     await Promise.all(
       due.map(async (r) => {
         try {
-          await wakeHost({ id: r.hostId, name: r.hostName, power: r.power }, o);
+          const via = await send(r);
           if (await markWakeSent(ctx.store.db, r.id, ctx.serverId, policy.wakeTimeoutMs)) {
             metrics.wakes.inc({ result: 'sent' });
-            log.info({ hostId: r.hostId, host: r.hostName, attempt: r.attempts, driver: r.power?.driver }, 'wake sent');
-            ctx.events.emit('power.wake_sent', { hostId: r.hostId, name: r.hostName, attempt: r.attempts });
+            log.info({ hostId: r.hostId, host: r.hostName, attempt: r.attempts, driver: r.power?.driver, ...(via ? { via } : {}) }, via ? 'wake sent through an awake host on its network' : 'wake sent');
+            ctx.events.emit('power.wake_sent', { hostId: r.hostId, name: r.hostName, attempt: r.attempts, ...(via ? { via } : {}) });
           }
         } catch (e) {
           const k = toKilnError(e);

@@ -99,3 +99,50 @@ void test('placement packs: best fit keeps room for a large job; close to first-
   }
   assert.ok(ratioSum / 20 >= 0.97, `mean packing ratio ${ratioSum / 20} below 0.97`);
 });
+
+void test('placement with penalties: a job goes to a penalised host only when no host of a lower level has room; never banned', () => {
+  for (let seed = 1; seed <= 300; seed++) {
+    const r = rng(seed * 31);
+    const hosts = fleet(r, 1 + Math.floor(r() * 20));
+    const jobs = queue(r, Math.floor(r() * 120));
+    const penalties = new Map<number, number>();
+    for (const h of hosts) if (r() < 0.4) penalties.set(h.id, 1 + Math.floor(r() * 3));
+    const { placements, free } = placeJobs(hosts, jobs, undefined, penalties);
+    // Replay the placements in order: at each one, no host of a lower level could have taken the job.
+    const left = new Map(hosts.map((h) => [h.id, { ...h.free }]));
+    const jobById = new Map(jobs.map((j) => [j.id, j]));
+    const level = (id: number) => penalties.get(id) ?? 0;
+    for (const p of placements) {
+      const j = jobById.get(p.jobId)!;
+      const better = hosts.find((h) => level(h.id) < level(p.hostId) && h.arch === j.arch && j.hostLabels.every((l) => h.labels.includes(l)) && fits(left.get(h.id)!, j));
+      assert.equal(better, undefined, `seed ${seed}: job ${j.id} went to host ${p.hostId} (level ${level(p.hostId)}) though host ${better?.id} (level ${better ? level(better.id) : 0}) had room`);
+      const f = left.get(p.hostId)!;
+      f.cpus -= j.cpus;
+      f.memoryBytes -= j.memoryBytes;
+      f.diskBytes -= j.diskBytes;
+      assert.ok(f.cpus >= 0 && f.memoryBytes >= 0 && f.diskBytes >= 0, `seed ${seed}: host ${p.hostId} over-committed`);
+    }
+    // Never a ban: whatever is left unplaced fits on no host at all, penalised or not.
+    const placed = new Set(placements.map((p) => p.jobId));
+    for (const j of jobs) {
+      if (placed.has(j.id)) continue;
+      const could = hosts.some((h) => h.arch === j.arch && j.hostLabels.every((l) => h.labels.includes(l)) && fits(free.get(h.id)!, j));
+      assert.ok(!could, `seed ${seed}: job ${j.id} left queued though a (penalised) host has room`);
+    }
+  }
+});
+
+void test('placement with penalties: the failing host is avoided while another fits, and used when it is the only fit', () => {
+  const host = (id: number, cpus: number): HostSlot => ({ id, arch: 'amd64', labels: [], capacity: { cpus: 8, memoryBytes: 32 * GiB, diskBytes: 100 * GiB }, free: { cpus, memoryBytes: cpus * 4 * GiB, diskBytes: 100 * GiB } });
+  const job = (id: number, cpus = 2): JobDemand => ({ id, tenant: 't', arch: 'amd64', cpus, memoryBytes: cpus * GiB, diskBytes: 10 * GiB, hostLabels: [] });
+  // Without penalties host 1 (the tighter fit) wins; with host 1 penalised, host 2 takes the job.
+  assert.deepEqual(placeJobs([host(1, 2), host(2, 8)], [job(1)]).placements, [{ jobId: 1, hostId: 1 }]);
+  assert.deepEqual(placeJobs([host(1, 2), host(2, 8)], [job(1)], undefined, new Map([[1, 1]])).placements, [{ jobId: 1, hostId: 2 }]);
+  // Host 2 has no room for the second job: the penalised host 1 still takes it.
+  assert.deepEqual(placeJobs([host(1, 8), host(2, 2)], [job(1), job(2)], undefined, new Map([[1, 3]])).placements, [
+    { jobId: 1, hostId: 2 },
+    { jobId: 2, hostId: 1 },
+  ]);
+  // Levels order the hosts: a level-1 host before a level-2 one.
+  assert.deepEqual(placeJobs([host(1, 8), host(2, 8), host(3, 8)], [job(1)], undefined, new Map([[1, 2], [2, 1], [3, 2]])).placements, [{ jobId: 1, hostId: 2 }]);
+});

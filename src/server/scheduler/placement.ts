@@ -7,6 +7,10 @@
  * scarcest resource: the resource the job needs the largest share of, on that host. Tight fits leave big
  * holes elsewhere intact, so large jobs still find room. A job that fits nowhere is skipped, not blocking
  * smaller jobs behind it.
+ *
+ * Preference: hosts may carry a penalty level (recent launch failures, scheduler/host-penalties.ts). A job
+ * goes to a host of the lowest level that has room for it, and by fit among those; a penalised host still
+ * takes the job when it is the only one with room (de-preferred, never banned).
  */
 import type { Arch } from '../../core/arch.ts';
 import type { Resources } from '../../core/host.ts';
@@ -80,9 +84,16 @@ function scoreInto(h: HostSlot, free: Resources, j: JobDemand, out: [number, num
 
 /**
  * Places `jobs` (in order) on `hosts`. `tenantRoom` caps how many more jobs each listed tenant may start
- * (per-tenant concurrency limits); tenants not listed are unlimited.
+ * (per-tenant concurrency limits); tenants not listed are unlimited. `penalties` gives hosts to avoid a level
+ * (higher: avoided more); hosts not listed are at 0.
  */
-export function placeJobs(hosts: readonly HostSlot[], jobs: readonly JobDemand[], tenantRoom?: ReadonlyMap<string, number>): PlacementResult {
+export function placeJobs(
+  hosts: readonly HostSlot[],
+  jobs: readonly JobDemand[],
+  tenantRoom?: ReadonlyMap<string, number>,
+  penalties?: ReadonlyMap<number, number>,
+): PlacementResult {
+  const pen = penalties && penalties.size > 0 ? penalties : undefined;
   // A pass usually places a few jobs on a fleet of hundreds of hosts: what is free is copied only for the
   // hosts that take a job, and hosts are grouped by arch as indices (no allocation per host).
   const taken = new Map<number, Resources>();
@@ -103,6 +114,7 @@ export function placeJobs(hosts: readonly HostSlot[], jobs: readonly JobDemand[]
     const left = room.get(j.tenant);
     if (left !== undefined && left <= 0) continue;
     let best = -1;
+    let bestPen = Infinity;
     let best0 = Infinity;
     let best1 = Infinity;
     const list = byArch.get(j.arch);
@@ -112,11 +124,14 @@ export function placeJobs(hosts: readonly HostSlot[], jobs: readonly JobDemand[]
       const h = hosts[i]!;
       const f = freeAt(i);
       if (!fits(f, j) || (j.hostLabels.length > 0 && !hasLabels(h, j))) continue;
+      const p = pen ? (pen.get(h.id) ?? 0) : 0;
+      if (p > bestPen) continue;
       scoreInto(h, f, j, score);
       const s0 = score[0];
       const s1 = score[1];
-      if (s0 < best0 || (s0 === best0 && (s1 < best1 || (s1 === best1 && h.id < (best < 0 ? Infinity : hosts[best]!.id))))) {
+      if (p < bestPen || s0 < best0 || (s0 === best0 && (s1 < best1 || (s1 === best1 && h.id < (best < 0 ? Infinity : hosts[best]!.id))))) {
         best = i;
+        bestPen = p;
         best0 = s0;
         best1 = s1;
       }

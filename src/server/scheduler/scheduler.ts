@@ -15,6 +15,7 @@ import type { JobCommands, Placement } from '../jobs/job-commands.ts';
 import { makeLoop } from '../loop.ts';
 import type { HostPool, PoolHost } from './host-pool.ts';
 import { placeJobs, type JobDemand } from './placement.ts';
+import { makeHostPenalties, type HostPenalties } from './host-penalties.ts';
 
 export interface Scheduler {
   /** Asks for a scheduling pass soon (coalesced). */
@@ -26,13 +27,17 @@ export interface Scheduler {
   capacityFreed(): void;
   /** A tenant limit changed here (other replicas notice within a second). */
   limitsChanged(): void;
+  /** Recent launch failures per host: placement prefers other hosts while they count. */
+  readonly penalties: HostPenalties;
   /** Runs one pass now; resolves with the number of jobs placed. */
   pass(): Promise<number>;
   start(): void;
   stop(): Promise<void>;
 }
 
-export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobCommands): Scheduler {
+export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobCommands, o: { now?: () => number; penaltyHalfLifeMs?: number } = {}): Scheduler {
+  const now = o.now ?? Date.now;
+  const penalties = makeHostPenalties(o.penaltyHalfLifeMs);
   /** Whether jobs were still queued after the last pass (unknown before the first pass). */
   let backlog = true;
   /** Capacity freed while a pass ran: that pass's claims predate it, so a leftover backlog gets another pass. */
@@ -41,6 +46,7 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobC
   let stopPoll: NodeJS.Timeout | undefined;
   let stopPollBusy = false;
   let offSubmitted: (() => void) | undefined;
+  let offFailed: (() => void) | undefined;
   const log = ctx.log.child({ part: 'scheduler' });
   // Passes run at the end of the kicking event-loop turn, so everything submitted in the same turn shares one.
   const loop = makeLoop(async () => void (await pass()), { atTurnEnd: true, onError: (e) => log.error({ err: e }, 'scheduling pass failed; retrying on the next poll') });
@@ -101,7 +107,7 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobC
         diskBytes: j.requirements.diskBytes,
         hostLabels: j.requirements.hostLabels,
       }));
-      const placements = placeJobs(slots, demands, room).placements;
+      const placements = placeJobs(slots, demands, room, penalties.levels(now())).placements;
       // The update itself keeps only placements on hosts this replica still owns and that still take jobs
       // (another replica may have cordoned one); the rest stay queued for the next pass.
       const done = await door.place(tx, placements, ctx.serverId);
@@ -116,11 +122,11 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobC
       const waiting = done.length < jobs.length || jobs.length >= ctx.options.batchSize || more === true;
       return { placed: done.map((d) => ({ ...d, createdAt: createdAt.get(d.id)! })), claimed: jobs.length, waiting };
     });
-    const now = Date.now();
+    const at = Date.now();
     const report: Placement[] = [];
     for (const job of placed) {
       const link = registry.get(job.hostId);
-      const latencyMs = now - Date.parse(job.createdAt);
+      const latencyMs = at - Date.parse(job.createdAt);
       // Without a link the host left meanwhile: it reconciles (job lost, requeued) when it returns.
       report.push({ jobId: job.id, attempt: job.attempt, hostId: job.hostId, latencyMs, launched: link !== undefined });
       if (!link) continue;
@@ -192,6 +198,7 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobC
       limitsGen++;
     },
     pass,
+    penalties,
     start() {
       // The embedded store has no other replica: every submission and freed host kicks a pass here, so its
       // polls are only a safety net, and they are slower (its statements run on this event loop).
@@ -202,10 +209,15 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobC
       stopPoll = setInterval(() => void checkStops(), single ? 5000 : Math.max(ctx.options.pollMs * 4, 1000));
       // Work accepted here (the API, GitHub) gets a pass at the end of its event-loop turn.
       offSubmitted = ctx.events.on('job.submitted', kick);
+      offFailed = ctx.events.on('host.launch_failed', (e) => {
+        penalties.failed(e.hostId, now());
+        log.info({ hostId: e.hostId, jobId: e.jobId, code: e.code, penalty: Math.round(penalties.score(e.hostId, now()) * 100) / 100 }, 'launch failed on host; other hosts preferred for a while');
+      });
       loop.start();
     },
     async stop() {
       offSubmitted?.();
+      offFailed?.();
       clearInterval(poll);
       clearInterval(stopPoll);
       await loop.stop();

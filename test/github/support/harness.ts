@@ -46,6 +46,7 @@ export function testGitHubConfig(apiUrl: string, over: Partial<GitHubConfig> = {
     runnerLevel: 'repo',
     runnerGroupId: 1,
     maxRunners: 100,
+    spareRunners: 0,
     runnerImage: 'runner',
     runnerCommand: [STAND_IN_NAME],
     runnerNamePrefix: 'kiln',
@@ -71,12 +72,27 @@ export interface GitHubHarness {
   client: ApiClient;
   url: string;
   agent: Agent | undefined;
+  /** Agents beyond the first (`extraAgents`), in order. */
+  agents: Agent[];
   logs(): string;
   close(): Promise<void>;
 }
 
 export async function startGitHubHarness(
-  o: { kind?: StoreKind; config?: Partial<GitHubConfig>; agent?: boolean; tokenTtlMs?: number; jobMs?: number; refreshAheadMs?: number; store?: Store; driver?: VmDriver; images?: ImageResolver; dashboardDir?: string } = {},
+  o: {
+    kind?: StoreKind;
+    config?: Partial<GitHubConfig>;
+    agent?: boolean;
+    tokenTtlMs?: number;
+    jobMs?: number;
+    refreshAheadMs?: number;
+    store?: Store;
+    driver?: VmDriver;
+    images?: ImageResolver;
+    dashboardDir?: string;
+    /** More hosts (host-2, host-3, …), each with its own driver and image resolver. */
+    extraAgents?: { driver?: VmDriver; images?: ImageResolver }[];
+  } = {},
 ): Promise<GitHubHarness> {
   const { publicKey } = appKeys();
   const double = new GitHubDouble({ publicKey, appId: APP_ID, webhookSecret: WEBHOOK_SECRET, ...(o.tokenTtlMs ? { tokenTtlMs: o.tokenTtlMs } : {}), ...(o.jobMs ? { jobMs: o.jobMs } : {}) });
@@ -113,22 +129,31 @@ export async function startGitHubHarness(
   const url = await server.listen({ host: '127.0.0.1', port: 0 });
   double.webhookUrl = `${url}${WEBHOOK_PATH}`;
   let agent: Agent | undefined;
-  if (o.agent !== false) {
-    const { secret } = await createToken(store.db, { name: 'agents', role: 'agent' });
-    agent = makeAgent({
+  const agents: Agent[] = [];
+  const startAgent = async (name: string, token: string, driver: VmDriver | undefined, images: ImageResolver | undefined): Promise<Agent> => {
+    const a = makeAgent({
       servers: [url],
-      token: secret,
-      name: 'host-1',
-      driver: o.driver ?? makeMemoryDriver({ cpus: 512, memoryBytes: 4096 * 1024 ** 3, programs: { [STAND_IN_NAME]: standInRunner } }),
-      images: o.images ?? memoryImageResolver,
+      token,
+      name,
+      driver: driver ?? makeMemoryDriver({ cpus: 512, memoryBytes: 4096 * 1024 ** 3, programs: { [STAND_IN_NAME]: standInRunner } }),
+      images: images ?? memoryImageResolver,
       logger,
       minBackoffMs: 50,
       maxBackoffMs: 500,
     });
     // Generous: on a loaded shared machine the first connection can take more than the default 10 s.
-    const c = agent.connected(60_000);
-    await agent.start();
+    const c = a.connected(60_000);
+    await a.start();
     await c;
+    return a;
+  };
+  if (o.agent !== false) {
+    const { secret } = await createToken(store.db, { name: 'agents', role: 'agent' });
+    agent = await startAgent('host-1', secret, o.driver, o.images);
+    for (const [i, x] of (o.extraAgents ?? []).entries()) {
+      const t = await createToken(store.db, { name: `agents-${i + 2}`, role: 'agent' });
+      agents.push(await startAgent(`host-${i + 2}`, t.secret, x.driver, x.images));
+    }
   }
   return {
     double,
@@ -137,8 +162,10 @@ export async function startGitHubHarness(
     client: makeApiClient({ server: url, token: admin }),
     url,
     agent,
+    agents,
     logs: () => lines.join(''),
     async close() {
+      for (const a of agents) await a.stop();
       await agent?.stop();
       await server.close();
       await double.close();

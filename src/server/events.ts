@@ -16,7 +16,7 @@ export interface ServerEvents {
   /** A job's VM must stop (a cancel of an active job): the replica its host is connected to sends `stop`. */
   'job.stop': { jobId: number; attempt: number; hostId: number; reason: string };
   'job.placed': { jobId: number; attempt: number; hostId: number; latencyMs: number };
-  'job.logs': { jobId: number };
+  'job.logs': { jobId: number; tenant: string };
   'host.state': { hostId: number; name: string; state: HostState };
   'host.connected': { hostId: number; name: string };
   'host.disconnected': { hostId: number; name: string };

@@ -157,7 +157,7 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   const apiDeps = { ctx, registry, jobs, scheduler, closeToken: gateway.closeToken };
   const routes: RouteDef[] = [...jobRoutes(apiDeps), ...hostRoutes(apiDeps), ...tokenRoutes(apiDeps), ...powerRoutes({ ctx, power, policy: (o.power ?? DEFAULT_POWER_OPTIONS).policy })];
   const figures = makeFigures(ctx);
-  const live = makeLiveHub({ events, onGitHub: (fn) => (github ? combine([github.events.on('job.refused', fn), github.events.on('runner.state', fn)]) : () => {}) });
+  const live = makeLiveHub({ events, ...(o.github ? { githubTenant: o.github.config.tenant } : {}), onGitHub: (fn) => (github ? combine([github.events.on('job.refused', fn), github.events.on('runner.state', fn)]) : () => {}) });
   routes.push(...reportRoutes(apiDeps), ...dashboardRoutes(live));
   const gh = o.github;
   const github: GitHubService | undefined = gh

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { RouteDef } from '../http/routes.ts';
 import type { LiveHub } from './live.ts';
+import { tenantScope } from '../http/auth.ts';
 
 export const DASHBOARD_FILES = { 'index.html': 'text/html; charset=utf-8', 'app.js': 'text/javascript; charset=utf-8', 'app.css': 'text/css; charset=utf-8' } as const;
 
@@ -56,15 +57,15 @@ export function dashboardRoutes(hub: LiveHub): RouteDef[] {
       method: 'GET',
       url: '/v1/live',
       tag: 'dashboard',
-      summary: 'Server-sent events: one `delta` every 500 ms while anything changed (job states, submissions, logs, hosts, GitHub)',
+      summary: "Server-sent events: one `delta` every 500 ms while anything changed (job states, submissions, logs, hosts, GitHub), each confined to the token's tenant (an admin's sees all)",
       permission: 'read',
       produces: 'text/event-stream',
       schema: {},
-      async handler(_req, reply) {
+      async handler(_req, reply, token) {
         reply.hijack();
         reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', 'x-accel-buffering': 'no', connection: 'keep-alive' });
         reply.raw.socket?.setNoDelay(true);
-        hub.add(reply.raw);
+        hub.add(reply.raw, tenantScope(token));
       },
     },
   ];

@@ -21,7 +21,7 @@ type Env = NodeJS.ProcessEnv;
 export interface FileConfig {
   dataDir?: string;
   logLevel?: string;
-  server?: { listen?: string; databaseUrl?: string; adminToken?: string; metricsToken?: string; logLimit?: string | number; hostLostAfter?: string };
+  server?: { listen?: string; databaseUrl?: string; adminToken?: string; metricsToken?: string; logLimit?: string | number; hostLostAfter?: string; bodyTimeout?: string; bodyBudget?: string | number; tlsCert?: string; tlsKey?: string };
   agent?: { server?: string | string[]; token?: string; name?: string; labels?: string[]; cpus?: number; memory?: string; disk?: string; driver?: string; arch?: string; mirror?: MirrorFileConfig; power?: AgentPowerFileConfig };
   /** Host power: the server's sleep policy and wake commands (docs/power.md). */
   power?: PowerFileConfig;
@@ -127,6 +127,9 @@ export interface ServerConfig extends CommonConfig {
   metricsToken: string | undefined;
   logLimitBytes: number;
   hostLostAfterMs: number;
+  /** Request bodies (server/http/body-intake.ts): the deadline, and the bytes of large bodies received at once. */
+  bodyTimeoutMs: number;
+  bodyBudgetBytes: number;
   /** GitHub App settings (KILN_GITHUB_* or the file's github: section); undefined when not configured. */
   github: GitHubConfig | undefined;
   /** kiln up's local agent's mirror (kiln server ignores it). */
@@ -166,14 +169,18 @@ export function loadServerConfig(flags: ServerFlags, env: Env = process.env, fil
   const hostLostAfterMs = p.try(() => parseDuration(lostText, 'host lost-after')) ?? 30_000;
   const adminToken = first(env.KILN_ADMIN_TOKEN, file.server?.adminToken);
   if (adminToken !== undefined && adminToken.length < 16) p.list.push('KILN_ADMIN_TOKEN must be at least 16 characters');
+  const bodyTimeoutMs = p.try(() => parseDuration(first(env.KILN_BODY_TIMEOUT, file.server?.bodyTimeout) ?? '30s', 'body timeout')) ?? 30_000;
+  const budget = first<string | number>(env.KILN_BODY_BUDGET, file.server?.bodyBudget) ?? '64M';
+  const bodyBudgetBytes = p.try(() => (typeof budget === 'number' ? budget : parseSize(budget, 'body budget'))) ?? 64 * 1024 * 1024;
+  if (bodyBudgetBytes < 26 * 1024 * 1024) p.list.push('the body budget (KILN_BODY_BUDGET) must be at least 26M: one 25 MiB webhook body must fit');
   const github = p.try(() => parseGitHubConfig(env, file.github));
   const mirror = loadMirrorConfig(flags, env, file.mirror ?? file.agent?.mirror, p);
   const power = loadPowerOptions(file.power, env, p.list);
-  p.throwIfAny('server');
-  const testHoldStarts = env.KILN_TEST_HOLD_STARTS === '1';
   const metricsToken = first(env.KILN_METRICS_TOKEN, file.server?.metricsToken);
   if (metricsToken !== undefined && metricsToken.length < 16) p.list.push('KILN_METRICS_TOKEN must be at least 16 characters');
-  return { ...common, listen, databaseUrl, adminToken, metricsToken, logLimitBytes, hostLostAfterMs, github, mirror, power, testHoldStarts };
+  p.throwIfAny('server');
+  const testHoldStarts = env.KILN_TEST_HOLD_STARTS === '1';
+  return { ...common, listen, databaseUrl, adminToken, metricsToken, logLimitBytes, hostLostAfterMs, bodyTimeoutMs, bodyBudgetBytes, github, mirror, power, testHoldStarts };
 }
 
 export interface AgentConfig extends CommonConfig {

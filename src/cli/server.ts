@@ -39,6 +39,7 @@ export function registerServer(program: Command, out: () => Output): void {
         ...(cfg.metricsToken ? { metricsToken: cfg.metricsToken } : {}),
         ...(cfg.github ? { github: { config: cfg.github } } : {}),
         power: cfg.power,
+        bodyIntake: { timeoutMs: cfg.bodyTimeoutMs, largeBudget: cfg.bodyBudgetBytes },
       });
       const url = await server.listen(cfg.listen);
       o.info(`kiln server ${server.serverId} listening at ${url} (${store.kind === 'pglite' ? `embedded store in ${join(cfg.dataDir, 'db')}` : 'PostgreSQL'})`);

@@ -47,6 +47,8 @@ export interface UpOptions {
   testHoldStarts?: boolean;
   /** Where the local agent keeps its host credential (the data directory); unset: in memory. */
   credentialDir?: string;
+  /** Request bodies' deadline and budget (server/http/body-intake.ts). */
+  bodyIntake?: MakeServerOptions['bodyIntake'];
 }
 
 export interface UpHandle {
@@ -71,6 +73,7 @@ export async function startUp(o: UpOptions): Promise<UpHandle> {
       ...(o.bootstrapTokenFile ? { bootstrapTokenFile: o.bootstrapTokenFile } : {}),
       options: { ...(o.logLimitBytes ? { logLimitBytes: o.logLimitBytes } : {}), ...(o.testHoldStarts ? { testHoldStarts: true } : {}), pollMs: 500 },
       ...(o.github ? { github: o.github } : {}),
+      ...(o.bodyIntake ? { bodyIntake: o.bodyIntake } : {}),
       ...(dashboardDir() ? { dashboardDir: dashboardDir()! } : {}),
     });
     // The first-start token (if any) is written before this one exists; this one is for the caller.
@@ -154,6 +157,7 @@ export function registerUp(program: Command, out: () => Output): void {
         ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
         ...(flags.label ? { labels: flags.label } : {}),
         ...(cfg.github ? { github: { config: cfg.github } } : {}),
+        bodyIntake: { timeoutMs: cfg.bodyTimeoutMs, largeBudget: cfg.bodyBudgetBytes },
         ...(cfg.mirror ? { mirror: makeMirrorFor(cfg.mirror, cfg.dataDir, logger)!, mirrorStatusIntervalMs: cfg.mirror.statusIntervalMs } : {}),
       });
       tighten(cfg.dataDir);

@@ -21,6 +21,7 @@ import { ServerEventBus } from './events.ts';
 import { HostRegistry } from './agents/host-registry.ts';
 import { errorBody } from './http/http-errors.ts';
 import { makeStrictValidatorCompiler } from './http/strict-input.ts';
+import { BODY_REFUSALS, DEFAULT_BODY_INTAKE, makeBodyIntake, type BodyIntakeOptions } from './http/body-intake.ts';
 import { makeLeader, type Leader, type UpkeepTiming } from './leader.ts';
 import { makeLogWriter } from './agents/log-writer.ts';
 import { makePhaseWriter } from './agents/phase-writer.ts';
@@ -54,8 +55,10 @@ export interface MakeServerOptions {
   bootstrapTokenFile?: string;
   /** When set, GET /metrics needs `Authorization: Bearer <metricsToken>` (KILN_METRICS_TOKEN). */
   metricsToken?: string;
-  /** HTTP body limit in bytes. */
+  /** HTTP body limit in bytes (the API's JSON; default 1 MiB). */
   bodyLimit?: number;
+  /** The memory budget and deadline of request bodies (http/body-intake.ts). */
+  bodyIntake?: Partial<BodyIntakeOptions>;
   /** Leader sweep interval. */
   leaderIntervalMs?: number;
   /** When the leader looks after the embedded store's tables (default UPKEEP_TIMING). */
@@ -104,6 +107,7 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
     metrics,
     auth: makeAuthenticator(o.store.db),
     options: { ...DEFAULT_SERVER_OPTIONS, ...o.options },
+    bodies: makeBodyIntake({ ...DEFAULT_BODY_INTAKE, ...o.bodyIntake }),
   };
 
   let bootstrapSecret: string | undefined;
@@ -117,15 +121,32 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
     bootstrapSecret = secret;
   }
 
+  const bodyLimit = o.bodyLimit ?? 1024 * 1024;
   const app = Fastify({
     logger: false,
-    bodyLimit: o.bodyLimit ?? 1024 * 1024,
+    bodyLimit,
+    // Headers must arrive within this (Node's default is 60 s); bodies have their own deadline (body-intake.ts).
+    requestTimeout: ctx.bodies.options.timeoutMs + 30_000,
   });
   // Bodies are validated without coercion, strings checked for NUL and lone surrogates (strict-input.ts).
   app.setValidatorCompiler(makeStrictValidatorCompiler());
   await app.register(websocket, { options: { maxPayload: AGENT_MAX_PAYLOAD } });
   // The API speaks JSON only; anything else is a 415, not a string the schema then rejects.
   app.removeContentTypeParser('text/plain');
+  // JSON bodies are read as they stream, capped and under the shared body budget, then parsed as Fastify
+  // would (prototype poisoning refused).
+  const parseJson = app.getDefaultJsonParser('error', 'error');
+  app.removeContentTypeParser('application/json');
+  app.addHook('onRequest', (req, reply, done) => {
+    ctx.bodies.bind(req.raw, reply.raw);
+    done();
+  });
+  app.addContentTypeParser('application/json', (req, payload, done) => {
+    ctx.bodies.read(req.raw, payload, bodyLimit).then(
+      (buf) => parseJson(req, buf.toString('utf8'), done),
+      (e: Error) => done(e, undefined),
+    );
+  });
 
   app.setErrorHandler((e: FastifyError, req, reply) => {
     let err: unknown = e;
@@ -136,6 +157,10 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
       err = new KilnError('request.bad_json', 'the request body is not valid JSON');
     const { status, body } = errorBody(err);
     if (status >= 500) log.error({ err: e, url: req.url }, 'request failed');
+    if (e instanceof KilnError && BODY_REFUSALS.has(e.code)) {
+      void reply.header('connection', 'close');
+      if (e.code === 'request.busy') void reply.header('retry-after', '1');
+    }
     void reply.code(status).send(body);
   });
   app.setNotFoundHandler((req, reply) => {

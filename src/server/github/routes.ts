@@ -6,6 +6,7 @@ import type { Db } from '../../store/store.ts';
 import type { RouteDef } from '../http/routes.ts';
 import { mayAccessTenant } from '../http/auth.ts';
 import type { Token } from '../../core/host.ts';
+import { capByBytes } from '../http/listing.ts';
 
 const iso = (x: number | null) => (x === null ? null : new Date(x).toISOString());
 
@@ -18,7 +19,7 @@ export function githubRoutes(db: Db, tenant: string): RouteDef[] {
       method: 'GET',
       url: '/v1/github/jobs',
       tag: 'github',
-      summary: "GitHub jobs kiln has seen, with kiln's decision (accepted, ignored, refused and why)",
+      summary: "GitHub jobs kiln has seen, newest first, with kiln's decision (accepted, ignored, refused and why); at most `limit` and 4 MiB of JSON (`truncated` says it was cut: lower `limit` or filter)",
       permission: 'read',
       schema: {
         querystring: Type.Object(
@@ -30,8 +31,8 @@ export function githubRoutes(db: Db, tenant: string): RouteDef[] {
         if (!seesGitHub(token)) return { jobs: [] };
         const q = req.query as { decision?: string; repo?: string; limit?: number };
         const jobs = await listGhJobs(db, { decision: q.decision, repo: q.repo, limit: q.limit ?? 100 });
-        return {
-          jobs: jobs.map((j) => ({
+        const { items, cut } = capByBytes(
+          jobs.map((j) => ({
             jobId: j.jobId,
             runAttempt: j.runAttempt,
             runId: j.runId,
@@ -45,7 +46,8 @@ export function githubRoutes(db: Db, tenant: string): RouteDef[] {
             failures: j.failures,
             nextAttemptAt: j.decision === 'accepted' && j.state === 'queued' ? iso(j.nextAttemptAt) : null,
           })),
-        };
+        );
+        return { jobs: items, truncated: cut };
       },
     },
     {
@@ -54,12 +56,12 @@ export function githubRoutes(db: Db, tenant: string): RouteDef[] {
       tag: 'github',
       summary: "kiln's JIT runners: state, labels, VM (kiln job), the GitHub job they ran",
       permission: 'read',
-      schema: { querystring: Type.Object({ all: Type.Optional(Type.Boolean()) }, { additionalProperties: false }) },
+      schema: { querystring: Type.Object({ all: Type.Optional(Type.Boolean()), limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })) }, { additionalProperties: false }) },
       async handler(req, _reply, token) {
         if (!seesGitHub(token)) return { runners: [] };
-        const all = (req.query as { all?: boolean }).all === true;
-        return {
-          runners: (await listRunnersForApi(db, all)).map((r) => ({
+        const q = req.query as { all?: boolean; limit?: number };
+        const { items, cut } = capByBytes(
+          (await listRunnersForApi(db, q.all === true, q.limit ?? 1000)).map((r) => ({
             name: r.name,
             state: r.state,
             scope: r.scope.level === 'org' ? r.scope.owner : `${r.scope.owner}/${r.scope.repo ?? ''}`,
@@ -71,7 +73,8 @@ export function githubRoutes(db: Db, tenant: string): RouteDef[] {
             createdAt: iso(r.createdAt),
             endedAt: iso(r.endedAt),
           })),
-        };
+        );
+        return { runners: items, truncated: cut };
       },
     },
     {
@@ -89,7 +92,8 @@ export function githubRoutes(db: Db, tenant: string): RouteDef[] {
       async handler(req, _reply, token) {
         if (!seesGitHub(token)) return { usage: [] };
         const q = req.query as { repo?: string; org?: string; limit?: number };
-        return { usage: await listUsage(db, { repo: q.repo, org: q.org, limit: q.limit ?? 1000 }) };
+        const { items, cut } = capByBytes(await listUsage(db, { repo: q.repo, org: q.org, limit: q.limit ?? 1000 }));
+        return { usage: items, truncated: cut };
       },
     },
   ];

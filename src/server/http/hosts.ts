@@ -7,6 +7,7 @@ import { deleteHost, findHost, listHosts, updateHostFlags } from '../../store/ho
 import { activeJobsOnHosts } from '../../store/jobs.ts';
 import type { ApiDeps } from './deps.ts';
 import type { RouteDef } from './routes.ts';
+import { pageByBytes } from './listing.ts';
 
 const RefParams = Type.Object({ ref: Type.String({ minLength: 1, maxLength: 100 }) });
 
@@ -56,10 +57,26 @@ export function hostRoutes(deps: ApiDeps): RouteDef[] {
       method: 'GET',
       url: '/v1/hosts',
       tag: 'hosts',
-      summary: 'List hosts with their state, capacity and what is in use',
+      summary: 'List hosts by name with their state, capacity and what is in use; at most `limit` (default and most 10,000) and 4 MiB of JSON: `next`, when not null, is the `after` that lists the rest',
       permission: 'read',
-      schema: {},
-      handler: async () => ({ hosts: await withUsage(await listHosts(db)) }),
+      schema: {
+        querystring: Type.Object(
+          { after: Type.Optional(Type.String({ maxLength: 100 })), limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 10_000 })) },
+          { additionalProperties: false },
+        ),
+      },
+      handler: async (req) => {
+        const q = req.query as { after?: string; limit?: number };
+        const { items, next } = await pageByBytes({
+          fetchPage: async (cursor: string | undefined, n) => withUsage(await listHosts(db, { after: cursor, limit: n })),
+          cursorOf: (h) => h.name,
+          toJson: (h) => h,
+          limit: q.limit ?? 10_000,
+          pageSize: 500,
+          ...(q.after !== undefined ? { start: q.after } : {}),
+        });
+        return { hosts: items, next };
+      },
     },
     {
       method: 'GET',

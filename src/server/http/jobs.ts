@@ -18,6 +18,7 @@ import { readLogs } from '../../store/logs.ts';
 import { checkIdempotencyKey, requestHash } from '../../store/submissions.ts';
 import type { ApiDeps } from './deps.ts';
 import type { RouteDef } from './routes.ts';
+import { pageByBytes } from './listing.ts';
 
 const SizeOrBytes = Type.Union([Type.Integer({ minimum: 1, maximum: 2 ** 50 }), Type.String({ minLength: 1, maxLength: 20 })]);
 
@@ -186,7 +187,7 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
       method: 'GET',
       url: '/v1/jobs',
       tag: 'jobs',
-      summary: 'List jobs, newest first',
+      summary: 'List jobs, newest first; at most `limit` (1,000) jobs and 4 MiB of JSON: `next`, when not null, is the `before` that lists the rest',
       permission: 'read',
       schema: {
         querystring: Type.Object(
@@ -199,7 +200,7 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
           },
           { additionalProperties: false },
         ),
-        response: Type.Object({ jobs: Type.Array(JobOut) }),
+        response: Type.Object({ jobs: Type.Array(JobOut), next: Type.Union([Type.Integer(), Type.Null()]) }),
       },
       async handler(req, _reply, token) {
         const q = req.query as { state?: string; tenant?: string; host?: number; before?: number; limit?: number };
@@ -211,17 +212,22 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
         const states = q.state ? q.state.split(',').map((s) => s.trim()) : undefined;
         const bad = states?.filter((s) => !JOB_STATE_LIST.includes(s as JobState));
         if (bad && bad.length > 0) throw new KilnError('request.bad_state', `unknown job state ${bad.join(', ')}`, { hint: `states: ${JOB_STATE_LIST.join(', ')}` });
-        return {
-          jobs: (
-            await listJobs(db, {
-            ...(states ? { states: states as JobState[] } : {}),
-            ...(tenant !== undefined ? { tenant } : {}),
-            ...(q.host !== undefined ? { hostId: q.host } : {}),
-            ...(q.before !== undefined ? { beforeId: q.before } : {}),
-              limit: q.limit ?? 100,
-            })
-          ).map(jobJson),
-        };
+        // Read a page at a time and cut at the byte cap (http/listing.ts): `next` continues with ?before=.
+        const { items, next } = await pageByBytes({
+          fetchPage: (cursor: number | undefined, n) =>
+            listJobs(db, {
+              ...(states ? { states: states as JobState[] } : {}),
+              ...(tenant !== undefined ? { tenant } : {}),
+              ...(q.host !== undefined ? { hostId: q.host } : {}),
+              ...(cursor !== undefined ? { beforeId: cursor } : {}),
+              limit: n,
+            }),
+          cursorOf: (j) => j.id,
+          toJson: jobJson,
+          limit: q.limit ?? 100,
+          ...(q.before !== undefined ? { start: q.before } : {}),
+        });
+        return { jobs: items, next };
       },
     },
     {

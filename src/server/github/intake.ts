@@ -8,6 +8,7 @@ import { KilnError, isKilnError } from '../../core/errors.ts';
 import { insertDelivery } from '../../store/github-deliveries.ts';
 import { errorBody } from '../http/http-errors.ts';
 import { BODY_REFUSALS } from '../http/body-intake.ts';
+import { findUnstorableString } from '../http/strict-input.ts';
 import { WEBHOOK_PATH } from './manifest.ts';
 import type { GitHubParts } from './parts.ts';
 import { verifySignature } from './signature.ts';
@@ -72,6 +73,11 @@ export async function registerWebhook(app: FastifyInstance, p: GitHubParts, kick
       } catch {
         throw new KilnError('request.bad_json', 'the delivery body is not valid JSON');
       }
+      // A delivery is stored as jsonb: it must be an object, and PostgreSQL stores neither NUL nor a lone
+      // surrogate (found by the fuzz: each was a 500). GitHub sends neither; such a body is refused (400).
+      if (payload === null || typeof payload !== 'object' || Array.isArray(payload)) throw new KilnError('request.bad_payload', 'the delivery body is not a JSON object');
+      const unstorable = findUnstorableString(payload);
+      if (unstorable !== undefined) throw new KilnError('request.bad_string', `the delivery holds NUL or an unpaired UTF-16 surrogate at ${unstorable.slice(0, 200)}`);
       const action = typeof (payload as { action?: unknown }).action === 'string' ? (payload as { action: string }).action : null;
       const fresh = await insertDelivery(db, { deliveryId: delivery, event, action, hookId: h('x-github-hook-id') ?? null, payload: body.toString('utf8') });
       if (!fresh) {

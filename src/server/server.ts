@@ -13,6 +13,7 @@ import { KilnError } from '../core/errors.ts';
 import { KILN_VERSION } from '../core/version.ts';
 import type { Store } from '../store/store.ts';
 import { countQueued } from '../store/jobs.ts';
+import { errorForLog } from '../store/store-errors.ts';
 import { countTokens, createToken } from '../store/tokens.ts';
 import { attachAgentGateway, AGENT_MAX_PAYLOAD, type AgentGateway } from './agents/agent-gateway.ts';
 import { makeAuthenticator } from './http/auth.ts';
@@ -93,7 +94,9 @@ export interface KilnServer {
 
 export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   const serverId = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
-  const log = o.logger.child({ serverId });
+  // Every error this server logs goes through errorForLog: a store error's refused values (a job's env and
+  // secrets in "Failing row contains …") never reach the log.
+  const log = o.logger.child({ serverId }, { serializers: { err: errorForLog } });
   const events = new ServerEventBus();
   const metrics = makeMetrics(
     async () => countQueued(o.store.db),

@@ -139,7 +139,7 @@ function workflowJob(r: R): Record<string, unknown> {
   };
 }
 
-test(`seeded fuzz of the API, the webhook and the agent protocol (seed ${seed})`, { timeout: 120_000 }, async () => {
+test(`seeded fuzz of the API, the webhook and the agent protocol (seed ${seed})`, { timeout: 240_000 }, async () => {
   console.error(`fuzz seed: ${seed} (replay with KILN_FUZZ_SEED=${seed})`);
   const r = seededRandom(seed);
   const dir = mkdtempSync(join(tmpdir(), 'kiln-fuzz-'));
@@ -334,7 +334,9 @@ test(`seeded fuzz of the API, the webhook and the agent protocol (seed ${seed})`
     const errors = s.proc
       .output()
       .split('\n')
-      .filter((l) => /"level":(50|60)|unhandled|uncaught/i.test(l));
+      .filter((l) => /"level":(50|60)|unhandled|uncaught/i.test(l))
+      // an agent's own report that its host failed to sleep (a fuzzed power.error) is logged as an error, rightly
+      .filter((l) => !l.includes('"msg":"the host could not go to sleep"'));
     if (failures.length > 0) console.error(`server log, error lines:\n${errors.slice(0, 5).join('\n')}`);
     assert.deepEqual(failures.slice(0, 20), [], `${failures.length} failures (seed ${seed})`);
     assert.deepEqual(errors.slice(0, 10), [], `error lines in the server's log (seed ${seed})`);

@@ -49,6 +49,8 @@ export interface UpOptions {
   credentialDir?: string;
   /** Request bodies' deadline and budget (server/http/body-intake.ts). */
   bodyIntake?: MakeServerOptions['bodyIntake'];
+  /** kiln's own TLS; `ca` is what the local agent trusts (default: the certificate itself). */
+  tls?: { cert: Buffer; key: Buffer; ca?: Buffer };
 }
 
 export interface UpHandle {
@@ -74,6 +76,7 @@ export async function startUp(o: UpOptions): Promise<UpHandle> {
       options: { ...(o.logLimitBytes ? { logLimitBytes: o.logLimitBytes } : {}), ...(o.testHoldStarts ? { testHoldStarts: true } : {}), pollMs: 500 },
       ...(o.github ? { github: o.github } : {}),
       ...(o.bodyIntake ? { bodyIntake: o.bodyIntake } : {}),
+      ...(o.tls ? { tls: { cert: o.tls.cert, key: o.tls.key } } : {}),
       ...(dashboardDir() ? { dashboardDir: dashboardDir()! } : {}),
     });
     // The first-start token (if any) is written before this one exists; this one is for the caller.
@@ -93,6 +96,7 @@ export async function startUp(o: UpOptions): Promise<UpHandle> {
       ...(o.mirrorStatusIntervalMs ? { statusIntervalMs: o.mirrorStatusIntervalMs } : {}),
       ...(o.outputSpillDir ? { outputSpillDir: o.outputSpillDir } : {}),
       ...(o.credentialDir ? { credentialDir: o.credentialDir } : {}),
+      ...(o.tls ? { ca: o.tls.ca ?? o.tls.cert } : {}),
     });
     const connected = agent.connected(30_000);
     await agent.start();
@@ -131,6 +135,9 @@ export function registerUp(program: Command, out: () => Output): void {
     .option('--config <file>', 'config file, YAML or JSON (env KILN_CONFIG)')
     .option('--driver <kind>', 'VM driver: qemu (default) or memory (simulated, for trying the fleet without VMs)', 'qemu')
     .option('--label <label...>', 'labels this host offers (pools)')
+    .option('--tls-cert <file>', 'serve https/wss with this PEM certificate (env KILN_TLS_CERT); it must name the --listen address')
+    .option('--tls-key <file>', 'the PEM private key of --tls-cert (env KILN_TLS_KEY)')
+    .option('--ca <file>', "the CA the local agent trusts for --tls-cert (env KILN_CA; default: the certificate itself)")
     .option('--mirror-upstream <url>', 'run a registry mirror of this upstream for the local VMs (env KILN_MIRROR_UPSTREAM; credentials from KILN_MIRROR_USERNAME/KILN_MIRROR_PASSWORD)')
     .option('--mirror-listen <host:port>', 'where the mirror listens (default 127.0.0.1:5000; env KILN_MIRROR_LISTEN)')
     .option('--log-level <level>', 'log level (env KILN_LOG_LEVEL)')
@@ -158,6 +165,7 @@ export function registerUp(program: Command, out: () => Output): void {
         ...(flags.label ? { labels: flags.label } : {}),
         ...(cfg.github ? { github: { config: cfg.github } } : {}),
         bodyIntake: { timeoutMs: cfg.bodyTimeoutMs, largeBudget: cfg.bodyBudgetBytes },
+        ...(cfg.tls ? { tls: { cert: cfg.tls.cert, key: cfg.tls.key, ...(cfg.ca ? { ca: cfg.ca } : {}) } } : {}),
         ...(cfg.mirror ? { mirror: makeMirrorFor(cfg.mirror, cfg.dataDir, logger)!, mirrorStatusIntervalMs: cfg.mirror.statusIntervalMs } : {}),
       });
       tighten(cfg.dataDir);

@@ -58,6 +58,8 @@ export interface MakeServerOptions {
   metricsToken?: string;
   /** HTTP body limit in bytes (the API's JSON; default 1 MiB). */
   bodyLimit?: number;
+  /** kiln's own TLS (PEM certificate chain and key): the API and the agent endpoint speak https/wss only. */
+  tls?: { cert: Buffer; key: Buffer };
   /** The memory budget and deadline of request bodies (http/body-intake.ts). */
   bodyIntake?: Partial<BodyIntakeOptions>;
   /** Leader sweep interval. */
@@ -130,7 +132,9 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
     bodyLimit,
     // Headers must arrive within this (Node's default is 60 s); bodies have their own deadline (body-intake.ts).
     requestTimeout: ctx.bodies.options.timeoutMs + 30_000,
-  });
+    // kiln's own TLS; Fastify types an https server apart, but every route and plugin here is the same.
+    ...(o.tls ? { https: { cert: o.tls.cert, key: o.tls.key, minVersion: 'TLSv1.2' as const } } : {}),
+  }) as unknown as FastifyInstance;
   // Bodies are validated without coercion, strings checked for NUL and lone surrogates (strict-input.ts).
   app.setValidatorCompiler(makeStrictValidatorCompiler());
   await app.register(websocket, { options: { maxPayload: AGENT_MAX_PAYLOAD } });

@@ -23,7 +23,7 @@ export interface ServerProcess {
   close(): Promise<void>;
 }
 
-export async function startServerProcess(kind: StoreKind, env: Record<string, string> = {}, args: string[] = []): Promise<ServerProcess> {
+export async function startServerProcess(kind: StoreKind, env: Record<string, string> = {}, args: string[] = [], ca?: Buffer): Promise<ServerProcess> {
   const dir = mkdtempSync(join(tmpdir(), 'kiln-srvp-'));
   const db = kind === 'postgres' ? await makeTestDatabase() : undefined;
   const admin = makeSecret('admin');
@@ -43,7 +43,7 @@ export async function startServerProcess(kind: StoreKind, env: Record<string, st
   }
   const scheme = args.includes('--tls-cert') ? 'https' : 'http';
   const url = `${scheme}://127.0.0.1:${port}`;
-  const client = makeApiClient({ server: url, token: admin });
+  const client = makeApiClient({ server: url, token: admin, ...(ca ? { ca } : {}) });
   return {
     proc,
     url,

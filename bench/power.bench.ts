@@ -46,6 +46,7 @@ import { ServerEventBus } from '../src/server/events.ts';
 import { makeMetrics } from '../src/server/metrics.ts';
 import { makeAuthenticator } from '../src/server/http/auth.ts';
 import { DEFAULT_SERVER_OPTIONS, type ServerContext } from '../src/server/context.ts';
+import { DEFAULT_BODY_INTAKE, makeBodyIntake } from '../src/server/http/body-intake.ts';
 import { makeJobCommands } from '../src/server/jobs/job-commands.ts';
 import { makeScheduler } from '../src/server/scheduler/scheduler.ts';
 import type { HostPool, LaunchedJob, PoolHost } from '../src/server/scheduler/host-pool.ts';
@@ -221,6 +222,7 @@ async function simulate(jobs: SimJob[], policy: Policy, wakeLatencyMs: number, u
     auth: makeAuthenticator(store.db),
     // The leader's sweep must not expire hosts for real time passing slowly: hosts are touched every step.
     options: { ...DEFAULT_SERVER_OPTIONS, batchSize: 1000 },
+    bodies: makeBodyIntake(DEFAULT_BODY_INTAKE),
   };
   const door = makeJobCommands(ctx);
   const pool = new SimPool();

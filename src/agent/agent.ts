@@ -36,10 +36,13 @@ import { commandFailure, runShellCommand } from '../proc/shell-command.ts';
 import { KILN_VERSION } from '../core/version.ts';
 import { MIRROR_GUEST_ADDRESS, MIRROR_GUEST_IP, MIRROR_GUEST_PORT, mirrorVmSettings } from '../vm/forwards.ts';
 import { readCredential, writeCredential } from './credential-file.ts';
+import * as tls from 'node:tls';
 
 export interface AgentOptions {
-  /** Server base URLs (http:// or ws://); the agent rotates through them on failure. */
+  /** Server base URLs (http(s):// or ws(s)://); the agent rotates through them on failure. */
   servers: string[];
+  /** CA certificates (PEM) to trust for https/wss servers besides the system's (--ca, KILN_CA). */
+  ca?: Buffer;
   token: string;
   name?: string;
   /** Host arch to advertise; defaults to this machine's. */
@@ -275,7 +278,7 @@ export function makeAgent(o: AgentOptions): Agent {
     const base = o.servers[serverIndex % o.servers.length]!;
     const url = agentUrl(base);
     welcomed = false;
-    const sock = new WebSocket(url, { headers: { authorization: `Bearer ${o.token}` }, maxPayload: MAX_MESSAGE_BYTES + 1024, handshakeTimeout: 10_000 });
+    const sock = new WebSocket(url, { headers: { authorization: `Bearer ${o.token}` }, maxPayload: MAX_MESSAGE_BYTES + 1024, handshakeTimeout: 10_000, ...(o.ca ? { ca: withSystemCas(o.ca) } : {}) });
     ws = sock;
     sock.on('unexpected-response', (_req, res) => {
       let body = '';
@@ -522,3 +525,8 @@ export function makeAgent(o: AgentOptions): Agent {
   };
 }
 
+
+/** A private CA in addition to the system's roots (Node's `ca` option replaces them otherwise). */
+function withSystemCas(ca: Buffer): (string | Buffer)[] {
+  return [...tls.rootCertificates, ca];
+}

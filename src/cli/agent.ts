@@ -17,6 +17,7 @@ export function registerAgent(program: Command, out: () => Output): void {
     .command('agent')
     .description('run the host agent: dials the server, reports capacity, runs VMs on command')
     .option('--server <url>', 'server URL; repeat (or comma-separate) to list replicas (env KILN_SERVER)', collect)
+    .option('--ca <file>', 'a PEM CA certificate to trust for an https:// server, besides the system roots (env KILN_CA)')
     .option('--token <token>', 'join token from `kiln tokens create --role agent` (env KILN_TOKEN)')
     .option('--name <name>', 'host name in the fleet (default: the machine hostname; env KILN_AGENT_NAME)')
     .option('--label <label>', 'a label this host offers, for jobs that ask for it; repeatable (env KILN_AGENT_LABELS)', collect)
@@ -61,6 +62,7 @@ export function registerAgent(program: Command, out: () => Output): void {
         credentialDir: cfg.dataDir,
         ...(mirrors.length > 0 ? { mirrors, statusIntervalMs: cfg.mirror!.statusIntervalMs } : {}),
         ...(cfg.power ? { power: cfg.power } : {}),
+        ...(cfg.ca ? { ca: cfg.ca } : {}),
       });
       let everConnected = false;
       const rejected = new Promise<KilnError>((resolve) =>

@@ -48,8 +48,20 @@ export async function submitJob(client: ApiClient, body: JobSubmit, o: { tries?:
 
 const ErrorCheck = TypeCompiler.Compile(ErrorAnswer);
 
-export function makeApiClient(opts: { server: string; token: string | undefined }): ApiClient {
+export function makeApiClient(opts: { server: string; token: string | undefined; ca?: Buffer }): ApiClient {
   const base = opts.server.replace(/\/$/, '');
+  // A private CA (--ca, KILN_CA): undici's fetch with an agent that trusts it besides the system roots,
+  // loaded only when asked for (it costs start-up time).
+  let caFetch: Promise<typeof fetch> | undefined;
+  const doFetch = (url: string, init: RequestInit): Promise<Response> => {
+    if (!opts.ca) return fetch(url, init);
+    const ca = opts.ca;
+    caFetch ??= Promise.all([import('undici'), import('node:tls')]).then(([u, tls]) => {
+      const dispatcher = new u.Agent({ connect: { ca: [...tls.rootCertificates, ca] } });
+      return ((url: string, init: RequestInit) => u.fetch(url, { ...(init as object), dispatcher } as never)) as unknown as typeof fetch;
+    });
+    return caFetch.then((f) => f(url, init));
+  };
   const headers = (json: boolean): Record<string, string> => ({
     ...(opts.token ? { authorization: `Bearer ${opts.token}` } : {}),
     ...(json ? { 'content-type': 'application/json' } : {}),
@@ -69,7 +81,7 @@ export function makeApiClient(opts: { server: string; token: string | undefined 
   };
   const reach = async (path: string, init: RequestInit): Promise<Response> => {
     try {
-      return await fetch(`${base}${path}`, init);
+      return await doFetch(`${base}${path}`, init);
     } catch (e) {
       throw new KilnError('client.unreachable', `cannot reach the kiln server at ${base}`, {
         cause: e,

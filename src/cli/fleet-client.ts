@@ -8,6 +8,7 @@ import { DEFAULT_PORT, loadClientConfig } from './fleet-config.ts';
 
 export interface ClientFlags {
   server?: string;
+  ca?: string;
   token?: string;
   config?: string;
   dataDir?: string;
@@ -16,6 +17,7 @@ export interface ClientFlags {
 export function addClientOptions(cmd: Command): Command {
   return cmd
     .option('--server <url>', `kiln server URL (env KILN_SERVER; default http://127.0.0.1:${DEFAULT_PORT})`)
+    .option('--ca <file>', 'a PEM CA certificate to trust for an https:// server, besides the system roots (env KILN_CA)')
     .option('--token <token>', 'API token (env KILN_TOKEN; default: the admin token `kiln up`/`kiln server` wrote to the data directory)')
     .option('--config <file>', 'config file, YAML or JSON (env KILN_CONFIG)')
     .option('--data-dir <dir>', 'kiln data directory (env KILN_DATA_DIR)');
@@ -30,5 +32,5 @@ export function clientFrom(flags: ClientFlags): ApiClient {
       return undefined;
     }
   });
-  return makeApiClient({ server: cfg.server ?? `http://127.0.0.1:${DEFAULT_PORT}`, token: cfg.token });
+  return makeApiClient({ server: cfg.server ?? `http://127.0.0.1:${DEFAULT_PORT}`, token: cfg.token, ...(cfg.ca ? { ca: cfg.ca } : {}) });
 }

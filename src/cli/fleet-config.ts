@@ -21,13 +21,13 @@ type Env = NodeJS.ProcessEnv;
 export interface FileConfig {
   dataDir?: string;
   logLevel?: string;
-  server?: { listen?: string; databaseUrl?: string; adminToken?: string; metricsToken?: string; logLimit?: string | number; hostLostAfter?: string };
-  agent?: { server?: string | string[]; token?: string; name?: string; labels?: string[]; cpus?: number; memory?: string; disk?: string; driver?: string; arch?: string; mirror?: MirrorFileConfig; power?: AgentPowerFileConfig };
+  server?: { listen?: string; databaseUrl?: string; adminToken?: string; metricsToken?: string; logLimit?: string | number; hostLostAfter?: string; bodyTimeout?: string; bodyBudget?: string | number; tlsCert?: string; tlsKey?: string };
+  agent?: { server?: string | string[]; token?: string; ca?: string; name?: string; labels?: string[]; cpus?: number; memory?: string; disk?: string; driver?: string; arch?: string; mirror?: MirrorFileConfig; power?: AgentPowerFileConfig };
   /** Host power: the server's sleep policy and wake commands (docs/power.md). */
   power?: PowerFileConfig;
   /** `kiln up`'s local agent reads the same section. */
   mirror?: MirrorFileConfig;
-  client?: { server?: string; token?: string };
+  client?: { server?: string; token?: string; ca?: string };
   github?: GitHubFileConfig;
 }
 
@@ -164,6 +164,13 @@ export interface ServerConfig extends CommonConfig {
   metricsToken: string | undefined;
   logLimitBytes: number;
   hostLostAfterMs: number;
+  /** Request bodies (server/http/body-intake.ts): the deadline, and the bytes of large bodies received at once. */
+  bodyTimeoutMs: number;
+  bodyBudgetBytes: number;
+  /** kiln's own TLS: the certificate chain and key (PEM, read at start); undefined: plain HTTP. */
+  tls: { cert: Buffer; key: Buffer; certFile: string } | undefined;
+  /** A CA to trust (PEM), for kiln up's local agent when the certificate is not trusted by the system. */
+  ca: Buffer | undefined;
   /** GitHub App settings (KILN_GITHUB_* or the file's github: section); undefined when not configured. */
   github: GitHubConfig | undefined;
   /** kiln up's local agent's mirror (kiln server ignores it). */
@@ -184,6 +191,9 @@ export interface ServerFlags extends MirrorFlags {
   listen?: string;
   databaseUrl?: string;
   logLimit?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  ca?: string;
 }
 
 export const DEFAULT_PORT = 7370;
@@ -203,14 +213,29 @@ export function loadServerConfig(flags: ServerFlags, env: Env = process.env, fil
   const hostLostAfterMs = p.try(() => parseDuration(lostText, 'host lost-after')) ?? 30_000;
   const adminToken = first(env.KILN_ADMIN_TOKEN, file.server?.adminToken);
   if (adminToken !== undefined && adminToken.length < 16) p.list.push('KILN_ADMIN_TOKEN must be at least 16 characters');
+  const bodyTimeoutMs = p.try(() => parseDuration(first(env.KILN_BODY_TIMEOUT, file.server?.bodyTimeout) ?? '30s', 'body timeout')) ?? 30_000;
+  const budget = first<string | number>(env.KILN_BODY_BUDGET, file.server?.bodyBudget) ?? '64M';
+  const bodyBudgetBytes = p.try(() => (typeof budget === 'number' ? budget : parseSize(budget, 'body budget'))) ?? 64 * 1024 * 1024;
+  if (bodyBudgetBytes < 26 * 1024 * 1024) p.list.push('the body budget (KILN_BODY_BUDGET) must be at least 26M: one 25 MiB webhook body must fit');
+  const certFile = first(flags.tlsCert, env.KILN_TLS_CERT, file.server?.tlsCert);
+  const keyFile = first(flags.tlsKey, env.KILN_TLS_KEY, file.server?.tlsKey);
+  let tls: ServerConfig['tls'];
+  if ((certFile === undefined) !== (keyFile === undefined)) p.list.push('--tls-cert and --tls-key go together: give both (or neither, for plain HTTP)');
+  else if (certFile && keyFile) {
+    const cert = p.try(() => readPem(certFile, 'TLS certificate', /-----BEGIN CERTIFICATE-----/));
+    const key = p.try(() => readPem(keyFile, 'TLS key', /-----BEGIN [A-Z ]*PRIVATE KEY-----/));
+    if (cert && key) tls = { cert, key, certFile };
+  }
+  const caFile = first(flags.ca, env.KILN_CA, file.client?.ca);
+  const ca = caFile ? p.try(() => readPem(caFile, 'CA certificate', /-----BEGIN CERTIFICATE-----/)) : undefined;
   const github = p.try(() => parseGitHubConfig(env, file.github));
   const mirror = loadMirrorConfig(flags, env, file.mirror ?? file.agent?.mirror, p);
   const power = loadPowerOptions(file.power, env, p.list);
-  p.throwIfAny('server');
-  const testHoldStarts = env.KILN_TEST_HOLD_STARTS === '1';
   const metricsToken = first(env.KILN_METRICS_TOKEN, file.server?.metricsToken);
   if (metricsToken !== undefined && metricsToken.length < 16) p.list.push('KILN_METRICS_TOKEN must be at least 16 characters');
-  return { ...common, listen, databaseUrl, adminToken, metricsToken, logLimitBytes, hostLostAfterMs, github, mirror, power, testHoldStarts };
+  p.throwIfAny('server');
+  const testHoldStarts = env.KILN_TEST_HOLD_STARTS === '1';
+  return { ...common, listen, databaseUrl, adminToken, metricsToken, logLimitBytes, hostLostAfterMs, bodyTimeoutMs, bodyBudgetBytes, tls, ca, github, mirror, power, testHoldStarts };
 }
 
 export interface AgentConfig extends CommonConfig {
@@ -226,6 +251,8 @@ export interface AgentConfig extends CommonConfig {
   mirror: MirrorConfig | undefined;
   /** The host's power driver; undefined: none (it never sleeps). */
   power: AgentPowerOptions | undefined;
+  /** A CA to trust for https:// / wss:// servers (PEM; --ca, KILN_CA); undefined: the system's. */
+  ca: Buffer | undefined;
 }
 
 export interface AgentFlags extends MirrorFlags {
@@ -243,6 +270,7 @@ export interface AgentFlags extends MirrorFlags {
   driver?: string;
   powerDriver?: string;
   powerSleepCommand?: string;
+  ca?: string;
 }
 
 export function loadAgentConfig(flags: AgentFlags, env: Env = process.env, fileIn?: FileConfig): AgentConfig {
@@ -281,23 +309,41 @@ export function loadAgentConfig(flags: AgentFlags, env: Env = process.env, fileI
   if (driver !== 'qemu' && driver !== 'memory') p.list.push(`driver "${driver}" is not qemu or memory`);
   const mirror = loadMirrorConfig(flags, env, file.agent?.mirror ?? file.mirror, p);
   const power = loadAgentPower(flags, env, file.agent?.power, p.list);
+  const caFile = first(flags.ca, env.KILN_CA, file.agent?.ca);
+  const ca = caFile ? p.try(() => readPem(caFile, 'CA certificate', /-----BEGIN CERTIFICATE-----/)) : undefined;
   p.throwIfAny('agent');
-  return { ...common, servers, token: token!, name, labels, arch, cpus, memoryBytes, diskBytes, driver: driver as 'qemu' | 'memory', mirror, power };
+  return { ...common, servers, token: token!, name, labels, arch, cpus, memoryBytes, diskBytes, driver: driver as 'qemu' | 'memory', mirror, power, ca };
 }
 
 export interface ClientConfig {
   /** undefined: no server named; `kiln run` then starts one in-process. */
   server: string | undefined;
   token: string | undefined;
+  /** A CA to trust for an https:// server (PEM; --ca, KILN_CA); undefined: the system's. */
+  ca: Buffer | undefined;
 }
 
-export function loadClientConfig(flags: { server?: string; token?: string; config?: string }, env: Env = process.env, readToken?: () => string | undefined): ClientConfig {
+export function loadClientConfig(flags: { server?: string; token?: string; config?: string; ca?: string }, env: Env = process.env, readToken?: () => string | undefined): ClientConfig {
   const p = new Problems();
   const file = p.try(() => readConfigFile(flags.config ?? env.KILN_CONFIG)) ?? {};
+  const caFile = first(flags.ca, env.KILN_CA, file.client?.ca);
+  const ca = caFile ? p.try(() => readPem(caFile, 'CA certificate', /-----BEGIN CERTIFICATE-----/)) : undefined;
   p.throwIfAny('client');
   const server = first(flags.server, env.KILN_SERVER, file.client?.server);
   const token = first(flags.token, env.KILN_TOKEN, file.client?.token) ?? readToken?.();
-  return { server, token };
+  return { server, token, ca };
+}
+
+/** A PEM file's contents, checked to hold what it should (a certificate, a key). */
+function readPem(file: string, what: string, marker: RegExp): Buffer {
+  let data: Buffer;
+  try {
+    data = readFileSync(file);
+  } catch (e) {
+    throw new KilnError('config.bad_file', `cannot read the ${what} ${file}: ${(e as Error).message}`);
+  }
+  if (!marker.test(data.toString('latin1'))) throw new KilnError('config.bad_file', `${file} is not a PEM ${what}`);
+  return data;
 }
 
 /** A copy safe to log: secrets replaced, passwords removed from URLs. */
@@ -305,6 +351,7 @@ export function redact<T extends object>(cfg: T): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(cfg)) {
     if (/token|secret|password/i.test(k)) out[k] = v === undefined ? undefined : '[redacted]';
+    else if (Buffer.isBuffer(v)) out[k] = /key/i.test(k) ? '[redacted]' : `[${v.length} bytes]`;
     else if (v !== null && typeof v === 'object' && !Array.isArray(v)) out[k] = redact(v);
     else if (typeof v === 'string') out[k] = redactUrl(v);
     else out[k] = v;

@@ -16,6 +16,8 @@ export function registerServer(program: Command, out: () => Output): void {
     .description('run a kiln control-plane server (API, agent endpoint, scheduler); several may share one PostgreSQL')
     .option('--listen <host:port>', 'where the API listens (default 127.0.0.1:7370; env KILN_LISTEN)')
     .option('--database-url <url>', 'postgres://… to use a PostgreSQL server (env KILN_DATABASE_URL); default: embedded store in the data directory')
+    .option('--tls-cert <file>', "serve https/wss with this PEM certificate (chain) (env KILN_TLS_CERT); needs --tls-key")
+    .option('--tls-key <file>', 'the PEM private key of --tls-cert (env KILN_TLS_KEY)')
     .option('--log-limit <size>', 'largest stored log per job (default 16M; env KILN_LOG_LIMIT)')
     .option('--data-dir <dir>', 'kiln data directory (env KILN_DATA_DIR)')
     .option('--config <file>', 'config file, YAML or JSON (env KILN_CONFIG)')
@@ -39,6 +41,8 @@ export function registerServer(program: Command, out: () => Output): void {
         ...(cfg.metricsToken ? { metricsToken: cfg.metricsToken } : {}),
         ...(cfg.github ? { github: { config: cfg.github } } : {}),
         power: cfg.power,
+        bodyIntake: { timeoutMs: cfg.bodyTimeoutMs, largeBudget: cfg.bodyBudgetBytes },
+        ...(cfg.tls ? { tls: { cert: cfg.tls.cert, key: cfg.tls.key } } : {}),
       });
       const url = await server.listen(cfg.listen);
       o.info(`kiln server ${server.serverId} listening at ${url} (${store.kind === 'pglite' ? `embedded store in ${join(cfg.dataDir, 'db')}` : 'PostgreSQL'})`);

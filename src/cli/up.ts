@@ -47,6 +47,10 @@ export interface UpOptions {
   testHoldStarts?: boolean;
   /** Where the local agent keeps its host credential (the data directory); unset: in memory. */
   credentialDir?: string;
+  /** Request bodies' deadline and budget (server/http/body-intake.ts). */
+  bodyIntake?: MakeServerOptions['bodyIntake'];
+  /** kiln's own TLS; `ca` is what the local agent trusts (default: the certificate itself). */
+  tls?: { cert: Buffer; key: Buffer; ca?: Buffer };
 }
 
 export interface UpHandle {
@@ -71,6 +75,8 @@ export async function startUp(o: UpOptions): Promise<UpHandle> {
       ...(o.bootstrapTokenFile ? { bootstrapTokenFile: o.bootstrapTokenFile } : {}),
       options: { ...(o.logLimitBytes ? { logLimitBytes: o.logLimitBytes } : {}), ...(o.testHoldStarts ? { testHoldStarts: true } : {}), pollMs: 500 },
       ...(o.github ? { github: o.github } : {}),
+      ...(o.bodyIntake ? { bodyIntake: o.bodyIntake } : {}),
+      ...(o.tls ? { tls: { cert: o.tls.cert, key: o.tls.key } } : {}),
       ...(dashboardDir() ? { dashboardDir: dashboardDir()! } : {}),
     });
     // The first-start token (if any) is written before this one exists; this one is for the caller.
@@ -90,6 +96,7 @@ export async function startUp(o: UpOptions): Promise<UpHandle> {
       ...(o.mirrorStatusIntervalMs ? { statusIntervalMs: o.mirrorStatusIntervalMs } : {}),
       ...(o.outputSpillDir ? { outputSpillDir: o.outputSpillDir } : {}),
       ...(o.credentialDir ? { credentialDir: o.credentialDir } : {}),
+      ...(o.tls ? { ca: o.tls.ca ?? o.tls.cert } : {}),
     });
     const connected = agent.connected(30_000);
     await agent.start();
@@ -130,6 +137,9 @@ export function registerUp(program: Command, out: () => Output): void {
     .option('--config <file>', 'config file, YAML or JSON (env KILN_CONFIG)')
     .option('--driver <kind>', 'VM driver: qemu (default) or memory (simulated, for trying the fleet without VMs)', 'qemu')
     .option('--label <label...>', 'labels this host offers (pools)')
+    .option('--tls-cert <file>', 'serve https/wss with this PEM certificate (env KILN_TLS_CERT); it must name the --listen address')
+    .option('--tls-key <file>', 'the PEM private key of --tls-cert (env KILN_TLS_KEY)')
+    .option('--ca <file>', "the CA the local agent trusts for --tls-cert (env KILN_CA; default: the certificate itself)")
     .option(
       '--mirror-upstream <[registry=]url>',
       'run a registry mirror of this upstream for the local VMs: a URL for Docker Hub, REGISTRY=URL (ghcr.io=https://ghcr.io) for another registry; repeatable (env KILN_MIRROR_UPSTREAM, comma-separated; credentials for the first from KILN_MIRROR_USERNAME/KILN_MIRROR_PASSWORD)',
@@ -160,6 +170,8 @@ export function registerUp(program: Command, out: () => Output): void {
         ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
         ...(flags.label ? { labels: flags.label } : {}),
         ...(cfg.github ? { github: { config: cfg.github } } : {}),
+        bodyIntake: { timeoutMs: cfg.bodyTimeoutMs, largeBudget: cfg.bodyBudgetBytes },
+        ...(cfg.tls ? { tls: { cert: cfg.tls.cert, key: cfg.tls.key, ...(cfg.ca ? { ca: cfg.ca } : {}) } } : {}),
         ...(cfg.mirror ? { mirrors: makeMirrorsFor(cfg.mirror, cfg.dataDir, logger), mirrorStatusIntervalMs: cfg.mirror.statusIntervalMs } : {}),
       });
       tighten(cfg.dataDir);

@@ -30,6 +30,8 @@ const CODES: Readonly<Record<string, ErrorEntry>> = {
   'auth.forbidden': user(403),
   'request.too_large': user(413),
   'request.unsupported_media': user(415),
+  'request.timeout': user(408),
+  'request.busy': unavailable(),
   'route.not_found': user(404),
   'job.not_found': user(404),
   'host.not_found': user(404),

@@ -96,7 +96,7 @@ export type JobOut = Static<typeof JobOut>;
 
 export const JobTransitionOut = Type.Object({ attempt: Type.Integer(), state: OneOf(JOB_STATE_LIST), hostId: Nullable(Type.Integer()), detail: Nullable(Type.String()), at: Type.String() });
 export const JobDetail = Type.Composite([JobOut, Type.Object({ transitions: Type.Array(JobTransitionOut) })]);
-export const JobList = Type.Object({ jobs: Type.Array(JobOut) });
+export const JobList = Type.Object({ jobs: Type.Array(JobOut), next: Type.Union([Type.Integer(), Type.Null()]) });
 export const JobListQuery = Type.Object(
   {
     state: Type.Optional(Type.String({ description: 'comma-separated states' })),
@@ -227,7 +227,11 @@ export const GitHubJobOut = Type.Object({
   failures: Type.Integer(),
   nextAttemptAt: Nullable(Type.String()),
 });
-export const GitHubRunnersQuery = Type.Object({ all: Type.Optional(Type.Boolean()) }, { additionalProperties: false });
+export const HostListQuery = Type.Object(
+  { after: Type.Optional(Type.String({ maxLength: 100 })), limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 10_000 })) },
+  { additionalProperties: false },
+);
+export const GitHubRunnersQuery = Type.Object({ all: Type.Optional(Type.Boolean()), limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })) }, { additionalProperties: false });
 export const GitHubRunnerOut = Type.Object({
   name: Type.String(),
   state: Type.String(),
@@ -315,7 +319,7 @@ export const API = {
   getJob: route('GET', '/v1/jobs/:id', { params: IdParams, response: JobDetail }),
   cancelJob: route('POST', '/v1/jobs/:id/cancel', { params: IdParams, response: JobOut }),
   jobLogs: route('GET', '/v1/jobs/:id/logs', { params: IdParams, querystring: LogQuery }),
-  listHosts: route('GET', '/v1/hosts', { response: Type.Object({ hosts: Type.Array(HostWithUsage) }) }),
+  listHosts: route('GET', '/v1/hosts', { querystring: HostListQuery, response: Type.Object({ hosts: Type.Array(HostWithUsage), next: Type.Union([Type.String(), Type.Null()]) }) }),
   getHost: route('GET', '/v1/hosts/:ref', { params: HostRefParams, response: HostWithUsage }),
   drainHost: route('POST', '/v1/hosts/:ref/drain', { params: HostRefParams, response: HostOut }),
   cordonHost: route('POST', '/v1/hosts/:ref/cordon', { params: HostRefParams, response: HostOut }),
@@ -329,9 +333,9 @@ export const API = {
   revokeToken: route('DELETE', '/v1/tokens/:id', { params: IdParams, response: TokenOut }),
   listTenants: route('GET', '/v1/tenants', { response: Type.Object({ tenants: Type.Array(TenantOut) }) }),
   setTenantLimit: route('PUT', '/v1/tenants/:name', { params: TenantParams, body: TenantLimit, response: Type.Object({ name: Type.String(), maxConcurrent: Nullable(Type.Integer()) }) }),
-  githubJobs: route('GET', '/v1/github/jobs', { querystring: GitHubJobsQuery, response: Type.Object({ jobs: Type.Array(GitHubJobOut) }) }),
-  githubRunners: route('GET', '/v1/github/runners', { querystring: GitHubRunnersQuery, response: Type.Object({ runners: Type.Array(GitHubRunnerOut) }) }),
-  githubUsage: route('GET', '/v1/github/usage', { querystring: GitHubUsageQuery, response: Type.Object({ usage: Type.Array(GitHubUsageOut) }) }),
+  githubJobs: route('GET', '/v1/github/jobs', { querystring: GitHubJobsQuery, response: Type.Object({ jobs: Type.Array(GitHubJobOut), truncated: Type.Boolean() }) }),
+  githubRunners: route('GET', '/v1/github/runners', { querystring: GitHubRunnersQuery, response: Type.Object({ runners: Type.Array(GitHubRunnerOut), truncated: Type.Boolean() }) }),
+  githubUsage: route('GET', '/v1/github/usage', { querystring: GitHubUsageQuery, response: Type.Object({ usage: Type.Array(GitHubUsageOut), truncated: Type.Boolean() }) }),
   // The dashboard's reads: answers described by the server's types for now (no answer schema yet).
   timings: route('GET', '/v1/reports/timings', { querystring: TimingsQuery }),
   usage: route('GET', '/v1/reports/usage', { querystring: PeriodQuery }),

@@ -5,6 +5,7 @@ import { DEFAULT_HOST_POLICY, type HostPolicy } from '../store/hosts.ts';
 import type { ServerEventBus } from './events.ts';
 import type { Metrics } from './metrics.ts';
 import type { Authenticator } from './http/auth.ts';
+import type { BodyIntake } from './http/body-intake.ts';
 
 export interface ServerOptions {
   /** Longest a job's stored log may grow, in bytes; the rest is dropped with a note. */
@@ -43,4 +44,6 @@ export interface ServerContext {
   metrics: Metrics;
   auth: Authenticator;
   options: ServerOptions;
+  /** Request bodies: read as they stream, capped, under one memory budget (http/body-intake.ts). */
+  bodies: BodyIntake;
 }

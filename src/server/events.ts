@@ -17,7 +17,7 @@ export interface ServerEvents {
   /** A job's VM must stop (a cancel of an active job): the replica its host is connected to sends `stop`. */
   'job.stop': { jobId: number; attempt: number; hostId: number; reason: string };
   'job.placed': { jobId: number; attempt: number; hostId: number; latencyMs: number };
-  'job.logs': { jobId: number };
+  'job.logs': { jobId: number; tenant: string };
   'host.state': { hostId: number; name: string; state: HostState };
   /**
    * A launch failed on a host: its VM could not be launched, did not boot or crashed, or (GitHub) a runner

@@ -13,6 +13,7 @@ import { KilnError } from '../core/errors.ts';
 import { KILN_VERSION } from '../core/version.ts';
 import type { Store } from '../store/store.ts';
 import { countQueued } from '../store/jobs.ts';
+import { errorForLog } from '../store/store-errors.ts';
 import { countTokens, createToken } from '../store/tokens.ts';
 import { attachAgentGateway, AGENT_MAX_PAYLOAD, type AgentGateway } from './agents/agent-gateway.ts';
 import { makeAuthenticator } from './http/auth.ts';
@@ -21,6 +22,7 @@ import { ServerEventBus } from './events.ts';
 import { HostRegistry } from './agents/host-registry.ts';
 import { errorBody } from './http/http-errors.ts';
 import { makeStrictValidatorCompiler } from './http/strict-input.ts';
+import { BODY_REFUSALS, DEFAULT_BODY_INTAKE, makeBodyIntake, type BodyIntakeOptions } from './http/body-intake.ts';
 import { makeLeader, type Leader, type UpkeepTiming } from './leader.ts';
 import { makeLogWriter } from './agents/log-writer.ts';
 import { makePhaseWriter } from './agents/phase-writer.ts';
@@ -54,8 +56,12 @@ export interface MakeServerOptions {
   bootstrapTokenFile?: string;
   /** When set, GET /metrics needs `Authorization: Bearer <metricsToken>` (KILN_METRICS_TOKEN). */
   metricsToken?: string;
-  /** HTTP body limit in bytes. */
+  /** HTTP body limit in bytes (the API's JSON; default 1 MiB). */
   bodyLimit?: number;
+  /** kiln's own TLS (PEM certificate chain and key): the API and the agent endpoint speak https/wss only. */
+  tls?: { cert: Buffer; key: Buffer };
+  /** The memory budget and deadline of request bodies (http/body-intake.ts). */
+  bodyIntake?: Partial<BodyIntakeOptions>;
   /** Leader sweep interval. */
   leaderIntervalMs?: number;
   /** When the leader looks after the embedded store's tables (default UPKEEP_TIMING). */
@@ -90,7 +96,9 @@ export interface KilnServer {
 
 export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   const serverId = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
-  const log = o.logger.child({ serverId });
+  // Every error this server logs goes through errorForLog: a store error's refused values (a job's env and
+  // secrets in "Failing row contains …") never reach the log.
+  const log = o.logger.child({ serverId }, { serializers: { err: errorForLog } });
   const events = new ServerEventBus();
   const metrics = makeMetrics(
     async () => countQueued(o.store.db),
@@ -104,6 +112,7 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
     metrics,
     auth: makeAuthenticator(o.store.db),
     options: { ...DEFAULT_SERVER_OPTIONS, ...o.options },
+    bodies: makeBodyIntake({ ...DEFAULT_BODY_INTAKE, ...o.bodyIntake }),
   };
 
   let bootstrapSecret: string | undefined;
@@ -117,15 +126,34 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
     bootstrapSecret = secret;
   }
 
+  const bodyLimit = o.bodyLimit ?? 1024 * 1024;
   const app = Fastify({
     logger: false,
-    bodyLimit: o.bodyLimit ?? 1024 * 1024,
-  });
+    bodyLimit,
+    // Headers must arrive within this (Node's default is 60 s); bodies have their own deadline (body-intake.ts).
+    requestTimeout: ctx.bodies.options.timeoutMs + 30_000,
+    // kiln's own TLS; Fastify types an https server apart, but every route and plugin here is the same.
+    ...(o.tls ? { https: { cert: o.tls.cert, key: o.tls.key, minVersion: 'TLSv1.2' as const } } : {}),
+  }) as unknown as FastifyInstance;
   // Bodies are validated without coercion, strings checked for NUL and lone surrogates (strict-input.ts).
   app.setValidatorCompiler(makeStrictValidatorCompiler());
   await app.register(websocket, { options: { maxPayload: AGENT_MAX_PAYLOAD } });
   // The API speaks JSON only; anything else is a 415, not a string the schema then rejects.
   app.removeContentTypeParser('text/plain');
+  // JSON bodies are read as they stream, capped and under the shared body budget, then parsed as Fastify
+  // would (prototype poisoning refused).
+  const parseJson = app.getDefaultJsonParser('error', 'error');
+  app.removeContentTypeParser('application/json');
+  app.addHook('onRequest', (req, reply, done) => {
+    ctx.bodies.bind(req.raw, reply.raw);
+    done();
+  });
+  app.addContentTypeParser('application/json', (req, payload, done) => {
+    ctx.bodies.read(req.raw, payload, bodyLimit).then(
+      (buf) => parseJson(req, buf.toString('utf8'), done),
+      (e: Error) => done(e, undefined),
+    );
+  });
 
   app.setErrorHandler((e: FastifyError, req, reply) => {
     let err: unknown = e;
@@ -136,6 +164,10 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
       err = new KilnError('request.bad_json', 'the request body is not valid JSON');
     const { status, body } = errorBody(err);
     if (status >= 500) log.error({ err: e, url: req.url }, 'request failed');
+    if (e instanceof KilnError && BODY_REFUSALS.has(e.code)) {
+      void reply.header('connection', 'close');
+      if (e.code === 'request.busy') void reply.header('retry-after', '1');
+    }
     void reply.code(status).send(body);
   });
   app.setNotFoundHandler((req, reply) => {
@@ -157,7 +189,7 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   const apiDeps = { ctx, registry, jobs, scheduler, closeToken: gateway.closeToken };
   const routes: RouteDef[] = [...jobRoutes(apiDeps), ...hostRoutes(apiDeps), ...tokenRoutes(apiDeps), ...powerRoutes({ ctx, power, policy: (o.power ?? DEFAULT_POWER_OPTIONS).policy })];
   const figures = makeFigures(ctx);
-  const live = makeLiveHub({ events, onGitHub: (fn) => (github ? combine([github.events.on('job.refused', fn), github.events.on('runner.state', fn)]) : () => {}) });
+  const live = makeLiveHub({ events, ...(o.github ? { githubTenant: o.github.config.tenant } : {}), onGitHub: (fn) => (github ? combine([github.events.on('job.refused', fn), github.events.on('runner.state', fn)]) : () => {}) });
   routes.push(...reportRoutes(apiDeps), ...dashboardRoutes(live));
   const gh = o.github;
   const github: GitHubService | undefined = gh

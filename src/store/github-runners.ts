@@ -133,8 +133,8 @@ export async function listRunnersIn(db: Q, states: readonly RunnerState[]): Prom
 }
 
 /** Runners for the API: live ones, or the latest 1,000 of any state. */
-export async function listRunnersForApi(db: Q, all: boolean): Promise<GhRunner[]> {
-  let s = db.selectFrom('github_runners').selectAll().orderBy('id', 'desc').limit(1000);
+export async function listRunnersForApi(db: Q, all: boolean, limit = 1000): Promise<GhRunner[]> {
+  let s = db.selectFrom('github_runners').selectAll().orderBy('id', 'desc').limit(limit);
   if (!all) s = s.where('state', 'in', [...LIVE_RUNNER_STATES]);
   return (await s.execute()).map(runnerFromRow);
 }

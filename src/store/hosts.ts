@@ -231,8 +231,12 @@ export async function hostStates(db: Q, ids: number[]): Promise<{ id: number; st
   return rows.map((r) => ({ id: r.id, state: r.state as HostState, cordoned: r.cordoned, serverId: r.server_id }));
 }
 
-export async function listHosts(db: Q): Promise<Host[]> {
-  return (await db.selectFrom('hosts').selectAll().orderBy('name').execute()).map(hostFromRow);
+/** Hosts by name; a page of at most `limit` after the name `after` when given. */
+export async function listHosts(db: Q, page: { after?: string | undefined; limit?: number } = {}): Promise<Host[]> {
+  let q = db.selectFrom('hosts').selectAll().orderBy('name');
+  if (page.after !== undefined) q = q.where('name', '>', page.after);
+  if (page.limit !== undefined) q = q.limit(page.limit);
+  return (await q.execute()).map(hostFromRow);
 }
 
 /** A host by reference: all digits is an id (host names may not be all digits), anything else a name. */

@@ -17,8 +17,8 @@ export interface IncomingChunk {
 }
 
 export interface AppendResult {
-  /** Jobs that got new data (or were truncated). */
-  changed: number[];
+  /** Jobs that got new data (or were truncated), with their tenant (the live feed is scoped by it). */
+  changed: { id: number; tenant: string }[];
   /**
    * Per `jobId:attempt` in the batch: every chunk up to this seq is settled (stored, or deliberately not:
    * past the job's cap, or of an attempt that is no longer the job's), so the agent may forget it.
@@ -41,11 +41,11 @@ export async function appendLogs(tx: Tx, chunks: IncomingChunk[], capBytes: numb
   const jobIds = [...new Set(chunks.map((c) => c.jobId))];
   const jobs = await tx
     .selectFrom('jobs')
-    .select(['id', 'attempt', 'log_bytes', 'log_truncated'])
+    .select(['id', 'tenant', 'attempt', 'log_bytes', 'log_truncated'])
     .where(idIn('id', jobIds))
     .forUpdate()
     .execute();
-  const budget = new Map(jobs.map((j) => [j.id, { used: j.log_bytes, truncated: j.log_truncated, attempt: j.attempt, grew: 0 }]));
+  const budget = new Map(jobs.map((j) => [j.id, { tenant: j.tenant, used: j.log_bytes, truncated: j.log_truncated, attempt: j.attempt, grew: 0 }]));
   // The agent numbers each attempt's chunks from 0 upwards, so anything at or below the stored maximum is a replay.
   const maxSeq = await tx
     .selectFrom('job_logs')
@@ -101,7 +101,7 @@ export async function appendLogs(tx: Tx, chunks: IncomingChunk[], capBytes: numb
       FROM ${batch}
       WHERE jobs.id = v.id`.execute(tx);
   }
-  return { changed: changed.map(([id]) => id), settled };
+  return { changed: changed.map(([id, b]) => ({ id, tenant: b.tenant })), settled };
 }
 
 /** The highest seq stored for an attempt's output (-1: none), and whether the job's output was truncated. */

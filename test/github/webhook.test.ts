@@ -83,7 +83,7 @@ void describe('webhook endpoint', () => {
     assert.ok(op, 'the webhook path is in the document');
     assert.deepEqual(op.security, []);
     assert.deepEqual(op.parameters?.map((p) => p.name), ['X-GitHub-Event', 'X-GitHub-Delivery', 'X-Hub-Signature-256']);
-    assert.deepEqual(Object.keys(op.responses ?? {}).sort(), ['200', '202', '400', '401', '413', '415']);
+    assert.deepEqual(Object.keys(op.responses ?? {}).sort(), ['200', '202', '400', '401', '408', '413', '415', '503']);
     assert.ok(doc.paths['/v1/github/jobs'], 'the GitHub API routes are there too');
   });
 

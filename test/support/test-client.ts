@@ -9,7 +9,7 @@ export interface ApiClient extends CliClient {
   request<T = unknown>(method: string, path: string, body?: unknown, extraHeaders?: Record<string, string>): Promise<T>;
 }
 
-export function makeApiClient(o: { server: string; token: string | undefined }): ApiClient {
+export function makeApiClient(o: { server: string; token: string | undefined; ca?: Buffer }): ApiClient {
   const c = makeCliClient(o);
   return {
     server: c.server,

@@ -45,7 +45,7 @@ export function makeLogWriter(ctx: ServerContext, delayMs = 20): LogWriter {
       try {
         const r = await ctx.store.withTransaction((tx) => appendLogs(tx, batch, ctx.options.logLimitBytes));
         for (const [k, seq] of r.settled) settledUpTo.set(k, Math.max(settledUpTo.get(k) ?? -1, seq));
-        for (const jobId of r.changed) ctx.events.emit('job.logs', { jobId });
+        for (const c of r.changed) ctx.events.emit('job.logs', { jobId: c.id, tenant: c.tenant });
         done?.(r.settled);
       } catch (e) {
         ctx.log.error({ err: e, chunks: batch.length }, 'could not store job logs; the agents will resend them');

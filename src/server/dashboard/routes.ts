@@ -10,6 +10,7 @@ import type { FastifyInstance } from 'fastify';
 import { API } from '../../core/http-contract.ts';
 import { defineRoute, type RouteDef } from '../http/routes.ts';
 import type { LiveHub } from './live.ts';
+import { tenantScope } from '../http/auth.ts';
 
 export const DASHBOARD_FILES = { 'index.html': 'text/html; charset=utf-8', 'app.js': 'text/javascript; charset=utf-8', 'app.css': 'text/css; charset=utf-8' } as const;
 
@@ -51,15 +52,15 @@ export function dashboardRoutes(hub: LiveHub): RouteDef[] {
       API.live,
       {
         tag: 'dashboard',
-        summary: 'Server-sent events: one `delta` every 500 ms while anything changed (job states, submissions, logs, hosts, GitHub)',
+        summary: "Server-sent events: one `delta` every 500 ms while anything changed (job states, submissions, logs, hosts, GitHub), each confined to the token's tenant (an admin's sees all)",
         permission: 'read',
         produces: 'text/event-stream',
       },
-      async (_req, reply) => {
+      async (_req, reply, token) => {
         reply.hijack();
         reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', 'x-accel-buffering': 'no', connection: 'keep-alive' });
         reply.raw.socket?.setNoDelay(true);
-        hub.add(reply.raw);
+        hub.add(reply.raw, tenantScope(token));
         return undefined;
       },
     ),

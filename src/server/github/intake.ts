@@ -7,26 +7,41 @@ import type { FastifyInstance } from 'fastify';
 import { KilnError, isKilnError } from '../../core/errors.ts';
 import { insertDelivery } from '../../store/github-deliveries.ts';
 import { errorBody } from '../http/http-errors.ts';
+import { BODY_REFUSALS } from '../http/body-intake.ts';
+import { findUnstorableString } from '../http/strict-input.ts';
 import { WEBHOOK_PATH } from './manifest.ts';
 import type { GitHubParts } from './parts.ts';
 import { verifySignature } from './signature.ts';
 
-const BODY_LIMIT = 25 * 1024 * 1024;
+/**
+ * GitHub caps webhook payloads at 25 MB (it sends nothing larger), so nothing GitHub sends is refused. A
+ * workflow_job delivery is a few kB; what keeps many large bodies from filling memory is the server's body
+ * budget (http/body-intake.ts), not this cap.
+ */
+export const WEBHOOK_BODY_LIMIT = 25 * 1024 * 1024;
 
 export async function registerWebhook(app: FastifyInstance, p: GitHubParts, kick: () => void): Promise<void> {
   const { metrics, log, db, config } = p;
   const secrets = () => config.webhookSecrets.map((s) => s.reveal());
   await app.register(async (child) => {
     child.removeAllContentTypeParsers();
-    child.addContentTypeParser('application/json', { parseAs: 'buffer', bodyLimit: BODY_LIMIT }, (_req, body, done) => done(null, body));
-    child.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit: BODY_LIMIT }, (_req, _body, done) =>
-      done(new KilnError('request.unsupported_media', 'GitHub webhooks are JSON (content type application/json)'), undefined),
-    );
+    // Read as it streams: a declared length over the cap is a 413 before any byte is read, a longer
+    // chunked body is cut off at the cap, and the bytes count against the server's body budget.
+    child.addContentTypeParser('application/json', (req, payload, done) => {
+      p.ctx.bodies.read(req.raw, payload, WEBHOOK_BODY_LIMIT).then(
+        (body) => done(null, body),
+        (e: Error) => done(e, undefined),
+      );
+    });
+    child.addContentTypeParser('*', (_req, _payload, done) => done(new KilnError('request.unsupported_media', 'GitHub webhooks are JSON (content type application/json)'), undefined));
     child.setErrorHandler((e: unknown, _req, reply) => {
       metrics.deliveries.inc({ result: 'refused' });
-      const code = (e as { code?: string }).code;
-      const { status, body } = errorBody(isKilnError(e) ? e : code === 'FST_ERR_CTP_BODY_TOO_LARGE' ? new KilnError('request.too_large', 'the delivery exceeds 25 MB') : e);
+      const { status, body } = errorBody(e);
       if (status >= 500) log.error({ err: e }, 'webhook intake failed');
+      if (isKilnError(e) && BODY_REFUSALS.has(e.code)) {
+        void reply.header('connection', 'close');
+        if (e.code === 'request.busy') void reply.header('retry-after', '1');
+      }
       void reply.code(status).send(body);
     });
     child.post(WEBHOOK_PATH, async (req, reply) => {
@@ -58,6 +73,11 @@ export async function registerWebhook(app: FastifyInstance, p: GitHubParts, kick
       } catch {
         throw new KilnError('request.bad_json', 'the delivery body is not valid JSON');
       }
+      // A delivery is stored as jsonb: it must be an object, and PostgreSQL stores neither NUL nor a lone
+      // surrogate (found by the fuzz: each was a 500). GitHub sends neither; such a body is refused (400).
+      if (payload === null || typeof payload !== 'object' || Array.isArray(payload)) throw new KilnError('request.bad_payload', 'the delivery body is not a JSON object');
+      const unstorable = findUnstorableString(payload);
+      if (unstorable !== undefined) throw new KilnError('request.bad_string', `the delivery holds NUL or an unpaired UTF-16 surrogate at ${unstorable.slice(0, 200)}`);
       const action = typeof (payload as { action?: unknown }).action === 'string' ? (payload as { action: string }).action : null;
       const fresh = await insertDelivery(db, { deliveryId: delivery, event, action, hookId: h('x-github-hook-id') ?? null, payload: body.toString('utf8') });
       if (!fresh) {

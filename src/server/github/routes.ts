@@ -5,6 +5,7 @@ import { listRunnersForApi } from '../../store/github-runners.ts';
 import type { Db } from '../../store/store.ts';
 import { defineRoute, type RouteDef } from '../http/routes.ts';
 import { mayAccessTenant } from '../http/auth.ts';
+import { capByBytes } from '../http/listing.ts';
 import type { Token } from '../../core/host.ts';
 
 const iso = (x: number | null) => (x === null ? null : new Date(x).toISOString());
@@ -16,13 +17,17 @@ export function githubRoutes(db: Db, tenant: string): RouteDef[] {
   return [
     defineRoute(
       API.githubJobs,
-      { tag: 'github', summary: "GitHub jobs kiln has seen, with kiln's decision (accepted, ignored, refused and why)", permission: 'read' },
+      {
+        tag: 'github',
+        summary: "GitHub jobs kiln has seen, newest first, with kiln's decision (accepted, ignored, refused and why); at most `limit` and 4 MiB of JSON (`truncated` says it was cut: lower `limit` or filter)",
+        permission: 'read',
+      },
       async (req, _reply, token) => {
-        if (!seesGitHub(token)) return { jobs: [] };
+        if (!seesGitHub(token)) return { jobs: [], truncated: false };
         const q = req.query;
         const jobs = await listGhJobs(db, { decision: q.decision, repo: q.repo, limit: q.limit ?? 100 });
-        return {
-          jobs: jobs.map((j) => ({
+        const { items, cut } = capByBytes(
+          jobs.map((j) => ({
             jobId: j.jobId,
             runAttempt: j.runAttempt,
             runId: j.runId,
@@ -36,14 +41,14 @@ export function githubRoutes(db: Db, tenant: string): RouteDef[] {
             failures: j.failures,
             nextAttemptAt: j.decision === 'accepted' && j.state === 'queued' ? iso(j.nextAttemptAt) : null,
           })),
-        };
+        );
+        return { jobs: items, truncated: cut };
       },
     ),
     defineRoute(API.githubRunners, { tag: 'github', summary: "kiln's JIT runners: state, labels, VM (kiln job), the GitHub job they ran", permission: 'read' }, async (req, _reply, token) => {
-      if (!seesGitHub(token)) return { runners: [] };
-      const all = req.query.all === true;
-      return {
-        runners: (await listRunnersForApi(db, all)).map((r) => ({
+      if (!seesGitHub(token)) return { runners: [], truncated: false };
+      const { items, cut } = capByBytes(
+        (await listRunnersForApi(db, req.query.all === true, req.query.limit ?? 1000)).map((r) => ({
           name: r.name,
           state: r.state,
           scope: r.scope.level === 'org' ? r.scope.owner : `${r.scope.owner}/${r.scope.repo ?? ''}`,
@@ -55,15 +60,17 @@ export function githubRoutes(db: Db, tenant: string): RouteDef[] {
           createdAt: iso(r.createdAt),
           endedAt: iso(r.endedAt),
         })),
-      };
+      );
+      return { runners: items, truncated: cut };
     }),
     defineRoute(
       API.githubUsage,
       { tag: 'github', summary: 'Usage records per GitHub job: repository, organization, sender, labels, workflow, times, host, VM size, conclusion', permission: 'read' },
       async (req, _reply, token) => {
-        if (!seesGitHub(token)) return { usage: [] };
+        if (!seesGitHub(token)) return { usage: [], truncated: false };
         const q = req.query;
-        return { usage: await listUsage(db, { repo: q.repo, org: q.org, limit: q.limit ?? 1000 }) };
+        const { items, cut } = capByBytes(await listUsage(db, { repo: q.repo, org: q.org, limit: q.limit ?? 1000 }));
+        return { usage: items, truncated: cut };
       },
     ),
   ];

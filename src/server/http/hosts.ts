@@ -5,6 +5,7 @@ import type { Host } from '../../core/host.ts';
 import { deleteHost, findHost, listHosts, updateHostFlags } from '../../store/hosts.ts';
 import { activeJobsOnHosts } from '../../store/jobs.ts';
 import type { ApiDeps } from './deps.ts';
+import { pageByBytes } from './listing.ts';
 import { defineRoute, type RouteDef } from './routes.ts';
 import { API } from '../../core/http-contract.ts';
 
@@ -50,9 +51,27 @@ export function hostRoutes(deps: ApiDeps): RouteDef[] {
     return updated;
   };
   return [
-    defineRoute(API.listHosts, { tag: 'hosts', summary: 'List hosts with their state, capacity and what is in use', permission: 'read' }, async () => ({
-      hosts: await withUsage(await listHosts(db)),
-    })),
+    defineRoute(
+      API.listHosts,
+      {
+        tag: 'hosts',
+        summary:
+          'List hosts by name with their state, capacity and what is in use; at most `limit` (default and most 10,000) and 4 MiB of JSON: `next`, when not null, is the `after` that lists the rest',
+        permission: 'read',
+      },
+      async (req) => {
+        const q = req.query;
+        const { items, next } = await pageByBytes({
+          fetchPage: async (cursor: string | undefined, n) => withUsage(await listHosts(db, { after: cursor, limit: n })),
+          cursorOf: (h) => h.name,
+          toJson: (h) => h,
+          limit: q.limit ?? 10_000,
+          pageSize: 500,
+          ...(q.after !== undefined ? { start: q.after } : {}),
+        });
+        return { hosts: items, next };
+      },
+    ),
     defineRoute(API.getHost, { tag: 'hosts', summary: 'One host, by name or id', permission: 'read' }, async (req) => (await withUsage([await need(req.params.ref)]))[0]),
     defineRoute(API.drainHost, { tag: 'hosts', summary: 'Drain a host: no new jobs, running ones finish (survives reconnects)', permission: 'operate' }, (req) =>
       change(req.params.ref, 'drain'),

@@ -13,6 +13,7 @@ import { API, JOB_MAX_TIMEOUT_MS as MAX_TIMEOUT_MS, JOB_MIN_TIMEOUT_MS as MIN_TI
 import { readLogs } from '../../store/logs.ts';
 import { checkIdempotencyKey, requestHash } from '../../store/submissions.ts';
 import type { ApiDeps } from './deps.ts';
+import { pageByBytes } from './listing.ts';
 import { defineRoute, type RouteDef } from './routes.ts';
 
 /** Turns a submission into a job spec, collecting every problem at once. Pure. */
@@ -117,7 +118,14 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
       const jobs = await submit(specs);
       return reply.code(201).send({ ids: jobs.map((j) => j.id) });
     }),
-    defineRoute(API.listJobs, { tag: 'jobs', summary: 'List jobs, newest first', permission: 'read' }, async (req, _reply, token) => {
+    defineRoute(
+      API.listJobs,
+      {
+        tag: 'jobs',
+        summary: 'List jobs, newest first; at most `limit` (1,000) jobs and 4 MiB of JSON: `next`, when not null, is the `before` that lists the rest',
+        permission: 'read',
+      },
+      async (req, _reply, token) => {
       const q = req.query;
       const scope = tenantScope(token);
       if (scope !== undefined && q.tenant !== undefined && q.tenant !== scope) {
@@ -127,19 +135,25 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
       const states = q.state ? q.state.split(',').map((s) => s.trim()) : undefined;
       const bad = states?.filter((s) => !JOB_STATE_LIST.includes(s as JobState));
       if (bad && bad.length > 0) throw new KilnError('request.bad_state', `unknown job state ${bad.join(', ')}`, { hint: `states: ${JOB_STATE_LIST.join(', ')}` });
-      return {
-        jobs: (
-          await listJobs(db, {
+      // Read a page at a time and cut at the byte cap (http/listing.ts): `next` continues with ?before=.
+      const { items, next } = await pageByBytes({
+        fetchPage: (cursor: number | undefined, n) =>
+          listJobs(db, {
             ...(states ? { states: states as JobState[] } : {}),
             ...(tenant !== undefined ? { tenant } : {}),
             ...(q.host !== undefined ? { hostId: q.host } : {}),
-            ...(q.before !== undefined ? { beforeId: q.before } : {}),
+            ...(cursor !== undefined ? { beforeId: cursor } : {}),
             ...(q.q !== undefined ? { text: q.q } : {}),
-            limit: q.limit ?? 100,
-          })
-        ).map(jobJson),
-      };
-    }),
+            limit: n,
+          }),
+        cursorOf: (j) => j.id,
+        toJson: jobJson,
+        limit: q.limit ?? 100,
+        ...(q.before !== undefined ? { start: q.before } : {}),
+      });
+      return { jobs: items, next };
+    },
+    ),
     defineRoute(API.getJob, { tag: 'jobs', summary: 'One job, with a timestamp per state transition', permission: 'read' }, async (req, _reply, token) => {
       const { id } = req.params;
       const job = await need(id, token);

@@ -4,7 +4,7 @@ import { createHmac } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTestDatabase, type StoreKind } from '../store/test-stores.ts';
-import { spawnKiln, freePort, type KilnProcess } from '../agent/processes.ts';
+import { spawnBuiltKiln, freePort, type KilnProcess } from '../agent/processes.ts';
 import { makeApiClient, type ApiClient } from '../support/test-client.ts';
 import { makeSecret } from '../../src/store/tokens.ts';
 import { openStore, type Store } from '../../src/store/store.ts';
@@ -28,7 +28,7 @@ export async function startServerProcess(kind: StoreKind, env: Record<string, st
   const db = kind === 'postgres' ? await makeTestDatabase() : undefined;
   const admin = makeSecret('admin');
   const port = await freePort();
-  const proc = spawnKiln(['server', '--listen', `127.0.0.1:${port}`, '--data-dir', join(dir, 'data'), ...args], {
+  const proc = spawnBuiltKiln(['server', '--listen', `127.0.0.1:${port}`, '--data-dir', join(dir, 'data'), ...args], {
     KILN_ADMIN_TOKEN: admin,
     ...(db ? { KILN_DATABASE_URL: db.url } : {}),
     ...env,

@@ -112,18 +112,11 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
   const launchOptions = (accel: 'kvm' | 'tcg'): LaunchOptions => ({ accel, hostArch, tscKhz: () => (tscKhz ??= hostTscKhz(readText('/proc/cpuinfo'))) });
 
   /**
-   * Why this spec boots cold even with warm starts on; undefined if it may restore. Images with a root disk
-   * (ci, runner) boot cold for now: their Docker engine id and registry mirror are not yet renewed after a
-   * restore (docs/ARCHITECTURE.md, "Warm starts"); nor are a registry mirror (kernel command line) or
-   * host forwards (the mirror's guestfwd entries are not part of the template's network state).
+   * Why this spec boots cold even with warm starts on; undefined if it may restore. Every image, network mode
+   * and forward restores warm now (docs/ARCHITECTURE.md, "Warm starts"): the per-VM settings travel on kiln.ctl
+   * after the restore, and the forwards are the restored QEMU's own (its command line, its VM directory).
    */
-  const coldReason = (spec: VmSpec): string | undefined => {
-    if (!warm || spec.warm === false) return 'warm starts are off';
-    if (spec.image.rootDiskPath) return 'images with a root disk boot cold';
-    if (spec.registryMirror) return 'a VM with a registry mirror boots cold';
-    if ((spec.forwards?.length ?? 0) > 0) return 'a VM with host forwards boots cold';
-    return undefined;
-  };
+  const coldReason = (spec: VmSpec): string | undefined => (!warm || spec.warm === false ? 'warm starts are off' : undefined);
 
   async function start(spec: VmSpec, out: VmOutput): Promise<RunningVm> {
     validateVmSpec(spec, (id) => running.has(id) || vmDirExists(vmsDir, id));
@@ -224,7 +217,7 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
     // A warm VM: load the snapshot, start it, give it its own identity; only then the job (and its secrets).
     if (snap) {
       try {
-        await restoreVm(w, vm, spec.id, snap.dir, accel);
+        await restoreVm(w, vm, spec, snap.dir, accel);
         warm!.counters.warm++;
         warm!.counters.restoreMsTotal += w.tReady - w.tSpawn;
       } catch (e) {

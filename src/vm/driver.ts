@@ -65,6 +65,14 @@ export interface VmSpec {
   warm?: boolean;
 }
 
+/** How a VM came up, as its start gate is told. */
+export interface VmStartInfo {
+  /** Restored from a snapshot (warm) or booted (cold). */
+  start: 'warm' | 'cold';
+  /** VMM start to the guest ready for the command. */
+  bootMs: number;
+}
+
 export interface VmOutput {
   stdout(chunk: Buffer): void;
   stderr(chunk: Buffer): void;
@@ -74,7 +82,7 @@ export interface VmOutput {
    * rejection's message as the reason) and the command never runs. The agent waits here for the control
    * plane's start lease (at-most-once starts).
    */
-  mayStart?(): Promise<void>;
+  mayStart?(info: VmStartInfo): Promise<void>;
   /** Called once when the guest is up and the job starts (phase 'running'), so owners need not poll phase(). */
   running?(): void;
   /** One-line notes from the driver for the user (a warm start that fell back to cold, a snapshot being built). */

@@ -208,7 +208,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
         return;
       }
       if (msg.type === 'job.start' && link) {
-        start(link, msg.jobId, msg.attempt);
+        start(link, msg);
         return;
       }
       const m = msg;
@@ -293,6 +293,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
         stopping: new Set(),
         schedulable: host.state === 'online' && !host.cordoned,
         ready: false,
+        ...(msg.snapshots ? { snapshots: msg.snapshots } : {}),
         send,
         close: (code, reason) => socket.close(code, reason),
       };
@@ -384,6 +385,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
     async function hostStatus(msg: AgentMessageOf<'host.status'>): Promise<void> {
       if (!link) return;
       const l = link;
+      if (msg.snapshots) l.snapshots = msg.snapshots;
       if (!(await setHostMirror(ctx.store.db, l.hostId, ctx.serverId, msg.mirror ?? null))) return;
       ctx.events.emit('host.status', { hostId: l.hostId, name: l.name, mirror: msg.mirror ?? null });
     }
@@ -406,12 +408,14 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
     }
 
     /** Grants or refuses a start lease once the job's running state is stored (see phase-writer.ts). */
-    function start(l: HostLink, jobId: number, attempt: number): void {
+    function start(l: HostLink, msg: AgentMessageOf<'job.start'>): void {
+      const { jobId, attempt } = msg;
       if (l.active.get(jobId)?.attempt !== attempt) {
         send({ type: 'start.refused', jobId, attempt, reason: 'the job is not placed on this host (any more)' });
         return;
       }
-      deps.phases.start({ jobId, attempt, hostId: l.hostId, phase: 'running' }).then(
+      const how = { ...(msg.start ? { start: msg.start } : {}), ...(msg.bootMs !== undefined ? { bootMs: msg.bootMs } : {}) };
+      deps.phases.start({ jobId, attempt, hostId: l.hostId, phase: 'running', ...how }).then(
         (ok) => send(ok ? { type: 'start.ok', jobId, attempt } : { type: 'start.refused', jobId, attempt, reason: 'the job is no longer placed on this host' }),
         (e: unknown) => {
           // Unknown whether it was stored: the agent asks again after it reconnects (a stored start is granted again).

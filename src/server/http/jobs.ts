@@ -7,7 +7,7 @@ import { JOB_STATE_LIST, isTerminal, type JobState } from '../../core/job-state.
 import type { Token } from '../../core/host.ts';
 import { parseLabels, validateRequirements, DEFAULT_REQUIREMENTS, type Requirements } from '../../core/requirements.ts';
 import { parseDuration, parseSize } from '../../core/sizes.ts';
-import { getJob, jobTransitions, listJobs } from '../../store/jobs.ts';
+import { getJob, jobTransitions, listJobs, startOfDetail } from '../../store/jobs.ts';
 import { SECRET_ENV_KEYS } from '../jobs/job-commands.ts';
 import { mayAccessTenant, tenantScope } from './auth.ts';
 
@@ -234,7 +234,10 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
       async handler(req, _reply, token) {
         const { id } = req.params as { id: number };
         const job = await need(id, token);
-        return { ...jobJson(job), transitions: await jobTransitions(db, id) };
+        const transitions = await jobTransitions(db, id);
+        // How the current attempt's VM came up (the agent says so with its start request): warm, cold or null.
+        const ran = transitions.filter((t) => t.attempt === job.attempt && t.state === 'running').pop();
+        return { ...jobJson(job), vmStart: startOfDetail(ran?.detail ?? null), transitions };
       },
     },
     {

@@ -11,6 +11,7 @@ import { toKilnError } from '../core/errors.ts';
 import type { RunningVm, VmDriver, VmResult, VmSpec, VmStartInfo } from '../vm/driver.ts';
 import type { ImageResolver } from './images.ts';
 import { makeSecretMasker, type Masker } from './secret-mask.ts';
+import type { SnapshotShape } from './snapshots.ts';
 
 export interface SupervisorEvents {
   launched(jobId: number, attempt: number): void;
@@ -85,6 +86,8 @@ export function makeSupervisor(opts: {
   vm?: Pick<VmSpec, 'forwards' | 'registryMirror'>;
   events?: Partial<SupervisorEvents>;
   flushMs?: number;
+  /** Told of every launch's image and VM shape (the warm-start planner counts uses). */
+  noteUse?(shape: SnapshotShape): void;
 }): Supervisor {
   const jobs = new Map<number, Entry>();
   const flushMs = opts.flushMs ?? 10;
@@ -166,6 +169,7 @@ export function makeSupervisor(opts: {
         try {
           const image = await opts.images(spec.image, spec.arch);
           if (e.stopReason) throw Object.assign(new Error(e.stopReason), { stopped: true });
+          opts.noteUse?.({ image: spec.image, arch: spec.arch, cpus: spec.cpus, memoryBytes: spec.memoryBytes, diskBytes: spec.diskBytes });
           const vm = await opts.driver.start(
             {
               id: `job-${jobId}-${attempt}`,

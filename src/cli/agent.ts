@@ -55,6 +55,7 @@ export function registerAgent(program: Command, out: () => Output): void {
         logger,
         outputSpillDir: join(cfg.dataDir, 'output'),
         credentialDir: cfg.dataDir,
+        dataDir: cfg.dataDir,
         ...(mirror ? { mirror, statusIntervalMs: cfg.mirror!.statusIntervalMs } : {}),
         ...(cfg.power ? { power: cfg.power } : {}),
       });

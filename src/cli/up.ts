@@ -47,6 +47,8 @@ export interface UpOptions {
   testHoldStarts?: boolean;
   /** Where the local agent keeps its host credential (the data directory); unset: in memory. */
   credentialDir?: string;
+  /** The data directory: the local agent's warm-start planner keeps its usage counts there (see AgentOptions.dataDir). */
+  dataDir?: string;
 }
 
 export interface UpHandle {
@@ -90,6 +92,7 @@ export async function startUp(o: UpOptions): Promise<UpHandle> {
       ...(o.mirrorStatusIntervalMs ? { statusIntervalMs: o.mirrorStatusIntervalMs } : {}),
       ...(o.outputSpillDir ? { outputSpillDir: o.outputSpillDir } : {}),
       ...(o.credentialDir ? { credentialDir: o.credentialDir } : {}),
+      ...(o.dataDir ? { dataDir: o.dataDir } : {}),
     });
     const connected = agent.connected(30_000);
     await agent.start();
@@ -151,6 +154,7 @@ export function registerUp(program: Command, out: () => Output): void {
         outputSpillDir: join(cfg.dataDir, 'output'),
         ...(cfg.testHoldStarts ? { testHoldStarts: true } : {}),
         credentialDir: cfg.dataDir,
+        dataDir: cfg.dataDir,
         ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
         ...(flags.label ? { labels: flags.label } : {}),
         ...(cfg.github ? { github: { config: cfg.github } } : {}),

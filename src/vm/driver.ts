@@ -140,8 +140,24 @@ export interface DriverCapabilities {
   diskFreeBytes: number;
 }
 
+/**
+ * Warm starts, for drivers that keep snapshots (the QEMU driver with a snapshot store): what the agent's
+ * planner (src/agent/snapshots.ts) uses to build snapshots ahead of need. `spec.job` is not used.
+ */
+export interface SnapshotPort {
+  readonly budgetBytes: number;
+  /** Disk the store's snapshots take now. */
+  usedBytes(): number;
+  /** The snapshot this spec's image and shape would restore from (cheap checks only), or undefined. */
+  find(spec: VmSpec): { bytes: number } | undefined;
+  /** Builds it now (a template VM that runs no job); undefined if another builder holds it. Throws if the build fails. */
+  build(spec: VmSpec, signal?: AbortSignal): Promise<{ bytes: number } | undefined>;
+}
+
 export interface VmDriver {
   readonly name: string;
+  /** Present when the driver restores VMs from snapshots. */
+  readonly snapshots?: SnapshotPort;
   capabilities(): Promise<DriverCapabilities>;
   /** Starts a VM and returns once it is launched; output streams to `out` as the guest produces it. */
   start(spec: VmSpec, out: VmOutput): Promise<RunningVm>;

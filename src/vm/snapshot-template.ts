@@ -90,6 +90,8 @@ export interface TemplateBuild {
   scratchBase: string;
   rootDiskPath?: string;
   bootTimeoutMs: number;
+  /** Aborting kills the template VM; the build then fails and leaves nothing behind. */
+  signal?: AbortSignal;
 }
 
 /** Boots a template VM in `staging` and saves it there (ram, state, scratch.qcow2, root.qcow2). */
@@ -125,6 +127,9 @@ export async function buildTemplate(b: TemplateBuild): Promise<void> {
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr.length < 4096 ? (stderr += d) : undefined));
   const exited = new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+  const abort = () => child.kill('SIGKILL');
+  if (b.signal?.aborted) abort();
+  b.signal?.addEventListener('abort', abort, { once: true });
   const sockList: Socket[] = [];
   for (const a of Object.values(accepted)) void a.then((s) => (sockList.push(s), s.on('error', () => undefined)));
   let qmp: Qmp | undefined;
@@ -175,6 +180,7 @@ export async function buildTemplate(b: TemplateBuild): Promise<void> {
     await exited;
     clearTimeout(killer);
   } finally {
+    b.signal?.removeEventListener('abort', abort);
     child.kill('SIGKILL');
     await exited;
     qmp?.close();

@@ -148,7 +148,9 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
         const failure = toKilnError(e).message;
         warm!.drop(choice, failure);
         warm!.counters.fallbacks++;
-        out.note?.(`warm start failed (${failure}): booting cold; the snapshot was dropped and the next run rebuilds it`);
+        const line = `warm start failed (${failure}): booting cold; the snapshot was dropped and the next run rebuilds it`;
+        out.note?.(line);
+        opts.logger?.warn({ vmId: spec.id }, line);
       }
     }
     if (warm) warm.counters.cold++;

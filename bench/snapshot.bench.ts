@@ -25,6 +25,8 @@ import { buildQemuArgs, hostTscKhz } from '../src/vm/qemu-args.ts';
 import { makeQmp } from '../src/vm/qmp.ts';
 import { makeSnapshotStore } from '../src/vm/snapshot-store.ts';
 import { restoreSnapshot } from '../src/vm/snapshot-template.ts';
+import { ensureImage } from '../test/support/kiln.ts';
+import { ensureCiImage } from '../test/vm/ci-image-support.ts';
 
 const RUNS = Math.max(7, Number(process.env.BENCH_RUNS ?? 7));
 const repo = resolve(import.meta.dirname, '..');
@@ -249,7 +251,7 @@ function pickup(up: { url: string; data: string }): Promise<{ ms: number }> {
   return new Promise((done, fail) => {
     const t = performance.now();
     const env = { ...process.env, KILN_SERVER: up.url, KILN_DATA_DIR: up.data, KILN_TOKEN: '' };
-    const p = spawn(process.execPath, [kiln, 'jobs', 'submit', '--cpus', '1', '--memory', '512M', '--disk', '1G', '--', 'echo', 'running'], { stdio: ['ignore', 'pipe', 'pipe'], env });
+    const p = spawn(process.execPath, [kiln, 'jobs', 'submit', '--image', fleetImage, '--cpus', '1', '--memory', '512M', '--disk', '1G', '--', 'echo', 'running'], { stdio: ['ignore', 'pipe', 'pipe'], env });
     let first = 0;
     let err = '';
     p.stdout.once('data', () => (first = performance.now() - t));
@@ -295,9 +297,11 @@ async function benchFleet(): Promise<string[]> {
 }
 
 const report: string[] = [];
+let fleetImage = ensureImage('amd64').digest;
 for (const profile of IMAGES) {
-  const image = store.newest(profile, 'amd64');
-  if (!image) throw new Error(`no ${profile} image in ${shared}: build one (\`kiln image build --profile ${profile} --data-dir ${shared}\`, or run the VM tests) first`);
+  // This checkout's images (built once, as the tests do): the shared store may hold other checkouts' too.
+  const image = profile === 'ci' ? ensureCiImage('amd64') : ensureImage('amd64');
+  if (profile === 'minimal') fleetImage = image.digest;
   const c: Case =
     profile === 'ci'
       ? { profile, image, job: ['docker', 'info', '-f', '{{.ID}}'], shape: ['--cpus', '2', '--memory', '1G', '--disk', '2G', '--timeout', '10m'], memoryMiB: 1024, cpus: 2 }

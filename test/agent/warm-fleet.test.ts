@@ -30,7 +30,8 @@ interface HostOut {
 }
 
 void test('a fleet job restores warm once the agent has built its snapshot; a snapshot QEMU refuses falls back cold', { skip, timeout: 15 * 60_000 }, async () => {
-  ensureImage('amd64');
+  // By digest: `default` is the newest minimal image in the shared store, which may be another checkout's.
+  const image = ensureImage('amd64');
   const data = makeTestDataDir();
   const port = await freePort();
   const up = spawnKiln(['up', '--driver', 'qemu', '--listen', `127.0.0.1:${port}`, '--data-dir', data.dir]);
@@ -43,7 +44,7 @@ void test('a fleet job restores warm once the agent has built its snapshot; a sn
       return r.stdout;
     };
     const job = async (text: string): Promise<JobOut> => {
-      const id = (await kiln(['jobs', 'submit', '--detach', ...SHAPE, '--', 'echo', text])).trim();
+      const id = (await kiln(['jobs', 'submit', '--detach', '--image', image.digest, ...SHAPE, '--', 'echo', text])).trim();
       assert.equal(await kiln(['jobs', 'logs', '-f', id]), `${text}\n`);
       return JSON.parse(await kiln(['jobs', 'get', id])) as JobOut;
     };
@@ -62,7 +63,7 @@ void test('a fleet job restores warm once the agent has built its snapshot; a sn
     assert.equal(first.state, 'succeeded');
     assert.equal(first.vmStart, 'cold', 'no snapshot yet: the job boots cold and does not wait for a build');
     const ready = await waitReady();
-    assert.equal(ready.image, 'default');
+    assert.equal(ready.image, image.digest);
     assert.match(await kiln(['hosts', 'ls']), /WARM[\s\S]*1 ready/);
 
     const second = await job('two');

@@ -99,14 +99,15 @@ void test('a GitHub job runs in a runner-profile VM: start-runner hands the JIT 
 
 void test('warm: a GitHub job runs in a runner VM restored from a snapshot, and its JIT config is in no snapshot file', { skip, timeout: 25 * 60_000 }, async () => {
   const t = standInTarball();
-  ensureCiImage('amd64', 'runner', ['--runner-tarball', t.path, '--runner-sha256', t.sha256]);
+  const image = ensureCiImage('amd64', 'runner', ['--runner-tarball', t.path, '--runner-sha256', t.sha256]);
   const data = makeTestDataDir();
   const h = await startGitHubHarness({
     // Warm starts as `kiln run` has them: the first VM of the image and shape builds the snapshot (a template
     // that never sees a job), then restores from it; the JIT config is sent after the restore.
     driver: makeQemuDriver({ dataDir: data.dir, accel: 'auto', logger: pino({ level: 'silent' }), egress: { allow: ['127.0.0.1/32'] }, snapshots: {} }),
     images: makeStoreImageResolver(data.dir),
-    config: { runnerImage: 'runner', runnerCommand: ['/opt/kiln/start-runner'], bootTimeoutMs: 600_000, idleGraceMs: 120_000, reconcileMs: 500 },
+    // By digest: `runner` is the newest runner image in the shared store, which may be another checkout's.
+    config: { runnerImage: image.digest, runnerCommand: ['/opt/kiln/start-runner'], bootTimeoutMs: 600_000, idleGraceMs: 120_000, reconcileMs: 500 },
   });
   try {
     h.double.runnerUrl = h.double.url.replace('127.0.0.1', '10.0.2.2');

@@ -15,6 +15,7 @@ const MiB = 1024 ** 2;
 function portWith(budgetBytes: number, o: { fail?: (s: VmSpec) => string | undefined } = {}) {
   const have = new Map<string, number>();
   const built: string[] = [];
+  const drops: (() => void)[] = [];
   let release: (() => void) | undefined;
   const key = (s: VmSpec) => `${s.image.digest}/${s.cpus}/${s.memoryBytes}`;
   const port: SnapshotPort = {
@@ -34,8 +35,14 @@ function portWith(budgetBytes: number, o: { fail?: (s: VmSpec) => string | undef
       have.set(key(s), s.memoryBytes / 4);
       return { bytes: s.memoryBytes / 4 };
     },
+    onDrop: (cb) => void drops.push(cb),
   };
-  return { port, have, built, release: () => release?.() };
+  /** The driver dropped a snapshot after a failed restore. */
+  const drop = (s: VmSpec) => {
+    have.delete(key(s));
+    for (const cb of drops) cb();
+  };
+  return { port, have, built, drop, release: () => release?.() };
 }
 
 const shape = (image: string, cpus = 1, memoryBytes = 512 * MiB) => ({ image, arch: 'amd64' as const, cpus, memoryBytes, diskBytes: 256 * MiB });
@@ -55,6 +62,12 @@ void test('the planner builds the most used shapes first, reports each state, an
     assert.deepEqual(states.map((s) => [s.image, s.uses, s.state]), [['ci', 2, 'ready'], ['rare', 1, 'ready']]);
     assert.equal(states[0]!.bytes, GiB / 4);
     assert.ok(changes >= 2);
+    // The driver drops a snapshot whose restore failed: the planner notices and builds it again.
+    p.drop({ id: 'x', arch: 'amd64', cpus: 2, memoryBytes: GiB, diskBytes: 256 * MiB, image: await memoryImageResolver('ci', 'amd64'), job: { command: ['true'], env: {} }, timeoutMs: 1 });
+    await new Promise((r) => setImmediate(r));
+    await planner.idle();
+    assert.equal(p.built.filter((b) => b === 'memory:ci/2/1073741824').length, 2);
+    assert.equal(planner.states()[0]?.state, 'ready');
     await planner.stop();
     const saved = JSON.parse(readFileSync(join(dir, 'snapshots', 'usage.json'), 'utf8')) as { image: string; uses: number }[];
     assert.deepEqual(saved.map((u) => [u.image, u.uses]).sort(), [['ci', 2], ['rare', 1]]);

@@ -138,6 +138,8 @@ export function makeSnapshotPlanner(o: {
   };
 
   if (usage.size > 0) setImmediate(kick);
+  // A restore that failed dropped its snapshot: look again (the pass finds it missing and rebuilds it).
+  o.port.onDrop(kick);
 
   return {
     noteUse(shape) {

@@ -152,6 +152,8 @@ export interface SnapshotPort {
   find(spec: VmSpec): { bytes: number } | undefined;
   /** Builds it now (a template VM that runs no job); undefined if another builder holds it. Throws if the build fails. */
   build(spec: VmSpec, signal?: AbortSignal): Promise<{ bytes: number } | undefined>;
+  /** Calls `cb` when the driver drops a snapshot (a restore from it failed): the planner looks again. */
+  onDrop(cb: () => void): void;
 }
 
 export interface VmDriver {

@@ -267,6 +267,7 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
       const built = await warm.build(spec, accel, launchBase(spec, launchOptions(accel), false), (line) => log?.info(line), signal);
       return built && { bytes: built.snap.bytes };
     },
+    onDrop: (cb) => warm.onDrop(cb),
   };
 
   return {

@@ -35,6 +35,8 @@ export interface WarmStarts {
   /** A restore from this snapshot failed: drop it (the next VM of its key rebuilds it). */
   drop(choice: WarmChoice, why: string): void;
   counters: { warm: number; cold: number; fallbacks: number; builds: number; restoreMsTotal: number };
+  /** Calls `cb` whenever a snapshot is dropped after a failed restore (the agent's planner rebuilds it). */
+  onDrop(cb: () => void): void;
 }
 
 export type TemplateLaunch = Omit<QemuLaunch, 'sockets' | 'consoleLog' | 'pidFile' | 'scratchDisk' | 'rootDisk' | 'ramFile' | 'incomingDefer' | 'network'>;
@@ -90,6 +92,7 @@ export function makeWarmStarts(o: {
     }
   };
   let swept = false;
+  const dropped: (() => void)[] = [];
   return {
     store: o.store,
     keyFor,
@@ -133,6 +136,8 @@ export function makeWarmStarts(o: {
     drop(choice, why) {
       o.store.remove(choice.snap.id);
       o.logger?.warn({ snapshot: choice.snap.id, why }, 'warm-start snapshot dropped');
+      for (const cb of dropped) cb();
     },
+    onDrop: (cb) => void dropped.push(cb),
   };
 }

@@ -49,10 +49,12 @@ void test('a fleet job restores warm once the agent has built its snapshot; a sn
       return JSON.parse(await kiln(['jobs', 'get', id])) as JobOut;
     };
     const snapshotState = async () => ((JSON.parse(await kiln(['hosts', 'ls', '--json'])) as HostOut[])[0]?.snapshots ?? [])[0];
-    const waitReady = async () => {
+    const builtAt = () => makeSnapshotStore(data.dir).list()[0]?.created;
+    /** Until the host reports the snapshot ready and the store holds one other than `before` (a rebuild). */
+    const waitReady = async (before?: string) => {
       for (let i = 0; i < 600; i++) {
         const s = await snapshotState();
-        if (s?.state === 'ready') return s;
+        if (s?.state === 'ready' && builtAt() !== undefined && builtAt() !== before) return s;
         assert.notEqual(s?.state, 'failed', `the snapshot build failed: ${s?.error}`);
         await new Promise((r) => setTimeout(r, 500));
       }
@@ -79,6 +81,7 @@ void test('a fleet job restores warm once the agent has built its snapshot; a sn
     // Damage the device state under an unchanged stat record (bit rot): only QEMU notices, at the restore.
     const store = makeSnapshotStore(data.dir);
     const [snap] = store.list();
+    const damaged = snap!.created;
     const dir = join(store.dir, snap!.id);
     const state = join(dir, 'state');
     const bytes = readFileSync(state);
@@ -99,7 +102,7 @@ void test('a fleet job restores warm once the agent has built its snapshot; a sn
     assert.equal(lines.length, 1, 'one line says why');
     assert.match(lines[0]!, /booting cold; the snapshot was dropped/);
 
-    await waitReady();
+    await waitReady(damaged);
     const fourth = await job('four');
     assert.equal(fourth.vmStart, 'warm', 'the agent rebuilt the snapshot');
     await up.kill('SIGTERM');

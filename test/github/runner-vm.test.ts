@@ -104,7 +104,8 @@ void test('warm: a GitHub job runs in a runner VM restored from a snapshot, and 
   const h = await startGitHubHarness({
     // Warm starts as `kiln run` has them: the first VM of the image and shape builds the snapshot (a template
     // that never sees a job), then restores from it; the JIT config is sent after the restore.
-    driver: makeQemuDriver({ dataDir: data.dir, accel: 'auto', logger: pino({ level: 'silent' }), egress: { allow: ['127.0.0.1/32'] }, snapshots: {} }),
+    // A 10-minute boot limit (the template's too): at load 20 the runner image's cold boot took over 180 s.
+    driver: makeQemuDriver({ dataDir: data.dir, accel: 'auto', bootTimeoutMs: 600_000, logger: pino({ level: 'silent' }), egress: { allow: ['127.0.0.1/32'] }, snapshots: {} }),
     images: makeStoreImageResolver(data.dir),
     // By digest: `runner` is the newest runner image in the shared store, which may be another checkout's.
     config: { runnerImage: image.digest, runnerCommand: ['/opt/kiln/start-runner'], bootTimeoutMs: 600_000, idleGraceMs: 120_000, reconcileMs: 500 },

@@ -37,6 +37,7 @@ import { KILN_VERSION } from '../core/version.ts';
 import { MIRROR_GUEST_ADDRESS, MIRROR_GUEST_IP, MIRROR_GUEST_PORT, mirrorVmSettings } from '../vm/forwards.ts';
 import { readCredential, writeCredential } from './credential-file.ts';
 import * as tls from 'node:tls';
+import { makeSnapshotPlanner, type SnapshotShape } from './snapshots.ts';
 
 export interface AgentOptions {
   /** Server base URLs (http(s):// or ws(s)://); the agent rotates through them on failure. */
@@ -90,6 +91,12 @@ export interface AgentOptions {
    * in memory only (lost with the process).
    */
   credentialDir?: string;
+  /**
+   * The data directory, where the warm-start planner keeps its usage counts. With a driver that restores from
+   * snapshots (`driver.snapshots`), the agent builds them ahead of need (src/agent/snapshots.ts) and reports
+   * their state in host.status.
+   */
+  dataDir?: string;
 }
 
 /** Where every guest reaches the host's mirror (a forward to the mirror's host port, even with the network closed). */
@@ -204,12 +211,25 @@ export function makeAgent(o: AgentOptions): Agent {
     if (seen.has(m.registry)) throw new KilnError('mirror.registry_twice', `two mirrors for ${m.registry}`, { hint: 'list each registry once in --mirror-upstream' });
     seen.add(m.registry);
   }
+  // Snapshot states are sent as they change, at most one host.status per 200 ms for them.
+  let snapshotReport: NodeJS.Timeout | undefined;
+  const planner =
+    o.driver.snapshots && o.dataDir
+      ? makeSnapshotPlanner({
+          port: o.driver.snapshots,
+          images: o.images,
+          dataDir: o.dataDir,
+          log: log.child({ part: 'snapshots' }),
+          changed: () => (snapshotReport ??= setTimeout(() => ((snapshotReport = undefined), void reportStatus()), 200)),
+        })
+      : undefined;
   const supervisor: Supervisor = makeSupervisor({
     ...(mirrors.length > 0 ? { vm: mirrorVmSettings(mirrors.map((m) => ({ registry: m.registry, hostPort: mirrorHostPort(m.listen) }))) } : {}),
     driver: o.driver,
     images: o.images,
     send,
     log,
+    ...(planner ? { noteUse: (shape: SnapshotShape) => planner.noteUse(shape) } : {}),
     events: {
       launched: (jobId, a) => events.emit('launched', { jobId, attempt: a }),
       finished: (r) => events.emit('finished', r),
@@ -231,7 +251,8 @@ export function makeAgent(o: AgentOptions): Agent {
     (reporting ??= (async () => {
       try {
         const mirror = await mirrorStatus();
-        if (ws && welcomed && ws.readyState === WebSocket.OPEN && !stopping) ws.send(encodeMessage({ type: 'host.status', ...(mirror ? { mirror } : {}) }));
+        const snapshots = planner?.states();
+        if (ws && welcomed && ws.readyState === WebSocket.OPEN && !stopping) ws.send(encodeMessage({ type: 'host.status', ...(mirror ? { mirror } : {}), ...(snapshots ? { snapshots } : {}) }));
       } catch (e) {
         log.warn({ err: e }, 'could not report the host status');
       } finally {
@@ -305,7 +326,17 @@ export function makeAgent(o: AgentOptions): Agent {
         const mirror = await mirrorStatus().catch(() => lastMirror);
         if (sock.readyState !== WebSocket.OPEN) return;
         sock.send(
-          encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, host: cap!, ...(credential ? { credential } : {}), running: supervisor.running(), finished: [], ...(mirror ? { mirror } : {}), power: powerReport! }),
+          encodeMessage({
+            type: 'hello',
+            protocol: PROTOCOL_VERSION,
+            host: cap!,
+            ...(credential ? { credential } : {}),
+            running: supervisor.running(),
+            finished: [],
+            ...(mirror ? { mirror } : {}),
+            power: powerReport!,
+            ...(planner ? { snapshots: planner.states() } : {}),
+          }),
         );
       })();
     });
@@ -474,6 +505,8 @@ export function makeAgent(o: AgentOptions): Agent {
     if (silenceTimer) clearTimeout(silenceTimer);
     if (statusTimer) clearInterval(statusTimer);
     if (healthTimer) clearInterval(healthTimer);
+    if (snapshotReport) clearTimeout(snapshotReport);
+    await planner?.stop();
     await supervisor.stopAll('agent shutting down');
     const s = ws;
     if (s && s.readyState === WebSocket.OPEN) {
@@ -512,6 +545,8 @@ export function makeAgent(o: AgentOptions): Agent {
         for (const m of mirrors) m.on('exit', () => void reportStatus());
         statusTimer = setInterval(() => void reportStatus(), o.statusIntervalMs ?? 15_000);
         healthTimer = setInterval(() => void watchHealth(), o.healthPollMs ?? 2000);
+      } else if (planner) {
+        statusTimer = setInterval(() => void reportStatus(), o.statusIntervalMs ?? 15_000);
       }
       connect();
     },

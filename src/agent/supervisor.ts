@@ -8,9 +8,10 @@
 import type { Logger } from 'pino';
 import { MAX_LOG_CHUNK_BYTES, type AgentMessage, type JobResultMsg, type LaunchSpec, type RunningJobMsg } from '../core/agent-protocol.ts';
 import { toKilnError } from '../core/errors.ts';
-import type { RunningVm, VmDriver, VmResult, VmSpec } from '../vm/driver.ts';
+import type { RunningVm, VmDriver, VmResult, VmSpec, VmStartInfo } from '../vm/driver.ts';
 import type { ImageResolver } from './images.ts';
 import { makeSecretMasker, type Masker } from './secret-mask.ts';
+import type { SnapshotShape } from './snapshots.ts';
 
 export interface SupervisorEvents {
   launched(jobId: number, attempt: number): void;
@@ -32,7 +33,16 @@ interface Entry {
   leased?: boolean;
   /** Masks the job's secret env values in its output (secret-mask.ts). */
   mask?: Masker;
+  /** How its VM came up (warm or cold), told to the server with the start request. */
+  startInfo?: VmStartInfo | undefined;
 }
+
+const startMsg = (e: Entry): AgentMessage => ({
+  type: 'job.start',
+  jobId: e.jobId,
+  attempt: e.attempt,
+  ...(e.startInfo ? { start: e.startInfo.start, bootMs: e.startInfo.bootMs } : {}),
+});
 
 export interface Supervisor {
   launch(jobId: number, attempt: number, spec: LaunchSpec): void;
@@ -76,6 +86,8 @@ export function makeSupervisor(opts: {
   vm?: Pick<VmSpec, 'forwards' | 'registryMirror' | 'registryMirrors'>;
   events?: Partial<SupervisorEvents>;
   flushMs?: number;
+  /** Told of every launch's image and VM shape (the warm-start planner counts uses). */
+  noteUse?(shape: SnapshotShape): void;
 }): Supervisor {
   const jobs = new Map<number, Entry>();
   const flushMs = opts.flushMs ?? 10;
@@ -116,7 +128,7 @@ export function makeSupervisor(opts: {
       opts.send({ type: 'job.phase', jobId: e.jobId, attempt: e.attempt, phase: 'running' });
     }
   };
-  const askToStart = (e: Entry): Promise<void> =>
+  const askToStart = (e: Entry, info?: VmStartInfo): Promise<void> =>
     new Promise<void>((granted, refuse) => {
       const refused = (reason: string) => refuse(new Error(reason));
       if (e.stopReason) return refused(e.stopReason);
@@ -131,7 +143,8 @@ export function makeSupervisor(opts: {
           refused(reason);
         },
       };
-      opts.send({ type: 'job.start', jobId: e.jobId, attempt: e.attempt });
+      e.startInfo = info;
+      opts.send(startMsg(e));
     });
 
   const finish = (e: Entry, r: JobResultMsg) => {
@@ -156,6 +169,7 @@ export function makeSupervisor(opts: {
         try {
           const image = await opts.images(spec.image, spec.arch);
           if (e.stopReason) throw Object.assign(new Error(e.stopReason), { stopped: true });
+          opts.noteUse?.({ image: spec.image, arch: spec.arch, cpus: spec.cpus, memoryBytes: spec.memoryBytes, diskBytes: spec.diskBytes });
           const vm = await opts.driver.start(
             {
               id: `job-${jobId}-${attempt}`,
@@ -172,7 +186,7 @@ export function makeSupervisor(opts: {
               ...(opts.vm?.registryMirrors?.length ? { registryMirrors: opts.vm.registryMirrors } : {}),
             },
             // The guest coming up is reported as it happens (before `e.vm` is set, notePhase below sees it).
-            { stdout: (c) => output(e, 'stdout', c), stderr: (c) => output(e, 'stderr', c), mayStart: () => askToStart(e), running: () => notePhase(e) },
+            { stdout: (c) => output(e, 'stdout', c), stderr: (c) => output(e, 'stderr', c), mayStart: (info) => askToStart(e, info), running: () => notePhase(e) },
           );
           e.vm = vm;
           jlog.info({ vm: vm.id }, 'VM launched');
@@ -206,7 +220,7 @@ export function makeSupervisor(opts: {
       else e.lease.refused(reason ?? 'the server refused the start');
     },
     pendingStarts() {
-      return [...jobs.values()].filter((e) => e.lease).map((e) => ({ type: 'job.start', jobId: e.jobId, attempt: e.attempt }) as const);
+      return [...jobs.values()].filter((e) => e.lease).map(startMsg);
     },
     ack(jobId, attempt) {
       const e = jobs.get(jobId);

@@ -60,6 +60,7 @@ export function registerAgent(program: Command, out: () => Output): void {
         logger,
         outputSpillDir: join(cfg.dataDir, 'output'),
         credentialDir: cfg.dataDir,
+        dataDir: cfg.dataDir,
         ...(mirrors.length > 0 ? { mirrors, statusIntervalMs: cfg.mirror!.statusIntervalMs } : {}),
         ...(cfg.power ? { power: cfg.power } : {}),
         ...(cfg.ca ? { ca: cfg.ca } : {}),

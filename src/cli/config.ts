@@ -35,12 +35,14 @@ export interface VmConfig {
   egress: { allow: string[]; unfiltered: boolean };
   /** Disk budget of the warm-start snapshot store (KILN_SNAPSHOT_BUDGET, a size); undefined: 4G. */
   snapshotBudgetBytes: number | undefined;
+  /** Agents restore job VMs from snapshots they build ahead of need (KILN_WARM_STARTS=on, the default, or off). */
+  warmStarts: boolean;
 }
 
 /**
  * KILN_ACCEL (auto|kvm|tcg), KILN_BOOT_TIMEOUT (a duration such as 90s), KILN_EGRESS_ALLOW (CIDRs and host
- * names, comma-separated), KILN_EGRESS (filtered, the default, or unfiltered) and KILN_SNAPSHOT_BUDGET (a size
- * such as 4G).
+ * names, comma-separated), KILN_EGRESS (filtered, the default, or unfiltered), KILN_SNAPSHOT_BUDGET (a size
+ * such as 4G) and KILN_WARM_STARTS (on, the default, or off: the agent's warm starts).
  */
 export function loadVmConfig(env: NodeJS.ProcessEnv = process.env): VmConfig {
   const problems: string[] = [];
@@ -72,8 +74,11 @@ export function loadVmConfig(env: NodeJS.ProcessEnv = process.env): VmConfig {
       problems.push((e as Error).message);
     }
   }
+  const warmText = env.KILN_WARM_STARTS || 'on';
+  if (warmText !== 'on' && warmText !== 'off') problems.push(`KILN_WARM_STARTS="${warmText}" is not on or off`);
   if (problems.length > 0) throw new KilnError('config.invalid', problems.join('; '), { hint: 'fix the environment variables named above' });
   return {
+    warmStarts: warmText === 'on',
     accel: (accelText || 'auto') as VmConfig['accel'],
     bootTimeoutMs,
     egress: { allow, unfiltered: egressText === 'unfiltered' },

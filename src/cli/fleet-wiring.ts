@@ -50,7 +50,15 @@ export function makeDriverFor(
   }
   const vm = loadVmConfig();
   return {
-    driver: makeQemuDriver({ dataDir, accel: vm.accel, ...(vm.bootTimeoutMs !== undefined ? { bootTimeoutMs: vm.bootTimeoutMs } : {}), egress: vm.egress, logger }),
+    driver: makeQemuDriver({
+      dataDir,
+      accel: vm.accel,
+      ...(vm.bootTimeoutMs !== undefined ? { bootTimeoutMs: vm.bootTimeoutMs } : {}),
+      egress: vm.egress,
+      logger,
+      // The agent builds snapshots ahead of need (src/agent/snapshots.ts): a job never waits for one.
+      ...(vm.warmStarts ? { snapshots: { buildOnMiss: false, ...(vm.snapshotBudgetBytes !== undefined ? { budgetBytes: vm.snapshotBudgetBytes } : {}) } } : {}),
+    }),
     images: makeStoreImageResolver(dataDir),
   };
 }

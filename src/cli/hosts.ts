@@ -1,5 +1,6 @@
 /** `kiln hosts ls|drain|cordon|uncordon|wake|sleep|rm`. */
 import type { Command } from 'commander';
+import type { SnapshotStateMsg } from '../core/agent-protocol.ts';
 import type { HostMirror } from '../core/host.ts';
 import { API, type HostWithUsage } from '../core/http-contract.ts';
 import { formatSize } from '../core/sizes.ts';
@@ -17,6 +18,13 @@ export function mirrorCell(m: HostMirror | null | undefined): string {
   const more = others.length > 0 ? ` +${others.length}${down > 0 ? `, ${down} down` : ''}` : '';
   if (m.healthy) return `healthy ${formatSize(m.cacheBytes)}${more}`;
   return `down (${m.restarts} restart${m.restarts === 1 ? '' : 's'})${more}`;
+}
+
+/** The WARM column: `2 ready, 1 building`, or `-` when the host keeps no snapshots (or another replica holds its agent). */
+export function snapshotCell(list: readonly SnapshotStateMsg[] | null | undefined): string {
+  if (!list || list.length === 0) return '-';
+  const n = (st: SnapshotStateMsg['state']) => list.filter((x) => x.state === st).length;
+  return (['ready', 'building', 'failed'] as const).filter((st) => n(st) > 0).map((st) => `${n(st)} ${st}`).join(', ');
 }
 
 /** `3s`, `12m`, `5h`, `2d`: how long since `iso`, for the STATE column. */
@@ -45,7 +53,7 @@ export function registerHosts(program: Command, out: () => Output): void {
       if (f.json) return out().data(JSON.stringify(list, null, 2));
       out().data(
         table([
-          ['ID', 'NAME', 'STATE', 'ARCH', 'ACCEL', 'CPUS', 'MEMORY', 'JOBS', 'MIRROR', 'POWER', 'LABELS'],
+          ['ID', 'NAME', 'STATE', 'ARCH', 'ACCEL', 'CPUS', 'MEMORY', 'JOBS', 'MIRROR', 'WARM', 'POWER', 'LABELS'],
           ...list.map((h) => [
             String(h.id),
             h.name,
@@ -56,6 +64,7 @@ export function registerHosts(program: Command, out: () => Output): void {
             `${formatSize(h.used.memoryBytes)}/${formatSize(h.capacity.memoryBytes)}`,
             String(h.jobs),
             mirrorCell(h.mirror),
+            snapshotCell(h.snapshots),
             (h.power?.driver ?? 'none') + (h.power?.lastError ? ' (error)' : ''),
             h.labels.join(',') || '-',
           ]),
@@ -64,6 +73,9 @@ export function registerHosts(program: Command, out: () => Output): void {
       for (const h of list) {
         const e = h.power?.lastError;
         if (e) out().info(`${h.name}: last ${e.action} failed at ${e.at}: ${e.message}`);
+        for (const x of h.snapshots ?? []) {
+          if (x.state === 'failed') out().info(`${h.name}: snapshot of ${x.image} (${x.cpus} cpu, ${formatSize(x.memoryBytes)}) failed: ${x.error ?? 'unknown error'}`);
+        }
       }
     });
   const action = (verb: 'drain' | 'cordon' | 'uncordon', text: string) =>

@@ -51,6 +51,8 @@ export interface UpOptions {
   bodyIntake?: MakeServerOptions['bodyIntake'];
   /** kiln's own TLS; `ca` is what the local agent trusts (default: the certificate itself). */
   tls?: { cert: Buffer; key: Buffer; ca?: Buffer };
+  /** The data directory: the local agent's warm-start planner keeps its usage counts there (see AgentOptions.dataDir). */
+  dataDir?: string;
 }
 
 export interface UpHandle {
@@ -97,6 +99,7 @@ export async function startUp(o: UpOptions): Promise<UpHandle> {
       ...(o.outputSpillDir ? { outputSpillDir: o.outputSpillDir } : {}),
       ...(o.credentialDir ? { credentialDir: o.credentialDir } : {}),
       ...(o.tls ? { ca: o.tls.ca ?? o.tls.cert } : {}),
+      ...(o.dataDir ? { dataDir: o.dataDir } : {}),
     });
     const connected = agent.connected(30_000);
     await agent.start();
@@ -167,6 +170,7 @@ export function registerUp(program: Command, out: () => Output): void {
         outputSpillDir: join(cfg.dataDir, 'output'),
         ...(cfg.testHoldStarts ? { testHoldStarts: true } : {}),
         credentialDir: cfg.dataDir,
+        dataDir: cfg.dataDir,
         ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
         ...(flags.label ? { labels: flags.label } : {}),
         ...(cfg.github ? { github: { config: cfg.github } } : {}),

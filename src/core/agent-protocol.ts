@@ -85,6 +85,30 @@ export const HostPowerMsg = Type.Object(
 );
 export type HostPowerMsg = Static<typeof HostPowerMsg>;
 
+/**
+ * One warm-start snapshot a host keeps, or builds, for an image and VM shape in use there (src/agent/snapshots.ts):
+ * `ready` (jobs of this image and shape restore from it), `building` (a template VM is booting or being saved),
+ * `failed` (the last build failed: `error` says why; jobs boot cold and the next use retries).
+ */
+export const SnapshotStateMsg = Type.Object(
+  {
+    /** The image as jobs name it (`default`, `ci`, a digest). */
+    image: Type.String({ minLength: 1, maxLength: 200 }),
+    digest: Type.Optional(Type.String({ maxLength: 100 })),
+    arch: Type.Union([Type.Literal('amd64'), Type.Literal('arm64')]),
+    cpus: Type.Integer({ minimum: 1 }),
+    memoryBytes: Type.Integer({ minimum: 1 }),
+    diskBytes: Type.Integer({ minimum: 1 }),
+    state: Type.Union([Type.Literal('ready'), Type.Literal('building'), Type.Literal('failed')]),
+    /** Jobs of this image and shape the host has started. */
+    uses: Type.Integer({ minimum: 0 }),
+    bytes: Type.Optional(Type.Integer({ minimum: 0 })),
+    error: Type.Optional(Type.String({ maxLength: 500 })),
+  },
+  { additionalProperties: false },
+);
+export type SnapshotStateMsg = Static<typeof SnapshotStateMsg>;
+
 export const VmTimingsMsg = Type.Object({
   prepareMs: Type.Number(),
   bootMs: Type.Number(),
@@ -136,11 +160,16 @@ export const AgentMessage = Type.Union([
       mirror: Type.Optional(MirrorStatusMsg),
       /** The host's power driver; absent: none (it never sleeps). */
       power: Type.Optional(HostPowerMsg),
+      /** Warm-start snapshots per image and VM shape; absent: the host's driver keeps none. */
+      snapshots: Type.Optional(Type.Array(SnapshotStateMsg, { maxItems: 200 })),
     },
     { additionalProperties: false },
   ),
-  /** Periodic host status (every 15 s and on mirror health changes). */
-  Type.Object({ type: Type.Literal('host.status'), mirror: Type.Optional(MirrorStatusMsg) }, { additionalProperties: false }),
+  /** Periodic host status (every 15 s, on mirror health changes and when a snapshot's state changes). */
+  Type.Object(
+    { type: Type.Literal('host.status'), mirror: Type.Optional(MirrorStatusMsg), snapshots: Type.Optional(Type.Array(SnapshotStateMsg, { maxItems: 200 })) },
+    { additionalProperties: false },
+  ),
   Type.Object(
     { type: Type.Literal('job.phase'), jobId: Id, attempt: Attempt, phase: Type.Union([Type.Literal('booting'), Type.Literal('running')]) },
     { additionalProperties: false },
@@ -160,7 +189,18 @@ export const AgentMessage = Type.Union([
    * The start lease: the guest is up and the job's command waits until the server has durably recorded that
    * it starts (state running, on this host and attempt) and answered `start.ok`.
    */
-  Type.Object({ type: Type.Literal('job.start'), jobId: Id, attempt: Attempt }, { additionalProperties: false }),
+  Type.Object(
+    {
+      type: Type.Literal('job.start'),
+      jobId: Id,
+      attempt: Attempt,
+      /** How the VM came up: restored from a snapshot (warm) or booted (cold); absent from older agents. */
+      start: Type.Optional(Type.Union([Type.Literal('warm'), Type.Literal('cold')])),
+      /** VMM start to the guest ready for the command (a warm start: the restore, identity included). */
+      bootMs: Type.Optional(Type.Number({ minimum: 0 })),
+    },
+    { additionalProperties: false },
+  ),
   Type.Object({ type: Type.Literal('job.done'), result: JobResultMsg }, { additionalProperties: false }),
   /** Drained for a sleep request: the agent closes its connection next and runs its sleep command. */
   Type.Object({ type: Type.Literal('host.sleeping'), requestId: Id, power: HostPowerMsg }, { additionalProperties: false }),

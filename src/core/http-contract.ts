@@ -14,7 +14,7 @@ import { TOKEN_ROLES } from './host.ts';
 import { JOB_STATE_LIST } from './job-state.ts';
 import { POWER_DRIVERS } from './power.ts';
 import { USAGE_DIMENSIONS } from './timings.ts';
-import { MirrorStatusMsg } from './agent-protocol.ts';
+import { MirrorStatusMsg, SnapshotStateMsg } from './agent-protocol.ts';
 
 const Nullable = <T extends TSchema>(t: T) => Type.Union([t, Type.Null()]);
 const OneOf = <T extends string>(values: readonly T[]) => Type.Union(values.map((v) => Type.Literal(v)));
@@ -95,7 +95,14 @@ export const JobOut = Type.Object({
 export type JobOut = Static<typeof JobOut>;
 
 export const JobTransitionOut = Type.Object({ attempt: Type.Integer(), state: OneOf(JOB_STATE_LIST), hostId: Nullable(Type.Integer()), detail: Nullable(Type.String()), at: Type.String() });
-export const JobDetail = Type.Composite([JobOut, Type.Object({ transitions: Type.Array(JobTransitionOut) })]);
+export const JobDetail = Type.Composite([
+  JobOut,
+  Type.Object({
+    /** How the current attempt's VM came up, as its agent said with the start request: warm, cold, or null (not started, or an older agent). */
+    vmStart: Type.Optional(Nullable(Type.Union([Type.Literal('warm'), Type.Literal('cold')]))),
+    transitions: Type.Array(JobTransitionOut),
+  }),
+]);
 export const JobList = Type.Object({ jobs: Type.Array(JobOut), next: Type.Union([Type.Integer(), Type.Null()]) });
 export const JobListQuery = Type.Object(
   {
@@ -159,7 +166,15 @@ export const HostOut = Type.Object({
 });
 export type HostOut = Static<typeof HostOut>;
 /** A host with what its active jobs use. */
-export const HostWithUsage = Type.Composite([HostOut, Type.Object({ jobs: Type.Integer(), used: Resources })]);
+export const HostWithUsage = Type.Composite([
+  HostOut,
+  Type.Object({
+    jobs: Type.Integer(),
+    used: Resources,
+    /** Warm-start snapshots as the host's agent last reported them; null on other replicas and for hosts that keep none. */
+    snapshots: Type.Optional(Nullable(Type.Array(SnapshotStateMsg))),
+  }),
+]);
 export type HostWithUsage = Static<typeof HostWithUsage>;
 export const HostDeleteQuery = Type.Object({ force: Type.Optional(Type.Boolean()) }, { additionalProperties: false });
 

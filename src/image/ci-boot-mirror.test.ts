@@ -17,8 +17,11 @@ after(() => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
 
-/** Runs the mirror section of ci-boot.sh with `cmdline` against a fresh root holding the image's templates. */
-function boot(cmdline: string): { root: string; steps: string[]; code: number | null; stderr: string } {
+/**
+ * Runs the mirror section of ci-boot.sh with `cmdline` against a fresh root holding the image's templates;
+ * `then`: shell run after it in the same shell (a restore's mirror step).
+ */
+function boot(cmdline: string, then = ''): { root: string; steps: string[]; code: number | null; stderr: string } {
   const root = mkdtempSync(join(tmpdir(), 'kiln-ciboot-'));
   dirs.push(root);
   const put = (p: string, content: string) => {
@@ -37,7 +40,7 @@ function boot(cmdline: string): { root: string; steps: string[]; code: number | 
   assert.ok(start > 0 && end > start, 'the mirror section of ci-boot.sh is found');
   // Absolute guest paths become paths under the scratch root (the section runs from / in the guest).
   const section = script.slice(start, end).replace(/(["\s(>])\/(etc|proc)\//g, `$1${root}/$2/`).replace(/\$\{t%\/\*\}/g, `${root}\${t%/*}`).replace(/> "\$t"/g, `> "${root}$t"`);
-  const r = spawnSync('busybox', ['sh', '-c', `step() { echo "STEP $*"; }\nset -e\n${section}`], { encoding: 'utf8' });
+  const r = spawnSync('busybox', ['sh', '-c', `step() { echo "STEP $*"; }\nset -e\n${section}\n${then}`], { encoding: 'utf8' });
   return { root, steps: r.stdout.split('\n').filter((l) => l.startsWith('STEP ')), code: r.status, stderr: r.stderr };
 }
 
@@ -72,4 +75,21 @@ void test('ci boot: another registry without a docker.io mirror gets a daemon.js
   assert.deepEqual(none.steps, []);
   assert.throws(() => read(none.root, '/etc/docker/daemon.json'));
   assert.equal(read(none.root, '/etc/hosts'), '127.0.0.1\tlocalhost\n');
+});
+
+void test('ci restore: the mirrors sent on kiln.ctl (MIRROR, MIRRORS) are configured exactly as the same kernel words are on a cold boot', () => {
+  // A template boots without mirror words; the restored VM's hook gets them from kiln-init's variables.
+  const words = { hub: '10.0.2.100:5000', others: 'ghcr.io=10.0.2.101:5000 quay.io=10.0.2.102:5000' };
+  const warm = boot('console=ttyS0 quiet', `kiln_mirror='${words.hub}'; kiln_mirrors='${words.others}'; kiln_restore_mirrors`);
+  assert.equal(warm.code, 0, warm.stderr);
+  const cold = boot(`console=ttyS0 kiln.registry_mirror=${words.hub} ${words.others.split(' ').map((w) => `kiln.mirror.${w}`).join(' ')} quiet`);
+  assert.equal(cold.code, 0, cold.stderr);
+  assert.deepEqual(warm.steps, cold.steps);
+  for (const p of ['/etc/docker/daemon.json', '/etc/buildkit/buildkitd.toml', '/etc/hosts', '/etc/containerd/certs.d/docker.io/hosts.toml', '/etc/containerd/certs.d/ghcr.io/hosts.toml', '/etc/containerd/certs.d/quay.io/hosts.toml', '/etc/containers/registries.conf.d/50-kiln-mirror.conf']) {
+    assert.equal(read(warm.root, p), read(cold.root, p), p);
+  }
+  // Other registries alone (no docker.io mirror): daemon.json lists them as insecure registries.
+  const only = boot('quiet', `kiln_mirror=; kiln_mirrors='ghcr.io=10.0.2.101:5000'; kiln_restore_mirrors`);
+  assert.equal(only.code, 0, only.stderr);
+  assert.deepEqual(JSON.parse(read(only.root, '/etc/docker/daemon.json')), { 'insecure-registries': ['ghcr.io'] });
 });

@@ -12,6 +12,10 @@ export interface Metrics {
   agentProtocolErrors: Counter<'code'>;
   mirrorHealthy: Gauge<'host'>;
   mirrorCacheBytes: Gauge<'host'>;
+  /** Job VMs that came up and started their command, by how: restored from a snapshot (warm) or booted (cold). */
+  vmStarts: Counter<'start'>;
+  /** Warm starts: VMM start to the restored guest ready for the command (state loaded, identity taken). */
+  restoreSeconds: Histogram;
 }
 
 /** A host's mirror as the store last heard of it (fleet-wide: every replica reports every host). */
@@ -49,6 +53,13 @@ export function makeMetrics(queueDepth: () => Promise<number>, mirrors: () => Pr
       async collect() {
         this.set(await queueDepth().catch(() => 0));
       },
+    }),
+    vmStarts: new Counter({ name: 'kiln_vm_starts_total', help: 'Job VMs started, by how they came up (warm: restored from a snapshot; cold: booted)', labelNames: ['start'], registers: [registry] }),
+    restoreSeconds: new Histogram({
+      name: 'kiln_vm_restore_seconds',
+      help: 'Warm starts: time from the VMM start to the restored guest ready for the job (identity and settings applied)',
+      buckets: [0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60],
+      registers: [registry],
     }),
     agentProtocolErrors: new Counter({ name: 'kiln_agent_protocol_errors_total', help: 'Agent messages rejected', labelNames: ['code'], registers: [registry] }),
     mirrorHealthy: new Gauge({

@@ -598,6 +598,21 @@ export interface PhaseUpdate {
   attempt: number;
   hostId: number;
   phase: 'booting' | 'running';
+  /** With `running`: how the VM came up, kept as the running event's detail ("warm start, ready in 812 ms"). */
+  start?: 'warm' | 'cold';
+  bootMs?: number;
+}
+
+/** The running event's detail for a VM that came up warm or cold: `warm start, ready in 812 ms`. */
+export function startDetail(u: Pick<PhaseUpdate, 'start' | 'bootMs'>): string | null {
+  if (!u.start) return null;
+  return `${u.start} start${u.bootMs !== undefined ? `, ready in ${Math.round(u.bootMs)} ms` : ''}`;
+}
+
+/** Reads `startDetail` back: how the attempt's VM came up, or null when the agent did not say. */
+export function startOfDetail(detail: string | null): 'warm' | 'cold' | null {
+  const m = /^(warm|cold) start\b/.exec(detail ?? '');
+  return m ? (m[1] as 'warm' | 'cold') : null;
 }
 
 export interface PhaseChange {
@@ -627,8 +642,8 @@ export async function applyPhases(db: Q, updates: PhaseUpdate[]): Promise<PhaseC
   }
   const batch = batchRows(
     'v',
-    [['id', 'bigint'], ['attempt', 'int'], ['host', 'bigint'], ['phase', 'text'], ['booted', 'boolean']],
-    [...latest.values()].map((u) => ({ id: u.jobId, attempt: u.attempt, host: u.hostId, phase: u.phase, booted: u.booted })),
+    [['id', 'bigint'], ['attempt', 'int'], ['host', 'bigint'], ['phase', 'text'], ['booted', 'boolean'], ['detail', 'text']],
+    [...latest.values()].map((u) => ({ id: u.jobId, attempt: u.attempt, host: u.hostId, phase: u.phase, booted: u.booted, detail: u.phase === 'running' ? startDetail(u) : null })),
   );
   const bootFrom = statesAccepting({ type: 'boot' });
   const startFrom = statesAccepting({ type: 'start' });
@@ -643,12 +658,12 @@ export async function applyPhases(db: Q, updates: PhaseUpdate[]): Promise<PhaseC
       FROM v
       WHERE j.id = v.id AND j.attempt = v.attempt AND j.host_id = v.host
         AND ((v.phase = 'booting' AND j.state = ANY(${sql.val(bootFrom)}::text[])) OR (v.phase = 'running' AND j.state = ANY(${sql.val(startFrom)}::text[])))
-      RETURNING j.id, j.tenant, j.attempt, j.state, j.host_id, v.booted, (v.phase = 'running' AND j.booting_at IS NOT NULL AND NOT v.booted) AS was_booting
+      RETURNING j.id, j.tenant, j.attempt, j.state, j.host_id, v.booted, v.detail, (v.phase = 'running' AND j.booting_at IS NOT NULL AND NOT v.booted) AS was_booting
     ), ev AS (
-      INSERT INTO job_events (job_id, attempt, state, host_id)
-      SELECT id, attempt, 'booting', host_id FROM upd WHERE booted
+      INSERT INTO job_events (job_id, attempt, state, host_id, detail)
+      SELECT id, attempt, 'booting', host_id, NULL FROM upd WHERE booted
       UNION ALL
-      SELECT id, attempt, state, host_id FROM upd
+      SELECT id, attempt, state, host_id, detail FROM upd
     )
     SELECT id, tenant, attempt, state, booted, was_booting FROM upd`.execute(db);
   // Only what the events need: reading back whole rows (env, command, labels) cost more than the update.

@@ -72,6 +72,14 @@ export interface VmSpec {
   warm?: boolean;
 }
 
+/** How a VM came up, as its start gate is told. */
+export interface VmStartInfo {
+  /** Restored from a snapshot (warm) or booted (cold). */
+  start: 'warm' | 'cold';
+  /** VMM start to the guest ready for the command. */
+  bootMs: number;
+}
+
 export interface VmOutput {
   stdout(chunk: Buffer): void;
   stderr(chunk: Buffer): void;
@@ -81,7 +89,7 @@ export interface VmOutput {
    * rejection's message as the reason) and the command never runs. The agent waits here for the control
    * plane's start lease (at-most-once starts).
    */
-  mayStart?(): Promise<void>;
+  mayStart?(info: VmStartInfo): Promise<void>;
   /** Called once when the guest is up and the job starts (phase 'running'), so owners need not poll phase(). */
   running?(): void;
   /** One-line notes from the driver for the user (a warm start that fell back to cold, a snapshot being built). */
@@ -139,8 +147,26 @@ export interface DriverCapabilities {
   diskFreeBytes: number;
 }
 
+/**
+ * Warm starts, for drivers that keep snapshots (the QEMU driver with a snapshot store): what the agent's
+ * planner (src/agent/snapshots.ts) uses to build snapshots ahead of need. `spec.job` is not used.
+ */
+export interface SnapshotPort {
+  readonly budgetBytes: number;
+  /** Disk the store's snapshots take now. */
+  usedBytes(): number;
+  /** The snapshot this spec's image and shape would restore from (cheap checks only), or undefined. */
+  find(spec: VmSpec): { bytes: number } | undefined;
+  /** Builds it now (a template VM that runs no job); undefined if another builder holds it. Throws if the build fails. */
+  build(spec: VmSpec, signal?: AbortSignal): Promise<{ bytes: number } | undefined>;
+  /** Calls `cb` when the driver drops a snapshot (a restore from it failed): the planner looks again. */
+  onDrop(cb: () => void): void;
+}
+
 export interface VmDriver {
   readonly name: string;
+  /** Present when the driver restores VMs from snapshots. */
+  readonly snapshots?: SnapshotPort;
   capabilities(): Promise<DriverCapabilities>;
   /** Starts a VM and returns once it is launched; output streams to `out` as the guest produces it. */
   start(spec: VmSpec, out: VmOutput): Promise<RunningVm>;

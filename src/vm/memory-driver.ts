@@ -153,7 +153,7 @@ function runGuest(spec: VmSpec, out: VmOutput, bootMs: number, t0: number, gone:
   void (async () => {
     await wait(bootMs);
     if (!stopped && out.mayStart) {
-      await out.mayStart().catch((e: unknown) => stop({ outcome: 'killed', reason: e instanceof Error ? e.message : String(e) }));
+      await out.mayStart({ start: 'cold', bootMs: Math.round(performance.now() - tPrepared) }).catch((e: unknown) => stop({ outcome: 'killed', reason: e instanceof Error ? e.message : String(e) }));
     }
     tBooted = performance.now();
     let status = 0;

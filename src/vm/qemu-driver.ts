@@ -23,7 +23,7 @@ import { chooseAccel, realHostProbe, type AccelChoice } from './accel.ts';
 import { detectCgroups, type CgroupLayout } from './cgroups.ts';
 import { freeBytes } from './disks.ts';
 import { applyEgress, egressProblem, parseAllowEntry } from './egress.ts';
-import type { DriverCapabilities, RunningVm, VmDriver, VmInfo, VmOutput, VmPhase, VmResult, VmSpec, VmTimings } from './driver.ts';
+import type { DriverCapabilities, RunningVm, SnapshotPort, VmDriver, VmInfo, VmOutput, VmPhase, VmResult, VmSpec, VmTimings } from './driver.ts';
 import { readText, which } from './files.ts';
 import { hostTscKhz, qemuBinary, qemuPackage } from './qemu-args.ts';
 import { collectVm, vmResult } from './qemu-collect.ts';
@@ -33,7 +33,7 @@ import { restoreVm } from './qemu-restore.ts';
 import { sweepVms } from './qemu-sweep.ts';
 import { teardownVm } from './qemu-teardown.ts';
 import { defaultBootTimeoutMs, watchVm } from './qemu-wait.ts';
-import { makeSnapshotStore } from './snapshot-store.ts';
+import { DEFAULT_SNAPSHOT_BUDGET, makeSnapshotStore } from './snapshot-store.ts';
 import { makeWarmStarts, type WarmChoice, type WarmStarts } from './snapshot-warm.ts';
 
 export interface QemuDriverOptions {
@@ -50,8 +50,11 @@ export interface QemuDriverOptions {
    * only for hosts that cannot filter (not root), chosen explicitly and logged at every VM start.
    */
   egress?: { allow?: string[]; unfiltered?: boolean };
-  /** Warm starts from memory snapshots (src/vm/snapshot-*.ts); off unless set. */
-  snapshots?: { budgetBytes?: number };
+  /**
+   * Warm starts from memory snapshots (src/vm/snapshot-*.ts); off unless set. `buildOnMiss: false` (the agent):
+   * a VM without a snapshot boots cold and the caller builds snapshots through `snapshots` (the port).
+   */
+  snapshots?: { budgetBytes?: number; buildOnMiss?: boolean };
 }
 
 export interface QemuDriver extends VmDriver {
@@ -107,23 +110,22 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
 
   const bootTimeoutFor = (spec: VmSpec, accel: 'kvm' | 'tcg') => opts.bootTimeoutMs ?? defaultBootTimeoutMs(spec, accel);
   const warm = opts.snapshots
-    ? makeWarmStarts({ store: makeSnapshotStore(opts.dataDir, opts.snapshots), disksDir, bootTimeoutMs: bootTimeoutFor, ...(opts.logger ? { logger: opts.logger } : {}) })
+    ? makeWarmStarts({
+        store: makeSnapshotStore(opts.dataDir, opts.snapshots),
+        disksDir,
+        bootTimeoutMs: bootTimeoutFor,
+        ...(opts.snapshots.buildOnMiss === false ? { buildOnMiss: false } : {}),
+        ...(opts.logger ? { logger: opts.logger } : {}),
+      })
     : undefined;
   const launchOptions = (accel: 'kvm' | 'tcg'): LaunchOptions => ({ accel, hostArch, tscKhz: () => (tscKhz ??= hostTscKhz(readText('/proc/cpuinfo'))) });
 
   /**
-   * Why this spec boots cold even with warm starts on; undefined if it may restore. Images with a root disk
-   * (ci, runner) boot cold for now: their Docker engine id and registry mirror are not yet renewed after a
-   * restore (docs/ARCHITECTURE.md, "Warm starts"); nor are a registry mirror (kernel command line) or
-   * host forwards (the mirror's guestfwd entries are not part of the template's network state).
+   * Why this spec boots cold even with warm starts on; undefined if it may restore. Every image, network mode
+   * and forward restores warm now (docs/ARCHITECTURE.md, "Warm starts"): the per-VM settings travel on kiln.ctl
+   * after the restore, and the forwards are the restored QEMU's own (its command line, its VM directory).
    */
-  const coldReason = (spec: VmSpec): string | undefined => {
-    if (!warm || spec.warm === false) return 'warm starts are off';
-    if (spec.image.rootDiskPath) return 'images with a root disk boot cold';
-    if (spec.registryMirror || (spec.registryMirrors?.length ?? 0) > 0) return 'a VM with a registry mirror boots cold';
-    if ((spec.forwards?.length ?? 0) > 0) return 'a VM with host forwards boots cold';
-    return undefined;
-  };
+  const coldReason = (spec: VmSpec): string | undefined => (!warm || spec.warm === false ? 'warm starts are off' : undefined);
 
   async function start(spec: VmSpec, out: VmOutput): Promise<RunningVm> {
     validateVmSpec(spec, (id) => running.has(id) || vmDirExists(vmsDir, id));
@@ -146,7 +148,9 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
         const failure = toKilnError(e).message;
         warm!.drop(choice, failure);
         warm!.counters.fallbacks++;
-        out.note?.(`warm start failed (${failure}): booting cold; the snapshot was dropped and the next run rebuilds it`);
+        const line = `warm start failed (${failure}): booting cold; the snapshot was dropped and the next run rebuilds it`;
+        out.note?.(line);
+        opts.logger?.warn({ vmId: spec.id }, line);
       }
     }
     if (warm) warm.counters.cold++;
@@ -224,7 +228,7 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
     // A warm VM: load the snapshot, start it, give it its own identity; only then the job (and its secrets).
     if (snap) {
       try {
-        await restoreVm(w, vm, spec.id, snap.dir, accel);
+        await restoreVm(w, vm, spec, snap.dir, accel);
         warm!.counters.warm++;
         warm!.counters.restoreMsTotal += w.tReady - w.tSpawn;
       } catch (e) {
@@ -248,10 +252,29 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
     };
   }
 
+  const budgetBytes = opts.snapshots?.budgetBytes ?? DEFAULT_SNAPSHOT_BUDGET;
+  const snapshots: SnapshotPort | undefined = warm && {
+    budgetBytes,
+    usedBytes: () => warm.store.list().reduce((n, x) => n + x.bytes, 0),
+    find(spec) {
+      const found = warm.store.find(warm.keyFor(spec, accelFor(spec.arch).accel));
+      return 'snap' in found ? { bytes: found.snap.bytes } : undefined;
+    },
+    async build(spec, signal) {
+      const accel = accelFor(spec.arch).accel;
+      await verifyImage(spec);
+      const log = opts.logger?.child({ image: spec.image.digest.slice(7, 19) });
+      const built = await warm.build(spec, accel, launchBase(spec, launchOptions(accel), false), (line) => log?.info(line), signal);
+      return built && { bytes: built.snap.bytes };
+    },
+    onDrop: (cb) => warm.onDrop(cb),
+  };
+
   return {
     name: 'qemu',
     accelFor,
     warm,
+    ...(snapshots ? { snapshots } : {}),
     async capabilities(): Promise<DriverCapabilities> {
       mkdirSync(opts.dataDir, { recursive: true });
       const arches: DriverCapabilities['arches'] = (['amd64', 'arm64'] as const).map((arch) => {

@@ -38,8 +38,8 @@ export function hasNic(spec: VmSpec): boolean {
 
 /**
  * kiln's launch of this spec without per-VM files: what a warm-start template and a restore must share. A
- * snapshot's kernel command line is the template's (never read again), so the registry mirror word is only
- * added for a cold boot (`withMirror`); VMs with a mirror boot cold.
+ * snapshot's kernel command line is the template's (never read again), so the registry mirror words are only
+ * added for a cold boot (`withMirror`); a restored VM gets them on kiln.ctl (MIRROR, MIRRORS: qemu-restore.ts).
  */
 export function launchBase(spec: VmSpec, o: LaunchOptions, withMirror: boolean): TemplateLaunch {
   const mirror = withMirror

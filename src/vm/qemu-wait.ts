@@ -99,7 +99,7 @@ export function watchVm(spec: VmSpec, vm: PreparedVm, proc: ChildProcess, out: V
       clearTimeout(bootTimer);
       o.log?.debug({ bootMs: w.tReady - w.tSpawn, start: o.restoring ? 'warm' : 'cold' }, 'guest ready');
       // The command is handed to the guest only once the owner allows it (the start lease).
-      void (out.mayStart?.() ?? Promise.resolve()).then(
+      void (out.mayStart?.({ start: o.restoring ? 'warm' : 'cold', bootMs: Math.round(w.tReady - w.tSpawn) }) ?? Promise.resolve()).then(
         () => {
           if (w.phase !== 'booting') return;
           w.phase = 'running';

@@ -161,8 +161,8 @@ test('seals: a stat match skips the hash; any change is hashed again', withDir(a
 }));
 
 test('identity lines: fresh seed and machine-id each time, the clock as a timespec, a valid hostname, SYNC last', () => {
-  const a = identityLines('run-AB_12', () => 1_700_000_000_250.5);
-  const b = identityLines('run-AB_12', () => 1_700_000_000_250.5);
+  const a = identityLines('run-AB_12', {}, () => 1_700_000_000_250.5);
+  const b = identityLines('run-AB_12', {}, () => 1_700_000_000_250.5);
   const lines = a.trim().split('\n');
   assert.deepEqual(lines.map((l) => l.split(' ')[0]), ['SEED', 'CLOCK', 'HOST', 'MID', 'SYNC']);
   assert.equal(Buffer.from(lines[0]!.split(' ')[1]!, 'base64').length, 64);
@@ -173,6 +173,17 @@ test('identity lines: fresh seed and machine-id each time, the clock as a timesp
   assert.equal(clock.readBigInt64LE(8), 250_500_000n);
   assert.equal(Buffer.from(lines[2]!.split(' ')[1]!, 'base64').toString(), 'kiln-run-ab-12');
   assert.match(lines[3]!, /^MID [0-9a-f]{32}$/);
+});
+
+test('identity lines carry the per-VM settings a cold boot reads from the kernel command line, before SYNC', () => {
+  const lines = identityLines('vm1', { registryMirror: '10.0.2.100:5000' }).trim().split('\n');
+  assert.deepEqual(lines.map((l) => l.split(' ')[0]), ['SEED', 'CLOCK', 'HOST', 'MID', 'MIRROR', 'SYNC']);
+  assert.equal(Buffer.from(lines[4]!.split(' ')[1]!, 'base64').toString(), '10.0.2.100:5000');
+  // Mirrors of other registries: one MIRRORS line, the kernel command line's words (kiln.mirror.<registry>=<address>) without the prefix.
+  const more = identityLines('vm1', { registryMirror: '10.0.2.100:5000', registryMirrors: [{ registry: 'ghcr.io', address: '10.0.2.101:5000' }, { registry: 'quay.io', address: '10.0.2.102:5000' }] }).trim().split('\n');
+  assert.deepEqual(more.map((l) => l.split(' ')[0]), ['SEED', 'CLOCK', 'HOST', 'MID', 'MIRROR', 'MIRRORS', 'SYNC']);
+  assert.equal(Buffer.from(more[5]!.split(' ')[1]!, 'base64').toString(), 'ghcr.io=10.0.2.101:5000 quay.io=10.0.2.102:5000');
+  assert.deepEqual(identityLines('vm1', { registryMirrors: [] }).trim().split('\n').map((l) => l.split(' ')[0]), ['SEED', 'CLOCK', 'HOST', 'MID', 'SYNC']);
 });
 
 test('kiln-clone-fix is a valid static ELF for both guests; on this host it reseeds (root) and sets no clock without input', () => {

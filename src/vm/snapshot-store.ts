@@ -77,9 +77,12 @@ export interface SnapshotStore {
   markUsed(id: string): void;
 }
 
+/** The store's disk budget unless KILN_SNAPSHOT_BUDGET says otherwise: 4 GiB of allocated blocks. */
+export const DEFAULT_SNAPSHOT_BUDGET = 4 * 1024 ** 3;
+
 export function makeSnapshotStore(dataDir: string, opts: { budgetBytes?: number } = {}): SnapshotStore {
   const dir = join(dataDir, 'snapshots');
-  const budget = opts.budgetBytes ?? 4 * 1024 ** 3;
+  const budget = opts.budgetBytes ?? DEFAULT_SNAPSHOT_BUDGET;
   const ensureDir = () => mkdirSync(dir, { recursive: true, mode: 0o700 });
   const readRecord = (d: string): SnapshotRecord | undefined => {
     try {

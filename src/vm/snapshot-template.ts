@@ -1,7 +1,7 @@
 /**
  * Warm starts, the host side (docs/ARCHITECTURE.md, "Warm starts"):
  *   template  a VM that never runs a job boots the image, waits for kiln-init's READY (the ci image has
- *             Docker up by then), is stopped and saved with x-ignore-shared: its RAM stays in the RAM file,
+ *             Docker up by then; a "STEP not-ready:<what>" before it fails the build), is stopped and saved with x-ignore-shared: its RAM stays in the RAM file,
  *             the device state goes to `state`, and its two disk overlays are kept as they are.
  *   restore   the same command line with the RAM file mapped privately and `-incoming defer`; QMP loads
  *             the state, waits for `paused`, `cont`; then the per-VM identity goes over kiln.ctl and only
@@ -21,8 +21,12 @@ import { buildQemuArgs, qemuBinary, type QemuLaunch } from './qemu-args.ts';
 import { makeQmp, type Qmp } from './qmp.ts';
 import type { SnapshotKey } from './snapshot-store.ts';
 
-/** The kiln-init protocol version restored guests must speak (SEED/CLOCK/HOST/MID/SYNC lines). */
-export const WARM_INIT_VERSION = 2;
+/**
+ * The kiln-init protocol version restored guests must speak: 2, the identity lines (SEED/CLOCK/HOST/MID/SYNC);
+ * 3, the per-VM settings lines (MIRROR) and the image's restore hook (the ci image renews Docker's identity);
+ * 4, MIRRORS (the mirrors of other registries, which a guest speaking 3 would silently ignore).
+ */
+export const WARM_INIT_VERSION = 4;
 
 /** Restored VMs always have a NIC (restricted unless the job asks for a network): the device set must match. */
 export function snapshotDevices(hasRootDisk: boolean): string {
@@ -87,6 +91,8 @@ export interface TemplateBuild {
   scratchBase: string;
   rootDiskPath?: string;
   bootTimeoutMs: number;
+  /** Aborting kills the template VM; the build then fails and leaves nothing behind. */
+  signal?: AbortSignal;
 }
 
 /** Boots a template VM in `staging` and saves it there (ram, state, scratch.qcow2, root.qcow2). */
@@ -122,6 +128,9 @@ export async function buildTemplate(b: TemplateBuild): Promise<void> {
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr.length < 4096 ? (stderr += d) : undefined));
   const exited = new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+  const abort = () => child.kill('SIGKILL');
+  if (b.signal?.aborted) abort();
+  b.signal?.addEventListener('abort', abort, { once: true });
   const sockList: Socket[] = [];
   for (const a of Object.values(accepted)) void a.then((s) => (sockList.push(s), s.on('error', () => undefined)));
   let qmp: Qmp | undefined;
@@ -132,6 +141,12 @@ export async function buildTemplate(b: TemplateBuild): Promise<void> {
           'data',
           makeLineSplitter((line) => {
             const m = parseGuestLine(line);
+            // An image's boot hook that could not bring up what it starts (the ci image's Docker) says so before
+            // READY: a cold boot goes on (the job sees it), a template must not be saved half up.
+            if (m.type === 'step' && m.name.startsWith('not-ready:')) {
+              reject(new KilnError('snapshot.template_not_ready', `the template VM came up without ${m.name.slice('not-ready:'.length)}`, { kind: 'internal' }));
+              return;
+            }
             if (m.type !== 'ready') return;
             const version = Number(line.trim().split(/\s+/)[2] ?? 0);
             if (version >= WARM_INIT_VERSION) resolve();
@@ -166,6 +181,7 @@ export async function buildTemplate(b: TemplateBuild): Promise<void> {
     await exited;
     clearTimeout(killer);
   } finally {
+    b.signal?.removeEventListener('abort', abort);
     child.kill('SIGKILL');
     await exited;
     qmp?.close();
@@ -193,18 +209,31 @@ export async function restoreSnapshot(qmp: Qmp, statePath: string, timeoutMs: nu
   await qmp.execute('cont');
 }
 
+/** Per-VM settings a cold boot reads from the kernel command line, sent to a restored VM over kiln.ctl instead. */
+export interface RestoreSettings {
+  /** The registry mirror as the guest reaches it (host:port, checked by prepare). */
+  registryMirror?: string;
+  /** Mirrors of other registries (kiln.mirror.<registry>=<address> on a cold boot's command line), checked by prepare. */
+  registryMirrors?: { registry: string; address: string }[];
+}
+
 /**
- * What makes a restored VM its own (kiln-init applies it, then answers STEP identity): fresh entropy and a
- * forced RNG reseed, the host's wall clock, a hostname and a machine-id. Secrets never travel here.
+ * What makes a restored VM its own (kiln-init applies it, runs the image's restore hook, then answers STEP
+ * identity): fresh entropy and a forced RNG reseed, the host's wall clock, a hostname and a machine-id, then
+ * the per-VM settings. Secrets never travel here.
  */
-export function identityLines(vmId: string, now: () => number = () => performance.timeOrigin + performance.now()): string {
+export function identityLines(vmId: string, settings: RestoreSettings = {}, now: () => number = () => performance.timeOrigin + performance.now()): string {
   const b64 = (b: Buffer | string) => Buffer.from(b).toString('base64');
   const host = `kiln-${vmId.toLowerCase().replace(/[^a-z0-9-]/g, '-')}`.slice(0, 63);
   const t = now();
   const clock = Buffer.alloc(16);
   clock.writeBigInt64LE(BigInt(Math.floor(t / 1000)), 0);
   clock.writeBigInt64LE(BigInt(Math.round((t % 1000) * 1e6)), 8);
-  return [`SEED ${b64(randomBytes(64))}`, `CLOCK ${b64(clock)}`, `HOST ${b64(host)}`, `MID ${randomBytes(16).toString('hex')}`, 'SYNC'].map((l) => `${l}\n`).join('');
+  const lines = [`SEED ${b64(randomBytes(64))}`, `CLOCK ${b64(clock)}`, `HOST ${b64(host)}`, `MID ${randomBytes(16).toString('hex')}`];
+  if (settings.registryMirror) lines.push(`MIRROR ${b64(settings.registryMirror)}`);
+  if (settings.registryMirrors?.length) lines.push(`MIRRORS ${b64(settings.registryMirrors.map((m) => `${m.registry}=${m.address}`).join(' '))}`);
+  lines.push('SYNC');
+  return lines.map((l) => `${l}\n`).join('');
 }
 
 export function templateArchSupported(arch: Arch): boolean {

@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { which } from '../../src/cli/exec.ts';
@@ -88,6 +88,52 @@ void test('a GitHub job runs in a runner-profile VM: start-runner hands the JIT 
     assert.equal(vm?.state, 'succeeded', text);
     assert.match(text, /stand-in runner in \/opt\/actions-runner as root; JIT config in the environment: 0/);
     assert.match(text, new RegExp(`Running job ${job.id} on x86_64`));
+    assert.deepEqual(await assertInvariants(h), []);
+    assert.deepEqual(h.double.violations, []);
+  } finally {
+    await h.close();
+    assertNoLeaks(data.dir);
+    data.cleanup();
+  }
+});
+
+void test('warm: a GitHub job runs in a runner VM restored from a snapshot, and its JIT config is in no snapshot file', { skip, timeout: 25 * 60_000 }, async () => {
+  const t = standInTarball();
+  const image = ensureCiImage('amd64', 'runner', ['--runner-tarball', t.path, '--runner-sha256', t.sha256]);
+  const data = makeTestDataDir();
+  const h = await startGitHubHarness({
+    // Warm starts as `kiln run` has them: the first VM of the image and shape builds the snapshot (a template
+    // that never sees a job), then restores from it; the JIT config is sent after the restore.
+    // A 10-minute boot limit (the template's too): at load 20 the runner image's cold boot took over 180 s.
+    driver: makeQemuDriver({ dataDir: data.dir, accel: 'auto', bootTimeoutMs: 600_000, logger: pino({ level: 'silent' }), egress: { allow: ['127.0.0.1/32'] }, snapshots: {} }),
+    images: makeStoreImageResolver(data.dir),
+    // By digest: `runner` is the newest runner image in the shared store, which may be another checkout's.
+    config: { runnerImage: image.digest, runnerCommand: ['/opt/kiln/start-runner'], bootTimeoutMs: 600_000, idleGraceMs: 120_000, reconcileMs: 500 },
+  });
+  try {
+    h.double.runnerUrl = h.double.url.replace('127.0.0.1', '10.0.2.2');
+    const job = await h.double.queueJob('acme/app', ['kiln-1cpu-1gb-2gb-disk']);
+    await until('the job completed on GitHub', () => h.double.jobs.get(job.id)?.status === 'completed', 15 * 60_000);
+    await until('the VM is gone and the runner deregistered', async () => (await runnerVms(h)).every((v) => ['succeeded', 'failed', 'cancelled'].includes(v.state)) && h.double.runners.size === 0, 120_000);
+    const [vm] = await runnerVms(h);
+    const text = await vmLogText(h, vm!.id);
+    assert.equal(vm?.state, 'succeeded', text);
+    assert.match(text, new RegExp(`Running job ${job.id} on x86_64`));
+    const got = await h.client.request<{ vmStart: string | null; transitions: { state: string; detail: string | null }[] }>('GET', `/v1/jobs/${vm!.id}`);
+    assert.equal(got.vmStart, 'warm', JSON.stringify(got.transitions));
+
+    const snapDir = join(data.dir, 'snapshots');
+    assert.ok(readdirSync(snapDir).some((e) => /^[0-9a-f]{24}$/.test(e)), 'a snapshot was built');
+    assert.ok(h.double.issuedJitConfigs.length > 0);
+    for (const jit of h.double.issuedJitConfigs) {
+      // The config as sent, and the runner secret inside it (as the guest would write it out).
+      const files = JSON.parse(Buffer.from(jit, 'base64').toString()) as Record<string, string>;
+      const secret = (JSON.parse(Buffer.from(files['.credentials']!, 'base64').toString()) as { data: { secret: string } }).data.secret;
+      for (const needle of [jit, secret]) {
+        const g = spawnSync('grep', ['-r', '-a', '-l', '-F', needle, snapDir]);
+        assert.equal(g.status, 1, `found in snapshot files: ${g.stdout.toString()}`);
+      }
+    }
     assert.deepEqual(await assertInvariants(h), []);
     assert.deepEqual(h.double.violations, []);
   } finally {

@@ -3,10 +3,19 @@
 # storage, /work, /var/tmp) lives on the per-VM scratch disk (/dev/vda, sized by --disk): it is
 # deleted with the VM and the disk limit holds for all of it.
 #
-# Registry mirror: the host passes `kiln.registry_mirror=<host:port>` (the address as the guest sees it)
-# on the kernel command line (for docker.io), and `kiln.mirror.<registry>=<host:port>` for each other registry
+# Registry mirrors: a cold boot gets `kiln.registry_mirror=<host:port>` (the address as the guest sees it)
+# on the kernel command line for docker.io, and `kiln.mirror.<registry>=<host:port>` for each other registry
 # mirrored; the configs kiln rendered for them at image build time (src/oci/mirror-config.ts) are put in place
 # with those names and addresses. Without the words, no mirror is configured.
+#
+# Warm starts (docs/ARCHITECTURE.md, "Warm starts"): a VM restored from a snapshot of this image wakes with
+# the template's Docker, which was started before any VM existed (and with no mirror words). kiln-init runs
+# kiln_after_restore (named in KILN_RESTORE_HOOK) once the VM has its own entropy, clock and names: it writes
+# the mirror configs for the addresses the host sent (MIRROR line for docker.io, MIRRORS line for the other
+# registries, the same `<registry>=<host:port>` words as on the command line), and restarts dockerd with its
+# identity files removed, so each VM's engine gets a new ID (Docker 20.10 derives it from /etc/docker/key.json,
+# 23+ keeps it in /var/lib/docker/engine-id) and reads the new daemon.json (its insecure registries included).
+# containerd keeps running: nothing of it is per VM (its per-registry hosts files are read at each pull).
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 mkdir -p /dev/mqueue && mount -t mqueue mqueue /dev/mqueue 2>/dev/null
 for m in overlay br_netfilter bridge veth nf_tables nft_chain_nat nft_compat xt_conntrack xt_MASQUERADE xt_addrtype ip_tables iptable_nat iptable_filter; do
@@ -34,62 +43,108 @@ step ci-disk
 
 mirror=
 others=
+kiln_apply_mirror() {
+  [ -n "$1" ] && [ -d /etc/kiln/mirror ] || return 0
+  (cd /etc/kiln/mirror && find . -type f) | while read -r f; do
+    t=${f#.}
+    mkdir -p "${t%/*}"
+    sed "s/kiln-mirror-placeholder:65535/$1/g" "/etc/kiln/mirror/$f" > "$t" || exit 1
+  done || return 1
+  step "ci-mirror $1"
+}
+
+# Mirrors of other registries: `<registry>=<ip:port>` words (the host checked both), from the kernel command
+# line (cold boot) or the MIRRORS line (restore); $1 is the docker.io mirror's address, if any. containerd and
+# buildah get per-registry files, BuildKit a section; Docker 20.10 mirrors docker.io only, so the registry's
+# name points at the mirror's IP (kiln forwards its ports 80 and 443 there too) and is an insecure registry
+# (dockerd reads that at its start: the cold boot starts it after this, the restore hook restarts it).
+kiln_apply_other_mirrors() {
+  [ -n "$2" ] && [ -d /etc/kiln/mirror-registry ] || return 0
+  insecure=
+  for o in $2; do
+    r=${o%%=*}
+    a=${o#*=}
+    (cd /etc/kiln/mirror-registry && find . -type f) | while read -r f; do
+      t=$(echo "${f#.}" | sed "s/kiln-registry-placeholder.invalid/$r/g")
+      mkdir -p "${t%/*}"
+      sed -e "s/kiln-registry-placeholder.invalid/$r/g" -e "s/kiln-registry-address-placeholder:65534/$a/g" "/etc/kiln/mirror-registry/$f" > "$t" || exit 1
+    done || return 1
+    mkdir -p /etc/buildkit
+    sed -e "s/kiln-registry-placeholder.invalid/$r/g" -e "s/kiln-registry-address-placeholder:65534/$a/g" /etc/kiln/mirror-registry.buildkitd.toml >> /etc/buildkit/buildkitd.toml || return 1
+    printf '%s\t%s\n' "${a%:*}" "$r" >> /etc/hosts
+    insecure="$insecure, \"$r\""
+    step "ci-mirror $r $a"
+  done
+  mkdir -p /etc/docker
+  if [ -n "$1" ] && [ -f /etc/docker/daemon.json ]; then
+    sed -i "s/^\( *\"$1\"\)\$/\1$insecure/" /etc/docker/daemon.json
+  else
+    printf '{\n  "insecure-registries": [%s]\n}\n' "${insecure#, }" > /etc/docker/daemon.json
+  fi
+}
+
+# Starts dockerd (in the background, without init's OOM immunity or its channel) and waits until it answers.
+kiln_start_dockerd() {
+  (echo 0 > /proc/self/oom_score_adj; exec dockerd --containerd=/run/containerd/containerd.sock > /run/dockerd.log 2>&1 3>&-) &
+  dockerd_pid=$!
+  i=0
+  while [ $i -lt 2400 ]; do
+    /usr/bin/docker version --format '{{.Server.Version}}' > /dev/null 2>&1 && return 0
+    kill -0 $dockerd_pid 2>/dev/null || return 1
+    usleep 50000
+    i=$((i + 1))
+  done
+  return 1
+}
+
+# The mirrors the host sent a restored VM (MIRROR, MIRRORS lines: kiln-init sets kiln_mirror, kiln_mirrors),
+# configured as a cold boot configures the kernel command line's.
+kiln_restore_mirrors() {
+  kiln_apply_mirror "$kiln_mirror" && kiln_apply_other_mirrors "$kiln_mirror" "$kiln_mirrors"
+}
+
+kiln_after_restore() {
+  kiln_restore_mirrors || { kiln_restore_failed=mirror; return 1; }
+  if [ -n "$dockerd_pid" ]; then
+    # dockerd is this shell's child: once it exits it stays a zombie (kill -0 still succeeds) until waited for.
+    kill -TERM $dockerd_pid 2>/dev/null
+    i=0
+    while [ $i -lt 200 ]; do
+      read -r _ _ st _ < /proc/$dockerd_pid/stat 2>/dev/null || break
+      [ "$st" = Z ] && break
+      usleep 50000
+      i=$((i + 1))
+    done
+    kill -KILL $dockerd_pid 2>/dev/null
+    wait $dockerd_pid 2>/dev/null
+  fi
+  rm -f /etc/docker/key.json /var/lib/docker/engine-id
+  if ! kiln_start_dockerd; then
+    kiln_restore_failed=docker
+    tail -n 15 /run/dockerd.log | sed 's/^/kiln-init: dockerd: /' > /dev/console
+    return 1
+  fi
+  step docker-renewed
+}
+KILN_RESTORE_HOOK=kiln_after_restore
+
 for w in $(cat /proc/cmdline); do
   case "$w" in
     kiln.registry_mirror=*) mirror=${w#kiln.registry_mirror=} ;;
     kiln.mirror.*=*) others="$others ${w#kiln.mirror.}" ;;
   esac
 done
-if [ -n "$mirror" ] && [ -d /etc/kiln/mirror ]; then
-  (cd /etc/kiln/mirror && find . -type f) | while read -r f; do
-    t=${f#.}
-    mkdir -p "${t%/*}"
-    sed "s/kiln-mirror-placeholder:65535/$mirror/g" "/etc/kiln/mirror/$f" > "$t"
-  done
-  step "ci-mirror $mirror"
-fi
-# Mirrors of other registries: `kiln.mirror.<registry>=<ip:port>` (the host checked both). containerd and
-# buildah get per-registry files, BuildKit a section; Docker 20.10 mirrors docker.io only, so the registry's
-# name points at the mirror's IP (kiln forwards its ports 80 and 443 there too) and is an insecure registry.
-insecure=
-if [ -n "$others" ] && [ -d /etc/kiln/mirror-registry ]; then
-  for o in $others; do
-    r=${o%%=*}
-    a=${o#*=}
-    (cd /etc/kiln/mirror-registry && find . -type f) | while read -r f; do
-      t=$(echo "${f#.}" | sed "s/kiln-registry-placeholder.invalid/$r/g")
-      mkdir -p "${t%/*}"
-      sed -e "s/kiln-registry-placeholder.invalid/$r/g" -e "s/kiln-registry-address-placeholder:65534/$a/g" "/etc/kiln/mirror-registry/$f" > "$t"
-    done
-    mkdir -p /etc/buildkit
-    sed -e "s/kiln-registry-placeholder.invalid/$r/g" -e "s/kiln-registry-address-placeholder:65534/$a/g" /etc/kiln/mirror-registry.buildkitd.toml >> /etc/buildkit/buildkitd.toml
-    printf '%s\t%s\n' "${a%:*}" "$r" >> /etc/hosts
-    insecure="$insecure, \"$r\""
-    step "ci-mirror $r $a"
-  done
-  mkdir -p /etc/docker
-  if [ -n "$mirror" ] && [ -f /etc/docker/daemon.json ]; then
-    sed -i "s/^\( *\"$mirror\"\)\$/\1$insecure/" /etc/docker/daemon.json
-  else
-    printf '{\n  "insecure-registries": [%s]\n}\n' "${insecure#, }" > /etc/docker/daemon.json
-  fi
-fi
+kiln_apply_mirror "$mirror"
+kiln_apply_other_mirrors "$mirror" "$others"
 
 # Docker's daemons must not inherit init's OOM immunity.
 (echo 0 > /proc/self/oom_score_adj; exec containerd > /run/containerd.log 2>&1) &
-(echo 0 > /proc/self/oom_score_adj; exec dockerd --containerd=/run/containerd/containerd.sock > /run/dockerd.log 2>&1) &
-dockerd_pid=$!
 docker_ready=
-i=0
-while [ $i -lt 1200 ]; do
-  if /usr/bin/docker version --format '{{.Server.Version}}' > /dev/null 2>&1; then docker_ready=1; break; fi
-  kill -0 $dockerd_pid 2>/dev/null || break
-  usleep 100000
-  i=$((i + 1))
-done
+kiln_start_dockerd && docker_ready=1
 if [ -n "$docker_ready" ]; then
   step docker-ready
 else
+  KILN_NOT_READY=docker
   step "docker-failed: dockerd did not answer; its last log lines follow"
   tail -n 15 /run/dockerd.log | sed 's/^/kiln-init: dockerd: /' > /dev/console
 fi

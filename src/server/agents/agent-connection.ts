@@ -130,7 +130,7 @@ export function handleConnection(deps: GatewayDeps, socket: WebSocket): { ended:
       return;
     }
     if (msg.type === 'job.start' && link) {
-      start(deps, c, link, msg.jobId, msg.attempt);
+      start(deps, c, link, msg);
       return;
     }
     const m = msg;

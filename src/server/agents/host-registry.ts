@@ -5,7 +5,7 @@
  * HostRegistry is the scheduler's HostPool (scheduler/host-pool.ts): server.ts hands it to the scheduler.
  */
 import type { Arch } from '../../core/arch.ts';
-import type { ServerMessage } from '../../core/agent-protocol.ts';
+import type { ServerMessage, SnapshotStateMsg } from '../../core/agent-protocol.ts';
 import type { Resources } from '../../core/host.ts';
 import type { HostSlot } from '../scheduler/placement.ts';
 
@@ -60,6 +60,11 @@ export interface HostLink {
   readonly stopping: Set<number>;
   schedulable: boolean;
   ready: boolean;
+  /**
+   * The host's warm-start snapshots as its agent last reported them (hello, host.status). Live state of the
+   * connection, held by the replica the agent is connected to (not stored: see docs/ARCHITECTURE.md, "Hosts").
+   */
+  snapshots?: SnapshotStateMsg[];
   send(m: ServerMessage): void;
   close(code: number, reason: string): void;
 }

@@ -48,6 +48,7 @@ export async function hello(deps: GatewayDeps, c: Connection, msg: AgentMessageO
     stopping: new Set(),
     schedulable: host.state === 'online' && !host.cordoned,
     ready: false,
+    ...(msg.snapshots ? { snapshots: msg.snapshots } : {}),
     send: c.send,
     close: c.close,
   };
@@ -143,6 +144,7 @@ export async function hostStatus(deps: GatewayDeps, c: Connection, msg: AgentMes
   const { ctx } = deps;
   if (!c.link) return;
   const l = c.link;
+  if (msg.snapshots) l.snapshots = msg.snapshots;
   if (!(await setHostMirror(ctx.store.db, l.hostId, ctx.serverId, msg.mirror ?? null))) return;
   ctx.events.emit('host.status', { hostId: l.hostId, name: l.name, mirror: msg.mirror ?? null });
 }

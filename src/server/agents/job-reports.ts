@@ -17,12 +17,15 @@ export async function phase(deps: GatewayDeps, c: Connection, msg: AgentMessageO
 }
 
 /** Grants or refuses a start lease once the job's running state is stored (see phase-writer.ts). */
-export function start(deps: GatewayDeps, c: Connection, l: HostLink, jobId: number, attempt: number): void {
+export function start(deps: GatewayDeps, c: Connection, l: HostLink, msg: AgentMessageOf<'job.start'>): void {
+  const { jobId, attempt } = msg;
   if (l.active.get(jobId)?.attempt !== attempt) {
     c.send({ type: 'start.refused', jobId, attempt, reason: 'the job is not placed on this host (any more)' });
     return;
   }
-  deps.phases.start({ jobId, attempt, hostId: l.hostId, phase: 'running' }).then(
+  // How the VM came up (warm or cold, and its boot time), as the agent says: kept with the running state.
+  const how = { ...(msg.start ? { start: msg.start } : {}), ...(msg.bootMs !== undefined ? { bootMs: msg.bootMs } : {}) };
+  deps.phases.start({ jobId, attempt, hostId: l.hostId, phase: 'running', ...how }).then(
     (ok) => c.send(ok ? { type: 'start.ok', jobId, attempt } : { type: 'start.refused', jobId, attempt, reason: 'the job is no longer placed on this host' }),
     (e: unknown) => {
       // Unknown whether it was stored: the agent asks again after it reconnects (a stored start is granted again).

@@ -22,6 +22,9 @@ export function hostRoutes(deps: ApiDeps): RouteDef[] {
       const mine = active.filter((j) => j.hostId === h.id);
       return {
         ...h,
+        // Live state of the agent's connection: known only on the replica it is connected to (null elsewhere,
+        // and for hosts that keep none).
+        snapshots: deps.registry.get(h.id)?.snapshots ?? null,
         jobs: mine.length,
         used: {
           cpus: mine.reduce((s, j) => s + j.cpus, 0),

@@ -6,7 +6,7 @@ import { JOB_STATE_LIST, isTerminal, type JobState } from '../../core/job-state.
 import type { Token } from '../../core/host.ts';
 import { parseLabels, validateRequirements, DEFAULT_REQUIREMENTS, type Requirements } from '../../core/requirements.ts';
 import { parseDuration, parseSize } from '../../core/sizes.ts';
-import { getJob, jobTransitions, listJobs } from '../../store/jobs.ts';
+import { getJob, jobTransitions, listJobs, startOfDetail } from '../../store/jobs.ts';
 import { SECRET_ENV_KEYS } from '../jobs/job-commands.ts';
 import { mayAccessTenant, tenantScope } from './auth.ts';
 import { API, JOB_MAX_TIMEOUT_MS as MAX_TIMEOUT_MS, JOB_MIN_TIMEOUT_MS as MIN_TIMEOUT_MS, type JobSubmit, type LogLine } from '../../core/http-contract.ts';
@@ -157,7 +157,10 @@ export function jobRoutes(deps: ApiDeps): RouteDef[] {
     defineRoute(API.getJob, { tag: 'jobs', summary: 'One job, with a timestamp per state transition', permission: 'read' }, async (req, _reply, token) => {
       const { id } = req.params;
       const job = await need(id, token);
-      return { ...jobJson(job), transitions: await jobTransitions(db, id) };
+      const transitions = await jobTransitions(db, id);
+      // How the current attempt's VM came up (the agent says so with its start request): warm, cold or null.
+      const ran = transitions.filter((t) => t.attempt === job.attempt && t.state === 'running').pop();
+      return { ...jobJson(job), vmStart: startOfDetail(ran?.detail ?? null), transitions };
     }),
     defineRoute(API.cancelJob, { tag: 'jobs', summary: 'Cancel a job: queued jobs at once, running ones by stopping their VM', permission: 'submit' }, async (req, _reply, token) => {
       const { id } = req.params;

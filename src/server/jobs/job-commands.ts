@@ -147,7 +147,14 @@ export function makeJobCommands(ctx: ServerContext): JobCommands {
         const job = { id: c.id, tenant: c.tenant, attempt: c.attempt };
         if (c.booted) stateChanged(job, 'placed', 'booting');
         stateChanged(job, c.booted ? 'booting' : c.from, c.state);
-        if (c.state === 'running') running.add(`${c.id}:${c.attempt}`);
+        if (c.state === 'running') {
+          running.add(`${c.id}:${c.attempt}`);
+          const u = updates.find((x) => x.jobId === c.id && x.attempt === c.attempt && x.phase === 'running');
+          if (u?.start) {
+            ctx.metrics.vmStarts.inc({ start: u.start });
+            if (u.start === 'warm' && u.bootMs !== undefined) ctx.metrics.restoreSeconds.observe(u.bootMs / 1000);
+          }
+        }
       }
       // A start asked again (its answer was lost with a connection): granted if it was stored before.
       const again = updates.filter((u) => u.phase === 'running' && !running.has(`${u.jobId}:${u.attempt}`));

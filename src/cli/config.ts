@@ -35,12 +35,17 @@ export interface VmConfig {
   egress: { allow: string[]; unfiltered: boolean };
   /** Disk budget of the warm-start snapshot store (KILN_SNAPSHOT_BUDGET, a size); undefined: 4G. */
   snapshotBudgetBytes: number | undefined;
+  /** Disk budget of the warm cache disks on this host (KILN_CACHE_BUDGET, a size); undefined: 20G. */
+  cacheBudgetBytes: number | undefined;
+  /** Test-only (KILN_TEST_HOLD_CACHE_COMMIT=1): a cache commit stops before its pointer is renamed, so a test can kill it there. */
+  holdCacheCommits: boolean;
 }
 
 /**
  * KILN_ACCEL (auto|kvm|tcg), KILN_BOOT_TIMEOUT (a duration such as 90s), KILN_EGRESS_ALLOW (CIDRs and host
  * names, comma-separated), KILN_EGRESS (filtered, the default, or unfiltered) and KILN_SNAPSHOT_BUDGET (a size
- * such as 4G).
+ * such as 4G), KILN_CACHE_BUDGET (a size, the host's budget for cache disks) and, for tests only,
+ * KILN_TEST_HOLD_CACHE_COMMIT=1.
  */
 export function loadVmConfig(env: NodeJS.ProcessEnv = process.env): VmConfig {
   const problems: string[] = [];
@@ -72,12 +77,22 @@ export function loadVmConfig(env: NodeJS.ProcessEnv = process.env): VmConfig {
       problems.push((e as Error).message);
     }
   }
+  let cacheBudgetBytes: number | undefined;
+  if (env.KILN_CACHE_BUDGET) {
+    try {
+      cacheBudgetBytes = parseSize(env.KILN_CACHE_BUDGET, 'KILN_CACHE_BUDGET');
+    } catch (e) {
+      problems.push((e as Error).message);
+    }
+  }
   if (problems.length > 0) throw new KilnError('config.invalid', problems.join('; '), { hint: 'fix the environment variables named above' });
   return {
     accel: (accelText || 'auto') as VmConfig['accel'],
     bootTimeoutMs,
     egress: { allow, unfiltered: egressText === 'unfiltered' },
     snapshotBudgetBytes,
+    cacheBudgetBytes,
+    holdCacheCommits: env.KILN_TEST_HOLD_CACHE_COMMIT === '1',
   };
 }
 

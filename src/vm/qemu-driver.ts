@@ -122,6 +122,7 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
     if (spec.image.rootDiskPath) return 'images with a root disk boot cold';
     if (spec.registryMirror) return 'a VM with a registry mirror boots cold';
     if ((spec.forwards?.length ?? 0) > 0) return 'a VM with host forwards boots cold';
+    if (spec.cacheDisk) return 'a VM with a cache disk boots cold';
     return undefined;
   };
 

@@ -21,10 +21,12 @@ import {
   type HostCapacity,
   type HostPowerMsg,
   type JobResultMsg,
+  type HostCacheMsg,
   type MirrorStatusMsg,
   type ServerMessage,
 } from '../core/agent-protocol.ts';
 import { KilnError, toKilnError } from '../core/errors.ts';
+import type { CacheStore } from '../vm/cache-store.ts';
 import type { VmDriver } from '../vm/driver.ts';
 import type { ImageResolver } from './images.ts';
 import type { MirrorStatus, RegistryMirror } from './mirror.ts';
@@ -80,6 +82,25 @@ export interface AgentOptions {
    * in memory only (lost with the process).
    */
   credentialDir?: string;
+  /** The host's warm caches (docs/caches.md): used by jobs that ask for one, reported in hello and host.status. */
+  caches?: CacheStore;
+}
+
+/** What the protocol carries of the caches a host holds (for placement and `kiln caches ls`). */
+export function hostCachesMsg(store: CacheStore): HostCacheMsg[] {
+  return store
+    .list()
+    .sort((a, b) => b.lastUsedAt.localeCompare(a.lastUsedAt))
+    .slice(0, 1000)
+    .map((c) => ({
+      key: c.key,
+      ...(c.current ? { version: c.current.id } : {}),
+      bytes: c.bytes,
+      sizeBytes: c.sizeBytes,
+      versions: c.versions.length,
+      lastUsedAt: c.lastUsedAt,
+      ...(c.current ? { writer: [c.current.jobId ? `job ${c.current.jobId}` : '', c.current.ref ?? '', c.current.commit?.slice(0, 12) ?? '', c.current.by ?? ''].filter(Boolean).join(' ').slice(0, 400) } : {}),
+    }));
 }
 
 /** Where every guest reaches the host's mirror (a forward to the mirror's host port, even with the network closed). */
@@ -187,11 +208,16 @@ export function makeAgent(o: AgentOptions): Agent {
       : {}),
     driver: o.driver,
     images: o.images,
+    ...(o.caches ? { caches: o.caches } : {}),
     send,
     log,
     events: {
       launched: (jobId, a) => events.emit('launched', { jobId, attempt: a }),
-      finished: (r) => events.emit('finished', r),
+      finished: (r) => {
+        events.emit('finished', r);
+        // A job that used a cache changed what this host holds: placement hears of it now, not in 15 s.
+        if (r.cache) void reportStatus();
+      },
     },
   });
 
@@ -209,7 +235,8 @@ export function makeAgent(o: AgentOptions): Agent {
     (reporting ??= (async () => {
       try {
         const mirror = await mirrorStatus();
-        if (ws && welcomed && ws.readyState === WebSocket.OPEN && !stopping) ws.send(encodeMessage({ type: 'host.status', ...(mirror ? { mirror } : {}) }));
+        const caches = o.caches ? hostCachesMsg(o.caches) : undefined;
+        if (ws && welcomed && ws.readyState === WebSocket.OPEN && !stopping) ws.send(encodeMessage({ type: 'host.status', ...(mirror ? { mirror } : {}), ...(caches ? { caches } : {}) }));
       } catch (e) {
         log.warn({ err: e }, 'could not report the host status');
       } finally {
@@ -282,7 +309,7 @@ export function makeAgent(o: AgentOptions): Agent {
         const mirror = await mirrorStatus().catch(() => lastMirror);
         if (sock.readyState !== WebSocket.OPEN) return;
         sock.send(
-          encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, host: cap!, ...(credential ? { credential } : {}), running: supervisor.running(), finished: [], ...(mirror ? { mirror } : {}), power: powerReport! }),
+          encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, host: cap!, ...(credential ? { credential } : {}), running: supervisor.running(), finished: [], ...(mirror ? { mirror } : {}), power: powerReport!, ...(o.caches ? { caches: hostCachesMsg(o.caches) } : {}) }),
         );
       })();
     });

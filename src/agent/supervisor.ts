@@ -8,6 +8,8 @@
 import type { Logger } from 'pino';
 import { MAX_LOG_CHUNK_BYTES, type AgentMessage, type JobResultMsg, type LaunchSpec, type RunningJobMsg } from '../core/agent-protocol.ts';
 import { toKilnError } from '../core/errors.ts';
+import { finishJobCache, openJobCache, type JobCacheOutcome } from '../vm/cache-job.ts';
+import type { CacheLease, CacheStore } from '../vm/cache-store.ts';
 import type { RunningVm, VmDriver, VmResult, VmSpec } from '../vm/driver.ts';
 import type { ImageResolver } from './images.ts';
 import { makeSecretMasker, type Masker } from './secret-mask.ts';
@@ -51,6 +53,18 @@ export interface Supervisor {
   size(): number;
 }
 
+/** What the protocol carries of a job's cache. */
+export function cacheOutcomeMsg(c: JobCacheOutcome): NonNullable<JobResultMsg['cache']> {
+  return {
+    key: c.key,
+    hit: c.hit,
+    ...(c.version ? { version: c.version } : {}),
+    ...(c.committed ? { committed: { id: c.committed.id, bytes: c.committed.bytes, seconds: c.committed.commitSeconds ?? 0 } } : {}),
+    ...(c.notSaved ? { notSaved: c.notSaved.slice(0, 1000) } : {}),
+    ...(c.evicted ? { evicted: c.evicted.length } : {}),
+  };
+}
+
 export function resultOf(jobId: number, attempt: number, r: VmResult): JobResultMsg {
   const base = { jobId, attempt, timings: r.timings };
   switch (r.outcome) {
@@ -74,6 +88,8 @@ export function makeSupervisor(opts: {
   log: Logger;
   /** Host-wide additions to every VM (the registry mirror's forward and address). */
   vm?: Pick<VmSpec, 'forwards' | 'registryMirror'>;
+  /** The host's warm caches (docs/caches.md); without it a job's cache request is noted and the job runs without one. */
+  caches?: CacheStore;
   events?: Partial<SupervisorEvents>;
   flushMs?: number;
 }): Supervisor {
@@ -153,9 +169,12 @@ export function makeSupervisor(opts: {
       jobs.set(jobId, e);
       const jlog = opts.log.child({ jobId, attempt });
       void (async () => {
+        let lease: CacheLease | undefined;
         try {
           const image = await opts.images(spec.image, spec.arch);
           if (e.stopReason) throw Object.assign(new Error(e.stopReason), { stopped: true });
+          if (spec.cache && opts.caches) lease = await openJobCache(opts.caches, spec.cache, `${jobId}.${attempt}`);
+          else if (spec.cache) output(e, 'stderr', Buffer.from(`kiln: this host keeps no caches; the job runs without /cache\n`));
           const vm = await opts.driver.start(
             {
               id: `job-${jobId}-${attempt}`,
@@ -169,6 +188,7 @@ export function makeSupervisor(opts: {
               network: spec.network,
               ...(opts.vm?.forwards ? { forwards: opts.vm.forwards } : {}),
               ...(opts.vm?.registryMirror ? { registryMirror: opts.vm.registryMirror } : {}),
+              ...(lease ? { cacheDisk: lease.overlayPath } : {}),
             },
             // The guest coming up is reported as it happens (before `e.vm` is set, notePhase below sees it).
             { stdout: (c) => output(e, 'stdout', c), stderr: (c) => output(e, 'stderr', c), mayStart: () => askToStart(e), running: () => notePhase(e) },
@@ -179,8 +199,23 @@ export function makeSupervisor(opts: {
           opts.events?.launched?.(jobId, attempt);
           notePhase(e);
           if (e.stopReason) void vm.kill(e.stopReason);
-          finish(e, resultOf(jobId, attempt, await vm.done));
+          const r = await vm.done;
+          let cache: JobCacheOutcome | undefined;
+          if (lease && spec.cache && opts.caches) {
+            const l = lease;
+            lease = undefined;
+            cache = await finishJobCache(opts.caches, l, spec.cache, r, {
+              jobId: String(jobId),
+              ...(spec.cache.ref ? { ref: spec.cache.ref } : {}),
+              ...(spec.cache.commit ? { commit: spec.cache.commit } : {}),
+              ...(spec.cache.by ? { by: spec.cache.by } : {}),
+            });
+            if (cache.committed) jlog.info({ cache: cache.key, version: cache.committed.id, bytes: cache.committed.bytes }, 'cache committed');
+            else if (cache.notSaved && spec.cache.write) jlog.info({ cache: cache.key, why: cache.notSaved }, 'cache not saved');
+          }
+          finish(e, { ...resultOf(jobId, attempt, r), ...(cache ? { cache: cacheOutcomeMsg(cache) } : {}) });
         } catch (err) {
+          lease?.release();
           if ((err as { stopped?: boolean }).stopped) {
             finish(e, { jobId, attempt, outcome: 'killed', message: e.stopReason ?? 'stopped' });
             return;

@@ -7,6 +7,7 @@ import type { ImageResolver } from '../agent/images.ts';
 import { memoryImageResolver } from '../agent/images.ts';
 import { makeMemoryDriver } from '../vm/memory-driver.ts';
 import { makeQemuDriver } from '../vm/qemu-driver.ts';
+import { makeCacheStore, type CacheStore } from '../vm/cache-store.ts';
 import type { VmDriver } from '../vm/driver.ts';
 import { loadVmConfig, memoryDriverTestAppendDir } from './config.ts';
 import { RegistryMirror } from '../agent/mirror.ts';
@@ -50,7 +51,7 @@ export function makeDriverFor(
   dataDir: string,
   logger: Logger,
   sim: { bootMs?: number } = {},
-): { driver: VmDriver; images: ImageResolver } {
+): { driver: VmDriver; images: ImageResolver; caches?: CacheStore } {
   if (kind === 'memory') {
     const appendDir = memoryDriverTestAppendDir();
     return { driver: makeMemoryDriver({ ...(sim.bootMs !== undefined ? { bootMs: sim.bootMs } : {}), ...(appendDir ? { appendDir } : {}) }), images: memoryImageResolver };
@@ -59,5 +60,17 @@ export function makeDriverFor(
   return {
     driver: makeQemuDriver({ dataDir, accel: vm.accel, ...(vm.bootTimeoutMs !== undefined ? { bootTimeoutMs: vm.bootTimeoutMs } : {}), egress: vm.egress, logger }),
     images: makeStoreImageResolver(dataDir),
+    caches: makeCacheStore(dataDir, {
+      logger,
+      ...(vm.cacheBudgetBytes !== undefined ? { budgetBytes: vm.cacheBudgetBytes } : {}),
+      ...(vm.holdCacheCommits
+        ? {
+            beforePointer: (key: string, v: string) => {
+              logger.warn({ cache: key, version: v }, `holding the commit of cache ${key} version ${v} (KILN_TEST_HOLD_CACHE_COMMIT)`);
+              return new Promise<void>(() => undefined);
+            },
+          }
+        : {}),
+    }),
   };
 }

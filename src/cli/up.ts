@@ -2,6 +2,7 @@
  * `kiln up`: the server and one local agent in one process, on the embedded store. `startUp` is also what
  * `kiln run` uses when KILN_SERVER is not set, so both paths go through the same API and scheduler.
  */
+import type { CacheStore } from '../vm/cache-store.ts';
 import { makePrivateDataDir, tighten } from './private-dir.ts';
 import { join } from 'node:path';
 import { hostname } from 'node:os';
@@ -47,6 +48,8 @@ export interface UpOptions {
   testHoldStarts?: boolean;
   /** Where the local agent keeps its host credential (the data directory); unset: in memory. */
   credentialDir?: string;
+  /** The local host's warm caches (docs/caches.md). */
+  caches?: CacheStore;
 }
 
 export interface UpHandle {
@@ -90,6 +93,7 @@ export async function startUp(o: UpOptions): Promise<UpHandle> {
       ...(o.mirrorStatusIntervalMs ? { statusIntervalMs: o.mirrorStatusIntervalMs } : {}),
       ...(o.outputSpillDir ? { outputSpillDir: o.outputSpillDir } : {}),
       ...(o.credentialDir ? { credentialDir: o.credentialDir } : {}),
+      ...(o.caches ? { caches: o.caches } : {}),
     });
     const connected = agent.connected(30_000);
     await agent.start();
@@ -137,7 +141,7 @@ export function registerUp(program: Command, out: () => Output): void {
       const logger = makeLogger(cfg.logLevel);
       logger.info({ config: redact(cfg) }, 'kiln up starting');
       makePrivateDataDir(cfg.dataDir);
-      const { driver, images } = makeDriverFor(flags.driver === 'memory' ? 'memory' : 'qemu', cfg.dataDir, logger);
+      const { driver, images, caches } = makeDriverFor(flags.driver === 'memory' ? 'memory' : 'qemu', cfg.dataDir, logger);
       const tokenFile = join(cfg.dataDir, 'admin.token');
       const up = await startUp({
         ...(cfg.databaseUrl ? { databaseUrl: cfg.databaseUrl } : { storeDir: join(cfg.dataDir, 'db') }),
@@ -145,6 +149,7 @@ export function registerUp(program: Command, out: () => Output): void {
         port: cfg.listen.port,
         driver,
         images,
+        ...(caches ? { caches } : {}),
         logger,
         logLimitBytes: cfg.logLimitBytes,
         bootstrapTokenFile: tokenFile,

@@ -82,6 +82,53 @@ export const VmTimingsMsg = Type.Object({
   guestUptimeAtInitMs: Type.Optional(Type.Number()),
 });
 
+/** A cache key as it travels: the server prefixes the job's tenant (docs/caches.md). */
+export const CacheKeyMsg = Type.String({ minLength: 1, maxLength: 300, pattern: '^[A-Za-z0-9][A-Za-z0-9._/-]*$' });
+
+/** A job's warm cache: which one, whether it may write it back, and who it is (recorded with a version it writes). */
+export const JobCacheMsg = Type.Object(
+  {
+    key: CacheKeyMsg,
+    write: Type.Boolean(),
+    sizeBytes: Type.Optional(Type.Integer({ minimum: 16 * 1024 * 1024, maximum: 2 ** 44 })),
+    ref: Type.Optional(Type.String({ maxLength: 300 })),
+    commit: Type.Optional(Type.String({ maxLength: 100 })),
+    by: Type.Optional(Type.String({ maxLength: 300 })),
+  },
+  { additionalProperties: false },
+);
+export type JobCacheMsg = Static<typeof JobCacheMsg>;
+
+/** What happened to a job's cache: read (hit or empty), and whether the job's copy became the next version. */
+export const CacheOutcomeMsg = Type.Object(
+  {
+    key: CacheKeyMsg,
+    hit: Type.Boolean(),
+    version: Type.Optional(Type.String({ maxLength: 100 })),
+    committed: Type.Optional(Type.Object({ id: Type.String({ maxLength: 100 }), bytes: Type.Integer({ minimum: 0 }), seconds: Type.Number({ minimum: 0 }) }, { additionalProperties: false })),
+    notSaved: Type.Optional(Type.String({ maxLength: 1000 })),
+    /** Caches the host evicted after this job (least recently used, over its budget). */
+    evicted: Type.Optional(Type.Integer({ minimum: 0 })),
+  },
+  { additionalProperties: false },
+);
+export type CacheOutcomeMsg = Static<typeof CacheOutcomeMsg>;
+
+/** A cache the host holds, as its agent reports it (for placement and `kiln caches ls`). */
+export const HostCacheMsg = Type.Object(
+  {
+    key: CacheKeyMsg,
+    version: Type.Optional(Type.String({ maxLength: 100 })),
+    bytes: Type.Integer({ minimum: 0 }),
+    sizeBytes: Type.Integer({ minimum: 0 }),
+    versions: Type.Integer({ minimum: 0 }),
+    lastUsedAt: Type.String({ maxLength: 40 }),
+    writer: Type.Optional(Type.String({ maxLength: 400 })),
+  },
+  { additionalProperties: false },
+);
+export type HostCacheMsg = Static<typeof HostCacheMsg>;
+
 export const JobResultMsg = Type.Object(
   {
     jobId: Id,
@@ -100,6 +147,8 @@ export const JobResultMsg = Type.Object(
     timings: Type.Optional(VmTimingsMsg),
     /** How many output chunks (seq 0 … logChunks-1) the agent sent for this attempt: the server checks it stored them all. */
     logChunks: Type.Optional(Type.Integer({ minimum: 0 })),
+    /** The job's cache, when it asked for one. */
+    cache: Type.Optional(CacheOutcomeMsg),
   },
   { additionalProperties: false },
 );
@@ -125,11 +174,16 @@ export const AgentMessage = Type.Union([
       mirror: Type.Optional(MirrorStatusMsg),
       /** The host's power driver; absent: none (it never sleeps). */
       power: Type.Optional(HostPowerMsg),
+      /** The warm caches this host holds (absent: none). */
+      caches: Type.Optional(Type.Array(HostCacheMsg, { maxItems: 1000 })),
     },
     { additionalProperties: false },
   ),
   /** Periodic host status (every 15 s and on mirror health changes). */
-  Type.Object({ type: Type.Literal('host.status'), mirror: Type.Optional(MirrorStatusMsg) }, { additionalProperties: false }),
+  Type.Object(
+    { type: Type.Literal('host.status'), mirror: Type.Optional(MirrorStatusMsg), caches: Type.Optional(Type.Array(HostCacheMsg, { maxItems: 1000 })) },
+    { additionalProperties: false },
+  ),
   Type.Object(
     { type: Type.Literal('job.phase'), jobId: Id, attempt: Attempt, phase: Type.Union([Type.Literal('booting'), Type.Literal('running')]) },
     { additionalProperties: false },
@@ -175,6 +229,7 @@ export const LaunchSpec = Type.Object(
     cwd: Type.Optional(Type.String()),
     timeoutMs: Type.Integer({ minimum: 1 }),
     network: Type.Union([Type.Literal('none'), Type.Literal('user')]),
+    cache: Type.Optional(JobCacheMsg),
   },
   { additionalProperties: false },
 );

@@ -23,6 +23,8 @@ export interface JobCacheOutcome {
   committed?: CacheVersion;
   /** Why a writing job's overlay was not committed. */
   notSaved?: string;
+  /** Keys of the caches evicted after the job (over the host budget). */
+  evicted?: string[];
 }
 
 /**
@@ -53,7 +55,8 @@ export async function finishJobCache(store: CacheStore, lease: CacheLease, req: 
   } finally {
     lease.release();
     try {
-      store.collect();
+      const evicted = store.collect();
+      if (evicted.length > 0) out.evicted = evicted;
     } catch {
       /* collection is retried at the next job */
     }

@@ -22,7 +22,7 @@ import { KilnError, isKilnError, toKilnError } from '../../core/errors.ts';
 import { launchSpecOf } from '../../core/job.ts';
 import { activeJobsOnHosts, getJob } from '../../store/jobs.ts';
 import { storedLogSeq } from '../../store/logs.ts';
-import { disconnectHost, hostStates, registerHost, setHostMirror, touchHosts } from '../../store/hosts.ts';
+import { disconnectHost, hostStates, registerHost, setHostCaches, setHostMirror, touchHosts } from '../../store/hosts.ts';
 import { markAsleep, recordPowerError } from '../../store/power.ts';
 import { revokedTokenIds } from '../../store/tokens.ts';
 import type { ServerContext } from '../context.ts';
@@ -281,6 +281,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
         return;
       }
       const host = registered.host;
+      if (msg.caches) await setHostCaches(ctx.store.db, host.id, ctx.serverId, msg.caches);
       connectedAt = host.connectedAt;
       const hlog = ctx.log.child({ hostId: host.id, host: host.name });
       const l: HostLink = {
@@ -293,6 +294,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
         stopping: new Set(),
         schedulable: host.state === 'online' && !host.cordoned,
         ready: false,
+        ...(msg.caches ? { caches: new Set(msg.caches.map((c) => c.key)) } : {}),
         send,
         close: (code, reason) => socket.close(code, reason),
       };
@@ -384,6 +386,10 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
     async function hostStatus(msg: AgentMessageOf<'host.status'>): Promise<void> {
       if (!link) return;
       const l = link;
+      if (msg.caches) {
+        l.caches = new Set(msg.caches.map((c) => c.key));
+        await setHostCaches(ctx.store.db, l.hostId, ctx.serverId, msg.caches);
+      }
       if (!(await setHostMirror(ctx.store.db, l.hostId, ctx.serverId, msg.mirror ?? null))) return;
       ctx.events.emit('host.status', { hostId: l.hostId, name: l.name, mirror: msg.mirror ?? null });
     }
@@ -447,7 +453,19 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
     }
     l.send({ type: 'done.ack', jobId: r.jobId, attempt: r.attempt });
     if (res) deps.jobs.finished(l.hostId, res);
+    if (res && r.cache) countCache(r.cache);
     deps.scheduler.capacityFreed();
+  }
+
+  /** A job's cache, once per applied result (a resent result changes nothing and is not counted). */
+  function countCache(c: NonNullable<JobResultMsg['cache']>): void {
+    (c.hit ? ctx.metrics.cacheHits : ctx.metrics.cacheMisses).inc();
+    if (c.committed) {
+      ctx.metrics.cacheCommits.inc();
+      ctx.metrics.cacheCommittedBytes.inc(c.committed.bytes);
+      ctx.metrics.cacheCommitSeconds.observe(c.committed.seconds);
+    }
+    if (c.evicted) ctx.metrics.cacheEvictions.inc(c.evicted);
   }
 
   function stop(hostId: number, jobId: number, attempt: number, reason: string): boolean {

@@ -9,7 +9,7 @@ import { parseLabels, validateRequirements, DEFAULT_REQUIREMENTS, type Requireme
 import { parseDuration, parseSize } from '../../core/sizes.ts';
 import { getJob, jobTransitions, listJobs } from '../../store/jobs.ts';
 import { SECRET_ENV_KEYS } from '../jobs/job-commands.ts';
-import { mayAccessTenant, tenantScope } from './auth.ts';
+import { allows, mayAccessTenant, tenantScope } from './auth.ts';
 
 const MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000;
 /** A number is milliseconds; below this it is almost surely seconds meant as milliseconds (and no VM boots). */
@@ -44,6 +44,21 @@ export const JobSubmit = Type.Object(
     network: Type.Optional(Type.Union([Type.Literal('none'), Type.Literal('user')])),
     priority: Type.Optional(Type.Integer({ minimum: -100, maximum: 100 })),
     tenant: Type.Optional(Type.String({ minLength: 1, maxLength: 100, pattern: '^[A-Za-z0-9._-]+$' })),
+    /**
+     * A warm cache disk at /cache (docs/caches.md): `key` is the tenant's own name for it; `write` (default
+     * false) asks for the job's copy to become the next version if it succeeds, which needs a token with the
+     * cache-write permission; `size` applies when this job makes the cache.
+     */
+    cache: Type.Optional(
+      Type.Object(
+        {
+          key: Type.String({ minLength: 1, maxLength: 200, pattern: '^[A-Za-z0-9][A-Za-z0-9._/-]*$' }),
+          write: Type.Optional(Type.Boolean()),
+          size: Type.Optional(SizeOrBytes),
+        },
+        { additionalProperties: false },
+      ),
+    ),
   },
   { additionalProperties: false },
 );
@@ -98,6 +113,18 @@ export function resolveSubmission(body: JobSubmit, token: Pick<Token, 'id' | 'ro
   const both = Object.keys(secretEnv).filter((k) => Object.hasOwn(env, k));
   if (both.length > 0) problems.push(`${both.join(', ')} given in both env and secretEnv`);
   if (body.tenant !== undefined && body.tenant !== token.tenant && token.role !== 'admin') problems.push('only admin tokens may submit for another tenant');
+  let cache: JobSpec['cache'];
+  if (body.cache) {
+    const c = body.cache;
+    if (c.key.includes('..')) problems.push(`cache key "${c.key}" may not contain ".."`);
+    const size = c.size === undefined ? undefined : typeof c.size === 'number' ? c.size : attempt(() => parseSize(String(c.size), 'cache size'));
+    if (size !== undefined && (size < 16 * 1024 * 1024 || size > 2 ** 44)) problems.push('cache size must be between 16M and 16T');
+    if (c.write && !allows(token.role, 'cache-write')) {
+      throw new KilnError('auth.forbidden', `a ${token.role} token may not write caches (needs cache-write)`, { hint: 'submit with cache.write false (read only), or use an operator or admin token' });
+    }
+    // Caches are per tenant: the host-side key is prefixed, so one tenant's jobs never read another's cache.
+    cache = { key: `${body.tenant ?? token.tenant}/${c.key}`, write: c.write === true, ...(size !== undefined ? { sizeBytes: size } : {}), by: `api token ${token.id}` };
+  }
   if (problems.length > 0) throw new KilnError('job.bad_request', problems.join('; '), { hint: 'fix the fields named above and submit again' });
   return {
     tenant: body.tenant ?? token.tenant,
@@ -112,6 +139,7 @@ export function resolveSubmission(body: JobSubmit, token: Pick<Token, 'id' | 'ro
     network: body.network ?? 'none',
     priority: body.priority ?? 0,
     submittedBy: token.id,
+    ...(cache ? { cache } : {}),
   };
 }
 

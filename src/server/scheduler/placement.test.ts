@@ -99,3 +99,26 @@ void test('placement packs: best fit keeps room for a large job; close to first-
   }
   assert.ok(ratioSum / 20 >= 0.97, `mean packing ratio ${ratioSum / 20} below 0.97`);
 });
+
+test('cache affinity: a job goes to a host holding its cache when one has room, else to the best fit (never a wait)', () => {
+  const host = (id: number, cpus: number, caches: string[] = []): HostSlot => ({
+    id,
+    arch: 'amd64',
+    labels: [],
+    capacity: { cpus: 16, memoryBytes: 64 * GiB, diskBytes: 500 * GiB },
+    free: { cpus, memoryBytes: 64 * GiB, diskBytes: 500 * GiB },
+    caches: new Set(caches),
+  });
+  const job = (id: number, cacheKey?: string): JobDemand => ({ id, tenant: 't', arch: 'amd64', cpus: 2, memoryBytes: GiB, diskBytes: GiB, hostLabels: [], ...(cacheKey ? { cacheKey } : {}) });
+  // Host 1 is the tighter fit; host 2 holds the cache: the cache wins.
+  assert.deepEqual(placeJobs([host(1, 2), host(2, 16, ['t/repo'])], [job(1, 't/repo')]).placements, [{ jobId: 1, hostId: 2 }]);
+  // Without a cache key, the tight fit as before.
+  assert.deepEqual(placeJobs([host(1, 2), host(2, 16, ['t/repo'])], [job(1)]).placements, [{ jobId: 1, hostId: 1 }]);
+  // The cache's host is full: the job goes elsewhere now rather than wait.
+  assert.deepEqual(placeJobs([host(1, 4), host(2, 1, ['t/repo'])], [job(1, 't/repo')]).placements, [{ jobId: 1, hostId: 1 }]);
+  // Two jobs of the cache, room for one on its host: the second goes to another host.
+  assert.deepEqual(placeJobs([host(1, 16), host(2, 2, ['t/repo'])], [job(1, 't/repo'), job(2, 't/repo')]).placements, [
+    { jobId: 1, hostId: 2 },
+    { jobId: 2, hostId: 1 },
+  ]);
+});

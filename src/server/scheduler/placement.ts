@@ -6,7 +6,8 @@
  * (same arch, carries the job's host labels, room on every resource) where it fits tightest on its
  * scarcest resource: the resource the job needs the largest share of, on that host. Tight fits leave big
  * holes elsewhere intact, so large jobs still find room. A job that fits nowhere is skipped, not blocking
- * smaller jobs behind it.
+ * smaller jobs behind it. Cache affinity comes first among feasible hosts: a job with a warm cache goes to a
+ * host holding that cache if one has room (docs/caches.md), else to the best fit anywhere (never a wait).
  */
 import type { Arch } from '../../core/arch.ts';
 import type { Resources } from '../../core/host.ts';
@@ -17,6 +18,8 @@ export interface HostSlot {
   labels: readonly string[];
   capacity: Resources;
   free: Resources;
+  /** Cache keys the host holds (as its agent last reported them). */
+  caches?: ReadonlySet<string>;
 }
 
 export interface JobDemand {
@@ -27,6 +30,8 @@ export interface JobDemand {
   memoryBytes: number;
   diskBytes: number;
   hostLabels: readonly string[];
+  /** The job's warm cache key: hosts holding it are preferred. */
+  cacheKey?: string;
 }
 
 export interface Placement {
@@ -103,6 +108,7 @@ export function placeJobs(hosts: readonly HostSlot[], jobs: readonly JobDemand[]
     const left = room.get(j.tenant);
     if (left !== undefined && left <= 0) continue;
     let best = -1;
+    let bestCold = 2;
     let best0 = Infinity;
     let best1 = Infinity;
     const list = byArch.get(j.arch);
@@ -113,10 +119,12 @@ export function placeJobs(hosts: readonly HostSlot[], jobs: readonly JobDemand[]
       const f = freeAt(i);
       if (!fits(f, j) || (j.hostLabels.length > 0 && !hasLabels(h, j))) continue;
       scoreInto(h, f, j, score);
+      const cold = j.cacheKey !== undefined && h.caches?.has(j.cacheKey) ? 0 : 1;
       const s0 = score[0];
       const s1 = score[1];
-      if (s0 < best0 || (s0 === best0 && (s1 < best1 || (s1 === best1 && h.id < (best < 0 ? Infinity : hosts[best]!.id))))) {
+      if (cold < bestCold || (cold === bestCold && (s0 < best0 || (s0 === best0 && (s1 < best1 || (s1 === best1 && h.id < (best < 0 ? Infinity : hosts[best]!.id))))))) {
         best = i;
+        bestCold = cold;
         best0 = s0;
         best1 = s1;
       }

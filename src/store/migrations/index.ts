@@ -14,6 +14,7 @@ import * as m0005 from './0005-idempotency-keys.ts';
 import * as m0010 from './0010-security.ts';
 import * as m0020 from './0020-host-power.ts';
 import * as m0021 from './0021-viewer-role.ts';
+import * as m0030 from './0030-caches.ts';
 import * as m0100 from './0100-github.ts';
 
 export const MIGRATIONS: Record<string, Migration> = {
@@ -25,5 +26,6 @@ export const MIGRATIONS: Record<string, Migration> = {
   '0010-security': m0010,
   '0020-host-power': m0020,
   '0021-viewer-role': m0021,
+  '0030-caches': m0030,
   '0100-github': m0100,
 };

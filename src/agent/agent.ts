@@ -376,6 +376,7 @@ export function makeAgent(o: AgentOptions): Agent {
         const dropped = output.takeDropped();
         if (dropped > 0) log.warn({ dropped }, 'output chunks were dropped: memory for unacknowledged output was full and there is no spill directory');
         for (const q of supervisor.pendingStarts()) sock.send(encodeMessage(q));
+        for (const q of supervisor.pendingCacheAsks()) sock.send(encodeMessage(q));
         for (const r of supervisor.unacked()) sock.send(encodeMessage({ type: 'job.done', result: r }));
         if (powerError) {
           sock.send(encodeMessage({ type: 'power.error', action: 'sleep', requestId: powerError.requestId, code: 'power.sleep_failed', message: powerError.message }));
@@ -400,6 +401,9 @@ export function makeAgent(o: AgentOptions): Agent {
       case 'log.ack':
         output.ack(m.jobId, m.attempt, m.seq);
         return;
+      case 'cache.answer':
+        supervisor.cacheAnswer(m.jobId, m.attempt, { write: m.write, ...(m.reason ? { reason: m.reason } : {}), ...(m.ref ? { ref: m.ref } : {}), ...(m.commit ? { commit: m.commit } : {}) });
+        break;
       case 'start.ok':
         supervisor.startAnswer(m.jobId, m.attempt, true);
         return;

@@ -36,6 +36,16 @@ interface Entry {
   mask?: Masker;
 }
 
+export interface CacheAnswer {
+  write: boolean;
+  reason?: string;
+  ref?: string;
+  commit?: string;
+}
+
+/** How long a finished job's cache waits for the server's cache.answer before it is discarded (not saved). */
+const CACHE_ASK_TIMEOUT_MS = 5 * 60_000;
+
 export interface Supervisor {
   launch(jobId: number, attempt: number, spec: LaunchSpec): void;
   stop(jobId: number, attempt: number, reason: string): void;
@@ -44,6 +54,10 @@ export interface Supervisor {
   startAnswer(jobId: number, attempt: number, ok: boolean, reason?: string): void;
   /** Start-lease requests still unanswered, to send again after a reconnect. */
   pendingStarts(): AgentMessage[];
+  /** The server's answer to `cache.ask` (may this job's cache be committed?). */
+  cacheAnswer(jobId: number, attempt: number, a: CacheAnswer): void;
+  /** cache.ask requests still unanswered, to send again after a reconnect. */
+  pendingCacheAsks(): AgentMessage[];
   /** Everything not yet acknowledged, for hello: running VMs and finished ones whose result is unacked. */
   running(): RunningJobMsg[];
   /** Results waiting for an acknowledgement, to resend after a reconnect. */
@@ -94,6 +108,19 @@ export function makeSupervisor(opts: {
   flushMs?: number;
 }): Supervisor {
   const jobs = new Map<number, Entry>();
+  const cacheAsks = new Map<number, { attempt: number; answer(a: CacheAnswer): void }>();
+  const askCache = (jobId: number, attempt: number): Promise<CacheAnswer> =>
+    new Promise((resolve) => {
+      const t = setTimeout(() => done({ write: false, reason: 'the server did not answer in time' }), CACHE_ASK_TIMEOUT_MS);
+      t.unref();
+      const done = (a: CacheAnswer) => {
+        clearTimeout(t);
+        cacheAsks.delete(jobId);
+        resolve(a);
+      };
+      cacheAsks.set(jobId, { attempt, answer: done });
+      opts.send({ type: 'cache.ask', jobId, attempt });
+    });
   const flushMs = opts.flushMs ?? 10;
   let timer: NodeJS.Timeout | undefined;
 
@@ -209,7 +236,7 @@ export function makeSupervisor(opts: {
               ...(spec.cache.ref ? { ref: spec.cache.ref } : {}),
               ...(spec.cache.commit ? { commit: spec.cache.commit } : {}),
               ...(spec.cache.by ? { by: spec.cache.by } : {}),
-            });
+            }, () => askCache(jobId, attempt));
             if (cache.committed) jlog.info({ cache: cache.key, version: cache.committed.id, bytes: cache.committed.bytes }, 'cache committed');
             else if (cache.notSaved && spec.cache.write) jlog.info({ cache: cache.key, why: cache.notSaved }, 'cache not saved');
           }
@@ -239,6 +266,13 @@ export function makeSupervisor(opts: {
       if (ok) e.lease.granted();
       else e.lease.refused(reason ?? 'the server refused the start');
     },
+    cacheAnswer(jobId, attempt, a) {
+      const q = cacheAsks.get(jobId);
+      if (q && q.attempt === attempt) q.answer(a);
+    },
+    pendingCacheAsks() {
+      return [...cacheAsks].map(([jobId, q]) => ({ type: 'cache.ask', jobId, attempt: q.attempt }) as const);
+    },
     pendingStarts() {
       return [...jobs.values()].filter((e) => e.lease).map((e) => ({ type: 'job.start', jobId: e.jobId, attempt: e.attempt }) as const);
     },
@@ -253,6 +287,7 @@ export function makeSupervisor(opts: {
       return [...jobs.values()].flatMap((e) => (e.result ? [e.result] : []));
     },
     async stopAll(reason) {
+      for (const q of cacheAsks.values()) q.answer({ write: false, reason });
       const waits: Promise<unknown>[] = [];
       for (const e of jobs.values()) {
         e.stopReason = reason;

@@ -268,6 +268,7 @@ async function runOnServer(req: RunRequest, dataDir: string, o: Output): Promise
         network: req.network,
         ...(req.cwd ? { cwd: req.cwd } : {}),
         ...(req.image ? { image: req.image } : {}),
+        ...(req.cache ? { cache: { key: req.cache.key, write: req.cache.write, ...(req.cache.sizeBytes !== undefined ? { size: req.cache.sizeBytes } : {}) } } : {}),
       },
       { stdout: process.stdout, stderr: process.stderr, signal: ac.signal, onSubmitted: (j) => o.info(`job ${j.id} queued on ${remoteServer()}`), note: (l) => o.info(l) },
     );

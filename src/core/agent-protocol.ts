@@ -89,7 +89,8 @@ export const CacheKeyMsg = Type.String({ minLength: 1, maxLength: 300, pattern: 
 export const JobCacheMsg = Type.Object(
   {
     key: CacheKeyMsg,
-    write: Type.Boolean(),
+    /** true/false: decided at submission; 'ask': the agent asks the server after the job (cache.ask), as GitHub runners take any matching job. */
+    write: Type.Union([Type.Boolean(), Type.Literal('ask')]),
     sizeBytes: Type.Optional(Type.Integer({ minimum: 16 * 1024 * 1024, maximum: 2 ** 44 })),
     ref: Type.Optional(Type.String({ maxLength: 300 })),
     commit: Type.Optional(Type.String({ maxLength: 100 })),
@@ -205,6 +206,8 @@ export const AgentMessage = Type.Union([
    */
   Type.Object({ type: Type.Literal('job.start'), jobId: Id, attempt: Attempt }, { additionalProperties: false }),
   Type.Object({ type: Type.Literal('job.done'), result: JobResultMsg }, { additionalProperties: false }),
+  /** A job whose cache write is 'ask' succeeded: may its cache be committed? (answered by cache.answer) */
+  Type.Object({ type: Type.Literal('cache.ask'), jobId: Id, attempt: Attempt }, { additionalProperties: false }),
   /** Drained for a sleep request: the agent closes its connection next and runs its sleep command. */
   Type.Object({ type: Type.Literal('host.sleeping'), requestId: Id, power: HostPowerMsg }, { additionalProperties: false }),
   /** A sleep the server asked for failed (or cannot be done); `message` carries the command's output. */
@@ -259,6 +262,19 @@ export const ServerMessage = Type.Union([
   Type.Object({ type: Type.Literal('start.ok'), jobId: Id, attempt: Attempt }, { additionalProperties: false }),
   Type.Object({ type: Type.Literal('start.refused'), jobId: Id, attempt: Attempt, reason: Type.String({ maxLength: 500 }) }, { additionalProperties: false }),
   Type.Object({ type: Type.Literal('error'), code: Type.String(), message: Type.String() }, { additionalProperties: false }),
+  /** Answer to cache.ask: commit (with the ref and commit to record) or not, and why. */
+  Type.Object(
+    {
+      type: Type.Literal('cache.answer'),
+      jobId: Id,
+      attempt: Attempt,
+      write: Type.Boolean(),
+      reason: Type.Optional(Type.String({ maxLength: 500 })),
+      ref: Type.Optional(Type.String({ maxLength: 300 })),
+      commit: Type.Optional(Type.String({ maxLength: 100 })),
+    },
+    { additionalProperties: false },
+  ),
 ]);
 export type ServerMessage = Static<typeof ServerMessage>;
 

@@ -48,6 +48,11 @@ export interface GatewayDeps {
   power?: {
     connected(hostId: number, woke: { latencyMs: number; jobs: number } | undefined): void;
   };
+  /**
+   * Whether a finished job whose cache write is 'ask' (a GitHub runner VM) may commit its cache
+   * (docs/caches.md). Unset: never.
+   */
+  cacheTrust?: (jobId: number) => Promise<{ write: boolean; reason?: string; ref?: string; commit?: string }>;
 }
 
 export interface AgentGateway {
@@ -258,7 +263,24 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
           return sleeping(msg);
         case 'power.error':
           return powerError(msg);
+        case 'cache.ask':
+          return cacheAsk(msg);
       }
+    }
+
+    /** Answers cache.ask off the message queue (it may call GitHub's API); the default is no. */
+    function cacheAsk(msg: AgentMessageOf<'cache.ask'>): void {
+      if (!link) return;
+      const ask = link.active.get(msg.jobId)?.attempt === msg.attempt ? deps.cacheTrust : undefined;
+      void (async () => {
+        let a: { write: boolean; reason?: string; ref?: string; commit?: string };
+        try {
+          a = ask ? await ask(msg.jobId) : { write: false, reason: 'this server decides no cache writes for such jobs' };
+        } catch (e) {
+          a = { write: false, reason: `the trust check failed: ${(e as Error).message}`.slice(0, 500) };
+        }
+        if (!closed) send({ type: 'cache.answer', jobId: msg.jobId, attempt: msg.attempt, write: a.write, ...(a.reason ? { reason: a.reason.slice(0, 500) } : {}), ...(a.ref ? { ref: a.ref } : {}), ...(a.commit ? { commit: a.commit } : {}) });
+      })();
     }
 
     async function hello(msg: AgentMessageOf<'hello'>): Promise<void> {

@@ -1,6 +1,6 @@
 /**
- * `kiln caches ls|rm|inspect`: the warm cache disks (docs/caches.md). Without KILN_SERVER, this machine's data
- * directory; with it, every host's caches as their agents report them (and `rm` asks those agents).
+ * `kiln caches ls|rm|inspect`: the warm cache disks (docs/caches.md) of this machine's data directory (on a
+ * fleet host: the agent's, with --data-dir). A fleet-wide listing through the API is not built yet.
  */
 import type { Command } from 'commander';
 import { KilnError } from '../core/errors.ts';

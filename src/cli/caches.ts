@@ -1,6 +1,7 @@
 /**
  * `kiln caches ls|rm|inspect`: the warm cache disks (docs/caches.md) of this machine's data directory (on a
- * fleet host: the agent's, with --data-dir). A fleet-wide listing through the API is not built yet.
+ * fleet host: the agent's, with --data-dir). `kiln caches ls --fleet` lists every host's caches as their
+ * agents last reported them (GET /v1/hosts); rm and inspect are per host.
  */
 import type { Command } from 'commander';
 import { KilnError } from '../core/errors.ts';
@@ -18,8 +19,12 @@ export function registerCaches(program: Command, out: () => Output): void {
     .command('ls')
     .description('list caches (most recently used first)')
     .option('--json', 'print JSON')
+    .option('--fleet', 'every host\'s caches, through the control plane (KILN_SERVER / --server)')
+    .option('--server <url>', 'kiln server URL, with --fleet (env KILN_SERVER)')
+    .option('--token <token>', 'API token, with --fleet (env KILN_TOKEN)')
     .option('--data-dir <dir>', 'kiln data directory (env KILN_DATA_DIR)')
-    .action((o: { json?: boolean; dataDir?: string }) => {
+    .action(async (o: { json?: boolean; dataDir?: string; fleet?: boolean; server?: string; token?: string }) => {
+      if (o.fleet) return fleetList(o, out());
       const list = makeCacheStore(loadCommonConfig(o).dataDir).list().sort((a, b) => b.lastUsedAt.localeCompare(a.lastUsedAt));
       if (o.json) return out().data(JSON.stringify(list, null, 2));
       const rows = [['KEY', 'VERSIONS', 'SIZE', 'ON DISK', 'WRITER', 'LAST USED', 'IN USE']];
@@ -59,4 +64,34 @@ export function registerCaches(program: Command, out: () => Output): void {
         out().data(`removed ${k}`);
       }
     });
+}
+
+interface HostCaches {
+  name: string;
+  caches?: { key: string; version?: string; bytes: number; sizeBytes: number; versions: number; lastUsedAt: string; writer?: string }[];
+}
+
+/** Every host's caches by key: which hosts hold it, the newest version among them, its writer, last use. */
+async function fleetList(o: { json?: boolean; dataDir?: string; server?: string; token?: string }, out: Output): Promise<void> {
+  const { clientFrom } = await import('./fleet-client.ts');
+  const { hosts } = await clientFrom(o).request<{ hosts: HostCaches[] }>('GET', '/v1/hosts');
+  const byKey = new Map<string, { key: string; hosts: string[]; version?: string; bytes: number; sizeBytes: number; lastUsedAt: string; writer?: string }>();
+  for (const h of hosts) {
+    for (const c of h.caches ?? []) {
+      const e = byKey.get(c.key) ?? { key: c.key, hosts: [], bytes: 0, sizeBytes: c.sizeBytes, lastUsedAt: c.lastUsedAt };
+      e.hosts.push(h.name);
+      e.bytes += c.bytes;
+      if (c.lastUsedAt >= e.lastUsedAt) {
+        e.lastUsedAt = c.lastUsedAt;
+        if (c.version) e.version = c.version;
+        if (c.writer) e.writer = c.writer;
+      }
+      byKey.set(c.key, e);
+    }
+  }
+  const list = [...byKey.values()].sort((a, b) => b.lastUsedAt.localeCompare(a.lastUsedAt));
+  if (o.json) return out.data(JSON.stringify(list, null, 2));
+  const rows = [['KEY', 'HOSTS', 'VERSION', 'SIZE', 'ON DISK', 'WRITER', 'LAST USED']];
+  for (const c of list) rows.push([c.key, c.hosts.join(','), c.version ?? '-', formatSize(c.sizeBytes), formatSize(c.bytes), c.writer ?? '-', when(c.lastUsedAt)]);
+  out.data(table(rows));
 }

@@ -10,7 +10,7 @@ import { makeApiClient } from '../../src/cli/api-client.ts';
 import type { Job } from '../../src/core/job.ts';
 import { makeSecret } from '../../src/store/tokens.ts';
 import { makeCacheStore } from '../../src/vm/cache-store.ts';
-import { freePort, killAll, spawnBuiltKiln } from '../agent/processes.ts';
+import { freePort, killAll, runKilnCommand, spawnBuiltKiln } from '../agent/processes.ts';
 import { assertNoLeaks, ensureImage, makeTestDataDir } from '../support/kiln.ts';
 
 const data = makeTestDataDir();
@@ -72,6 +72,11 @@ test('API jobs: a writing job\'s cache is read by the next job on the host; metr
   assert.match(metrics, /^kiln_cache_misses_total 1$/m);
   assert.match(metrics, /^kiln_cache_commits_total 1$/m);
   assert.match(metrics, /^kiln_cache_commit_seconds_count 1$/m);
+  // The agent reported its caches: `kiln caches ls --fleet` lists them by key with the hosts holding them.
+  const ls = await until('the host to report its cache', () => runKilnCommand(['caches', 'ls', '--fleet', '--json'], { KILN_SERVER: url, KILN_TOKEN: admin }), (x) => x.stdout.includes('default/fleet'), 30_000);
+  const listed = JSON.parse(ls.stdout) as { key: string; hosts: string[]; version?: string }[];
+  assert.equal(listed.find((c) => c.key === 'default/fleet')?.version, info.current.id);
+  assert.equal(listed.find((c) => c.key === 'default/fleet')?.hosts.length, 1);
   await up.kill('SIGTERM');
 
   // The agent (kiln up) killed between the new version on disk and the pointer's rename.

@@ -5,6 +5,7 @@ import { KilnError } from '../../core/errors.ts';
 import { DEFAULT_IMAGE, DEFAULT_TIMEOUT_MS, type Job, type JobSpec } from '../../core/job.ts';
 import { JOB_STATE_LIST, isTerminal, type JobState } from '../../core/job-state.ts';
 import type { Token } from '../../core/host.ts';
+import { JobCacheMsg } from '../../core/agent-protocol.ts';
 import { parseLabels, validateRequirements, DEFAULT_REQUIREMENTS, type Requirements } from '../../core/requirements.ts';
 import { parseDuration, parseSize } from '../../core/sizes.ts';
 import { getJob, jobTransitions, listJobs } from '../../store/jobs.ts';
@@ -77,6 +78,8 @@ const JobOut = Type.Object({
   exitCode: Type.Union([Type.Integer(), Type.Null()]),
   error: Type.Union([Type.Object({ code: Type.String(), message: Type.String() }), Type.Null()]),
   logTruncated: Type.Boolean(),
+  /** The job's warm cache: the host-side key (tenant/key) and whether it may write it back. */
+  cache: Type.Optional(JobCacheMsg),
   createdAt: Type.String(),
   finishedAt: Type.Union([Type.String(), Type.Null()]),
 });

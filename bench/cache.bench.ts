@@ -74,6 +74,7 @@ async function main() {
     const a = await kilnRun(['--cold', '--cache', 'bench-unused', '--cache-size', '256M', '--cache-readonly', '--', 'true']);
     ok(a, 'run with an unused cache');
     attached.push(a.ms);
+    console.log(`round ${i + 1}: dependency step cold ${c.runMs} ms, warm ${w.runMs} ms; no cache ${b.ms.toFixed(0)} ms, unused cache ${a.ms.toFixed(0)} ms`);
   }
 
   // (c) commit time per GB, host side.

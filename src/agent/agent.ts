@@ -21,11 +21,13 @@ import {
   type HostCapacity,
   type HostPowerMsg,
   type JobResultMsg,
+  type HostCacheMsg,
   type MirrorStatusMsg,
   type OtherMirrorStatusMsg,
   type ServerMessage,
 } from '../core/agent-protocol.ts';
 import { KilnError, toKilnError } from '../core/errors.ts';
+import type { CacheStore } from '../vm/cache-store.ts';
 import type { VmDriver } from '../vm/driver.ts';
 import type { ImageResolver } from './images.ts';
 import type { MirrorStatus, RegistryMirror } from './mirror.ts';
@@ -97,6 +99,25 @@ export interface AgentOptions {
    * their state in host.status.
    */
   dataDir?: string;
+  /** The host's warm caches (docs/caches.md): used by jobs that ask for one, reported in hello and host.status. */
+  caches?: CacheStore;
+}
+
+/** What the protocol carries of the caches a host holds (for placement and `kiln caches ls`). */
+export function hostCachesMsg(store: CacheStore): HostCacheMsg[] {
+  return store
+    .list()
+    .sort((a, b) => b.lastUsedAt.localeCompare(a.lastUsedAt))
+    .slice(0, 1000)
+    .map((c) => ({
+      key: c.key,
+      ...(c.current ? { version: c.current.id } : {}),
+      bytes: c.bytes,
+      sizeBytes: c.sizeBytes,
+      versions: c.versions.length,
+      lastUsedAt: c.lastUsedAt,
+      ...(c.current ? { writer: [c.current.jobId ? `job ${c.current.jobId}` : '', c.current.ref ?? '', c.current.commit?.slice(0, 12) ?? '', c.current.by ?? ''].filter(Boolean).join(' ').slice(0, 400) } : {}),
+    }));
 }
 
 /** Where every guest reaches the host's mirror (a forward to the mirror's host port, even with the network closed). */
@@ -227,12 +248,17 @@ export function makeAgent(o: AgentOptions): Agent {
     ...(mirrors.length > 0 ? { vm: mirrorVmSettings(mirrors.map((m) => ({ registry: m.registry, hostPort: mirrorHostPort(m.listen) }))) } : {}),
     driver: o.driver,
     images: o.images,
+    ...(o.caches ? { caches: o.caches } : {}),
     send,
     log,
     ...(planner ? { noteUse: (shape: SnapshotShape) => planner.noteUse(shape) } : {}),
     events: {
       launched: (jobId, a) => events.emit('launched', { jobId, attempt: a }),
-      finished: (r) => events.emit('finished', r),
+      finished: (r) => {
+        events.emit('finished', r);
+        // A job that used a cache changed what this host holds: placement hears of it now, not in 15 s.
+        if (r.cache) void reportStatus();
+      },
     },
   });
 
@@ -252,7 +278,10 @@ export function makeAgent(o: AgentOptions): Agent {
       try {
         const mirror = await mirrorStatus();
         const snapshots = planner?.states();
-        if (ws && welcomed && ws.readyState === WebSocket.OPEN && !stopping) ws.send(encodeMessage({ type: 'host.status', ...(mirror ? { mirror } : {}), ...(snapshots ? { snapshots } : {}) }));
+        const caches = o.caches ? hostCachesMsg(o.caches) : undefined;
+        if (ws && welcomed && ws.readyState === WebSocket.OPEN && !stopping) {
+          ws.send(encodeMessage({ type: 'host.status', ...(mirror ? { mirror } : {}), ...(snapshots ? { snapshots } : {}), ...(caches ? { caches } : {}) }));
+        }
       } catch (e) {
         log.warn({ err: e }, 'could not report the host status');
       } finally {
@@ -336,6 +365,7 @@ export function makeAgent(o: AgentOptions): Agent {
             ...(mirror ? { mirror } : {}),
             power: powerReport!,
             ...(planner ? { snapshots: planner.states() } : {}),
+            ...(o.caches ? { caches: hostCachesMsg(o.caches) } : {}),
           }),
         );
       })();
@@ -403,6 +433,7 @@ export function makeAgent(o: AgentOptions): Agent {
         const dropped = output.takeDropped();
         if (dropped > 0) log.warn({ dropped }, 'output chunks were dropped: memory for unacknowledged output was full and there is no spill directory');
         for (const q of supervisor.pendingStarts()) sock.send(encodeMessage(q));
+        for (const q of supervisor.pendingCacheAsks()) sock.send(encodeMessage(q));
         for (const r of supervisor.unacked()) sock.send(encodeMessage({ type: 'job.done', result: r }));
         if (powerError) {
           sock.send(encodeMessage({ type: 'power.error', action: 'sleep', requestId: powerError.requestId, code: 'power.sleep_failed', message: powerError.message }));
@@ -435,6 +466,9 @@ export function makeAgent(o: AgentOptions): Agent {
       case 'log.ack':
         output.ack(m.jobId, m.attempt, m.seq);
         return;
+      case 'cache.answer':
+        supervisor.cacheAnswer(m.jobId, m.attempt, { write: m.write, ...(m.reason ? { reason: m.reason } : {}), ...(m.ref ? { ref: m.ref } : {}), ...(m.commit ? { commit: m.commit } : {}) });
+        break;
       case 'start.ok':
         supervisor.startAnswer(m.jobId, m.attempt, true);
         return;

@@ -8,6 +8,8 @@
 import type { Logger } from 'pino';
 import { MAX_LOG_CHUNK_BYTES, type AgentMessage, type JobResultMsg, type LaunchSpec, type RunningJobMsg } from '../core/agent-protocol.ts';
 import { toKilnError } from '../core/errors.ts';
+import { finishJobCache, openJobCache, type JobCacheOutcome } from '../vm/cache-job.ts';
+import type { CacheLease, CacheStore } from '../vm/cache-store.ts';
 import type { RunningVm, VmDriver, VmResult, VmSpec, VmStartInfo } from '../vm/driver.ts';
 import type { ImageResolver } from './images.ts';
 import { makeSecretMasker, type Masker } from './secret-mask.ts';
@@ -43,6 +45,15 @@ const startMsg = (e: Entry): AgentMessage => ({
   attempt: e.attempt,
   ...(e.startInfo ? { start: e.startInfo.start, bootMs: e.startInfo.bootMs } : {}),
 });
+export interface CacheAnswer {
+  write: boolean;
+  reason?: string;
+  ref?: string;
+  commit?: string;
+}
+
+/** How long a finished job's cache waits for the server's cache.answer before it is discarded (not saved). */
+const CACHE_ASK_TIMEOUT_MS = 5 * 60_000;
 
 export interface Supervisor {
   launch(jobId: number, attempt: number, spec: LaunchSpec): void;
@@ -52,6 +63,10 @@ export interface Supervisor {
   startAnswer(jobId: number, attempt: number, ok: boolean, reason?: string): void;
   /** Start-lease requests still unanswered, to send again after a reconnect. */
   pendingStarts(): AgentMessage[];
+  /** The server's answer to `cache.ask` (may this job's cache be committed?). */
+  cacheAnswer(jobId: number, attempt: number, a: CacheAnswer): void;
+  /** cache.ask requests still unanswered, to send again after a reconnect. */
+  pendingCacheAsks(): AgentMessage[];
   /** Everything not yet acknowledged, for hello: running VMs and finished ones whose result is unacked. */
   running(): RunningJobMsg[];
   /** Results waiting for an acknowledgement, to resend after a reconnect. */
@@ -59,6 +74,18 @@ export interface Supervisor {
   /** Stops every VM (agent shutdown). */
   stopAll(reason: string): Promise<void>;
   size(): number;
+}
+
+/** What the protocol carries of a job's cache. */
+export function cacheOutcomeMsg(c: JobCacheOutcome): NonNullable<JobResultMsg['cache']> {
+  return {
+    key: c.key,
+    hit: c.hit,
+    ...(c.version ? { version: c.version } : {}),
+    ...(c.committed ? { committed: { id: c.committed.id, bytes: c.committed.bytes, seconds: c.committed.commitSeconds ?? 0 } } : {}),
+    ...(c.notSaved ? { notSaved: c.notSaved.slice(0, 1000) } : {}),
+    ...(c.evicted ? { evicted: c.evicted.length } : {}),
+  };
 }
 
 export function resultOf(jobId: number, attempt: number, r: VmResult): JobResultMsg {
@@ -84,12 +111,27 @@ export function makeSupervisor(opts: {
   log: Logger;
   /** Host-wide additions to every VM (the registry mirror's forward and address). */
   vm?: Pick<VmSpec, 'forwards' | 'registryMirror' | 'registryMirrors'>;
+  /** The host's warm caches (docs/caches.md); without it a job's cache request is noted and the job runs without one. */
+  caches?: CacheStore;
   events?: Partial<SupervisorEvents>;
   flushMs?: number;
   /** Told of every launch's image and VM shape (the warm-start planner counts uses). */
   noteUse?(shape: SnapshotShape): void;
 }): Supervisor {
   const jobs = new Map<number, Entry>();
+  const cacheAsks = new Map<number, { attempt: number; answer(a: CacheAnswer): void }>();
+  const askCache = (jobId: number, attempt: number): Promise<CacheAnswer> =>
+    new Promise((resolve) => {
+      const t = setTimeout(() => done({ write: false, reason: 'the server did not answer in time' }), CACHE_ASK_TIMEOUT_MS);
+      t.unref();
+      const done = (a: CacheAnswer) => {
+        clearTimeout(t);
+        cacheAsks.delete(jobId);
+        resolve(a);
+      };
+      cacheAsks.set(jobId, { attempt, answer: done });
+      opts.send({ type: 'cache.ask', jobId, attempt });
+    });
   const flushMs = opts.flushMs ?? 10;
   let timer: NodeJS.Timeout | undefined;
 
@@ -166,10 +208,14 @@ export function makeSupervisor(opts: {
       jobs.set(jobId, e);
       const jlog = opts.log.child({ jobId, attempt });
       void (async () => {
+        let lease: CacheLease | undefined;
         try {
           const image = await opts.images(spec.image, spec.arch);
           if (e.stopReason) throw Object.assign(new Error(e.stopReason), { stopped: true });
-          opts.noteUse?.({ image: spec.image, arch: spec.arch, cpus: spec.cpus, memoryBytes: spec.memoryBytes, diskBytes: spec.diskBytes });
+          if (spec.cache && opts.caches) lease = await openJobCache(opts.caches, spec.cache, `${jobId}.${attempt}`);
+          else if (spec.cache) output(e, 'stderr', Buffer.from(`kiln: this host keeps no caches; the job runs without /cache\n`));
+          // A VM with a cache disk always boots cold (no snapshot has one): not a use the warm-start planner counts.
+          if (!lease) opts.noteUse?.({ image: spec.image, arch: spec.arch, cpus: spec.cpus, memoryBytes: spec.memoryBytes, diskBytes: spec.diskBytes });
           const vm = await opts.driver.start(
             {
               id: `job-${jobId}-${attempt}`,
@@ -184,6 +230,7 @@ export function makeSupervisor(opts: {
               ...(opts.vm?.forwards ? { forwards: opts.vm.forwards } : {}),
               ...(opts.vm?.registryMirror ? { registryMirror: opts.vm.registryMirror } : {}),
               ...(opts.vm?.registryMirrors?.length ? { registryMirrors: opts.vm.registryMirrors } : {}),
+              ...(lease ? { cacheDisk: lease.overlayPath } : {}),
             },
             // The guest coming up is reported as it happens (before `e.vm` is set, notePhase below sees it).
             { stdout: (c) => output(e, 'stdout', c), stderr: (c) => output(e, 'stderr', c), mayStart: (info) => askToStart(e, info), running: () => notePhase(e) },
@@ -194,8 +241,23 @@ export function makeSupervisor(opts: {
           opts.events?.launched?.(jobId, attempt);
           notePhase(e);
           if (e.stopReason) void vm.kill(e.stopReason);
-          finish(e, resultOf(jobId, attempt, await vm.done));
+          const r = await vm.done;
+          let cache: JobCacheOutcome | undefined;
+          if (lease && spec.cache && opts.caches) {
+            const l = lease;
+            lease = undefined;
+            cache = await finishJobCache(opts.caches, l, spec.cache, r, {
+              jobId: String(jobId),
+              ...(spec.cache.ref ? { ref: spec.cache.ref } : {}),
+              ...(spec.cache.commit ? { commit: spec.cache.commit } : {}),
+              ...(spec.cache.by ? { by: spec.cache.by } : {}),
+            }, () => askCache(jobId, attempt));
+            if (cache.committed) jlog.info({ cache: cache.key, version: cache.committed.id, bytes: cache.committed.bytes }, 'cache committed');
+            else if (cache.notSaved && spec.cache.write) jlog.info({ cache: cache.key, why: cache.notSaved }, 'cache not saved');
+          }
+          finish(e, { ...resultOf(jobId, attempt, r), ...(cache ? { cache: cacheOutcomeMsg(cache) } : {}) });
         } catch (err) {
+          lease?.release();
           if ((err as { stopped?: boolean }).stopped) {
             finish(e, { jobId, attempt, outcome: 'killed', message: e.stopReason ?? 'stopped' });
             return;
@@ -219,6 +281,13 @@ export function makeSupervisor(opts: {
       if (ok) e.lease.granted();
       else e.lease.refused(reason ?? 'the server refused the start');
     },
+    cacheAnswer(jobId, attempt, a) {
+      const q = cacheAsks.get(jobId);
+      if (q && q.attempt === attempt) q.answer(a);
+    },
+    pendingCacheAsks() {
+      return [...cacheAsks].map(([jobId, q]) => ({ type: 'cache.ask', jobId, attempt: q.attempt }) as const);
+    },
     pendingStarts() {
       return [...jobs.values()].filter((e) => e.lease).map(startMsg);
     },
@@ -233,6 +302,7 @@ export function makeSupervisor(opts: {
       return [...jobs.values()].flatMap((e) => (e.result ? [e.result] : []));
     },
     async stopAll(reason) {
+      for (const q of cacheAsks.values()) q.answer({ write: false, reason });
       const waits: Promise<unknown>[] = [];
       for (const e of jobs.values()) {
         e.stopReason = reason;

@@ -44,7 +44,7 @@ export function registerAgent(program: Command, out: () => Output): void {
       const logger = makeLogger(cfg.logLevel);
       logger.info({ config: redact(cfg) }, 'kiln agent starting');
       makePrivateDataDir(cfg.dataDir);
-      const { driver, images } = makeDriverFor(cfg.driver, cfg.dataDir, logger, flags.simBootMs ? { bootMs: Number(flags.simBootMs) } : {});
+      const { driver, images, caches } = makeDriverFor(cfg.driver, cfg.dataDir, logger, flags.simBootMs ? { bootMs: Number(flags.simBootMs) } : {});
       const mirrors = makeMirrorsFor(cfg.mirror, cfg.dataDir, logger);
       const agent = makeAgent({
         servers: cfg.servers,
@@ -57,6 +57,7 @@ export function registerAgent(program: Command, out: () => Output): void {
         ...(cfg.diskBytes ? { diskBytes: cfg.diskBytes } : {}),
         driver,
         images,
+        ...(caches ? { caches } : {}),
         logger,
         outputSpillDir: join(cfg.dataDir, 'output'),
         credentialDir: cfg.dataDir,

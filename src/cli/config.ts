@@ -37,12 +37,17 @@ export interface VmConfig {
   snapshotBudgetBytes: number | undefined;
   /** Agents restore job VMs from snapshots they build ahead of need (KILN_WARM_STARTS=on, the default, or off). */
   warmStarts: boolean;
+  /** Disk budget of the warm cache disks on this host (KILN_CACHE_BUDGET, a size); undefined: 20G. */
+  cacheBudgetBytes: number | undefined;
+  /** Test-only (KILN_TEST_HOLD_CACHE_COMMIT=1): a cache commit stops before its pointer is renamed, so a test can kill it there. */
+  holdCacheCommits: boolean;
 }
 
 /**
  * KILN_ACCEL (auto|kvm|tcg), KILN_BOOT_TIMEOUT (a duration such as 90s), KILN_EGRESS_ALLOW (CIDRs and host
  * names, comma-separated), KILN_EGRESS (filtered, the default, or unfiltered), KILN_SNAPSHOT_BUDGET (a size
- * such as 4G) and KILN_WARM_STARTS (on, the default, or off: the agent's warm starts).
+ * such as 4G), KILN_WARM_STARTS (on, the default, or off: the agent's warm starts), KILN_CACHE_BUDGET (a size,
+ * the host's budget for cache disks) and, for tests only, KILN_TEST_HOLD_CACHE_COMMIT=1.
  */
 export function loadVmConfig(env: NodeJS.ProcessEnv = process.env): VmConfig {
   const problems: string[] = [];
@@ -76,6 +81,14 @@ export function loadVmConfig(env: NodeJS.ProcessEnv = process.env): VmConfig {
   }
   const warmText = env.KILN_WARM_STARTS || 'on';
   if (warmText !== 'on' && warmText !== 'off') problems.push(`KILN_WARM_STARTS="${warmText}" is not on or off`);
+  let cacheBudgetBytes: number | undefined;
+  if (env.KILN_CACHE_BUDGET) {
+    try {
+      cacheBudgetBytes = parseSize(env.KILN_CACHE_BUDGET, 'KILN_CACHE_BUDGET');
+    } catch (e) {
+      problems.push((e as Error).message);
+    }
+  }
   if (problems.length > 0) throw new KilnError('config.invalid', problems.join('; '), { hint: 'fix the environment variables named above' });
   return {
     warmStarts: warmText === 'on',
@@ -83,6 +96,8 @@ export function loadVmConfig(env: NodeJS.ProcessEnv = process.env): VmConfig {
     bootTimeoutMs,
     egress: { allow, unfiltered: egressText === 'unfiltered' },
     snapshotBudgetBytes,
+    cacheBudgetBytes,
+    holdCacheCommits: env.KILN_TEST_HOLD_CACHE_COMMIT === '1',
   };
 }
 

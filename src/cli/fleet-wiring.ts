@@ -3,6 +3,7 @@ import { pino, type Logger } from 'pino';
 import { makeStoreImageResolver, memoryImageResolver, type ImageResolver } from '../agent/images.ts';
 import { makeMemoryDriver } from '../vm/memory-driver.ts';
 import { makeQemuDriver } from '../vm/qemu-driver.ts';
+import { makeCacheStore, type CacheStore } from '../vm/cache-store.ts';
 import type { VmDriver } from '../vm/driver.ts';
 import { loadVmConfig, memoryDriverTestAppendDir } from './config.ts';
 import { RegistryMirror } from '../agent/mirror.ts';
@@ -43,7 +44,7 @@ export function makeDriverFor(
   dataDir: string,
   logger: Logger,
   sim: { bootMs?: number } = {},
-): { driver: VmDriver; images: ImageResolver } {
+): { driver: VmDriver; images: ImageResolver; caches?: CacheStore } {
   if (kind === 'memory') {
     const appendDir = memoryDriverTestAppendDir();
     return { driver: makeMemoryDriver({ ...(sim.bootMs !== undefined ? { bootMs: sim.bootMs } : {}), ...(appendDir ? { appendDir } : {}) }), images: memoryImageResolver };
@@ -60,5 +61,17 @@ export function makeDriverFor(
       ...(vm.warmStarts ? { snapshots: { buildOnMiss: false, ...(vm.snapshotBudgetBytes !== undefined ? { budgetBytes: vm.snapshotBudgetBytes } : {}) } } : {}),
     }),
     images: makeStoreImageResolver(dataDir),
+    caches: makeCacheStore(dataDir, {
+      logger,
+      ...(vm.cacheBudgetBytes !== undefined ? { budgetBytes: vm.cacheBudgetBytes } : {}),
+      ...(vm.holdCacheCommits
+        ? {
+            beforePointer: (key: string, v: string) => {
+              logger.warn({ cache: key, version: v }, `holding the commit of cache ${key} version ${v} (KILN_TEST_HOLD_CACHE_COMMIT)`);
+              return new Promise<void>(() => undefined);
+            },
+          }
+        : {}),
+    }),
   };
 }

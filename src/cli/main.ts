@@ -26,6 +26,7 @@ const COMMANDS: { name: string; load: () => Promise<Register> }[] = [
   { name: 'run', load: async () => (await import('./run.ts')).registerRun },
   { name: 'image', load: async () => (await import('./image.ts')).registerImage },
   { name: 'snapshots', load: async () => (await import('./snapshots.ts')).registerSnapshots },
+  { name: 'caches', load: async () => (await import('./caches.ts')).registerCaches },
   { name: 'up', load: async () => (await import('./up.ts')).registerUp },
   { name: 'server', load: async () => (await import('./server.ts')).registerServer },
   { name: 'agent', load: async () => (await import('./agent.ts')).registerAgent },

@@ -3,8 +3,11 @@ import { randomBytes } from 'node:crypto';
 import { archFromNode, parseArch, type Arch } from '../core/arch.ts';
 import { KilnError } from '../core/errors.ts';
 import { EXIT } from '../core/exit-codes.ts';
-import { formatDuration, parseDuration, parseSize } from '../core/sizes.ts';
+import { hostname } from 'node:os';
+import { formatDuration, formatSize, parseDuration, parseSize } from '../core/sizes.ts';
 import { imageBuildHint, makeImageStore, shortId, type ImageManifest } from '../image/store.ts';
+import { finishJobCache, openJobCache } from '../vm/cache-job.ts';
+import { makeCacheStore, validateCacheKey, type CacheLease } from '../vm/cache-store.ts';
 import type { VmResult } from '../vm/driver.ts';
 import type { VmSpec } from '../vm/driver.ts';
 import { parseAllowEntry } from '../vm/egress.ts';
@@ -29,6 +32,9 @@ interface RunFlags {
   verbose?: boolean;
   cold?: boolean;
   dataDir?: string;
+  cache?: string;
+  cacheReadonly?: boolean;
+  cacheSize?: string;
 }
 
 export interface RunRequest {
@@ -43,6 +49,8 @@ export interface RunRequest {
   network: 'none' | 'user';
   registryMirror?: string;
   command: string[];
+  /** A warm cache disk at /cache; written back after a successful job unless read-only. */
+  cache?: { key: string; write: boolean; sizeBytes?: number };
 }
 
 /** Turns flags into a request, reporting bad input as KilnErrors before anything starts. */
@@ -59,6 +67,10 @@ export function parseRunFlags(flags: RunFlags, command: string[], defaultArch: A
     throw new KilnError('input.bad_network', `--network "${flags.network}" is not known`, { hint: 'use none (default: no route out) or user (outbound NAT)' });
   }
   // --registry-mirror is checked by the VM driver (input.bad_registry_mirror) before anything starts.
+  if (flags.cache !== undefined) validateCacheKey(flags.cache);
+  if ((flags.cacheReadonly || flags.cacheSize !== undefined) && flags.cache === undefined) {
+    throw new KilnError('input.cache_flag_without_cache', '--cache-readonly and --cache-size need --cache KEY', { hint: 'e.g. --cache deps --cache-readonly' });
+  }
   if (command.length === 0) throw new KilnError('input.no_command', 'no command to run', { hint: 'put the command after --, e.g. `kiln run -- uname -a`' });
   return {
     arch: flags.arch ? parseArch(flags.arch) : defaultArch,
@@ -72,6 +84,9 @@ export function parseRunFlags(flags: RunFlags, command: string[], defaultArch: A
     network: flags.network,
     ...(flags.registryMirror !== undefined ? { registryMirror: flags.registryMirror } : {}),
     command,
+    ...(flags.cache !== undefined
+      ? { cache: { key: flags.cache, write: !flags.cacheReadonly, ...(flags.cacheSize !== undefined ? { sizeBytes: parseSize(flags.cacheSize, '--cache-size') } : {}) } }
+      : {}),
   };
 }
 
@@ -96,6 +111,9 @@ export function registerRun(program: Command, out: () => Output): void {
     .option('--registry-mirror <host:port>', 'registry mirror for Docker and buildah in the ci image: one on the host\'s loopback (127.0.0.1:PORT) is forwarded to the guest at 10.0.2.100:5000, with or without --network; other addresses are passed as given')
     .option('-v, --verbose', 'print a timing breakdown (prepare, boot, run, teardown) and whether the VM started warm or cold')
     .option('--cold', 'boot the VM from scratch instead of restoring it from a warm-start snapshot')
+    .option('--cache <key>', 'mount the warm cache KEY at /cache (copy-on-write); a job that succeeds saves it as the next version (docs/caches.md)')
+    .option('--cache-readonly', 'with --cache: use the cache but never save this job\'s changes')
+    .option('--cache-size <size>', 'with --cache: the cache\'s size when this job creates it (default 4G; a full cache fails writes with ENOSPC)')
     .option('--data-dir <dir>', 'kiln data directory (env KILN_DATA_DIR)')
     .argument('[command...]', 'the command and its arguments')
     .addHelpText(
@@ -135,6 +153,13 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
     snapshots: vmCfg.snapshotBudgetBytes !== undefined ? { budgetBytes: vmCfg.snapshotBudgetBytes } : {},
   });
   const store = makeImageStore(cfg.dataDir);
+  const caches = req.cache
+    ? makeCacheStore(cfg.dataDir, {
+        ...(vmCfg.cacheBudgetBytes !== undefined ? { budgetBytes: vmCfg.cacheBudgetBytes } : {}),
+        ...(vmCfg.holdCacheCommits ? { beforePointer: (key, v) => holdCommit(o, key, v) } : {}),
+      })
+    : undefined;
+  let lease: CacheLease | undefined;
   try {
     const { removed } = await driver.sweep();
     if (removed.length > 0) o.info(`removed ${removed.length} VM(s) an earlier kiln left behind`);
@@ -153,6 +178,10 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
     else if (flags.verbose) o.info(`accelerator: ${accel.reason}`);
 
     const id = `run-${randomBytes(5).toString('hex')}`;
+    if (caches && req.cache) {
+      lease = await openJobCache(caches, req.cache, id);
+      if (flags.verbose) o.info(`cache ${req.cache.key}: ${lease.hit ? `version ${lease.version}` : 'empty (first use)'}${req.cache.write ? '' : ', read-only'}`);
+    }
     const vm = await driver.start(
       {
         id,
@@ -166,6 +195,7 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
         network: req.network,
         ...mirrorSpec(req.registryMirror),
         ...(flags.cold ? { warm: false } : {}),
+        ...(lease ? { cacheDisk: lease.overlayPath } : {}),
       },
       { stdout: (c) => process.stdout.write(c), stderr: (c) => process.stderr.write(c), note: (line) => o.info(line) },
     );
@@ -179,6 +209,13 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
     for (const s of signals) process.on(s, onSignal);
     const result = await vm.done;
     for (const s of signals) process.off(s, onSignal);
+    if (caches && lease && req.cache) {
+      const l = lease;
+      lease = undefined;
+      const c = await finishJobCache(caches, l, req.cache, result, { jobId: id, by: `kiln run on ${hostname()}` });
+      if (c.committed) o.info(`cache ${c.key}: saved as version ${c.committed.id} (${formatSize(c.committed.bytes)}, ${c.committed.commitSeconds?.toFixed(2)} s)`);
+      else if (c.notSaved) o.info(`cache ${c.key}: not saved: ${c.notSaved}`);
+    }
     if (flags.verbose) printTimings(o, result, shortId(image.digest));
     if (signalled) {
       o.info(`interrupted by ${signalled}: the VM was destroyed`);
@@ -187,7 +224,15 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
     return exitCodeFor(result, req, o);
   } catch (e) {
     throw withExit(e, EXIT.kilnError);
+  } finally {
+    lease?.release();
   }
+}
+
+/** Test-only (KILN_TEST_HOLD_CACHE_COMMIT=1): the commit waits forever before its pointer's rename. */
+function holdCommit(o: Output, key: string, version: string): Promise<void> {
+  o.info(`holding the commit of cache ${key} version ${version}`);
+  return new Promise(() => undefined);
 }
 
 /** A mirror on the host's loopback is forwarded to the guest at 10.0.2.100:5000; any other address is passed as given. */
@@ -223,6 +268,7 @@ async function runOnServer(req: RunRequest, dataDir: string, o: Output): Promise
         network: req.network,
         ...(req.cwd ? { cwd: req.cwd } : {}),
         ...(req.image ? { image: req.image } : {}),
+        ...(req.cache ? { cache: { key: req.cache.key, write: req.cache.write, ...(req.cache.sizeBytes !== undefined ? { size: req.cache.sizeBytes } : {}) } } : {}),
       },
       { stdout: process.stdout, stderr: process.stderr, signal: ac.signal, onSubmitted: (j) => o.info(`job ${j.id} queued on ${remoteServer()}`), note: (l) => o.info(l) },
     );

@@ -2,6 +2,7 @@
  * `kiln up`: the server and one local agent in one process, on the embedded store. `startUp` is also what
  * `kiln run` uses when KILN_SERVER is not set, so both paths go through the same API and scheduler.
  */
+import type { CacheStore } from '../vm/cache-store.ts';
 import { makePrivateDataDir, tighten } from './private-dir.ts';
 import { join } from 'node:path';
 import { hostname } from 'node:os';
@@ -53,6 +54,8 @@ export interface UpOptions {
   tls?: { cert: Buffer; key: Buffer; ca?: Buffer };
   /** The data directory: the local agent's warm-start planner keeps its usage counts there (see AgentOptions.dataDir). */
   dataDir?: string;
+  /** The local host's warm caches (docs/caches.md). */
+  caches?: CacheStore;
 }
 
 export interface UpHandle {
@@ -100,6 +103,7 @@ export async function startUp(o: UpOptions): Promise<UpHandle> {
       ...(o.credentialDir ? { credentialDir: o.credentialDir } : {}),
       ...(o.tls ? { ca: o.tls.ca ?? o.tls.cert } : {}),
       ...(o.dataDir ? { dataDir: o.dataDir } : {}),
+      ...(o.caches ? { caches: o.caches } : {}),
     });
     const connected = agent.connected(30_000);
     await agent.start();
@@ -156,7 +160,7 @@ export function registerUp(program: Command, out: () => Output): void {
       const logger = makeLogger(cfg.logLevel);
       logger.info({ config: redact(cfg) }, 'kiln up starting');
       makePrivateDataDir(cfg.dataDir);
-      const { driver, images } = makeDriverFor(flags.driver === 'memory' ? 'memory' : 'qemu', cfg.dataDir, logger);
+      const { driver, images, caches } = makeDriverFor(flags.driver === 'memory' ? 'memory' : 'qemu', cfg.dataDir, logger);
       const tokenFile = join(cfg.dataDir, 'admin.token');
       const up = await startUp({
         ...(cfg.databaseUrl ? { databaseUrl: cfg.databaseUrl } : { storeDir: join(cfg.dataDir, 'db') }),
@@ -164,6 +168,7 @@ export function registerUp(program: Command, out: () => Output): void {
         port: cfg.listen.port,
         driver,
         images,
+        ...(caches ? { caches } : {}),
         logger,
         logLimitBytes: cfg.logLimitBytes,
         bootstrapTokenFile: tokenFile,

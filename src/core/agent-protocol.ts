@@ -117,6 +117,54 @@ export const VmTimingsMsg = Type.Object({
   guestUptimeAtInitMs: Type.Optional(Type.Number()),
 });
 
+/** A cache key as it travels: the server prefixes the job's tenant (docs/caches.md). */
+export const CacheKeyMsg = Type.String({ minLength: 1, maxLength: 300, pattern: '^[A-Za-z0-9][A-Za-z0-9._/-]*$' });
+
+/** A job's warm cache: which one, whether it may write it back, and who it is (recorded with a version it writes). */
+export const JobCacheMsg = Type.Object(
+  {
+    key: CacheKeyMsg,
+    /** true/false: decided at submission; 'ask': the agent asks the server after the job (cache.ask), as GitHub runners take any matching job. */
+    write: Type.Union([Type.Boolean(), Type.Literal('ask')]),
+    sizeBytes: Type.Optional(Type.Integer({ minimum: 16 * 1024 * 1024, maximum: 2 ** 44 })),
+    ref: Type.Optional(Type.String({ maxLength: 300 })),
+    commit: Type.Optional(Type.String({ maxLength: 100 })),
+    by: Type.Optional(Type.String({ maxLength: 300 })),
+  },
+  { additionalProperties: false },
+);
+export type JobCacheMsg = Static<typeof JobCacheMsg>;
+
+/** What happened to a job's cache: read (hit or empty), and whether the job's copy became the next version. */
+export const CacheOutcomeMsg = Type.Object(
+  {
+    key: CacheKeyMsg,
+    hit: Type.Boolean(),
+    version: Type.Optional(Type.String({ maxLength: 100 })),
+    committed: Type.Optional(Type.Object({ id: Type.String({ maxLength: 100 }), bytes: Type.Integer({ minimum: 0 }), seconds: Type.Number({ minimum: 0 }) }, { additionalProperties: false })),
+    notSaved: Type.Optional(Type.String({ maxLength: 1000 })),
+    /** Caches the host evicted after this job (least recently used, over its budget). */
+    evicted: Type.Optional(Type.Integer({ minimum: 0 })),
+  },
+  { additionalProperties: false },
+);
+export type CacheOutcomeMsg = Static<typeof CacheOutcomeMsg>;
+
+/** A cache the host holds, as its agent reports it (for placement and `kiln caches ls`). */
+export const HostCacheMsg = Type.Object(
+  {
+    key: CacheKeyMsg,
+    version: Type.Optional(Type.String({ maxLength: 100 })),
+    bytes: Type.Integer({ minimum: 0 }),
+    sizeBytes: Type.Integer({ minimum: 0 }),
+    versions: Type.Integer({ minimum: 0 }),
+    lastUsedAt: Type.String({ maxLength: 40 }),
+    writer: Type.Optional(Type.String({ maxLength: 400 })),
+  },
+  { additionalProperties: false },
+);
+export type HostCacheMsg = Static<typeof HostCacheMsg>;
+
 export const JobResultMsg = Type.Object(
   {
     jobId: Id,
@@ -135,6 +183,8 @@ export const JobResultMsg = Type.Object(
     timings: Type.Optional(VmTimingsMsg),
     /** How many output chunks (seq 0 … logChunks-1) the agent sent for this attempt: the server checks it stored them all. */
     logChunks: Type.Optional(Type.Integer({ minimum: 0 })),
+    /** The job's cache, when it asked for one. */
+    cache: Type.Optional(CacheOutcomeMsg),
   },
   { additionalProperties: false },
 );
@@ -162,12 +212,19 @@ export const AgentMessage = Type.Union([
       power: Type.Optional(HostPowerMsg),
       /** Warm-start snapshots per image and VM shape; absent: the host's driver keeps none. */
       snapshots: Type.Optional(Type.Array(SnapshotStateMsg, { maxItems: 200 })),
+      /** The warm caches this host holds (absent: none). */
+      caches: Type.Optional(Type.Array(HostCacheMsg, { maxItems: 1000 })),
     },
     { additionalProperties: false },
   ),
-  /** Periodic host status (every 15 s, on mirror health changes and when a snapshot's state changes). */
+  /** Periodic host status (every 15 s, on mirror health changes, when a snapshot's state changes and after a job that used a cache). */
   Type.Object(
-    { type: Type.Literal('host.status'), mirror: Type.Optional(MirrorStatusMsg), snapshots: Type.Optional(Type.Array(SnapshotStateMsg, { maxItems: 200 })) },
+    {
+      type: Type.Literal('host.status'),
+      mirror: Type.Optional(MirrorStatusMsg),
+      snapshots: Type.Optional(Type.Array(SnapshotStateMsg, { maxItems: 200 })),
+      caches: Type.Optional(Type.Array(HostCacheMsg, { maxItems: 1000 })),
+    },
     { additionalProperties: false },
   ),
   Type.Object(
@@ -202,6 +259,8 @@ export const AgentMessage = Type.Union([
     { additionalProperties: false },
   ),
   Type.Object({ type: Type.Literal('job.done'), result: JobResultMsg }, { additionalProperties: false }),
+  /** A job whose cache write is 'ask' succeeded: may its cache be committed? (answered by cache.answer) */
+  Type.Object({ type: Type.Literal('cache.ask'), jobId: Id, attempt: Attempt }, { additionalProperties: false }),
   /** Drained for a sleep request: the agent closes its connection next and runs its sleep command. */
   Type.Object({ type: Type.Literal('host.sleeping'), requestId: Id, power: HostPowerMsg }, { additionalProperties: false }),
   /** A sleep the server asked for failed (or cannot be done); `message` carries the command's output. */
@@ -226,6 +285,7 @@ export const LaunchSpec = Type.Object(
     cwd: Type.Optional(Type.String()),
     timeoutMs: Type.Integer({ minimum: 1 }),
     network: Type.Union([Type.Literal('none'), Type.Literal('user')]),
+    cache: Type.Optional(JobCacheMsg),
   },
   { additionalProperties: false },
 );
@@ -268,6 +328,19 @@ export const ServerMessage = Type.Union([
   Type.Object({ type: Type.Literal('start.ok'), jobId: Id, attempt: Attempt }, { additionalProperties: false }),
   Type.Object({ type: Type.Literal('start.refused'), jobId: Id, attempt: Attempt, reason: Type.String({ maxLength: 500 }) }, { additionalProperties: false }),
   Type.Object({ type: Type.Literal('error'), code: Type.String(), message: Type.String() }, { additionalProperties: false }),
+  /** Answer to cache.ask: commit (with the ref and commit to record) or not, and why. */
+  Type.Object(
+    {
+      type: Type.Literal('cache.answer'),
+      jobId: Id,
+      attempt: Attempt,
+      write: Type.Boolean(),
+      reason: Type.Optional(Type.String({ maxLength: 500 })),
+      ref: Type.Optional(Type.String({ maxLength: 300 })),
+      commit: Type.Optional(Type.String({ maxLength: 100 })),
+    },
+    { additionalProperties: false },
+  ),
 ]);
 export type ServerMessage = Static<typeof ServerMessage>;
 

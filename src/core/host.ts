@@ -1,5 +1,5 @@
 /** A host as the control plane sees it. */
-import type { MirrorStatusMsg } from './agent-protocol.ts';
+import type { HostCacheMsg, MirrorStatusMsg } from './agent-protocol.ts';
 import type { Arch } from './arch.ts';
 import type { HostState } from './host-state.ts';
 import type { HostPower } from './power.ts';
@@ -28,6 +28,8 @@ export interface Host {
   createdAt: string;
   /** The host's registry mirror as its agent last reported it; null when it runs none. */
   mirror: HostMirror | null;
+  /** The warm caches the host's agent last reported (docs/caches.md); absent: none reported. */
+  caches?: HostCacheMsg[];
   /** Since when the host is in its state (ISO time). */
   stateSince: string;
   /** How the host sleeps and wakes (its agent's report); null: never reported (none). */

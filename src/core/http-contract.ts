@@ -14,7 +14,7 @@ import { TOKEN_ROLES } from './host.ts';
 import { JOB_STATE_LIST } from './job-state.ts';
 import { POWER_DRIVERS } from './power.ts';
 import { USAGE_DIMENSIONS } from './timings.ts';
-import { MirrorStatusMsg, SnapshotStateMsg } from './agent-protocol.ts';
+import { HostCacheMsg, JobCacheMsg, MirrorStatusMsg, SnapshotStateMsg } from './agent-protocol.ts';
 
 const Nullable = <T extends TSchema>(t: T) => Type.Union([t, Type.Null()]);
 const OneOf = <T extends string>(values: readonly T[]) => Type.Union(values.map((v) => Type.Literal(v)));
@@ -56,6 +56,21 @@ export const JobSubmit = Type.Object(
     network: Type.Optional(Type.Union([Type.Literal('none'), Type.Literal('user')])),
     priority: Type.Optional(Type.Integer({ minimum: -100, maximum: 100 })),
     tenant: Type.Optional(Type.String({ minLength: 1, maxLength: 100, pattern: NAME_PATTERN })),
+    /**
+     * A warm cache disk at /cache (docs/caches.md): `key` is the tenant's own name for it; `write` (default
+     * false) asks for the job's copy to become the next version if it succeeds, which needs a token with the
+     * cache-write permission; `size` applies when this job makes the cache.
+     */
+    cache: Type.Optional(
+      Type.Object(
+        {
+          key: Type.String({ minLength: 1, maxLength: 200, pattern: '^[A-Za-z0-9][A-Za-z0-9._/-]*$' }),
+          write: Type.Optional(Type.Boolean()),
+          size: Type.Optional(SizeOrBytes),
+        },
+        { additionalProperties: false },
+      ),
+    ),
   },
   { additionalProperties: false },
 );
@@ -86,6 +101,8 @@ export const JobOut = Type.Object({
   cancelRequested: Type.Boolean(),
   logBytes: Type.Number(),
   logTruncated: Type.Boolean(),
+  /** The job's warm cache: the host-side key (tenant/key) and whether it may write it back. */
+  cache: Type.Optional(JobCacheMsg),
   createdAt: Type.String(),
   placedAt: Nullable(Type.String()),
   bootingAt: Nullable(Type.String()),
@@ -163,6 +180,8 @@ export const HostOut = Type.Object({
   power: Nullable(HostPowerOut),
   wakeFailures: Type.Integer(),
   wakeMarkedUntil: Nullable(Type.String()),
+  /** The warm caches the host's agent last reported (docs/caches.md); absent: none reported. */
+  caches: Type.Optional(Type.Array(HostCacheMsg)),
 });
 export type HostOut = Static<typeof HostOut>;
 /** A host with what its active jobs use. */

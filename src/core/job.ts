@@ -1,5 +1,5 @@
 /** The job as the control plane and its clients see it (the row type lives in src/store/schema.ts). */
-import type { LaunchSpec } from './agent-protocol.ts';
+import type { JobCacheMsg, LaunchSpec } from './agent-protocol.ts';
 import type { JobState } from './job-state.ts';
 import type { Requirements } from './requirements.ts';
 
@@ -18,6 +18,11 @@ export interface JobSpec {
   network: 'none' | 'user';
   priority: number;
   submittedBy?: number;
+  /**
+   * A warm cache disk at /cache (docs/caches.md). `key` as stored is the host-side key: the tenant, '/', the key
+   * asked for. `write`: the job's copy becomes the next version if it succeeds (decided at submission).
+   */
+  cache?: JobCacheMsg;
 }
 
 export interface Job extends JobSpec {
@@ -72,5 +77,6 @@ export function launchSpecOf(job: Job): LaunchSpec {
     ...(job.cwd !== undefined ? { cwd: job.cwd } : {}),
     timeoutMs: job.timeoutMs,
     network: job.network,
+    ...(job.cache ? { cache: job.cache } : {}),
   };
 }

@@ -42,6 +42,7 @@ export function parseLabels(labels: readonly string[]): Requirements {
   for (const raw of labels) {
     const label = raw.trim();
     const lower = label.toLowerCase();
+    if (cacheLabelKey(label) !== undefined) continue; // a warm cache, not a machine (cacheFromLabels)
     if (lower === 'kiln' || lower.startsWith('kiln-')) {
       const req = parseKilnLabel(label);
       if (kiln) {
@@ -68,6 +69,24 @@ export function parseLabels(labels: readonly string[]): Requirements {
   }
   if (archHint && !kiln?.req.arch) req.arch = archHint;
   return req;
+}
+
+/**
+ * `kiln-cache` (the repository's cache) or `kiln-cache-KEY` (a named one): '' for the former, KEY for the
+ * latter, undefined for any other label. Pure.
+ */
+export function cacheLabelKey(label: string): string | undefined {
+  const l = label.trim();
+  if (l.toLowerCase() === 'kiln-cache') return '';
+  const m = /^kiln-cache-([A-Za-z0-9][A-Za-z0-9._-]{0,99})$/i.exec(l);
+  return m ? m[1]! : undefined;
+}
+
+/** The cache a labelled job asks for: '' for the repository's own, a KEY, or undefined (none). Two cache labels conflict. */
+export function cacheFromLabels(labels: readonly string[]): string | undefined {
+  const keys = labels.map(cacheLabelKey).filter((k): k is string => k !== undefined);
+  if (keys.length > 1) throw new KilnError('label.conflict', `labels ask for ${keys.length} caches; a job gets one`, { hint: 'keep one kiln-cache or kiln-cache-KEY label' });
+  return keys[0];
 }
 
 function parseKilnLabel(label: string): Partial<Requirements> {

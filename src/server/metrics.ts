@@ -16,6 +16,13 @@ export interface Metrics {
   vmStarts: Counter<'start'>;
   /** Warm starts: VMM start to the restored guest ready for the command (state loaded, identity taken). */
   restoreSeconds: Histogram;
+  /** Warm cache disks (docs/caches.md), counted from the jobs' results. */
+  cacheHits: Counter;
+  cacheMisses: Counter;
+  cacheCommits: Counter;
+  cacheCommittedBytes: Counter;
+  cacheCommitSeconds: Histogram;
+  cacheEvictions: Counter;
 }
 
 /** A host's mirror as the store last heard of it (fleet-wide: every replica reports every host). */
@@ -72,6 +79,17 @@ export function makeMetrics(queueDepth: () => Promise<number>, mirrors: () => Pr
         for (const m of await sample()) this.set({ host: m.host }, m.healthy ? 1 : 0);
       },
     }),
+    cacheHits: new Counter({ name: 'kiln_cache_hits_total', help: 'Jobs that started from a committed version of their cache', registers: [registry] }),
+    cacheMisses: new Counter({ name: 'kiln_cache_misses_total', help: 'Jobs that asked for a cache their host did not hold (they started empty)', registers: [registry] }),
+    cacheCommits: new Counter({ name: 'kiln_cache_commits_total', help: 'Cache versions committed by trusted jobs', registers: [registry] }),
+    cacheCommittedBytes: new Counter({ name: 'kiln_cache_committed_bytes_total', help: 'Bytes (allocated) of the cache versions committed', registers: [registry] }),
+    cacheCommitSeconds: new Histogram({
+      name: 'kiln_cache_commit_seconds',
+      help: 'Time to commit a cache version (flatten, check, sync, rename)',
+      buckets: [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+      registers: [registry],
+    }),
+    cacheEvictions: new Counter({ name: 'kiln_cache_evictions_total', help: 'Caches evicted from hosts (least recently used, over the host budget)', registers: [registry] }),
     mirrorCacheBytes: new Gauge({
       name: 'kiln_host_mirror_cache_bytes',
       help: 'Bytes the host’s registry mirror cache occupies on disk at the last report',

@@ -185,14 +185,17 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
     await logs.flush();
   });
   const power = makePowerManager(ctx, { registry, isLeader: () => leader.isLeader(), kick: () => scheduler.kick(), options: o.power ?? DEFAULT_POWER_OPTIONS });
-  const gateway: AgentGateway = attachAgentGateway(app, { ctx, registry, logs, phases, results, jobs, scheduler, power });
+  // GitHub is made after the gateway; a runner VM's cache.ask reaches it once it exists.
+  let github: GitHubService | undefined;
+  const cacheTrust = (jobId: number) => (github ? github.cacheTrust(jobId) : Promise.resolve({ write: false, reason: 'GitHub is not configured on this server' }));
+  const gateway: AgentGateway = attachAgentGateway(app, { ctx, registry, logs, phases, results, jobs, scheduler, power, cacheTrust });
   const apiDeps = { ctx, registry, jobs, scheduler, closeToken: gateway.closeToken };
   const routes: RouteDef[] = [...jobRoutes(apiDeps), ...hostRoutes(apiDeps), ...tokenRoutes(apiDeps), ...powerRoutes({ ctx, power, policy: (o.power ?? DEFAULT_POWER_OPTIONS).policy })];
   const figures = makeFigures(ctx);
   const live = makeLiveHub({ events, ...(o.github ? { githubTenant: o.github.config.tenant } : {}), onGitHub: (fn) => (github ? combine([github.events.on('job.refused', fn), github.events.on('runner.state', fn)]) : () => {}) });
   routes.push(...reportRoutes(apiDeps), ...dashboardRoutes(live));
   const gh = o.github;
-  const github: GitHubService | undefined = gh
+  github = gh
     ? makeGitHubService({
         ctx,
         config: gh.config,

@@ -121,6 +121,12 @@ export async function updateRunner(db: Q, id: number, p: GhRunnerPatch): Promise
   if (Object.keys(set).length > 0) await db.updateTable('github_runners').set(set).where('id', '=', id).execute();
 }
 
+/** The runner whose VM is kiln job `kilnJobId`. */
+export async function getRunnerByKilnJob(db: Q, kilnJobId: number): Promise<GhRunner | undefined> {
+  const r = await db.selectFrom('github_runners').selectAll().where('kiln_job_id', '=', kilnJobId).executeTakeFirst();
+  return r && runnerFromRow(r);
+}
+
 export async function getRunnerByName(db: Q, name: string): Promise<GhRunner | undefined> {
   const r = await db.selectFrom('github_runners').selectAll().where('name', '=', name).executeTakeFirst();
   return r && runnerFromRow(r);

@@ -1,4 +1,5 @@
 /** Host queries: register on connect, heartbeat, ownership by a server replica, operator actions. */
+import type { HostCacheMsg } from '../core/agent-protocol.ts';
 import { sql } from 'kysely';
 import type { Arch } from '../core/arch.ts';
 import type { HostCapacity, HostPowerMsg } from '../core/agent-protocol.ts';
@@ -33,6 +34,7 @@ export function hostFromRow(r: HostRow): Host {
     lastSeenAt: iso(r.last_seen_at) ?? '',
     createdAt: iso(r.created_at) ?? '',
     mirror: r.mirror ?? null,
+    ...(r.caches ? { caches: r.caches } : {}),
     stateSince: iso(r.state_since) ?? '',
     power: r.power ?? null,
     wakeFailures: r.wake_failures,
@@ -149,6 +151,12 @@ export async function connectHost(db: Db, cap: HostCapacity, serverId: string, m
 
 function makeHostCredential(): string {
   return `kiln_host_${randomBytes(24).toString('base64url')}`;
+}
+
+/** Stores the warm caches a host's agent reported (docs/caches.md), if `serverId` still owns the host. */
+export async function setHostCaches(db: Q, hostId: number, serverId: string, caches: HostCacheMsg[]): Promise<boolean> {
+  const r = await db.updateTable('hosts').set({ caches: JSON.stringify(caches) }).where('id', '=', hostId).where('server_id', '=', serverId).executeTakeFirst();
+  return Number(r.numUpdatedRows) > 0;
 }
 
 /** Stores the mirror status a host's agent reported (null: it runs none), if `serverId` still owns the host. */

@@ -33,6 +33,7 @@ export function jobFromRow(r: JobRow): Job {
     env: r.env,
     ...(r.secret_env && r.secret_env.length > 0 ? { secretEnv: r.secret_env } : {}),
     ...(r.cwd === null ? {} : { cwd: r.cwd }),
+    ...(r.cache ? { cache: r.cache } : {}),
     timeoutMs: r.timeout_ms,
     network: r.network === 'user' ? 'user' : 'none',
     priority: r.priority,
@@ -65,6 +66,7 @@ function newJob(s: JobSpec, id: number, createdAt: string): Job {
     env: { ...s.env },
     ...(s.secretEnv && s.secretEnv.length > 0 ? { secretEnv: [...s.secretEnv] } : {}),
     ...(s.cwd !== undefined && s.cwd !== null ? { cwd: s.cwd } : {}),
+    ...(s.cache ? { cache: { ...s.cache } } : {}),
     timeoutMs: s.timeoutMs,
     network: s.network === 'user' ? 'user' : 'none',
     priority: s.priority,
@@ -103,6 +105,7 @@ export async function insertJobs(db: Db, specs: JobSpec[]): Promise<Job[]> {
         env: s.env,
         secret_env: s.secretEnv ?? [],
         cwd: s.cwd ?? null,
+        cache: s.cache ?? null,
         timeout_ms: s.timeoutMs,
         network: s.network,
         priority: s.priority,
@@ -114,10 +117,10 @@ export async function insertJobs(db: Db, specs: JobSpec[]): Promise<Job[]> {
     const batch = specs.slice(i, i + 1000);
     const r = await sql<{ id: number; created_at: Date }>`
       WITH ins AS (
-        INSERT INTO jobs (tenant, state, arch, cpus, memory_bytes, disk_bytes, host_labels, labels, image, command, env, secret_env, cwd, timeout_ms, network, priority, submitted_by)
-        SELECT tenant, 'queued', arch, cpus, memory_bytes, disk_bytes, host_labels, labels, image, command, env, secret_env, cwd, timeout_ms, network, priority, submitted_by
+        INSERT INTO jobs (tenant, state, arch, cpus, memory_bytes, disk_bytes, host_labels, labels, image, command, env, secret_env, cwd, cache, timeout_ms, network, priority, submitted_by)
+        SELECT tenant, 'queued', arch, cpus, memory_bytes, disk_bytes, host_labels, labels, image, command, env, secret_env, cwd, cache, timeout_ms, network, priority, submitted_by
         FROM jsonb_to_recordset(${payload}::jsonb) AS v(tenant text, arch text, cpus int, memory_bytes bigint, disk_bytes bigint, host_labels jsonb, labels jsonb,
-          image text, command jsonb, env jsonb, secret_env jsonb, cwd text, timeout_ms int, network text, priority int, submitted_by bigint, n int)
+          image text, command jsonb, env jsonb, secret_env jsonb, cwd text, cache jsonb, timeout_ms int, network text, priority int, submitted_by bigint, n int)
         ORDER BY n
         RETURNING id, created_at
       ), ev AS (
@@ -198,6 +201,8 @@ export interface ClaimedJob {
   attempt: number;
   createdAt: string;
   requirements: Requirements;
+  /** The job's cache key (host-side), for placement's cache affinity. */
+  cacheKey?: string;
 }
 
 export interface Claim {
@@ -235,7 +240,7 @@ export async function claimQueuedJobs(tx: Tx, limit: number, windows: ClaimWindo
   // The windows are parameters: free room changes with every placement, and as literals each new window
   // was a new statement text, which the embedded store prepared and kept (~200 kB of its memory each, which
   // WebAssembly never gives back). No plan here depends on them (each is a filter on an index walk).
-  const r = await sql<Pick<JobRow, 'id' | 'tenant' | 'attempt' | 'arch' | 'cpus' | 'memory_bytes' | 'disk_bytes' | 'host_labels' | 'created_at'> & { queued: number }>`
+  const r = await sql<Pick<JobRow, 'id' | 'tenant' | 'attempt' | 'arch' | 'cpus' | 'memory_bytes' | 'disk_bytes' | 'host_labels' | 'created_at'> & { queued: number; cache_key: string | null }>`
     WITH RECURSIVE qt AS (
       (SELECT tenant FROM jobs WHERE state = 'queued' ORDER BY tenant LIMIT 1)
       UNION ALL
@@ -256,7 +261,7 @@ export async function claimQueuedJobs(tx: Tx, limit: number, windows: ClaimWindo
       ORDER BY rank, served NULLS FIRST, priority DESC, id
       LIMIT ${sql.lit(limit * 2)}
     ) c CROSS JOIN LATERAL (
-      SELECT j.id, j.tenant, j.attempt, j.arch, j.cpus, j.memory_bytes, j.disk_bytes, j.host_labels, j.created_at FROM jobs j
+      SELECT j.id, j.tenant, j.attempt, j.arch, j.cpus, j.memory_bytes, j.disk_bytes, j.host_labels, j.created_at, j.cache->>'key' AS cache_key FROM jobs j
       WHERE j.id = c.id AND j.state = 'queued' FOR UPDATE SKIP LOCKED
     ) j
     ORDER BY c.rank, c.served NULLS FIRST, c.priority DESC, c.id
@@ -267,6 +272,7 @@ export async function claimQueuedJobs(tx: Tx, limit: number, windows: ClaimWindo
     attempt: x.attempt,
     createdAt: iso(x.created_at) ?? '',
     requirements: { arch: x.arch as Arch, cpus: x.cpus, memoryBytes: x.memory_bytes, diskBytes: x.disk_bytes, hostLabels: x.host_labels },
+    ...(x.cache_key ? { cacheKey: x.cache_key } : {}),
   }));
   // `queued` counts the claimed jobs too (at most limit + 1 of all): more than them means others remain.
   return r.rows.length === 0 ? { jobs } : { jobs, more: r.rows[0]!.queued > jobs.length };
@@ -312,7 +318,7 @@ export async function markPlaced(tx: Tx, placements: { jobId: number; hostId: nu
     serverId === undefined
       ? sql``
       : sql`CROSS JOIN LATERAL (SELECT 1 FROM hosts h WHERE h.id = v.host AND h.server_id = ${serverId} AND h.state = 'online' AND NOT h.cordoned LIMIT 1) h`;
-  const r = await sql<Pick<JobRow, 'id' | 'attempt' | 'arch' | 'cpus' | 'memory_bytes' | 'disk_bytes' | 'image' | 'command' | 'env' | 'secret_env' | 'cwd' | 'timeout_ms' | 'network'> & { host_id: number }>`
+  const r = await sql<Pick<JobRow, 'id' | 'attempt' | 'arch' | 'cpus' | 'memory_bytes' | 'disk_bytes' | 'image' | 'command' | 'env' | 'secret_env' | 'cwd' | 'cache' | 'timeout_ms' | 'network'> & { host_id: number }>`
     WITH v AS (
       SELECT * FROM ${batch}
     ), upd AS (
@@ -320,14 +326,14 @@ export async function markPlaced(tx: Tx, placements: { jobId: number; hostId: nu
       FROM v ${hostCheck}
       WHERE jobs.id = v.id AND jobs.state = ${'queued'}
       RETURNING jobs.id, jobs.attempt, jobs.host_id, jobs.tenant, jobs.arch, jobs.cpus, jobs.memory_bytes, jobs.disk_bytes, jobs.image, jobs.command, jobs.env,
-        jobs.secret_env, jobs.cwd, jobs.timeout_ms, jobs.network
+        jobs.secret_env, jobs.cwd, jobs.cache, jobs.timeout_ms, jobs.network
     ), ev AS (
       INSERT INTO job_events (job_id, attempt, state, host_id) SELECT id, attempt, 'placed', host_id FROM upd
     ), served AS (
       INSERT INTO tenants (name, last_placed_at) SELECT DISTINCT tenant, now() FROM upd
       ON CONFLICT (name) DO UPDATE SET last_placed_at = excluded.last_placed_at
     )
-    SELECT id, attempt, host_id, arch, cpus, memory_bytes, disk_bytes, image, command, env, secret_env, cwd, timeout_ms, network FROM upd`.execute(tx);
+    SELECT id, attempt, host_id, arch, cpus, memory_bytes, disk_bytes, image, command, env, secret_env, cwd, cache, timeout_ms, network FROM upd`.execute(tx);
   return r.rows.map((x) => ({
     id: x.id,
     attempt: x.attempt,
@@ -344,6 +350,7 @@ export async function markPlaced(tx: Tx, placements: { jobId: number; hostId: nu
       ...(x.cwd === null ? {} : { cwd: x.cwd }),
       timeoutMs: x.timeout_ms,
       network: x.network === 'user' ? 'user' : 'none',
+      ...(x.cache ? { cache: x.cache } : {}),
     },
   }));
 }

@@ -139,6 +139,7 @@ TABLE hosts
   state_since timestamp with time zone NOT NULL DEFAULT now()
   wake_failures integer NOT NULL DEFAULT 0
   wake_marked_until timestamp with time zone
+  caches jsonb
   CONSTRAINT hosts_name_key UNIQUE (name)
   CONSTRAINT hosts_pkey PRIMARY KEY (id)
   CONSTRAINT hosts_state_check CHECK ((state = ANY (ARRAY['online'::text, 'draining'::text, 'asleep'::text, 'waking'::text, 'offline'::text])))
@@ -215,6 +216,7 @@ TABLE jobs
   running_at timestamp with time zone
   finished_at timestamp with time zone
   secret_env jsonb NOT NULL DEFAULT '[]'::jsonb
+  cache jsonb
   CONSTRAINT jobs_cpus_check CHECK ((cpus > 0))
   CONSTRAINT jobs_disk_bytes_check CHECK ((disk_bytes > 0))
   CONSTRAINT jobs_memory_bytes_check CHECK ((memory_bytes > 0))

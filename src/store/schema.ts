@@ -5,6 +5,7 @@
  */
 import type { ColumnType, Generated, Insertable, Selectable } from 'kysely';
 import type { HostMirror } from '../core/host.ts';
+import type { HostCacheMsg, JobCacheMsg } from '../core/agent-protocol.ts';
 import type { HostPower } from '../core/power.ts';
 import type { GitHubTables } from './github-schema.ts';
 
@@ -28,6 +29,8 @@ export interface JobsTable {
   env: Json<Record<string, string>>;
   /** Names of env entries that are secrets (migration 0010). */
   secret_env: ColumnType<string[], string | undefined, string>;
+  /** The job's warm cache (migration 0030); null: none. */
+  cache: ColumnType<JobCacheMsg | null, string | null | undefined, string | null>;
   cwd: string | null;
   timeout_ms: number;
   network: string;
@@ -86,6 +89,8 @@ export interface HostsTable {
   last_seen_at: Timestamp;
   created_at: Generated<Date>;
   mirror: ColumnType<HostMirror | null, string | null | undefined, string | null>;
+  /** The warm caches the host's agent last reported (migration 0030); null: none reported. */
+  caches: ColumnType<HostCacheMsg[] | null, string | null | undefined, string | null>;
   power: ColumnType<HostPower | null, string | null | undefined, string | null>;
   state_since: Generated<Date>;
   wake_failures: Generated<number>;

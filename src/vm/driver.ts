@@ -70,6 +70,12 @@ export interface VmSpec {
    * of the booted image instead of booting it; false always boots cold (`kiln run --cold`).
    */
   warm?: boolean;
+  /**
+   * A warm cache disk (src/vm/cache-store.ts): the qcow2 overlay the caller made, attached as an extra virtio
+   * disk (serial kiln-cache) and mounted by kiln-init at /cache. The caller owns the file; a VM with a cache
+   * boots cold.
+   */
+  cacheDisk?: string;
 }
 
 /** How a VM came up, as its start gate is told. */
@@ -118,7 +124,13 @@ export interface VmTimings {
 }
 
 export type VmResult =
-  | { outcome: 'exited'; exitCode: number; timings: VmTimings }
+  | {
+      outcome: 'exited';
+      exitCode: number;
+      timings: VmTimings;
+      /** With a cache disk: the guest synced and unmounted /cache before it reported the exit (only then may it be committed). */
+      cacheClean?: boolean;
+    }
   | { outcome: 'timed_out'; timings: VmTimings }
   | { outcome: 'killed'; reason: string; timings: VmTimings }
   | { outcome: 'boot_failed'; code: string; message: string; consoleTail: string[]; timings: VmTimings }

@@ -17,6 +17,8 @@ export interface QemuLaunch {
   pidFile: string;
   scratchDisk?: string;
   rootDisk?: string;
+  /** A warm cache disk (qcow2 overlay), found by the guest through its serial `kiln-cache`. */
+  cacheDisk?: string;
   /**
    * A virtio-net NIC on QEMU user networking (IPv4 only). `restrict`: nothing leaves but the forwards.
    * Each forward runs `socat` per guest connection, to a unix socket kiln relays (src/vm/forwards.ts).
@@ -123,6 +125,11 @@ export function buildQemuArgs(l: QemuLaunch): string[] {
   for (const [name, file, format] of disks) {
     args.push('-drive', `id=${name},file=${file},format=${format},if=none,cache=unsafe,discard=unmap`);
     args.push('-device', `virtio-blk-device,drive=${name}`);
+  }
+  // The cache disk outlives the VM (it may be committed), so the guest's flushes are honoured (writeback, not unsafe).
+  if (l.cacheDisk) {
+    args.push('-drive', `id=cache,file=${l.cacheDisk},format=qcow2,if=none,cache=writeback,discard=unmap`);
+    args.push('-device', 'virtio-blk-device,drive=cache,serial=kiln-cache');
   }
   if (l.ramFile) {
     args.push('-object', `memory-backend-file,id=pc.ram,size=${l.memoryMiB}M,mem-path=${l.ramFile.path.replaceAll(',', ',,')},share=${l.ramFile.shared ? 'on' : 'off'}`);

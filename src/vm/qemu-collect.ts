@@ -37,7 +37,7 @@ export function vmResult(w: VmWatch, c: Collected, timings: VmTimings, tEnd: num
   timings.runMs = w.tReady ? (w.tExit || w.tStop || c.tGone) - w.tReady : 0;
   timings.teardownMs = tEnd - (w.tExit || w.tStop || c.tGone);
   if (w.guestUptimeAtInitMs !== undefined) timings.guestUptimeAtInitMs = w.guestUptimeAtInitMs;
-  if (w.exitCode !== undefined) return { outcome: 'exited', exitCode: w.exitCode, timings };
+  if (w.exitCode !== undefined) return { outcome: 'exited', exitCode: w.exitCode, timings, ...(w.cacheClean ? { cacheClean: true } : {}) };
   if (w.stopReason?.kind === 'timed_out') return { outcome: 'timed_out', timings };
   if (w.stopReason?.kind === 'killed') return { outcome: 'killed', reason: w.stopReason.reason, timings };
   if (!w.tReady) {

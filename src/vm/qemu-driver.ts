@@ -120,12 +120,20 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
     : undefined;
   const launchOptions = (accel: 'kvm' | 'tcg'): LaunchOptions => ({ accel, hostArch, tscKhz: () => (tscKhz ??= hostTscKhz(readText('/proc/cpuinfo'))) });
 
+  const WARM_OFF = 'warm starts are off';
   /**
    * Why this spec boots cold even with warm starts on; undefined if it may restore. Every image, network mode
    * and forward restores warm now (docs/ARCHITECTURE.md, "Warm starts"): the per-VM settings travel on kiln.ctl
-   * after the restore, and the forwards are the restored QEMU's own (its command line, its VM directory).
+   * after the restore, and the forwards are the restored QEMU's own (its command line, its VM directory). A VM
+   * with a cache disk (docs/caches.md) boots cold.
    */
-  const coldReason = (spec: VmSpec): string | undefined => (!warm || spec.warm === false ? 'warm starts are off' : undefined);
+  const coldReason = (spec: VmSpec): string | undefined => {
+    if (!warm || spec.warm === false) return WARM_OFF;
+    // A snapshot's device set has no cache disk (snapshotDevices; the guest mounts /cache at boot), so such a VM
+    // cannot be restored from one: it boots cold, and the agent's planner does not count it as a use.
+    if (spec.cacheDisk) return 'a VM with a cache disk boots cold (snapshots have no cache disk)';
+    return undefined;
+  };
 
   async function start(spec: VmSpec, out: VmOutput): Promise<RunningVm> {
     validateVmSpec(spec, (id) => running.has(id) || vmDirExists(vmsDir, id));
@@ -138,8 +146,10 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
     if (warm && why === undefined) {
       await verifyImage(spec);
       choice = await warm.choose(spec, accel, launchBase(spec, launchOptions(accel), false), out);
-    } else if (warm && spec.warm !== false) {
-      opts.logger?.debug({ vmId: spec.id, why }, 'cold start');
+    } else if (warm && why !== WARM_OFF) {
+      // One line for the user (kiln run) and in the log (the agent has no note sink).
+      out.note?.(`cold start: ${why}`);
+      opts.logger?.info({ vmId: spec.id }, `cold start: ${why}`);
     }
     if (choice) {
       try {

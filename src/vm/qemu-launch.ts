@@ -74,6 +74,7 @@ export function qemuArgsFor(spec: VmSpec, vm: PreparedVm, o: LaunchOptions, snap
     pidFile: join(vm.host.vmDir, 'qemu.pid'),
     scratchDisk: vm.scratchDisk,
     ...(vm.rootOverlay ? { rootDisk: vm.rootOverlay } : {}),
+    ...(spec.cacheDisk ? { cacheDisk: spec.cacheDisk } : {}),
     ...(network ? { network } : {}),
   });
 }

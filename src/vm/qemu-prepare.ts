@@ -89,6 +89,9 @@ export function validateVmSpec(spec: VmSpec, exists: (id: string) => boolean): v
     }
   }
   for (const a of spec.egress?.allow ?? []) parseAllowEntry(a);
+  if (spec.cacheDisk !== undefined && (!spec.cacheDisk.startsWith('/') || /[,\s'"\\]/.test(spec.cacheDisk) || !existsSync(spec.cacheDisk))) {
+    throw new KilnError('vm.bad_cache_disk', `the cache disk ${spec.cacheDisk} is missing, not absolute, or has a comma, space or quote`, { kind: 'internal' });
+  }
   if (spec.job.command.length === 0 || spec.job.command[0] === '') {
     throw new KilnError('input.no_command', 'no command to run', { hint: 'put the command after --, e.g. `kiln run -- uname -a`' });
   }

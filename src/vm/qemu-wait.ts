@@ -27,6 +27,8 @@ export interface VmWatch {
   exitCode?: number;
   stopReason?: StopReason;
   lastStep: string;
+  /** kiln-init reported `STEP cache-clean`: /cache was synced and unmounted before the exit. */
+  cacheClean: boolean;
   /** The first 8 KiB QEMU wrote to stderr. */
   qemuStderr: string;
   bootTimeoutMs: number;
@@ -73,6 +75,7 @@ export function watchVm(spec: VmSpec, vm: PreparedVm, proc: ChildProcess, out: V
     tExit: 0,
     tStop: 0,
     lastStep: '',
+    cacheClean: false,
     qemuStderr: '',
     bootTimeoutMs: o.bootTimeoutMs ?? defaultBootTimeoutMs(spec, o.accel),
     outputs: [],
@@ -142,6 +145,7 @@ export function watchVm(spec: VmSpec, vm: PreparedVm, proc: ChildProcess, out: V
           w.guestUp(s);
         } else if (msg.type === 'step') {
           w.lastStep = msg.name;
+          if (msg.name === 'cache-clean' && w.phase === 'running') w.cacheClean = true;
           if (msg.name === 'identity') w.onIdentity?.(undefined);
           else if (msg.name.startsWith('identity-failed')) w.onIdentity?.(msg.name.slice('identity-failed:'.length) || 'unknown');
         } else if (msg.type === 'exit' && w.phase === 'running') {

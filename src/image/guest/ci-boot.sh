@@ -41,6 +41,28 @@ else
 fi
 step ci-disk
 
+# A warm cache (docs/caches.md): kiln-init mounted it at /cache. Docker's and containerd's data (BuildKit's
+# included), buildah's storage and the usual tool caches go there instead of the scratch disk, so what a
+# trusted job pulls, builds or downloads is there for the next job. (A VM with a cache disk boots cold, never
+# from a snapshot, so the restore hook below never meets one.)
+if [ -n "$cachedev" ] && grep -q ' /cache ' /proc/mounts; then
+  for d in docker containerd containers npm pip go-mod go-build cargo-registry apt-archives; do mkdir -p "/cache/$d"; done
+  mount --bind /cache/docker /var/lib/docker
+  mount --bind /cache/containerd /var/lib/containerd
+  mount --bind /cache/containers /var/lib/containers
+  mkdir -p /root/.cargo/registry /var/cache/apt/archives /root/.config/pip /root/.config/go
+  mount --bind /cache/cargo-registry /root/.cargo/registry
+  mount --bind /cache/apt-archives /var/cache/apt/archives
+  printf 'cache=/cache/npm\n' > /root/.npmrc
+  printf '[global]\ncache-dir = /cache/pip\n' > /etc/pip.conf
+  printf 'GOMODCACHE=/cache/go-mod\nGOCACHE=/cache/go-build\n' > /root/.config/go/env
+  # Debian's apt deletes downloaded packages after install; keep them in the cache.
+  rm -f /etc/apt/apt.conf.d/docker-clean
+  printf 'Binary::apt::APT::Keep-Downloaded-Packages "true";\nAPT::Keep-Downloaded-Packages "true";\n' > /etc/apt/apt.conf.d/10kiln-cache
+  KILN_CACHE_TOOLS=1
+  step ci-cache
+fi
+
 mirror=
 others=
 kiln_apply_mirror() {

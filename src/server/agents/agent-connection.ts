@@ -12,7 +12,7 @@ import { disconnectHost } from '../../store/hosts.ts';
 import type { GatewayDeps } from './agent-gateway.ts';
 import type { HostLink } from './host-registry.ts';
 import { hello, hostStatus, powerError, sleeping } from './host-session.ts';
-import { done, phase, start } from './job-reports.ts';
+import { cacheAsk, done, phase, start } from './job-reports.ts';
 
 /** One connection's state, shared by the message handlers. */
 export interface Connection {
@@ -177,6 +177,8 @@ export function handleConnection(deps: GatewayDeps, socket: WebSocket): { ended:
         return sleeping(deps, c, msg);
       case 'power.error':
         return powerError(deps, c, msg);
+      case 'cache.ask':
+        return cacheAsk(deps, c, msg);
     }
   }
 

@@ -35,6 +35,11 @@ export interface GatewayDeps {
   power?: {
     connected(hostId: number, woke: { latencyMs: number; jobs: number } | undefined): void;
   };
+  /**
+   * Whether a finished job whose cache write is 'ask' (a GitHub runner VM) may commit its cache
+   * (docs/caches.md). Unset: never.
+   */
+  cacheTrust?: (jobId: number) => Promise<{ write: boolean; reason?: string; ref?: string; commit?: string }>;
 }
 
 export interface AgentGateway {

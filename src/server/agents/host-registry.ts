@@ -65,6 +65,8 @@ export interface HostLink {
    * connection, held by the replica the agent is connected to (not stored: see docs/ARCHITECTURE.md, "Hosts").
    */
   snapshots?: SnapshotStateMsg[];
+  /** Cache keys the host holds, from its latest hello or host.status (placement's cache affinity). */
+  caches?: ReadonlySet<string>;
   send(m: ServerMessage): void;
   close(code: number, reason: string): void;
 }
@@ -108,6 +110,8 @@ export class HostRegistry {
         slot = { id: l.hostId, arch: l.arch, labels: l.labels, capacity: l.capacity, free: { cpus: 0, memoryBytes: 0, diskBytes: 0 } };
         this.slotOf.set(l, slot);
       }
+      if (l.caches) slot.caches = l.caches;
+      else delete slot.caches;
       const u = l.active.used;
       slot.free.cpus = l.capacity.cpus - u.cpus;
       slot.free.memoryBytes = l.capacity.memoryBytes - u.memoryBytes;

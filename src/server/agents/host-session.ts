@@ -1,13 +1,13 @@
 /**
  * A host's session on the server, from the agent's messages about the host itself: `hello` (register the
  * host, reconcile what it runs against the store, `welcome`, launch what was placed meanwhile), its status
- * (the registry mirror) and its power (going to sleep, a sleep that failed).
+ * (the registry mirror, warm-start snapshots, the caches it holds) and its power (going to sleep, a sleep that failed).
  */
 import type { AgentMessageOf } from '../../core/agent-protocol.ts';
 import { CLOSE_HOST_REFUSED, PROTOCOL_VERSION } from '../../core/agent-protocol.ts';
 import { isKilnError } from '../../core/errors.ts';
 import { launchSpecOf } from '../../core/job.ts';
-import { hostStates, registerHost, setHostMirror } from '../../store/hosts.ts';
+import { hostStates, registerHost, setHostCaches, setHostMirror } from '../../store/hosts.ts';
 import { activeJobsOnHosts, getJob } from '../../store/jobs.ts';
 import { markAsleep, recordPowerError } from '../../store/power.ts';
 import type { Connection } from './agent-connection.ts';
@@ -36,6 +36,7 @@ export async function hello(deps: GatewayDeps, c: Connection, msg: AgentMessageO
     return;
   }
   const host = registered.host;
+  if (msg.caches) await setHostCaches(ctx.store.db, host.id, ctx.serverId, msg.caches);
   c.connectedAt = host.connectedAt;
   const hlog = ctx.log.child({ hostId: host.id, host: host.name });
   const l: HostLink = {
@@ -49,6 +50,7 @@ export async function hello(deps: GatewayDeps, c: Connection, msg: AgentMessageO
     schedulable: host.state === 'online' && !host.cordoned,
     ready: false,
     ...(msg.snapshots ? { snapshots: msg.snapshots } : {}),
+    ...(msg.caches ? { caches: new Set(msg.caches.map((x) => x.key)) } : {}),
     send: c.send,
     close: c.close,
   };
@@ -145,6 +147,10 @@ export async function hostStatus(deps: GatewayDeps, c: Connection, msg: AgentMes
   if (!c.link) return;
   const l = c.link;
   if (msg.snapshots) l.snapshots = msg.snapshots;
+  if (msg.caches) {
+    l.caches = new Set(msg.caches.map((x) => x.key));
+    await setHostCaches(ctx.store.db, l.hostId, ctx.serverId, msg.caches);
+  }
   if (!(await setHostMirror(ctx.store.db, l.hostId, ctx.serverId, msg.mirror ?? null))) return;
   ctx.events.emit('host.status', { hostId: l.hostId, name: l.name, mirror: msg.mirror ?? null });
 }

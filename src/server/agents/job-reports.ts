@@ -1,6 +1,7 @@
 /**
  * What an agent reports about its jobs: phases (booting, running), start requests (the start lease: a
- * command runs only once its running state is stored), and results, applied only once every output chunk
+ * command runs only once its running state is stored), cache questions (may a finished job's cache be
+ * committed: cache.ask, docs/caches.md), and results, applied only once every output chunk
  * the agent sent for that attempt is stored.
  */
 import type { AgentMessageOf, JobResultMsg } from '../../core/agent-protocol.ts';
@@ -70,9 +71,37 @@ export async function applyResult(deps: GatewayDeps, l: HostLink, r: JobResultMs
   }
   l.send({ type: 'done.ack', jobId: r.jobId, attempt: r.attempt });
   if (res) deps.jobs.finished(l.hostId, res);
+  if (res && r.cache) countCache(deps, r.cache);
   // A VM that could not be launched, did not boot or crashed here makes the scheduler prefer other hosts.
   if (res?.job.state === 'failed' && (r.outcome === 'launch_failed' || r.outcome === 'boot_failed' || r.outcome === 'crashed')) {
     deps.ctx.events.emit('host.launch_failed', { hostId: l.hostId, jobId: r.jobId, code: r.code ?? `vm.${r.outcome}` });
   }
   deps.scheduler.capacityFreed();
+}
+
+/** A job's cache, once per applied result (a resent result changes nothing and is not counted). */
+function countCache(deps: GatewayDeps, c: NonNullable<JobResultMsg['cache']>): void {
+  const m = deps.ctx.metrics;
+  (c.hit ? m.cacheHits : m.cacheMisses).inc();
+  if (c.committed) {
+    m.cacheCommits.inc();
+    m.cacheCommittedBytes.inc(c.committed.bytes);
+    m.cacheCommitSeconds.observe(c.committed.seconds);
+  }
+  if (c.evicted) m.cacheEvictions.inc(c.evicted);
+}
+
+/** Answers cache.ask off the message queue (it may call GitHub's API); the default is no. */
+export function cacheAsk(deps: GatewayDeps, c: Connection, msg: AgentMessageOf<'cache.ask'>): void {
+  if (!c.link) return;
+  const ask = c.link.active.get(msg.jobId)?.attempt === msg.attempt ? deps.cacheTrust : undefined;
+  void (async () => {
+    let a: { write: boolean; reason?: string; ref?: string; commit?: string };
+    try {
+      a = ask ? await ask(msg.jobId) : { write: false, reason: 'this server decides no cache writes for such jobs' };
+    } catch (e) {
+      a = { write: false, reason: `the trust check failed: ${(e as Error).message}`.slice(0, 500) };
+    }
+    if (!c.closed) c.send({ type: 'cache.answer', jobId: msg.jobId, attempt: msg.attempt, write: a.write, ...(a.reason ? { reason: a.reason.slice(0, 500) } : {}), ...(a.ref ? { ref: a.ref } : {}), ...(a.commit ? { commit: a.commit } : {}) });
+  })();
 }

@@ -36,6 +36,7 @@ function countingApi(): { api: GitHubApi; calls: () => number; limitNext(ms: num
     api: {
       getJob: () => call(null),
       getRun: () => call(null),
+      getDefaultBranch: () => call(null),
       generateJitConfig: () => call({ runnerId: 1, encodedJitConfig: 'x' }),
       listRunners: () => call([]),
       getRunner: () => call(null),

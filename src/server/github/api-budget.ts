@@ -66,6 +66,7 @@ export function withApiBudget(api: GitHubApi, o: ApiBudgetOptions): GitHubApi {
   return {
     getJob: (...a) => guard(() => api.getJob(...a)),
     getRun: (...a) => guard(() => api.getRun(...a)),
+    getDefaultBranch: (...a) => guard(() => api.getDefaultBranch(...a)),
     generateJitConfig: (...a) => guard(() => api.generateJitConfig(...a)),
     listRunners: (...a) => guard(() => api.listRunners(...a)),
     getRunner: (...a) => guard(() => api.getRunner(...a)),

@@ -52,7 +52,9 @@ export interface GhDelivery {
 
 export interface GitHubApi {
   getJob(inst: Installation, jobId: number): Promise<GhJobStatus | null>;
-  getRun(inst: Installation, runId: number): Promise<{ headRepo: string | null; event: string } | null>;
+  getRun(inst: Installation, runId: number): Promise<{ headRepo: string | null; event: string; headBranch?: string | null; headSha?: string | null } | null>;
+  /** The repository's default branch (GET /repos/{owner}/{repo}); null when it cannot be read. */
+  getDefaultBranch(inst: Installation): Promise<string | null>;
   generateJitConfig(inst: Installation, scope: Scope, body: { name: string; labels: string[]; runnerGroupId: number }): Promise<{ runnerId: number; encodedJitConfig: string }>;
   listRunners(inst: Installation, scope: Scope, name?: string): Promise<GhRunner[]>;
   getRunner(inst: Installation, scope: Scope, runnerId: number): Promise<GhRunner | null>;
@@ -232,8 +234,14 @@ export function makeGitHubClient(o: GitHubClientOptions): GitHubApi & { tokenMin
       const r = await inst(i, 'GET', `/repos/${i.owner}/${i.repo}/actions/runs/${runId}`);
       if (r.status === 404) return null;
       if (r.status !== 200) fail(`reading run ${runId}`, r);
-      const b = r.body as { event: string; head_repository?: { full_name: string } | null };
-      return { event: b.event, headRepo: b.head_repository?.full_name ?? null };
+      const b = r.body as { event: string; head_repository?: { full_name: string } | null; head_branch?: string | null; head_sha?: string | null };
+      return { event: b.event, headRepo: b.head_repository?.full_name ?? null, headBranch: b.head_branch ?? null, headSha: b.head_sha ?? null };
+    },
+    async getDefaultBranch(i) {
+      const r = await inst(i, 'GET', `/repos/${i.owner}/${i.repo}`);
+      if (r.status !== 200) return null;
+      const b = r.body as { default_branch?: unknown };
+      return typeof b.default_branch === 'string' ? b.default_branch : null;
     },
     async generateJitConfig(i, s, body) {
       const r = await inst(i, 'POST', `${base(s)}/actions/runners/generate-jitconfig`, { name: body.name, runner_group_id: body.runnerGroupId, labels: body.labels });

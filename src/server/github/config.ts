@@ -40,6 +40,11 @@ export interface GitHubConfig {
   allow: string[];
   /** Public repositories (`owner/repo`, or `owner` for all of an owner's) whose fork pull requests may run. */
   forkPrAllowed: string[];
+  /**
+   * Branches whose pushes may write caches besides each repository's default branch (docs/caches.md):
+   * `owner/repo:branch` for one repository, or `branch` for all (KILN_GITHUB_CACHE_WRITE_BRANCHES).
+   */
+  cacheWriteBranches: string[];
   /** Register runners per repository (default) or per organization (org-owned repositories only). */
   runnerLevel: 'repo' | 'org';
   runnerGroupId: number;
@@ -83,6 +88,7 @@ export interface GitHubFileConfig {
   apiUrl?: string;
   allow?: string[];
   forkPrAllowed?: string[];
+  cacheWriteBranches?: string[];
   runnerLevel?: string;
   runnerGroupId?: number;
   maxRunners?: number;
@@ -191,6 +197,10 @@ export function parseGitHubConfig(env: Record<string, string | undefined>, file:
   for (const a of [...allow, ...forkPrAllowed]) {
     if (!/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)?$/.test(a)) problems.push(`"${a}" is not an owner or owner/repo`);
   }
+  const cacheWriteBranches = list(env.KILN_GITHUB_CACHE_WRITE_BRANCHES) ?? file.cacheWriteBranches ?? [];
+  for (const b of cacheWriteBranches) {
+    if (!/^([A-Za-z0-9_.-]+\/[A-Za-z0-9_.-]+:)?[A-Za-z0-9_./-]+$/.test(b)) problems.push(`cache write branch "${b}" is not a branch or owner/repo:branch`);
+  }
   const apiUrl = (env.KILN_GITHUB_API_URL ?? file.apiUrl ?? GITHUB_DEFAULTS.apiUrl).replace(/\/+$/, '');
   if (!/^https?:\/\//.test(apiUrl)) problems.push(`GitHub API URL "${apiUrl}" is not an http(s) URL`);
   const cmd = runnerCommand(env.KILN_GITHUB_RUNNER_COMMAND, problems) ?? file.runnerCommand ?? [...GITHUB_DEFAULTS.runnerCommand];
@@ -203,6 +213,7 @@ export function parseGitHubConfig(env: Record<string, string | undefined>, file:
     apiUrl,
     allow,
     forkPrAllowed,
+    cacheWriteBranches,
     runnerLevel: level === 'org' ? 'org' : 'repo',
     runnerGroupId: num(env.KILN_GITHUB_RUNNER_GROUP_ID ?? file.runnerGroupId, 'runner group id', GITHUB_DEFAULTS.runnerGroupId, 1),
     maxRunners: num(env.KILN_GITHUB_MAX_RUNNERS ?? file.maxRunners, 'max runners', GITHUB_DEFAULTS.maxRunners, 0),

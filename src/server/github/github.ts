@@ -26,7 +26,10 @@ import { ingestDeliveries } from './ingest.ts';
 import { registerWebhook } from './intake.ts';
 import { makeRunnerVmWrites } from './job-writes.ts';
 import { makeGitHubMetrics } from './metrics.ts';
-import { makeStep, type GitHubParts } from './parts.ts';
+import { jobInstallation, makeStep, type GitHubParts } from './parts.ts';
+import { cacheWriteDecision } from './policy.ts';
+import { getGhJob } from '../../store/github-jobs.ts';
+import { getRunnerByKilnJob } from '../../store/github-runners.ts';
 import { makeProvisioner } from './provisioner.ts';
 import { makeReconciler } from './reconciler.ts';
 import { makeRedelivery } from './redelivery.ts';
@@ -59,6 +62,8 @@ export interface GitHubService {
   /** Holds the loop and waits for a pass in flight (tests: let a burst land before processing). */
   pause(): Promise<void>;
   resume(): void;
+  /** May runner VM `kilnJobId` commit its cache? Decided from the GitHub job the runner took (docs/caches.md). */
+  cacheTrust(kilnJobId: number): Promise<{ write: boolean; reason?: string; ref?: string; commit?: string }>;
 }
 
 export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
@@ -121,5 +126,25 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
     },
     pause: () => loop.pause(),
     resume: () => loop.resume(),
+    async cacheTrust(kilnJobId) {
+      const r = await getRunnerByKilnJob(p.db, kilnJobId);
+      if (!r) return { write: false, reason: 'the VM is not a GitHub runner kiln knows' };
+      if (!r.job) return { write: false, reason: 'kiln has not learnt which GitHub job the runner ran' };
+      const j = await getGhJob(p.db, r.job);
+      if (!j) return { write: false, reason: 'the GitHub job the runner ran is not recorded' };
+      const inst = jobInstallation(j);
+      const [run, defaultBranch] = await Promise.all([api.getRun(inst, j.runId), api.getDefaultBranch(inst)]);
+      const d = cacheWriteDecision({
+        repo: j.repo,
+        event: run?.event ?? null,
+        headRepo: run?.headRepo ?? null,
+        headBranch: run?.headBranch ?? null,
+        defaultBranch,
+        decision: j.decision,
+        extraBranches: config.cacheWriteBranches,
+      });
+      log.info({ runner: r.name, ghJobId: j.jobId, write: d.write, ...(d.write ? {} : { reason: d.reason }) }, 'cache write decided');
+      return d.write ? { write: true, ...(run?.headBranch ? { ref: `refs/heads/${run.headBranch}` } : {}), ...(run?.headSha ? { commit: run.headSha } : {}) } : { write: false, reason: d.reason };
+    },
   };
 }

@@ -5,7 +5,7 @@
  * forward-only order of workflow_job actions.
  */
 import { isKilnError } from '../../core/errors.ts';
-import { parseLabels, type Requirements } from '../../core/requirements.ts';
+import { cacheFromLabels, parseLabels, type Requirements } from '../../core/requirements.ts';
 
 export type LabelDecision =
   | { kind: 'ignore' }
@@ -26,6 +26,7 @@ export function classifyLabels(labels: readonly string[]): LabelDecision {
   let requirements: Requirements;
   try {
     requirements = parseLabels(labels);
+    cacheFromLabels(labels);
   } catch (e) {
     if (isKilnError(e)) return { kind: 'refuse', code: e.code, reason: e.message };
     throw e;
@@ -70,6 +71,40 @@ export function forkDecision(o: { repo: string; isPrivate: boolean; headRepo: st
     code: 'github.fork_pr',
     reason: `the run comes from ${o.headRepo ?? 'an unknown repository'}, a fork of the public repository ${o.repo}; fork pull requests are refused unless the repository is listed in KILN_GITHUB_FORK_PR_ALLOWED (github.forkPrAllowed in the config file)`,
   };
+}
+
+/** What kiln knows of the run a GitHub job belongs to, when deciding whether it may write its cache. */
+export interface CacheTrustInput {
+  repo: string;
+  /** The workflow run's event (push, pull_request, …), from GitHub's API. */
+  event: string | null;
+  /** The run's head repository: a fork's name for a fork pull request. */
+  headRepo: string | null;
+  headBranch: string | null;
+  /** The repository's default branch, from the webhook. */
+  defaultBranch: string | null;
+  /** kiln's admission decision for the job. */
+  decision: string;
+  /** Branches besides the default one whose pushes may write caches (github.cacheWriteBranches, `repo:branch` or `branch`). */
+  extraBranches: readonly string[];
+}
+
+/**
+ * The cache write rule for GitHub jobs (docs/caches.md): only a push to the repository's default branch
+ * (or a branch configured for it), made in the repository itself, by a job kiln accepted. Never a pull
+ * request (from a fork or not), never an untrusted or refused job. Tags are not recognised yet (GitHub's
+ * run object does not say whether head_branch names a tag): configure them as branches to allow them. Pure.
+ */
+export function cacheWriteDecision(i: CacheTrustInput): { write: true } | { write: false; reason: string } {
+  if (i.decision !== 'accepted') return { write: false, reason: `kiln did not accept the job (${i.decision})` };
+  if (i.event !== 'push') return { write: false, reason: `the run's event is ${i.event ?? 'unknown'}, not a push` };
+  if (!i.headRepo || i.headRepo.toLowerCase() !== i.repo.toLowerCase()) return { write: false, reason: `the run comes from ${i.headRepo ?? 'an unknown repository'}, not ${i.repo}` };
+  const b = i.headBranch;
+  if (!b) return { write: false, reason: 'the run names no branch' };
+  const repo = i.repo.toLowerCase();
+  const extra = i.extraBranches.some((x) => x === b || x.toLowerCase() === `${repo}:${b.toLowerCase()}`);
+  if (b !== i.defaultBranch && !extra) return { write: false, reason: `a push to ${b}, not to the default branch ${i.defaultBranch ?? '(unknown)'}` };
+  return { write: true };
 }
 
 export { GH_JOB_STATES, advances, ghStateOfAction, type GhJobState } from '../../core/github-job-state.ts';

@@ -5,6 +5,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { KilnError, isKilnError, toKilnError } from '../../core/errors.ts';
+import type { JobSpec } from '../../core/job.ts';
+import { cacheFromLabels } from '../../core/requirements.ts';
 import { isTerminal } from '../../core/job-state.ts';
 import { isAvailableRunner, nextRunnerState, LIVE_RUNNER_STATES, type RunnerEvent } from '../../core/runner-state.ts';
 import { getGhJob, listQueuedAccepted, recentDemandKeys, updateGhJob, type GhJob, type GhJobKey } from '../../store/github-jobs.ts';
@@ -135,6 +137,7 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites): Provisione
       timeoutMs: config.runnerTimeoutMs,
       network: 'user',
       priority: 0,
+      ...runnerCache(config.tenant, j),
     });
     await setRunner({ ...row, name }, { type: 'registered' }, { runnerId: jit.runnerId, kilnJobId: kilnJob.id });
     log.info({ runner: name, ...(forJob ? { ghJobId: forJob.jobId } : { spare: true }), jobId: kilnJob.id, labels: c.runnerLabels }, 'runner VM queued');
@@ -267,3 +270,13 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites): Provisione
   return { setRunner, retire, runnerFailed, syncWithVms, provision };
 }
 
+/**
+ * A runner VM's warm cache (docs/caches.md): the job's `kiln-cache` label (the repository's cache) or
+ * `kiln-cache-KEY`, kept under the GitHub tenant and the repository. Whether the runner may write it back is
+ * asked after the job ('ask'): a runner takes whichever matching job GitHub gives it.
+ */
+export function runnerCache(tenant: string, j: Pick<GhJob, 'labels' | 'repo'>): Pick<JobSpec, 'cache'> {
+  const k = cacheFromLabels(j.labels);
+  if (k === undefined) return {};
+  return { cache: { key: `${tenant}/${j.repo.toLowerCase()}${k ? `/${k}` : ''}`, write: 'ask', by: `github ${j.repo}` } };
+}

@@ -7,11 +7,15 @@ import type { Token, TokenRole } from '../../core/host.ts';
 import { findTokenBySecret, touchToken } from '../../store/tokens.ts';
 import type { Db } from '../../store/store.ts';
 
-export type Permission = 'read' | 'submit' | 'operate' | 'admin' | 'agent';
+/**
+ * `cache-write`: a job submitted with this token may write its warm cache back (docs/caches.md). Kept apart
+ * from `submit` so that a role that only submits (a CI bot's) can be given caches to read, never to change.
+ */
+export type Permission = 'read' | 'submit' | 'operate' | 'admin' | 'agent' | 'cache-write';
 
 const GRANTS: Record<TokenRole, readonly Permission[]> = {
-  admin: ['read', 'submit', 'operate', 'admin'],
-  operator: ['read', 'submit', 'operate'],
+  admin: ['read', 'submit', 'operate', 'admin', 'cache-write'],
+  operator: ['read', 'submit', 'operate', 'cache-write'],
   'read-only': ['read'],
   /** The dashboard's role for people watching the fleet: reads everything an operator sees, changes nothing. */
   viewer: ['read'],

@@ -8,7 +8,7 @@ import { parseLabels, validateRequirements, DEFAULT_REQUIREMENTS, type Requireme
 import { parseDuration, parseSize } from '../../core/sizes.ts';
 import { getJob, jobTransitions, listJobs, startOfDetail } from '../../store/jobs.ts';
 import { SECRET_ENV_KEYS } from '../jobs/job-commands.ts';
-import { mayAccessTenant, tenantScope } from './auth.ts';
+import { allows, mayAccessTenant, tenantScope } from './auth.ts';
 import { API, JOB_MAX_TIMEOUT_MS as MAX_TIMEOUT_MS, JOB_MIN_TIMEOUT_MS as MIN_TIMEOUT_MS, type JobSubmit, type LogLine } from '../../core/http-contract.ts';
 import { readLogs } from '../../store/logs.ts';
 import { checkIdempotencyKey, requestHash } from '../../store/submissions.ts';
@@ -48,6 +48,18 @@ export function resolveSubmission(body: JobSubmit, token: Pick<Token, 'id' | 'ro
   const both = Object.keys(secretEnv).filter((k) => Object.hasOwn(env, k));
   if (both.length > 0) problems.push(`${both.join(', ')} given in both env and secretEnv`);
   if (body.tenant !== undefined && body.tenant !== token.tenant && token.role !== 'admin') problems.push('only admin tokens may submit for another tenant');
+  let cache: JobSpec['cache'];
+  if (body.cache) {
+    const c = body.cache;
+    if (c.key.includes('..')) problems.push(`cache key "${c.key}" may not contain ".."`);
+    const size = c.size === undefined ? undefined : typeof c.size === 'number' ? c.size : attempt(() => parseSize(String(c.size), 'cache size'));
+    if (size !== undefined && (size < 16 * 1024 * 1024 || size > 2 ** 44)) problems.push('cache size must be between 16M and 16T');
+    if (c.write && !allows(token.role, 'cache-write')) {
+      throw new KilnError('auth.forbidden', `a ${token.role} token may not write caches (needs cache-write)`, { hint: 'submit with cache.write false (read only), or use an operator or admin token' });
+    }
+    // Caches are per tenant: the host-side key is prefixed, so one tenant's jobs never read another's cache.
+    cache = { key: `${body.tenant ?? token.tenant}/${c.key}`, write: c.write === true, ...(size !== undefined ? { sizeBytes: size } : {}), by: `api token ${token.id}` };
+  }
   if (problems.length > 0) throw new KilnError('job.bad_request', problems.join('; '), { hint: 'fix the fields named above and submit again' });
   return {
     tenant: body.tenant ?? token.tenant,
@@ -62,6 +74,7 @@ export function resolveSubmission(body: JobSubmit, token: Pick<Token, 'id' | 'ro
     network: body.network ?? 'none',
     priority: body.priority ?? 0,
     submittedBy: token.id,
+    ...(cache ? { cache } : {}),
   };
 }
 

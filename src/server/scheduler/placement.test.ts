@@ -146,3 +146,34 @@ void test('placement with penalties: the failing host is avoided while another f
   // Levels order the hosts: a level-1 host before a level-2 one.
   assert.deepEqual(placeJobs([host(1, 8), host(2, 8), host(3, 8)], [job(1)], undefined, new Map([[1, 2], [2, 1], [3, 2]])).placements, [{ jobId: 1, hostId: 2 }]);
 });
+
+void test('cache affinity: a job goes to a host holding its cache when one has room, else to the best fit (never a wait)', () => {
+  const host = (id: number, cpus: number, caches: string[] = []): HostSlot => ({
+    id,
+    arch: 'amd64',
+    labels: [],
+    capacity: { cpus: 16, memoryBytes: 64 * GiB, diskBytes: 500 * GiB },
+    free: { cpus, memoryBytes: 64 * GiB, diskBytes: 500 * GiB },
+    caches: new Set(caches),
+  });
+  const job = (id: number, cacheKey?: string): JobDemand => ({ id, tenant: 't', arch: 'amd64', cpus: 2, memoryBytes: GiB, diskBytes: GiB, hostLabels: [], ...(cacheKey ? { cacheKey } : {}) });
+  // Host 1 is the tighter fit; host 2 holds the cache: the cache wins.
+  assert.deepEqual(placeJobs([host(1, 2), host(2, 16, ['t/repo'])], [job(1, 't/repo')]).placements, [{ jobId: 1, hostId: 2 }]);
+  // Without a cache key, the tight fit as before.
+  assert.deepEqual(placeJobs([host(1, 2), host(2, 16, ['t/repo'])], [job(1)]).placements, [{ jobId: 1, hostId: 1 }]);
+  // The cache's host is full: the job goes elsewhere now rather than wait.
+  assert.deepEqual(placeJobs([host(1, 4), host(2, 1, ['t/repo'])], [job(1, 't/repo')]).placements, [{ jobId: 1, hostId: 1 }]);
+  // Two jobs of the cache, room for one on its host: the second goes to another host.
+  assert.deepEqual(placeJobs([host(1, 16), host(2, 2, ['t/repo'])], [job(1, 't/repo'), job(2, 't/repo')]).placements, [
+    { jobId: 1, hostId: 2 },
+    { jobId: 2, hostId: 1 },
+  ]);
+});
+
+void test('penalties before cache affinity: a penalised host holding the cache loses to an unpenalised one; among equals the cache wins', () => {
+  const host = (id: number, caches: string[] = []): HostSlot => ({ id, arch: 'amd64', labels: [], capacity: { cpus: 16, memoryBytes: 64 * GiB, diskBytes: 500 * GiB }, free: { cpus: 8, memoryBytes: 64 * GiB, diskBytes: 500 * GiB }, caches: new Set(caches) });
+  const job = (id: number): JobDemand => ({ id, tenant: 't', arch: 'amd64', cpus: 2, memoryBytes: GiB, diskBytes: GiB, hostLabels: [], cacheKey: 't/repo' });
+  assert.deepEqual(placeJobs([host(1, ['t/repo']), host(2)], [job(1)], undefined, new Map([[1, 1]])).placements, [{ jobId: 1, hostId: 2 }]);
+  assert.deepEqual(placeJobs([host(1, ['t/repo']), host(2), host(3, ['t/repo'])], [job(1)], undefined, new Map([[1, 1], [2, 1]])).placements, [{ jobId: 1, hostId: 3 }]);
+  assert.deepEqual(placeJobs([host(1), host(2, ['t/repo'])], [job(1)], undefined, new Map([[1, 1], [2, 1]])).placements, [{ jobId: 1, hostId: 2 }]);
+});

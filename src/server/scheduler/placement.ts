@@ -9,8 +9,11 @@
  * smaller jobs behind it.
  *
  * Preference: hosts may carry a penalty level (recent launch failures, scheduler/host-penalties.ts). A job
- * goes to a host of the lowest level that has room for it, and by fit among those; a penalised host still
- * takes the job when it is the only one with room (de-preferred, never banned).
+ * goes to a host of the lowest level that has room for it; among those, cache affinity comes first: a job
+ * with a warm cache goes to a host holding that cache if one has room (docs/caches.md), and by fit among
+ * those (else the best fit of that level: never a wait). A penalised host still takes the job when it is the
+ * only one with room (de-preferred, never banned), even if another, unpenalised host holds the job's cache
+ * but is full; a penalised host holding the cache loses to an unpenalised one without it.
  */
 import type { Arch } from '../../core/arch.ts';
 import type { Resources } from '../../core/host.ts';
@@ -21,6 +24,8 @@ export interface HostSlot {
   labels: readonly string[];
   capacity: Resources;
   free: Resources;
+  /** Cache keys the host holds (as its agent last reported them). */
+  caches?: ReadonlySet<string>;
 }
 
 export interface JobDemand {
@@ -31,6 +36,8 @@ export interface JobDemand {
   memoryBytes: number;
   diskBytes: number;
   hostLabels: readonly string[];
+  /** The job's warm cache key: hosts holding it are preferred. */
+  cacheKey?: string;
 }
 
 export interface Placement {
@@ -115,6 +122,7 @@ export function placeJobs(
     if (left !== undefined && left <= 0) continue;
     let best = -1;
     let bestPen = Infinity;
+    let bestCold = 2;
     let best0 = Infinity;
     let best1 = Infinity;
     const list = byArch.get(j.arch);
@@ -127,11 +135,16 @@ export function placeJobs(
       const p = pen ? (pen.get(h.id) ?? 0) : 0;
       if (p > bestPen) continue;
       scoreInto(h, f, j, score);
+      const cold = j.cacheKey !== undefined && h.caches?.has(j.cacheKey) ? 0 : 1;
       const s0 = score[0];
       const s1 = score[1];
-      if (p < bestPen || s0 < best0 || (s0 === best0 && (s1 < best1 || (s1 === best1 && h.id < (best < 0 ? Infinity : hosts[best]!.id))))) {
+      // Lexicographic: penalty level, then cache (held first), then fit on the scarcest resource, then the next, then host id.
+      const better =
+        p !== bestPen ? p < bestPen : cold !== bestCold ? cold < bestCold : s0 !== best0 ? s0 < best0 : s1 !== best1 ? s1 < best1 : h.id < (best < 0 ? Infinity : hosts[best]!.id);
+      if (better) {
         best = i;
         bestPen = p;
+        bestCold = cold;
         best0 = s0;
         best1 = s1;
       }

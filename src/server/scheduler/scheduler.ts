@@ -106,6 +106,7 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobC
         memoryBytes: j.requirements.memoryBytes,
         diskBytes: j.requirements.diskBytes,
         hostLabels: j.requirements.hostLabels,
+        ...(j.cacheKey ? { cacheKey: j.cacheKey } : {}),
       }));
       const placements = placeJobs(slots, demands, room, penalties.levels(now())).placements;
       // The update itself keeps only placements on hosts this replica still owns and that still take jobs

@@ -43,6 +43,7 @@ export function testGitHubConfig(apiUrl: string, over: Partial<GitHubConfig> = {
     apiUrl,
     allow: ['acme'],
     forkPrAllowed: [],
+    cacheWriteBranches: [],
     runnerLevel: 'repo',
     runnerGroupId: 1,
     maxRunners: 100,

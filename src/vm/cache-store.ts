@@ -1,0 +1,466 @@
+/**
+ * Warm cache disks (docs/caches.md): a named cache is a series of ext4 disk images kept under the data
+ * directory; each job that asks for the cache gets a qcow2 copy-on-write overlay of the newest committed
+ * version, and a trusted job's overlay may be committed as the next version.
+ *
+ * Layout, one directory per cache (`<data>/caches/<sha256(key)[0..16]>/`, 0700):
+ *   cache.json          { key, sizeBytes, createdAt } (written once, at the first use)
+ *   current             the newest committed version's id: the pointer, replaced by rename (tmp + fsync + rename)
+ *   used                its mtime is the cache's last use (LRU eviction)
+ *   versions/<v>.raw    committed ext4 images, read-only (0444); <v>.json beside each: job, ref, commit, time
+ *   leases/<l>/         one per job using the cache: owner.json (pid, start time, the version read, the
+ *                       version being committed), base.raw (a hard link to the version read, so the version's
+ *                       data lives while the job does whatever the collector deletes), overlay.qcow2, new.raw
+ *
+ * Commit (last-committed-wins, atomic): the overlay is flattened onto a new raw image inside the lease
+ * (qemu-img convert), checked (e2fsck -fp), fsynced, renamed into versions/, its record written and fsynced,
+ * and only then the pointer replaced. A crash before the pointer's rename leaves the previous version
+ * current; the half-made files are collected later. Old versions go once no live lease names them.
+ * No lock is taken: every step is a rename or a link, and the pointer's last rename wins.
+ */
+import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import {
+  closeSync,
+  existsSync,
+  fsyncSync,
+  linkSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { KilnError } from '../core/errors.ts';
+import { formatSize } from '../core/sizes.ts';
+import { checkDiskSpace, ensureExt4Base } from './disks.ts';
+import { currentOwner, ownerAlive, type Owner } from './process.ts';
+import { writeQcow2Overlay } from './qcow2.ts';
+
+const GiB = 1024 * 1024 * 1024;
+export const DEFAULT_CACHE_SIZE = 4 * GiB;
+export const DEFAULT_CACHE_BUDGET = 20 * GiB;
+export const MIN_CACHE_SIZE = 16 * 1024 * 1024;
+
+/** Who wrote a version: recorded with it and shown by `kiln caches inspect`. */
+export interface CacheWriter {
+  jobId?: string;
+  ref?: string;
+  commit?: string;
+  /** Free text: `kiln run` on this host, a GitHub repository, the API's token name. */
+  by?: string;
+}
+
+export interface CacheVersion extends CacheWriter {
+  id: string;
+  createdAt: string;
+  /** Bytes the image takes on disk (allocated blocks). */
+  bytes: number;
+  /** Seconds the commit took (flatten, check, sync, rename). */
+  commitSeconds?: number;
+}
+
+export interface CacheInfo {
+  key: string;
+  id: string;
+  /** The ext4 file system's size: what a job can write into /cache. */
+  sizeBytes: number;
+  current?: CacheVersion;
+  versions: CacheVersion[];
+  /** Allocated bytes of every version and live overlay. */
+  bytes: number;
+  lastUsedAt: string;
+  /** Live leases: jobs using the cache now. */
+  inUse: number;
+}
+
+export interface CacheLease {
+  key: string;
+  /** The copy-on-write overlay to attach to the VM (VmSpec.cacheDisk). */
+  overlayPath: string;
+  /** The version this job reads; undefined: the cache had none (an empty file system). */
+  version?: string;
+  /** Whether the job starts from a committed version (a hit) or an empty cache (a miss). */
+  hit: boolean;
+  /** Commits the overlay as the cache's newest version. Call only after the guest unmounted /cache cleanly. */
+  commit(writer: CacheWriter): Promise<CacheVersion>;
+  /** Drops the overlay and the lease (idempotent). */
+  release(): void;
+}
+
+export interface CacheCounters {
+  hits: number;
+  misses: number;
+  commits: number;
+  commitFailures: number;
+  commitSecondsTotal: number;
+  committedBytes: number;
+  evictions: number;
+}
+
+export interface CacheStoreOptions {
+  /** Host budget in allocated bytes over all caches; the least recently used caches not in use go beyond it. */
+  budgetBytes?: number;
+  logger?: Logger;
+  /**
+   * Test-only (KILN_TEST_HOLD_CACHE_COMMIT): awaited after the new version is on disk and before the pointer
+   * is renamed, so a test can kill the process at the one moment that matters.
+   */
+  beforePointer?: (key: string, version: string) => Promise<void>;
+}
+
+export interface CacheStore {
+  readonly dir: string;
+  readonly counters: CacheCounters;
+  /** A lease on the newest version of `key` (made, empty, at the first use with `sizeBytes`). */
+  open(key: string, o: { sizeBytes?: number; jobId: string }): Promise<CacheLease>;
+  list(): CacheInfo[];
+  inspect(key: string): CacheInfo | undefined;
+  /** Removes a cache; jobs using it keep their copy until they end. False if there is none. */
+  remove(key: string): boolean;
+  /** Old versions and dead leases collected; then LRU eviction within the budget. Returns the evicted keys. */
+  collect(): string[];
+}
+
+export function validateCacheKey(key: string): void {
+  if (!/^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$/.test(key) || key.includes('..')) {
+    throw new KilnError('input.bad_cache_key', `cache key "${key.slice(0, 80)}" is not valid`, {
+      hint: 'use 1-200 letters, digits and . _ / -, starting with a letter or digit (e.g. owner/repo or deps-v1)',
+    });
+  }
+}
+
+export function cacheId(key: string): string {
+  return createHash('sha256').update(key).digest('hex').slice(0, 16);
+}
+
+interface LeaseRecord extends Owner {
+  reads?: string;
+  committing?: string;
+  jobId: string;
+}
+
+function allocated(path: string): number {
+  try {
+    return statSync(path).blocks * 512;
+  } catch {
+    return 0;
+  }
+}
+
+function readJson<T>(path: string): T | undefined {
+  try {
+    return JSON.parse(readFileSync(path, 'utf8')) as T;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Writes a small file whole or not at all: a temporary beside it, fsync, rename, fsync of the directory. */
+function writeAtomic(path: string, text: string, mode = 0o600): void {
+  const tmp = `${path}.${process.pid}.${randomBytes(3).toString('hex')}.tmp`;
+  const fd = openSync(tmp, 'wx', mode);
+  try {
+    writeFileSync(fd, text);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, path);
+  syncDir(join(path, '..'));
+}
+
+function syncDir(dir: string): void {
+  const fd = openSync(dir, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function fsyncFile(path: string): void {
+  const fd = openSync(path, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function run(cmd: string, args: string[], okCodes: number[] = [0]): Promise<{ code: number; output: string }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: `${process.env.PATH ?? ''}:/usr/sbin:/sbin` } });
+    let output = '';
+    p.stdout.on('data', (d: Buffer) => (output += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (output += d.toString()));
+    p.on('error', (e: NodeJS.ErrnoException) =>
+      reject(e.code === 'ENOENT' ? new KilnError('host.missing_command', `\`${cmd}\` is not installed`, { hint: 'install qemu-utils and e2fsprogs (or run `kiln setup`)' }) : e),
+    );
+    p.on('close', (code) => (okCodes.includes(code ?? -1) ? resolve({ code: code ?? -1, output }) : reject(new KilnError('cache.commit_failed', `${cmd} failed (exit ${code}): ${output.trim().slice(-500)}`, { kind: 'internal' }))));
+  });
+}
+
+export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): CacheStore {
+  const dir = join(dataDir, 'caches');
+  const emptyDir = join(dataDir, 'cache', 'disks');
+  const budget = opts.budgetBytes ?? DEFAULT_CACHE_BUDGET;
+  const counters: CacheCounters = { hits: 0, misses: 0, commits: 0, commitFailures: 0, commitSecondsTotal: 0, committedBytes: 0, evictions: 0 };
+  const log = opts.logger;
+
+  const cacheDir = (key: string) => join(dir, cacheId(key));
+  const current = (cdir: string): string | undefined => {
+    try {
+      const v = readFileSync(join(cdir, 'current'), 'utf8').trim();
+      return /^[A-Za-z0-9-]+$/.test(v) ? v : undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  const leases = (cdir: string): { id: string; rec: LeaseRecord | undefined; alive: boolean }[] => {
+    let names: string[] = [];
+    try {
+      names = readdirSync(join(cdir, 'leases'));
+    } catch {
+      return [];
+    }
+    return names.map((id) => {
+      const rec = readJson<LeaseRecord>(join(cdir, 'leases', id, 'owner.json'));
+      return { id, rec, alive: rec !== undefined && ownerAlive(rec) };
+    });
+  };
+
+  /** Deletes versions that are neither current nor named by a live lease, and leases of dead processes. */
+  const collectCache = (cdir: string) => {
+    // Listed first: a version file that appears later belongs to a commit whose lease already names it.
+    let files: string[] = [];
+    try {
+      files = readdirSync(join(cdir, 'versions'));
+    } catch {
+      /* none yet */
+    }
+    const cur = current(cdir);
+    const ls = leases(cdir);
+    const keep = new Set<string>([...(cur ? [cur] : [])]);
+    for (const l of ls) {
+      if (!l.alive) {
+        // An owner.json is written first: a lease directory without one younger than a minute may be starting.
+        const p = join(cdir, 'leases', l.id);
+        const age = Date.now() - (statSync(p, { throwIfNoEntry: false })?.mtimeMs ?? 0);
+        if (l.rec || age > 60_000) rmSync(p, { recursive: true, force: true });
+        continue;
+      }
+      if (l.rec?.reads) keep.add(l.rec.reads);
+      if (l.rec?.committing) keep.add(l.rec.committing);
+    }
+    for (const f of files) {
+      const v = f.replace(/\.(raw|json)$/, '');
+      if (!keep.has(v)) rmSync(join(cdir, 'versions', f), { force: true });
+    }
+  };
+
+  const info = (cdir: string): CacheInfo | undefined => {
+    const meta = readJson<{ key: string; sizeBytes: number }>(join(cdir, 'cache.json'));
+    if (!meta) return undefined;
+    const cur = current(cdir);
+    let versions: CacheVersion[] = [];
+    try {
+      versions = readdirSync(join(cdir, 'versions'))
+        .filter((f) => f.endsWith('.json'))
+        .flatMap((f) => {
+          const v = readJson<CacheVersion>(join(cdir, 'versions', f));
+          return v ? [{ ...v, bytes: allocated(join(cdir, 'versions', `${v.id}.raw`)) }] : [];
+        })
+        .sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+    } catch {
+      /* none yet */
+    }
+    const ls = leases(cdir).filter((l) => l.alive);
+    let bytes = versions.reduce((n, v) => n + v.bytes, 0);
+    for (const l of ls) bytes += allocated(join(cdir, 'leases', l.id, 'overlay.qcow2')) + allocated(join(cdir, 'leases', l.id, 'new.raw'));
+    let lastUsedAt = new Date(0).toISOString();
+    try {
+      lastUsedAt = statSync(join(cdir, 'used')).mtime.toISOString();
+    } catch {
+      /* never used */
+    }
+    const c = versions.find((v) => v.id === cur);
+    return { key: meta.key, id: cdir.slice(cdir.lastIndexOf('/') + 1), sizeBytes: meta.sizeBytes, ...(c ? { current: c } : {}), versions, bytes, lastUsedAt, inUse: ls.length };
+  };
+
+  const allInfo = (): CacheInfo[] => {
+    let names: string[] = [];
+    try {
+      names = readdirSync(dir).filter((n) => /^[0-9a-f]{16}$/.test(n));
+    } catch {
+      return [];
+    }
+    return names.flatMap((n) => info(join(dir, n)) ?? []);
+  };
+
+  const removeDir = (cdir: string) => {
+    // Renamed away first, so a concurrent open never sees half a cache; its leases' hard links keep their data.
+    const trash = join(dir, `.trash-${process.pid}-${randomBytes(4).toString('hex')}`);
+    try {
+      renameSync(cdir, trash);
+    } catch {
+      return;
+    }
+    rmSync(trash, { recursive: true, force: true });
+  };
+
+  const collect = (): string[] => {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    for (const n of readdirSync(dir)) {
+      if (n.startsWith('.trash-')) rmSync(join(dir, n), { recursive: true, force: true });
+      else if (/^[0-9a-f]{16}$/.test(n)) collectCache(join(dir, n));
+    }
+    const caches = allInfo().sort((a, b) => a.lastUsedAt.localeCompare(b.lastUsedAt));
+    let total = caches.reduce((n, c) => n + c.bytes, 0);
+    const evicted: string[] = [];
+    for (const c of caches) {
+      if (total <= budget) break;
+      if (c.inUse > 0) continue;
+      removeDir(join(dir, c.id));
+      total -= c.bytes;
+      evicted.push(c.key);
+      counters.evictions++;
+      log?.info({ cache: c.key, bytes: c.bytes, budget }, 'cache evicted (least recently used, over the host budget)');
+    }
+    if (total > budget) log?.warn({ total, budget }, 'caches in use exceed the host budget');
+    return evicted;
+  };
+
+  async function open(key: string, o: { sizeBytes?: number; jobId: string }): Promise<CacheLease> {
+    validateCacheKey(key);
+    const cdir = cacheDir(key);
+    mkdirSync(join(cdir, 'versions'), { recursive: true, mode: 0o700 });
+    mkdirSync(join(cdir, 'leases'), { recursive: true, mode: 0o700 });
+    let meta = readJson<{ key: string; sizeBytes: number }>(join(cdir, 'cache.json'));
+    if (!meta) {
+      const sizeBytes = o.sizeBytes ?? DEFAULT_CACHE_SIZE;
+      if (!Number.isInteger(sizeBytes) || sizeBytes < MIN_CACHE_SIZE) {
+        throw new KilnError('input.bad_cache_size', `a cache of ${formatSize(sizeBytes)} is too small`, { hint: 'ask for at least 16M' });
+      }
+      writeAtomic(join(cdir, 'cache.json'), JSON.stringify({ key, sizeBytes, createdAt: new Date().toISOString() }));
+      meta = { key, sizeBytes };
+    }
+    if (meta.key !== key) throw new KilnError('cache.key_collision', `cache ${cdir} belongs to key "${meta.key}", not "${key}"`, { kind: 'internal' });
+    // The overlay can grow to the whole file system: that room must exist on the host, or the job never starts.
+    checkDiskSpace(dataDir, meta.sizeBytes);
+    const leaseId = `${process.pid}-${randomBytes(6).toString('hex')}`;
+    const ldir = join(cdir, 'leases', leaseId);
+    mkdirSync(ldir, { mode: 0o700 });
+    const rec: LeaseRecord = { ...currentOwner(), jobId: o.jobId };
+    const writeRec = () => writeFileSync(join(ldir, 'owner.json'), JSON.stringify(rec), { mode: 0o600 });
+    writeRec();
+    const base = join(ldir, 'base.raw');
+    let version: string | undefined;
+    try {
+      // The version named by the pointer, hard-linked into the lease; if a collector removed it in between, read the pointer again.
+      for (let i = 0; i < 5 && version === undefined; i++) {
+        const v = current(cdir);
+        if (!v) break;
+        rec.reads = v;
+        writeRec();
+        try {
+          linkSync(join(cdir, 'versions', `${v}.raw`), base);
+          version = v;
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+        }
+      }
+      if (version === undefined) {
+        delete rec.reads;
+        writeRec();
+        linkSync(await ensureExt4Base(emptyDir, meta.sizeBytes, 'kiln-cache', 'cache'), base);
+      }
+      writeQcow2Overlay(join(ldir, 'overlay.qcow2'), base, 'raw', meta.sizeBytes);
+    } catch (e) {
+      rmSync(ldir, { recursive: true, force: true });
+      throw e;
+    }
+    const now = new Date();
+    try {
+      utimesSync(join(cdir, 'used'), now, now);
+    } catch {
+      writeFileSync(join(cdir, 'used'), '');
+    }
+    if (version) counters.hits++;
+    else counters.misses++;
+    let released = false;
+    const sizeBytes = meta.sizeBytes;
+    return {
+      key,
+      overlayPath: join(ldir, 'overlay.qcow2'),
+      ...(version ? { version } : {}),
+      hit: version !== undefined,
+      async commit(writer) {
+        if (released) throw new KilnError('cache.commit_failed', 'the lease was released before the commit', { kind: 'internal' });
+        const t0 = performance.now();
+        const id = `${Date.now().toString(36).padStart(9, '0')}-${randomBytes(4).toString('hex')}`;
+        const tmp = join(ldir, 'new.raw');
+        try {
+          rec.committing = id;
+          writeRec();
+          checkDiskSpace(dataDir, sizeBytes);
+          await run('qemu-img', ['convert', '-q', '-f', 'qcow2', '-O', 'raw', join(ldir, 'overlay.qcow2'), tmp]);
+          // 0: clean, 1: errors fixed. Anything else: the file system is not whole and is not committed.
+          const fsck = await run('e2fsck', ['-f', '-p', tmp], [0, 1, 2, 4, 8, 12]);
+          if (fsck.code >= 4) throw new KilnError('cache.commit_failed', `the cache's file system is damaged (e2fsck exit ${fsck.code}); not committed`, { kind: 'internal' });
+          fsyncFile(tmp);
+          const bytes = allocated(tmp);
+          const v: CacheVersion = { id, createdAt: new Date().toISOString(), bytes, ...writer };
+          const vraw = join(cdir, 'versions', `${id}.raw`);
+          renameSync(tmp, vraw);
+          writeAtomic(join(cdir, 'versions', `${id}.json`), JSON.stringify(v));
+          syncDir(join(cdir, 'versions'));
+          await opts.beforePointer?.(key, id);
+          writeAtomic(join(cdir, 'current'), `${id}\n`);
+          v.commitSeconds = (performance.now() - t0) / 1000;
+          counters.commits++;
+          counters.commitSecondsTotal += v.commitSeconds;
+          counters.committedBytes += bytes;
+          log?.info({ cache: key, version: id, bytes, seconds: v.commitSeconds }, 'cache committed');
+          return v;
+        } catch (e) {
+          counters.commitFailures++;
+          rmSync(tmp, { force: true });
+          throw e;
+        }
+      },
+      release() {
+        if (released) return;
+        released = true;
+        rmSync(ldir, { recursive: true, force: true });
+        try {
+          collectCache(cdir);
+        } catch (e) {
+          log?.warn({ cache: key, err: (e as Error).message }, 'cache collection failed');
+        }
+      },
+    };
+  }
+
+  return {
+    dir,
+    counters,
+    open,
+    list: allInfo,
+    inspect: (key) => (existsSync(cacheDir(key)) ? info(cacheDir(key)) : undefined),
+    remove(key) {
+      validateCacheKey(key);
+      const cdir = cacheDir(key);
+      if (!existsSync(join(cdir, 'cache.json'))) return false;
+      removeDir(cdir);
+      return true;
+    },
+    collect,
+  };
+}

@@ -29,6 +29,8 @@ describe('cache disks (minimal image)', () => {
     assert.equal(first.code, 0, first.stderr.toString());
     assert.equal(first.stdout.toString(), '1\n');
     assert.match(first.stderr.toString(), /cache kept: saved as version/);
+    // Warm starts are on (kiln run's default), but no snapshot has a cache disk: one line says it boots cold.
+    assert.match(first.stderr.toString(), /cold start: a VM with a cache disk boots cold/);
     const v1 = caches().inspect('kept')!.current!;
     assert.match(v1.by ?? '', /^kiln run on /);
     assert.match(v1.jobId ?? '', /^run-/);

@@ -42,7 +42,7 @@ function kilnRun(args: string[]): Promise<{ ms: number; runMs: number; code: num
     let stderr = '';
     p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     p.on('close', (code) => {
-      const runMs = Number(/\n {2}run\s+(\d+) ms/.exec(stderr)?.[1] ?? NaN);
+      const runMs = Number(/kiln: {3}run\s+(\d+) ms/.exec(stderr)?.[1] ?? NaN);
       done({ ms: performance.now() - t, runMs, code, stderr });
     });
   });

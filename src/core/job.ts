@@ -18,6 +18,8 @@ export interface JobSpec {
   network: 'none' | 'user';
   priority: number;
   submittedBy?: number;
+  /** The GitHub repository a runner VM serves: its egress allowlist applies (set by the GitHub part only). */
+  egressRepo?: string;
 }
 
 export interface Job extends JobSpec {

@@ -135,6 +135,7 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites): Provisione
       timeoutMs: config.runnerTimeoutMs,
       network: 'user',
       priority: 0,
+      egressRepo: j.repo,
     });
     await setRunner({ ...row, name }, { type: 'registered' }, { runnerId: jit.runnerId, kilnJobId: kilnJob.id });
     log.info({ runner: name, ...(forJob ? { ghJobId: forJob.jobId } : { spare: true }), jobId: kilnJob.id, labels: c.runnerLabels }, 'runner VM queued');

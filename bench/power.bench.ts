@@ -216,7 +216,7 @@ async function simulate(jobs: SimJob[], policy: Policy, wakeLatencyMs: number, u
   const ctx: ServerContext = {
     serverId,
     store,
-    log: pino({ level: 'silent' }),
+    log: pino({ level: process.env.BENCH_POWER_DEBUG ? 'warn' : 'silent' }),
     events,
     metrics: makeMetrics(async () => 0),
     auth: makeAuthenticator(store.db),
@@ -337,7 +337,19 @@ async function simulate(jobs: SimJob[], policy: Policy, wakeLatencyMs: number, u
         await leader.sweep();
         passes++;
       }
-      if (policy.power && (happened || queued || (t - START) % MIN === 0)) await power.tick();
+      if (policy.power && (happened || queued || (t - START) % MIN === 0)) {
+        await power.tick();
+        const d = power.lastDecision();
+        if (process.env.BENCH_POWER_DEBUG && d && (d.sleep.length > 0 || d.wake.length > 0)) console.error(new Date(t).toISOString(), 'decision', JSON.stringify(d));
+      }
+      if (process.env.BENCH_POWER_DEBUG && (t - START) % HOUR === 0) {
+        const rows = await store.db.selectFrom('hosts').select(['name', 'state']).execute();
+        const act = await store.db.selectFrom('jobs').select(['state']).where('state', 'in', ['queued', 'placed', 'booting', 'running']).execute();
+        const by = (xs: { state: string }[]) => Object.entries(xs.reduce<Record<string, number>>((m, x) => ((m[x.state] = (m[x.state] ?? 0) + 1), m), {}));
+        const reqs = await store.db.selectFrom('power_requests').select(['kind', 'state', 'error']).execute();
+        console.error(JSON.stringify(by(reqs.map((r) => ({ state: `${r.kind}/${r.state}/${r.error ?? ''}` })))));
+        console.error(new Date(t).toISOString(), policy.name, 'hosts', JSON.stringify(by(rows)), 'jobs', JSON.stringify(by(act)), 'sim asleep', asleep.size, 'running', running.size, 'pending sleeps', sleeping.length);
+      }
       if (t < START + SPAN) awakeMs += (HOSTS - asleep.size + wakeDue.size) * STEP;
     }
   } finally {

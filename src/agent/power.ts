@@ -2,13 +2,12 @@
  * The agent's side of host power: its driver as configured by the operator (`none`, `command`: a sleep
  * command such as `systemctl suspend`; `wol`: the same, woken by a magic packet to the MAC it reports),
  * running the sleep command with its output kept for the error, what the agent reports to the server, and
- * the Wake-on-LAN relay (an awake agent sends the magic packet for an asleep host on its network).
+ * what the Wake-on-LAN relay needs (the packet is sent by proc/wake-on-lan.ts).
  */
-import { createSocket } from 'node:dgram';
 import { networkInterfaces } from 'node:os';
 import type { HostPowerMsg } from '../core/agent-protocol.ts';
 import { KilnError } from '../core/errors.ts';
-import { magicPacket, parseMac, type PowerDriverKind } from '../core/power.ts';
+import { parseMac, type PowerDriverKind } from '../core/power.ts';
 
 export interface AgentPowerOptions {
   driver: PowerDriverKind;
@@ -69,24 +68,4 @@ export function hostPowerReport(o: AgentPowerOptions | undefined): HostPowerMsg 
     });
   }
   return { driver: 'wol', mac: mac.toLowerCase(), broadcast, port: o.port ?? 9 };
-}
-
-/**
- * Sends a Wake-on-LAN magic packet for `mac` to `broadcast:port` (the server's relay request: this host is
- * awake on the same network as the asleep one). Broadcast is allowed unless the address is loopback.
- */
-export async function sendMagicPacket(mac: string, broadcast: string, port: number): Promise<void> {
-  const packet = magicPacket(mac);
-  const sock = createSocket(broadcast.includes(':') ? 'udp6' : 'udp4');
-  try {
-    await new Promise<void>((resolve, reject) => {
-      sock.once('error', reject);
-      sock.bind(0, () => {
-        if (!/^127\.|^::1$/.test(broadcast)) sock.setBroadcast(true);
-        sock.send(packet, port, broadcast, (e) => (e ? reject(e) : resolve()));
-      });
-    });
-  } finally {
-    sock.close();
-  }
 }

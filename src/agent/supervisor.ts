@@ -227,6 +227,8 @@ export function makeSupervisor(opts: {
               job: { command: spec.command, env: spec.env, ...(spec.cwd !== undefined ? { cwd: spec.cwd } : {}) },
               timeoutMs: spec.timeoutMs,
               network: spec.network,
+              // the server's allowlists for this job (its tenant's, its repository's), on top of the host's own
+              ...(spec.egressAllow && spec.egressAllow.length > 0 ? { egress: { allow: spec.egressAllow } } : {}),
               ...(opts.vm?.forwards ? { forwards: opts.vm.forwards } : {}),
               ...(opts.vm?.registryMirror ? { registryMirror: opts.vm.registryMirror } : {}),
               ...(opts.vm?.registryMirrors?.length ? { registryMirrors: opts.vm.registryMirrors } : {}),

@@ -118,7 +118,7 @@ export function makeApiClient(opts: { server: string; token: string | undefined;
           let rest = '';
           const decoder = new TextDecoder();
           try {
-            for await (const part of res.body as unknown as AsyncIterable<Uint8Array>) {
+            for await (const part of res.body) {
               rest += decoder.decode(part, { stream: true });
               let nl: number;
               while ((nl = rest.indexOf('\n')) >= 0) {

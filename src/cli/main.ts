@@ -34,6 +34,7 @@ const COMMANDS: { name: string; load: () => Promise<Register> }[] = [
   { name: 'hosts', load: async () => (await import('./hosts.ts')).registerHosts },
   { name: 'tokens', load: async () => (await import('./tokens.ts')).registerTokens },
   { name: 'tenants', load: async () => (await import('./tenants.ts')).registerTenants },
+  { name: 'egress', load: async () => (await import('./egress.ts')).registerEgress },
   { name: 'manifest', load: async () => (await import('./manifest.ts')).registerManifest },
   { name: 'github', load: async () => (await import('./github.ts')).registerGitHub },
 ];

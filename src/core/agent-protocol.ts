@@ -286,6 +286,8 @@ export const LaunchSpec = Type.Object(
     timeoutMs: Type.Integer({ minimum: 1 }),
     network: Type.Union([Type.Literal('none'), Type.Literal('user')]),
     cache: Type.Optional(JobCacheMsg),
+    /** What this VM's egress filter opens beyond the internet: its tenant's and repository's allowlists (server-set). */
+    egressAllow: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 300 }), { maxItems: 512 })),
   },
   { additionalProperties: false },
 );

@@ -345,6 +345,15 @@ export interface RouteContract {
 }
 const route = <S extends RouteSchemas>(method: RouteContract['method'], url: string, schema: S) => ({ method, url, schema });
 
+/** Egress allowlists per tenant and per GitHub repository (docs/network.md). */
+export const EgressPolicyOut = Type.Object({ kind: Type.String(), scope: Type.String(), allow: Type.Array(Type.String()) });
+export const EgressBody = Type.Object({ allow: Type.Array(Type.String({ minLength: 1, maxLength: 300 }), { maxItems: 256 }) }, { additionalProperties: false });
+export const EgressTenantParams = Type.Object({ name: Type.String({ minLength: 1, maxLength: 100 }) });
+export const EgressRepoParams = Type.Object({
+  owner: Type.String({ minLength: 1, maxLength: 100, pattern: '^[A-Za-z0-9_.-]+$' }),
+  repo: Type.String({ minLength: 1, maxLength: 100, pattern: '^[A-Za-z0-9_.-]+$' }),
+});
+
 /** Every REST route of the route table, by name (the GitHub webhook and the agent endpoint are apart). */
 export const API = {
   submitJob: route('POST', '/v1/jobs', { body: JobSubmit, response: JobOut }),
@@ -377,6 +386,9 @@ export const API = {
   queue: route('GET', '/v1/queue', {}),
   whoami: route('GET', '/v1/whoami', { response: WhoAmI }),
   live: route('GET', '/v1/live', {}),
+  egressPolicies: route('GET', '/v1/egress', { response: Type.Object({ policies: Type.Array(EgressPolicyOut) }) }),
+  setTenantEgress: route('PUT', '/v1/egress/tenants/:name', { params: EgressTenantParams, body: EgressBody, response: EgressPolicyOut }),
+  setRepoEgress: route('PUT', '/v1/egress/repos/:owner/:repo', { params: EgressRepoParams, body: EgressBody, response: EgressPolicyOut }),
 } as const;
 
 /** Path and query values travel as text: a caller may pass a number's text as it was given (the server checks it). */

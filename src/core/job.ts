@@ -23,6 +23,8 @@ export interface JobSpec {
    * asked for. `write`: the job's copy becomes the next version if it succeeds (decided at submission).
    */
   cache?: JobCacheMsg;
+  /** The GitHub repository a runner VM serves: its egress allowlist applies (set by the GitHub part only). */
+  egressRepo?: string;
 }
 
 export interface Job extends JobSpec {

@@ -53,7 +53,7 @@ void test('ci boot: docker.io and two other registries configured from the comma
   const hub = renderGuestMirrorConfigs({ address: '10.0.2.100:5000', fallbackToUpstream: true });
   assert.equal(read(b.root, '/etc/containerd/certs.d/docker.io/hosts.toml'), hub.containerdHostsToml);
   assert.equal(read(b.root, '/etc/containers/registries.conf.d/50-kiln-mirror.conf'), hub.registriesConf);
-  assert.deepEqual(JSON.parse(read(b.root, '/etc/docker/daemon.json')), { 'registry-mirrors': ['http://10.0.2.100:5000'], 'insecure-registries': ['10.0.2.100:5000', 'ghcr.io', 'quay.io'] });
+  assert.deepEqual(JSON.parse(read(b.root, '/etc/docker/daemon.json')), { 'registry-mirrors': ['http://10.0.2.100:5000/'], 'insecure-registries': ['http://10.0.2.100:5000', 'http://ghcr.io', 'http://quay.io'] });
   let buildkit = hub.buildkitdToml;
   for (const [r, a] of [['ghcr.io', '10.0.2.101:5000'], ['quay.io', '10.0.2.102:5000']] as const) {
     const o = renderGuestRegistryMirror({ registry: r, address: a });
@@ -67,7 +67,7 @@ void test('ci boot: docker.io and two other registries configured from the comma
 void test('ci boot: another registry without a docker.io mirror gets a daemon.json of its own; no words, no files', () => {
   const b = boot('kiln.mirror.ghcr.io=10.0.2.101:5000');
   assert.equal(b.code, 0, b.stderr);
-  assert.deepEqual(JSON.parse(read(b.root, '/etc/docker/daemon.json')), { 'insecure-registries': ['ghcr.io'] });
+  assert.deepEqual(JSON.parse(read(b.root, '/etc/docker/daemon.json')), { 'insecure-registries': ['http://ghcr.io'] });
   assert.throws(() => read(b.root, '/etc/containerd/certs.d/docker.io/hosts.toml'));
   assert.match(read(b.root, '/etc/containerd/certs.d/ghcr.io/hosts.toml'), /\[host\."http:\/\/10\.0\.2\.101:5000"\]/);
   const none = boot('console=ttyS0 quiet');

@@ -23,7 +23,7 @@ void test('server config refuses bad addresses and upstreams with a path or inli
 
 void test('guest configs point every client at the mirror address and carry no credentials', () => {
   const g = renderGuestMirrorConfigs({ address: '10.0.2.2:5000' });
-  assert.deepEqual(g.dockerDaemonJson, { 'registry-mirrors': ['http://10.0.2.2:5000'], 'insecure-registries': ['10.0.2.2:5000'] });
+  assert.deepEqual(g.dockerDaemonJson, { 'registry-mirrors': ['http://10.0.2.2:5000/'], 'insecure-registries': ['http://10.0.2.2:5000'] });
   // BuildKit: mirror under docker.io, HTTP settings in the mirror host's own section (not under docker.io).
   assert.match(g.buildkitdToml, /\[registry\."docker\.io"\]\n\s+mirrors = \["10\.0\.2\.2:5000"\]/);
   assert.match(g.buildkitdToml, /\[registry\."10\.0\.2\.2:5000"\]\n\s+http = true/);
@@ -31,7 +31,7 @@ void test('guest configs point every client at the mirror address and carry no c
   assert.match(g.containerdHostsToml, /\[host\."http:\/\/10\.0\.2\.2:5000"\]\n\s+capabilities = \["pull", "resolve"\]/);
   assert.match(g.registriesConf, /prefix = "docker\.io"[\s\S]*\[\[registry\.mirror\]\]\nlocation = "10\.0\.2\.2:5000"\ninsecure = true/);
   assert.deepEqual(g.files.map((f) => f.path), ['/etc/docker/daemon.json', '/etc/buildkit/buildkitd.toml', '/etc/containerd/certs.d/docker.io/hosts.toml', '/etc/containers/registries.conf.d/50-kiln-mirror.conf']);
-  assert.equal(JSON.parse(g.files[0]?.content ?? '')['registry-mirrors'][0], 'http://10.0.2.2:5000');
+  assert.equal(JSON.parse(g.files[0]?.content ?? '')['registry-mirrors'][0], 'http://10.0.2.2:5000/');
   assert.doesNotMatch(renderGuestMirrorConfigs({ address: '10.0.2.2:5000', fallbackToUpstream: false }).containerdHostsToml, /server =/);
   assert.throws(() => renderGuestMirrorConfigs({ address: 'http://10.0.2.2:5000' }), (e) => isKilnError(e, 'mirror.address_invalid'));
 });
@@ -44,7 +44,7 @@ void test('another registry: per-registry files, a BuildKit section, the /etc/ho
   assert.match(g.files[1]!.content, /prefix = "ghcr\.io"[\s\S]*\[\[registry\.mirror\]\]\nlocation = "10\.0\.2\.101:5000"\ninsecure = true/);
   assert.match(g.buildkitdToml, /\[registry\."ghcr\.io"\]\n\s+mirrors = \["10\.0\.2\.101:5000"\]/);
   assert.equal(g.hostsLine, '10.0.2.101\tghcr.io');
-  assert.equal(g.dockerInsecure, 'ghcr.io');
+  assert.equal(g.dockerInsecure, 'http://ghcr.io');
   for (const bad of ['GHCR.IO', 'ghcr', 'ghcr.io:443', 'https://ghcr.io', 'ghcr.io/x', 'a b.io', '-x.io']) {
     assert.throws(() => renderGuestRegistryMirror({ registry: bad, address: '10.0.2.101:5000' }), (e) => isKilnError(e, 'mirror.registry_invalid'), bad);
   }

@@ -98,7 +98,10 @@ export function renderGuestMirrorConfigs(opts: { address: string; fallbackToUpst
   assertHostPort(opts.address, 'guest-visible mirror address');
   const a = opts.address;
   const fallback = opts.fallbackToUpstream ?? true;
-  const dockerDaemonJson = { 'registry-mirrors': [`http://${a}`], 'insecure-registries': [a] };
+  // `http://` on the insecure entry: dockerd strips it for its own pulls, and its BuildKit (docker build)
+  // reads it as "plain HTTP"; a bare host:port made BuildKit try HTTPS on the mirror and fail (seen in the
+  // fleet test). The mirror's trailing slash keeps the two lines apart for ci-boot.sh's sed.
+  const dockerDaemonJson = { 'registry-mirrors': [`http://${a}/`], 'insecure-registries': [`http://${a}`] };
   const buildkitdToml = [
     '# Written by kiln: pull docker.io through the host mirror.',
     '[registry."docker.io"]',
@@ -173,7 +176,7 @@ export const REGISTRY_ADDRESS_PLACEHOLDER = 'kiln-registry-address-placeholder:6
  * Guest configs for a mirror of another registry (ghcr.io, quay.io) at `address` (host:port as the guest sees
  * it). containerd, BuildKit and the containers tools (buildah, podman, skopeo) take a per-registry mirror.
  * Docker 20.10 mirrors docker.io only, so the guest also points the registry's name at the address's IP
- * (`hostsLine`, for /etc/hosts) and lists the name as an insecure registry (`dockerInsecure`): Docker then
+ * (`hostsLine`, for /etc/hosts) and lists `http://<name>` as an insecure registry (`dockerInsecure`): Docker then
  * tries https://<name> and, refused (the mirror speaks plain HTTP, on 443 too), http://<name>; kiln forwards
  * ports 80 and 443 of that IP to the mirror as well. No upstream fallback: the name is the mirror's in the guest.
  */
@@ -192,7 +195,7 @@ export function renderGuestRegistryMirror(opts: { registry: string; address: str
   return {
     buildkitdToml,
     hostsLine: `${ip}\t${r}`,
-    dockerInsecure: r,
+    dockerInsecure: `http://${r}`,
     files: [
       { path: `/etc/containerd/certs.d/${r}/hosts.toml`, content: containerdHostsToml, mode: 0o644 },
       { path: `/etc/containers/registries.conf.d/51-kiln-mirror-${r}.conf`, content: registriesConf, mode: 0o644 },

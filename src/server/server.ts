@@ -35,6 +35,7 @@ import { hostRoutes } from './http/hosts.ts';
 import { jobRoutes } from './http/jobs.ts';
 import { openApiDocument, registerRoutes, type RouteDef } from './http/routes.ts';
 import { tokenRoutes } from './http/tokens.ts';
+import { egressRoutes } from './http/egress.ts';
 import { makeGitHubClient, type GitHubApi } from './github/api.ts';
 import type { GitHubConfig } from './github/config.ts';
 import { webhookOpenApi } from './github/manifest.ts';
@@ -190,7 +191,7 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
   const cacheTrust = (jobId: number) => (github ? github.cacheTrust(jobId) : Promise.resolve({ write: false, reason: 'GitHub is not configured on this server' }));
   const gateway: AgentGateway = attachAgentGateway(app, { ctx, registry, logs, phases, results, jobs, scheduler, power, cacheTrust });
   const apiDeps = { ctx, registry, jobs, scheduler, closeToken: gateway.closeToken };
-  const routes: RouteDef[] = [...jobRoutes(apiDeps), ...hostRoutes(apiDeps), ...tokenRoutes(apiDeps), ...powerRoutes({ ctx, power, policy: (o.power ?? DEFAULT_POWER_OPTIONS).policy })];
+  const routes: RouteDef[] = [...jobRoutes(apiDeps), ...hostRoutes(apiDeps), ...tokenRoutes(apiDeps), ...egressRoutes(apiDeps), ...powerRoutes({ ctx, power, policy: (o.power ?? DEFAULT_POWER_OPTIONS).policy })];
   const figures = makeFigures(ctx);
   const live = makeLiveHub({ events, ...(o.github ? { githubTenant: o.github.config.tenant } : {}), onGitHub: (fn) => (github ? combine([github.events.on('job.refused', fn), github.events.on('runner.state', fn)]) : () => {}) });
   routes.push(...reportRoutes(apiDeps), ...dashboardRoutes(live));

@@ -110,6 +110,7 @@ export async function insertJobs(db: Db, specs: JobSpec[]): Promise<Job[]> {
         network: s.network,
         priority: s.priority,
         submitted_by: s.submittedBy ?? null,
+        egress_repo: s.egressRepo ?? null,
       })),
     );
     // Only the ids and the time come back: the rest of each new job is what was sent (reading whole rows
@@ -117,10 +118,10 @@ export async function insertJobs(db: Db, specs: JobSpec[]): Promise<Job[]> {
     const batch = specs.slice(i, i + 1000);
     const r = await sql<{ id: number; created_at: Date }>`
       WITH ins AS (
-        INSERT INTO jobs (tenant, state, arch, cpus, memory_bytes, disk_bytes, host_labels, labels, image, command, env, secret_env, cwd, cache, timeout_ms, network, priority, submitted_by)
-        SELECT tenant, 'queued', arch, cpus, memory_bytes, disk_bytes, host_labels, labels, image, command, env, secret_env, cwd, cache, timeout_ms, network, priority, submitted_by
+        INSERT INTO jobs (tenant, state, arch, cpus, memory_bytes, disk_bytes, host_labels, labels, image, command, env, secret_env, cwd, cache, timeout_ms, network, priority, submitted_by, egress_repo)
+        SELECT tenant, 'queued', arch, cpus, memory_bytes, disk_bytes, host_labels, labels, image, command, env, secret_env, cwd, cache, timeout_ms, network, priority, submitted_by, egress_repo
         FROM jsonb_to_recordset(${payload}::jsonb) AS v(tenant text, arch text, cpus int, memory_bytes bigint, disk_bytes bigint, host_labels jsonb, labels jsonb,
-          image text, command jsonb, env jsonb, secret_env jsonb, cwd text, cache jsonb, timeout_ms int, network text, priority int, submitted_by bigint, n int)
+          image text, command jsonb, env jsonb, secret_env jsonb, cwd text, cache jsonb, timeout_ms int, network text, priority int, submitted_by bigint, egress_repo text, n int)
         ORDER BY n
         RETURNING id, created_at
       ), ev AS (
@@ -299,6 +300,9 @@ export interface PlacedJob {
   id: number;
   attempt: number;
   hostId: number;
+  tenant: string;
+  /** The GitHub repository a runner VM serves (its egress allowlist applies), else null. */
+  egressRepo: string | null;
   launch: LaunchSpec;
 }
 
@@ -318,7 +322,7 @@ export async function markPlaced(tx: Tx, placements: { jobId: number; hostId: nu
     serverId === undefined
       ? sql``
       : sql`CROSS JOIN LATERAL (SELECT 1 FROM hosts h WHERE h.id = v.host AND h.server_id = ${serverId} AND h.state = 'online' AND NOT h.cordoned LIMIT 1) h`;
-  const r = await sql<Pick<JobRow, 'id' | 'attempt' | 'arch' | 'cpus' | 'memory_bytes' | 'disk_bytes' | 'image' | 'command' | 'env' | 'secret_env' | 'cwd' | 'cache' | 'timeout_ms' | 'network'> & { host_id: number }>`
+  const r = await sql<Pick<JobRow, 'id' | 'attempt' | 'tenant' | 'egress_repo' | 'arch' | 'cpus' | 'memory_bytes' | 'disk_bytes' | 'image' | 'command' | 'env' | 'secret_env' | 'cwd' | 'cache' | 'timeout_ms' | 'network'> & { host_id: number }>`
     WITH v AS (
       SELECT * FROM ${batch}
     ), upd AS (
@@ -326,18 +330,20 @@ export async function markPlaced(tx: Tx, placements: { jobId: number; hostId: nu
       FROM v ${hostCheck}
       WHERE jobs.id = v.id AND jobs.state = ${'queued'}
       RETURNING jobs.id, jobs.attempt, jobs.host_id, jobs.tenant, jobs.arch, jobs.cpus, jobs.memory_bytes, jobs.disk_bytes, jobs.image, jobs.command, jobs.env,
-        jobs.secret_env, jobs.cwd, jobs.cache, jobs.timeout_ms, jobs.network
+        jobs.secret_env, jobs.cwd, jobs.cache, jobs.timeout_ms, jobs.network, jobs.egress_repo
     ), ev AS (
       INSERT INTO job_events (job_id, attempt, state, host_id) SELECT id, attempt, 'placed', host_id FROM upd
     ), served AS (
       INSERT INTO tenants (name, last_placed_at) SELECT DISTINCT tenant, now() FROM upd
       ON CONFLICT (name) DO UPDATE SET last_placed_at = excluded.last_placed_at
     )
-    SELECT id, attempt, host_id, arch, cpus, memory_bytes, disk_bytes, image, command, env, secret_env, cwd, cache, timeout_ms, network FROM upd`.execute(tx);
+    SELECT id, attempt, host_id, tenant, egress_repo, arch, cpus, memory_bytes, disk_bytes, image, command, env, secret_env, cwd, cache, timeout_ms, network FROM upd`.execute(tx);
   return r.rows.map((x) => ({
     id: x.id,
     attempt: x.attempt,
     hostId: x.host_id,
+    tenant: x.tenant,
+    egressRepo: x.egress_repo,
     launch: {
       arch: x.arch as Arch,
       cpus: x.cpus,

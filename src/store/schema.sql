@@ -1,6 +1,15 @@
 -- kiln database schema, generated from src/store/migrations by src/store/schema-snapshot.ts.
 -- Do not edit. After adding a migration: KILN_UPDATE_SCHEMA_SNAPSHOT=1 node scripts/test.mjs schema-snapshot
 
+TABLE egress_policies
+  kind text NOT NULL
+  scope text NOT NULL
+  allow jsonb NOT NULL
+  updated_at timestamp with time zone NOT NULL DEFAULT now()
+  CONSTRAINT egress_policies_kind_check CHECK ((kind = ANY (ARRAY['tenant'::text, 'repo'::text])))
+  CONSTRAINT egress_policies_pkey PRIMARY KEY (kind, scope)
+  CREATE UNIQUE INDEX egress_policies_pkey ON egress_policies USING btree (kind, scope)
+
 TABLE github_deliveries
   delivery_id text NOT NULL
   event text NOT NULL
@@ -216,6 +225,7 @@ TABLE jobs
   running_at timestamp with time zone
   finished_at timestamp with time zone
   secret_env jsonb NOT NULL DEFAULT '[]'::jsonb
+  egress_repo text
   cache jsonb
   CONSTRAINT jobs_cpus_check CHECK ((cpus > 0))
   CONSTRAINT jobs_disk_bytes_check CHECK ((disk_bytes > 0))

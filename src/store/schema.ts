@@ -31,6 +31,8 @@ export interface JobsTable {
   secret_env: ColumnType<string[], string | undefined, string>;
   /** The job's warm cache (migration 0030); null: none. */
   cache: ColumnType<JobCacheMsg | null, string | null | undefined, string | null>;
+  /** The GitHub repository a runner VM serves (migration 0012): its egress allowlist applies. */
+  egress_repo: ColumnType<string | null, string | null | undefined, string | null>;
   cwd: string | null;
   timeout_ms: number;
   network: string;
@@ -163,6 +165,15 @@ export interface Database extends GitHubTables {
   servers: ServersTable;
   power_requests: PowerRequestsTable;
   job_submissions: JobSubmissionsTable;
+  egress_policies: EgressPoliciesTable;
+}
+
+/** Egress allowlists per tenant or GitHub repository (migration 0012). */
+export interface EgressPoliciesTable {
+  kind: string;
+  scope: string;
+  allow: Json<string[]>;
+  updated_at: Generated<Date>;
 }
 
 export type JobRow = Selectable<JobsTable>;

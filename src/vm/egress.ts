@@ -43,25 +43,8 @@ export interface EgressPolicy {
   allow: string[];
 }
 
-export type AllowEntry = { kind: 'cidr'; family: 4 | 6; cidr: string } | { kind: 'name'; name: string };
-
-/** Parses one allowlist entry; a bad one is the user's error, with the forms that work. */
-export function parseAllowEntry(entry: string): AllowEntry {
-  const e = entry.trim();
-  const [addr, prefix, ...rest] = e.split('/');
-  const family = addr ? isIP(addr) : 0;
-  if (family === 4 || family === 6) {
-    const max = family === 4 ? 32 : 128;
-    if (rest.length === 0 && (prefix === undefined || (/^[0-9]{1,3}$/.test(prefix) && Number(prefix) <= max))) {
-      return { kind: 'cidr', family, cidr: prefix === undefined ? `${addr}/${max}` : `${addr}/${Number(prefix)}` };
-    }
-  } else if (prefix === undefined && /^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(e) && !/^[0-9.]+$/.test(e)) {
-    return { kind: 'name', name: e.toLowerCase() };
-  }
-  throw new KilnError('input.bad_egress_allow', `egress allowlist entry "${entry}" is neither an address, a CIDR nor a host name`, {
-    hint: 'write e.g. 203.0.113.7, 198.51.100.0/24, 2001:db8::/48 or api.github.com',
-  });
-}
+export { parseAllowEntry, type AllowEntry } from '../core/egress-allow.ts';
+import { parseAllowEntry as parseEntry, type AllowEntry } from '../core/egress-allow.ts';
 
 export interface EgressRuleInput {
   /** nftables chain of this VM. */
@@ -181,7 +164,7 @@ export async function resolveAllow(entries: AllowEntry[]): Promise<{ v4: string[
 
 /** Installs one VM's chain; the VM's QEMU must be started in `cgroupDir` (a v2 cgroup). */
 export async function applyEgress(vmName: string, cgroupDir: string, v2Root: string, policy: EgressPolicy, resolvConf: string): Promise<void> {
-  const allow = await resolveAllow(policy.allow.map(parseAllowEntry));
+  const allow = await resolveAllow(policy.allow.map(parseEntry));
   const resolvers = resolversFrom(resolvConf);
   const nets = [...hostNetworksFrom(run('ip', ['-j', '-4', 'route', 'show', 'table', 'all'])), ...hostNetworksFrom(run('ip', ['-j', '-6', 'route', 'show', 'table', 'all']))];
   const script = egressScript({

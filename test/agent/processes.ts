@@ -37,7 +37,8 @@ export function spawnBuiltKiln(args: string[], env: Record<string, string> = {})
 }
 
 let fresh = false;
-function ensureFreshBuild(): void {
+/** Rebuilds dist/ when a source is newer (the CLI runs from dist/). */
+export function ensureFreshBuild(): void {
   if (fresh) return;
   const newest = (dir: string): number => {
     let t = 0;

@@ -54,12 +54,20 @@ for (const { kind, skip } of storeKinds()) {
         const submitted = (f: { deltas: LiveDelta[] }) => f.deltas.reduce((n, d) => n + d.submitted, 0);
         const deadline = Date.now() + 20_000;
         while (Date.now() < deadline && !(ids(feeds.admin).length === 2 && ids(feeds.alice).length === 1 && ids(feeds.bob).length === 1)) await new Promise((r) => setTimeout(r, 50));
-        // Another tick of the feed (500 ms) passes after the last change, so a leak would have arrived.
-        await new Promise((r) => setTimeout(r, 1200));
-        assert.deepEqual(ids(feeds.admin), [a.id, b.id].sort((x, y) => x - y));
-        assert.deepEqual(ids(feeds.alice), [a.id]);
-        assert.deepEqual(ids(feeds.bob), [b.id]);
-        assert.deepEqual([submitted(feeds.alice), submitted(feeds.bob), submitted(feeds.admin)], [1, 1, 2]);
+        // Markers instead of a sleep: one more job per tenant, submitted after everything above. A feed's
+        // deltas arrive in order, so once a reader has its marker, any leaked event of the earlier jobs would
+        // already have reached it.
+        const ma = await alice.request<{ id: number }>('POST', '/v1/jobs', { command: ['true'] });
+        const mb = await bob.request<{ id: number }>('POST', '/v1/jobs', { command: ['true'] });
+        await alice.request('POST', `/v1/jobs/${ma.id}/cancel`);
+        await bob.request('POST', `/v1/jobs/${mb.id}/cancel`);
+        const seen = () => ids(feeds.alice).includes(ma.id) && ids(feeds.bob).includes(mb.id) && ids(feeds.admin).includes(ma.id) && ids(feeds.admin).includes(mb.id);
+        while (Date.now() < deadline && !seen()) await new Promise((r) => setTimeout(r, 50));
+        assert.ok(seen(), 'every reader got its marker');
+        assert.deepEqual(ids(feeds.admin), [a.id, b.id, ma.id, mb.id].sort((x, y) => x - y));
+        assert.deepEqual(ids(feeds.alice), [a.id, ma.id].sort((x, y) => x - y));
+        assert.deepEqual(ids(feeds.bob), [b.id, mb.id].sort((x, y) => x - y));
+        assert.deepEqual([submitted(feeds.alice), submitted(feeds.bob), submitted(feeds.admin)], [2, 2, 4]);
         for (const [who, f] of Object.entries(feeds)) {
           const tenants = new Set(f.deltas.flatMap((d) => d.jobs.map((j) => j.tenant)));
           if (who !== 'admin') assert.deepEqual([...tenants], [who], `${who} heard of another tenant`);

@@ -34,7 +34,7 @@ export async function startServerProcess(kind: StoreKind, env: Record<string, st
     ...env,
   });
   try {
-    await proc.waitForOutput(/listening at/, 60_000);
+    await proc.waitForOutput(/listening at/, 150_000);
   } catch (e) {
     await proc.kill('SIGKILL');
     await db?.drop();

@@ -76,7 +76,10 @@ for (const { kind, skip } of storeKinds()) {
       const [claimed] = (await store.withTransaction((tx) => claimQueuedJobs(tx, 1000, wide))).jobs.filter((c) => c.id === got[1]!.id);
       assert.deepEqual(claimed, { id: got[1]!.id, tenant: 'other', attempt: 1, createdAt: got[1]!.createdAt, requirements: got[1]!.requirements });
       const placed = await store.withTransaction((tx) => markPlaced(tx, [{ jobId: got[0]!.id, hostId: host.id }, { jobId: got[1]!.id, hostId: host.id }]));
-      for (const p of placed) assert.deepEqual(p, { id: p.id, attempt: 1, hostId: host.id, launch: launchSpecOf((await getJob(store.db, p.id))!) });
+      for (const p of placed) {
+        const stored = (await getJob(store.db, p.id))!;
+        assert.deepEqual(p, { id: p.id, attempt: 1, hostId: host.id, tenant: stored.tenant, egressRepo: null, launch: launchSpecOf(stored) });
+      }
       assert.equal(placed.length, 2);
     });
 

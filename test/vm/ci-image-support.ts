@@ -11,6 +11,7 @@ import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Arch } from '../../src/core/arch.ts';
 import { makeImageStore, type ImageManifest } from '../../src/image/store.ts';
+import { ensureFreshBuild } from '../agent/processes.ts';
 import { KILN_BIN, REPO, SHARED_DIR } from '../support/kiln.ts';
 
 export type BuiltProfile = 'ci' | 'runner';
@@ -36,6 +37,9 @@ export function buildUnderLock(arch: Arch, profile: BuiltProfile = 'ci', args: s
     /* no record yet */
   }
   const started = Date.now();
+  // The build runs the CLI from dist/, while the key hashes the sources: a stale dist/ would record an image
+  // built by older code under this checkout's key.
+  ensureFreshBuild();
   const r = spawnSync(process.execPath, [KILN_BIN, 'image', 'build', '--profile', profile, '--arch', arch, ...args, '--data-dir', SHARED_DIR], {
     encoding: 'utf8',
     maxBuffer: 64 * 1024 * 1024,

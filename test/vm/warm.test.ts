@@ -14,7 +14,8 @@ import { isAlive } from '../../src/vm/process.ts';
 import { assertNoLeaks, ensureImage, kilnArgs, makeTestDataDir, runKiln, SHARED_DIR } from '../support/kiln.ts';
 
 const data = makeTestDataDir();
-const run = (args: string[]) => runKiln(data.dir, ['run', ...args]);
+// By digest: `minimal` is the newest minimal image in the shared store, which may be another checkout's.
+const run = (args: string[]) => runKiln(data.dir, ['run', '--image', image.digest, ...args]);
 const snapshots = () => makeSnapshotStore(data.dir).list();
 let image: ImageManifest;
 

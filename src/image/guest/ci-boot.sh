@@ -94,12 +94,12 @@ kiln_apply_other_mirrors() {
     mkdir -p /etc/buildkit
     sed -e "s/kiln-registry-placeholder.invalid/$r/g" -e "s/kiln-registry-address-placeholder:65534/$a/g" /etc/kiln/mirror-registry.buildkitd.toml >> /etc/buildkit/buildkitd.toml || return 1
     printf '%s\t%s\n' "${a%:*}" "$r" >> /etc/hosts
-    insecure="$insecure, \"$r\""
+    insecure="$insecure, \"http://$r\""
     step "ci-mirror $r $a"
   done
   mkdir -p /etc/docker
   if [ -n "$1" ] && [ -f /etc/docker/daemon.json ]; then
-    sed -i "s/^\( *\"$1\"\)\$/\1$insecure/" /etc/docker/daemon.json
+    sed -i "s|^\( *\"http://$1\"\)\$|\1$insecure|" /etc/docker/daemon.json
   else
     printf '{\n  "insecure-registries": [%s]\n}\n' "${insecure#, }" > /etc/docker/daemon.json
   fi

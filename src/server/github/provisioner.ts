@@ -138,6 +138,7 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites): Provisione
       network: 'user',
       priority: 0,
       ...runnerCache(config.tenant, j),
+      egressRepo: j.repo,
     });
     await setRunner({ ...row, name }, { type: 'registered' }, { runnerId: jit.runnerId, kilnJobId: kilnJob.id });
     log.info({ runner: name, ...(forJob ? { ghJobId: forJob.jobId } : { spare: true }), jobId: kilnJob.id, labels: c.runnerLabels }, 'runner VM queued');
@@ -253,8 +254,8 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites): Provisione
       await p.step(`provisioning a runner for GitHub job ${k.jobId}`, async () => {
         // A job not read from GitHub within the recheck interval (60 s) is read again: it may have been taken
         // meanwhile. Not sooner: admission has just read it, and the reconciler re-reads every queued job at
-        // that interval anyway, so a slow pass (a burst, a loaded machine) no longer costs a second read per
-        // job (bench:github went from 4.56 to the figure in bench/RESULTS.md).
+        // that interval anyway, so a pass slower than 10 s no longer costs a second read per job (a wait
+        // past 60 s still does: bench/RESULTS.md, bench:github).
         if (j.checkedAt === null || p.now() - j.checkedAt > config.recheckMs) {
           if (!(await reread(p, vms, j))) return;
         }

@@ -7,10 +7,10 @@
  * Wake and status commands come from the server's configuration, never from an agent: an agent token must
  * not be able to make the control plane run a command of its choosing.
  */
-import { createSocket } from 'node:dgram';
 import { KilnError } from '../../core/errors.ts';
-import { magicPacket, type HostPower } from '../../core/power.ts';
+import type { HostPower } from '../../core/power.ts';
 import { commandFailure, runShellCommand } from '../../proc/shell-command.ts';
+import { sendMagicPacket } from '../../proc/wake-on-lan.ts';
 
 export interface WakeCommands {
   /** Run to wake a host whose driver is `command` (e.g. `ipmitool … chassis power on`). */
@@ -36,23 +36,6 @@ function hostEnv(host: { id: number; name: string; power: HostPower | null }): R
     ...(host.power?.mac ? { KILN_HOST_MAC: host.power.mac } : {}),
     ...(host.power?.broadcast ? { KILN_HOST_BROADCAST: host.power.broadcast } : {}),
   };
-}
-
-/** Sends the magic packet for `mac` to `broadcast:port` (UDP; broadcast allowed unless it is loopback). */
-export async function sendMagicPacket(mac: string, broadcast: string, port: number): Promise<void> {
-  const packet = magicPacket(mac);
-  const sock = createSocket(broadcast.includes(':') ? 'udp6' : 'udp4');
-  try {
-    await new Promise<void>((resolve, reject) => {
-      sock.once('error', reject);
-      sock.bind(0, () => {
-        if (!/^127\.|^::1$/.test(broadcast)) sock.setBroadcast(true);
-        sock.send(packet, port, broadcast, (e) => (e ? reject(e) : resolve()));
-      });
-    });
-  } finally {
-    sock.close();
-  }
 }
 
 /** Wakes one host; throws KilnError power.wake_failed with the command's output when it fails. */

@@ -10,6 +10,8 @@ import { isTerminal } from '../../core/job-state.ts';
 import { anyQueued, claimQueuedJobs, jobStatuses, type ClaimWindow, type PlacedJob } from '../../store/jobs.ts';
 import { anyTenantLimits, tenantUsage } from '../../store/tenants.ts';
 import { hostStates } from '../../store/hosts.ts';
+import { loadEgressPolicies } from '../../store/egress-policies.ts';
+import { egressAllowFor, type EgressPolicies } from '../../core/egress-allow.ts';
 import type { ServerContext } from '../context.ts';
 import type { JobCommands, Placement } from '../jobs/job-commands.ts';
 import { makeLoop } from '../loop.ts';
@@ -48,6 +50,18 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobC
   let offSubmitted: (() => void) | undefined;
   let offFailed: (() => void) | undefined;
   const log = ctx.log.child({ part: 'scheduler' });
+  // Egress allowlists per tenant and repository, read at most once a second; if a read fails, the last ones
+  // read hold (never a launch held back by it; with none read yet a VM gets only the host's own list).
+  let egressCache: { at: number; p: EgressPolicies } | undefined;
+  const egressPolicies = async (): Promise<EgressPolicies> => {
+    if (egressCache && Date.now() - egressCache.at < 1000) return egressCache.p;
+    try {
+      egressCache = { at: Date.now(), p: await loadEgressPolicies(ctx.store.db) };
+    } catch (e) {
+      log.warn({ err: e }, 'could not read the egress allowlists; using the last ones read');
+    }
+    return egressCache?.p ?? { tenants: new Map(), repos: new Map() };
+  };
   // Passes run at the end of the kicking event-loop turn, so everything submitted in the same turn shares one.
   const loop = makeLoop(async () => void (await pass()), { atTurnEnd: true, onError: (e) => log.error({ err: e }, 'scheduling pass failed; retrying on the next poll') });
   const kick = (): void => loop.kick();
@@ -123,6 +137,15 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobC
       const waiting = done.length < jobs.length || jobs.length >= ctx.options.batchSize || more === true;
       return { placed: done.map((d) => ({ ...d, createdAt: createdAt.get(d.id)! })), claimed: jobs.length, waiting };
     });
+    // Jobs with a network get their tenant's and repository's egress allowlists with the launch (read at
+    // most once a second: a changed allowlist holds for launches from then on).
+    if (placed.some((j) => j.launch.network === 'user')) {
+      const policies = await egressPolicies();
+      for (const job of placed) {
+        const allow = egressAllowFor(policies, { tenant: job.tenant, repo: job.egressRepo, network: job.launch.network });
+        if (allow.length > 0) job.launch.egressAllow = allow;
+      }
+    }
     const at = Date.now();
     const report: Placement[] = [];
     for (const job of placed) {

@@ -12,6 +12,7 @@ import * as m0003 from './0003-host-mirror.ts';
 import * as m0004 from './0004-queue-per-tenant.ts';
 import * as m0005 from './0005-idempotency-keys.ts';
 import * as m0010 from './0010-security.ts';
+import * as m0012 from './0012-egress-policy.ts';
 import * as m0020 from './0020-host-power.ts';
 import * as m0021 from './0021-viewer-role.ts';
 import * as m0022 from './0022-report-indexes.ts';
@@ -26,6 +27,7 @@ export const MIGRATIONS: Record<string, Migration> = {
   '0004-queue-per-tenant': m0004,
   '0005-idempotency-keys': m0005,
   '0010-security': m0010,
+  '0012-egress-policy': m0012,
   '0020-host-power': m0020,
   '0021-viewer-role': m0021,
   '0022-report-indexes': m0022,

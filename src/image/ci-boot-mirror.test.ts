@@ -91,5 +91,5 @@ void test('ci restore: the mirrors sent on kiln.ctl (MIRROR, MIRRORS) are config
   // Other registries alone (no docker.io mirror): daemon.json lists them as insecure registries.
   const only = boot('quiet', `kiln_mirror=; kiln_mirrors='ghcr.io=10.0.2.101:5000'; kiln_restore_mirrors`);
   assert.equal(only.code, 0, only.stderr);
-  assert.deepEqual(JSON.parse(read(only.root, '/etc/docker/daemon.json')), { 'insecure-registries': ['ghcr.io'] });
+  assert.deepEqual(JSON.parse(read(only.root, '/etc/docker/daemon.json')), { 'insecure-registries': ['http://ghcr.io'] });
 });

@@ -1,6 +1,6 @@
 /**
- * Real kiln processes for tests: spawned through tsx from the sources with the node flags of the installed
- * `kiln`, killed and reaped by the test.
+ * Real kiln processes for tests: the built CLI with the node flags of the installed `kiln`, killed and
+ * reaped by the test.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, statSync } from 'node:fs';
@@ -22,15 +22,16 @@ export interface KilnProcess {
 
 const live = new Set<ChildProcess>();
 
+/**
+ * A kiln process through the built CLI (bin/kiln.js → dist/), as users run it; it starts in a fraction of
+ * the time tsx takes to compile the sources (over 30 s at load 10 here, which made process tests flake).
+ * dist/ is rebuilt first if any source is newer (`npm test` builds before it runs, so on CI this never rebuilds).
+ */
 export function spawnKiln(args: string[], env: Record<string, string> = {}): KilnProcess {
-  return spawnWith([...KILN_NODE_ARGS, '--import', 'tsx', 'src/cli/main.ts', ...args], env);
+  return spawnBuiltKiln(args, env);
 }
 
-/**
- * The same through the built CLI (bin/kiln.js → dist/), which starts in a fraction of the time tsx takes to
- * compile the sources: for tests that start many processes. dist/ is rebuilt first if any source is newer
- * (`npm test` builds before it runs, so on CI this never rebuilds).
- */
+/** The same as spawnKiln (kept for the tests that name it). */
 export function spawnBuiltKiln(args: string[], env: Record<string, string> = {}): KilnProcess {
   ensureFreshBuild();
   return spawnWith([...KILN_NODE_ARGS, KILN_BIN, ...args], env);
@@ -75,7 +76,7 @@ function spawnWith(argv: string[], env: Record<string, string>): KilnProcess {
   return {
     proc,
     output: () => text,
-    waitForOutput(re, timeoutMs = 30_000) {
+    waitForOutput(re, timeoutMs = 90_000) {
       return new Promise((resolve, reject) => {
         const check = () => {
           const m = re.exec(text);
@@ -121,10 +122,11 @@ export async function killAll(): Promise<void> {
   );
 }
 
-/** Runs one kiln command from the sources to its end and collects its output. */
+/** Runs one kiln command (the built CLI, as spawnKiln) to its end and collects its output. */
 export function runKilnCommand(args: string[], env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  ensureFreshBuild();
   return new Promise((resolve) => {
-    const p = spawn(process.execPath, [...KILN_NODE_ARGS, '--import', 'tsx', 'src/cli/main.ts', ...args], { cwd: root, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(process.execPath, [...KILN_NODE_ARGS, KILN_BIN, ...args], { cwd: root, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));

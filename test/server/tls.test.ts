@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { killAll, runKilnCommand } from '../agent/processes.ts';
+import { freePort, killAll, runKilnCommand, spawnKiln } from '../agent/processes.ts';
 import { startServerProcess } from './process-server.ts';
 import { makeAgent } from '../../src/agent/agent.ts';
 import { memoryImageResolver } from '../../src/agent/images.ts';
@@ -63,6 +63,36 @@ test('kiln server --tls-cert/--tls-key: the CLI and an agent trust a private CA 
     assert.ok(!s.proc.output().includes(keyLine), 'the TLS key reached the log');
   } finally {
     await s.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('kiln up --tls-cert/--tls-key: its local agent connects over wss and the CLI runs a job with --ca', { timeout: 180_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'kiln-tls-up-'));
+  const pki = makePki(dir);
+  const data = join(dir, 'data');
+  const port = await freePort();
+  const up = spawnKiln(['up', '--driver', 'memory', '--listen', `127.0.0.1:${port}`, '--data-dir', data, '--tls-cert', pki.cert, '--tls-key', pki.key, '--ca', pki.ca]);
+  try {
+    await up.waitForOutput(/kiln is up at https:\/\/127\.0\.0\.1:\d+ with one local agent/);
+    const url = `https://127.0.0.1:${port}`;
+    const env = { KILN_SERVER: url, KILN_DATA_DIR: data, KILN_TOKEN: '', KILN_CA: pki.ca };
+    // The local agent is online: it reached its own server over wss and trusted the CA.
+    const hosts = await runKilnCommand(['hosts', 'ls'], env);
+    assert.equal(hosts.code, 0, hosts.stderr);
+    assert.match(hosts.stdout, /online/);
+    const job = await runKilnCommand(['jobs', 'submit', '--', 'sh', '-c', 'echo over-tls'], env);
+    assert.equal(job.code, 0, job.stderr);
+    assert.equal(job.stdout, 'over-tls\n');
+    // Without the CA the CLI refuses the server; plain http to the port gets no answer.
+    const without = await runKilnCommand(['jobs', 'ls'], { ...env, KILN_CA: '' });
+    assert.notEqual(without.code, 0);
+    assert.match(without.stderr, /cannot reach the kiln server/);
+    await assert.rejects(fetch(`http://127.0.0.1:${port}/healthz`));
+    const keyLine = readFileSync(pki.key, 'utf8').split('\n')[1]!;
+    assert.ok(!up.output().includes(keyLine), 'the TLS key reached the log');
+  } finally {
+    await up.kill();
     rmSync(dir, { recursive: true, force: true });
   }
 });

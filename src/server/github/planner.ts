@@ -22,8 +22,8 @@
  *   which job it took (its in_progress delivery is late) took one of its key's queued jobs; kiln's demand
  *   still counts that job. Each such runner lowers its key's need for new runners by one, so a burst whose
  *   deliveries lag behind its runners does not register a runner for a job that already ran. It only holds
- *   registrations back, never retires anything, and lasts a bounded window (the provisioner's), after which
- *   the re-read of the key's queued jobs has put kiln's view right.
+ *   registrations back, never retires anything, and lasts only until the key's queued jobs have been read
+ *   from GitHub since the runner ended (the provisioner decides which runners still count).
  */
 import type { GhJobKey } from '../../store/github-jobs.ts';
 import type { RunnerState } from '../../core/runner-state.ts';

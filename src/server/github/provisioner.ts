@@ -30,6 +30,18 @@ const countByKey = (rs: readonly { demandKey: string }[]): Map<string, number> =
   return m;
 };
 
+/**
+ * The unheard runners that still hold back a registration: those whose key has a queued job last read from
+ * GitHub before the runner ended. Once the reconciler has read them all since (reconciler.ts, doubt (1)), a
+ * job the runner took would show as taken: a runner still unheard then took none (its registration was
+ * removed and it exited well), and holds nothing back.
+ */
+function stillUnheard<T extends { demandKey: string; finishedAt: number }>(unheard: readonly T[], queued: readonly Pick<GhJob, 'demandKey' | 'checkedAt'>[]): T[] {
+  const oldestRead = new Map<string, number>();
+  for (const j of queued) if (j.demandKey) oldestRead.set(j.demandKey, Math.min(oldestRead.get(j.demandKey) ?? Infinity, j.checkedAt ?? -Infinity));
+  return unheard.filter((u) => (oldestRead.get(u.demandKey) ?? Infinity) < u.finishedAt);
+}
+
 export const unheardWindowMs = (c: { recheckMs: number; reconcileMs: number }): number => c.recheckMs + 2 * c.reconcileMs;
 
 export interface Provisioner {
@@ -239,7 +251,7 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites): Provisione
       { maxRunners: config.maxRunners, idleGraceMs: config.idleGraceMs, spare: config.spareRunners },
       p.now(),
       new Map([...templates.keys()].map((k) => [k, spareFailures.get(k)?.notBefore ?? null])),
-      countByKey(await listUnheardRunners(db, p.now() - unheardWindowMs(config))),
+      countByKey(stillUnheard(await listUnheardRunners(db, p.now() - unheardWindowMs(config)), demand)),
     );
     for (const id of plan.clearSurplus) await updateRunner(db, id, { surplusSince: null });
     for (const id of plan.markSurplus) await updateRunner(db, id, { surplusSince: p.now() });

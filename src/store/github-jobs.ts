@@ -216,14 +216,19 @@ export async function recentDemandKeys(db: Q, since: number): Promise<GhJob[]> {
   return rows.map(ghJobFromRow);
 }
 
-/** Accepted queued jobs not read from GitHub since `checkedBefore` (lost webhooks). */
-export async function listStaleQueued(db: Q, checkedBefore: number, limit: number): Promise<GhJob[]> {
+/**
+ * Accepted queued jobs of one demand key not read from GitHub since `checkedBefore` (ms), oldest first: the
+ * ones the reconciler re-reads when it doubts the key's queue (lost or late webhooks).
+ */
+export async function listQueuedOfKey(db: Q, demandKey: string, checkedBefore: number, limit: number): Promise<GhJob[]> {
   const rows = await db
     .selectFrom('github_jobs')
     .selectAll()
     .where('state', '=', 'queued')
     .where('decision', '=', 'accepted')
-    .where('checked_at', '<', new Date(checkedBefore))
+    .where('demand_key', '=', demandKey)
+    .where((w) => w.or([w('checked_at', 'is', null), w('checked_at', '<', new Date(checkedBefore))]))
+    .orderBy('created_at')
     .limit(limit)
     .execute();
   return rows.map(ghJobFromRow);

@@ -185,6 +185,26 @@ export async function goneRunnersWithLiveVms(db: Q): Promise<{ name: string; kil
   return rows.flatMap((o) => (o.kiln_job_id === null ? [] : [{ name: o.name, kilnJobId: o.kiln_job_id }]));
 }
 
+/**
+ * Runners that ended after running a job kiln has not heard of: the runner is stopping or gone with no job
+ * bound, and its VM succeeded (not cancelled) since `since` (ms). An ephemeral runner's VM ends well only
+ * after its one job, so each stands for a queued job of its key that is in fact taken (its in_progress
+ * delivery is late or lost).
+ */
+export async function listUnheardRunners(db: Q, since: number): Promise<{ name: string; demandKey: string; finishedAt: number }[]> {
+  const rows = await db
+    .selectFrom('github_runners')
+    .innerJoin('jobs', 'jobs.id', 'github_runners.kiln_job_id')
+    .select(['github_runners.name', 'github_runners.demand_key', 'jobs.finished_at'])
+    .where('github_runners.state', 'in', ['stopping', 'gone'])
+    .where('github_runners.job_id', 'is', null)
+    .where('jobs.state', '=', 'succeeded')
+    .where('jobs.cancel_requested', '=', false)
+    .where('jobs.finished_at', '>', new Date(since))
+    .execute();
+  return rows.map((r) => ({ name: r.name, demandKey: r.demand_key, finishedAt: ms(r.finished_at) ?? since }));
+}
+
 export async function countRunnersByState(db: Q): Promise<{ state: string; n: number }[]> {
   const rows = await db
     .selectFrom('github_runners')

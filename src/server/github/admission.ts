@@ -18,8 +18,9 @@ export async function refuseJob(p: GitHubParts, j: GhJob, code: string, reason: 
   p.events.emit('job.refused', { jobId: j.jobId, runAttempt: j.runAttempt, code, reason });
 }
 
-/** Reads the job from GitHub; true when it is still queued. */
-export async function reread(p: GitHubParts, vms: RunnerVmWrites, j: GhJob): Promise<boolean> {
+/** Reads the job from GitHub (`why`: counted in kiln_github_job_reads_total); true when it is still queued. */
+export async function reread(p: GitHubParts, vms: RunnerVmWrites, j: GhJob, why: 'admission' | 'unheard_runner' | 'idle_runner'): Promise<boolean> {
+  p.metrics.jobReads.inc({ why });
   const gj = await p.api.getJob(jobInstallation(j), j.jobId);
   const at = p.now();
   if (!gj) {
@@ -49,7 +50,7 @@ export async function admitJobs(p: GitHubParts, vms: RunnerVmWrites): Promise<vo
         const f = forkDecision({ repo: j.repo, isPrivate: j.private, headRepo: run?.headRepo ?? null, forkPrAllowed: config.forkPrAllowed });
         if (!f.ok) return refuseJob(p, j, f.code, f.reason);
       }
-      if (await reread(p, vms, j)) await updateGhJob(p.db, j, { decision: 'accepted', updatedAt: p.now() });
+      if (await reread(p, vms, j, 'admission')) await updateGhJob(p.db, j, { decision: 'accepted', updatedAt: p.now() });
     });
   }
 }

@@ -90,6 +90,7 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
 
   async function pass(): Promise<void> {
     if (!d.leader.isLeader()) return;
+    const ingestedAt = now();
     await ingestDeliveries(p, vms);
     await admitJobs(p, vms);
     await prov.syncWithVms();
@@ -97,7 +98,7 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
     const t = now();
     if (t - lastReconcile >= config.reconcileMs) {
       lastReconcile = t;
-      await reconciler.reconcile();
+      await reconciler.reconcile(ingestedAt);
     }
     if (t - lastRedeliver >= config.redeliverMs) {
       lastRedeliver = t;

@@ -1,6 +1,6 @@
 /**
  * GitHub metrics on the server's registry: webhook deliveries by answer, runner failures before a job,
- * give-ups and GitHub API calls (this replica), and, read from the store at each scrape (fleet-wide),
+ * give-ups, GitHub API calls and job reads by reason (this replica), and, read from the store at each scrape (fleet-wide),
  * GitHub jobs by decision and state, runners by state, and deliveries waiting to be processed.
  */
 import { Counter, Gauge } from 'prom-client';
@@ -14,6 +14,7 @@ export interface GitHubMetrics {
   runnerFailures: Counter<'code'>;
   giveUps: Counter;
   apiCalls: Counter<'result'>;
+  jobReads: Counter<'why'>;
 }
 
 export function makeGitHubMetrics(ctx: ServerContext): GitHubMetrics {
@@ -71,6 +72,12 @@ export function makeGitHubMetrics(ctx: ServerContext): GitHubMetrics {
       name: 'kiln_github_api_calls_total',
       help: 'GitHub API calls this replica made, by result (ok, rate_limited, throttled: held back by kiln\'s own budget)',
       labelNames: ['result'],
+      registers,
+    }),
+    jobReads: new Counter({
+      name: 'kiln_github_job_reads_total',
+      help: 'GitHub jobs this replica read back from the API, by why (admission; unheard_runner, idle_runner: the reconciler doubted the queue)',
+      labelNames: ['why'],
       registers,
     }),
   };

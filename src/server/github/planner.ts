@@ -18,6 +18,12 @@
  *   has no queued job left at all (its job was cancelled or taken elsewhere): while the key has queued
  *   jobs it may be the runner one of them needs, and retiring it only to register another is how bursts
  *   churned. (Runners that never come online end through the boot timeout in the reconciler.)
+ * - Unheard runners (`unheard`): a runner whose VM ended well after it went online without kiln hearing
+ *   which job it took (its in_progress delivery is late) took one of its key's queued jobs; kiln's demand
+ *   still counts that job. Each such runner lowers its key's need for new runners by one, so a burst whose
+ *   deliveries lag behind its runners does not register a runner for a job that already ran. It only holds
+ *   registrations back, never retires anything, and lasts only until the key's queued jobs have been read
+ *   from GitHub since the runner ended (the provisioner decides which runners still count).
  */
 import type { GhJobKey } from '../../store/github-jobs.ts';
 import type { RunnerState } from '../../core/runner-state.ts';
@@ -70,7 +76,8 @@ const id = (k: GhJobKey) => `${k.jobId}/${k.runAttempt}`;
 
 /**
  * `spareKeys`: the keys the surplus applies to, each with the time before which no spare may start (a spare
- * of the key failed: backoff), or null.
+ * of the key failed: backoff), or null. `unheard`: per key, runners that ended after taking a job kiln has
+ * not heard of yet.
  */
 export function planProvisioning(
   demand: readonly DemandJob[],
@@ -78,6 +85,7 @@ export function planProvisioning(
   budget: PlanBudget,
   now: number,
   spareKeys: ReadonlyMap<string, number | null> = new Map(),
+  unheard: ReadonlyMap<string, number> = new Map(),
 ): Plan {
   const plan: Plan = { start: [], startSpare: [], markSurplus: [], clearSurplus: [], retireIdle: [], retireUnneeded: [], waiting: [] };
   const spareOf = (key: string) => (budget.spare > 0 && spareKeys.has(key) ? budget.spare : 0);
@@ -113,7 +121,7 @@ export function planProvisioning(
   let room = budget.maxRunners - live.length;
   const started = new Map<string, number>();
   for (const [key, jobs] of jobsByKey) {
-    let need = jobs.length - (availableByKey.get(key)?.length ?? 0);
+    let need = jobs.length - (availableByKey.get(key)?.length ?? 0) - (unheard.get(key) ?? 0);
     for (const j of jobs) {
       if (need <= 0) break;
       if (claimed.has(id(j.key))) continue;
@@ -135,9 +143,10 @@ export function planProvisioning(
     if (spare === 0) continue;
     const notBefore = spareKeys.get(key) ?? null;
     const jobs = jobsByKey.get(key) ?? [];
+    const queued = Math.max(0, jobs.length - (unheard.get(key) ?? 0));
     if ((notBefore !== null && notBefore > now) || jobs.some((j) => j.nextAttemptAt !== null && j.nextAttemptAt > now)) continue;
     const have = (availableByKey.get(key)?.length ?? 0) + (started.get(key) ?? 0);
-    const need = Math.min(spare, jobs.length + spare - have);
+    const need = Math.min(spare, queued + spare - have);
     for (let k = 0; k < need; k++) {
       if (room <= 0) {
         if (!plan.waiting.includes(key)) plan.waiting.push(key);

@@ -10,8 +10,7 @@ import { cacheFromLabels } from '../../core/requirements.ts';
 import { isTerminal } from '../../core/job-state.ts';
 import { isAvailableRunner, nextRunnerState, LIVE_RUNNER_STATES, type RunnerEvent } from '../../core/runner-state.ts';
 import { getGhJob, listQueuedAccepted, recentDemandKeys, updateGhJob, type GhJob, type GhJobKey } from '../../store/github-jobs.ts';
-import { goneRunnersWithLiveVms, insertRunner, listRunnersIn, updateRunner, type GhRunner, type GhRunnerPatch } from '../../store/github-runners.ts';
-import { reread } from './admission.ts';
+import { goneRunnersWithLiveVms, insertRunner, listUnheardRunners, listRunnersIn, updateRunner, type GhRunner, type GhRunnerPatch } from '../../store/github-runners.ts';
 import { isRetryable } from '../../core/error-catalogue.ts';
 import type { Scope } from './api.ts';
 import { RUNNER_ENV, type RunnerVmWrites } from './job-writes.ts';
@@ -21,6 +20,31 @@ import { backoffMs, classifyLabels } from './policy.ts';
 
 /** Label sets used within this window keep their spare runners (KILN_GITHUB_SPARE_RUNNERS). */
 export const SPARE_WINDOW_MS = 24 * 3600_000;
+
+/**
+ * How long a runner that ended after an unheard-of job holds its key's registrations back (planner.ts,
+ * `unheard`): until the late delivery binds it, or at most this long, by which time the reconciler has
+ * re-read the key's queued jobs (reconciler.ts).
+ */
+const countByKey = (rs: readonly { demandKey: string }[]): Map<string, number> => {
+  const m = new Map<string, number>();
+  for (const r of rs) m.set(r.demandKey, (m.get(r.demandKey) ?? 0) + 1);
+  return m;
+};
+
+/**
+ * The unheard runners that still hold back a registration: those whose key has a queued job last read from
+ * GitHub before the runner ended. Once the reconciler has read them all since (reconciler.ts, doubt (1)), a
+ * job the runner took would show as taken: a runner still unheard then took none (its registration was
+ * removed and it exited well), and holds nothing back.
+ */
+function stillUnheard<T extends { demandKey: string; finishedAt: number }>(unheard: readonly T[], queued: readonly Pick<GhJob, 'demandKey' | 'checkedAt'>[]): T[] {
+  const oldestRead = new Map<string, number>();
+  for (const j of queued) if (j.demandKey) oldestRead.set(j.demandKey, Math.min(oldestRead.get(j.demandKey) ?? Infinity, j.checkedAt ?? -Infinity));
+  return unheard.filter((u) => (oldestRead.get(u.demandKey) ?? Infinity) < u.finishedAt);
+}
+
+export const unheardWindowMs = (c: { recheckMs: number; reconcileMs: number }): number => c.recheckMs + 2 * c.reconcileMs;
 
 export interface Provisioner {
   /** Applies a runner event (the state machine decides the state); logs and emits the change. */
@@ -200,14 +224,11 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites): Provisione
             await retire(r, `its VM ended (${kj.state}) before it took a job`);
             return runnerFailed(r, err);
           }
-          await retire(r, `its VM ended (${kj.state})`);
-          // A runner that ended well without kiln hearing of a job most likely ran one whose deliveries are
-          // late or lost: read the job it stood for now, before provisioning registers another for it.
-          if (kj.state === 'succeeded' && r.job === null && r.forJob !== null) {
-            const j = await getGhJob(db, r.forJob);
-            if (j && j.state === 'queued') await reread(p, vms, j);
-          }
-          return;
+          // A runner that ended well without kiln hearing of a job ran one whose deliveries are late or lost
+          // (which one is not known: GitHub hands a runner any queued job of its labels). It holds back one
+          // registration of its key (planner.ts, `unheard`); if no delivery names it, the reconciler re-reads
+          // the key's queued jobs.
+          return retire(r, `its VM ended (${kj.state})`);
         }
         if (r.state === 'pending' && p.now() - r.createdAt > 60_000 && r.runnerId === null) {
           // A pass died between persisting the name and registering: nothing on GitHub under this name yet
@@ -233,6 +254,7 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites): Provisione
       { maxRunners: config.maxRunners, idleGraceMs: config.idleGraceMs, spare: config.spareRunners },
       p.now(),
       new Map([...templates.keys()].map((k) => [k, spareFailures.get(k)?.notBefore ?? null])),
+      countByKey(stillUnheard(await listUnheardRunners(db, p.now() - unheardWindowMs(config)), demand)),
     );
     for (const id of plan.clearSurplus) await updateRunner(db, id, { surplusSince: null });
     for (const id of plan.markSurplus) await updateRunner(db, id, { surplusSince: p.now() });
@@ -251,16 +273,11 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites): Provisione
     if (plan.waiting.length > 0) log.debug({ keys: plan.waiting }, 'runner capacity full; queued jobs wait');
     for (const k of plan.start) {
       const j = jobs.get(`${k.jobId}/${k.runAttempt}`)!;
-      await p.step(`provisioning a runner for GitHub job ${k.jobId}`, async () => {
-        // A job not read from GitHub within the recheck interval (60 s) is read again: it may have been taken
-        // meanwhile. Not sooner: admission has just read it, and the reconciler re-reads every queued job at
-        // that interval anyway, so a pass slower than 10 s no longer costs a second read per job (a wait
-        // past 60 s still does: bench/RESULTS.md, bench:github).
-        if (j.checkedAt === null || p.now() - j.checkedAt > config.recheckMs) {
-          if (!(await reread(p, vms, j))) return;
-        }
-        await startRunner(j);
-      });
+      // No read of the job before registering, however long it waited for runner budget: admission read it,
+      // and a job that leaves the queue meanwhile says so through its delivery (or GitHub's redelivery). Were
+      // both lost, the runner registered for it would idle online, and the reconciler re-reads the queued jobs
+      // of a key whose runner idles (reconciler.ts): one registration, not a read per waiting job.
+      await p.step(`provisioning a runner for GitHub job ${k.jobId}`, () => startRunner(j));
     }
     for (const key of plan.startSpare) {
       const t = templates.get(key)!;

@@ -1,33 +1,35 @@
 /**
  * The reconciler, for everything webhooks miss: each scope's runners are listed from GitHub and every live
  * runner compared (online, busy, vanished, offline past the boot timeout); registrations with kiln's prefix
- * that no live runner owns are removed; accepted jobs not read for a while are re-read, and old deliveries are pruned.
+ * that no live runner owns are removed; queued jobs kiln has a reason to doubt are re-read (`doubtedQueues`),
+ * and old deliveries are pruned.
  */
 import { KilnError } from '../../core/errors.ts';
 import { LIVE_RUNNER_STATES } from '../../core/runner-state.ts';
 import { pruneDeliveries } from '../../store/github-deliveries.ts';
-import { listStaleQueued } from '../../store/github-jobs.ts';
-import { listRunnersIn, recentRunnerScopes, type RunnerScope } from '../../store/github-runners.ts';
+import { listQueuedOfKey } from '../../store/github-jobs.ts';
+import { listRunnersIn, listUnheardRunners, recentRunnerScopes, type GhRunner, type RunnerScope } from '../../store/github-runners.ts';
 import type { GhRunner as GhApiRunner } from './api.ts';
 import { reread } from './admission.ts';
 import type { RunnerVmWrites } from './job-writes.ts';
 import { runnerInstallation, runnerScope, type GitHubParts } from './parts.ts';
-import type { Provisioner } from './provisioner.ts';
+import { unheardWindowMs, type Provisioner } from './provisioner.ts';
 
 /** Deliveries (payloads up to 25 MB) are kept as long as GitHub can redeliver them. */
 export const DELIVERY_RETENTION_MS = 3 * 24 * 3600_000;
 
 export interface Reconciler {
-  reconcile(): Promise<void>;
+  /** `ingestedAt`: when the pass's ingest began (every delivery stored before it has been processed). */
+  reconcile(ingestedAt: number): Promise<void>;
 }
 
 export function makeReconciler(p: GitHubParts, vms: RunnerVmWrites, prov: Provisioner): Reconciler {
   /** Runners whose registration vanished, since when (this leader's memory: a new leader starts the grace again). */
   const vanished = new Map<number, number>();
-  return { reconcile: () => reconcile(p, vms, prov, vanished) };
+  return { reconcile: (ingestedAt) => reconcile(p, vms, prov, vanished, ingestedAt) };
 }
 
-async function reconcile(p: GitHubParts, vms: RunnerVmWrites, prov: Provisioner, vanished: Map<number, number>): Promise<void> {
+async function reconcile(p: GitHubParts, vms: RunnerVmWrites, prov: Provisioner, vanished: Map<number, number>, ingestedAt: number): Promise<void> {
   const { db, api, config, log } = p;
   // One listing per registration scope (paginated, 100 a page) instead of one read per runner: the
   // reconciler's GitHub calls grow with scopes, not with runners.
@@ -90,9 +92,57 @@ async function reconcile(p: GitHubParts, vms: RunnerVmWrites, prov: Provisioner,
       }
     });
   }
-  // Known-queued jobs: GitHub may have moved on without telling us (lost webhooks).
-  for (const j of await listStaleQueued(db, p.now() - config.recheckMs, 200)) {
-    await p.step(`re-checking GitHub job ${j.jobId}`, async () => void (await reread(p, vms, j)));
+  // Known-queued jobs whose record kiln has a reason to doubt (lost or late webhooks); never jobs that are
+  // only waiting for a runner.
+  let budget = 200;
+  for (const d of doubtedQueues(await listUnheardRunners(db, p.now() - unheardWindowMs(config)), await listRunnersIn(db, ['online']), ingestedAt, p.now(), config)) {
+    for (const j of await listQueuedOfKey(db, d.demandKey, d.checkedBefore, budget)) {
+      budget--;
+      await p.step(`re-checking GitHub job ${j.jobId}`, async () => {
+        await reread(p, vms, j, d.why);
+      });
+    }
+    if (budget <= 0) break;
   }
   await p.step('pruning old deliveries', () => pruneDeliveries(db, new Date(p.now() - DELIVERY_RETENTION_MS), new Date(p.now() - 10 * DELIVERY_RETENTION_MS)));
+}
+
+/** A demand key whose queued jobs read before `checkedBefore` (ms) are to be read again, and why. */
+export interface DoubtedQueue {
+  demandKey: string;
+  checkedBefore: number;
+  why: 'unheard_runner' | 'idle_runner';
+}
+
+/**
+ * Pure: which keys' queued jobs kiln doubts. A job only waiting for a runner is not doubted (its deliveries,
+ * or GitHub's redelivery of them, say when it leaves the queue); two things are reasons:
+ * - a runner of the key ended after running a job kiln has not heard of (`unheard`), and an ingest that began
+ *   at least a reconcile interval after the runner's VM ended (`ingestedAt`) still brought no delivery
+ *   naming it: one of the key's queued jobs is taken, the jobs read before the runner ended are read again;
+ * - a runner of the key has been online and idle past the recheck interval: GitHub hands an idle runner any
+ *   queued job of its labels, so the key's jobs not read within that interval may be gone (cancelled or
+ *   taken elsewhere with their deliveries lost).
+ * Either way each job is read once per reason, not once per round.
+ */
+export function doubtedQueues(
+  unheard: readonly { demandKey: string; finishedAt: number }[],
+  online: readonly Pick<GhRunner, 'demandKey' | 'onlineAt'>[],
+  ingestedAt: number,
+  now: number,
+  c: { reconcileMs: number; recheckMs: number },
+): DoubtedQueue[] {
+  const out = new Map<string, DoubtedQueue>();
+  for (const u of unheard) {
+    if (u.finishedAt > ingestedAt - c.reconcileMs) continue;
+    const d = out.get(u.demandKey);
+    if (!d || d.checkedBefore < u.finishedAt) out.set(u.demandKey, { demandKey: u.demandKey, checkedBefore: u.finishedAt, why: 'unheard_runner' });
+  }
+  for (const r of online) {
+    if (r.onlineAt === null || now - r.onlineAt < c.recheckMs) continue;
+    const before = now - c.recheckMs;
+    const d = out.get(r.demandKey);
+    if (!d || d.checkedBefore < before) out.set(r.demandKey, { demandKey: r.demandKey, checkedBefore: before, why: 'idle_runner' });
+  }
+  return [...out.values()];
 }

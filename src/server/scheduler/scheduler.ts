@@ -17,7 +17,8 @@ import type { JobCommands, Placement } from '../jobs/job-commands.ts';
 import { makeLoop } from '../loop.ts';
 import type { HostPool, PoolHost } from './host-pool.ts';
 import { placeJobs, type JobDemand } from './placement.ts';
-import { makeHostPenalties, type HostPenalties } from './host-penalties.ts';
+import { DEFAULT_PENALTY_HALF_LIFE_MS, PENALTY_HORIZON_HALF_LIVES, penaltyLevels } from './host-penalties.ts';
+import { recentLaunchFailures } from '../../store/launch-failures.ts';
 
 export interface Scheduler {
   /** Asks for a scheduling pass soon (coalesced). */
@@ -29,8 +30,6 @@ export interface Scheduler {
   capacityFreed(): void;
   /** A tenant limit changed here (other replicas notice within a second). */
   limitsChanged(): void;
-  /** Recent launch failures per host: placement prefers other hosts while they count. */
-  readonly penalties: HostPenalties;
   /** Runs one pass now; resolves with the number of jobs placed. */
   pass(): Promise<number>;
   start(): void;
@@ -39,7 +38,7 @@ export interface Scheduler {
 
 export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobCommands, o: { now?: () => number; penaltyHalfLifeMs?: number } = {}): Scheduler {
   const now = o.now ?? Date.now;
-  const penalties = makeHostPenalties(o.penaltyHalfLifeMs);
+  const halfLifeMs = o.penaltyHalfLifeMs ?? DEFAULT_PENALTY_HALF_LIFE_MS;
   /** Whether jobs were still queued after the last pass (unknown before the first pass). */
   let backlog = true;
   /** Capacity freed while a pass ran: that pass's claims predate it, so a leftover backlog gets another pass. */
@@ -61,6 +60,20 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobC
       log.warn({ err: e }, 'could not read the egress allowlists; using the last ones read');
     }
     return egressCache?.p ?? { tenants: new Map(), repos: new Map() };
+  };
+  // Host penalties from the launch failures the store holds (every replica sees the same), read at most once a
+  // second, and at once after a failure reported here; if a read fails, the last levels read hold.
+  let penaltyCache: { at: number; levels: ReadonlyMap<number, number> } | undefined;
+  const hostPenalties = async (): Promise<ReadonlyMap<number, number>> => {
+    const t = now();
+    if (penaltyCache && t - penaltyCache.at < 1000) return penaltyCache.levels;
+    try {
+      const failures = await recentLaunchFailures(ctx.store.db, t - PENALTY_HORIZON_HALF_LIVES * halfLifeMs);
+      penaltyCache = { at: t, levels: penaltyLevels(failures, t, halfLifeMs) };
+    } catch (e) {
+      log.warn({ err: e }, 'could not read recent launch failures; using the last host penalties read');
+    }
+    return penaltyCache?.levels ?? new Map<number, number>();
   };
   // Passes run at the end of the kicking event-loop turn, so everything submitted in the same turn shares one.
   const loop = makeLoop(async () => void (await pass()), { atTurnEnd: true, onError: (e) => log.error({ err: e }, 'scheduling pass failed; retrying on the next poll') });
@@ -102,6 +115,7 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobC
     // Asked outside the transaction: the embedded store has one session, which the transaction holds.
     const gen = limitsGen;
     let checkLimits = await limitsExist();
+    const penalties = await hostPenalties();
     const { placed, claimed, waiting } = await ctx.store.withTransaction(async (tx) => {
       const { jobs, more } = await claimQueuedJobs(tx, ctx.options.batchSize, live);
       // Jobs too big for any host's free room right now are not claimed; whether any such job waits decides
@@ -122,7 +136,7 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobC
         hostLabels: j.requirements.hostLabels,
         ...(j.cacheKey ? { cacheKey: j.cacheKey } : {}),
       }));
-      const placements = placeJobs(slots, demands, room, penalties.levels(now())).placements;
+      const placements = placeJobs(slots, demands, room, penalties).placements;
       // The update itself keeps only placements on hosts this replica still owns and that still take jobs
       // (another replica may have cordoned one); the rest stay queued for the next pass.
       const done = await door.place(tx, placements, ctx.serverId);
@@ -222,7 +236,6 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobC
       limitsGen++;
     },
     pass,
-    penalties,
     start() {
       // The embedded store has no other replica: every submission and freed host kicks a pass here, so its
       // polls are only a safety net, and they are slower (its statements run on this event loop).
@@ -233,9 +246,10 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobC
       stopPoll = setInterval(() => void checkStops(), single ? 5000 : Math.max(ctx.options.pollMs * 4, 1000));
       // Work accepted here (the API, GitHub) gets a pass at the end of its event-loop turn.
       offSubmitted = ctx.events.on('job.submitted', kick);
+      // A failure reported here is stored already: the next pass reads the penalties afresh.
       offFailed = ctx.events.on('host.launch_failed', (e) => {
-        penalties.failed(e.hostId, now());
-        log.info({ hostId: e.hostId, jobId: e.jobId, code: e.code, penalty: Math.round(penalties.score(e.hostId, now()) * 100) / 100 }, 'launch failed on host; other hosts preferred for a while');
+        penaltyCache = undefined;
+        log.info({ hostId: e.hostId, jobId: e.jobId, code: e.code }, 'launch failed on host; other hosts preferred for a while');
       });
       loop.start();
     },

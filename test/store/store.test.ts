@@ -193,6 +193,26 @@ for (const { kind, skip } of storeKinds()) {
       assert.deepEqual(await applyPhases(store.db, [{ jobId: a.id, attempt: 1, hostId: host.id, phase: 'booting' }]), [], 'no going back');
     });
 
+    void test('two phase statements at once over the same jobs, given in opposite orders: no deadlock, every job ends running once', async () => {
+      // The phase writer runs two at once on PostgreSQL; each statement takes its jobs in id order.
+      const host = await connectHost(store.db, cap('t-concurrent-phases'), 's1');
+      for (let round = 0; round < 5; round++) {
+        const jobs = await insertJobs(store.db, Array.from({ length: 60 }, () => spec({ tenant: `conc-${round}` })));
+        await store.withTransaction((tx) => markPlaced(tx, jobs.map((j) => ({ jobId: j.id, hostId: host.id }))));
+        const up = jobs.map((j) => ({ jobId: j.id, attempt: 1, hostId: host.id }));
+        const [booted, ran] = await Promise.all([
+          applyPhases(store.db, up.map((u) => ({ ...u, phase: 'booting' as const }))),
+          applyPhases(store.db, [...up].reverse().map((u) => ({ ...u, phase: 'running' as const }))),
+        ]);
+        assert.equal(ran.length, jobs.length, 'every start is stored');
+        for (const j of jobs) {
+          const states = (await jobTransitions(store.db, j.id)).map((e) => e.state);
+          assert.ok(['queued,placed,booting,running', 'queued,placed,running'].includes(states.join()), `${j.id}: ${states.join()}`);
+          assert.equal(booted.some((c) => c.id === j.id), states.includes('booting'));
+        }
+      }
+    });
+
     void test('batches of every size: placing, phases, results and log sizes for 1, 8, 9 and 40 jobs at once', async () => {
       // Up to 8 rows travel as a VALUES list, more as one JSON parameter (batch-rows.ts): both must agree.
       const host = await connectHost(store.db, cap('t-sizes'), 's1');

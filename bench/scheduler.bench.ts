@@ -197,6 +197,7 @@ async function runOne(kind: 'pglite' | 'postgres'): Promise<Record<string, numbe
     const answered: number[] = [];
     const total = RATE * RATE_SECONDS;
     const cpuSteady0 = cpuMs(proc.pid!);
+    const monoSteady0 = process.hrtime.bigint() / 1000n;
     const t0 = performance.now();
     const inflight: Promise<void>[] = [];
     for (let i = 0; i < total; i++) {
@@ -224,12 +225,14 @@ async function runOne(kind: 'pglite' | 'postgres'): Promise<Record<string, numbe
     while (finished.n < total) await new Promise((r) => setTimeout(r, 50));
     const rssSteady = rss(proc.pid!).rssMB;
     const cpuSteady = cpuMs(proc.pid!) - cpuSteady0;
+    const monoSteady1 = process.hrtime.bigint() / 1000n;
 
     // 2. Burst: 10,000 long jobs of mixed sizes, more than the fleet holds.
     const burst = makeBurst();
     const before = launches.size;
     const cpuBurst0 = cpuMs(proc.pid!);
     const tBurst = performance.now();
+    const monoBurst0 = process.hrtime.bigint() / 1000n; // CLOCK_MONOTONIC µs, the clock of a --cpu-prof profile
     // All at once: ten batch requests of 1,000 jobs in flight together.
     const batches: Promise<{ ids: number[] }>[] = [];
     for (let i = 0; i < burst.length; i += 1000) {
@@ -259,6 +262,8 @@ async function runOne(kind: 'pglite' | 'postgres'): Promise<Record<string, numbe
     const mem = rss(proc.pid!);
     const cpuBurst = cpuMs(proc.pid!) - cpuBurst0;
     void before;
+    // With BENCH_SERVER_NODE_ARGS=--cpu-prof, these cut the server's profile into phases (bench/cpu-profile.mjs).
+    if (process.env.BENCH_DEBUG) console.log(`monotonic µs: steady ${monoSteady0}-${monoSteady1}, burst ${monoBurst0}-${process.hrtime.bigint() / 1000n}`);
 
     // The offline yardstick on the same hosts and jobs.
     const hosts: HostSlot[] = fleet.map((h, i) => ({

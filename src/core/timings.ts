@@ -10,6 +10,15 @@ export interface JobTimes {
   finishedAt: string | Date | null;
 }
 
+/** A job whose command just started: its shape and times, as the wait/boot figures take them. */
+export interface StartedTimes {
+  arch: string;
+  labels: string[];
+  createdAt: Date;
+  placedAt: Date | null;
+  runningAt: Date;
+}
+
 export interface JobTimings {
   /** Queued to placed on a host (seconds); null while still queued or when it never was placed. */
   waitSeconds: number | null;

@@ -8,12 +8,14 @@ import type { Job } from '../core/job.ts';
 import type { JobState } from '../core/job-state.ts';
 import type { HostState } from '../core/host-state.ts';
 import type { HostMirror } from '../core/host.ts';
+import type { StartedTimes } from '../core/timings.ts';
 
 export interface ServerEvents {
   'job.submitted': { job: Job };
   /** The job as far as every listener needs it: read the rest from the store (most writers never load it). */
   /** `job.error` is set when the change carries one (a failed or lost job); absent on other changes. */
-  'job.state': { job: Pick<Job, 'id' | 'tenant' | 'attempt'> & { error?: Job['error'] }; from: JobState; to: JobState };
+  /** `started`: on a change to running stored by the phase writer, the times the wait/boot figures need. */
+  'job.state': { job: Pick<Job, 'id' | 'tenant' | 'attempt'> & { error?: Job['error'] }; from: JobState; to: JobState; started?: StartedTimes };
   /** A job's VM must stop (a cancel of an active job): the replica its host is connected to sends `stop`. */
   'job.stop': { jobId: number; attempt: number; hostId: number; reason: string };
   'job.placed': { jobId: number; attempt: number; hostId: number; latencyMs: number };

@@ -4,6 +4,7 @@ import type { LaunchSpec } from '../core/agent-protocol.ts';
 import type { Arch } from '../core/arch.ts';
 import type { Requirements } from '../core/requirements.ts';
 import type { Job, JobSpec, JobTransition } from '../core/job.ts';
+import type { StartedTimes } from '../core/timings.ts';
 import { ACTIVE_STATES, JOB_STATE_LIST, canTransition, holdsHost, mayRequeue, nextJobState, type JobEvent, type JobState } from '../core/job-state.ts';
 import type { Db, Tx } from './store.ts';
 import type { JobRow } from './schema.ts';
@@ -637,6 +638,8 @@ export interface PhaseChange {
   from: JobState;
   /** Both transitions happened in this batch: placed → booting → running. */
   booted: boolean;
+  /** For a start: what the wait/boot figures need, returned by the update itself (no read after it). */
+  started?: StartedTimes;
 }
 
 /**
@@ -656,11 +659,26 @@ export async function applyPhases(db: Q, updates: PhaseUpdate[]): Promise<PhaseC
   const batch = batchRows(
     'v',
     [['id', 'bigint'], ['attempt', 'int'], ['host', 'bigint'], ['phase', 'text'], ['booted', 'boolean'], ['detail', 'text']],
-    [...latest.values()].map((u) => ({ id: u.jobId, attempt: u.attempt, host: u.hostId, phase: u.phase, booted: u.booted, detail: u.phase === 'running' ? startDetail(u) : null })),
+    // In job-id order: two of these statements at once (the phase writer allows it on PostgreSQL) then lock
+    // their rows in the same order with the usual plan (a nested loop over v).
+    [...latest.values()]
+      .sort((a, b) => a.jobId - b.jobId)
+      .map((u) => ({ id: u.jobId, attempt: u.attempt, host: u.hostId, phase: u.phase, booted: u.booted, detail: u.phase === 'running' ? startDetail(u) : null })),
   );
   const bootFrom = statesAccepting({ type: 'boot' });
   const startFrom = statesAccepting({ type: 'start' });
-  const r = await sql<Pick<JobRow, 'id' | 'tenant' | 'attempt'> & { state: 'booting' | 'running'; booted: boolean; was_booting: boolean }>`
+  const r = await sql<
+    Pick<JobRow, 'id' | 'tenant' | 'attempt'> & {
+      state: 'booting' | 'running';
+      booted: boolean;
+      was_booting: boolean;
+      arch: string | null;
+      labels: string[] | null;
+      created_ms: number | null;
+      placed_ms: number | null;
+      running_ms: number | null;
+    }
+  >`
     WITH v AS (
       SELECT * FROM ${batch}
     ), upd AS (
@@ -671,16 +689,32 @@ export async function applyPhases(db: Q, updates: PhaseUpdate[]): Promise<PhaseC
       FROM v
       WHERE j.id = v.id AND j.attempt = v.attempt AND j.host_id = v.host
         AND ((v.phase = 'booting' AND j.state = ANY(${sql.val(bootFrom)}::text[])) OR (v.phase = 'running' AND j.state = ANY(${sql.val(startFrom)}::text[])))
-      RETURNING j.id, j.tenant, j.attempt, j.state, j.host_id, v.booted, v.detail, (v.phase = 'running' AND j.booting_at IS NOT NULL AND NOT v.booted) AS was_booting
+      RETURNING j.id, j.tenant, j.attempt, j.state, j.host_id, v.booted, v.detail, (v.phase = 'running' AND j.booting_at IS NOT NULL AND NOT v.booted) AS was_booting,
+        CASE WHEN v.phase = 'running' THEN j.arch END AS arch, CASE WHEN v.phase = 'running' THEN j.labels END AS labels,
+        CASE WHEN v.phase = 'running' THEN (extract(epoch FROM j.created_at) * 1000)::float8 END AS created_ms,
+        CASE WHEN v.phase = 'running' THEN (extract(epoch FROM j.placed_at) * 1000)::float8 END AS placed_ms,
+        CASE WHEN v.phase = 'running' THEN (extract(epoch FROM j.running_at) * 1000)::float8 END AS running_ms
     ), ev AS (
       INSERT INTO job_events (job_id, attempt, state, host_id, detail)
       SELECT id, attempt, 'booting', host_id, NULL FROM upd WHERE booted
       UNION ALL
       SELECT id, attempt, state, host_id, detail FROM upd
     )
-    SELECT id, tenant, attempt, state, booted, was_booting FROM upd`.execute(db);
-  // Only what the events need: reading back whole rows (env, command, labels) cost more than the update.
-  return r.rows.map((x) => ({ id: x.id, tenant: x.tenant, attempt: x.attempt, state: x.state, from: x.was_booting ? 'booting' : 'placed', booted: x.booted }));
+    SELECT id, tenant, attempt, state, booted, was_booting, arch, labels, created_ms, placed_ms, running_ms FROM upd`.execute(db);
+  // Only what the events and the figures need: reading back whole rows (env, command) cost more than the
+  // update, and reading the times again after it (as the figures did) cost a statement per batch. Times come
+  // back as epoch milliseconds (a number, not a timestamp string to parse).
+  return r.rows.map((x) => ({
+    id: x.id,
+    tenant: x.tenant,
+    attempt: x.attempt,
+    state: x.state,
+    from: x.was_booting ? 'booting' : 'placed',
+    booted: x.booted,
+    ...(x.state === 'running' && x.arch !== null && x.created_ms !== null && x.running_ms !== null
+      ? { started: { arch: x.arch, labels: x.labels ?? [], createdAt: new Date(x.created_ms), placedAt: x.placed_ms === null ? null : new Date(x.placed_ms), runningAt: new Date(x.running_ms) } }
+      : {}),
+  }));
 }
 
 export interface TransitionRequest {

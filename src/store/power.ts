@@ -82,6 +82,18 @@ export interface PowerHostRow {
   openRequest: PowerRequestKind | undefined;
 }
 
+/**
+ * Hosts per state, and how many have a power driver (one that can put them to sleep or have them woken:
+ * reported and not `none`). One scan of the hosts table, no join: what the leader reads every second before
+ * it decides whether there is anything to decide.
+ */
+export async function powerSummary(db: Q): Promise<{ states: Map<HostState, number>; managed: number }> {
+  const r = await sql<{ state: string; n: number; managed: number }>`
+    SELECT state, count(*)::int AS n, (count(*) FILTER (WHERE power IS NOT NULL AND power->>'driver' IS DISTINCT FROM 'none'))::int AS managed
+    FROM hosts GROUP BY state`.execute(db);
+  return { states: new Map(r.rows.map((x) => [x.state as HostState, x.n])), managed: r.rows.reduce((a, x) => a + x.managed, 0) };
+}
+
 export async function powerHosts(db: Q): Promise<PowerHostRow[]> {
   const rows = await sql<{
     id: number;

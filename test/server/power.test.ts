@@ -12,6 +12,7 @@ import { storeKinds, makeTestStore, makeTestDatabase } from '../store/test-store
 import { killAll, freePort, runKilnCommand, spawnBuiltKiln, type KilnProcess } from '../agent/processes.ts';
 import { makeServer, type KilnServer } from '../../src/server/server.ts';
 import { createToken, makeSecret } from '../../src/store/tokens.ts';
+import { connectHost } from '../../src/store/hosts.ts';
 import { makeApiClient, type ApiClient } from '../support/test-client.ts';
 import { DEFAULT_POWER_POLICY, parseClock, parseDays, type PowerPolicy, type PowerPool } from '../../src/core/power.ts';
 import type { PowerOptions } from '../../src/server/power/manager.ts';
@@ -432,3 +433,48 @@ void test('two replicas on PostgreSQL: a burst of 50 jobs for an asleep pool wak
     await db.drop();
   }
 });
+
+// In-process, no agents: hosts registered straight in the store. With no host that has a power driver the
+// leader has nothing to decide and skips the fleet read and the placement on paper (a tenth of a core on a
+// 1,000-host fleet, every second), yet still counts host-seconds per state; one host reporting a driver
+// brings the decisions back.
+for (const { kind, skip } of storeKinds()) {
+  void test(`no host with a power driver: no decision, host-seconds still counted; a host with one brings decisions back (${kind})`, { skip, timeout: 60_000 }, async () => {
+    const store = await makeTestStore(kind);
+    const server = await makeServer({
+      store,
+      logger: quietLogger(),
+      adminToken: makeSecret('admin'),
+      options: { pollMs: 100, heartbeatMs: 1000 },
+      leaderIntervalMs: 100,
+      // ticks are run by the test (one a minute otherwise)
+      power: { tickMs: 60_000, policy: policy() },
+    });
+    try {
+      await server.listen({ host: '127.0.0.1', port: 0 });
+      const cap = (name: string) => ({ name, arch: 'amd64' as const, cpus: 8, memoryBytes: 8 * 1024 ** 3, diskBytes: 100 * 1024 ** 3, accel: 'tcg' as const, labels: [], driver: 'memory', agentVersion: '0.1.0' });
+      await connectHost(store.db, cap('plain-1'), 'elsewhere');
+      await connectHost(store.db, cap('plain-2'), 'elsewhere', undefined, { driver: 'none' });
+      const onlineSeconds = async () => Number(/kiln_host_state_seconds_total\{state="online"\} ([0-9.e+-]+)/.exec(await server.ctx.metrics.registry.metrics())?.[1] ?? 0);
+      const deadline = Date.now() + 30_000;
+      while (!server.leader.isLeader() || (await onlineSeconds()) === 0) {
+        assert.ok(Date.now() < deadline, 'the server became leader and counted host-seconds');
+        await server.power.tick();
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.equal(server.power.lastDecision(), undefined, 'nothing to decide');
+      const before = await onlineSeconds();
+      await new Promise((r) => setTimeout(r, 100));
+      await server.power.tick();
+      assert.ok((await onlineSeconds()) > before, 'host-seconds keep being counted');
+      assert.equal(server.power.lastDecision(), undefined);
+
+      await connectHost(store.db, cap('managed'), 'elsewhere', undefined, { driver: 'command' });
+      await server.power.tick();
+      assert.deepEqual(server.power.lastDecision(), { sleep: [], wake: [], unplaceable: 0 }, 'a decision is made again');
+    } finally {
+      await server.close();
+      await store.close();
+    }
+  });
+}

@@ -171,7 +171,7 @@ for (const { kind, skip } of storeKinds()) {
 
     void test('phases: batched, only from legal states, only from the job\'s host; both transitions kept', async () => {
       const host = await connectHost(store.db, cap('t-phase'), 's1');
-      const [a, b] = await insertJobs(store.db, [spec({ tenant: 'ph' }), spec({ tenant: 'ph' })]);
+      const [a, b] = await insertJobs(store.db, [spec({ tenant: 'ph', labels: ['kiln-2cpu', 'gpu'] }), spec({ tenant: 'ph' })]);
       assert.ok(a && b);
       await store.withTransaction((tx) => markPlaced(tx, [{ jobId: a.id, hostId: host.id }, { jobId: b.id, hostId: host.id }]));
       const changed = await applyPhases(store.db, [
@@ -180,9 +180,37 @@ for (const { kind, skip } of storeKinds()) {
         { jobId: b.id, attempt: 1, hostId: host.id + 1000, phase: 'running' },
       ]);
       assert.deepEqual(changed.map((c) => [c.id, c.state, c.from, c.booted]), [[a.id, 'running', 'placed', true]]);
+      // A start carries what the wait/boot figures need, as stored (times to the millisecond).
+      const stored = await getJob(store.db, a.id);
+      const started = changed[0]?.started;
+      assert.ok(stored && started, 'a start returns its times');
+      assert.deepEqual([started.arch, started.labels], [stored.requirements.arch, stored.labels]);
+      for (const [got, want] of [[started.createdAt, stored.createdAt], [started.placedAt, stored.placedAt], [started.runningAt, stored.runningAt]] as const) {
+        assert.ok(got && want && Math.abs(got.getTime() - Date.parse(want)) <= 1, `${got?.toISOString()} vs ${want}`);
+      }
       assert.deepEqual((await jobTransitions(store.db, a.id)).map((e) => e.state), ['queued', 'placed', 'booting', 'running']);
       assert.equal((await getJob(store.db, b.id))?.state, 'placed');
       assert.deepEqual(await applyPhases(store.db, [{ jobId: a.id, attempt: 1, hostId: host.id, phase: 'booting' }]), [], 'no going back');
+    });
+
+    void test('two phase statements at once over the same jobs, given in opposite orders: no deadlock, every job ends running once', async () => {
+      // The phase writer runs two at once on PostgreSQL; each statement takes its jobs in id order.
+      const host = await connectHost(store.db, cap('t-concurrent-phases'), 's1');
+      for (let round = 0; round < 5; round++) {
+        const jobs = await insertJobs(store.db, Array.from({ length: 60 }, () => spec({ tenant: `conc-${round}` })));
+        await store.withTransaction((tx) => markPlaced(tx, jobs.map((j) => ({ jobId: j.id, hostId: host.id }))));
+        const up = jobs.map((j) => ({ jobId: j.id, attempt: 1, hostId: host.id }));
+        const [booted, ran] = await Promise.all([
+          applyPhases(store.db, up.map((u) => ({ ...u, phase: 'booting' as const }))),
+          applyPhases(store.db, [...up].reverse().map((u) => ({ ...u, phase: 'running' as const }))),
+        ]);
+        assert.equal(ran.length, jobs.length, 'every start is stored');
+        for (const j of jobs) {
+          const states = (await jobTransitions(store.db, j.id)).map((e) => e.state);
+          assert.ok(['queued,placed,booting,running', 'queued,placed,running'].includes(states.join()), `${j.id}: ${states.join()}`);
+          assert.equal(booted.some((c) => c.id === j.id), states.includes('booting'));
+        }
+      }
     });
 
     void test('batches of every size: placing, phases, results and log sizes for 1, 8, 9 and 40 jobs at once', async () => {
@@ -194,8 +222,10 @@ for (const { kind, skip } of storeKinds()) {
         assert.deepEqual(placed.map((p) => [p.id, p.hostId, p.launch.command[1]]), jobs.map((j, i) => [j.id, host.id, String(i)]), `${n}: placed`);
         const booted = await applyPhases(store.db, jobs.map((j) => ({ jobId: j.id, attempt: 1, hostId: host.id, phase: 'booting' as const })));
         assert.equal(booted.length, n, `${n}: booting`);
+        assert.ok(booted.every((c) => c.started === undefined), `${n}: a boot carries no start times`);
         const ran = await applyPhases(store.db, jobs.map((j) => ({ jobId: j.id, attempt: 1, hostId: host.id, phase: 'running' as const })));
         assert.deepEqual(ran.map((c) => [c.id, c.state, c.from]), jobs.map((j) => [j.id, 'running', 'booting']), `${n}: running`);
+        assert.ok(ran.every((c) => c.started?.arch === 'amd64' && c.started.placedAt !== null && c.started.runningAt >= c.started.placedAt), `${n}: start times`);
         await store.withTransaction((tx) =>
           appendLogs(tx, jobs.map((j) => ({ jobId: j.id, attempt: 1, seq: 0, stream: 'stdout' as const, data: Buffer.from(`out ${j.id}\n`) })), 1 << 20),
         );

@@ -19,9 +19,14 @@ export interface PhaseWriter {
 
 export function makePhaseWriter(ctx: ServerContext, jobs: JobCommands): PhaseWriter {
   const pending = new Set<Promise<unknown>>();
+  // On PostgreSQL two statements may run at once, so a start (whose agent waits for the answer) need not
+  // wait for a whole statement already running. Each statement takes its jobs in id order (applyPhases), so
+  // two at once lock rows in the same order; should they deadlock all the same, PostgreSQL aborts one whole
+  // (one statement, nothing half-stored) and the group commit runs its callers' parts again alone.
+  // The embedded store runs one statement at a time anyway.
   const write = makeGroupCommit(
     async (batch: PhaseUpdate[]): Promise<boolean[]> => jobs.applyPhases(batch),
-    { maxInFlight: 1, maxItems: 2000 },
+    { maxInFlight: ctx.store.kind === 'pglite' ? 1 : 2, maxItems: 2000 },
   );
   const track = <T>(p: Promise<T>): Promise<T> => {
     pending.add(p);

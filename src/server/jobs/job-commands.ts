@@ -14,6 +14,7 @@ import type { JobResultMsg } from '../../core/agent-protocol.ts';
 import { KilnError } from '../../core/errors.ts';
 import type { Job, JobSpec } from '../../core/job.ts';
 import type { JobState } from '../../core/job-state.ts';
+import type { StartedTimes } from '../../core/timings.ts';
 import {
   applyPhases,
   insertJobs,
@@ -87,8 +88,8 @@ export interface JobCommands {
 
 export function makeJobCommands(ctx: ServerContext): JobCommands {
   const db = ctx.store.db;
-  const stateChanged = (job: Pick<Job, 'id' | 'tenant' | 'attempt'> & { error?: Job['error'] }, from: JobState, to: JobState) =>
-    ctx.events.emit('job.state', { job: { id: job.id, tenant: job.tenant, attempt: job.attempt, ...(job.error ? { error: job.error } : {}) }, from, to });
+  const stateChanged = (job: Pick<Job, 'id' | 'tenant' | 'attempt'> & { error?: Job['error'] }, from: JobState, to: JobState, started?: StartedTimes) =>
+    ctx.events.emit('job.state', { job: { id: job.id, tenant: job.tenant, attempt: job.attempt, ...(job.error ? { error: job.error } : {}) }, from, to, ...(started ? { started } : {}) });
   // Concurrent submissions share statements when the store is busy (see group-commit.ts).
   const insert = makeGroupCommit((specs: JobSpec[]) => insertJobs(db, specs), { maxInFlight: ctx.store.kind === 'pglite' ? 1 : 4, maxItems: 1000 });
 
@@ -143,13 +144,15 @@ export function makeJobCommands(ctx: ServerContext): JobCommands {
     },
     async applyPhases(updates) {
       const running = new Set<string>();
+      // How each started VM came up (warm or cold), by job and attempt: one pass, not a search per started job.
+      const starts = new Map(updates.flatMap((u) => (u.phase === 'running' && u.start ? [[`${u.jobId}:${u.attempt}`, u] as const] : [])));
       for (const c of await applyPhases(db, updates)) {
         const job = { id: c.id, tenant: c.tenant, attempt: c.attempt };
         if (c.booted) stateChanged(job, 'placed', 'booting');
-        stateChanged(job, c.booted ? 'booting' : c.from, c.state);
+        stateChanged(job, c.booted ? 'booting' : c.from, c.state, c.started);
         if (c.state === 'running') {
           running.add(`${c.id}:${c.attempt}`);
-          const u = updates.find((x) => x.jobId === c.id && x.attempt === c.attempt && x.phase === 'running');
+          const u = starts.get(`${c.id}:${c.attempt}`);
           if (u?.start) {
             ctx.metrics.vmStarts.inc({ start: u.start });
             if (u.start === 'warm' && u.bootMs !== undefined) ctx.metrics.restoreSeconds.observe(u.bootMs / 1000);

@@ -3,12 +3,13 @@
  * starts (`job.state` → running: wait = queued → placed, boot = placed → running, once per attempt that
  * ran) and when a GitHub job goes in_progress (pickup = GitHub's created_at → in_progress). Each event is
  * emitted by exactly one replica, so the fleet's figures are the sum over replicas, as Prometheus adds them.
- * Job rows are read in one statement per event-loop turn, never per job.
+ * A start stored by the phase writer carries its times with the event (the update returns them); other
+ * starts' job rows are read in one statement per event-loop turn, never per job.
  */
 import { Counter, Gauge, Histogram } from 'prom-client';
 import { HOST_STATE_LIST } from '../../core/host-state.ts';
 import { parseLabels } from '../../core/requirements.ts';
-import { BOOT_BUCKETS, jobTimings, LabelSetLimiter, PICKUP_BUCKETS, pickupSeconds, WAIT_BUCKETS } from '../../core/timings.ts';
+import { BOOT_BUCKETS, jobTimings, type JobTimes, LabelSetLimiter, PICKUP_BUCKETS, pickupSeconds, WAIT_BUCKETS } from '../../core/timings.ts';
 import { jobTimesByIds } from '../../store/reports.ts';
 import { listHosts } from '../../store/hosts.ts';
 import type { ServerContext } from '../context.ts';
@@ -79,13 +80,14 @@ export function makeFigures(ctx: ServerContext): Figures {
   let inFlight: Promise<void> = Promise.resolve();
   let scheduled = false;
 
+  const observeOne = (r: { arch: string; labels: readonly string[] } & JobTimes) => {
+    const t = jobTimings(r);
+    const labels = { arch: r.arch, labels: sets.key(r.labels) };
+    if (t.waitSeconds !== null) wait.observe(labels, t.waitSeconds);
+    if (t.bootSeconds !== null) boot.observe(labels, t.bootSeconds);
+  };
   const observe = async (ids: number[]) => {
-    for (const r of await jobTimesByIds(ctx.store.db, ids)) {
-      const t = jobTimings(r);
-      const labels = { arch: r.arch, labels: sets.key(r.labels) };
-      if (t.waitSeconds !== null) wait.observe(labels, t.waitSeconds);
-      if (t.bootSeconds !== null) boot.observe(labels, t.bootSeconds);
-    }
+    for (const r of await jobTimesByIds(ctx.store.db, ids)) observeOne(r);
   };
   const drain = () => {
     scheduled = false;
@@ -99,6 +101,8 @@ export function makeFigures(ctx: ServerContext): Figures {
     // its hosts went away or refused it; each of those losses is already visible as a requeue.
     if (e.to === 'failed' && (e.from === 'placed' || e.from === 'booting') && e.job.error?.code !== 'job.too_many_attempts') bootFailures.inc();
     if (e.to !== 'running') return;
+    // The phase writer's update returns the times with the change (the usual start): nothing to read.
+    if (e.started) return observeOne({ ...e.started, finishedAt: null });
     pending.add(e.job.id);
     if (!scheduled) {
       scheduled = true;

@@ -1,12 +1,18 @@
-// A real pull through the supervised per-host mirror from inside a real guest with its network closed: a
-// docker-registry plays Docker Hub, RegistryMirror runs the pull-through docker-registry in front of it,
-// and a minimal guest (TCG) fetches the manifest and every blob from 10.0.2.100:5000, many requests at once,
-// and checks each blob's sha256. The guest reaches the mirror through kiln's per-connection forward only.
+// A real pull through the supervised per-host mirror from inside a real guest: a docker-registry plays Docker
+// Hub, RegistryMirror runs the pull-through docker-registry in front of it, and a minimal guest (TCG) fetches
+// the manifest and every blob from 10.0.2.100:5000, many requests at once, and checks each blob's sha256. The
+// guest reaches the mirror through kiln's per-connection forward only: with the network closed, and with
+// `network: user`, where the egress filter must let slirp's own loopback socket pair (made for each forwarded
+// connection) through while the host's loopback (the mirror's and the upstream's ports at 10.0.2.2) stays
+// refused.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import { RegistryMirror } from '../../src/agent/mirror.ts';
 import { makeImageStore } from '../../src/image/store.ts';
+import { detectCgroups } from '../../src/vm/cgroups.ts';
+import { egressProblem, egressVmNames } from '../../src/vm/egress.ts';
 import { MIRROR_GUEST_ADDRESS, mirrorForward } from '../../src/vm/forwards.ts';
 import { makeQemuDriver } from '../../src/vm/qemu-driver.ts';
 import { Harness, freePort, type Registry } from '../oci/harness.ts';
@@ -14,6 +20,8 @@ import { assertNoLeaks, ensureImage, hasBinary, makeTestDataDir, SHARED_DIR } fr
 
 const missing = ['docker-registry', 'buildah', 'socat'].filter((b) => !hasBinary(b));
 const skip = missing.length > 0 ? `${missing.join(', ')} not installed (kiln setup --with-test-deps)` : false;
+const egressMissing = egressProblem(detectCgroups().v2Root, readFileSync('/proc/mounts', 'utf8'));
+const skipUser = skip || (egressMissing ? `guest egress cannot be filtered here: ${egressMissing}` : false);
 
 const oci = new Harness();
 const data = makeTestDataDir();
@@ -40,9 +48,11 @@ after(async () => {
   data.cleanup();
 });
 
-void test('a guest with the network closed pulls an image through the mirror at 10.0.2.100:5000, requests in parallel', { skip, timeout: 300_000 }, async () => {
+/** Pulls hello:1's manifest (three at once) and every blob (all at once) through the mirror in a guest. */
+async function pullInGuest(network: 'none' | 'user'): Promise<string> {
   const base = `http://${MIRROR_GUEST_ADDRESS}/v2/library/hello`;
   const accept = "--header 'Accept: application/vnd.oci.image.manifest.v1+json' --header 'Accept: application/vnd.docker.distribution.manifest.v2+json'";
+  const refused = (name: string, url: string) => `if timeout 20 wget -q -O /dev/null ${url} 2>/dev/null; then echo "${name} open"; else echo "${name} refused"; fi`;
   const script = [
     'cd /tmp',
     // Three manifest requests at once, then every blob at once.
@@ -50,6 +60,9 @@ void test('a guest with the network closed pulls an image through the mirror at 
     'for i in 1 2 3; do echo "manifest $i $(sha256sum < m$i | cut -d" " -f1)"; done',
     `for d in $(grep -o 'sha256:[0-9a-f]*' m1 | sort -u); do timeout 60 wget -q -O "b-\${d#sha256:}" ${base}/blobs/$d & done; wait`,
     'for f in b-*; do echo "blob ${f#b-} $(sha256sum < $f | cut -d" " -f1) $(wc -c < $f)"; done',
+    // The host's loopback: the mirror's own port and the upstream's, by the host's address.
+    refused('host_mirror_port', `http://10.0.2.2:${mirrorListen.split(':')[1]}/v2/`),
+    refused('host_upstream_port', `http://10.0.2.2:${hub.host.split(':')[1]}/v2/`),
   ].join('\n');
   const driver = makeQemuDriver({ dataDir: data.dir });
   let out = '';
@@ -64,6 +77,7 @@ void test('a guest with the network closed pulls an image through the mirror at 
       image: makeImageStore(SHARED_DIR).toRef(ensureImage('amd64')),
       job: { command: ['sh', '-c', script], env: {} },
       timeoutMs: 240_000,
+      network,
       forwards: [mirrorForward(mirrorListen)!],
       registryMirror: MIRROR_GUEST_ADDRESS,
     },
@@ -78,5 +92,17 @@ void test('a guest with the network closed pulls an image through the mirror at 
     assert.equal(got, want, 'the blob the guest got has the digest it asked for');
     assert.ok(Number(size) > 0);
   }
+  assert.match(out, /^host_mirror_port refused$/m, out);
+  assert.match(out, /^host_upstream_port refused$/m, out);
+  assert.deepEqual(egressVmNames().names.filter((n) => n.startsWith(vm.id)), [], 'the VM left no egress chain behind');
   assertNoLeaks(data.dir);
+  return out;
+}
+
+void test('a guest with the network closed pulls an image through the mirror at 10.0.2.100:5000, requests in parallel', { skip, timeout: 300_000 }, async () => {
+  await pullInGuest('none');
+});
+
+void test('a guest with network user pulls through the mirror the same way, and the host loopback stays refused', { skip: skipUser, timeout: 300_000 }, async () => {
+  await pullInGuest('user');
 });

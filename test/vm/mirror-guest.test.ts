@@ -6,17 +6,19 @@
 // connection) through while the host's loopback (the mirror's and the upstream's ports at 10.0.2.2) stays
 // refused.
 import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import { RegistryMirror } from '../../src/agent/mirror.ts';
 import { makeImageStore } from '../../src/image/store.ts';
 import { detectCgroups } from '../../src/vm/cgroups.ts';
-import { egressProblem, egressVmNames } from '../../src/vm/egress.ts';
+import { chainFor, EGRESS_TABLE, egressProblem, egressVmNames } from '../../src/vm/egress.ts';
 import { MIRROR_GUEST_ADDRESS, mirrorForward } from '../../src/vm/forwards.ts';
 import { makeQemuDriver } from '../../src/vm/qemu-driver.ts';
 import { Harness, freePort, type Registry } from '../oci/harness.ts';
-import { assertNoLeaks, ensureImage, hasBinary, makeTestDataDir, SHARED_DIR } from '../support/kiln.ts';
+import { isAlive } from '../../src/vm/process.ts';
+import { assertNoLeaks, ensureImage, hasBinary, kilnArgs, makeTestDataDir, runKiln, SHARED_DIR } from '../support/kiln.ts';
 
 const missing = ['docker-registry', 'buildah', 'socat'].filter((b) => !hasBinary(b));
 const skip = missing.length > 0 ? `${missing.join(', ')} not installed (kiln setup --with-test-deps)` : false;
@@ -105,4 +107,46 @@ void test('a guest with the network closed pulls an image through the mirror at 
 
 void test('a guest with network user pulls through the mirror the same way, and the host loopback stays refused', { skip: skipUser, timeout: 300_000 }, async () => {
   await pullInGuest('user');
+});
+
+/** The comments of the input-hook rules of the egress table (each names its VM's chain). */
+function inputRuleComments(): string[] {
+  const r = spawnSync('nft', ['-j', 'list', 'chain', 'inet', EGRESS_TABLE, 'input'], { encoding: 'utf8' });
+  if (r.status !== 0) return [];
+  const j = JSON.parse(r.stdout) as { nftables: { rule?: { comment?: string } }[] };
+  return j.nftables.flatMap((i) => (i.rule?.comment ? [i.rule.comment] : []));
+}
+
+void test('SIGKILL of kiln while a network-user VM uses the mirror: the next kiln start removes its chain and input rules', { skip: skipUser, timeout: 300_000 }, async () => {
+  const before = new Set(egressVmNames().names);
+  const digest = ensureImage('amd64').digest;
+  const p = spawn(
+    process.execPath,
+    kilnArgs(data.dir, ['run', '--image', digest, '--cold', '--network', 'user', '--registry-mirror', mirrorListen, '--', 'sh', '-c', `wget -q -O /dev/null http://${MIRROR_GUEST_ADDRESS}/v2/ && echo started; sleep 600`]),
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let stderr = '';
+  p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const closed = new Promise((resolve) => p.on('close', resolve));
+  const started = await new Promise<boolean>((resolve) => {
+    p.stdout.on('data', (d: Buffer) => d.toString().includes('started') && resolve(true));
+    void closed.then(() => resolve(false));
+  });
+  assert.ok(started, `the guest reached the mirror: ${stderr}`);
+  const mine = egressVmNames().names.filter((n) => !before.has(n) && n.startsWith('run-'));
+  assert.equal(mine.length, 1, `one new VM chain: ${mine.join(', ')}`);
+  const chain = chainFor(mine[0]!);
+  assert.equal(inputRuleComments().filter((c) => c === chain).length, 4, 'the VM has its input rules');
+  const qemuPid = Number(readFileSync(`${data.dir}/vms/${mine[0]!.split('.')[0]!}/qemu.pid`, 'utf8'));
+  p.kill('SIGKILL');
+  await closed;
+  for (let i = 0; i < 500 && isAlive(qemuPid); i++) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(isAlive(qemuPid), false, 'QEMU died with kiln');
+  assert.ok(egressVmNames().names.includes(mine[0]!), 'the killed kiln could not remove its chain');
+  const r = await runKiln(data.dir, ['run', '--image', digest, '--', 'true']);
+  assert.equal(r.code, 0, r.stderr.toString());
+  assert.match(r.stderr.toString(), /removed 1 VM\(s\) an earlier kiln left behind/);
+  assert.equal(egressVmNames().names.includes(mine[0]!), false, 'the sweep removed the chain');
+  assert.deepEqual(inputRuleComments().filter((c) => c === chain), [], 'and its input rules');
+  assertNoLeaks(data.dir);
 });

@@ -17,7 +17,7 @@
  * itself) before it starts the command. Those sockets are the VM's, so a blanket reject of local addresses
  * refused that connect (EHOSTUNREACH) and closed every forwarded connection at once. The output hook cannot
  * tell whose socket listens at a local destination, so it marks the VM's packets to local addresses (the
- * mark is the VM's cgroup id, unique among live cgroups) and passes them on; the input hook, where the
+ * mark is 0x6b plus the low 24 bits of the VM's cgroup id: see cgroupMark) and passes them on; the input hook, where the
  * kernel looks up the receiving socket, accepts a marked packet only if that socket is in the same VM's
  * cgroup (or the connection is already established, which only such a packet can have started), and rejects
  * the rest. Slirp's own socket pairs work; 10.0.2.2 and every host service stay closed. (Without the
@@ -191,15 +191,17 @@ export async function resolveAllow(entries: AllowEntry[]): Promise<{ v4: string[
   return { v4: [...new Set(out.v4)], v6: [...new Set(out.v6)] };
 }
 
+/** The top byte of every egress mark ('k'), so kiln's marks stay apart from the small values and single bits other host software uses. */
+export const EGRESS_MARK_TAG = 0x6b000000;
+
 /**
- * The mark of a VM's packets to local addresses: its cgroup's id (the directory's inode number), low 32 bits.
- * Ids of live cgroups differ in those bits (the kernel allocates them cyclically from a 32-bit range), so two
- * live VMs never share a mark.
+ * The mark of a VM's packets to local addresses: EGRESS_MARK_TAG plus the low 24 bits of its cgroup's id (the
+ * directory's inode number). The kernel hands out these ids in increasing order across the whole v2
+ * hierarchy (cgroups and their files), so two VMs alive at once share a mark only if 2^24 ids were handed out
+ * between their starts; the mark's only use is to find the VM's own input rules again.
  */
 export function cgroupMark(cgroupDir: string): number {
-  const id = Number(statSync(cgroupDir, { bigint: true }).ino & 0xffffffffn);
-  if (id === 0) throw new KilnError('vm.egress_failed', `the cgroup ${cgroupDir} has no usable id for the egress filter`, { hint: 'report this: cgroup v2 ids are never 0' });
-  return id;
+  return EGRESS_MARK_TAG | Number(statSync(cgroupDir, { bigint: true }).ino & 0xffffffn);
 }
 
 /** Installs one VM's chain; the VM's QEMU must be started in `cgroupDir` (a v2 cgroup). */

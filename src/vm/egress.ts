@@ -5,13 +5,27 @@
  * packet of that VM's sockets to the VM's own chain, which
  *   1. accepts what the allowlist opens (CIDRs, and names resolved when the VM starts),
  *   2. accepts DNS (port 53) to the host's resolvers, which slirp's 10.0.2.3 forwards to,
- *   3. rejects the host itself (any local address: loopback, so also 10.0.2.2, and every interface's),
- *      the host's directly attached networks, private, shared, link-local (169.254.0.0/16: cloud metadata),
- *      multicast and reserved ranges, for IPv4 and IPv6,
- *   4. accepts the rest (the internet).
+ *   3. closes the host itself (any local address: loopback, so also 10.0.2.2, and every interface's) except
+ *      to the VM's own QEMU (below),
+ *   4. rejects the host's directly attached networks, private, shared, link-local (169.254.0.0/16: cloud
+ *      metadata), multicast and reserved ranges, for IPv4 and IPv6,
+ *   5. accepts the rest (the internet).
  * Rejecting (not dropping) makes a refused connection fail at once in the guest.
+ *
+ * The VM's own QEMU: for each guest connection to a forward (guestfwd's `cmd:` form, src/vm/forwards.ts)
+ * libslirp makes a TCP socket pair on the host's loopback (it listens on 127.0.0.1:<ephemeral> and connects to
+ * itself) before it starts the command. Those sockets are the VM's, so a blanket reject of local addresses
+ * refused that connect (EHOSTUNREACH) and closed every forwarded connection at once. The output hook cannot
+ * tell whose socket listens at a local destination, so it marks the VM's packets to local addresses (the
+ * mark is 0x6b plus the low 24 bits of the VM's cgroup id: see cgroupMark) and passes them on; the input hook, where the
+ * kernel looks up the receiving socket, accepts a marked packet only if that socket is in the same VM's
+ * cgroup (or the connection is already established, which only such a packet can have started), and rejects
+ * the rest. Slirp's own socket pairs work; 10.0.2.2 and every host service stay closed. (Without the
+ * established rule the handshake's last ACK, which reaches a request socket that has no cgroup to match, was
+ * rejected, and QEMU's main loop hung in accept().)
  */
 import { spawnSync } from 'node:child_process';
+import { statSync } from 'node:fs';
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { relative } from 'node:path';
@@ -52,6 +66,8 @@ export interface EgressRuleInput {
   /** The VM's cgroup v2 directory, relative to /sys/fs/cgroup, and its depth in the v2 hierarchy. */
   cgroupPath: string;
   cgroupLevel: number;
+  /** The packet mark of this VM's packets to local addresses (its cgroup id, low 32 bits; never 0). */
+  mark: number;
   allow4: string[];
   allow6: string[];
   resolvers4: string[];
@@ -69,18 +85,31 @@ export function egressScript(r: EgressRuleInput): string {
   const lines = [
     `add table inet ${EGRESS_TABLE}`,
     `add chain inet ${EGRESS_TABLE} output { type filter hook output priority filter; policy accept; }`,
+    `add chain inet ${EGRESS_TABLE} input { type filter hook input priority filter; policy accept; }`,
     `add chain ${c}`,
   ];
+  const mark = `0x${r.mark.toString(16).padStart(8, '0')}`;
+  const cgroup = `socket cgroupv2 level ${r.cgroupLevel} "${r.cgroupPath}"`;
   if (r.allow4.length > 0) lines.push(`add rule ${c} ip daddr ${set(r.allow4)} accept`);
   if (r.allow6.length > 0) lines.push(`add rule ${c} ip6 daddr ${set(r.allow6)} accept`);
   for (const proto of ['udp', 'tcp']) {
     if (r.resolvers4.length > 0) lines.push(`add rule ${c} ip daddr ${set(r.resolvers4)} ${proto} dport 53 accept`);
     if (r.resolvers6.length > 0) lines.push(`add rule ${c} ip6 daddr ${set(r.resolvers6)} ${proto} dport 53 accept`);
   }
-  lines.push(`add rule ${c} fib daddr type local reject with icmpx type admin-prohibited`);
+  // Local destinations: marked here, decided on input (the VM's own QEMU only; see the top of this file).
+  lines.push(`add rule ${c} fib daddr type local meta mark set ${mark} accept`);
   lines.push(`add rule ${c} ip daddr ${set([...CLOSED_V4, ...r.hostNets4])} reject with icmpx type admin-prohibited`);
   lines.push(`add rule ${c} ip6 daddr ${set([...CLOSED_V6, ...r.hostNets6])} reject with icmpx type admin-prohibited`);
-  lines.push(`add rule inet ${EGRESS_TABLE} output socket cgroupv2 level ${r.cgroupLevel} "${r.cgroupPath}" jump ${r.chain}`);
+  // A connection the input hook let start is let go on (its handshake's last ACK reaches a request socket,
+  // which has no cgroup to match); then the receiving socket decides.
+  lines.push(`add rule inet ${EGRESS_TABLE} input meta mark ${mark} ct state established,related accept comment "${r.chain}"`);
+  lines.push(`add rule inet ${EGRESS_TABLE} input meta mark ${mark} ${cgroup} accept comment "${r.chain}"`);
+  // A TCP reset, not an ICMP error: slirp's non-blocking connect is still inside the connect call when the
+  // refusal comes back over the loopback, and the kernel takes an ICMP error then as a soft error (the SYN is
+  // retried, the guest waits); a reset fails the connect, and slirp resets the guest's connection at once.
+  lines.push(`add rule inet ${EGRESS_TABLE} input meta mark ${mark} meta l4proto tcp reject with tcp reset comment "${r.chain}"`);
+  lines.push(`add rule inet ${EGRESS_TABLE} input meta mark ${mark} reject with icmpx type admin-prohibited comment "${r.chain}"`);
+  lines.push(`add rule inet ${EGRESS_TABLE} output ${cgroup} jump ${r.chain}`);
   return lines.join('\n') + '\n';
 }
 
@@ -162,6 +191,19 @@ export async function resolveAllow(entries: AllowEntry[]): Promise<{ v4: string[
   return { v4: [...new Set(out.v4)], v6: [...new Set(out.v6)] };
 }
 
+/** The top byte of every egress mark ('k'), so kiln's marks stay apart from the small values and single bits other host software uses. */
+export const EGRESS_MARK_TAG = 0x6b000000;
+
+/**
+ * The mark of a VM's packets to local addresses: EGRESS_MARK_TAG plus the low 24 bits of its cgroup's id (the
+ * directory's inode number). The kernel hands out these ids in increasing order across the whole v2
+ * hierarchy (cgroups and their files), so two VMs alive at once share a mark only if 2^24 ids were handed out
+ * between their starts; the mark's only use is to find the VM's own input rules again.
+ */
+export function cgroupMark(cgroupDir: string): number {
+  return EGRESS_MARK_TAG | Number(statSync(cgroupDir, { bigint: true }).ino & 0xffffffn);
+}
+
 /** Installs one VM's chain; the VM's QEMU must be started in `cgroupDir` (a v2 cgroup). */
 export async function applyEgress(vmName: string, cgroupDir: string, v2Root: string, policy: EgressPolicy, resolvConf: string): Promise<void> {
   const allow = await resolveAllow(policy.allow.map(parseEntry));
@@ -171,6 +213,7 @@ export async function applyEgress(vmName: string, cgroupDir: string, v2Root: str
     chain: chainFor(vmName),
     cgroupPath: relative('/sys/fs/cgroup', cgroupDir),
     cgroupLevel: relative(v2Root, cgroupDir).split('/').length,
+    mark: cgroupMark(cgroupDir),
     allow4: allow.v4,
     allow6: allow.v6,
     resolvers4: resolvers.v4,
@@ -188,7 +231,7 @@ export async function applyEgress(vmName: string, cgroupDir: string, v2Root: str
 }
 
 interface NftJson {
-  nftables: { rule?: { chain: string; handle: number; expr?: { jump?: { target: string } }[] }; chain?: { name: string } }[];
+  nftables: { rule?: { chain: string; handle: number; comment?: string; expr?: { jump?: { target: string } }[] }; chain?: { name: string } }[];
 }
 
 function listTable(): NftJson['nftables'] {
@@ -201,12 +244,13 @@ function listTable(): NftJson['nftables'] {
   }
 }
 
-/** Removes one VM's dispatch rule and chain; nothing if they are gone. */
+/** Removes one VM's dispatch rule, input rules and chain; nothing if they are gone. */
 export function removeEgress(vmName: string, items = listTable()): void {
   const chain = chainFor(vmName);
   const script: string[] = [];
   for (const i of items) {
     if (i.rule?.chain === 'output' && i.rule.expr?.some((x) => x.jump?.target === chain)) script.push(`delete rule inet ${EGRESS_TABLE} output handle ${i.rule.handle}`);
+    if (i.rule?.chain === 'input' && i.rule.comment === chain) script.push(`delete rule inet ${EGRESS_TABLE} input handle ${i.rule.handle}`);
   }
   if (items.some((i) => i.chain?.name === chain)) script.push(`delete chain inet ${EGRESS_TABLE} ${chain}`);
   if (script.length > 0) nft(['-f', '-'], script.join('\n') + '\n');

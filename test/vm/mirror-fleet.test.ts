@@ -10,9 +10,10 @@
  * builder and BuildKit), buildah pulls (short name and ghcr.io), a containerd pull, `docker pull ghcr.io/…`;
  * every digest checked; nothing else reachable (the host's loopback, the upstreams themselves, other guest
  * addresses and ports). The upstreams then show the mirror's fetch of each blob exactly once.
- * VM 2, network user: pulls of the same images are cache hits: by digest nothing reaches either upstream,
- * by tag only the tag's manifest lookup does (distribution's proxy always checks a tag upstream), never a
- * blob; the host's loopback is still refused by the egress filter.
+ * VM 2, network user (the egress filter on): pulls of the same images, three at once, and a BuildKit build
+ * FROM an image by digest, are cache hits: by digest nothing reaches either upstream, by tag only the tag's
+ * manifest lookup does (distribution's proxy always checks a tag upstream), never a blob; the host's loopback
+ * is still refused by the egress filter.
  * Two VMs in all (the ci image boots in ~30-60 s under TCG), sharing one `kiln up`. On a saturated machine
  * (several TCG guests per core) a ci boot can pass the default 180 s boot limit: run with KILN_BOOT_TIMEOUT=12m.
  */
@@ -152,7 +153,9 @@ void describe('the registry mirror through kiln up', { skip }, () => {
   void test('network closed: docker pull (short and docker.io names, three at once), docker build FROM, buildah, containerd and ghcr.io pulls all come through the mirror; nothing else is reachable', { timeout: 30 * 60_000 }, async () => {
     const d = (n: string) => seeded[n]!.digest;
     const script = [
-      'ok() { o=$(mktemp); if "$@" > "$o" 2>&1; then echo ok; else echo "failed: $(tail -n 3 "$o" | tr "\\n" " ")"; fi; }',
+      // ok CMD...: "ok" or the failure's last lines; ok runs in $(...), so it names CMD's output file in
+      // /tmp/last-ok for the next line to read.
+      'ok() { o=$(mktemp); echo "$o" > /tmp/last-ok; if "$@" > "$o" 2>&1; then echo ok; else echo "failed: $(tail -n 3 "$o" | tr "\\n" " ")"; fi; }',
       'digest() { docker image inspect --format "{{range .RepoDigests}}{{.}} {{end}}" "$1" 2>/dev/null | tr " " "\\n" | grep -m1 "@" | sed "s/.*@//"; }',
       // Docker Hub by short name, then by its full name.
       'echo "pull_short=$(ok docker pull hello:1)"',
@@ -170,7 +173,9 @@ void describe('the registry mirror through kiln up', { skip }, () => {
       'echo "digest_base=$(digest base:1)"',
       'echo "built_classic_layers=$(docker image inspect --format "{{len .RootFS.Layers}}" built:classic)"',
       'mkdir -p /work/ctx2 && echo built > /work/ctx2/note.txt && printf "FROM bud:1\\nCOPY note.txt /note.txt\\n" > /work/ctx2/Dockerfile',
-      'echo "build_buildkit=$(ok env DOCKER_BUILDKIT=1 docker build -t built:bk /work/ctx2)"',
+      'echo "build_buildkit=$(ok env DOCKER_BUILDKIT=1 docker build --progress=plain -t built:bk /work/ctx2)"',
+      // The base image BuildKit resolved (its log names it by digest), from its own log.
+      'echo "buildkit_from=$(grep -o "FROM docker.io/library/bud:1@sha256:[0-9a-f]*" "$(cat /tmp/last-ok)" | head -n 1 | sed "s/.*@//")"',
       'echo "built_buildkit_layers=$(docker image inspect --format "{{len .RootFS.Layers}}" built:bk 2>/dev/null)"',
       // buildah: a short name (registries.conf: docker.io), and ghcr.io through its own mirror.
       'echo "buildah_short=$(ok buildah pull -q bud:1)"',
@@ -227,24 +232,34 @@ void describe('the registry mirror through kiln up', { skip }, () => {
     requestsBeforeVm2 = { hub: hub.requests().length, ghcr: ghcr.requests().length };
   });
 
-  // Known failing (issue 22, see docs/mirror.md "Known problems"): Docker 20.10's BuildKit asked the mirror for
-  // HTTPS; the guest config now names it http://, not yet confirmed in a VM. Reported as a TODO, not a pass.
-  void test('network closed: docker build with BuildKit, FROM served by the mirror', { todo: 'BuildKit through the mirror is not confirmed in a VM yet (issue 22)' }, () => {
+  // Docker 20.10's BuildKit reads the mirror's plain-HTTP setting from the `http://` form of the daemon's
+  // insecure-registries entry (docs/mirror.md); a bare host:port made it try HTTPS on the mirror and fail.
+  // The network is closed, so the base image can only have come through the mirror; BuildKit's own log names
+  // the manifest it resolved, which must be the upstream's, and bud's blobs were fetched upstream once (above).
+  void test('network closed: docker build with BuildKit, FROM served by the mirror', () => {
     assert.ok(vm1Output, 'the closed-network VM ran');
     assert.equal(field(vm1Output, 'build_buildkit'), 'ok', vm1Output);
+    assert.equal(field(vm1Output, 'buildkit_from'), seeded.bud!.digest, vm1Output);
     assert.equal(field(vm1Output, 'built_buildkit_layers'), '2', vm1Output);
   });
 
-  // Known failing (issue 22, docs/mirror.md "Known problems"): with network user every connection to the
-  // mirror's guest address is accepted and closed at once; not diagnosed. Skipped with its reason (it costs two
-  // ci boots on CI) rather than run as a pass.
-  void test('network user, a second VM: the same pulls are cache hits (by digest nothing reaches the upstreams, by tag no blob does); the host stays refused', { timeout: 30 * 60_000, skip: 'known failing: network user closes connections to the mirror at once (issue 22, undiagnosed)' }, async () => {
+  // With network user the VM's egress filter is on: the forwards work through it because it lets QEMU's own
+  // loopback socket pair (libslirp makes one per forwarded connection) through (src/vm/egress.ts).
+  void test('network user, a second VM: the same pulls (three at once) and a BuildKit build are cache hits (by digest nothing reaches the upstreams, by tag no blob does); the host stays refused', { timeout: 30 * 60_000 }, async () => {
     const d = (n: string) => seeded[n]!.digest;
     const script = [
       'ok() { o=$(mktemp); if "$@" > "$o" 2>&1; then echo ok; else echo "failed: $(tail -n 3 "$o" | tr "\\n" " ")"; fi; }',
-      `echo "by_digest=$(ok docker pull hello@${d('hello')})"`,
+      // Three pulls by digest at once.
+      `(echo "by_digest=$(ok docker pull hello@${d('hello')})" > /tmp/par-1.txt) &`,
+      `(echo "p2_by_digest=$(ok docker pull p2@${d('p2')})" > /tmp/par-2.txt) &`,
+      `(echo "p3_by_digest=$(ok docker pull team/p3@${d('p3')})" > /tmp/par-3.txt) &`,
+      'wait; cat /tmp/par-*.txt',
       `echo "ghcr_by_digest=$(ok docker pull ghcr.io/kiln/tool@${d('tool')})"`,
       'echo "by_tag=$(ok docker pull p1:1)"',
+      // BuildKit, its base image by digest.
+      `mkdir -p /work/ctx && echo built > /work/ctx/note.txt && printf "FROM kitbase@${d('kitbase')}\\nCOPY note.txt /note.txt\\n" > /work/ctx/Dockerfile`,
+      'echo "build_buildkit=$(ok env DOCKER_BUILDKIT=1 docker build -t built:bk /work/ctx)"',
+      'echo "built_buildkit_layers=$(docker image inspect --format "{{len .RootFS.Layers}}" built:bk 2>/dev/null)"',
       `echo "p1_digest=$(docker image inspect --format '{{index .RepoDigests 0}}' p1:1 | sed 's/.*@//')"`,
       `echo "buildah_by_digest=$(ok buildah pull -q docker.io/library/bud@${d('bud')})"`,
       `echo "reach_host=$(if curl -s -o /dev/null -m 5 http://10.0.2.2:${apiPort}/; then echo open; else echo closed; fi)"`,
@@ -253,7 +268,8 @@ void describe('the registry mirror through kiln up', { skip }, () => {
     ].join('\n');
     const r = await submit('user', script);
     assert.equal(r.code, 0, show(r));
-    for (const k of ['by_digest', 'ghcr_by_digest', 'by_tag', 'buildah_by_digest']) assert.equal(field(r.stdout, k), 'ok', `${k}\n${show(r)}`);
+    for (const k of ['by_digest', 'p2_by_digest', 'p3_by_digest', 'ghcr_by_digest', 'by_tag', 'build_buildkit', 'buildah_by_digest']) assert.equal(field(r.stdout, k), 'ok', `${k}\n${show(r)}`);
+    assert.equal(field(r.stdout, 'built_buildkit_layers'), '2', show(r));
     assert.equal(field(r.stdout, 'p1_digest'), d('p1'), show(r));
     assert.equal(field(r.stdout, 'reach_host'), 'closed', show(r));
     assert.equal(field(r.stdout, 'reach_upstream'), 'closed', show(r));

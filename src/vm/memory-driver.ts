@@ -171,7 +171,9 @@ function runGuest(spec: VmSpec, out: VmOutput, bootMs: number, t0: number, gone:
     gone();
     if (stopped?.outcome === 'timed_out') settle({ outcome: 'timed_out', timings: timings() });
     else if (stopped?.outcome === 'killed') settle({ outcome: 'killed', reason: stopped.reason, timings: timings() });
-    else settle({ outcome: 'exited', exitCode: status, timings: timings() });
+    // The simulated guest never writes the cache disk (VmSpec.cacheDisk), so it is always left clean: a
+    // job's cache may then be committed unchanged, which lets the write-back rule be tested without QEMU.
+    else settle({ outcome: 'exited', exitCode: status, timings: timings(), ...(spec.cacheDisk ? { cacheClean: true } : {}) });
   })();
 
   return {

@@ -27,7 +27,7 @@ import { registerWebhook } from './intake.ts';
 import { makeRunnerVmWrites } from './job-writes.ts';
 import { makeGitHubMetrics } from './metrics.ts';
 import { jobInstallation, makeStep, type GitHubParts } from './parts.ts';
-import { cacheWriteDecision } from './policy.ts';
+import { cacheWriteCandidate, cacheWriteDecision, type CacheTrustInput, type RefKinds } from './policy.ts';
 import { getGhJob } from '../../store/github-jobs.ts';
 import { getRunnerByKilnJob } from '../../store/github-runners.ts';
 import { makeProvisioner } from './provisioner.ts';
@@ -134,7 +134,7 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
       if (!j) return { write: false, reason: 'the GitHub job the runner ran is not recorded' };
       const inst = jobInstallation(j);
       const [run, defaultBranch] = await Promise.all([api.getRun(inst, j.runId), api.getDefaultBranch(inst)]);
-      const d = cacheWriteDecision({
+      const input: CacheTrustInput = {
         repo: j.repo,
         event: run?.event ?? null,
         headRepo: run?.headRepo ?? null,
@@ -142,9 +142,20 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
         defaultBranch,
         decision: j.decision,
         extraBranches: config.cacheWriteBranches,
-      });
-      log.info({ runner: r.name, ghJobId: j.jobId, write: d.write, ...(d.write ? {} : { reason: d.reason }) }, 'cache write decided');
-      return d.write ? { write: true, ...(run?.headBranch ? { ref: `refs/heads/${run.headBranch}` } : {}), ...(run?.headSha ? { commit: run.headSha } : {}) } : { write: false, reason: d.reason };
+        tagPatterns: config.cacheWriteTags,
+      };
+      const c = cacheWriteCandidate(input);
+      // GitHub's run does not say whether head_branch names a branch or a tag: the repository's refs do.
+      const refs: RefKinds = { branch: null, tag: null };
+      if (c.write === 'if-ref') {
+        const errors: string[] = [];
+        const look = (ref: string) => api.refExists(inst, ref).catch((e: unknown) => (errors.push((e as Error).message), null));
+        [refs.branch, refs.tag] = await Promise.all([c.name === defaultBranch ? true : look(`heads/${c.name}`), look(`tags/${c.name}`)]);
+        if (errors.length > 0) refs.error = errors.join('; ');
+      }
+      const d = cacheWriteDecision(input, refs);
+      log.info({ runner: r.name, ghJobId: j.jobId, write: d.write, ...(d.write ? { ref: d.ref } : { reason: d.reason }) }, 'cache write decided');
+      return d.write ? { write: true, ref: d.ref, ...(run?.headSha ? { commit: run.headSha } : {}) } : { write: false, reason: d.reason };
     },
   };
 }

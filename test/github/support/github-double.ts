@@ -374,7 +374,7 @@ export class GitHubDouble {
       app_id: Number(this.#opts.appId),
       target_id: 1,
       target_type: 'Organization',
-      permissions: { administration: 'write', actions: 'read', metadata: 'read', organization_self_hosted_runners: 'write' },
+      permissions: { administration: 'write', actions: 'read', contents: 'read', metadata: 'read', organization_self_hosted_runners: 'write' },
       events: ['workflow_job'],
       created_at: '2024-01-01T00:00:00Z',
       updated_at: '2024-01-01T00:00:00Z',

@@ -45,6 +45,7 @@ export function testGitHubConfig(apiUrl: string, over: Partial<GitHubConfig> = {
     allow: ['acme'],
     forkPrAllowed: [],
     cacheWriteBranches: [],
+    cacheWriteTags: [],
     runnerLevel: 'repo',
     runnerGroupId: 1,
     maxRunners: 100,

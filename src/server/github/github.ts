@@ -16,7 +16,7 @@ import type { FastifyInstance } from 'fastify';
 import { isTerminal } from '../../core/job-state.ts';
 import type { ServerContext } from '../context.ts';
 import type { RouteDef } from '../http/routes.ts';
-import { admitJobs } from './admission.ts';
+import { admitJobs, reread } from './admission.ts';
 import type { GitHubApi } from './api.ts';
 import { withApiBudget } from './api-budget.ts';
 import type { GitHubConfig } from './config.ts';
@@ -49,6 +49,11 @@ export interface GitHubServiceDeps {
   now?: () => number;
   /** How often the leader looks for work other replicas persisted (default 500 ms). */
   pollMs?: number;
+  /**
+   * How long a cache.ask waits for kiln to learn which GitHub job the runner ran, when the job's in_progress
+   * delivery is not in yet (default 2 min; the agent itself waits 5 min for the answer).
+   */
+  cacheBindWaitMs?: number;
 }
 
 export interface GitHubService {
@@ -127,9 +132,23 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
     pause: () => loop.pause(),
     resume: () => loop.resume(),
     async cacheTrust(kilnJobId) {
-      const r = await getRunnerByKilnJob(p.db, kilnJobId);
+      let r = await getRunnerByKilnJob(p.db, kilnJobId);
       if (!r) return { write: false, reason: 'the VM is not a GitHub runner kiln knows' };
-      if (!r.job) return { write: false, reason: 'kiln has not learnt which GitHub job the runner ran' };
+      if (!r.job) {
+        // A short job can end before its in_progress delivery is ingested (or GitHub delivers it late): read
+        // the job the runner stood for from GitHub (that binds it if this runner took it), then wait, bounded,
+        // for the binding a delivery brings (a runner that took another job is bound only by that job's).
+        if (r.forJob) {
+          const fj = await getGhJob(p.db, r.forJob);
+          if (fj && fj.state === 'queued') await reread(p, vms, fj).catch((e: unknown) => log.warn({ err: e }, 'reading the job a runner stood for failed'));
+        }
+        const end = Date.now() + (d.cacheBindWaitMs ?? 120_000);
+        for (r = await getRunnerByKilnJob(p.db, kilnJobId); r && !r.job && Date.now() < end; r = await getRunnerByKilnJob(p.db, kilnJobId)) {
+          kick();
+          await new Promise((w) => setTimeout(w, 250));
+        }
+        if (!r?.job) return { write: false, reason: 'kiln has not learnt which GitHub job the runner ran' };
+      }
       const j = await getGhJob(p.db, r.job);
       if (!j) return { write: false, reason: 'the GitHub job the runner ran is not recorded' };
       const inst = jobInstallation(j);
@@ -153,9 +172,9 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
         [refs.branch, refs.tag] = await Promise.all([c.name === defaultBranch ? true : look(`heads/${c.name}`), look(`tags/${c.name}`)]);
         if (errors.length > 0) refs.error = errors.join('; ');
       }
-      const d = cacheWriteDecision(input, refs);
-      log.info({ runner: r.name, ghJobId: j.jobId, write: d.write, ...(d.write ? { ref: d.ref } : { reason: d.reason }) }, 'cache write decided');
-      return d.write ? { write: true, ref: d.ref, ...(run?.headSha ? { commit: run.headSha } : {}) } : { write: false, reason: d.reason };
+      const w = cacheWriteDecision(input, refs);
+      log.info({ runner: r.name, ghJobId: j.jobId, write: w.write, ...(w.write ? { ref: w.ref } : { reason: w.reason }) }, 'cache write decided');
+      return w.write ? { write: true, ref: w.ref, ...(run?.headSha ? { commit: run.headSha } : {}) } : { write: false, reason: w.reason };
     },
   };
 }

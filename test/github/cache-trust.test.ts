@@ -15,6 +15,11 @@ import type { JobResultMsg } from '../../src/core/agent-protocol.ts';
 import type { GitHubConfig } from '../../src/server/github/config.ts';
 import { assertInvariants, runnerVms, startGitHubHarness as startOn, until, type GitHubHarness } from './support/harness.ts';
 import { storeKinds, type StoreKind } from '../store/test-stores.ts';
+import { isTerminal } from '../../src/core/job-state.ts';
+
+/** No runner VM is live and no kiln runner is registered on GitHub (the end state every test waits for). */
+const settled = async (x: GitHubHarness) =>
+  (await runnerVms(x)).every((v) => isTerminal(v.state)) && [...x.double.runners.values()].every((r) => !r.name.startsWith('kiln-'));
 
 let h: GitHubHarness | undefined;
 let dir: string | undefined;
@@ -122,8 +127,9 @@ for (const { kind, skip } of storeKinds()) {
 
       // The trust check failing never fails the job: the VM succeeded and GitHub saw the job succeed.
       for (const k of ['apifail', 'reffail']) {
-        const vm = (await runnerVms(h!)).find((x) => x.id === outcomes.get(`github/acme/${k === 'apifail' ? 'secret' : 'vault'}/${k}`)!.jobId);
-        assert.equal(vm?.state, 'succeeded', k);
+        const id = outcomes.get(`github/acme/${k === 'apifail' ? 'secret' : 'vault'}/${k}`)!.jobId;
+        await until(`${k}'s VM ended`, async () => isTerminal((await runnerVms(h!)).find((x) => x.id === id)?.state ?? 'queued'));
+        assert.equal((await runnerVms(h!)).find((x) => x.id === id)?.state, 'succeeded', k);
         await until(`${k} completed on GitHub`, () => d.jobs.get(jobs.get(k)!)?.status === 'completed');
         assert.equal(d.jobs.get(jobs.get(k)!)?.conclusion, 'success', k);
       }
@@ -138,6 +144,7 @@ for (const { kind, skip } of storeKinds()) {
       assert.ok(!calls.some((c) => c.startsWith('GET /repos/acme/app/git/ref/tags/feature')), 'no refs are read for a push no rule could allow');
       const decided = h!.logs().split('\n').filter((l) => l.includes('"cache write decided"'));
       assert.equal(decided.length, cases.length, 'one decision logged per job');
+      await until('settled', () => settled(h!), 60_000);
       assert.deepEqual(await assertInvariants(h!), []);
     });
 
@@ -152,8 +159,9 @@ for (const { kind, skip } of storeKinds()) {
       await until('the first runner is online', async () => (await h!.store.db.selectFrom('github_runners').select('state').where('state', '=', 'online').execute()).length === 1);
       const first = await h!.store.db.selectFrom('github_runners').select(['name', 'for_job_id', 'kiln_job_id']).executeTakeFirstOrThrow();
       assert.equal(first.for_job_id, x.id);
+      assert.notEqual(first.kiln_job_id, null);
       const y = await d.queueJob('acme/app', labels, { headBranch: 'feature', headSha: sha('6') });
-      await until('a second runner is up', async () => (await h!.store.db.selectFrom('github_runners').select('name').execute()).length === 2);
+      await until('a second runner\'s VM is queued', async () => (await h!.store.db.selectFrom('github_runners').select('kiln_job_id').where('kiln_job_id', 'is not', null).execute()).length === 2);
       const second = await h!.store.db.selectFrom('github_runners').select(['name', 'for_job_id', 'kiln_job_id']).where('name', '<>', first.name).executeTakeFirstOrThrow();
       d.faults.heldRunners.add(second.name);
       d.faults.holdJobs = false;
@@ -173,6 +181,7 @@ for (const { kind, skip } of storeKinds()) {
       assert.equal(v?.ref, 'refs/heads/main');
       assert.equal(v?.commit, sha('5'), 'the version records the commit of the job that wrote it');
       assert.equal(results.length, 2);
+      await until('settled', () => settled(h!), 60_000);
       assert.deepEqual(await assertInvariants(h!), []);
     });
   });

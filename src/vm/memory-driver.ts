@@ -19,6 +19,8 @@
  *                            makes) it refuses: a job on the memory driver touches nothing on the host
  *   NAME ARGS…               a program the test registered in `programs` (e.g. a stand-in Actions runner)
  * Anything else prints `sh: NAME: not found` on stderr and stops with status 127, as a shell would.
+ * A warm cache disk (VmSpec.cacheDisk) is attached to nothing and never written: an exit reports it clean
+ * (`cacheClean`), so the caller's commit path runs on the unchanged overlay.
  */
 import { appendFileSync, createReadStream, existsSync } from 'node:fs';
 import { resolve, sep } from 'node:path';

@@ -148,6 +148,21 @@ for (const { kind, skip } of storeKinds()) {
       assert.deepEqual(await assertInvariants(h!), []);
     });
 
+    void test('the in_progress delivery lost: the server waits to learn which job the runner ran (re-read, later deliveries), then decides', async () => {
+      const { caches, outcomes } = await start(kind as StoreKind, {});
+      const d = h!.double;
+      d.faults.dropActions.add('in_progress');
+      await d.queueJob('acme/app', ['kiln', 'kiln-cache-late'], { headBranch: 'main', headSha: sha('7') });
+      await until('the job finished and its cache was decided', () => outcomes.has('github/acme/app/late'), 120_000);
+      const o = outcomes.get('github/acme/app/late')!;
+      assert.ok(o.cache.committed, `saved (${o.cache.notSaved ?? ''})`);
+      assert.equal(caches.inspect('github/acme/app/late')?.current?.commit, sha('7'));
+      assert.ok(d.deliveries.some((x) => x.action === 'in_progress' && x.statusCode === 502), 'the in_progress delivery was lost');
+      d.faults.dropActions.clear();
+      await until('settled', () => settled(h!), 60_000);
+      assert.deepEqual(await assertInvariants(h!), []);
+    });
+
     void test('a runner made for a trusted push that runs another job: the job it ran decides, not the one it was made for', async () => {
       const { caches, results } = await start(kind as StoreKind, {});
       const d = h!.double;

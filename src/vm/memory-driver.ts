@@ -19,6 +19,8 @@
  *                            makes) it refuses: a job on the memory driver touches nothing on the host
  *   NAME ARGS…               a program the test registered in `programs` (e.g. a stand-in Actions runner)
  * Anything else prints `sh: NAME: not found` on stderr and stops with status 127, as a shell would.
+ * A warm cache disk (VmSpec.cacheDisk) is attached to nothing and never written: an exit reports it clean
+ * (`cacheClean`), so the caller's commit path runs on the unchanged overlay.
  */
 import { appendFileSync, createReadStream, existsSync } from 'node:fs';
 import { resolve, sep } from 'node:path';
@@ -171,7 +173,9 @@ function runGuest(spec: VmSpec, out: VmOutput, bootMs: number, t0: number, gone:
     gone();
     if (stopped?.outcome === 'timed_out') settle({ outcome: 'timed_out', timings: timings() });
     else if (stopped?.outcome === 'killed') settle({ outcome: 'killed', reason: stopped.reason, timings: timings() });
-    else settle({ outcome: 'exited', exitCode: status, timings: timings() });
+    // The simulated guest never writes the cache disk (VmSpec.cacheDisk), so it is always left clean: a
+    // job's cache may then be committed unchanged, which lets the write-back rule be tested without QEMU.
+    else settle({ outcome: 'exited', exitCode: status, timings: timings(), ...(spec.cacheDisk ? { cacheClean: true } : {}) });
   })();
 
   return {

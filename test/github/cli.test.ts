@@ -13,7 +13,7 @@ test('kiln github app-manifest prints the permissions, the event and the webhook
   const m = JSON.parse(r.stdout) as { name: string; hook_attributes: { url: string; active: boolean }; default_permissions: Record<string, string>; default_events: string[]; public: boolean };
   assert.equal(m.name, 'kiln-acme');
   assert.deepEqual(m.hook_attributes, { url: 'https://ci.example.com/v1/github/webhook', active: true });
-  assert.deepEqual(m.default_permissions, { administration: 'write', organization_self_hosted_runners: 'write', actions: 'read', metadata: 'read' });
+  assert.deepEqual(m.default_permissions, { administration: 'write', organization_self_hosted_runners: 'write', actions: 'read', contents: 'read', metadata: 'read' });
   assert.deepEqual(m.default_events, ['workflow_job']);
   assert.equal(m.public, false);
   assert.equal((m as { redirect_url?: string }).redirect_url, undefined);

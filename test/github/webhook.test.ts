@@ -44,7 +44,7 @@ test('config: every problem at once; secrets never serialise; the manifest asks 
   assert.ok(!text.includes('new-secret') && !text.includes('old-secret') && !text.includes('PRIVATE KEY'), text);
   const m = appManifest({ name: 'kiln-ci', url: 'https://ci.example.com/' }) as { hook_attributes: { url: string }; default_permissions: Record<string, string>; default_events: string[] };
   assert.equal(m.hook_attributes.url, `https://ci.example.com${WEBHOOK_PATH}`);
-  assert.deepEqual(m.default_permissions, { administration: 'write', organization_self_hosted_runners: 'write', actions: 'read', metadata: 'read' });
+  assert.deepEqual(m.default_permissions, { administration: 'write', organization_self_hosted_runners: 'write', actions: 'read', contents: 'read', metadata: 'read' });
   assert.deepEqual(m.default_events, ['workflow_job']);
 });
 

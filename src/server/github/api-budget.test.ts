@@ -37,6 +37,7 @@ function countingApi(): { api: GitHubApi; calls: () => number; limitNext(ms: num
       getJob: () => call(null),
       getRun: () => call(null),
       getDefaultBranch: () => call(null),
+      refExists: () => call(false),
       generateJitConfig: () => call({ runnerId: 1, encodedJitConfig: 'x' }),
       listRunners: () => call([]),
       getRunner: () => call(null),

@@ -67,6 +67,7 @@ export function withApiBudget(api: GitHubApi, o: ApiBudgetOptions): GitHubApi {
     getJob: (...a) => guard(() => api.getJob(...a)),
     getRun: (...a) => guard(() => api.getRun(...a)),
     getDefaultBranch: (...a) => guard(() => api.getDefaultBranch(...a)),
+    refExists: (...a) => guard(() => api.refExists(...a)),
     generateJitConfig: (...a) => guard(() => api.generateJitConfig(...a)),
     listRunners: (...a) => guard(() => api.listRunners(...a)),
     getRunner: (...a) => guard(() => api.getRunner(...a)),

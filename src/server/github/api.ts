@@ -55,6 +55,11 @@ export interface GitHubApi {
   getRun(inst: Installation, runId: number): Promise<{ headRepo: string | null; event: string; headBranch?: string | null; headSha?: string | null } | null>;
   /** The repository's default branch (GET /repos/{owner}/{repo}); null when it cannot be read. */
   getDefaultBranch(inst: Installation): Promise<string | null>;
+  /**
+   * Does the exact ref `heads/NAME` or `tags/NAME` exist (GET /repos/{owner}/{repo}/git/ref/{ref}, the App's
+   * Contents read permission)? Throws when GitHub does not say (403 without that permission, 5xx).
+   */
+  refExists(inst: Installation, ref: string): Promise<boolean>;
   generateJitConfig(inst: Installation, scope: Scope, body: { name: string; labels: string[]; runnerGroupId: number }): Promise<{ runnerId: number; encodedJitConfig: string }>;
   listRunners(inst: Installation, scope: Scope, name?: string): Promise<GhRunner[]>;
   getRunner(inst: Installation, scope: Scope, runnerId: number): Promise<GhRunner | null>;
@@ -242,6 +247,17 @@ export function makeGitHubClient(o: GitHubClientOptions): GitHubApi & { tokenMin
       if (r.status !== 200) return null;
       const b = r.body as { default_branch?: unknown };
       return typeof b.default_branch === 'string' ? b.default_branch : null;
+    },
+    async refExists(i, ref) {
+      const path = ref.split('/').map(encodeURIComponent).join('/');
+      const r = await inst(i, 'GET', `/repos/${i.owner}/${i.repo}/git/ref/${path}`);
+      if (r.status === 200) return true;
+      if (r.status === 404) return false;
+      if (r.status === 403) {
+        const msg = (r.body as { message?: string } | undefined)?.message ?? '';
+        throw new KilnError('github.forbidden', `GitHub forbids reading refs/${ref}${msg ? `: ${msg}` : ''}`, { hint: 'grant the App the Contents (read) repository permission' });
+      }
+      return fail(`reading refs/${ref}`, r);
     },
     async generateJitConfig(i, s, body) {
       const r = await inst(i, 'POST', `${base(s)}/actions/runners/generate-jitconfig`, { name: body.name, runner_group_id: body.runnerGroupId, labels: body.labels });

@@ -32,6 +32,18 @@ void test('config: spare runners per label set default to 0, are settable by env
   assert.throws(() => parseGitHubConfig({ ...base, KILN_GITHUB_SPARE_RUNNERS: '1.5' }), /spare runners/);
 });
 
+void test('config: cache write branches and tags by environment (over the file) or file; bad entries are reported together', () => {
+  assert.deepEqual(parseGitHubConfig(base)!.cacheWriteTags, []);
+  const c = parseGitHubConfig({ ...base, KILN_GITHUB_CACHE_WRITE_TAGS: 'v*, acme/app:*,release/2024-*', KILN_GITHUB_CACHE_WRITE_BRANCHES: 'acme/app:release' }, { cacheWriteTags: ['ignored'] })!;
+  assert.deepEqual(c.cacheWriteTags, ['v*', 'acme/app:*', 'release/2024-*']);
+  assert.deepEqual(c.cacheWriteBranches, ['acme/app:release']);
+  assert.deepEqual(parseGitHubConfig(base, { cacheWriteTags: ['acme/lib:v1.*'] })!.cacheWriteTags, ['acme/lib:v1.*']);
+  assert.throws(
+    () => parseGitHubConfig({ ...base, KILN_GITHUB_CACHE_WRITE_TAGS: 'v 1,acme:v*', KILN_GITHUB_CACHE_WRITE_BRANCHES: 'a b' }),
+    (e: Error) => /cache write tag "v 1"/.test(e.message) && /cache write tag "acme:v\*"/.test(e.message) && /cache write branch "a b"/.test(e.message),
+  );
+});
+
 void test('the fork refusal names the environment variable that allows it', () => {
   const f = forkDecision({ repo: 'acme/app', isPrivate: false, headRepo: 'evil/app', forkPrAllowed: [] });
   assert.ok(!f.ok && /KILN_GITHUB_FORK_PR_ALLOWED/.test(f.reason));

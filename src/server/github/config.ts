@@ -45,6 +45,11 @@ export interface GitHubConfig {
    * `owner/repo:branch` for one repository, or `branch` for all (KILN_GITHUB_CACHE_WRITE_BRANCHES).
    */
   cacheWriteBranches: string[];
+  /**
+   * Tags whose pushes may write caches (docs/caches.md): `owner/repo:PATTERN` for one repository, or `PATTERN`
+   * for all, `*` matching any characters (`*`: every tag; `v*`) (KILN_GITHUB_CACHE_WRITE_TAGS). Default: none.
+   */
+  cacheWriteTags: string[];
   /** Register runners per repository (default) or per organization (org-owned repositories only). */
   runnerLevel: 'repo' | 'org';
   runnerGroupId: number;
@@ -89,6 +94,7 @@ export interface GitHubFileConfig {
   allow?: string[];
   forkPrAllowed?: string[];
   cacheWriteBranches?: string[];
+  cacheWriteTags?: string[];
   runnerLevel?: string;
   runnerGroupId?: number;
   maxRunners?: number;
@@ -201,6 +207,10 @@ export function parseGitHubConfig(env: Record<string, string | undefined>, file:
   for (const b of cacheWriteBranches) {
     if (!/^([A-Za-z0-9_.-]+\/[A-Za-z0-9_.-]+:)?[A-Za-z0-9_./-]+$/.test(b)) problems.push(`cache write branch "${b}" is not a branch or owner/repo:branch`);
   }
+  const cacheWriteTags = list(env.KILN_GITHUB_CACHE_WRITE_TAGS) ?? file.cacheWriteTags ?? [];
+  for (const t of cacheWriteTags) {
+    if (!/^([A-Za-z0-9_.-]+\/[A-Za-z0-9_.-]+:)?[A-Za-z0-9_.\/*-]+$/.test(t)) problems.push(`cache write tag "${t}" is not a tag pattern or owner/repo:pattern (letters, digits, . _ / - and * for any characters)`);
+  }
   const apiUrl = (env.KILN_GITHUB_API_URL ?? file.apiUrl ?? GITHUB_DEFAULTS.apiUrl).replace(/\/+$/, '');
   if (!/^https?:\/\//.test(apiUrl)) problems.push(`GitHub API URL "${apiUrl}" is not an http(s) URL`);
   const cmd = runnerCommand(env.KILN_GITHUB_RUNNER_COMMAND, problems) ?? file.runnerCommand ?? [...GITHUB_DEFAULTS.runnerCommand];
@@ -214,6 +224,7 @@ export function parseGitHubConfig(env: Record<string, string | undefined>, file:
     allow,
     forkPrAllowed,
     cacheWriteBranches,
+    cacheWriteTags,
     runnerLevel: level === 'org' ? 'org' : 'repo',
     runnerGroupId: num(env.KILN_GITHUB_RUNNER_GROUP_ID ?? file.runnerGroupId, 'runner group id', GITHUB_DEFAULTS.runnerGroupId, 1),
     maxRunners: num(env.KILN_GITHUB_MAX_RUNNERS ?? file.maxRunners, 'max runners', GITHUB_DEFAULTS.maxRunners, 0),

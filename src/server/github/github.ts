@@ -16,7 +16,7 @@ import type { FastifyInstance } from 'fastify';
 import { isTerminal } from '../../core/job-state.ts';
 import type { ServerContext } from '../context.ts';
 import type { RouteDef } from '../http/routes.ts';
-import { admitJobs } from './admission.ts';
+import { admitJobs, reread } from './admission.ts';
 import type { GitHubApi } from './api.ts';
 import { withApiBudget } from './api-budget.ts';
 import type { GitHubConfig } from './config.ts';
@@ -27,7 +27,7 @@ import { registerWebhook } from './intake.ts';
 import { makeRunnerVmWrites } from './job-writes.ts';
 import { makeGitHubMetrics } from './metrics.ts';
 import { jobInstallation, makeStep, type GitHubParts } from './parts.ts';
-import { cacheWriteDecision } from './policy.ts';
+import { cacheWriteCandidate, cacheWriteDecision, type CacheTrustInput, type RefKinds } from './policy.ts';
 import { getGhJob } from '../../store/github-jobs.ts';
 import { getRunnerByKilnJob } from '../../store/github-runners.ts';
 import { makeProvisioner } from './provisioner.ts';
@@ -49,6 +49,11 @@ export interface GitHubServiceDeps {
   now?: () => number;
   /** How often the leader looks for work other replicas persisted (default 500 ms). */
   pollMs?: number;
+  /**
+   * How long a cache.ask waits for kiln to learn which GitHub job the runner ran, when the job's in_progress
+   * delivery is not in yet (default 2 min; the agent itself waits 5 min for the answer).
+   */
+  cacheBindWaitMs?: number;
 }
 
 export interface GitHubService {
@@ -128,24 +133,60 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
     pause: () => loop.pause(),
     resume: () => loop.resume(),
     async cacheTrust(kilnJobId) {
-      const r = await getRunnerByKilnJob(p.db, kilnJobId);
-      if (!r) return { write: false, reason: 'the VM is not a GitHub runner kiln knows' };
-      if (!r.job) return { write: false, reason: 'kiln has not learnt which GitHub job the runner ran' };
-      const j = await getGhJob(p.db, r.job);
-      if (!j) return { write: false, reason: 'the GitHub job the runner ran is not recorded' };
-      const inst = jobInstallation(j);
-      const [run, defaultBranch] = await Promise.all([api.getRun(inst, j.runId), api.getDefaultBranch(inst)]);
-      const d = cacheWriteDecision({
-        repo: j.repo,
-        event: run?.event ?? null,
-        headRepo: run?.headRepo ?? null,
-        headBranch: run?.headBranch ?? null,
-        defaultBranch,
-        decision: j.decision,
-        extraBranches: config.cacheWriteBranches,
-      });
-      log.info({ runner: r.name, ghJobId: j.jobId, write: d.write, ...(d.write ? {} : { reason: d.reason }) }, 'cache write decided');
-      return d.write ? { write: true, ...(run?.headBranch ? { ref: `refs/heads/${run.headBranch}` } : {}), ...(run?.headSha ? { commit: run.headSha } : {}) } : { write: false, reason: d.reason };
+      try {
+        return await decideCacheTrust(kilnJobId);
+      } catch (e) {
+        // GitHub failing (or the store) is a no: the copy is discarded, the job itself is not failed by it.
+        const reason = `the trust check failed: ${(e as Error).message}`.slice(0, 500);
+        log.info({ kilnJobId, write: false, reason }, 'cache write decided');
+        return { write: false, reason };
+      }
     },
   };
+
+  async function decideCacheTrust(kilnJobId: number): Promise<{ write: boolean; reason?: string; ref?: string; commit?: string }> {
+    let r = await getRunnerByKilnJob(p.db, kilnJobId);
+    if (!r) return { write: false, reason: 'the VM is not a GitHub runner kiln knows' };
+    if (!r.job) {
+      // A short job can end before its in_progress delivery is ingested (or GitHub delivers it late): read
+      // the job the runner stood for from GitHub (that binds it if this runner took it), then wait, bounded,
+      // for the binding a delivery brings (a runner that took another job is bound only by that job's).
+      if (r.forJob) {
+        const fj = await getGhJob(p.db, r.forJob);
+        if (fj && fj.state === 'queued') await reread(p, vms, fj).catch((e: unknown) => log.warn({ err: e }, 'reading the job a runner stood for failed'));
+      }
+      const end = Date.now() + (d.cacheBindWaitMs ?? 120_000);
+      for (r = await getRunnerByKilnJob(p.db, kilnJobId); r && !r.job && Date.now() < end; r = await getRunnerByKilnJob(p.db, kilnJobId)) {
+        kick();
+        await new Promise((w) => setTimeout(w, 250));
+      }
+      if (!r?.job) return { write: false, reason: 'kiln has not learnt which GitHub job the runner ran' };
+    }
+    const j = await getGhJob(p.db, r.job);
+    if (!j) return { write: false, reason: 'the GitHub job the runner ran is not recorded' };
+    const inst = jobInstallation(j);
+    const [run, defaultBranch] = await Promise.all([api.getRun(inst, j.runId), api.getDefaultBranch(inst)]);
+    const input: CacheTrustInput = {
+      repo: j.repo,
+      event: run?.event ?? null,
+      headRepo: run?.headRepo ?? null,
+      headBranch: run?.headBranch ?? null,
+      defaultBranch,
+      decision: j.decision,
+      extraBranches: config.cacheWriteBranches,
+      tagPatterns: config.cacheWriteTags,
+    };
+    const c = cacheWriteCandidate(input);
+    // GitHub's run does not say whether head_branch names a branch or a tag: the repository's refs do.
+    const refs: RefKinds = { branch: null, tag: null };
+    if (c.write === 'if-ref') {
+      const errors: string[] = [];
+      const look = (ref: string) => api.refExists(inst, ref).catch((e: unknown) => (errors.push((e as Error).message), null));
+      [refs.branch, refs.tag] = await Promise.all([c.name === defaultBranch ? true : look(`heads/${c.name}`), look(`tags/${c.name}`)]);
+      if (errors.length > 0) refs.error = errors.join('; ');
+    }
+    const w = cacheWriteDecision(input, refs);
+    log.info({ runner: r.name, ghJobId: j.jobId, write: w.write, ...(w.write ? { ref: w.ref } : { reason: w.reason }) }, 'cache write decided');
+    return w.write ? { write: true, ref: w.ref, ...(run?.headSha ? { commit: run.headSha } : {}) } : { write: false, reason: w.reason };
+  }
 }

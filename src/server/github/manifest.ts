@@ -24,6 +24,8 @@ export function appManifest(o: ManifestOptions): Record<string, unknown> {
       administration: 'write',
       ...(o.organizationRunners === false ? {} : { organization_self_hosted_runners: 'write' }),
       actions: 'read',
+      // Git refs (GET …/git/ref/{ref}): whether a push's head_branch names a branch or a tag (docs/caches.md).
+      contents: 'read',
       metadata: 'read',
     },
     default_events: ['workflow_job'],

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { advances, backoffMs, cacheWriteDecision, classifyLabels, forkDecision, listed, runnerMatches, type CacheTrustInput } from './policy.ts';
+import { advances, backoffMs, cacheWriteDecision, classifyLabels, forkDecision, listed, runnerMatches, tagMatches, type CacheTrustInput, type RefKinds } from './policy.ts';
 import { runnerCache } from './provisioner.ts';
 
 test('labels: no kiln label is ignored; default labels alone never match', () => {
@@ -66,10 +66,11 @@ test('cache labels: kiln-cache is the repository\'s cache, kiln-cache-KEY a name
 });
 
 test('cache write rule: only a push to the default branch (or a configured one) in the repository itself, by an accepted job', () => {
-  const base: CacheTrustInput = { repo: 'acme/widget', event: 'push', headRepo: 'acme/widget', headBranch: 'main', defaultBranch: 'main', decision: 'accepted', extraBranches: [] };
-  assert.deepEqual(cacheWriteDecision(base), { write: true });
-  const no = (over: Partial<CacheTrustInput>, why: RegExp) => {
-    const d = cacheWriteDecision({ ...base, ...over });
+  const base: CacheTrustInput = { repo: 'acme/widget', event: 'push', headRepo: 'acme/widget', headBranch: 'main', defaultBranch: 'main', decision: 'accepted', extraBranches: [], tagPatterns: [] };
+  const branch: RefKinds = { branch: true, tag: false };
+  assert.deepEqual(cacheWriteDecision(base, branch), { write: true, ref: 'refs/heads/main' });
+  const no = (over: Partial<CacheTrustInput>, why: RegExp, refs: RefKinds = branch) => {
+    const d = cacheWriteDecision({ ...base, ...over }, refs);
     assert.equal(d.write, false, JSON.stringify(over));
     if (!d.write) assert.match(d.reason, why);
   };
@@ -82,7 +83,33 @@ test('cache write rule: only a push to the default branch (or a configured one) 
   no({ decision: 'refused' }, /did not accept/);
   no({ decision: 'pending' }, /did not accept/);
   no({ event: null }, /unknown/);
-  assert.deepEqual(cacheWriteDecision({ ...base, headBranch: 'release', extraBranches: ['acme/widget:release'] }), { write: true });
-  assert.deepEqual(cacheWriteDecision({ ...base, headBranch: 'release', extraBranches: ['release'] }), { write: true });
+  no({ headBranch: null }, /names no branch or tag/);
+  assert.deepEqual(cacheWriteDecision({ ...base, headBranch: 'release', extraBranches: ['acme/widget:release'] }, branch), { write: true, ref: 'refs/heads/release' });
+  assert.deepEqual(cacheWriteDecision({ ...base, headBranch: 'release', extraBranches: ['release'] }, branch), { write: true, ref: 'refs/heads/release' });
+  assert.deepEqual(cacheWriteDecision({ ...base, headBranch: 'release', extraBranches: ['ACME/Widget:release'] }, branch), { write: true, ref: 'refs/heads/release' });
   no({ headBranch: 'release', extraBranches: ['other/repo:release'] }, /push to release/);
+  // the kind of ref pushed: a tag named like the default branch is not the default branch
+  no({}, /both a branch and a tag are named main/, { branch: true, tag: true });
+  no({}, /push of the tag main, and no tag pattern allows it/, { branch: false, tag: true });
+  no({}, /could not tell whether main is a branch or a tag: GitHub forbids/, { branch: true, tag: null, error: 'GitHub forbids reading refs/tags/main' });
+  no({ headBranch: 'release', extraBranches: ['release'] }, /neither a branch nor a tag named release/, { branch: false, tag: false });
+});
+
+test('cache write rule: tags write only where a pattern allows them, never confusable with a branch', () => {
+  const base: CacheTrustInput = { repo: 'acme/widget', event: 'push', headRepo: 'acme/widget', headBranch: 'v1.2.0', defaultBranch: 'main', decision: 'accepted', extraBranches: [], tagPatterns: [] };
+  const tag: RefKinds = { branch: false, tag: true };
+  const d = (over: Partial<CacheTrustInput>, refs: RefKinds = tag) => cacheWriteDecision({ ...base, ...over }, refs);
+  assert.match((d({}) as { reason: string }).reason, /push to v1\.2\.0, not to the default branch main$/);
+  assert.deepEqual(d({ tagPatterns: ['*'] }), { write: true, ref: 'refs/tags/v1.2.0' });
+  assert.deepEqual(d({ tagPatterns: ['v*'] }), { write: true, ref: 'refs/tags/v1.2.0' });
+  assert.deepEqual(d({ tagPatterns: ['acme/widget:v1.*'] }), { write: true, ref: 'refs/tags/v1.2.0' });
+  assert.equal(d({ tagPatterns: ['other/repo:*'] }).write, false);
+  assert.equal(d({ tagPatterns: ['v2*'] }).write, false);
+  assert.equal(d({ tagPatterns: ['v1?2?0'] }).write, false, 'only * is special');
+  assert.equal(d({ tagPatterns: ['v1.2.0'], headBranch: 'v1x2x0' }).write, false, 'a dot is a dot');
+  // a tag pattern never lets a branch of that name write, and a branch rule never lets a tag write
+  assert.match((d({ tagPatterns: ['v*'] }, { branch: true, tag: false }) as { reason: string }).reason, /push to the branch v1\.2\.0/);
+  assert.match((d({ tagPatterns: ['v*'] }, { branch: true, tag: true }) as { reason: string }).reason, /both a branch and a tag/);
+  assert.match((d({ extraBranches: ['v1.2.0'] }) as { reason: string }).reason, /push of the tag v1\.2\.0/);
+  assert.ok(tagMatches('release/*', 'release/2024-01') && !tagMatches('release/*', 'xrelease/1') && tagMatches('*', '') && !tagMatches('a', 'ab'));
 });

@@ -80,31 +80,86 @@ export interface CacheTrustInput {
   event: string | null;
   /** The run's head repository: a fork's name for a fork pull request. */
   headRepo: string | null;
+  /** The run's head_branch: for a push, the pushed branch's or tag's short name (GitHub does not say which). */
   headBranch: string | null;
-  /** The repository's default branch, from the webhook. */
+  /** The repository's default branch, from GitHub's API. */
   defaultBranch: string | null;
   /** kiln's admission decision for the job. */
   decision: string;
   /** Branches besides the default one whose pushes may write caches (github.cacheWriteBranches, `repo:branch` or `branch`). */
   extraBranches: readonly string[];
+  /** Tags whose pushes may write caches (github.cacheWriteTags, `repo:pattern` or `pattern`, `*` any characters). */
+  tagPatterns: readonly string[];
 }
 
 /**
- * The cache write rule for GitHub jobs (docs/caches.md): only a push to the repository's default branch
- * (or a branch configured for it), made in the repository itself, by a job kiln accepted. Never a pull
- * request (from a fork or not), never an untrusted or refused job. Tags are not recognised yet (GitHub's
- * run object does not say whether head_branch names a tag): configure them as branches to allow them. Pure.
+ * Whether a branch and a tag named like the run's head_branch exist now (GitHub's Git refs API): true, false,
+ * or null when kiln could not read it (then `error` says why).
  */
-export function cacheWriteDecision(i: CacheTrustInput): { write: true } | { write: false; reason: string } {
+export interface RefKinds {
+  branch: boolean | null;
+  tag: boolean | null;
+  error?: string;
+}
+
+type No = { write: false; reason: string };
+
+/** Does `name` match a tag pattern: `*` is any run of characters (none included), everything else itself. */
+export function tagMatches(pattern: string, name: string): boolean {
+  const re = new RegExp(`^${pattern.split('*').map((p) => p.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*')}$`);
+  return re.test(name);
+}
+
+/** An entry of cacheWriteBranches or cacheWriteTags applies to `repo`: `owner/repo:NAME` for that repository, `NAME` for all. */
+function entriesFor(entries: readonly string[], repo: string): string[] {
+  const r = repo.toLowerCase();
+  return entries.flatMap((e) => {
+    const i = e.indexOf(':');
+    if (i < 0) return [e];
+    return e.slice(0, i).toLowerCase() === r ? [e.slice(i + 1)] : [];
+  });
+}
+
+/**
+ * The first half of the GitHub cache write rule (docs/caches.md), from the run alone: a push made in the
+ * repository itself, by a job kiln accepted, whose head_branch names the default branch, a configured branch or
+ * an allowed tag. Never a pull request (from a fork or not), never an untrusted or refused job. What it cannot
+ * say is whether head_branch names a branch or a tag (GitHub's run object does not tell): `cacheWriteDecision`
+ * settles that from the repository's refs. Pure.
+ */
+export function cacheWriteCandidate(i: CacheTrustInput): No | { write: 'if-ref'; name: string; branchAllowed: boolean; tagAllowed: boolean } {
   if (i.decision !== 'accepted') return { write: false, reason: `kiln did not accept the job (${i.decision})` };
   if (i.event !== 'push') return { write: false, reason: `the run's event is ${i.event ?? 'unknown'}, not a push` };
   if (!i.headRepo || i.headRepo.toLowerCase() !== i.repo.toLowerCase()) return { write: false, reason: `the run comes from ${i.headRepo ?? 'an unknown repository'}, not ${i.repo}` };
   const b = i.headBranch;
-  if (!b) return { write: false, reason: 'the run names no branch' };
-  const repo = i.repo.toLowerCase();
-  const extra = i.extraBranches.some((x) => x === b || x.toLowerCase() === `${repo}:${b.toLowerCase()}`);
-  if (b !== i.defaultBranch && !extra) return { write: false, reason: `a push to ${b}, not to the default branch ${i.defaultBranch ?? '(unknown)'}` };
-  return { write: true };
+  if (!b) return { write: false, reason: 'the run names no branch or tag' };
+  const branchAllowed = b === i.defaultBranch || entriesFor(i.extraBranches, i.repo).includes(b);
+  const tagAllowed = entriesFor(i.tagPatterns, i.repo).some((p) => tagMatches(p, b));
+  if (!branchAllowed && !tagAllowed) {
+    return { write: false, reason: `a push to ${b}, not to the default branch ${i.defaultBranch ?? '(unknown)'}${i.extraBranches.length > 0 ? ', a configured branch' : ''}${i.tagPatterns.length > 0 ? ' or an allowed tag' : ''}` };
+  }
+  return { write: 'if-ref', name: b, branchAllowed, tagAllowed };
+}
+
+/**
+ * The cache write rule for GitHub jobs (docs/caches.md): `cacheWriteCandidate`, then the kind of ref pushed,
+ * told from the repository's refs: a branch named like head_branch (the default branch always exists) or a tag.
+ * A branch and a tag of the same name cannot be told apart from the run, so that is a no; so is a ref kiln
+ * could not read. The answer names the full ref written (`refs/heads/…` or `refs/tags/…`). Pure.
+ */
+export function cacheWriteDecision(i: CacheTrustInput, refs: RefKinds): No | { write: true; ref: string } {
+  const c = cacheWriteCandidate(i);
+  if (c.write === false) return c;
+  const n = c.name;
+  if (refs.branch === null || refs.tag === null) return { write: false, reason: `kiln could not tell whether ${n} is a branch or a tag${refs.error ? `: ${refs.error}` : ''}` };
+  if (refs.branch && refs.tag) return { write: false, reason: `both a branch and a tag are named ${n}, and GitHub's run does not say which was pushed` };
+  if (refs.branch) {
+    return c.branchAllowed ? { write: true, ref: `refs/heads/${n}` } : { write: false, reason: `a push to the branch ${n}, not to the default branch ${i.defaultBranch ?? '(unknown)'} or a configured branch` };
+  }
+  if (refs.tag) {
+    return c.tagAllowed ? { write: true, ref: `refs/tags/${n}` } : { write: false, reason: `a push of the tag ${n}, and no tag pattern allows it (KILN_GITHUB_CACHE_WRITE_TAGS, github.cacheWriteTags)` };
+  }
+  return { write: false, reason: `neither a branch nor a tag named ${n} exists now` };
 }
 
 export { GH_JOB_STATES, advances, ghStateOfAction, type GhJobState } from '../../core/github-job-state.ts';

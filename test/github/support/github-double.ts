@@ -19,6 +19,11 @@ export interface DoubleRepo {
   private: boolean;
   ownerType: 'Organization' | 'User';
   installationId: number;
+  /** The repository's default branch (GET /repos/{owner}/{repo}); `main` unless a test sets it. */
+  defaultBranch: string;
+  /** Branches (besides the default one) and tags, by name → the commit they name (GET …/git/ref/{ref}). */
+  branches: Map<string, string>;
+  tags: Map<string, string>;
 }
 
 export interface DoubleRunner {
@@ -39,7 +44,15 @@ export interface DoubleRunner {
 export interface DoubleJob extends PayloadJob {
   status: 'waiting' | 'queued' | 'in_progress' | 'completed';
   headRepo: string;
+  /** The run's event: `push` for a run from the repository itself, `pull_request` for a fork's, unless set. */
+  event: string;
+  /** The run's head_branch: a branch's or (for a tag push) a tag's short name, as GitHub gives it. */
+  headBranch: string;
+  headSha: string;
 }
+
+/** The commit every double job runs on unless a test names another. */
+export const DOUBLE_HEAD_SHA = '3484a3fb816e0859fd6e1cea078d76385ff50625';
 
 export interface DoubleDelivery {
   id: number;
@@ -123,13 +136,26 @@ export class GitHubDouble {
   }
 
   addRepo(fullName: string, o: Partial<Omit<DoubleRepo, 'fullName'>> = {}): DoubleRepo {
-    const r: DoubleRepo = { fullName, id: this.#nextId++, private: o.private ?? false, ownerType: o.ownerType ?? 'Organization', installationId: o.installationId ?? 42 };
+    const r: DoubleRepo = {
+      fullName,
+      id: this.#nextId++,
+      private: o.private ?? false,
+      ownerType: o.ownerType ?? 'Organization',
+      installationId: o.installationId ?? 42,
+      defaultBranch: o.defaultBranch ?? 'main',
+      branches: o.branches ?? new Map(),
+      tags: o.tags ?? new Map(),
+    };
     this.repos.set(fullName.toLowerCase(), r);
     return r;
   }
 
   /** A new job on GitHub; sends its `queued` webhook unless told otherwise. */
-  async queueJob(repo: string, labels: string[], o: { headRepo?: string; waiting?: boolean; send?: boolean; drop?: boolean; installationId?: number } = {}): Promise<DoubleJob> {
+  async queueJob(
+    repo: string,
+    labels: string[],
+    o: { headRepo?: string; event?: string; headBranch?: string; headSha?: string; waiting?: boolean; send?: boolean; drop?: boolean; installationId?: number } = {},
+  ): Promise<DoubleJob> {
     const r = this.repos.get(repo.toLowerCase());
     if (!r) throw new Error(`no repo ${repo}`);
     const id = this.#nextId++;
@@ -145,6 +171,9 @@ export class GitHubDouble {
       installationId: o.installationId ?? r.installationId,
       status: o.waiting ? 'waiting' : 'queued',
       headRepo: o.headRepo ?? r.fullName,
+      event: o.event ?? ((o.headRepo ?? r.fullName) === r.fullName ? 'push' : 'pull_request'),
+      headBranch: o.headBranch ?? r.defaultBranch,
+      headSha: o.headSha ?? DOUBLE_HEAD_SHA,
       runnerId: null,
       runnerName: null,
       conclusion: null,
@@ -345,7 +374,7 @@ export class GitHubDouble {
       app_id: Number(this.#opts.appId),
       target_id: 1,
       target_type: 'Organization',
-      permissions: { administration: 'write', actions: 'read', metadata: 'read', organization_self_hosted_runners: 'write' },
+      permissions: { administration: 'write', actions: 'read', contents: 'read', metadata: 'read', organization_self_hosted_runners: 'write' },
       events: ['workflow_job'],
       created_at: '2024-01-01T00:00:00Z',
       updated_at: '2024-01-01T00:00:00Z',
@@ -522,7 +551,7 @@ function jobJson(j: DoubleJob): Record<string, unknown> {
     run_url: `https://api.github.com/repos/${j.repo}/actions/runs/${j.runId}`,
     run_attempt: j.runAttempt,
     node_id: 'CR_kwDOA',
-    head_sha: '3484a3fb816e0859fd6e1cea078d76385ff50625',
+    head_sha: j.headSha,
     url: `https://api.github.com/repos/${j.repo}/actions/jobs/${j.id}`,
     html_url: `https://github.com/${j.repo}/actions/runs/${j.runId}/job/${j.id}`,
     status: j.status,
@@ -539,7 +568,7 @@ function jobJson(j: DoubleJob): Record<string, unknown> {
     runner_group_id: j.runnerId === null ? null : 1,
     runner_group_name: j.runnerId === null ? null : 'Default',
     workflow_name: 'CI',
-    head_branch: 'main',
+    head_branch: j.headBranch,
   };
 }
 
@@ -552,6 +581,50 @@ function minimalRepo(fullName: string, id: number, isPrivate: boolean): Record<s
   return { id, node_id: 'R_1', name, full_name: fullName, owner: userJson(owner, 'Organization'), private: isPrivate, html_url: `https://github.com/${fullName}`, description: null, fork: false, url: u, git_url: '', ssh_url: '', clone_url: '', svn_url: '', mirror_url: null, ...urls };
 }
 
+/** A full-repository object (GET /repos/{owner}/{repo}), as GitHub's description requires one. */
+function fullRepo(r: DoubleRepo): Record<string, unknown> {
+  const at = '2024-01-01T00:00:00Z';
+  return {
+    ...minimalRepo(r.fullName, r.id, r.private),
+    owner: userJson(r.fullName.split('/')[0] ?? '', r.ownerType),
+    clone_url: `https://github.com/${r.fullName}.git`,
+    git_url: `git://github.com/${r.fullName}.git`,
+    ssh_url: `git@github.com:${r.fullName}.git`,
+    svn_url: `https://github.com/${r.fullName}`,
+    default_branch: r.defaultBranch,
+    forks: 0,
+    forks_count: 0,
+    has_issues: true,
+    has_projects: false,
+    has_wiki: false,
+    has_pages: false,
+    has_discussions: false,
+    homepage: null,
+    language: 'TypeScript',
+    archived: false,
+    disabled: false,
+    open_issues: 0,
+    open_issues_count: 0,
+    license: null,
+    pushed_at: at,
+    size: 1,
+    stargazers_count: 0,
+    watchers: 0,
+    watchers_count: 0,
+    created_at: at,
+    updated_at: at,
+    network_count: 0,
+    subscribers_count: 0,
+    visibility: r.private ? 'private' : 'public',
+  };
+}
+
+/** A Git reference object (GET …/git/ref/{ref}): `heads/NAME` or `tags/NAME`. */
+function gitRefJson(repo: string, ref: string, sha: string): Record<string, unknown> {
+  const u = `https://api.github.com/repos/${repo}`;
+  return { ref: `refs/${ref}`, node_id: 'REF_1', url: `${u}/git/refs/${ref}`, object: { type: 'commit', sha, url: `${u}/git/commits/${sha}` } };
+}
+
 function runJson(j: DoubleJob, d: GitHubDouble): Record<string, unknown> {
   const repo = d.repos.get(j.repo.toLowerCase())!;
   const head = d.repos.get(j.headRepo.toLowerCase());
@@ -559,12 +632,12 @@ function runJson(j: DoubleJob, d: GitHubDouble): Record<string, unknown> {
     id: j.runId,
     name: 'CI',
     node_id: 'WFR_1',
-    head_branch: 'main',
-    head_sha: '3484a3fb816e0859fd6e1cea078d76385ff50625',
+    head_branch: j.headBranch,
+    head_sha: j.headSha,
     path: '.github/workflows/ci.yml',
     run_number: 1,
     run_attempt: j.runAttempt,
-    event: j.headRepo === j.repo ? 'push' : 'pull_request',
+    event: j.event,
     status: j.status === 'waiting' ? 'waiting' : j.status,
     conclusion: null,
     workflow_id: 1,
@@ -651,6 +724,26 @@ const ROUTES: Route[] = [
     if (!j) return c.error(404, 'Not Found');
     c.send(200, runJson(j, this));
   }),
+  route('get', '/repos/{owner}/{repo}', 'installation', function (c) {
+    const r = this.repos.get(`${c.params.owner}/${c.params.repo}`.toLowerCase());
+    if (!r) return c.error(404, 'Not Found');
+    c.send(200, fullRepo(r));
+  }),
+  // {ref} is `heads/NAME` or `tags/NAME`, and a name may hold slashes (release/v1): the one route whose
+  // parameter spans path segments. An exact match only, as GitHub's "Get a reference" answers.
+  {
+    ...route('get', '/repos/{owner}/{repo}/git/ref/{ref}', 'installation', function (c) {
+      const r = this.repos.get(`${c.params.owner}/${c.params.repo}`.toLowerCase());
+      if (!r) return c.error(404, 'Not Found');
+      const ref = (c.params.ref ?? '').split('/').map(decodeURIComponent).join('/');
+      const m = /^(heads|tags)\/(.+)$/.exec(ref);
+      const name = m?.[2] ?? '';
+      const sha = m?.[1] === 'tags' ? r.tags.get(name) : m?.[1] === 'heads' ? (name === r.defaultBranch ? (r.branches.get(name) ?? DOUBLE_HEAD_SHA) : r.branches.get(name)) : undefined;
+      if (!sha) return c.error(404, 'Not Found');
+      c.send(200, gitRefJson(r.fullName, ref, sha));
+    }),
+    re: /^\/repos\/(?<owner>[^/]+)\/(?<repo>[^/]+)\/git\/ref\/(?<ref>.+)$/,
+  },
   route('get', '/app/hook/deliveries', 'jwt', function (c) {
     const failedOnly = c.query.get('status') === 'failure';
     const list = [...this.deliveries].reverse().filter((d) => d.statusCode !== -1 && (!failedOnly || d.statusCode < 200 || d.statusCode >= 300));

@@ -12,6 +12,7 @@ import { memoryImageResolver } from '../../../src/agent/images.ts';
 import { makeMemoryDriver } from '../../../src/vm/memory-driver.ts';
 import type { VmDriver } from '../../../src/vm/driver.ts';
 import type { ImageResolver } from '../../../src/agent/images.ts';
+import type { CacheStore } from '../../../src/vm/cache-store.ts';
 import { createToken, makeSecret } from '../../../src/store/tokens.ts';
 import { makeApiClient, type ApiClient } from '../../support/test-client.ts';
 import { Secret, type GitHubConfig } from '../../../src/server/github/config.ts';
@@ -44,6 +45,7 @@ export function testGitHubConfig(apiUrl: string, over: Partial<GitHubConfig> = {
     allow: ['acme'],
     forkPrAllowed: [],
     cacheWriteBranches: [],
+    cacheWriteTags: [],
     runnerLevel: 'repo',
     runnerGroupId: 1,
     maxRunners: 100,
@@ -93,6 +95,8 @@ export async function startGitHubHarness(
     dashboardDir?: string;
     /** More hosts (host-2, host-3, …), each with its own driver and image resolver. */
     extraAgents?: { driver?: VmDriver; images?: ImageResolver }[];
+    /** The first agent's warm caches (docs/caches.md); without it, runner VMs run without /cache. */
+    caches?: CacheStore;
   } = {},
 ): Promise<GitHubHarness> {
   const { publicKey } = appKeys();
@@ -131,13 +135,14 @@ export async function startGitHubHarness(
   double.webhookUrl = `${url}${WEBHOOK_PATH}`;
   let agent: Agent | undefined;
   const agents: Agent[] = [];
-  const startAgent = async (name: string, token: string, driver: VmDriver | undefined, images: ImageResolver | undefined): Promise<Agent> => {
+  const startAgent = async (name: string, token: string, driver: VmDriver | undefined, images: ImageResolver | undefined, caches?: CacheStore): Promise<Agent> => {
     const a = makeAgent({
       servers: [url],
       token,
       name,
       driver: driver ?? makeMemoryDriver({ cpus: 512, memoryBytes: 4096 * 1024 ** 3, programs: { [STAND_IN_NAME]: standInRunner } }),
       images: images ?? memoryImageResolver,
+      ...(caches ? { caches } : {}),
       logger,
       minBackoffMs: 50,
       maxBackoffMs: 500,
@@ -150,7 +155,7 @@ export async function startGitHubHarness(
   };
   if (o.agent !== false) {
     const { secret } = await createToken(store.db, { name: 'agents', role: 'agent' });
-    agent = await startAgent('host-1', secret, o.driver, o.images);
+    agent = await startAgent('host-1', secret, o.driver, o.images, o.caches);
     for (const [i, x] of (o.extraAgents ?? []).entries()) {
       const t = await createToken(store.db, { name: `agents-${i + 2}`, role: 'agent' });
       agents.push(await startAgent(`host-${i + 2}`, t.secret, x.driver, x.images));

@@ -28,6 +28,9 @@ export interface PayloadJob {
   runnerId: number | null;
   runnerName: string | null;
   conclusion: string | null;
+  /** The run's head branch (a tag's name for a tag push); `main` when unset. */
+  headBranch?: string;
+  headSha?: string;
 }
 
 /** Base example per action: queued [5], waiting [7], in_progress [3], completed [1]. */
@@ -61,7 +64,8 @@ export function workflowJobPayload(action: 'queued' | 'waiting' | 'in_progress' 
     created_at: '2024-01-01T00:00:00Z',
     started_at: '2024-01-01T00:00:00Z',
     completed_at: action === 'completed' ? '2024-01-01T00:01:00Z' : null,
-    head_branch: 'main',
+    head_branch: j.headBranch ?? 'main',
+    ...(j.headSha ? { head_sha: j.headSha } : {}),
     workflow_name: 'CI',
   });
   if (action === 'completed' && !ran) wj.steps = [];

@@ -19,7 +19,7 @@ export async function refuseJob(p: GitHubParts, j: GhJob, code: string, reason: 
 }
 
 /** Reads the job from GitHub (`why`: counted in kiln_github_job_reads_total); true when it is still queued. */
-export async function reread(p: GitHubParts, vms: RunnerVmWrites, j: GhJob, why: 'admission' | 'unheard_runner' | 'idle_runner'): Promise<boolean> {
+export async function reread(p: GitHubParts, vms: RunnerVmWrites, j: GhJob, why: 'admission' | 'unheard_runner' | 'idle_runner' | 'cache_trust'): Promise<boolean> {
   p.metrics.jobReads.inc({ why });
   const gj = await p.api.getJob(jobInstallation(j), j.jobId);
   const at = p.now();

@@ -153,7 +153,7 @@ export function makeGitHubService(d: GitHubServiceDeps): GitHubService {
       // for the binding a delivery brings (a runner that took another job is bound only by that job's).
       if (r.forJob) {
         const fj = await getGhJob(p.db, r.forJob);
-        if (fj && fj.state === 'queued') await reread(p, vms, fj).catch((e: unknown) => log.warn({ err: e }, 'reading the job a runner stood for failed'));
+        if (fj && fj.state === 'queued') await reread(p, vms, fj, 'cache_trust').catch((e: unknown) => log.warn({ err: e }, 'reading the job a runner stood for failed'));
       }
       const end = Date.now() + (d.cacheBindWaitMs ?? 120_000);
       for (r = await getRunnerByKilnJob(p.db, kilnJobId); r && !r.job && Date.now() < end; r = await getRunnerByKilnJob(p.db, kilnJobId)) {

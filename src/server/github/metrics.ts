@@ -76,7 +76,7 @@ export function makeGitHubMetrics(ctx: ServerContext): GitHubMetrics {
     }),
     jobReads: new Counter({
       name: 'kiln_github_job_reads_total',
-      help: 'GitHub jobs this replica read back from the API, by why (admission; unheard_runner, idle_runner: the reconciler doubted the queue)',
+      help: 'GitHub jobs this replica read back from the API, by why (admission; unheard_runner, idle_runner: the reconciler doubted the queue; cache_trust: a runner asking to write its cache before kiln learnt its job)',
       labelNames: ['why'],
       registers,
     }),

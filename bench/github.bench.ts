@@ -6,7 +6,8 @@
 // queued job, runs it and exits, while the double sends its own in_progress and completed deliveries.
 // The burst: BENCH_GITHUB_DELIVERIES (2,000) queued deliveries, 10% of them duplicates (half the same delivery
 // id, half the same action through another hook), shuffled, posted 16 at a time. Prints:
-//   - GitHub API calls per job (target ≤ 4) with the breakdown by endpoint;
+//   - GitHub API calls per job (target ≤ 4) with the breakdown by endpoint, counted once every runner is
+//     retired, and kiln's job reads by reason (kiln_github_job_reads_total);
 //   - registrations per job (target 1.00);
 //   - p50/p99 from the queued delivery received to generate-jitconfig sent, and the ratio of the p50 to the
 //     p50 of one webhook round trip measured in the same run (the baseline).
@@ -74,6 +75,12 @@ async function main(): Promise<void> {
     await until('every job ran', () => [...h.double.jobs.values()].every((j) => j.status === 'completed'), 3_600_000);
     const wall = Date.now() - t0;
     await until('every delivery processed', async () => (await h.store.db.selectFrom('github_deliveries').select('status').where('status', '=', 'pending').execute()).length === 0, 600_000);
+    // Counted once kiln has settled: every runner retired (its DELETE made), not while retirements still run.
+    await until('every runner retired', async () => (await h.store.db.selectFrom('github_runners').select('id').where('state', '<>', 'gone').execute()).length === 0, 600_000);
+    const settleSeconds = Math.round((Date.now() - t0 - wall) / 100) / 10;
+    const reads = (await h.server.ctx.metrics.registry.getSingleMetricAsString('kiln_github_job_reads_total').catch(() => ''))
+      .split('\n')
+      .filter((l) => l.startsWith('kiln_github_job_reads_total{'));
 
     const api = h.double.calls.filter((c) => !c.path.startsWith('/_runner/'));
     const byEndpoint = new Map<string, number>();
@@ -101,6 +108,8 @@ async function main(): Promise<void> {
       deliveries: all.length,
       jobs: jobsN,
       wallSeconds: Math.round(wall / 100) / 10,
+      settleSeconds,
+      jobReadsByWhy: reads,
       apiCallsPerJob: Math.round((api.length / jobsN) * 100) / 100,
       apiCalls: Object.fromEntries([...byEndpoint].sort((a, b) => b[1] - a[1])),
       registrationsPerJob: Math.round((h.double.registeredNames.length / jobsN) * 1000) / 1000,

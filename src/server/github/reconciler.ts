@@ -96,10 +96,14 @@ async function reconcile(p: GitHubParts, vms: RunnerVmWrites, prov: Provisioner,
   // only waiting for a runner.
   let budget = 200;
   for (const d of doubtedQueues(await listUnheardRunners(db, p.now() - unheardWindowMs(config)), await listRunnersIn(db, ['online']), ingestedAt, p.now(), config)) {
+    // Oldest first (GitHub hands out the oldest queued job first), and for unheard runners only until as many
+    // jobs as there are such runners have been found taken.
+    let taken = 0;
     for (const j of await listQueuedOfKey(db, d.demandKey, d.checkedBefore, budget)) {
+      if (d.lookFor !== null && taken >= d.lookFor) break;
       budget--;
       await p.step(`re-checking GitHub job ${j.jobId}`, async () => {
-        await reread(p, vms, j, d.why);
+        if (!(await reread(p, vms, j, d.why))) taken++;
       });
     }
     if (budget <= 0) break;
@@ -112,14 +116,20 @@ export interface DoubtedQueue {
   demandKey: string;
   checkedBefore: number;
   why: 'unheard_runner' | 'idle_runner';
+  /** Unheard runners: how many taken jobs to look for (then stop); null: read every job. */
+  lookFor: number | null;
 }
+
+/** Deliveries later than this after their runner's VM ended (and later than a reconcile interval) are late. */
+export const LATE_DELIVERY_MS = 5_000;
 
 /**
  * Pure: which keys' queued jobs kiln doubts. A job only waiting for a runner is not doubted (its deliveries,
  * or GitHub's redelivery of them, say when it leaves the queue); two things are reasons:
  * - a runner of the key ended after running a job kiln has not heard of (`unheard`), and an ingest that began
- *   at least a reconcile interval after the runner's VM ended (`ingestedAt`) still brought no delivery
- *   naming it: one of the key's queued jobs is taken, the jobs read before the runner ended are read again;
+ *   at least a reconcile interval, and LATE_DELIVERY_MS, after the runner's VM ended (`ingestedAt`) still
+ *   brought no delivery naming it: as many of the key's queued jobs as there are such runners are taken; the
+ *   jobs read before the (latest) runner ended are read again, oldest first, until that many are found;
  * - a runner of the key has been online and idle past the recheck interval: GitHub hands an idle runner any
  *   queued job of its labels, so the key's jobs not read within that interval may be gone (cancelled or
  *   taken elsewhere with their deliveries lost).
@@ -133,16 +143,17 @@ export function doubtedQueues(
   c: { reconcileMs: number; recheckMs: number },
 ): DoubtedQueue[] {
   const out = new Map<string, DoubtedQueue>();
+  const grace = Math.max(c.reconcileMs, LATE_DELIVERY_MS);
   for (const u of unheard) {
-    if (u.finishedAt > ingestedAt - c.reconcileMs) continue;
+    if (u.finishedAt > ingestedAt - grace) continue;
     const d = out.get(u.demandKey);
-    if (!d || d.checkedBefore < u.finishedAt) out.set(u.demandKey, { demandKey: u.demandKey, checkedBefore: u.finishedAt, why: 'unheard_runner' });
+    out.set(u.demandKey, { demandKey: u.demandKey, checkedBefore: Math.max(d?.checkedBefore ?? 0, u.finishedAt), why: 'unheard_runner', lookFor: (d?.lookFor ?? 0) + 1 });
   }
   for (const r of online) {
     if (r.onlineAt === null || now - r.onlineAt < c.recheckMs) continue;
     const before = now - c.recheckMs;
     const d = out.get(r.demandKey);
-    if (!d || d.checkedBefore < before) out.set(r.demandKey, { demandKey: r.demandKey, checkedBefore: before, why: 'idle_runner' });
+    if (!d || d.checkedBefore < before || d.lookFor !== null) out.set(r.demandKey, { demandKey: r.demandKey, checkedBefore: Math.max(before, d?.checkedBefore ?? 0), why: 'idle_runner', lookFor: null });
   }
   return [...out.values()];
 }

@@ -64,12 +64,17 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobC
   // Host penalties from the launch failures the store holds (every replica sees the same), read at most once a
   // second, and at once after a failure reported here; if a read fails, the last levels read hold.
   let penaltyCache: { at: number; levels: ReadonlyMap<number, number> } | undefined;
+  /** Counts failures reported here: a read that began before one is used once, not cached. */
+  let penaltyGen = 0;
   const hostPenalties = async (): Promise<ReadonlyMap<number, number>> => {
     const t = now();
     if (penaltyCache && t - penaltyCache.at < 1000) return penaltyCache.levels;
+    const gen = penaltyGen;
     try {
       const failures = await recentLaunchFailures(ctx.store.db, t - PENALTY_HORIZON_HALF_LIVES * halfLifeMs);
-      penaltyCache = { at: t, levels: penaltyLevels(failures, t, halfLifeMs) };
+      const levels = penaltyLevels(failures, t, halfLifeMs);
+      if (gen !== penaltyGen) return levels;
+      penaltyCache = { at: t, levels };
     } catch (e) {
       log.warn({ err: e }, 'could not read recent launch failures; using the last host penalties read');
     }
@@ -249,6 +254,7 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobC
       // A failure reported here is stored already: the next pass reads the penalties afresh.
       offFailed = ctx.events.on('host.launch_failed', (e) => {
         penaltyCache = undefined;
+        penaltyGen++;
         log.info({ hostId: e.hostId, jobId: e.jobId, code: e.code }, 'launch failed on host; other hosts preferred for a while');
       });
       loop.start();

@@ -15,6 +15,10 @@ import type { VmSpec } from '../../src/vm/driver.ts';
 import { assertNoLeaks, ensureImage, makeTestDataDir, SHARED_DIR } from '../support/kiln.ts';
 import { startTestNetns, type TestNetns } from '../support/netns.ts';
 import { readFileSync } from 'node:fs';
+import { pino } from 'pino';
+import { makeStoreImageResolver } from '../../src/agent/images.ts';
+import { startHarness, jobReaches } from '../server/harness.ts';
+import { makeApiClient } from '../support/test-client.ts';
 
 const problem = egressProblem(detectCgroups().v2Root, readFileSync('/proc/mounts', 'utf8')) ?? (spawnSync('socat', ['-V']).status === 0 ? undefined : 'socat is missing');
 const skip = problem ? `guest egress cannot be filtered here: ${problem}` : false;
@@ -142,5 +146,49 @@ void test('with the network closed, a forwarded host service is the one reachabl
   assert.match(r.out, /^loopback refused$/m);
   assert.match(r.out, /^allowed refused$/m, 'a closed network opens nothing, allowlist or not');
   assert.equal(parallelSeen - seenBefore, 4, 'each guest connection had its own host connection');
+  assertNoLeaks(data.dir);
+});
+
+void test("the server's allowlist reaches a fleet VM: a tenant's list opens its guests' egress, another tenant's guests stay closed", { skip, timeout: 600_000 }, async () => {
+  const seenBefore = parallelSeen;
+  const h = await startHarness('pglite');
+  try {
+    await h.addAgent('egress-vm-host', {}, {
+      driver: makeQemuDriver({ dataDir: data.dir, logger: pino({ level: 'silent' }) }),
+      images: makeStoreImageResolver(SHARED_DIR),
+    });
+    const put = await fetch(`${h.url}/v1/egress/tenants/alice`, {
+      method: 'PUT',
+      headers: { authorization: `Bearer ${h.admin}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ allow: [`${ALLOWED}/32`] }),
+    });
+    assert.equal(put.status, 200, await put.text());
+    const tenant = async (name: string) =>
+      makeApiClient({ server: h.url, token: (await h.client.request<{ secret: string }>('POST', '/v1/tokens', { name: `${name}-op`, role: 'operator', tenant: name })).secret });
+    const digest = ensureImage('amd64').digest;
+    const script = [probe('allowed', `http://${ALLOWED}/`), probe('loopback', `http://10.0.2.2:${hostPort}/`)].join('; ');
+    const submit = (c: Awaited<ReturnType<typeof tenant>>) =>
+      c.request<{ id: number }>('POST', '/v1/jobs', { command: ['sh', '-c', script], network: 'user', image: digest, memory: '256M', disk: '64M', timeout: '240s' });
+    const alice = await submit(await tenant('alice'));
+    const bob = await submit(await tenant('bob'));
+    for (const id of [alice.id, bob.id]) await jobReaches(h, id, ['succeeded', 'failed', 'lost', 'timed_out'], 540_000);
+    // The stored log (NDJSON, output in base64), decoded.
+    const logOf = async (id: number) =>
+      (await (await fetch(`${h.url}/v1/jobs/${id}/logs`, { headers: { authorization: `Bearer ${h.admin}` } })).text())
+        .split('\n')
+        .filter((l) => l.trim() !== '')
+        .map((l) => JSON.parse(l) as { data?: string })
+        .map((l) => (l.data ? Buffer.from(l.data, 'base64').toString() : ''))
+        .join('');
+    const a = await logOf(alice.id);
+    const b = await logOf(bob.id);
+    assert.match(a, new RegExp(`allowed ok answer-from-${ALLOWED.replace(/\./g, '\\.')}`), a);
+    assert.match(a, /loopback refused/, a);
+    assert.match(b, /allowed refused/, b);
+    assert.match(b, /loopback refused/, b);
+    assert.equal(parallelSeen, seenBefore, 'the host loopback service saw no connection');
+  } finally {
+    await h.close();
+  }
   assertNoLeaks(data.dir);
 });

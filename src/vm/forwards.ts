@@ -67,26 +67,42 @@ export function forwardSocketPath(vmDir: string, i: number): string {
   return join(vmDir, `fwd${i}.sock`);
 }
 
-/** Listens on the forward's unix socket and relays each connection to 127.0.0.1:hostPort. */
+/**
+ * Listens on the forward's unix socket and relays each connection to 127.0.0.1:hostPort. One side's end is
+ * passed on to the other *after* what is still buffered for it (a service that answers and closes at once
+ * while a slow guest still reads loses nothing: destroying both sides on the first close cut a blob's last
+ * 60 kB and failed a buildah pull with "unexpected EOF"); an error on either side ends both at once. Closing
+ * the returned server (VM teardown) also drops every open connection.
+ */
 export async function listenForward(path: string, hostPort: number): Promise<Server> {
   const open = new Set<Socket>();
   const server = createServer((guest) => {
     const host = connect(hostPort, '127.0.0.1');
     open.add(guest).add(host);
-    const end = () => {
+    const fail = () => {
       guest.destroy();
       host.destroy();
-      open.delete(guest);
-      open.delete(host);
     };
-    guest.on('error', end).on('close', end);
-    host.on('error', end).on('close', end);
+    // pipe() ends the other side (after its buffered writes) when one side's stream ends; a side that closes
+    // without an end (closed by an error) takes the other down.
+    const closed = (self: Socket, other: Socket) => () => {
+      open.delete(self);
+      if (!self.readableEnded) other.destroy();
+      else if (!other.writableEnded) other.end();
+    };
+    guest.on('error', fail).on('close', closed(guest, host));
+    host.on('error', fail).on('close', closed(host, guest));
     guest.pipe(host);
     host.pipe(guest);
   });
-  server.on('close', () => {
+  // VM teardown closes the server; net.Server's close waits for open connections, so drop them here.
+  const close = server.close.bind(server);
+  server.close = (cb) => {
+    close(cb);
     for (const s of open) s.destroy();
-  });
+    open.clear();
+    return server;
+  };
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(path, resolve);

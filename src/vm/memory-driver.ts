@@ -27,7 +27,7 @@ import { resolve, sep } from 'node:path';
 import { createHash } from 'node:crypto';
 import { unameMachine, type Arch } from '../core/arch.ts';
 import { KilnError } from '../core/errors.ts';
-import type { DriverCapabilities, RunningVm, VmDriver, VmInfo, VmOutput, VmPhase, VmResult, VmSpec, VmTimings } from './driver.ts';
+import type { DriverCapabilities, RunningVm, SnapshotPort, VmDriver, VmInfo, VmOutput, VmPhase, VmResult, VmSpec, VmTimings } from './driver.ts';
 
 export interface MemoryDriverOptions {
   name?: string;
@@ -44,6 +44,12 @@ export interface MemoryDriverOptions {
   appendDir?: string;
   /** Extra guest programs, by name: tests stand in for software a real image would carry. */
   programs?: Record<string, GuestProgram>;
+  /**
+   * Simulated warm-start snapshots (the driver's `snapshots` port, as the QEMU driver has): the agent's planner
+   * builds one per image and shape ahead of need, and a VM whose image and shape has one starts warm (`bootMs`
+   * of `warmBootMs`, default 0). Unset: no snapshots, every VM cold.
+   */
+  snapshots?: { budgetBytes?: number; bytesEach?: number; buildMs?: number; warmBootMs?: number };
 }
 
 /** A simulated guest program: resolves to its exit status; `signal` aborts when the VM is stopped. */
@@ -60,9 +66,11 @@ export function makeMemoryDriver(opts: MemoryDriverOptions = {}): VmDriver {
     diskFreeBytes: opts.diskFreeBytes ?? 500 * 1024 ** 3,
   };
   const vms = new Map<string, { arch: Arch; phase: () => VmPhase }>();
+  const snaps = opts.snapshots ? memorySnapshots(opts.snapshots) : undefined;
 
   return {
     name: opts.name ?? 'memory',
+    ...(snaps ? { snapshots: snaps } : {}),
     async capabilities() {
       return structuredClone(caps);
     },
@@ -86,7 +94,10 @@ export function makeMemoryDriver(opts: MemoryDriverOptions = {}): VmDriver {
       if (spec.image.arch !== spec.arch) throw new KilnError('image.wrong_arch', `image ${spec.image.digest} is for ${spec.image.arch}, not ${spec.arch}`);
       const t0 = performance.now();
       await verifyImage(spec);
-      const vm = runGuest(spec, out, opts.bootMs ?? 0, t0, () => vms.delete(spec.id), opts.programs ?? {}, opts.appendDir === undefined ? undefined : resolve(opts.appendDir));
+      // A VM with a cache disk boots cold, as with QEMU (no snapshot carries one).
+      const warm = snaps !== undefined && !spec.cacheDisk && snaps.find(spec) !== undefined;
+      const bootMs = warm ? (opts.snapshots?.warmBootMs ?? 0) : (opts.bootMs ?? 0);
+      const vm = runGuest(spec, out, bootMs, warm ? 'warm' : 'cold', t0, () => vms.delete(spec.id), opts.programs ?? {}, opts.appendDir === undefined ? undefined : resolve(opts.appendDir));
       vms.set(spec.id, { arch: spec.arch, phase: vm.phase });
       return vm;
     },
@@ -110,7 +121,31 @@ async function verifyImage(spec: VmSpec): Promise<void> {
   }
 }
 
-function runGuest(spec: VmSpec, out: VmOutput, bootMs: number, t0: number, gone: () => void, programs: Record<string, GuestProgram>, appendDir: string | undefined): RunningVm {
+/** The simulated snapshot store: one per image digest, arch and shape, under a byte budget. */
+function memorySnapshots(o: NonNullable<MemoryDriverOptions['snapshots']>): SnapshotPort {
+  const built = new Map<string, number>();
+  const keyOf = (spec: VmSpec) => [spec.image.digest, spec.arch, spec.cpus, spec.memoryBytes, spec.diskBytes].join('|');
+  const bytesEach = o.bytesEach ?? 64 * 1024 ** 2;
+  return {
+    budgetBytes: o.budgetBytes ?? 8 * 1024 ** 3,
+    usedBytes: () => [...built.values()].reduce((a, b) => a + b, 0),
+    find(spec) {
+      const b = built.get(keyOf(spec));
+      return b === undefined ? undefined : { bytes: b };
+    },
+    async build(spec, signal) {
+      await new Promise((r) => setTimeout(r, o.buildMs ?? 0));
+      if (signal?.aborted) throw new KilnError('vm.killed', 'the snapshot build was stopped');
+      built.set(keyOf(spec), bytesEach);
+      return { bytes: bytesEach };
+    },
+    onDrop() {
+      /* simulated snapshots are never dropped */
+    },
+  };
+}
+
+function runGuest(spec: VmSpec, out: VmOutput, bootMs: number, start: 'warm' | 'cold', t0: number, gone: () => void, programs: Record<string, GuestProgram>, appendDir: string | undefined): RunningVm {
   const abort = new AbortController();
   let phase: VmPhase = 'booting';
   let settle!: (r: VmResult) => void;
@@ -150,12 +185,13 @@ function runGuest(spec: VmSpec, out: VmOutput, bootMs: number, t0: number, gone:
     guestUptimeAtInitMs: bootMs,
     runMs: tExit - tBooted,
     teardownMs: Math.max(0, performance.now() - tExit),
+    start,
   });
 
   void (async () => {
     await wait(bootMs);
     if (!stopped && out.mayStart) {
-      await out.mayStart({ start: 'cold', bootMs: Math.round(performance.now() - tPrepared) }).catch((e: unknown) => stop({ outcome: 'killed', reason: e instanceof Error ? e.message : String(e) }));
+      await out.mayStart({ start, bootMs: Math.round(performance.now() - tPrepared) }).catch((e: unknown) => stop({ outcome: 'killed', reason: e instanceof Error ? e.message : String(e) }));
     }
     tBooted = performance.now();
     let status = 0;

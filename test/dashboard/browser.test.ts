@@ -12,6 +12,9 @@ import { join } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { buildDashboard } from '../../scripts/build-dashboard.mjs';
 import { makeMemoryDriver, type GuestProgram } from '../../src/vm/memory-driver.ts';
+import { makeAgent } from '../../src/agent/agent.ts';
+import { memoryImageResolver } from '../../src/agent/images.ts';
+import { quietLogger } from '../server/harness.ts';
 import { createToken } from '../../src/store/tokens.ts';
 import { startGitHubHarness, until, type GitHubHarness } from '../github/support/harness.ts';
 import { standInRunner, STAND_IN_NAME } from '../github/support/stand-in-runner.ts';
@@ -212,4 +215,49 @@ test('on a phone: no sideways scrolling, the nav and tables fit', { skip }, asyn
     await shot(page, `phone-${name.toLowerCase()}`);
   }
   await ctx.close();
+});
+
+test('fleet: the image versions a host keeps warm, built after its first job, shown per host; the next job starts warm', { skip }, async () => {
+  // host-1 was drained above: this host takes the jobs. Its driver keeps (simulated) snapshots, so its
+  // agent's planner builds one for the image and shape its first job used and reports it.
+  const data = makeTestDataDir();
+  const { secret } = await h.client.request<{ secret: string }>('POST', '/v1/tokens', { name: 'warm agent', role: 'agent' });
+  const agent = makeAgent({ servers: [h.url], token: secret, name: 'warm-host', dataDir: data.dir, driver: makeMemoryDriver({ snapshots: { buildMs: 50 } }), images: memoryImageResolver, logger: quietLogger(), minBackoffMs: 50, maxBackoffMs: 500 });
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  try {
+    const c = agent.connected(60_000);
+    await agent.start();
+    await c;
+    type JobOut = { state: string; vmStart?: string | null };
+    const job = async (): Promise<JobOut> => {
+      const { id } = await h.client.request<{ id: number }>('POST', '/v1/jobs', { command: ['true'] });
+      let j: JobOut = { state: 'queued' };
+      await until(`job ${id} done`, async () => (j = await h.client.request<JobOut>('GET', `/v1/jobs/${id}`)).state === 'succeeded', 60_000);
+      return j;
+    };
+    assert.equal((await job()).vmStart, 'cold');
+    type Snap = { image: string; digest?: string; state: string };
+    let snaps: Snap[] = [];
+    await until('the warm host to report a ready snapshot', async () => {
+      const { hosts } = await h.client.request<{ hosts: { name: string; snapshots?: Snap[] | null }[] }>('GET', '/v1/hosts');
+      snaps = hosts.find((x) => x.name === 'warm-host')?.snapshots ?? [];
+      return snaps.some((x) => x.state === 'ready');
+    }, 60_000);
+    const ready = snaps.find((x) => x.state === 'ready')!;
+    // The memory driver's images are named memory:<name> where a real host's are sha256 digests.
+    assert.deepEqual([ready.image, ready.digest], ['default', 'memory:default']);
+    assert.equal((await job()).vmStart, 'warm', 'the next job of that image and shape is restored');
+
+    await signedIn(page, viewer);
+    await page.getByRole('link', { name: 'Fleet' }).click();
+    const cell = page.locator('[data-host-images="warm-host"]');
+    await cell.getByText('ready').waitFor();
+    assert.match(await cell.innerText(), new RegExp(ready.digest!.slice(0, 19)));
+    assert.equal(await page.locator('[data-host-images="host-1"]').count(), 0, 'a host without snapshots shows none');
+    await shot(page, 'fleet-warm-images');
+  } finally {
+    await page.close();
+    await agent.stop();
+    data.cleanup();
+  }
 });

@@ -17,7 +17,26 @@ export interface HostOut {
   agentVersion: string;
   lastSeenAt: string;
   mirror: { state?: string; healthy: boolean; cacheBytes: number } | null;
+  /** Warm-start snapshots the host's agent reported: which image versions (digests) it keeps ready. */
+  snapshots?: { image: string; digest?: string; arch: string; cpus: number; memoryBytes: number; state: string; uses: number }[] | null;
 }
+
+/** The image versions a host keeps warm: `ci sha256:1a2b3c4d5e6f · 2 CPUs 4 GiB · ready`, one line each. */
+const warmImages = (x: HostOut) =>
+  x.snapshots && x.snapshots.length > 0
+    ? h(
+        'ul',
+        { class: 'plain', 'data-host-images': x.name },
+        x.snapshots.map((s) =>
+          h(
+            'li',
+            { title: s.digest ?? s.image },
+            `${s.image.startsWith('sha256:') ? '' : `${s.image} `}${s.digest ? s.digest.slice(0, 19) : ''} · ${s.cpus} CPU${s.cpus === 1 ? "" : "s"} ${gib(s.memoryBytes)} · `,
+            badge(s.state),
+          ),
+        ),
+      )
+    : '—';
 
 const meter = (used: number, cap: number, text: string) =>
   h('span', { class: 'meter-cell' }, h('meter', { min: 0, max: cap, value: used, 'aria-label': text }), h('span', {}, text));
@@ -42,8 +61,8 @@ export function fleetPage(ctx: PageContext): Page {
           h('li', {}, h('strong', {}, `${cpu[0]}/${cpu[1]}`), ' CPUs in use'),
         ),
         table(
-          'Hosts: CPU and memory in use of capacity, VMs, mirror',
-          ['Host', 'State', 'Arch', 'Accel', 'CPUs', 'Memory', 'VMs', 'Mirror', 'Agent', 'Last seen'],
+          'Hosts: CPU and memory in use of capacity, VMs, mirror, image versions kept warm',
+          ['Host', 'State', 'Arch', 'Accel', 'CPUs', 'Memory', 'VMs', 'Mirror', 'Warm images', 'Agent', 'Last seen'],
           hosts.map((x) => [
             h('span', { 'data-host': x.name }, x.name),
             h('span', { 'data-host-state': x.name }, badge(x.cordoned && x.state === 'online' ? 'cordoned' : x.state)),
@@ -53,10 +72,11 @@ export function fleetPage(ctx: PageContext): Page {
             meter(x.used.memoryBytes, x.capacity.memoryBytes, `${gib(x.used.memoryBytes)}/${gib(x.capacity.memoryBytes)}`),
             x.jobs,
             x.mirror ? h('span', { class: x.mirror.healthy ? 'ok' : 'bad' }, x.mirror.healthy ? 'healthy' : 'down', ' · ', gib(x.mirror.cacheBytes)) : '—',
+            warmImages(x),
             `${x.driver} ${x.agentVersion}`,
             ago(x.lastSeenAt),
           ]),
-          { empty: 'No host has joined yet: start one with `kiln agent`.', wide: [3, 7, 8, 9] },
+          { empty: 'No host has joined yet: start one with `kiln agent`.', wide: [3, 7, 8, 9, 10] },
         ),
       );
     });

@@ -1,6 +1,6 @@
 /** Wiring shared by `kiln server`, `kiln agent` and `kiln up`: loggers, drivers with their image resolvers (src/agent/images.ts), mirrors. */
 import { pino, type Logger } from 'pino';
-import { makeStoreImageResolver, memoryImageResolver, type ImageResolver } from '../agent/images.ts';
+import { makeStoreImageResolver, makeMemoryImageResolver, type ImageResolver } from '../agent/images.ts';
 import { makeMemoryDriver } from '../vm/memory-driver.ts';
 import { makeQemuDriver } from '../vm/qemu-driver.ts';
 import { makeCacheStore, type CacheStore } from '../vm/cache-store.ts';
@@ -47,7 +47,7 @@ export function makeDriverFor(
 ): { driver: VmDriver; images: ImageResolver; caches?: CacheStore } {
   if (kind === 'memory') {
     const appendDir = memoryDriverTestAppendDir();
-    return { driver: makeMemoryDriver({ ...(sim.bootMs !== undefined ? { bootMs: sim.bootMs } : {}), ...(appendDir ? { appendDir } : {}) }), images: memoryImageResolver };
+    return { driver: makeMemoryDriver({ ...(sim.bootMs !== undefined ? { bootMs: sim.bootMs } : {}), ...(appendDir ? { appendDir } : {}) }), images: makeMemoryImageResolver() };
   }
   const vm = loadVmConfig();
   return {

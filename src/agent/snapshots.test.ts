@@ -17,7 +17,7 @@ function portWith(budgetBytes: number, o: { fail?: (s: VmSpec) => string | undef
   const built: string[] = [];
   const drops: (() => void)[] = [];
   let release: (() => void) | undefined;
-  const key = (s: VmSpec) => `${s.image.digest}/${s.cpus}/${s.memoryBytes}`;
+  const key = (s: VmSpec) => `${s.image.digest}/${s.cpus}/${s.memoryBytes}${s.cacheBytes !== undefined ? `/cache=${s.cacheBytes}` : ''}`;
   const port: SnapshotPort = {
     budgetBytes,
     usedBytes: () => [...have.values()].reduce((a, b) => a + b, 0),
@@ -121,6 +121,34 @@ void test('stopping the planner cuts a build in flight short', async () => {
     assert.equal(planner.states()[0]?.state, 'building');
     await planner.stop();
     assert.equal(planner.states()[0]?.state, 'failed');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+void test('jobs with a cache are a shape of their own per cache size: its snapshot is built with a cache slot of that size', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'kiln-planner-'));
+  try {
+    const p = portWith(4 * GiB);
+    const planner = makeSnapshotPlanner({ port: p.port, images: memoryImageResolver, dataDir: dir, log: pino({ level: 'silent' }), changed: () => undefined });
+    planner.noteUse(shape('default'));
+    planner.noteUse({ ...shape('default'), cacheBytes: 4 * GiB });
+    planner.noteUse({ ...shape('default'), cacheBytes: 4 * GiB });
+    planner.noteUse({ ...shape('default'), cacheBytes: 64 * MiB });
+    await planner.idle();
+    assert.deepEqual(p.built.sort(), ['memory:default/1/536870912', 'memory:default/1/536870912/cache=4294967296', 'memory:default/1/536870912/cache=67108864']);
+    const states = planner.states();
+    assert.deepEqual(states[0] && [states[0].cacheBytes, states[0].uses, states[0].state], [4 * GiB, 2, 'ready'], 'most used first');
+    const bySize = (list: { cacheBytes?: number }[]) => list.map((s) => s.cacheBytes ?? 0).sort((a, b) => a - b);
+    assert.deepEqual(bySize(states), [0, 64 * MiB, 4 * GiB]);
+    assert.ok(states.every((s) => s.state === 'ready'));
+    await planner.stop();
+    // Remembered across a restart with their cache sizes.
+    const again = makeSnapshotPlanner({ port: portWith(4 * GiB).port, images: memoryImageResolver, dataDir: dir, log: pino({ level: 'silent' }), changed: () => undefined });
+    await new Promise((r) => setImmediate(r));
+    await again.idle();
+    assert.deepEqual(bySize(again.states()), [0, 64 * MiB, 4 * GiB]);
+    await again.stop();
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -22,6 +22,8 @@ export interface SnapshotShape {
   cpus: number;
   memoryBytes: number;
   diskBytes: number;
+  /** Jobs with a cache of this size: their snapshot has a cache slot (docs/caches.md). */
+  cacheBytes?: number;
 }
 
 interface Usage extends SnapshotShape {
@@ -39,7 +41,7 @@ export interface SnapshotPlanner {
   stop(): Promise<void>;
 }
 
-const keyOf = (s: SnapshotShape) => `${s.image}|${s.arch}|${s.cpus}|${s.memoryBytes}|${s.diskBytes}`;
+const keyOf = (s: SnapshotShape) => `${s.image}|${s.arch}|${s.cpus}|${s.memoryBytes}|${s.diskBytes}${s.cacheBytes !== undefined ? `|cache=${s.cacheBytes}` : ''}`;
 /** At most this many shapes are remembered (the least used are forgotten first). */
 const MAX_SHAPES = 100;
 
@@ -90,7 +92,17 @@ export function makeSnapshotPlanner(o: {
       let spec: VmSpec;
       try {
         const image = await o.images(u.image, u.arch);
-        spec = { id: 'planner', arch: u.arch, cpus: u.cpus, memoryBytes: u.memoryBytes, diskBytes: u.diskBytes, image, job: { command: ['true'], env: {} }, timeoutMs: 1 };
+        spec = {
+          id: 'planner',
+          arch: u.arch,
+          cpus: u.cpus,
+          memoryBytes: u.memoryBytes,
+          diskBytes: u.diskBytes,
+          ...(u.cacheBytes !== undefined ? { cacheBytes: u.cacheBytes } : {}),
+          image,
+          job: { command: ['true'], env: {} },
+          timeoutMs: 1,
+        };
       } catch (e) {
         set(k, { state: 'failed', error: `the image cannot be used: ${toKilnError(e).message}`.slice(0, 500) });
         continue;
@@ -170,6 +182,7 @@ export function makeSnapshotPlanner(o: {
             cpus: u.cpus,
             memoryBytes: u.memoryBytes,
             diskBytes: u.diskBytes,
+            ...(u.cacheBytes !== undefined ? { cacheBytes: u.cacheBytes } : {}),
             uses: u.uses,
             state: s.state,
             ...(s.digest ? { digest: s.digest } : {}),

@@ -214,8 +214,8 @@ export function makeSupervisor(opts: {
           if (e.stopReason) throw Object.assign(new Error(e.stopReason), { stopped: true });
           if (spec.cache && opts.caches) lease = await openJobCache(opts.caches, spec.cache, `${jobId}.${attempt}`);
           else if (spec.cache) output(e, 'stderr', Buffer.from(`kiln: this host keeps no caches; the job runs without /cache\n`));
-          // A VM with a cache disk always boots cold (no snapshot has one): not a use the warm-start planner counts.
-          if (!lease) opts.noteUse?.({ image: spec.image, arch: spec.arch, cpus: spec.cpus, memoryBytes: spec.memoryBytes, diskBytes: spec.diskBytes });
+          // A job with a cache restores from a snapshot with a cache slot of its size: a shape of its own.
+          opts.noteUse?.({ image: spec.image, arch: spec.arch, cpus: spec.cpus, memoryBytes: spec.memoryBytes, diskBytes: spec.diskBytes, ...(lease ? { cacheBytes: lease.sizeBytes } : {}) });
           const vm = await opts.driver.start(
             {
               id: `job-${jobId}-${attempt}`,
@@ -232,7 +232,7 @@ export function makeSupervisor(opts: {
               ...(opts.vm?.forwards ? { forwards: opts.vm.forwards } : {}),
               ...(opts.vm?.registryMirror ? { registryMirror: opts.vm.registryMirror } : {}),
               ...(opts.vm?.registryMirrors?.length ? { registryMirrors: opts.vm.registryMirrors } : {}),
-              ...(lease ? { cacheDisk: lease.overlayPath } : {}),
+              ...(lease ? { cacheDisk: lease.overlayPath, cacheBytes: lease.sizeBytes } : {}),
             },
             // The guest coming up is reported as it happens (before `e.vm` is set, notePhase below sees it).
             { stdout: (c) => output(e, 'stdout', c), stderr: (c) => output(e, 'stderr', c), mayStart: (info) => askToStart(e, info), running: () => notePhase(e) },

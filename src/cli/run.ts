@@ -195,7 +195,7 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
         network: req.network,
         ...mirrorSpec(req.registryMirror),
         ...(flags.cold ? { warm: false } : {}),
-        ...(lease ? { cacheDisk: lease.overlayPath } : {}),
+        ...(lease ? { cacheDisk: lease.overlayPath, cacheBytes: lease.sizeBytes } : {}),
       },
       { stdout: (c) => process.stdout.write(c), stderr: (c) => process.stderr.write(c), note: (line) => o.info(line) },
     );

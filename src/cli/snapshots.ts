@@ -16,7 +16,7 @@ export function registerSnapshots(program: Command, out: () => Output): void {
     .action((o: { json?: boolean; dataDir?: string }) => {
       const list = makeSnapshotStore(loadCommonConfig(o).dataDir).list();
       if (o.json) return out().data(JSON.stringify(list, null, 2));
-      const rows = [['ID', 'IMAGE', 'ARCH', 'CPUS', 'MEMORY', 'DISK', 'ACCEL', 'SIZE', 'LAST USED']];
+      const rows = [['ID', 'IMAGE', 'ARCH', 'CPUS', 'MEMORY', 'DISK', 'CACHE', 'ACCEL', 'SIZE', 'LAST USED']];
       for (const s of list) {
         rows.push([
           s.id.slice(0, 12),
@@ -25,6 +25,8 @@ export function registerSnapshots(program: Command, out: () => Output): void {
           String(s.key.cpus),
           formatSize(s.key.memoryBytes),
           formatSize(s.key.diskBytes),
+          // The cache slot's size (VMs with a cache disk of that size restore from it), or none.
+          s.key.cacheBytes !== undefined ? formatSize(s.key.cacheBytes) : '-',
           s.key.accel,
           formatSize(s.bytes),
           new Date(s.lastUsedMs).toISOString().replace(/\.\d+Z$/, 'Z'),

@@ -99,6 +99,8 @@ export const SnapshotStateMsg = Type.Object(
     cpus: Type.Integer({ minimum: 1 }),
     memoryBytes: Type.Integer({ minimum: 1 }),
     diskBytes: Type.Integer({ minimum: 1 }),
+    /** Jobs with a cache of this size (the snapshot has a cache slot). */
+    cacheBytes: Type.Optional(Type.Integer({ minimum: 1 })),
     state: Type.Union([Type.Literal('ready'), Type.Literal('building'), Type.Literal('failed')]),
     /** Jobs of this image and shape the host has started. */
     uses: Type.Integer({ minimum: 0 }),

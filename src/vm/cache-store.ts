@@ -88,6 +88,8 @@ export interface CacheLease {
   version?: string;
   /** Whether the job starts from a committed version (a hit) or an empty cache (a miss). */
   hit: boolean;
+  /** The file system's size (the overlay's virtual size): a warm start restores into a cache slot of this size. */
+  sizeBytes: number;
   /** Commits the overlay as the cache's newest version. Call only after the guest unmounted /cache cleanly. */
   commit(writer: CacheWriter): Promise<CacheVersion>;
   /** Drops the overlay and the lease (idempotent). */
@@ -401,6 +403,7 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
       overlayPath: join(ldir, 'overlay.qcow2'),
       ...(version ? { version } : {}),
       hit: version !== undefined,
+      sizeBytes,
       async commit(writer) {
         if (released) throw new KilnError('cache.commit_failed', 'the lease was released before the commit', { kind: 'internal' });
         const t0 = performance.now();

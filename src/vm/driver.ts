@@ -72,10 +72,16 @@ export interface VmSpec {
   warm?: boolean;
   /**
    * A warm cache disk (src/vm/cache-store.ts): the qcow2 overlay the caller made, attached as an extra virtio
-   * disk (serial kiln-cache) and mounted by kiln-init at /cache. The caller owns the file; a VM with a cache
-   * boots cold.
+   * disk (serial kiln-cache) and mounted by kiln-init at /cache. The caller owns the file. A warm start restores
+   * such a VM from a snapshot with a cache slot of the disk's virtual size (docs/caches.md).
    */
   cacheDisk?: string;
+  /**
+   * The cache disk's size (callers set it with `cacheDisk`: the cache's file system size). Alone, the shape of
+   * a snapshot built ahead of need for cache jobs (the agent's planner). The QEMU driver keys a VM with a
+   * cache disk by that disk's own virtual size.
+   */
+  cacheBytes?: number;
 }
 
 /** How a VM came up, as its start gate is told. */

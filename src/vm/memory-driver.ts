@@ -94,8 +94,8 @@ export function makeMemoryDriver(opts: MemoryDriverOptions = {}): VmDriver {
       if (spec.image.arch !== spec.arch) throw new KilnError('image.wrong_arch', `image ${spec.image.digest} is for ${spec.image.arch}, not ${spec.arch}`);
       const t0 = performance.now();
       await verifyImage(spec);
-      // A VM with a cache disk boots cold, as with QEMU (no snapshot carries one).
-      const warm = snaps !== undefined && !spec.cacheDisk && snaps.find(spec) !== undefined;
+      // A VM with a cache disk restores from a snapshot with a cache slot of its size, as with QEMU.
+      const warm = snaps !== undefined && snaps.find(spec) !== undefined;
       const bootMs = warm ? (opts.snapshots?.warmBootMs ?? 0) : (opts.bootMs ?? 0);
       const vm = runGuest(spec, out, bootMs, warm ? 'warm' : 'cold', t0, () => vms.delete(spec.id), opts.programs ?? {}, opts.appendDir === undefined ? undefined : resolve(opts.appendDir));
       vms.set(spec.id, { arch: spec.arch, phase: vm.phase });
@@ -124,7 +124,7 @@ async function verifyImage(spec: VmSpec): Promise<void> {
 /** The simulated snapshot store: one per image digest, arch and shape, under a byte budget. */
 function memorySnapshots(o: NonNullable<MemoryDriverOptions['snapshots']>): SnapshotPort {
   const built = new Map<string, number>();
-  const keyOf = (spec: VmSpec) => [spec.image.digest, spec.arch, spec.cpus, spec.memoryBytes, spec.diskBytes].join('|');
+  const keyOf = (spec: VmSpec) => [spec.image.digest, spec.arch, spec.cpus, spec.memoryBytes, spec.diskBytes, ...(spec.cacheBytes !== undefined ? [`cache=${spec.cacheBytes}`] : [])].join('|');
   const bytesEach = o.bytesEach ?? 64 * 1024 ** 2;
   return {
     budgetBytes: o.budgetBytes ?? 8 * 1024 ** 3,

@@ -65,6 +65,17 @@ export interface QemuDriver extends VmDriver {
 
 const MiB = 1024 * 1024;
 
+/**
+ * Images with a root disk (ci, runner) wire /cache into Docker and the tool caches in their boot hook; their
+ * restore hook does not do that yet, so such a VM with a cache boots cold rather than run without the wiring.
+ */
+function cacheColdReason(spec: VmSpec): string | undefined {
+  if ((spec.cacheDisk !== undefined || spec.cacheBytes !== undefined) && spec.image.rootDiskPath) {
+    return "a VM of an image with a root disk (ci, runner) and a cache boots cold (its restore hook does not point Docker's data into /cache yet)";
+  }
+  return undefined;
+}
+
 export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
   const vmsDir = join(opts.dataDir, 'vms');
   const disksDir = join(opts.dataDir, 'cache', 'disks');
@@ -122,17 +133,14 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
 
   const WARM_OFF = 'warm starts are off';
   /**
-   * Why this spec boots cold even with warm starts on; undefined if it may restore. Every image, network mode
-   * and forward restores warm now (docs/ARCHITECTURE.md, "Warm starts"): the per-VM settings travel on kiln.ctl
-   * after the restore, and the forwards are the restored QEMU's own (its command line, its VM directory). A VM
-   * with a cache disk (docs/caches.md) boots cold.
+   * Why this spec boots cold even with warm starts on; undefined if it may restore. Every image, network mode,
+   * forward and cache disk restores warm now (docs/ARCHITECTURE.md, "Warm starts"): the per-VM settings travel
+   * on kiln.ctl after the restore, the forwards are the restored QEMU's own (its command line, its VM
+   * directory), and a cache disk goes behind the snapshot's cache slot (docs/caches.md).
    */
   const coldReason = (spec: VmSpec): string | undefined => {
     if (!warm || spec.warm === false) return WARM_OFF;
-    // A snapshot's device set has no cache disk (snapshotDevices; the guest mounts /cache at boot), so such a VM
-    // cannot be restored from one: it boots cold, and the agent's planner does not count it as a use.
-    if (spec.cacheDisk) return 'a VM with a cache disk boots cold (snapshots have no cache disk)';
-    return undefined;
+    return cacheColdReason(spec);
   };
 
   async function start(spec: VmSpec, out: VmOutput): Promise<RunningVm> {
@@ -271,6 +279,8 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
       return 'snap' in found ? { bytes: found.snap.bytes } : undefined;
     },
     async build(spec, signal) {
+      const why = cacheColdReason(spec);
+      if (why) throw new KilnError('snapshot.not_restorable', why, { kind: 'internal' });
       const accel = accelFor(spec.arch).accel;
       await verifyImage(spec);
       const log = opts.logger?.child({ image: spec.image.digest.slice(7, 19) });

@@ -11,6 +11,7 @@ import type { VmSpec } from './driver.ts';
 import { forwardSocketPath } from './forwards.ts';
 import type { PreparedVm } from './qemu-prepare.ts';
 import { buildQemuArgs, qemuBinary } from './qemu-args.ts';
+import { CACHE_SLOT_WORD } from './snapshot-template.ts';
 import type { TemplateLaunch } from './snapshot-warm.ts';
 
 const MiB = 1024 * 1024;
@@ -40,11 +41,15 @@ export function hasNic(spec: VmSpec): boolean {
  * kiln's launch of this spec without per-VM files: what a warm-start template and a restore must share. A
  * snapshot's kernel command line is the template's (never read again), so the registry mirror words are only
  * added for a cold boot (`withMirror`); a restored VM gets them on kiln.ctl (MIRROR, MIRRORS: qemu-restore.ts).
+ * A snapshot launch (template or restore) of a VM with a cache carries the cache-slot word instead.
  */
 export function launchBase(spec: VmSpec, o: LaunchOptions, withMirror: boolean): TemplateLaunch {
   const mirror = withMirror
     ? [...(spec.registryMirror ? [`kiln.registry_mirror=${spec.registryMirror}`] : []), ...(spec.registryMirrors ?? []).map((m) => `kiln.mirror.${m.registry}=${m.address}`)]
-    : [];
+    : // A snapshot with a cache slot: its template's kiln-init must not mount the placeholder (a restore keeps the word: same command line).
+      spec.cacheDisk !== undefined || spec.cacheBytes !== undefined
+      ? [CACHE_SLOT_WORD]
+      : [];
   const tscKhz = spec.arch === 'amd64' && o.hostArch === 'amd64' && o.accel === 'tcg' ? o.tscKhz() : undefined;
   return {
     id: spec.id,

@@ -41,6 +41,7 @@ export async function restoreVm(w: VmWatch, vm: PreparedVm, spec: VmSpec, snapsh
       identityLines(spec.id, {
         ...(spec.registryMirror ? { registryMirror: spec.registryMirror } : {}),
         ...(spec.registryMirrors?.length ? { registryMirrors: spec.registryMirrors } : {}),
+        ...(spec.cacheDisk ? { cache: true } : {}),
       }),
     );
     await ack;

@@ -32,6 +32,11 @@ export interface SnapshotKey {
   accel: 'kvm' | 'tcg';
   /** Under KVM the host CPU model is part of the VM's state. */
   hostCpu?: string;
+  /**
+   * A cache slot: the cache disk's device, of this virtual size (the cache's file system size; the guest
+   * probed that size in the template). Only VMs with a cache disk of exactly this size restore from it.
+   */
+  cacheBytes?: number;
 }
 
 export interface SnapshotFile {
@@ -272,6 +277,7 @@ function canonicalKey(k: SnapshotKey): SnapshotKey {
     init: k.init,
     accel: k.accel,
     ...(k.hostCpu ? { hostCpu: k.hostCpu } : {}),
+    ...(k.cacheBytes !== undefined ? { cacheBytes: k.cacheBytes } : {}),
   };
 }
 

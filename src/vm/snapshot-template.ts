@@ -11,7 +11,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createServer, type Server, type Socket } from 'node:net';
-import { mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Arch } from '../core/arch.ts';
 import { KilnError } from '../core/errors.ts';
@@ -19,6 +19,7 @@ import { parseGuestLine, makeLineSplitter } from './channel.ts';
 import { createOverlay } from './disks.ts';
 import { buildQemuArgs, qemuBinary, type QemuLaunch } from './qemu-args.ts';
 import { makeQmp, type Qmp } from './qmp.ts';
+import { writeQcow2Overlay } from './qcow2.ts';
 import type { SnapshotKey } from './snapshot-store.ts';
 
 /**
@@ -27,11 +28,24 @@ import type { SnapshotKey } from './snapshot-store.ts';
  * 4, MIRRORS (the mirrors of other registries, which a guest speaking 3 would silently ignore).
  */
 export const WARM_INIT_VERSION = 4;
+/** 5: CACHE, the cache disk behind a template's cache slot (asked of snapshots with a cache slot only). */
+export const WARM_INIT_VERSION_CACHE = 5;
 
-/** Restored VMs always have a NIC (restricted unless the job asks for a network): the device set must match. */
-export function snapshotDevices(hasRootDisk: boolean): string {
-  return ['virtio-serial:ctl,stdout,stderr', 'virtio-rng', 'blk:scratch', ...(hasRootDisk ? ['blk:root'] : []), 'net:virtio-user'].join(' ');
+/** The kiln-init protocol a snapshot's guest must speak: with a cache slot, one that mounts /cache at CACHE. */
+export function warmInitVersion(cacheSlot: boolean): number {
+  return cacheSlot ? WARM_INIT_VERSION_CACHE : WARM_INIT_VERSION;
 }
+
+/**
+ * Restored VMs always have a NIC (restricted unless the job asks for a network): the device set must match.
+ * A cache slot is the cache disk's device (serial kiln-cache), behind a placeholder in the template.
+ */
+export function snapshotDevices(hasRootDisk: boolean, cacheSlot = false): string {
+  return ['virtio-serial:ctl,stdout,stderr', 'virtio-rng', 'blk:scratch', ...(hasRootDisk ? ['blk:root'] : []), ...(cacheSlot ? ['blk:cache'] : []), 'net:virtio-user'].join(' ');
+}
+
+/** The kernel word that tells a template's kiln-init its cache disk is a placeholder, never to be mounted. */
+export const CACHE_SLOT_WORD = 'kiln.cache=slot';
 
 const versionCache = new Map<string, { stamp: string; version: string }>();
 
@@ -90,6 +104,11 @@ export interface TemplateBuild {
   launch: Omit<QemuLaunch, 'sockets' | 'consoleLog' | 'pidFile' | 'scratchDisk' | 'rootDisk' | 'ramFile' | 'incomingDefer' | 'network'>;
   scratchBase: string;
   rootDiskPath?: string;
+  /**
+   * A cache slot of this many bytes (key.cacheBytes): the template gets a placeholder cache disk of that size
+   * (empty, in staging, not kept), and its launch carries CACHE_SLOT_WORD so its kiln-init leaves it alone.
+   */
+  cacheBytes?: number;
   bootTimeoutMs: number;
   /** Aborting kills the template VM; the build then fails and leaves nothing behind. */
   signal?: AbortSignal;
@@ -102,6 +121,14 @@ export async function buildTemplate(b: TemplateBuild): Promise<void> {
     createOverlay(p('scratch.qcow2'), b.scratchBase, 'raw', b.key.diskBytes),
     b.rootDiskPath ? createOverlay(p('root.qcow2'), b.rootDiskPath, 'qcow2') : undefined,
   ]);
+  // The cache slot's placeholder: a qcow2 overlay (as a job's cache disk is) on a sparse file of zeros.
+  // Its contents never reach a job: a restored VM's cache disk is its own, and kiln-init drops the blocks
+  // the kernel read from the placeholder before it mounts that one.
+  if (b.cacheBytes !== undefined) {
+    closeSync(openSync(p('cache-slot.raw'), 'w', 0o600));
+    truncateSync(p('cache-slot.raw'), b.cacheBytes);
+    writeQcow2Overlay(p('cache-slot.qcow2'), p('cache-slot.raw'), 'raw', b.cacheBytes);
+  }
   const sockets = { qmp: p('q.sock'), ctl: p('c.sock'), stdout: p('o.sock'), stderr: p('e.sock') };
   const servers: Server[] = [];
   const accepted: Record<string, Promise<Socket>> = {};
@@ -121,6 +148,7 @@ export async function buildTemplate(b: TemplateBuild): Promise<void> {
     pidFile: p('qemu.pid'),
     scratchDisk: p('scratch.qcow2'),
     ...(b.rootDiskPath ? { rootDisk: p('root.qcow2') } : {}),
+    ...(b.cacheBytes !== undefined ? { cacheDisk: p('cache-slot.qcow2') } : {}),
     ramFile: { path: p('ram'), shared: true },
     network: { restrict: true, forwards: [] },
   });
@@ -149,8 +177,8 @@ export async function buildTemplate(b: TemplateBuild): Promise<void> {
             }
             if (m.type !== 'ready') return;
             const version = Number(line.trim().split(/\s+/)[2] ?? 0);
-            if (version >= WARM_INIT_VERSION) resolve();
-            else reject(new KilnError('snapshot.old_init', `the image's kiln-init (protocol ${version || 1}) cannot take a per-VM identity after a restore`, { hint: 'rebuild the image with this kiln (`kiln image build`)' }));
+            if (version >= b.key.init) resolve();
+            else reject(new KilnError('snapshot.old_init', `the image's kiln-init (protocol ${version || 1}) cannot take ${b.key.init >= WARM_INIT_VERSION_CACHE ? 'a cache disk' : 'a per-VM identity'} after a restore`, { hint: 'rebuild the image with this kiln (`kiln image build`)' }));
           }),
         ),
       );
@@ -187,7 +215,7 @@ export async function buildTemplate(b: TemplateBuild): Promise<void> {
     qmp?.close();
     for (const s of sockList) s.destroy();
     for (const s of servers) s.close();
-    for (const n of ['q.sock', 'c.sock', 'o.sock', 'e.sock', 'console.log', 'qemu.pid']) rmSync(p(n), { force: true });
+    for (const n of ['q.sock', 'c.sock', 'o.sock', 'e.sock', 'console.log', 'qemu.pid', 'cache-slot.qcow2', 'cache-slot.raw']) rmSync(p(n), { force: true });
   }
 }
 
@@ -215,6 +243,8 @@ export interface RestoreSettings {
   registryMirror?: string;
   /** Mirrors of other registries (kiln.mirror.<registry>=<address> on a cold boot's command line), checked by prepare. */
   registryMirrors?: { registry: string; address: string }[];
+  /** The VM has a cache disk behind the snapshot's cache slot: kiln-init mounts it at /cache (CACHE). */
+  cache?: boolean;
 }
 
 /**
@@ -232,6 +262,7 @@ export function identityLines(vmId: string, settings: RestoreSettings = {}, now:
   const lines = [`SEED ${b64(randomBytes(64))}`, `CLOCK ${b64(clock)}`, `HOST ${b64(host)}`, `MID ${randomBytes(16).toString('hex')}`];
   if (settings.registryMirror) lines.push(`MIRROR ${b64(settings.registryMirror)}`);
   if (settings.registryMirrors?.length) lines.push(`MIRRORS ${b64(settings.registryMirrors.map((m) => `${m.registry}=${m.address}`).join(' '))}`);
+  if (settings.cache) lines.push('CACHE');
   lines.push('SYNC');
   return lines.map((l) => `${l}\n`).join('');
 }

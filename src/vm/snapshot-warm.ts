@@ -13,7 +13,8 @@ import { ensureScratchBase } from './disks.ts';
 import { which } from './files.ts';
 import { qemuBinary, type QemuLaunch } from './qemu-args.ts';
 import type { SnapshotKey, SnapshotRecord, SnapshotStore } from './snapshot-store.ts';
-import { buildTemplate, hostCpuModel, qemuVersion, snapshotDevices, WARM_INIT_VERSION } from './snapshot-template.ts';
+import { buildTemplate, hostCpuModel, qemuVersion, snapshotDevices, warmInitVersion } from './snapshot-template.ts';
+import { qcow2VirtualSize } from './qcow2.ts';
 
 export interface WarmChoice {
   snap: SnapshotRecord;
@@ -39,6 +40,15 @@ export interface WarmStarts {
   onDrop(cb: () => void): void;
 }
 
+/**
+ * The cache slot a VM of this spec restores into: its cache disk's virtual size (what the guest sees, read
+ * from the qcow2 header), or, for a build ahead of need, `cacheBytes`; undefined without a cache.
+ */
+export function cacheSlotBytes(spec: Pick<VmSpec, 'cacheDisk' | 'cacheBytes'>): number | undefined {
+  if (spec.cacheDisk !== undefined) return qcow2VirtualSize(spec.cacheDisk);
+  return spec.cacheBytes;
+}
+
 export type TemplateLaunch = Omit<QemuLaunch, 'sockets' | 'consoleLog' | 'pidFile' | 'scratchDisk' | 'rootDisk' | 'ramFile' | 'incomingDefer' | 'network'>;
 
 export function makeWarmStarts(o: {
@@ -49,18 +59,22 @@ export function makeWarmStarts(o: {
   /** false: a VM whose snapshot is missing boots cold and nothing is built for it here (default true). */
   buildOnMiss?: boolean;
 }): WarmStarts {
-  const keyFor = (spec: VmSpec, accel: 'kvm' | 'tcg'): SnapshotKey => ({
-    image: spec.image.digest,
-    arch: spec.arch,
-    cpus: spec.cpus,
-    memoryBytes: spec.memoryBytes,
-    diskBytes: spec.diskBytes,
-    devices: snapshotDevices(spec.image.rootDiskPath !== undefined),
-    qemu: qemuVersion(which(qemuBinary(spec.arch)) ?? qemuBinary(spec.arch), join(o.disksDir, '..', 'qemu-version.json')),
-    init: WARM_INIT_VERSION,
-    accel,
-    ...(accel === 'kvm' ? { hostCpu: hostCpuModel() } : {}),
-  });
+  const keyFor = (spec: VmSpec, accel: 'kvm' | 'tcg'): SnapshotKey => {
+    const cacheBytes = cacheSlotBytes(spec);
+    return {
+      image: spec.image.digest,
+      arch: spec.arch,
+      cpus: spec.cpus,
+      memoryBytes: spec.memoryBytes,
+      diskBytes: spec.diskBytes,
+      devices: snapshotDevices(spec.image.rootDiskPath !== undefined, cacheBytes !== undefined),
+      qemu: qemuVersion(which(qemuBinary(spec.arch)) ?? qemuBinary(spec.arch), join(o.disksDir, '..', 'qemu-version.json')),
+      init: warmInitVersion(cacheBytes !== undefined),
+      accel,
+      ...(accel === 'kvm' ? { hostCpu: hostCpuModel() } : {}),
+      ...(cacheBytes !== undefined ? { cacheBytes } : {}),
+    };
+  };
   const counters = { warm: 0, cold: 0, fallbacks: 0, builds: 0, restoreMsTotal: 0 };
   const build = async (spec: VmSpec, accel: 'kvm' | 'tcg', launch: TemplateLaunch, key: SnapshotKey, note: (line: string) => void, signal?: AbortSignal): Promise<WarmChoice | undefined> => {
     const release = o.store.lockBuild(key);
@@ -78,6 +92,7 @@ export function makeWarmStarts(o: {
         launch: { ...launch, id: `tpl-${randomBytes(4).toString('hex')}` },
         scratchBase,
         ...(spec.image.rootDiskPath ? { rootDiskPath: spec.image.rootDiskPath } : {}),
+        ...(key.cacheBytes !== undefined ? { cacheBytes: key.cacheBytes } : {}),
         bootTimeoutMs: o.bootTimeoutMs(spec, accel),
         ...(signal ? { signal } : {}),
       });

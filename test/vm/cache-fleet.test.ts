@@ -12,6 +12,7 @@ import { makeApiClient } from '../../src/cli/api-client.ts';
 import { API } from '../../src/core/http-contract.ts';
 import { makeSecret } from '../../src/store/tokens.ts';
 import { makeCacheStore } from '../../src/vm/cache-store.ts';
+import { makeSnapshotStore } from '../../src/vm/snapshot-store.ts';
 import { freePort, killAll, runKilnCommand, spawnBuiltKiln } from '../agent/processes.ts';
 import { assertNoLeaks, ensureImage, makeTestDataDir } from '../support/kiln.ts';
 
@@ -99,4 +100,49 @@ test('API jobs: a writing job\'s cache is read by the next job on the host; metr
   assert.equal((await end(after)).state, 'succeeded');
   assert.match(await logs(after), /from-api/);
   await up.kill('SIGTERM');
+});
+
+test('API jobs with a cache restore warm once the agent has built the snapshot with their cache slot; each cache sees its own', { timeout: 600_000 }, async () => {
+  // By digest: `default` is the newest minimal image in the shared store, which may be another checkout's.
+  const image = ensureImage('amd64');
+  const own = makeTestDataDir();
+  const admin = makeSecret('admin');
+  const port = await freePort();
+  const client = makeApiClient({ server: `http://127.0.0.1:${port}`, token: admin });
+  const run = async (command: string, cache: { key: string; write?: boolean; size?: string }) => {
+    const j = await client.call(API.submitJob, { body: { image: image.digest, command: ['sh', '-c', command], memory: '256M', disk: '256M', cache } });
+    const done = await until(`job ${j.id} to end`, () => client.call(API.getJob, { params: { id: j.id } }), (x) => FINAL.includes(x.state));
+    let text = '';
+    await client.logs(j.id, { follow: false, onChunk: (_s, d) => void (text += d.toString()) });
+    return { state: done.state, vmStart: done.vmStart, text };
+  };
+  const up = spawnBuiltKiln(['up', '--listen', `127.0.0.1:${port}`, '--data-dir', own.dir], { KILN_ADMIN_TOKEN: admin, KILN_ACCEL: 'tcg' });
+  try {
+    await up.waitForOutput(/kiln is up at/, 120_000);
+    const first = await run('echo one > /cache/marker', { key: 'warm-a', write: true, size: '64M' });
+    assert.equal(first.state, 'succeeded', first.text);
+    assert.equal(first.vmStart, 'cold', 'no snapshot with a 64M cache slot yet: the job boots cold and does not wait for a build');
+    // The planner counted the launch as a use of the shape with a 64M cache and builds that snapshot.
+    await until(
+      'the agent to build the snapshot with a 64M cache slot',
+      async () => makeSnapshotStore(own.dir).list(),
+      (l) => l.some((s) => s.key.cacheBytes === 64 * 2 ** 20),
+      300_000,
+    );
+    const second = await run('cat /cache/marker; echo two > /cache/marker', { key: 'warm-a', write: true });
+    assert.equal(second.state, 'succeeded', second.text);
+    assert.equal(second.vmStart, 'warm');
+    assert.equal(second.text, 'one\n');
+    const other = await run('ls /cache', { key: 'warm-b', write: true, size: '64M' });
+    assert.equal(other.vmStart, 'warm');
+    assert.equal(other.text, 'lost+found\n', 'another cache from the same snapshot sees its own (empty) file system');
+    const third = await run('cat /cache/marker', { key: 'warm-a' });
+    assert.equal(third.vmStart, 'warm');
+    assert.equal(third.text, 'two\n', 'the warm job\'s write-back was committed');
+    await up.kill('SIGTERM');
+    assertNoLeaks(own.dir);
+  } finally {
+    await up.kill('SIGKILL').catch(() => undefined);
+    own.cleanup();
+  }
 });

@@ -1,22 +1,28 @@
 /**
  * Warm cache disks end to end: the real CLI, real QEMU (TCG here), the minimal image, `kiln run --cache`.
- * Each test uses its own cache key in one data directory.
+ * Each test uses its own cache key in one data directory. Warm starts are on (kiln run's default): a cache
+ * job restores from a snapshot with a cache slot of its cache's size (built by the first job of that size).
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
+import type { ImageManifest } from '../../src/image/store.ts';
 import { cacheId, makeCacheStore } from '../../src/vm/cache-store.ts';
+import { makeSnapshotStore } from '../../src/vm/snapshot-store.ts';
 import { assertNoLeaks, ensureImage, kilnArgs, makeTestDataDir, runKiln } from '../support/kiln.ts';
 
 const data = makeTestDataDir();
-const run = (args: string[], env: NodeJS.ProcessEnv = {}) => runKiln(data.dir, ['run', ...args], env);
+let image: ImageManifest;
+// By digest: `minimal` is the newest minimal image in the shared store, which may be another checkout's.
+const run = (args: string[], env: NodeJS.ProcessEnv = {}) => runKiln(data.dir, ['run', '--image', image.digest, ...args], env);
 const caches = () => makeCacheStore(data.dir);
 const sbin = { ...process.env, PATH: `${process.env.PATH}:/usr/sbin:/sbin` };
+const MiB = 2 ** 20;
 
 before(() => {
-  ensureImage('amd64');
+  image = ensureImage('amd64');
 });
 after(() => {
   assertNoLeaks(data.dir);
@@ -29,8 +35,9 @@ describe('cache disks (minimal image)', () => {
     assert.equal(first.code, 0, first.stderr.toString());
     assert.equal(first.stdout.toString(), '1\n');
     assert.match(first.stderr.toString(), /cache kept: saved as version/);
-    // Warm starts are on (kiln run's default), but no snapshot has a cache disk: one line says it boots cold.
-    assert.match(first.stderr.toString(), /cold start: a VM with a cache disk boots cold/);
+    // Warm starts are on (kiln run's default): the first job of this cache size builds the snapshot with its slot.
+    assert.match(first.stderr.toString(), /building a warm-start snapshot/);
+    assert.doesNotMatch(first.stderr.toString(), /cold start|warm start failed/);
     const v1 = caches().inspect('kept')!.current!;
     assert.match(v1.by ?? '', /^kiln run on /);
     assert.match(v1.jobId ?? '', /^run-/);
@@ -49,6 +56,60 @@ describe('cache disks (minimal image)', () => {
     assert.equal(next.code, 0, next.stderr.toString());
     assert.equal(next.stdout.toString(), 'one\n');
     assert.equal(caches().inspect('kept')!.versions.length, 1, 'the next job committed anew; old versions are collected');
+  });
+
+  test('cache jobs restore warm into the snapshot\'s cache slot: each sees its own cache, never the placeholder or another cache', async () => {
+    const warmLine = /timings \(image [0-9a-f]+, warm start: restored from a snapshot\)/;
+    // A trusted job writes a marker; the snapshot for 64M caches exists (the first test built it), so no build.
+    const a1 = await run(['-v', '--cache', 'slot-a', '--cache-size', '64M', '--', 'sh', '-c', 'ls /cache; echo marker-a > /cache/marker']);
+    assert.equal(a1.code, 0, a1.stderr.toString());
+    assert.match(a1.stderr.toString(), warmLine);
+    assert.doesNotMatch(a1.stderr.toString(), /building a warm-start snapshot/);
+    assert.equal(a1.stdout.toString(), 'lost+found\n', 'a first use restores onto the empty file system');
+    assert.match(a1.stderr.toString(), /cache slot-a: saved as version/);
+    const b1 = await run(['-v', '--cache', 'slot-b', '--cache-size', '64M', '--', 'sh', '-c', 'echo marker-b > /cache/marker']);
+    assert.equal(b1.code, 0, b1.stderr.toString());
+    assert.match(b1.stderr.toString(), warmLine);
+
+    // Two caches restored at once from the one snapshot: each reads its own committed version.
+    const [a2, b2] = await Promise.all([
+      run(['-v', '--cache', 'slot-a', '--', 'sh', '-c', 'cat /cache/marker; mount | grep -c " /cache "']),
+      run(['-v', '--cache', 'slot-b', '--', 'sh', '-c', 'cat /cache/marker; mount | grep -c " /cache "']),
+    ]);
+    for (const r of [a2, b2]) {
+      assert.equal(r.code, 0, r.stderr.toString());
+      assert.match(r.stderr.toString(), warmLine);
+    }
+    assert.equal(a2.stdout.toString(), 'marker-a\n1\n');
+    assert.equal(b2.stdout.toString(), 'marker-b\n1\n');
+    const slotted = makeSnapshotStore(data.dir).list().filter((s) => s.key.cacheBytes !== undefined);
+    assert.deepEqual(slotted.map((s) => s.key.cacheBytes), [64 * MiB], 'one snapshot with a 64M cache slot served every job');
+    assert.match(slotted[0]!.key.devices, /blk:cache/);
+
+    // A warm job's write-back commits a whole version the next warm job reads.
+    const a3 = await run(['-v', '--cache', 'slot-a', '--', 'sh', '-c', 'cat /cache/marker; echo marker-a2 > /cache/marker; dd if=/dev/urandom of=/cache/blob bs=64k count=16 2>/dev/null']);
+    assert.equal(a3.code, 0, a3.stderr.toString());
+    assert.match(a3.stderr.toString(), warmLine);
+    assert.equal(a3.stdout.toString(), 'marker-a\n');
+    assert.match(a3.stderr.toString(), /cache slot-a: saved as version/);
+    const v = caches().inspect('slot-a')!.current!.id;
+    const raw = join(data.dir, 'caches', cacheId('slot-a'), 'versions', `${v}.raw`);
+    assert.equal(spawnSync('e2fsck', ['-fn', raw], { env: sbin }).status, 0, 'the version a warm job wrote is a whole file system');
+    const a4 = await run(['-v', '--cache', 'slot-a', '--cache-readonly', '--', 'sh', '-c', 'cat /cache/marker; wc -c < /cache/blob']);
+    assert.equal(a4.code, 0, a4.stderr.toString());
+    assert.match(a4.stderr.toString(), warmLine);
+    assert.equal(a4.stdout.toString().replace(/ +/g, ''), 'marker-a2\n1048576\n');
+
+    // Another cache size is another snapshot (its slot's size is part of the key); its jobs restore warm too.
+    const c1 = await run(['-v', '--cache', 'slot-c', '--cache-size', '48M', '--', 'sh', '-c', 'df -k /cache | tail -1 | awk "{print \\$2}"']);
+    assert.equal(c1.code, 0, c1.stderr.toString());
+    assert.match(c1.stderr.toString(), /building a warm-start snapshot/);
+    assert.match(c1.stderr.toString(), warmLine);
+    const kib = Number(c1.stdout.toString().trim());
+    // ext4's own metadata (journal, tables) takes part of the 48M; the 64M slot's file system would be over 48M.
+    assert.ok(kib > 32 * 1024 && kib <= 48 * 1024, `the guest sees a ${kib} KiB file system, not a 48M one`);
+    const sizes = makeSnapshotStore(data.dir).list().flatMap((s) => (s.key.cacheBytes !== undefined ? [s.key.cacheBytes] : [])).sort((x, y) => x - y);
+    assert.deepEqual(sizes, [48 * MiB, 64 * MiB]);
   });
 
   test('two jobs writing one cache at once leave one whole version, written by one of them', async () => {

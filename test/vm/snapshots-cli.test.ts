@@ -42,12 +42,16 @@ test('kiln snapshots ls, verify and rm; kiln image rm takes an image\'s snapshot
     const key: SnapshotKey = { image: image.digest, arch: 'amd64', cpus: 1, memoryBytes: 512 * 2 ** 20, diskBytes: 10 * 2 ** 30, devices: 'x', qemu: 'q', init: 2, accel: 'tcg' };
     const a = await addSnapshot(dir, key);
     const b = await addSnapshot(dir, { ...key, cpus: 2 });
+    const c = await addSnapshot(dir, { ...key, devices: 'x blk:cache', cacheBytes: 64 * 2 ** 20 });
     const ls = await runKiln(dir, ['snapshots', 'ls']);
     assert.equal(ls.code, 0, ls.stderr.toString());
-    assert.match(ls.stdout.toString(), /^ID\s+IMAGE\s+ARCH\s+CPUS\s+MEMORY\s+DISK\s+ACCEL\s+SIZE\s+LAST USED$/m);
-    assert.match(ls.stdout.toString(), new RegExp(`^${a.id.slice(0, 12)}\\s+${image.digest.slice(7, 19)}\\s+amd64\\s+1\\s+512M\\s+10G\\s+tcg`, 'm'));
+    assert.match(ls.stdout.toString(), /^ID\s+IMAGE\s+ARCH\s+CPUS\s+MEMORY\s+DISK\s+CACHE\s+ACCEL\s+SIZE\s+LAST USED$/m);
+    assert.match(ls.stdout.toString(), new RegExp(`^${a.id.slice(0, 12)}\\s+${image.digest.slice(7, 19)}\\s+amd64\\s+1\\s+512M\\s+10G\\s+-\\s+tcg`, 'm'));
+    // A snapshot with a cache slot is its own (another id) and shows the slot's size.
+    assert.notEqual(c.id, a.id);
+    assert.match(ls.stdout.toString(), new RegExp(`^${c.id.slice(0, 12)}\\s+${image.digest.slice(7, 19)}\\s+amd64\\s+1\\s+512M\\s+10G\\s+64M\\s+tcg`, 'm'));
     const json = JSON.parse((await runKiln(dir, ['snapshots', 'ls', '--json'])).stdout.toString()) as { id: string }[];
-    assert.deepEqual(json.map((s) => s.id).sort(), [a.id, b.id].sort());
+    assert.deepEqual(json.map((s) => s.id).sort(), [a.id, b.id, c.id].sort());
 
     // A snapshot file changed behind the store's back: verify removes it.
     const state = join(makeSnapshotStore(dir).dir, b.id, 'state');
@@ -64,7 +68,7 @@ test('kiln snapshots ls, verify and rm; kiln image rm takes an image\'s snapshot
 
     const rm = await runKiln(dir, ['image', 'rm', image.digest.slice(7, 19)]);
     assert.equal(rm.code, 0, rm.stderr.toString());
-    assert.match(rm.stdout.toString(), /and its 1 warm-start snapshot/);
+    assert.match(rm.stdout.toString(), /and its 2 warm-start snapshot\(s\)/);
     assert.equal(makeSnapshotStore(dir).list().length, 0);
   } finally {
     rmSync(dir, { recursive: true, force: true });

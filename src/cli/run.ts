@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { randomBytes } from 'node:crypto';
 import { archFromNode, parseArch, type Arch } from '../core/arch.ts';
-import { KilnError } from '../core/errors.ts';
+import { KilnError, toKilnError } from '../core/errors.ts';
 import { EXIT } from '../core/exit-codes.ts';
 import { hostname } from 'node:os';
 import { formatDuration, formatSize, parseDuration, parseSize } from '../core/sizes.ts';
@@ -161,8 +161,15 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
     : undefined;
   let lease: CacheLease | undefined;
   try {
-    const { removed } = await driver.sweep();
-    if (removed.length > 0) o.info(`removed ${removed.length} VM(s) an earlier kiln left behind`);
+    // What dead kilns left behind is swept once this VM is up (the sweep lists the egress table with a
+    // blocking `nft` call: done while the job runs, it is off the start's critical path), or at once if the
+    // VM cannot start (a leftover may be why).
+    let swept: Promise<void> | undefined;
+    const sweep = () =>
+      (swept ??= driver.sweep().then(
+        ({ removed }) => void (removed.length > 0 && o.info(`removed ${removed.length} VM(s) an earlier kiln left behind`)),
+        (e: unknown) => o.info(`could not remove what an earlier kiln left behind: ${toKilnError(e).message}`),
+      ));
     let image: ImageManifest | undefined = req.image ? store.resolve(req.image, req.arch) : store.newest('minimal', req.arch);
     if (!image && req.image && req.image !== 'minimal') {
       throw new KilnError('image.not_found', `no ${req.arch} image "${req.image}"`, { hint: imageBuildHint(req.image, req.arch) });
@@ -182,7 +189,7 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
       lease = await openJobCache(caches, req.cache, id);
       if (flags.verbose) o.info(`cache ${req.cache.key}: ${lease.hit ? `version ${lease.version}` : 'empty (first use)'}${req.cache.write ? '' : ', read-only'}`);
     }
-    const vm = await driver.start(
+    const vm = await startOrSweep(sweep, () => driver.start(
       {
         id,
         arch: req.arch,
@@ -198,7 +205,8 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
         ...(lease ? { cacheDisk: lease.overlayPath, cacheBytes: lease.sizeBytes } : {}),
       },
       { stdout: (c) => process.stdout.write(c), stderr: (c) => process.stderr.write(c), note: (line) => o.info(line) },
-    );
+    ));
+    void sweep();
     let signalled: NodeJS.Signals | undefined;
     const onSignal = (sig: NodeJS.Signals) => {
       if (signalled) return;
@@ -209,6 +217,7 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
     for (const s of signals) process.on(s, onSignal);
     const result = await vm.done;
     for (const s of signals) process.off(s, onSignal);
+    await sweep();
     if (caches && lease && req.cache) {
       const l = lease;
       lease = undefined;
@@ -226,6 +235,16 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
     throw withExit(e, EXIT.kilnError);
   } finally {
     lease?.release();
+  }
+}
+
+/** Starts the VM; if that fails, sweeps first (what an earlier kiln left may be the cause) and rethrows. */
+async function startOrSweep<T>(sweep: () => Promise<void>, start: () => Promise<T>): Promise<T> {
+  try {
+    return await start();
+  } catch (e) {
+    await sweep();
+    throw e;
   }
 }
 

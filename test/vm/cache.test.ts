@@ -6,7 +6,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { chmodSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ImageManifest } from '../../src/image/store.ts';
 import { cacheId, makeCacheStore } from '../../src/vm/cache-store.ts';
@@ -110,6 +110,36 @@ describe('cache disks (minimal image)', () => {
     assert.ok(kib > 32 * 1024 && kib <= 48 * 1024, `the guest sees a ${kib} KiB file system, not a 48M one`);
     const sizes = makeSnapshotStore(data.dir).list().flatMap((s) => (s.key.cacheBytes !== undefined ? [s.key.cacheBytes] : [])).sort((x, y) => x - y);
     assert.deepEqual(sizes, [48 * MiB, 64 * MiB]);
+  });
+
+  test('a cache job whose snapshot QEMU refuses falls back to a cold boot with its cache; the next one restores warm again', async () => {
+    const store = makeSnapshotStore(data.dir);
+    const s = store.list().find((x) => x.key.cacheBytes === 64 * MiB)!;
+    const dir = join(store.dir, s.id);
+    const state = join(dir, 'state');
+    // Damage the device state under an unchanged stat record (bit rot): only QEMU notices, at the restore.
+    const bytes = readFileSync(state);
+    bytes.fill(0x5a, 64, Math.min(bytes.length, 4096));
+    chmodSync(state, 0o600);
+    writeFileSync(state, bytes);
+    chmodSync(state, 0o400);
+    const meta = JSON.parse(readFileSync(join(dir, 'meta.json'), 'utf8')) as { files: Record<string, Record<string, number>> };
+    const st = statSync(state);
+    Object.assign(meta.files.state!, { size: st.size, ino: st.ino, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs });
+    chmodSync(join(dir, 'meta.json'), 0o600);
+    writeFileSync(join(dir, 'meta.json'), JSON.stringify(meta));
+
+    const r = await run(['-v', '--cache', 'slot-a', '--', 'sh', '-c', 'cat /cache/marker; echo marker-a3 > /cache/marker']);
+    assert.equal(r.code, 0, r.stderr.toString());
+    assert.equal(r.stdout.toString(), 'marker-a2\n', "the cold boot after the failed restore mounted the job's own cache");
+    assert.equal(r.stderr.toString().split('\n').filter((l) => /warm start failed/.test(l)).length, 1, r.stderr.toString());
+    assert.match(r.stderr.toString(), /cold start: booted/);
+    assert.match(r.stderr.toString(), /cache slot-a: saved as version/);
+    const next = await run(['-v', '--cache', 'slot-a', '--', 'cat', '/cache/marker']);
+    assert.equal(next.code, 0, next.stderr.toString());
+    assert.match(next.stderr.toString(), /building a warm-start snapshot/);
+    assert.match(next.stderr.toString(), /warm start: restored from a snapshot/);
+    assert.equal(next.stdout.toString(), 'marker-a3\n');
   });
 
   test('two jobs writing one cache at once leave one whole version, written by one of them', async () => {

@@ -80,6 +80,8 @@ export interface PowerHostRow {
   activeJobs: number;
   used: { cpus: number; memoryBytes: number; diskBytes: number };
   openRequest: PowerRequestKind | undefined;
+  /** Cache keys the host's agent last reported (kept while it sleeps). */
+  caches: string[];
 }
 
 /**
@@ -116,9 +118,10 @@ export async function powerHosts(db: Q): Promise<PowerHostRow[]> {
     used_memory: number;
     used_disk: number;
     open_kind: PowerRequestKind | null;
+    caches: { key: string }[] | null;
   }>`
     SELECT h.id, h.name, h.state, h.cordoned, h.drain_requested, h.arch, h.labels, h.cpus, h.memory_bytes, h.disk_bytes,
-           h.power, h.server_id, h.state_since, h.wake_failures, h.wake_marked_until,
+           h.power, h.server_id, h.state_since, h.wake_failures, h.wake_marked_until, h.caches,
            coalesce(u.active, 0)::int AS active, coalesce(u.cpus, 0)::int AS used_cpus,
            coalesce(u.memory, 0)::bigint AS used_memory, coalesce(u.disk, 0)::bigint AS used_disk,
            (SELECT r.kind FROM power_requests r WHERE r.host_id = h.id AND r.state IN ('pending','sent') LIMIT 1) AS open_kind
@@ -147,16 +150,25 @@ export async function powerHosts(db: Q): Promise<PowerHostRow[]> {
     activeJobs: r.active,
     used: { cpus: r.used_cpus, memoryBytes: Number(r.used_memory), diskBytes: Number(r.used_disk) },
     openRequest: r.open_kind ?? undefined,
+    caches: (r.caches ?? []).map((c) => c.key),
   }));
 }
 
 /** Queued jobs grouped by shape (what the policy places on awake capacity and on hosts it could wake). */
-export async function queuedDemand(db: Q): Promise<{ arch: Arch; hostLabels: string[]; cpus: number; memoryBytes: number; diskBytes: number; count: number }[]> {
-  const rows = await sql<{ arch: string; host_labels: string[]; cpus: number; memory_bytes: number; disk_bytes: number; n: number }>`
-    SELECT arch, host_labels, cpus, memory_bytes, disk_bytes, count(*)::int AS n
+export async function queuedDemand(db: Q): Promise<{ arch: Arch; hostLabels: string[]; cpus: number; memoryBytes: number; diskBytes: number; count: number; cacheKey?: string }[]> {
+  const rows = await sql<{ arch: string; host_labels: string[]; cpus: number; memory_bytes: number; disk_bytes: number; cache_key: string | null; n: number }>`
+    SELECT arch, host_labels, cpus, memory_bytes, disk_bytes, cache->>'key' AS cache_key, count(*)::int AS n
     FROM jobs WHERE state = 'queued'
-    GROUP BY arch, host_labels, cpus, memory_bytes, disk_bytes`.execute(db);
-  return rows.rows.map((r) => ({ arch: r.arch as Arch, hostLabels: r.host_labels, cpus: r.cpus, memoryBytes: Number(r.memory_bytes), diskBytes: Number(r.disk_bytes), count: r.n }));
+    GROUP BY arch, host_labels, cpus, memory_bytes, disk_bytes, cache->>'key'`.execute(db);
+  return rows.rows.map((r) => ({
+    arch: r.arch as Arch,
+    hostLabels: r.host_labels,
+    cpus: r.cpus,
+    memoryBytes: Number(r.memory_bytes),
+    diskBytes: Number(r.disk_bytes),
+    count: r.n,
+    ...(r.cache_key ? { cacheKey: r.cache_key } : {}),
+  }));
 }
 
 /**

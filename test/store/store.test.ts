@@ -7,11 +7,12 @@ import { migrate } from '../../src/store/store.ts';
 import { insertJobs, getJob, listJobs, claimQueuedJobs, markPlaced, recordExits, transitionJob, jobTransitions, loseJob, requestCancel, applyPhases, transitionJobs, activeJobsOnHosts, countJobsByState } from '../../src/store/jobs.ts';
 import { setTenantLimit, tenantUsage } from '../../src/store/tenants.ts';
 import { appendLogs, readLogs, storedLogSeq } from '../../src/store/logs.ts';
-import { connectHost, disconnectHost, lockSchedulableHosts, listHosts, updateHostFlags, findHost } from '../../src/store/hosts.ts';
+import { connectHost, disconnectHost, lockSchedulableHosts, listHosts, updateHostFlags, findHost, setHostCaches } from '../../src/store/hosts.ts';
 import { createToken, findTokenBySecret, revokeToken } from '../../src/store/tokens.ts';
 import { DEFAULT_REQUIREMENTS } from '../../src/core/requirements.ts';
 import { launchSpecOf, type Job, type JobSpec } from '../../src/core/job.ts';
 import type { HostCapacity } from '../../src/core/agent-protocol.ts';
+import { powerHosts, queuedDemand } from '../../src/store/power.ts';
 
 const spec = (over: Partial<JobSpec> = {}): JobSpec => ({
   tenant: 'default',
@@ -59,6 +60,26 @@ for (const { kind, skip } of storeKinds()) {
       assert.deepEqual(await ids('0%'), [c!.id]);
       assert.deepEqual(await ids('_'), [c!.id]);
       assert.deepEqual(await ids('srch'), [a!.id, b!.id, c!.id], 'tenant');
+    });
+
+    void test('power: queued demand groups by cache key; a host\'s reported caches reach the power view', async () => {
+      await insertJobs(store.db, [
+        spec({ tenant: 'pwr', cache: { key: 'pwr/app', write: false } }),
+        spec({ tenant: 'pwr', cache: { key: 'pwr/app', write: true } }),
+        spec({ tenant: 'pwr', cache: { key: 'pwr/lib', write: false } }),
+        spec({ tenant: 'pwr' }),
+      ]);
+      const demand = (await queuedDemand(store.db)).filter((d) => d.count > 0);
+      const byKey = new Map<string, number>();
+      for (const d of demand) byKey.set(d.cacheKey ?? '-', (byKey.get(d.cacheKey ?? '-') ?? 0) + d.count);
+      assert.equal(byKey.get('pwr/app'), 2);
+      assert.equal(byKey.get('pwr/lib'), 1);
+      assert.ok((byKey.get('-') ?? 0) >= 1, 'jobs without a cache have no key');
+      const h = await connectHost(store.db, cap('pwr-host'), 's-pwr');
+      assert.ok(await setHostCaches(store.db, h.id, 's-pwr', [{ key: 'pwr/app', versions: 1, bytes: 1024, sizeBytes: 4096, lastUsedAt: new Date(0).toISOString() }]));
+      const row = (await powerHosts(store.db)).find((x) => x.id === h.id);
+      assert.deepEqual(row?.caches, ['pwr/app']);
+      assert.deepEqual((await powerHosts(store.db)).find((x) => x.name !== 'pwr-host' && x.caches.length > 0), undefined);
     });
 
     void test('jobs: what insertJobs returns is what the store then holds, in submission order', async () => {

@@ -102,6 +102,7 @@ export function makePowerManager(ctx: ServerContext, deps: { registry: HostPool;
       openRequest: h.openRequest,
       markedUntilMs: h.wakeMarkedUntilMs,
       wakeFailures: h.wakeFailures,
+      ...(h.caches.length > 0 ? { caches: new Set(h.caches) } : {}),
     };
   }
 

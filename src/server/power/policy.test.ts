@@ -52,6 +52,23 @@ void test('work a waking host will take never wakes a second one; an awake host 
   assert.equal(decidePower(hosts2, [jobs(7)], policy(), 0).wake.length, 1);
 });
 
+void test('of hosts that take the same work, the one holding the waiting jobs\' warm cache is woken', () => {
+  // h001 would win the tie on its name; h003 holds the cache of the waiting jobs (as reported before it slept).
+  const plain = host(1, 'asleep');
+  const other = host(2, 'asleep', { caches: new Set(['acme:other']) });
+  const holder = host(3, 'asleep', { caches: new Set(['acme:repo', 'acme:x']) });
+  assert.deepEqual(decidePower([plain, other, holder], [jobs(4, { cacheKey: 'acme:repo' })], policy(), 0).wake.map((w) => w.hostId), [3]);
+  // Jobs without a cache: the usual order (the name).
+  assert.deepEqual(decidePower([plain, other, holder], [jobs(4)], policy(), 0).wake.map((w) => w.hostId), [1]);
+  // Taking more of the work still comes first: a bigger host without the cache beats a holder that takes less.
+  const small = host(4, 'asleep', { capacity: { cpus: 2, memoryBytes: 8 * GiB, diskBytes: 500 * GiB }, caches: new Set(['acme:repo']) });
+  assert.deepEqual(decidePower([plain, small], [jobs(4, { cacheKey: 'acme:repo' })], policy(), 0).wake.map((w) => w.hostId), [1]);
+  // Two keys waiting, one host each: the first woken is the one whose cache more of the work uses.
+  const a = host(5, 'asleep', { caches: new Set(['acme:a']) });
+  const b = host(6, 'asleep', { caches: new Set(['acme:b']) });
+  assert.deepEqual(decidePower([a, b], [jobs(2, { cacheKey: 'acme:a' }), jobs(10, { cacheKey: 'acme:b' })], policy(), 0).wake.map((w) => w.hostId), [6]);
+});
+
 void test('the best-fitting host is woken: the one that takes the work, and of those the smallest', () => {
   const big = host(1, 'asleep', { capacity: { cpus: 64, memoryBytes: 256 * GiB, diskBytes: 500 * GiB } });
   const small = host(2, 'asleep', { capacity: { cpus: 4, memoryBytes: 16 * GiB, diskBytes: 500 * GiB } });

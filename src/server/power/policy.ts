@@ -7,8 +7,8 @@
  * Waking: the queued work is first placed (with the scheduler's own placement) on awake capacity: online
  * hosts' free room plus the whole of every host already waking (so work that a waking host will take never
  * wakes a second one). What is left is the need. Asleep hosts are then woken one at a time, each time the
- * one that takes the most of what is left (ties: the smaller host, then fewer past wake failures, then the
- * name), until nothing more can be placed. Then each pool's minimum awake hosts (its own, raised by any
+ * one that takes the most of what is left (ties: the one holding the warm caches of more of those jobs, then
+ * the smaller host, then fewer past wake failures, then the name), until nothing more can be placed. Then each pool's minimum awake hosts (its own, raised by any
  * schedule whose window is open) is topped up.
  * Sleeping: a host sleeps when its pool allows it (idle time set), it has a power driver, it ran nothing
  * for the pool's idle time, no queued job could use it, and the pool keeps its minimum awake without it.
@@ -43,6 +43,8 @@ export interface PowerHostView {
   /** After failed wakes it is passed over until then. */
   markedUntilMs: number | undefined;
   wakeFailures: number;
+  /** Cache keys the host held when its agent last reported (kept while it sleeps: docs/caches.md). */
+  caches?: ReadonlySet<string>;
 }
 
 /** Queued jobs of one shape. */
@@ -53,6 +55,8 @@ export interface QueuedDemand {
   memoryBytes: number;
   diskBytes: number;
   count: number;
+  /** The jobs' warm cache key (host-side), when they use one: a host holding it is woken first. */
+  cacheKey?: string;
 }
 
 export interface WakeDecision {
@@ -80,13 +84,13 @@ function expand(demand: readonly QueuedDemand[]): JobDemand[] {
   let id = 1;
   for (const d of demand) {
     for (let i = 0; i < d.count && out.length < MAX_DEMAND_JOBS; i++) {
-      out.push({ id: id++, tenant: '', arch: d.arch, cpus: d.cpus, memoryBytes: d.memoryBytes, diskBytes: d.diskBytes, hostLabels: d.hostLabels });
+      out.push({ id: id++, tenant: '', arch: d.arch, cpus: d.cpus, memoryBytes: d.memoryBytes, diskBytes: d.diskBytes, hostLabels: d.hostLabels, ...(d.cacheKey ? { cacheKey: d.cacheKey } : {}) });
     }
   }
   return out;
 }
 
-const fullSlot = (h: PowerHostView): HostSlot => ({ id: h.id, arch: h.arch, labels: h.labels, capacity: h.capacity, free: { ...h.capacity } });
+const fullSlot = (h: PowerHostView): HostSlot => ({ id: h.id, arch: h.arch, labels: h.labels, capacity: h.capacity, free: { ...h.capacity }, ...(h.caches ? { caches: h.caches } : {}) });
 
 export function decidePower(hosts: readonly PowerHostView[], demand: readonly QueuedDemand[], policy: PowerPolicy, nowMs: number): PowerDecision {
   const jobs = expand(demand);
@@ -115,12 +119,13 @@ export function decidePower(hosts: readonly PowerHostView[], demand: readonly Qu
     (h) => h.state === 'asleep' && h.canWake && !h.cordoned && !h.drainRequested && h.openRequest === undefined && (h.markedUntilMs === undefined || h.markedUntilMs <= nowMs),
   );
   while (need.length > 0) {
-    let best: { h: PowerHostView; placed: Set<number> } | undefined;
+    let best: { h: PowerHostView; placed: Set<number>; warm: number } | undefined;
     for (const h of candidates) {
       if (woken.has(h.id)) continue;
       const placed = new Set(placeJobs([fullSlot(h)], need).placements.map((p) => p.jobId));
       if (placed.size === 0) continue;
-      if (!best || better(h, placed.size, best.h, best.placed.size)) best = { h, placed };
+      const warm = need.filter((j) => placed.has(j.id) && j.cacheKey !== undefined && h.caches?.has(j.cacheKey)).length;
+      if (!best || better(h, placed.size, warm, best.h, best.placed.size, best.warm)) best = { h, placed, warm };
     }
     if (!best) break;
     woken.add(best.h.id);
@@ -179,9 +184,13 @@ export function decidePower(hosts: readonly PowerHostView[], demand: readonly Qu
   return { sleep, wake, unplaceable: need.length };
 }
 
-/** Whether `a`, taking `na` jobs, fits the waiting work better than `b`, taking `nb`. */
-function better(a: PowerHostView, na: number, b: PowerHostView, nb: number): boolean {
+/**
+ * Whether `a`, taking `na` jobs of which `wa` find their cache there, fits the waiting work better than `b`
+ * (`nb`, `wb`): more jobs first, then more of them warm, then the smaller host, fewer wake failures, the name.
+ */
+function better(a: PowerHostView, na: number, wa: number, b: PowerHostView, nb: number, wb: number): boolean {
   if (na !== nb) return na > nb;
+  if (wa !== wb) return wa > wb;
   const sa = a.capacity.cpus * a.capacity.memoryBytes;
   const sb = b.capacity.cpus * b.capacity.memoryBytes;
   if (sa !== sb) return sa < sb;

@@ -14,6 +14,7 @@ import { which } from '../../src/cli/exec.ts';
 import { ensureImage, makeTestDataDir } from '../support/kiln.ts';
 import { findLeaks } from '../support/leaks.ts';
 import { freePort, killAll, runKilnCommand, spawnKiln } from './processes.ts';
+import { damageSnapshotState } from '../support/damage-snapshot.ts';
 
 after(killAll);
 
@@ -83,18 +84,7 @@ void test('a fleet job restores warm once the agent has built its snapshot; a sn
     const store = makeSnapshotStore(data.dir);
     const [snap] = store.list();
     const damaged = snap!.created;
-    const dir = join(store.dir, snap!.id);
-    const state = join(dir, 'state');
-    const bytes = readFileSync(state);
-    bytes.fill(0x5a, 64, Math.min(bytes.length, 4096));
-    chmodSync(state, 0o600);
-    writeFileSync(state, bytes);
-    chmodSync(state, 0o400);
-    const meta = JSON.parse(readFileSync(join(dir, 'meta.json'), 'utf8')) as { files: Record<string, Record<string, number>> };
-    const st = statSync(state);
-    Object.assign(meta.files.state!, { size: st.size, ino: st.ino, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs });
-    chmodSync(join(dir, 'meta.json'), 0o600);
-    writeFileSync(join(dir, 'meta.json'), JSON.stringify(meta));
+    damageSnapshotState(join(store.dir, snap!.id));
 
     const third = await job('three');
     assert.equal(third.state, 'succeeded');

@@ -12,6 +12,7 @@ import type { ImageManifest } from '../../src/image/store.ts';
 import { cacheId, makeCacheStore } from '../../src/vm/cache-store.ts';
 import { makeSnapshotStore } from '../../src/vm/snapshot-store.ts';
 import { assertNoLeaks, ensureImage, kilnArgs, makeTestDataDir, runKiln } from '../support/kiln.ts';
+import { damageSnapshotState } from '../support/damage-snapshot.ts';
 
 const data = makeTestDataDir();
 let image: ImageManifest;
@@ -115,19 +116,8 @@ describe('cache disks (minimal image)', () => {
   test('a cache job whose snapshot QEMU refuses falls back to a cold boot with its cache; the next one restores warm again', async () => {
     const store = makeSnapshotStore(data.dir);
     const s = store.list().find((x) => x.key.cacheBytes === 64 * MiB)!;
-    const dir = join(store.dir, s.id);
-    const state = join(dir, 'state');
     // Damage the device state under an unchanged stat record (bit rot): only QEMU notices, at the restore.
-    const bytes = readFileSync(state);
-    bytes.fill(0x5a, 64, Math.min(bytes.length, 4096));
-    chmodSync(state, 0o600);
-    writeFileSync(state, bytes);
-    chmodSync(state, 0o400);
-    const meta = JSON.parse(readFileSync(join(dir, 'meta.json'), 'utf8')) as { files: Record<string, Record<string, number>> };
-    const st = statSync(state);
-    Object.assign(meta.files.state!, { size: st.size, ino: st.ino, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs });
-    chmodSync(join(dir, 'meta.json'), 0o600);
-    writeFileSync(join(dir, 'meta.json'), JSON.stringify(meta));
+    damageSnapshotState(join(store.dir, s.id));
 
     const r = await run(['-v', '--cache', 'slot-a', '--', 'sh', '-c', 'cat /cache/marker; echo marker-a3 > /cache/marker']);
     assert.equal(r.code, 0, r.stderr.toString());

@@ -12,6 +12,7 @@ import { imageDigest, makeImageStore, type ImageManifest } from '../../src/image
 import { makeSnapshotStore } from '../../src/vm/snapshot-store.ts';
 import { isAlive } from '../../src/vm/process.ts';
 import { assertNoLeaks, ensureImage, kilnArgs, makeTestDataDir, runKiln, SHARED_DIR } from '../support/kiln.ts';
+import { damageSnapshotState } from '../support/damage-snapshot.ts';
 
 const data = makeTestDataDir();
 // By digest: `minimal` is the newest minimal image in the shared store, which may be another checkout's.
@@ -113,20 +114,8 @@ describe('warm starts (minimal image)', () => {
   test('a snapshot QEMU refuses (damage the cheap checks cannot see) falls back to a cold boot with one line; the next run rebuilds it', async () => {
     const store = makeSnapshotStore(data.dir);
     const s = snapshots()[0]!;
-    const dir = join(store.dir, s.id);
-    const state = join(dir, 'state');
-    const bytes = readFileSync(state);
-    bytes.fill(0x5a, 64, Math.min(bytes.length, 4096));
-    chmodSync(state, 0o600);
-    writeFileSync(state, bytes);
-    chmodSync(state, 0o400);
-    // Re-seal the record as if the damage happened under an unchanged stat (bit rot on disk).
-    const meta = JSON.parse(readFileSync(join(dir, 'meta.json'), 'utf8')) as { files: Record<string, Record<string, number>> };
-    const { statSync } = await import('node:fs');
-    const st = statSync(state);
-    Object.assign(meta.files.state!, { size: st.size, ino: st.ino, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs });
-    chmodSync(join(dir, 'meta.json'), 0o600);
-    writeFileSync(join(dir, 'meta.json'), JSON.stringify(meta));
+    // Damage under an unchanged stat record (bit rot on disk).
+    damageSnapshotState(join(store.dir, s.id));
     const r = await run(['-v', '--', 'echo', 'still fine']);
     assert.equal(r.code, 0, r.stderr.toString());
     assert.equal(r.stdout.toString(), 'still fine\n');

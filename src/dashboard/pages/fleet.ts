@@ -52,11 +52,19 @@ const warmImages = (x: HostOut) =>
       )
     : '—';
 
+/**
+ * Rows drawn at first on a large fleet (a thousand rows of meters took seconds to lay out); the rest on
+ * "Show all". Hosts that need a look (not online, or cordoned) come first, so none of them is hidden.
+ */
+export const FLEET_ROWS_SHOWN = 200;
+const needsLook = (x: HostOut) => x.state !== 'online' || x.cordoned;
+
 const meter = (used: number, cap: number, text: string) =>
   h('span', { class: 'meter-cell' }, h('meter', { min: 0, max: cap, value: used, 'aria-label': text }), h('span', {}, text));
 
 export function fleetPage(ctx: PageContext): Page {
   const body = h('div', { 'aria-busy': 'true' }, h('p', {}, 'Loading hosts…'));
+  let showAll = false;
   const el = h('section', { 'aria-labelledby': 'fleet-h' }, h('h2', { id: 'fleet-h' }, 'Fleet'), body);
   const load = () =>
     loadInto(body, async () => {
@@ -64,6 +72,7 @@ export function fleetPage(ctx: PageContext): Page {
       const counts = new Map<string, number>();
       for (const x of hosts) counts.set(x.state, (counts.get(x.state) ?? 0) + 1);
       const cpu = hosts.reduce((a, x) => [a[0]! + x.used.cpus, a[1]! + x.capacity.cpus], [0, 0]);
+      const shown = showAll || hosts.length <= FLEET_ROWS_SHOWN ? hosts : [...hosts.filter(needsLook), ...hosts.filter((x) => !needsLook(x))].slice(0, FLEET_ROWS_SHOWN);
       return h(
         'div',
         {},
@@ -77,7 +86,7 @@ export function fleetPage(ctx: PageContext): Page {
         table(
           'Hosts: CPU and memory in use of capacity, VMs, mirror, image versions held and kept warm',
           ['Host', 'State', 'Arch', 'Accel', 'CPUs', 'Memory', 'VMs', 'Mirror', 'Images', 'Warm images', 'Agent', 'Last seen'],
-          hosts.map((x) => [
+          shown.map((x) => [
             h('span', { 'data-host': x.name }, x.name),
             h('span', { 'data-host-state': x.name }, badge(x.cordoned && x.state === 'online' ? 'cordoned' : x.state)),
             x.arch,
@@ -93,6 +102,14 @@ export function fleetPage(ctx: PageContext): Page {
           ]),
           { empty: 'No host has joined yet: start one with `kiln agent`.', wide: [3, 7, 8, 9, 10, 11] },
         ),
+        shown.length < hosts.length
+          ? h(
+              'p',
+              { 'data-fleet-more': String(hosts.length - shown.length) },
+              `Showing ${shown.length} of ${hosts.length} hosts (those that are not online or are cordoned first). `,
+              h('button', { type: 'button', onclick: () => ((showAll = true), void load()) }, `Show all ${hosts.length} hosts`),
+            )
+          : null,
       );
     });
   void load();

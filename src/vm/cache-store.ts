@@ -487,7 +487,8 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
         writeRec();
         linkSync(await ensureExt4Base(emptyDir, meta.sizeBytes, 'kiln-cache', 'cache'), base);
       }
-      writeQcow2Overlay(join(ldir, 'overlay.qcow2'), base, 'raw', meta.sizeBytes);
+      // A version's own size (a fetched one may differ from what the cache was first made with), else the cache's.
+      writeQcow2Overlay(join(ldir, 'overlay.qcow2'), base, 'raw', version !== undefined ? statSync(base).size : meta.sizeBytes);
     } catch (e) {
       rmSync(ldir, { recursive: true, force: true });
       throw e;
@@ -598,9 +599,6 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
     mkdirSync(join(cdir, 'versions'), { recursive: true, mode: 0o700 });
     const meta = readJson<{ key: string; sizeBytes: number }>(join(cdir, 'cache.json'));
     if (meta && meta.key !== key) throw new KilnError('cache.key_collision', `cache ${cdir} belongs to key "${meta.key}", not "${key}"`, { kind: 'internal' });
-    if (meta && meta.sizeBytes !== o.length) {
-      throw new KilnError('cache.transfer_failed', `the peer's version is ${formatSize(o.length)}, this host's cache ${formatSize(meta.sizeBytes)}: not fetched`);
-    }
     if (existsSync(join(cdir, 'versions', `${o.version}.raw`))) throw new KilnError('cache.transfer_failed', `version ${o.version} is already here`);
     checkDiskSpace(dataDir, o.length);
     // A lease of its own, naming the version it makes: the collector keeps it while this process lives, and
@@ -644,7 +642,13 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
           }
           fsyncSync(fd);
           closeFd();
-          if (!meta) writeAtomic(join(cdir, 'cache.json'), JSON.stringify({ key, sizeBytes: o.length, createdAt: new Date().toISOString() }));
+          // The cache's size is its newest version's: a fetched version of another size (the cache was made with
+          // another size elsewhere) redefines it here once it is current.
+          const cur0 = current(cdir);
+          const becomesCurrent = !cur0 || o.version > cur0;
+          if (!meta || (becomesCurrent && meta.sizeBytes !== o.length)) {
+            writeAtomic(join(cdir, 'cache.json'), JSON.stringify({ key, sizeBytes: o.length, createdAt: new Date().toISOString() }));
+          }
           const vraw = join(cdir, 'versions', `${o.version}.raw`);
           chmodSync(file, 0o600);
           renameSync(file, vraw);

@@ -109,7 +109,10 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
 
   const progress = (t: Transfer) => {
     if (t.stall) clearTimeout(t.stall);
-    t.stall = setTimeout(() => end(t, 'timeout', `the transfer from ${t.peer.name} made no progress for ${Math.round(stallMs / 1000)} s`, { receiver: true, peer: true }), stallMs);
+    // Once everything was relayed the receiver checks, syncs and renames a possibly large image: it gets ten
+    // times as long before the relay gives up on hearing how that went.
+    const ms = t.phase === 'ended' ? stallMs * 10 : stallMs;
+    t.stall = setTimeout(() => end(t, 'timeout', `the transfer from ${t.peer.name} made no progress for ${Math.round(ms / 1000)} s`, { receiver: true, peer: true }), ms);
     t.stall.unref();
   };
 

@@ -5,7 +5,6 @@
  * the agent sent for that attempt is stored.
  */
 import type { AgentMessageOf, JobResultMsg } from '../../core/agent-protocol.ts';
-import { setCacheOutcome } from '../../store/jobs.ts';
 import { storedLogSeq } from '../../store/logs.ts';
 import type { Connection } from './agent-connection.ts';
 import type { GatewayDeps } from './agent-gateway.ts';
@@ -66,7 +65,7 @@ export async function applyResult(deps: GatewayDeps, l: HostLink, r: JobResultMs
   // sees the final state has all the output.
   // The cache outcome first, so a reader that sees the job final sees it too (and the relay finds a committed
   // version's checksum as soon as its host reports holding it).
-  if (r.cache && l.active.get(r.jobId)?.attempt === r.attempt) await setCacheOutcome(deps.ctx.store.db, r.jobId, r.attempt, r.cache);
+  if (r.cache && l.active.get(r.jobId)?.attempt === r.attempt) await deps.jobs.storeCacheOutcome(r.jobId, r.attempt, r.cache);
   const res = await deps.results.apply(l.hostId, r);
   const held = l.active.get(r.jobId);
   if (held && held.attempt === r.attempt) {

@@ -7,6 +7,7 @@
  *   more than its window although the image is many windows long;
  * - a copy corrupted on A's disk is refused by the checksum: B's job runs on an empty cache, with one line
  *   saying why, and nothing of the copy is left on B;
+ * - a peer too slow for the fetch bound: B's job starts on an empty cache, and the peer stops sending;
  * - the peer (a `kiln agent` process) SIGKILLed mid-transfer: B's job runs on its older version, with the reason;
  * - forged and unsolicited transfer messages from an agent are refused, and malformed ones are protocol errors.
  */
@@ -198,6 +199,35 @@ for (const { kind, skip } of storeKinds()) {
       assert.deepEqual([row(w.id).cache, row(w.id).cache_hit, row(w.id).cache_fetch, row(w.id).cache_committed_bytes], [key, 'miss', 'none', String(committed.bytes)]);
       assert.deepEqual([row(bad.id).cache_hit, row(bad.id).cache_fetch], ['miss', 'checksum']);
       assert.deepEqual([row(r.id).cache_hit, row(r.id).cache_fetch, row(r.id).cache_fetched_bytes], ['hit', 'fetched', String(f.bytes)]);
+    } finally {
+      await h.close();
+    }
+  });
+
+  test(`${kind}: a peer too slow for the fetch bound: the job starts on an empty cache, the peer stops sending and lets go of the version`, { skip, timeout: 120_000 }, async () => {
+    const h = await startHarness(kind, { cacheRelay: { windowChunks: 4, stallMs: 60_000 } });
+    const dirA = tempDir();
+    const dirB = tempDir();
+    try {
+      const key = 'default/deps';
+      await h.addAgent('host-a', { cacheWrites: true }, { labels: ['site-a'], caches: makeCacheStore(dirA), cacheTransfer: { holdSendAfterChunks: 2 } });
+      await h.addAgent('host-b', {}, { labels: ['site-b'], caches: makeCacheStore(dirB), cacheTransfer: { fetchTimeoutMs: 2000 } });
+      const w = await finished(h, await submit(h, 'cache-fill 4', 'site-a', { key: 'deps', write: true, size: '64M' }));
+      const v = w.cacheOutcome?.committed?.id;
+      assert.ok(v);
+      await reported(h, 'host-a', key, v);
+      const t0 = Date.now();
+      const r = await finished(h, await submit(h, 'echo read', 'site-b', { key: 'deps' }));
+      assert.equal(r.state, 'succeeded');
+      assert.equal(r.cacheOutcome?.fetch?.outcome, 'timeout');
+      assert.match(r.cacheOutcome?.fetch?.reason ?? '', /the fetch took longer than 2 s/);
+      assert.equal(r.cacheOutcome?.hit, false);
+      assert.ok(Date.now() - t0 < 30_000, 'the job waited for the bound, not for the peer');
+      assert.match(await logs(h, r.id), /kiln: could not fetch cache version .* from host host-a \(timeout: the fetch took longer than 2 s\); the job starts on an empty cache/);
+      assert.match(await metrics(h), /^kiln_cache_transfers_total\{outcome="timeout"\} 1$/m);
+      // The relay told the peer to stop: its hold on the version is released.
+      await until('host-a to release the version it was sending', () => readdirSync(join(dirA, 'caches', cacheId(key), 'leases')).length === 0);
+      assert.equal(makeCacheStore(dirB).inspect(key)?.current, undefined);
     } finally {
       await h.close();
     }

@@ -140,7 +140,7 @@ export type JobCacheMsg = Static<typeof JobCacheMsg>;
  * An agent says in hello which version it speaks (`cacheTransfer`); the server relays only between agents
  * that speak the same one, and every transfer message names it (`tv`).
  */
-export const CACHE_TRANSFER_VERSION = 1;
+export const CACHE_TRANSFER_VERSION = 1 as const;
 /** Largest raw slice of a cache image in one `cache.chunk` (base64 grows it by a third; under MAX_MESSAGE_BYTES). */
 export const MAX_CACHE_CHUNK_BYTES = 512 * 1024;
 const Tv = Type.Literal(CACHE_TRANSFER_VERSION);

@@ -36,7 +36,7 @@ type TransferServerMsg = ServerMessageOf<'cache.send' | 'cache.incoming' | 'cach
 
 export interface CacheTransfers {
   /** Fetches a newer version of `key` for job (jobId, attempt) from a peer, if one has it. Never throws. */
-  fetch(jobId: number, attempt: number, key: string): Promise<CacheFetchMsg>;
+  fetch(jobId: number, attempt: number, key: string, signal?: AbortSignal): Promise<CacheFetchMsg>;
   handle(m: TransferServerMsg): void;
   /** The connection dropped: fetches under way fail, sends stop. */
   disconnected(): void;
@@ -84,8 +84,14 @@ export function makeCacheTransfers(o: {
   const tv = CACHE_TRANSFER_VERSION;
 
   /** Ends a fetch once: what was received is dropped unless it was finished, and the server hears how it ended. */
+  /** Fetches that ended before the relay's `cache.incoming` arrived (stopped, timed out): its late offer gets this answer. */
+  const endedEarly = new Map<string, { outcome: CacheFetchOutcome; reason?: string }>();
   const settle = (f: Fetch, outcome: CacheFetchOutcome, reason?: string, tellServer = true) => {
     if (!fetches.delete(f.fetchId)) return;
+    if (!f.transferId && tellServer) {
+      endedEarly.set(f.fetchId, { outcome, ...(reason ? { reason } : {}) });
+      if (endedEarly.size > 100) endedEarly.delete(endedEarly.keys().next().value!);
+    }
     if (f.transferId) byTransfer.delete(f.transferId);
     if (f.timer) clearTimeout(f.timer);
     if (f.stall) clearTimeout(f.stall);
@@ -110,8 +116,10 @@ export function makeCacheTransfers(o: {
   const incoming = (m: ServerMessageOf<'cache.incoming'>) => {
     const f = fetches.get(m.fetchId);
     if (!f || f.transferId) {
-      // Not asked for (or asked for once already): refused, so the relay stops the peer.
-      o.send({ type: 'cache.received', tv, transferId: m.transferId, outcome: 'refused', bytes: 0, reason: 'this host did not ask for that transfer' });
+      // Ended before it came (the relay stops the peer and counts how), or never asked for: refused.
+      const early = endedEarly.get(m.fetchId);
+      endedEarly.delete(m.fetchId);
+      o.send({ type: 'cache.received', tv, transferId: m.transferId, bytes: 0, ...(early ?? { outcome: 'refused', reason: 'this host did not ask for that transfer' }) });
       return;
     }
     f.transferId = m.transferId;
@@ -210,13 +218,15 @@ export function makeCacheTransfers(o: {
   };
 
   return {
-    fetch(jobId, attempt, key) {
+    fetch(jobId, attempt, key, signal) {
       return new Promise<CacheFetchMsg>((resolve) => {
+        if (signal?.aborted) return resolve({ outcome: 'failed', reason: 'the job was stopped' });
         const have = o.store.inspect(key)?.current?.id;
         const f: Fetch = { fetchId: randomBytes(12).toString('base64url'), key, started: performance.now(), chunks: 0, writing: Promise.resolve(), done: resolve };
         fetches.set(f.fetchId, f);
         f.timer = setTimeout(() => settle(f, 'timeout', `the fetch took longer than ${Math.round(fetchTimeoutMs / 1000)} s`), fetchTimeoutMs);
         f.timer.unref();
+        signal?.addEventListener('abort', () => settle(f, 'failed', 'the job was stopped'), { once: true });
         if (!o.send({ type: 'cache.fetch', tv, fetchId: f.fetchId, jobId, attempt, key, ...(have ? { have } : {}) })) settle(f, 'failed', 'the agent is not connected to the server', false);
       });
     },

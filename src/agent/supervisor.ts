@@ -37,6 +37,8 @@ interface Entry {
   mask?: Masker;
   /** How its VM came up (warm or cold), told to the server with the start request. */
   startInfo?: VmStartInfo | undefined;
+  /** Ends a cache fetch under way before the VM starts (the job was stopped). */
+  stopFetch?: (() => void) | undefined;
 }
 
 const startMsg = (e: Entry): AgentMessage => ({
@@ -119,7 +121,7 @@ export function makeSupervisor(opts: {
   /** Told of every launch's image and VM shape (the warm-start planner counts uses). */
   noteUse?(shape: SnapshotShape): void;
   /** Fetches a newer version of a job's cache from a peer host before the job starts (cache-transfer.ts); never throws. */
-  fetchCache?(jobId: number, attempt: number, key: string): Promise<CacheFetchMsg>;
+  fetchCache?(jobId: number, attempt: number, key: string, signal: AbortSignal): Promise<CacheFetchMsg>;
 }): Supervisor {
   const jobs = new Map<number, Entry>();
   const cacheAsks = new Map<number, { attempt: number; answer(a: CacheAnswer): void }>();
@@ -218,7 +220,10 @@ export function makeSupervisor(opts: {
           let fetched: CacheFetchMsg | undefined;
           if (spec.cache && opts.caches && opts.fetchCache) {
             // A peer's newer version first, bounded in time; whatever happens, the job starts on what the host has.
-            fetched = await opts.fetchCache(jobId, attempt, spec.cache.key);
+            const stopFetch = new AbortController();
+            e.stopFetch = () => stopFetch.abort();
+            fetched = await opts.fetchCache(jobId, attempt, spec.cache.key, stopFetch.signal);
+            e.stopFetch = undefined;
             if (fetched.outcome === 'fetched') jlog.info({ cache: spec.cache.key, version: fetched.version, from: fetched.from, bytes: fetched.bytes, seconds: fetched.seconds }, 'cache fetched from a peer host');
             else if (fetched.outcome !== 'none') {
               const have = opts.caches.inspect(spec.cache.key)?.current?.id;
@@ -291,6 +296,7 @@ export function makeSupervisor(opts: {
       if (!e || e.attempt !== attempt || e.result) return;
       e.stopReason = reason;
       e.lease?.refused(reason);
+      e.stopFetch?.();
       if (e.vm) void e.vm.kill(reason);
     },
     startAnswer(jobId, attempt, ok, reason) {
@@ -325,6 +331,7 @@ export function makeSupervisor(opts: {
       for (const e of jobs.values()) {
         e.stopReason = reason;
         e.lease?.refused(reason);
+        e.stopFetch?.();
         if (e.vm) waits.push(e.vm.kill(reason), e.vm.done);
       }
       await Promise.all(waits);

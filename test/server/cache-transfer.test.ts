@@ -211,21 +211,30 @@ for (const { kind, skip } of storeKinds()) {
     try {
       const key = 'default/deps';
       await h.addAgent('host-a', { cacheWrites: true }, { labels: ['site-a'], caches: makeCacheStore(dirA), cacheTransfer: { holdSendAfterChunks: 2 } });
-      await h.addAgent('host-b', {}, { labels: ['site-b'], caches: makeCacheStore(dirB), cacheTransfer: { fetchTimeoutMs: 2000 } });
+      await h.addAgent('host-b', {}, { labels: ['site-b'], caches: makeCacheStore(dirB), cacheTransfer: { fetchTimeoutMs: 10_000 } });
       const w = await finished(h, await submit(h, 'cache-fill 4', 'site-a', { key: 'deps', write: true, size: '64M' }));
       const v = w.cacheOutcome?.committed?.id;
       assert.ok(v);
       await reported(h, 'host-a', key, v);
+      // A job cancelled while its fetch waits on the peer ends at once, not at the fetch bound.
+      const started = new Promise<void>((resolve) => h.server.events.on('cache.transfer', (e) => void (!e.outcome && e.to === 'host-b' && resolve())));
+      const c = await submit(h, 'echo never', 'site-b', { key: 'deps' });
+      await started;
+      const tc = Date.now();
+      await h.client.request('POST', `/v1/jobs/${c}/cancel`);
+      assert.equal((await finished(h, c)).state, 'cancelled');
+      assert.ok(Date.now() - tc < 8000, `the cancel took ${Date.now() - tc} ms`);
+      await until('the cancelled fetch to be counted', async () => /^kiln_cache_transfers_total\{outcome="failed"\} 1$/m.test(await metrics(h)));
       const t0 = Date.now();
       const r = await finished(h, await submit(h, 'echo read', 'site-b', { key: 'deps' }));
       assert.equal(r.state, 'succeeded');
       assert.equal(r.cacheOutcome?.fetch?.outcome, 'timeout');
-      assert.match(r.cacheOutcome?.fetch?.reason ?? '', /the fetch took longer than 2 s/);
+      assert.match(r.cacheOutcome?.fetch?.reason ?? '', /the fetch took longer than 10 s/);
       assert.equal(r.cacheOutcome?.hit, false);
       assert.ok(Date.now() - t0 < 30_000, 'the job waited for the bound, not for the peer');
-      assert.match(await logs(h, r.id), /kiln: could not fetch cache version .* from host host-a \(timeout: the fetch took longer than 2 s\); the job starts on an empty cache/);
+      assert.match(await logs(h, r.id), /kiln: could not fetch cache version .* from host host-a \(timeout: the fetch took longer than 10 s\); the job starts on an empty cache/);
       assert.match(await metrics(h), /^kiln_cache_transfers_total\{outcome="timeout"\} 1$/m);
-      // The relay told the peer to stop: its hold on the version is released.
+      // The relay told the peer to stop both times: its hold on the version is released.
       await until('host-a to release the version it was sending', () => readdirSync(join(dirA, 'caches', cacheId(key), 'leases')).length === 0);
       assert.equal(makeCacheStore(dirB).inspect(key)?.current, undefined);
     } finally {

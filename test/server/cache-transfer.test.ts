@@ -23,7 +23,7 @@ import { CACHE_TRANSFER_VERSION, PROTOCOL_VERSION } from '../../src/core/agent-p
 import type { Job } from '../../src/core/job.ts';
 import { KILN_VERSION } from '../../src/core/version.ts';
 import { cacheId, makeCacheStore } from '../../src/vm/cache-store.ts';
-import { killAll, spawnBuiltKiln } from '../agent/processes.ts';
+import { killAll, runKilnCommand, spawnBuiltKiln } from '../agent/processes.ts';
 import { storeKinds } from '../store/test-stores.ts';
 import { jobReaches, startHarness, type Harness } from './harness.ts';
 
@@ -174,6 +174,9 @@ for (const { kind, skip } of storeKinds()) {
       assert.equal(infoB.current.fetchedFrom, 'host-a');
       assert.equal(fileSha(versionFile(dirB, key, v)), shaA, 'byte for byte the same image');
       assert.equal(readFileSync(versionFile(dirB, key, v)).length, 64 * MiB);
+      const inspect = await runKilnCommand(['caches', 'inspect', key, '--data-dir', dirB], {});
+      assert.equal(inspect.code, 0, inspect.stderr);
+      assert.match(inspect.stdout, new RegExp(`${v} \\*.*\\b${w.id}\\b.*host-a\\s+${committed.sha256.slice(0, 12)}`), inspect.stdout);
 
       // The relay held at most its window (2 chunks of 512 KiB) of a 12+ MiB transfer.
       const ok = transfers.find((t) => t.outcome === 'fetched');

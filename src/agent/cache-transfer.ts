@@ -217,18 +217,36 @@ export function makeCacheTransfers(o: {
     }
   };
 
+  const inflight = new Map<string, Promise<CacheFetchMsg>>();
+  const fetchOne = (jobId: number, attempt: number, key: string, signal?: AbortSignal): Promise<CacheFetchMsg> =>
+    new Promise<CacheFetchMsg>((resolve) => {
+      if (signal?.aborted) return resolve({ outcome: 'failed', reason: 'the job was stopped' });
+      const have = o.store.inspect(key)?.current?.id;
+      const f: Fetch = { fetchId: randomBytes(12).toString('base64url'), key, started: performance.now(), chunks: 0, writing: Promise.resolve(), done: resolve };
+      fetches.set(f.fetchId, f);
+      f.timer = setTimeout(() => settle(f, 'timeout', `the fetch took longer than ${Math.round(fetchTimeoutMs / 1000)} s`), fetchTimeoutMs);
+      f.timer.unref();
+      signal?.addEventListener('abort', () => settle(f, 'failed', 'the job was stopped'), { once: true });
+      if (!o.send({ type: 'cache.fetch', tv, fetchId: f.fetchId, jobId, attempt, key, ...(have ? { have } : {}) })) settle(f, 'failed', 'the agent is not connected to the server', false);
+    });
+
   return {
-    fetch(jobId, attempt, key, signal) {
-      return new Promise<CacheFetchMsg>((resolve) => {
-        if (signal?.aborted) return resolve({ outcome: 'failed', reason: 'the job was stopped' });
-        const have = o.store.inspect(key)?.current?.id;
-        const f: Fetch = { fetchId: randomBytes(12).toString('base64url'), key, started: performance.now(), chunks: 0, writing: Promise.resolve(), done: resolve };
-        fetches.set(f.fetchId, f);
-        f.timer = setTimeout(() => settle(f, 'timeout', `the fetch took longer than ${Math.round(fetchTimeoutMs / 1000)} s`), fetchTimeoutMs);
-        f.timer.unref();
-        signal?.addEventListener('abort', () => settle(f, 'failed', 'the job was stopped'), { once: true });
-        if (!o.send({ type: 'cache.fetch', tv, fetchId: f.fetchId, jobId, attempt, key, ...(have ? { have } : {}) })) settle(f, 'failed', 'the agent is not connected to the server', false);
-      });
+    async fetch(jobId, attempt, key, signal) {
+      // One fetch per cache at a time on this host: a second job of the same cache waits for it, and fetches
+      // itself only if that one brought nothing (it failed, or was stopped with its job).
+      for (let prior = inflight.get(key); prior; prior = inflight.get(key)) {
+        const stopped = new Promise<CacheFetchMsg>((resolve) => signal?.addEventListener('abort', () => resolve({ outcome: 'failed', reason: 'the job was stopped' }), { once: true }));
+        const r = await Promise.race([prior, stopped]);
+        if (signal?.aborted) return { outcome: 'failed', reason: 'the job was stopped' };
+        if (r.outcome === 'fetched' || r.outcome === 'none') return { outcome: 'none', reason: `another job on this host fetched it just before${r.version ? ` (version ${r.version})` : ''}` };
+      }
+      const p = fetchOne(jobId, attempt, key, signal);
+      inflight.set(key, p);
+      try {
+        return await p;
+      } finally {
+        if (inflight.get(key) === p) inflight.delete(key);
+      }
     },
     handle(m) {
       switch (m.type) {

@@ -118,7 +118,7 @@ for (const { kind, skip } of storeKinds()) {
       await h.addAgent('host-a', { cacheWrites: true }, { labels: ['site-a'], caches: makeCacheStore(dirA) });
       await h.addAgent('host-b', { cacheWrites: true }, { labels: ['site-b'], caches: makeCacheStore(dirB) });
       const key = 'default/deps';
-      const transfers: { outcome?: string; bytes?: number; peakInFlightBytes?: number; reason?: string }[] = [];
+      const transfers: { outcome?: string; to: string; bytes?: number; peakInFlightBytes?: number; reason?: string }[] = [];
       h.server.events.on('cache.transfer', (e) => void (e.outcome && transfers.push(e)));
 
       const w = await finished(h, await submit(h, 'cache-fill 12; echo wrote', 'site-a', { key: 'deps', write: true, size: '64M' }));
@@ -193,6 +193,16 @@ for (const { kind, skip } of storeKinds()) {
       assert.match(text, /^kiln_cache_relay_bytes 0$/m);
       assert.match(text, /^kiln_cache_hits_total 1$/m);
       assert.match(text, /^kiln_cache_misses_total 2$/m);
+
+      // Two jobs of the cache placed at once on a third host: one transfer, both start from the version.
+      const dirC = tempDir();
+      await h.addAgent('host-c', {}, { labels: ['site-c'], caches: makeCacheStore(dirC) });
+      const toC = () => transfers.filter((t) => t.to === 'host-c');
+      const [c1, c2] = await Promise.all([submit(h, 'echo one', 'site-c', { key: 'deps' }), submit(h, 'echo two', 'site-c', { key: 'deps' })]);
+      const both = [await finished(h, c1!), await finished(h, c2!)];
+      assert.deepEqual(both.map((j) => [j.state, j.cacheOutcome?.hit, j.cacheOutcome?.version]), [['succeeded', true, v], ['succeeded', true, v]]);
+      assert.deepEqual(both.map((j) => j.cacheOutcome?.fetch?.outcome).sort(), ['fetched', 'none']);
+      assert.equal(toC().length, 1, 'one transfer to host-c');
 
       // Usage records carry each job's cache: hit or miss, the fetch, bytes fetched and committed.
       const csv = await (await fetch(`${h.url}/v1/reports/usage.csv`, { headers: { authorization: `Bearer ${h.admin}` } })).text();

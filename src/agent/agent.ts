@@ -289,14 +289,24 @@ export function makeAgent(o: AgentOptions): Agent {
     lastMirror = mirrorStatusMsg(first, others);
     return lastMirror;
   };
+  /** The image versions the host holds (a store that cannot be read reports none, with a warning). */
+  const heldImages = () => {
+    try {
+      return o.images.held?.();
+    } catch (e) {
+      log.warn({ err: e }, 'could not list the host\'s images');
+      return undefined;
+    }
+  };
   const reportStatus = (): Promise<void> =>
     (reporting ??= (async () => {
       try {
         const mirror = await mirrorStatus();
         const snapshots = planner?.states();
         const caches = o.caches ? hostCachesMsg(o.caches) : undefined;
+        const images = heldImages();
         if (ws && welcomed && ws.readyState === WebSocket.OPEN && !stopping) {
-          ws.send(encodeMessage({ type: 'host.status', ...(mirror ? { mirror } : {}), ...(snapshots ? { snapshots } : {}), ...(caches ? { caches } : {}) }));
+          ws.send(encodeMessage({ type: 'host.status', ...(mirror ? { mirror } : {}), ...(snapshots ? { snapshots } : {}), ...(caches ? { caches } : {}), ...(images ? { images } : {}) }));
         }
       } catch (e) {
         log.warn({ err: e }, 'could not report the host status');
@@ -369,6 +379,7 @@ export function makeAgent(o: AgentOptions): Agent {
       resetSilence();
       void (async () => {
         const mirror = await mirrorStatus().catch(() => lastMirror);
+        const images = heldImages();
         if (sock.readyState !== WebSocket.OPEN) return;
         sock.send(
           encodeMessage({
@@ -383,6 +394,7 @@ export function makeAgent(o: AgentOptions): Agent {
             ...(planner ? { snapshots: planner.states() } : {}),
             ...(o.caches ? { caches: hostCachesMsg(o.caches) } : {}),
             ...(transfers ? { cacheTransfer: CACHE_TRANSFER_VERSION } : {}),
+            ...(images ? { images } : {}),
           }),
         );
       })();

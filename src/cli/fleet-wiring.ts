@@ -1,6 +1,6 @@
 /** Wiring shared by `kiln server`, `kiln agent` and `kiln up`: loggers, drivers with their image resolvers (src/agent/images.ts), mirrors. */
 import { pino, type Logger } from 'pino';
-import { makeStoreImageResolver, memoryImageResolver, type ImageResolver } from '../agent/images.ts';
+import { makeStoreImageResolver, makeMemoryImageResolver, type ImageResolver } from '../agent/images.ts';
 import { makeMemoryDriver } from '../vm/memory-driver.ts';
 import { makeQemuDriver } from '../vm/qemu-driver.ts';
 import { makeCacheStore, type CacheStore } from '../vm/cache-store.ts';
@@ -50,7 +50,7 @@ export function makeDriverFor(
     const caches = memoryDriverTestCaches();
     return {
       driver: makeMemoryDriver({ ...(sim.bootMs !== undefined ? { bootMs: sim.bootMs } : {}), ...(appendDir ? { appendDir } : {}), ...(caches ? { cacheWrites: true } : {}) }),
-      images: memoryImageResolver,
+      images: makeMemoryImageResolver(),
       ...(caches ? { caches: makeCacheStore(dataDir, { logger }) } : {}),
     };
   }

@@ -109,6 +109,25 @@ export const SnapshotStateMsg = Type.Object(
 );
 export type SnapshotStateMsg = Static<typeof SnapshotStateMsg>;
 
+/**
+ * One guest image version a host holds in its image store (reported by its agent; the dashboard's fleet page
+ * and `GET /v1/hosts` show them): the version jobs naming `profile` start on that host.
+ */
+export const HostImageMsg = Type.Object(
+  {
+    /** The image's profile, as jobs name it (`minimal`, `ci`, `runner`). */
+    profile: Type.String({ minLength: 1, maxLength: 100 }),
+    digest: Type.String({ minLength: 1, maxLength: 100 }),
+    arch: Type.Union([Type.Literal('amd64'), Type.Literal('arm64')]),
+    /** When it was built or imported (ISO 8601). */
+    created: Type.Optional(Type.String({ maxLength: 40 })),
+    /** Bytes of its files (kernel, initrd, root disk). */
+    bytes: Type.Optional(Type.Integer({ minimum: 0 })),
+  },
+  { additionalProperties: false },
+);
+export type HostImageMsg = Static<typeof HostImageMsg>;
+
 export const VmTimingsMsg = Type.Object({
   prepareMs: Type.Number(),
   bootMs: Type.Number(),
@@ -287,6 +306,8 @@ export const AgentMessage = Type.Union([
       caches: Type.Optional(Type.Array(HostCacheMsg, { maxItems: 1000 })),
       /** The cache transfer version this agent speaks (CACHE_TRANSFER_VERSION); absent: it neither fetches nor serves caches. */
       cacheTransfer: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+      /** The guest image versions in the host's store (absent: an agent that does not report them). */
+      images: Type.Optional(Type.Array(HostImageMsg, { maxItems: 200 })),
     },
     { additionalProperties: false },
   ),
@@ -297,6 +318,7 @@ export const AgentMessage = Type.Union([
       mirror: Type.Optional(MirrorStatusMsg),
       snapshots: Type.Optional(Type.Array(SnapshotStateMsg, { maxItems: 200 })),
       caches: Type.Optional(Type.Array(HostCacheMsg, { maxItems: 1000 })),
+      images: Type.Optional(Type.Array(HostImageMsg, { maxItems: 200 })),
     },
     { additionalProperties: false },
   ),

@@ -22,7 +22,7 @@ import { ServerEventBus } from './events.ts';
 import { HostRegistry } from './agents/host-registry.ts';
 import { errorBody } from './http/http-errors.ts';
 import { makeStrictValidatorCompiler } from './http/strict-input.ts';
-import { BODY_REFUSALS, DEFAULT_BODY_INTAKE, makeBodyIntake, type BodyIntakeOptions } from './http/body-intake.ts';
+import { DEFAULT_BODY_INTAKE, refusalHeaders, makeBodyIntake, type BodyIntakeOptions } from './http/body-intake.ts';
 import { makeLeader, type Leader, type UpkeepTiming } from './leader.ts';
 import { makeLogWriter } from './agents/log-writer.ts';
 import { makePhaseWriter } from './agents/phase-writer.ts';
@@ -165,10 +165,8 @@ export async function makeServer(o: MakeServerOptions): Promise<KilnServer> {
       err = new KilnError('request.bad_json', 'the request body is not valid JSON');
     const { status, body } = errorBody(err);
     if (status >= 500) log.error({ err: e, url: req.url }, 'request failed');
-    if (e instanceof KilnError && BODY_REFUSALS.has(e.code)) {
-      void reply.header('connection', 'close');
-      if (e.code === 'request.busy') void reply.header('retry-after', '1');
-    }
+    const refusal = e instanceof KilnError ? refusalHeaders(req.raw, e.code) : undefined;
+    if (refusal) void reply.headers(refusal);
     void reply.code(status).send(body);
   });
   app.setNotFoundHandler((req, reply) => {

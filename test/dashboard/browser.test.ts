@@ -13,7 +13,7 @@ import { chromium, type Browser, type Page } from 'playwright-core';
 import { buildDashboard } from '../../scripts/build-dashboard.mjs';
 import { makeMemoryDriver, type GuestProgram } from '../../src/vm/memory-driver.ts';
 import { makeAgent } from '../../src/agent/agent.ts';
-import { memoryImageResolver } from '../../src/agent/images.ts';
+import { makeMemoryImageResolver } from '../../src/agent/images.ts';
 import { quietLogger } from '../server/harness.ts';
 import { createToken } from '../../src/store/tokens.ts';
 import { startGitHubHarness, until, type GitHubHarness } from '../github/support/harness.ts';
@@ -222,7 +222,7 @@ test('fleet: the image versions a host keeps warm, built after its first job, sh
   // agent's planner builds one for the image and shape its first job used and reports it.
   const data = makeTestDataDir();
   const { secret } = await h.client.request<{ secret: string }>('POST', '/v1/tokens', { name: 'warm agent', role: 'agent' });
-  const agent = makeAgent({ servers: [h.url], token: secret, name: 'warm-host', dataDir: data.dir, driver: makeMemoryDriver({ snapshots: { buildMs: 50 } }), images: memoryImageResolver, logger: quietLogger(), minBackoffMs: 50, maxBackoffMs: 500 });
+  const agent = makeAgent({ servers: [h.url], token: secret, name: 'warm-host', dataDir: data.dir, driver: makeMemoryDriver({ snapshots: { buildMs: 50 } }), images: makeMemoryImageResolver(), logger: quietLogger(), minBackoffMs: 50, maxBackoffMs: 500 });
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   try {
     const c = agent.connected(60_000);
@@ -254,6 +254,10 @@ test('fleet: the image versions a host keeps warm, built after its first job, sh
     await cell.getByText('ready').waitFor();
     assert.match(await cell.innerText(), new RegExp(ready.digest!.slice(0, 19)));
     assert.equal(await page.locator('[data-host-images="host-1"]').count(), 0, 'a host without snapshots shows none');
+    // The images it holds (the memory driver holds each image a job named), beside the warm ones.
+    const { hosts } = await h.client.request<{ hosts: { name: string; images?: { profile: string; digest: string }[] | null }[] }>('GET', '/v1/hosts');
+    assert.deepEqual(hosts.find((x) => x.name === 'warm-host')?.images?.map((m) => [m.profile, m.digest]), [['default', 'memory:default']]);
+    await page.locator('[data-host-held="warm-host"]').getByText('default memory:default').waitFor();
     await shot(page, 'fleet-warm-images');
   } finally {
     await page.close();

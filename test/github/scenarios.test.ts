@@ -57,6 +57,9 @@ void describe(`GitHub scenarios (${kind})`, { skip }, () => {
     assert.ok(env.every((e) => !('KILN_RUNNER_JITCONFIG' in e.env)), 'the used JIT config is removed from the store');
     const jit = h.double.calls.filter((c) => c.path.endsWith('generate-jitconfig'));
     assert.deepEqual(jit.map((c) => c.status), [201]);
+    // The ephemeral runner removed itself after its job (the double does as GitHub does): kiln asks nothing more.
+    const deletes = h.double.calls.filter((c) => c.method === 'DELETE' && c.path.includes('/actions/runners/'));
+    assert.deepEqual(deletes.map((c) => c.status), [], 'no removal call for a runner GitHub already removed');
   });
 
   void scenario('out of order: completed (or in_progress) before queued leaves a tombstone; waiting is not runnable', async () => {

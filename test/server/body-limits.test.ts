@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
+import { connect } from 'node:net';
 import { storeKinds } from '../store/test-stores.ts';
 import { killAll } from '../agent/processes.ts';
 import { githubEnv, rssOf, signBody, startServerProcess, type ServerProcess } from './process-server.ts';
@@ -110,6 +111,43 @@ for (const { kind, skip } of storeKinds()) {
       const ok = payload(2000);
       const r4 = await send(s.url, WEBHOOK_PATH, webhookHeaders(ok, { 'content-length': ok.length }), (w, end) => (w(ok), end()));
       assert.equal(r4.status, 202, r4.body);
+      assert.equal((await fetch(`${s.url}/healthz`)).status, 200);
+    });
+
+    void test('a client still writing an oversize body reads the 413 and a clean close, not a reset (lingering close)', { timeout: 60_000 }, async () => {
+      // Headers declaring 3 MiB, then the body keeps coming after the answer (as from a client that writes its
+      // upload before reading). A server that closes at once resets the connection when those bytes arrive, and
+      // a reset can destroy the 413 before the client reads it; a lingering close reads and drops them.
+      const u = new URL(s.url);
+      for (let i = 0; i < 3; i++) {
+        const outcome = await new Promise<{ answer: string; error?: string }>((resolve) => {
+          // Half-open: the server's FIN after its answer does not stop this side from sending the rest.
+          const sock = connect({ port: Number(u.port), host: u.hostname, allowHalfOpen: true });
+          let answer = '';
+          let sentMore = false;
+          let error: string | undefined;
+          sock.on('error', (e: NodeJS.ErrnoException) => (error ??= e.code ?? e.message));
+          sock.on('close', () => resolve({ answer, ...(error ? { error } : {}) }));
+          sock.on('data', (d: Buffer) => {
+            answer += d.toString('latin1');
+            if (sentMore || !answer.includes('\r\n\r\n')) return;
+            sentMore = true;
+            // The answer is in: send the rest of the body, in pieces, over the next 300 ms.
+            let n = 0;
+            const more = () => {
+              if (sock.destroyed) return;
+              sock.write(Buffer.alloc(256 * 1024, 0x20));
+              if (++n < 6) setTimeout(more, 50);
+              else sock.end();
+            };
+            setTimeout(more, 50);
+          });
+          sock.write(`POST /v1/jobs HTTP/1.1\r\nhost: ${u.host}\r\nauthorization: Bearer ${s.admin}\r\ncontent-type: application/json\r\ncontent-length: ${3 * MiB}\r\n\r\n`);
+        });
+        assert.match(outcome.answer, /^HTTP\/1\.1 413 /, outcome.answer);
+        assert.match(outcome.answer, /request\.too_large/);
+        assert.equal(outcome.error, undefined, `the connection was reset after the answer: ${outcome.error}`);
+      }
       assert.equal((await fetch(`${s.url}/healthz`)).status, 200);
     });
 

@@ -3,7 +3,8 @@
  * the shared test store. Concurrent test files (and runs) serialise on a flock per profile and architecture;
  * the cache key hashes everything that goes into the image from this checkout (the build code, the guest
  * files and the extra build arguments), so a change to them rebuilds it, while an unchanged checkout reuses
- * the image by digest.
+ * the image by digest. The record keeps the newest few keys (RECORDS_KEPT), so checkouts with different guest
+ * files (worktrees, a branch and main) each find their own image instead of rebuilding each other's.
  */
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -24,18 +25,34 @@ function inputsKey(arch: Arch, profile: BuiltProfile, args: string[]): string {
   return h.digest('hex');
 }
 
+interface ImageRecord {
+  key: string;
+  digest: string;
+  built?: string;
+  seconds?: number;
+}
+
+/** How many input keys a record remembers per profile and architecture (each image is ~1 GB on disk). */
+const RECORDS_KEPT = 4;
+
+function readRecords(file: string): ImageRecord[] {
+  try {
+    const rec = JSON.parse(readFileSync(file, 'utf8')) as ImageRecord | { images: ImageRecord[] };
+    return 'images' in rec ? rec.images : [rec]; // the older form held one record
+  } catch {
+    return []; // no record yet
+  }
+}
+
 /** Called under the lock (see ensureCiImage): reuse the image recorded for these inputs, or build it. */
 export function buildUnderLock(arch: Arch, profile: BuiltProfile = 'ci', args: string[] = []): ImageManifest {
   const store = makeImageStore(SHARED_DIR);
   const keyFile = join(SHARED_DIR, `${profile}-image-${arch}.json`);
   const key = inputsKey(arch, profile, args);
-  try {
-    const rec = JSON.parse(readFileSync(keyFile, 'utf8')) as { key: string; digest: string };
-    const m = rec.key === key ? store.list().find((x) => x.digest === rec.digest) : undefined;
-    if (m) return m;
-  } catch {
-    /* no record yet */
-  }
+  const records = readRecords(keyFile);
+  const known = records.find((r) => r.key === key);
+  const m = known ? store.list().find((x) => x.digest === known.digest) : undefined;
+  if (m) return m;
   const started = Date.now();
   // The build runs the CLI from dist/, while the key hashes the sources: a stale dist/ would record an image
   // built by older code under this checkout's key.
@@ -46,10 +63,12 @@ export function buildUnderLock(arch: Arch, profile: BuiltProfile = 'ci', args: s
   });
   if (r.status !== 0) throw new Error(`${profile} image build for ${arch} failed:\n${r.stderr.split('\n').slice(-30).join('\n')}`);
   const digest = r.stdout.trim().split('\n').pop() ?? '';
-  const m = store.list().find((x) => x.digest === digest);
-  if (!m) throw new Error(`${profile} image build printed ${digest}, which is not in the store`);
-  writeFileSync(keyFile, JSON.stringify({ key, digest, built: new Date().toISOString(), seconds: Math.round((Date.now() - started) / 1000) }));
-  return m;
+  const built = store.list().find((x) => x.digest === digest);
+  if (!built) throw new Error(`${profile} image build printed ${digest}, which is not in the store`);
+  const entry: ImageRecord = { key, digest, built: new Date().toISOString(), seconds: Math.round((Date.now() - started) / 1000) };
+  const images = [entry, ...records.filter((x) => x.key !== key)].slice(0, RECORDS_KEPT);
+  writeFileSync(keyFile, JSON.stringify({ images }));
+  return built;
 }
 
 /** The ci (or runner) image for `arch`, built at most once at a time across every test process on this machine. */

@@ -19,7 +19,21 @@ export interface HostOut {
   mirror: { state?: string; healthy: boolean; cacheBytes: number } | null;
   /** Warm-start snapshots the host's agent reported: which image versions (digests) it keeps ready. */
   snapshots?: { image: string; digest?: string; arch: string; cpus: number; memoryBytes: number; state: string; uses: number }[] | null;
+  /** The image versions the host holds in its store, as its agent reported them. */
+  images?: { profile: string; digest: string; arch: string; created?: string; bytes?: number }[] | null;
 }
+
+/** The image versions a host holds: `ci sha256:1a2b3c4d5e6f · 0.9 GiB`, one line each, newest first. */
+const heldImages = (x: HostOut) =>
+  x.images && x.images.length > 0
+    ? h(
+        'ul',
+        { class: 'plain', 'data-host-held': x.name },
+        x.images.map((m) =>
+          h('li', { title: `${m.digest}${m.created ? ` · built ${m.created}` : ''}` }, `${m.profile} ${m.digest.slice(0, 19)}${m.arch === x.arch ? '' : ` ${m.arch}`}${m.bytes !== undefined ? ` · ${gib(m.bytes)}` : ''}`),
+        ),
+      )
+    : '—';
 
 /** The image versions a host keeps warm: `ci sha256:1a2b3c4d5e6f · 2 CPUs 4 GiB · ready`, one line each. */
 const warmImages = (x: HostOut) =>
@@ -61,8 +75,8 @@ export function fleetPage(ctx: PageContext): Page {
           h('li', {}, h('strong', {}, `${cpu[0]}/${cpu[1]}`), ' CPUs in use'),
         ),
         table(
-          'Hosts: CPU and memory in use of capacity, VMs, mirror, image versions kept warm',
-          ['Host', 'State', 'Arch', 'Accel', 'CPUs', 'Memory', 'VMs', 'Mirror', 'Warm images', 'Agent', 'Last seen'],
+          'Hosts: CPU and memory in use of capacity, VMs, mirror, image versions held and kept warm',
+          ['Host', 'State', 'Arch', 'Accel', 'CPUs', 'Memory', 'VMs', 'Mirror', 'Images', 'Warm images', 'Agent', 'Last seen'],
           hosts.map((x) => [
             h('span', { 'data-host': x.name }, x.name),
             h('span', { 'data-host-state': x.name }, badge(x.cordoned && x.state === 'online' ? 'cordoned' : x.state)),
@@ -72,11 +86,12 @@ export function fleetPage(ctx: PageContext): Page {
             meter(x.used.memoryBytes, x.capacity.memoryBytes, `${gib(x.used.memoryBytes)}/${gib(x.capacity.memoryBytes)}`),
             x.jobs,
             x.mirror ? h('span', { class: x.mirror.healthy ? 'ok' : 'bad' }, x.mirror.healthy ? 'healthy' : 'down', ' · ', gib(x.mirror.cacheBytes)) : '—',
+            heldImages(x),
             warmImages(x),
             `${x.driver} ${x.agentVersion}`,
             ago(x.lastSeenAt),
           ]),
-          { empty: 'No host has joined yet: start one with `kiln agent`.', wide: [3, 7, 8, 9, 10] },
+          { empty: 'No host has joined yet: start one with `kiln agent`.', wide: [3, 7, 8, 9, 10, 11] },
         ),
       );
     });

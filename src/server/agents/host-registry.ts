@@ -5,7 +5,7 @@
  * HostRegistry is the scheduler's HostPool (scheduler/host-pool.ts): server.ts hands it to the scheduler.
  */
 import type { Arch } from '../../core/arch.ts';
-import type { ServerMessage, SnapshotStateMsg } from '../../core/agent-protocol.ts';
+import type { HostImageMsg, ServerMessage, SnapshotStateMsg } from '../../core/agent-protocol.ts';
 import type { Resources } from '../../core/host.ts';
 import type { HostSlot } from '../scheduler/placement.ts';
 
@@ -65,6 +65,8 @@ export interface HostLink {
    * connection, held by the replica the agent is connected to (not stored: see docs/ARCHITECTURE.md, "Hosts").
    */
   snapshots?: SnapshotStateMsg[];
+  /** The image versions the host holds, as its agent last reported them (live, like `snapshots`). */
+  images?: HostImageMsg[];
   /** Cache keys the host holds, from its latest hello or host.status (placement's cache affinity). */
   caches?: ReadonlySet<string>;
   /** The current version of each cache the host holds (the cache relay picks a peer by it). */

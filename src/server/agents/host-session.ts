@@ -52,6 +52,7 @@ export async function hello(deps: GatewayDeps, c: Connection, msg: AgentMessageO
     schedulable: host.state === 'online' && !host.cordoned,
     ready: false,
     ...(msg.snapshots ? { snapshots: msg.snapshots } : {}),
+    ...(msg.images ? { images: msg.images } : {}),
     ...(msg.caches ? { caches: new Set(msg.caches.map((x) => x.key)), cacheVersions: cacheVersions(msg.caches) } : {}),
     ...(msg.cacheTransfer !== undefined ? { cacheTransfer: msg.cacheTransfer } : {}),
     send: c.send,
@@ -150,6 +151,7 @@ export async function hostStatus(deps: GatewayDeps, c: Connection, msg: AgentMes
   if (!c.link) return;
   const l = c.link;
   if (msg.snapshots) l.snapshots = msg.snapshots;
+  if (msg.images) l.images = msg.images;
   if (msg.caches) {
     l.caches = new Set(msg.caches.map((x) => x.key));
     l.cacheVersions = cacheVersions(msg.caches);

@@ -7,7 +7,7 @@ import type { FastifyInstance } from 'fastify';
 import { KilnError, isKilnError } from '../../core/errors.ts';
 import { insertDelivery } from '../../store/github-deliveries.ts';
 import { errorBody } from '../http/http-errors.ts';
-import { BODY_REFUSALS } from '../http/body-intake.ts';
+import { refusalHeaders } from '../http/body-intake.ts';
 import { findUnstorableString } from '../http/strict-input.ts';
 import { WEBHOOK_PATH } from './manifest.ts';
 import type { GitHubParts } from './parts.ts';
@@ -34,14 +34,12 @@ export async function registerWebhook(app: FastifyInstance, p: GitHubParts, kick
       );
     });
     child.addContentTypeParser('*', (_req, _payload, done) => done(new KilnError('request.unsupported_media', 'GitHub webhooks are JSON (content type application/json)'), undefined));
-    child.setErrorHandler((e: unknown, _req, reply) => {
+    child.setErrorHandler((e: unknown, req, reply) => {
       metrics.deliveries.inc({ result: 'refused' });
       const { status, body } = errorBody(e);
       if (status >= 500) log.error({ err: e }, 'webhook intake failed');
-      if (isKilnError(e) && BODY_REFUSALS.has(e.code)) {
-        void reply.header('connection', 'close');
-        if (e.code === 'request.busy') void reply.header('retry-after', '1');
-      }
+      const refusal = isKilnError(e) ? refusalHeaders(req.raw, e.code) : undefined;
+      if (refusal) void reply.headers(refusal);
       void reply.code(status).send(body);
     });
     child.post(WEBHOOK_PATH, async (req, reply) => {

@@ -169,14 +169,14 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites): Provisione
   }
 
   /**
-   * Takes a runner out: its registration first (so GitHub gives it no job meanwhile; 404 is fine), then its
-   * VM. A busy registration (422) means GitHub handed it a job just now: while its VM lives the runner is
+   * Takes a runner out: its registration first (so GitHub gives it no job meanwhile; 404 is fine; skipped
+   * when `unregistered`: an ephemeral runner that ran its job is gone from GitHub already), then its VM. A busy registration (422) means GitHub handed it a job just now: while its VM lives the runner is
    * kept (busy); when the VM is already gone the removal is retried later.
    */
-  async function retire(r: GhRunner, reason: string, o: { orphan?: boolean } = {}): Promise<void> {
+  async function retire(r: GhRunner, reason: string, o: { orphan?: boolean; unregistered?: boolean } = {}): Promise<void> {
     if (r.state !== 'stopping') await setRunner(r, { type: 'retire', reason }, { lastError: reason });
     const stopping: GhRunner = { ...r, state: 'stopping' };
-    if (r.runnerId !== null) {
+    if (r.runnerId !== null && !o.unregistered) {
       try {
         await api.deleteRunner(runnerInstallation(r), runnerScope(r), r.runnerId);
       } catch (e) {
@@ -228,7 +228,11 @@ export function makeProvisioner(p: GitHubParts, vms: RunnerVmWrites): Provisione
           // (which one is not known: GitHub hands a runner any queued job of its labels). It holds back one
           // registration of its key (planner.ts, `unheard`); if no delivery names it, the reconciler re-reads
           // the key's queued jobs.
-          return retire(r, `its VM ended (${kj.state})`);
+          // A runner that took its job and exited 0 was ephemeral (JIT): GitHub removed its registration when
+          // the job ended, so asking again would only be answered 404. Were it left somehow, the reconciler's
+          // listing removes any registration with kiln's prefix that no live runner owns.
+          const unregistered = kj.state === 'succeeded' && r.job !== null;
+          return retire(r, `its VM ended (${kj.state})`, { unregistered });
         }
         if (r.state === 'pending' && p.now() - r.createdAt > 60_000 && r.runnerId === null) {
           // A pass died between persisting the name and registering: nothing on GitHub under this name yet

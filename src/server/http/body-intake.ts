@@ -9,9 +9,11 @@
  *   is sent (the buffer lives that long);
  * - a deadline: the whole body must arrive within `timeoutMs`, else 408 `request.timeout` (a slow-loris
  *   body holds its budget for that long at most).
- * Every refusal answers with `Connection: close`, so the rest of a refused body is never read.
+ * Every refusal answers with `Connection: close`, so the rest of a refused body is never stored, and closes
+ * lingering (`refusalHeaders`): the client that is still sending reads the answer instead of a reset.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { KilnError } from '../../core/errors.ts';
 
@@ -29,8 +31,43 @@ export interface BodyIntakeOptions {
 
 export const DEFAULT_BODY_INTAKE: BodyIntakeOptions = { largeBudget: 64 * 1024 * 1024, smallBudget: 32 * 1024 * 1024, timeoutMs: 30_000 };
 
-/** Error codes that end the connection (the rest of the body is not read). */
+/** Error codes that end the connection (the rest of the body is not stored). */
 export const BODY_REFUSALS: ReadonlySet<string> = new Set(['request.too_large', 'request.busy', 'request.timeout']);
+
+/** How long, and how many more body bytes, a refused request's connection is kept open so its answer is read. */
+export const LINGER_MS = 2000;
+export const LINGER_BYTES = 4 * 1024 * 1024;
+
+/**
+ * The headers of a refusal (413, 503, 408), or undefined for any other error; also makes the connection close
+ * lingering. Node ends a `Connection: close` answer by destroying the socket as soon as the answer is written;
+ * if body bytes the server did not read are still arriving, the kernel answers them with a reset, and a reset
+ * can destroy the answer in the client's buffers before it is read: a client still uploading an oversize body
+ * then sees EPIPE or ECONNRESET instead of the 413. So the socket is only half-closed after the answer, the
+ * rest of the body is read and dropped, and the connection ends when the client closes, after LINGER_MS, or
+ * after LINGER_BYTES more bytes, whichever comes first (the same as a web server's lingering close).
+ */
+export function refusalHeaders(req: IncomingMessage, code: string): Record<string, string> | undefined {
+  if (!BODY_REFUSALS.has(code)) return undefined;
+  const socket = req.socket as (Socket & { kilnLinger?: true }) | null;
+  if (socket && !socket.kilnLinger && !socket.destroyed) {
+    socket.kilnLinger = true;
+    const stop = () => socket.destroy();
+    const timer = setTimeout(stop, LINGER_MS);
+    timer.unref();
+    socket.once('close', () => clearTimeout(timer));
+    socket.destroySoon = function (this: Socket) {
+      this.end();
+    };
+    let dropped = 0;
+    req.on('data', (c: Buffer) => {
+      dropped += c.length;
+      if (dropped > LINGER_BYTES) stop();
+    });
+    req.resume();
+  }
+  return code === 'request.busy' ? { connection: 'close', 'retry-after': '1' } : { connection: 'close' };
+}
 
 export interface BodyIntake {
   /** Ties a request to its response (an onRequest hook): a body's budget is held until the answer is sent. */

@@ -25,6 +25,7 @@ export function hostRoutes(deps: ApiDeps): RouteDef[] {
         // Live state of the agent's connection: known only on the replica it is connected to (null elsewhere,
         // and for hosts that keep none).
         snapshots: deps.registry.get(h.id)?.snapshots ?? null,
+        images: deps.registry.get(h.id)?.images ?? null,
         jobs: mine.length,
         used: {
           cpus: mine.reduce((s, j) => s + j.cpus, 0),

@@ -11,6 +11,7 @@ import type { Logger } from 'pino';
 import WebSocket from 'ws';
 import { archFromNode, type Arch } from '../core/arch.ts';
 import {
+  CACHE_TRANSFER_VERSION,
   PROTOCOL_VERSION,
   CLOSE_HOST_REFUSED,
   CLOSE_HOST_REMOVED,
@@ -41,6 +42,7 @@ import { MIRROR_GUEST_ADDRESS, MIRROR_GUEST_IP, MIRROR_GUEST_PORT, mirrorVmSetti
 import { readCredential, writeCredential } from './credential-file.ts';
 import * as tls from 'node:tls';
 import { makeSnapshotPlanner, type SnapshotShape } from './snapshots.ts';
+import { makeCacheTransfers, type CacheTransferOptions } from './cache-transfer.ts';
 
 export interface AgentOptions {
   /** Server base URLs (http(s):// or ws(s)://); the agent rotates through them on failure. */
@@ -102,6 +104,11 @@ export interface AgentOptions {
   dataDir?: string;
   /** The host's warm caches (docs/caches.md): used by jobs that ask for one, reported in hello and host.status. */
   caches?: CacheStore;
+  /**
+   * Host-to-host cache transfers (cache-transfer.ts), on whenever the host keeps caches: its bounds, or false to
+   * neither fetch nor serve caches.
+   */
+  cacheTransfer?: CacheTransferOptions | false;
 }
 
 /** What the protocol carries of the caches a host holds (for placement and `kiln caches ls`). */
@@ -245,7 +252,15 @@ export function makeAgent(o: AgentOptions): Agent {
           changed: () => (snapshotReport ??= setTimeout(() => ((snapshotReport = undefined), void reportStatus()), 200)),
         })
       : undefined;
+  /** Sends now if the connection is up (cache transfers: nothing of theirs is queued across a reconnect). */
+  const sendNow = (m: AgentMessage): boolean => {
+    if (!ws || !welcomed || ws.readyState !== WebSocket.OPEN) return false;
+    ws.send(encodeMessage(m));
+    return true;
+  };
+  const transfers = o.caches && o.cacheTransfer !== false ? makeCacheTransfers({ store: o.caches, send: sendNow, log, ...(o.cacheTransfer ? { options: o.cacheTransfer } : {}) }) : undefined;
   const supervisor: Supervisor = makeSupervisor({
+    ...(transfers ? { fetchCache: (jobId: number, a: number, key: string, signal: AbortSignal) => transfers.fetch(jobId, a, key, signal) } : {}),
     ...(mirrors.length > 0 ? { vm: mirrorVmSettings(mirrors.map((m) => ({ registry: m.registry, hostPort: mirrorHostPort(m.listen) }))) } : {}),
     driver: o.driver,
     images: o.images,
@@ -378,6 +393,7 @@ export function makeAgent(o: AgentOptions): Agent {
             power: powerReport!,
             ...(planner ? { snapshots: planner.states() } : {}),
             ...(o.caches ? { caches: hostCachesMsg(o.caches) } : {}),
+            ...(transfers ? { cacheTransfer: CACHE_TRANSFER_VERSION } : {}),
             ...(images ? { images } : {}),
           }),
         );
@@ -405,6 +421,7 @@ export function makeAgent(o: AgentOptions): Agent {
       const wasWelcomed = welcomed;
       welcomed = false;
       ws = undefined;
+      transfers?.disconnected();
       if (wasWelcomed) events.emit('disconnected', { code, reason: reason.toString() });
       if (stopping || asleep) return;
       if (code === CLOSE_HOST_REFUSED) {
@@ -482,6 +499,16 @@ export function makeAgent(o: AgentOptions): Agent {
       case 'cache.answer':
         supervisor.cacheAnswer(m.jobId, m.attempt, { write: m.write, ...(m.reason ? { reason: m.reason } : {}), ...(m.ref ? { ref: m.ref } : {}), ...(m.commit ? { commit: m.commit } : {}) });
         break;
+      case 'cache.send':
+      case 'cache.incoming':
+      case 'cache.fetch.failed':
+      case 'cache.chunk':
+      case 'cache.end':
+      case 'cache.ack':
+      case 'cache.abort':
+        if (transfers) transfers.handle(m);
+        else if (m.type === 'cache.send') sock.send(encodeMessage({ type: 'cache.abort', tv: m.tv, transferId: m.transferId, reason: 'this host does not serve caches' }));
+        return;
       case 'start.ok':
         supervisor.startAnswer(m.jobId, m.attempt, true);
         return;
@@ -554,6 +581,7 @@ export function makeAgent(o: AgentOptions): Agent {
     if (healthTimer) clearInterval(healthTimer);
     if (snapshotReport) clearTimeout(snapshotReport);
     await planner?.stop();
+    transfers?.stop();
     await supervisor.stopAll('agent shutting down');
     const s = ws;
     if (s && s.readyState === WebSocket.OPEN) {

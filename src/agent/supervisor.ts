@@ -6,7 +6,7 @@
  * (`job.start` → `start.ok`): the driver's start gate waits for it.
  */
 import type { Logger } from 'pino';
-import { MAX_LOG_CHUNK_BYTES, type AgentMessage, type JobResultMsg, type LaunchSpec, type RunningJobMsg } from '../core/agent-protocol.ts';
+import { MAX_LOG_CHUNK_BYTES, type AgentMessage, type CacheFetchMsg, type JobResultMsg, type LaunchSpec, type RunningJobMsg } from '../core/agent-protocol.ts';
 import { toKilnError } from '../core/errors.ts';
 import { finishJobCache, openJobCache, type JobCacheOutcome } from '../vm/cache-job.ts';
 import type { CacheLease, CacheStore } from '../vm/cache-store.ts';
@@ -37,6 +37,8 @@ interface Entry {
   mask?: Masker;
   /** How its VM came up (warm or cold), told to the server with the start request. */
   startInfo?: VmStartInfo | undefined;
+  /** Ends a cache fetch under way before the VM starts (the job was stopped). */
+  stopFetch?: (() => void) | undefined;
 }
 
 const startMsg = (e: Entry): AgentMessage => ({
@@ -82,9 +84,10 @@ export function cacheOutcomeMsg(c: JobCacheOutcome): NonNullable<JobResultMsg['c
     key: c.key,
     hit: c.hit,
     ...(c.version ? { version: c.version } : {}),
-    ...(c.committed ? { committed: { id: c.committed.id, bytes: c.committed.bytes, seconds: c.committed.commitSeconds ?? 0 } } : {}),
+    ...(c.committed ? { committed: { id: c.committed.id, bytes: c.committed.bytes, seconds: c.committed.commitSeconds ?? 0, ...(c.committed.sha256 ? { sha256: c.committed.sha256 } : {}) } } : {}),
     ...(c.notSaved ? { notSaved: c.notSaved.slice(0, 1000) } : {}),
     ...(c.evicted ? { evicted: c.evicted.length } : {}),
+    ...(c.fetch ? { fetch: c.fetch } : {}),
   };
 }
 
@@ -117,6 +120,8 @@ export function makeSupervisor(opts: {
   flushMs?: number;
   /** Told of every launch's image and VM shape (the warm-start planner counts uses). */
   noteUse?(shape: SnapshotShape): void;
+  /** Fetches a newer version of a job's cache from a peer host before the job starts (cache-transfer.ts); never throws. */
+  fetchCache?(jobId: number, attempt: number, key: string, signal: AbortSignal): Promise<CacheFetchMsg>;
 }): Supervisor {
   const jobs = new Map<number, Entry>();
   const cacheAsks = new Map<number, { attempt: number; answer(a: CacheAnswer): void }>();
@@ -212,6 +217,21 @@ export function makeSupervisor(opts: {
         try {
           const image = await opts.images(spec.image, spec.arch);
           if (e.stopReason) throw Object.assign(new Error(e.stopReason), { stopped: true });
+          let fetched: CacheFetchMsg | undefined;
+          if (spec.cache && opts.caches && opts.fetchCache) {
+            // A peer's newer version first, bounded in time; whatever happens, the job starts on what the host has.
+            const stopFetch = new AbortController();
+            e.stopFetch = () => stopFetch.abort();
+            fetched = await opts.fetchCache(jobId, attempt, spec.cache.key, stopFetch.signal);
+            e.stopFetch = undefined;
+            if (fetched.outcome === 'fetched') jlog.info({ cache: spec.cache.key, version: fetched.version, from: fetched.from, bytes: fetched.bytes, seconds: fetched.seconds }, 'cache fetched from a peer host');
+            else if (fetched.outcome !== 'none') {
+              const have = opts.caches.inspect(spec.cache.key)?.current?.id;
+              jlog.warn({ cache: spec.cache.key, outcome: fetched.outcome, why: fetched.reason }, 'cache fetch from a peer host failed');
+              output(e, 'stderr', Buffer.from(`kiln: could not fetch cache version ${fetched.version ?? '?'}${fetched.from ? ` from host ${fetched.from}` : ''} (${fetched.outcome}: ${fetched.reason ?? 'no reason given'}); the job starts on ${have ? `this host's older version ${have}` : 'an empty cache'}\n`));
+            }
+            if (e.stopReason) throw Object.assign(new Error(e.stopReason), { stopped: true });
+          }
           if (spec.cache && opts.caches) lease = await openJobCache(opts.caches, spec.cache, `${jobId}.${attempt}`);
           else if (spec.cache) output(e, 'stderr', Buffer.from(`kiln: this host keeps no caches; the job runs without /cache\n`));
           // A job with a cache restores from a snapshot with a cache slot of its size: a shape of its own.
@@ -254,6 +274,7 @@ export function makeSupervisor(opts: {
               ...(spec.cache.commit ? { commit: spec.cache.commit } : {}),
               ...(spec.cache.by ? { by: spec.cache.by } : {}),
             }, () => askCache(jobId, attempt));
+            if (fetched) cache.fetch = fetched;
             if (cache.committed) jlog.info({ cache: cache.key, version: cache.committed.id, bytes: cache.committed.bytes }, 'cache committed');
             else if (cache.notSaved && spec.cache.write) jlog.info({ cache: cache.key, why: cache.notSaved }, 'cache not saved');
           }
@@ -275,6 +296,7 @@ export function makeSupervisor(opts: {
       if (!e || e.attempt !== attempt || e.result) return;
       e.stopReason = reason;
       e.lease?.refused(reason);
+      e.stopFetch?.();
       if (e.vm) void e.vm.kill(reason);
     },
     startAnswer(jobId, attempt, ok, reason) {
@@ -309,6 +331,7 @@ export function makeSupervisor(opts: {
       for (const e of jobs.values()) {
         e.stopReason = reason;
         e.lease?.refused(reason);
+        e.stopFetch?.();
         if (e.vm) waits.push(e.vm.kill(reason), e.vm.done);
       }
       await Promise.all(waits);

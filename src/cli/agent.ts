@@ -6,6 +6,7 @@ import type { Command } from 'commander';
 import { KilnError } from '../core/errors.ts';
 import { makeAgent } from '../agent/agent.ts';
 import { loadAgentConfig, redact, type AgentFlags } from './fleet-config.ts';
+import { loadCacheTransferConfig } from './config.ts';
 import { makeDriverFor, makeLogger, makeMirrorsFor } from './fleet-wiring.ts';
 import type { Output } from './output.ts';
 import { waitForSignal } from './up.ts';
@@ -58,6 +59,7 @@ export function registerAgent(program: Command, out: () => Output): void {
         driver,
         images,
         ...(caches ? { caches } : {}),
+        cacheTransfer: loadCacheTransferConfig(),
         logger,
         outputSpillDir: join(cfg.dataDir, 'output'),
         credentialDir: cfg.dataDir,

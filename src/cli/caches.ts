@@ -44,9 +44,21 @@ export function registerCaches(program: Command, out: () => Output): void {
       if (!c) throw new KilnError('cache.not_found', `no cache "${key}" on this host`, { hint: 'see `kiln caches ls`' });
       if (o.json) return out().data(JSON.stringify(c, null, 2));
       out().data(`key        ${c.key}\nsize       ${formatSize(c.sizeBytes)} (file system), ${formatSize(c.bytes)} on disk\nlast used  ${when(c.lastUsedAt)}\nin use     ${c.inUse}\ncurrent    ${c.current?.id ?? '- (empty)'}`);
-      const rows = [['VERSION', 'CREATED', 'ON DISK', 'JOB', 'REF', 'COMMIT', 'BY', 'COMMIT TIME']];
+      const rows = [['VERSION', 'CREATED', 'ON DISK', 'JOB', 'REF', 'COMMIT', 'BY', 'COMMIT TIME', 'FROM', 'SHA256']];
       for (const v of c.versions) {
-        rows.push([`${v.id}${v.id === c.current?.id ? ' *' : ''}`, when(v.createdAt), formatSize(v.bytes), v.jobId ?? '-', v.ref ?? '-', v.commit?.slice(0, 12) ?? '-', v.by ?? '-', v.commitSeconds !== undefined ? `${v.commitSeconds.toFixed(2)} s` : '-']);
+        rows.push([
+          `${v.id}${v.id === c.current?.id ? ' *' : ''}`,
+          when(v.createdAt),
+          formatSize(v.bytes),
+          v.jobId ?? '-',
+          v.ref ?? '-',
+          v.commit?.slice(0, 12) ?? '-',
+          v.by ?? '-',
+          v.commitSeconds !== undefined ? `${v.commitSeconds.toFixed(2)} s` : '-',
+          // A version fetched from a peer host names it; one committed here says so.
+          v.fetchedFrom ?? 'here',
+          v.sha256?.slice(0, 12) ?? '-',
+        ]);
       }
       out().data(table(rows));
     });

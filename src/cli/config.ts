@@ -112,6 +112,36 @@ export function memoryDriverTestAppendDir(env: NodeJS.ProcessEnv = process.env):
   return dir !== undefined && dir !== '' ? dir : undefined;
 }
 
+/**
+ * Test-only: KILN_TEST_MEMORY_CACHES=1 gives an agent on the simulated (memory) driver a real cache store under
+ * its data directory and lets its guests' `cache-fill` write into their cache disks (cache transfer tests run
+ * agents as processes). Unset, a memory-driver host keeps no caches.
+ */
+export function memoryDriverTestCaches(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.KILN_TEST_MEMORY_CACHES === '1';
+}
+
+/**
+ * Host-to-host cache transfers (docs/caches.md): KILN_CACHE_FETCH_TIMEOUT (seconds a job waits at most for a
+ * peer's version; default 300), and test-only KILN_TEST_HOLD_CACHE_SEND=N (a sending agent stops after N chunks).
+ */
+export function loadCacheTransferConfig(env: NodeJS.ProcessEnv = process.env): { fetchTimeoutMs?: number; holdSendAfterChunks?: number } {
+  const problems: string[] = [];
+  const out: { fetchTimeoutMs?: number; holdSendAfterChunks?: number } = {};
+  if (env.KILN_CACHE_FETCH_TIMEOUT) {
+    const s = Number(env.KILN_CACHE_FETCH_TIMEOUT);
+    if (!Number.isFinite(s) || s <= 0 || s > 86_400) problems.push(`KILN_CACHE_FETCH_TIMEOUT="${env.KILN_CACHE_FETCH_TIMEOUT}" is not a number of seconds (0-86400)`);
+    else out.fetchTimeoutMs = s * 1000;
+  }
+  if (env.KILN_TEST_HOLD_CACHE_SEND) {
+    const n = Number(env.KILN_TEST_HOLD_CACHE_SEND);
+    if (!Number.isInteger(n) || n < 0) problems.push(`KILN_TEST_HOLD_CACHE_SEND="${env.KILN_TEST_HOLD_CACHE_SEND}" is not a whole number`);
+    else out.holdSendAfterChunks = n;
+  }
+  if (problems.length > 0) throw new KilnError('config.invalid', problems.join('; '), { hint: 'fix the environment variables named above' });
+  return out;
+}
+
 export function remoteServer(env: NodeJS.ProcessEnv = process.env): string | undefined {
   return env.KILN_SERVER?.trim() || undefined;
 }

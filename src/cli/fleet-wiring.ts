@@ -5,7 +5,7 @@ import { makeMemoryDriver } from '../vm/memory-driver.ts';
 import { makeQemuDriver } from '../vm/qemu-driver.ts';
 import { makeCacheStore, type CacheStore } from '../vm/cache-store.ts';
 import type { VmDriver } from '../vm/driver.ts';
-import { loadVmConfig, memoryDriverTestAppendDir } from './config.ts';
+import { loadVmConfig, memoryDriverTestAppendDir, memoryDriverTestCaches } from './config.ts';
 import { RegistryMirror } from '../agent/mirror.ts';
 import { MIRROR_GUEST_ADDRESS } from '../agent/agent.ts';
 import { mirrorVmSettings } from '../vm/forwards.ts';
@@ -47,7 +47,12 @@ export function makeDriverFor(
 ): { driver: VmDriver; images: ImageResolver; caches?: CacheStore } {
   if (kind === 'memory') {
     const appendDir = memoryDriverTestAppendDir();
-    return { driver: makeMemoryDriver({ ...(sim.bootMs !== undefined ? { bootMs: sim.bootMs } : {}), ...(appendDir ? { appendDir } : {}) }), images: makeMemoryImageResolver() };
+    const caches = memoryDriverTestCaches();
+    return {
+      driver: makeMemoryDriver({ ...(sim.bootMs !== undefined ? { bootMs: sim.bootMs } : {}), ...(appendDir ? { appendDir } : {}), ...(caches ? { cacheWrites: true } : {}) }),
+      images: makeMemoryImageResolver(),
+      ...(caches ? { caches: makeCacheStore(dataDir, { logger }) } : {}),
+    };
   }
   const vm = loadVmConfig();
   return {

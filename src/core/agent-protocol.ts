@@ -156,13 +156,83 @@ export const JobCacheMsg = Type.Object(
 );
 export type JobCacheMsg = Static<typeof JobCacheMsg>;
 
+/**
+ * Host-to-host cache transfer (docs/caches.md, "Fetching a cache from a peer"): the version of its messages.
+ * An agent says in hello which version it speaks (`cacheTransfer`); the server relays only between agents
+ * that speak the same one, and every transfer message names it (`tv`).
+ */
+export const CACHE_TRANSFER_VERSION = 1 as const;
+/** Largest raw slice of a cache image in one `cache.chunk` (base64 grows it by a third; under MAX_MESSAGE_BYTES). */
+export const MAX_CACHE_CHUNK_BYTES = 512 * 1024;
+const Tv = Type.Literal(CACHE_TRANSFER_VERSION);
+const TransferId = Type.String({ minLength: 8, maxLength: 64, pattern: '^[A-Za-z0-9_-]+$' });
+const VersionId = Type.String({ minLength: 1, maxLength: 100, pattern: '^[A-Za-z0-9-]+$' });
+const Sha256 = Type.String({ pattern: '^[0-9a-f]{64}$' });
+/** Who wrote a version, as its record says: a fetched copy keeps the same record. */
+export const CacheRecordMsg = Type.Object(
+  {
+    createdAt: Type.String({ maxLength: 40 }),
+    jobId: Type.Optional(Type.String({ maxLength: 100 })),
+    ref: Type.Optional(Type.String({ maxLength: 300 })),
+    commit: Type.Optional(Type.String({ maxLength: 100 })),
+    by: Type.Optional(Type.String({ maxLength: 300 })),
+  },
+  { additionalProperties: false },
+);
+export type CacheRecordMsg = Static<typeof CacheRecordMsg>;
+const ChunkFields = {
+  tv: Tv,
+  transferId: TransferId,
+  seq: Type.Integer({ minimum: 0 }),
+  /** Byte offset in the image: a multiple of MAX_CACHE_CHUNK_BYTES (the unit the checksum is taken over). */
+  offset: Type.Integer({ minimum: 0, maximum: 2 ** 44 }),
+  data: Type.String({ minLength: 1, maxLength: Math.ceil(MAX_CACHE_CHUNK_BYTES / 3) * 4, contentEncoding: 'base64' }),
+};
+/** How a fetch ended, as the job's cache outcome and `kiln_cache_transfers_total{outcome}` say. */
+export const CacheFetchOutcome = Type.Union([
+  Type.Literal('fetched'),
+  Type.Literal('none'),
+  Type.Literal('refused'),
+  Type.Literal('peer_gone'),
+  Type.Literal('timeout'),
+  Type.Literal('checksum'),
+  Type.Literal('failed'),
+]);
+export type CacheFetchOutcome = Static<typeof CacheFetchOutcome>;
+export const CacheFetchMsg = Type.Object(
+  {
+    outcome: CacheFetchOutcome,
+    /** The peer host the version came (or was to come) from. */
+    from: Type.Optional(Type.String({ maxLength: 100 })),
+    version: Type.Optional(VersionId),
+    bytes: Type.Optional(Type.Integer({ minimum: 0 })),
+    seconds: Type.Optional(Type.Number({ minimum: 0 })),
+    reason: Type.Optional(Type.String({ maxLength: 500 })),
+  },
+  { additionalProperties: false },
+);
+export type CacheFetchMsg = Static<typeof CacheFetchMsg>;
+
 /** What happened to a job's cache: read (hit or empty), and whether the job's copy became the next version. */
 export const CacheOutcomeMsg = Type.Object(
   {
     key: CacheKeyMsg,
     hit: Type.Boolean(),
     version: Type.Optional(Type.String({ maxLength: 100 })),
-    committed: Type.Optional(Type.Object({ id: Type.String({ maxLength: 100 }), bytes: Type.Integer({ minimum: 0 }), seconds: Type.Number({ minimum: 0 }) }, { additionalProperties: false })),
+    committed: Type.Optional(
+      Type.Object(
+        {
+          id: Type.String({ maxLength: 100 }),
+          bytes: Type.Integer({ minimum: 0 }),
+          seconds: Type.Number({ minimum: 0 }),
+          /** The version's checksum (cache-store.ts `imageDigest`): what a peer's copy must match. */
+          sha256: Type.Optional(Type.String({ pattern: '^[0-9a-f]{64}$' })),
+        },
+        { additionalProperties: false },
+      ),
+    ),
+    /** The job's cache fetched from a peer host before it started (or why not). */
+    fetch: Type.Optional(CacheFetchMsg),
     notSaved: Type.Optional(Type.String({ maxLength: 1000 })),
     /** Caches the host evicted after this job (least recently used, over its budget). */
     evicted: Type.Optional(Type.Integer({ minimum: 0 })),
@@ -185,6 +255,7 @@ export const HostCacheMsg = Type.Object(
   { additionalProperties: false },
 );
 export type HostCacheMsg = Static<typeof HostCacheMsg>;
+
 
 export const JobResultMsg = Type.Object(
   {
@@ -235,6 +306,8 @@ export const AgentMessage = Type.Union([
       snapshots: Type.Optional(Type.Array(SnapshotStateMsg, { maxItems: 200 })),
       /** The warm caches this host holds (absent: none). */
       caches: Type.Optional(Type.Array(HostCacheMsg, { maxItems: 1000 })),
+      /** The cache transfer version this agent speaks (CACHE_TRANSFER_VERSION); absent: it neither fetches nor serves caches. */
+      cacheTransfer: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
       /** The guest image versions in the host's store (absent: an agent that does not report them). */
       images: Type.Optional(Type.Array(HostImageMsg, { maxItems: 200 })),
     },
@@ -285,6 +358,33 @@ export const AgentMessage = Type.Union([
   Type.Object({ type: Type.Literal('job.done'), result: JobResultMsg }, { additionalProperties: false }),
   /** A job whose cache write is 'ask' succeeded: may its cache be committed? (answered by cache.answer) */
   Type.Object({ type: Type.Literal('cache.ask'), jobId: Id, attempt: Attempt }, { additionalProperties: false }),
+  /**
+   * Cache transfer, receiving side: job (jobId, attempt), placed on this host, wants a newer version of its
+   * cache than `have` (the host's current one; absent: none) from a peer. Answered by cache.incoming or
+   * cache.fetch.failed, both naming `fetchId`.
+   */
+  Type.Object(
+    { type: Type.Literal('cache.fetch'), tv: Tv, fetchId: TransferId, jobId: Id, attempt: Attempt, key: CacheKeyMsg, have: Type.Optional(VersionId) },
+    { additionalProperties: false },
+  ),
+  /** Receiving side: every chunk up to `seq` is written; the relay may let the peer send `window` more. */
+  Type.Object({ type: Type.Literal('cache.ack'), tv: Tv, transferId: TransferId, seq: Type.Integer({ minimum: 0 }) }, { additionalProperties: false }),
+  /** Receiving side: how the transfer ended (the fetched version is in the store only on `fetched`). */
+  Type.Object(
+    { type: Type.Literal('cache.received'), tv: Tv, transferId: TransferId, outcome: CacheFetchOutcome, bytes: Type.Integer({ minimum: 0 }), reason: Type.Optional(Type.String({ maxLength: 500 })) },
+    { additionalProperties: false },
+  ),
+  /** Sending side (answer to cache.send): the version's image size, checksum and record; chunks follow. */
+  Type.Object(
+    { type: Type.Literal('cache.offer'), tv: Tv, transferId: TransferId, version: VersionId, length: Type.Integer({ minimum: 1, maximum: 2 ** 44 }), sha256: Sha256, record: CacheRecordMsg },
+    { additionalProperties: false },
+  ),
+  /** Sending side: one slice of the image (all-zero slices are never sent: the receiver's file is sparse). */
+  Type.Object({ type: Type.Literal('cache.chunk'), ...ChunkFields }, { additionalProperties: false }),
+  /** Sending side: every non-zero slice was sent (`chunks` of them). */
+  Type.Object({ type: Type.Literal('cache.end'), tv: Tv, transferId: TransferId, chunks: Type.Integer({ minimum: 0 }) }, { additionalProperties: false }),
+  /** Either side gives up on a transfer (the sender cannot read the version, the receiver cannot write it). */
+  Type.Object({ type: Type.Literal('cache.abort'), tv: Tv, transferId: TransferId, reason: Type.String({ maxLength: 500 }) }, { additionalProperties: false }),
   /** Drained for a sleep request: the agent closes its connection next and runs its sleep command. */
   Type.Object({ type: Type.Literal('host.sleeping'), requestId: Id, power: HostPowerMsg }, { additionalProperties: false }),
   /** A sleep the server asked for failed (or cannot be done); `message` carries the command's output. */
@@ -354,6 +454,42 @@ export const ServerMessage = Type.Union([
   Type.Object({ type: Type.Literal('start.ok'), jobId: Id, attempt: Attempt }, { additionalProperties: false }),
   Type.Object({ type: Type.Literal('start.refused'), jobId: Id, attempt: Attempt, reason: Type.String({ maxLength: 500 }) }, { additionalProperties: false }),
   Type.Object({ type: Type.Literal('error'), code: Type.String(), message: Type.String() }, { additionalProperties: false }),
+  /** Cache transfer, to the sending peer: offer `version` of `key` and stream it, at most `window` chunks ahead of the acks. */
+  Type.Object(
+    { type: Type.Literal('cache.send'), tv: Tv, transferId: TransferId, key: CacheKeyMsg, version: VersionId, window: Type.Integer({ minimum: 1, maximum: 1024 }) },
+    { additionalProperties: false },
+  ),
+  /**
+   * To the receiving agent: the fetch `fetchId` is on, from host `from`. `sha256` is the checksum the version's
+   * commit recorded with the server (not the peer's say); the fetched image must match it.
+   */
+  Type.Object(
+    {
+      type: Type.Literal('cache.incoming'),
+      tv: Tv,
+      fetchId: TransferId,
+      transferId: TransferId,
+      from: Type.String({ maxLength: 100 }),
+      key: CacheKeyMsg,
+      version: VersionId,
+      length: Type.Integer({ minimum: 1, maximum: 2 ** 44 }),
+      sha256: Sha256,
+      record: CacheRecordMsg,
+    },
+    { additionalProperties: false },
+  ),
+  /** To the receiving agent: no fetch (no peer has a newer version, or the request was refused) or it ended early. */
+  Type.Object(
+    { type: Type.Literal('cache.fetch.failed'), tv: Tv, fetchId: TransferId, outcome: CacheFetchOutcome, reason: Type.String({ maxLength: 500 }), from: Type.Optional(Type.String({ maxLength: 100 })) },
+    { additionalProperties: false },
+  ),
+  /** Relayed from the peer to the receiving agent. */
+  Type.Object({ type: Type.Literal('cache.chunk'), ...ChunkFields }, { additionalProperties: false }),
+  Type.Object({ type: Type.Literal('cache.end'), tv: Tv, transferId: TransferId, chunks: Type.Integer({ minimum: 0 }) }, { additionalProperties: false }),
+  /** Relayed from the receiving agent to the peer: it may send up to `seq + window`. */
+  Type.Object({ type: Type.Literal('cache.ack'), tv: Tv, transferId: TransferId, seq: Type.Integer({ minimum: 0 }) }, { additionalProperties: false }),
+  /** To either side: the transfer is over (the other side went away, stalled or broke the protocol). */
+  Type.Object({ type: Type.Literal('cache.abort'), tv: Tv, transferId: TransferId, reason: Type.String({ maxLength: 500 }) }, { additionalProperties: false }),
   /** Answer to cache.ask: commit (with the ref and commit to record) or not, and why. */
   Type.Object(
     {

@@ -14,7 +14,7 @@ import { TOKEN_ROLES } from './host.ts';
 import { JOB_STATE_LIST } from './job-state.ts';
 import { POWER_DRIVERS } from './power.ts';
 import { USAGE_DIMENSIONS } from './timings.ts';
-import { HostCacheMsg, JobCacheMsg, MirrorStatusMsg, SnapshotStateMsg } from './agent-protocol.ts';
+import { CacheOutcomeMsg, HostCacheMsg, JobCacheMsg, MirrorStatusMsg, SnapshotStateMsg } from './agent-protocol.ts';
 
 const Nullable = <T extends TSchema>(t: T) => Type.Union([t, Type.Null()]);
 const OneOf = <T extends string>(values: readonly T[]) => Type.Union(values.map((v) => Type.Literal(v)));
@@ -103,6 +103,8 @@ export const JobOut = Type.Object({
   logTruncated: Type.Boolean(),
   /** The job's warm cache: the host-side key (tenant/key) and whether it may write it back. */
   cache: Type.Optional(JobCacheMsg),
+  /** What happened to the job's cache once it finished: hit or miss, the version read, committed or why not, fetched from a peer host. */
+  cacheOutcome: Type.Optional(CacheOutcomeMsg),
   createdAt: Type.String(),
   placedAt: Nullable(Type.String()),
   bootingAt: Nullable(Type.String()),

@@ -1,5 +1,5 @@
 /** The job as the control plane and its clients see it (the row type lives in src/store/schema.ts). */
-import type { JobCacheMsg, LaunchSpec } from './agent-protocol.ts';
+import type { CacheOutcomeMsg, JobCacheMsg, LaunchSpec } from './agent-protocol.ts';
 import type { JobState } from './job-state.ts';
 import type { Requirements } from './requirements.ts';
 
@@ -29,6 +29,8 @@ export interface JobSpec {
 
 export interface Job extends JobSpec {
   id: number;
+  /** What happened to its cache (hit or miss, committed or why not, fetched from a peer), once it finished. */
+  cacheOutcome?: CacheOutcomeMsg;
   state: JobState;
   attempt: number;
   hostId: number | null;

@@ -24,6 +24,8 @@ export interface ServerOptions {
   testHoldStarts?: boolean;
   /** The most a host may claim (docs/security.md, "Host identity"). */
   hostPolicy: HostPolicy;
+  /** Host-to-host cache transfers (docs/caches.md): chunks in flight per transfer, a stall bound, how many at once. */
+  cacheRelay?: { windowChunks?: number; stallMs?: number; maxTransfers?: number };
 }
 
 export const DEFAULT_SERVER_OPTIONS: ServerOptions = {

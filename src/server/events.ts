@@ -31,6 +31,8 @@ export interface ServerEvents {
   /** An agent reported its host's status (the registry mirror). */
   'host.status': { hostId: number; name: string; mirror: HostMirror | null };
   'agent.rejected': { code: string; message: string };
+  /** A cache transfer between two hosts began (the relay asked the peer for the version) or ended (`outcome` set). */
+  'cache.transfer': { transferId: string; key: string; version: string; from: string; to: string; jobId: number; outcome?: string; bytes?: number; peakInFlightBytes?: number; reason?: string };
   /** Host power (src/server/power): a wake was sent, a wake was given up, a host went to sleep, a power command failed. */
   /** `via`: the awake host that relayed the Wake-on-LAN packet (absent: the server sent the wake itself). */
   'power.wake_sent': { hostId: number; name: string; attempt: number; via?: string };

@@ -23,6 +23,9 @@ export interface Metrics {
   cacheCommittedBytes: Counter;
   cacheCommitSeconds: Histogram;
   cacheEvictions: Counter;
+  cacheTransfers: Counter<'outcome'>;
+  cacheTransferBytes: Counter;
+  cacheRelayBytes: Gauge;
 }
 
 /** A host's mirror as the store last heard of it (fleet-wide: every replica reports every host). */
@@ -90,6 +93,14 @@ export function makeMetrics(queueDepth: () => Promise<number>, mirrors: () => Pr
       registers: [registry],
     }),
     cacheEvictions: new Counter({ name: 'kiln_cache_evictions_total', help: 'Caches evicted from hosts (least recently used, over the host budget)', registers: [registry] }),
+    cacheTransfers: new Counter({
+      name: 'kiln_cache_transfers_total',
+      help: 'Cache fetches from a peer host, by outcome (fetched, none: no peer had a newer version, refused, peer_gone, timeout, checksum, failed)',
+      labelNames: ['outcome'],
+      registers: [registry],
+    }),
+    cacheTransferBytes: new Counter({ name: 'kiln_cache_transfer_bytes_total', help: 'Bytes of cache images relayed from one host to another', registers: [registry] }),
+    cacheRelayBytes: new Gauge({ name: 'kiln_cache_relay_bytes', help: 'Cache image bytes relayed and not yet acknowledged by their receiving host (bounded by the relay window)', registers: [registry] }),
     mirrorCacheBytes: new Gauge({
       name: 'kiln_host_mirror_cache_bytes',
       help: 'Bytes the host’s registry mirror cache occupies on disk at the last report',

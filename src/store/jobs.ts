@@ -1,6 +1,6 @@
 /** Job queries: submit, read, claim (SKIP LOCKED), transitions with a timestamp each, cancel, requeue. */
 import { sql } from 'kysely';
-import type { LaunchSpec } from '../core/agent-protocol.ts';
+import type { CacheOutcomeMsg, LaunchSpec } from '../core/agent-protocol.ts';
 import type { Arch } from '../core/arch.ts';
 import type { Requirements } from '../core/requirements.ts';
 import type { Job, JobSpec, JobTransition } from '../core/job.ts';
@@ -35,6 +35,7 @@ export function jobFromRow(r: JobRow): Job {
     ...(r.secret_env && r.secret_env.length > 0 ? { secretEnv: r.secret_env } : {}),
     ...(r.cwd === null ? {} : { cwd: r.cwd }),
     ...(r.cache ? { cache: r.cache } : {}),
+    ...(r.cache_outcome ? { cacheOutcome: r.cache_outcome } : {}),
     timeoutMs: r.timeout_ms,
     network: r.network === 'user' ? 'user' : 'none',
     priority: r.priority,
@@ -871,4 +872,22 @@ export async function transitionJobs(db: Db, reqs: TransitionRequest[]): Promise
     }
   }
   return out;
+}
+
+/** Records what happened to a job's cache (its result's outcome), for the attempt that reported it. */
+export async function setCacheOutcome(db: Q, jobId: number, attempt: number, outcome: CacheOutcomeMsg): Promise<void> {
+  await db.updateTable('jobs').set({ cache_outcome: JSON.stringify(outcome) }).where('id', '=', jobId).where('attempt', '=', attempt).execute();
+}
+
+/**
+ * A committed cache version as the job that committed it reported it: its checksum and that job, if a job of
+ * `tenant` with cache `key` committed `version` (the relay fetches nothing else from a peer).
+ */
+export async function committedCacheVersion(db: Q, tenant: string, key: string, version: string): Promise<{ jobId: number; sha256: string } | undefined> {
+  const r = await sql<{ id: string | number; sha: string | null }>`
+    SELECT id, cache_outcome->'committed'->>'sha256' AS sha FROM jobs
+    WHERE cache_outcome ? 'committed' AND (cache_outcome->'committed'->>'id') = ${version} AND tenant = ${tenant} AND cache->>'key' = ${key}
+    LIMIT 1`.execute(db);
+  const x = r.rows[0];
+  return x?.sha ? { jobId: Number(x.id), sha256: x.sha } : undefined;
 }

@@ -3,6 +3,7 @@
  * time by a dimension, slowest and most failing jobs, the queue. Aggregation happens in SQL so a month of
  * jobs never crosses into JavaScript row by row.
  */
+import type { CacheOutcomeMsg } from '../core/agent-protocol.ts';
 import { sql } from 'kysely';
 import type { Db, Tx } from './store.ts';
 import { idIn } from './id-list.ts';
@@ -214,6 +215,9 @@ export interface UsageRecord {
   placedAt: Date | null;
   runningAt: Date | null;
   finishedAt: Date;
+  /** The job's cache (host-side key) and what happened to it (migration 0031), when it had one. */
+  cacheKey: string | null;
+  cacheOutcome: CacheOutcomeMsg | null;
 }
 
 /** Finished jobs since `since`, oldest first, in pages by id (for the CSV export). */
@@ -236,9 +240,11 @@ export async function usageRecords(db: Q, since: Date, afterId: number, limit: n
     placed_at: Date | null;
     running_at: Date | null;
     finished_at: Date;
+    cache_key: string | null;
+    cache_outcome: CacheOutcomeMsg | string | null;
   }>`
     SELECT j.id, j.tenant, j.state, j.arch, j.cpus, j.memory_bytes, j.labels, j.host_id, u.repo, u.org, u.sender, t.name AS token_name, u.workflow,
-      j.created_at, j.placed_at, j.running_at, j.finished_at
+      j.created_at, j.placed_at, j.running_at, j.finished_at, j.cache->>'key' AS cache_key, j.cache_outcome
     FROM jobs j LEFT JOIN github_usage u ON u.kiln_job_id = j.id LEFT JOIN tokens t ON t.id = j.submitted_by
     WHERE j.finished_at >= ${since} AND j.id > ${afterId} ${tenantIs(tenant)}
     ORDER BY j.id LIMIT ${limit}`.execute(db);
@@ -259,6 +265,8 @@ export async function usageRecords(db: Q, since: Date, afterId: number, limit: n
     placedAt: x.placed_at && new Date(x.placed_at),
     runningAt: x.running_at && new Date(x.running_at),
     finishedAt: new Date(x.finished_at),
+    cacheKey: x.cache_key,
+    cacheOutcome: typeof x.cache_outcome === 'string' ? (JSON.parse(x.cache_outcome) as CacheOutcomeMsg) : x.cache_outcome,
   }));
 }
 

@@ -227,12 +227,14 @@ TABLE jobs
   secret_env jsonb NOT NULL DEFAULT '[]'::jsonb
   egress_repo text
   cache jsonb
+  cache_outcome jsonb
   CONSTRAINT jobs_cpus_check CHECK ((cpus > 0))
   CONSTRAINT jobs_disk_bytes_check CHECK ((disk_bytes > 0))
   CONSTRAINT jobs_memory_bytes_check CHECK ((memory_bytes > 0))
   CONSTRAINT jobs_pkey PRIMARY KEY (id)
   CONSTRAINT jobs_state_check CHECK ((state = ANY (ARRAY['queued'::text, 'placed'::text, 'booting'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text, 'timed_out'::text, 'lost'::text])))
   CREATE INDEX jobs_active_host ON jobs USING btree (host_id) WHERE (state = ANY (ARRAY['placed'::text, 'booting'::text, 'running'::text]))
+  CREATE INDEX jobs_cache_committed ON jobs USING btree ((((cache_outcome -> 'committed'::text) ->> 'id'::text))) WHERE (cache_outcome ? 'committed'::text)
   CREATE INDEX jobs_finished_at ON jobs USING btree (finished_at) WHERE (finished_at IS NOT NULL)
   CREATE UNIQUE INDEX jobs_pkey ON jobs USING btree (id)
   CREATE INDEX jobs_queued_tenant ON jobs USING btree (tenant, priority DESC, id) WHERE (state = 'queued'::text)

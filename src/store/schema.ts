@@ -5,7 +5,7 @@
  */
 import type { ColumnType, Generated, Insertable, Selectable } from 'kysely';
 import type { HostMirror } from '../core/host.ts';
-import type { HostCacheMsg, JobCacheMsg } from '../core/agent-protocol.ts';
+import type { CacheOutcomeMsg, HostCacheMsg, JobCacheMsg } from '../core/agent-protocol.ts';
 import type { HostPower } from '../core/power.ts';
 import type { GitHubTables } from './github-schema.ts';
 
@@ -31,6 +31,8 @@ export interface JobsTable {
   secret_env: ColumnType<string[], string | undefined, string>;
   /** The job's warm cache (migration 0030); null: none. */
   cache: ColumnType<JobCacheMsg | null, string | null | undefined, string | null>;
+  /** What happened to the job's cache, from its result (migration 0031); null: no cache, or not finished. */
+  cache_outcome: ColumnType<CacheOutcomeMsg | null, string | null | undefined, string | null>;
   /** The GitHub repository a runner VM serves (migration 0012): its egress allowlist applies. */
   egress_repo: ColumnType<string | null, string | null | undefined, string | null>;
   cwd: string | null;

@@ -2,6 +2,7 @@
  * A job's use of a warm cache, shared by `kiln run` and the agent: the lease taken before the VM starts, and
  * after it, the write-back decision (commitDecision, pure) and the commit.
  */
+import type { CacheFetchMsg } from '../core/agent-protocol.ts';
 import { toKilnError } from '../core/errors.ts';
 import type { CacheLease, CacheStore, CacheVersion, CacheWriter } from './cache-store.ts';
 import type { VmResult } from './driver.ts';
@@ -28,6 +29,8 @@ export interface JobCacheOutcome {
   notSaved?: string;
   /** Keys of the caches evicted after the job (over the host budget). */
   evicted?: string[];
+  /** A fetch of a newer version from a peer host before the job started (fleet agents only), and how it ended. */
+  fetch?: CacheFetchMsg;
 }
 
 /**

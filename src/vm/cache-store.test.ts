@@ -1,10 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cacheId, makeCacheStore, validateCacheKey, type CacheLease } from './cache-store.ts';
+import { cacheId, imageDigest, makeCacheStore, nonZeroBlocks, validateCacheKey, type CacheLease } from './cache-store.ts';
 
 const MiB = 1024 * 1024;
 
@@ -209,4 +209,97 @@ test('rm removes a cache; a job using it keeps its copy until it ends', withDir(
   assert.equal(store.remove('k'), false);
   assert.equal(existsSync(join(store.dir, cacheId('k'))), false);
   assert.match(readFileSync(join(dir, 'cache', 'disks', `cache-ext4-${32 * MiB}.raw`)).subarray(0x438, 0x43a).toString('hex'), /53ef/, 'the shared empty base is an ext4 image');
+}));
+
+/** Sends a version from one store to another the way the agents do: its non-zero blocks, in order. */
+async function copyVersion(from: ReturnType<typeof makeCacheStore>, to: ReturnType<typeof makeCacheStore>, key: string, v: string, o: { corrupt?: boolean; stopAfter?: number } = {}) {
+  const held = from.holdVersion(key, v);
+  assert.ok(held);
+  const r = to.receiveVersion(key, { version: v, length: held.length, sha256: held.record.sha256!, record: held.record, from: 'peer' });
+  let n = 0;
+  try {
+    for await (const b of nonZeroBlocks(held.path)) {
+      if (o.stopAfter !== undefined && n >= o.stopAfter) return { r, held, n };
+      if (o.corrupt && n === 1) b.data[100] = b.data[100]! ^ 0xff;
+      await r.write(b.offset, b.data);
+      n++;
+    }
+    return { r, held, n, version: await r.finish() };
+  } finally {
+    held.release();
+  }
+}
+
+void test('a committed version sent to another store arrives whole (same bytes, record and checksum), or not at all', withDir(async (dir) => {
+  const a = makeCacheStore(join(dir, 'a'));
+  const b = makeCacheStore(join(dir, 'b'));
+  const lease = await a.open('t/deps', { sizeBytes: 32 * MiB, jobId: '7' });
+  writeThroughOverlay(lease, dir, 'f', 'hello from a');
+  const v = await lease.commit({ jobId: '7', by: 'test' });
+  lease.release();
+  assert.match(v.sha256 ?? '', /^[0-9a-f]{64}$/);
+  const fileA = join(dir, 'a', 'caches', cacheId('t/deps'), 'versions', `${v.id}.raw`);
+  assert.equal(await imageDigest(fileA), v.sha256, 'the recorded checksum is the image\'s');
+
+  // Corrupted on the way: refused, nothing visible, no leftovers.
+  await assert.rejects(copyVersion(a, b, 't/deps', v.id, { corrupt: true }), (e: Error & { code?: string }) => e.code === 'cache.checksum');
+  assert.equal(b.inspect('t/deps'), undefined);
+  assert.deepEqual(readdirSync(join(dir, 'b', 'caches', cacheId('t/deps'), 'versions')), []);
+  assert.deepEqual(readdirSync(join(dir, 'b', 'caches', cacheId('t/deps'), 'leases')), []);
+
+  // Whole: the same bytes, the same record, current on b, and a lease on it reads it.
+  const { version } = await copyVersion(a, b, 't/deps', v.id);
+  assert.equal(version?.id, v.id);
+  const fileB = join(dir, 'b', 'caches', cacheId('t/deps'), 'versions', `${v.id}.raw`);
+  assert.ok(readFileSync(fileA).equals(readFileSync(fileB)));
+  const got = b.inspect('t/deps')!.current!;
+  assert.deepEqual([got.jobId, got.by, got.sha256, got.createdAt, got.fetchedFrom], ['7', 'test', v.sha256, v.createdAt, 'peer']);
+  assert.ok(statSync(fileB).blocks * 512 < 32 * MiB / 2, 'the copy is sparse');
+  const l2 = await b.open('t/deps', { jobId: '8' });
+  assert.equal(l2.version, v.id);
+  l2.release();
+}));
+
+void test('a receive whose process died leaves nothing visible, and the collector removes what it wrote', withDir(async (dir) => {
+  const a = makeCacheStore(join(dir, 'a'));
+  const b = makeCacheStore(join(dir, 'b'));
+  const lease = await a.open('t/deps', { sizeBytes: 32 * MiB, jobId: '7' });
+  writeThroughOverlay(lease, dir, 'f', 'x'.repeat(3 * MiB));
+  const v = await lease.commit({ jobId: '7' });
+  lease.release();
+  const { n } = await copyVersion(a, b, 't/deps', v.id, { stopAfter: 2 });
+  assert.equal(n, 2);
+  const leases = join(dir, 'b', 'caches', cacheId('t/deps'), 'leases');
+  const [l] = readdirSync(leases);
+  assert.ok(l && existsSync(join(leases, l, 'fetch.raw')), 'the partial copy is in a lease');
+  assert.equal(b.inspect('t/deps'), undefined, 'nothing of it is a version');
+  // The receiving process dies (its lease's owner is a process that has exited).
+  const dead = spawnSync('true');
+  const owner = JSON.parse(readFileSync(join(leases, l, 'owner.json'), 'utf8')) as Record<string, unknown>;
+  writeFileSync(join(leases, l, 'owner.json'), JSON.stringify({ ...owner, pid: dead.pid }));
+  b.collect();
+  assert.deepEqual(readdirSync(leases), []);
+  assert.deepEqual(readdirSync(join(dir, 'b', 'caches', cacheId('t/deps'), 'versions')), []);
+}));
+
+void test('holdVersion keeps a version a collector would delete, until released', withDir(async (dir) => {
+  const a = makeCacheStore(join(dir, 'a'));
+  const commit = async (text: string) => {
+    const l = await a.open('t/k', { sizeBytes: 16 * MiB, jobId: '1' });
+    writeThroughOverlay(l, dir, 'f', text);
+    const v = await l.commit({ jobId: '1' });
+    l.release();
+    return v;
+  };
+  const v1 = await commit('one');
+  const held = a.holdVersion('t/k', v1.id)!;
+  await commit('two');
+  a.collect();
+  assert.ok(existsSync(held.path));
+  assert.ok(existsSync(join(dir, 'a', 'caches', cacheId('t/k'), 'versions', `${v1.id}.raw`)), 'kept while held');
+  held.release();
+  a.collect();
+  assert.equal(existsSync(join(dir, 'a', 'caches', cacheId('t/k'), 'versions', `${v1.id}.raw`)), false);
+  assert.equal(a.holdVersion('t/k', v1.id), undefined, 'gone');
+  assert.equal(a.holdVersion('t/k', '../x'), undefined);
 }));

@@ -21,8 +21,10 @@
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import {
+  chmodSync,
   closeSync,
   existsSync,
+  ftruncateSync,
   fsyncSync,
   linkSync,
   mkdirSync,
@@ -34,7 +36,9 @@ import {
   statSync,
   utimesSync,
   writeFileSync,
+  writeSync,
 } from 'node:fs';
+import { open as openFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { KilnError } from '../core/errors.ts';
@@ -64,6 +68,10 @@ export interface CacheVersion extends CacheWriter {
   bytes: number;
   /** Seconds the commit took (flatten, check, sync, rename). */
   commitSeconds?: number;
+  /** The image's checksum (`imageDigest`), recorded at commit; a copy fetched from a peer must match it. */
+  sha256?: string;
+  /** Set on a version fetched from a peer host: that host's name (the record is otherwise the writer's). */
+  fetchedFrom?: string;
 }
 
 export interface CacheInfo {
@@ -128,6 +136,104 @@ export interface CacheStore {
   remove(key: string): boolean;
   /** Old versions and dead leases collected; then LRU eviction within the budget. Returns the evicted keys. */
   collect(): string[];
+  /** A committed version held for reading (sending it to a peer): kept while held, whatever the collector does. */
+  holdVersion(key: string, version: string): HeldVersion | undefined;
+  /**
+   * Receives `version` of `key` from a peer: written into a lease of its own, and only once whole and matching
+   * `sha256` renamed into the store (and made current if it is newer than the current one).
+   */
+  receiveVersion(key: string, o: { version: string; length: number; sha256: string; record: CacheWriter & { createdAt: string }; from: string }): VersionReceiver;
+}
+
+export interface HeldVersion {
+  path: string;
+  /** The image's size in bytes (the file system's size). */
+  length: number;
+  record: CacheVersion;
+  release(): void;
+}
+
+export interface VersionReceiver {
+  /** Writes one non-zero block (offsets strictly increasing, multiples of IMAGE_BLOCK_BYTES). */
+  write(offset: number, data: Buffer): Promise<void>;
+  /** Checks the checksum, syncs and renames the version into the store. Throws `cache.checksum` on a mismatch. */
+  finish(): Promise<CacheVersion>;
+  /** Drops what was received (idempotent). */
+  abort(): void;
+  readonly bytes: number;
+}
+
+/** The unit of a cache image's checksum and of a transfer's chunks (MAX_CACHE_CHUNK_BYTES in the protocol). */
+export const IMAGE_BLOCK_BYTES = 512 * 1024;
+const DIGEST_TAG = 'kiln-cache-image-v1\n';
+
+function u64(n: number): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64BE(BigInt(n));
+  return b;
+}
+
+const ZERO_BLOCK = Buffer.alloc(IMAGE_BLOCK_BYTES);
+export const isZeroBlock = (b: Buffer): boolean => b.equals(b.length === IMAGE_BLOCK_BYTES ? ZERO_BLOCK : ZERO_BLOCK.subarray(0, b.length));
+
+/**
+ * An image's checksum, taken over what it holds rather than how the file is laid out: sha256 over a tag, then
+ * for each non-zero IMAGE_BLOCK_BYTES block in order its offset (8 bytes, big-endian) and its bytes, then the
+ * image's length. Holes and zero blocks are skipped, so the sparse copy a peer receives sums the same.
+ */
+export function makeImageDigest(): { block(offset: number, data: Buffer): void; digest(length: number): string } {
+  const h = createHash('sha256').update(DIGEST_TAG);
+  return {
+    block(offset, data) {
+      if (isZeroBlock(data)) return;
+      h.update(u64(offset)).update(data);
+    },
+    digest: (length) => h.update(u64(length)).digest('hex'),
+  };
+}
+
+/** The byte ranges of a raw image that may hold data (`qemu-img map`: the file's holes are skipped); the whole file if that fails. */
+export async function dataRanges(path: string, length: number): Promise<{ start: number; length: number }[]> {
+  try {
+    const { output } = await run('qemu-img', ['map', '--output=json', '-f', 'raw', path]);
+    const m = JSON.parse(output.slice(output.indexOf('['))) as { start: number; length: number; data: boolean }[];
+    return m.filter((x) => x.data).map((x) => ({ start: x.start, length: x.length }));
+  } catch {
+    return [{ start: 0, length }];
+  }
+}
+
+/** The image's non-zero IMAGE_BLOCK_BYTES blocks, in order (the last one may be shorter). */
+export async function* nonZeroBlocks(path: string): AsyncGenerator<{ offset: number; data: Buffer }> {
+  const length = statSync(path).size;
+  const ranges = await dataRanges(path, length);
+  const fh = await openFile(path, 'r');
+  try {
+    let next = 0;
+    for (const r of ranges) {
+      for (let off = Math.max(next, Math.floor(r.start / IMAGE_BLOCK_BYTES) * IMAGE_BLOCK_BYTES); off < r.start + r.length && off < length; off += IMAGE_BLOCK_BYTES) {
+        const n = Math.min(IMAGE_BLOCK_BYTES, length - off);
+        const data = Buffer.allocUnsafe(n);
+        let got = 0;
+        while (got < n) {
+          const { bytesRead } = await fh.read(data, got, n - got, off + got);
+          if (bytesRead === 0) break;
+          got += bytesRead;
+        }
+        next = off + IMAGE_BLOCK_BYTES;
+        const b = got === n ? data : data.subarray(0, got);
+        if (!isZeroBlock(b)) yield { offset: off, data: b };
+      }
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
+export async function imageDigest(path: string): Promise<string> {
+  const d = makeImageDigest();
+  for await (const b of nonZeroBlocks(path)) d.block(b.offset, b.data);
+  return d.digest(statSync(path).size);
 }
 
 export function validateCacheKey(key: string): void {
@@ -383,7 +489,8 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
         writeRec();
         linkSync(await ensureExt4Base(emptyDir, meta.sizeBytes, 'kiln-cache', 'cache'), base);
       }
-      writeQcow2Overlay(join(ldir, 'overlay.qcow2'), base, 'raw', meta.sizeBytes);
+      // A version's own size (a fetched one may differ from what the cache was first made with), else the cache's.
+      writeQcow2Overlay(join(ldir, 'overlay.qcow2'), base, 'raw', version !== undefined ? statSync(base).size : meta.sizeBytes);
     } catch (e) {
       rmSync(ldir, { recursive: true, force: true });
       throw e;
@@ -419,7 +526,8 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
           if (fsck.code >= 4) throw new KilnError('cache.commit_failed', `the cache's file system is damaged (e2fsck exit ${fsck.code}); not committed`, { kind: 'internal' });
           fsyncFile(tmp);
           const bytes = allocated(tmp);
-          const v: CacheVersion = { id, createdAt: new Date().toISOString(), bytes, ...writer };
+          const sha256 = await imageDigest(tmp);
+          const v: CacheVersion = { id, createdAt: new Date().toISOString(), bytes, ...writer, sha256 };
           const vraw = join(cdir, 'versions', `${id}.raw`);
           renameSync(tmp, vraw);
           writeAtomic(join(cdir, 'versions', `${id}.json`), JSON.stringify(v));
@@ -451,9 +559,129 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
     };
   }
 
+  const leaseDir = (cdir: string, rec: LeaseRecord): { ldir: string; writeRec(): void } => {
+    mkdirSync(join(cdir, 'leases'), { recursive: true, mode: 0o700 });
+    const ldir = join(cdir, 'leases', `${process.pid}-${randomBytes(6).toString('hex')}`);
+    mkdirSync(ldir, { mode: 0o700 });
+    const writeRec = () => writeFileSync(join(ldir, 'owner.json'), JSON.stringify(rec), { mode: 0o600 });
+    writeRec();
+    return { ldir, writeRec };
+  };
+
+  function holdVersion(key: string, version: string): HeldVersion | undefined {
+    validateCacheKey(key);
+    if (!/^[A-Za-z0-9-]+$/.test(version)) return undefined;
+    const cdir = cacheDir(key);
+    const record = readJson<CacheVersion>(join(cdir, 'versions', `${version}.json`));
+    if (!record || readJson<{ key: string }>(join(cdir, 'cache.json'))?.key !== key) return undefined;
+    const { ldir } = leaseDir(cdir, { ...currentOwner(), jobId: `send-${version}`, reads: version });
+    const path = join(ldir, 'base.raw');
+    try {
+      linkSync(join(cdir, 'versions', `${version}.raw`), path);
+    } catch {
+      rmSync(ldir, { recursive: true, force: true });
+      return undefined;
+    }
+    let released = false;
+    return {
+      path,
+      length: statSync(path).size,
+      record,
+      release() {
+        if (released) return;
+        released = true;
+        rmSync(ldir, { recursive: true, force: true });
+      },
+    };
+  }
+
+  function receiveVersion(key: string, o: { version: string; length: number; sha256: string; record: CacheWriter & { createdAt: string }; from: string }): VersionReceiver {
+    validateCacheKey(key);
+    if (!/^[A-Za-z0-9-]+$/.test(o.version)) throw new KilnError('cache.transfer_failed', `"${o.version.slice(0, 40)}" is not a version id`);
+    const cdir = cacheDir(key);
+    mkdirSync(join(cdir, 'versions'), { recursive: true, mode: 0o700 });
+    const meta = readJson<{ key: string; sizeBytes: number }>(join(cdir, 'cache.json'));
+    if (meta && meta.key !== key) throw new KilnError('cache.key_collision', `cache ${cdir} belongs to key "${meta.key}", not "${key}"`, { kind: 'internal' });
+    if (existsSync(join(cdir, 'versions', `${o.version}.raw`))) throw new KilnError('cache.transfer_failed', `version ${o.version} is already here`);
+    checkDiskSpace(dataDir, o.length);
+    // A lease of its own, naming the version it makes: the collector keeps it while this process lives, and
+    // removes it (with the half-received image) once it does not. Nothing is in versions/ until finish().
+    const { ldir } = leaseDir(cdir, { ...currentOwner(), jobId: `fetch-${o.version}`, committing: o.version });
+    const file = join(ldir, 'fetch.raw');
+    const fd = openSync(file, 'wx', 0o600);
+    let open = true;
+    const closeFd = () => {
+      if (open) closeSync(fd);
+      open = false;
+    };
+    ftruncateSync(fd, o.length);
+    const digest = makeImageDigest();
+    let next = 0;
+    let bytes = 0;
+    let done = false;
+    const fail = (why: string) => new KilnError('cache.transfer_failed', why);
+    return {
+      get bytes() {
+        return bytes;
+      },
+      async write(offset, data) {
+        if (done) throw fail('the transfer is over');
+        if (offset % IMAGE_BLOCK_BYTES !== 0 || offset < next || offset >= o.length) throw fail(`a chunk at offset ${offset} is out of order or outside the image`);
+        if (data.length !== Math.min(IMAGE_BLOCK_BYTES, o.length - offset)) throw fail(`a chunk at offset ${offset} has ${data.length} bytes, not a whole block`);
+        digest.block(offset, data);
+        let off = 0;
+        while (off < data.length) off += writeSync(fd, data, off, data.length - off, offset + off);
+        next = offset + IMAGE_BLOCK_BYTES;
+        bytes += data.length;
+        await Promise.resolve();
+      },
+      async finish() {
+        if (done) throw fail('the transfer is over');
+        done = true;
+        try {
+          const sum = digest.digest(o.length);
+          if (sum !== o.sha256) {
+            throw new KilnError('cache.checksum', `the received copy of version ${o.version} does not match its recorded checksum (sha256 ${sum.slice(0, 12)}…, expected ${o.sha256.slice(0, 12)}…): not used`);
+          }
+          fsyncSync(fd);
+          closeFd();
+          // The cache's size is its newest version's: a fetched version of another size (the cache was made with
+          // another size elsewhere) redefines it here once it is current.
+          const cur0 = current(cdir);
+          const becomesCurrent = !cur0 || o.version > cur0;
+          if (!meta || (becomesCurrent && meta.sizeBytes !== o.length)) {
+            writeAtomic(join(cdir, 'cache.json'), JSON.stringify({ key, sizeBytes: o.length, createdAt: new Date().toISOString() }));
+          }
+          const vraw = join(cdir, 'versions', `${o.version}.raw`);
+          chmodSync(file, 0o600);
+          renameSync(file, vraw);
+          const { createdAt, jobId, ref, commit, by } = o.record;
+          const v: CacheVersion = { id: o.version, createdAt, bytes: allocated(vraw), ...(jobId ? { jobId } : {}), ...(ref ? { ref } : {}), ...(commit ? { commit } : {}), ...(by ? { by } : {}), sha256: o.sha256, fetchedFrom: o.from };
+          writeAtomic(join(cdir, 'versions', `${o.version}.json`), JSON.stringify(v));
+          syncDir(join(cdir, 'versions'));
+          // Newer than what this host has: it becomes current (versions sort by their time-ordered ids).
+          const cur = current(cdir);
+          if (!cur || o.version > cur) writeAtomic(join(cdir, 'current'), `${o.version}\n`);
+          log?.info({ cache: key, version: o.version, bytes: v.bytes, from: o.from }, 'cache version fetched from a peer');
+          return v;
+        } finally {
+          closeFd();
+          rmSync(ldir, { recursive: true, force: true });
+        }
+      },
+      abort() {
+        done = true;
+        closeFd();
+        rmSync(ldir, { recursive: true, force: true });
+      },
+    };
+  }
+
   return {
     dir,
     counters,
+    holdVersion,
+    receiveVersion,
     open,
     list: allInfo,
     inspect: (key) => (existsSync(cacheDir(key)) ? info(cacheDir(key)) : undefined),

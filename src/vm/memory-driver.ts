@@ -17,12 +17,17 @@
  *   append FILE WORDS…       appends a line to FILE inside the `appendDir` the test gave the driver (tests
  *                            use it to count real executions); without `appendDir` (every driver the CLI
  *                            makes) it refuses: a job on the memory driver touches nothing on the host
+ *   cache-fill MIB           writes MIB MiB of patterned data into the job's cache disk (qemu-io on its overlay,
+ *                            from 5/8 of the disk, in the file system's free space), when the test gave the driver
+ *                            `cacheWrites` (transfer tests need a cache with content); refused otherwise
  *   NAME ARGS…               a program the test registered in `programs` (e.g. a stand-in Actions runner)
  * Anything else prints `sh: NAME: not found` on stderr and stops with status 127, as a shell would.
- * A warm cache disk (VmSpec.cacheDisk) is attached to nothing and never written: an exit reports it clean
- * (`cacheClean`), so the caller's commit path runs on the unchanged overlay.
+ * A warm cache disk (VmSpec.cacheDisk) is attached to nothing and written only by `cache-fill`: an exit reports
+ * it clean (`cacheClean`), so the caller's commit path runs on the overlay.
  */
+import { execFile } from 'node:child_process';
 import { appendFileSync, createReadStream, existsSync } from 'node:fs';
+import { qcow2VirtualSize } from './qcow2.ts';
 import { resolve, sep } from 'node:path';
 import { createHash } from 'node:crypto';
 import { unameMachine, type Arch } from '../core/arch.ts';
@@ -50,6 +55,8 @@ export interface MemoryDriverOptions {
    * of `warmBootMs`, default 0). Unset: no snapshots, every VM cold.
    */
   snapshots?: { budgetBytes?: number; bytesEach?: number; buildMs?: number; warmBootMs?: number };
+  /** Lets `cache-fill` write into a job's cache disk overlay (tests of cache commits and transfers). */
+  cacheWrites?: boolean;
 }
 
 /** A simulated guest program: resolves to its exit status; `signal` aborts when the VM is stopped. */
@@ -97,7 +104,7 @@ export function makeMemoryDriver(opts: MemoryDriverOptions = {}): VmDriver {
       // A VM with a cache disk restores from a snapshot with a cache slot of its size, as with QEMU.
       const warm = snaps !== undefined && snaps.find(spec) !== undefined;
       const bootMs = warm ? (opts.snapshots?.warmBootMs ?? 0) : (opts.bootMs ?? 0);
-      const vm = runGuest(spec, out, bootMs, warm ? 'warm' : 'cold', t0, () => vms.delete(spec.id), opts.programs ?? {}, opts.appendDir === undefined ? undefined : resolve(opts.appendDir));
+      const vm = runGuest(spec, out, bootMs, warm ? 'warm' : 'cold', t0, () => vms.delete(spec.id), opts.programs ?? {}, opts.appendDir === undefined ? undefined : resolve(opts.appendDir), opts.cacheWrites === true);
       vms.set(spec.id, { arch: spec.arch, phase: vm.phase });
       return vm;
     },
@@ -145,7 +152,7 @@ function memorySnapshots(o: NonNullable<MemoryDriverOptions['snapshots']>): Snap
   };
 }
 
-function runGuest(spec: VmSpec, out: VmOutput, bootMs: number, start: 'warm' | 'cold', t0: number, gone: () => void, programs: Record<string, GuestProgram>, appendDir: string | undefined): RunningVm {
+function runGuest(spec: VmSpec, out: VmOutput, bootMs: number, start: 'warm' | 'cold', t0: number, gone: () => void, programs: Record<string, GuestProgram>, appendDir: string | undefined, cacheWrites = false): RunningVm {
   const abort = new AbortController();
   let phase: VmPhase = 'booting';
   let settle!: (r: VmResult) => void;
@@ -198,7 +205,7 @@ function runGuest(spec: VmSpec, out: VmOutput, bootMs: number, start: 'warm' | '
     if (!stopped) {
       phase = 'running';
       out.running?.();
-      status = await interpret(spec, out, wait, () => stopped !== undefined, programs, abort.signal, appendDir);
+      status = await interpret(spec, out, wait, () => stopped !== undefined, programs, abort.signal, appendDir, cacheWrites);
     }
     tExit = performance.now();
     phase = 'stopping';
@@ -242,6 +249,7 @@ async function interpret(
   programs: Record<string, GuestProgram> = {},
   signal: AbortSignal = new AbortController().signal,
   appendDir?: string,
+  cacheWrites = false,
 ): Promise<number> {
   const argv = spec.job.command;
   const statements = argv[0] === 'sh' && argv[1] === '-c' ? (argv[2] ?? '').split(/[;\n]/).map(splitWords) : [argv];
@@ -331,6 +339,19 @@ async function interpret(
         status = 0;
         break;
       }
+      case 'cache-fill': {
+        const mib = Number(args[0]);
+        if (!spec.cacheDisk || !cacheWrites || !Number.isInteger(mib) || mib < 1) {
+          emit('stderr', !spec.cacheDisk ? 'cache-fill: the job has no cache disk\n' : !cacheWrites ? 'cache-fill: disabled (the driver was not given cacheWrites)\n' : `cache-fill: bad size '${args[0] ?? ''}'\n`);
+          status = 2;
+          break;
+        }
+        status = await fillCache(spec.cacheDisk, mib).then(
+          () => 0,
+          (e: unknown) => (emit('stderr', `cache-fill: ${(e as Error).message}\n`), 1),
+        );
+        break;
+      }
       default: {
         const program = programs[cmd];
         if (!program) {
@@ -348,4 +369,16 @@ async function interpret(
     }
   }
   return status;
+}
+
+/** Writes `mib` MiB of patterned data (a different byte per MiB) into a cache overlay, from 5/8 of its size. */
+async function fillCache(overlay: string, mib: number): Promise<void> {
+  const MiB = 1024 * 1024;
+  const size = qcow2VirtualSize(overlay);
+  const from = Math.floor((size * 5) / 8 / MiB);
+  if (mib > Math.floor((size * 0.3) / MiB)) throw new Error(`at most ${Math.floor((size * 0.3) / MiB)} MiB fit this cache's free space`);
+  const cmds = Array.from({ length: mib }, (_, i) => ['-c', `write -q -P ${17 + (i % 200)} ${(from + i) * MiB} ${MiB}`]).flat();
+  await new Promise<void>((ok, fail) =>
+    execFile('qemu-io', ['-f', 'qcow2', ...cmds, overlay], (err, _out, stderr) => (err ? fail(new Error(`qemu-io failed: ${stderr.trim() || err.message}`)) : ok())),
+  );
 }

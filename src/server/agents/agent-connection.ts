@@ -133,6 +133,20 @@ export function handleConnection(deps: GatewayDeps, socket: WebSocket): { ended:
       start(deps, c, link, msg);
       return;
     }
+    // Cache transfer traffic is relayed at once, outside the ordered queue (a chunk must not wait behind a
+    // result being stored); the relay bounds it (cache-relay.ts).
+    if (link && deps.relay && (msg.type === 'cache.chunk' || msg.type === 'cache.ack' || msg.type === 'cache.offer' || msg.type === 'cache.end' || msg.type === 'cache.abort' || msg.type === 'cache.received')) {
+      deps.relay.message(c, link, msg);
+      return;
+    }
+    if (link && deps.relay && msg.type === 'cache.fetch') {
+      const relay = deps.relay;
+      relay.fetch(c, link, msg).catch((e: unknown) => {
+        c.log().error({ err: e, jobId: msg.jobId }, 'could not start a cache fetch');
+        c.send({ type: 'cache.fetch.failed', tv: msg.tv, fetchId: msg.fetchId, outcome: 'failed', reason: 'the server could not look the cache up' });
+      });
+      return;
+    }
     const m = msg;
     queue = queue
       .then(() => handle(m))
@@ -150,6 +164,7 @@ export function handleConnection(deps: GatewayDeps, socket: WebSocket): { ended:
     queue = queue.then(async () => {
       if (!c.link) return;
       const l = c.link;
+      deps.relay?.closed(l);
       if (!registry.remove(l)) return;
       ctx.metrics.hostsConnected.set(registry.links.size);
       c.log().info('agent disconnected');
@@ -179,6 +194,14 @@ export function handleConnection(deps: GatewayDeps, socket: WebSocket): { ended:
         return powerError(deps, c, msg);
       case 'cache.ask':
         return cacheAsk(deps, c, msg);
+      case 'cache.fetch':
+      case 'cache.ack':
+      case 'cache.received':
+      case 'cache.offer':
+      case 'cache.chunk':
+      case 'cache.end':
+      case 'cache.abort':
+        return; // relayed above (before hello they are ignored: the link is not known yet)
     }
   }
 

@@ -13,6 +13,7 @@ import { touchHosts } from '../../store/hosts.ts';
 import { revokedTokenIds } from '../../store/tokens.ts';
 import type { ServerContext } from '../context.ts';
 import { handleConnection } from './agent-connection.ts';
+import { makeCacheRelay, type CacheRelay } from './cache-relay.ts';
 import type { HostRegistry } from './host-registry.ts';
 import type { LogWriter } from './log-writer.ts';
 import type { PhaseWriter } from './phase-writer.ts';
@@ -40,6 +41,8 @@ export interface GatewayDeps {
    * (docs/caches.md). Unset: never.
    */
   cacheTrust?: (jobId: number) => Promise<{ write: boolean; reason?: string; ref?: string; commit?: string }>;
+  /** Host-to-host cache transfers (cache-relay.ts); made by attachAgentGateway when not given. */
+  relay?: CacheRelay;
 }
 
 export interface AgentGateway {
@@ -50,7 +53,9 @@ export interface AgentGateway {
   close(): Promise<void>;
 }
 
-export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): AgentGateway {
+export function attachAgentGateway(app: FastifyInstance, given: GatewayDeps): AgentGateway {
+  const relay = given.relay ?? makeCacheRelay(given.ctx, given.registry);
+  const deps: GatewayDeps = { ...given, relay };
   const { ctx, registry } = deps;
   const sockets = new Set<WebSocket>();
   /** Each connection's last work (marking its host offline), done once its socket has closed. */
@@ -123,6 +128,7 @@ export function attachAgentGateway(app: FastifyInstance, deps: GatewayDeps): Age
     async close() {
       offStop();
       clearInterval(heartbeat);
+      relay.close();
       for (const s of sockets) s.close(1001, 'server shutting down');
       // Hosts are marked offline as their sockets close, before the caller closes the store (they logged
       // "could not mark host offline" by the thousand otherwise). An agent that does not answer the close

@@ -69,6 +69,10 @@ export interface HostLink {
   images?: HostImageMsg[];
   /** Cache keys the host holds, from its latest hello or host.status (placement's cache affinity). */
   caches?: ReadonlySet<string>;
+  /** The current version of each cache the host holds (the cache relay picks a peer by it). */
+  cacheVersions?: ReadonlyMap<string, string>;
+  /** The cache transfer version the agent speaks (hello); undefined: it neither fetches nor serves caches. */
+  cacheTransfer?: number;
   send(m: ServerMessage): void;
   close(code: number, reason: string): void;
 }

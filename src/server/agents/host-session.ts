@@ -3,7 +3,7 @@
  * host, reconcile what it runs against the store, `welcome`, launch what was placed meanwhile), its status
  * (the registry mirror, warm-start snapshots, the caches it holds) and its power (going to sleep, a sleep that failed).
  */
-import type { AgentMessageOf } from '../../core/agent-protocol.ts';
+import type { AgentMessageOf, HostCacheMsg } from '../../core/agent-protocol.ts';
 import { CLOSE_HOST_REFUSED, PROTOCOL_VERSION } from '../../core/agent-protocol.ts';
 import { isKilnError } from '../../core/errors.ts';
 import { launchSpecOf } from '../../core/job.ts';
@@ -14,6 +14,8 @@ import type { Connection } from './agent-connection.ts';
 import type { GatewayDeps } from './agent-gateway.ts';
 import { ActiveJobs, type HostLink } from './host-registry.ts';
 import { applyPhase, applyResult } from './job-reports.ts';
+
+const cacheVersions = (caches: HostCacheMsg[]): Map<string, string> => new Map(caches.flatMap((c) => (c.version ? [[c.key, c.version] as const] : [])));
 
 export async function hello(deps: GatewayDeps, c: Connection, msg: AgentMessageOf<'hello'>): Promise<void> {
   const { ctx, registry } = deps;
@@ -51,7 +53,8 @@ export async function hello(deps: GatewayDeps, c: Connection, msg: AgentMessageO
     ready: false,
     ...(msg.snapshots ? { snapshots: msg.snapshots } : {}),
     ...(msg.images ? { images: msg.images } : {}),
-    ...(msg.caches ? { caches: new Set(msg.caches.map((x) => x.key)) } : {}),
+    ...(msg.caches ? { caches: new Set(msg.caches.map((x) => x.key)), cacheVersions: cacheVersions(msg.caches) } : {}),
+    ...(msg.cacheTransfer !== undefined ? { cacheTransfer: msg.cacheTransfer } : {}),
     send: c.send,
     close: c.close,
   };
@@ -151,6 +154,7 @@ export async function hostStatus(deps: GatewayDeps, c: Connection, msg: AgentMes
   if (msg.images) l.images = msg.images;
   if (msg.caches) {
     l.caches = new Set(msg.caches.map((x) => x.key));
+    l.cacheVersions = cacheVersions(msg.caches);
     await setHostCaches(ctx.store.db, l.hostId, ctx.serverId, msg.caches);
   }
   if (!(await setHostMirror(ctx.store.db, l.hostId, ctx.serverId, msg.mirror ?? null))) return;

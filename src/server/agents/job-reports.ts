@@ -63,6 +63,9 @@ async function outputComplete(deps: GatewayDeps, l: HostLink, r: JobResultMsg): 
 export async function applyResult(deps: GatewayDeps, l: HostLink, r: JobResultMsg): Promise<void> {
   // Everything the agent sent before the result is stored before the job is final, so a follower that
   // sees the final state has all the output.
+  // The cache outcome first, so a reader that sees the job final sees it too (and the relay finds a committed
+  // version's checksum as soon as its host reports holding it).
+  if (r.cache && l.active.get(r.jobId)?.attempt === r.attempt) await deps.jobs.storeCacheOutcome(r.jobId, r.attempt, r.cache);
   const res = await deps.results.apply(l.hostId, r);
   const held = l.active.get(r.jobId);
   if (held && held.attempt === r.attempt) {

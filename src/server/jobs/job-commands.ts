@@ -10,7 +10,7 @@
  * Who acts on a change learns of it from the events: the scheduler kicks a pass on `job.submitted`, the
  * gateway sends `stop` to a connected host on `job.stop`.
  */
-import type { JobResultMsg } from '../../core/agent-protocol.ts';
+import type { CacheOutcomeMsg, JobResultMsg } from '../../core/agent-protocol.ts';
 import { KilnError } from '../../core/errors.ts';
 import type { Job, JobSpec } from '../../core/job.ts';
 import type { JobState } from '../../core/job-state.ts';
@@ -23,6 +23,7 @@ import {
   markPlaced,
   recordExits,
   removeJobEnv,
+  setCacheOutcome,
   requestCancel,
   transitionJob,
   transitionJobs,
@@ -84,6 +85,8 @@ export interface JobCommands {
   finished(hostId: number, change: ResultChange): void;
   /** Removes a credential from a job's env (in the caller's transaction when given). */
   scrubSecretEnv(jobId: number, key: string, q?: Db | Tx): Promise<void>;
+  /** Records what happened to a job's cache (its result's cache outcome: the usage records and the cache relay read it). */
+  storeCacheOutcome(jobId: number, attempt: number, outcome: CacheOutcomeMsg): Promise<void>;
 }
 
 export function makeJobCommands(ctx: ServerContext): JobCommands {
@@ -208,5 +211,6 @@ export function makeJobCommands(ctx: ServerContext): JobCommands {
       stateChanged(change.job, change.from, change.job.state);
     },
     scrubSecretEnv: (jobId, key, q = db) => removeJobEnv(q, jobId, key),
+    storeCacheOutcome: (jobId, attempt, outcome) => setCacheOutcome(db, jobId, attempt, outcome),
   };
 }

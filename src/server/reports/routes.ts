@@ -20,6 +20,7 @@ import {
   usageSeries,
   type UsageDimension,
   type UsagePoint,
+  type UsageRecord,
 } from '../../store/reports.ts';
 import type { Db } from '../../store/store.ts';
 import type { ApiDeps } from '../http/deps.ts';
@@ -78,7 +79,22 @@ export const CSV_COLUMNS = [
   'wait_seconds',
   'boot_seconds',
   'run_seconds',
+  'cache',
+  'cache_hit',
+  'cache_fetch',
+  'cache_fetched_bytes',
+  'cache_committed_bytes',
 ] as const;
+
+/**
+ * A usage record's cache columns: the job's cache key, whether it started warm (`hit`), cold (`miss`) or
+ * its result said nothing (empty), how a fetch from a peer host ended, and the bytes fetched and committed.
+ */
+function cacheCells(r: UsageRecord): (string | number | null)[] {
+  const o = r.cacheOutcome;
+  if (!r.cacheKey) return [null, null, null, null, null];
+  return [r.cacheKey, o ? (o.hit ? 'hit' : 'miss') : null, o?.fetch?.outcome ?? null, o?.fetch?.outcome === 'fetched' ? (o.fetch.bytes ?? 0) : null, o?.committed?.bytes ?? null];
+}
 
 /** The fleet with what each host uses now (the queue page's reasons and the fleet page both need it). */
 export async function fleetWithUsage(db: Db): Promise<(FleetHost & { id: number; jobs: number })[]> {
@@ -185,7 +201,7 @@ export function reportRoutes(deps: ApiDeps): RouteDef[] {
             let out = '';
             for (const r of page) {
               const t = jobTimings(r);
-              out += `${[r.id, r.tenant, r.state, r.arch, r.cpus, r.memoryBytes, r.labels, r.hostId, r.repo, r.org, r.user, r.workflow, r.createdAt, r.placedAt, r.runningAt, r.finishedAt, t.waitSeconds, t.bootSeconds, t.runSeconds].map(csvCell).join(',')}\n`;
+              out += `${[r.id, r.tenant, r.state, r.arch, r.cpus, r.memoryBytes, r.labels, r.hostId, r.repo, r.org, r.user, r.workflow, r.createdAt, r.placedAt, r.runningAt, r.finishedAt, t.waitSeconds, t.bootSeconds, t.runSeconds, ...cacheCells(r)].map(csvCell).join(',')}\n`;
             }
             await write(out);
             after = page[page.length - 1]!.id;

@@ -17,6 +17,7 @@ import * as m0020 from './0020-host-power.ts';
 import * as m0021 from './0021-viewer-role.ts';
 import * as m0022 from './0022-report-indexes.ts';
 import * as m0030 from './0030-caches.ts';
+import * as m0031 from './0031-cache-outcome.ts';
 import * as m0100 from './0100-github.ts';
 import * as m0103 from './0103-github-usage-index.ts';
 
@@ -32,6 +33,7 @@ export const MIGRATIONS: Record<string, Migration> = {
   '0021-viewer-role': m0021,
   '0022-report-indexes': m0022,
   '0030-caches': m0030,
+  '0031-cache-outcome': m0031,
   '0100-github': m0100,
   '0103-github-usage-index': m0103,
 };

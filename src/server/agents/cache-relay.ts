@@ -1,0 +1,248 @@
+/**
+ * Host-to-host cache transfer (docs/caches.md, "Fetching a cache from a peer"): the server relays a cache
+ * version from a peer host that holds it to the host a job was placed on, over the two agents' existing
+ * WebSockets. The receiving agent asks (`cache.fetch`, for a job placed on it, for that job's own cache: the
+ * key is the tenant's), the relay picks a peer connected to this replica whose current version is newer and
+ * was committed by a job of the same tenant and key (its checksum comes from that job's stored result, not
+ * from the peer), and asks it to send (`cache.send`). Chunks are forwarded as they come, never stored: the peer
+ * may send at most `window` chunks past the receiver's last acknowledgement, so what the server holds per
+ * transfer is bounded by the window (`kiln_cache_relay_bytes`), whatever the image's size. A peer that goes
+ * away, stalls or breaks the protocol ends the transfer; the receiving job then starts on what its host has.
+ */
+import { randomBytes } from 'node:crypto';
+import { CACHE_TRANSFER_VERSION, type AgentMessageOf, type CacheFetchOutcome, type ServerMessage } from '../../core/agent-protocol.ts';
+import { committedCacheVersion, getJob } from '../../store/jobs.ts';
+import type { ServerContext } from '../context.ts';
+import type { Connection } from './agent-connection.ts';
+import type { HostLink, HostRegistry } from './host-registry.ts';
+
+export const DEFAULT_RELAY_WINDOW_CHUNKS = 8;
+export const DEFAULT_RELAY_STALL_MS = 30_000;
+export const DEFAULT_RELAY_MAX_TRANSFERS = 8;
+
+interface Transfer {
+  id: string;
+  fetchId: string;
+  jobId: number;
+  key: string;
+  version: string;
+  sha256: string;
+  /** The job that committed the version: the peer's record must name it. */
+  writerJobId: number;
+  receiver: HostLink;
+  peer: HostLink;
+  phase: 'asked' | 'streaming' | 'ended';
+  nextSeq: number;
+  acked: number;
+  /** Bytes of each forwarded chunk not yet acknowledged, by seq. */
+  inFlight: Map<number, number>;
+  inFlightBytes: number;
+  peakInFlightBytes: number;
+  bytes: number;
+  stall?: NodeJS.Timeout;
+}
+
+type TransferMsg = AgentMessageOf<'cache.offer' | 'cache.chunk' | 'cache.end' | 'cache.abort' | 'cache.ack' | 'cache.received'>;
+
+export interface CacheRelay {
+  /** A receiving agent asks for a newer version of its job's cache. */
+  fetch(c: Connection, l: HostLink, m: AgentMessageOf<'cache.fetch'>): Promise<void>;
+  /** Everything else of a transfer, from either side. */
+  message(c: Connection, l: HostLink, m: TransferMsg): void;
+  /** A host's connection closed: its transfers end. */
+  closed(l: HostLink): void;
+  close(): void;
+  /** Transfers under way and bytes in flight (tests, /metrics). */
+  stats(): { transfers: number; inFlightBytes: number };
+}
+
+const decodedLength = (b64: string): number => Math.floor((b64.length * 3) / 4) - (b64.endsWith('==') ? 2 : b64.endsWith('=') ? 1 : 0);
+
+export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): CacheRelay {
+  const o = ctx.options.cacheRelay ?? {};
+  const window = o.windowChunks ?? DEFAULT_RELAY_WINDOW_CHUNKS;
+  const stallMs = o.stallMs ?? DEFAULT_RELAY_STALL_MS;
+  const maxTransfers = o.maxTransfers ?? DEFAULT_RELAY_MAX_TRANSFERS;
+  const transfers = new Map<string, Transfer>();
+  const m = ctx.metrics;
+  let inFlightTotal = 0;
+
+  const failFetch = (l: HostLink, fetchId: string, outcome: CacheFetchOutcome, reason: string, from?: string) => {
+    m.cacheTransfers.inc({ outcome });
+    l.send({ type: 'cache.fetch.failed', tv: CACHE_TRANSFER_VERSION, fetchId, outcome, reason: reason.slice(0, 500), ...(from ? { from } : {}) });
+  };
+
+  const release = (t: Transfer, upTo: number) => {
+    for (const [seq, n] of t.inFlight) {
+      if (seq > upTo) continue;
+      t.inFlight.delete(seq);
+      t.inFlightBytes -= n;
+      inFlightTotal -= n;
+    }
+    m.cacheRelayBytes.set(inFlightTotal);
+  };
+
+  /** Ends a transfer: counted once, the stall timer stopped, either side told as needed. */
+  const end = (t: Transfer, outcome: CacheFetchOutcome, reason: string | undefined, tell: { receiver?: boolean; peer?: boolean }) => {
+    if (!transfers.delete(t.id)) return;
+    if (t.stall) clearTimeout(t.stall);
+    release(t, Number.MAX_SAFE_INTEGER);
+    m.cacheTransfers.inc({ outcome });
+    if (tell.receiver) t.receiver.send({ type: 'cache.fetch.failed', tv: CACHE_TRANSFER_VERSION, fetchId: t.fetchId, outcome, reason: (reason ?? outcome).slice(0, 500), from: t.peer.name });
+    if (tell.peer) t.peer.send({ type: 'cache.abort', tv: CACHE_TRANSFER_VERSION, transferId: t.id, reason: (reason ?? 'the transfer ended').slice(0, 500) });
+    const log = ctx.log.child({ jobId: t.jobId, cache: t.key, version: t.version, from: t.peer.name, to: t.receiver.name });
+    if (outcome === 'fetched') log.info({ bytes: t.bytes, peakInFlightBytes: t.peakInFlightBytes }, 'cache version relayed between hosts');
+    else log.warn({ outcome, reason, bytes: t.bytes }, 'cache transfer ended without the version');
+    ctx.events.emit('cache.transfer', {
+      transferId: t.id,
+      key: t.key,
+      version: t.version,
+      from: t.peer.name,
+      to: t.receiver.name,
+      jobId: t.jobId,
+      outcome,
+      bytes: t.bytes,
+      peakInFlightBytes: t.peakInFlightBytes,
+      ...(reason ? { reason } : {}),
+    });
+  };
+
+  const progress = (t: Transfer) => {
+    if (t.stall) clearTimeout(t.stall);
+    // Once everything was relayed the receiver checks, syncs and renames a possibly large image: it gets ten
+    // times as long before the relay gives up on hearing how that went.
+    const ms = t.phase === 'ended' ? stallMs * 10 : stallMs;
+    t.stall = setTimeout(() => end(t, 'timeout', `the transfer from ${t.peer.name} made no progress for ${Math.round(ms / 1000)} s`, { receiver: true, peer: true }), ms);
+    t.stall.unref();
+  };
+
+  /** A message naming a transfer its sender is not the right side of: refused and counted, never relayed. */
+  const forged = (c: Connection, l: HostLink, msg: TransferMsg, t: Transfer) => {
+    const code = 'cache.transfer_forged';
+    m.agentProtocolErrors.inc({ code });
+    c.log().warn({ type: msg.type, transferId: t.id, host: l.name }, 'an agent sent a cache transfer message for a transfer it is not part of; refused');
+    c.send({ type: 'error', code, message: `${msg.type} refused: this host is not the ${msg.type === 'cache.ack' || msg.type === 'cache.received' ? 'receiver' : 'sender'} of that transfer` });
+  };
+
+  return {
+    async fetch(c, l, msg) {
+      const refuse = (why: string) => {
+        c.log().warn({ jobId: msg.jobId, cache: msg.key, why }, 'cache fetch refused');
+        failFetch(l, msg.fetchId, 'refused', why);
+      };
+      if (l.active.get(msg.jobId)?.attempt !== msg.attempt) return refuse(`job ${msg.jobId} (attempt ${msg.attempt}) is not placed on this host`);
+      // The key is the job's own (tenant-prefixed when it was submitted): an agent cannot name another's.
+      const job = await getJob(ctx.store.db, msg.jobId);
+      if (!job?.cache || job.cache.key !== msg.key || job.attempt !== msg.attempt) return refuse(`cache "${msg.key.slice(0, 100)}" is not job ${msg.jobId}'s cache`);
+      if (l.cacheTransfer !== CACHE_TRANSFER_VERSION) return refuse('this agent did not say it speaks the cache transfer protocol');
+      if (transfers.size >= maxTransfers) return failFetch(l, msg.fetchId, 'none', `the server relays ${maxTransfers} cache transfers already`);
+      const peers = [...registry.links.values()]
+        .flatMap((p) => {
+          const v = p.cacheVersions?.get(msg.key);
+          return p !== l && p.ready && p.cacheTransfer === CACHE_TRANSFER_VERSION && v !== undefined && (msg.have === undefined || v > msg.have) ? [{ p, v }] : [];
+        })
+        .sort((a, b) => (a.v === b.v ? [...transfers.values()].filter((t) => t.peer === a.p).length - [...transfers.values()].filter((t) => t.peer === b.p).length : a.v < b.v ? 1 : -1));
+      const known = new Map<string, Awaited<ReturnType<typeof committedCacheVersion>>>();
+      for (const { p, v } of peers) {
+        if (!known.has(v)) known.set(v, await committedCacheVersion(ctx.store.db, job.tenant, msg.key, v));
+        const rec = known.get(v);
+        if (!rec) continue;
+        if (!p.ready || registry.get(p.hostId) !== p || c.closed) continue;
+        const t: Transfer = {
+          id: randomBytes(16).toString('base64url'),
+          fetchId: msg.fetchId,
+          jobId: msg.jobId,
+          key: msg.key,
+          version: v,
+          sha256: rec.sha256,
+          writerJobId: rec.jobId,
+          receiver: l,
+          peer: p,
+          phase: 'asked',
+          nextSeq: 0,
+          acked: -1,
+          inFlight: new Map(),
+          inFlightBytes: 0,
+          peakInFlightBytes: 0,
+          bytes: 0,
+        };
+        transfers.set(t.id, t);
+        progress(t);
+        c.log().info({ jobId: msg.jobId, cache: msg.key, version: v, from: p.name }, 'fetching a cache version from a peer host');
+        ctx.events.emit('cache.transfer', { transferId: t.id, key: t.key, version: v, from: p.name, to: l.name, jobId: msg.jobId });
+        p.send({ type: 'cache.send', tv: CACHE_TRANSFER_VERSION, transferId: t.id, key: msg.key, version: v, window });
+        return;
+      }
+      failFetch(l, msg.fetchId, 'none', peers.length > 0 ? 'no peer host holds a newer version committed by a job of this cache' : 'no connected peer host holds a newer version of this cache');
+    },
+
+    message(c, l, msg) {
+      const t = transfers.get(msg.transferId);
+      // An unknown id: a message that crossed the transfer's end (normal), or a guess (ids are 128 random bits).
+      if (!t) return;
+      const fromPeer = msg.type === 'cache.offer' || msg.type === 'cache.chunk' || msg.type === 'cache.end' || msg.type === 'cache.abort';
+      if ((fromPeer ? t.peer : t.receiver) !== l) return forged(c, l, msg, t);
+      const broke = (why: string) => end(t, 'failed', `${t.peer.name} broke the transfer protocol: ${why}`, { receiver: true, peer: true });
+      switch (msg.type) {
+        case 'cache.offer': {
+          if (t.phase !== 'asked') return broke('a second offer');
+          if (msg.version !== t.version) return broke(`it offered version ${msg.version}, not ${t.version}`);
+          if (msg.record.jobId !== String(t.writerJobId)) return end(t, 'refused', `${t.peer.name}'s record of version ${t.version} names another writer than job ${t.writerJobId}`, { receiver: true, peer: true });
+          if (msg.sha256 !== t.sha256) return end(t, 'checksum', `${t.peer.name}'s copy of version ${t.version} does not carry the checksum its commit recorded`, { receiver: true, peer: true });
+          t.phase = 'streaming';
+          progress(t);
+          t.receiver.send({ type: 'cache.incoming', tv: CACHE_TRANSFER_VERSION, fetchId: t.fetchId, transferId: t.id, from: t.peer.name, key: t.key, version: t.version, length: msg.length, sha256: t.sha256, record: msg.record });
+          return;
+        }
+        case 'cache.chunk': {
+          if (t.phase !== 'streaming') return broke('a chunk outside the stream');
+          if (msg.seq !== t.nextSeq) return broke(`chunk ${msg.seq} where ${t.nextSeq} was due`);
+          if (msg.seq > t.acked + window) return broke(`chunk ${msg.seq} past the window (acknowledged up to ${t.acked}, window ${window})`);
+          const n = decodedLength(msg.data);
+          t.nextSeq++;
+          t.inFlight.set(msg.seq, n);
+          t.inFlightBytes += n;
+          inFlightTotal += n;
+          t.peakInFlightBytes = Math.max(t.peakInFlightBytes, t.inFlightBytes);
+          t.bytes += n;
+          m.cacheTransferBytes.inc(n);
+          m.cacheRelayBytes.set(inFlightTotal);
+          progress(t);
+          t.receiver.send(msg as ServerMessage);
+          return;
+        }
+        case 'cache.end':
+          if (t.phase !== 'streaming') return broke('an end outside the stream');
+          if (msg.chunks !== t.nextSeq) return broke(`it ended after ${msg.chunks} chunks but sent ${t.nextSeq}`);
+          t.phase = 'ended';
+          progress(t);
+          t.receiver.send(msg as ServerMessage);
+          return;
+        case 'cache.abort':
+          return end(t, 'failed', `${t.peer.name} could not send it: ${msg.reason}`, { receiver: true });
+        case 'cache.ack':
+          if (msg.seq >= t.nextSeq || msg.seq <= t.acked) return; // stale or ahead of what was sent: nothing to release
+          t.acked = msg.seq;
+          release(t, msg.seq);
+          progress(t);
+          t.peer.send(msg as ServerMessage);
+          return;
+        case 'cache.received':
+          // The receiver's word on how it ended (checked the checksum itself); the peer is told only if still sending.
+          return end(t, msg.outcome, msg.reason, { peer: t.phase !== 'ended' || msg.outcome !== 'fetched' });
+      }
+    },
+
+    closed(l) {
+      for (const t of [...transfers.values()]) {
+        if (t.peer === l) end(t, 'peer_gone', `the peer host ${l.name} disconnected during the transfer`, { receiver: true });
+        else if (t.receiver === l) end(t, 'failed', `the receiving host ${l.name} disconnected`, { peer: true });
+      }
+    },
+    close() {
+      for (const t of transfers.values()) if (t.stall) clearTimeout(t.stall);
+      transfers.clear();
+    },
+    stats: () => ({ transfers: transfers.size, inFlightBytes: inFlightTotal }),
+  };
+}

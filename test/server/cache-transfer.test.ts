@@ -1,0 +1,342 @@
+/**
+ * Host-to-host cache transfer (docs/caches.md, "Fetching a cache from a peer"), through a real server on each
+ * store, with agents that keep real cache stores (files under their own data directories; the memory driver's
+ * `cache-fill` writes real data into a job's cache overlay, and commits run qemu-img and e2fsck):
+ * - a version committed on host A is fetched by host B for a job placed there: the same bytes and record, the
+ *   checksum its commit recorded, in the job's cache outcome, the usage CSV and /metrics; the relay never held
+ *   more than its window although the image is many windows long;
+ * - a copy corrupted on A's disk is refused by the checksum: B's job runs on an empty cache, with one line
+ *   saying why, and nothing of the copy is left on B;
+ * - a peer too slow for the fetch bound: B's job starts on an empty cache, and the peer stops sending;
+ * - the peer (a `kiln agent` process) SIGKILLed mid-transfer: B's job runs on its older version, with the reason;
+ * - forged and unsolicited transfer messages from an agent are refused, and malformed ones are protocol errors.
+ */
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { once } from 'node:events';
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import WebSocket from 'ws';
+import { CACHE_TRANSFER_VERSION, PROTOCOL_VERSION } from '../../src/core/agent-protocol.ts';
+import type { Job } from '../../src/core/job.ts';
+import { KILN_VERSION } from '../../src/core/version.ts';
+import { cacheId, makeCacheStore } from '../../src/vm/cache-store.ts';
+import { killAll, runKilnCommand, spawnBuiltKiln } from '../agent/processes.ts';
+import { storeKinds } from '../store/test-stores.ts';
+import { jobReaches, startHarness, type Harness } from './harness.ts';
+
+const MiB = 1024 * 1024;
+const FINAL = ['succeeded', 'failed', 'lost', 'cancelled', 'timed_out'] as const;
+const dirs: string[] = [];
+const tempDir = () => {
+  const d = mkdtempSync(join(tmpdir(), 'kiln-xfer-'));
+  dirs.push(d);
+  return d;
+};
+after(async () => {
+  await killAll();
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+const versionFile = (dataDir: string, key: string, v: string) => join(dataDir, 'caches', cacheId(key), 'versions', `${v}.raw`);
+const fileSha = (p: string) => createHash('sha256').update(readFileSync(p)).digest('hex');
+
+async function until<T>(what: string, f: () => T | Promise<T>, timeoutMs = 30_000): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await f();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function submit(h: Harness, command: string, site: string, cache: { key: string; write?: boolean; size?: string }): Promise<number> {
+  const j = await h.client.request<Job>('POST', '/v1/jobs', { command: ['sh', '-c', command], labels: [site], cache });
+  return j.id;
+}
+async function finished(h: Harness, id: number): Promise<Job> {
+  await jobReaches(h, id, [...FINAL], 120_000);
+  return h.client.request<Job>('GET', `/v1/jobs/${id}`);
+}
+async function logs(h: Harness, id: number): Promise<string> {
+  let text = '';
+  await h.client.logs(id, { follow: false, onChunk: (_s, d) => void (text += d.toString()) });
+  return text;
+}
+const metrics = async (h: Harness) => (await fetch(`${h.url}/metrics`, { headers: { authorization: `Bearer ${h.admin}` } })).text();
+/** Waits until the host has told the server it holds `version` of `key` (its host.status after the job). */
+const reported = (h: Harness, host: string, key: string, version: string) =>
+  until(`${host} to report ${key}@${version}`, () => [...h.server.registry.links.values()].some((l) => l.name === host && l.cacheVersions?.get(key) === version));
+
+/** A hand-made agent connection (what a compromised host could send), with the messages it receives. */
+async function fakeAgent(h: Harness, name: string, labels: string[]) {
+  const ws = new WebSocket(`${h.url.replace(/^http/, 'ws')}/v1/agent/connect`, { headers: { authorization: `Bearer ${h.agentToken}` } });
+  const got: { type: string; [k: string]: unknown }[] = [];
+  const waiters = new Set<() => void>();
+  ws.on('message', (d) => {
+    got.push(JSON.parse(String(d)) as { type: string });
+    for (const w of [...waiters]) w();
+  });
+  const closed = once(ws, 'close');
+  await once(ws, 'open');
+  const send = (m: unknown) => ws.send(JSON.stringify(m));
+  const next = (pred: (m: { type: string; [k: string]: unknown }) => boolean, timeoutMs = 10_000) =>
+    new Promise<{ type: string; [k: string]: unknown }>((resolve, reject) => {
+      const check = () => {
+        const m = got.find(pred);
+        if (m) {
+          waiters.delete(check);
+          clearTimeout(t);
+          resolve(m);
+        }
+      };
+      const t = setTimeout(() => (waiters.delete(check), reject(new Error(`the fake agent got no matching message; got ${got.map((x) => x.type).join(', ')}`))), timeoutMs);
+      waiters.add(check);
+      check();
+    });
+  send({
+    type: 'hello',
+    protocol: PROTOCOL_VERSION,
+    host: { name, arch: 'amd64', cpus: 2, memoryBytes: 4 * 1024 ** 3, diskBytes: 50 * 1024 ** 3, accel: 'tcg', labels, driver: 'memory', agentVersion: KILN_VERSION },
+    running: [],
+    finished: [],
+    cacheTransfer: CACHE_TRANSFER_VERSION,
+  });
+  await next((m) => m.type === 'welcome');
+  return { ws, got, send, next, closed, close: () => ws.close() };
+}
+
+for (const { kind, skip } of storeKinds()) {
+  test(`${kind}: a version committed on host A is fetched by host B (same bytes and record, checksum checked, window-bounded relay); a corrupted copy is refused`, { skip, timeout: 240_000 }, async () => {
+    const h = await startHarness(kind, { cacheRelay: { windowChunks: 2, stallMs: 20_000 } });
+    const dirA = tempDir();
+    const dirB = tempDir();
+    try {
+      await h.addAgent('host-a', { cacheWrites: true }, { labels: ['site-a'], caches: makeCacheStore(dirA) });
+      await h.addAgent('host-b', { cacheWrites: true }, { labels: ['site-b'], caches: makeCacheStore(dirB) });
+      const key = 'default/deps';
+      const transfers: { outcome?: string; to: string; bytes?: number; peakInFlightBytes?: number; reason?: string }[] = [];
+      h.server.events.on('cache.transfer', (e) => void (e.outcome && transfers.push(e)));
+
+      const w = await finished(h, await submit(h, 'cache-fill 12; echo wrote', 'site-a', { key: 'deps', write: true, size: '64M' }));
+      assert.equal(w.state, 'succeeded', await logs(h, w.id));
+      const committed = w.cacheOutcome?.committed;
+      assert.ok(committed?.sha256, 'the commit recorded a checksum in the job result');
+      assert.equal(w.cacheOutcome?.hit, false);
+      assert.equal(w.cacheOutcome?.fetch?.outcome, 'none', 'no peer had the cache');
+      const v = committed.id;
+      const fileA = versionFile(dirA, key, v);
+      const shaA = fileSha(fileA);
+      await reported(h, 'host-a', key, v);
+
+      // A's copy corrupted on disk (a byte inside the data cache-fill wrote, at 5/8 of the disk): B refuses it.
+      const at = 40 * MiB + 4096;
+      const fd = openSync(fileA, 'r+');
+      const orig = Buffer.alloc(1);
+      try {
+        assert.equal(readFileSync(fileA).subarray(at, at + 1).readUInt8(0), 17);
+        orig.writeUInt8(17);
+        writeSync(fd, Buffer.from([0x99]), 0, 1, at);
+      } finally {
+        closeSync(fd);
+      }
+      const bad = await finished(h, await submit(h, 'echo ran', 'site-b', { key: 'deps' }));
+      assert.equal(bad.state, 'succeeded', 'a failed fetch never fails the job');
+      assert.equal(bad.cacheOutcome?.fetch?.outcome, 'checksum');
+      assert.equal(bad.cacheOutcome?.hit, false, 'it ran on an empty cache');
+      assert.match(await logs(h, bad.id), new RegExp(`kiln: could not fetch cache version ${v} from host host-a \\(checksum: .*does not match its recorded checksum.*\\); the job starts on an empty cache\\n`));
+      assert.equal(makeCacheStore(dirB).inspect(key)?.current, undefined, 'nothing of the refused copy became a version on B');
+      assert.deepEqual(readdirSync(join(dirB, 'caches', cacheId(key), 'versions')), []);
+      assert.deepEqual(readdirSync(join(dirB, 'caches', cacheId(key), 'leases')), [], 'and no half-received file is left');
+
+      // Repaired: B's next job fetches it.
+      const fd2 = openSync(fileA, 'r+');
+      writeSync(fd2, orig, 0, 1, at);
+      closeSync(fd2);
+      assert.equal(fileSha(fileA), shaA);
+      const r = await finished(h, await submit(h, 'echo read', 'site-b', { key: 'deps' }));
+      assert.equal(r.state, 'succeeded');
+      const f = r.cacheOutcome?.fetch;
+      assert.equal(f?.outcome, 'fetched', JSON.stringify(r.cacheOutcome));
+      assert.equal(f.from, 'host-a');
+      assert.equal(f.version, v);
+      assert.ok((f.bytes ?? 0) >= 12 * MiB, `bytes fetched: ${f.bytes}`);
+      assert.equal(r.cacheOutcome?.hit, true, 'the job started from the fetched version');
+      assert.equal(r.cacheOutcome?.version, v);
+      const infoB = makeCacheStore(dirB).inspect(key);
+      assert.equal(infoB?.current?.id, v);
+      assert.equal(infoB.current.sha256, committed.sha256);
+      assert.equal(infoB.current.jobId, String(w.id), 'the same writer record');
+      assert.equal(infoB.current.by, makeCacheStore(dirA).inspect(key)?.current?.by);
+      assert.equal(infoB.current.fetchedFrom, 'host-a');
+      assert.equal(fileSha(versionFile(dirB, key, v)), shaA, 'byte for byte the same image');
+      assert.equal(readFileSync(versionFile(dirB, key, v)).length, 64 * MiB);
+      const inspect = await runKilnCommand(['caches', 'inspect', key, '--data-dir', dirB], {});
+      assert.equal(inspect.code, 0, inspect.stderr);
+      assert.match(inspect.stdout, new RegExp(`${v} \\*.*\\b${w.id}\\b.*host-a\\s+${committed.sha256.slice(0, 12)}`), inspect.stdout);
+
+      // The relay held at most its window (2 chunks of 512 KiB) of a 12+ MiB transfer.
+      const ok = transfers.find((t) => t.outcome === 'fetched');
+      assert.ok(ok && (ok.bytes ?? 0) >= 12 * MiB);
+      assert.ok((ok.peakInFlightBytes ?? Infinity) <= 2 * 512 * 1024, `peak in flight ${ok.peakInFlightBytes}`);
+      assert.ok((ok.peakInFlightBytes ?? 0) > 0);
+      assert.equal(h.server.registry.links.size, 2);
+
+      const text = await metrics(h);
+      assert.match(text, /^kiln_cache_transfers_total\{outcome="fetched"\} 1$/m);
+      assert.match(text, /^kiln_cache_transfers_total\{outcome="checksum"\} 1$/m);
+      const relayed = Number(/^kiln_cache_transfer_bytes_total (\d+)$/m.exec(text)?.[1]);
+      assert.ok(relayed >= 24 * MiB, `bytes relayed: ${relayed}`);
+      assert.match(text, /^kiln_cache_relay_bytes 0$/m);
+      assert.match(text, /^kiln_cache_hits_total 1$/m);
+      assert.match(text, /^kiln_cache_misses_total 2$/m);
+
+      // Two jobs of the cache placed at once on a third host: one transfer, both start from the version.
+      const dirC = tempDir();
+      await h.addAgent('host-c', {}, { labels: ['site-c'], caches: makeCacheStore(dirC) });
+      const toC = () => transfers.filter((t) => t.to === 'host-c');
+      const [c1, c2] = await Promise.all([submit(h, 'echo one', 'site-c', { key: 'deps' }), submit(h, 'echo two', 'site-c', { key: 'deps' })]);
+      const both = [await finished(h, c1!), await finished(h, c2!)];
+      assert.deepEqual(both.map((j) => [j.state, j.cacheOutcome?.hit, j.cacheOutcome?.version]), [['succeeded', true, v], ['succeeded', true, v]]);
+      assert.deepEqual(both.map((j) => j.cacheOutcome?.fetch?.outcome).sort(), ['fetched', 'none']);
+      assert.equal(toC().length, 1, 'one transfer to host-c');
+
+      // Usage records carry each job's cache: hit or miss, the fetch, bytes fetched and committed.
+      const csv = await (await fetch(`${h.url}/v1/reports/usage.csv`, { headers: { authorization: `Bearer ${h.admin}` } })).text();
+      const [head, ...rows] = csv.trim().split('\n');
+      const cols = head!.split(',');
+      const row = (id: number) => Object.fromEntries(rows.find((x) => x.startsWith(`${id},`))!.split(',').map((c, i) => [cols[i], c]));
+      assert.deepEqual([row(w.id).cache, row(w.id).cache_hit, row(w.id).cache_fetch, row(w.id).cache_committed_bytes], [key, 'miss', 'none', String(committed.bytes)]);
+      assert.deepEqual([row(bad.id).cache_hit, row(bad.id).cache_fetch], ['miss', 'checksum']);
+      assert.deepEqual([row(r.id).cache_hit, row(r.id).cache_fetch, row(r.id).cache_fetched_bytes], ['hit', 'fetched', String(f.bytes)]);
+    } finally {
+      await h.close();
+    }
+  });
+
+  test(`${kind}: a peer too slow for the fetch bound: the job starts on an empty cache, the peer stops sending and lets go of the version`, { skip, timeout: 120_000 }, async () => {
+    const h = await startHarness(kind, { cacheRelay: { windowChunks: 4, stallMs: 60_000 } });
+    const dirA = tempDir();
+    const dirB = tempDir();
+    try {
+      const key = 'default/deps';
+      await h.addAgent('host-a', { cacheWrites: true }, { labels: ['site-a'], caches: makeCacheStore(dirA), cacheTransfer: { holdSendAfterChunks: 2 } });
+      await h.addAgent('host-b', {}, { labels: ['site-b'], caches: makeCacheStore(dirB), cacheTransfer: { fetchTimeoutMs: 10_000 } });
+      const w = await finished(h, await submit(h, 'cache-fill 4', 'site-a', { key: 'deps', write: true, size: '64M' }));
+      const v = w.cacheOutcome?.committed?.id;
+      assert.ok(v);
+      await reported(h, 'host-a', key, v);
+      // A job cancelled while its fetch waits on the peer ends at once, not at the fetch bound.
+      const started = new Promise<void>((resolve) => h.server.events.on('cache.transfer', (e) => void (!e.outcome && e.to === 'host-b' && resolve())));
+      const c = await submit(h, 'echo never', 'site-b', { key: 'deps' });
+      await started;
+      const tc = Date.now();
+      await h.client.request('POST', `/v1/jobs/${c}/cancel`);
+      assert.equal((await finished(h, c)).state, 'cancelled');
+      assert.ok(Date.now() - tc < 8000, `the cancel took ${Date.now() - tc} ms`);
+      await until('the cancelled fetch to be counted', async () => /^kiln_cache_transfers_total\{outcome="failed"\} 1$/m.test(await metrics(h)));
+      const t0 = Date.now();
+      const r = await finished(h, await submit(h, 'echo read', 'site-b', { key: 'deps' }));
+      assert.equal(r.state, 'succeeded');
+      assert.equal(r.cacheOutcome?.fetch?.outcome, 'timeout');
+      assert.match(r.cacheOutcome?.fetch?.reason ?? '', /the fetch took longer than 10 s/);
+      assert.equal(r.cacheOutcome?.hit, false);
+      assert.ok(Date.now() - t0 < 30_000, 'the job waited for the bound, not for the peer');
+      assert.match(await logs(h, r.id), /kiln: could not fetch cache version .* from host host-a \(timeout: the fetch took longer than 10 s\); the job starts on an empty cache/);
+      assert.match(await metrics(h), /^kiln_cache_transfers_total\{outcome="timeout"\} 1$/m);
+      // The relay told the peer to stop both times: its hold on the version is released.
+      await until('host-a to release the version it was sending', () => readdirSync(join(dirA, 'caches', cacheId(key), 'leases')).length === 0);
+      assert.equal(makeCacheStore(dirB).inspect(key)?.current, undefined);
+    } finally {
+      await h.close();
+    }
+  });
+
+  test(`${kind}: the peer SIGKILLed mid-transfer leaves the job on its host's older version; forged and unsolicited transfer messages are refused`, { skip, timeout: 240_000 }, async () => {
+    const h = await startHarness(kind, { cacheRelay: { windowChunks: 4, stallMs: 20_000 } });
+    const dirP = tempDir();
+    const dirB = tempDir();
+    let fake: Awaited<ReturnType<typeof fakeAgent>> | undefined;
+    try {
+      const key = 'default/deps';
+      const b = await h.addAgent('host-b', { cacheWrites: true }, { labels: ['site-b'], caches: makeCacheStore(dirB) });
+      // B's own (older) version first.
+      const old = await finished(h, await submit(h, 'cache-fill 1', 'site-b', { key: 'deps', write: true, size: '64M' }));
+      const oldV = old.cacheOutcome?.committed?.id;
+      assert.ok(oldV, JSON.stringify(old.cacheOutcome));
+      // The peer is a real `kiln agent` process; its sends stop after 3 chunks (KILN_TEST_HOLD_CACHE_SEND).
+      const peer = spawnBuiltKiln(['agent', '--server', h.url, '--token', h.agentToken, '--name', 'host-p', '--label', 'site-p', '--driver', 'memory', '--data-dir', dirP], {
+        KILN_TEST_MEMORY_CACHES: '1',
+        KILN_TEST_HOLD_CACHE_SEND: '3',
+      });
+      await until('host-p to connect', () => [...h.server.registry.links.values()].some((l) => l.name === 'host-p'), 60_000);
+      const w = await finished(h, await submit(h, 'cache-fill 8', 'site-p', { key: 'deps', write: true }));
+      assert.equal(w.state, 'succeeded');
+      const v = w.cacheOutcome?.committed?.id;
+      assert.ok(v && v > oldV, 'the peer holds a newer version');
+      await reported(h, 'host-p', key, v);
+
+      // A fake host with a job of its own: it may not fetch another tenant's cache, nor a job it does not run.
+      fake = await fakeAgent(h, 'host-x', ['site-x']);
+      const xJob = await submit(h, 'echo x', 'site-x', { key: 'deps' });
+      const launch = await fake.next((m) => m.type === 'launch' && m.jobId === xJob);
+      assert.equal((launch.spec as { cache: { key: string } }).cache.key, key);
+      fake.send({ type: 'cache.fetch', tv: 1, fetchId: 'fetch-other-tenant', jobId: xJob, attempt: 1, key: 'acme/deps' });
+      const refusedKey = await fake.next((m) => m.type === 'cache.fetch.failed' && m.fetchId === 'fetch-other-tenant');
+      assert.equal(refusedKey.outcome, 'refused');
+      assert.match(String(refusedKey.reason), /is not job \d+'s cache/);
+      fake.send({ type: 'cache.fetch', tv: 1, fetchId: 'fetch-not-mine', jobId: w.id, attempt: 1, key });
+      const refusedJob = await fake.next((m) => m.type === 'cache.fetch.failed' && m.fetchId === 'fetch-not-mine');
+      assert.equal(refusedJob.outcome, 'refused');
+      assert.match(String(refusedJob.reason), /is not placed on this host/);
+
+      // B's job starts a fetch from the peer, which stops after 3 chunks.
+      const started = new Promise<string>((resolve) => h.server.events.on('cache.transfer', (e) => void (!e.outcome && e.to === 'host-b' && resolve(e.transferId))));
+      const r = await submit(h, 'echo read', 'site-b', { key: 'deps' });
+      const transferId = await started;
+      await peer.waitForOutput(/holding the send of cache default\/deps after 3 chunks/, 60_000);
+      // Forged: the fake host is neither side of that transfer; its chunk and ack are refused and never relayed.
+      fake.send({ type: 'cache.chunk', tv: 1, transferId, seq: 3, offset: 3 * 512 * 1024, data: Buffer.alloc(16, 1).toString('base64') });
+      const e1 = await fake.next((m) => m.type === 'error' && m.code === 'cache.transfer_forged');
+      assert.match(String(e1.message), /cache\.chunk refused: this host is not the sender of that transfer/);
+      fake.send({ type: 'cache.ack', tv: 1, transferId, seq: 2 });
+      await fake.next((m) => m.type === 'error' && String(m.message).startsWith('cache.ack refused'));
+      // An offer for that transfer from a host that was never asked to send it: refused the same way.
+      fake.send({ type: 'cache.offer', tv: 1, transferId, version: v, length: 64 * MiB, sha256: '0'.repeat(64), record: { createdAt: new Date().toISOString(), jobId: String(w.id) } });
+      await fake.next((m) => m.type === 'error' && String(m.message).startsWith('cache.offer refused'));
+      // Unsolicited: a chunk for a transfer that does not exist is dropped (it could be one that just ended).
+      fake.send({ type: 'cache.chunk', tv: 1, transferId: 'no-such-transfer', seq: 0, offset: 0, data: 'AAAA' });
+      // Malformed (a transfer version this server does not speak): a protocol error; the connection is closed.
+      fake.send({ type: 'cache.chunk', tv: 2, transferId, seq: 3, offset: 0, data: 'AAAA' });
+      const bad = await fake.next((m) => m.type === 'error' && m.code === 'protocol.bad_message');
+      assert.match(String(bad.message), /agent message \(type cache\.chunk\) does not match the protocol/);
+      await fake.closed;
+      const text = await metrics(h);
+      assert.match(text, /^kiln_agent_protocol_errors_total\{code="cache\.transfer_forged"\} 3$/m);
+      assert.match(text, /^kiln_agent_protocol_errors_total\{code="protocol\.bad_message"\} 1$/m);
+      fake = undefined;
+
+      await peer.kill('SIGKILL');
+      const job = await finished(h, r);
+      assert.equal(job.state, 'succeeded', 'the job runs whatever happened to the transfer');
+      assert.equal(job.cacheOutcome?.fetch?.outcome, 'peer_gone');
+      assert.match(job.cacheOutcome?.fetch?.reason ?? '', /the peer host host-p disconnected during the transfer/);
+      assert.equal(job.cacheOutcome?.hit, true);
+      assert.equal(job.cacheOutcome?.version, oldV, 'it ran on B\'s older version');
+      assert.match(await logs(h, r), new RegExp(`kiln: could not fetch cache version ${v} from host host-p \\(peer_gone: the peer host host-p disconnected during the transfer\\); the job starts on this host's older version ${oldV}\\n`));
+      const info = makeCacheStore(dirB).inspect(key);
+      assert.equal(info?.current?.id, oldV, 'B\'s current version is unchanged');
+      assert.deepEqual(info.versions.map((x) => x.id), [oldV], 'nothing of the partial copy is visible');
+      assert.equal(existsSync(versionFile(dirB, key, v)), false);
+      assert.deepEqual(readdirSync(join(dirB, 'caches', cacheId(key), 'leases')), []);
+      assert.match(await metrics(h), /^kiln_cache_transfers_total\{outcome="peer_gone"\} 1$/m);
+      assert.ok(b.isConnected());
+    } finally {
+      fake?.close();
+      await h.close();
+    }
+  });
+}

@@ -39,6 +39,8 @@ export interface VmConfig {
   warmStarts: boolean;
   /** Disk budget of the warm cache disks on this host (KILN_CACHE_BUDGET, a size); undefined: 20G. */
   cacheBudgetBytes: number | undefined;
+  /** Cache retention (KILN_CACHE_MAX_IDLE, a duration such as 14d): caches unused this long go; undefined: budget only. */
+  cacheMaxIdleMs: number | undefined;
   /** Test-only (KILN_TEST_HOLD_CACHE_COMMIT=1): a cache commit stops before its pointer is renamed, so a test can kill it there. */
   holdCacheCommits: boolean;
 }
@@ -47,7 +49,8 @@ export interface VmConfig {
  * KILN_ACCEL (auto|kvm|tcg), KILN_BOOT_TIMEOUT (a duration such as 90s), KILN_EGRESS_ALLOW (CIDRs and host
  * names, comma-separated), KILN_EGRESS (filtered, the default, or unfiltered), KILN_SNAPSHOT_BUDGET (a size
  * such as 4G), KILN_WARM_STARTS (on, the default, or off: the agent's warm starts), KILN_CACHE_BUDGET (a size,
- * the host's budget for cache disks) and, for tests only, KILN_TEST_HOLD_CACHE_COMMIT=1.
+ * the host's budget for cache disks), KILN_CACHE_MAX_IDLE (a duration: caches unused that long are removed)
+ * and, for tests only, KILN_TEST_HOLD_CACHE_COMMIT=1.
  */
 export function loadVmConfig(env: NodeJS.ProcessEnv = process.env): VmConfig {
   const problems: string[] = [];
@@ -89,6 +92,14 @@ export function loadVmConfig(env: NodeJS.ProcessEnv = process.env): VmConfig {
       problems.push((e as Error).message);
     }
   }
+  let cacheMaxIdleMs: number | undefined;
+  if (env.KILN_CACHE_MAX_IDLE) {
+    try {
+      cacheMaxIdleMs = parseDuration(env.KILN_CACHE_MAX_IDLE, 'KILN_CACHE_MAX_IDLE');
+    } catch (e) {
+      problems.push((e as Error).message);
+    }
+  }
   if (problems.length > 0) throw new KilnError('config.invalid', problems.join('; '), { hint: 'fix the environment variables named above' });
   return {
     warmStarts: warmText === 'on',
@@ -97,6 +108,7 @@ export function loadVmConfig(env: NodeJS.ProcessEnv = process.env): VmConfig {
     egress: { allow, unfiltered: egressText === 'unfiltered' },
     snapshotBudgetBytes,
     cacheBudgetBytes,
+    cacheMaxIdleMs,
     holdCacheCommits: env.KILN_TEST_HOLD_CACHE_COMMIT === '1',
   };
 }

@@ -69,6 +69,7 @@ export function makeDriverFor(
     caches: makeCacheStore(dataDir, {
       logger,
       ...(vm.cacheBudgetBytes !== undefined ? { budgetBytes: vm.cacheBudgetBytes } : {}),
+      ...(vm.cacheMaxIdleMs !== undefined ? { maxIdleMs: vm.cacheMaxIdleMs } : {}),
       ...(vm.holdCacheCommits
         ? {
             beforePointer: (key: string, v: string) => {

@@ -156,6 +156,7 @@ async function runCommand(command: string[], flags: RunFlags, o: Output): Promis
   const caches = req.cache
     ? makeCacheStore(cfg.dataDir, {
         ...(vmCfg.cacheBudgetBytes !== undefined ? { budgetBytes: vmCfg.cacheBudgetBytes } : {}),
+        ...(vmCfg.cacheMaxIdleMs !== undefined ? { maxIdleMs: vmCfg.cacheMaxIdleMs } : {}),
         ...(vmCfg.holdCacheCommits ? { beforePointer: (key, v) => holdCommit(o, key, v) } : {}),
       })
     : undefined;

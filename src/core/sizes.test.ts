@@ -16,6 +16,8 @@ test('sizes', () => {
 test('durations', () => {
   assert.equal(parseDuration('90s'), 90_000);
   assert.equal(parseDuration('10m'), 600_000);
+  assert.equal(parseDuration('14d'), 14 * 86_400_000);
+  assert.equal(parseDuration('1d12h'), 36 * 3_600_000);
   assert.equal(parseDuration('1h30m'), 5_400_000);
   assert.equal(parseDuration('2.5'), 2500);
   for (const bad of ['', 'soon', '10x', '0s', 'm10']) assert.throws(() => parseDuration(bad), (e) => isKilnError(e, 'input.bad_duration'), bad);

@@ -51,17 +51,17 @@ export function formatSize(bytes: number): string {
   return `${v}${units[i]}`;
 }
 
-/** Parses a duration such as `90s`, `10m`, `1h30m` or a bare number of seconds into milliseconds. */
+/** Parses a duration such as `90s`, `10m`, `1h30m`, `14d` or a bare number of seconds into milliseconds. */
 export function parseDuration(text: string, what = 'duration'): number {
   const t = text.trim();
   if (/^\d+(\.\d+)?$/.test(t)) return Math.round(Number(t) * 1000);
-  const re = /(\d+(?:\.\d+)?)(ms|s|m|h)/gy;
+  const re = /(\d+(?:\.\d+)?)(ms|s|m|h|d)/gy;
   let total = 0;
   let matched = 0;
   for (let m = re.exec(t); m; m = re.exec(t)) {
     const n = Number(m[1]);
     const unit = m[2];
-    total += n * (unit === 'ms' ? 1 : unit === 's' ? 1000 : unit === 'm' ? 60_000 : 3_600_000);
+    total += n * (unit === 'ms' ? 1 : unit === 's' ? 1000 : unit === 'm' ? 60_000 : unit === 'h' ? 3_600_000 : 86_400_000);
     matched = re.lastIndex;
   }
   if (matched !== t.length || t.length === 0 || total <= 0) {

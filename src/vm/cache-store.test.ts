@@ -198,6 +198,33 @@ test('eviction keeps the host budget, least recently used first, never a cache i
   assert.equal(store.counters.evictions, 1);
 }));
 
+test('retention: a cache unused longer than maxIdleMs goes at the next collection, under budget or not; one in use stays', withDir(async (dir) => {
+  const store = makeCacheStore(dir, { maxIdleMs: 3_600_000 });
+  for (const k of ['stale', 'busy', 'fresh']) {
+    const l = await store.open(k, { sizeBytes: 32 * MiB, jobId: k });
+    writeThroughOverlay(l, dir, 'f', k);
+    await l.commit({ jobId: k });
+    l.release();
+  }
+  const old = new Date(Date.now() - 2 * 3_600_000);
+  utimesSync(join(store.dir, cacheId('stale'), 'used'), old, old);
+  const holder = await store.open('busy', { jobId: 'holder' });
+  utimesSync(join(store.dir, cacheId('busy'), 'used'), old, old);
+  assert.deepEqual(store.collect(), ['stale'], 'the stale cache goes though the store is far under its budget');
+  assert.deepEqual(store.list().map((c) => c.key).sort(), ['busy', 'fresh']);
+  holder.release();
+  utimesSync(join(store.dir, cacheId('busy'), 'used'), old, old);
+  assert.deepEqual(store.collect(), ['busy'], 'once no job uses it, it goes too');
+  assert.equal(store.counters.evictions, 2);
+  // Without a retention, age alone removes nothing.
+  const keep = makeCacheStore(join(dir, 'keep'));
+  const l = await keep.open('old', { sizeBytes: 32 * MiB, jobId: 'old' });
+  await l.commit({ jobId: 'old' });
+  l.release();
+  utimesSync(join(keep.dir, cacheId('old'), 'used'), old, old);
+  assert.deepEqual(keep.collect(), []);
+}));
+
 test('rm removes a cache; a job using it keeps its copy until it ends', withDir(async (dir) => {
   const store = makeCacheStore(dir);
   const w = await store.open('k', { sizeBytes: 32 * MiB, jobId: 'w' });

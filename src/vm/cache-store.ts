@@ -117,6 +117,8 @@ export interface CacheCounters {
 export interface CacheStoreOptions {
   /** Host budget in allocated bytes over all caches; the least recently used caches not in use go beyond it. */
   budgetBytes?: number;
+  /** Retention: a cache not used for this long (and not in use) goes at the next collection, within budget or not. */
+  maxIdleMs?: number;
   logger?: Logger;
   /**
    * Test-only (KILN_TEST_HOLD_CACHE_COMMIT): awaited after the new version is on disk and before the pointer
@@ -134,7 +136,7 @@ export interface CacheStore {
   inspect(key: string): CacheInfo | undefined;
   /** Removes a cache; jobs using it keep their copy until they end. False if there is none. */
   remove(key: string): boolean;
-  /** Old versions and dead leases collected; then LRU eviction within the budget. Returns the evicted keys. */
+  /** Old versions and dead leases collected; then caches idle past the retention, then LRU eviction within the budget. Returns the evicted keys. */
   collect(): string[];
   /** A committed version held for reading (sending it to a peer): kept while held, whatever the collector does. */
   holdVersion(key: string, version: string): HeldVersion | undefined;
@@ -429,9 +431,20 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
       if (n.startsWith('.trash-')) rmSync(join(dir, n), { recursive: true, force: true });
       else if (/^[0-9a-f]{16}$/.test(n)) collectCache(join(dir, n));
     }
-    const caches = allInfo().sort((a, b) => a.lastUsedAt.localeCompare(b.lastUsedAt));
-    let total = caches.reduce((n, c) => n + c.bytes, 0);
+    let caches = allInfo().sort((a, b) => a.lastUsedAt.localeCompare(b.lastUsedAt));
     const evicted: string[] = [];
+    if (opts.maxIdleMs !== undefined) {
+      const before = new Date(Date.now() - opts.maxIdleMs).toISOString();
+      for (const c of caches) {
+        if (c.lastUsedAt >= before || c.inUse > 0) continue;
+        removeDir(join(dir, c.id));
+        evicted.push(c.key);
+        counters.evictions++;
+        log?.info({ cache: c.key, bytes: c.bytes, lastUsedAt: c.lastUsedAt, maxIdleMs: opts.maxIdleMs }, 'cache evicted (unused longer than the retention)');
+      }
+      caches = caches.filter((c) => !evicted.includes(c.key));
+    }
+    let total = caches.reduce((n, c) => n + c.bytes, 0);
     for (const c of caches) {
       if (total <= budget) break;
       if (c.inUse > 0) continue;

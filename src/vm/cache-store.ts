@@ -436,7 +436,8 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
     if (opts.maxIdleMs !== undefined) {
       const before = new Date(Date.now() - opts.maxIdleMs).toISOString();
       for (const c of caches) {
-        if (c.lastUsedAt >= before || c.inUse > 0) continue;
+        // Never used yet (made or received just now, its first lease still to come): not aged.
+        if (c.lastUsedAt >= before || c.inUse > 0 || !existsSync(join(dir, c.id, 'used'))) continue;
         removeDir(join(dir, c.id));
         evicted.push(c.key);
         counters.evictions++;

@@ -881,12 +881,16 @@ export async function setCacheOutcome(db: Q, jobId: number, attempt: number, out
 
 /**
  * A committed cache version as the job that committed it reported it: its checksum and that job, if a job of
- * `tenant` with cache `key` committed `version` (the relay fetches nothing else from a peer).
+ * `tenant` with cache `key` committed `version` (the relay fetches nothing else from a peer). Only a job that
+ * could write counts (write true, or 'ask': decided after the job), never a read-only one whatever its host
+ * reports; of several claiming one version, the first submitted.
  */
 export async function committedCacheVersion(db: Q, tenant: string, key: string, version: string): Promise<{ jobId: number; sha256: string } | undefined> {
   const r = await sql<{ id: string | number; sha: string | null }>`
     SELECT id, cache_outcome->'committed'->>'sha256' AS sha FROM jobs
     WHERE cache_outcome ? 'committed' AND (cache_outcome->'committed'->>'id') = ${version} AND tenant = ${tenant} AND cache->>'key' = ${key}
+      AND cache->>'write' IN ('true', 'ask')
+    ORDER BY id
     LIMIT 1`.execute(db);
   const x = r.rows[0];
   return x?.sha ? { jobId: Number(x.id), sha256: x.sha } : undefined;

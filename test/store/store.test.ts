@@ -4,14 +4,14 @@ import assert from 'node:assert/strict';
 import { storeKinds, makeTestStore } from './test-stores.ts';
 import type { Store } from '../../src/store/store.ts';
 import { migrate } from '../../src/store/store.ts';
-import { insertJobs, getJob, listJobs, claimQueuedJobs, markPlaced, recordExits, transitionJob, jobTransitions, loseJob, requestCancel, applyPhases, transitionJobs, activeJobsOnHosts, countJobsByState } from '../../src/store/jobs.ts';
+import { committedCacheVersion, setCacheOutcome, insertJobs, getJob, listJobs, claimQueuedJobs, markPlaced, recordExits, transitionJob, jobTransitions, loseJob, requestCancel, applyPhases, transitionJobs, activeJobsOnHosts, countJobsByState } from '../../src/store/jobs.ts';
 import { setTenantLimit, tenantUsage } from '../../src/store/tenants.ts';
 import { appendLogs, readLogs, storedLogSeq } from '../../src/store/logs.ts';
 import { connectHost, disconnectHost, lockSchedulableHosts, listHosts, updateHostFlags, findHost, setHostCaches } from '../../src/store/hosts.ts';
 import { createToken, findTokenBySecret, revokeToken } from '../../src/store/tokens.ts';
 import { DEFAULT_REQUIREMENTS } from '../../src/core/requirements.ts';
 import { launchSpecOf, type Job, type JobSpec } from '../../src/core/job.ts';
-import type { HostCapacity } from '../../src/core/agent-protocol.ts';
+import type { CacheOutcomeMsg, HostCapacity } from '../../src/core/agent-protocol.ts';
 import { powerHosts, queuedDemand } from '../../src/store/power.ts';
 
 const spec = (over: Partial<JobSpec> = {}): JobSpec => ({
@@ -60,6 +60,21 @@ for (const { kind, skip } of storeKinds()) {
       assert.deepEqual(await ids('0%'), [c!.id]);
       assert.deepEqual(await ids('_'), [c!.id]);
       assert.deepEqual(await ids('srch'), [a!.id, b!.id, c!.id], 'tenant');
+    });
+
+    void test('cache transfer: only a job that could write vouches for a committed version; the first submitted wins', async () => {
+      const [ro, writer, late] = await insertJobs(store.db, [
+        spec({ tenant: 'ctv', cache: { key: 'ctv/app', write: false } }),
+        spec({ tenant: 'ctv', cache: { key: 'ctv/app', write: true } }),
+        spec({ tenant: 'ctv', cache: { key: 'ctv/app', write: 'ask' } }),
+      ]);
+      const claim = (sha256: string, id = 'v-1'): CacheOutcomeMsg => ({ key: 'ctv/app', hit: true, committed: { id, bytes: 1, seconds: 0, sha256 } });
+      await setCacheOutcome(store.db, ro!.id, ro!.attempt, claim('f'.repeat(64), 'v-ro'));
+      assert.equal(await committedCacheVersion(store.db, 'ctv', 'ctv/app', 'v-ro'), undefined, 'a read-only job\'s host cannot vouch for a version');
+      await setCacheOutcome(store.db, late!.id, late!.attempt, claim('b'.repeat(64)));
+      await setCacheOutcome(store.db, writer!.id, writer!.attempt, claim('a'.repeat(64)));
+      assert.deepEqual(await committedCacheVersion(store.db, 'ctv', 'ctv/app', 'v-1'), { jobId: writer!.id, sha256: 'a'.repeat(64) });
+      assert.equal(await committedCacheVersion(store.db, 'other', 'ctv/app', 'v-1'), undefined, 'another tenant');
     });
 
     void test('power: queued demand groups by cache key; a host\'s reported caches reach the power view', async () => {

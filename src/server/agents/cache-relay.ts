@@ -148,6 +148,10 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
         const rec = known.get(v);
         if (!rec) continue;
         if (!p.ready || registry.get(p.hostId) !== p || c.closed) continue;
+        // Checked again here, with no await between it and the transfer's entry: fetches that raced through
+        // the awaits above (one job's, repeated) must not pass the cap or start a second transfer for a job.
+        if (transfers.size >= maxTransfers) return failFetch(l, msg.fetchId, 'none', `the server relays ${maxTransfers} cache transfers already`);
+        if ([...transfers.values()].some((x) => x.receiver === l && x.jobId === msg.jobId && x.phase !== 'ended')) return refuse(`job ${msg.jobId} has a cache transfer under way already`);
         const t: Transfer = {
           id: randomBytes(16).toString('base64url'),
           fetchId: msg.fetchId,

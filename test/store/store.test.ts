@@ -75,10 +75,12 @@ for (const { kind, skip } of storeKinds()) {
       await setCacheOutcome(store.db, writer!.id, writer!.attempt, claim('a'.repeat(64)));
       assert.deepEqual(await committedCacheVersion(store.db, 'ctv', 'ctv/app', 'v-1'), { jobId: writer!.id, sha256: 'a'.repeat(64) });
       assert.equal(await committedCacheVersion(store.db, 'other', 'ctv/app', 'v-1'), undefined, 'another tenant');
+      // leave nothing queued: the claims test below counts on which tenants wait
+      for (const j of [ro, writer, late]) await requestCancel(store.db, j!.id);
     });
 
     void test('power: queued demand groups by cache key; a host\'s reported caches reach the power view', async () => {
-      await insertJobs(store.db, [
+      const queued = await insertJobs(store.db, [
         spec({ tenant: 'pwr', cache: { key: 'pwr/app', write: false } }),
         spec({ tenant: 'pwr', cache: { key: 'pwr/app', write: true } }),
         spec({ tenant: 'pwr', cache: { key: 'pwr/lib', write: false } }),
@@ -95,6 +97,7 @@ for (const { kind, skip } of storeKinds()) {
       const row = (await powerHosts(store.db)).find((x) => x.id === h.id);
       assert.deepEqual(row?.caches, ['pwr/app']);
       assert.deepEqual((await powerHosts(store.db)).find((x) => x.name !== 'pwr-host' && x.caches.length > 0), undefined);
+      for (const j of queued) await requestCancel(store.db, j.id);
     });
 
     void test('jobs: what insertJobs returns is what the store then holds, in submission order', async () => {

@@ -6,7 +6,7 @@
  * start Docker before the guest answers READY. Foreign architectures are built through qemu-user-static.
  *
  * Reproducibility: file times are set to SOURCE_DATE_EPOCH (default: the Date of the suite's Release
- * file), logs, caches and apt lists are removed, and the ext4 UUID, hash seed and superblock times are
+ * file), logs, caches and apt lists are removed, /etc/shadow's change dates set to that day, and the ext4 UUID, hash seed and superblock times are
  * fixed. Inode change and creation times are then set to the same epoch with debugfs. What remains
  * outside kiln's control is listed in docs/ARCHITECTURE.md ("Guest images").
  */
@@ -217,8 +217,28 @@ function releaseEpoch(root: string): number | undefined {
   return undefined;
 }
 
+/**
+ * Sets every account's "last password change" (the third field of /etc/shadow, in days since 1970) to the
+ * build's epoch. useradd writes the day it ran there, so a build on another day had another root disk.
+ */
+export function fixShadowDates(root: string, epoch: number): void {
+  const file = join(root, 'etc', 'shadow');
+  if (!existsSync(file)) return;
+  const day = String(Math.floor(epoch / 86_400));
+  const lines = readFileSync(file, 'utf8').split('\n');
+  const fixed = lines.map((line) => {
+    const fields = line.split(':');
+    if (fields.length < 3 || fields[2] === '') return line;
+    fields[2] = day;
+    return fields.join(':');
+  });
+  const mode = statSync(file).mode & 0o7777;
+  writeFileSync(file, fixed.join('\n'));
+  chmodSync(file, mode);
+}
+
 /** Removes what differs from build to build without meaning anything in a guest. */
-function scrubRoot(root: string): void {
+function scrubRoot(root: string, epoch: number): void {
   const emptyDir = (rel: string, keep: (name: string) => boolean = () => false) => {
     const d = join(root, rel);
     if (!existsSync(d)) return;
@@ -240,6 +260,7 @@ function scrubRoot(root: string): void {
   emptyDir('var/tmp');
   emptyDir('tmp');
   for (const d of ['usr/share/doc', 'usr/share/man', 'usr/share/info', 'usr/share/locale']) emptyDir(d);
+  fixShadowDates(root, epoch);
   writeFileSync(join(root, 'etc', 'machine-id'), '');
   rmSync(join(root, 'var', 'lib', 'dbus', 'machine-id'), { force: true });
   writeFileSync(join(root, 'etc', 'hostname'), 'kiln\n');
@@ -400,7 +421,7 @@ export async function buildCiImage(opts: CiBuildOptions): Promise<ImageManifest>
       await installActionsRunner({ rootDir: root, source: runnerTarball, sha256: opts.runner.sha256, cacheDir: join(opts.cacheDir, 'runner') });
       packages.push(`actions-runner=${runnerInfo?.version ?? 'unknown'}+sha256.${opts.runner.sha256.toLowerCase()}`);
     }
-    scrubRoot(root);
+    scrubRoot(root, epoch);
     const { bytes: used, dirs } = fixTimes(root, epoch);
 
     // Room for what jobs install into the root (their own overlay); Docker's data goes to the scratch disk.

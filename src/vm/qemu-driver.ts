@@ -65,17 +65,6 @@ export interface QemuDriver extends VmDriver {
 
 const MiB = 1024 * 1024;
 
-/**
- * Images with a root disk (ci, runner) wire /cache into Docker and the tool caches in their boot hook; their
- * restore hook does not do that yet, so such a VM with a cache boots cold rather than run without the wiring.
- */
-function cacheColdReason(spec: VmSpec): string | undefined {
-  if ((spec.cacheDisk !== undefined || spec.cacheBytes !== undefined) && spec.image.rootDiskPath) {
-    return "a VM of an image with a root disk (ci, runner) and a cache boots cold (its restore hook does not point Docker's data into /cache yet)";
-  }
-  return undefined;
-}
-
 export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
   const vmsDir = join(opts.dataDir, 'vms');
   const disksDir = join(opts.dataDir, 'cache', 'disks');
@@ -140,7 +129,7 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
    */
   const coldReason = (spec: VmSpec): string | undefined => {
     if (!warm || spec.warm === false) return WARM_OFF;
-    return cacheColdReason(spec);
+    return undefined;
   };
 
   async function start(spec: VmSpec, out: VmOutput): Promise<RunningVm> {
@@ -279,8 +268,6 @@ export function makeQemuDriver(opts: QemuDriverOptions): QemuDriver {
       return 'snap' in found ? { bytes: found.snap.bytes } : undefined;
     },
     async build(spec, signal) {
-      const why = cacheColdReason(spec);
-      if (why) throw new KilnError('snapshot.not_restorable', why, { kind: 'internal' });
       const accel = accelFor(spec.arch).accel;
       await verifyImage(spec);
       const log = opts.logger?.child({ image: spec.image.digest.slice(7, 19) });

@@ -15,7 +15,11 @@
 # registries, the same `<registry>=<host:port>` words as on the command line), and restarts dockerd with its
 # identity files removed, so each VM's engine gets a new ID (Docker 20.10 derives it from /etc/docker/key.json,
 # 23+ keeps it in /var/lib/docker/engine-id) and reads the new daemon.json (its insecure registries included).
-# containerd keeps running: nothing of it is per VM (its per-registry hosts files are read at each pull).
+# The restart runs behind the job: the hook makes /var/run/docker.sock itself, listening, and hands it to the
+# new dockerd (`-H fd://`, the systemd socket-activation convention), so the job starts at once and a docker
+# command it runs before dockerd is up waits in the socket's queue instead of failing. (Under TCG the restart
+# takes 10-14 s, most of it dockerd setting up its iptables chains again.) containerd keeps running unless the
+# VM has a cache: nothing of it is per VM (its per-registry hosts files are read at each pull).
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 mkdir -p /dev/mqueue && mount -t mqueue mqueue /dev/mqueue 2>/dev/null
 for m in overlay br_netfilter bridge veth nf_tables nft_chain_nat nft_compat xt_conntrack xt_MASQUERADE xt_addrtype ip_tables iptable_nat iptable_filter; do
@@ -43,9 +47,11 @@ step ci-disk
 
 # A warm cache (docs/caches.md): kiln-init mounted it at /cache. Docker's and containerd's data (BuildKit's
 # included), buildah's storage and the usual tool caches go there instead of the scratch disk, so what a
-# trusted job pulls, builds or downloads is there for the next job. (A VM with a cache disk boots cold, never
-# from a snapshot, so the restore hook below never meets one.)
-if [ -n "$cachedev" ] && grep -q ' /cache ' /proc/mounts; then
+# trusted job pulls, builds or downloads is there for the next job. A cold boot binds them here, before the
+# daemons start; a VM restored from a template with a cache slot gets /cache at the host's CACHE line, and
+# the restore hook binds them with the daemons stopped (the binds lie over the scratch disk's).
+kiln_use_cache() {
+  [ -n "$cachedev" ] && grep -q ' /cache ' /proc/mounts || return 0
   for d in docker containerd containers npm pip go-mod go-build cargo-registry apt-archives; do mkdir -p "/cache/$d"; done
   mount --bind /cache/docker /var/lib/docker
   mount --bind /cache/containerd /var/lib/containerd
@@ -61,7 +67,8 @@ if [ -n "$cachedev" ] && grep -q ' /cache ' /proc/mounts; then
   printf 'Binary::apt::APT::Keep-Downloaded-Packages "true";\nAPT::Keep-Downloaded-Packages "true";\n' > /etc/apt/apt.conf.d/10kiln-cache
   KILN_CACHE_TOOLS=1
   step ci-cache
-fi
+}
+kiln_use_cache
 
 mirror=
 others=
@@ -105,6 +112,56 @@ kiln_apply_other_mirrors() {
   fi
 }
 
+# Starts containerd in the background, without init's OOM immunity.
+kiln_start_containerd() {
+  (echo 0 > /proc/self/oom_score_adj; exec containerd > /run/containerd.log 2>&1 3>&-) &
+}
+
+# Makes /var/run/docker.sock (root:docker 0660, as dockerd makes it) listening on fd 3 and execs the rest of the
+# command line with LISTEN_FDS=1 and LISTEN_PID set to its own pid, which exec keeps: dockerd -H fd:// then
+# serves that socket. perl is in every Debian root (perl-base is essential), IO::Socket::UNIX with it.
+KILN_SOCKET_HOLDER='
+  use IO::Socket::UNIX;
+  BEGIN { $^F = 3 }
+  my $path = "/var/run/docker.sock";
+  unlink $path;
+  my $s = IO::Socket::UNIX->new(Type => SOCK_STREAM(), Local => $path, Listen => 4096) or die "kiln: cannot listen on $path: $!\n";
+  fileno($s) == 3 or die "kiln: the docker socket is fd " . fileno($s) . ", not 3\n";
+  my $gid = getgrnam("docker");
+  chown 0, (defined $gid ? $gid : 0), $path;
+  chmod 0660, $path;
+  $ENV{LISTEN_FDS} = 1;
+  $ENV{LISTEN_PID} = $$;
+  exec @ARGV or die "kiln: cannot run $ARGV[0]: $!\n";
+'
+
+# Restarts dockerd behind the job (see the head of this file): the socket is listening when this returns; a
+# watcher reports on the console and the job's stderr if dockerd dies before it serves.
+kiln_restart_dockerd_held() {
+  : > /run/dockerd.log
+  (echo 0 > /proc/self/oom_score_adj; exec 3>&-; exec perl -e "$KILN_SOCKET_HOLDER" dockerd -H fd:// --containerd=/run/containerd/containerd.sock) < /dev/null > /run/dockerd.log 2>&1 &
+  dockerd_pid=$!
+  i=0
+  while [ ! -S /var/run/docker.sock ] && [ $i -lt 200 ]; do
+    kill -0 $dockerd_pid 2>/dev/null || return 1
+    usleep 10000
+    i=$((i + 1))
+  done
+  [ -S /var/run/docker.sock ] || return 1
+  (
+    exec 3>&-
+    while ! grep -q 'API listen on' /run/dockerd.log 2>/dev/null; do
+      if ! kill -0 $dockerd_pid 2>/dev/null; then
+        echo "kiln: dockerd did not come back after the warm start; docker commands in this job fail (its last log lines are on the VM console)" > /dev/kiln.stderr
+        tail -n 15 /run/dockerd.log | sed 's/^/kiln-init: dockerd: /' > /dev/console
+        exit 0
+      fi
+      usleep 200000
+    done
+  ) < /dev/null > /dev/null 2>&1 &
+  return 0
+}
+
 # Starts dockerd (in the background, without init's OOM immunity or its channel) and waits until it answers.
 kiln_start_dockerd() {
   (echo 0 > /proc/self/oom_score_adj; exec dockerd --containerd=/run/containerd/containerd.sock > /run/dockerd.log 2>&1 3>&-) &
@@ -140,12 +197,20 @@ kiln_after_restore() {
     wait $dockerd_pid 2>/dev/null
   fi
   rm -f /etc/docker/key.json /var/lib/docker/engine-id
-  if ! kiln_start_dockerd; then
+  if [ -n "$cachedev" ]; then
+    # This VM's cache: containerd's data moves there too, so it restarts (before dockerd, which waits for it).
+    for p in $(/bin/busybox pidof containerd); do kill -KILL "$p" 2>/dev/null; done
+    i=0
+    while /bin/busybox pidof containerd > /dev/null && [ $i -lt 500 ]; do usleep 10000; i=$((i + 1)); done
+    kiln_use_cache
+    kiln_start_containerd
+  fi
+  if ! kiln_restart_dockerd_held; then
     kiln_restore_failed=docker
     tail -n 15 /run/dockerd.log | sed 's/^/kiln-init: dockerd: /' > /dev/console
     return 1
   fi
-  step docker-renewed
+  step docker-renewing
 }
 KILN_RESTORE_HOOK=kiln_after_restore
 
@@ -159,7 +224,7 @@ kiln_apply_mirror "$mirror"
 kiln_apply_other_mirrors "$mirror" "$others"
 
 # Docker's daemons must not inherit init's OOM immunity.
-(echo 0 > /proc/self/oom_score_adj; exec containerd > /run/containerd.log 2>&1) &
+kiln_start_containerd
 docker_ready=
 kiln_start_dockerd && docker_ready=1
 if [ -n "$docker_ready" ]; then

@@ -32,10 +32,11 @@ const RUNS = Math.max(7, Number(process.env.BENCH_RUNS ?? 7));
 const repo = resolve(import.meta.dirname, '..');
 const shared = process.env.KILN_TEST_SHARED_DIR ?? '/tmp/kiln-test-shared';
 const kiln = join(repo, 'bin', 'kiln.js');
-const IMAGES = (process.env.BENCH_IMAGES ?? 'minimal,ci').split(',').filter(Boolean) as ('minimal' | 'ci')[];
+/** ci: a job that asks Docker (`docker info`); ci-plain: the ci image with a job that does not use Docker. */
+const IMAGES = (process.env.BENCH_IMAGES ?? 'minimal,ci,ci-plain').split(',').filter(Boolean) as ('minimal' | 'ci' | 'ci-plain')[];
 
 interface Case {
-  profile: 'minimal' | 'ci';
+  profile: 'minimal' | 'ci' | 'ci-plain';
   image: ImageManifest;
   job: string[];
   shape: string[];
@@ -302,12 +303,15 @@ const report: string[] = [];
 let fleetImage = ensureImage('amd64').digest;
 for (const profile of IMAGES) {
   // This checkout's images (built once, as the tests do): the shared store may hold other checkouts' too.
-  const image = profile === 'ci' ? ensureCiImage('amd64') : ensureImage('amd64');
+  const image = profile === 'minimal' ? ensureImage('amd64') : ensureCiImage('amd64');
   if (profile === 'minimal') fleetImage = image.digest;
+  const ciShape = { shape: ['--cpus', '2', '--memory', '1G', '--disk', '2G', '--timeout', '10m'], memoryMiB: 1024, cpus: 2 };
   const c: Case =
     profile === 'ci'
-      ? { profile, image, job: ['docker', 'info', '-f', '{{.ID}}'], shape: ['--cpus', '2', '--memory', '1G', '--disk', '2G', '--timeout', '10m'], memoryMiB: 1024, cpus: 2 }
-      : { profile, image, job: ['uname', '-r'], shape: ['--cpus', '1', '--memory', '512M', '--disk', '1G'], memoryMiB: 512, cpus: 1 };
+      ? { profile, image, job: ['docker', 'info', '-f', '{{.ID}}'], ...ciShape }
+      : profile === 'ci-plain'
+        ? { profile, image, job: ['uname', '-r'], ...ciShape }
+        : { profile, image, job: ['uname', '-r'], shape: ['--cpus', '1', '--memory', '512M', '--disk', '1G'], memoryMiB: 512, cpus: 1 };
   report.push(...(await benchImage(c)), '');
 }
 if (process.env.BENCH_FLEET !== '0') report.push(...(await benchFleet()));

@@ -97,7 +97,7 @@ void test('a GitHub job runs in a runner-profile VM: start-runner hands the JIT 
   }
 });
 
-void test('warm: a GitHub job runs in a runner VM restored from a snapshot, and its JIT config is in no snapshot file', { skip, timeout: 25 * 60_000 }, async () => {
+void test('warm: a GitHub job runs in a runner VM restored from a snapshot, with or without the repository cache, and its JIT config is in no snapshot file', { skip, timeout: 25 * 60_000 }, async () => {
   const t = standInTarball();
   const image = ensureCiImage('amd64', 'runner', ['--runner-tarball', t.path, '--runner-sha256', t.sha256]);
   const data = makeTestDataDir();
@@ -121,6 +121,19 @@ void test('warm: a GitHub job runs in a runner VM restored from a snapshot, and 
     assert.match(text, new RegExp(`Running job ${job.id} on x86_64`));
     const got = await h.client.request<{ vmStart: string | null; transitions: { state: string; detail: string | null }[] }>('GET', `/v1/jobs/${vm!.id}`);
     assert.equal(got.vmStart, 'warm', JSON.stringify(got.transitions));
+
+    // A job with the repository's cache (kiln-cache) starts warm too, from a snapshot with a cache slot: the
+    // runner image's restore hook binds Docker's data into /cache and restarts the daemons behind the job.
+    const cached = await h.double.queueJob('acme/app', ['kiln-1cpu-1gb-2gb-disk', 'kiln-cache']);
+    await until('the cache job completed on GitHub', () => h.double.jobs.get(cached.id)?.status === 'completed', 15 * 60_000);
+    await until('its VM is gone and the runner deregistered', async () => (await runnerVms(h)).every((v) => ['succeeded', 'failed', 'cancelled'].includes(v.state)) && h.double.runners.size === 0, 120_000);
+    const cvm = (await runnerVms(h)).find((v) => v.id !== vm!.id);
+    const ctext = await vmLogText(h, cvm!.id);
+    assert.equal(cvm?.state, 'succeeded', ctext);
+    assert.match(ctext, new RegExp(`Running job ${cached.id} on x86_64`));
+    const cgot = await h.client.request<{ vmStart: string | null; cache: { key: string } | null; transitions: { state: string; detail: string | null }[] }>('GET', `/v1/jobs/${cvm!.id}`);
+    assert.equal(cgot.cache?.key, 'github/acme/app', 'the runner VM had the repository\'s cache');
+    assert.equal(cgot.vmStart, 'warm', JSON.stringify(cgot.transitions));
 
     const snapDir = join(data.dir, 'snapshots');
     assert.ok(readdirSync(snapDir).some((e) => /^[0-9a-f]{24}$/.test(e)), 'a snapshot was built');

@@ -29,7 +29,7 @@ after(() => {
 const BUILD = [
   'set -e',
   // Whether dockerd already served when the job started (a warm start restarts it behind the job).
-  "grep -q 'API listen on' /run/dockerd.log && echo docker-up || echo docker-starting",
+  "grep -q -e 'API listen on' -e 'Daemon has completed initialization' /run/dockerd.log && echo docker-up || echo docker-starting",
   // The topmost mount at /var/lib/docker (the scratch disk's may lie under it) is /cache's file system.
   `awk '$2 == "/cache" { c = $1 } $2 == "/var/lib/docker" { d = $1 } END { print (c != "" && c == d) ? "bound" : "not bound: " d }' /proc/mounts`,
   'cat /root/.npmrc',

@@ -150,7 +150,9 @@ kiln_restart_dockerd_held() {
   [ -S /var/run/docker.sock ] || return 1
   (
     exec 3>&-
-    while ! grep -q 'API listen on' /run/dockerd.log 2>/dev/null; do
+    i=0
+    while [ $i -lt 3000 ] && ! grep -q -e 'API listen on' -e 'Daemon has completed initialization' /run/dockerd.log 2>/dev/null; do
+      i=$((i + 1))
       if ! kill -0 $dockerd_pid 2>/dev/null; then
         echo "kiln: dockerd did not come back after the warm start; docker commands in this job fail (its last log lines are on the VM console)" > /dev/kiln.stderr
         tail -n 15 /run/dockerd.log | sed 's/^/kiln-init: dockerd: /' > /dev/console

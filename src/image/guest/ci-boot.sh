@@ -115,6 +115,7 @@ kiln_apply_other_mirrors() {
 # Starts containerd in the background, without init's OOM immunity.
 kiln_start_containerd() {
   (echo 0 > /proc/self/oom_score_adj; exec containerd > /run/containerd.log 2>&1 3>&-) &
+  containerd_pid=$!
 }
 
 # Makes /var/run/docker.sock (root:docker 0660, as dockerd makes it) listening on fd 3 and execs the rest of the
@@ -201,9 +202,10 @@ kiln_after_restore() {
   rm -f /etc/docker/key.json /var/lib/docker/engine-id
   if [ -n "$cachedev" ]; then
     # This VM's cache: containerd's data moves there too, so it restarts (before dockerd, which waits for it).
-    for p in $(/bin/busybox pidof containerd); do kill -KILL "$p" 2>/dev/null; done
-    i=0
-    while /bin/busybox pidof containerd > /dev/null && [ $i -lt 500 ]; do usleep 10000; i=$((i + 1)); done
+    if [ -n "$containerd_pid" ]; then
+      kill -KILL $containerd_pid 2>/dev/null
+      wait $containerd_pid 2>/dev/null
+    fi
     kiln_use_cache
     kiln_start_containerd
   fi

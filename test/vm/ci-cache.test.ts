@@ -28,6 +28,9 @@ after(() => {
 
 const BUILD = [
   'set -e',
+  // At the job's first command the docker socket listens (a warm start's holder made it, or dockerd): a client
+  // never meets the killed dockerd's file, which refuses it. /proc/net/unix names the socket as it was bound.
+  `awk '$NF ~ /^\\/var\\/run\\/docker\\.sock(\\.kiln-new)?$/ && $4 == "00010000" { n++ } END { print n ? "listening" : "not listening" }' /proc/net/unix`,
   // Whether dockerd already served when the job started (a warm start restarts it behind the job).
   "grep -q -e 'API listen on' -e 'Daemon has completed initialization' /run/dockerd.log && echo docker-up || echo docker-starting",
   // The topmost mount at /var/lib/docker (the scratch disk's may lie under it) is /cache's file system.
@@ -46,7 +49,8 @@ test('ci image: Docker keeps its data in the cache, so an image a trusted job bu
   const first = await run(['-v', '--cache', 'docker-data', '--cache-size', '1G', '--', 'sh', '-c', BUILD]);
   assert.equal(first.code, 0, first.stderr.toString());
   assert.match(first.stderr.toString(), WARM, 'a ci job with a cache starts warm');
-  const [started, binds, npmrc, id] = first.stdout.toString().trim().split('\n');
+  const [listening, started, binds, npmrc, id] = first.stdout.toString().trim().split('\n');
+  assert.equal(listening, 'listening', 'the docker socket listened when the job began');
   // Under TCG dockerd's restart takes seconds; the job began before it served, and its docker build waited.
   assert.equal(started, 'docker-starting', 'the job did not wait for the restarted dockerd');
   assert.equal(binds, 'bound', "Docker's data root is bound to /cache");

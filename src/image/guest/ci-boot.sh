@@ -120,17 +120,21 @@ kiln_start_containerd() {
 
 # Makes /var/run/docker.sock (root:docker 0660, as dockerd makes it) listening on fd 3 and execs the rest of the
 # command line with LISTEN_FDS=1 and LISTEN_PID set to its own pid, which exec keeps: dockerd -H fd:// then
-# serves that socket. perl is in every Debian root (perl-base is essential), IO::Socket::UNIX with it.
+# serves that socket. The socket is bound under another name and renamed into place once it listens, so a
+# client that finds the path never meets a socket that refuses it. perl is in every Debian root (perl-base is
+# essential), IO::Socket::UNIX with it.
 KILN_SOCKET_HOLDER='
   use IO::Socket::UNIX;
   BEGIN { $^F = 3 }
   my $path = "/var/run/docker.sock";
-  unlink $path;
-  my $s = IO::Socket::UNIX->new(Type => SOCK_STREAM(), Local => $path, Listen => 4096) or die "kiln: cannot listen on $path: $!\n";
+  my $tmp = "$path.kiln-new";
+  unlink $tmp;
+  my $s = IO::Socket::UNIX->new(Type => SOCK_STREAM(), Local => $tmp, Listen => 4096) or die "kiln: cannot listen on $tmp: $!\n";
   fileno($s) == 3 or die "kiln: the docker socket is fd " . fileno($s) . ", not 3\n";
   my $gid = getgrnam("docker");
-  chown 0, (defined $gid ? $gid : 0), $path;
-  chmod 0660, $path;
+  chown 0, (defined $gid ? $gid : 0), $tmp;
+  chmod 0660, $tmp;
+  rename $tmp, $path or die "kiln: cannot move the docker socket to $path: $!\n";
   $ENV{LISTEN_FDS} = 1;
   $ENV{LISTEN_PID} = $$;
   exec @ARGV or die "kiln: cannot run $ARGV[0]: $!\n";
@@ -139,11 +143,14 @@ KILN_SOCKET_HOLDER='
 # Restarts dockerd behind the job (see the head of this file): the socket is listening when this returns; a
 # watcher reports on the console and the job's stderr if dockerd dies before it serves.
 kiln_restart_dockerd_held() {
+  # The killed dockerd's socket file stays behind: gone first, so the wait below sees the new one. (A job that
+  # found the old file would be refused: nothing listens on it.)
+  rm -f /var/run/docker.sock
   : > /run/dockerd.log
   (echo 0 > /proc/self/oom_score_adj; exec 3>&-; exec perl -e "$KILN_SOCKET_HOLDER" dockerd -H fd:// --containerd=/run/containerd/containerd.sock) < /dev/null > /run/dockerd.log 2>&1 &
   dockerd_pid=$!
   i=0
-  while [ ! -S /var/run/docker.sock ] && [ $i -lt 200 ]; do
+  while [ ! -S /var/run/docker.sock ] && [ $i -lt 1000 ]; do
     kill -0 $dockerd_pid 2>/dev/null || return 1
     usleep 10000
     i=$((i + 1))

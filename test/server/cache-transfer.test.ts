@@ -67,6 +67,8 @@ async function logs(h: Harness, id: number): Promise<string> {
   return text;
 }
 const metrics = async (h: Harness) => (await fetch(`${h.url}/metrics`, { headers: { authorization: `Bearer ${h.admin}` } })).text();
+const relayedBytes = async (h: Harness) => Number(/^kiln_cache_transfer_bytes_total (\d+)$/m.exec(await metrics(h))?.[1] ?? 0);
+const linkOf = (h: Harness, host: string) => [...h.server.registry.links.values()].find((l) => l.name === host);
 /** Waits until the host has told the server it holds `version` of `key` (its host.status after the job). */
 const reported = (h: Harness, host: string, key: string, version: string) =>
   until(`${host} to report ${key}@${version}`, () => [...h.server.registry.links.values()].some((l) => l.name === host && l.cacheVersions?.get(key) === version));
@@ -93,7 +95,7 @@ async function fakeAgent(h: Harness, name: string, labels: string[]) {
           resolve(m);
         }
       };
-      const t = setTimeout(() => (waiters.delete(check), reject(new Error(`the fake agent got no matching message; got ${got.map((x) => x.type).join(', ')}`))), timeoutMs);
+      const t = setTimeout(() => (waiters.delete(check), reject(new Error(`the fake agent got no matching message; got ${got.map((x) => (x.type === 'error' ? JSON.stringify(x) : x.type)).join(', ')}`))), timeoutMs);
       waiters.add(check);
       check();
     });
@@ -335,6 +337,70 @@ for (const { kind, skip } of storeKinds()) {
       assert.match(await metrics(h), /^kiln_cache_transfers_total\{outcome="peer_gone"\} 1$/m);
       assert.ok(b.isConnected());
     } finally {
+      fake?.close();
+      await h.close();
+    }
+  });
+
+  test(`${kind}: a receiver that acknowledges chunks it has not read: the relay holds back, the socket's queue to it stays bounded, and the transfer goes on once it reads`, { skip, timeout: 180_000 }, async (t) => {
+    const bound = MiB;
+    const h = await startHarness(kind, { cacheRelay: { windowChunks: 2, stallMs: 60_000, maxBufferedBytes: bound } });
+    const dirA = tempDir();
+    let fake: Awaited<ReturnType<typeof fakeAgent>> | undefined;
+    let acking: NodeJS.Timeout | undefined;
+    let sampling: NodeJS.Timeout | undefined;
+    try {
+      const key = 'default/deps';
+      await h.addAgent('host-a', { cacheWrites: true }, { labels: ['site-a'], caches: makeCacheStore(dirA) });
+      const w = await finished(h, await submit(h, 'cache-fill 48', 'site-a', { key: 'deps', write: true, size: '192M' }));
+      const v = w.cacheOutcome?.committed?.id;
+      assert.ok(v, JSON.stringify(w.cacheOutcome));
+      await reported(h, 'host-a', key, v);
+
+      // The receiver: a hand-made host that stops reading its socket once the transfer begins, and keeps
+      // acknowledging every sequence number blindly (what a compromised host could do).
+      fake = await fakeAgent(h, 'host-x', ['site-x']);
+      const f = fake;
+      const xJob = await submit(h, 'echo x', 'site-x', { key: 'deps' });
+      await f.next((m) => m.type === 'launch' && m.jobId === xJob);
+      f.ws.on('message', (d) => void (JSON.parse(String(d)).type === 'cache.incoming' && f.ws.pause()));
+      const link = linkOf(h, 'host-x');
+      assert.ok(link?.bufferedBytes, 'the server can see its socket\'s queue');
+      let peak = 0;
+      sampling = setInterval(() => (peak = Math.max(peak, link.bufferedBytes!())), 2);
+      f.send({ type: 'cache.fetch', tv: 1, fetchId: 'fetch-slow-reader', jobId: xJob, attempt: 1, key });
+      const inc = await f.next((m) => m.type === 'cache.incoming');
+      const transferId = String(inc.transferId);
+      acking = setInterval(() => {
+        for (let seq = 120; seq >= 0; seq--) f.send({ type: 'cache.ack', tv: 1, transferId, seq });
+      }, 40);
+      // Until the relay stops relaying (held back, or everything relayed into the socket's queue).
+      let last = -1;
+      let stableSince = Date.now();
+      await until('the relay to stop relaying', async () => {
+        const n = await relayedBytes(h);
+        if (n !== last) [last, stableSince] = [n, Date.now()];
+        return Date.now() - stableSince > 1500;
+      }, 60_000);
+      const image = 48 * MiB;
+      t.diagnostic(`held back after ${last} bytes relayed; the socket's queue peaked at ${peak} bytes (bound ${bound})`);
+      // Bounded: what it may hold past the bound is the window (2 chunks of 512 KiB, base64 in JSON) and one more.
+      assert.ok(peak > 0, 'the queue was sampled');
+      assert.ok(peak <= bound + 3 * 720 * 1024, `the socket's queue peaked at ${peak} bytes (bound ${bound})`);
+      assert.ok(last < image / 2, `the relay held back: ${last} bytes relayed of a ${image}-byte fill`);
+      assert.equal(h.server.registry.links.size, 2);
+
+      // Reading again: the transfer goes on to its end.
+      f.ws.resume();
+      const end = await f.next((m) => m.type === 'cache.end' && m.transferId === transferId, 60_000);
+      clearInterval(acking);
+      acking = undefined;
+      assert.equal(f.got.filter((m) => m.type === 'cache.chunk' && m.transferId === transferId).length, end.chunks);
+      assert.ok(await relayedBytes(h) >= image, 'all of it was relayed in the end');
+      assert.ok(peak <= bound + 3 * 720 * 1024, `the socket's queue peaked at ${peak} bytes (bound ${bound})`);
+    } finally {
+      if (acking) clearInterval(acking);
+      if (sampling) clearInterval(sampling);
       fake?.close();
       await h.close();
     }

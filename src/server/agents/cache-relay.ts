@@ -19,6 +19,15 @@ import type { HostLink, HostRegistry } from './host-registry.ts';
 export const DEFAULT_RELAY_WINDOW_CHUNKS = 8;
 export const DEFAULT_RELAY_STALL_MS = 30_000;
 export const DEFAULT_RELAY_MAX_TRANSFERS = 8;
+/**
+ * While more than this is queued on a receiving host's socket (sent by the server, not yet taken by the
+ * kernel: the host reads slowly, or not at all while it acknowledges), the relay holds back the receiver's
+ * acknowledgements from the peer, so the peer sends nothing more and the server's memory stays bounded by
+ * this plus the window, whatever the receiver does.
+ */
+export const DEFAULT_RELAY_MAX_BUFFERED_BYTES = 4 * 1024 * 1024;
+/** How often a held-back transfer looks at its receiver's socket again. */
+const HOLD_RECHECK_MS = 25;
 
 interface Transfer {
   id: string;
@@ -33,7 +42,12 @@ interface Transfer {
   peer: HostLink;
   phase: 'asked' | 'streaming' | 'ended';
   nextSeq: number;
+  /** The receiver's highest acknowledgement. */
   acked: number;
+  /** The highest acknowledgement passed on to the peer (the peer's window counts from it). */
+  peerAcked: number;
+  /** Set while acknowledgements are held back (the receiver's socket is over its bound). */
+  hold?: NodeJS.Timeout;
   /** Bytes of each forwarded chunk not yet acknowledged, by seq. */
   inFlight: Map<number, number>;
   inFlightBytes: number;
@@ -63,6 +77,7 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
   const window = o.windowChunks ?? DEFAULT_RELAY_WINDOW_CHUNKS;
   const stallMs = o.stallMs ?? DEFAULT_RELAY_STALL_MS;
   const maxTransfers = o.maxTransfers ?? DEFAULT_RELAY_MAX_TRANSFERS;
+  const maxBuffered = o.maxBufferedBytes ?? DEFAULT_RELAY_MAX_BUFFERED_BYTES;
   const transfers = new Map<string, Transfer>();
   const m = ctx.metrics;
   let inFlightTotal = 0;
@@ -86,6 +101,7 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
   const end = (t: Transfer, outcome: CacheFetchOutcome, reason: string | undefined, tell: { receiver?: boolean; peer?: boolean }) => {
     if (!transfers.delete(t.id)) return;
     if (t.stall) clearTimeout(t.stall);
+    if (t.hold) clearTimeout(t.hold);
     release(t, Number.MAX_SAFE_INTEGER);
     m.cacheTransfers.inc({ outcome });
     if (tell.receiver) t.receiver.send({ type: 'cache.fetch.failed', tv: CACHE_TRANSFER_VERSION, fetchId: t.fetchId, outcome, reason: (reason ?? outcome).slice(0, 500), from: t.peer.name });
@@ -114,6 +130,25 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
     const ms = t.phase === 'ended' ? stallMs * 10 : stallMs;
     t.stall = setTimeout(() => end(t, 'timeout', `the transfer from ${t.peer.name} made no progress for ${Math.round(ms / 1000)} s`, { receiver: true, peer: true }), ms);
     t.stall.unref();
+  };
+
+  /**
+   * Passes the receiver's acknowledgement on to the peer, unless the receiver's socket holds more than its
+   * bound: then it waits (looking again every HOLD_RECHECK_MS) until the socket drained, so a receiver that
+   * acknowledges what it has not read cannot make the server buffer the image.
+   */
+  const pump = (t: Transfer) => {
+    if (t.hold || t.acked <= t.peerAcked || !transfers.has(t.id)) return;
+    if ((t.receiver.bufferedBytes?.() ?? 0) > maxBuffered) {
+      t.hold = setTimeout(() => {
+        t.hold = undefined;
+        pump(t);
+      }, HOLD_RECHECK_MS);
+      t.hold.unref();
+      return;
+    }
+    t.peerAcked = t.acked;
+    t.peer.send({ type: 'cache.ack', tv: CACHE_TRANSFER_VERSION, transferId: t.id, seq: t.acked });
   };
 
   /** A message naming a transfer its sender is not the right side of: refused and counted, never relayed. */
@@ -165,6 +200,7 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
           phase: 'asked',
           nextSeq: 0,
           acked: -1,
+          peerAcked: -1,
           inFlight: new Map(),
           inFlightBytes: 0,
           peakInFlightBytes: 0,
@@ -201,7 +237,7 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
         case 'cache.chunk': {
           if (t.phase !== 'streaming') return broke('a chunk outside the stream');
           if (msg.seq !== t.nextSeq) return broke(`chunk ${msg.seq} where ${t.nextSeq} was due`);
-          if (msg.seq > t.acked + window) return broke(`chunk ${msg.seq} past the window (acknowledged up to ${t.acked}, window ${window})`);
+          if (msg.seq > t.peerAcked + window) return broke(`chunk ${msg.seq} past the window (acknowledged up to ${t.peerAcked}, window ${window})`);
           const n = decodedLength(msg.data);
           t.nextSeq++;
           t.inFlight.set(msg.seq, n);
@@ -229,7 +265,7 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
           t.acked = msg.seq;
           release(t, msg.seq);
           progress(t);
-          t.peer.send(msg as ServerMessage);
+          pump(t);
           return;
         case 'cache.received':
           // The receiver's word on how it ended (checked the checksum itself); the peer is told only if still sending.

@@ -74,7 +74,7 @@ const reported = (h: Harness, host: string, key: string, version: string) =>
   until(`${host} to report ${key}@${version}`, () => [...h.server.registry.links.values()].some((l) => l.name === host && l.cacheVersions?.get(key) === version));
 
 /** A hand-made agent connection (what a compromised host could send), with the messages it receives. */
-async function fakeAgent(h: Harness, name: string, labels: string[]) {
+async function fakeAgent(h: Harness, name: string, labels: string[], size: { cpus: number; memoryBytes: number } = { cpus: 2, memoryBytes: 4 * 1024 ** 3 }) {
   const ws = new WebSocket(`${h.url.replace(/^http/, 'ws')}/v1/agent/connect`, { headers: { authorization: `Bearer ${h.agentToken}` } });
   const got: { type: string; [k: string]: unknown }[] = [];
   const waiters = new Set<() => void>();
@@ -102,7 +102,7 @@ async function fakeAgent(h: Harness, name: string, labels: string[]) {
   send({
     type: 'hello',
     protocol: PROTOCOL_VERSION,
-    host: { name, arch: 'amd64', cpus: 2, memoryBytes: 4 * 1024 ** 3, diskBytes: 50 * 1024 ** 3, accel: 'tcg', labels, driver: 'memory', agentVersion: KILN_VERSION },
+    host: { name, arch: 'amd64', ...size, diskBytes: 50 * 1024 ** 3, accel: 'tcg', labels, driver: 'memory', agentVersion: KILN_VERSION },
     running: [],
     finished: [],
     cacheTransfer: CACHE_TRANSFER_VERSION,
@@ -402,6 +402,54 @@ for (const { kind, skip } of storeKinds()) {
       if (acking) clearInterval(acking);
       if (sampling) clearInterval(sampling);
       fake?.close();
+      await h.close();
+    }
+  });
+
+  test(`${kind}: a host is the receiver of at most 2 transfers at once and the sender of at most 2; a fetch over either cap falls back (none) and a later one gets the freed slot`, { skip, timeout: 180_000 }, async () => {
+    const h = await startHarness(kind, { cacheRelay: { windowChunks: 2, stallMs: 60_000 } });
+    const dirA = tempDir();
+    const fakes: Awaited<ReturnType<typeof fakeAgent>>[] = [];
+    try {
+      const key = 'default/deps';
+      // The peer stops after one chunk: its transfers stay under way until the receiver goes.
+      await h.addAgent('host-a', { cacheWrites: true }, { labels: ['site-a'], caches: makeCacheStore(dirA), cacheTransfer: { holdSendAfterChunks: 1 } });
+      const w = await finished(h, await submit(h, 'cache-fill 2', 'site-a', { key: 'deps', write: true, size: '64M' }));
+      const v = w.cacheOutcome?.committed?.id;
+      assert.ok(v);
+      await reported(h, 'host-a', key, v);
+      const big = { cpus: 16, memoryBytes: 64 * 1024 ** 3 };
+      const x = await fakeAgent(h, 'host-x', ['site-x'], big);
+      fakes.push(x);
+      const y = await fakeAgent(h, 'host-y', ['site-y'], big);
+      fakes.push(y);
+      const xJobs = [await submit(h, 'echo 1', 'site-x', { key: 'deps' }), await submit(h, 'echo 2', 'site-x', { key: 'deps' }), await submit(h, 'echo 3', 'site-x', { key: 'deps' })];
+      const yJob = await submit(h, 'echo y', 'site-y', { key: 'deps' });
+      for (const j of xJobs) await x.next((m) => m.type === 'launch' && m.jobId === j);
+      await y.next((m) => m.type === 'launch' && m.jobId === yJob);
+      const fetchFor = (f: typeof x, fetchId: string, jobId: number) => {
+        f.send({ type: 'cache.fetch', tv: 1, fetchId, jobId, attempt: 1, key });
+        return f.next((m) => (m.type === 'cache.incoming' || m.type === 'cache.fetch.failed') && m.fetchId === fetchId, 20_000);
+      };
+      assert.equal((await fetchFor(x, 'fetch-x-1', xJobs[0]!)).type, 'cache.incoming');
+      assert.equal((await fetchFor(x, 'fetch-x-2', xJobs[1]!)).type, 'cache.incoming');
+      const x3 = await fetchFor(x, 'fetch-x-3', xJobs[2]!);
+      assert.deepEqual([x3.type, x3.outcome], ['cache.fetch.failed', 'none']);
+      assert.match(String(x3.reason), /this host receives 2 cache transfers already/);
+      const y1 = await fetchFor(y, 'fetch-y-1', yJob);
+      assert.deepEqual([y1.type, y1.outcome], ['cache.fetch.failed', 'none']);
+      assert.match(String(y1.reason), /the peer hosts that hold it send 2 cache transfers already/);
+      assert.match(await metrics(h), /^kiln_cache_transfers_total\{outcome="none"\} 3$/m, "the writer's own fetch, x3 and y1");
+
+      // X gone: its two transfers end, and Y's next fetch gets a slot.
+      x.close();
+      await x.closed;
+      await until('x\'s transfers to end', async () => /^kiln_cache_transfers_total\{outcome="failed"\} 2$/m.test(await metrics(h)));
+      const y2 = await fetchFor(y, 'fetch-y-2', yJob);
+      assert.equal(y2.type, 'cache.incoming', JSON.stringify(y2));
+      assert.equal(y2.from, 'host-a');
+    } finally {
+      for (const f of fakes) f.close();
       await h.close();
     }
   });

@@ -28,6 +28,12 @@ export const DEFAULT_RELAY_MAX_TRANSFERS = 8;
 export const DEFAULT_RELAY_MAX_BUFFERED_BYTES = 4 * 1024 * 1024;
 /** How often a held-back transfer looks at its receiver's socket again. */
 const HOLD_RECHECK_MS = 25;
+/**
+ * Transfers one host may be part of at once, as the sender and (separately) as the receiver: one host's
+ * jobs cannot take the whole relay, nor can every receiver pile onto the one peer that holds a cache. A
+ * fetch over it falls back like one over the relay's cap (outcome `none`, the job starts on what its host has).
+ */
+export const DEFAULT_RELAY_MAX_PER_HOST = 2;
 
 interface Transfer {
   id: string;
@@ -78,6 +84,16 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
   const stallMs = o.stallMs ?? DEFAULT_RELAY_STALL_MS;
   const maxTransfers = o.maxTransfers ?? DEFAULT_RELAY_MAX_TRANSFERS;
   const maxBuffered = o.maxBufferedBytes ?? DEFAULT_RELAY_MAX_BUFFERED_BYTES;
+  const maxPerHost = o.maxPerHost ?? DEFAULT_RELAY_MAX_PER_HOST;
+  const sending = (p: HostLink) => [...transfers.values()].filter((t) => t.peer === p).length;
+  const receiving = (l: HostLink) => [...transfers.values()].filter((t) => t.receiver === l).length;
+  /** Why a fetch must wait for a slot (the relay's cap, or the receiver's), or undefined. */
+  const full = (l: HostLink): string | undefined =>
+    transfers.size >= maxTransfers
+      ? `the server relays ${maxTransfers} cache transfers already`
+      : receiving(l) >= maxPerHost
+        ? `this host receives ${maxPerHost} cache transfers already`
+        : undefined;
   const transfers = new Map<string, Transfer>();
   const m = ctx.metrics;
   let inFlightTotal = 0;
@@ -170,13 +186,15 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
       const job = await getJob(ctx.store.db, msg.jobId);
       if (!job?.cache || job.cache.key !== msg.key || job.attempt !== msg.attempt) return refuse(`cache "${msg.key.slice(0, 100)}" is not job ${msg.jobId}'s cache`);
       if (l.cacheTransfer !== CACHE_TRANSFER_VERSION) return refuse('this agent did not say it speaks the cache transfer protocol');
-      if (transfers.size >= maxTransfers) return failFetch(l, msg.fetchId, 'none', `the server relays ${maxTransfers} cache transfers already`);
+      const busy = full(l);
+      if (busy) return failFetch(l, msg.fetchId, 'none', busy);
       const peers = [...registry.links.values()]
         .flatMap((p) => {
           const v = p.cacheVersions?.get(msg.key);
           return p !== l && p.ready && p.cacheTransfer === CACHE_TRANSFER_VERSION && v !== undefined && (msg.have === undefined || v > msg.have) ? [{ p, v }] : [];
         })
-        .sort((a, b) => (a.v === b.v ? [...transfers.values()].filter((t) => t.peer === a.p).length - [...transfers.values()].filter((t) => t.peer === b.p).length : a.v < b.v ? 1 : -1));
+        .sort((a, b) => (a.v === b.v ? sending(a.p) - sending(b.p) : a.v < b.v ? 1 : -1));
+      let peersBusy = 0;
       const known = new Map<string, Awaited<ReturnType<typeof committedCacheVersion>>>();
       for (const { p, v } of peers) {
         if (!known.has(v)) known.set(v, await committedCacheVersion(ctx.store.db, job.tenant, msg.key, v));
@@ -184,8 +202,13 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
         if (!rec) continue;
         if (!p.ready || registry.get(p.hostId) !== p || c.closed) continue;
         // Checked again here, with no await between it and the transfer's entry: fetches that raced through
-        // the awaits above (one job's, repeated) must not pass the cap or start a second transfer for a job.
-        if (transfers.size >= maxTransfers) return failFetch(l, msg.fetchId, 'none', `the server relays ${maxTransfers} cache transfers already`);
+        // the awaits above (one job's, repeated) must not pass the caps or start a second transfer for a job.
+        const busyNow = full(l);
+        if (busyNow) return failFetch(l, msg.fetchId, 'none', busyNow);
+        if (sending(p) >= maxPerHost) {
+          peersBusy++;
+          continue;
+        }
         if ([...transfers.values()].some((x) => x.receiver === l && x.jobId === msg.jobId && x.phase !== 'ended')) return refuse(`job ${msg.jobId} has a cache transfer under way already`);
         const t: Transfer = {
           id: randomBytes(16).toString('base64url'),
@@ -213,6 +236,7 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
         p.send({ type: 'cache.send', tv: CACHE_TRANSFER_VERSION, transferId: t.id, key: msg.key, version: v, window });
         return;
       }
+      if (peersBusy > 0) return failFetch(l, msg.fetchId, 'none', `the peer hosts that hold it send ${maxPerHost} cache transfers already`);
       failFetch(l, msg.fetchId, 'none', peers.length > 0 ? 'no peer host holds a newer version committed by a job of this cache' : 'no connected peer host holds a newer version of this cache');
     },
 

@@ -879,19 +879,31 @@ export async function setCacheOutcome(db: Q, jobId: number, attempt: number, out
   await db.updateTable('jobs').set({ cache_outcome: JSON.stringify(outcome) }).where('id', '=', jobId).where('attempt', '=', attempt).execute();
 }
 
+/** A committed cache version as the server knows it: the job that committed it, its checksum, and who it was (from the server's own rows). */
+export interface CommittedCacheVersion {
+  jobId: number;
+  sha256: string;
+  /** The ref, commit and writer the server gave the committing job (its cache spec), never a host's word. */
+  ref?: string;
+  commit?: string;
+  by?: string;
+}
+
 /**
  * A committed cache version as the job that committed it reported it: its checksum and that job, if a job of
  * `tenant` with cache `key` committed `version` (the relay fetches nothing else from a peer). Only a job that
  * could write counts (write true, or 'ask': decided after the job), never a read-only one whatever its host
- * reports; of several claiming one version, the first submitted.
+ * reports; of several claiming one version, the first submitted. The writer record (ref, commit, by) is the
+ * committing job's cache spec as the server stored it at submission.
  */
-export async function committedCacheVersion(db: Q, tenant: string, key: string, version: string): Promise<{ jobId: number; sha256: string } | undefined> {
-  const r = await sql<{ id: string | number; sha: string | null }>`
-    SELECT id, cache_outcome->'committed'->>'sha256' AS sha FROM jobs
+export async function committedCacheVersion(db: Q, tenant: string, key: string, version: string): Promise<CommittedCacheVersion | undefined> {
+  const r = await sql<{ id: string | number; sha: string | null; ref: string | null; commit: string | null; by: string | null }>`
+    SELECT id, cache_outcome->'committed'->>'sha256' AS sha, cache->>'ref' AS ref, cache->>'commit' AS commit, cache->>'by' AS by FROM jobs
     WHERE cache_outcome ? 'committed' AND (cache_outcome->'committed'->>'id') = ${version} AND tenant = ${tenant} AND cache->>'key' = ${key}
       AND cache->>'write' IN ('true', 'ask')
     ORDER BY id
     LIMIT 1`.execute(db);
   const x = r.rows[0];
-  return x?.sha ? { jobId: Number(x.id), sha256: x.sha } : undefined;
+  if (!x?.sha) return undefined;
+  return { jobId: Number(x.id), sha256: x.sha, ...(x.ref ? { ref: x.ref } : {}), ...(x.commit ? { commit: x.commit } : {}), ...(x.by ? { by: x.by } : {}) };
 }

@@ -15,13 +15,14 @@ import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
-import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import { CACHE_TRANSFER_VERSION, PROTOCOL_VERSION } from '../../src/core/agent-protocol.ts';
 import type { Job } from '../../src/core/job.ts';
 import { KILN_VERSION } from '../../src/core/version.ts';
+import { getJob } from '../../src/store/jobs.ts';
 import { cacheId, makeCacheStore } from '../../src/vm/cache-store.ts';
 import { killAll, runKilnCommand, spawnBuiltKiln } from '../agent/processes.ts';
 import { storeKinds } from '../store/test-stores.ts';
@@ -450,6 +451,38 @@ for (const { kind, skip } of storeKinds()) {
       assert.equal(y2.from, 'host-a');
     } finally {
       for (const f of fakes) f.close();
+      await h.close();
+    }
+  });
+
+  test(`${kind}: a lying peer: the version's ref, commit, writer and time that reach the receiver are the server's record of the committing job, not the peer's`, { skip, timeout: 120_000 }, async () => {
+    const h = await startHarness(kind, { cacheRelay: { windowChunks: 4, stallMs: 20_000 } });
+    const dirA = tempDir();
+    const dirB = tempDir();
+    try {
+      const key = 'default/deps';
+      await h.addAgent('host-a', { cacheWrites: true }, { labels: ['site-a'], caches: makeCacheStore(dirA) });
+      await h.addAgent('host-b', {}, { labels: ['site-b'], caches: makeCacheStore(dirB) });
+      const w = await finished(h, await submit(h, 'cache-fill 2', 'site-a', { key: 'deps', write: true, size: '64M' }));
+      const v = w.cacheOutcome?.committed?.id;
+      assert.ok(v, JSON.stringify(w.cacheOutcome));
+      await reported(h, 'host-a', key, v);
+      const byServer = (await getJob(h.store.db, w.id))?.cache?.by;
+      assert.ok(byServer?.startsWith('api token '), byServer);
+      // Host A lies about who wrote it (its record on disk is what its agent offers); the job id and checksum stay.
+      const recPath = join(dirA, 'caches', cacheId(key), 'versions', `${v}.json`);
+      const rec = JSON.parse(readFileSync(recPath, 'utf8')) as Record<string, unknown>;
+      writeFileSync(recPath, JSON.stringify({ ...rec, ref: 'refs/heads/main', commit: 'f'.repeat(40), by: 'github trusted/repo', createdAt: '2001-01-01T00:00:00.000Z' }));
+      const r = await finished(h, await submit(h, 'echo read', 'site-b', { key: 'deps' }));
+      assert.equal(r.cacheOutcome?.fetch?.outcome, 'fetched', JSON.stringify(r.cacheOutcome));
+      const got = makeCacheStore(dirB).inspect(key)?.current;
+      assert.equal(got?.id, v);
+      assert.equal(got.jobId, String(w.id));
+      assert.equal(got.by, byServer, 'the writer is the committing job\'s, as the server stored it');
+      assert.equal(got.ref, undefined, 'no ref: the committing job had none');
+      assert.equal(got.commit, undefined, 'no commit: the committing job had none');
+      assert.ok(Math.abs(Date.parse(got.createdAt) - Date.parse(String(rec.createdAt))) < 120_000, `the version's time: ${got.createdAt}, not the peer's`);
+    } finally {
       await h.close();
     }
   });

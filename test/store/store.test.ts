@@ -65,7 +65,7 @@ for (const { kind, skip } of storeKinds()) {
     void test('cache transfer: only a job that could write vouches for a committed version; the first submitted wins', async () => {
       const [ro, writer, late] = await insertJobs(store.db, [
         spec({ tenant: 'ctv', cache: { key: 'ctv/app', write: false } }),
-        spec({ tenant: 'ctv', cache: { key: 'ctv/app', write: true } }),
+        spec({ tenant: 'ctv', cache: { key: 'ctv/app', write: true, ref: 'refs/heads/main', commit: 'c0ffee', by: 'api token 1' } }),
         spec({ tenant: 'ctv', cache: { key: 'ctv/app', write: 'ask' } }),
       ]);
       const claim = (sha256: string, id = 'v-1'): CacheOutcomeMsg => ({ key: 'ctv/app', hit: true, committed: { id, bytes: 1, seconds: 0, sha256 } });
@@ -73,7 +73,7 @@ for (const { kind, skip } of storeKinds()) {
       assert.equal(await committedCacheVersion(store.db, 'ctv', 'ctv/app', 'v-ro'), undefined, 'a read-only job\'s host cannot vouch for a version');
       await setCacheOutcome(store.db, late!.id, late!.attempt, claim('b'.repeat(64)));
       await setCacheOutcome(store.db, writer!.id, writer!.attempt, claim('a'.repeat(64)));
-      assert.deepEqual(await committedCacheVersion(store.db, 'ctv', 'ctv/app', 'v-1'), { jobId: writer!.id, sha256: 'a'.repeat(64) });
+      assert.deepEqual(await committedCacheVersion(store.db, 'ctv', 'ctv/app', 'v-1'), { jobId: writer!.id, sha256: 'a'.repeat(64), ref: 'refs/heads/main', commit: 'c0ffee', by: 'api token 1' }, 'the writer record is the job\'s own spec');
       assert.equal(await committedCacheVersion(store.db, 'other', 'ctv/app', 'v-1'), undefined, 'another tenant');
       // leave nothing queued: the claims test below counts on which tenants wait
       for (const j of [ro, writer, late]) await requestCancel(store.db, j!.id);

@@ -11,7 +11,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { CACHE_TRANSFER_VERSION, type AgentMessageOf, type CacheFetchOutcome, type ServerMessage } from '../../core/agent-protocol.ts';
-import { committedCacheVersion, getJob } from '../../store/jobs.ts';
+import { committedCacheVersion, getJob, type CommittedCacheVersion } from '../../store/jobs.ts';
 import type { ServerContext } from '../context.ts';
 import type { Connection } from './agent-connection.ts';
 import type { HostLink, HostRegistry } from './host-registry.ts';
@@ -42,8 +42,8 @@ interface Transfer {
   key: string;
   version: string;
   sha256: string;
-  /** The job that committed the version: the peer's record must name it. */
-  writerJobId: number;
+  /** The job that committed the version, as the server stored it: the peer's record must name it, and the receiver gets this record, not the peer's. */
+  writer: CommittedCacheVersion;
   receiver: HostLink;
   peer: HostLink;
   phase: 'asked' | 'streaming' | 'ended';
@@ -75,6 +75,12 @@ export interface CacheRelay {
   /** Transfers under way and bytes in flight (tests, /metrics). */
   stats(): { transfers: number; inFlightBytes: number };
 }
+
+/** The time a version id begins with (cache-store.ts makes ids as base-36 milliseconds, a dash, random hex), or undefined. */
+const versionTime = (v: string): string | undefined => {
+  const ms = parseInt(v.split('-')[0] ?? '', 36);
+  return Number.isFinite(ms) && ms > 0 && ms < 8.64e15 ? new Date(ms).toISOString() : undefined;
+};
 
 const decodedLength = (b64: string): number => Math.floor((b64.length * 3) / 4) - (b64.endsWith('==') ? 2 : b64.endsWith('=') ? 1 : 0);
 
@@ -195,7 +201,7 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
         })
         .sort((a, b) => (a.v === b.v ? sending(a.p) - sending(b.p) : a.v < b.v ? 1 : -1));
       let peersBusy = 0;
-      const known = new Map<string, Awaited<ReturnType<typeof committedCacheVersion>>>();
+      const known = new Map<string, CommittedCacheVersion | undefined>();
       for (const { p, v } of peers) {
         if (!known.has(v)) known.set(v, await committedCacheVersion(ctx.store.db, job.tenant, msg.key, v));
         const rec = known.get(v);
@@ -217,7 +223,7 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
           key: msg.key,
           version: v,
           sha256: rec.sha256,
-          writerJobId: rec.jobId,
+          writer: rec,
           receiver: l,
           peer: p,
           phase: 'asked',
@@ -251,11 +257,18 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
         case 'cache.offer': {
           if (t.phase !== 'asked') return broke('a second offer');
           if (msg.version !== t.version) return broke(`it offered version ${msg.version}, not ${t.version}`);
-          if (msg.record.jobId !== String(t.writerJobId)) return end(t, 'refused', `${t.peer.name}'s record of version ${t.version} names another writer than job ${t.writerJobId}`, { receiver: true, peer: true });
+          if (msg.record.jobId !== String(t.writer.jobId)) return end(t, 'refused', `${t.peer.name}'s record of version ${t.version} names another writer than job ${t.writer.jobId}`, { receiver: true, peer: true });
           if (msg.sha256 !== t.sha256) return end(t, 'checksum', `${t.peer.name}'s copy of version ${t.version} does not carry the checksum its commit recorded`, { receiver: true, peer: true });
           t.phase = 'streaming';
           progress(t);
-          t.receiver.send({ type: 'cache.incoming', tv: CACHE_TRANSFER_VERSION, fetchId: t.fetchId, transferId: t.id, from: t.peer.name, key: t.key, version: t.version, length: msg.length, sha256: t.sha256, record: msg.record });
+          // Who wrote it comes from the server's rows (the committing job's), never from the peer: only the
+          // version's time is the peer's, and only as its id dates it (ids begin with their time).
+          const { jobId, ref, commit, by } = t.writer;
+          const record = { createdAt: versionTime(t.version) ?? msg.record.createdAt, jobId: String(jobId), ...(ref ? { ref } : {}), ...(commit ? { commit } : {}), ...(by ? { by } : {}) };
+          if (msg.record.ref !== record.ref || msg.record.commit !== record.commit || msg.record.by !== record.by) {
+            c.log().warn({ version: t.version, peerRecord: msg.record, record }, 'a peer\'s record of a cache version differs from the committing job\'s; the receiver gets the server\'s');
+          }
+          t.receiver.send({ type: 'cache.incoming', tv: CACHE_TRANSFER_VERSION, fetchId: t.fetchId, transferId: t.id, from: t.peer.name, key: t.key, version: t.version, length: msg.length, sha256: t.sha256, record });
           return;
         }
         case 'cache.chunk': {

@@ -18,6 +18,7 @@ import { once } from 'node:events';
 import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { sql } from 'kysely';
 import WebSocket from 'ws';
 import { CACHE_TRANSFER_VERSION, PROTOCOL_VERSION } from '../../src/core/agent-protocol.ts';
 import type { Job } from '../../src/core/job.ts';
@@ -483,6 +484,48 @@ for (const { kind, skip } of storeKinds()) {
       assert.equal(got.commit, undefined, 'no commit: the committing job had none');
       assert.ok(Math.abs(Date.parse(got.createdAt) - Date.parse(String(rec.createdAt))) < 120_000, `the version's time: ${got.createdAt}, not the peer's`);
     } finally {
+      await h.close();
+    }
+  });
+
+  test(`${kind}: an 'ask' job the server refused cannot vouch for a version: the server stores its own answer, and a host claiming such a commit is never asked to send it`, { skip, timeout: 120_000 }, async () => {
+    const h = await startHarness(kind, { cacheRelay: { windowChunks: 4, stallMs: 5_000 } });
+    const dirB = tempDir();
+    let fake: Awaited<ReturnType<typeof fakeAgent>> | undefined;
+    try {
+      const key = 'default/deps';
+      // A job whose cache write is decided after it ran (as a GitHub runner's is), queued for the lying host.
+      const j = await submit(h, 'echo x', 'site-x', { key: 'deps' });
+      await sql`UPDATE jobs SET cache = jsonb_set(cache, '{write}', '"ask"') WHERE id = ${j}`.execute(h.store.db);
+      fake = await fakeAgent(h, 'host-x', ['site-x']);
+      const f = fake;
+      const launch = await f.next((m) => m.type === 'launch' && m.jobId === j);
+      assert.equal((launch.spec as { cache: { write: unknown } }).cache.write, 'ask');
+      f.send({ type: 'job.phase', jobId: j, attempt: 1, phase: 'booting' });
+      f.send({ type: 'job.start', jobId: j, attempt: 1 });
+      await f.next((m) => m.type === 'start.ok' && m.jobId === j);
+      f.send({ type: 'cache.ask', jobId: j, attempt: 1 });
+      const answer = await f.next((m) => m.type === 'cache.answer' && m.jobId === j);
+      assert.equal(answer.write, false, 'this server (no GitHub) says no');
+      const stored = await sql<{ a: { attempt: number; write: boolean; reason?: string } | string | null }>`SELECT cache_answer AS a FROM jobs WHERE id = ${j}`.execute(h.store.db);
+      const a = stored.rows[0]?.a;
+      assert.deepEqual(typeof a === 'string' ? JSON.parse(a) : a, { attempt: 1, write: false, reason: answer.reason, at: (typeof a === 'string' ? JSON.parse(a) : a)?.at });
+      // The host commits anyway and says so: its result names a version, and it reports holding it.
+      const v = `${Date.now().toString(36).padStart(9, '0')}-0badc0de`;
+      f.send({ type: 'job.done', result: { jobId: j, attempt: 1, outcome: 'exited', exitCode: 0, logChunks: 0, cache: { key, hit: false, committed: { id: v, bytes: MiB, seconds: 1, sha256: 'e'.repeat(64) } } } });
+      assert.equal((await finished(h, j)).cacheOutcome?.committed?.id, v);
+      f.send({ type: 'host.status', caches: [{ key, version: v, bytes: MiB, sizeBytes: 64 * MiB, versions: 1, lastUsedAt: new Date().toISOString() }] });
+      await reported(h, 'host-x', key, v);
+
+      // A real host's job of that cache: no transfer from the lying host; the job starts on an empty cache.
+      await h.addAgent('host-b', {}, { labels: ['site-b'], caches: makeCacheStore(dirB), cacheTransfer: { fetchTimeoutMs: 15_000 } });
+      const r = await finished(h, await submit(h, 'echo read', 'site-b', { key: 'deps' }));
+      assert.equal(r.state, 'succeeded');
+      assert.equal(r.cacheOutcome?.fetch?.outcome, 'none', JSON.stringify(r.cacheOutcome));
+      assert.match(r.cacheOutcome?.fetch?.reason ?? '', /no peer host holds a newer version committed by a job of this cache/);
+      assert.equal(f.got.filter((m) => m.type === 'cache.send').length, 0, 'the lying host was never asked to send');
+    } finally {
+      fake?.close();
       await h.close();
     }
   });

@@ -622,13 +622,22 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
     // removes it (with the half-received image) once it does not. Nothing is in versions/ until finish().
     const { ldir } = leaseDir(cdir, { ...currentOwner(), jobId: `fetch-${o.version}`, committing: o.version });
     const file = join(ldir, 'fetch.raw');
-    const fd = openSync(file, 'wx', 0o600);
+    let fd: number | undefined;
+    try {
+      fd = openSync(file, 'wx', 0o600);
+      ftruncateSync(fd, o.length);
+    } catch (e) {
+      // Nothing received yet: the lease goes now, not when this process ends (a live lease keeps the cache from eviction).
+      if (fd !== undefined) closeSync(fd);
+      rmSync(ldir, { recursive: true, force: true });
+      throw new KilnError('cache.transfer_failed', `could not make room for version ${o.version} (${formatSize(o.length)}) under ${ldir}: ${(e as Error).message}`, { cause: e });
+    }
+    const fdOpen: number = fd;
     let open = true;
     const closeFd = () => {
-      if (open) closeSync(fd);
+      if (open) closeSync(fdOpen);
       open = false;
     };
-    ftruncateSync(fd, o.length);
     const digest = makeImageDigest();
     let next = 0;
     let bytes = 0;
@@ -644,7 +653,7 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
         if (data.length !== Math.min(IMAGE_BLOCK_BYTES, o.length - offset)) throw fail(`a chunk at offset ${offset} has ${data.length} bytes, not a whole block`);
         digest.block(offset, data);
         let off = 0;
-        while (off < data.length) off += writeSync(fd, data, off, data.length - off, offset + off);
+        while (off < data.length) off += writeSync(fdOpen, data, off, data.length - off, offset + off);
         next = offset + IMAGE_BLOCK_BYTES;
         bytes += data.length;
         await Promise.resolve();
@@ -657,7 +666,7 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
           if (sum !== o.sha256) {
             throw new KilnError('cache.checksum', `the received copy of version ${o.version} does not match its recorded checksum (sha256 ${sum.slice(0, 12)}…, expected ${o.sha256.slice(0, 12)}…): not used`);
           }
-          fsyncSync(fd);
+          fsyncSync(fdOpen);
           closeFd();
           // The cache's size is its newest version's: a fetched version of another size (the cache was made with
           // another size elsewhere) redefines it here once it is current.

@@ -14,6 +14,7 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -526,6 +527,41 @@ for (const { kind, skip } of storeKinds()) {
       assert.equal(f.got.filter((m) => m.type === 'cache.send').length, 0, 'the lying host was never asked to send');
     } finally {
       fake?.close();
+      await h.close();
+    }
+  });
+
+  test(`${kind}: a receiving host that cannot open the version it is sent (its files may not grow that large) releases the lease it took: the cache is not held in use and can be evicted`, { skip, timeout: 180_000 }, async () => {
+    const h = await startHarness(kind, { cacheRelay: { windowChunks: 4, stallMs: 20_000 } });
+    const dirA = tempDir();
+    const dirB = tempDir();
+    try {
+      const key = 'default/deps';
+      await h.addAgent('host-a', { cacheWrites: true }, { labels: ['site-a'], caches: makeCacheStore(dirA) });
+      const w = await finished(h, await submit(h, 'cache-fill 1', 'site-a', { key: 'deps', write: true, size: '128M' }));
+      const v = w.cacheOutcome?.committed?.id;
+      assert.ok(v, JSON.stringify(w.cacheOutcome));
+      await reported(h, 'host-a', key, v);
+      // The receiver is a real `kiln agent` process whose files may not exceed 64 MiB (RLIMIT_FSIZE): sizing the
+      // 128 MiB copy fails with EFBIG (as on a file system with a smaller largest file).
+      const b = spawnBuiltKiln(['agent', '--server', h.url, '--token', h.agentToken, '--name', 'host-b', '--label', 'site-b', '--driver', 'memory', '--data-dir', dirB], { KILN_TEST_MEMORY_CACHES: '1' });
+      await until('host-b to connect', () => linkOf(h, 'host-b'), 60_000);
+      const lim = spawnSync('prlimit', ['--pid', String(b.proc.pid), `--fsize=${64 * MiB}:${64 * MiB}`], { encoding: 'utf8' });
+      assert.equal(lim.status, 0, lim.stderr);
+      // Its job asks for a 32 MiB cache (the size only applies to a cache made here): its empty disk fits the limit.
+      const r = await finished(h, await submit(h, 'echo read', 'site-b', { key: 'deps', size: '32M' }));
+      assert.equal(r.state, 'succeeded', await logs(h, r.id));
+      assert.equal(r.cacheOutcome?.fetch?.outcome, 'failed', JSON.stringify(r.cacheOutcome));
+      assert.match(r.cacheOutcome?.fetch?.reason ?? '', /could not make room for version .*File too large|EFBIG/);
+      assert.equal(r.cacheOutcome?.hit, false);
+      const storeB = makeCacheStore(dirB, { maxIdleMs: 0 }); // everything idle is past the retention
+      assert.deepEqual(readdirSync(join(dirB, 'caches', cacheId(key), 'leases')), [], 'no lease left behind while the agent lives');
+      assert.equal(storeB.inspect(key)?.inUse, 0);
+      assert.ok(b.proc.exitCode === null, 'the agent is still running (its leases would count as live)');
+      assert.deepEqual(storeB.collect(), [key], 'the cache can be evicted (retention skips a cache in use)');
+      assert.equal(storeB.inspect(key), undefined);
+      await b.kill();
+    } finally {
       await h.close();
     }
   });

@@ -253,6 +253,8 @@ export function cacheId(key: string): string {
 interface LeaseRecord extends Owner {
   reads?: string;
   committing?: string;
+  /** A fetch from a peer: the announced size of the version it writes, counted against the budget until it ends. */
+  receiving?: number;
   jobId: string;
 }
 
@@ -393,7 +395,7 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
     }
     const ls = leases(cdir).filter((l) => l.alive);
     let bytes = versions.reduce((n, v) => n + v.bytes, 0);
-    for (const l of ls) bytes += allocated(join(cdir, 'leases', l.id, 'overlay.qcow2')) + allocated(join(cdir, 'leases', l.id, 'new.raw'));
+    for (const l of ls) bytes += allocated(join(cdir, 'leases', l.id, 'overlay.qcow2')) + allocated(join(cdir, 'leases', l.id, 'new.raw')) + (l.rec?.receiving ?? 0);
     let lastUsedAt = new Date(0).toISOString();
     try {
       lastUsedAt = statSync(join(cdir, 'used')).mtime.toISOString();
@@ -457,6 +459,28 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
     }
     if (total > budget) log?.warn({ total, budget }, 'caches in use exceed the host budget');
     return evicted;
+  };
+
+  /**
+   * Room in the budget for `bytes` more of cache `key` (a version about to be fetched): the least recently used
+   * caches not in use (and not `key`) are evicted first, as the collector would; refused if that is not enough.
+   */
+  const makeRoom = (key: string, bytes: number, what: string) => {
+    const caches = allInfo().sort((a, b) => a.lastUsedAt.localeCompare(b.lastUsedAt));
+    let total = caches.reduce((n, c) => n + c.bytes, 0) + bytes;
+    for (const c of caches) {
+      if (total <= budget) break;
+      if (c.inUse > 0 || c.key === key) continue;
+      removeDir(join(dir, c.id));
+      total -= c.bytes;
+      counters.evictions++;
+      log?.info({ cache: c.key, bytes: c.bytes, budget, for: key }, `cache evicted (least recently used) to make room for ${what}`);
+    }
+    if (total > budget) {
+      throw new KilnError('cache.over_budget', `${what} (${formatSize(bytes)}) does not fit this host's cache budget of ${formatSize(budget)} beside the caches in use here (${formatSize(total - bytes)})`, {
+        hint: 'raise KILN_CACHE_BUDGET on this host, or use a smaller cache',
+      });
+    }
   };
 
   async function open(key: string, o: { sizeBytes?: number; jobId: string }): Promise<CacheLease> {
@@ -618,9 +642,12 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
     if (meta && meta.key !== key) throw new KilnError('cache.key_collision', `cache ${cdir} belongs to key "${meta.key}", not "${key}"`, { kind: 'internal' });
     if (existsSync(join(cdir, 'versions', `${o.version}.raw`))) throw new KilnError('cache.transfer_failed', `version ${o.version} is already here`);
     checkDiskSpace(dataDir, o.length);
+    // Its announced size counts against the budget from now on (the lease's `receiving`, in the same
+    // synchronous run as the check, so a second fetch sees it): older caches are evicted first, or it is refused.
+    makeRoom(key, o.length, `version ${o.version} of cache ${key}`);
     // A lease of its own, naming the version it makes: the collector keeps it while this process lives, and
     // removes it (with the half-received image) once it does not. Nothing is in versions/ until finish().
-    const { ldir } = leaseDir(cdir, { ...currentOwner(), jobId: `fetch-${o.version}`, committing: o.version });
+    const { ldir } = leaseDir(cdir, { ...currentOwner(), jobId: `fetch-${o.version}`, committing: o.version, receiving: o.length });
     const file = join(ldir, 'fetch.raw');
     let fd: number | undefined;
     try {

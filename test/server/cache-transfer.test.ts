@@ -565,4 +565,45 @@ for (const { kind, skip } of storeKinds()) {
       await h.close();
     }
   });
+
+  test(`${kind}: a fetch counts its version's announced size against the receiving host's cache budget before it starts: older caches not in use are evicted first, and a version over the budget is refused`, { skip, timeout: 180_000 }, async () => {
+    const h = await startHarness(kind, { cacheRelay: { windowChunks: 4, stallMs: 20_000 } });
+    const dirA = tempDir();
+    const dirB = tempDir();
+    const dirC = tempDir();
+    try {
+      const key = 'default/deps';
+      await h.addAgent('host-a', { cacheWrites: true }, { labels: ['site-a'], caches: makeCacheStore(dirA) });
+      const w = await finished(h, await submit(h, 'cache-fill 2', 'site-a', { key: 'deps', write: true, size: '64M' }));
+      const v = w.cacheOutcome?.committed?.id;
+      assert.ok(v, JSON.stringify(w.cacheOutcome));
+      await reported(h, 'host-a', key, v);
+
+      // B (budget 80 MiB) holds another cache of ~20 MiB: with the 64 MiB version announced, that is over.
+      const storeB = makeCacheStore(dirB, { budgetBytes: 80 * MiB });
+      await h.addAgent('host-b', { cacheWrites: true }, { labels: ['site-b'], caches: storeB });
+      const o = await finished(h, await submit(h, 'cache-fill 18', 'site-b', { key: 'other', write: true, size: '64M' }));
+      assert.ok(o.cacheOutcome?.committed, JSON.stringify(o.cacheOutcome));
+      const otherBytes = storeB.inspect('default/other')?.bytes ?? 0;
+      assert.ok(otherBytes > 16 * MiB && otherBytes + 64 * MiB > 80 * MiB && otherBytes < 80 * MiB, `other: ${otherBytes} bytes`);
+      const r = await finished(h, await submit(h, 'echo read', 'site-b', { key: 'deps' }));
+      assert.equal(r.cacheOutcome?.fetch?.outcome, 'fetched', JSON.stringify(r.cacheOutcome));
+      assert.equal(r.cacheOutcome?.version, v);
+      assert.equal(storeB.inspect('default/other'), undefined, 'the older cache was evicted to make room before the fetch');
+      assert.ok(storeB.counters.evictions >= 1);
+
+      // C's budget (48 MiB) is below the version's size: refused, and the job starts on an empty cache.
+      const storeC = makeCacheStore(dirC, { budgetBytes: 48 * MiB });
+      await h.addAgent('host-c', {}, { labels: ['site-c'], caches: storeC });
+      const c = await finished(h, await submit(h, 'echo read', 'site-c', { key: 'deps', size: '16M' }));
+      assert.equal(c.state, 'succeeded');
+      assert.equal(c.cacheOutcome?.fetch?.outcome, 'refused', JSON.stringify(c.cacheOutcome));
+      assert.match(c.cacheOutcome?.fetch?.reason ?? '', /does not fit this host's cache budget of 48(\.0)? ?Mi?B?/);
+      assert.equal(c.cacheOutcome?.hit, false);
+      assert.equal(storeC.inspect(key)?.versions.length, 0);
+      assert.deepEqual(readdirSync(join(dirC, 'caches', cacheId(key), 'leases')), []);
+    } finally {
+      await h.close();
+    }
+  });
 }

@@ -131,7 +131,8 @@ export function makeCacheTransfers(o: {
     try {
       f.receiver = o.store.receiveVersion(f.key, { version: m.version, length: m.length, sha256: m.sha256, record: m.record, from: m.from });
     } catch (e) {
-      return settle(f, 'failed', toKilnError(e).message);
+      // Over this host's cache budget even after evicting what is not in use: refused, not failed.
+      return settle(f, isKilnError(e, 'cache.over_budget') ? 'refused' : 'failed', toKilnError(e).message);
     }
     watch(f);
   };

@@ -25,7 +25,7 @@ export interface ServerOptions {
   /** The most a host may claim (docs/security.md, "Host identity"). */
   hostPolicy: HostPolicy;
   /** Host-to-host cache transfers (docs/caches.md): chunks in flight per transfer, a stall bound, how many at once. */
-  cacheRelay?: { windowChunks?: number; stallMs?: number; maxTransfers?: number };
+  cacheRelay?: { windowChunks?: number; stallMs?: number; maxTransfers?: number; maxBufferedBytes?: number; maxPerHost?: number };
 }
 
 export const DEFAULT_SERVER_OPTIONS: ServerOptions = {

@@ -7,7 +7,7 @@ import type { Job, JobSpec, JobTransition } from '../core/job.ts';
 import type { StartedTimes } from '../core/timings.ts';
 import { ACTIVE_STATES, JOB_STATE_LIST, canTransition, holdsHost, mayRequeue, nextJobState, type JobEvent, type JobState } from '../core/job-state.ts';
 import type { Db, Tx } from './store.ts';
-import type { JobRow } from './schema.ts';
+import type { CacheAnswerRow, JobRow } from './schema.ts';
 import { batchRows, type BatchColumn } from './batch-rows.ts';
 import { idIn } from './id-list.ts';
 
@@ -879,19 +879,43 @@ export async function setCacheOutcome(db: Q, jobId: number, attempt: number, out
   await db.updateTable('jobs').set({ cache_outcome: JSON.stringify(outcome) }).where('id', '=', jobId).where('attempt', '=', attempt).execute();
 }
 
+/** A committed cache version as the server knows it: the job that committed it, its checksum, and who it was (from the server's own rows). */
+export interface CommittedCacheVersion {
+  jobId: number;
+  sha256: string;
+  /** The ref, commit and writer the server gave the committing job (its cache spec), never a host's word. */
+  ref?: string;
+  commit?: string;
+  by?: string;
+}
+
+/** Records the server's answer to a job's cache.ask for `attempt` (before the agent hears it); false: that attempt is not the job's current one. */
+export async function setCacheAnswer(db: Q, jobId: number, attempt: number, answer: { write: boolean; ref?: string; commit?: string; reason?: string }): Promise<boolean> {
+  const row: CacheAnswerRow = { attempt, write: answer.write, at: new Date().toISOString(), ...(answer.ref ? { ref: answer.ref } : {}), ...(answer.commit ? { commit: answer.commit } : {}), ...(answer.reason ? { reason: answer.reason } : {}) };
+  const r = await db.updateTable('jobs').set({ cache_answer: JSON.stringify(row) }).where('id', '=', jobId).where('attempt', '=', attempt).executeTakeFirst();
+  return Number(r.numUpdatedRows) > 0;
+}
+
 /**
  * A committed cache version as the job that committed it reported it: its checksum and that job, if a job of
  * `tenant` with cache `key` committed `version` (the relay fetches nothing else from a peer). Only a job that
- * could write counts (write true, or 'ask': decided after the job), never a read-only one whatever its host
- * reports; of several claiming one version, the first submitted.
+ * could write counts (write true, or 'ask' when the server's own stored answer for that attempt was yes),
+ * never a read-only one nor an 'ask' job the server refused or never answered, whatever its host reports; of
+ * several claiming one version, the first submitted. The writer record is the server's: `by` from the job's
+ * cache spec, ref and commit from the spec (write true) or from the server's answer ('ask').
  */
-export async function committedCacheVersion(db: Q, tenant: string, key: string, version: string): Promise<{ jobId: number; sha256: string } | undefined> {
-  const r = await sql<{ id: string | number; sha: string | null }>`
-    SELECT id, cache_outcome->'committed'->>'sha256' AS sha FROM jobs
+export async function committedCacheVersion(db: Q, tenant: string, key: string, version: string): Promise<CommittedCacheVersion | undefined> {
+  const r = await sql<{ id: string | number; sha: string | null; ref: string | null; commit: string | null; by: string | null }>`
+    SELECT id, cache_outcome->'committed'->>'sha256' AS sha, cache->>'by' AS by,
+      CASE WHEN cache->>'write' = 'ask' THEN cache_answer->>'ref' ELSE cache->>'ref' END AS ref,
+      CASE WHEN cache->>'write' = 'ask' THEN cache_answer->>'commit' ELSE cache->>'commit' END AS commit
+    FROM jobs
     WHERE cache_outcome ? 'committed' AND (cache_outcome->'committed'->>'id') = ${version} AND tenant = ${tenant} AND cache->>'key' = ${key}
-      AND cache->>'write' IN ('true', 'ask')
+      AND (cache->>'write' = 'true'
+        OR (cache->>'write' = 'ask' AND cache_answer->>'write' = 'true' AND cache_answer->>'attempt' = attempt::text))
     ORDER BY id
     LIMIT 1`.execute(db);
   const x = r.rows[0];
-  return x?.sha ? { jobId: Number(x.id), sha256: x.sha } : undefined;
+  if (!x?.sha) return undefined;
+  return { jobId: Number(x.id), sha256: x.sha, ...(x.ref ? { ref: x.ref } : {}), ...(x.commit ? { commit: x.commit } : {}), ...(x.by ? { by: x.by } : {}) };
 }

@@ -228,6 +228,7 @@ TABLE jobs
   egress_repo text
   cache jsonb
   cache_outcome jsonb
+  cache_answer jsonb
   CONSTRAINT jobs_cpus_check CHECK ((cpus > 0))
   CONSTRAINT jobs_disk_bytes_check CHECK ((disk_bytes > 0))
   CONSTRAINT jobs_memory_bytes_check CHECK ((memory_bytes > 0))

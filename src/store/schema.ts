@@ -9,6 +9,17 @@ import type { CacheOutcomeMsg, HostCacheMsg, JobCacheMsg } from '../core/agent-p
 import type { HostPower } from '../core/power.ts';
 import type { GitHubTables } from './github-schema.ts';
 
+/** The server's answer to a job's cache.ask (jobs.cache_answer): may that attempt commit its cache, and with what ref and commit. */
+export interface CacheAnswerRow {
+  attempt: number;
+  write: boolean;
+  ref?: string;
+  commit?: string;
+  reason?: string;
+  /** When the server answered (ISO 8601). */
+  at: string;
+}
+
 type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
 type NullableTimestamp = ColumnType<Date | null, Date | string | null | undefined, Date | string | null>;
 type Json<T> = ColumnType<T, string, string>;
@@ -33,6 +44,8 @@ export interface JobsTable {
   cache: ColumnType<JobCacheMsg | null, string | null | undefined, string | null>;
   /** What happened to the job's cache, from its result (migration 0031); null: no cache, or not finished. */
   cache_outcome: ColumnType<CacheOutcomeMsg | null, string | null | undefined, string | null>;
+  /** The server's answer to the job's cache.ask (migration 0032); null: never asked. */
+  cache_answer: ColumnType<CacheAnswerRow | null, string | null | undefined, string | null>;
   /** The GitHub repository a runner VM serves (migration 0012): its egress allowlist applies. */
   egress_repo: ColumnType<string | null, string | null | undefined, string | null>;
   cwd: string | null;

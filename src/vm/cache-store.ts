@@ -253,6 +253,8 @@ export function cacheId(key: string): string {
 interface LeaseRecord extends Owner {
   reads?: string;
   committing?: string;
+  /** A fetch from a peer: the announced size of the version it writes, counted against the budget until it ends. */
+  receiving?: number;
   jobId: string;
 }
 
@@ -393,7 +395,7 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
     }
     const ls = leases(cdir).filter((l) => l.alive);
     let bytes = versions.reduce((n, v) => n + v.bytes, 0);
-    for (const l of ls) bytes += allocated(join(cdir, 'leases', l.id, 'overlay.qcow2')) + allocated(join(cdir, 'leases', l.id, 'new.raw'));
+    for (const l of ls) bytes += allocated(join(cdir, 'leases', l.id, 'overlay.qcow2')) + allocated(join(cdir, 'leases', l.id, 'new.raw')) + (l.rec?.receiving ?? 0);
     let lastUsedAt = new Date(0).toISOString();
     try {
       lastUsedAt = statSync(join(cdir, 'used')).mtime.toISOString();
@@ -457,6 +459,28 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
     }
     if (total > budget) log?.warn({ total, budget }, 'caches in use exceed the host budget');
     return evicted;
+  };
+
+  /**
+   * Room in the budget for `bytes` more of cache `key` (a version about to be fetched): the least recently used
+   * caches not in use (and not `key`) are evicted first, as the collector would; refused if that is not enough.
+   */
+  const makeRoom = (key: string, bytes: number, what: string) => {
+    const caches = allInfo().sort((a, b) => a.lastUsedAt.localeCompare(b.lastUsedAt));
+    let total = caches.reduce((n, c) => n + c.bytes, 0) + bytes;
+    for (const c of caches) {
+      if (total <= budget) break;
+      if (c.inUse > 0 || c.key === key) continue;
+      removeDir(join(dir, c.id));
+      total -= c.bytes;
+      counters.evictions++;
+      log?.info({ cache: c.key, bytes: c.bytes, budget, for: key }, `cache evicted (least recently used) to make room for ${what}`);
+    }
+    if (total > budget) {
+      throw new KilnError('cache.over_budget', `${what} (${formatSize(bytes)}) does not fit this host's cache budget of ${formatSize(budget)} beside the caches in use here (${formatSize(total - bytes)})`, {
+        hint: 'raise KILN_CACHE_BUDGET on this host, or use a smaller cache',
+      });
+    }
   };
 
   async function open(key: string, o: { sizeBytes?: number; jobId: string }): Promise<CacheLease> {
@@ -618,17 +642,29 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
     if (meta && meta.key !== key) throw new KilnError('cache.key_collision', `cache ${cdir} belongs to key "${meta.key}", not "${key}"`, { kind: 'internal' });
     if (existsSync(join(cdir, 'versions', `${o.version}.raw`))) throw new KilnError('cache.transfer_failed', `version ${o.version} is already here`);
     checkDiskSpace(dataDir, o.length);
+    // Its announced size counts against the budget from now on (the lease's `receiving`, in the same
+    // synchronous run as the check, so a second fetch sees it): older caches are evicted first, or it is refused.
+    makeRoom(key, o.length, `version ${o.version} of cache ${key}`);
     // A lease of its own, naming the version it makes: the collector keeps it while this process lives, and
     // removes it (with the half-received image) once it does not. Nothing is in versions/ until finish().
-    const { ldir } = leaseDir(cdir, { ...currentOwner(), jobId: `fetch-${o.version}`, committing: o.version });
+    const { ldir } = leaseDir(cdir, { ...currentOwner(), jobId: `fetch-${o.version}`, committing: o.version, receiving: o.length });
     const file = join(ldir, 'fetch.raw');
-    const fd = openSync(file, 'wx', 0o600);
+    let fd: number | undefined;
+    try {
+      fd = openSync(file, 'wx', 0o600);
+      ftruncateSync(fd, o.length);
+    } catch (e) {
+      // Nothing received yet: the lease goes now, not when this process ends (a live lease keeps the cache from eviction).
+      if (fd !== undefined) closeSync(fd);
+      rmSync(ldir, { recursive: true, force: true });
+      throw new KilnError('cache.transfer_failed', `could not make room for version ${o.version} (${formatSize(o.length)}) under ${ldir}: ${(e as Error).message}`, { cause: e });
+    }
+    const fdOpen: number = fd;
     let open = true;
     const closeFd = () => {
-      if (open) closeSync(fd);
+      if (open) closeSync(fdOpen);
       open = false;
     };
-    ftruncateSync(fd, o.length);
     const digest = makeImageDigest();
     let next = 0;
     let bytes = 0;
@@ -644,7 +680,7 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
         if (data.length !== Math.min(IMAGE_BLOCK_BYTES, o.length - offset)) throw fail(`a chunk at offset ${offset} has ${data.length} bytes, not a whole block`);
         digest.block(offset, data);
         let off = 0;
-        while (off < data.length) off += writeSync(fd, data, off, data.length - off, offset + off);
+        while (off < data.length) off += writeSync(fdOpen, data, off, data.length - off, offset + off);
         next = offset + IMAGE_BLOCK_BYTES;
         bytes += data.length;
         await Promise.resolve();
@@ -657,7 +693,7 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
           if (sum !== o.sha256) {
             throw new KilnError('cache.checksum', `the received copy of version ${o.version} does not match its recorded checksum (sha256 ${sum.slice(0, 12)}…, expected ${o.sha256.slice(0, 12)}…): not used`);
           }
-          fsyncSync(fd);
+          fsyncSync(fdOpen);
           closeFd();
           // The cache's size is its newest version's: a fetched version of another size (the cache was made with
           // another size elsewhere) redefines it here once it is current.

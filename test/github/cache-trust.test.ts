@@ -16,6 +16,7 @@ import type { GitHubConfig } from '../../src/server/github/config.ts';
 import { assertInvariants, runnerVms, startGitHubHarness as startOn, until, type GitHubHarness } from './support/harness.ts';
 import { storeKinds, type StoreKind } from '../store/test-stores.ts';
 import { isTerminal } from '../../src/core/job-state.ts';
+import { committedCacheVersion } from '../../src/store/jobs.ts';
 
 /** No runner VM is live and no kiln runner is registered on GitHub (the end state every test waits for). */
 const settled = async (x: GitHubHarness) =>
@@ -124,6 +125,27 @@ for (const { kind, skip } of storeKinds()) {
         assert.equal(o.cache.hit, false, `${c.key}: a first use is a miss`);
       }
       assert.deepEqual(problems, []);
+
+      // The server keeps its own answer (jobs.cache_answer); a version counts as committed, for a transfer to
+      // another host, only on its stored yes, with the answer's ref and commit.
+      const parse = <T>(x: T | string | null): T | null => (typeof x === 'string' ? (JSON.parse(x) as T) : x);
+      for (const c of cases) {
+        const o = outcomes.get(keyOf(c))!;
+        const read = () => h!.store.db.selectFrom('jobs').select(['tenant', 'cache_answer', 'cache_outcome']).where('id', '=', o.jobId).executeTakeFirstOrThrow();
+        await until(`${c.key}'s result stored`, async () => (await read()).cache_outcome !== null);
+        const row = await read();
+        const answer = parse(row.cache_answer);
+        assert.equal(answer?.write, c.write !== false, `${c.key}: the stored answer ${JSON.stringify(answer)}`);
+        assert.equal(answer?.attempt, 1);
+        if (c.write) {
+          const vouched = await committedCacheVersion(h!.store.db, row.tenant, keyOf(c), o.cache.committed!.id);
+          assert.ok(vouched && c.write.test(vouched.ref ?? ''), `${c.key}: vouched for as ${JSON.stringify(vouched)}`);
+          assert.equal(vouched.commit, d.jobs.get(jobs.get(c.key)!)!.headSha);
+          assert.equal(vouched.jobId, o.jobId);
+        } else {
+          assert.ok(why[c.key]!.test(answer?.reason ?? ''), `${c.key}: the stored reason "${answer?.reason ?? ''}"`);
+        }
+      }
 
       // The trust check failing never fails the job: the VM succeeded and GitHub saw the job succeed.
       for (const k of ['apifail', 'reffail']) {

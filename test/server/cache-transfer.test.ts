@@ -14,14 +14,17 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { sql } from 'kysely';
 import WebSocket from 'ws';
 import { CACHE_TRANSFER_VERSION, PROTOCOL_VERSION } from '../../src/core/agent-protocol.ts';
 import type { Job } from '../../src/core/job.ts';
 import { KILN_VERSION } from '../../src/core/version.ts';
+import { getJob } from '../../src/store/jobs.ts';
 import { cacheId, makeCacheStore } from '../../src/vm/cache-store.ts';
 import { killAll, runKilnCommand, spawnBuiltKiln } from '../agent/processes.ts';
 import { storeKinds } from '../store/test-stores.ts';
@@ -67,12 +70,14 @@ async function logs(h: Harness, id: number): Promise<string> {
   return text;
 }
 const metrics = async (h: Harness) => (await fetch(`${h.url}/metrics`, { headers: { authorization: `Bearer ${h.admin}` } })).text();
+const relayedBytes = async (h: Harness) => Number(/^kiln_cache_transfer_bytes_total (\d+)$/m.exec(await metrics(h))?.[1] ?? 0);
+const linkOf = (h: Harness, host: string) => [...h.server.registry.links.values()].find((l) => l.name === host);
 /** Waits until the host has told the server it holds `version` of `key` (its host.status after the job). */
 const reported = (h: Harness, host: string, key: string, version: string) =>
   until(`${host} to report ${key}@${version}`, () => [...h.server.registry.links.values()].some((l) => l.name === host && l.cacheVersions?.get(key) === version));
 
 /** A hand-made agent connection (what a compromised host could send), with the messages it receives. */
-async function fakeAgent(h: Harness, name: string, labels: string[]) {
+async function fakeAgent(h: Harness, name: string, labels: string[], size: { cpus: number; memoryBytes: number } = { cpus: 2, memoryBytes: 4 * 1024 ** 3 }) {
   const ws = new WebSocket(`${h.url.replace(/^http/, 'ws')}/v1/agent/connect`, { headers: { authorization: `Bearer ${h.agentToken}` } });
   const got: { type: string; [k: string]: unknown }[] = [];
   const waiters = new Set<() => void>();
@@ -93,14 +98,14 @@ async function fakeAgent(h: Harness, name: string, labels: string[]) {
           resolve(m);
         }
       };
-      const t = setTimeout(() => (waiters.delete(check), reject(new Error(`the fake agent got no matching message; got ${got.map((x) => x.type).join(', ')}`))), timeoutMs);
+      const t = setTimeout(() => (waiters.delete(check), reject(new Error(`the fake agent got no matching message; got ${got.map((x) => (x.type === 'error' ? JSON.stringify(x) : x.type)).join(', ')}`))), timeoutMs);
       waiters.add(check);
       check();
     });
   send({
     type: 'hello',
     protocol: PROTOCOL_VERSION,
-    host: { name, arch: 'amd64', cpus: 2, memoryBytes: 4 * 1024 ** 3, diskBytes: 50 * 1024 ** 3, accel: 'tcg', labels, driver: 'memory', agentVersion: KILN_VERSION },
+    host: { name, arch: 'amd64', ...size, diskBytes: 50 * 1024 ** 3, accel: 'tcg', labels, driver: 'memory', agentVersion: KILN_VERSION },
     running: [],
     finished: [],
     cacheTransfer: CACHE_TRANSFER_VERSION,
@@ -336,6 +341,268 @@ for (const { kind, skip } of storeKinds()) {
       assert.ok(b.isConnected());
     } finally {
       fake?.close();
+      await h.close();
+    }
+  });
+
+  test(`${kind}: a receiver that acknowledges chunks it has not read: the relay holds back, the socket's queue to it stays bounded, and the transfer goes on once it reads`, { skip, timeout: 180_000 }, async (t) => {
+    const bound = MiB;
+    const h = await startHarness(kind, { cacheRelay: { windowChunks: 2, stallMs: 60_000, maxBufferedBytes: bound } });
+    const dirA = tempDir();
+    let fake: Awaited<ReturnType<typeof fakeAgent>> | undefined;
+    let acking: NodeJS.Timeout | undefined;
+    let sampling: NodeJS.Timeout | undefined;
+    try {
+      const key = 'default/deps';
+      await h.addAgent('host-a', { cacheWrites: true }, { labels: ['site-a'], caches: makeCacheStore(dirA) });
+      const w = await finished(h, await submit(h, 'cache-fill 48', 'site-a', { key: 'deps', write: true, size: '192M' }));
+      const v = w.cacheOutcome?.committed?.id;
+      assert.ok(v, JSON.stringify(w.cacheOutcome));
+      await reported(h, 'host-a', key, v);
+
+      // The receiver: a hand-made host that stops reading its socket once the transfer begins, and keeps
+      // acknowledging every sequence number blindly (what a compromised host could do).
+      fake = await fakeAgent(h, 'host-x', ['site-x']);
+      const f = fake;
+      const xJob = await submit(h, 'echo x', 'site-x', { key: 'deps' });
+      await f.next((m) => m.type === 'launch' && m.jobId === xJob);
+      f.ws.on('message', (d) => void (JSON.parse(String(d)).type === 'cache.incoming' && f.ws.pause()));
+      const link = linkOf(h, 'host-x');
+      assert.ok(link?.bufferedBytes, 'the server can see its socket\'s queue');
+      let peak = 0;
+      sampling = setInterval(() => (peak = Math.max(peak, link.bufferedBytes!())), 2);
+      f.send({ type: 'cache.fetch', tv: 1, fetchId: 'fetch-slow-reader', jobId: xJob, attempt: 1, key });
+      const inc = await f.next((m) => m.type === 'cache.incoming');
+      const transferId = String(inc.transferId);
+      acking = setInterval(() => {
+        for (let seq = 120; seq >= 0; seq--) f.send({ type: 'cache.ack', tv: 1, transferId, seq });
+      }, 40);
+      // Until the relay stops relaying (held back, or everything relayed into the socket's queue).
+      let last = -1;
+      let stableSince = Date.now();
+      await until('the relay to stop relaying', async () => {
+        const n = await relayedBytes(h);
+        if (n !== last) [last, stableSince] = [n, Date.now()];
+        return Date.now() - stableSince > 1500;
+      }, 60_000);
+      const image = 48 * MiB;
+      t.diagnostic(`held back after ${last} bytes relayed; the socket's queue peaked at ${peak} bytes (bound ${bound})`);
+      // Bounded: what it may hold past the bound is the window (2 chunks of 512 KiB, base64 in JSON) and one more.
+      assert.ok(peak > 0, 'the queue was sampled');
+      assert.ok(peak <= bound + 3 * 720 * 1024, `the socket's queue peaked at ${peak} bytes (bound ${bound})`);
+      assert.ok(last < image / 2, `the relay held back: ${last} bytes relayed of a ${image}-byte fill`);
+      assert.equal(h.server.registry.links.size, 2);
+
+      // Reading again: the transfer goes on to its end.
+      f.ws.resume();
+      const end = await f.next((m) => m.type === 'cache.end' && m.transferId === transferId, 60_000);
+      clearInterval(acking);
+      acking = undefined;
+      assert.equal(f.got.filter((m) => m.type === 'cache.chunk' && m.transferId === transferId).length, end.chunks);
+      assert.ok(await relayedBytes(h) >= image, 'all of it was relayed in the end');
+      assert.ok(peak <= bound + 3 * 720 * 1024, `the socket's queue peaked at ${peak} bytes (bound ${bound})`);
+    } finally {
+      if (acking) clearInterval(acking);
+      if (sampling) clearInterval(sampling);
+      fake?.close();
+      await h.close();
+    }
+  });
+
+  test(`${kind}: a host is the receiver of at most 2 transfers at once and the sender of at most 2; a fetch over either cap falls back (none) and a later one gets the freed slot`, { skip, timeout: 180_000 }, async () => {
+    const h = await startHarness(kind, { cacheRelay: { windowChunks: 2, stallMs: 60_000 } });
+    const dirA = tempDir();
+    const fakes: Awaited<ReturnType<typeof fakeAgent>>[] = [];
+    try {
+      const key = 'default/deps';
+      // The peer stops after one chunk: its transfers stay under way until the receiver goes.
+      await h.addAgent('host-a', { cacheWrites: true }, { labels: ['site-a'], caches: makeCacheStore(dirA), cacheTransfer: { holdSendAfterChunks: 1 } });
+      const w = await finished(h, await submit(h, 'cache-fill 2', 'site-a', { key: 'deps', write: true, size: '64M' }));
+      const v = w.cacheOutcome?.committed?.id;
+      assert.ok(v);
+      await reported(h, 'host-a', key, v);
+      const big = { cpus: 16, memoryBytes: 64 * 1024 ** 3 };
+      const x = await fakeAgent(h, 'host-x', ['site-x'], big);
+      fakes.push(x);
+      const y = await fakeAgent(h, 'host-y', ['site-y'], big);
+      fakes.push(y);
+      const xJobs = [await submit(h, 'echo 1', 'site-x', { key: 'deps' }), await submit(h, 'echo 2', 'site-x', { key: 'deps' }), await submit(h, 'echo 3', 'site-x', { key: 'deps' })];
+      const yJob = await submit(h, 'echo y', 'site-y', { key: 'deps' });
+      for (const j of xJobs) await x.next((m) => m.type === 'launch' && m.jobId === j);
+      await y.next((m) => m.type === 'launch' && m.jobId === yJob);
+      const fetchFor = (f: typeof x, fetchId: string, jobId: number) => {
+        f.send({ type: 'cache.fetch', tv: 1, fetchId, jobId, attempt: 1, key });
+        return f.next((m) => (m.type === 'cache.incoming' || m.type === 'cache.fetch.failed') && m.fetchId === fetchId, 20_000);
+      };
+      assert.equal((await fetchFor(x, 'fetch-x-1', xJobs[0]!)).type, 'cache.incoming');
+      assert.equal((await fetchFor(x, 'fetch-x-2', xJobs[1]!)).type, 'cache.incoming');
+      const x3 = await fetchFor(x, 'fetch-x-3', xJobs[2]!);
+      assert.deepEqual([x3.type, x3.outcome], ['cache.fetch.failed', 'none']);
+      assert.match(String(x3.reason), /this host receives 2 cache transfers already/);
+      const y1 = await fetchFor(y, 'fetch-y-1', yJob);
+      assert.deepEqual([y1.type, y1.outcome], ['cache.fetch.failed', 'none']);
+      assert.match(String(y1.reason), /the peer hosts that hold it send 2 cache transfers already/);
+      assert.match(await metrics(h), /^kiln_cache_transfers_total\{outcome="none"\} 3$/m, "the writer's own fetch, x3 and y1");
+
+      // X gone: its two transfers end, and Y's next fetch gets a slot.
+      x.close();
+      await x.closed;
+      await until('x\'s transfers to end', async () => /^kiln_cache_transfers_total\{outcome="failed"\} 2$/m.test(await metrics(h)));
+      const y2 = await fetchFor(y, 'fetch-y-2', yJob);
+      assert.equal(y2.type, 'cache.incoming', JSON.stringify(y2));
+      assert.equal(y2.from, 'host-a');
+    } finally {
+      for (const f of fakes) f.close();
+      await h.close();
+    }
+  });
+
+  test(`${kind}: a lying peer: the version's ref, commit, writer and time that reach the receiver are the server's record of the committing job, not the peer's`, { skip, timeout: 120_000 }, async () => {
+    const h = await startHarness(kind, { cacheRelay: { windowChunks: 4, stallMs: 20_000 } });
+    const dirA = tempDir();
+    const dirB = tempDir();
+    try {
+      const key = 'default/deps';
+      await h.addAgent('host-a', { cacheWrites: true }, { labels: ['site-a'], caches: makeCacheStore(dirA) });
+      await h.addAgent('host-b', {}, { labels: ['site-b'], caches: makeCacheStore(dirB) });
+      const w = await finished(h, await submit(h, 'cache-fill 2', 'site-a', { key: 'deps', write: true, size: '64M' }));
+      const v = w.cacheOutcome?.committed?.id;
+      assert.ok(v, JSON.stringify(w.cacheOutcome));
+      await reported(h, 'host-a', key, v);
+      const byServer = (await getJob(h.store.db, w.id))?.cache?.by;
+      assert.ok(byServer?.startsWith('api token '), byServer);
+      // Host A lies about who wrote it (its record on disk is what its agent offers); the job id and checksum stay.
+      const recPath = join(dirA, 'caches', cacheId(key), 'versions', `${v}.json`);
+      const rec = JSON.parse(readFileSync(recPath, 'utf8')) as Record<string, unknown>;
+      writeFileSync(recPath, JSON.stringify({ ...rec, ref: 'refs/heads/main', commit: 'f'.repeat(40), by: 'github trusted/repo', createdAt: '2001-01-01T00:00:00.000Z' }));
+      const r = await finished(h, await submit(h, 'echo read', 'site-b', { key: 'deps' }));
+      assert.equal(r.cacheOutcome?.fetch?.outcome, 'fetched', JSON.stringify(r.cacheOutcome));
+      const got = makeCacheStore(dirB).inspect(key)?.current;
+      assert.equal(got?.id, v);
+      assert.equal(got.jobId, String(w.id));
+      assert.equal(got.by, byServer, 'the writer is the committing job\'s, as the server stored it');
+      assert.equal(got.ref, undefined, 'no ref: the committing job had none');
+      assert.equal(got.commit, undefined, 'no commit: the committing job had none');
+      assert.ok(Math.abs(Date.parse(got.createdAt) - Date.parse(String(rec.createdAt))) < 120_000, `the version's time: ${got.createdAt}, not the peer's`);
+    } finally {
+      await h.close();
+    }
+  });
+
+  test(`${kind}: an 'ask' job the server refused cannot vouch for a version: the server stores its own answer, and a host claiming such a commit is never asked to send it`, { skip, timeout: 120_000 }, async () => {
+    const h = await startHarness(kind, { cacheRelay: { windowChunks: 4, stallMs: 5_000 } });
+    const dirB = tempDir();
+    let fake: Awaited<ReturnType<typeof fakeAgent>> | undefined;
+    try {
+      const key = 'default/deps';
+      // A job whose cache write is decided after it ran (as a GitHub runner's is), queued for the lying host.
+      const j = await submit(h, 'echo x', 'site-x', { key: 'deps' });
+      await sql`UPDATE jobs SET cache = jsonb_set(cache, '{write}', '"ask"') WHERE id = ${j}`.execute(h.store.db);
+      fake = await fakeAgent(h, 'host-x', ['site-x']);
+      const f = fake;
+      const launch = await f.next((m) => m.type === 'launch' && m.jobId === j);
+      assert.equal((launch.spec as { cache: { write: unknown } }).cache.write, 'ask');
+      f.send({ type: 'job.phase', jobId: j, attempt: 1, phase: 'booting' });
+      f.send({ type: 'job.start', jobId: j, attempt: 1 });
+      await f.next((m) => m.type === 'start.ok' && m.jobId === j);
+      f.send({ type: 'cache.ask', jobId: j, attempt: 1 });
+      const answer = await f.next((m) => m.type === 'cache.answer' && m.jobId === j);
+      assert.equal(answer.write, false, 'this server (no GitHub) says no');
+      const stored = await sql<{ a: { attempt: number; write: boolean; reason?: string } | string | null }>`SELECT cache_answer AS a FROM jobs WHERE id = ${j}`.execute(h.store.db);
+      const a = stored.rows[0]?.a;
+      assert.deepEqual(typeof a === 'string' ? JSON.parse(a) : a, { attempt: 1, write: false, reason: answer.reason, at: (typeof a === 'string' ? JSON.parse(a) : a)?.at });
+      // The host commits anyway and says so: its result names a version, and it reports holding it.
+      const v = `${Date.now().toString(36).padStart(9, '0')}-0badc0de`;
+      f.send({ type: 'job.done', result: { jobId: j, attempt: 1, outcome: 'exited', exitCode: 0, logChunks: 0, cache: { key, hit: false, committed: { id: v, bytes: MiB, seconds: 1, sha256: 'e'.repeat(64) } } } });
+      assert.equal((await finished(h, j)).cacheOutcome?.committed?.id, v);
+      f.send({ type: 'host.status', caches: [{ key, version: v, bytes: MiB, sizeBytes: 64 * MiB, versions: 1, lastUsedAt: new Date().toISOString() }] });
+      await reported(h, 'host-x', key, v);
+
+      // A real host's job of that cache: no transfer from the lying host; the job starts on an empty cache.
+      await h.addAgent('host-b', {}, { labels: ['site-b'], caches: makeCacheStore(dirB), cacheTransfer: { fetchTimeoutMs: 15_000 } });
+      const r = await finished(h, await submit(h, 'echo read', 'site-b', { key: 'deps' }));
+      assert.equal(r.state, 'succeeded');
+      assert.equal(r.cacheOutcome?.fetch?.outcome, 'none', JSON.stringify(r.cacheOutcome));
+      assert.match(r.cacheOutcome?.fetch?.reason ?? '', /no peer host holds a newer version committed by a job of this cache/);
+      assert.equal(f.got.filter((m) => m.type === 'cache.send').length, 0, 'the lying host was never asked to send');
+    } finally {
+      fake?.close();
+      await h.close();
+    }
+  });
+
+  test(`${kind}: a receiving host that cannot open the version it is sent (its files may not grow that large) releases the lease it took: the cache is not held in use and can be evicted`, { skip, timeout: 180_000 }, async () => {
+    const h = await startHarness(kind, { cacheRelay: { windowChunks: 4, stallMs: 20_000 } });
+    const dirA = tempDir();
+    const dirB = tempDir();
+    try {
+      const key = 'default/deps';
+      await h.addAgent('host-a', { cacheWrites: true }, { labels: ['site-a'], caches: makeCacheStore(dirA) });
+      const w = await finished(h, await submit(h, 'cache-fill 1', 'site-a', { key: 'deps', write: true, size: '128M' }));
+      const v = w.cacheOutcome?.committed?.id;
+      assert.ok(v, JSON.stringify(w.cacheOutcome));
+      await reported(h, 'host-a', key, v);
+      // The receiver is a real `kiln agent` process whose files may not exceed 64 MiB (RLIMIT_FSIZE): sizing the
+      // 128 MiB copy fails with EFBIG (as on a file system with a smaller largest file).
+      const b = spawnBuiltKiln(['agent', '--server', h.url, '--token', h.agentToken, '--name', 'host-b', '--label', 'site-b', '--driver', 'memory', '--data-dir', dirB], { KILN_TEST_MEMORY_CACHES: '1' });
+      await until('host-b to connect', () => linkOf(h, 'host-b'), 60_000);
+      const lim = spawnSync('prlimit', ['--pid', String(b.proc.pid), `--fsize=${64 * MiB}:${64 * MiB}`], { encoding: 'utf8' });
+      assert.equal(lim.status, 0, lim.stderr);
+      // Its job asks for a 32 MiB cache (the size only applies to a cache made here): its empty disk fits the limit.
+      const r = await finished(h, await submit(h, 'echo read', 'site-b', { key: 'deps', size: '32M' }));
+      assert.equal(r.state, 'succeeded', await logs(h, r.id));
+      assert.equal(r.cacheOutcome?.fetch?.outcome, 'failed', JSON.stringify(r.cacheOutcome));
+      assert.match(r.cacheOutcome?.fetch?.reason ?? '', /could not make room for version .*File too large|EFBIG/);
+      assert.equal(r.cacheOutcome?.hit, false);
+      const storeB = makeCacheStore(dirB, { maxIdleMs: 0 }); // everything idle is past the retention
+      assert.deepEqual(readdirSync(join(dirB, 'caches', cacheId(key), 'leases')), [], 'no lease left behind while the agent lives');
+      assert.equal(storeB.inspect(key)?.inUse, 0);
+      assert.ok(b.proc.exitCode === null, 'the agent is still running (its leases would count as live)');
+      assert.deepEqual(storeB.collect(), [key], 'the cache can be evicted (retention skips a cache in use)');
+      assert.equal(storeB.inspect(key), undefined);
+      await b.kill();
+    } finally {
+      await h.close();
+    }
+  });
+
+  test(`${kind}: a fetch counts its version's announced size against the receiving host's cache budget before it starts: older caches not in use are evicted first, and a version over the budget is refused`, { skip, timeout: 180_000 }, async () => {
+    const h = await startHarness(kind, { cacheRelay: { windowChunks: 4, stallMs: 20_000 } });
+    const dirA = tempDir();
+    const dirB = tempDir();
+    const dirC = tempDir();
+    try {
+      const key = 'default/deps';
+      await h.addAgent('host-a', { cacheWrites: true }, { labels: ['site-a'], caches: makeCacheStore(dirA) });
+      const w = await finished(h, await submit(h, 'cache-fill 2', 'site-a', { key: 'deps', write: true, size: '64M' }));
+      const v = w.cacheOutcome?.committed?.id;
+      assert.ok(v, JSON.stringify(w.cacheOutcome));
+      await reported(h, 'host-a', key, v);
+
+      // B (budget 80 MiB) holds another cache of ~20 MiB: with the 64 MiB version announced, that is over.
+      const storeB = makeCacheStore(dirB, { budgetBytes: 80 * MiB });
+      await h.addAgent('host-b', { cacheWrites: true }, { labels: ['site-b'], caches: storeB });
+      const o = await finished(h, await submit(h, 'cache-fill 18', 'site-b', { key: 'other', write: true, size: '64M' }));
+      assert.ok(o.cacheOutcome?.committed, JSON.stringify(o.cacheOutcome));
+      const otherBytes = storeB.inspect('default/other')?.bytes ?? 0;
+      assert.ok(otherBytes > 16 * MiB && otherBytes + 64 * MiB > 80 * MiB && otherBytes < 80 * MiB, `other: ${otherBytes} bytes`);
+      const r = await finished(h, await submit(h, 'echo read', 'site-b', { key: 'deps' }));
+      assert.equal(r.cacheOutcome?.fetch?.outcome, 'fetched', JSON.stringify(r.cacheOutcome));
+      assert.equal(r.cacheOutcome?.version, v);
+      assert.equal(storeB.inspect('default/other'), undefined, 'the older cache was evicted to make room before the fetch');
+      assert.ok(storeB.counters.evictions >= 1);
+
+      // C's budget (48 MiB) is below the version's size: refused, and the job starts on an empty cache.
+      const storeC = makeCacheStore(dirC, { budgetBytes: 48 * MiB });
+      await h.addAgent('host-c', {}, { labels: ['site-c'], caches: storeC });
+      const c = await finished(h, await submit(h, 'echo read', 'site-c', { key: 'deps', size: '16M' }));
+      assert.equal(c.state, 'succeeded');
+      assert.equal(c.cacheOutcome?.fetch?.outcome, 'refused', JSON.stringify(c.cacheOutcome));
+      assert.match(c.cacheOutcome?.fetch?.reason ?? '', /does not fit this host's cache budget of 48(\.0)? ?Mi?B?/);
+      assert.equal(c.cacheOutcome?.hit, false);
+      assert.equal(storeC.inspect(key)?.versions.length, 0);
+      assert.deepEqual(readdirSync(join(dirC, 'caches', cacheId(key), 'leases')), []);
+    } finally {
       await h.close();
     }
   });

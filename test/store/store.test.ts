@@ -1,10 +1,11 @@
 // The storage suite: the same tests against PGlite and a real PostgreSQL server.
+import { sql } from 'kysely';
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { storeKinds, makeTestStore } from './test-stores.ts';
 import type { Store } from '../../src/store/store.ts';
 import { migrate } from '../../src/store/store.ts';
-import { committedCacheVersion, setCacheOutcome, insertJobs, getJob, listJobs, claimQueuedJobs, markPlaced, recordExits, transitionJob, jobTransitions, loseJob, requestCancel, applyPhases, transitionJobs, activeJobsOnHosts, countJobsByState } from '../../src/store/jobs.ts';
+import { committedCacheVersion, setCacheAnswer, setCacheOutcome, insertJobs, getJob, listJobs, claimQueuedJobs, markPlaced, recordExits, transitionJob, jobTransitions, loseJob, requestCancel, applyPhases, transitionJobs, activeJobsOnHosts, countJobsByState } from '../../src/store/jobs.ts';
 import { setTenantLimit, tenantUsage } from '../../src/store/tenants.ts';
 import { appendLogs, readLogs, storedLogSeq } from '../../src/store/logs.ts';
 import { connectHost, disconnectHost, lockSchedulableHosts, listHosts, updateHostFlags, findHost, setHostCaches } from '../../src/store/hosts.ts';
@@ -65,7 +66,7 @@ for (const { kind, skip } of storeKinds()) {
     void test('cache transfer: only a job that could write vouches for a committed version; the first submitted wins', async () => {
       const [ro, writer, late] = await insertJobs(store.db, [
         spec({ tenant: 'ctv', cache: { key: 'ctv/app', write: false } }),
-        spec({ tenant: 'ctv', cache: { key: 'ctv/app', write: true } }),
+        spec({ tenant: 'ctv', cache: { key: 'ctv/app', write: true, ref: 'refs/heads/main', commit: 'c0ffee', by: 'api token 1' } }),
         spec({ tenant: 'ctv', cache: { key: 'ctv/app', write: 'ask' } }),
       ]);
       const claim = (sha256: string, id = 'v-1'): CacheOutcomeMsg => ({ key: 'ctv/app', hit: true, committed: { id, bytes: 1, seconds: 0, sha256 } });
@@ -73,8 +74,19 @@ for (const { kind, skip } of storeKinds()) {
       assert.equal(await committedCacheVersion(store.db, 'ctv', 'ctv/app', 'v-ro'), undefined, 'a read-only job\'s host cannot vouch for a version');
       await setCacheOutcome(store.db, late!.id, late!.attempt, claim('b'.repeat(64)));
       await setCacheOutcome(store.db, writer!.id, writer!.attempt, claim('a'.repeat(64)));
-      assert.deepEqual(await committedCacheVersion(store.db, 'ctv', 'ctv/app', 'v-1'), { jobId: writer!.id, sha256: 'a'.repeat(64) });
+      assert.deepEqual(await committedCacheVersion(store.db, 'ctv', 'ctv/app', 'v-1'), { jobId: writer!.id, sha256: 'a'.repeat(64), ref: 'refs/heads/main', commit: 'c0ffee', by: 'api token 1' }, 'the writer record is the job\'s own spec');
       assert.equal(await committedCacheVersion(store.db, 'other', 'ctv/app', 'v-1'), undefined, 'another tenant');
+      // An 'ask' job vouches only with the server's own stored yes for its current attempt, and the ref and commit are the answer's.
+      await setCacheOutcome(store.db, late!.id, late!.attempt, claim('c'.repeat(64), 'v-ask'));
+      assert.equal(await committedCacheVersion(store.db, 'ctv', 'ctv/app', 'v-ask'), undefined, 'never answered');
+      assert.equal(await setCacheAnswer(store.db, late!.id, late!.attempt, { write: false, reason: 'a fork' }), true);
+      assert.equal(await committedCacheVersion(store.db, 'ctv', 'ctv/app', 'v-ask'), undefined, 'answered no');
+      assert.equal(await setCacheAnswer(store.db, late!.id, late!.attempt + 1, { write: true }), false, 'not its attempt: nothing stored');
+      assert.equal(await committedCacheVersion(store.db, 'ctv', 'ctv/app', 'v-ask'), undefined);
+      await sql`UPDATE jobs SET cache_answer = ${JSON.stringify({ attempt: late!.attempt + 1, write: true, at: new Date().toISOString() })}::jsonb WHERE id = ${late!.id}`.execute(store.db);
+      assert.equal(await committedCacheVersion(store.db, 'ctv', 'ctv/app', 'v-ask'), undefined, 'a yes for another attempt');
+      assert.equal(await setCacheAnswer(store.db, late!.id, late!.attempt, { write: true, ref: 'refs/heads/main', commit: 'abc123' }), true);
+      assert.deepEqual(await committedCacheVersion(store.db, 'ctv', 'ctv/app', 'v-ask'), { jobId: late!.id, sha256: 'c'.repeat(64), ref: 'refs/heads/main', commit: 'abc123' });
       // leave nothing queued: the claims test below counts on which tenants wait
       for (const j of [ro, writer, late]) await requestCancel(store.db, j!.id);
     });

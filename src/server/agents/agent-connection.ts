@@ -25,6 +25,8 @@ export interface Connection {
   /** When this connection's hello was stored (a newer connection of the same host is never marked offline by this one's close). */
   connectedAt: string | null;
   send(m: ServerMessage): void;
+  /** Bytes queued on the socket, not yet written to the kernel (ws's bufferedAmount). */
+  bufferedBytes(): number;
   close(code: number, reason: string): void;
   log(): Logger;
 }
@@ -60,6 +62,7 @@ export function handleConnection(deps: GatewayDeps, socket: WebSocket): { ended:
     wentToSleep: false,
     connectedAt: null,
     send,
+    bufferedBytes: () => socket.bufferedAmount,
     close: (code, reason) => socket.close(code, reason),
     log: () => (c.link ? ctx.log.child({ hostId: c.link.hostId, host: c.link.name }) : ctx.log),
   };

@@ -11,7 +11,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { CACHE_TRANSFER_VERSION, type AgentMessageOf, type CacheFetchOutcome, type ServerMessage } from '../../core/agent-protocol.ts';
-import { committedCacheVersion, getJob } from '../../store/jobs.ts';
+import { committedCacheVersion, getJob, type CommittedCacheVersion } from '../../store/jobs.ts';
 import type { ServerContext } from '../context.ts';
 import type { Connection } from './agent-connection.ts';
 import type { HostLink, HostRegistry } from './host-registry.ts';
@@ -19,6 +19,21 @@ import type { HostLink, HostRegistry } from './host-registry.ts';
 export const DEFAULT_RELAY_WINDOW_CHUNKS = 8;
 export const DEFAULT_RELAY_STALL_MS = 30_000;
 export const DEFAULT_RELAY_MAX_TRANSFERS = 8;
+/**
+ * While more than this is queued on a receiving host's socket (sent by the server, not yet taken by the
+ * kernel: the host reads slowly, or not at all while it acknowledges), the relay holds back the receiver's
+ * acknowledgements from the peer, so the peer sends nothing more and the server's memory stays bounded by
+ * this plus the window, whatever the receiver does.
+ */
+export const DEFAULT_RELAY_MAX_BUFFERED_BYTES = 4 * 1024 * 1024;
+/** How often a held-back transfer looks at its receiver's socket again. */
+const HOLD_RECHECK_MS = 25;
+/**
+ * Transfers one host may be part of at once, as the sender and (separately) as the receiver: one host's
+ * jobs cannot take the whole relay, nor can every receiver pile onto the one peer that holds a cache. A
+ * fetch over it falls back like one over the relay's cap (outcome `none`, the job starts on what its host has).
+ */
+export const DEFAULT_RELAY_MAX_PER_HOST = 2;
 
 interface Transfer {
   id: string;
@@ -27,13 +42,18 @@ interface Transfer {
   key: string;
   version: string;
   sha256: string;
-  /** The job that committed the version: the peer's record must name it. */
-  writerJobId: number;
+  /** The job that committed the version, as the server stored it: the peer's record must name it, and the receiver gets this record, not the peer's. */
+  writer: CommittedCacheVersion;
   receiver: HostLink;
   peer: HostLink;
   phase: 'asked' | 'streaming' | 'ended';
   nextSeq: number;
+  /** The receiver's highest acknowledgement. */
   acked: number;
+  /** The highest acknowledgement passed on to the peer (the peer's window counts from it). */
+  peerAcked: number;
+  /** Set while acknowledgements are held back (the receiver's socket is over its bound). */
+  hold?: NodeJS.Timeout;
   /** Bytes of each forwarded chunk not yet acknowledged, by seq. */
   inFlight: Map<number, number>;
   inFlightBytes: number;
@@ -56,6 +76,12 @@ export interface CacheRelay {
   stats(): { transfers: number; inFlightBytes: number };
 }
 
+/** The time a version id begins with (cache-store.ts makes ids as base-36 milliseconds, a dash, random hex), or undefined. */
+const versionTime = (v: string): string | undefined => {
+  const ms = parseInt(v.split('-')[0] ?? '', 36);
+  return Number.isFinite(ms) && ms > 0 && ms < 8.64e15 ? new Date(ms).toISOString() : undefined;
+};
+
 const decodedLength = (b64: string): number => Math.floor((b64.length * 3) / 4) - (b64.endsWith('==') ? 2 : b64.endsWith('=') ? 1 : 0);
 
 export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): CacheRelay {
@@ -63,6 +89,17 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
   const window = o.windowChunks ?? DEFAULT_RELAY_WINDOW_CHUNKS;
   const stallMs = o.stallMs ?? DEFAULT_RELAY_STALL_MS;
   const maxTransfers = o.maxTransfers ?? DEFAULT_RELAY_MAX_TRANSFERS;
+  const maxBuffered = o.maxBufferedBytes ?? DEFAULT_RELAY_MAX_BUFFERED_BYTES;
+  const maxPerHost = o.maxPerHost ?? DEFAULT_RELAY_MAX_PER_HOST;
+  const sending = (p: HostLink) => [...transfers.values()].filter((t) => t.peer === p).length;
+  const receiving = (l: HostLink) => [...transfers.values()].filter((t) => t.receiver === l).length;
+  /** Why a fetch must wait for a slot (the relay's cap, or the receiver's), or undefined. */
+  const full = (l: HostLink): string | undefined =>
+    transfers.size >= maxTransfers
+      ? `the server relays ${maxTransfers} cache transfers already`
+      : receiving(l) >= maxPerHost
+        ? `this host receives ${maxPerHost} cache transfers already`
+        : undefined;
   const transfers = new Map<string, Transfer>();
   const m = ctx.metrics;
   let inFlightTotal = 0;
@@ -86,6 +123,7 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
   const end = (t: Transfer, outcome: CacheFetchOutcome, reason: string | undefined, tell: { receiver?: boolean; peer?: boolean }) => {
     if (!transfers.delete(t.id)) return;
     if (t.stall) clearTimeout(t.stall);
+    if (t.hold) clearTimeout(t.hold);
     release(t, Number.MAX_SAFE_INTEGER);
     m.cacheTransfers.inc({ outcome });
     if (tell.receiver) t.receiver.send({ type: 'cache.fetch.failed', tv: CACHE_TRANSFER_VERSION, fetchId: t.fetchId, outcome, reason: (reason ?? outcome).slice(0, 500), from: t.peer.name });
@@ -116,6 +154,25 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
     t.stall.unref();
   };
 
+  /**
+   * Passes the receiver's acknowledgement on to the peer, unless the receiver's socket holds more than its
+   * bound: then it waits (looking again every HOLD_RECHECK_MS) until the socket drained, so a receiver that
+   * acknowledges what it has not read cannot make the server buffer the image.
+   */
+  const pump = (t: Transfer) => {
+    if (t.hold || t.acked <= t.peerAcked || !transfers.has(t.id)) return;
+    if ((t.receiver.bufferedBytes?.() ?? 0) > maxBuffered) {
+      t.hold = setTimeout(() => {
+        t.hold = undefined;
+        pump(t);
+      }, HOLD_RECHECK_MS);
+      t.hold.unref();
+      return;
+    }
+    t.peerAcked = t.acked;
+    t.peer.send({ type: 'cache.ack', tv: CACHE_TRANSFER_VERSION, transferId: t.id, seq: t.acked });
+  };
+
   /** A message naming a transfer its sender is not the right side of: refused and counted, never relayed. */
   const forged = (c: Connection, l: HostLink, msg: TransferMsg, t: Transfer) => {
     const code = 'cache.transfer_forged';
@@ -135,22 +192,29 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
       const job = await getJob(ctx.store.db, msg.jobId);
       if (!job?.cache || job.cache.key !== msg.key || job.attempt !== msg.attempt) return refuse(`cache "${msg.key.slice(0, 100)}" is not job ${msg.jobId}'s cache`);
       if (l.cacheTransfer !== CACHE_TRANSFER_VERSION) return refuse('this agent did not say it speaks the cache transfer protocol');
-      if (transfers.size >= maxTransfers) return failFetch(l, msg.fetchId, 'none', `the server relays ${maxTransfers} cache transfers already`);
+      const busy = full(l);
+      if (busy) return failFetch(l, msg.fetchId, 'none', busy);
       const peers = [...registry.links.values()]
         .flatMap((p) => {
           const v = p.cacheVersions?.get(msg.key);
           return p !== l && p.ready && p.cacheTransfer === CACHE_TRANSFER_VERSION && v !== undefined && (msg.have === undefined || v > msg.have) ? [{ p, v }] : [];
         })
-        .sort((a, b) => (a.v === b.v ? [...transfers.values()].filter((t) => t.peer === a.p).length - [...transfers.values()].filter((t) => t.peer === b.p).length : a.v < b.v ? 1 : -1));
-      const known = new Map<string, Awaited<ReturnType<typeof committedCacheVersion>>>();
+        .sort((a, b) => (a.v === b.v ? sending(a.p) - sending(b.p) : a.v < b.v ? 1 : -1));
+      let peersBusy = 0;
+      const known = new Map<string, CommittedCacheVersion | undefined>();
       for (const { p, v } of peers) {
         if (!known.has(v)) known.set(v, await committedCacheVersion(ctx.store.db, job.tenant, msg.key, v));
         const rec = known.get(v);
         if (!rec) continue;
         if (!p.ready || registry.get(p.hostId) !== p || c.closed) continue;
         // Checked again here, with no await between it and the transfer's entry: fetches that raced through
-        // the awaits above (one job's, repeated) must not pass the cap or start a second transfer for a job.
-        if (transfers.size >= maxTransfers) return failFetch(l, msg.fetchId, 'none', `the server relays ${maxTransfers} cache transfers already`);
+        // the awaits above (one job's, repeated) must not pass the caps or start a second transfer for a job.
+        const busyNow = full(l);
+        if (busyNow) return failFetch(l, msg.fetchId, 'none', busyNow);
+        if (sending(p) >= maxPerHost) {
+          peersBusy++;
+          continue;
+        }
         if ([...transfers.values()].some((x) => x.receiver === l && x.jobId === msg.jobId && x.phase !== 'ended')) return refuse(`job ${msg.jobId} has a cache transfer under way already`);
         const t: Transfer = {
           id: randomBytes(16).toString('base64url'),
@@ -159,12 +223,13 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
           key: msg.key,
           version: v,
           sha256: rec.sha256,
-          writerJobId: rec.jobId,
+          writer: rec,
           receiver: l,
           peer: p,
           phase: 'asked',
           nextSeq: 0,
           acked: -1,
+          peerAcked: -1,
           inFlight: new Map(),
           inFlightBytes: 0,
           peakInFlightBytes: 0,
@@ -177,6 +242,7 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
         p.send({ type: 'cache.send', tv: CACHE_TRANSFER_VERSION, transferId: t.id, key: msg.key, version: v, window });
         return;
       }
+      if (peersBusy > 0) return failFetch(l, msg.fetchId, 'none', `the peer hosts that hold it send ${maxPerHost} cache transfers already`);
       failFetch(l, msg.fetchId, 'none', peers.length > 0 ? 'no peer host holds a newer version committed by a job of this cache' : 'no connected peer host holds a newer version of this cache');
     },
 
@@ -191,17 +257,24 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
         case 'cache.offer': {
           if (t.phase !== 'asked') return broke('a second offer');
           if (msg.version !== t.version) return broke(`it offered version ${msg.version}, not ${t.version}`);
-          if (msg.record.jobId !== String(t.writerJobId)) return end(t, 'refused', `${t.peer.name}'s record of version ${t.version} names another writer than job ${t.writerJobId}`, { receiver: true, peer: true });
+          if (msg.record.jobId !== String(t.writer.jobId)) return end(t, 'refused', `${t.peer.name}'s record of version ${t.version} names another writer than job ${t.writer.jobId}`, { receiver: true, peer: true });
           if (msg.sha256 !== t.sha256) return end(t, 'checksum', `${t.peer.name}'s copy of version ${t.version} does not carry the checksum its commit recorded`, { receiver: true, peer: true });
           t.phase = 'streaming';
           progress(t);
-          t.receiver.send({ type: 'cache.incoming', tv: CACHE_TRANSFER_VERSION, fetchId: t.fetchId, transferId: t.id, from: t.peer.name, key: t.key, version: t.version, length: msg.length, sha256: t.sha256, record: msg.record });
+          // Who wrote it comes from the server's rows (the committing job's), never from the peer: only the
+          // version's time is the peer's, and only as its id dates it (ids begin with their time).
+          const { jobId, ref, commit, by } = t.writer;
+          const record = { createdAt: versionTime(t.version) ?? msg.record.createdAt, jobId: String(jobId), ...(ref ? { ref } : {}), ...(commit ? { commit } : {}), ...(by ? { by } : {}) };
+          if (msg.record.ref !== record.ref || msg.record.commit !== record.commit || msg.record.by !== record.by) {
+            c.log().warn({ version: t.version, peerRecord: msg.record, record }, 'a peer\'s record of a cache version differs from the committing job\'s; the receiver gets the server\'s');
+          }
+          t.receiver.send({ type: 'cache.incoming', tv: CACHE_TRANSFER_VERSION, fetchId: t.fetchId, transferId: t.id, from: t.peer.name, key: t.key, version: t.version, length: msg.length, sha256: t.sha256, record });
           return;
         }
         case 'cache.chunk': {
           if (t.phase !== 'streaming') return broke('a chunk outside the stream');
           if (msg.seq !== t.nextSeq) return broke(`chunk ${msg.seq} where ${t.nextSeq} was due`);
-          if (msg.seq > t.acked + window) return broke(`chunk ${msg.seq} past the window (acknowledged up to ${t.acked}, window ${window})`);
+          if (msg.seq > t.peerAcked + window) return broke(`chunk ${msg.seq} past the window (acknowledged up to ${t.peerAcked}, window ${window})`);
           const n = decodedLength(msg.data);
           t.nextSeq++;
           t.inFlight.set(msg.seq, n);
@@ -229,7 +302,7 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
           t.acked = msg.seq;
           release(t, msg.seq);
           progress(t);
-          t.peer.send(msg as ServerMessage);
+          pump(t);
           return;
         case 'cache.received':
           // The receiver's word on how it ended (checked the checksum itself); the peer is told only if still sending.

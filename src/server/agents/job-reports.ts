@@ -105,6 +105,16 @@ export function cacheAsk(deps: GatewayDeps, c: Connection, msg: AgentMessageOf<'
     } catch (e) {
       a = { write: false, reason: `the trust check failed: ${(e as Error).message}`.slice(0, 500) };
     }
+    // Stored before the agent hears it: the cache relay trusts what this job commits only on a stored yes.
+    // A yes that cannot be stored (or names an attempt no longer current) is sent as a no.
+    if (ask) {
+      try {
+        if (!(await deps.jobs.storeCacheAnswer(msg.jobId, msg.attempt, a)) && a.write) a = { write: false, reason: `job ${msg.jobId} attempt ${msg.attempt} is no longer current` };
+      } catch (e) {
+        c.log().warn({ jobId: msg.jobId, err: (e as Error).message }, 'could not store the answer to cache.ask; answering no');
+        a = { write: false, reason: 'the server could not record its answer' };
+      }
+    }
     if (!c.closed) c.send({ type: 'cache.answer', jobId: msg.jobId, attempt: msg.attempt, write: a.write, ...(a.reason ? { reason: a.reason.slice(0, 500) } : {}), ...(a.ref ? { ref: a.ref } : {}), ...(a.commit ? { commit: a.commit } : {}) });
   })();
 }

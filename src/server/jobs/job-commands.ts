@@ -23,6 +23,7 @@ import {
   markPlaced,
   recordExits,
   removeJobEnv,
+  setCacheAnswer,
   setCacheOutcome,
   requestCancel,
   transitionJob,
@@ -87,6 +88,8 @@ export interface JobCommands {
   scrubSecretEnv(jobId: number, key: string, q?: Db | Tx): Promise<void>;
   /** Records what happened to a job's cache (its result's cache outcome: the usage records and the cache relay read it). */
   storeCacheOutcome(jobId: number, attempt: number, outcome: CacheOutcomeMsg): Promise<void>;
+  /** Records the server's answer to a job's cache.ask before the agent hears it (the cache relay trusts an 'ask' job's commit only on a recorded yes); false: not the job's current attempt. */
+  storeCacheAnswer(jobId: number, attempt: number, answer: { write: boolean; ref?: string; commit?: string; reason?: string }): Promise<boolean>;
 }
 
 export function makeJobCommands(ctx: ServerContext): JobCommands {
@@ -212,5 +215,6 @@ export function makeJobCommands(ctx: ServerContext): JobCommands {
     },
     scrubSecretEnv: (jobId, key, q = db) => removeJobEnv(q, jobId, key),
     storeCacheOutcome: (jobId, attempt, outcome) => setCacheOutcome(db, jobId, attempt, outcome),
+    storeCacheAnswer: (jobId, attempt, answer) => setCacheAnswer(db, jobId, attempt, answer),
   };
 }

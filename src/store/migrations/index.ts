@@ -18,6 +18,7 @@ import * as m0021 from './0021-viewer-role.ts';
 import * as m0022 from './0022-report-indexes.ts';
 import * as m0030 from './0030-caches.ts';
 import * as m0031 from './0031-cache-outcome.ts';
+import * as m0032 from './0032-cache-answer.ts';
 import * as m0100 from './0100-github.ts';
 import * as m0103 from './0103-github-usage-index.ts';
 
@@ -34,6 +35,7 @@ export const MIGRATIONS: Record<string, Migration> = {
   '0022-report-indexes': m0022,
   '0030-caches': m0030,
   '0031-cache-outcome': m0031,
+  '0032-cache-answer': m0032,
   '0100-github': m0100,
   '0103-github-usage-index': m0103,
 };

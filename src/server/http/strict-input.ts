@@ -11,11 +11,31 @@ import type { FastifySchemaCompiler } from 'fastify';
 import { KilnError } from '../../core/errors.ts';
 
 /** The first place in `value` holding a string (or key) that cannot be stored, as a JSON-ish path. */
-export function findUnstorableString(value: unknown, path = ''): string | undefined {
+export function findUnstorableString(value: unknown): string | undefined {
+  // Every request body is walked: the walk builds no path strings unless something is found.
+  return hasUnstorableString(value) ? unstorablePath(value, '') : undefined;
+}
+
+function hasUnstorableString(value: unknown): boolean {
+  if (typeof value === 'string') return badString(value);
+  if (Array.isArray(value)) {
+    for (const v of value) if (hasUnstorableString(v)) return true;
+    return false;
+  }
+  if (value !== null && typeof value === 'object') {
+    for (const k in value) {
+      if (!Object.prototype.hasOwnProperty.call(value, k)) continue;
+      if (badString(k) || hasUnstorableString((value as Record<string, unknown>)[k])) return true;
+    }
+  }
+  return false;
+}
+
+function unstorablePath(value: unknown, path: string): string | undefined {
   if (typeof value === 'string') return badString(value) ? path || '(value)' : undefined;
   if (Array.isArray(value)) {
     for (let i = 0; i < value.length; i++) {
-      const p = findUnstorableString(value[i], `${path}[${i}]`);
+      const p = unstorablePath(value[i], `${path}[${i}]`);
       if (p !== undefined) return p;
     }
     return undefined;
@@ -24,7 +44,7 @@ export function findUnstorableString(value: unknown, path = ''): string | undefi
     for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
       const here = path ? `${path}.${k}` : k;
       if (badString(k)) return `${path ? `${path}.` : ''}(a key)`;
-      const p = findUnstorableString(v, here);
+      const p = unstorablePath(v, here);
       if (p !== undefined) return p;
     }
   }

@@ -59,6 +59,14 @@ test('ci image: Docker keeps its data in the cache, so an image a trusted job bu
   assert.match(first.stderr.toString(), /cache docker-data: saved as version/);
   assert.ok(makeCacheStore(data.dir).inspect('docker-data')?.current, 'the cache has a committed version');
 
+  // A job shorter than dockerd's restart (10-14 s under TCG) still has its cache saved: the after-job hook kills
+  // a dockerd that never served instead of waiting for it to finish starting. Docker's data stays whole (next).
+  const short = await run(['-v', '--cache', 'docker-data', '--', 'true']);
+  assert.equal(short.code, 0, short.stderr.toString());
+  assert.match(short.stderr.toString(), WARM);
+  assert.match(short.stderr.toString(), /cache docker-data: saved as version/, short.stderr.toString());
+  assert.doesNotMatch(short.stderr.toString(), /still in use|dockerd did not come back/, short.stderr.toString());
+
   const next = await run(['-v', '--cache', 'docker-data', '--', 'sh', '-c', INSPECT]);
   assert.equal(next.code, 0, next.stderr.toString());
   assert.match(next.stderr.toString(), WARM);

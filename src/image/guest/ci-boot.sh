@@ -140,8 +140,9 @@ KILN_SOCKET_HOLDER='
   exec @ARGV or die "kiln: cannot run $ARGV[0]: $!\n";
 '
 
-# Restarts dockerd behind the job (see the head of this file): the socket is listening when this returns; a
-# watcher reports on the console and the job's stderr if dockerd dies before it serves.
+# Restarts dockerd behind the job (see the head of this file): the socket is listening when this returns. A
+# watcher notes it if dockerd dies before it serves: on the console, and in /run/kiln-dockerd-failed, which the
+# after-job hook copies to the job's stderr (a virtio port has one opener at a time: the job holds that one).
 kiln_restart_dockerd_held() {
   # The killed dockerd's socket file stays behind: gone first, so the wait below sees the new one. (A job that
   # found the old file would be refused: nothing listens on it.)
@@ -162,13 +163,14 @@ kiln_restart_dockerd_held() {
     while [ $i -lt 3000 ] && ! grep -q -e 'API listen on' -e 'Daemon has completed initialization' /run/dockerd.log 2>/dev/null; do
       i=$((i + 1))
       if ! kill -0 $dockerd_pid 2>/dev/null; then
-        echo "kiln: dockerd did not come back after the warm start; docker commands in this job fail (its last log lines are on the VM console)" > /dev/kiln.stderr
+        echo "kiln: dockerd did not come back after the warm start, so docker commands in this job failed (its last log lines are on the VM console)" > /run/kiln-dockerd-failed
         tail -n 15 /run/dockerd.log | sed 's/^/kiln-init: dockerd: /' > /dev/console
         exit 0
       fi
       usleep 200000
     done
   ) < /dev/null > /dev/null 2>&1 &
+  dockerd_watcher=$!
   return 0
 }
 
@@ -206,16 +208,30 @@ kiln_after_restore() {
     kill -KILL $dockerd_pid 2>/dev/null
     wait $dockerd_pid 2>/dev/null
   fi
-  rm -f /etc/docker/key.json /var/lib/docker/engine-id
   if [ -n "$cachedev" ]; then
     # This VM's cache: containerd's data moves there too, so it restarts (before dockerd, which waits for it).
+    # Its socket file goes first and the job waits for the new one: a client finding the killed one is refused.
     if [ -n "$containerd_pid" ]; then
       kill -KILL $containerd_pid 2>/dev/null
       wait $containerd_pid 2>/dev/null
     fi
+    rm -f /run/containerd/containerd.sock
     kiln_use_cache
     kiln_start_containerd
+    i=0
+    while [ ! -S /run/containerd/containerd.sock ] && [ $i -lt 1000 ]; do
+      kill -0 $containerd_pid 2>/dev/null || break
+      usleep 10000
+      i=$((i + 1))
+    done
+    if [ ! -S /run/containerd/containerd.sock ]; then
+      kiln_restore_failed=containerd
+      tail -n 15 /run/containerd.log | sed 's/^/kiln-init: containerd: /' > /dev/console
+      return 1
+    fi
   fi
+  # After the cache's binds: an engine-id kept in the cache (Docker 23+) would be another VM's.
+  rm -f /etc/docker/key.json /var/lib/docker/engine-id
   if ! kiln_restart_dockerd_held; then
     kiln_restore_failed=docker
     tail -n 15 /run/dockerd.log | sed 's/^/kiln-init: dockerd: /' > /dev/console

@@ -464,10 +464,12 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
   /**
    * Room in the budget for `bytes` more of cache `key` (a version about to be fetched): the least recently used
    * caches not in use (and not `key`) are evicted first, as the collector would; refused if that is not enough.
+   * `key`'s own versions count only while a job uses them: once the fetched one is current, the collector drops
+   * the older ones (counting them refused any version over half the budget, every time).
    */
   const makeRoom = (key: string, bytes: number, what: string) => {
     const caches = allInfo().sort((a, b) => a.lastUsedAt.localeCompare(b.lastUsedAt));
-    let total = caches.reduce((n, c) => n + c.bytes, 0) + bytes;
+    let total = caches.reduce((n, c) => n + (c.key === key && c.inUse === 0 ? 0 : c.bytes), 0) + bytes;
     for (const c of caches) {
       if (total <= budget) break;
       if (c.inUse > 0 || c.key === key) continue;
@@ -641,10 +643,11 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
     const meta = readJson<{ key: string; sizeBytes: number }>(join(cdir, 'cache.json'));
     if (meta && meta.key !== key) throw new KilnError('cache.key_collision', `cache ${cdir} belongs to key "${meta.key}", not "${key}"`, { kind: 'internal' });
     if (existsSync(join(cdir, 'versions', `${o.version}.raw`))) throw new KilnError('cache.transfer_failed', `version ${o.version} is already here`);
-    checkDiskSpace(dataDir, o.length);
     // Its announced size counts against the budget from now on (the lease's `receiving`, in the same
     // synchronous run as the check, so a second fetch sees it): older caches are evicted first, or it is refused.
+    // The disk's free space is checked after that eviction, which may be what makes room.
     makeRoom(key, o.length, `version ${o.version} of cache ${key}`);
+    checkDiskSpace(dataDir, o.length);
     // A lease of its own, naming the version it makes: the collector keeps it while this process lives, and
     // removes it (with the half-received image) once it does not. Nothing is in versions/ until finish().
     const { ldir } = leaseDir(cdir, { ...currentOwner(), jobId: `fetch-${o.version}`, committing: o.version, receiving: o.length });
@@ -712,6 +715,14 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
           // Newer than what this host has: it becomes current (versions sort by their time-ordered ids).
           const cur = current(cdir);
           if (!cur || o.version > cur) writeAtomic(join(cdir, 'current'), `${o.version}\n`);
+          // Fetched for a job about to use it: it counts as used now, or the next fetch's eviction (least recently
+          // used first) would take it before that job opens it.
+          const now = new Date();
+          try {
+            utimesSync(join(cdir, 'used'), now, now);
+          } catch {
+            writeFileSync(join(cdir, 'used'), '');
+          }
           log?.info({ cache: key, version: o.version, bytes: v.bytes, from: o.from }, 'cache version fetched from a peer');
           return v;
         } finally {

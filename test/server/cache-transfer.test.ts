@@ -574,7 +574,8 @@ for (const { kind, skip } of storeKinds()) {
     try {
       const key = 'default/deps';
       await h.addAgent('host-a', { cacheWrites: true }, { labels: ['site-a'], caches: makeCacheStore(dirA) });
-      const w = await finished(h, await submit(h, 'cache-fill 2', 'site-a', { key: 'deps', write: true, size: '64M' }));
+      // ~18 MiB written: B's copy of it later counts for as much (if counted) against B's 80 MiB budget.
+      const w = await finished(h, await submit(h, 'cache-fill 18', 'site-a', { key: 'deps', write: true, size: '64M' }));
       const v = w.cacheOutcome?.committed?.id;
       assert.ok(v, JSON.stringify(w.cacheOutcome));
       await reported(h, 'host-a', key, v);
@@ -591,6 +592,16 @@ for (const { kind, skip } of storeKinds()) {
       assert.equal(r.cacheOutcome?.version, v);
       assert.equal(storeB.inspect('default/other'), undefined, 'the older cache was evicted to make room before the fetch');
       assert.ok(storeB.counters.evictions >= 1);
+
+      // A newer 64 MiB version on A: B's own older one (not in use) does not count against it, since the
+      // collector drops it once the new one is current (counted, 64 + 64 MiB was over the 80 MiB, every time).
+      const w2 = await finished(h, await submit(h, 'cache-fill 3', 'site-a', { key: 'deps', write: true }));
+      const v2 = w2.cacheOutcome?.committed?.id;
+      assert.ok(v2 && v2 > v, JSON.stringify(w2.cacheOutcome));
+      await reported(h, 'host-a', key, v2);
+      const r2 = await finished(h, await submit(h, 'echo read again', 'site-b', { key: 'deps' }));
+      assert.equal(r2.cacheOutcome?.fetch?.outcome, 'fetched', JSON.stringify(r2.cacheOutcome));
+      assert.equal(r2.cacheOutcome?.version, v2);
 
       // C's budget (48 MiB) is below the version's size: refused, and the job starts on an empty cache.
       const storeC = makeCacheStore(dirC, { budgetBytes: 48 * MiB });

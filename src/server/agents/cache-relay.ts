@@ -91,7 +91,8 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
   const maxTransfers = o.maxTransfers ?? DEFAULT_RELAY_MAX_TRANSFERS;
   const maxBuffered = o.maxBufferedBytes ?? DEFAULT_RELAY_MAX_BUFFERED_BYTES;
   const maxPerHost = o.maxPerHost ?? DEFAULT_RELAY_MAX_PER_HOST;
-  const sending = (p: HostLink) => [...transfers.values()].filter((t) => t.peer === p).length;
+  // A transfer the peer has sent whole ('ended': the receiver checks it) no longer takes a sending slot.
+  const sending = (p: HostLink) => [...transfers.values()].filter((t) => t.peer === p && t.phase !== 'ended').length;
   const receiving = (l: HostLink) => [...transfers.values()].filter((t) => t.receiver === l).length;
   /** Why a fetch must wait for a slot (the relay's cap, or the receiver's), or undefined. */
   const full = (l: HostLink): string | undefined =>

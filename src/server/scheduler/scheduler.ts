@@ -87,12 +87,19 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobC
   let limitsCache: { at: number; value: boolean } | undefined;
   /** Counts limit changes made through this replica (a cached "no limits" from before one is stale). */
   let limitsGen = 0;
+  /**
+   * For a second after a limit change here, "no limits" is neither cached nor trusted without asking again in
+   * the placing transaction: a pass may read the store after the change was announced and before it (or jobs
+   * submitted with it) became visible, and then claim jobs that are (seen on PostgreSQL, where a pass does not
+   * wait for the writer's session).
+   */
+  let limitsUnsettledUntil = 0;
   const limitsExist = async (): Promise<boolean> => {
     if (limitsCache && Date.now() - limitsCache.at <= 1000) return limitsCache.value;
     const gen = limitsGen;
     const value = await anyTenantLimits(ctx.store.db);
     // An answer that a limit set meanwhile may have outdated is used once, not cached.
-    if (gen === limitsGen) limitsCache = { at: Date.now(), value };
+    if (gen === limitsGen && Date.now() >= limitsUnsettledUntil) limitsCache = { at: Date.now(), value };
     return value;
   };
 
@@ -128,7 +135,7 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobC
       if (jobs.length === 0) return { placed: [] as (PlacedJob & { createdAt: string })[], claimed: 0, waiting: await anyQueued(tx) };
       // A limit set through this replica after the question above was asked, and before jobs it claimed were
       // submitted, must hold for them: ask again, in the transaction.
-      if (!checkLimits && gen !== limitsGen) checkLimits = await anyTenantLimits(tx);
+      if (!checkLimits && (gen !== limitsGen || Date.now() < limitsUnsettledUntil)) checkLimits = await anyTenantLimits(tx);
       const usage = checkLimits ? await tenantUsage(tx, [...new Set(jobs.map((j) => j.tenant))]) : new Map<string, { active: number; limit: number | null }>();
       const room = new Map([...usage].map(([t, u]) => [t, Math.max(0, (u.limit ?? Infinity) - u.active)]));
       const demands: JobDemand[] = jobs.map((j) => ({
@@ -239,6 +246,7 @@ export function makeScheduler(ctx: ServerContext, registry: HostPool, door: JobC
     limitsChanged: () => {
       limitsCache = undefined;
       limitsGen++;
+      limitsUnsettledUntil = Date.now() + 1000;
     },
     pass,
     start() {

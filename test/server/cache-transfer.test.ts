@@ -76,6 +76,19 @@ const linkOf = (h: Harness, host: string) => [...h.server.registry.links.values(
 const reported = (h: Harness, host: string, key: string, version: string) =>
   until(`${host} to report ${key}@${version}`, () => [...h.server.registry.links.values()].some((l) => l.name === host && l.cacheVersions?.get(key) === version));
 
+/**
+ * Host A (label site-a, its own cache store in `dir`) commits a version of default/deps with `fillMiB` MiB
+ * written into a cache of `size`, and reports it; returns the version id.
+ */
+async function committedOnA(h: Harness, dir: string, fillMiB: number, size: string, transfer?: { holdSendAfterChunks: number }): Promise<string> {
+  await h.addAgent('host-a', { cacheWrites: true }, { labels: ['site-a'], caches: makeCacheStore(dir), ...(transfer ? { cacheTransfer: transfer } : {}) });
+  const w = await finished(h, await submit(h, `cache-fill ${fillMiB}`, 'site-a', { key: 'deps', write: true, size }));
+  const v = w.cacheOutcome?.committed?.id;
+  assert.ok(v, JSON.stringify(w.cacheOutcome));
+  await reported(h, 'host-a', 'default/deps', v);
+  return v;
+}
+
 /** A hand-made agent connection (what a compromised host could send), with the messages it receives. */
 async function fakeAgent(h: Harness, name: string, labels: string[], size: { cpus: number; memoryBytes: number } = { cpus: 2, memoryBytes: 4 * 1024 ** 3 }) {
   const ws = new WebSocket(`${h.url.replace(/^http/, 'ws')}/v1/agent/connect`, { headers: { authorization: `Bearer ${h.agentToken}` } });
@@ -354,11 +367,7 @@ for (const { kind, skip } of storeKinds()) {
     let sampling: NodeJS.Timeout | undefined;
     try {
       const key = 'default/deps';
-      await h.addAgent('host-a', { cacheWrites: true }, { labels: ['site-a'], caches: makeCacheStore(dirA) });
-      const w = await finished(h, await submit(h, 'cache-fill 48', 'site-a', { key: 'deps', write: true, size: '192M' }));
-      const v = w.cacheOutcome?.committed?.id;
-      assert.ok(v, JSON.stringify(w.cacheOutcome));
-      await reported(h, 'host-a', key, v);
+      const v = await committedOnA(h, dirA, 48, '192M');
 
       // The receiver: a hand-made host that stops reading its socket once the transfer begins, and keeps
       // acknowledging every sequence number blindly (what a compromised host could do).
@@ -416,11 +425,7 @@ for (const { kind, skip } of storeKinds()) {
     try {
       const key = 'default/deps';
       // The peer stops after one chunk: its transfers stay under way until the receiver goes.
-      await h.addAgent('host-a', { cacheWrites: true }, { labels: ['site-a'], caches: makeCacheStore(dirA), cacheTransfer: { holdSendAfterChunks: 1 } });
-      const w = await finished(h, await submit(h, 'cache-fill 2', 'site-a', { key: 'deps', write: true, size: '64M' }));
-      const v = w.cacheOutcome?.committed?.id;
-      assert.ok(v);
-      await reported(h, 'host-a', key, v);
+      const v = await committedOnA(h, dirA, 2, '64M', { holdSendAfterChunks: 1 });
       const big = { cpus: 16, memoryBytes: 64 * 1024 ** 3 };
       const x = await fakeAgent(h, 'host-x', ['site-x'], big);
       fakes.push(x);
@@ -537,11 +542,7 @@ for (const { kind, skip } of storeKinds()) {
     const dirB = tempDir();
     try {
       const key = 'default/deps';
-      await h.addAgent('host-a', { cacheWrites: true }, { labels: ['site-a'], caches: makeCacheStore(dirA) });
-      const w = await finished(h, await submit(h, 'cache-fill 1', 'site-a', { key: 'deps', write: true, size: '128M' }));
-      const v = w.cacheOutcome?.committed?.id;
-      assert.ok(v, JSON.stringify(w.cacheOutcome));
-      await reported(h, 'host-a', key, v);
+      const v = await committedOnA(h, dirA, 1, '128M');
       // The receiver is a real `kiln agent` process whose files may not exceed 64 MiB (RLIMIT_FSIZE): sizing the
       // 128 MiB copy fails with EFBIG (as on a file system with a smaller largest file).
       const b = spawnBuiltKiln(['agent', '--server', h.url, '--token', h.agentToken, '--name', 'host-b', '--label', 'site-b', '--driver', 'memory', '--data-dir', dirB], { KILN_TEST_MEMORY_CACHES: '1' });
@@ -573,12 +574,8 @@ for (const { kind, skip } of storeKinds()) {
     const dirC = tempDir();
     try {
       const key = 'default/deps';
-      await h.addAgent('host-a', { cacheWrites: true }, { labels: ['site-a'], caches: makeCacheStore(dirA) });
       // ~18 MiB written: B's copy of it later counts for as much (if counted) against B's 80 MiB budget.
-      const w = await finished(h, await submit(h, 'cache-fill 18', 'site-a', { key: 'deps', write: true, size: '64M' }));
-      const v = w.cacheOutcome?.committed?.id;
-      assert.ok(v, JSON.stringify(w.cacheOutcome));
-      await reported(h, 'host-a', key, v);
+      const v = await committedOnA(h, dirA, 18, '64M');
 
       // B (budget 80 MiB) holds another cache of ~20 MiB: with the 64 MiB version announced, that is over.
       const storeB = makeCacheStore(dirB, { budgetBytes: 80 * MiB });

@@ -260,7 +260,7 @@ export function makeAgent(o: AgentOptions): Agent {
   };
   const transfers = o.caches && o.cacheTransfer !== false ? makeCacheTransfers({ store: o.caches, send: sendNow, log, ...(o.cacheTransfer ? { options: o.cacheTransfer } : {}) }) : undefined;
   const supervisor: Supervisor = makeSupervisor({
-    ...(transfers ? { fetchCache: (jobId: number, a: number, key: string, signal: AbortSignal) => transfers.fetch(jobId, a, key, signal) } : {}),
+    ...(transfers ? { fetchCache: (jobId: number, a: number, key: string, signal: AbortSignal, sizeBytes?: number) => transfers.fetch(jobId, a, key, signal, sizeBytes) } : {}),
     ...(mirrors.length > 0 ? { vm: mirrorVmSettings(mirrors.map((m) => ({ registry: m.registry, hostPort: mirrorHostPort(m.listen) }))) } : {}),
     driver: o.driver,
     images: o.images,

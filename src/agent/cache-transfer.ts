@@ -19,7 +19,7 @@ import {
 } from '../core/agent-protocol.ts';
 import { isKilnError, toKilnError } from '../core/errors.ts';
 import { formatSize } from '../core/sizes.ts';
-import { nonZeroBlocks, type CacheStore, type VersionReceiver } from '../vm/cache-store.ts';
+import { DEFAULT_CACHE_SIZE, nonZeroBlocks, type CacheStore, type VersionReceiver } from '../vm/cache-store.ts';
 
 export interface CacheTransferOptions {
   /** The longest a fetch may take before the job starts without it (default 5 min). */
@@ -36,7 +36,13 @@ type TransferServerMsg = ServerMessageOf<'cache.send' | 'cache.incoming' | 'cach
 
 export interface CacheTransfers {
   /** Fetches a newer version of `key` for job (jobId, attempt) from a peer, if one has it. Never throws. */
-  fetch(jobId: number, attempt: number, key: string, signal?: AbortSignal): Promise<CacheFetchMsg>;
+  /**
+   * Fetches a newer version of `key` for job (jobId, attempt) from a peer, if one has it. Never throws.
+   * `sizeBytes`: the job's cache size, if it asked for one. A peer's version larger than both that size (or the
+   * default) and the cache's size on this host is refused before anything is evicted for it: the length is
+   * the sending host's word, and a host that lies about it must not empty this host's other caches.
+   */
+  fetch(jobId: number, attempt: number, key: string, signal?: AbortSignal, sizeBytes?: number): Promise<CacheFetchMsg>;
   handle(m: TransferServerMsg): void;
   /** The connection dropped: fetches under way fail, sends stop. */
   disconnected(): void;
@@ -51,6 +57,8 @@ interface Fetch {
   from?: string;
   version?: string;
   receiver?: VersionReceiver;
+  /** The largest version this fetch accepts: the job's cache size (or the default), or the cache's size here if larger. */
+  maxLength: number;
   chunks: number;
   /** Writes in arrival order. */
   writing: Promise<void>;
@@ -128,6 +136,7 @@ export function makeCacheTransfers(o: {
     byTransfer.set(m.transferId, f);
     if (m.key !== f.key) return settle(f, 'refused', `the server offered cache ${m.key}, not ${f.key}`);
     if (m.length > maxBytes) return settle(f, 'refused', `the version is ${formatSize(m.length)}, over this host's fetch limit of ${formatSize(maxBytes)}`);
+    if (m.length > f.maxLength) return settle(f, 'refused', `the peer announced a version of ${formatSize(m.length)}, larger than this cache's size here (${formatSize(f.maxLength)}): not fetched`);
     try {
       f.receiver = o.store.receiveVersion(f.key, { version: m.version, length: m.length, sha256: m.sha256, record: m.record, from: m.from });
     } catch (e) {
@@ -219,11 +228,13 @@ export function makeCacheTransfers(o: {
   };
 
   const inflight = new Map<string, Promise<CacheFetchMsg>>();
-  const fetchOne = (jobId: number, attempt: number, key: string, signal?: AbortSignal): Promise<CacheFetchMsg> =>
+  const fetchOne = (jobId: number, attempt: number, key: string, signal: AbortSignal | undefined, sizeBytes: number | undefined): Promise<CacheFetchMsg> =>
     new Promise<CacheFetchMsg>((resolve) => {
       if (signal?.aborted) return resolve({ outcome: 'failed', reason: 'the job was stopped' });
-      const have = o.store.inspect(key)?.current?.id;
-      const f: Fetch = { fetchId: randomBytes(12).toString('base64url'), key, started: performance.now(), chunks: 0, writing: Promise.resolve(), done: resolve };
+      const here = o.store.inspect(key);
+      const have = here?.current?.id;
+      const maxLength = Math.max(sizeBytes ?? DEFAULT_CACHE_SIZE, here?.sizeBytes ?? 0);
+      const f: Fetch = { fetchId: randomBytes(12).toString('base64url'), key, started: performance.now(), maxLength, chunks: 0, writing: Promise.resolve(), done: resolve };
       fetches.set(f.fetchId, f);
       f.timer = setTimeout(() => settle(f, 'timeout', `the fetch took longer than ${Math.round(fetchTimeoutMs / 1000)} s`), fetchTimeoutMs);
       f.timer.unref();
@@ -232,7 +243,7 @@ export function makeCacheTransfers(o: {
     });
 
   return {
-    async fetch(jobId, attempt, key, signal) {
+    async fetch(jobId, attempt, key, signal, sizeBytes) {
       // One fetch per cache at a time on this host: a second job of the same cache waits for it, and fetches
       // itself only if that one brought nothing (it failed, or was stopped with its job).
       for (let prior = inflight.get(key); prior; prior = inflight.get(key)) {
@@ -241,7 +252,7 @@ export function makeCacheTransfers(o: {
         if (signal?.aborted) return { outcome: 'failed', reason: 'the job was stopped' };
         if (r.outcome === 'fetched' || r.outcome === 'none') return { outcome: 'none', reason: `another job on this host fetched it just before${r.version ? ` (version ${r.version})` : ''}` };
       }
-      const p = fetchOne(jobId, attempt, key, signal);
+      const p = fetchOne(jobId, attempt, key, signal, sizeBytes);
       inflight.set(key, p);
       try {
         return await p;

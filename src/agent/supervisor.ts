@@ -121,7 +121,7 @@ export function makeSupervisor(opts: {
   /** Told of every launch's image and VM shape (the warm-start planner counts uses). */
   noteUse?(shape: SnapshotShape): void;
   /** Fetches a newer version of a job's cache from a peer host before the job starts (cache-transfer.ts); never throws. */
-  fetchCache?(jobId: number, attempt: number, key: string, signal: AbortSignal): Promise<CacheFetchMsg>;
+  fetchCache?(jobId: number, attempt: number, key: string, signal: AbortSignal, sizeBytes?: number): Promise<CacheFetchMsg>;
 }): Supervisor {
   const jobs = new Map<number, Entry>();
   const cacheAsks = new Map<number, { attempt: number; answer(a: CacheAnswer): void }>();
@@ -222,7 +222,7 @@ export function makeSupervisor(opts: {
             // A peer's newer version first, bounded in time; whatever happens, the job starts on what the host has.
             const stopFetch = new AbortController();
             e.stopFetch = () => stopFetch.abort();
-            fetched = await opts.fetchCache(jobId, attempt, spec.cache.key, stopFetch.signal);
+            fetched = await opts.fetchCache(jobId, attempt, spec.cache.key, stopFetch.signal, spec.cache.sizeBytes);
             e.stopFetch = undefined;
             if (fetched.outcome === 'fetched') jlog.info({ cache: spec.cache.key, version: fetched.version, from: fetched.from, bytes: fetched.bytes, seconds: fetched.seconds }, 'cache fetched from a peer host');
             else if (fetched.outcome !== 'none') {

@@ -889,11 +889,25 @@ export interface CommittedCacheVersion {
   by?: string;
 }
 
-/** Records the server's answer to a job's cache.ask for `attempt` (before the agent hears it); false: that attempt is not the job's current one. */
-export async function setCacheAnswer(db: Q, jobId: number, attempt: number, answer: { write: boolean; ref?: string; commit?: string; reason?: string }): Promise<boolean> {
+/**
+ * Records the server's answer to a job's cache.ask for `attempt` (before the agent hears it). The first answer
+ * for an attempt holds: a repeated ask (a resend after a reconnect) gets the stored answer back, so a later
+ * "no" never takes back a "yes" the agent may already have acted on, nor a later "yes" a "no".
+ * Returns the answer in force for that attempt, or undefined when `attempt` is not the job's current one.
+ */
+export async function setCacheAnswer(db: Q, jobId: number, attempt: number, answer: { write: boolean; ref?: string; commit?: string; reason?: string }): Promise<CacheAnswerRow | undefined> {
   const row: CacheAnswerRow = { attempt, write: answer.write, at: new Date().toISOString(), ...(answer.ref ? { ref: answer.ref } : {}), ...(answer.commit ? { commit: answer.commit } : {}), ...(answer.reason ? { reason: answer.reason } : {}) };
-  const r = await db.updateTable('jobs').set({ cache_answer: JSON.stringify(row) }).where('id', '=', jobId).where('attempt', '=', attempt).executeTakeFirst();
-  return Number(r.numUpdatedRows) > 0;
+  const r = await db
+    .updateTable('jobs')
+    .set({ cache_answer: JSON.stringify(row) })
+    .where('id', '=', jobId)
+    .where('attempt', '=', attempt)
+    .where(sql<boolean>`(cache_answer IS NULL OR cache_answer->>'attempt' IS DISTINCT FROM ${String(attempt)})`)
+    .executeTakeFirst();
+  if (Number(r.numUpdatedRows) > 0) return row;
+  const held = await db.selectFrom('jobs').select('cache_answer').where('id', '=', jobId).where('attempt', '=', attempt).executeTakeFirst();
+  const a = typeof held?.cache_answer === 'string' ? (JSON.parse(held.cache_answer) as CacheAnswerRow) : held?.cache_answer;
+  return a && a.attempt === attempt ? a : undefined;
 }
 
 /**

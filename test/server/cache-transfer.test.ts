@@ -542,14 +542,17 @@ for (const { kind, skip } of storeKinds()) {
     const dirB = tempDir();
     try {
       const key = 'default/deps';
-      const v = await committedOnA(h, dirA, 1, '128M');
-      // The receiver is a real `kiln agent` process whose files may not exceed 64 MiB (RLIMIT_FSIZE): sizing the
-      // 128 MiB copy fails with EFBIG (as on a file system with a smaller largest file).
+      // The receiver is a real `kiln agent` process. Its first job makes the cache here at 128 MiB (empty: no
+      // peer has a version yet), so a 128 MiB version from a peer is within the cache's size on this host.
       const b = spawnBuiltKiln(['agent', '--server', h.url, '--token', h.agentToken, '--name', 'host-b', '--label', 'site-b', '--driver', 'memory', '--data-dir', dirB], { KILN_TEST_MEMORY_CACHES: '1' });
       await until('host-b to connect', () => linkOf(h, 'host-b'), 60_000);
+      const first = await finished(h, await submit(h, 'echo first', 'site-b', { key: 'deps', size: '128M' }));
+      assert.equal(first.state, 'succeeded', await logs(h, first.id));
+      const v = await committedOnA(h, dirA, 1, '128M');
+      // Now its files may not exceed 64 MiB (RLIMIT_FSIZE): sizing the 128 MiB copy fails with EFBIG (as on a
+      // file system with a smaller largest file); the cache's empty disk, made before, is only linked again.
       const lim = spawnSync('prlimit', ['--pid', String(b.proc.pid), `--fsize=${64 * MiB}:${64 * MiB}`], { encoding: 'utf8' });
       assert.equal(lim.status, 0, lim.stderr);
-      // Its job asks for a 32 MiB cache (the size only applies to a cache made here): its empty disk fits the limit.
       const r = await finished(h, await submit(h, 'echo read', 'site-b', { key: 'deps', size: '32M' }));
       assert.equal(r.state, 'succeeded', await logs(h, r.id));
       assert.equal(r.cacheOutcome?.fetch?.outcome, 'failed', JSON.stringify(r.cacheOutcome));
@@ -603,13 +606,28 @@ for (const { kind, skip } of storeKinds()) {
       // C's budget (48 MiB) is below the version's size: refused, and the job starts on an empty cache.
       const storeC = makeCacheStore(dirC, { budgetBytes: 48 * MiB });
       await h.addAgent('host-c', {}, { labels: ['site-c'], caches: storeC });
-      const c = await finished(h, await submit(h, 'echo read', 'site-c', { key: 'deps', size: '16M' }));
+      const c = await finished(h, await submit(h, 'echo read', 'site-c', { key: 'deps' }));
       assert.equal(c.state, 'succeeded');
       assert.equal(c.cacheOutcome?.fetch?.outcome, 'refused', JSON.stringify(c.cacheOutcome));
       assert.match(c.cacheOutcome?.fetch?.reason ?? '', /does not fit this host's cache budget of 48(\.0)? ?Mi?B?/);
       assert.equal(c.cacheOutcome?.hit, false);
       assert.equal(storeC.inspect(key)?.versions.length, 0);
       assert.deepEqual(readdirSync(join(dirC, 'caches', cacheId(key), 'leases')), []);
+
+      // The announced length is the sending host's word. A version larger than the job's cache size (and than
+      // the cache's size on the receiving host) is refused before anything is evicted for it: D's other cache,
+      // not in use, stays, where the budget check alone would have evicted it.
+      const dirD = tempDir();
+      const storeD = makeCacheStore(dirD, { budgetBytes: 80 * MiB });
+      await h.addAgent('host-d', { cacheWrites: true }, { labels: ['site-d'], caches: storeD });
+      const od = await finished(h, await submit(h, 'cache-fill 18', 'site-d', { key: 'other', write: true, size: '64M' }));
+      assert.ok(od.cacheOutcome?.committed, JSON.stringify(od.cacheOutcome));
+      const d = await finished(h, await submit(h, 'echo read', 'site-d', { key: 'deps', size: '16M' }));
+      assert.equal(d.state, 'succeeded');
+      assert.equal(d.cacheOutcome?.fetch?.outcome, 'refused', JSON.stringify(d.cacheOutcome));
+      assert.match(d.cacheOutcome?.fetch?.reason ?? '', /announced a version of 64(\.0)? ?Mi?B?, larger than this cache's size here \(16(\.0)? ?Mi?B?\)/);
+      assert.ok(storeD.inspect('default/other'), 'nothing was evicted for the refused version');
+      assert.equal(storeD.counters.evictions, 0);
     } finally {
       await h.close();
     }

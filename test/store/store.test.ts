@@ -79,14 +79,24 @@ for (const { kind, skip } of storeKinds()) {
       // An 'ask' job vouches only with the server's own stored yes for its current attempt, and the ref and commit are the answer's.
       await setCacheOutcome(store.db, late!.id, late!.attempt, claim('c'.repeat(64), 'v-ask'));
       assert.equal(await committedCacheVersion(store.db, 'ctv', 'ctv/app', 'v-ask'), undefined, 'never answered');
-      assert.equal(await setCacheAnswer(store.db, late!.id, late!.attempt, { write: false, reason: 'a fork' }), true);
+      // The first answer for an attempt holds: a repeated ask gets it back, whatever the second decision was.
+      const no = await setCacheAnswer(store.db, late!.id, late!.attempt, { write: false, reason: 'a fork' });
+      assert.equal(no?.write, false);
+      assert.equal(no?.reason, 'a fork');
       assert.equal(await committedCacheVersion(store.db, 'ctv', 'ctv/app', 'v-ask'), undefined, 'answered no');
-      assert.equal(await setCacheAnswer(store.db, late!.id, late!.attempt + 1, { write: true }), false, 'not its attempt: nothing stored');
-      assert.equal(await committedCacheVersion(store.db, 'ctv', 'ctv/app', 'v-ask'), undefined);
+      const again = await setCacheAnswer(store.db, late!.id, late!.attempt, { write: true, ref: 'refs/heads/main', commit: 'abc123' });
+      assert.equal(again?.write, false, 'a second ask of the same attempt does not turn a no into a yes');
+      assert.equal(await committedCacheVersion(store.db, 'ctv', 'ctv/app', 'v-ask'), undefined, 'still no');
+      assert.equal(await setCacheAnswer(store.db, late!.id, late!.attempt + 1, { write: true }), undefined, 'not its attempt: nothing stored');
+      // A yes stored for another attempt does not vouch for this one, and does not block this attempt's answer.
       await sql`UPDATE jobs SET cache_answer = ${JSON.stringify({ attempt: late!.attempt + 1, write: true, at: new Date().toISOString() })}::jsonb WHERE id = ${late!.id}`.execute(store.db);
       assert.equal(await committedCacheVersion(store.db, 'ctv', 'ctv/app', 'v-ask'), undefined, 'a yes for another attempt');
-      assert.equal(await setCacheAnswer(store.db, late!.id, late!.attempt, { write: true, ref: 'refs/heads/main', commit: 'abc123' }), true);
+      const yes = await setCacheAnswer(store.db, late!.id, late!.attempt, { write: true, ref: 'refs/heads/main', commit: 'abc123' });
+      assert.deepEqual([yes?.write, yes?.ref, yes?.commit], [true, 'refs/heads/main', 'abc123']);
       assert.deepEqual(await committedCacheVersion(store.db, 'ctv', 'ctv/app', 'v-ask'), { jobId: late!.id, sha256: 'c'.repeat(64), ref: 'refs/heads/main', commit: 'abc123' });
+      const late2 = await setCacheAnswer(store.db, late!.id, late!.attempt, { write: false, reason: 'the trust check failed' });
+      assert.equal(late2?.write, true, 'a repeated ask does not take back a yes the agent may have acted on');
+      assert.deepEqual(await committedCacheVersion(store.db, 'ctv', 'ctv/app', 'v-ask'), { jobId: late!.id, sha256: 'c'.repeat(64), ref: 'refs/heads/main', commit: 'abc123' }, 'still vouched');
       // leave nothing queued: the claims test below counts on which tenants wait
       for (const j of [ro, writer, late]) await requestCancel(store.db, j!.id);
     });

@@ -33,6 +33,7 @@ import {
   type PlacedJob,
 } from '../../store/jobs.ts';
 import type { Db, Tx } from '../../store/store.ts';
+import type { CacheAnswerRow } from '../../store/schema.ts';
 import { submitOnce } from '../../store/submissions.ts';
 import type { ServerContext } from '../context.ts';
 import { makeGroupCommit } from '../group-commit.ts';
@@ -88,8 +89,8 @@ export interface JobCommands {
   scrubSecretEnv(jobId: number, key: string, q?: Db | Tx): Promise<void>;
   /** Records what happened to a job's cache (its result's cache outcome: the usage records and the cache relay read it). */
   storeCacheOutcome(jobId: number, attempt: number, outcome: CacheOutcomeMsg): Promise<void>;
-  /** Records the server's answer to a job's cache.ask before the agent hears it (the cache relay trusts an 'ask' job's commit only on a recorded yes); false: not the job's current attempt. */
-  storeCacheAnswer(jobId: number, attempt: number, answer: { write: boolean; ref?: string; commit?: string; reason?: string }): Promise<boolean>;
+  /** Records the server's answer to a job's cache.ask before the agent hears it (the cache relay trusts an 'ask' job's commit only on a recorded yes); the first answer per attempt holds and is returned; undefined: not the job's current attempt. */
+  storeCacheAnswer(jobId: number, attempt: number, answer: { write: boolean; ref?: string; commit?: string; reason?: string }): Promise<CacheAnswerRow | undefined>;
 }
 
 export function makeJobCommands(ctx: ServerContext): JobCommands {

@@ -17,9 +17,14 @@ export function hostRoutes(deps: ApiDeps): RouteDef[] {
     return h;
   };
   const withUsage = async (hosts: Host[]) => {
-    const active = await activeJobsOnHosts(db, hosts.map((h) => h.id));
+    const byHost = new Map<number, Awaited<ReturnType<typeof activeJobsOnHosts>>>();
+    for (const j of await activeJobsOnHosts(db, hosts.map((h) => h.id))) {
+      const l = byHost.get(j.hostId);
+      if (l) l.push(j);
+      else byHost.set(j.hostId, [j]);
+    }
     return hosts.map((h) => {
-      const mine = active.filter((j) => j.hostId === h.id);
+      const mine = byHost.get(h.id) ?? [];
       return {
         ...h,
         // Live state of the agent's connection: known only on the replica it is connected to (null elsewhere,

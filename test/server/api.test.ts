@@ -111,6 +111,10 @@ for (const { kind, skip } of storeKinds()) {
       assert.equal(c1.state, 'cancelled');
       const running = await h.client.request<Job>('POST', '/v1/jobs', { command: ['sleep', 'infinity'], cpus: 1 });
       await jobReaches(h, running.id, ['running']);
+      // The hosts listing counts it on its host, and only there.
+      const placedOn = (await h.client.request<Job>('GET', `/v1/jobs/${running.id}`)).hostId;
+      const listed = await h.client.request<{ hosts: { id: number; jobs: number; used: { cpus: number } }[] }>('GET', '/v1/hosts');
+      for (const x of listed.hosts) assert.deepEqual([x.jobs, x.used.cpus], x.id === placedOn ? [1, 1] : [0, 0], `host ${x.id}`);
       await h.client.request('POST', `/v1/jobs/${running.id}/cancel`);
       await jobReaches(h, running.id, ['cancelled']);
     });

@@ -35,7 +35,6 @@ export interface CacheTransferOptions {
 type TransferServerMsg = ServerMessageOf<'cache.send' | 'cache.incoming' | 'cache.fetch.failed' | 'cache.chunk' | 'cache.end' | 'cache.ack' | 'cache.abort'>;
 
 export interface CacheTransfers {
-  /** Fetches a newer version of `key` for job (jobId, attempt) from a peer, if one has it. Never throws. */
   /**
    * Fetches a newer version of `key` for job (jobId, attempt) from a peer, if one has it. Never throws.
    * `sizeBytes`: the job's cache size, if it asked for one. A peer's version larger than both that size (or the

@@ -28,8 +28,8 @@ export function jobsPage(ctx: PageContext): Page {
   const tenant = ctx.params.get('tenant') ?? '';
   const text = ctx.params.get('q') ?? '';
   let jobs: JobOut[] = [];
-  // The newest JOBS_SHOWN at first, up to JOBS_MAX on "Show more": the list is asked for again (at most once a
-  // second) whenever jobs come and go, and each row asked for is server CPU per viewer (bench:dashboard).
+  // The newest JOBS_SHOWN at first, up to JOBS_MAX on "Show up to 500": the list is asked for again (at most
+  // every 2 s) while new jobs come, and each row asked for is server CPU per viewer (bench:dashboard).
   let limit = JOBS_SHOWN;
   const apply = (e: Event) => {
     e.preventDefault();

@@ -135,7 +135,7 @@ export function makeCacheTransfers(o: {
     byTransfer.set(m.transferId, f);
     if (m.key !== f.key) return settle(f, 'refused', `the server offered cache ${m.key}, not ${f.key}`);
     if (m.length > maxBytes) return settle(f, 'refused', `the version is ${formatSize(m.length)}, over this host's fetch limit of ${formatSize(maxBytes)}`);
-    if (m.length > f.maxLength) return settle(f, 'refused', `the peer announced a version of ${formatSize(m.length)}, larger than this cache's size here (${formatSize(f.maxLength)}): not fetched`);
+    if (m.length > f.maxLength) return settle(f, 'refused', `the peer announced a version of ${formatSize(m.length)}, larger than the job's cache size and this host's copy (at most ${formatSize(f.maxLength)}): not fetched`);
     try {
       f.receiver = o.store.receiveVersion(f.key, { version: m.version, length: m.length, sha256: m.sha256, record: m.record, from: m.from });
     } catch (e) {

@@ -890,9 +890,10 @@ export interface CommittedCacheVersion {
 }
 
 /**
- * Records the server's answer to a job's cache.ask for `attempt` (before the agent hears it). The first answer
- * for an attempt holds: a repeated ask (a resend after a reconnect) gets the stored answer back, so a later
- * "no" never takes back a "yes" the agent may already have acted on, nor a later "yes" a "no".
+ * Records the server's answer to a job's cache.ask for `attempt` (before the agent hears it). A stored "yes"
+ * holds: a repeated ask (a resend after a reconnect) gets it back, so a later "no" never takes back a "yes" the
+ * agent may already have committed on. A stored "no" may be replaced (the agent asks again only when it never
+ * heard the answer, and only a stored "yes" vouches for a commit).
  * Returns the answer in force for that attempt, or undefined when `attempt` is not the job's current one.
  */
 export async function setCacheAnswer(db: Q, jobId: number, attempt: number, answer: { write: boolean; ref?: string; commit?: string; reason?: string }): Promise<CacheAnswerRow | undefined> {
@@ -902,7 +903,7 @@ export async function setCacheAnswer(db: Q, jobId: number, attempt: number, answ
     .set({ cache_answer: JSON.stringify(row) })
     .where('id', '=', jobId)
     .where('attempt', '=', attempt)
-    .where(sql<boolean>`(cache_answer IS NULL OR cache_answer->>'attempt' IS DISTINCT FROM ${String(attempt)})`)
+    .where(sql<boolean>`(cache_answer->>'attempt' IS DISTINCT FROM ${String(attempt)} OR cache_answer->>'write' IS DISTINCT FROM 'true')`)
     .executeTakeFirst();
   if (Number(r.numUpdatedRows) > 0) return row;
   const held = await db.selectFrom('jobs').select('cache_answer').where('id', '=', jobId).where('attempt', '=', attempt).executeTakeFirst();

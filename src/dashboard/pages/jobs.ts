@@ -19,6 +19,7 @@ export interface JobOut {
 }
 
 export const JOBS_SHOWN = 100;
+const FINAL = new Set(['succeeded', 'failed', 'cancelled', 'timed_out', 'lost']);
 export const JOBS_MAX = 500;
 
 const STATES = ['', 'queued', 'placed', 'booting', 'running', 'succeeded', 'failed', 'cancelled', 'timed_out', 'lost'];
@@ -101,15 +102,17 @@ export function jobsPage(ctx: PageContext): Page {
       for (const x of d.jobs) {
         const j = byId.get(x.id);
         if (!j) {
-          unknown = true;
+          // Not drawn: only a job this page's filters could show makes it ask again.
+          if (!(tenant && x.tenant !== tenant) && !(state && x.state !== state)) unknown = true;
           continue;
         }
         if (j.state === x.state) continue;
         j.state = x.state;
         const cell = el.querySelector(`[data-job-state="${x.id}"]`);
         if (cell) cell.replaceChildren(badge(x.state));
-        // A filtered list may no longer hold it (a state filter): ask again.
-        if (state && x.state !== state) unknown = true;
+        // Asked again: a job that ended (its exit code and error are drawn too, and a search may match them),
+        // and one a state filter no longer holds.
+        if (FINAL.has(x.state) || (state && x.state !== state)) unknown = true;
       }
       if (unknown) reload();
     },

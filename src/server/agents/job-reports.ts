@@ -109,7 +109,7 @@ export function cacheAsk(deps: GatewayDeps, c: Connection, msg: AgentMessageOf<'
     // A yes that cannot be stored (or names an attempt no longer current) is sent as a no.
     if (ask) {
       try {
-        // The first answer for an attempt holds: a repeated ask gets what was answered before.
+        // A stored yes for this attempt holds: a repeated ask gets it back.
         const held = await deps.jobs.storeCacheAnswer(msg.jobId, msg.attempt, a);
         if (!held) a = a.write ? { write: false, reason: `job ${msg.jobId} attempt ${msg.attempt} is no longer current` } : a;
         else a = { write: held.write, ...(held.reason ? { reason: held.reason } : {}), ...(held.ref ? { ref: held.ref } : {}), ...(held.commit ? { commit: held.commit } : {}) };

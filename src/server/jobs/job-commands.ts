@@ -89,7 +89,7 @@ export interface JobCommands {
   scrubSecretEnv(jobId: number, key: string, q?: Db | Tx): Promise<void>;
   /** Records what happened to a job's cache (its result's cache outcome: the usage records and the cache relay read it). */
   storeCacheOutcome(jobId: number, attempt: number, outcome: CacheOutcomeMsg): Promise<void>;
-  /** Records the server's answer to a job's cache.ask before the agent hears it (the cache relay trusts an 'ask' job's commit only on a recorded yes); the first answer per attempt holds and is returned; undefined: not the job's current attempt. */
+  /** Records the server's answer to a job's cache.ask before the agent hears it (the cache relay trusts an 'ask' job's commit only on a recorded yes); a stored yes holds and is returned; undefined: not the job's current attempt. */
   storeCacheAnswer(jobId: number, attempt: number, answer: { write: boolean; ref?: string; commit?: string; reason?: string }): Promise<CacheAnswerRow | undefined>;
 }
 

@@ -54,6 +54,9 @@ export interface CacheAnswer {
   commit?: string;
 }
 
+/** A VM still booting this long after its launch is reported as booting (a faster one goes straight to running). */
+const BOOT_REPORT_MS = 100;
+
 /** How long a finished job's cache waits for the server's cache.answer before it is discarded (not saved). */
 const CACHE_ASK_TIMEOUT_MS = 5 * 60_000;
 
@@ -175,6 +178,15 @@ export function makeSupervisor(opts: {
       opts.send({ type: 'job.phase', jobId: e.jobId, attempt: e.attempt, phase: 'running' });
     }
   };
+  // A VM that asks to start (or runs) within BOOT_REPORT_MS of its launch is never reported as booting: its
+  // start records it running at once. A booting record sent just before would only hold the start back: both
+  // statements update the job's row, so the start's waits for the booting one to commit (bench:scheduler).
+  const reportBooting = (e: Entry) => {
+    const t = setTimeout(() => {
+      if (e.phase === 'booting' && !e.lease && !e.leased && !e.result) opts.send({ type: 'job.phase', jobId: e.jobId, attempt: e.attempt, phase: 'booting' });
+    }, BOOT_REPORT_MS);
+    t.unref();
+  };
   const askToStart = (e: Entry, info?: VmStartInfo): Promise<void> =>
     new Promise<void>((granted, refuse) => {
       const refused = (reason: string) => refuse(new Error(reason));
@@ -259,7 +271,7 @@ export function makeSupervisor(opts: {
           );
           e.vm = vm;
           jlog.info({ vm: vm.id }, 'VM launched');
-          opts.send({ type: 'job.phase', jobId, attempt, phase: 'booting' });
+          reportBooting(e);
           opts.events?.launched?.(jobId, attempt);
           notePhase(e);
           if (e.stopReason) void vm.kill(e.stopReason);

@@ -17,9 +17,11 @@
 # 23+ keeps it in /var/lib/docker/engine-id) and reads the new daemon.json (its insecure registries included).
 # The restart runs behind the job: the hook makes /var/run/docker.sock itself, listening, and hands it to the
 # new dockerd (`-H fd://`, the systemd socket-activation convention), so the job starts at once and a docker
-# command it runs before dockerd is up waits in the socket's queue instead of failing. (Under TCG the restart
-# takes 10-14 s, most of it dockerd setting up its iptables chains again.) containerd keeps running unless the
-# VM has a cache: nothing of it is per VM (its per-registry hosts files are read at each pull).
+# command it runs before dockerd is up waits in the socket's queue instead of failing. The restarted dockerd
+# runs with --iptables=false: setting its chains up again took 10 of its 14 s under TCG (one iptables process
+# per rule), and the template's dockerd left them in place, with the catch-all rules below for the networks a
+# job creates (kiln_container_nat). containerd keeps running unless the VM has a cache: nothing of it is per VM
+# (its per-registry hosts files are read at each pull).
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 mkdir -p /dev/mqueue && mount -t mqueue mqueue /dev/mqueue 2>/dev/null
 for m in overlay br_netfilter bridge veth nf_tables nft_chain_nat nft_compat xt_conntrack xt_MASQUERADE xt_addrtype ip_tables iptable_nat iptable_filter; do
@@ -140,6 +142,16 @@ KILN_SOCKET_HOLDER='
   exec @ARGV or die "kiln: cannot run $ARGV[0]: $!\n";
 '
 
+# Forwarding and NAT for every container network, not only those a dockerd made rules for: a restored VM's
+# dockerd runs without iptables, so a network a job creates there (docker network create, compose) gets no
+# rules of its own. Its containers then reach the outside through the guest's eth0 like the default bridge's,
+# and each other through the bridge. Set once dockerd has set its own (at its start it makes FORWARD drop), in
+# every cold boot, so a warm-start template's snapshot carries them. What is given up: Docker's isolation
+# between two of a job's networks, inside a VM that is the job's alone (the host's egress filter is unchanged).
+kiln_container_nat() {
+  iptables -P FORWARD ACCEPT && iptables -t nat -A POSTROUTING -o eth0 -j MASQUERADE
+}
+
 # Restarts dockerd behind the job (see the head of this file): the socket is listening when this returns. A
 # watcher notes it if dockerd dies before it serves: on the console, and in /run/kiln-dockerd-failed, which the
 # after-job hook copies to the job's stderr (a virtio port has one opener at a time: the job holds that one).
@@ -148,7 +160,7 @@ kiln_restart_dockerd_held() {
   # found the old file would be refused: nothing listens on it.)
   rm -f /var/run/docker.sock
   : > /run/dockerd.log
-  (echo 0 > /proc/self/oom_score_adj; exec 3>&-; exec perl -e "$KILN_SOCKET_HOLDER" dockerd -H fd:// --containerd=/run/containerd/containerd.sock) < /dev/null > /run/dockerd.log 2>&1 &
+  (echo 0 > /proc/self/oom_score_adj; exec 3>&-; exec perl -e "$KILN_SOCKET_HOLDER" dockerd -H fd:// --iptables=false --containerd=/run/containerd/containerd.sock) < /dev/null > /run/dockerd.log 2>&1 &
   dockerd_pid=$!
   i=0
   while [ ! -S /var/run/docker.sock ] && [ $i -lt 1000 ]; do
@@ -254,7 +266,11 @@ kiln_apply_other_mirrors "$mirror" "$others"
 kiln_start_containerd
 docker_ready=
 kiln_start_dockerd && docker_ready=1
-if [ -n "$docker_ready" ]; then
+if [ -n "$docker_ready" ] && ! kiln_container_nat; then
+  docker_ready=
+  KILN_NOT_READY=container-nat
+  step "docker-nat-failed: the catch-all forwarding and NAT rules for container networks could not be set"
+elif [ -n "$docker_ready" ]; then
   step docker-ready
 else
   KILN_NOT_READY=docker

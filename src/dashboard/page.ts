@@ -21,9 +21,11 @@ export interface Page {
 }
 
 /** Shows a loading line, then what `load` renders; errors as a visible alert. */
-export async function loadInto(target: HTMLElement, load: () => Promise<Node>): Promise<void> {
+/** Draws what `load` returns into `target` (an error as an alert); `undefined` leaves the target as it is (a newer load draws). */
+export async function loadInto(target: HTMLElement, load: () => Promise<Node | undefined>): Promise<void> {
   try {
     const node = await load();
+    if (node === undefined) return;
     target.replaceChildren(node);
     target.setAttribute('aria-busy', 'false');
   } catch (e) {

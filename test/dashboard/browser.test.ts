@@ -324,3 +324,60 @@ test('jobs: the list draws the newest 100 at first (it is asked for again as job
     for (const id of made) await h.client.request('POST', `/v1/jobs/${id}/cancel`);
   }
 });
+
+test('jobs: an older list that answers after a newer one is not drawn; a shown job that ends gets its exit code, no reload', { skip }, async () => {
+  const made: number[] = [];
+  for (let i = 0; i < JOBS_SHOWN + 5; i++) made.push((await h.client.request<{ id: number }>('POST', '/v1/jobs', { command: ['true'], cpus: 64 })).id);
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  try {
+    await signedIn(page, viewer);
+    await page.getByRole('link', { name: 'Jobs' }).click();
+    await page.locator('[data-jobs-more]').waitFor();
+    await page.evaluate(() => ((window as unknown as { __noReload: boolean }).__noReload = true));
+    // The next list of the newest 100 is held until the test lets it go.
+    let held!: () => void;
+    const release = new Promise<void>((r) => (held = r));
+    let sawHeld!: () => void;
+    const heldSeen = new Promise<void>((r) => (sawHeld = r));
+    await page.route(/\/v1\/jobs\?limit=100(&|$)/, async (route) => {
+      sawHeld();
+      await release;
+      await route.continue();
+    });
+    // host-1 takes the gated job below (the first test drained it).
+    await h.client.request('POST', '/v1/hosts/host-1/uncordon');
+    // A new job the page can show makes it ask for the list again (limit 100): held.
+    const ends = await h.client.request<{ id: number }>('POST', '/v1/jobs', { labels: ['kiln-2cpu-4gb'], command: ['sh', '-c', 'gate seven; exit 7'] });
+    await heldSeen;
+    // Meanwhile the viewer asks for up to 500: drawn first.
+    await page.getByRole('button', { name: `Show up to ${JOBS_MAX}` }).click();
+    await page.locator(`[data-job-state="${made[0]}"]`).waitFor();
+    const drawn = await page.locator('[data-job-state]').count();
+    assert.ok(drawn > JOBS_SHOWN, `${drawn} rows`);
+    // The held answer (100 rows) arrives last, and changes nothing.
+    held();
+    await page.waitForResponse(/\/v1\/jobs\?limit=100(&|$)/);
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(await page.locator('[data-job-state]').count(), drawn, 'the older, shorter list was drawn over the newer one');
+    await page.unroute(/\/v1\/jobs\?limit=100(&|$)/);
+    // The queued big jobs go (they stand before the gated one in its tenant's queue).
+    for (const id of made.splice(0)) await h.client.request('POST', `/v1/jobs/${id}/cancel`);
+
+    // The gated job ends with 7: its row shows the exit code from the feed's news, without a reload.
+    await page
+      .locator(`[data-job-state="${ends.id}"] .badge`, { hasText: 'running' })
+      .waitFor()
+      .catch(async (e: unknown) => {
+        const j = await h.client.request<{ state: string; hostId: number | null }>('GET', `/v1/jobs/${ends.id}`);
+        throw new Error(`job ${ends.id} is ${j.state} on host ${j.hostId}; its row: ${await page.locator(`[data-job-state="${ends.id}"]`).first().innerHTML().catch(() => 'none')}`, { cause: e });
+      });
+    assert.equal(await page.locator(`[data-job-exit="${ends.id}"]`).innerText(), '');
+    gates.get('seven')!();
+    await page.locator(`[data-job-exit="${ends.id}"]`, { hasText: '7' }).waitFor();
+    await page.locator(`[data-job-state="${ends.id}"] .badge`, { hasText: 'failed' }).waitFor();
+    assert.equal(await page.evaluate(() => (window as unknown as { __noReload?: boolean }).__noReload), true, 'the page was not reloaded');
+  } finally {
+    await page.close();
+    for (const id of made) await h.client.request('POST', `/v1/jobs/${id}/cancel`);
+  }
+});

@@ -63,32 +63,43 @@ export function jobsPage(ctx: PageContext): Page {
         j.labels.join(', ') || `${j.requirements.arch} ${j.requirements.cpus} CPU`,
         h('code', { class: 'cmd' }, j.command.join(' ').slice(0, 120)),
         ago(j.createdAt),
-        j.exitCode ?? (j.error ? j.error.code : ''),
+        h('span', { 'data-job-exit': j.id }, String(j.exitCode ?? (j.error ? j.error.code : ''))),
       ]),
       { empty: 'No jobs match.', wide: [2, 3, 5] },
     );
-  const load = () =>
-    loadInto(body, async () => {
+  // Loads may overlap (a reload from the feed, the button): only the newest one asked for draws, so an older
+  // answer that arrives last cannot put back fewer rows.
+  let loads = 0;
+  const load = () => {
+    const mine = ++loads;
+    return loadInto(body, async () => {
       const p = new URLSearchParams({ limit: String(limit) });
       if (state) p.set('state', state);
       if (tenant) p.set('tenant', tenant);
       // Searched by the server over every stored job, not only the 500 newest.
       if (text) p.set('q', text);
-      jobs = (await ctx.api.get<{ jobs: JobOut[] }>(`/v1/jobs?${p}`)).jobs;
+      const r = await ctx.api.get<{ jobs: JobOut[]; next: number | null }>(`/v1/jobs?${p}`);
+      if (mine !== loads) return undefined;
+      jobs = r.jobs;
+      // More than drawn: the server says where older jobs go on (`next`), whether the page ended at the limit
+      // or at its byte cap (large jobs).
       return h(
         'div',
         {},
         render(),
-        jobs.length >= limit && limit < JOBS_MAX
+        r.next !== null
           ? h(
               'p',
               { 'data-jobs-more': String(limit) },
               `Showing the newest ${jobs.length} jobs. `,
-              h('button', { type: 'button', onclick: () => ((limit = JOBS_MAX), void load()) }, `Show up to ${JOBS_MAX}`),
+              limit < JOBS_MAX
+                ? h('button', { type: 'button', onclick: () => ((limit = JOBS_MAX), void load()) }, `Show up to ${JOBS_MAX}`)
+                : 'Filter or search to find older ones.',
             )
           : null,
       );
     });
+  };
   void load();
   // A job drawn here that changes state is redrawn in place from the live feed (every 500 ms tick); the list
   // is asked for again, at most every 2 s, only for what the feed cannot say: new jobs, or more than it carries.

@@ -59,6 +59,16 @@ async function until<T>(what: string, f: () => T | Promise<T>, timeoutMs = 30_00
   }
 }
 
+/** A promise that must settle within `ms` (a close that never comes fails the test with what it waited for, not its timeout). */
+async function within<T>(what: string, p: Promise<T>, ms = 20_000): Promise<T> {
+  let t: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<never>((_, reject) => (t = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms)))]);
+  } finally {
+    clearTimeout(t);
+  }
+}
+
 async function submit(h: Harness, command: string, site: string, cache: { key: string; write?: boolean; size?: string }): Promise<number> {
   const j = await h.client.request<Job>('POST', '/v1/jobs', { command: ['sh', '-c', command], labels: [site], cache });
   return j.id;
@@ -419,7 +429,7 @@ for (const { kind, skip } of storeKinds()) {
       assert.equal(none.cacheOutcome?.fetch?.reason, `no connected peer host that speaks cache transfer version ${CACHE_TRANSFER_VERSION} holds a newer version of this cache; peers that hold one speak another version: host-old (version 1)`);
       assert.equal(old.got.filter((m) => m.type === 'cache.send').length, 0, 'the older agent was never asked to send');
       old.close();
-      await old.closed;
+      await within('the old agent\'s close', old.closed);
 
       // Each peer offers the version, sends one well-formed chunk (relayed, written and acknowledged by B), then a
       // malformed frame naming the same transfer: the server closes the peer's connection (1008, the fault's
@@ -449,7 +459,7 @@ for (const { kind, skip } of storeKinds()) {
         p.sendBinary(c.frame(transferId));
         const e = await p.next((m) => m.type === 'error');
         assert.equal(e.code, c.code, `${c.what}: ${JSON.stringify(e)}`);
-        const [code, reason] = (await p.closed) as [number, Buffer];
+        const [code, reason] = (await within(`${c.what}: the peer's connection to close`, p.closed)) as [number, Buffer];
         assert.deepEqual([code, String(reason)], [1008, c.code], c.what);
         const job = await finished(h, r);
         assert.equal(job.state, 'succeeded', c.what);
@@ -461,8 +471,11 @@ for (const { kind, skip } of storeKinds()) {
       assert.deepEqual(readdirSync(join(dirB, 'caches', cacheId(key), 'leases')), []);
       assert.ok(b.isConnected(), 'the receiver stayed connected throughout');
 
-      // A binary frame as a connection's first message, or right behind a hello the server has not accepted yet
-      // (the hello's registration awaits the store; the frame arrives meanwhile): refused as such.
+      // A binary frame as a connection's first message, or right behind a hello the server has not accepted yet:
+      // refused as such. The hello and a small frame leave in one write (the client's TCP socket corked, as the
+      // server corks its own), so the server reads both at once and decodes the frame before the hello's
+      // registration (which awaits the store) can have linked the host. (A 512 KiB frame takes several reads,
+      // and an in-process store may have accepted the hello by the last one.)
       const relayed = await relayedBytes(h);
       const helloOf = (name: string) => ({
         type: 'hello',
@@ -479,9 +492,12 @@ for (const { kind, skip } of storeKinds()) {
         ws.on('message', (d, isBinary) => void (!isBinary && texts.push(JSON.parse(String(d)) as { type: string })));
         const closed = once(ws, 'close');
         await once(ws, 'open');
+        const tcp = (ws as unknown as { _socket: { cork(): void; uncork(): void } })._socket;
+        tcp.cork();
         if (withHello) ws.send(JSON.stringify(helloOf('host-early')));
-        ws.send(chunkFrame('abcdefgh12345678', 0, 0, block), { binary: true });
-        const [code, reason] = (await closed) as [number, Buffer];
+        ws.send(chunkFrame('abcdefgh12345678', 0, 0, Buffer.alloc(64, 1)), { binary: true });
+        tcp.uncork();
+        const [code, reason] = (await within(`the connection with a binary frame ${withHello ? 'right behind a hello' : 'first'} to close`, closed)) as [number, Buffer];
         assert.deepEqual([code, String(reason)], [1008, 'protocol.binary'], `binary frame ${withHello ? 'right behind a hello' : 'first'}`);
         assert.deepEqual(texts.map((t) => [t.type, t.code]), [['error', 'protocol.binary']], 'no welcome, only the error');
       }

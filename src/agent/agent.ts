@@ -16,8 +16,10 @@ import {
   CLOSE_HOST_REFUSED,
   CLOSE_HOST_REMOVED,
   MAX_MESSAGE_BYTES,
+  decodeCacheChunkFrame,
   encodeMessage,
   makeServerMessageDecoder,
+  type CacheChunkFrame,
   type AgentMessage,
   type HostCapacity,
   type HostPowerMsg,
@@ -258,7 +260,13 @@ export function makeAgent(o: AgentOptions): Agent {
     ws.send(encodeMessage(m));
     return true;
   };
-  const transfers = o.caches && o.cacheTransfer !== false ? makeCacheTransfers({ store: o.caches, send: sendNow, log, ...(o.cacheTransfer ? { options: o.cacheTransfer } : {}) }) : undefined;
+  /** A cache chunk frame, binary, on the same terms as sendNow. */
+  const sendChunkNow = (frame: Buffer): boolean => {
+    if (!ws || !welcomed || ws.readyState !== WebSocket.OPEN) return false;
+    ws.send(frame, { binary: true });
+    return true;
+  };
+  const transfers = o.caches && o.cacheTransfer !== false ? makeCacheTransfers({ store: o.caches, send: sendNow, sendChunk: sendChunkNow, log, ...(o.cacheTransfer ? { options: o.cacheTransfer } : {}) }) : undefined;
   const supervisor: Supervisor = makeSupervisor({
     ...(transfers ? { fetchCache: (jobId: number, a: number, key: string, signal: AbortSignal, sizeBytes?: number) => transfers.fetch(jobId, a, key, signal, sizeBytes) } : {}),
     ...(mirrors.length > 0 ? { vm: mirrorVmSettings(mirrors.map((m) => ({ registry: m.registry, hostPort: mirrorHostPort(m.listen) }))) } : {}),
@@ -400,11 +408,14 @@ export function makeAgent(o: AgentOptions): Agent {
       })();
     });
     sock.on('ping', resetSilence);
-    sock.on('message', (data) => {
+    sock.on('message', (data, isBinary) => {
       resetSilence();
-      let m: ServerMessage;
+      let m: ServerMessage | undefined;
+      let chunk: CacheChunkFrame | undefined;
       try {
-        m = decoder.decode(data as Buffer);
+        // Binary frames are cache chunk frames relayed from a peer; everything else is JSON text.
+        if (isBinary) chunk = decodeCacheChunkFrame(data as Buffer);
+        else m = decoder.decode(data as Buffer);
       } catch (e) {
         const k = toKilnError(e);
         log.error({ code: k.code, msg: k.message }, 'the server sent a message this agent does not understand');
@@ -412,7 +423,8 @@ export function makeAgent(o: AgentOptions): Agent {
         sock.close(1008, k.code);
         return;
       }
-      handle(sock, m);
+      if (chunk) transfers?.chunk(chunk);
+      else if (m) handle(sock, m);
     });
     sock.on('error', (e) => log.debug({ err: e.message }, 'connection error'));
     sock.on('close', (code, reason) => {
@@ -502,7 +514,6 @@ export function makeAgent(o: AgentOptions): Agent {
       case 'cache.send':
       case 'cache.incoming':
       case 'cache.fetch.failed':
-      case 'cache.chunk':
       case 'cache.end':
       case 'cache.ack':
       case 'cache.abort':

@@ -1,18 +1,21 @@
 /**
  * The agent's half of host-to-host cache transfers (docs/caches.md, "Fetching a cache from a peer"), both
  * roles over the agent's one WebSocket, relayed by the server (src/server/agents/cache-relay.ts):
- * - receiving: before a cache job starts, ask for a newer version than this host's; write the chunks into
+ * - receiving: before a cache job starts, ask for a newer version than this host's; write the chunks (binary
+ *   chunk frames, core/agent-protocol.ts `decodeCacheChunkFrame`: their raw bytes are written as they came) into
  *   a lease of the cache store (cache-store.ts `receiveVersion`), acknowledging each once written; only a
  *   whole copy matching the checksum its commit recorded enters the store. Bounded in time (the whole fetch)
  *   and in silence (no chunk for a while); any failure leaves the job on what the host has, with the reason;
- * - sending: stream a committed version's non-zero blocks, at most `window` chunks ahead of the receiver's
- *   acknowledgements, holding the version (a lease) meanwhile.
+ * - sending: stream a committed version's non-zero blocks as chunk frames, at most `window` chunks ahead of the
+ *   receiver's acknowledgements, holding the version (a lease) meanwhile.
  */
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import {
   CACHE_TRANSFER_VERSION,
+  encodeCacheChunkFrame,
   type AgentMessage,
+  type CacheChunkFrame,
   type CacheFetchMsg,
   type CacheFetchOutcome,
   type ServerMessageOf,
@@ -32,7 +35,7 @@ export interface CacheTransferOptions {
   holdSendAfterChunks?: number;
 }
 
-type TransferServerMsg = ServerMessageOf<'cache.send' | 'cache.incoming' | 'cache.fetch.failed' | 'cache.chunk' | 'cache.end' | 'cache.ack' | 'cache.abort'>;
+type TransferServerMsg = ServerMessageOf<'cache.send' | 'cache.incoming' | 'cache.fetch.failed' | 'cache.end' | 'cache.ack' | 'cache.abort'>;
 
 export interface CacheTransfers {
   /**
@@ -43,6 +46,8 @@ export interface CacheTransfers {
    */
   fetch(jobId: number, attempt: number, key: string, signal?: AbortSignal, sizeBytes?: number): Promise<CacheFetchMsg>;
   handle(m: TransferServerMsg): void;
+  /** A chunk frame the relay forwarded (decoded and checked by the caller). */
+  chunk(c: CacheChunkFrame): void;
   /** The connection dropped: fetches under way fail, sends stop. */
   disconnected(): void;
   stop(): void;
@@ -77,6 +82,8 @@ export function makeCacheTransfers(o: {
   store: CacheStore;
   /** Sends a message if the connection is up; false if it is not (nothing is queued). */
   send(m: AgentMessage): boolean;
+  /** Sends a chunk frame (binary) if the connection is up; false if it is not (nothing is queued). */
+  sendChunk(frame: Buffer): boolean;
   log: Logger;
   options?: CacheTransferOptions;
 }): CacheTransfers {
@@ -145,7 +152,7 @@ export function makeCacheTransfers(o: {
     watch(f);
   };
 
-  const chunk = (m: ServerMessageOf<'cache.chunk'>) => {
+  const chunk = ({ header: m, data }: CacheChunkFrame) => {
     const f = byTransfer.get(m.transferId);
     if (!f?.receiver) return;
     if (m.seq !== f.chunks) return settle(f, 'failed', `chunk ${m.seq} arrived where ${f.chunks} was due`);
@@ -155,7 +162,7 @@ export function makeCacheTransfers(o: {
     f.writing = f.writing.then(async () => {
       if (!fetches.has(f.fetchId)) return;
       try {
-        await r.write(m.offset, Buffer.from(m.data, 'base64'));
+        await r.write(m.offset, data);
         o.send({ type: 'cache.ack', tv, transferId: m.transferId, seq: m.seq });
       } catch (e) {
         settle(f, 'failed', toKilnError(e).message);
@@ -211,7 +218,7 @@ export function makeCacheTransfers(o: {
           await new Promise<void>((r) => (s.wake = () => s.stopped && r()));
           return;
         }
-        if (!o.send({ type: 'cache.chunk', tv, transferId: m.transferId, seq, offset: b.offset, data: b.data.toString('base64') })) {
+        if (!o.sendChunk(encodeCacheChunkFrame({ type: 'cache.chunk', tv, transferId: m.transferId, seq, offset: b.offset }, b.data))) {
           s.stopped = true;
           return;
         }
@@ -271,8 +278,6 @@ export function makeCacheTransfers(o: {
           f.writing = f.writing.then(() => settle(f, m.outcome, m.reason, false));
           return;
         }
-        case 'cache.chunk':
-          return chunk(m);
         case 'cache.end':
           return ended(m);
         case 'cache.send':
@@ -297,6 +302,7 @@ export function makeCacheTransfers(o: {
         }
       }
     },
+    chunk,
     disconnected() {
       for (const f of [...fetches.values()]) settle(f, 'failed', 'the connection to the server dropped during the fetch', false);
       for (const s of sends.values()) {

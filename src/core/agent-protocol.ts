@@ -160,11 +160,18 @@ export type JobCacheMsg = Static<typeof JobCacheMsg>;
  * Host-to-host cache transfer (docs/caches.md, "Fetching a cache from a peer"): the version of its messages.
  * An agent says in hello which version it speaks (`cacheTransfer`); the server relays only between agents
  * that speak the same one, and every transfer message names it (`tv`).
+ * 2: a chunk is one binary WebSocket frame (header and raw bytes, `encodeCacheChunkFrame`), not JSON with
+ * base64 data.
  */
-export const CACHE_TRANSFER_VERSION = 1 as const;
-/** Largest raw slice of a cache image in one `cache.chunk` (base64 grows it by a third; under MAX_MESSAGE_BYTES). */
+export const CACHE_TRANSFER_VERSION = 2 as const;
+/** Largest raw slice of a cache image in one chunk frame (with its header, well under MAX_MESSAGE_BYTES). */
 export const MAX_CACHE_CHUNK_BYTES = 512 * 1024;
 const Tv = Type.Literal(CACHE_TRANSFER_VERSION);
+/**
+ * A transfer version as a fetch and its refusal carry it: any, so that an agent speaking another version
+ * than the server's is refused with both versions named, instead of being disconnected for a bad message.
+ */
+const AnyTv = Type.Integer({ minimum: 1, maximum: 1000 });
 const TransferId = Type.String({ minLength: 8, maxLength: 64, pattern: '^[A-Za-z0-9_-]+$' });
 const VersionId = Type.String({ minLength: 1, maxLength: 100, pattern: '^[A-Za-z0-9-]+$' });
 const Sha256 = Type.String({ pattern: '^[0-9a-f]{64}$' });
@@ -180,14 +187,22 @@ export const CacheRecordMsg = Type.Object(
   { additionalProperties: false },
 );
 export type CacheRecordMsg = Static<typeof CacheRecordMsg>;
-const ChunkFields = {
-  tv: Tv,
-  transferId: TransferId,
-  seq: Type.Integer({ minimum: 0 }),
-  /** Byte offset in the image: a multiple of MAX_CACHE_CHUNK_BYTES (the unit the checksum is taken over). */
-  offset: Type.Integer({ minimum: 0, maximum: 2 ** 44 }),
-  data: Type.String({ minLength: 1, maxLength: Math.ceil(MAX_CACHE_CHUNK_BYTES / 3) * 4, contentEncoding: 'base64' }),
-};
+/**
+ * The header of a chunk frame: which transfer, its sequence number and where its bytes go in the image. The
+ * bytes themselves follow the header in the same binary frame (see `encodeCacheChunkFrame`).
+ */
+export const CacheChunkHeader = Type.Object(
+  {
+    type: Type.Literal('cache.chunk'),
+    tv: Tv,
+    transferId: TransferId,
+    seq: Type.Integer({ minimum: 0 }),
+    /** Byte offset in the image: a multiple of MAX_CACHE_CHUNK_BYTES (the unit the checksum is taken over). */
+    offset: Type.Integer({ minimum: 0, maximum: 2 ** 44 }),
+  },
+  { additionalProperties: false },
+);
+export type CacheChunkHeader = Static<typeof CacheChunkHeader>;
 /** How a fetch ended, as the job's cache outcome and `kiln_cache_transfers_total{outcome}` say. */
 export const CacheFetchOutcome = Type.Union([
   Type.Literal('fetched'),
@@ -364,7 +379,7 @@ export const AgentMessage = Type.Union([
    * cache.fetch.failed, both naming `fetchId`.
    */
   Type.Object(
-    { type: Type.Literal('cache.fetch'), tv: Tv, fetchId: TransferId, jobId: Id, attempt: Attempt, key: CacheKeyMsg, have: Type.Optional(VersionId) },
+    { type: Type.Literal('cache.fetch'), tv: AnyTv, fetchId: TransferId, jobId: Id, attempt: Attempt, key: CacheKeyMsg, have: Type.Optional(VersionId) },
     { additionalProperties: false },
   ),
   /** Receiving side: every chunk up to `seq` is written; the relay may let the peer send `window` more. */
@@ -379,8 +394,7 @@ export const AgentMessage = Type.Union([
     { type: Type.Literal('cache.offer'), tv: Tv, transferId: TransferId, version: VersionId, length: Type.Integer({ minimum: 1, maximum: 2 ** 44 }), sha256: Sha256, record: CacheRecordMsg },
     { additionalProperties: false },
   ),
-  /** Sending side: one slice of the image (all-zero slices are never sent: the receiver's file is sparse). */
-  Type.Object({ type: Type.Literal('cache.chunk'), ...ChunkFields }, { additionalProperties: false }),
+  // Sending side: the slices of the image travel as binary chunk frames (decodeCacheChunkFrame), not here.
   /** Sending side: every non-zero slice was sent (`chunks` of them). */
   Type.Object({ type: Type.Literal('cache.end'), tv: Tv, transferId: TransferId, chunks: Type.Integer({ minimum: 0 }) }, { additionalProperties: false }),
   /** Either side gives up on a transfer (the sender cannot read the version, the receiver cannot write it). */
@@ -478,13 +492,15 @@ export const ServerMessage = Type.Union([
     },
     { additionalProperties: false },
   ),
-  /** To the receiving agent: no fetch (no peer has a newer version, or the request was refused) or it ended early. */
+  /**
+   * To the receiving agent: no fetch (no peer has a newer version, or the request was refused) or it ended early.
+   * A refusal carries the version the fetch named (an agent of another transfer version can read it).
+   */
   Type.Object(
-    { type: Type.Literal('cache.fetch.failed'), tv: Tv, fetchId: TransferId, outcome: CacheFetchOutcome, reason: Type.String({ maxLength: 500 }), from: Type.Optional(Type.String({ maxLength: 100 })) },
+    { type: Type.Literal('cache.fetch.failed'), tv: AnyTv, fetchId: TransferId, outcome: CacheFetchOutcome, reason: Type.String({ maxLength: 500 }), from: Type.Optional(Type.String({ maxLength: 100 })) },
     { additionalProperties: false },
   ),
-  /** Relayed from the peer to the receiving agent. */
-  Type.Object({ type: Type.Literal('cache.chunk'), ...ChunkFields }, { additionalProperties: false }),
+  // The peer's chunk frames are relayed to the receiving agent as they came (binary, not here).
   Type.Object({ type: Type.Literal('cache.end'), tv: Tv, transferId: TransferId, chunks: Type.Integer({ minimum: 0 }) }, { additionalProperties: false }),
   /** Relayed from the receiving agent to the peer: it may send up to `seq + window`. */
   Type.Object({ type: Type.Literal('cache.ack'), tv: Tv, transferId: TransferId, seq: Type.Integer({ minimum: 0 }) }, { additionalProperties: false }),
@@ -517,12 +533,17 @@ export interface MessageDecoder<T> {
 /** Compiled checks, one per schema per process: compiling one took ~0.5 ms, and a server makes a decoder per agent. */
 const compiled = new WeakMap<TSchema, ReturnType<typeof TypeCompiler.Compile>>();
 
-function makeDecoder<S extends TSchema>(schema: S, side: string): MessageDecoder<Static<S>> {
+function checkOf<S extends TSchema>(schema: S): ReturnType<typeof TypeCompiler.Compile<S>> {
   let check = compiled.get(schema) as ReturnType<typeof TypeCompiler.Compile<S>> | undefined;
   if (!check) {
     check = TypeCompiler.Compile(schema);
     compiled.set(schema, check);
   }
+  return check;
+}
+
+function makeDecoder<S extends TSchema>(schema: S, side: string): MessageDecoder<Static<S>> {
+  const check = checkOf(schema);
   return {
     decode(raw) {
       const size = typeof raw === 'string' ? Buffer.byteLength(raw) : raw.length;
@@ -553,6 +574,71 @@ export const makeServerMessageDecoder = (): MessageDecoder<ServerMessage> => mak
 
 export function encodeMessage(m: AgentMessage | ServerMessage): string {
   return JSON.stringify(m);
+}
+
+/**
+ * Cache chunk frames: the one binary WebSocket frame of the protocol, a slice of a cache image on its way
+ * from the sending peer, through the server's relay (which checks the header and forwards the frame's bytes
+ * as they came), to the receiving agent. Layout:
+ *
+ *   bytes 0-3          header length H, unsigned 32-bit big-endian, 1..MAX_CACHE_CHUNK_HEADER_BYTES
+ *   bytes 4 … 4+H-1    the header, UTF-8 JSON: {type: 'cache.chunk', tv, transferId, seq, offset} (CacheChunkHeader)
+ *   bytes 4+H … end    the slice's raw bytes, 1..MAX_CACHE_CHUNK_BYTES
+ *
+ * Every other message is a JSON text frame.
+ */
+export const MAX_CACHE_CHUNK_HEADER_BYTES = 512;
+
+/** A decoded chunk frame: its checked header and a view of its data (no copy: it shares the frame's memory). */
+export interface CacheChunkFrame {
+  header: CacheChunkHeader;
+  data: Buffer;
+}
+
+/** One chunk frame: header and data in one buffer (the data is copied once; base64 and JSON are gone). */
+export function encodeCacheChunkFrame(header: CacheChunkHeader, data: Buffer): Buffer {
+  if (data.length < 1 || data.length > MAX_CACHE_CHUNK_BYTES) {
+    throw new KilnError(data.length < 1 ? 'protocol.chunk_empty' : 'protocol.chunk_too_large', `a cache chunk holds 1 to ${MAX_CACHE_CHUNK_BYTES} bytes, not ${data.length}`);
+  }
+  const h = Buffer.from(JSON.stringify(header));
+  if (h.length > MAX_CACHE_CHUNK_HEADER_BYTES) throw new KilnError('protocol.chunk_header_length', `a cache chunk header of ${h.length} bytes is over ${MAX_CACHE_CHUNK_HEADER_BYTES}`);
+  const frame = Buffer.allocUnsafe(4 + h.length + data.length);
+  frame.writeUInt32BE(h.length, 0);
+  h.copy(frame, 4);
+  data.copy(frame, 4 + h.length);
+  return frame;
+}
+
+/**
+ * Decodes and checks a binary frame as a chunk frame; throws `protocol.chunk_*` errors for anything else:
+ * `chunk_too_short` (no room for the header length), `chunk_header_length` (0, over the bound, or past the
+ * frame's end), `chunk_empty` / `chunk_too_large` (the data), `chunk_bad_header` (not JSON, or not the schema:
+ * another transfer version is named as such).
+ */
+export function decodeCacheChunkFrame(frame: Buffer): CacheChunkFrame {
+  if (frame.length < 4) throw new KilnError('protocol.chunk_too_short', `a binary frame of ${frame.length} bytes is too short for a cache chunk (4-byte header length, header, data)`);
+  const h = frame.readUInt32BE(0);
+  if (h < 1 || h > MAX_CACHE_CHUNK_HEADER_BYTES) throw new KilnError('protocol.chunk_header_length', `a cache chunk frame's header length ${h} is outside 1-${MAX_CACHE_CHUNK_HEADER_BYTES}`);
+  if (4 + h > frame.length) throw new KilnError('protocol.chunk_header_length', `a cache chunk frame's header length ${h} runs past the end of its ${frame.length} bytes`);
+  const n = frame.length - 4 - h;
+  if (n < 1) throw new KilnError('protocol.chunk_empty', 'a cache chunk frame carries no data');
+  if (n > MAX_CACHE_CHUNK_BYTES) throw new KilnError('protocol.chunk_too_large', `a cache chunk frame carries ${n} bytes of data, over ${MAX_CACHE_CHUNK_BYTES}`);
+  let header: unknown;
+  try {
+    header = JSON.parse(frame.toString('utf8', 4, 4 + h));
+  } catch {
+    throw new KilnError('protocol.chunk_bad_header', 'a cache chunk frame\'s header is not JSON');
+  }
+  const check = checkOf(CacheChunkHeader);
+  if (!check.Check(header)) {
+    const tv = typeof header === 'object' && header !== null && 'tv' in header ? (header as { tv: unknown }).tv : undefined;
+    if (typeof tv === 'number' && tv !== CACHE_TRANSFER_VERSION) {
+      throw new KilnError('protocol.chunk_bad_header', `a cache chunk frame of transfer version ${tv}; this side speaks ${CACHE_TRANSFER_VERSION}`, { hint: 'run the same kiln version on agents and servers' });
+    }
+    const first = check.Errors(header).First();
+    throw new KilnError('protocol.chunk_bad_header', `a cache chunk frame's header does not match the protocol${first ? `: ${first.path || '/'} ${first.message}` : ''}`);
+  }
+  return { header, data: frame.subarray(4 + h) };
 }
 
 /** WebSocket close codes the server uses beyond the standard ones. */

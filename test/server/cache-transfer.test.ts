@@ -9,7 +9,10 @@
  *   saying why, and nothing of the copy is left on B;
  * - a peer too slow for the fetch bound: B's job starts on an empty cache, and the peer stops sending;
  * - the peer (a `kiln agent` process) SIGKILLed mid-transfer: B's job runs on its older version, with the reason;
- * - forged and unsolicited transfer messages from an agent are refused, and malformed ones are protocol errors.
+ * - forged and unsolicited transfer messages from an agent are refused, and malformed ones are protocol errors;
+ * - chunks are binary frames: a peer's malformed frame closes its connection with the code of its fault and is
+ *   never relayed, and a binary frame before an accepted hello is refused;
+ * - an agent of another transfer version is refused, and the reason names both versions.
  */
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -21,7 +24,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { sql } from 'kysely';
 import WebSocket from 'ws';
-import { CACHE_TRANSFER_VERSION, PROTOCOL_VERSION } from '../../src/core/agent-protocol.ts';
+import { CACHE_TRANSFER_VERSION, MAX_CACHE_CHUNK_BYTES, PROTOCOL_VERSION, decodeCacheChunkFrame, encodeCacheChunkFrame } from '../../src/core/agent-protocol.ts';
 import type { Job } from '../../src/core/job.ts';
 import { KILN_VERSION } from '../../src/core/version.ts';
 import { getJob } from '../../src/store/jobs.ts';
@@ -53,6 +56,16 @@ async function until<T>(what: string, f: () => T | Promise<T>, timeoutMs = 30_00
     if (v) return v;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** A promise that must settle within `ms` (a close that never comes fails the test with what it waited for, not its timeout). */
+async function within<T>(what: string, p: Promise<T>, ms = 20_000): Promise<T> {
+  let t: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<never>((_, reject) => (t = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms)))]);
+  } finally {
+    clearTimeout(t);
   }
 }
 
@@ -89,18 +102,34 @@ async function committedOnA(h: Harness, dir: string, fillMiB: number, size: stri
   return v;
 }
 
-/** A hand-made agent connection (what a compromised host could send), with the messages it receives. */
-async function fakeAgent(h: Harness, name: string, labels: string[], size: { cpus: number; memoryBytes: number } = { cpus: 2, memoryBytes: 4 * 1024 ** 3 }) {
+/** A chunk frame laid out by hand (u32 big-endian header length, header bytes, data): for frames the encoder would not make. */
+const rawFrame = (header: string | object, data: Buffer, headerLength?: number) => {
+  const hb = Buffer.from(typeof header === 'string' ? header : JSON.stringify(header));
+  const len = Buffer.alloc(4);
+  len.writeUInt32BE(headerLength ?? hb.length);
+  return Buffer.concat([len, hb, data]);
+};
+const chunkFrame = (transferId: string, seq: number, offset: number, data: Buffer) => encodeCacheChunkFrame({ type: 'cache.chunk', tv: CACHE_TRANSFER_VERSION, transferId, seq, offset }, data);
+
+/**
+ * A hand-made agent connection (what a compromised host could send), with the messages it receives (a chunk
+ * frame as `{type: 'cache.chunk', ...header, bytes}`). `hello`: fields added to (or replacing) its hello's.
+ */
+async function fakeAgent(h: Harness, name: string, labels: string[], size: { cpus: number; memoryBytes: number } = { cpus: 2, memoryBytes: 4 * 1024 ** 3 }, hello: Record<string, unknown> = {}) {
   const ws = new WebSocket(`${h.url.replace(/^http/, 'ws')}/v1/agent/connect`, { headers: { authorization: `Bearer ${h.agentToken}` } });
   const got: { type: string; [k: string]: unknown }[] = [];
   const waiters = new Set<() => void>();
-  ws.on('message', (d) => {
-    got.push(JSON.parse(String(d)) as { type: string });
+  ws.on('message', (d, isBinary) => {
+    if (isBinary) {
+      const c = decodeCacheChunkFrame(d as Buffer);
+      got.push({ ...c.header, bytes: c.data.length });
+    } else got.push(JSON.parse(String(d)) as { type: string });
     for (const w of [...waiters]) w();
   });
   const closed = once(ws, 'close');
   await once(ws, 'open');
   const send = (m: unknown) => ws.send(JSON.stringify(m));
+  const sendBinary = (b: Buffer) => ws.send(b, { binary: true });
   const next = (pred: (m: { type: string; [k: string]: unknown }) => boolean, timeoutMs = 10_000) =>
     new Promise<{ type: string; [k: string]: unknown }>((resolve, reject) => {
       const check = () => {
@@ -122,9 +151,10 @@ async function fakeAgent(h: Harness, name: string, labels: string[], size: { cpu
     running: [],
     finished: [],
     cacheTransfer: CACHE_TRANSFER_VERSION,
+    ...hello,
   });
   await next((m) => m.type === 'welcome');
-  return { ws, got, send, next, closed, close: () => ws.close() };
+  return { ws, got, send, sendBinary, next, closed, close: () => ws.close() };
 }
 
 for (const { kind, skip } of storeKinds()) {
@@ -302,11 +332,11 @@ for (const { kind, skip } of storeKinds()) {
       const xJob = await submit(h, 'echo x', 'site-x', { key: 'deps' });
       const launch = await fake.next((m) => m.type === 'launch' && m.jobId === xJob);
       assert.equal((launch.spec as { cache: { key: string } }).cache.key, key);
-      fake.send({ type: 'cache.fetch', tv: 1, fetchId: 'fetch-other-tenant', jobId: xJob, attempt: 1, key: 'acme/deps' });
+      fake.send({ type: 'cache.fetch', tv: CACHE_TRANSFER_VERSION, fetchId: 'fetch-other-tenant', jobId: xJob, attempt: 1, key: 'acme/deps' });
       const refusedKey = await fake.next((m) => m.type === 'cache.fetch.failed' && m.fetchId === 'fetch-other-tenant');
       assert.equal(refusedKey.outcome, 'refused');
       assert.match(String(refusedKey.reason), /is not job \d+'s cache/);
-      fake.send({ type: 'cache.fetch', tv: 1, fetchId: 'fetch-not-mine', jobId: w.id, attempt: 1, key });
+      fake.send({ type: 'cache.fetch', tv: CACHE_TRANSFER_VERSION, fetchId: 'fetch-not-mine', jobId: w.id, attempt: 1, key });
       const refusedJob = await fake.next((m) => m.type === 'cache.fetch.failed' && m.fetchId === 'fetch-not-mine');
       assert.equal(refusedJob.outcome, 'refused');
       assert.match(String(refusedJob.reason), /is not placed on this host/);
@@ -316,25 +346,27 @@ for (const { kind, skip } of storeKinds()) {
       const r = await submit(h, 'echo read', 'site-b', { key: 'deps' });
       const transferId = await started;
       await peer.waitForOutput(/holding the send of cache default\/deps after 3 chunks/, 60_000);
-      // Forged: the fake host is neither side of that transfer; its chunk and ack are refused and never relayed.
-      fake.send({ type: 'cache.chunk', tv: 1, transferId, seq: 3, offset: 3 * 512 * 1024, data: Buffer.alloc(16, 1).toString('base64') });
+      // Forged: the fake host is neither side of that transfer; its chunk frame and ack are refused and never relayed.
+      const relayedBefore = await relayedBytes(h);
+      fake.sendBinary(chunkFrame(transferId, 3, 3 * MAX_CACHE_CHUNK_BYTES, Buffer.alloc(MAX_CACHE_CHUNK_BYTES, 1)));
       const e1 = await fake.next((m) => m.type === 'error' && m.code === 'cache.transfer_forged');
       assert.match(String(e1.message), /cache\.chunk refused: this host is not the sender of that transfer/);
-      fake.send({ type: 'cache.ack', tv: 1, transferId, seq: 2 });
+      fake.send({ type: 'cache.ack', tv: CACHE_TRANSFER_VERSION, transferId, seq: 2 });
       await fake.next((m) => m.type === 'error' && String(m.message).startsWith('cache.ack refused'));
       // An offer for that transfer from a host that was never asked to send it: refused the same way.
-      fake.send({ type: 'cache.offer', tv: 1, transferId, version: v, length: 64 * MiB, sha256: '0'.repeat(64), record: { createdAt: new Date().toISOString(), jobId: String(w.id) } });
+      fake.send({ type: 'cache.offer', tv: CACHE_TRANSFER_VERSION, transferId, version: v, length: 64 * MiB, sha256: '0'.repeat(64), record: { createdAt: new Date().toISOString(), jobId: String(w.id) } });
       await fake.next((m) => m.type === 'error' && String(m.message).startsWith('cache.offer refused'));
-      // Unsolicited: a chunk for a transfer that does not exist is dropped (it could be one that just ended).
-      fake.send({ type: 'cache.chunk', tv: 1, transferId: 'no-such-transfer', seq: 0, offset: 0, data: 'AAAA' });
+      // Unsolicited: a chunk frame for a transfer that does not exist is dropped (it could be one that just ended).
+      fake.sendBinary(chunkFrame('no-such-transfer', 0, 0, Buffer.alloc(16)));
       // Malformed (a transfer version this server does not speak): a protocol error; the connection is closed.
-      fake.send({ type: 'cache.chunk', tv: 2, transferId, seq: 3, offset: 0, data: 'AAAA' });
-      const bad = await fake.next((m) => m.type === 'error' && m.code === 'protocol.bad_message');
-      assert.match(String(bad.message), /agent message \(type cache\.chunk\) does not match the protocol/);
+      fake.sendBinary(rawFrame({ type: 'cache.chunk', tv: 1, transferId, seq: 3, offset: 3 * MAX_CACHE_CHUNK_BYTES }, Buffer.alloc(16)));
+      const bad = await fake.next((m) => m.type === 'error' && m.code === 'protocol.chunk_bad_header');
+      assert.match(String(bad.message), new RegExp(`a cache chunk frame of transfer version 1; this side speaks ${CACHE_TRANSFER_VERSION}`));
       await fake.closed;
       const text = await metrics(h);
       assert.match(text, /^kiln_agent_protocol_errors_total\{code="cache\.transfer_forged"\} 3$/m);
-      assert.match(text, /^kiln_agent_protocol_errors_total\{code="protocol\.bad_message"\} 1$/m);
+      assert.match(text, /^kiln_agent_protocol_errors_total\{code="protocol\.chunk_bad_header"\} 1$/m);
+      assert.equal(await relayedBytes(h), relayedBefore, 'nothing the fake host sent was relayed');
       fake = undefined;
 
       await peer.kill('SIGKILL');
@@ -358,6 +390,126 @@ for (const { kind, skip } of storeKinds()) {
     }
   });
 
+  test(`${kind}: chunks are binary frames: a peer's malformed frame closes its connection with the code of its fault and is never relayed; a binary frame before an accepted hello is refused; an agent of another transfer version is refused with both versions named`, { skip, timeout: 180_000 }, async () => {
+    const h = await startHarness(kind, { cacheRelay: { windowChunks: 4, stallMs: 20_000 } });
+    const dirB = tempDir();
+    const fakes: Awaited<ReturnType<typeof fakeAgent>>[] = [];
+    const raws: WebSocket[] = [];
+    try {
+      const key = 'default/deps';
+      const b = await h.addAgent('host-b', {}, { labels: ['site-b'], caches: makeCacheStore(dirB) });
+      // Host P0, hand-made, commits a version of the cache with a job of its own (write: true); it reports
+      // holding it only later. Hand-made peers can then send whatever frames they like.
+      const p0 = await fakeAgent(h, 'host-p0', ['site-p0']);
+      fakes.push(p0);
+      const wJob = await submit(h, 'echo w', 'site-p0', { key: 'deps', write: true });
+      await p0.next((m) => m.type === 'launch' && m.jobId === wJob);
+      p0.send({ type: 'job.phase', jobId: wJob, attempt: 1, phase: 'booting' });
+      p0.send({ type: 'job.start', jobId: wJob, attempt: 1 });
+      await p0.next((m) => m.type === 'start.ok' && m.jobId === wJob);
+      const v = `${Date.now().toString(36).padStart(9, '0')}-0c0ffee0`;
+      const sha256 = createHash('sha256').update('the version').digest('hex');
+      p0.send({ type: 'job.done', result: { jobId: wJob, attempt: 1, outcome: 'exited', exitCode: 0, logChunks: 0, cache: { key, hit: false, committed: { id: v, bytes: MiB, seconds: 1, sha256 } } } });
+      assert.equal((await finished(h, wJob)).cacheOutcome?.committed?.id, v);
+      const held = [{ key, version: v, bytes: MiB, sizeBytes: 64 * MiB, versions: 1, lastUsedAt: new Date().toISOString() }];
+
+      // An agent of the previous transfer version (1) holding that version: it is never asked to send, and a
+      // fetch of its own is refused, the reason naming both versions (in an answer it can read: its version).
+      const old = await fakeAgent(h, 'host-old', ['site-old'], undefined, { cacheTransfer: 1, caches: held });
+      fakes.push(old);
+      const oJob = await submit(h, 'echo o', 'site-old', { key: 'deps' });
+      await old.next((m) => m.type === 'launch' && m.jobId === oJob);
+      old.send({ type: 'cache.fetch', tv: 1, fetchId: 'fetch-old-version', jobId: oJob, attempt: 1, key });
+      const refusedOld = await old.next((m) => m.type === 'cache.fetch.failed' && m.fetchId === 'fetch-old-version');
+      assert.deepEqual([refusedOld.outcome, refusedOld.tv], ['refused', 1]);
+      assert.equal(refusedOld.reason, `this agent speaks cache transfer version 1, the server version ${CACHE_TRANSFER_VERSION}: run the same kiln version on agents and servers`);
+      const none = await finished(h, await submit(h, 'echo read', 'site-b', { key: 'deps' }));
+      assert.equal(none.state, 'succeeded');
+      assert.equal(none.cacheOutcome?.fetch?.outcome, 'none', JSON.stringify(none.cacheOutcome));
+      assert.equal(none.cacheOutcome?.fetch?.reason, `no connected peer host that speaks cache transfer version ${CACHE_TRANSFER_VERSION} holds a newer version of this cache; peers that hold one speak another version: host-old (version 1)`);
+      assert.equal(old.got.filter((m) => m.type === 'cache.send').length, 0, 'the older agent was never asked to send');
+      old.close();
+      await within('the old agent\'s close', old.closed);
+
+      // Each peer offers the version, sends one well-formed chunk (relayed, written and acknowledged by B), then a
+      // malformed frame naming the same transfer: the server closes the peer's connection (1008, the fault's
+      // code) and relays nothing of it; B's job starts without the version, having written the one chunk only.
+      const header = (transferId: string) => ({ type: 'cache.chunk', tv: CACHE_TRANSFER_VERSION, transferId, seq: 1, offset: MAX_CACHE_CHUNK_BYTES });
+      const block = Buffer.alloc(MAX_CACHE_CHUNK_BYTES, 0x5a);
+      const cases: { what: string; frame: (transferId: string) => Buffer; code: string }[] = [
+        { what: 'too short to hold a header length', frame: () => Buffer.from([0, 0, 0]), code: 'protocol.chunk_too_short' },
+        { what: 'truncated inside its header', frame: (id) => chunkFrame(id, 1, MAX_CACHE_CHUNK_BYTES, block).subarray(0, 40), code: 'protocol.chunk_header_length' },
+        { what: 'a header length past its end', frame: (id) => rawFrame(header(id), Buffer.alloc(0), 500), code: 'protocol.chunk_header_length' },
+        { what: 'a header that is not JSON', frame: (id) => rawFrame(JSON.stringify(header(id)).slice(0, -1), block), code: 'protocol.chunk_bad_header' },
+        { what: 'more data than a chunk holds', frame: (id) => rawFrame(header(id), Buffer.alloc(MAX_CACHE_CHUNK_BYTES + 1, 0x5a)), code: 'protocol.chunk_too_large' },
+        { what: 'no data', frame: (id) => rawFrame(header(id), Buffer.alloc(0)), code: 'protocol.chunk_empty' },
+      ];
+      for (const [i, c] of cases.entries()) {
+        const p = i === 0 ? p0 : await fakeAgent(h, `host-p${i}`, [`site-p${i}`], undefined, { caches: held });
+        if (i > 0) fakes.push(p);
+        else p.send({ type: 'host.status', caches: held });
+        await reported(h, p === p0 ? 'host-p0' : `host-p${i}`, key, v);
+        const r = await submit(h, `echo read ${i}`, 'site-b', { key: 'deps' });
+        const send = await p.next((m) => m.type === 'cache.send');
+        const transferId = String(send.transferId);
+        p.send({ type: 'cache.offer', tv: CACHE_TRANSFER_VERSION, transferId, version: v, length: 64 * MiB, sha256, record: { createdAt: new Date().toISOString(), jobId: String(wJob) } });
+        p.sendBinary(chunkFrame(transferId, 0, 0, block));
+        await p.next((m) => m.type === 'cache.ack' && m.transferId === transferId && m.seq === 0);
+        assert.equal(await relayedBytes(h), (i + 1) * MAX_CACHE_CHUNK_BYTES, c.what);
+        p.sendBinary(c.frame(transferId));
+        const e = await p.next((m) => m.type === 'error');
+        assert.equal(e.code, c.code, `${c.what}: ${JSON.stringify(e)}`);
+        const [code, reason] = (await within(`${c.what}: the peer's connection to close`, p.closed)) as [number, Buffer];
+        assert.deepEqual([code, String(reason)], [1008, c.code], c.what);
+        const job = await finished(h, r);
+        assert.equal(job.state, 'succeeded', c.what);
+        assert.deepEqual([job.cacheOutcome?.fetch?.outcome, job.cacheOutcome?.fetch?.bytes, job.cacheOutcome?.hit], ['peer_gone', MAX_CACHE_CHUNK_BYTES, false], `${c.what}: ${JSON.stringify(job.cacheOutcome)}`);
+        assert.equal(await relayedBytes(h), (i + 1) * MAX_CACHE_CHUNK_BYTES, `${c.what}: nothing of the malformed frame was relayed`);
+        assert.match(await metrics(h), new RegExp(`^kiln_agent_protocol_errors_total\\{code="${c.code.replace('.', '\\.')}"\\} ${cases.filter((x, j) => j <= i && x.code === c.code).length}$`, 'm'));
+      }
+      assert.equal(makeCacheStore(dirB).inspect(key)?.current, undefined, 'no version came of it on B');
+      assert.deepEqual(readdirSync(join(dirB, 'caches', cacheId(key), 'leases')), []);
+      assert.ok(b.isConnected(), 'the receiver stayed connected throughout');
+
+      // A binary frame as a connection's first message, or right behind a hello the server has not accepted yet:
+      // refused as such. The hello and a small frame leave in one write (the client's TCP socket corked, as the
+      // server corks its own), so the server reads both at once and decodes the frame before the hello's
+      // registration (which awaits the store) can have linked the host. (A 512 KiB frame takes several reads,
+      // and an in-process store may have accepted the hello by the last one.)
+      const relayed = await relayedBytes(h);
+      const helloOf = (name: string) => ({
+        type: 'hello',
+        protocol: PROTOCOL_VERSION,
+        host: { name, arch: 'amd64', cpus: 2, memoryBytes: 4 * 1024 ** 3, diskBytes: 50 * 1024 ** 3, accel: 'tcg', labels: [], driver: 'memory', agentVersion: KILN_VERSION },
+        running: [],
+        finished: [],
+        cacheTransfer: CACHE_TRANSFER_VERSION,
+      });
+      for (const withHello of [false, true]) {
+        const ws = new WebSocket(`${h.url.replace(/^http/, 'ws')}/v1/agent/connect`, { headers: { authorization: `Bearer ${h.agentToken}` } });
+        raws.push(ws);
+        const texts: { type: string; code?: string }[] = [];
+        ws.on('message', (d, isBinary) => void (!isBinary && texts.push(JSON.parse(String(d)) as { type: string })));
+        const closed = once(ws, 'close');
+        await once(ws, 'open');
+        const tcp = (ws as unknown as { _socket: { cork(): void; uncork(): void } })._socket;
+        tcp.cork();
+        if (withHello) ws.send(JSON.stringify(helloOf('host-early')));
+        ws.send(chunkFrame('abcdefgh12345678', 0, 0, Buffer.alloc(64, 1)), { binary: true });
+        tcp.uncork();
+        const [code, reason] = (await within(`the connection with a binary frame ${withHello ? 'right behind a hello' : 'first'} to close`, closed)) as [number, Buffer];
+        assert.deepEqual([code, String(reason)], [1008, 'protocol.binary'], `binary frame ${withHello ? 'right behind a hello' : 'first'}`);
+        assert.deepEqual(texts.map((t) => [t.type, t.code]), [['error', 'protocol.binary']], 'no welcome, only the error');
+      }
+      assert.match(await metrics(h), /^kiln_agent_protocol_errors_total\{code="protocol\.binary"\} 2$/m);
+      assert.equal(await relayedBytes(h), relayed);
+    } finally {
+      for (const f of fakes) f.close();
+      for (const w of raws) w.terminate();
+      await h.close();
+    }
+  });
+
   test(`${kind}: a receiver that acknowledges chunks it has not read: the relay holds back, the socket's queue to it stays bounded, and the transfer goes on once it reads`, { skip, timeout: 180_000 }, async (t) => {
     const bound = MiB;
     const h = await startHarness(kind, { cacheRelay: { windowChunks: 2, stallMs: 60_000, maxBufferedBytes: bound } });
@@ -375,16 +527,16 @@ for (const { kind, skip } of storeKinds()) {
       const f = fake;
       const xJob = await submit(h, 'echo x', 'site-x', { key: 'deps' });
       await f.next((m) => m.type === 'launch' && m.jobId === xJob);
-      f.ws.on('message', (d) => void (JSON.parse(String(d)).type === 'cache.incoming' && f.ws.pause()));
+      f.ws.on('message', (d, isBinary) => void (!isBinary && JSON.parse(String(d)).type === 'cache.incoming' && f.ws.pause()));
       const link = linkOf(h, 'host-x');
       assert.ok(link?.bufferedBytes, 'the server can see its socket\'s queue');
       let peak = 0;
       sampling = setInterval(() => (peak = Math.max(peak, link.bufferedBytes!())), 2);
-      f.send({ type: 'cache.fetch', tv: 1, fetchId: 'fetch-slow-reader', jobId: xJob, attempt: 1, key });
+      f.send({ type: 'cache.fetch', tv: CACHE_TRANSFER_VERSION, fetchId: 'fetch-slow-reader', jobId: xJob, attempt: 1, key });
       const inc = await f.next((m) => m.type === 'cache.incoming');
       const transferId = String(inc.transferId);
       acking = setInterval(() => {
-        for (let seq = 120; seq >= 0; seq--) f.send({ type: 'cache.ack', tv: 1, transferId, seq });
+        for (let seq = 120; seq >= 0; seq--) f.send({ type: 'cache.ack', tv: CACHE_TRANSFER_VERSION, transferId, seq });
       }, 40);
       // Until the relay stops relaying (held back, or everything relayed into the socket's queue).
       let last = -1;
@@ -396,9 +548,10 @@ for (const { kind, skip } of storeKinds()) {
       }, 60_000);
       const image = 48 * MiB;
       t.diagnostic(`held back after ${last} bytes relayed; the socket's queue peaked at ${peak} bytes (bound ${bound})`);
-      // Bounded: what it may hold past the bound is the window (2 chunks of 512 KiB, base64 in JSON) and one more.
+      // Bounded: what it may hold past the bound is the window (2 chunk frames of 512 KiB and a header) and one more.
+      const frameMax = MAX_CACHE_CHUNK_BYTES + 1024;
       assert.ok(peak > 0, 'the queue was sampled');
-      assert.ok(peak <= bound + 3 * 720 * 1024, `the socket's queue peaked at ${peak} bytes (bound ${bound})`);
+      assert.ok(peak <= bound + 3 * frameMax, `the socket's queue peaked at ${peak} bytes (bound ${bound})`);
       assert.ok(last < image / 2, `the relay held back: ${last} bytes relayed of a ${image}-byte fill`);
       assert.equal(h.server.registry.links.size, 2);
 
@@ -409,7 +562,7 @@ for (const { kind, skip } of storeKinds()) {
       acking = undefined;
       assert.equal(f.got.filter((m) => m.type === 'cache.chunk' && m.transferId === transferId).length, end.chunks);
       assert.ok(await relayedBytes(h) >= image, 'all of it was relayed in the end');
-      assert.ok(peak <= bound + 3 * 720 * 1024, `the socket's queue peaked at ${peak} bytes (bound ${bound})`);
+      assert.ok(peak <= bound + 3 * frameMax, `the socket's queue peaked at ${peak} bytes (bound ${bound})`);
     } finally {
       if (acking) clearInterval(acking);
       if (sampling) clearInterval(sampling);
@@ -436,7 +589,7 @@ for (const { kind, skip } of storeKinds()) {
       for (const j of xJobs) await x.next((m) => m.type === 'launch' && m.jobId === j);
       await y.next((m) => m.type === 'launch' && m.jobId === yJob);
       const fetchFor = (f: typeof x, fetchId: string, jobId: number) => {
-        f.send({ type: 'cache.fetch', tv: 1, fetchId, jobId, attempt: 1, key });
+        f.send({ type: 'cache.fetch', tv: CACHE_TRANSFER_VERSION, fetchId, jobId, attempt: 1, key });
         return f.next((m) => (m.type === 'cache.incoming' || m.type === 'cache.fetch.failed') && m.fetchId === fetchId, 20_000);
       };
       assert.equal((await fetchFor(x, 'fetch-x-1', xJobs[0]!)).type, 'cache.incoming');

@@ -13,7 +13,7 @@ import { killAll } from '../agent/processes.ts';
 import { githubEnv, signBody, startServerProcess } from './process-server.ts';
 import { seededRandom } from '../../src/core/seeded-random.ts';
 import { WEBHOOK_PATH } from '../../src/server/github/manifest.ts';
-import { PROTOCOL_VERSION } from '../../src/core/agent-protocol.ts';
+import { CACHE_TRANSFER_VERSION, PROTOCOL_VERSION } from '../../src/core/agent-protocol.ts';
 
 after(killAll);
 
@@ -249,6 +249,17 @@ test(`seeded fuzz of the API, the webhook and the agent protocol (seed ${seed})`
       { type: 'power.error', action: 'sleep', code: 'x', message: 'y' },
     ];
 
+    /**
+     * A binary cache chunk frame (u32 big-endian header length, JSON header, data) with a mutated header, a
+     * small or empty data part, and now and then a header length that lies.
+     */
+    const chunkFrame = (): Buffer => {
+      const header = Buffer.from(JSON.stringify(mutate(r, { type: 'cache.chunk', tv: CACHE_TRANSFER_VERSION, transferId: `fuzz-${int(r, 1e6)}-transfer`, seq: int(r, 4), offset: 0 })));
+      const len = Buffer.alloc(4);
+      len.writeUInt32BE(r() < 0.9 ? header.length : int(r, 2 ** 32));
+      return Buffer.concat([len, header, Buffer.alloc(int(r, 64), int(r, 256))]);
+    };
+
     /** One connection: a (mutated) hello, then (mutated) messages until the server closes it or we do. */
     async function agentCase(n: number): Promise<number> {
       const name = `fuzz-host-${int(r, 6)}`;
@@ -273,7 +284,7 @@ test(`seeded fuzz of the API, the webhook and the agent protocol (seed ${seed})`
         const base = pick(r, agentMessages(pick(r, [...jobIds, 1, 5, 2 ** 40])));
         if (k < 5) msgs.push(JSON.stringify(mutate(r, base)));
         else if (k < 8) msgs.push(JSON.stringify(base));
-        else if (k < 9) msgs.push(Buffer.from(Array.from({ length: int(r, 32) }, () => int(r, 256))));
+        else if (k < 9) msgs.push(r() < 0.5 ? Buffer.from(Array.from({ length: int(r, 32) }, () => int(r, 256))) : chunkFrame());
         else msgs.push(randomString(r));
       }
       for (const m of msgs) {

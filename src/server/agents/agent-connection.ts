@@ -1,12 +1,13 @@
 /**
- * One agent's WebSocket on the server: frames decoded and checked (hello first, once, same protocol),
+ * One agent's WebSocket on the server: frames decoded and checked (hello first, once, same protocol; JSON text
+ * frames, and binary frames only as cache chunk frames from a host whose hello was accepted),
  * messages handled in arrival order (output straight to the log writer and acknowledged once stored, start
  * requests answered at once), pings, and on close the host marked offline (or left asleep). What each message
  * does lives in host-session.ts (hello, host status and power) and job-reports.ts (phases, starts, results).
  */
 import type { WebSocket } from '@fastify/websocket';
 import type { Logger } from 'pino';
-import { PROTOCOL_VERSION, encodeMessage, makeAgentMessageDecoder, type AgentMessage, type ServerMessage } from '../../core/agent-protocol.ts';
+import { PROTOCOL_VERSION, decodeCacheChunkFrame, encodeMessage, makeAgentMessageDecoder, type AgentMessage, type CacheChunkFrame, type ServerMessage } from '../../core/agent-protocol.ts';
 import { KilnError, toKilnError } from '../../core/errors.ts';
 import { disconnectHost } from '../../store/hosts.ts';
 import type { GatewayDeps } from './agent-gateway.ts';
@@ -25,6 +26,8 @@ export interface Connection {
   /** When this connection's hello was stored (a newer connection of the same host is never marked offline by this one's close). */
   connectedAt: string | null;
   send(m: ServerMessage): void;
+  /** Sends one binary frame (a relayed cache chunk frame), corked with the messages of the same turn like `send`. */
+  sendBinary(frame: Buffer): void;
   /** Bytes queued on the socket, not yet written to the kernel (ws's bufferedAmount). */
   bufferedBytes(): number;
   close(code: number, reason: string): void;
@@ -44,8 +47,7 @@ export function handleConnection(deps: GatewayDeps, socket: WebSocket): { ended:
   // in `_socket`; without it, each message is written on its own.)
   const tcp = (socket as unknown as { _socket?: { cork?: () => void; uncork?: () => void } })._socket;
   let corked = false;
-  const send = (m: ServerMessage) => {
-    if (socket.readyState !== socket.OPEN) return;
+  const cork = () => {
     if (!corked && tcp?.cork && tcp.uncork) {
       corked = true;
       tcp.cork();
@@ -54,7 +56,16 @@ export function handleConnection(deps: GatewayDeps, socket: WebSocket): { ended:
         tcp.uncork!();
       });
     }
+  };
+  const send = (m: ServerMessage) => {
+    if (socket.readyState !== socket.OPEN) return;
+    cork();
     socket.send(encodeMessage(m));
+  };
+  const sendBinary = (frame: Buffer) => {
+    if (socket.readyState !== socket.OPEN) return;
+    cork();
+    socket.send(frame, { binary: true });
   };
   const c: Connection = {
     link: undefined,
@@ -62,6 +73,7 @@ export function handleConnection(deps: GatewayDeps, socket: WebSocket): { ended:
     wentToSleep: false,
     connectedAt: null,
     send,
+    sendBinary,
     bufferedBytes: () => socket.bufferedAmount,
     close: (code, reason) => socket.close(code, reason),
     log: () => (c.link ? ctx.log.child({ hostId: c.link.hostId, host: c.link.name }) : ctx.log),
@@ -100,9 +112,23 @@ export function handleConnection(deps: GatewayDeps, socket: WebSocket): { ended:
   socket.on('message', (data, isBinary) => {
     alive = true;
     if (c.closed) return;
+    if (isBinary) {
+      // The one binary frame: a cache chunk from a host whose hello was accepted, relayed at once as it came.
+      let chunk: CacheChunkFrame;
+      const link = c.link;
+      try {
+        if (!link) throw new KilnError('protocol.binary', 'agent messages are JSON text frames (binary frames are only cache chunks, after an accepted hello)');
+        chunk = decodeCacheChunkFrame(data as Buffer);
+      } catch (e) {
+        c.closed = true;
+        reject(e);
+        return;
+      }
+      deps.relay?.chunk(c, link, chunk, data as Buffer);
+      return;
+    }
     let msg: AgentMessage;
     try {
-      if (isBinary) throw new KilnError('protocol.binary', 'agent messages are JSON text frames');
       msg = decoder.decode(data as Buffer);
       if (!helloSeen && msg.type !== 'hello') throw new KilnError('protocol.no_hello', `the first message must be hello, not ${msg.type}`);
       if (helloSeen && msg.type === 'hello') throw new KilnError('protocol.repeated_hello', 'hello may be sent once per connection');
@@ -138,7 +164,7 @@ export function handleConnection(deps: GatewayDeps, socket: WebSocket): { ended:
     }
     // Cache transfer traffic is relayed at once, outside the ordered queue (a chunk must not wait behind a
     // result being stored); the relay bounds it (cache-relay.ts).
-    if (link && deps.relay && (msg.type === 'cache.chunk' || msg.type === 'cache.ack' || msg.type === 'cache.offer' || msg.type === 'cache.end' || msg.type === 'cache.abort' || msg.type === 'cache.received')) {
+    if (link && deps.relay && (msg.type === 'cache.ack' || msg.type === 'cache.offer' || msg.type === 'cache.end' || msg.type === 'cache.abort' || msg.type === 'cache.received')) {
       deps.relay.message(c, link, msg);
       return;
     }
@@ -201,7 +227,6 @@ export function handleConnection(deps: GatewayDeps, socket: WebSocket): { ended:
       case 'cache.ack':
       case 'cache.received':
       case 'cache.offer':
-      case 'cache.chunk':
       case 'cache.end':
       case 'cache.abort':
         return; // relayed above (before hello they are ignored: the link is not known yet)

@@ -4,13 +4,15 @@
  * WebSockets. The receiving agent asks (`cache.fetch`, for a job placed on it, for that job's own cache: the
  * key is the tenant's), the relay picks a peer connected to this replica whose current version is newer and
  * was committed by a job of the same tenant and key (its checksum comes from that job's stored result, not
- * from the peer), and asks it to send (`cache.send`). Chunks are forwarded as they come, never stored: the peer
+ * from the peer), and asks it to send (`cache.send`). Chunks (binary frames, core/agent-protocol.ts
+ * `decodeCacheChunkFrame`) are checked by their header and forwarded as the same bytes, never re-encoded nor
+ * stored: the peer
  * may send at most `window` chunks past the receiver's last acknowledgement, so what the server holds per
  * transfer is bounded by the window (`kiln_cache_relay_bytes`), whatever the image's size. A peer that goes
  * away, stalls or breaks the protocol ends the transfer; the receiving job then starts on what its host has.
  */
 import { randomBytes } from 'node:crypto';
-import { CACHE_TRANSFER_VERSION, type AgentMessageOf, type CacheFetchOutcome, type ServerMessage } from '../../core/agent-protocol.ts';
+import { CACHE_TRANSFER_VERSION, type AgentMessageOf, type CacheChunkFrame, type CacheFetchOutcome, type ServerMessage } from '../../core/agent-protocol.ts';
 import { committedCacheVersion, getJob, type CommittedCacheVersion } from '../../store/jobs.ts';
 import type { ServerContext } from '../context.ts';
 import type { Connection } from './agent-connection.ts';
@@ -62,13 +64,15 @@ interface Transfer {
   stall?: NodeJS.Timeout;
 }
 
-type TransferMsg = AgentMessageOf<'cache.offer' | 'cache.chunk' | 'cache.end' | 'cache.abort' | 'cache.ack' | 'cache.received'>;
+type TransferMsg = AgentMessageOf<'cache.offer' | 'cache.end' | 'cache.abort' | 'cache.ack' | 'cache.received'>;
 
 export interface CacheRelay {
   /** A receiving agent asks for a newer version of its job's cache. */
   fetch(c: Connection, l: HostLink, m: AgentMessageOf<'cache.fetch'>): Promise<void>;
-  /** Everything else of a transfer, from either side. */
+  /** Everything else of a transfer, from either side, but chunks. */
   message(c: Connection, l: HostLink, m: TransferMsg): void;
+  /** A chunk frame from the sending peer, decoded (`chunk`) and as it came (`frame`: what is forwarded). */
+  chunk(c: Connection, l: HostLink, chunk: CacheChunkFrame, frame: Buffer): void;
   /** A host's connection closed: its transfers end. */
   closed(l: HostLink): void;
   close(): void;
@@ -81,8 +85,6 @@ const versionTime = (v: string): string | undefined => {
   const ms = parseInt(v.split('-')[0] ?? '', 36);
   return Number.isFinite(ms) && ms > 0 && ms < 8.64e15 ? new Date(ms).toISOString() : undefined;
 };
-
-const decodedLength = (b64: string): number => Math.floor((b64.length * 3) / 4) - (b64.endsWith('==') ? 2 : b64.endsWith('=') ? 1 : 0);
 
 export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): CacheRelay {
   const o = ctx.options.cacheRelay ?? {};
@@ -105,9 +107,10 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
   const m = ctx.metrics;
   let inFlightTotal = 0;
 
-  const failFetch = (l: HostLink, fetchId: string, outcome: CacheFetchOutcome, reason: string, from?: string) => {
+  /** Answers a fetch that does not start; `tv`: the version the fetch named (an agent of another version reads its refusal). */
+  const failFetch = (l: HostLink, fetchId: string, outcome: CacheFetchOutcome, reason: string, from?: string, tv: number = CACHE_TRANSFER_VERSION) => {
     m.cacheTransfers.inc({ outcome });
-    l.send({ type: 'cache.fetch.failed', tv: CACHE_TRANSFER_VERSION, fetchId, outcome, reason: reason.slice(0, 500), ...(from ? { from } : {}) });
+    l.send({ type: 'cache.fetch.failed', tv, fetchId, outcome, reason: reason.slice(0, 500), ...(from ? { from } : {}) });
   };
 
   const release = (t: Transfer, upTo: number) => {
@@ -174,8 +177,11 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
     t.peer.send({ type: 'cache.ack', tv: CACHE_TRANSFER_VERSION, transferId: t.id, seq: t.acked });
   };
 
+  /** The peer broke the transfer protocol: the transfer ends, both sides are told. */
+  const broke = (t: Transfer, why: string) => end(t, 'failed', `${t.peer.name} broke the transfer protocol: ${why}`, { receiver: true, peer: true });
+
   /** A message naming a transfer its sender is not the right side of: refused and counted, never relayed. */
-  const forged = (c: Connection, l: HostLink, msg: TransferMsg, t: Transfer) => {
+  const forged = (c: Connection, l: HostLink, msg: { type: TransferMsg['type'] | 'cache.chunk' }, t: Transfer) => {
     const code = 'cache.transfer_forged';
     m.agentProtocolErrors.inc({ code });
     c.log().warn({ type: msg.type, transferId: t.id, host: l.name }, 'an agent sent a cache transfer message for a transfer it is not part of; refused');
@@ -186,13 +192,17 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
     async fetch(c, l, msg) {
       const refuse = (why: string) => {
         c.log().warn({ jobId: msg.jobId, cache: msg.key, why }, 'cache fetch refused');
-        failFetch(l, msg.fetchId, 'refused', why);
+        failFetch(l, msg.fetchId, 'refused', why, undefined, msg.tv);
       };
       if (l.active.get(msg.jobId)?.attempt !== msg.attempt) return refuse(`job ${msg.jobId} (attempt ${msg.attempt}) is not placed on this host`);
       // The key is the job's own (tenant-prefixed when it was submitted): an agent cannot name another's.
       const job = await getJob(ctx.store.db, msg.jobId);
       if (!job?.cache || job.cache.key !== msg.key || job.attempt !== msg.attempt) return refuse(`cache "${msg.key.slice(0, 100)}" is not job ${msg.jobId}'s cache`);
-      if (l.cacheTransfer !== CACHE_TRANSFER_VERSION) return refuse('this agent did not say it speaks the cache transfer protocol');
+      if (l.cacheTransfer === undefined) return refuse('this agent did not say in its hello that it speaks the cache transfer protocol');
+      if (l.cacheTransfer !== CACHE_TRANSFER_VERSION || msg.tv !== CACHE_TRANSFER_VERSION) {
+        const spoken = msg.tv !== CACHE_TRANSFER_VERSION ? msg.tv : l.cacheTransfer;
+        return refuse(`this agent speaks cache transfer version ${spoken}, the server version ${CACHE_TRANSFER_VERSION}: run the same kiln version on agents and servers`);
+      }
       const busy = full(l);
       if (busy) return failFetch(l, msg.fetchId, 'none', busy);
       const peers = [...registry.links.values()]
@@ -244,20 +254,33 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
         return;
       }
       if (peersBusy > 0) return failFetch(l, msg.fetchId, 'none', `the peer hosts that hold it send ${maxPerHost} cache transfers already`);
-      failFetch(l, msg.fetchId, 'none', peers.length > 0 ? 'no peer host holds a newer version committed by a job of this cache' : 'no connected peer host holds a newer version of this cache');
+      if (peers.length > 0) return failFetch(l, msg.fetchId, 'none', 'no peer host holds a newer version committed by a job of this cache');
+      // Peers that hold a newer version but speak another transfer version are never asked: say so.
+      const otherVersion = [...registry.links.values()].filter((p) => {
+        const v = p.cacheVersions?.get(msg.key);
+        return p !== l && p.ready && p.cacheTransfer !== undefined && p.cacheTransfer !== CACHE_TRANSFER_VERSION && v !== undefined && (msg.have === undefined || v > msg.have);
+      });
+      const named = otherVersion.slice(0, 3).map((p) => `${p.name} (version ${p.cacheTransfer})`).join(', ');
+      failFetch(
+        l,
+        msg.fetchId,
+        'none',
+        otherVersion.length > 0
+          ? `no connected peer host that speaks cache transfer version ${CACHE_TRANSFER_VERSION} holds a newer version of this cache; peers that hold one speak another version: ${named}${otherVersion.length > 3 ? ', …' : ''}`
+          : 'no connected peer host holds a newer version of this cache',
+      );
     },
 
     message(c, l, msg) {
       const t = transfers.get(msg.transferId);
       // An unknown id: a message that crossed the transfer's end (normal), or a guess (ids are 128 random bits).
       if (!t) return;
-      const fromPeer = msg.type === 'cache.offer' || msg.type === 'cache.chunk' || msg.type === 'cache.end' || msg.type === 'cache.abort';
+      const fromPeer = msg.type === 'cache.offer' || msg.type === 'cache.end' || msg.type === 'cache.abort';
       if ((fromPeer ? t.peer : t.receiver) !== l) return forged(c, l, msg, t);
-      const broke = (why: string) => end(t, 'failed', `${t.peer.name} broke the transfer protocol: ${why}`, { receiver: true, peer: true });
       switch (msg.type) {
         case 'cache.offer': {
-          if (t.phase !== 'asked') return broke('a second offer');
-          if (msg.version !== t.version) return broke(`it offered version ${msg.version}, not ${t.version}`);
+          if (t.phase !== 'asked') return broke(t, 'a second offer');
+          if (msg.version !== t.version) return broke(t, `it offered version ${msg.version}, not ${t.version}`);
           if (msg.record.jobId !== String(t.writer.jobId)) return end(t, 'refused', `${t.peer.name}'s record of version ${t.version} names another writer than job ${t.writer.jobId}`, { receiver: true, peer: true });
           if (msg.sha256 !== t.sha256) return end(t, 'checksum', `${t.peer.name}'s copy of version ${t.version} does not carry the checksum its commit recorded`, { receiver: true, peer: true });
           t.phase = 'streaming';
@@ -272,26 +295,9 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
           t.receiver.send({ type: 'cache.incoming', tv: CACHE_TRANSFER_VERSION, fetchId: t.fetchId, transferId: t.id, from: t.peer.name, key: t.key, version: t.version, length: msg.length, sha256: t.sha256, record });
           return;
         }
-        case 'cache.chunk': {
-          if (t.phase !== 'streaming') return broke('a chunk outside the stream');
-          if (msg.seq !== t.nextSeq) return broke(`chunk ${msg.seq} where ${t.nextSeq} was due`);
-          if (msg.seq > t.peerAcked + window) return broke(`chunk ${msg.seq} past the window (acknowledged up to ${t.peerAcked}, window ${window})`);
-          const n = decodedLength(msg.data);
-          t.nextSeq++;
-          t.inFlight.set(msg.seq, n);
-          t.inFlightBytes += n;
-          inFlightTotal += n;
-          t.peakInFlightBytes = Math.max(t.peakInFlightBytes, t.inFlightBytes);
-          t.bytes += n;
-          m.cacheTransferBytes.inc(n);
-          m.cacheRelayBytes.set(inFlightTotal);
-          progress(t);
-          t.receiver.send(msg as ServerMessage);
-          return;
-        }
         case 'cache.end':
-          if (t.phase !== 'streaming') return broke('an end outside the stream');
-          if (msg.chunks !== t.nextSeq) return broke(`it ended after ${msg.chunks} chunks but sent ${t.nextSeq}`);
+          if (t.phase !== 'streaming') return broke(t, 'an end outside the stream');
+          if (msg.chunks !== t.nextSeq) return broke(t, `it ended after ${msg.chunks} chunks but sent ${t.nextSeq}`);
           t.phase = 'ended';
           progress(t);
           t.receiver.send(msg as ServerMessage);
@@ -309,6 +315,28 @@ export function makeCacheRelay(ctx: ServerContext, registry: HostRegistry): Cach
           // The receiver's word on how it ended (checked the checksum itself); the peer is told only if still sending.
           return end(t, msg.outcome, msg.reason, { peer: t.phase !== 'ended' || msg.outcome !== 'fetched' });
       }
+    },
+
+    chunk(c, l, { header: h, data }, frame) {
+      const t = transfers.get(h.transferId);
+      // An unknown id: a chunk that crossed the transfer's end (normal), or a guess (ids are 128 random bits).
+      if (!t) return;
+      if (t.peer !== l) return forged(c, l, h, t);
+      if (t.phase !== 'streaming') return broke(t, 'a chunk outside the stream');
+      if (h.seq !== t.nextSeq) return broke(t, `chunk ${h.seq} where ${t.nextSeq} was due`);
+      if (h.seq > t.peerAcked + window) return broke(t, `chunk ${h.seq} past the window (acknowledged up to ${t.peerAcked}, window ${window})`);
+      const n = data.length;
+      t.nextSeq++;
+      t.inFlight.set(h.seq, n);
+      t.inFlightBytes += n;
+      inFlightTotal += n;
+      t.peakInFlightBytes = Math.max(t.peakInFlightBytes, t.inFlightBytes);
+      t.bytes += n;
+      m.cacheTransferBytes.inc(n);
+      m.cacheRelayBytes.set(inFlightTotal);
+      progress(t);
+      // The frame as the peer sent it: the receiver decodes and checks it again (it trusts no relay more than a peer).
+      t.receiver.sendBinary(frame);
     },
 
     closed(l) {

@@ -74,6 +74,8 @@ export interface HostLink {
   /** The cache transfer version the agent speaks (hello); undefined: it neither fetches nor serves caches. */
   cacheTransfer?: number;
   send(m: ServerMessage): void;
+  /** Sends one binary frame (a cache chunk frame, relayed as it came); counted in `bufferedBytes` like any message. */
+  sendBinary(frame: Buffer): void;
   /** Bytes sent to the host and still queued on this side of its socket (not yet taken by the kernel): a host that stops reading makes it grow. */
   bufferedBytes?(): number;
   close(code: number, reason: string): void;

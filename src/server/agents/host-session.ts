@@ -56,6 +56,7 @@ export async function hello(deps: GatewayDeps, c: Connection, msg: AgentMessageO
     ...(msg.caches ? { caches: new Set(msg.caches.map((x) => x.key)), cacheVersions: cacheVersions(msg.caches) } : {}),
     ...(msg.cacheTransfer !== undefined ? { cacheTransfer: msg.cacheTransfer } : {}),
     send: c.send,
+    sendBinary: c.sendBinary,
     bufferedBytes: c.bufferedBytes,
     close: c.close,
   };

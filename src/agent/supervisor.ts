@@ -183,7 +183,7 @@ export function makeSupervisor(opts: {
   // statements update the job's row, so the start's waits for the booting one to commit (bench:scheduler).
   const reportBooting = (e: Entry) => {
     const t = setTimeout(() => {
-      if (e.phase === 'booting' && !e.lease && !e.leased && !e.result) opts.send({ type: 'job.phase', jobId: e.jobId, attempt: e.attempt, phase: 'booting' });
+      if (e.phase === 'booting' && !e.lease && !e.leased && !e.result && !e.stopReason) opts.send({ type: 'job.phase', jobId: e.jobId, attempt: e.attempt, phase: 'booting' });
     }, BOOT_REPORT_MS);
     t.unref();
   };

@@ -11,8 +11,11 @@ import { KilnError } from './errors.ts';
 /**
  * 2: output is acknowledged (`log.ack`) and resent until it is; a job's command starts only once the server
  * granted it (`job.start` → `start.ok`), see docs/ARCHITECTURE.md ("At-most-once starts").
+ * 3: cache chunks are binary frames (cache transfer version 2). An agent and a server of different versions
+ * are refused at hello (run the same kiln version on both): a newer agent's cache messages would otherwise be
+ * bad messages to an older server, which closes the connection on each.
  */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 /** Largest WebSocket message either side accepts. */
 export const MAX_MESSAGE_BYTES = 1024 * 1024;
 /** Largest raw log chunk in one `job.log` message (base64 grows it by a third). */

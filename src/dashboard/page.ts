@@ -20,7 +20,6 @@ export interface Page {
   close?(): void;
 }
 
-/** Shows a loading line, then what `load` renders; errors as a visible alert. */
 /** Draws what `load` returns into `target` (an error as an alert); `undefined` leaves the target as it is (a newer load draws). */
 export async function loadInto(target: HTMLElement, load: () => Promise<Node | undefined>): Promise<void> {
   try {

@@ -4,7 +4,7 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { storeKinds } from '../store/test-stores.ts';
-import { startHarness, type Harness } from './harness.ts';
+import { jobReaches, startHarness, type Harness } from './harness.ts';
 import type { Job } from '../../src/core/job.ts';
 
 type JobWithTransitions = Job & { transitions: { attempt: number; state: string; detail: string | null }[] };
@@ -23,8 +23,7 @@ for (const { kind, skip } of storeKinds()) {
 
     const runOn = async (arch: 'amd64' | 'arm64'): Promise<JobWithTransitions> => {
       const job = await h.client.request<Job>('POST', '/v1/jobs', { command: ['echo', 'hi'], cpus: 1, arch });
-      const done = h.server.events.waitFor('job.state', (e) => e.job.id === job.id && e.to === 'succeeded', 20_000);
-      await done;
+      await jobReaches(h, job.id, ['succeeded']);
       return h.client.request<JobWithTransitions>('GET', `/v1/jobs/${job.id}`);
     };
 

@@ -70,6 +70,7 @@ export function jobsPage(ctx: PageContext): Page {
   // Loads may overlap (a reload from the feed, the button): only the newest one asked for draws, so an older
   // answer that arrives last cannot put back fewer rows.
   let loads = 0;
+  let staleAnswers = 0;
   const load = () => {
     const mine = ++loads;
     return loadInto(body, async () => {
@@ -78,8 +79,20 @@ export function jobsPage(ctx: PageContext): Page {
       if (tenant) p.set('tenant', tenant);
       // Searched by the server over every stored job, not only the 500 newest.
       if (text) p.set('q', text);
-      const r = await ctx.api.get<{ jobs: JobOut[]; next: number | null }>(`/v1/jobs?${p}`);
-      if (mine !== loads) return undefined;
+      // An answer to an older request than the newest is not drawn, nor is its failure (it says nothing of the
+      // list drawn); such answers are counted on the page (tests wait on that rather than on time).
+      const stale = () => {
+        el.setAttribute('data-jobs-stale', String(++staleAnswers));
+        return undefined;
+      };
+      let r: { jobs: JobOut[]; next: number | null };
+      try {
+        r = await ctx.api.get<{ jobs: JobOut[]; next: number | null }>(`/v1/jobs?${p}`);
+      } catch (e) {
+        if (mine !== loads) return stale();
+        throw e;
+      }
+      if (mine !== loads) return stale();
       jobs = r.jobs;
       // More than drawn: the server says where older jobs go on (`next`), whether the page ended at the limit
       // or at its byte cap (large jobs).

@@ -301,16 +301,21 @@ test('fleet: a large fleet draws its first 200 rows, hosts that need a look firs
   }
 });
 
-test('jobs: the list draws the newest 100 at first (it is asked for again as jobs change); "Show up to 500" draws more', { skip }, async () => {
-  // Jobs too big for any host wait queued: enough of them that the list has more than JOBS_SHOWN.
+/** Jobs too big for any host wait queued: enough of them that the list has more than JOBS_SHOWN. Then the jobs page, open. */
+async function jobsPageOverfull(): Promise<{ made: number[]; page: Page }> {
   const made: number[] = [];
   for (let i = 0; i < JOBS_SHOWN + 5; i++) made.push((await h.client.request<{ id: number }>('POST', '/v1/jobs', { command: ['true'], cpus: 64 })).id);
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  await signedIn(page, viewer);
+  await page.getByRole('link', { name: 'Jobs' }).click();
+  await page.locator('[data-jobs-more]').waitFor();
+  return { made, page };
+}
+
+test('jobs: the list draws the newest 100 at first (it is asked for again as jobs change); "Show up to 500" draws more', { skip }, async () => {
+  const { made, page } = await jobsPageOverfull();
   try {
-    await signedIn(page, viewer);
-    await page.getByRole('link', { name: 'Jobs' }).click();
     const more = page.locator('[data-jobs-more]');
-    await more.waitFor();
     assert.equal(await page.locator('[data-job-state]').count(), JOBS_SHOWN);
     // Newest first: the last one submitted is drawn, the first of these is not (yet).
     assert.equal(await page.locator(`[data-job-state="${made.at(-1)}"]`).count(), 1);
@@ -326,13 +331,8 @@ test('jobs: the list draws the newest 100 at first (it is asked for again as job
 });
 
 test('jobs: an older list that answers after a newer one is not drawn; a shown job that ends gets its exit code, no reload', { skip }, async () => {
-  const made: number[] = [];
-  for (let i = 0; i < JOBS_SHOWN + 5; i++) made.push((await h.client.request<{ id: number }>('POST', '/v1/jobs', { command: ['true'], cpus: 64 })).id);
-  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const { made, page } = await jobsPageOverfull();
   try {
-    await signedIn(page, viewer);
-    await page.getByRole('link', { name: 'Jobs' }).click();
-    await page.locator('[data-jobs-more]').waitFor();
     await page.evaluate(() => ((window as unknown as { __noReload: boolean }).__noReload = true));
     // The next list of the newest 100 is held until the test lets it go.
     let held!: () => void;

@@ -235,7 +235,10 @@ test('rm removes a cache; a job using it keeps its copy until it ends', withDir(
   assert.equal(store.inspect('k'), undefined);
   assert.equal(store.remove('k'), false);
   assert.equal(existsSync(join(store.dir, cacheId('k'))), false);
-  assert.match(readFileSync(join(dir, 'cache', 'disks', `cache-ext4-${32 * MiB}.raw`)).subarray(0x438, 0x43a).toString('hex'), /53ef/, 'the shared empty base is an ext4 image');
+  const empty = readFileSync(join(dir, 'cache', 'disks', `cache-ext4-nojournal-${32 * MiB}.raw`));
+  assert.match(empty.subarray(0x438, 0x43a).toString('hex'), /53ef/, 'the shared empty base is an ext4 image');
+  // Superblock at 0x400, s_feature_compat at +0x5c: has_journal (0x4) is not set (a job's writes go to a throwaway overlay).
+  assert.equal(empty.readUInt32LE(0x45c) & 0x4, 0, 'the empty base has no journal');
 }));
 
 /** Sends a version from one store to another the way the agents do: its non-zero blocks, in order. */

@@ -527,7 +527,7 @@ export function makeCacheStore(dataDir: string, opts: CacheStoreOptions = {}): C
       if (version === undefined) {
         delete rec.reads;
         writeRec();
-        linkSync(await ensureExt4Base(emptyDir, meta.sizeBytes, 'kiln-cache', 'cache'), base);
+        linkSync(await ensureExt4Base(emptyDir, meta.sizeBytes, 'kiln-cache', 'cache', { journal: false }), base);
       }
       // A version's own size (a fetched one may differ from what the cache was first made with), else the cache's.
       writeQcow2Overlay(join(ldir, 'overlay.qcow2'), base, 'raw', version !== undefined ? statSync(base).size : meta.sizeBytes);

@@ -37,16 +37,21 @@ export function ensureScratchBase(cacheDir: string, bytes: number): Promise<stri
   return ensureExt4Base(cacheDir, bytes, 'kiln-work', 'scratch');
 }
 
-/** An empty, read-only ext4 image of `bytes` with this label, made once per size and kind. Safe against concurrent callers. */
-export async function ensureExt4Base(cacheDir: string, bytes: number, label: string, kind: string): Promise<string> {
+/**
+ * An empty, read-only ext4 image of `bytes` with this label, made once per size and kind. Safe against
+ * concurrent callers. `journal: false` makes it without a journal (its name says so: a base made with one is
+ * never taken for it).
+ */
+export async function ensureExt4Base(cacheDir: string, bytes: number, label: string, kind: string, o: { journal?: boolean } = {}): Promise<string> {
   mkdirSync(cacheDir, { recursive: true });
-  const base = join(cacheDir, `${kind}-ext4-${bytes}.raw`);
+  const journal = o.journal ?? true;
+  const base = join(cacheDir, `${kind}-ext4${journal ? '' : '-nojournal'}-${bytes}.raw`);
   if (existsSync(base)) return base;
   const tmp = `${base}.${process.pid}.${Date.now()}.tmp`;
   try {
     writeFileSync(tmp, '');
     truncateSync(tmp, bytes);
-    await run('mkfs.ext4', ['-q', '-F', '-m', '0', '-L', label, '-E', 'lazy_itable_init=1,lazy_journal_init=1,nodiscard', tmp], 'e2fsprogs');
+    await run('mkfs.ext4', ['-q', '-F', '-m', '0', '-L', label, ...(journal ? [] : ['-O', '^has_journal']), '-E', 'lazy_itable_init=1,lazy_journal_init=1,nodiscard', tmp], 'e2fsprogs');
     chmodSync(tmp, 0o444);
     renameSync(tmp, base);
   } finally {

@@ -211,10 +211,16 @@ for (const { kind, skip } of storeKinds()) {
       await until('every job ran', () => jobs.every((j) => h!.double.jobs.get(j.id)?.status === 'completed'), 60_000);
       await until('settled', () => settled(h!));
       const reads = h.double.calls.filter((c) => c.method === 'GET' && /\/actions\/jobs\/\d+$/.test(c.path));
-      assert.equal(reads.length, jobs.length, `GET job calls: ${reads.length} for ${jobs.length} jobs`);
+      // At most once each: GitHub gives a queued job to any idle runner with its labels, so a runner kiln
+      // registered for one job may take another that kiln had not read yet; that one is known from its
+      // deliveries and never needs the read. None is read again while it waits.
+      const perJob = new Map<string, number>();
+      for (const c of reads) perJob.set(c.path, (perJob.get(c.path) ?? 0) + 1);
+      assert.deepEqual([...perJob].filter(([, n]) => n > 1), [], 'a job was read more than once');
+      assert.ok(reads.length >= jobs.length / 2 && reads.length <= jobs.length, `GET job calls: ${reads.length} for ${jobs.length} jobs`);
       assert.equal(jitCalls(h), jobs.length);
       const metric = await h.server.ctx.metrics.registry.getSingleMetricAsString('kiln_github_job_reads_total');
-      assert.match(metric, /kiln_github_job_reads_total\{why="admission"\} 12/);
+      assert.match(metric, new RegExp(`kiln_github_job_reads_total\\{why="admission"\\} ${reads.length}\\b`));
       assert.doesNotMatch(metric, /why="(unheard|idle)_runner"/);
       assert.deepEqual(await assertInvariants(h), []);
     });

@@ -18,6 +18,22 @@ after(() => {
   for (const s of servers) s.close();
 });
 
+/** A real agent (memory driver, no caches) pointed at the raw peer; it does not retry soon after a close. */
+const agentFor = (url: string) =>
+  makeAgent({
+    servers: [url],
+    token: 'kiln_agent_raw-peer',
+    name: 'frames',
+    arch: 'amd64',
+    cpus: 2,
+    memoryBytes: 4 * 1024 ** 3,
+    diskBytes: 100 * 1024 ** 3,
+    driver: makeMemoryDriver({ arches: ['amd64'], cpus: 2 }),
+    images: memoryImageResolver,
+    logger: quietLogger(),
+    minBackoffMs: 60_000,
+  });
+
 /** A peer that welcomes the agent's hello and then sends `frame`; resolves with the close the agent made. */
 async function closeFor(frame: Buffer): Promise<{ code: number; reason: string; reported: { code: string; message: string }[] }> {
   const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
@@ -33,19 +49,7 @@ async function closeFor(frame: Buffer): Promise<{ code: number; reason: string; 
       ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() }));
     });
   });
-  const agent = makeAgent({
-    servers: [url],
-    token: 'kiln_agent_raw-peer',
-    name: 'frames',
-    arch: 'amd64',
-    cpus: 2,
-    memoryBytes: 4 * 1024 ** 3,
-    diskBytes: 100 * 1024 ** 3,
-    driver: makeMemoryDriver({ arches: ['amd64'], cpus: 2 }),
-    images: memoryImageResolver,
-    logger: quietLogger(),
-    minBackoffMs: 60_000,
-  });
+  const agent = agentFor(url);
   const reported: { code: string; message: string }[] = [];
   agent.events.on('protocol-error', (e) => reported.push(e));
   await agent.start();
@@ -103,19 +107,7 @@ void test('a well-formed chunk frame for no transfer of this agent is ignored: t
       });
     });
   });
-  const agent = makeAgent({
-    servers: [`http://127.0.0.1:${(wss.address() as AddressInfo).port}`],
-    token: 'kiln_agent_raw-peer',
-    name: 'frames',
-    arch: 'amd64',
-    cpus: 2,
-    memoryBytes: 4 * 1024 ** 3,
-    diskBytes: 100 * 1024 ** 3,
-    driver: makeMemoryDriver({ arches: ['amd64'], cpus: 2 }),
-    images: memoryImageResolver,
-    logger: quietLogger(),
-    minBackoffMs: 60_000,
-  });
+  const agent = agentFor(`http://127.0.0.1:${(wss.address() as AddressInfo).port}`);
   await agent.start();
   try {
     assert.equal(await sent, 1, 'the connection is still open (readyState OPEN) after the frame');
